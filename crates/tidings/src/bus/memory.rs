@@ -1,0 +1,198 @@
+//! The in-memory bus: one instance, history in a bounded ring.
+//!
+//! Publishing appends to history and dispatches to the hub under one lock, so positions,
+//! history order and delivery order are the same total order, and a replay taken under the
+//! same lock sees a consistent head.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{Bus, BusError, Replay, ReplayFrom};
+use crate::envelope::{now_micros, Envelope, Position};
+use crate::hub::Hub;
+use crate::update::{Update, UpdateId};
+
+/// The in-memory bus (`memory://`).
+#[derive(Debug)]
+pub struct MemoryBus {
+    /// A std mutex: publish holds it across the (synchronous) dispatch, never across an await.
+    state: Mutex<State>,
+    hub: Hub,
+    history_size: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The position the next update gets (the first is 1).
+    next: u128,
+    history: VecDeque<Arc<Envelope>>,
+    /// Id → position, for every update in `history`.
+    index: HashMap<UpdateId, Position>,
+    /// The newest update ever published, kept even when history is disabled.
+    head: Option<(Position, UpdateId)>,
+}
+
+impl MemoryBus {
+    /// A bus keeping the last `history_size` updates, delivering to `hub`.
+    pub fn new(history_size: usize, hub: Hub) -> Self {
+        MemoryBus {
+            state: Mutex::new(State {
+                next: 1,
+                ..State::default()
+            }),
+            hub,
+            history_size,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each mutation is completed before anything that could panic runs.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+        let mut state = self.lock();
+        if state.index.contains_key(&update.id) {
+            return Err(BusError::DuplicateId(update.id.to_string()));
+        }
+        let position = Position(state.next);
+        state.next += 1;
+        let envelope = Arc::new(Envelope::new(update, position, now_micros()));
+        state.head = Some((position, envelope.update.id.clone()));
+        if self.history_size > 0 {
+            if state.history.len() == self.history_size {
+                if let Some(old) = state.history.pop_front() {
+                    state.index.remove(&old.update.id);
+                }
+            }
+            state.index.insert(envelope.update.id.clone(), position);
+            state.history.push_back(envelope.clone());
+        }
+        self.hub.dispatch(&envelope);
+        Ok(envelope)
+    }
+
+    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        let state = self.lock();
+        let (head, head_id) = match &state.head {
+            Some((p, id)) => (Some(*p), Some(id.clone())),
+            None => (None, None),
+        };
+        let mut replay = Replay {
+            head,
+            head_id,
+            ..Replay::default()
+        };
+        let first = state.history.front().map(|e| e.position.0);
+        match from {
+            ReplayFrom::Now => {}
+            ReplayFrom::Earliest => replay.updates = state.history.iter().cloned().collect(),
+            ReplayFrom::After(id) => match (state.index.get(id), first) {
+                (Some(position), Some(first)) => {
+                    // Positions in history are contiguous, so the offset is arithmetic.
+                    let skip = usize::try_from(position.0 - first + 1).unwrap_or(usize::MAX);
+                    replay.updates = state.history.iter().skip(skip).cloned().collect();
+                }
+                // Resuming from the newest id misses nothing, even without history.
+                _ if replay.head_id.as_ref() == Some(id) => {}
+                _ => {
+                    replay.missing = true;
+                    replay.updates = state.history.iter().cloned().collect();
+                }
+            },
+        }
+        Ok(replay)
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::update::Topic;
+
+    fn update(id: &str) -> Update {
+        Update::new(
+            UpdateId::new(id, 100).unwrap(),
+            vec![Topic::new("t", 100).unwrap()],
+            None,
+            id.into(),
+            None,
+            false,
+        )
+        .unwrap()
+    }
+
+    fn ids(replay: &Replay) -> Vec<&str> {
+        replay
+            .updates
+            .iter()
+            .map(|e| e.update.id.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn replays_after_an_id_and_reports_evicted_ids() {
+        let bus = MemoryBus::new(3, Hub::new(8, Arc::new(Metrics::new())));
+        for id in ["a", "b", "c", "d"] {
+            bus.publish(update(id)).await.unwrap();
+        }
+        let after_b = bus
+            .replay(&ReplayFrom::After(UpdateId::new("b", 10).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(ids(&after_b), ["c", "d"]);
+        assert!(!after_b.missing);
+        assert_eq!(after_b.head, Some(Position(4)));
+        let after_a = bus
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .await
+            .unwrap();
+        assert!(after_a.missing, "a was evicted");
+        assert_eq!(ids(&after_a), ["b", "c", "d"]);
+        let now = bus.replay(&ReplayFrom::Now).await.unwrap();
+        assert!(now.updates.is_empty());
+        assert_eq!(now.head_id.unwrap().as_str(), "d");
+    }
+
+    #[tokio::test]
+    async fn duplicate_ids_are_refused_while_in_history() {
+        let bus = MemoryBus::new(2, Hub::new(8, Arc::new(Metrics::new())));
+        bus.publish(update("a")).await.unwrap();
+        assert_eq!(
+            bus.publish(update("a")).await.unwrap_err(),
+            BusError::DuplicateId("a".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn without_history_every_resume_is_a_gap() {
+        let bus = MemoryBus::new(0, Hub::new(8, Arc::new(Metrics::new())));
+        bus.publish(update("a")).await.unwrap();
+        let r = bus
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .await
+            .unwrap();
+        assert!(!r.missing, "resuming from the newest id misses nothing");
+        bus.publish(update("b")).await.unwrap();
+        let r = bus
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .await
+            .unwrap();
+        assert!(r.missing && r.updates.is_empty());
+        assert_eq!(r.head_id.unwrap().as_str(), "b");
+    }
+}

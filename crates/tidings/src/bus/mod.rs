@@ -1,0 +1,109 @@
+//! The bus: how an instance's publishes reach every instance's hub, and where history lives.
+//!
+//! A bus accepts a publish (acknowledging it only once it has taken it), delivers every
+//! update to the local [`Hub`] of every instance that needs it — in one total order per bus,
+//! each update tagged with its [`Position`] — and, where it keeps history, replays the updates
+//! after a given id. The HTTP layer only ever talks to `dyn Bus`; backends are chosen by URL.
+//!
+//! | URL          | backend                  | history                     |
+//! |--------------|--------------------------|-----------------------------|
+//! | `memory://`  | [`memory::MemoryBus`]    | in memory, `history-size`   |
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::envelope::{Envelope, Position};
+use crate::hub::Hub;
+use crate::update::{Update, UpdateId};
+
+/// Where a subscriber's replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// No replay: only the head of history is wanted (a fresh subscriber).
+    Now,
+    /// Everything history holds (`Last-Event-ID: earliest`, as in Mercure).
+    Earliest,
+    /// Every update after this id.
+    After(UpdateId),
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    /// The updates to send, oldest first (not yet filtered for the subscriber).
+    pub updates: Vec<Arc<Envelope>>,
+    /// The position of the newest update in history when the replay was taken: live updates
+    /// at or before it were replayed (or were not wanted) and must be skipped.
+    pub head: Option<Position>,
+    /// The id of the newest update in history (the `Last-Event-ID` response header).
+    pub head_id: Option<UpdateId>,
+    /// True when the requested id was not in history (evicted, or never existed): `updates`
+    /// then holds everything history has, and the client is told about the gap.
+    pub missing: bool,
+}
+
+/// Why a bus operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The bus cannot take or serve updates now (broker unreachable, instance draining).
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// An update with this id is already in history.
+    #[error("an update with id {0:?} already exists")]
+    DuplicateId(String),
+    /// The bus URL or options are wrong (start-up only).
+    #[error("bus configuration: {0}")]
+    Config(String),
+}
+
+/// Settings every bus backend understands.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// Updates kept for replay (0 disables history).
+    pub history_size: usize,
+}
+
+/// A bus backend. See the module documentation.
+#[async_trait]
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// The backend's name (`memory`, `redis`, …), for logs and `/readyz`.
+    fn kind(&self) -> &'static str;
+
+    /// Publishes an update to every instance. Returns once the bus has accepted it (and, with
+    /// history, stored it), with the envelope it assigned.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the bus did not take the update;
+    /// [`BusError::DuplicateId`] when history already holds its id.
+    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError>;
+
+    /// Reads history from `from` on (see [`ReplayFrom`]).
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when history cannot be read now.
+    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError>;
+
+    /// True while the bus can publish and deliver.
+    fn is_ready(&self) -> bool;
+}
+
+/// Connects the bus named by `url` and starts delivering to `hub`.
+///
+/// # Errors
+/// [`BusError::Config`] for an unknown scheme or bad options; [`BusError::Unavailable`] when
+/// the broker cannot be reached.
+pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dyn Bus>, BusError> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
+    match scheme {
+        "memory" => Ok(Arc::new(memory::MemoryBus::new(options.history_size, hub))),
+        "redis" | "rediss" | "amqp" | "amqps" | "nats" => Err(BusError::Config(format!(
+            "the {scheme} bus is not available in this build yet; use memory://"
+        ))),
+        _ => Err(BusError::Config(format!(
+            "unknown bus URL {url:?}: expected memory://, redis://, amqp:// or nats://"
+        ))),
+    }
+}

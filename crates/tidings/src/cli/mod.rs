@@ -1,0 +1,138 @@
+//! The `tidings` command line: `serve`, `publish`, `subscribe`, `token`.
+//!
+//! The binary's `main` only calls [`main`]; each subcommand lives in its own module.
+
+mod publish;
+mod serve;
+mod subscribe;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A multi-instance Server-Sent Events hub that speaks the Mercure protocol.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a hub instance.
+    Serve(Box<serve::ServeArgs>),
+    /// Publish one update to a hub.
+    Publish(publish::PublishArgs),
+    /// Subscribe to topics and print the updates (resumes after a reconnect).
+    Subscribe(subscribe::SubscribeArgs),
+    /// Mint a JWT for development.
+    Token(token::TokenArgs),
+}
+
+/// Where a client command finds the hub and its credentials (shared by `publish` and
+/// `subscribe`).
+#[derive(Debug, Clone, clap::Args)]
+struct HubArgs {
+    /// Base URL of the hub.
+    #[arg(long, env = "TIDINGS_HUB", default_value = "http://127.0.0.1:3000")]
+    hub: String,
+    /// The JWT to send. Without it, one is minted from --jwt-key when that is given.
+    #[arg(long, env = "TIDINGS_TOKEN")]
+    token: Option<String>,
+    /// HS256 key to mint a token with when --token is not given.
+    #[arg(long, env = "TIDINGS_JWT_KEY")]
+    jwt_key: Option<String>,
+}
+
+impl HubArgs {
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.hub.trim_end_matches('/'))
+    }
+
+    /// The token to send: `--token`, else one minted with `--jwt-key` for `claim`.
+    fn token(&self, claim: crate::auth::MercureClaim) -> Result<Option<String>, String> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
+        let Some(key) = &self.jwt_key else {
+            return Ok(None);
+        };
+        let claims = crate::auth::Claims {
+            mercure: Some(claim),
+            ..Default::default()
+        };
+        crate::auth::mint(crate::auth::JwtAlg::Hs256, key, &claims)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An HTTP client for the client commands (rustls with the ring provider).
+fn http_client(timeout: Option<std::time::Duration>) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    let mut builder =
+        reqwest::Client::builder().user_agent(concat!("tidings/", env!("CARGO_PKG_VERSION")));
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Installs ring as the process's rustls crypto provider (idempotent).
+pub fn install_crypto_provider() {
+    // Fails only when a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Turns an error response into a message: the hub's JSON `detail` when there is one.
+async fn describe_error(response: reqwest::Response) -> String {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let detail = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            Some(format!(
+                "{}: {}",
+                v.get("error")?.as_str()?,
+                v.get("detail")?.as_str()?
+            ))
+        })
+        .unwrap_or(text);
+    format!("the hub answered {status}: {detail}")
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Publish(args) => publish::run(args).await,
+            Command::Subscribe(args) => subscribe::run(args).await,
+            Command::Token(args) => token::run(args),
+        }
+    });
+    // Streams may still be open in detached tasks; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}

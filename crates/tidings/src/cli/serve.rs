@@ -1,0 +1,82 @@
+//! `tidings serve`: read the configuration layers, set up logging, run until SIGTERM/SIGINT.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat, Options, DEFAULT_CONFIG_FILE};
+use crate::server::Instance;
+
+/// Arguments of `tidings serve`.
+#[derive(Debug, clap::Args)]
+pub(super) struct ServeArgs {
+    /// Configuration file [default: ./tidings.toml when it exists].
+    #[arg(long, env = "TIDINGS_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: Options,
+}
+
+pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
+    let file = match &args.config {
+        Some(path) => Options::from_file(path).map_err(|e| e.to_string())?,
+        None if std::path::Path::new(DEFAULT_CONFIG_FILE).exists() => {
+            Options::from_file(DEFAULT_CONFIG_FILE.as_ref()).map_err(|e| e.to_string())?
+        }
+        None => Options::default(),
+    };
+    let config = args
+        .options
+        .over(file)
+        .resolve()
+        .map_err(|e| e.to_string())?;
+    init_logging(&config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let instance = Instance::new(config).await.map_err(|e| e.to_string())?;
+    instance
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&config.log)
+        .map_err(|e| format!("log: {:?} is not a valid filter: {e}", config.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let result = match config.log_format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

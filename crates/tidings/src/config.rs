@@ -1,0 +1,377 @@
+//! Configuration of `tidings serve`: defaults → `tidings.toml` → `TIDINGS_*` environment →
+//! command-line flags, each layer overriding the one before.
+//!
+//! Every option is declared once, in [`Options`]: the same struct is parsed by clap (flags and
+//! environment variables, `--history-size` / `TIDINGS_HISTORY_SIZE`) and by serde (the file,
+//! `history-size = 1000`). Unknown keys in the file are errors, so a typo is reported instead of
+//! silently ignored. [`Options::resolve`] applies the defaults and checks values, producing the
+//! [`Config`] the rest of the code uses. The names are a contract (DESIGN §3.5).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{AuthMode, AuthSettings, JwtAlg};
+
+/// Every option of `tidings serve`, each optional so that layers can be merged.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Options {
+    /// Address to listen on [default: 127.0.0.1:3000]. Port 0 picks a free port; the ready
+    /// log line gives the address.
+    #[arg(long, env = "TIDINGS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Bus URL: memory:// [default], redis://…, amqp://…, nats://…
+    #[arg(long, env = "TIDINGS_BUS", value_name = "URL")]
+    pub bus: Option<String>,
+    /// This instance's id [default: generated].
+    #[arg(long, env = "TIDINGS_INSTANCE_ID", value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// Authorization mode: jwt [default] or none (development: no tokens at all).
+    #[arg(long, env = "TIDINGS_AUTH", value_name = "MODE")]
+    pub auth: Option<AuthMode>,
+    /// JWT key for publishers and subscribers (HS256 secret, or PEM public key path).
+    #[arg(long, env = "TIDINGS_JWT_KEY", value_name = "KEY")]
+    pub jwt_key: Option<String>,
+    /// JWT key for publishers only.
+    #[arg(long, env = "TIDINGS_PUBLISHER_JWT_KEY", value_name = "KEY")]
+    pub publisher_jwt_key: Option<String>,
+    /// JWT key for subscribers only.
+    #[arg(long, env = "TIDINGS_SUBSCRIBER_JWT_KEY", value_name = "KEY")]
+    pub subscriber_jwt_key: Option<String>,
+    /// JWT signature algorithm: HS256 [default], RS256 or ES256.
+    #[arg(long, env = "TIDINGS_JWT_ALG", value_name = "ALG")]
+    pub jwt_alg: Option<JwtAlg>,
+    /// Seconds of clock skew tolerated on exp/nbf/iat [default: 5].
+    #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_name = "SECS")]
+    pub jwt_leeway: Option<u64>,
+    /// The token claim that names a subscriber's session [default: sub].
+    #[arg(long, env = "TIDINGS_SESSION_CLAIM", value_name = "CLAIM")]
+    pub session_claim: Option<String>,
+    /// Allow subscribers without a token (they see public updates only).
+    #[arg(long, env = "TIDINGS_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub anonymous: Option<bool>,
+    /// Updates kept for replay by Last-Event-ID; 0 disables history [default: 1000].
+    #[arg(long, env = "TIDINGS_HISTORY_SIZE", value_name = "N")]
+    pub history_size: Option<usize>,
+    /// Seconds between heartbeat comments on idle streams [default: 15].
+    #[arg(long, env = "TIDINGS_HEARTBEAT", value_name = "SECS")]
+    pub heartbeat: Option<u64>,
+    /// Origins allowed to call the hub from a browser (repeatable; `*` for any).
+    #[arg(
+        long,
+        env = "TIDINGS_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub cors_origin: Vec<String>,
+    /// Seconds given to open streams to close on shutdown [default: 10].
+    #[arg(long, env = "TIDINGS_DRAIN_SECS", value_name = "SECS")]
+    pub drain_secs: Option<u64>,
+    /// Largest request body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "TIDINGS_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most topic selectors in one subscription [default: 100].
+    #[arg(long, env = "TIDINGS_MAX_SELECTORS", value_name = "N")]
+    pub max_selectors: Option<usize>,
+    /// Longest topic or selector, in bytes [default: 2048].
+    #[arg(long, env = "TIDINGS_MAX_SELECTOR_LENGTH", value_name = "BYTES")]
+    pub max_selector_length: Option<usize>,
+    /// Most topics in one update [default: 100].
+    #[arg(long, env = "TIDINGS_MAX_TOPICS_PER_UPDATE", value_name = "N")]
+    pub max_topics_per_update: Option<usize>,
+    /// Longest update id, in bytes [default: 1024].
+    #[arg(long, env = "TIDINGS_MAX_ID_LENGTH", value_name = "BYTES")]
+    pub max_id_length: Option<usize>,
+    /// Longest event name (Mercure `type`, session `eventName`), in bytes [default: 256].
+    #[arg(long, env = "TIDINGS_MAX_EVENT_NAME_LENGTH", value_name = "BYTES")]
+    pub max_event_name_length: Option<usize>,
+    /// Updates queued per subscriber before it counts as slow and is disconnected [default: 1024].
+    #[arg(long, env = "TIDINGS_SUBSCRIBER_QUEUE", value_name = "N")]
+    pub subscriber_queue: Option<usize>,
+    /// Compiled selectors kept in the cache [default: 10000].
+    #[arg(long, env = "TIDINGS_SELECTOR_CACHE_SIZE", value_name = "N")]
+    pub selector_cache_size: Option<usize>,
+    /// Log format: pretty [default] or json.
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, as for RUST_LOG [default: info].
+    #[arg(long, env = "TIDINGS_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why the configuration cannot be used; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Limits on what a caller may send. Every one has a config name and a default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `max-body-bytes`.
+    pub max_body_bytes: usize,
+    /// `max-selectors`.
+    pub max_selectors: usize,
+    /// `max-selector-length` (also the longest topic).
+    pub max_selector_length: usize,
+    /// `max-topics-per-update`.
+    pub max_topics_per_update: usize,
+    /// `max-id-length`.
+    pub max_id_length: usize,
+    /// `max-event-name-length`.
+    pub max_event_name_length: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_selectors: 100,
+            max_selector_length: 2048,
+            max_topics_per_update: 100,
+            max_id_length: 1024,
+            max_event_name_length: 256,
+        }
+    }
+}
+
+/// The resolved configuration of one instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The bus URL.
+    pub bus: String,
+    /// This instance's id.
+    pub instance_id: String,
+    /// Authorization settings.
+    pub auth: AuthSettings,
+    /// Updates kept for replay.
+    pub history_size: usize,
+    /// Interval of heartbeat comments on idle streams.
+    pub heartbeat: Duration,
+    /// Allowed browser origins (empty: no CORS headers).
+    pub cors_origins: Vec<String>,
+    /// Time given to open streams to close on shutdown.
+    pub drain: Duration,
+    /// Input limits.
+    pub limits: Limits,
+    /// Per-subscriber queue length.
+    pub subscriber_queue: usize,
+    /// Compiled selector cache size.
+    pub selector_cache_size: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Options::default()
+            .resolve()
+            .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"))
+    }
+}
+
+/// The configuration file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "tidings.toml";
+
+impl Options {
+    /// Reads options from a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file cannot be read, is not TOML, or has an unknown key or a
+    /// value of the wrong type (the message names the key).
+    pub fn from_file(path: &Path) -> Result<Options, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read the configuration file {}: {e}",
+                path.display()
+            ))
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("in {}: {e}", path.display())))
+    }
+
+    /// Fills every option not set here from `lower` (this layer wins).
+    pub fn over(self, lower: Options) -> Options {
+        macro_rules! pick {
+            ($($field:ident),*) => {
+                Options { $($field: self.$field.or(lower.$field),)*
+                    cors_origin: if self.cors_origin.is_empty() { lower.cors_origin } else { self.cors_origin },
+                }
+            };
+        }
+        pick!(
+            listen,
+            bus,
+            instance_id,
+            auth,
+            jwt_key,
+            publisher_jwt_key,
+            subscriber_jwt_key,
+            jwt_alg,
+            jwt_leeway,
+            session_claim,
+            anonymous,
+            history_size,
+            heartbeat,
+            drain_secs,
+            max_body_bytes,
+            max_selectors,
+            max_selector_length,
+            max_topics_per_update,
+            max_id_length,
+            max_event_name_length,
+            subscriber_queue,
+            selector_cache_size,
+            log_format,
+            log
+        )
+    }
+
+    /// Applies the defaults and checks every value.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the option that is wrong and what it must be.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:3000".to_owned());
+        let listen = listen_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "listen: {listen_text:?} is not an address like 127.0.0.1:3000"
+            ))
+        })?;
+        let positive = |name: &str, value: Option<u64>, default: u64| match value.unwrap_or(default)
+        {
+            0 => Err(ConfigError(format!("{name} must be at least 1"))),
+            v => Ok(v),
+        };
+        let positive_usize =
+            |name: &str, value: Option<usize>, default: usize| match value.unwrap_or(default) {
+                0 => Err(ConfigError(format!("{name} must be at least 1"))),
+                v => Ok(v),
+            };
+        let d = Limits::default();
+        let limits = Limits {
+            max_body_bytes: positive_usize(
+                "max-body-bytes",
+                self.max_body_bytes,
+                d.max_body_bytes,
+            )?,
+            max_selectors: positive_usize("max-selectors", self.max_selectors, d.max_selectors)?,
+            max_selector_length: positive_usize(
+                "max-selector-length",
+                self.max_selector_length,
+                d.max_selector_length,
+            )?,
+            max_topics_per_update: positive_usize(
+                "max-topics-per-update",
+                self.max_topics_per_update,
+                d.max_topics_per_update,
+            )?,
+            max_id_length: positive_usize("max-id-length", self.max_id_length, d.max_id_length)?,
+            max_event_name_length: positive_usize(
+                "max-event-name-length",
+                self.max_event_name_length,
+                d.max_event_name_length,
+            )?,
+        };
+        let instance_id = match self.instance_id {
+            Some(id) if id.is_empty() || id.chars().any(|c| c.is_control()) => {
+                return Err(ConfigError(
+                    "instance-id must be non-empty text without control characters".into(),
+                ))
+            }
+            Some(id) => id,
+            None => format!(
+                "tidings-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
+        };
+        Ok(Config {
+            listen,
+            bus: self.bus.unwrap_or_else(|| "memory://".to_owned()),
+            instance_id,
+            auth: AuthSettings {
+                mode: self.auth.unwrap_or_default(),
+                jwt_key: self.jwt_key,
+                publisher_jwt_key: self.publisher_jwt_key,
+                subscriber_jwt_key: self.subscriber_jwt_key,
+                alg: self.jwt_alg.unwrap_or_default(),
+                anonymous: self.anonymous.unwrap_or(false),
+                leeway_secs: self.jwt_leeway.unwrap_or(5),
+                session_claim: self.session_claim.unwrap_or_else(|| "sub".to_owned()),
+            },
+            history_size: self.history_size.unwrap_or(1000),
+            heartbeat: Duration::from_secs(positive("heartbeat", self.heartbeat, 15)?),
+            cors_origins: self.cors_origin,
+            drain: Duration::from_secs(self.drain_secs.unwrap_or(10)),
+            limits,
+            subscriber_queue: positive_usize("subscriber-queue", self.subscriber_queue, 1024)?,
+            selector_cache_size: positive_usize(
+                "selector-cache-size",
+                self.selector_cache_size,
+                10_000,
+            )?,
+            log_format: self.log_format.unwrap_or_default(),
+            log: self.log.unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_layers_win_and_defaults_fill_the_rest() {
+        let file: Options =
+            toml::from_str("history-size = 5\nheartbeat = 7\nanonymous = true").unwrap();
+        let flags = Options {
+            history_size: Some(9),
+            ..Options::default()
+        };
+        let config = flags.over(file).resolve().unwrap();
+        assert_eq!(config.history_size, 9);
+        assert_eq!(config.heartbeat, Duration::from_secs(7));
+        assert!(config.auth.anonymous);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.bus, "memory://");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = toml::from_str::<Options>("histroy-size = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("histroy-size"), "{err}");
+        let err = Options {
+            listen: Some("nowhere".into()),
+            ..Options::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("listen"), "{err}");
+        let err = Options {
+            heartbeat: Some(0),
+            ..Options::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("heartbeat"), "{err}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The HTTP error type: every refusal is a JSON body `{"error": "...", "detail": "..."}` with
+//! the status that says whose fault it is. Mapped from the library's typed errors exactly once,
+//! here. Internal failures become a generic message; their cause goes to the log.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::bus::BusError;
+use crate::update::InvalidInput;
+
+/// An error answered to an HTTP caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A short, stable, machine-readable code (`invalid_topic`, `missing_token`, …).
+    pub error: &'static str,
+    /// A sentence for a human that says what to fix.
+    pub detail: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    detail: &'a str,
+}
+
+impl ApiError {
+    /// An error with the given status, code and explanation.
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error,
+            detail: detail.into(),
+        }
+    }
+
+    /// `400 Bad Request`.
+    pub fn bad_request(error: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error, detail)
+    }
+
+    /// `403 Forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    /// `503 Service Unavailable` while the instance drains.
+    pub fn draining() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this instance is shutting down; connect to another one",
+        )
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(e: InvalidInput) -> Self {
+        ApiError::bad_request("invalid_input", e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing(d) => ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", d),
+            AuthError::Invalid(d) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", d),
+            AuthError::Forbidden(d) => ApiError::forbidden(d),
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::DuplicateId(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_id",
+                format!("an update with id {id:?} is already in history; ids must be unique"),
+            ),
+            BusError::Unavailable(cause) => {
+                tracing::warn!(%cause, "bus unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "bus_unavailable",
+                    "the bus did not accept the request; retry later",
+                )
+            }
+            BusError::Config(cause) => {
+                tracing::error!(%cause, "bus configuration error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Body {
+            error: self.error,
+            detail: &self.detail,
+        })
+        .unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tidings\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,171 @@
+//! The HTTP face of an instance: the Mercure protocol, the session API, operations endpoints
+//! and the page at `/`, as one axum [`Router`].
+//!
+//! Handlers validate everything they are sent, once, into the library's types; refusals are
+//! [`ApiError`]s. Streams are opened by [`stream::open`], shared by both APIs.
+
+mod error;
+mod mercure;
+mod ops;
+mod request;
+mod session;
+mod stream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::ApiError;
+
+use crate::auth::Authenticator;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::selector::SelectorCache;
+
+/// Everything a request handler needs, shared by all requests of an instance.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+#[derive(Debug)]
+struct StateInner {
+    config: Config,
+    hub: Hub,
+    bus: Arc<dyn Bus>,
+    auth: Authenticator,
+    selectors: Arc<SelectorCache>,
+    metrics: Arc<Metrics>,
+    /// Cancelled when the instance starts shutting down: every stream ends itself.
+    shutdown: CancellationToken,
+    /// Set at the same moment, read by `/readyz` and by handlers refusing new streams.
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// Bundles the parts of an instance.
+    pub fn new(
+        config: Config,
+        hub: Hub,
+        bus: Arc<dyn Bus>,
+        auth: Authenticator,
+        selectors: Arc<SelectorCache>,
+    ) -> Self {
+        let metrics = hub.metrics().clone();
+        AppState {
+            inner: Arc::new(StateInner {
+                config,
+                hub,
+                bus,
+                auth,
+                selectors,
+                metrics,
+                shutdown: CancellationToken::new(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts draining: `/readyz` answers 503, new streams are refused, and every open stream
+    /// is told to close (each after a random part of the drain window, with a `retry:` hint).
+    pub fn begin_shutdown(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.metrics.ready.set(0);
+        self.inner.shutdown.cancel();
+    }
+
+    /// True once [`AppState::begin_shutdown`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// The instance's hub.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The instance's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The instance's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
+
+/// Builds the router of an instance.
+pub fn router(state: AppState) -> Router {
+    let limits = &state.config().limits;
+    let mut router = Router::new()
+        .route("/", get(index))
+        .route(
+            "/.well-known/mercure",
+            get(mercure::subscribe).post(mercure::publish),
+        )
+        .route("/sse/event-stream", get(session::event_stream))
+        .route("/sse/events", axum::routing::post(session::publish))
+        .route("/sse/sessions/{session_id}", get(session::describe))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    if let Some(cors) = cors_layer(&state.config().cors_origins) {
+        router = router.layer(cors);
+    }
+    router.with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::HeaderName::from_static("last-event-id")]);
+    if origins.iter().any(|o| o == "*") {
+        // Credentials cannot be combined with a wildcard origin.
+        return Some(layer.allow_origin(AllowOrigin::any()));
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(layer.allow_origin(list).allow_credentials(true))
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        Html(include_str!("index.html")),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}

@@ -1,0 +1,49 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+
+/// `GET /healthz`: the process is alive and serving HTTP.
+pub(super) async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: 200 while the bus is connected and the instance is not draining; 503
+/// otherwise, so a load balancer stops sending new clients.
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    let bus = state.inner.bus.kind();
+    let (status, text) = if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !state.inner.bus.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    state
+        .metrics()
+        .ready
+        .set(i64::from(status == StatusCode::OK));
+    let body = json!({
+        "status": text,
+        "bus": bus,
+        "instanceId": state.config().instance_id,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics().render(),
+    )
+        .into_response()
+}

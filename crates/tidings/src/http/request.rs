@@ -1,0 +1,206 @@
+//! Reading untrusted request parts: query strings and forms (strict UTF-8), the token in its
+//! three Mercure locations, `Last-Event-ID`, content types and bodies.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderMap, StatusCode};
+
+use super::ApiError;
+use crate::bus::ReplayFrom;
+use crate::update::UpdateId;
+
+/// Decoded `name=value` pairs of a query string or a form body, in order.
+#[derive(Debug, Default)]
+pub(super) struct Pairs(Vec<(String, String)>);
+
+impl Pairs {
+    /// Decodes `application/x-www-form-urlencoded` text. Unlike lenient decoders, refuses
+    /// percent-escapes that decode to invalid UTF-8 instead of replacing them.
+    pub(super) fn parse(input: &[u8], what: &str) -> Result<Pairs, ApiError> {
+        let mut pairs = Vec::new();
+        for part in input.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+            let (name, value) = match part.iter().position(|b| *b == b'=') {
+                Some(i) => (&part[..i], &part[i + 1..]),
+                None => (part, &b""[..]),
+            };
+            pairs.push((decode(name, what)?, decode(value, what)?));
+        }
+        Ok(Pairs(pairs))
+    }
+
+    /// Every value of `name`.
+    pub(super) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `name`, which may be given at most once.
+    pub(super) fn single<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, ApiError> {
+        let mut values = self.all(name);
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                format!("{name} is given more than once"),
+            ));
+        }
+        Ok(first)
+    }
+}
+
+fn decode(raw: &[u8], what: &str) -> Result<String, ApiError> {
+    let plus_as_space: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
+    percent_encoding::percent_decode(&plus_as_space)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            ApiError::bad_request("invalid_encoding", format!("the {what} is not valid UTF-8"))
+        })
+}
+
+/// The query string's pairs.
+pub(super) fn query(raw: Option<&str>) -> Result<Pairs, ApiError> {
+    Pairs::parse(raw.unwrap_or("").as_bytes(), "query string")
+}
+
+/// Finds the JWT: the `Authorization: Bearer` header first, then the `mercureAuthorization`
+/// cookie, then the `authorization` query parameter (as the Mercure protocol orders them).
+pub(super) fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a Pairs,
+) -> Result<Option<&'a str>, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().unwrap_or("");
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "the Authorization header must be 'Bearer <token>'",
+                )
+            })?;
+        return Ok(Some(token));
+    }
+    if let Some(token) = cookie(headers, "mercureAuthorization") {
+        return Ok(Some(token));
+    }
+    Ok(query.single("authorization")?.filter(|t| !t.is_empty()))
+}
+
+/// The value of cookie `name`, if the request carries it.
+pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+/// Where to resume: the `Last-Event-ID` header (sent by a reconnecting `EventSource`, so it
+/// wins over the URL's) or the `lastEventID` query parameter; `earliest` means all history.
+pub(super) fn resume_point(
+    headers: &HeaderMap,
+    query: &Pairs,
+    max_id_len: usize,
+) -> Result<ReplayFrom, ApiError> {
+    let from_header = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_last_event_id",
+                "the Last-Event-ID header is not valid text",
+            )
+        })?),
+        None => None,
+    };
+    let raw = match from_header {
+        Some(v) => Some(v),
+        None => query.single("lastEventID")?,
+    };
+    match raw {
+        None | Some("") => Ok(ReplayFrom::Now),
+        Some("earliest") => Ok(ReplayFrom::Earliest),
+        Some(id) => UpdateId::new(id, max_id_len)
+            .map(ReplayFrom::After)
+            .map_err(|e| ApiError::bad_request("invalid_last_event_id", e.to_string())),
+    }
+}
+
+/// Checks the request's media type (parameters such as `charset` are ignored).
+pub(super) fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    let actual = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = actual.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the body must be {expected}, not {:?}",
+                if actual.is_empty() { "(none)" } else { actual }
+            ),
+        ))
+    }
+}
+
+/// The body, or a 413 naming the limit when it was too large.
+pub(super) fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than max-body-bytes ({limit} bytes)"),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", rejection.body_text())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_decode_plus_and_escapes_strictly() {
+        let p = Pairs::parse(b"topic=a+b&topic=c%2Fd&data=%C3%A9&flag", "form").unwrap();
+        assert_eq!(p.all("topic").collect::<Vec<_>>(), ["a b", "c/d"]);
+        assert_eq!(p.single("data").unwrap(), Some("é"));
+        assert_eq!(p.single("flag").unwrap(), Some(""));
+        assert!(Pairs::parse(b"data=%FF", "form").is_err());
+        assert!(p.single("topic").is_err());
+    }
+
+    #[test]
+    fn the_header_token_wins_and_must_be_bearer() {
+        let q = Pairs::parse(b"authorization=q", "q").unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(token(&h, &q).unwrap(), Some("q"));
+        h.insert(
+            header::COOKIE,
+            "a=1; mercureAuthorization=c".parse().unwrap(),
+        );
+        assert_eq!(token(&h, &q).unwrap(), Some("c"));
+        h.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
+        assert_eq!(token(&h, &q).unwrap(), Some("h"));
+        h.insert(header::AUTHORIZATION, "Basic x".parse().unwrap());
+        assert_eq!(token(&h, &q).unwrap_err().status, StatusCode::UNAUTHORIZED);
+    }
+}

@@ -1,0 +1,186 @@
+//! The session API, a view of topics: a session's updates are private updates on the topic
+//! `urn:tidings:session:<id>`, carrying the event name as their SSE type.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::request;
+use super::{stream, ApiError, AppState};
+use crate::auth::{AuthMode, MAX_SESSION_ID_LEN};
+use crate::selector::Selector;
+use crate::subscriber::SubscriberSpec;
+use crate::update::{EventName, SessionId, Topic, Update, UpdateId};
+
+/// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of one name.
+pub(super) async fn event_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = request::query(raw.as_deref())?;
+    let limits = &state.config().limits;
+    let event_name = query
+        .single("eventName")?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_event_name",
+                "give the event name: ?eventName=<name>",
+            )
+        })
+        .and_then(|n| Ok(EventName::new(n, limits.max_event_name_length)?))?;
+    let identity = state
+        .inner
+        .auth
+        .subscriber(request::token(&headers, &query)?)?;
+    let session = if state.inner.auth.mode() == AuthMode::None {
+        let raw = query
+            .single("sessionId")?
+            .or_else(|| request::cookie(&headers, "sessionId"))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "missing_session",
+                    "without tokens (--auth none) the session comes from the sessionId query parameter or cookie",
+                )
+            })?;
+        SessionId::new(raw, MAX_SESSION_ID_LEN)?
+    } else {
+        match identity.session {
+            Some(session) => session,
+            None if identity.anonymous => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_token",
+                    "session streams need a JWT whose session claim names the session",
+                ))
+            }
+            None => {
+                return Err(ApiError::forbidden(
+                    "the token has no session claim (sub, or the configured session-claim)",
+                ))
+            }
+        }
+    };
+    let from = request::resume_point(&headers, &query, limits.max_id_length)?;
+    let topic = Topic::for_session(&session);
+    let spec = SubscriberSpec {
+        selectors: vec![Selector::Exact(topic.as_str().into())],
+        access: identity.access.with_session(&session),
+        event_name: Some(event_name),
+        session: Some(session),
+    };
+    stream::open(&state, spec, from).await
+}
+
+/// The body of `POST /sse/events`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SessionEvent {
+    session_id: String,
+    event_name: String,
+    payload: serde_json::Value,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    retry: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Published {
+    id: String,
+}
+
+/// `POST /sse/events`: delivers a payload to every stream of a session with that event name.
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let limits = &state.config().limits;
+    let body = request::body(body, limits.max_body_bytes)?;
+    let query = request::query(raw.as_deref())?;
+    let rights = state
+        .inner
+        .auth
+        .publisher(request::token(&headers, &query)?)?;
+    request::require_content_type(&headers, "application/json")?;
+    let event: SessionEvent = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not a valid session event: {e}"),
+        )
+    })?;
+    let session = SessionId::new(&event.session_id, MAX_SESSION_ID_LEN)?;
+    let event_name = EventName::new(&event.event_name, limits.max_event_name_length)?;
+    let id = match &event.id {
+        Some(id) => UpdateId::new(id, limits.max_id_length)?,
+        None => UpdateId::generate(),
+    };
+    // Strings are sent as they are; any other JSON value as its JSON text.
+    let data = match event.payload {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    let topics = vec![Topic::for_session(&session)];
+    rights.check(&topics)?;
+    let update = Update::new(id, topics, Some(event_name), data, event.retry, true)?;
+    let envelope = state.inner.bus.publish(update).await?;
+    state.metrics().updates_published.inc();
+    Ok(Json(Published {
+        id: envelope.update.id.to_string(),
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionInfo {
+    session_id: String,
+    connected: bool,
+    streams: usize,
+    instances: Vec<InstanceStreams>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InstanceStreams {
+    instance_id: String,
+    streams: usize,
+}
+
+/// `GET /sse/sessions/{id}`: whether a session is connected, where, with how many streams.
+/// Reveals who is online, so it needs a publisher token.
+pub(super) async fn describe(
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = request::query(raw.as_deref())?;
+    state
+        .inner
+        .auth
+        .publisher(request::token(&headers, &query)?)?;
+    let session = SessionId::new(&session_id, MAX_SESSION_ID_LEN)?;
+    let streams = state.hub().session_streams(&session);
+    let instances = if streams > 0 {
+        vec![InstanceStreams {
+            instance_id: state.config().instance_id.clone(),
+            streams,
+        }]
+    } else {
+        Vec::new()
+    };
+    Ok(Json(SessionInfo {
+        session_id,
+        connected: streams > 0,
+        streams,
+        instances,
+    })
+    .into_response())
+}

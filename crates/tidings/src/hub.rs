@@ -1,0 +1,413 @@
+//! The hub: one instance's registry of local subscribers, and the dispatch of an update to
+//! those that may see it.
+//!
+//! Subscribers are indexed by selector, not scanned: an exact selector is a key in a map from
+//! topic to subscribers, and each distinct non-exact selector (`*`, a template) is matched once
+//! per update, however many subscribers share it. A subscriber that passes is handed the
+//! update's shared [`Envelope`] through its bounded queue with `try_send`: dispatch never
+//! waits for a connection. A subscriber whose queue is full is disconnected (it can resume
+//! from history) rather than slowing everyone else down.
+//!
+//! The hub also keeps the instance's record of live interests (which exact topics and which
+//! wide selectors have subscribers), which a bus that routes by interest watches.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use indexmap::IndexMap;
+use tokio::sync::{mpsc, watch};
+
+use crate::envelope::Envelope;
+use crate::metrics::Metrics;
+use crate::selector::Selector;
+use crate::subscriber::SubscriberSpec;
+use crate::update::SessionId;
+
+/// The hub-wide identifier of one subscriber (unique within the instance's lifetime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriberId(pub u64);
+
+/// One registered subscriber, as the index holds it.
+#[derive(Debug)]
+struct Entry {
+    spec: Arc<SubscriberSpec>,
+    /// The sending half of the subscriber's bounded queue; dropping the last entry closes it.
+    tx: mpsc::Sender<Arc<Envelope>>,
+    /// Has more than one distinct selector, so one update may reach it through several
+    /// index entries: dispatch then deduplicates it.
+    multi: bool,
+}
+
+type Members = IndexMap<SubscriberId, Arc<Entry>>;
+
+#[derive(Debug, Default)]
+struct Registry {
+    all: HashMap<SubscriberId, Arc<Entry>>,
+    exact: HashMap<Arc<str>, Members>,
+    /// Non-exact selectors, keyed by source, each compiled once.
+    wide: IndexMap<Arc<str>, (Selector, Members)>,
+    sessions: HashMap<SessionId, usize>,
+}
+
+/// The topics and selectors this instance's subscribers need, for interest routing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interest {
+    /// Exact topics with at least one subscriber.
+    pub exact: Vec<Arc<str>>,
+    /// Non-exact selectors (`*`, templates) with at least one subscriber.
+    pub wide: Vec<Arc<str>>,
+}
+
+/// What one dispatch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Subscribers the update was queued for.
+    pub queued: usize,
+    /// Subscribers disconnected because their queue was full.
+    pub dropped_slow: usize,
+}
+
+/// One instance's hub; cheap to clone (all clones share the registry).
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// A std lock, not a tokio one: nothing awaits while it is held, and dispatch (the reader)
+    /// only does `try_send`.
+    registry: RwLock<Registry>,
+    next_id: AtomicU64,
+    /// Updates a subscriber's queue holds before the subscriber counts as slow.
+    queue_capacity: usize,
+    metrics: Arc<Metrics>,
+    /// Bumped whenever the set of exact topics or wide selectors changes.
+    interest_version: watch::Sender<u64>,
+}
+
+/// A live subscription: the receiving half of the subscriber's queue. Dropping it removes the
+/// subscriber from the hub at once.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The subscriber's id.
+    pub id: SubscriberId,
+    /// What it asked for (the stream uses it to filter replayed history).
+    pub spec: Arc<SubscriberSpec>,
+    rx: mpsc::Receiver<Arc<Envelope>>,
+    hub: Hub,
+}
+
+impl Subscription {
+    /// Receives the next queued update; `None` once the hub has dropped the subscriber (slow
+    /// consumer) — the stream should then end so the client resumes from history.
+    pub async fn recv(&mut self) -> Option<Arc<Envelope>> {
+        self.rx.recv().await
+    }
+
+    /// Polls for the next queued update (for hand-written streams).
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Arc<Envelope>>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(self.id);
+    }
+}
+
+impl Hub {
+    /// A hub whose subscribers each queue at most `queue_capacity` updates.
+    pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                registry: RwLock::new(Registry::default()),
+                next_id: AtomicU64::new(1),
+                queue_capacity: queue_capacity.max(1),
+                metrics,
+                interest_version: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// The metrics this hub reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Registers a subscriber. From the moment this returns, every update dispatched that the
+    /// subscriber may see is queued for it.
+    pub fn subscribe(&self, spec: SubscriberSpec) -> Subscription {
+        let id = SubscriberId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        let multi = spec
+            .selectors
+            .iter()
+            .map(Selector::source)
+            .collect::<HashSet<_>>()
+            .len()
+            > 1;
+        let spec = Arc::new(spec);
+        let entry = Arc::new(Entry {
+            spec: spec.clone(),
+            tx,
+            multi,
+        });
+        let mut interest_changed = false;
+        {
+            let mut reg = self.write();
+            for selector in &spec.selectors {
+                let members = match selector {
+                    Selector::Exact(topic) => reg.exact.entry(topic.clone()).or_default(),
+                    _ => {
+                        &mut reg
+                            .wide
+                            .entry(Arc::from(selector.source()))
+                            .or_insert_with(|| (selector.clone(), Members::default()))
+                            .1
+                    }
+                };
+                interest_changed |= members.is_empty();
+                members.insert(id, entry.clone());
+            }
+            if let Some(session) = &spec.session {
+                *reg.sessions.entry(session.clone()).or_default() += 1;
+            }
+            reg.all.insert(id, entry);
+        }
+        self.inner.metrics.subscribers.inc();
+        if interest_changed {
+            self.inner.interest_version.send_modify(|v| *v += 1);
+        }
+        Subscription {
+            id,
+            spec,
+            rx,
+            hub: self.clone(),
+        }
+    }
+
+    /// Removes a subscriber (no-op when it is already gone). Closing its queue ends its stream.
+    fn remove(&self, id: SubscriberId) {
+        let mut interest_changed = false;
+        {
+            let mut reg = self.write();
+            let Some(entry) = reg.all.remove(&id) else {
+                return;
+            };
+            for selector in &entry.spec.selectors {
+                match selector {
+                    Selector::Exact(topic) => {
+                        if let Some(members) = reg.exact.get_mut(topic) {
+                            members.swap_remove(&id);
+                            if members.is_empty() {
+                                reg.exact.remove(topic);
+                                interest_changed = true;
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some((_, members)) = reg.wide.get_mut(selector.source()) {
+                            members.swap_remove(&id);
+                            if members.is_empty() {
+                                reg.wide.swap_remove(selector.source());
+                                interest_changed = true;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(session) = &entry.spec.session {
+                if let Some(n) = reg.sessions.get_mut(session) {
+                    *n -= 1;
+                    if *n == 0 {
+                        reg.sessions.remove(session);
+                    }
+                }
+            }
+        }
+        self.inner.metrics.subscribers.dec();
+        if interest_changed {
+            self.inner.interest_version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Queues `envelope` for every local subscriber that may see it, in the order dispatch is
+    /// called. A bus calls this from one task at a time, in its delivery order.
+    pub fn dispatch(&self, envelope: &Arc<Envelope>) -> Dispatched {
+        let update = &envelope.update;
+        let mut outcome = Dispatched::default();
+        let mut slow: Vec<SubscriberId> = Vec::new();
+        // Subscribers with several selectors may be reached more than once; remember those.
+        let mut seen_multi: HashSet<SubscriberId> = HashSet::new();
+        {
+            let reg = self.read();
+            let mut offer = |id: &SubscriberId, entry: &Arc<Entry>| {
+                if entry.multi && !seen_multi.insert(*id) {
+                    return;
+                }
+                if !entry.spec.may_receive(update) {
+                    return;
+                }
+                match entry.tx.try_send(envelope.clone()) {
+                    Ok(()) => outcome.queued += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(*id),
+                    // The stream is going away; its guard removes it.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            };
+            for topic in &update.topics {
+                if let Some(members) = reg.exact.get(topic.as_str()) {
+                    members.iter().for_each(|(id, e)| offer(id, e));
+                }
+            }
+            for (selector, members) in reg.wide.values() {
+                if selector.matches_any(&update.topics) {
+                    members.iter().for_each(|(id, e)| offer(id, e));
+                }
+            }
+        }
+        outcome.dropped_slow = slow.len();
+        for id in slow {
+            tracing::info!(
+                subscriber = id.0,
+                "subscriber queue full: disconnecting slow consumer"
+            );
+            self.inner.metrics.slow_consumers.inc();
+            self.remove(id);
+        }
+        outcome
+    }
+
+    /// Number of subscribers registered now.
+    pub fn subscriber_count(&self) -> usize {
+        self.read().all.len()
+    }
+
+    /// Number of streams `session` holds on this instance.
+    pub fn session_streams(&self, session: &SessionId) -> usize {
+        self.read().sessions.get(session).copied().unwrap_or(0)
+    }
+
+    /// The exact topics and wide selectors that have subscribers now.
+    pub fn interest(&self) -> Interest {
+        let reg = self.read();
+        Interest {
+            exact: reg.exact.keys().cloned().collect(),
+            wide: reg.wide.keys().cloned().collect(),
+        }
+    }
+
+    /// A receiver that changes whenever [`Hub::interest`] does.
+    pub fn interest_changes(&self) -> watch::Receiver<u64> {
+        self.inner.interest_version.subscribe()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        // Every mutation of the registry completes before it can panic (map operations only),
+        // so a poisoned lock still guards consistent data.
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Position;
+    use crate::subscriber::Access;
+    use crate::update::{Topic, Update, UpdateId};
+
+    fn hub(capacity: usize) -> Hub {
+        Hub::new(capacity, Arc::new(Metrics::new()))
+    }
+
+    fn spec(selectors: &[&str]) -> SubscriberSpec {
+        SubscriberSpec {
+            selectors: selectors
+                .iter()
+                .map(|s| Selector::compile(s, 1000).unwrap())
+                .collect(),
+            access: Access::public_only(),
+            event_name: None,
+            session: None,
+        }
+    }
+
+    fn envelope(pos: u128, topics: &[&str]) -> Arc<Envelope> {
+        let update = Update::new(
+            UpdateId::generate(),
+            topics
+                .iter()
+                .map(|t| Topic::new(t, 1000).unwrap())
+                .collect(),
+            None,
+            format!("{pos}"),
+            None,
+            false,
+        )
+        .unwrap();
+        Arc::new(Envelope::new(update, Position(pos), 0))
+    }
+
+    #[tokio::test]
+    async fn exact_wide_and_multi_selector_subscribers_get_one_copy() {
+        let hub = hub(8);
+        let mut exact = hub.subscribe(spec(&["a"]));
+        let mut wide = hub.subscribe(spec(&["*"]));
+        let mut multi = hub.subscribe(spec(&["a", "b", "{x}"]));
+        let mut other = hub.subscribe(spec(&["c"]));
+        let out = hub.dispatch(&envelope(1, &["a", "b"]));
+        assert_eq!(out.queued, 3);
+        for sub in [&mut exact, &mut wide, &mut multi] {
+            assert_eq!(sub.recv().await.unwrap().position, Position(1));
+            assert!(sub.rx.try_recv().is_err(), "exactly one copy");
+        }
+        assert!(other.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscription_unregisters_it_and_its_interest() {
+        let hub = hub(8);
+        let a = hub.subscribe(spec(&["t", "u/{x}"]));
+        let b = hub.subscribe(spec(&["t"]));
+        assert_eq!(hub.subscriber_count(), 2);
+        drop(a);
+        assert_eq!(hub.interest().exact, vec![Arc::from("t")]);
+        assert!(hub.interest().wide.is_empty());
+        drop(b);
+        assert_eq!(hub.subscriber_count(), 0);
+        assert_eq!(hub.interest(), Interest::default());
+        assert_eq!(hub.metrics().subscribers.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_disconnects_only_that_subscriber() {
+        let hub = hub(2);
+        let mut slow = hub.subscribe(spec(&["t"]));
+        let mut fast = hub.subscribe(spec(&["t"]));
+        for i in 1..=3 {
+            hub.dispatch(&envelope(i, &["t"]));
+            assert_eq!(fast.recv().await.unwrap().position, Position(i));
+        }
+        assert_eq!(hub.subscriber_count(), 1);
+        assert_eq!(slow.recv().await.unwrap().position, Position(1));
+        assert_eq!(slow.recv().await.unwrap().position, Position(2));
+        assert!(slow.recv().await.is_none(), "the slow stream ends");
+        assert_eq!(hub.metrics().slow_consumers.get(), 1);
+    }
+}

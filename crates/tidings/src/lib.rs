@@ -1,0 +1,61 @@
+//! # Tidings
+//!
+//! A Server-Sent Events hub that keeps working when one server becomes many. Clients hold
+//! `EventSource` connections to any instance; publishers send an update — to a topic, or to a
+//! session's event name — to any instance, and the instance holding the connection delivers
+//! it, in order, once, and again after a reconnect if it was missed. It speaks the Mercure
+//! protocol and a simpler session API; both are views of one core model.
+//!
+//! ## Map of the code
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`update`] | the validated input types: [`update::Update`], topics, ids, event names, sessions |
+//! | [`selector`] | topic selectors (`*`, exact, RFC 6570 templates) compiled once, cached |
+//! | [`sse`] | the SSE encoder (one `data:` line per payload line; nothing can inject a field) |
+//! | [`envelope`] | an update inside an instance: position in the bus order, SSE bytes encoded once |
+//! | [`subscriber`] | a subscriber's selectors, rights ([`subscriber::Access`]) and filters |
+//! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
+//! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay) and its backends |
+//! | [`auth`] | JWT verification (HS256/RS256/ES256), Mercure claims, minting dev tokens |
+//! | [`http`] | the axum router: Mercure endpoints, session API, `/healthz`, `/readyz`, `/metrics`, `/` |
+//! | [`metrics`] | the instance's Prometheus metrics |
+//! | [`config`] | options: defaults → `tidings.toml` → `TIDINGS_*` → flags |
+//! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown |
+//! | [`cli`] | the `tidings` command line |
+//!
+//! ## One update, from publish to socket
+//!
+//! 1. `POST /.well-known/mercure` reaches [`http`]'s publish handler. The form is decoded
+//!    strictly, every field validated into [`update`] types, the publisher's JWT verified and
+//!    its `mercure.publish` selectors checked against every topic ([`auth`]).
+//! 2. The handler calls [`bus::Bus::publish`]. The memory bus, under one lock, gives the update
+//!    the next [`envelope::Position`], wraps it in an [`envelope::Envelope`] — which encodes the
+//!    SSE bytes once — appends it to history and hands it to [`hub::Hub::dispatch`]. Only then
+//!    is the publisher answered with the id. (A broker-backed bus stores it in the broker, and
+//!    each instance's reader dispatches what it receives.)
+//! 3. Dispatch looks the topics up in the exact-topic index and matches each distinct wide
+//!    selector once; for each subscriber found it checks the compiled rights (private updates,
+//!    event-name filter) and `try_send`s the shared `Arc<Envelope>` into its bounded queue. A
+//!    full queue disconnects that subscriber only; it resumes from history.
+//! 4. The subscriber's response body (`http::stream`) wakes, skips anything its replay already
+//!    covered, and hands the shared `Bytes` to hyper, which writes them to the socket. Heartbeat
+//!    comments keep idle streams alive; on shutdown each stream ends with a `retry:` hint.
+//!
+//! A reconnecting client sends `Last-Event-ID`: its subscriber is registered first, history is
+//! read second, and live updates at or before the replay's head are skipped — no gap, no
+//! duplicate.
+
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod selector;
+pub mod server;
+pub mod sse;
+pub mod subscriber;
+pub mod update;

@@ -1,0 +1,165 @@
+//! Topic selectors: what a subscriber asks for, and what a token's claims allow.
+//!
+//! A selector is `*` (every topic), a URI template (RFC 6570, contains `{`), or an exact topic.
+//! Selectors are compiled once, when a subscriber connects or a token is verified, through a
+//! bounded [`SelectorCache`], and shared ([`Selector`] is cheap to clone). Matching an exact
+//! selector is a string comparison; the hub does not even do that, it indexes exact topics in a
+//! map. Templates run a linear-time matcher (see [`template`]).
+
+pub mod template;
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use crate::update::{InvalidInput, Topic};
+pub use template::{Template, TemplateError};
+
+/// A compiled selector.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// `*`: every topic.
+    Any,
+    /// One topic, compared exactly.
+    Exact(Arc<str>),
+    /// A URI template, and its source text.
+    Template {
+        /// The template as the subscriber wrote it (the key under which it is indexed).
+        source: Arc<str>,
+        /// Its compiled matcher.
+        template: Arc<Template>,
+    },
+}
+
+impl Selector {
+    /// Compiles one selector without a cache (the cache calls this on a miss).
+    ///
+    /// # Errors
+    /// [`InvalidInput`] for an empty selector, one longer than `max_len` bytes, one with control
+    /// characters, or a malformed URI template.
+    pub fn compile(source: &str, max_len: usize) -> Result<Self, InvalidInput> {
+        if source == "*" {
+            return Ok(Selector::Any);
+        }
+        // Same rules as a topic: not empty, bounded, no control characters.
+        let topic = Topic::new(source, max_len)
+            .map_err(|e| InvalidInput::new("topic selector", e.reason))?;
+        if !source.contains(['{', '}']) {
+            return Ok(Selector::Exact(Arc::from(topic.as_str())));
+        }
+        let template = Template::compile(source).map_err(|e| {
+            InvalidInput::new(
+                "topic selector",
+                format!("{source:?} is not a valid URI template: {e}"),
+            )
+        })?;
+        Ok(Selector::Template {
+            source: Arc::from(source),
+            template: Arc::new(template),
+        })
+    }
+
+    /// True when this selector matches `topic`.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Selector::Any => true,
+            Selector::Exact(t) => **t == *topic,
+            Selector::Template { template, .. } => template.matches(topic),
+        }
+    }
+
+    /// True when this selector matches at least one of `topics`.
+    pub fn matches_any(&self, topics: &[Topic]) -> bool {
+        match self {
+            Selector::Any => true,
+            _ => topics.iter().any(|t| self.matches(t.as_str())),
+        }
+    }
+
+    /// The selector as written (`*`, the exact topic, or the template source).
+    pub fn source(&self) -> &str {
+        match self {
+            Selector::Any => "*",
+            Selector::Exact(s) => s,
+            Selector::Template { source, .. } => source,
+        }
+    }
+}
+
+/// A bounded least-recently-used cache of compiled selectors, shared by every connection of an
+/// instance, so that ten thousand subscribers to one template compile it once.
+#[derive(Debug)]
+pub struct SelectorCache {
+    /// A std mutex: nothing awaits while it is held, and the critical section is a map lookup.
+    entries: Mutex<lru::LruCache<Box<str>, Selector>>,
+    /// Longest selector accepted, in bytes (`max-selector-length`).
+    max_len: usize,
+}
+
+impl SelectorCache {
+    /// A cache holding at most `capacity` compiled selectors, accepting selectors of at most
+    /// `max_len` bytes.
+    pub fn new(capacity: usize, max_len: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        SelectorCache {
+            entries: Mutex::new(lru::LruCache::new(capacity)),
+            max_len,
+        }
+    }
+
+    /// Returns the compiled selector for `source`, compiling it on a miss.
+    ///
+    /// # Errors
+    /// As [`Selector::compile`].
+    pub fn get(&self, source: &str) -> Result<Selector, InvalidInput> {
+        if let Some(hit) = self.lock().get(source) {
+            return Ok(hit.clone());
+        }
+        // Compile outside the lock: a large template must not stall other connections.
+        let compiled = Selector::compile(source, self.max_len)?;
+        self.lock().put(Box::from(source), compiled.clone());
+        Ok(compiled)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<Box<str>, Selector>> {
+        // A panic while holding this lock cannot leave the cache inconsistent (each operation
+        // is one call into the LRU), so a poisoned lock is still usable.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_recognised() {
+        assert!(matches!(
+            Selector::compile("*", 100).unwrap(),
+            Selector::Any
+        ));
+        assert!(matches!(
+            Selector::compile("a/b", 100).unwrap(),
+            Selector::Exact(_)
+        ));
+        assert!(matches!(
+            Selector::compile("a/{b}", 100).unwrap(),
+            Selector::Template { .. }
+        ));
+        assert!(Selector::compile("a/{b", 100).is_err());
+        assert!(Selector::compile("", 100).is_err());
+        assert!(Selector::compile(&"x".repeat(101), 100).is_err());
+    }
+
+    #[test]
+    fn the_cache_returns_the_same_compiled_template() {
+        let cache = SelectorCache::new(2, 100);
+        let a = cache.get("a/{x}").unwrap();
+        let b = cache.get("a/{x}").unwrap();
+        match (a, b) {
+            (Selector::Template { template: a, .. }, Selector::Template { template: b, .. }) => {
+                assert!(Arc::ptr_eq(&a, &b))
+            }
+            _ => panic!("templates expected"),
+        }
+    }
+}

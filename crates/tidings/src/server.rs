@@ -1,0 +1,123 @@
+//! Assembling and running one instance: hub, bus, authenticator, router, and a bounded,
+//! two-stage graceful shutdown.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::bus::{self, BusOptions};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::selector::SelectorCache;
+
+/// Why an instance could not start; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The authorization settings are unusable (a missing key, an unreadable PEM file).
+    #[error("authorization: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// The bus could not be set up.
+    #[error("{0}")]
+    Bus(#[from] bus::BusError),
+    /// The listener failed.
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A fully assembled instance, not yet serving.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    state: AppState,
+}
+
+impl Instance {
+    /// Builds the hub, connects the bus and prepares the router.
+    ///
+    /// # Errors
+    /// [`StartError`] when the authorization settings or the bus are unusable.
+    pub async fn new(config: Config) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(config.subscriber_queue, metrics.clone());
+        let selectors = Arc::new(SelectorCache::new(
+            config.selector_cache_size,
+            config.limits.max_selector_length,
+        ));
+        let auth = Authenticator::new(&config.auth, selectors.clone())?;
+        let options = BusOptions {
+            history_size: config.history_size,
+        };
+        let bus = bus::connect(&config.bus, &options, hub.clone()).await?;
+        metrics.ready.set(1);
+        Ok(Instance {
+            state: AppState::new(config, hub, bus, auth, selectors),
+        })
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The router serving this instance.
+    pub fn router(&self) -> Router {
+        http::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains: readiness turns 503, new
+    /// connections are refused, each open stream ends with a `retry:` hint at a random moment
+    /// of the drain window, and serving stops after the window (plus one second of grace)
+    /// whatever is still open.
+    ///
+    /// # Errors
+    /// [`StartError::Io`] when serving fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let addr = listener.local_addr()?;
+        let config = self.state.config().clone();
+        tracing::info!(
+            listen = %addr,
+            bus = %config.bus,
+            instance = %config.instance_id,
+            "tidings ready, listening on http://{addr}"
+        );
+        let state = self.state.clone();
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining open streams");
+            state.begin_shutdown();
+            let _ = stopped_tx.send(());
+        };
+        let server = axum::serve(listener, self.router().into_make_service())
+            .with_graceful_shutdown(signal)
+            .into_future();
+        let drain = config.drain + std::time::Duration::from_secs(1);
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result.map_err(StartError::from),
+            _ = stopped_rx => {}
+        }
+        match tokio::time::timeout(drain, server).await {
+            Ok(result) => {
+                tracing::info!("drained; bye");
+                result.map_err(StartError::from)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    open_streams = self.state.metrics().connections.get(),
+                    "drain did not complete in {:?}; closing what is left",
+                    drain
+                );
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! A subscriber: one SSE connection's selectors, rights, session and event filter, and the
+//! decision "may this subscriber see this update?", which the hub takes for live updates and
+//! the stream takes for replayed ones.
+
+use crate::selector::Selector;
+use crate::update::{EventName, SessionId, Topic, Update};
+
+/// Which private updates a subscriber may see. Compiled once, when the subscriber connects,
+/// from its verified token; per update only the compiled matchers run.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Sees every private update (`--auth none`, or a `subscribe` claim containing `*`).
+    all_private: bool,
+    /// The selectors of the token's `mercure.subscribe` claim.
+    private_selectors: Vec<Selector>,
+    /// The topic of the subscriber's own session: its updates are private to it.
+    session_topic: Option<Topic>,
+}
+
+impl Access {
+    /// Sees public updates only (anonymous subscribers).
+    pub fn public_only() -> Self {
+        Access::default()
+    }
+
+    /// Sees every update (development mode without tokens).
+    pub fn everything() -> Self {
+        Access {
+            all_private: true,
+            ..Access::default()
+        }
+    }
+
+    /// Sees the private updates whose topics match one of `selectors` (a token's `subscribe`
+    /// claim).
+    pub fn from_claim(selectors: Vec<Selector>) -> Self {
+        let all_private = selectors.iter().any(|s| matches!(s, Selector::Any));
+        Access {
+            all_private,
+            private_selectors: if all_private { Vec::new() } else { selectors },
+            session_topic: None,
+        }
+    }
+
+    /// Adds the private updates of `session` (the session API's own channel).
+    pub fn with_session(mut self, session: &SessionId) -> Self {
+        self.session_topic = Some(Topic::for_session(session));
+        self
+    }
+
+    /// True when a private update published to `topics` may be shown.
+    pub fn may_see_private(&self, topics: &[Topic]) -> bool {
+        self.all_private
+            || self
+                .session_topic
+                .as_ref()
+                .is_some_and(|own| topics.contains(own))
+            || self.private_selectors.iter().any(|s| s.matches_any(topics))
+    }
+}
+
+/// What a new subscriber asks for: built by the HTTP layer from a request, handed to
+/// [`crate::hub::Hub::subscribe`].
+#[derive(Debug, Clone)]
+pub struct SubscriberSpec {
+    /// The topic selectors (at least one).
+    pub selectors: Vec<Selector>,
+    /// Its rights to private updates.
+    pub access: Access,
+    /// When set, only updates with this event name are delivered (session API streams).
+    pub event_name: Option<EventName>,
+    /// The session the subscriber belongs to, if any (counted in the session registry).
+    pub session: Option<SessionId>,
+}
+
+impl SubscriberSpec {
+    /// True when this subscriber's own rights and filters let it see `update`. Topic matching
+    /// is not repeated here: the hub found the subscriber through a matching selector.
+    pub fn may_receive(&self, update: &Update) -> bool {
+        if let Some(wanted) = &self.event_name {
+            if update.event_type.as_ref() != Some(wanted) {
+                return false;
+            }
+        }
+        !update.private || self.access.may_see_private(&update.topics)
+    }
+
+    /// True when one of the selectors matches one of the update's topics and the subscriber
+    /// may receive it (used for replayed updates, which do not go through the hub's index).
+    pub fn wants(&self, update: &Update) -> bool {
+        self.selectors.iter().any(|s| s.matches_any(&update.topics)) && self.may_receive(update)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::UpdateId;
+
+    fn update(topic: &str, private: bool, event: Option<&str>) -> Update {
+        Update::new(
+            UpdateId::generate(),
+            vec![Topic::new(topic, 100).unwrap()],
+            event.map(|e| EventName::new(e, 100).unwrap()),
+            "x".into(),
+            None,
+            private,
+        )
+        .unwrap()
+    }
+
+    fn spec(access: Access, event: Option<&str>) -> SubscriberSpec {
+        SubscriberSpec {
+            selectors: vec![Selector::Any],
+            access,
+            event_name: event.map(|e| EventName::new(e, 100).unwrap()),
+            session: None,
+        }
+    }
+
+    #[test]
+    fn private_updates_need_a_matching_claim() {
+        let claim = Access::from_claim(vec![Selector::compile("books/{id}", 100).unwrap()]);
+        assert!(spec(claim.clone(), None).wants(&update("books/1", true, None)));
+        assert!(!spec(claim, None).wants(&update("authors/1", true, None)));
+        assert!(!spec(Access::public_only(), None).wants(&update("books/1", true, None)));
+        assert!(spec(Access::public_only(), None).wants(&update("books/1", false, None)));
+        assert!(spec(Access::everything(), None).wants(&update("x", true, None)));
+    }
+
+    #[test]
+    fn a_session_sees_its_own_private_updates_only() {
+        let me = SessionId::new("me", 10).unwrap();
+        let other = SessionId::new("other", 10).unwrap();
+        let mine = Topic::for_session(&me);
+        let theirs = Topic::for_session(&other);
+        let access = Access::public_only().with_session(&me);
+        assert!(spec(access.clone(), None).wants(&update(mine.as_str(), true, None)));
+        assert!(!spec(access, None).wants(&update(theirs.as_str(), true, None)));
+    }
+
+    #[test]
+    fn event_filters_compare_names() {
+        let s = spec(Access::everything(), Some("chat"));
+        assert!(s.wants(&update("t", false, Some("chat"))));
+        assert!(!s.wants(&update("t", false, Some("news"))));
+        assert!(!s.wants(&update("t", false, None)));
+    }
+}

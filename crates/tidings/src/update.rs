@@ -1,0 +1,248 @@
+//! The update — what the hub delivers — and the validated pieces it is made of.
+//!
+//! Everything an outside caller sends is turned into these types once, at the boundary
+//! (`http`, later the bus wire-format decoder). A value of one of these types cannot hold
+//! what would break the SSE framing: an [`UpdateId`] or an [`EventName`] never contains CR, LF
+//! or NUL, and a [`Topic`] never contains a control character. Code inside the hub trusts them.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a piece of input was refused. Carries which field was wrong and a sentence that says
+/// what to fix; the HTTP layer turns it into a `400` with a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidInput {
+    /// The name of the field as the caller knows it (`topic`, `id`, `eventName`, …).
+    pub field: &'static str,
+    /// What is wrong with it, for a human.
+    pub reason: String,
+}
+
+impl InvalidInput {
+    /// Builds an error for `field` with the given explanation.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        InvalidInput {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks the rules shared by every string field: not empty, not longer than `max_len` bytes,
+/// and free of the characters `forbidden` rejects.
+fn check_text(
+    field: &'static str,
+    value: &str,
+    max_len: usize,
+    forbidden: fn(char) -> bool,
+    forbidden_what: &str,
+) -> Result<(), InvalidInput> {
+    if value.is_empty() {
+        return Err(InvalidInput::new(field, "must not be empty"));
+    }
+    if value.len() > max_len {
+        return Err(InvalidInput::new(
+            field,
+            format!("is {} bytes long, the limit is {max_len}", value.len()),
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| forbidden(*c)) {
+        return Err(InvalidInput::new(
+            field,
+            format!(
+                "must not contain {forbidden_what} (found U+{:04X})",
+                c as u32
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// True for the characters that end an SSE line or truncate a field in a browser.
+fn breaks_sse_line(c: char) -> bool {
+    matches!(c, '\r' | '\n' | '\0')
+}
+
+/// True for ASCII control characters (which have no place in a topic or a session id).
+fn is_control(c: char) -> bool {
+    c.is_ascii_control()
+}
+
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident, field = $field:literal, forbidden = $forbidden:path, what = $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates `value` (not empty, at most `max_len` bytes, no forbidden characters).
+            ///
+            /// # Errors
+            /// [`InvalidInput`] naming the field and the rule that failed.
+            pub fn new(value: &str, max_len: usize) -> Result<Self, InvalidInput> {
+                check_text($field, value, max_len, $forbidden, $what)?;
+                Ok($name(Arc::from(value)))
+            }
+
+            /// The value as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// The globally unique id of an update, sent as the SSE `id:` field and used by clients
+    /// to resume (`Last-Event-ID`). Never contains CR, LF or NUL.
+    UpdateId, field = "id", forbidden = breaks_sse_line, what = "CR, LF or NUL"
+);
+
+text_newtype!(
+    /// An SSE event name (the `type` of a Mercure update, the `eventName` of the session API).
+    /// Never contains CR, LF or NUL.
+    EventName, field = "event name", forbidden = breaks_sse_line, what = "CR, LF or NUL"
+);
+
+text_newtype!(
+    /// A topic an update is published to: usually an IRI, any string without control
+    /// characters.
+    Topic, field = "topic", forbidden = is_control, what = "control characters"
+);
+
+text_newtype!(
+    /// The identity of a user or browser-tab group; one session may hold many streams.
+    SessionId, field = "sessionId", forbidden = is_control, what = "control characters"
+);
+
+impl UpdateId {
+    /// A fresh, random id in the form Mercure hubs use: `urn:uuid:<uuid v4>`.
+    pub fn generate() -> Self {
+        UpdateId(Arc::from(format!("urn:uuid:{}", uuid::Uuid::new_v4())))
+    }
+}
+
+/// The prefix of the internal topic that carries a session's updates.
+pub const SESSION_TOPIC_PREFIX: &str = "urn:tidings:session:";
+
+impl Topic {
+    /// The topic that carries the updates addressed to one session (the session API is a view
+    /// of topics: `urn:tidings:session:<percent-encoded session id>`).
+    pub fn for_session(session: &SessionId) -> Topic {
+        let encoded = percent_encoding::utf8_percent_encode(
+            session.as_str(),
+            percent_encoding::NON_ALPHANUMERIC,
+        );
+        Topic(Arc::from(format!("{SESSION_TOPIC_PREFIX}{encoded}")))
+    }
+}
+
+/// One update: published once, delivered to every subscriber that may see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    /// Globally unique id; assigned by the publisher or generated by the hub.
+    pub id: UpdateId,
+    /// The topics it is published to (at least one, no duplicates).
+    pub topics: Vec<Topic>,
+    /// The SSE event name, if any (`event:` field).
+    pub event_type: Option<EventName>,
+    /// The payload, UTF-8 text that may span several lines.
+    pub data: String,
+    /// Reconnection delay hint for the client, in milliseconds (`retry:` field).
+    pub retry: Option<u64>,
+    /// A private update reaches only subscribers authorized for one of its topics.
+    pub private: bool,
+}
+
+impl Update {
+    /// Builds an update after checking the rules that span fields: at least one topic, and
+    /// no topic twice (duplicates are dropped, keeping the first).
+    ///
+    /// # Errors
+    /// [`InvalidInput`] for `topic` when the list is empty.
+    pub fn new(
+        id: UpdateId,
+        mut topics: Vec<Topic>,
+        event_type: Option<EventName>,
+        data: String,
+        retry: Option<u64>,
+        private: bool,
+    ) -> Result<Self, InvalidInput> {
+        if topics.is_empty() {
+            return Err(InvalidInput::new("topic", "at least one topic is required"));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(topics.len());
+        topics.retain(|t| seen.insert(t.clone()));
+        Ok(Update {
+            id,
+            topics,
+            event_type,
+            data,
+            retry,
+            private,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_refuse_line_breaks_and_nul() {
+        for bad in ["a\nb", "a\rb", "a\0b", ""] {
+            assert!(UpdateId::new(bad, 100).is_err(), "{bad:?}");
+        }
+        assert!(UpdateId::new("urn:uuid:1", 100).is_ok());
+        assert!(UpdateId::new("xxxx", 3).is_err());
+    }
+
+    #[test]
+    fn topics_refuse_control_characters() {
+        assert!(Topic::new("a\tb", 100).is_err());
+        assert!(Topic::new("https://example.com/books/ü", 100).is_ok());
+    }
+
+    #[test]
+    fn session_topics_escape_the_session_id() {
+        let s = SessionId::new("a b/c", 100).unwrap();
+        assert_eq!(
+            Topic::for_session(&s).as_str(),
+            "urn:tidings:session:a%20b%2Fc"
+        );
+    }
+
+    #[test]
+    fn duplicate_topics_are_dropped() {
+        let t = |s| Topic::new(s, 100).unwrap();
+        let u = Update::new(
+            UpdateId::generate(),
+            vec![t("a"), t("b"), t("a")],
+            None,
+            String::new(),
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(u.topics, vec![t("a"), t("b")]);
+    }
+}
