@@ -1,0 +1,301 @@
+//! Test harness: runs the real `tidings` binary on a free loopback port, and reads its streams
+//! with an independent SSE parser (`eventsource-stream`).
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource_stream::{Event, Eventsource};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// The HS256 key the test hubs are started with.
+pub const KEY: &str = "test-secret-key-of-a-decent-length";
+
+/// Every wait in a test is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A `tidings serve` process.
+pub struct Hub {
+    child: Child,
+    pub base: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Hub {
+    /// Starts `tidings serve --listen 127.0.0.1:0 <args>` and waits for its ready line.
+    pub fn start(args: &[&str]) -> Hub {
+        Self::start_with(args, &[], None)
+    }
+
+    /// As [`Hub::start`], with extra environment variables and an optional `tidings.toml`.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], toml: Option<&str>) -> Hub {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(toml) = toml {
+            std::fs::write(dir.path().join("tidings.toml"), toml).expect("write tidings.toml");
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TIDINGS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied())
+            .env("TIDINGS_LOG", "info")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tidings");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "tidings did not become ready; log: {:?}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Hub {
+            child,
+            base: format!("http://{addr}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns whether it exited successfully.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Reads one metric's value from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    tidings::cli::install_crypto_provider();
+    reqwest::Client::builder().build().unwrap()
+}
+
+/// Mints an HS256 token with the given claims.
+pub fn token(claims: Value) -> String {
+    let claims: tidings::auth::Claims = serde_json::from_value(claims).unwrap();
+    tidings::auth::mint(tidings::auth::JwtAlg::Hs256, KEY, &claims).unwrap()
+}
+
+pub fn publisher_token() -> String {
+    token(serde_json::json!({"mercure": {"publish": ["*"]}}))
+}
+
+/// An open SSE stream, read in the background.
+pub struct Stream {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    /// Raw bytes as received (for exact assertions).
+    pub raw: Arc<Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream {
+    /// Opens `url` with extra headers; panics unless the answer is 200.
+    pub async fn open(url: &str, headers: &[(&str, &str)]) -> Stream {
+        let s = Self::try_open(url, headers).await;
+        assert_eq!(s.status, 200, "opening {url}");
+        s
+    }
+
+    /// Opens `url`, whatever the status.
+    pub async fn try_open(url: &str, headers: &[(&str, &str)]) -> Stream {
+        let mut req = client().get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let (tx, events) = mpsc::unbounded_channel();
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let raw_sink = raw.clone();
+        let task = tokio::spawn(async move {
+            let bytes = response.bytes_stream().map(move |chunk| {
+                if let Ok(c) = &chunk {
+                    raw_sink.lock().unwrap().extend_from_slice(c);
+                }
+                chunk
+            });
+            let mut parsed = bytes.eventsource();
+            while let Some(item) = parsed.next().await {
+                if tx.send(item.map_err(|e| e.to_string())).is_err() {
+                    break;
+                }
+            }
+        });
+        Stream {
+            status,
+            headers,
+            events,
+            raw,
+            task,
+        }
+    }
+
+    /// The next event (comments are not events), within [`WAIT`].
+    pub async fn next(&mut self) -> Event {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("stream ended")
+            .expect("stream error")
+    }
+
+    /// `None` if no event arrives within `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Event> {
+        match tokio::time::timeout(within, self.events.recv()).await {
+            Ok(Some(Ok(e))) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Waits until the server ends the stream; returns the events that came before.
+    pub async fn until_closed(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("stream did not close")
+            {
+                Some(Ok(e)) => events.push(e),
+                Some(Err(_)) | None => return events,
+            }
+        }
+    }
+
+    pub fn raw_text(&self) -> String {
+        String::from_utf8_lossy(&self.raw.lock().unwrap()).into_owned()
+    }
+
+    /// Closes the connection from the client side.
+    pub fn close(self) {
+        self.task.abort();
+    }
+}
+
+/// POSTs a Mercure form; returns status and body.
+pub async fn publish(hub: &Hub, token: Option<&str>, form: &[(&str, &str)]) -> (u16, String) {
+    let body = form
+        .iter()
+        .fold(
+            form_urlencoded::Serializer::new(String::new()),
+            |mut s, (k, v)| {
+                s.append_pair(k, v);
+                s
+            },
+        )
+        .finish();
+    let mut req = client()
+        .post(hub.url("/.well-known/mercure"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let response = req.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The URL of a Mercure subscription to `selectors`, plus extra raw query text.
+pub fn subscribe_url(hub: &Hub, selectors: &[&str], extra: &str) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for sel in selectors {
+        s.append_pair("topic", sel);
+    }
+    let q = s.finish();
+    hub.url(&format!("/.well-known/mercure?{q}{extra}"))
+}
+
+/// A topic unique to this call, so tests never see each other's updates.
+pub fn unique_topic(name: &str) -> String {
+    format!("https://example.com/{name}/{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,322 @@
+//! The Mercure protocol over real sockets, against the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{publish, publisher_token, subscribe_url, token, unique_topic, Hub, Stream, KEY};
+use serde_json::json;
+
+fn jwt_hub(extra: &[&str]) -> Hub {
+    let mut args = vec!["--jwt-key", KEY];
+    args.extend_from_slice(extra);
+    Hub::start(&args)
+}
+
+#[tokio::test]
+async fn a_published_update_reaches_exact_template_and_wildcard_subscribers() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let topic = unique_topic("books");
+    let template = format!("{}/{{rest}}", topic.rsplit_once('/').unwrap().0);
+    let mut exact = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    let mut templated = Stream::open(&subscribe_url(&hub, &[&template], ""), &[]).await;
+    let mut all = Stream::open(&subscribe_url(&hub, &["*"], ""), &[]).await;
+    let mut other = Stream::open(
+        &subscribe_url(&hub, &["https://example.com/other"], ""),
+        &[],
+    )
+    .await;
+    let (status, id) = publish(
+        &hub,
+        Some(&publisher_token()),
+        &[
+            ("topic", &topic),
+            ("data", "line one\nline two\n\nline four"),
+            ("type", "book"),
+            ("retry", "2500"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{id}");
+    assert!(id.starts_with("urn:uuid:"), "{id}");
+    for stream in [&mut exact, &mut templated, &mut all] {
+        let event = stream.next().await;
+        assert_eq!(event.id, id);
+        assert_eq!(event.event, "book");
+        assert_eq!(
+            event.data, "line one\nline two\n\nline four",
+            "multi-line data arrives intact"
+        );
+        assert_eq!(event.retry, Some(Duration::from_millis(2500)));
+    }
+    assert!(other
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn stream_headers_are_set_for_proxies_and_caches() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let s = Stream::open(&subscribe_url(&hub, &["x"], ""), &[]).await;
+    assert_eq!(s.headers["content-type"], "text/event-stream");
+    assert_eq!(s.headers["x-accel-buffering"], "no");
+    assert!(s.headers["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("no-cache"));
+    assert_eq!(s.headers["last-event-id"], "earliest", "no update yet");
+}
+
+#[tokio::test]
+async fn private_updates_reach_only_subscribers_whose_claim_matches() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let topic = unique_topic("orders");
+    let allowed = token(
+        json!({"mercure": {"subscribe": [format!("{}/{{id}}", topic.rsplit_once('/').unwrap().0)]}}),
+    );
+    let denied = token(json!({"mercure": {"subscribe": ["https://example.com/elsewhere"]}}));
+    let url = subscribe_url(&hub, &[&topic], "");
+    let mut by_header =
+        Stream::open(&url, &[("authorization", &format!("Bearer {allowed}"))]).await;
+    let mut by_cookie = Stream::open(
+        &url,
+        &[("cookie", &format!("mercureAuthorization={allowed}"))],
+    )
+    .await;
+    let mut by_query = Stream::open(&format!("{url}&authorization={allowed}"), &[]).await;
+    let mut wrong_claim =
+        Stream::open(&url, &[("authorization", &format!("Bearer {denied}"))]).await;
+    let mut anonymous = Stream::open(&url, &[]).await;
+    let (status, private_id) = publish(
+        &hub,
+        Some(&publisher_token()),
+        &[("topic", &topic), ("data", "secret"), ("private", "on")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, public_id) = publish(
+        &hub,
+        Some(&publisher_token()),
+        &[("topic", &topic), ("data", "public")],
+    )
+    .await;
+    for s in [&mut by_header, &mut by_cookie, &mut by_query] {
+        assert_eq!(s.next().await.id, private_id);
+        assert_eq!(s.next().await.id, public_id);
+    }
+    for s in [&mut wrong_claim, &mut anonymous] {
+        let e = s.next().await;
+        assert_eq!(
+            (e.id.as_str(), e.data.as_str()),
+            (public_id.as_str(), "public"),
+            "the private update is skipped"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_required_checked_and_scoped() {
+    let hub = jwt_hub(&[]);
+    let topic = unique_topic("t");
+    // Subscribers need a token unless --anonymous.
+    let s = Stream::try_open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    assert_eq!(s.status, 401);
+    // Expired and badly signed tokens are refused.
+    let expired = token(json!({"exp": 1_000_000, "mercure": {"subscribe": ["*"]}}));
+    let s = Stream::try_open(
+        &subscribe_url(&hub, &[&topic], ""),
+        &[("authorization", &format!("Bearer {expired}"))],
+    )
+    .await;
+    assert_eq!(s.status, 401);
+    let forged = tidings::auth::mint(
+        tidings::auth::JwtAlg::Hs256,
+        "another-key",
+        &serde_json::from_value(json!({"mercure": {"publish": ["*"]}})).unwrap(),
+    )
+    .unwrap();
+    let (status, body) = publish(&hub, Some(&forged), &[("topic", &topic)]).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "invalid_token"
+    );
+    let (status, _) = publish(&hub, None, &[("topic", &topic)]).await;
+    assert_eq!(status, 401);
+    // A valid token must cover every topic.
+    let narrow = token(json!({"mercure": {"publish": [topic.clone()]}}));
+    assert_eq!(
+        publish(&hub, Some(&narrow), &[("topic", &topic)]).await.0,
+        200
+    );
+    let (status, body) = publish(
+        &hub,
+        Some(&narrow),
+        &[("topic", &topic), ("topic", "https://example.com/x")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // A subscriber-only token cannot publish.
+    let subscriber = token(json!({"mercure": {"subscribe": ["*"]}}));
+    assert_eq!(
+        publish(&hub, Some(&subscriber), &[("topic", &topic)])
+            .await
+            .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn resuming_with_last_event_id_replays_what_was_missed_then_goes_live() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let topic = unique_topic("resume");
+    let p = publisher_token();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, id) = publish(
+            &hub,
+            Some(&p),
+            &[("topic", &topic), ("data", &i.to_string())],
+        )
+        .await;
+        assert_eq!(status, 200);
+        ids.push(id);
+    }
+    // Noise on another topic is not replayed.
+    publish(
+        &hub,
+        Some(&p),
+        &[("topic", "https://example.com/noise"), ("data", "x")],
+    )
+    .await;
+    let url = subscribe_url(&hub, &[&topic], "");
+    let mut by_header = Stream::open(&url, &[("last-event-id", &ids[1])]).await;
+    let query = format!("{url}&lastEventID={}", urlencode(&ids[1]));
+    let mut by_query = Stream::open(&query, &[]).await;
+    assert_ne!(by_header.headers["last-event-id"], "earliest");
+    let (_, live) = publish(&hub, Some(&p), &[("topic", &topic), ("data", "live")]).await;
+    for s in [&mut by_header, &mut by_query] {
+        let got: Vec<String> = [
+            s.next().await,
+            s.next().await,
+            s.next().await,
+            s.next().await,
+        ]
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+        assert_eq!(
+            got,
+            [ids[2].clone(), ids[3].clone(), ids[4].clone(), live.clone()]
+        );
+        assert!(
+            s.next_within(Duration::from_millis(200)).await.is_none(),
+            "no duplicate"
+        );
+    }
+    // `earliest` replays everything history holds.
+    let mut all = Stream::open(&format!("{url}&lastEventID=earliest"), &[]).await;
+    for id in ids.iter().chain([&live]) {
+        assert_eq!(&all.next().await.id, id);
+    }
+}
+
+#[tokio::test]
+async fn an_evicted_or_unknown_id_is_announced_before_the_history_that_remains() {
+    let hub = jwt_hub(&["--anonymous", "--history-size", "3"]);
+    let topic = unique_topic("gap");
+    let p = publisher_token();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            publish(
+                &hub,
+                Some(&p),
+                &[("topic", &topic), ("data", &i.to_string())],
+            )
+            .await
+            .1,
+        );
+    }
+    let mut s = Stream::open(
+        &subscribe_url(&hub, &[&topic], ""),
+        &[("last-event-id", &ids[0])],
+    )
+    .await;
+    let gap = s.next().await;
+    assert_eq!(gap.event, "tidings-gap");
+    assert_eq!(
+        gap.id, "",
+        "the gap notice does not move the client's last id"
+    );
+    let notice: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(notice["lastEventId"], ids[0]);
+    assert_eq!(notice["replayedFrom"], ids[2]);
+    for id in &ids[2..] {
+        assert_eq!(&s.next().await.id, id);
+    }
+    assert_eq!(hub.metric("tidings_replay_gaps_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn an_update_published_right_after_the_stream_opens_is_delivered() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let p = publisher_token();
+    for _ in 0..20 {
+        let topic = unique_topic("race");
+        let mut s = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+        let (_, id) = publish(&hub, Some(&p), &[("topic", &topic)]).await;
+        assert_eq!(s.next().await.id, id);
+    }
+}
+
+#[tokio::test]
+async fn updates_on_one_topic_arrive_in_publish_order() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let topic = unique_topic("order");
+    let mut s = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    let p = publisher_token();
+    for i in 0..200 {
+        assert_eq!(
+            publish(
+                &hub,
+                Some(&p),
+                &[("topic", &topic), ("data", &i.to_string())]
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    for i in 0..200 {
+        assert_eq!(s.next().await.data, i.to_string());
+    }
+}
+
+#[tokio::test]
+async fn auth_none_needs_no_tokens_and_shows_private_updates() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let topic = unique_topic("dev");
+    let mut s = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    let (status, id) = publish(&hub, None, &[("topic", &topic), ("private", "on")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.next().await.id, id);
+}
+
+#[tokio::test]
+async fn the_page_at_root_loads() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let response = common::client().get(hub.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let body = response.text().await.unwrap();
+    assert!(body.contains("EventSource") && body.contains("/.well-known/mercure"));
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
