@@ -3,6 +3,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -14,6 +15,9 @@ use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::selector::SelectorCache;
+
+/// How long requests still in flight get once the listener has closed.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// Why an instance could not start; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +72,13 @@ impl Instance {
         http::router(self.state.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes, then drains: readiness turns 503, new
-    /// connections are refused, each open stream ends with a `retry:` hint at a random moment
-    /// of the drain window, and serving stops after the window (plus one second of grace)
-    /// whatever is still open.
+    /// Serves on `listener` until `shutdown` completes, then drains in two stages:
+    ///
+    /// 1. Readiness turns 503 and new streams are refused with 503 (other requests, such as a
+    ///    publish in flight or a load balancer's health check, are still served), while each
+    ///    open stream ends with a `retry:` hint at a random moment of the drain window.
+    /// 2. When every stream has ended, or the window is over, the listener closes; requests in
+    ///    flight get one more second, then serving stops whatever is left.
     ///
     /// # Errors
     /// [`StartError::Io`] when serving fails.
@@ -89,23 +96,30 @@ impl Instance {
             "tidings ready, listening on http://{addr}"
         );
         let state = self.state.clone();
-        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let drained = async move {
             shutdown.await;
-            tracing::info!("shutdown requested: draining open streams");
+            tracing::info!(
+                open_streams = state.metrics().connections.get(),
+                "shutdown requested: draining open streams for up to {:?}",
+                config.drain
+            );
             state.begin_shutdown();
-            let _ = stopped_tx.send(());
+            let deadline = tokio::time::Instant::now() + config.drain;
+            while state.metrics().connections.get() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stopping_tx.send(());
         };
         let server = axum::serve(listener, self.router().into_make_service())
-            .with_graceful_shutdown(signal)
+            .with_graceful_shutdown(drained)
             .into_future();
-        let drain = config.drain + std::time::Duration::from_secs(1);
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return result.map_err(StartError::from),
-            _ = stopped_rx => {}
+            _ = stopping_rx => {}
         }
-        match tokio::time::timeout(drain, server).await {
+        match tokio::time::timeout(GRACE, server).await {
             Ok(result) => {
                 tracing::info!("drained; bye");
                 result.map_err(StartError::from)
@@ -114,7 +128,7 @@ impl Instance {
                 tracing::warn!(
                     open_streams = self.state.metrics().connections.get(),
                     "drain did not complete in {:?}; closing what is left",
-                    drain
+                    GRACE
                 );
                 Ok(())
             }

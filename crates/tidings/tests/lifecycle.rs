@@ -1,0 +1,144 @@
+//! Connection lifecycle against the real binary: disconnects are noticed at once and leak
+//! nothing, heartbeats keep idle streams alive, shutdown drains with a `retry:` hint.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Hub, Stream, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Opens a raw SSE connection and waits until the stream's opening comment arrived.
+async fn raw_stream(hub: &Hub, topic: &str) -> TcpStream {
+    let addr = hub.base.trim_start_matches("http://");
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /.well-known/mercure?topic={topic} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(4).any(|w| w == b"\n:\n\n") {
+        let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+            .await
+            .expect("stream opening")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    socket
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_clients_come_and_go_without_leaking_subscribers_or_tasks() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let base_subscribers = hub.metric("tidings_subscribers").await;
+    let base_tasks = hub.metric("tidings_tokio_alive_tasks").await;
+    for round in 0..2 {
+        let mut sockets = Vec::with_capacity(1000);
+        for i in 0..1000 {
+            sockets.push(raw_stream(&hub, &format!("t{}", i % 7)).await);
+        }
+        assert_eq!(
+            hub.metric("tidings_subscribers").await,
+            base_subscribers + 1000.0,
+            "round {round}"
+        );
+        assert_eq!(hub.metric("tidings_connections").await, 1000.0);
+        drop(sockets);
+        wait_for("subscribers to return to the baseline", async || {
+            hub.metric("tidings_subscribers").await == base_subscribers
+        })
+        .await;
+    }
+    assert_eq!(hub.metric("tidings_connections").await, 0.0);
+    wait_for("tasks to return to the baseline", async || {
+        hub.metric("tidings_tokio_alive_tasks").await <= base_tasks
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_is_removed_at_once() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let socket = raw_stream(&hub, "x").await;
+    assert_eq!(hub.metric("tidings_subscribers").await, 1.0);
+    let closed = Instant::now();
+    drop(socket);
+    wait_for("the subscriber to go", async || {
+        hub.metric("tidings_subscribers").await == 0.0
+    })
+    .await;
+    assert!(
+        closed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        closed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn idle_streams_get_heartbeat_comments() {
+    let hub = Hub::start(&["--auth", "none", "--heartbeat", "1"]);
+    let mut socket = raw_stream(&hub, "quiet").await;
+    let mut buf = [0u8; 64];
+    let started = Instant::now();
+    let mut beats = 0;
+    while beats < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(3), socket.read(&mut buf))
+            .await
+            .expect("heartbeat")
+            .unwrap();
+        assert!(n > 0);
+        beats += buf[..n].windows(3).filter(|w| w == b":\n\n").count();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "heartbeats are spaced by --heartbeat"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_off_ends_streams_with_a_retry_hint_and_exits() {
+    let mut hub = Hub::start(&["--auth", "none", "--drain-secs", "2"]);
+    let mut stream = Stream::open(&hub.url("/.well-known/mercure?topic=x"), &[]).await;
+    let ready = common::client()
+        .get(hub.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let started = Instant::now();
+    hub.terminate();
+    // While streams drain, the instance still answers: not ready, and no new streams.
+    wait_for("readiness to turn 503", async || {
+        let r = common::client().get(hub.url("/readyz")).send().await;
+        r.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    let refused = Stream::try_open(&hub.url("/.well-known/mercure?topic=x"), &[]).await;
+    assert_eq!(refused.status, 503);
+    stream.until_closed().await;
+    assert!(
+        stream.raw_text().contains("retry: "),
+        "{:?}",
+        stream.raw_text()
+    );
+    assert_eq!(
+        hub.wait_exit(Duration::from_secs(5)),
+        Some(true),
+        "exits cleanly after the drain"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

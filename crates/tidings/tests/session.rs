@@ -1,0 +1,242 @@
+//! The session API over real sockets: several streams per session, each filtered by its event
+//! name; publishing by session id; the session registry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, publisher_token, token, Hub, Stream, KEY};
+use serde_json::{json, Value};
+
+async fn send(hub: &Hub, bearer: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = client().post(hub.url("/sse/events")).json(&body);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let response = req.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn describe(hub: &Hub, session: &str) -> Value {
+    client()
+        .get(hub.url(&format!("/sse/sessions/{session}")))
+        .bearer_auth(publisher_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn each_stream_of_a_session_gets_only_its_event_name() {
+    let hub = Hub::start(&["--jwt-key", KEY, "--instance-id", "node-a"]);
+    let alice = token(json!({"sub": "alice"}));
+    let bob = token(json!({"sub": "bob"}));
+    let auth = |t: &str| format!("Bearer {t}");
+    let mut chat = Stream::open(
+        &hub.url("/sse/event-stream?eventName=chat"),
+        &[("authorization", &auth(&alice))],
+    )
+    .await;
+    let mut news = Stream::open(
+        &hub.url("/sse/event-stream?eventName=news"),
+        &[("authorization", &auth(&alice))],
+    )
+    .await;
+    let mut bobs_chat = Stream::open(
+        &hub.url("/sse/event-stream?eventName=chat"),
+        &[("authorization", &auth(&bob))],
+    )
+    .await;
+
+    let info = describe(&hub, "alice").await;
+    assert_eq!(
+        info,
+        json!({"sessionId": "alice", "connected": true, "streams": 2, "instances": [{"instanceId": "node-a", "streams": 2}]})
+    );
+
+    let p = publisher_token();
+    let (status, body) = send(
+        &hub,
+        Some(&p),
+        json!({"sessionId": "alice", "eventName": "chat", "payload": {"text": "hi\nthere"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let (_, _) = send(
+        &hub,
+        Some(&p),
+        json!({"sessionId": "alice", "eventName": "news", "payload": "plain text"}),
+    )
+    .await;
+
+    let e = chat.next().await;
+    assert_eq!((e.id.as_str(), e.event.as_str()), (id.as_str(), "chat"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&e.data).unwrap(),
+        json!({"text": "hi\nthere"})
+    );
+    let e = news.next().await;
+    assert_eq!(
+        (e.event.as_str(), e.data.as_str()),
+        ("news", "plain text"),
+        "strings are sent as they are"
+    );
+    assert!(
+        chat.next_within(Duration::from_millis(200)).await.is_none(),
+        "chat stream does not get news"
+    );
+    assert!(
+        bobs_chat
+            .next_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "bob does not get alice's events"
+    );
+
+    chat.close();
+    news.close();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while describe(&hub, "alice").await["connected"] != json!(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session still listed after its streams closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(describe(&hub, "alice").await["instances"], json!([]));
+}
+
+#[tokio::test]
+async fn session_events_are_private_to_the_session_on_the_mercure_side_too() {
+    let hub = Hub::start(&["--jwt-key", KEY, "--anonymous"]);
+    let mut snoop = Stream::open(&hub.url("/.well-known/mercure?topic=*"), &[]).await;
+    let (status, _) = send(
+        &hub,
+        Some(&publisher_token()),
+        json!({"sessionId": "carol", "eventName": "x", "payload": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(snoop
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn session_streams_resume_from_history() {
+    let hub = Hub::start(&["--jwt-key", KEY]);
+    let dave = format!("Bearer {}", token(json!({"sub": "dave"})));
+    let p = publisher_token();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, body) = send(
+            &hub,
+            Some(&p),
+            json!({"sessionId": "dave", "eventName": "job", "payload": i}),
+        )
+        .await;
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let mut s = Stream::open(
+        &hub.url("/sse/event-stream?eventName=job"),
+        &[("authorization", &dave), ("last-event-id", &ids[0])],
+    )
+    .await;
+    assert_eq!(s.next().await.data, "1");
+    assert_eq!(s.next().await.data, "2");
+}
+
+#[tokio::test]
+async fn auth_none_takes_the_session_from_the_query_or_a_cookie() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let mut by_query =
+        Stream::open(&hub.url("/sse/event-stream?eventName=e&sessionId=s1"), &[]).await;
+    let mut by_cookie = Stream::open(
+        &hub.url("/sse/event-stream?eventName=e"),
+        &[("cookie", "sessionId=s1")],
+    )
+    .await;
+    let (status, _) = send(
+        &hub,
+        None,
+        json!({"sessionId": "s1", "eventName": "e", "payload": [1, 2]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(by_query.next().await.data, "[1,2]");
+    assert_eq!(by_cookie.next().await.data, "[1,2]");
+    let missing = Stream::try_open(&hub.url("/sse/event-stream?eventName=e"), &[]).await;
+    assert_eq!(missing.status, 400);
+}
+
+#[tokio::test]
+async fn session_api_refusals_are_specific() {
+    let hub = Hub::start(&["--jwt-key", KEY, "--anonymous"]);
+    // No token: the session cannot be known.
+    assert_eq!(
+        Stream::try_open(&hub.url("/sse/event-stream?eventName=e"), &[])
+            .await
+            .status,
+        401
+    );
+    // A token without a session claim.
+    let nosub = format!("Bearer {}", token(json!({"mercure": {"subscribe": ["*"]}})));
+    assert_eq!(
+        Stream::try_open(
+            &hub.url("/sse/event-stream?eventName=e"),
+            &[("authorization", &nosub)]
+        )
+        .await
+        .status,
+        403
+    );
+    // No event name.
+    let sub = format!("Bearer {}", token(json!({"sub": "x"})));
+    assert_eq!(
+        Stream::try_open(&hub.url("/sse/event-stream"), &[("authorization", &sub)])
+            .await
+            .status,
+        400
+    );
+    // Publishing needs a publisher token covering the session topic.
+    let p = publisher_token();
+    let body = json!({"sessionId": "x", "eventName": "e", "payload": 1});
+    assert_eq!(send(&hub, None, body.clone()).await.0, 401);
+    let narrow = token(json!({"mercure": {"publish": ["https://example.com/{x}"]}}));
+    assert_eq!(send(&hub, Some(&narrow), body.clone()).await.0, 403);
+    let scoped = token(json!({"mercure": {"publish": ["urn:tidings:session:{id}"]}}));
+    assert_eq!(send(&hub, Some(&scoped), body).await.0, 200);
+    // Bad bodies.
+    let (status, err) = send(
+        &hub,
+        Some(&p),
+        json!({"sessionId": "x", "eventName": "a\nb", "payload": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_input"))
+    );
+    let (status, err) = send(&hub, Some(&p), json!({"sessionId": "x", "payload": 1})).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_json")));
+    let (status, _) = send(
+        &hub,
+        Some(&p),
+        json!({"sessionId": "x", "eventName": "e", "payload": 1, "extra": true}),
+    )
+    .await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    // The registry needs a publisher token.
+    let r = client()
+        .get(hub.url("/sse/sessions/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
