@@ -1,0 +1,340 @@
+//! Router tests (no sockets): every kind of bad input gets the documented status and a JSON
+//! body `{"error", "detail"}`, and none of it reaches subscribers.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use tidings::config::Options;
+use tidings::server::Instance;
+use tower::ServiceExt;
+
+const KEY: &str = "router-test-key";
+
+async fn app(options: Options) -> Router {
+    let config = Options {
+        jwt_key: Some(KEY.into()),
+        max_body_bytes: Some(1024),
+        ..options
+    }
+    .resolve()
+    .unwrap();
+    Instance::new(config).await.unwrap().router()
+}
+
+fn publisher() -> String {
+    let claims = serde_json::from_value(json!({"mercure": {"publish": ["*"]}})).unwrap();
+    tidings::auth::mint(tidings::auth::JwtAlg::Hs256, KEY, &claims).unwrap()
+}
+
+async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, body, headers)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn post_form(body: impl Into<Body>) -> Request<Body> {
+    Request::post("/.well-known/mercure")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", format!("Bearer {}", publisher()))
+        .body(body.into())
+        .unwrap()
+}
+
+/// Asserts a JSON error with this status and code.
+fn expect(result: (StatusCode, Value, axum::http::HeaderMap), status: u16, code: &str, case: &str) {
+    let (s, body, headers) = result;
+    assert_eq!(s.as_u16(), status, "{case}: {body}");
+    assert_eq!(headers["content-type"], "application/json", "{case}");
+    assert_eq!(body["error"], code, "{case}: {body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{case}: {body}"
+    );
+}
+
+#[tokio::test]
+async fn bad_subscriptions_are_400s() {
+    let app = app(Options {
+        anonymous: Some(true),
+        max_selectors: Some(3),
+        max_selector_length: Some(50),
+        ..Options::default()
+    })
+    .await;
+    let cases = [
+        ("/.well-known/mercure", "missing_topic", "no topic"),
+        (
+            "/.well-known/mercure?topic=a&topic=b&topic=c&topic=d",
+            "too_many_selectors",
+            "too many selectors",
+        ),
+        (
+            "/.well-known/mercure?topic=%7Bunclosed",
+            "invalid_input",
+            "malformed template",
+        ),
+        (
+            "/.well-known/mercure?topic=a%7Bx%7D%7D",
+            "invalid_input",
+            "stray brace",
+        ),
+        (
+            "/.well-known/mercure?topic=a%01b",
+            "invalid_input",
+            "control character",
+        ),
+        (
+            "/.well-known/mercure?topic=",
+            "invalid_input",
+            "empty selector",
+        ),
+        (
+            "/.well-known/mercure?topic=%FF",
+            "invalid_encoding",
+            "invalid UTF-8",
+        ),
+        (
+            "/.well-known/mercure?topic=a&lastEventID=x%0Ay",
+            "invalid_last_event_id",
+            "LF in last id",
+        ),
+        (
+            "/.well-known/mercure?topic=a&lastEventID=x%00y",
+            "invalid_last_event_id",
+            "NUL in last id",
+        ),
+        (
+            "/.well-known/mercure?topic=a&lastEventID=1&lastEventID=2",
+            "invalid_input",
+            "two last ids",
+        ),
+    ];
+    for (uri, code, case) in cases {
+        expect(call(&app, get(uri)).await, 400, code, case);
+    }
+    let long = format!("/.well-known/mercure?topic={}", "x".repeat(51));
+    expect(
+        call(&app, get(&long)).await,
+        400,
+        "invalid_input",
+        "selector too long",
+    );
+}
+
+#[tokio::test]
+async fn credentials_problems_are_401_with_a_challenge() {
+    let app = app(Options::default()).await;
+    let (s, body, headers) = call(&app, get("/.well-known/mercure?topic=a")).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(headers.contains_key("www-authenticate"));
+    let basic = Request::get("/.well-known/mercure?topic=a")
+        .header("authorization", "Basic eDp5")
+        .body(Body::empty())
+        .unwrap();
+    expect(call(&app, basic).await, 401, "invalid_token", "basic auth");
+    let garbage = Request::get("/.well-known/mercure?topic=a")
+        .header("authorization", "Bearer not.a.jwt")
+        .body(Body::empty())
+        .unwrap();
+    expect(
+        call(&app, garbage).await,
+        401,
+        "invalid_token",
+        "garbage token",
+    );
+    let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJtZXJjdXJlIjp7InB1Ymxpc2giOlsiKiJdfX0.";
+    let none_alg = Request::post("/.well-known/mercure")
+        .header("authorization", format!("Bearer {unsigned}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("topic=a"))
+        .unwrap();
+    expect(call(&app, none_alg).await, 401, "invalid_token", "alg none");
+    let no_token = Request::post("/.well-known/mercure")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("topic=a"))
+        .unwrap();
+    expect(
+        call(&app, no_token).await,
+        401,
+        "missing_token",
+        "publish without a token",
+    );
+}
+
+#[tokio::test]
+async fn bad_publishes_get_specific_errors() {
+    let app = app(Options {
+        max_topics_per_update: Some(2),
+        ..Options::default()
+    })
+    .await;
+    let cases: [(&str, u16, &str, &str); 11] = [
+        ("data=x", 400, "missing_topic", "no topic"),
+        ("topic=a&id=x%0Ay", 400, "invalid_input", "LF in id"),
+        ("topic=a&id=x%0Dy", 400, "invalid_input", "CR in id"),
+        ("topic=a&type=x%00y", 400, "invalid_input", "NUL in type"),
+        ("topic=a&type=x%0Ay", 400, "invalid_input", "LF in type"),
+        (
+            "topic=a&retry=soon",
+            400,
+            "invalid_input",
+            "retry not a number",
+        ),
+        ("topic=a&data=1&data=2", 400, "invalid_input", "data twice"),
+        ("topic=a&data=%FF", 400, "invalid_encoding", "invalid UTF-8"),
+        (
+            "topic=a&topic=b&topic=c",
+            400,
+            "too_many_topics",
+            "too many topics",
+        ),
+        (
+            "topic=%2F.well-known%2Fmercure%2Fsubscriptions%2Fx",
+            403,
+            "forbidden",
+            "reserved topic",
+        ),
+        (
+            "topic=https%3A%2F%2Fh%2F.well-known%2Fmercure",
+            403,
+            "forbidden",
+            "reserved absolute topic",
+        ),
+    ];
+    for (form, status, code, case) in cases {
+        expect(call(&app, post_form(form)).await, status, code, case);
+    }
+    let ok = call(&app, post_form("topic=a&id=same")).await;
+    assert_eq!(ok.0, 200, "{:?}", ok.1);
+    expect(
+        call(&app, post_form("topic=a&id=same")).await,
+        409,
+        "duplicate_id",
+        "duplicate id",
+    );
+    let big = format!("topic=a&data={}", "x".repeat(2000));
+    expect(
+        call(&app, post_form(big)).await,
+        413,
+        "body_too_large",
+        "body over max-body-bytes",
+    );
+    let json_body = Request::post("/.well-known/mercure")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", publisher()))
+        .body(Body::from("{}"))
+        .unwrap();
+    expect(
+        call(&app, json_body).await,
+        415,
+        "unsupported_media_type",
+        "JSON to the form endpoint",
+    );
+}
+
+#[tokio::test]
+async fn bad_session_events_get_specific_errors() {
+    let app = app(Options::default()).await;
+    let post = |content_type: &str, body: String| {
+        Request::post("/sse/events")
+            .header("content-type", content_type)
+            .header("authorization", format!("Bearer {}", publisher()))
+            .body(Body::from(body))
+            .unwrap()
+    };
+    expect(
+        call(&app, post("application/json", "{not json".into())).await,
+        400,
+        "invalid_json",
+        "broken JSON",
+    );
+    expect(
+        call(&app, post("application/json", "[]".into())).await,
+        400,
+        "invalid_json",
+        "not an object",
+    );
+    expect(
+        call(
+            &app,
+            post(
+                "application/json",
+                r#"{"sessionId":"","eventName":"e","payload":1}"#.into(),
+            ),
+        )
+        .await,
+        400,
+        "invalid_input",
+        "empty session",
+    );
+    expect(
+        call(&app, post("text/plain", "{}".into())).await,
+        415,
+        "unsupported_media_type",
+        "text body",
+    );
+    let big = format!(
+        r#"{{"sessionId":"s","eventName":"e","payload":"{}"}}"#,
+        "x".repeat(2000)
+    );
+    expect(
+        call(&app, post("application/json", big)).await,
+        413,
+        "body_too_large",
+        "too large",
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_json() {
+    let app = app(Options::default()).await;
+    expect(
+        call(&app, get("/nope")).await,
+        404,
+        "not_found",
+        "unknown path",
+    );
+    let put = Request::put("/.well-known/mercure")
+        .body(Body::empty())
+        .unwrap();
+    expect(call(&app, put).await, 405, "method_not_allowed", "PUT");
+}
+
+#[tokio::test]
+async fn operations_endpoints_answer() {
+    let app = app(Options::default()).await;
+    let (s, body, _) = call(&app, get("/healthz")).await;
+    assert_eq!((s.as_u16(), body["status"].as_str()), (200, Some("ok")));
+    let (s, body, _) = call(&app, get("/readyz")).await;
+    assert_eq!(
+        (s.as_u16(), body["status"].as_str(), body["bus"].as_str()),
+        (200, Some("ready"), Some("memory"))
+    );
+    let (s, body, headers) = call(&app, get("/metrics")).await;
+    assert_eq!(s, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = body.as_str().unwrap();
+    for metric in [
+        "tidings_connections",
+        "tidings_subscribers",
+        "tidings_updates_published_total",
+        "tidings_updates_delivered_total",
+        "tidings_delivery_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(metric), "{metric} missing");
+    }
+}
