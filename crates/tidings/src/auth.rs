@@ -35,15 +35,15 @@ pub enum AuthMode {
 pub enum JwtAlg {
     /// HMAC with SHA-256; keys are shared secrets.
     #[default]
-    #[serde(rename = "HS256")]
+    #[serde(rename = "HS256", alias = "hs256")]
     #[value(name = "HS256")]
     Hs256,
     /// RSA PKCS#1 v1.5 with SHA-256; keys are PEM files.
-    #[serde(rename = "RS256")]
+    #[serde(rename = "RS256", alias = "rs256")]
     #[value(name = "RS256")]
     Rs256,
     /// ECDSA P-256 with SHA-256; keys are PEM files.
-    #[serde(rename = "ES256")]
+    #[serde(rename = "ES256", alias = "es256")]
     #[value(name = "ES256")]
     Es256,
 }
@@ -348,22 +348,12 @@ impl Authenticator {
             .and_then(|m| m.subscribe.clone())
             .unwrap_or_default();
         let access = Access::from_claim(self.compile(&subscribe)?);
+        // A session claim that cannot name a session (not a string, empty, too long) leaves
+        // the subscriber without one: plain Mercure tokens must keep working whatever their
+        // `sub` is; only the session API insists on a session.
         let session = match claims.other.get(&self.session_claim) {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => {
-                Some(SessionId::new(s, MAX_SESSION_ID_LEN).map_err(|e| {
-                    AuthError::Invalid(format!(
-                        "the token's {} claim is not a usable session id: {}",
-                        self.session_claim, e.reason
-                    ))
-                })?)
-            }
-            Some(_) => {
-                return Err(AuthError::Invalid(format!(
-                    "the token's {} claim must be a string",
-                    self.session_claim
-                )))
-            }
+            Some(serde_json::Value::String(s)) => SessionId::new(s, MAX_SESSION_ID_LEN).ok(),
+            _ => None,
         };
         let access = match &session {
             Some(s) => access.with_session(s),
@@ -520,6 +510,14 @@ mod tests {
         assert_eq!(id.session.unwrap().as_str(), "alice");
         assert!(id.access.may_see_private(&[topic("books/1")]));
         assert!(!id.access.may_see_private(&[topic("x")]));
+        // A Mercure token whose `sub` cannot name a session still subscribes.
+        for sub in [json!(42), json!(""), json!("x".repeat(300))] {
+            let t = token(
+                "secret",
+                json!({"sub": sub, "mercure": {"subscribe": ["*"]}}),
+            );
+            assert!(a.subscriber(Some(&t)).unwrap().session.is_none());
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub struct Options {
     #[arg(long, env = "TIDINGS_SUBSCRIBER_JWT_KEY", value_name = "KEY")]
     pub subscriber_jwt_key: Option<String>,
     /// JWT signature algorithm: HS256 [default], RS256 or ES256.
-    #[arg(long, env = "TIDINGS_JWT_ALG", value_name = "ALG")]
+    #[arg(long, env = "TIDINGS_JWT_ALG", value_name = "ALG", ignore_case = true)]
     pub jwt_alg: Option<JwtAlg>,
     /// Seconds of clock skew tolerated on exp/nbf/iat [default: 5].
     #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_name = "SECS")]

@@ -53,8 +53,8 @@ pub fn encode_event(
     buf.freeze()
 }
 
-/// The `retry:` hint sent before a stream is closed on purpose (shutdown, token expiry), so
-/// the client waits this many milliseconds before it reconnects.
+/// The `retry:` hint sent before a stream is closed on purpose (shutdown), so the client waits
+/// this many milliseconds before it reconnects.
 pub fn encode_retry(millis: u64) -> Bytes {
     Bytes::from(format!("retry: {millis}\n\n"))
 }

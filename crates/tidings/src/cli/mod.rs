@@ -41,9 +41,18 @@ struct HubArgs {
     /// The JWT to send. Without it, one is minted from --jwt-key when that is given.
     #[arg(long, env = "TIDINGS_TOKEN")]
     token: Option<String>,
-    /// HS256 key to mint a token with when --token is not given.
+    /// Key to mint a token with when --token is not given: the HS256 secret, or for
+    /// RS256/ES256 the path of a PEM private key.
     #[arg(long, env = "TIDINGS_JWT_KEY")]
     jwt_key: Option<String>,
+    /// Algorithm of the minted token.
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_ALG",
+        default_value = "HS256",
+        ignore_case = true
+    )]
+    jwt_alg: crate::auth::JwtAlg,
 }
 
 impl HubArgs {
@@ -63,7 +72,7 @@ impl HubArgs {
             mercure: Some(claim),
             ..Default::default()
         };
-        crate::auth::mint(crate::auth::JwtAlg::Hs256, key, &claims)
+        crate::auth::mint(self.jwt_alg, key, &claims)
             .map(Some)
             .map_err(|e| e.to_string())
     }

@@ -9,7 +9,12 @@ pub(super) struct TokenArgs {
     #[arg(long, env = "TIDINGS_JWT_KEY")]
     jwt_key: String,
     /// Signature algorithm.
-    #[arg(long, env = "TIDINGS_JWT_ALG", default_value = "HS256")]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_ALG",
+        default_value = "HS256",
+        ignore_case = true
+    )]
     jwt_alg: JwtAlg,
     /// A selector the token may publish to (repeatable).
     #[arg(long, value_name = "SELECTOR")]

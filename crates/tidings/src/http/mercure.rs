@@ -45,16 +45,14 @@ pub(super) async fn subscribe(
         .iter()
         .map(|s| state.inner.selectors.get(s))
         .collect::<Result<Vec<Selector>, _>>()?;
-    let identity = state
-        .inner
-        .auth
-        .subscriber(request::token(&headers, &query)?)?;
+    let identity = request::subscriber(&state, &headers, &query)?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let spec = SubscriberSpec {
         selectors,
         access: identity.access,
         event_name: None,
-        session: identity.session,
+        // Only session-API streams count in the session registry.
+        session: None,
     };
     stream::open(&state, spec, from).await
 }
@@ -69,10 +67,7 @@ pub(super) async fn publish(
     let limits = &state.config().limits;
     let body = request::body(body, limits.max_body_bytes)?;
     let query = request::query(raw.as_deref())?;
-    let rights = state
-        .inner
-        .auth
-        .publisher(request::token(&headers, &query)?)?;
+    let rights = request::publisher(&state, &headers, &query)?;
     request::require_content_type(&headers, "application/x-www-form-urlencoded")?;
     let form = Pairs::parse(&body, "form")?;
     let update = update_from_form(&form, &state)?;

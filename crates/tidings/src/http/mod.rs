@@ -14,9 +14,9 @@ mod stream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{Html, IntoResponse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -121,7 +121,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            count_rejections,
+        ));
     if let Some(cors) = cors_layer(&state.config().cors_origins) {
         router = router.layer(cors);
     }
@@ -149,6 +153,14 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
     Some(layer.allow_origin(list).allow_credentials(true))
+}
+
+/// Counts every 4xx answer in `tidings_rejected_requests_total`.
+async fn count_rejections(State(state): State<AppState>, response: Response) -> Response {
+    if response.status().is_client_error() {
+        state.metrics().rejected_requests.inc();
+    }
+    response
 }
 
 async fn index() -> impl IntoResponse {

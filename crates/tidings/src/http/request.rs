@@ -5,7 +5,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
 
-use super::ApiError;
+use super::{ApiError, AppState};
+use crate::auth::{AuthMode, PublisherRights, SubscriberIdentity};
 use crate::bus::ReplayFrom;
 use crate::update::UpdateId;
 
@@ -68,12 +69,40 @@ pub(super) fn query(raw: Option<&str>) -> Result<Pairs, ApiError> {
     Pairs::parse(raw.unwrap_or("").as_bytes(), "query string")
 }
 
+/// Verifies the caller's credentials as a subscriber (no token is even looked for with
+/// `--auth none`).
+pub(super) fn subscriber(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &Pairs,
+) -> Result<SubscriberIdentity, ApiError> {
+    let auth = &state.inner.auth;
+    let token = if auth.mode() == AuthMode::None {
+        None
+    } else {
+        token(headers, query)?
+    };
+    Ok(auth.subscriber(token)?)
+}
+
+/// Verifies the caller's credentials as a publisher.
+pub(super) fn publisher(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &Pairs,
+) -> Result<PublisherRights, ApiError> {
+    let auth = &state.inner.auth;
+    let token = if auth.mode() == AuthMode::None {
+        None
+    } else {
+        token(headers, query)?
+    };
+    Ok(auth.publisher(token)?)
+}
+
 /// Finds the JWT: the `Authorization: Bearer` header first, then the `mercureAuthorization`
 /// cookie, then the `authorization` query parameter (as the Mercure protocol orders them).
-pub(super) fn token<'a>(
-    headers: &'a HeaderMap,
-    query: &'a Pairs,
-) -> Result<Option<&'a str>, ApiError> {
+fn token<'a>(headers: &'a HeaderMap, query: &'a Pairs) -> Result<Option<&'a str>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().unwrap_or("");
         let token = value

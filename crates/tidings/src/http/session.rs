@@ -33,10 +33,7 @@ pub(super) async fn event_stream(
             )
         })
         .and_then(|n| Ok(EventName::new(n, limits.max_event_name_length)?))?;
-    let identity = state
-        .inner
-        .auth
-        .subscriber(request::token(&headers, &query)?)?;
+    let identity = request::subscriber(&state, &headers, &query)?;
     let session = if state.inner.auth.mode() == AuthMode::None {
         let raw = query
             .single("sessionId")?
@@ -60,7 +57,7 @@ pub(super) async fn event_stream(
             }
             None => {
                 return Err(ApiError::forbidden(
-                    "the token has no session claim (sub, or the configured session-claim)",
+                    "the token has no usable session claim (sub, or the configured session-claim): it must be a non-empty string of at most 256 bytes without control characters",
                 ))
             }
         }
@@ -104,10 +101,7 @@ pub(super) async fn publish(
     let limits = &state.config().limits;
     let body = request::body(body, limits.max_body_bytes)?;
     let query = request::query(raw.as_deref())?;
-    let rights = state
-        .inner
-        .auth
-        .publisher(request::token(&headers, &query)?)?;
+    let rights = request::publisher(&state, &headers, &query)?;
     request::require_content_type(&headers, "application/json")?;
     let event: SessionEvent = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
@@ -162,10 +156,7 @@ pub(super) async fn describe(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = request::query(raw.as_deref())?;
-    state
-        .inner
-        .auth
-        .publisher(request::token(&headers, &query)?)?;
+    request::publisher(&state, &headers, &query)?;
     let session = SessionId::new(&session_id, MAX_SESSION_ID_LEN)?;
     let streams = state.hub().session_streams(&session);
     let instances = if streams > 0 {

@@ -1,0 +1,289 @@
+//! The command line, run as a user would: `token`, `publish`, `subscribe` (with resumption
+//! after a dropped connection), and configuration layering of `serve`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{publish, publisher_token, subscribe_url, Hub, Stream, KEY, WAIT};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn tidings(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TIDINGS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = tidings(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn token_mints_what_the_hub_accepts_and_publish_prints_the_id() {
+    let hub = Hub::start(&["--jwt-key", KEY, "--anonymous"]);
+    let (ok, token, err) = run(&["token", "--jwt-key", KEY, "--publish", "*"]);
+    assert!(ok, "{err}");
+    let topic = common::unique_topic("cli");
+    let mut s = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    let (status, _) = publish(
+        &hub,
+        Some(&token),
+        &[("topic", &topic), ("data", "via token")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.next().await.data, "via token");
+    let (ok, id, err) = run(&[
+        "publish",
+        "--hub",
+        &hub.base,
+        "--jwt-key",
+        KEY,
+        "--topic",
+        &topic,
+        "--data",
+        "two\nlines",
+        "--type",
+        "note",
+    ]);
+    assert!(ok, "{err}");
+    let event = s.next().await;
+    assert_eq!(
+        (event.id, event.event, event.data),
+        (id, "note".to_owned(), "two\nlines".to_owned())
+    );
+    // Errors from the hub are reported with its explanation and a failure exit code.
+    let (ok, _, err) = run(&[
+        "publish",
+        "--hub",
+        &hub.base,
+        "--jwt-key",
+        "wrong",
+        "--topic",
+        &topic,
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("401") && err.contains("invalid_token"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["token", "--jwt-key", KEY]);
+    assert!(!ok && err.contains("--publish"), "{err}");
+}
+
+/// A loopback TCP proxy whose connections the test can cut.
+async fn proxy(upstream: String) -> (String, watch::Sender<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (cut, cuts) = watch::channel(0u64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            let mut cuts = cuts.clone();
+            cuts.mark_unchanged();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cuts.changed() => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test]
+async fn subscribe_prints_events_and_resumes_after_the_connection_drops() {
+    let hub = Hub::start(&["--jwt-key", KEY]);
+    let (proxied, cut) = proxy(hub.base.trim_start_matches("http://").to_owned()).await;
+    let topic = common::unique_topic("resume-cli");
+    let mut child = tidings(&[
+        "subscribe",
+        "--hub",
+        &proxied,
+        "--jwt-key",
+        KEY,
+        "--topic",
+        &topic,
+        "--format",
+        "json",
+        "--max-events",
+        "6",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Wait for the subscriber to be connected.
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub.metric("tidings_subscribers").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "subscriber never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = publisher_token();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            publish(
+                &hub,
+                Some(&p),
+                &[("topic", &topic), ("data", &format!("before {i}"))],
+            )
+            .await
+            .1,
+        );
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            tokio::time::timeout(WAIT, lines.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Cut the connection, publish while the subscriber is away, and let it come back.
+    cut.send_modify(|n| *n += 1);
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub.metric("tidings_subscribers").await > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut connection stayed registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..3 {
+        ids.push(
+            publish(
+                &hub,
+                Some(&p),
+                &[("topic", &topic), ("data", &format!("during {i}"))],
+            )
+            .await
+            .1,
+        );
+    }
+    for _ in 0..3 {
+        got.push(
+            tokio::time::timeout(WAIT, lines.recv())
+                .await
+                .expect("resumed events")
+                .unwrap(),
+        );
+    }
+    let received: Vec<String> = got
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        received, ids,
+        "every update once, in order, across the reconnect"
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "--max-events ends the command");
+}
+
+fn instance_id_of(args: &[&str], env: &[(&str, &str)], toml: Option<&str>) -> String {
+    let hub = Hub::start_with(args, env, toml);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let body: Value = common::client()
+            .get(hub.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["instanceId"].as_str().unwrap().to_owned()
+    })
+}
+
+#[test]
+fn configuration_layers_defaults_file_environment_flags() {
+    let file = Some("instance-id = \"from-file\"\nauth = \"none\"\n");
+    assert_eq!(instance_id_of(&[], &[], file), "from-file");
+    assert_eq!(
+        instance_id_of(&[], &[("TIDINGS_INSTANCE_ID", "from-env")], file),
+        "from-env"
+    );
+    assert_eq!(
+        instance_id_of(
+            &["--instance-id", "from-flag"],
+            &[("TIDINGS_INSTANCE_ID", "from-env")],
+            file
+        ),
+        "from-flag"
+    );
+    assert!(
+        instance_id_of(&["--auth", "none"], &[], None).starts_with("tidings-"),
+        "generated by default"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "histroy-size = 3\n").unwrap();
+    let (ok, _, err) = run(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!ok && err.contains("histroy-size"), "{err}");
+    let (ok, _, err) = run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(
+        !ok && err.contains("--jwt-key") && err.contains("--auth none"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["serve", "--auth", "none", "--listen", "nowhere"]);
+    assert!(!ok && err.contains("listen"), "{err}");
+    let (ok, _, err) = run(&[
+        "serve",
+        "--auth",
+        "none",
+        "--listen",
+        "127.0.0.1:0",
+        "--bus",
+        "kafka://x",
+    ]);
+    assert!(!ok && err.contains("kafka://x"), "{err}");
+}
