@@ -1,0 +1,129 @@
+// Headless Chromium against a real `tidings serve`: the page at `/` subscribes with an
+// EventSource (one page with a subscriber token, one anonymous), updates published over HTTP
+// and through the page's own form arrive — multi-line data intact, the private update only
+// where the token allows it.
+//
+// Run by .ci/run after `cargo test` (which builds target/debug/tidings):
+//   cd tests/browser && npm ci && node --test page.test.mjs
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const binary = process.env.TIDINGS_BIN || path.join(root, 'target', 'debug', 'tidings');
+const KEY = 'browser-test-key-of-some-length';
+const PUBLIC = 'https://example.com/books/1';
+const PRIVATE_TEMPLATE = 'https://example.com/orders/{id}';
+const PRIVATE = 'https://example.com/orders/7';
+
+let hub;
+let base;
+let browser;
+
+function cleanEnv() {
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) if (k.startsWith('TIDINGS_')) delete env[k];
+  return env;
+}
+
+function token(...args) {
+  return execFileSync(binary, ['token', '--jwt-key', KEY, ...args], { env: cleanEnv() }).toString().trim();
+}
+
+function startHub() {
+  return new Promise((resolve, reject) => {
+    const child = spawn(binary, ['serve', '--listen', '127.0.0.1:0', '--jwt-key', KEY, '--anonymous'], {
+      env: { ...cleanEnv(), TIDINGS_LOG: 'info' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const timer = setTimeout(() => reject(new Error('hub did not become ready')), 10000);
+    let buffered = '';
+    child.stderr.on('data', (chunk) => {
+      buffered += chunk.toString();
+      const m = buffered.match(/listening on (http:\/\/[0-9.:]+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ child, base: m[1] });
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`hub exited early (${code}): ${buffered}`)));
+  });
+}
+
+async function publish(fields, bearer) {
+  const body = new URLSearchParams(fields);
+  const res = await fetch(`${base}/.well-known/mercure`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Bearer ${bearer}` },
+    body,
+  });
+  assert.equal(res.status, 200, await res.clone().text());
+  return (await res.text()).trim();
+}
+
+async function openPage(query) {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(`${base}/?${query}`);
+  await page.waitForFunction(() => window.tidingsStatus === 'open', null, { timeout: 10000 });
+  return { page, errors };
+}
+
+async function eventsWhen(page, count) {
+  await page.waitForFunction((n) => window.tidingsEvents.length >= n, count, { timeout: 10000 });
+  return page.evaluate(() => window.tidingsEvents);
+}
+
+before(async () => {
+  ({ child: hub, base } = await startHub());
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  hub?.kill('SIGKILL');
+});
+
+test('an EventSource on the page receives public and private updates', async () => {
+  const subscriber = token('--subscribe', PRIVATE_TEMPLATE);
+  const publisher = token('--publish', '*');
+  const topics = new URLSearchParams([['topic', PUBLIC], ['topic', PRIVATE_TEMPLATE]]);
+  const withToken = await openPage(`${topics}&jwt=${subscriber}&types=book&autosubscribe=1`);
+  const anonymous = await openPage(`${topics}&types=book&autosubscribe=1`);
+
+  const privateId = await publish([['topic', PRIVATE], ['data', 'for your eyes only'], ['private', 'on']], publisher);
+  const publicId = await publish([['topic', PUBLIC], ['type', 'book'], ['data', 'line one\nline two\n\nline four']], publisher);
+
+  const seen = await eventsWhen(withToken.page, 2);
+  assert.deepEqual(seen.slice(0, 2), [
+    { type: 'message', id: privateId, data: 'for your eyes only' },
+    { type: 'book', id: publicId, data: 'line one\nline two\n\nline four' },
+  ]);
+  const anon = await eventsWhen(anonymous.page, 1);
+  assert.deepEqual(anon, [{ type: 'book', id: publicId, data: 'line one\nline two\n\nline four' }],
+    'the anonymous page gets the public update only');
+  assert.deepEqual([...withToken.errors, ...anonymous.errors], []);
+});
+
+test("the page's own publish form reaches its EventSource", async () => {
+  const publisher = token('--publish', '*');
+  const { page, errors } = await openPage(`topic=${encodeURIComponent(PUBLIC)}&autosubscribe=1`);
+  await page.fill('#pub-data', 'typed in the page');
+  await page.fill('#pub-jwt', publisher);
+  await page.click('#publish');
+  await page.waitForFunction(() => document.querySelector('#pub-result').textContent.startsWith('Published'), null, { timeout: 10000 });
+  const events = await eventsWhen(page, 1);
+  assert.equal(events[0].data, 'typed in the page');
+  // A refused publish shows the hub's error.
+  await page.fill('#pub-jwt', 'not-a-token');
+  await page.click('#publish');
+  await page.waitForFunction(() => document.querySelector('#pub-result').textContent.includes('401'), null, { timeout: 10000 });
+  assert.deepEqual(errors, []);
+});
