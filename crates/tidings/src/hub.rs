@@ -45,7 +45,7 @@ type Members = IndexMap<SubscriberId, Arc<Entry>>;
 struct Registry {
     all: HashMap<SubscriberId, Arc<Entry>>,
     exact: HashMap<Arc<str>, Members>,
-    /// Non-exact selectors, keyed by source, each compiled once.
+    /// Non-exact selectors, keyed by [`Selector::key`], each compiled once.
     wide: IndexMap<Arc<str>, (Selector, Members)>,
     sessions: HashMap<SessionId, usize>,
 }
@@ -167,7 +167,7 @@ impl Hub {
                     _ => {
                         &mut reg
                             .wide
-                            .entry(Arc::from(selector.source()))
+                            .entry(Arc::from(selector.key()))
                             .or_insert_with(|| (selector.clone(), Members::default()))
                             .1
                     }
@@ -212,10 +212,10 @@ impl Hub {
                         }
                     }
                     _ => {
-                        if let Some((_, members)) = reg.wide.get_mut(selector.source()) {
+                        if let Some((_, members)) = reg.wide.get_mut(selector.key()) {
                             members.swap_remove(&id);
                             if members.is_empty() {
-                                reg.wide.swap_remove(selector.source());
+                                reg.wide.swap_remove(selector.key());
                                 interest_changed = true;
                             }
                         }
@@ -378,6 +378,21 @@ mod tests {
             assert!(sub.rx.try_recv().is_err(), "exactly one copy");
         }
         assert!(other.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_exact_and_a_template_selector_with_the_same_text_deliver_once() {
+        let hub = hub(8);
+        let mut sub = hub.subscribe(SubscriberSpec {
+            selectors: vec![
+                Selector::exact("a/{x}", 100).unwrap(),
+                Selector::compile("a/{x}", 100).unwrap(),
+            ],
+            ..spec(&[])
+        });
+        assert_eq!(hub.dispatch(&envelope(1, &["a/{x}"])).queued, 1);
+        assert_eq!(sub.recv().await.unwrap().position, Position(1));
+        assert!(sub.rx.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -320,3 +320,58 @@ async fn the_page_at_root_loads() {
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+#[tokio::test]
+async fn draft_match_and_match_urlpattern_selectors_work() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let base = unique_topic("draft");
+    let literal = format!("{base}/{{id}}");
+    let mut exact = Stream::open(
+        &hub.url(&format!(
+            "/.well-known/mercure?match={}",
+            urlencode(&literal)
+        )),
+        &[],
+    )
+    .await;
+    let mut pattern = Stream::open(
+        &hub.url(&format!(
+            "/.well-known/mercure?match_urlpattern={}",
+            urlencode(&format!("{base}/:id"))
+        )),
+        &[],
+    )
+    .await;
+    let p = publisher_token();
+    let (_, braces) = publish(&hub, Some(&p), &[("topic", &literal)]).await;
+    let (_, seven) = publish(&hub, Some(&p), &[("topic", &format!("{base}/7"))]).await;
+    publish(&hub, Some(&p), &[("topic", &format!("{base}/7/deeper"))]).await;
+    assert_eq!(
+        exact.next().await.id,
+        braces,
+        "match= is exact even with braces"
+    );
+    assert!(exact
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_none());
+    assert_eq!(
+        pattern.next().await.id,
+        braces,
+        ":id matches one segment, braces included"
+    );
+    assert_eq!(pattern.next().await.id, seven);
+    assert!(
+        pattern
+            .next_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "not two segments"
+    );
+    let bad = Stream::try_open(
+        &hub.url("/.well-known/mercure?match_urlpattern=%2Fbooks%2F(%5Cd%2B)"),
+        &[],
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+}

@@ -33,6 +33,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
         .resolve()
         .map_err(|e| e.to_string())?;
     init_logging(&config)?;
+    raise_open_files_limit();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -41,6 +42,14 @@ pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
         .serve(listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Every stream holds a socket: raise the soft limit on open files to the hard limit.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
 }
 
 fn init_logging(config: &Config) -> Result<(), String> {

@@ -24,26 +24,40 @@ pub(super) async fn subscribe(
 ) -> Result<Response, ApiError> {
     let query = request::query(raw.as_deref())?;
     let limits = &state.config().limits;
-    let sources: Vec<&str> = query.all("topic").collect();
-    if sources.is_empty() {
+    // `topic=` (exact, `*` or URI template), and the 1.0 draft's `match=` (always exact) and
+    // `match_urlpattern=` (URL Pattern).
+    let count = query.all("topic").count()
+        + query.all("match").count()
+        + query.all("match_urlpattern").count();
+    if count == 0 {
         return Err(ApiError::bad_request(
             "missing_topic",
             "give at least one topic selector: ?topic=<topic, * or URI template>",
         ));
     }
-    if sources.len() > limits.max_selectors {
+    if count > limits.max_selectors {
         return Err(ApiError::bad_request(
             "too_many_selectors",
             format!(
-                "{} topic selectors, the limit is max-selectors = {}",
-                sources.len(),
+                "{count} topic selectors, the limit is max-selectors = {}",
                 limits.max_selectors
             ),
         ));
     }
-    let selectors = sources
-        .iter()
-        .map(|s| state.inner.selectors.get(s))
+    let cache = &state.inner.selectors;
+    let selectors = query
+        .all("topic")
+        .map(|s| cache.get(s))
+        .chain(
+            query
+                .all("match")
+                .map(|s| Selector::exact(s, limits.max_selector_length)),
+        )
+        .chain(
+            query
+                .all("match_urlpattern")
+                .map(|s| cache.get_url_pattern(s)),
+        )
         .collect::<Result<Vec<Selector>, _>>()?;
     let identity = request::subscriber(&state, &headers, &query)?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;

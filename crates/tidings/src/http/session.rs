@@ -2,7 +2,7 @@
 //! `urn:tidings:session:<id>`, carrying the event name as their SSE type.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -151,10 +151,12 @@ struct InstanceStreams {
 /// Reveals who is online, so it needs a publisher token.
 pub(super) async fn describe(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    session_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let Path(session_id) =
+        session_id.map_err(|e| ApiError::bad_request("invalid_input", e.body_text()))?;
     let query = request::query(raw.as_deref())?;
     request::publisher(&state, &headers, &query)?;
     let session = SessionId::new(&session_id, MAX_SESSION_ID_LEN)?;

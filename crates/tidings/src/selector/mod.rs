@@ -7,12 +7,18 @@
 //! map. Templates run a linear-time matcher (see [`template`]).
 
 pub mod template;
+pub mod urlpattern;
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use crate::update::{InvalidInput, Topic};
 pub use template::{Template, TemplateError};
+pub use urlpattern::UrlPattern;
+
+/// Prefix of the index key of URL-pattern selectors. Selectors cannot contain control
+/// characters, so no template or topic can collide with it.
+const URL_PATTERN_KEY: &str = "\u{1}urlpattern:";
 
 /// A compiled selector.
 #[derive(Debug, Clone)]
@@ -27,6 +33,14 @@ pub enum Selector {
         source: Arc<str>,
         /// Its compiled matcher.
         template: Arc<Template>,
+    },
+    /// A `match_urlpattern=` selector (Mercure 1.0 draft).
+    UrlPattern {
+        /// The key under which it is indexed and cached (the source with a prefix that no
+        /// template can have).
+        key: Arc<str>,
+        /// Its compiled matcher.
+        pattern: Arc<UrlPattern>,
     },
 }
 
@@ -58,12 +72,41 @@ impl Selector {
         })
     }
 
+    /// Compiles a `match=` selector: always an exact topic, braces included.
+    ///
+    /// # Errors
+    /// As for a topic: empty, too long, or with control characters.
+    pub fn exact(source: &str, max_len: usize) -> Result<Self, InvalidInput> {
+        let topic =
+            Topic::new(source, max_len).map_err(|e| InvalidInput::new("match", e.reason))?;
+        Ok(Selector::Exact(Arc::from(topic.as_str())))
+    }
+
+    /// Compiles a `match_urlpattern=` selector.
+    ///
+    /// # Errors
+    /// [`InvalidInput`] for an empty, too long or malformed pattern.
+    pub fn url_pattern(source: &str, max_len: usize) -> Result<Self, InvalidInput> {
+        Topic::new(source, max_len).map_err(|e| InvalidInput::new("match_urlpattern", e.reason))?;
+        let pattern = UrlPattern::compile(source).map_err(|e| {
+            InvalidInput::new(
+                "match_urlpattern",
+                format!("{source:?} is not a supported URL pattern: {e}"),
+            )
+        })?;
+        Ok(Selector::UrlPattern {
+            key: Arc::from(format!("{URL_PATTERN_KEY}{source}")),
+            pattern: Arc::new(pattern),
+        })
+    }
+
     /// True when this selector matches `topic`.
     pub fn matches(&self, topic: &str) -> bool {
         match self {
             Selector::Any => true,
             Selector::Exact(t) => **t == *topic,
             Selector::Template { template, .. } => template.matches(topic),
+            Selector::UrlPattern { pattern, .. } => pattern.matches(topic),
         }
     }
 
@@ -75,12 +118,23 @@ impl Selector {
         }
     }
 
-    /// The selector as written (`*`, the exact topic, or the template source).
+    /// The selector as written (`*`, the exact topic, the template or the URL pattern).
     pub fn source(&self) -> &str {
         match self {
             Selector::Any => "*",
             Selector::Exact(s) => s,
             Selector::Template { source, .. } => source,
+            Selector::UrlPattern { key, .. } => &key[URL_PATTERN_KEY.len()..],
+        }
+    }
+
+    /// A key that identifies the selector's meaning: equal keys match the same topics. The
+    /// hub indexes wide selectors under it; it differs from [`Selector::source`] only for URL
+    /// patterns, which may be spelled like templates.
+    pub fn key(&self) -> &str {
+        match self {
+            Selector::UrlPattern { key, .. } => key,
+            _ => self.source(),
         }
     }
 }
@@ -111,12 +165,30 @@ impl SelectorCache {
     /// # Errors
     /// As [`Selector::compile`].
     pub fn get(&self, source: &str) -> Result<Selector, InvalidInput> {
-        if let Some(hit) = self.lock().get(source) {
+        self.get_or_compile(source, source, Selector::compile)
+    }
+
+    /// Returns the compiled `match_urlpattern=` selector for `source`.
+    ///
+    /// # Errors
+    /// As [`Selector::url_pattern`].
+    pub fn get_url_pattern(&self, source: &str) -> Result<Selector, InvalidInput> {
+        let key = format!("{URL_PATTERN_KEY}{source}");
+        self.get_or_compile(&key, source, Selector::url_pattern)
+    }
+
+    fn get_or_compile(
+        &self,
+        key: &str,
+        source: &str,
+        compile: fn(&str, usize) -> Result<Selector, InvalidInput>,
+    ) -> Result<Selector, InvalidInput> {
+        if let Some(hit) = self.lock().get(key) {
             return Ok(hit.clone());
         }
         // Compile outside the lock: a large template must not stall other connections.
-        let compiled = Selector::compile(source, self.max_len)?;
-        self.lock().put(Box::from(source), compiled.clone());
+        let compiled = compile(source, self.max_len)?;
+        self.lock().put(Box::from(key), compiled.clone());
         Ok(compiled)
     }
 
@@ -148,6 +220,25 @@ mod tests {
         assert!(Selector::compile("a/{b", 100).is_err());
         assert!(Selector::compile("", 100).is_err());
         assert!(Selector::compile(&"x".repeat(101), 100).is_err());
+        assert!(matches!(
+            Selector::exact("a/{b}", 100).unwrap(),
+            Selector::Exact(_)
+        ));
+    }
+
+    #[test]
+    fn url_patterns_and_templates_with_the_same_text_do_not_share_a_key() {
+        let cache = SelectorCache::new(10, 100);
+        let template = cache.get("/a/{x}").unwrap();
+        let pattern = cache.get_url_pattern("/a/{x}").unwrap();
+        assert_ne!(template.key(), pattern.key());
+        assert_eq!(pattern.source(), "/a/{x}");
+        assert!(template.matches("/a/1"));
+        assert!(
+            pattern.matches("/a/x"),
+            "braces group literal text in a URL pattern"
+        );
+        assert!(!pattern.matches("/a/1"));
     }
 
     #[test]
