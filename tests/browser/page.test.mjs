@@ -4,16 +4,11 @@
 // where the token allows it.
 //
 // Run by .ci/run after `cargo test` (which builds target/debug/tidings):
-//   cd tests/browser && npm ci && node --test page.test.mjs
+//   cd tests/browser && npm ci && npm test
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { startHub, token as mint, launchBrowser } from './harness.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const binary = process.env.TIDINGS_BIN || path.join(root, 'target', 'debug', 'tidings');
 const KEY = 'browser-test-key-of-some-length';
 const PUBLIC = 'https://example.com/books/1';
 const PRIVATE_TEMPLATE = 'https://example.com/orders/{id}';
@@ -23,35 +18,7 @@ let hub;
 let base;
 let browser;
 
-function cleanEnv() {
-  const env = { ...process.env };
-  for (const k of Object.keys(env)) if (k.startsWith('TIDINGS_')) delete env[k];
-  return env;
-}
-
-function token(...args) {
-  return execFileSync(binary, ['token', '--jwt-key', KEY, ...args], { env: cleanEnv() }).toString().trim();
-}
-
-function startHub() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(binary, ['serve', '--listen', '127.0.0.1:0', '--jwt-key', KEY, '--anonymous'], {
-      env: { ...cleanEnv(), TIDINGS_LOG: 'info' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    const timer = setTimeout(() => reject(new Error('hub did not become ready')), 10000);
-    let buffered = '';
-    child.stderr.on('data', (chunk) => {
-      buffered += chunk.toString();
-      const m = buffered.match(/listening on (http:\/\/[0-9.:]+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, base: m[1] });
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`hub exited early (${code}): ${buffered}`)));
-  });
-}
+const token = (...args) => mint(KEY, ...args);
 
 async function publish(fields, bearer) {
   const body = new URLSearchParams(fields);
@@ -79,11 +46,8 @@ async function eventsWhen(page, count) {
 }
 
 before(async () => {
-  ({ child: hub, base } = await startHub());
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  ({ child: hub, base } = await startHub(['--jwt-key', KEY, '--anonymous']));
+  browser = await launchBrowser();
 });
 
 after(async () => {

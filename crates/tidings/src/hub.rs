@@ -148,7 +148,7 @@ impl Hub {
         let multi = spec
             .selectors
             .iter()
-            .map(Selector::source)
+            .map(|s| (matches!(s, Selector::Exact(_)), s.key()))
             .collect::<HashSet<_>>()
             .len()
             > 1;
@@ -381,7 +381,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_exact_and_a_template_selector_with_the_same_text_deliver_once() {
+    async fn selectors_spelled_alike_but_of_different_kinds_deliver_once() {
+        let hub = hub(8);
+        // A template and a URL pattern with the same text both match "/a/x"; `*` and a
+        // `match=*` exact selector both match the topic "*".
+        let mut sub = hub.subscribe(SubscriberSpec {
+            selectors: vec![
+                Selector::url_pattern("/a/{x}", 100).unwrap(),
+                Selector::compile("/a/{x}", 100).unwrap(),
+                Selector::exact("*", 100).unwrap(),
+                Selector::Any,
+            ],
+            ..spec(&[])
+        });
+        assert_eq!(hub.dispatch(&envelope(1, &["/a/x"])).queued, 1);
+        assert_eq!(sub.recv().await.unwrap().position, Position(1));
+        assert!(sub.rx.try_recv().is_err());
+        assert_eq!(hub.dispatch(&envelope(2, &["*"])).queued, 1);
+        assert_eq!(sub.recv().await.unwrap().position, Position(2));
+        assert!(sub.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn selectors_spelled_alike_are_indexed_apart() {
         let hub = hub(8);
         let mut sub = hub.subscribe(SubscriberSpec {
             selectors: vec![

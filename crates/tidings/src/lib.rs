@@ -11,7 +11,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`update`] | the validated input types: [`update::Update`], topics, ids, event names, sessions |
-//! | [`selector`] | topic selectors (`*`, exact, RFC 6570 templates) compiled once, cached |
+//! | [`selector`] | topic selectors (`*`, exact, RFC 6570 templates, URL patterns) compiled once, cached |
 //! | [`sse`] | the SSE encoder (one `data:` line per payload line; nothing can inject a field) |
 //! | [`envelope`] | an update inside an instance: position in the bus order, SSE bytes encoded once |
 //! | [`subscriber`] | a subscriber's selectors, rights ([`subscriber::Access`]) and filters |

@@ -112,9 +112,10 @@ macro_rules! text_newtype {
 }
 
 text_newtype!(
-    /// The globally unique id of an update, sent as the SSE `id:` field and used by clients
-    /// to resume (`Last-Event-ID`). Never contains CR, LF or NUL.
-    UpdateId, field = "id", forbidden = breaks_sse_line, what = "CR, LF or NUL"
+    /// The id of an update, sent as the SSE `id:` field and used by clients to resume
+    /// (`Last-Event-ID`): generated unique by the hub, or chosen by the publisher. Never
+    /// contains a control character, so that it always fits in a `Last-Event-ID` header.
+    UpdateId, field = "id", forbidden = is_control, what = "control characters"
 );
 
 text_newtype!(
@@ -208,8 +209,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_refuse_line_breaks_and_nul() {
-        for bad in ["a\nb", "a\rb", "a\0b", ""] {
+    fn ids_refuse_line_breaks_and_other_control_characters() {
+        for bad in ["a\nb", "a\rb", "a\0b", "a\tb", "a\x01b", ""] {
             assert!(UpdateId::new(bad, 100).is_err(), "{bad:?}");
         }
         assert!(UpdateId::new("urn:uuid:1", 100).is_ok());

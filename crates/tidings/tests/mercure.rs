@@ -375,3 +375,44 @@ async fn draft_match_and_match_urlpattern_selectors_work() {
     .await;
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test]
+async fn a_non_ascii_id_resumes_from_a_utf8_last_event_id_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = jwt_hub(&["--anonymous"]);
+    let topic = unique_topic("unicode");
+    let p = publisher_token();
+    for id in ["bücher-1", "bücher-2", "bücher-3"] {
+        assert_eq!(
+            publish(&hub, Some(&p), &[("topic", &topic), ("id", id)])
+                .await
+                .0,
+            200
+        );
+    }
+    // A browser sends the last id as UTF-8 bytes in the header.
+    let addr = hub.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /.well-known/mercure?topic={} HTTP/1.1\r\nHost: {addr}\r\nLast-Event-ID: bücher-1\r\n\r\n",
+        urlencode(&topic)
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("id: bücher-3\n") {
+        let n = tokio::time::timeout(common::WAIT, socket.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.contains("id: bücher-1\n") && text.contains("id: bücher-2\n"),
+        "{text}"
+    );
+    assert!(text.contains("last-event-id: bücher-3"), "{text}");
+}

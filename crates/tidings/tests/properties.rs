@@ -11,9 +11,14 @@ use tidings::selector::Template;
 use tidings::sse::encode_update;
 use tidings::update::{EventName, Topic, Update, UpdateId};
 
-/// Text without CR, LF and NUL (what an id or event name may hold).
+/// Text without CR, LF and NUL (what an event name may hold).
 fn field_text() -> impl Strategy<Value = String> {
     "[^\r\n\u{0}]{1,40}"
+}
+
+/// Text without control characters (what an id may hold).
+fn id_text() -> impl Strategy<Value = String> {
+    "[^\\p{Cc}]{1,40}"
 }
 
 /// Any text, with line terminators of every kind well represented.
@@ -34,7 +39,7 @@ fn payload() -> impl Strategy<Value = String> {
 }
 
 prop_compose! {
-    fn update()(id in field_text(), event in prop::option::of(field_text()), data in payload(), retry in prop::option::of(0u64..1_000_000)) -> Update {
+    fn update()(id in id_text(), event in prop::option::of(field_text()), data in payload(), retry in prop::option::of(0u64..1_000_000)) -> Update {
         Update::new(
             UpdateId::new(&id, 1000).unwrap(),
             vec![Topic::new("t", 10).unwrap()],

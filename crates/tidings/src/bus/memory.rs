@@ -28,7 +28,7 @@ struct State {
     /// The position the next update gets (the first is 1).
     next: u128,
     history: VecDeque<Arc<Envelope>>,
-    /// Id → position, for every update in `history`.
+    /// Id → position of the newest update in `history` with that id.
     index: HashMap<UpdateId, Position>,
     /// The newest update ever published, kept even when history is disabled.
     head: Option<(Position, UpdateId)>,
@@ -61,9 +61,6 @@ impl Bus for MemoryBus {
 
     async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
         let mut state = self.lock();
-        if state.index.contains_key(&update.id) {
-            return Err(BusError::DuplicateId(update.id.to_string()));
-        }
         let position = Position(state.next);
         state.next += 1;
         let envelope = Arc::new(Envelope::new(update, position, now_micros()));
@@ -71,7 +68,10 @@ impl Bus for MemoryBus {
         if self.history_size > 0 {
             if state.history.len() == self.history_size {
                 if let Some(old) = state.history.pop_front() {
-                    state.index.remove(&old.update.id);
+                    // The id may have been reused by a newer update, which keeps the entry.
+                    if state.index.get(&old.update.id) == Some(&old.position) {
+                        state.index.remove(&old.update.id);
+                    }
                 }
             }
             state.index.insert(envelope.update.id.clone(), position);
@@ -169,13 +169,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn duplicate_ids_are_refused_while_in_history() {
-        let bus = MemoryBus::new(2, Hub::new(8, Arc::new(Metrics::new())));
-        bus.publish(update("a")).await.unwrap();
-        assert_eq!(
-            bus.publish(update("a")).await.unwrap_err(),
-            BusError::DuplicateId("a".into())
-        );
+    async fn a_reused_id_resumes_after_its_newest_update() {
+        let bus = MemoryBus::new(3, Hub::new(8, Arc::new(Metrics::new())));
+        for id in ["a", "b", "a", "c"] {
+            bus.publish(update(id)).await.unwrap();
+        }
+        let after_a = bus
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(ids(&after_a), ["c"]);
+        // Evicting the first "a" keeps the index entry of the newer one.
+        bus.publish(update("d")).await.unwrap();
+        let after_a = bus
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .await
+            .unwrap();
+        assert!(!after_a.missing);
+        assert_eq!(ids(&after_a), ["c", "d"]);
     }
 
     #[tokio::test]

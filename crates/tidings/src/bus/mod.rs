@@ -26,7 +26,8 @@ pub enum ReplayFrom {
     Now,
     /// Everything history holds (`Last-Event-ID: earliest`, as in Mercure).
     Earliest,
-    /// Every update after this id.
+    /// Every update after this id. Ids are the publisher's to choose and Mercure hubs accept
+    /// the same id twice: a resume then starts after the newest update with that id.
     After(UpdateId),
 }
 
@@ -51,9 +52,6 @@ pub enum BusError {
     /// The bus cannot take or serve updates now (broker unreachable, instance draining).
     #[error("bus unavailable: {0}")]
     Unavailable(String),
-    /// An update with this id is already in history.
-    #[error("an update with id {0:?} already exists")]
-    DuplicateId(String),
     /// The bus URL or options are wrong (start-up only).
     #[error("bus configuration: {0}")]
     Config(String),
@@ -76,8 +74,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// history, stored it), with the envelope it assigned.
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the bus did not take the update;
-    /// [`BusError::DuplicateId`] when history already holds its id.
+    /// [`BusError::Unavailable`] when the bus did not take the update.
     async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError>;
 
     /// Reads history from `from` on (see [`ReplayFrom`]).

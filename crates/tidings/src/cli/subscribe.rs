@@ -33,6 +33,15 @@ pub(super) struct SubscribeArgs {
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(args: SubscribeArgs) -> Result<(), String> {
+    // Ctrl-C ends the command cleanly whatever it is doing.
+    tokio::select! {
+        result = follow(args) => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// Connects, prints, and reconnects after a dropped stream, resuming after the last id seen.
+async fn follow(args: SubscribeArgs) -> Result<(), String> {
     let token = args.hub.token(MercureClaim {
         subscribe: Some(args.topic.clone()),
         ..MercureClaim::default()
@@ -96,10 +105,7 @@ pub(super) async fn run(args: SubscribeArgs) -> Result<(), String> {
         let backoff = retry
             .saturating_mul(2u32.saturating_pow(failures.min(5)))
             .min(MAX_BACKOFF);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
+        tokio::time::sleep(backoff).await;
     }
 }
 

@@ -76,11 +76,6 @@ impl From<AuthError> for ApiError {
 impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
         match e {
-            BusError::DuplicateId(id) => ApiError::new(
-                StatusCode::CONFLICT,
-                "duplicate_id",
-                format!("an update with id {id:?} is already in history; ids must be unique"),
-            ),
             BusError::Unavailable(cause) => {
                 tracing::warn!(%cause, "bus unavailable");
                 ApiError::new(

@@ -16,7 +16,17 @@ pub(super) async fn healthz() -> Response {
 /// `GET /readyz`: 200 while the bus is connected and the instance is not draining; 503
 /// otherwise, so a load balancer stops sending new clients.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let bus = state.inner.bus.kind();
+    let (status, text) = readiness(&state);
+    let body = json!({
+        "status": text,
+        "bus": state.inner.bus.kind(),
+        "instanceId": state.config().instance_id,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Whether the instance takes traffic now, and why not; also refreshes the `ready` gauge.
+fn readiness(state: &AppState) -> (StatusCode, &'static str) {
     let (status, text) = if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if !state.inner.bus.is_ready() {
@@ -28,20 +38,16 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
         .metrics()
         .ready
         .set(i64::from(status == StatusCode::OK));
-    let body = json!({
-        "status": text,
-        "bus": bus,
-        "instanceId": state.config().instance_id,
-    });
-    (status, Json(body)).into_response()
+    (status, text)
 }
 
-/// `GET /metrics`: every metric in the Prometheus text format.
+/// `GET /metrics`: every metric in the OpenMetrics text format (which Prometheus scrapes).
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    readiness(&state);
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics().render(),
     )

@@ -146,7 +146,7 @@ pub(super) fn resume_point(
     max_id_len: usize,
 ) -> Result<ReplayFrom, ApiError> {
     let from_header = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().map_err(|_| {
+        Some(v) => Some(std::str::from_utf8(v.as_bytes()).map_err(|_| {
             ApiError::bad_request(
                 "invalid_last_event_id",
                 "the Last-Event-ID header is not valid text",

@@ -93,7 +93,7 @@ pub(super) async fn open(
         HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(value) = HeaderValue::from_str(&last_event_id) {
+    if let Ok(value) = HeaderValue::from_bytes(last_event_id.as_bytes()) {
         headers.insert("last-event-id", value);
     }
     Ok(response)

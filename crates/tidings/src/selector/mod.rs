@@ -1,6 +1,8 @@
 //! Topic selectors: what a subscriber asks for, and what a token's claims allow.
 //!
-//! A selector is `*` (every topic), a URI template (RFC 6570, contains `{`), or an exact topic.
+//! A selector is `*` (every topic), a URI template (RFC 6570, contains `{`), or an exact topic;
+//! the Mercure 1.0 draft adds `match=` (always exact) and `match_urlpattern=` (see
+//! [`urlpattern`]).
 //! Selectors are compiled once, when a subscriber connects or a token is verified, through a
 //! bounded [`SelectorCache`], and shared ([`Selector`] is cheap to clone). Matching an exact
 //! selector is a string comparison; the hub does not even do that, it indexes exact topics in a
