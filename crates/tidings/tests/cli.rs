@@ -287,3 +287,36 @@ fn bad_configuration_is_refused_with_what_to_fix() {
     ]);
     assert!(!ok && err.contains("kafka://x"), "{err}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_ready_message() {
+    let mut child = tidings(&[
+        "serve",
+        "--auth",
+        "none",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let line = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let record: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(record["level"], "INFO");
+    assert!(
+        record["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("listening on http://127.0.0.1:"),
+        "{record}"
+    );
+}

@@ -69,20 +69,16 @@ pub(super) fn query(raw: Option<&str>) -> Result<Pairs, ApiError> {
     Pairs::parse(raw.unwrap_or("").as_bytes(), "query string")
 }
 
-/// Verifies the caller's credentials as a subscriber (no token is even looked for with
-/// `--auth none`).
+/// Verifies the caller's credentials as a subscriber.
 pub(super) fn subscriber(
     state: &AppState,
     headers: &HeaderMap,
     query: &Pairs,
 ) -> Result<SubscriberIdentity, ApiError> {
-    let auth = &state.inner.auth;
-    let token = if auth.mode() == AuthMode::None {
-        None
-    } else {
-        token(headers, query)?
-    };
-    Ok(auth.subscriber(token)?)
+    Ok(state
+        .inner
+        .auth
+        .subscriber(presented_token(state, headers, query)?)?)
 }
 
 /// Verifies the caller's credentials as a publisher.
@@ -91,13 +87,22 @@ pub(super) fn publisher(
     headers: &HeaderMap,
     query: &Pairs,
 ) -> Result<PublisherRights, ApiError> {
-    let auth = &state.inner.auth;
-    let token = if auth.mode() == AuthMode::None {
-        None
-    } else {
-        token(headers, query)?
-    };
-    Ok(auth.publisher(token)?)
+    Ok(state
+        .inner
+        .auth
+        .publisher(presented_token(state, headers, query)?)?)
+}
+
+/// The token the request presents; with `--auth none` none is even looked for.
+fn presented_token<'a>(
+    state: &AppState,
+    headers: &'a HeaderMap,
+    query: &'a Pairs,
+) -> Result<Option<&'a str>, ApiError> {
+    if state.inner.auth.mode() == AuthMode::None {
+        return Ok(None);
+    }
+    token(headers, query)
 }
 
 /// Finds the JWT: the `Authorization: Bearer` header first, then the `mercureAuthorization`
