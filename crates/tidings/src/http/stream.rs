@@ -73,7 +73,13 @@ pub(super) async fn open(
     let stream = EventStream {
         initial,
         subscription,
-        skip_through: replay.head,
+        // Without a replay nothing can arrive twice: every live update is new to the client,
+        // including one published between registration and the read of the head.
+        skip_through: if from == ReplayFrom::Now {
+            None
+        } else {
+            replay.head
+        },
         heartbeat_every: config.heartbeat,
         heartbeat: Box::pin(tokio::time::sleep(config.heartbeat)),
         shutdown: Box::pin(shutdown),
@@ -206,5 +212,141 @@ impl Stream for EventStream {
             return Poll::Ready(Some(Ok(Bytes::from_static(sse::HEARTBEAT))));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthMode, AuthSettings, Authenticator};
+    use crate::bus::{Bus, BusError};
+    use crate::config::Config;
+    use crate::envelope::Envelope;
+    use crate::hub::Hub;
+    use crate::selector::{Selector, SelectorCache};
+    use crate::subscriber::Access;
+    use crate::update::{Topic, Update, UpdateId};
+    use futures_util::StreamExt;
+
+    /// A bus on which an update is published exactly between the subscriber's registration
+    /// and the read of history — the race `open` must survive.
+    #[derive(Debug)]
+    struct RacingBus {
+        hub: Hub,
+        history: Vec<Arc<Envelope>>,
+    }
+
+    fn envelope(position: u128) -> Arc<Envelope> {
+        let update = Update::new(
+            UpdateId::new(&format!("u{position}"), 100).unwrap(),
+            vec![Topic::new("t", 100).unwrap()],
+            None,
+            String::new(),
+            None,
+            false,
+        )
+        .unwrap();
+        Arc::new(Envelope::new(update, Position(position), 0))
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for RacingBus {
+        fn kind(&self) -> &'static str {
+            "racing"
+        }
+        async fn publish(&self, _: Update) -> Result<Arc<Envelope>, BusError> {
+            Err(BusError::Unavailable("not used".into()))
+        }
+        async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+            let racing = envelope(3);
+            self.hub.dispatch(&racing);
+            let mut history = self.history.clone();
+            history.push(racing);
+            let updates = match from {
+                ReplayFrom::After(id) => history
+                    .iter()
+                    .skip_while(|e| &e.update.id != id)
+                    .skip(1)
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Ok(Replay {
+                updates,
+                head: Some(Position(3)),
+                head_id: Some(UpdateId::new("u3", 100).unwrap()),
+                missing: false,
+            })
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+    }
+
+    fn state() -> AppState {
+        let hub = Hub::new(16, Arc::new(Metrics::new()));
+        let bus = Arc::new(RacingBus {
+            hub: hub.clone(),
+            history: vec![envelope(1), envelope(2)],
+        });
+        let selectors = Arc::new(SelectorCache::new(10, 100));
+        let settings = AuthSettings {
+            mode: AuthMode::None,
+            ..AuthSettings::default()
+        };
+        let auth = Authenticator::new(&settings, selectors.clone()).unwrap();
+        AppState::new(Config::default(), hub, bus, auth, selectors)
+    }
+
+    fn spec() -> SubscriberSpec {
+        SubscriberSpec {
+            selectors: vec![Selector::compile("t", 100).unwrap()],
+            access: Access::everything(),
+            event_name: None,
+            session: None,
+        }
+    }
+
+    /// The ids of the first `n` events of a response body, and whether more bytes followed
+    /// within 300 ms.
+    async fn ids(response: Response, n: usize) -> (Vec<String>, bool) {
+        let mut body = response.into_body().into_data_stream();
+        let mut text = String::new();
+        while text.matches("id: ").count() < n {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+                .await
+                .expect("an event")
+                .expect("open stream")
+                .unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        let ids = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(str::to_owned)
+            .collect();
+        let more = tokio::time::timeout(Duration::from_millis(300), body.next())
+            .await
+            .is_ok();
+        (ids, more)
+    }
+
+    #[tokio::test]
+    async fn a_fresh_subscriber_gets_an_update_published_while_it_was_being_set_up() {
+        let state = state();
+        let response = open(&state, spec(), ReplayFrom::Now).await.unwrap();
+        assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
+    }
+
+    #[tokio::test]
+    async fn a_resuming_subscriber_gets_the_racing_update_once() {
+        let state = state();
+        let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
+        let response = open(&state, spec(), from).await.unwrap();
+        // The live copy of u3 is skipped: nothing follows the replay.
+        assert_eq!(
+            ids(response, 2).await,
+            (vec!["u2".to_owned(), "u3".to_owned()], false)
+        );
     }
 }
