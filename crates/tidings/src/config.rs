@@ -68,6 +68,16 @@ pub struct Options {
     )]
     #[serde(default)]
     pub cors_origin: Vec<String>,
+    /// Origins whose pages may publish with the mercureAuthorization cookie (repeatable).
+    /// Without it, the cookie is accepted for subscribing only.
+    #[arg(
+        long,
+        env = "TIDINGS_PUBLISH_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub publish_origin: Vec<String>,
     /// Seconds given to open streams to close on shutdown [default: 10].
     #[arg(long, env = "TIDINGS_DRAIN_SECS", value_name = "SECS")]
     pub drain_secs: Option<u64>,
@@ -166,6 +176,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Allowed browser origins (empty: no CORS headers).
     pub cors_origins: Vec<String>,
+    /// Origins whose pages may publish with the token cookie.
+    pub publish_origins: Vec<String>,
     /// Time given to open streams to close on shutdown.
     pub drain: Duration,
     /// Input limits.
@@ -187,6 +199,33 @@ impl Default for Config {
             .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"))
     }
 }
+
+/// Checks that every entry is an origin (`https://host[:port]`, no path), or `*` where allowed.
+fn origins(name: &str, list: Vec<String>, wildcard: bool) -> Result<Vec<String>, ConfigError> {
+    for origin in &list {
+        if wildcard && origin == "*" {
+            continue;
+        }
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        let valid = rest.is_some_and(|host| {
+            !host.is_empty()
+                && !host.contains(['/', '?', '#', ' '])
+                && !host.chars().any(char::is_control)
+        });
+        if !valid {
+            return Err(ConfigError(format!(
+                "{name}: {origin:?} is not an origin like https://app.example.com (scheme, host and optional port, no path){}",
+                if wildcard { ", or *" } else { "" }
+            )));
+        }
+    }
+    Ok(list)
+}
+
+/// Largest clock-skew leeway accepted for tokens.
+const MAX_LEEWAY_SECS: u64 = 86_400;
 
 /// The configuration file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "tidings.toml";
@@ -213,6 +252,7 @@ impl Options {
             ($($field:ident),*) => {
                 Options { $($field: self.$field.or(lower.$field),)*
                     cors_origin: if self.cors_origin.is_empty() { lower.cors_origin } else { self.cors_origin },
+                    publish_origin: if self.publish_origin.is_empty() { lower.publish_origin } else { self.publish_origin },
                 }
             };
         }
@@ -313,12 +353,20 @@ impl Options {
                 subscriber_jwt_key: self.subscriber_jwt_key,
                 alg: self.jwt_alg.unwrap_or_default(),
                 anonymous: self.anonymous.unwrap_or(false),
-                leeway_secs: self.jwt_leeway.unwrap_or(5),
+                leeway_secs: match self.jwt_leeway.unwrap_or(5) {
+                    l if l > MAX_LEEWAY_SECS => {
+                        return Err(ConfigError(format!(
+                        "jwt-leeway is {l} seconds; it may be at most {MAX_LEEWAY_SECS} (one day)"
+                    )))
+                    }
+                    l => l,
+                },
                 session_claim: self.session_claim.unwrap_or_else(|| "sub".to_owned()),
             },
             history_size: self.history_size.unwrap_or(1000),
             heartbeat: Duration::from_secs(positive("heartbeat", self.heartbeat, 15)?),
-            cors_origins: self.cors_origin,
+            cors_origins: origins("cors-origin", self.cors_origin, true)?,
+            publish_origins: origins("publish-origin", self.publish_origin, false)?,
             drain: Duration::from_secs(self.drain_secs.unwrap_or(10)),
             limits,
             subscriber_queue: positive_usize("subscriber-queue", self.subscriber_queue, 1024)?,
@@ -373,5 +421,28 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.0.contains("heartbeat"), "{err}");
+        for (origins, ok) in [
+            (
+                vec!["https://app.example.com", "http://localhost:8080"],
+                true,
+            ),
+            (vec!["*"], true),
+            (vec!["https://app.example.com/"], false),
+            (vec!["app.example.com"], false),
+        ] {
+            let result = Options {
+                cors_origin: origins.iter().map(|o| o.to_string()).collect(),
+                ..Options::default()
+            }
+            .resolve();
+            assert_eq!(result.is_ok(), ok, "{origins:?}");
+        }
+        let err = Options {
+            jwt_leeway: Some(u64::MAX),
+            ..Options::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("jwt-leeway"), "{err}");
     }
 }

@@ -2,13 +2,18 @@
 //!
 //! `prometheus-client` rather than the `metrics` facade: its registry is a value, not a global,
 //! so several hubs in one process (tests, the multi-instance simulation) each keep their own
-//! numbers. Every metric is updated with a relaxed atomic; nothing here takes a lock on the
-//! delivery path.
+//! numbers. Every metric is updated with relaxed atomics; nothing here takes a lock on the
+//! delivery path (prometheus-client's own histogram takes a write lock per observation, so the
+//! delivery latency uses [`LatencyHistogram`] instead).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// The metrics of one instance; cheap to share behind an `Arc`.
@@ -25,7 +30,7 @@ pub struct Metrics {
     pub updates_delivered: Counter,
     /// Time from the bus accepting an update to its bytes being handed to a subscriber's
     /// connection.
-    pub delivery_latency: Histogram,
+    pub delivery_latency: LatencyHistogram,
     /// Subscribers disconnected because their queue was full.
     pub slow_consumers: Counter,
     /// Updates sent from history to reconnecting clients.
@@ -55,10 +60,7 @@ impl Metrics {
             subscribers: Gauge::default(),
             updates_published: Counter::default(),
             updates_delivered: Counter::default(),
-            delivery_latency: Histogram::new([
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0,
-            ]),
+            delivery_latency: LatencyHistogram::default(),
             slow_consumers: Counter::default(),
             replayed: Counter::default(),
             replay_gaps: Counter::default(),
@@ -132,5 +134,92 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds (100 µs … 5 s).
+const LATENCY_BOUNDS_US: [u64; 15] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
+
+/// A histogram of latencies with fixed buckets, updated with three relaxed atomic additions
+/// and no lock. Cheap to clone (clones share the counts).
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<LatencyCounts>,
+}
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// Per bucket, not cumulative; the last one counts what is above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one latency, in microseconds.
+    pub fn observe_micros(&self, micros: u64) {
+        let bucket = LATENCY_BOUNDS_US.partition_point(|bound| *bound < micros);
+        let counts = &self.inner;
+        counts.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        counts.sum_us.fetch_add(micros, Ordering::Relaxed);
+        counts.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many latencies were recorded.
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let counts = &self.inner;
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+            .iter()
+            .map(|us| *us as f64 / 1e6)
+            .chain(std::iter::once(f64::MAX))
+            .zip(counts.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let sum = counts.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let count = counts.count.load(Ordering::Relaxed);
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_land_in_cumulative_buckets() {
+        let metrics = Metrics::new();
+        for us in [50, 100, 101, 3_000, 10_000_000] {
+            metrics.delivery_latency.observe_micros(us);
+        }
+        let text = metrics.render();
+        let line = |le: &str| {
+            let prefix = format!("tidings_delivery_latency_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("{prefix} in {text}"))
+                .to_owned()
+        };
+        assert_eq!(line("0.0001"), "2", "50 and 100 are at or below 100 µs");
+        assert_eq!(line("0.00025"), "3");
+        assert_eq!(line("0.005"), "4");
+        assert_eq!(line("5.0"), "4");
+        assert_eq!(line("+Inf"), "5");
+        assert!(text.contains("tidings_delivery_latency_seconds_count 5"));
     }
 }

@@ -416,3 +416,72 @@ async fn a_non_ascii_id_resumes_from_a_utf8_last_event_id_header() {
     );
     assert!(text.contains("last-event-id: bücher-3"), "{text}");
 }
+
+#[tokio::test]
+async fn the_private_field_makes_an_update_private_whatever_its_value() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let topic = unique_topic("private-values");
+    let mut anonymous = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    let p = publisher_token();
+    for value in ["on", "0", "false", "off", ""] {
+        assert_eq!(
+            publish(&hub, Some(&p), &[("topic", &topic), ("private", value)])
+                .await
+                .0,
+            200
+        );
+    }
+    let (_, public) = publish(&hub, Some(&p), &[("topic", &topic)]).await;
+    assert_eq!(
+        anonymous.next().await.id,
+        public,
+        "every private=… update was withheld"
+    );
+}
+
+#[tokio::test]
+async fn the_token_cookie_publishes_only_from_a_listed_origin() {
+    let hub = jwt_hub(&["--publish-origin", "https://app.example"]);
+    let topic = unique_topic("csrf");
+    let cookie = format!("mercureAuthorization={}", publisher_token());
+    let post = |origin: Option<&'static str>| {
+        let mut req = common::client()
+            .post(hub.url("/.well-known/mercure"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", cookie.clone())
+            .body(format!("topic={}", urlencode(&topic)));
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 403, "no origin");
+    assert_eq!(
+        post(Some("https://evil.example")).await.unwrap().status(),
+        403,
+        "foreign origin"
+    );
+    assert_eq!(
+        post(Some("https://app.example")).await.unwrap().status(),
+        200
+    );
+    // The header is not a browser's ambient credential: no origin check.
+    assert_eq!(
+        publish(&hub, Some(&publisher_token()), &[("topic", &topic)])
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn templates_with_too_many_expressions_are_refused_before_compiling() {
+    let hub = jwt_hub(&["--anonymous"]);
+    let huge = "{a}".repeat(17);
+    let s = Stream::try_open(&subscribe_url(&hub, &[&huge], ""), &[]).await;
+    assert_eq!(s.status, 400);
+    // Without credentials, nothing is compiled: the answer is 401 whatever the selector.
+    let strict = jwt_hub(&[]);
+    let s = Stream::try_open(&subscribe_url(&strict, &[&huge], ""), &[]).await;
+    assert_eq!(s.status, 401);
+}

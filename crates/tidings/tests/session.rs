@@ -114,18 +114,48 @@ async fn each_stream_of_a_session_gets_only_its_event_name() {
 #[tokio::test]
 async fn session_events_are_private_to_the_session_on_the_mercure_side_too() {
     let hub = Hub::start(&["--jwt-key", KEY, "--anonymous"]);
-    let mut snoop = Stream::open(&hub.url("/.well-known/mercure?topic=*"), &[]).await;
-    let (status, _) = send(
+    let url = hub.url("/.well-known/mercure?topic=*");
+    let bearer = |claims: Value| format!("Bearer {}", token(claims));
+    let mut anonymous = Stream::open(&url, &[]).await;
+    let mut mallory = Stream::open(
+        &url,
+        &[("authorization", &bearer(json!({"sub": "mallory"})))],
+    )
+    .await;
+    let mut books = Stream::open(
+        &url,
+        &[(
+            "authorization",
+            &bearer(
+                json!({"sub": "x", "mercure": {"subscribe": ["https://example.com/books/{id}"]}}),
+            ),
+        )],
+    )
+    .await;
+    // The session's own user, and an administrator whose claim covers every topic.
+    let mut carol =
+        Stream::open(&url, &[("authorization", &bearer(json!({"sub": "carol"})))]).await;
+    let mut admin = Stream::open(
+        &url,
+        &[(
+            "authorization",
+            &bearer(json!({"mercure": {"subscribe": ["*"]}})),
+        )],
+    )
+    .await;
+    let (status, body) = send(
         &hub,
         Some(&publisher_token()),
         json!({"sessionId": "carol", "eventName": "x", "payload": 1}),
     )
     .await;
     assert_eq!(status, 200);
-    assert!(snoop
-        .next_within(Duration::from_millis(300))
-        .await
-        .is_none());
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(carol.next().await.id, id);
+    assert_eq!(admin.next().await.id, id);
+    for s in [&mut anonymous, &mut mallory, &mut books] {
+        assert!(s.next_within(Duration::from_millis(200)).await.is_none());
+    }
 }
 
 #[tokio::test]
@@ -232,11 +262,25 @@ async fn session_api_refusals_are_specific() {
     )
     .await;
     assert_eq!(status, 400, "unknown fields are refused");
-    // The registry needs a publisher token.
+    // The registry needs a publisher token that may write to the session.
     let r = client()
         .get(hub.url("/sse/sessions/x"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    let r = client()
+        .get(hub.url("/sse/sessions/x"))
+        .bearer_auth(&narrow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client()
+        .get(hub.url("/sse/sessions/x"))
+        .bearer_auth(&scoped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -2,7 +2,7 @@
 //!
 //! Publishing appends to history and dispatches to the hub under one lock, so positions,
 //! history order and delivery order are the same total order, and a replay taken under the
-//! same lock sees a consistent head.
+//! same lock sees a consistent, contiguous suffix of history.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,8 +30,8 @@ struct State {
     history: VecDeque<Arc<Envelope>>,
     /// Id → position of the newest update in `history` with that id.
     index: HashMap<UpdateId, Position>,
-    /// The newest update ever published, kept even when history is disabled.
-    head: Option<(Position, UpdateId)>,
+    /// The id of the newest update ever published, kept even when history is disabled.
+    newest: Option<UpdateId>,
 }
 
 impl MemoryBus {
@@ -64,7 +64,7 @@ impl Bus for MemoryBus {
         let position = Position(state.next);
         state.next += 1;
         let envelope = Arc::new(Envelope::new(update, position, now_micros()));
-        state.head = Some((position, envelope.update.id.clone()));
+        state.newest = Some(envelope.update.id.clone());
         if self.history_size > 0 {
             if state.history.len() == self.history_size {
                 if let Some(old) = state.history.pop_front() {
@@ -83,13 +83,8 @@ impl Bus for MemoryBus {
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
         let state = self.lock();
-        let (head, head_id) = match &state.head {
-            Some((p, id)) => (Some(*p), Some(id.clone())),
-            None => (None, None),
-        };
         let mut replay = Replay {
-            head,
-            head_id,
+            head_id: state.newest.clone(),
             ..Replay::default()
         };
         let first = state.history.front().map(|e| e.position.0);
@@ -103,7 +98,7 @@ impl Bus for MemoryBus {
                     replay.updates = state.history.iter().skip(skip).cloned().collect();
                 }
                 // Resuming from the newest id misses nothing, even without history.
-                _ if replay.head_id.as_ref() == Some(id) => {}
+                _ if state.newest.as_ref() == Some(id) => {}
                 _ => {
                     replay.missing = true;
                     replay.updates = state.history.iter().cloned().collect();
@@ -156,7 +151,7 @@ mod tests {
             .unwrap();
         assert_eq!(ids(&after_b), ["c", "d"]);
         assert!(!after_b.missing);
-        assert_eq!(after_b.head, Some(Position(4)));
+        assert_eq!(after_b.updates.last().unwrap().position, Position(4));
         let after_a = bus
             .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
             .await

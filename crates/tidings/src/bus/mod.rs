@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::envelope::{Envelope, Position};
+use crate::envelope::Envelope;
 use crate::hub::Hub;
 use crate::update::{Update, UpdateId};
 
@@ -34,11 +34,11 @@ pub enum ReplayFrom {
 /// What a replay found.
 #[derive(Debug, Clone, Default)]
 pub struct Replay {
-    /// The updates to send, oldest first (not yet filtered for the subscriber).
+    /// The updates to send, oldest first, not yet filtered for the subscriber: every update
+    /// of the bus after the resume point up to the newest one when the replay was read, with
+    /// no hole. Live updates at or before the last one's position are therefore covered and
+    /// skipped; any later one is delivered live.
     pub updates: Vec<Arc<Envelope>>,
-    /// The position of the newest update in history when the replay was taken: live updates
-    /// at or before it were replayed (or were not wanted) and must be skipped.
-    pub head: Option<Position>,
     /// The id of the newest update in history (the `Last-Event-ID` response header).
     pub head_id: Option<UpdateId>,
     /// True when the requested id was not in history (evicted, or never existed): `updates`

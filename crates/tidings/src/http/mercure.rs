@@ -23,6 +23,8 @@ pub(super) async fn subscribe(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = request::query(raw.as_deref())?;
+    // Authenticate before compiling anything the caller sent.
+    let identity = request::subscriber(&state, &headers, &query)?;
     let limits = &state.config().limits;
     // `topic=` (exact, `*` or URI template), and the 1.0 draft's `match=` (always exact) and
     // `match_urlpattern=` (URL Pattern).
@@ -59,7 +61,6 @@ pub(super) async fn subscribe(
                 .map(|s| cache.get_url_pattern(s)),
         )
         .collect::<Result<Vec<Selector>, _>>()?;
-    let identity = request::subscriber(&state, &headers, &query)?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let spec = SubscriberSpec {
         selectors,
@@ -142,9 +143,9 @@ fn update_from_form(form: &Pairs, state: &AppState) -> Result<Update, ApiError> 
             })
         })
         .transpose()?;
-    let private = form
-        .single("private")?
-        .is_some_and(|v| !matches!(v, "false" | "0" | "off"));
+    // As in Mercure hubs, the field's presence makes the update private, whatever its value
+    // (`private=0` included): failing closed.
+    let private = form.single("private")?.is_some();
     let data = form.single("data")?.unwrap_or("").to_owned();
     Ok(Update::new(id, topics, event_type, data, retry, private)?)
 }

@@ -141,6 +141,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
             header::HeaderName::from_static("last-event-id"),
         ])
         .expose_headers([header::HeaderName::from_static("last-event-id")]);
@@ -148,6 +149,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         // Credentials cannot be combined with a wildcard origin.
         return Some(layer.allow_origin(AllowOrigin::any()));
     }
+    // Origins were validated by the configuration (`config::Options::resolve`).
     let list: Vec<HeaderValue> = origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())

@@ -69,36 +69,68 @@ pub(super) fn query(raw: Option<&str>) -> Result<Pairs, ApiError> {
     Pairs::parse(raw.unwrap_or("").as_bytes(), "query string")
 }
 
+/// Where the request's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Header,
+    Cookie,
+    Query,
+}
+
 /// Verifies the caller's credentials as a subscriber.
 pub(super) fn subscriber(
     state: &AppState,
     headers: &HeaderMap,
     query: &Pairs,
 ) -> Result<SubscriberIdentity, ApiError> {
-    Ok(state
-        .inner
-        .auth
-        .subscriber(presented_token(state, headers, query)?)?)
+    let token = presented_token(state, headers, query)?.map(|(t, _)| t);
+    Ok(state.inner.auth.subscriber(token)?)
 }
 
 /// Verifies the caller's credentials as a publisher.
+///
+/// A browser attaches the `mercureAuthorization` cookie to any site's form POST, so a token
+/// from the cookie publishes only when the request's `Origin` (or `Referer`) is one of the
+/// configured `publish-origin`s (cross-site request forgery protection, as Mercure's
+/// `publish_origins`).
 pub(super) fn publisher(
     state: &AppState,
     headers: &HeaderMap,
     query: &Pairs,
 ) -> Result<PublisherRights, ApiError> {
-    Ok(state
-        .inner
-        .auth
-        .publisher(presented_token(state, headers, query)?)?)
+    let presented = presented_token(state, headers, query)?;
+    if let Some((_, Source::Cookie)) = presented {
+        let origin = request_origin(headers);
+        let allowed = &state.config().publish_origins;
+        if !origin.is_some_and(|o| allowed.iter().any(|a| a == o)) {
+            return Err(ApiError::forbidden(
+                "publishing with the mercureAuthorization cookie needs the page's origin in --publish-origin; \
+                 or send the token as 'Authorization: Bearer <token>'",
+            ));
+        }
+    }
+    Ok(state.inner.auth.publisher(presented.map(|(t, _)| t))?)
 }
 
-/// The token the request presents; with `--auth none` none is even looked for.
+/// The origin a browser says the request comes from: `Origin`, else the origin of `Referer`.
+fn request_origin(headers: &HeaderMap) -> Option<&str> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        return origin.to_str().ok();
+    }
+    let referer = headers.get(header::REFERER)?.to_str().ok()?;
+    let after_scheme = referer.find("://")? + 3;
+    let end = referer[after_scheme..]
+        .find('/')
+        .map_or(referer.len(), |i| after_scheme + i);
+    Some(&referer[..end])
+}
+
+/// The token the request presents, and where; with `--auth none` none is even looked for.
 fn presented_token<'a>(
     state: &AppState,
     headers: &'a HeaderMap,
     query: &'a Pairs,
-) -> Result<Option<&'a str>, ApiError> {
+) -> Result<Option<(&'a str, Source)>, ApiError> {
     if state.inner.auth.mode() == AuthMode::None {
         return Ok(None);
     }
@@ -107,7 +139,10 @@ fn presented_token<'a>(
 
 /// Finds the JWT: the `Authorization: Bearer` header first, then the `mercureAuthorization`
 /// cookie, then the `authorization` query parameter (as the Mercure protocol orders them).
-fn token<'a>(headers: &'a HeaderMap, query: &'a Pairs) -> Result<Option<&'a str>, ApiError> {
+fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a Pairs,
+) -> Result<Option<(&'a str, Source)>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().unwrap_or("");
         let token = value
@@ -122,12 +157,15 @@ fn token<'a>(headers: &'a HeaderMap, query: &'a Pairs) -> Result<Option<&'a str>
                     "the Authorization header must be 'Bearer <token>'",
                 )
             })?;
-        return Ok(Some(token));
+        return Ok(Some((token, Source::Header)));
     }
     if let Some(token) = cookie(headers, "mercureAuthorization") {
-        return Ok(Some(token));
+        return Ok(Some((token, Source::Cookie)));
     }
-    Ok(query.single("authorization")?.filter(|t| !t.is_empty()))
+    Ok(query
+        .single("authorization")?
+        .filter(|t| !t.is_empty())
+        .map(|t| (t, Source::Query)))
 }
 
 /// The value of cookie `name`, if the request carries it.
@@ -226,15 +264,30 @@ mod tests {
     fn the_header_token_wins_and_must_be_bearer() {
         let q = Pairs::parse(b"authorization=q", "q").unwrap();
         let mut h = HeaderMap::new();
-        assert_eq!(token(&h, &q).unwrap(), Some("q"));
+        assert_eq!(token(&h, &q).unwrap(), Some(("q", Source::Query)));
         h.insert(
             header::COOKIE,
             "a=1; mercureAuthorization=c".parse().unwrap(),
         );
-        assert_eq!(token(&h, &q).unwrap(), Some("c"));
+        assert_eq!(token(&h, &q).unwrap(), Some(("c", Source::Cookie)));
         h.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
-        assert_eq!(token(&h, &q).unwrap(), Some("h"));
+        assert_eq!(token(&h, &q).unwrap(), Some(("h", Source::Header)));
         h.insert(header::AUTHORIZATION, "Basic x".parse().unwrap());
         assert_eq!(token(&h, &q).unwrap_err().status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn the_origin_comes_from_origin_or_referer() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_origin(&h), None);
+        h.insert(
+            header::REFERER,
+            "https://app.example:8443/page?x=1".parse().unwrap(),
+        );
+        assert_eq!(request_origin(&h), Some("https://app.example:8443"));
+        h.insert(header::REFERER, "https://app.example".parse().unwrap());
+        assert_eq!(request_origin(&h), Some("https://app.example"));
+        h.insert(header::ORIGIN, "https://other.example".parse().unwrap());
+        assert_eq!(request_origin(&h), Some("https://other.example"));
     }
 }

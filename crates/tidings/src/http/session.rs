@@ -158,8 +158,10 @@ pub(super) async fn describe(
     let Path(session_id) =
         session_id.map_err(|e| ApiError::bad_request("invalid_input", e.body_text()))?;
     let query = request::query(raw.as_deref())?;
-    request::publisher(&state, &headers, &query)?;
+    let rights = request::publisher(&state, &headers, &query)?;
     let session = SessionId::new(&session_id, MAX_SESSION_ID_LEN)?;
+    // Only a publisher that may write to the session may learn whether it is online.
+    rights.check(&[Topic::for_session(&session)])?;
     let streams = state.hub().session_streams(&session);
     let instances = if streams > 0 {
         vec![InstanceStreams {

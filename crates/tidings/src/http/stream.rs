@@ -23,8 +23,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{ApiError, AppState};
-use crate::bus::{Replay, ReplayFrom};
-use crate::envelope::{now_micros, Position};
+use crate::bus::ReplayFrom;
+use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Subscription;
 use crate::metrics::Metrics;
 use crate::sse;
@@ -51,18 +51,18 @@ pub(super) async fn open(
     let mut initial = VecDeque::with_capacity(replay.updates.len() + 2);
     // A first comment makes every proxy and client see the stream open at once.
     initial.push_back(Bytes::from_static(b":\n\n"));
+    let wanted: Vec<&Arc<Envelope>> = replay
+        .updates
+        .iter()
+        .filter(|e| subscription.spec.wants(&e.update))
+        .collect();
     if let (true, ReplayFrom::After(id)) = (replay.missing, &from) {
         metrics.replay_gaps.inc();
-        initial.push_back(gap_event(id.as_str(), &replay));
+        let first = wanted.first().map(|e| e.update.id.as_str());
+        initial.push_back(gap_event(id.as_str(), first));
     }
-    let mut replayed = 0u64;
-    for envelope in &replay.updates {
-        if subscription.spec.wants(&envelope.update) {
-            initial.push_back(envelope.sse());
-            replayed += 1;
-        }
-    }
-    metrics.replayed.inc_by(replayed);
+    initial.extend(wanted.iter().map(|e| e.sse()));
+    metrics.replayed.inc_by(wanted.len() as u64);
     let last_event_id = replay
         .head_id
         .as_ref()
@@ -73,13 +73,10 @@ pub(super) async fn open(
     let stream = EventStream {
         initial,
         subscription,
-        // Without a replay nothing can arrive twice: every live update is new to the client,
-        // including one published between registration and the read of the head.
-        skip_through: if from == ReplayFrom::Now {
-            None
-        } else {
-            replay.head
-        },
+        // Live updates up to the last replayed one were in the replay (see `Replay::updates`);
+        // any later one — including one published between registration and the read of
+        // history — is new to the client.
+        skip_through: replay.updates.last().map(|e| e.position),
         heartbeat_every: config.heartbeat,
         heartbeat: Box::pin(tokio::time::sleep(config.heartbeat)),
         shutdown: Box::pin(shutdown),
@@ -105,12 +102,13 @@ pub(super) async fn open(
     Ok(response)
 }
 
-fn gap_event(requested: &str, replay: &Replay) -> Bytes {
-    let oldest = replay.updates.first().map(|e| e.update.id.as_str());
+/// The notice sent before the replay when `requested` was not in history; `first` is the id
+/// of the first replayed update this subscriber may see (never another subscriber's).
+fn gap_event(requested: &str, first: Option<&str>) -> Bytes {
     let data = serde_json::json!({
         "lastEventId": requested,
         "reason": "the id is not in history (evicted or unknown); replaying everything history holds",
-        "replayedFrom": oldest,
+        "replayedFrom": first,
     });
     sse::encode_event(None, Some(GAP_EVENT), None, &data.to_string())
 }
@@ -178,13 +176,12 @@ impl Stream for EventStream {
             let spread = this.drain.mul_f64(0.8 * rand::rng().random::<f64>());
             this.closing = Some(Box::pin(tokio::time::sleep(spread)));
         }
-        if let Some(closing) = this.closing.as_mut() {
-            if closing.as_mut().poll(cx).is_ready() {
-                this.done = true;
-                let retry_ms = 500 + rand::rng().random_range(0..2500);
-                return Poll::Ready(Some(Ok(sse::encode_retry(retry_ms))));
-            }
-        }
+        // Once this stream's moment to close has come, what is already queued is still sent,
+        // then the `retry:` hint, then the end.
+        let closing_now = this
+            .closing
+            .as_mut()
+            .is_some_and(|closing| closing.as_mut().poll(cx).is_ready());
         loop {
             match this.subscription.poll_recv(cx) {
                 Poll::Ready(Some(envelope)) => {
@@ -194,18 +191,23 @@ impl Stream for EventStream {
                     let metrics = this.metrics();
                     metrics.updates_delivered.inc();
                     let latency_us = now_micros().saturating_sub(envelope.published_at_micros);
-                    metrics.delivery_latency.observe(latency_us as f64 / 1e6);
+                    metrics.delivery_latency.observe_micros(latency_us);
                     this.reset_heartbeat();
                     return Poll::Ready(Some(Ok(envelope.sse())));
                 }
                 // The hub dropped this subscriber (its queue was full): end the stream so the
                 // client reconnects and resumes from history.
-                Poll::Ready(None) => {
+                Poll::Ready(None) if !closing_now => {
                     this.done = true;
                     return Poll::Ready(None);
                 }
-                Poll::Pending => break,
+                Poll::Ready(None) | Poll::Pending => break,
             }
+        }
+        if closing_now {
+            this.done = true;
+            let retry_ms = 500 + rand::rng().random_range(0..2500);
+            return Poll::Ready(Some(Ok(sse::encode_retry(retry_ms))));
         }
         if this.heartbeat.as_mut().poll(cx).is_ready() {
             this.reset_heartbeat();
@@ -219,9 +221,8 @@ impl Stream for EventStream {
 mod tests {
     use super::*;
     use crate::auth::{AuthMode, AuthSettings, Authenticator};
-    use crate::bus::{Bus, BusError};
+    use crate::bus::{Bus, BusError, Replay};
     use crate::config::Config;
-    use crate::envelope::Envelope;
     use crate::hub::Hub;
     use crate::selector::{Selector, SelectorCache};
     use crate::subscriber::Access;
@@ -234,6 +235,8 @@ mod tests {
     struct RacingBus {
         hub: Hub,
         history: Vec<Arc<Envelope>>,
+        /// False: the bus keeps no history (`history-size = 0`).
+        keeps_history: bool,
     }
 
     fn envelope(position: u128) -> Arc<Envelope> {
@@ -261,7 +264,9 @@ mod tests {
             let racing = envelope(3);
             self.hub.dispatch(&racing);
             let mut history = self.history.clone();
-            history.push(racing);
+            if self.keeps_history {
+                history.push(racing);
+            }
             let updates = match from {
                 ReplayFrom::After(id) => history
                     .iter()
@@ -273,7 +278,6 @@ mod tests {
             };
             Ok(Replay {
                 updates,
-                head: Some(Position(3)),
                 head_id: Some(UpdateId::new("u3", 100).unwrap()),
                 missing: false,
             })
@@ -283,11 +287,20 @@ mod tests {
         }
     }
 
-    fn state() -> AppState {
+    fn state(keeps_history: bool) -> AppState {
+        state_with(keeps_history, Config::default())
+    }
+
+    fn state_with(keeps_history: bool, config: Config) -> AppState {
         let hub = Hub::new(16, Arc::new(Metrics::new()));
         let bus = Arc::new(RacingBus {
             hub: hub.clone(),
-            history: vec![envelope(1), envelope(2)],
+            history: if keeps_history {
+                vec![envelope(1), envelope(2)]
+            } else {
+                Vec::new()
+            },
+            keeps_history,
         });
         let selectors = Arc::new(SelectorCache::new(10, 100));
         let settings = AuthSettings {
@@ -295,7 +308,7 @@ mod tests {
             ..AuthSettings::default()
         };
         let auth = Authenticator::new(&settings, selectors.clone()).unwrap();
-        AppState::new(Config::default(), hub, bus, auth, selectors)
+        AppState::new(config, hub, bus, auth, selectors)
     }
 
     fn spec() -> SubscriberSpec {
@@ -333,20 +346,60 @@ mod tests {
 
     #[tokio::test]
     async fn a_fresh_subscriber_gets_an_update_published_while_it_was_being_set_up() {
-        let state = state();
+        let state = state(true);
         let response = open(&state, spec(), ReplayFrom::Now).await.unwrap();
         assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
     }
 
     #[tokio::test]
     async fn a_resuming_subscriber_gets_the_racing_update_once() {
-        let state = state();
+        let state = state(true);
         let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
         let response = open(&state, spec(), from).await.unwrap();
         // The live copy of u3 is skipped: nothing follows the replay.
         assert_eq!(
             ids(response, 2).await,
             (vec!["u2".to_owned(), "u3".to_owned()], false)
+        );
+    }
+
+    #[tokio::test]
+    async fn without_history_a_resuming_subscriber_still_gets_the_racing_update() {
+        let state = state(false);
+        let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
+        let response = open(&state, spec(), from).await.unwrap();
+        assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
+    }
+
+    #[tokio::test]
+    async fn on_shutdown_queued_updates_are_sent_before_the_retry_hint_and_the_end() {
+        let config = Config {
+            drain: Duration::ZERO,
+            ..Config::default()
+        };
+        let state = state_with(true, config);
+        let response = open(&state, spec(), ReplayFrom::Now).await.unwrap();
+        state.hub().dispatch(&envelope(4));
+        state.hub().dispatch(&envelope(5));
+        state.begin_shutdown();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20);
+        let bytes = tokio::time::timeout(Duration::from_secs(5), body)
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let ids: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .collect();
+        assert_eq!(ids, ["u3", "u4", "u5"]);
+        assert!(
+            text.ends_with("\n\n") && text.contains("retry: "),
+            "{text:?}"
+        );
+        assert!(
+            text.rfind("retry: ") > text.rfind("id: u5"),
+            "the hint comes last"
         );
     }
 }

@@ -34,7 +34,17 @@ pub enum TemplateError {
     /// The generated matcher exceeded the size limit (a template far too large).
     #[error("template too complex")]
     TooComplex,
+    /// More expressions than [`MAX_EXPRESSIONS`].
+    #[error("more than {MAX_EXPRESSIONS} expressions")]
+    TooManyExpressions,
 }
+
+/// Most `{…}` expressions in one template: real topic templates have a handful, and each adds
+/// states to the matcher that every publish may run.
+pub const MAX_EXPRESSIONS: usize = 16;
+
+/// Size limit of one compiled matcher, in bytes.
+const MATCHER_SIZE_LIMIT: usize = 256 * 1024;
 
 /// Characters of the `unreserved` set, plus any non-ASCII character (topics are IRIs, and IRI
 /// templates allow `ucschar`), plus percent-encoded octets.
@@ -83,6 +93,7 @@ impl Template {
         pattern.push('^');
         let mut rest = source;
         let mut offset = 0;
+        let mut expressions = 0;
         while !rest.is_empty() {
             match rest.find(['{', '}']) {
                 None => {
@@ -98,6 +109,10 @@ impl Template {
                         .find(['{', '}'])
                         .filter(|j| rest.as_bytes()[i + 1 + j] == b'}')
                         .ok_or(TemplateError::Unbalanced(offset + i))?;
+                    expressions += 1;
+                    if expressions > MAX_EXPRESSIONS {
+                        return Err(TemplateError::TooManyExpressions);
+                    }
                     let expr = &rest[i + 1..i + 1 + close];
                     push_expression(&mut pattern, expr)?;
                     let consumed = i + 1 + close + 1;
@@ -108,7 +123,8 @@ impl Template {
         }
         pattern.push('$');
         let regex = regex::RegexBuilder::new(&pattern)
-            .size_limit(1 << 20)
+            .size_limit(MATCHER_SIZE_LIMIT)
+            .dfa_size_limit(MATCHER_SIZE_LIMIT)
             .build()
             .map_err(|_| TemplateError::TooComplex)?;
         Ok(Template { regex })
@@ -256,6 +272,11 @@ mod tests {
             assert!(Template::compile(bad).is_err(), "{bad:?}");
         }
         assert!(Template::compile("{x:3}").is_ok());
+        assert!(Template::compile(&"{a}".repeat(MAX_EXPRESSIONS)).is_ok());
+        assert_eq!(
+            Template::compile(&"{a}".repeat(MAX_EXPRESSIONS + 1)).unwrap_err(),
+            TemplateError::TooManyExpressions
+        );
         assert!(Template::compile("{a%20b}").is_ok());
         assert!(Template::compile("{a%2}").is_err());
     }

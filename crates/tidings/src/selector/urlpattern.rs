@@ -9,6 +9,10 @@
 
 use regex::Regex;
 
+/// Most groups (`:name`, `*`, `{…}`) in one pattern, for the same reason as
+/// [`super::template::MAX_EXPRESSIONS`].
+pub const MAX_GROUPS: usize = 16;
+
 /// A compiled URL pattern.
 #[derive(Debug)]
 pub struct UrlPattern {
@@ -24,7 +28,15 @@ impl UrlPattern {
         let mut pattern = String::from("^");
         let mut chars = source.chars().peekable();
         let mut depth = 0usize;
+        let mut groups = 0usize;
         while let Some(c) = chars.next() {
+            let named = c == ':' && chars.peek().is_some_and(|n| n.is_alphabetic() || *n == '_');
+            if named || c == '*' || c == '{' {
+                groups += 1;
+                if groups > MAX_GROUPS {
+                    return Err(format!("more than {MAX_GROUPS} groups"));
+                }
+            }
             match c {
                 '\\' => {
                     let escaped = chars.next().ok_or("a trailing backslash escapes nothing")?;
@@ -63,7 +75,8 @@ impl UrlPattern {
         }
         pattern.push('$');
         let regex = regex::RegexBuilder::new(&pattern)
-            .size_limit(1 << 20)
+            .size_limit(256 * 1024)
+            .dfa_size_limit(256 * 1024)
             .build()
             .map_err(|_| "the pattern is too complex".to_owned())?;
         Ok(UrlPattern { regex })
@@ -124,7 +137,14 @@ mod tests {
 
     #[test]
     fn unsupported_or_malformed_patterns_are_refused() {
-        for bad in ["/books/(\\d+)", "{a", "a}", "x\\"] {
+        assert!(UrlPattern::compile(&"/:a".repeat(MAX_GROUPS)).is_ok());
+        for bad in [
+            "/books/(\\d+)",
+            "{a",
+            "a}",
+            "x\\",
+            &"/:a".repeat(MAX_GROUPS + 1),
+        ] {
             assert!(UrlPattern::compile(bad).is_err(), "{bad:?}");
         }
     }
