@@ -156,6 +156,8 @@ pub struct SubscriberIdentity {
     pub session: Option<SessionId>,
     /// True when no token was presented.
     pub anonymous: bool,
+    /// The token's `mercure.payload` claim (shown by the subscriptions API).
+    pub payload: Option<serde_json::Value>,
 }
 
 /// What a publisher's credentials grant.
@@ -327,6 +329,7 @@ impl Authenticator {
                 access: Access::everything(),
                 session: None,
                 anonymous: token.is_none(),
+                payload: None,
             });
         };
         let Some(token) = token else {
@@ -335,6 +338,7 @@ impl Authenticator {
                     access: Access::public_only(),
                     session: None,
                     anonymous: true,
+                    payload: None,
                 });
             }
             return Err(AuthError::Missing(
@@ -342,11 +346,10 @@ impl Authenticator {
             ));
         };
         let claims = self.verify(verifier, token)?;
-        let subscribe = claims
-            .mercure
-            .as_ref()
-            .and_then(|m| m.subscribe.clone())
-            .unwrap_or_default();
+        let (subscribe, payload) = match claims.mercure {
+            Some(m) => (m.subscribe.unwrap_or_default(), m.payload),
+            None => (Vec::new(), None),
+        };
         let access = Access::from_claim(self.compile(&subscribe)?);
         // A session claim that cannot name a session (not a string, empty, too long) leaves
         // the subscriber without one: plain Mercure tokens must keep working whatever their
@@ -363,6 +366,7 @@ impl Authenticator {
             access,
             session,
             anonymous: false,
+            payload,
         })
     }
 }

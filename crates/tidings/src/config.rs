@@ -53,6 +53,9 @@ pub struct Options {
     /// Allow subscribers without a token (they see public updates only).
     #[arg(long, env = "TIDINGS_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub anonymous: Option<bool>,
+    /// Enable the subscriptions API and subscription events (Mercure's `subscriptions`).
+    #[arg(long, env = "TIDINGS_SUBSCRIPTIONS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub subscriptions: Option<bool>,
     /// Updates kept for replay by Last-Event-ID; 0 disables history [default: 1000].
     #[arg(long, env = "TIDINGS_HISTORY_SIZE", value_name = "N")]
     pub history_size: Option<usize>,
@@ -170,6 +173,8 @@ pub struct Config {
     pub instance_id: String,
     /// Authorization settings.
     pub auth: AuthSettings,
+    /// The subscriptions API and subscription events are on.
+    pub subscriptions: bool,
     /// Updates kept for replay.
     pub history_size: usize,
     /// Interval of heartbeat comments on idle streams.
@@ -268,6 +273,7 @@ impl Options {
             jwt_leeway,
             session_claim,
             anonymous,
+            subscriptions,
             history_size,
             heartbeat,
             drain_secs,
@@ -363,6 +369,7 @@ impl Options {
                 },
                 session_claim: self.session_claim.unwrap_or_else(|| "sub".to_owned()),
             },
+            subscriptions: self.subscriptions.unwrap_or(false),
             history_size: self.history_size.unwrap_or(1000),
             heartbeat: Duration::from_secs(positive("heartbeat", self.heartbeat, 15)?),
             cors_origins: origins("cors-origin", self.cors_origin, true)?,

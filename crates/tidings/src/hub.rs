@@ -289,6 +289,11 @@ impl Hub {
         self.read().all.len()
     }
 
+    /// Every subscriber registered now (for the subscriptions API).
+    pub fn subscribers(&self) -> Vec<Arc<SubscriberSpec>> {
+        self.read().all.values().map(|e| e.spec.clone()).collect()
+    }
+
     /// Number of streams `session` holds on this instance.
     pub fn session_streams(&self, session: &SessionId) -> usize {
         self.read().sessions.get(session).copied().unwrap_or(0)
@@ -338,6 +343,7 @@ mod tests {
 
     fn spec(selectors: &[&str]) -> SubscriberSpec {
         SubscriberSpec {
+            label: crate::subscriber::SubscriberLabel::new(None),
             selectors: selectors
                 .iter()
                 .map(|s| Selector::compile(s, 1000).unwrap())

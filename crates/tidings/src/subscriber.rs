@@ -2,6 +2,8 @@
 //! decision "may this subscriber see this update?", which the hub takes for live updates and
 //! the stream takes for replayed ones.
 
+use std::sync::Arc;
+
 use crate::selector::Selector;
 use crate::update::{EventName, SessionId, Topic, Update};
 
@@ -59,10 +61,31 @@ impl Access {
     }
 }
 
+/// How the subscriptions API names a subscriber, and what it says about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriberLabel {
+    /// A fresh `urn:uuid:…` per connection.
+    pub iri: Arc<str>,
+    /// The `mercure.payload` claim of the subscriber's token, if any.
+    pub payload: Option<Arc<serde_json::Value>>,
+}
+
+impl SubscriberLabel {
+    /// A label with a fresh IRI and the given payload.
+    pub fn new(payload: Option<serde_json::Value>) -> Self {
+        SubscriberLabel {
+            iri: Arc::from(format!("urn:uuid:{}", uuid::Uuid::new_v4())),
+            payload: payload.map(Arc::new),
+        }
+    }
+}
+
 /// What a new subscriber asks for: built by the HTTP layer from a request, handed to
 /// [`crate::hub::Hub::subscribe`].
 #[derive(Debug, Clone)]
 pub struct SubscriberSpec {
+    /// How the subscriptions API names it.
+    pub label: SubscriberLabel,
     /// The topic selectors (at least one).
     pub selectors: Vec<Selector>,
     /// Its rights to private updates.
@@ -111,6 +134,7 @@ mod tests {
 
     fn spec(access: Access, event: Option<&str>) -> SubscriberSpec {
         SubscriberSpec {
+            label: SubscriberLabel::new(None),
             selectors: vec![Selector::Any],
             access,
             event_name: event.map(|e| EventName::new(e, 100).unwrap()),

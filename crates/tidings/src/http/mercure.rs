@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::request::{self, Pairs};
 use super::{stream, ApiError, AppState};
 use crate::selector::Selector;
-use crate::subscriber::SubscriberSpec;
+use crate::subscriber::{SubscriberLabel, SubscriberSpec};
 use crate::update::{EventName, Topic, Update, UpdateId};
 
 /// The path below which the hub publishes its own events (subscription events); publishers
@@ -63,6 +63,7 @@ pub(super) async fn subscribe(
         .collect::<Result<Vec<Selector>, _>>()?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let spec = SubscriberSpec {
+        label: SubscriberLabel::new(identity.payload),
         selectors,
         access: identity.access,
         event_name: None,

@@ -10,6 +10,7 @@ mod ops;
 mod request;
 mod session;
 mod stream;
+mod subscriptions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -112,6 +113,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/.well-known/mercure",
             get(mercure::subscribe).post(mercure::publish),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions",
+            get(subscriptions::all),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{topic}",
+            get(subscriptions::of_topic),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{topic}/{subscriber}",
+            get(subscriptions::one),
         )
         .route("/sse/event-stream", get(session::event_stream))
         .route("/sse/events", axum::routing::post(session::publish))

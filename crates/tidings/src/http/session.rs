@@ -13,7 +13,7 @@ use super::request;
 use super::{stream, ApiError, AppState};
 use crate::auth::{AuthMode, MAX_SESSION_ID_LEN};
 use crate::selector::Selector;
-use crate::subscriber::SubscriberSpec;
+use crate::subscriber::{SubscriberLabel, SubscriberSpec};
 use crate::update::{EventName, SessionId, Topic, Update, UpdateId};
 
 /// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of one name.
@@ -65,6 +65,7 @@ pub(super) async fn event_stream(
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let topic = Topic::for_session(&session);
     let spec = SubscriberSpec {
+        label: SubscriberLabel::new(identity.payload),
         selectors: vec![Selector::Exact(topic.as_str().into())],
         access: identity.access.with_session(&session),
         event_name: Some(event_name),

@@ -22,6 +22,7 @@ use rand::Rng;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::subscriptions::Departure;
 use super::{ApiError, AppState};
 use crate::bus::ReplayFrom;
 use crate::envelope::{now_micros, Envelope, Position};
@@ -47,6 +48,11 @@ pub(super) async fn open(
     // published as soon as the client sees the stream open reaches it.
     let subscription = state.hub().subscribe(spec);
     let replay = state.inner.bus.replay(&from).await?;
+    let departure = if state.config().subscriptions {
+        Some(Departure::arrive(state.inner.bus.clone(), subscription.spec.clone()).await)
+    } else {
+        None
+    };
     let metrics = state.metrics().clone();
     let mut initial = VecDeque::with_capacity(replay.updates.len() + 2);
     // A first comment makes every proxy and client see the stream open at once.
@@ -84,6 +90,7 @@ pub(super) async fn open(
         closing: None,
         done: false,
         connection: ConnectionGauge::open(metrics),
+        _departure: departure,
     };
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
@@ -146,6 +153,8 @@ struct EventStream {
     closing: Option<Pin<Box<Sleep>>>,
     done: bool,
     connection: ConnectionGauge,
+    /// With `--subscriptions`, announces the end of the subscriptions when the stream goes.
+    _departure: Option<Departure>,
 }
 
 impl EventStream {
@@ -313,6 +322,7 @@ mod tests {
 
     fn spec() -> SubscriberSpec {
         SubscriberSpec {
+            label: crate::subscriber::SubscriberLabel::new(None),
             selectors: vec![Selector::compile("t", 100).unwrap()],
             access: Access::everything(),
             event_name: None,

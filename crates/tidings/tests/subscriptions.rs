@@ -1,0 +1,132 @@
+//! The Mercure subscriptions API and subscription events (`--subscriptions`), over real
+//! sockets against the real binary.
+
+mod common;
+
+use common::{client, token, unique_topic, Hub, Stream, KEY};
+use serde_json::{json, Value};
+
+const API_TEMPLATE: &str = "/.well-known/mercure/subscriptions{/topic}{/subscriber}";
+
+fn enc(s: &str) -> String {
+    // Every character but RFC 3986 unreserved ones, as the hub escapes path segments.
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn get(hub: &Hub, path: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = client().get(hub.url(path));
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let response = req.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn subscribers_coming_and_going_are_listed_and_announced() {
+    let hub = Hub::start(&["--jwt-key", KEY, "--anonymous", "--subscriptions"]);
+    let admin = token(json!({"mercure": {"subscribe": [API_TEMPLATE]}}));
+    let watch_url = common::subscribe_url(&hub, &[API_TEMPLATE], "");
+    let mut watcher =
+        Stream::open(&watch_url, &[("authorization", &format!("Bearer {admin}"))]).await;
+    let own: Value = serde_json::from_str(&watcher.next().await.data).unwrap();
+    assert_eq!(
+        (own["topic"].as_str(), &own["active"]),
+        (Some(API_TEMPLATE), &json!(true)),
+        "its own arrival"
+    );
+
+    let topic = unique_topic("watched");
+    let alice = token(json!({"mercure": {"subscribe": [], "payload": {"name": "alice"}}}));
+    let client_stream = Stream::open(
+        &common::subscribe_url(&hub, &[&topic], ""),
+        &[("authorization", &format!("Bearer {alice}"))],
+    )
+    .await;
+    let arrival = watcher.next().await;
+    let event: Value = serde_json::from_str(&arrival.data).unwrap();
+    let subscriber = event["subscriber"].as_str().unwrap().to_owned();
+    assert!(subscriber.starts_with("urn:uuid:"));
+    let id = format!(
+        "/.well-known/mercure/subscriptions/{}/{}",
+        enc(&topic),
+        enc(&subscriber)
+    );
+    assert_eq!(
+        event,
+        json!({"@context": "https://mercure.rocks/", "id": id, "type": "Subscription", "subscriber": subscriber,
+               "topic": topic, "active": true, "payload": {"name": "alice"}})
+    );
+
+    // The collection lists both subscribers; per topic, only alice's; and alice's one.
+    let (status, all) = get(&hub, "/.well-known/mercure/subscriptions", Some(&admin)).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(
+        (
+            all["type"].as_str(),
+            all["subscriptions"].as_array().unwrap().len()
+        ),
+        (Some("Subscriptions"), 2)
+    );
+    let (_, by_topic) = get(
+        &hub,
+        &format!("/.well-known/mercure/subscriptions/{}", enc(&topic)),
+        Some(&admin),
+    )
+    .await;
+    let list = by_topic["subscriptions"].as_array().unwrap();
+    assert_eq!(
+        (list.len(), list[0]["subscriber"].as_str()),
+        (1, Some(subscriber.as_str()))
+    );
+    let (status, one) = get(&hub, &id, Some(&admin)).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        (one["id"].as_str(), one["active"].as_bool()),
+        (Some(id.as_str()), Some(true))
+    );
+    assert!(one["lastEventID"].is_string());
+
+    // Alice leaves: an inactive event, and she is no longer listed.
+    client_stream.close();
+    let departure: Value = serde_json::from_str(&watcher.next().await.data).unwrap();
+    assert_eq!(
+        (departure["id"].as_str(), &departure["active"]),
+        (Some(id.as_str()), &json!(false))
+    );
+    let (status, _) = get(&hub, &id, Some(&admin)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_api_needs_a_matching_claim_and_the_option() {
+    let hub = Hub::start(&["--jwt-key", KEY, "--anonymous", "--subscriptions"]);
+    let (status, body) = get(&hub, "/.well-known/mercure/subscriptions", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let other = token(json!({"mercure": {"subscribe": ["https://example.com/{x}"]}}));
+    let (status, _) = get(&hub, "/.well-known/mercure/subscriptions", Some(&other)).await;
+    assert_eq!(status, 403);
+    // Anonymous subscribers see no subscription event (they are private updates).
+    let mut anonymous = Stream::open(&common::subscribe_url(&hub, &["*"], ""), &[]).await;
+    let _other = Stream::open(&common::subscribe_url(&hub, &["x"], ""), &[]).await;
+    assert!(anonymous
+        .next_within(std::time::Duration::from_millis(300))
+        .await
+        .is_none());
+
+    let off = Hub::start(&["--jwt-key", KEY]);
+    let admin = token(json!({"mercure": {"subscribe": ["*"]}}));
+    let (status, body) = get(&off, "/.well-known/mercure/subscriptions", Some(&admin)).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
