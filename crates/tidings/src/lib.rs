@@ -18,7 +18,7 @@
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay) and its backends |
 //! | [`auth`] | JWT verification (HS256/RS256/ES256), Mercure claims, minting dev tokens |
-//! | [`http`] | the axum router: Mercure endpoints, session API, `/healthz`, `/readyz`, `/metrics`, `/` |
+//! | [`http`] | the axum router: Mercure subscribe/publish and subscriptions API, session API, `/healthz`, `/readyz`, `/metrics`, the page at `/` |
 //! | [`metrics`] | the instance's Prometheus metrics |
 //! | [`config`] | options: defaults → `tidings.toml` → `TIDINGS_*` → flags |
 //! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown |
@@ -43,8 +43,8 @@
 //!    comments keep idle streams alive; on shutdown each stream ends with a `retry:` hint.
 //!
 //! A reconnecting client sends `Last-Event-ID`: its subscriber is registered first, history is
-//! read second, and live updates at or before the replay's head are skipped — no gap, no
-//! duplicate.
+//! read second (every update after that id, up to the newest), and live updates at or before
+//! the last replayed one are skipped — no gap, no duplicate.
 
 pub mod auth;
 pub mod bus;

@@ -23,6 +23,7 @@ pub(super) async fn event_stream(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = request::query(raw.as_deref())?;
+    let identity = request::subscriber(&state, &headers, &query)?;
     let limits = &state.config().limits;
     let event_name = query
         .single("eventName")?
@@ -33,7 +34,6 @@ pub(super) async fn event_stream(
             )
         })
         .and_then(|n| Ok(EventName::new(n, limits.max_event_name_length)?))?;
-    let identity = request::subscriber(&state, &headers, &query)?;
     let session = if state.inner.auth.mode() == AuthMode::None {
         let raw = query
             .single("sessionId")?
