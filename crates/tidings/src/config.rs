@@ -26,6 +26,9 @@ pub struct Options {
     /// Bus URL: memory:// [default], redis://…, amqp://…, nats://…
     #[arg(long, env = "TIDINGS_BUS", value_name = "URL")]
     pub bus: Option<String>,
+    /// Prefix of every Redis key and channel of the Redis bus [default: tidings].
+    #[arg(long, env = "TIDINGS_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
     /// This instance's id [default: generated].
     #[arg(long, env = "TIDINGS_INSTANCE_ID", value_name = "ID")]
     pub instance_id: Option<String>,
@@ -59,6 +62,10 @@ pub struct Options {
     /// Updates kept for replay by Last-Event-ID; 0 disables history [default: 1000].
     #[arg(long, env = "TIDINGS_HISTORY_SIZE", value_name = "N")]
     pub history_size: Option<usize>,
+    /// Seconds a broker-backed bus keeps the index from an update id to its place in history
+    /// [default: 86400].
+    #[arg(long, env = "TIDINGS_HISTORY_ID_TTL", value_name = "SECS")]
+    pub history_id_ttl: Option<u64>,
     /// Seconds between heartbeat comments on idle streams [default: 15].
     #[arg(long, env = "TIDINGS_HEARTBEAT", value_name = "SECS")]
     pub heartbeat: Option<u64>,
@@ -169,6 +176,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The bus URL.
     pub bus: String,
+    /// Prefix of the Redis bus's keys and channels.
+    pub redis_prefix: String,
     /// This instance's id.
     pub instance_id: String,
     /// Authorization settings.
@@ -177,6 +186,8 @@ pub struct Config {
     pub subscriptions: bool,
     /// Updates kept for replay.
     pub history_size: usize,
+    /// Seconds the id index of a broker-backed history is kept.
+    pub history_id_ttl: u64,
     /// Interval of heartbeat comments on idle streams.
     pub heartbeat: Duration,
     /// Allowed browser origins (empty: no CORS headers).
@@ -264,6 +275,7 @@ impl Options {
         pick!(
             listen,
             bus,
+            redis_prefix,
             instance_id,
             auth,
             jwt_key,
@@ -275,6 +287,7 @@ impl Options {
             anonymous,
             subscriptions,
             history_size,
+            history_id_ttl,
             heartbeat,
             drain_secs,
             max_body_bytes,
@@ -351,6 +364,16 @@ impl Options {
         Ok(Config {
             listen,
             bus: self.bus.unwrap_or_else(|| "memory://".to_owned()),
+            redis_prefix: match self.redis_prefix {
+                Some(p) if p.is_empty() || p.chars().any(|c| c.is_control() || c == ' ') => {
+                    return Err(ConfigError(
+                        "redis-prefix must be non-empty, without spaces or control characters"
+                            .into(),
+                    ))
+                }
+                Some(p) => p,
+                None => "tidings".to_owned(),
+            },
             instance_id,
             auth: AuthSettings {
                 mode: self.auth.unwrap_or_default(),
@@ -371,6 +394,7 @@ impl Options {
             },
             subscriptions: self.subscriptions.unwrap_or(false),
             history_size: self.history_size.unwrap_or(1000),
+            history_id_ttl: positive("history-id-ttl", self.history_id_ttl, 86_400)?,
             heartbeat: Duration::from_secs(positive("heartbeat", self.heartbeat, 15)?),
             cors_origins: origins("cors-origin", self.cors_origin, true)?,
             publish_origins: origins("publish-origin", self.publish_origin, false)?,

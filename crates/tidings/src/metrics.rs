@@ -39,6 +39,10 @@ pub struct Metrics {
     pub replay_gaps: Counter,
     /// Requests refused because of bad input, a missing right or a limit (4xx).
     pub rejected_requests: Counter,
+    /// Reconnections of the bus's delivery connection.
+    pub bus_reconnects: Counter,
+    /// Reconnections after which updates may have been lost (history off, or trimmed).
+    pub bus_gaps: Counter,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
     /// Live tokio tasks, read at each scrape (leak detection).
@@ -65,6 +69,8 @@ impl Metrics {
             replayed: Counter::default(),
             replay_gaps: Counter::default(),
             rejected_requests: Counter::default(),
+            bus_reconnects: Counter::default(),
+            bus_gaps: Counter::default(),
             ready: Gauge::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
@@ -109,6 +115,16 @@ impl Metrics {
             "rejected_requests",
             "Requests refused with a 4xx status",
             m.rejected_requests.clone(),
+        );
+        registry.register(
+            "bus_reconnects",
+            "Reconnections of the bus delivery connection",
+            m.bus_reconnects.clone(),
+        );
+        registry.register(
+            "bus_gaps",
+            "Bus reconnections after which updates may have been lost",
+            m.bus_gaps.clone(),
         );
         registry.register(
             "ready",

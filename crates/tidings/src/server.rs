@@ -54,6 +54,9 @@ impl Instance {
         let auth = Authenticator::new(&config.auth, selectors.clone())?;
         let options = BusOptions {
             history_size: config.history_size,
+            history_id_ttl_secs: config.history_id_ttl,
+            redis_prefix: config.redis_prefix.clone(),
+            limits: config.limits.clone(),
         };
         let bus = bus::connect(&config.bus, &options, hub.clone()).await?;
         metrics.ready.set(1);
@@ -91,7 +94,7 @@ impl Instance {
         let config = self.state.config().clone();
         tracing::info!(
             listen = %addr,
-            bus = %config.bus,
+            bus = %bus::redact(&config.bus),
             instance = %config.instance_id,
             "tidings ready, listening on http://{addr}"
         );

@@ -286,6 +286,20 @@ fn bad_configuration_is_refused_with_what_to_fix() {
         "kafka://x",
     ]);
     assert!(!ok && err.contains("kafka://x"), "{err}");
+    let (ok, _, err) = run(&[
+        "serve",
+        "--auth",
+        "none",
+        "--listen",
+        "127.0.0.1:0",
+        "--bus",
+        "redis://:hunter2@127.0.0.1:1/0",
+    ]);
+    assert!(!ok && err.contains("cannot reach Redis"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "credentials stay out of messages: {err}"
+    );
 }
 
 #[test]

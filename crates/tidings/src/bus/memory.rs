@@ -14,12 +14,12 @@ use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::update::{Update, UpdateId};
 
-/// The in-memory bus (`memory://`).
-#[derive(Debug)]
+/// The in-memory bus (`memory://`). Several hubs in one process may share one (see
+/// [`MemoryBus::attach`]), which is how the bus contract tests model several instances.
+#[derive(Debug, Clone)]
 pub struct MemoryBus {
     /// A std mutex: publish holds it across the (synchronous) dispatch, never across an await.
-    state: Mutex<State>,
-    hub: Hub,
+    state: Arc<Mutex<State>>,
     history_size: usize,
 }
 
@@ -32,19 +32,28 @@ struct State {
     index: HashMap<UpdateId, Position>,
     /// The id of the newest update ever published, kept even when history is disabled.
     newest: Option<UpdateId>,
+    /// Every hub the bus delivers to.
+    hubs: Vec<Hub>,
 }
 
 impl MemoryBus {
     /// A bus keeping the last `history_size` updates, delivering to `hub`.
     pub fn new(history_size: usize, hub: Hub) -> Self {
         MemoryBus {
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 next: 1,
+                hubs: vec![hub],
                 ..State::default()
-            }),
-            hub,
+            })),
             history_size,
         }
+    }
+
+    /// Attaches another hub (another "instance" in the same process) to this bus: it receives
+    /// every update from then on and shares the history.
+    pub fn attach(&self, hub: Hub) -> MemoryBus {
+        self.lock().hubs.push(hub);
+        self.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -77,7 +86,9 @@ impl Bus for MemoryBus {
             state.index.insert(envelope.update.id.clone(), position);
             state.history.push_back(envelope.clone());
         }
-        self.hub.dispatch(&envelope);
+        for hub in &state.hubs {
+            hub.dispatch(&envelope);
+        }
         Ok(envelope)
     }
 

@@ -8,8 +8,11 @@
 //! | URL          | backend                  | history                     |
 //! |--------------|--------------------------|-----------------------------|
 //! | `memory://`  | [`memory::MemoryBus`]    | in memory, `history-size`   |
+//! | `redis://`   | [`redis::RedisBus`]      | a Redis stream, `history-size` |
 
 pub mod memory;
+pub mod redis;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -62,6 +65,13 @@ pub enum BusError {
 pub struct BusOptions {
     /// Updates kept for replay (0 disables history).
     pub history_size: usize,
+    /// How long a broker-backed bus keeps the index from an update's id to its place in
+    /// history, in seconds.
+    pub history_id_ttl_secs: u64,
+    /// The prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// Limits applied to messages read from the broker (as to HTTP publishes).
+    pub limits: crate::config::Limits,
 }
 
 /// A bus backend. See the module documentation.
@@ -87,6 +97,19 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn is_ready(&self) -> bool;
 }
 
+/// The bus URL with its credentials masked, for logs (`redis://:secret@host` →
+/// `redis://***@host`).
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Connects the bus named by `url` and starts delivering to `hub`.
 ///
 /// # Errors
@@ -96,11 +119,26 @@ pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dy
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
     match scheme {
         "memory" => Ok(Arc::new(memory::MemoryBus::new(options.history_size, hub))),
-        "redis" | "rediss" | "amqp" | "amqps" | "nats" => Err(BusError::Config(format!(
-            "the {scheme} bus is not available in this build yet; use memory://"
+        "redis" | "rediss" => Ok(Arc::new(redis::RedisBus::connect(url, options, hub).await?)),
+        "amqp" | "amqps" | "nats" => Err(BusError::Config(format!(
+            "the {scheme} bus is not available in this build yet; use memory:// or redis://"
         ))),
         _ => Err(BusError::Config(format!(
-            "unknown bus URL {url:?}: expected memory://, redis://, amqp:// or nats://"
+            "unknown bus URL {:?}: expected memory://, redis://, amqp:// or nats://",
+            redact(url)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_never_reach_the_logs() {
+        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact("amqp://user:pass@h/%2f"), "amqp://***@h/%2f");
+        assert_eq!(redact("redis://h:6379/0?x=a@b"), "redis://h:6379/0?x=a@b");
+        assert_eq!(redact("memory://"), "memory://");
     }
 }

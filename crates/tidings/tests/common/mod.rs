@@ -1,6 +1,6 @@
 //! Test harness: runs the real `tidings` binary on a free loopback port, and reads its streams
 //! with an independent SSE parser (`eventsource-stream`).
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::print_stderr)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -91,6 +91,12 @@ impl Hub {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM.
@@ -298,4 +304,56 @@ fn uuid_like() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The Redis the tests use (`TIDINGS_TEST_REDIS`, default the machine's 127.0.0.1:6379), or
+/// `None` when it is unreachable — in which case the caller skips, unless
+/// `TIDINGS_REQUIRE_BROKERS=1`, which turns the skip into a failure.
+pub fn redis_url() -> Option<String> {
+    let url = std::env::var("TIDINGS_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
+    let reachable = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    match reachable {
+        Ok(_) => Some(url),
+        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+            panic!("Redis at {url} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: Redis at {url} is unreachable ({e}); set TIDINGS_TEST_REDIS");
+            None
+        }
+    }
+}
+
+/// A key prefix unique to this test run and name.
+pub fn unique_prefix(name: &str) -> String {
+    format!("tidings-test:{name}:{}", uuid_like())
+}
+
+/// Deletes every key under `prefix` (tests leave the shared Redis as they found it).
+pub fn redis_cleanup(url: &str, prefix: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}
+
+/// Removes a test's Redis keys when dropped, even when the test fails.
+pub struct RedisKeys {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        redis_cleanup(&self.url, &self.prefix);
+    }
 }

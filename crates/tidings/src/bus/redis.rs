@@ -1,0 +1,453 @@
+//! The Redis bus (`redis://host:port/db`): many instances on one Redis.
+//!
+//! - **Publish** runs one Lua script, atomically: with history, `XADD` the wire-format message
+//!   to the stream `<prefix>:stream` (trimmed to about `history-size`), index its id under
+//!   `<prefix>:id:<update id>` (kept `history-id-ttl` seconds); without history, take the next
+//!   number of `<prefix>:seq`; then `PUBLISH` it on `<prefix>:all`. The stream entry's id is the
+//!   update's position. The publisher is answered only after the script ran: a publish Redis
+//!   did not take is an error, never a silent drop.
+//! - **Delivery** (broadcast routing): every instance subscribes to `<prefix>:all` and hands
+//!   each message to its hub. Because the script is atomic, every instance sees the same
+//!   order. After a reconnect the instance resubscribes, then reads what it missed from the
+//!   stream (`XRANGE` after the last position it delivered) before going live again; what the
+//!   stream no longer holds is counted as a gap.
+//! - **Replay** reads the stream: resuming works on any instance, whichever one the client was
+//!   on before.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+use redis::AsyncCommands;
+
+use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
+use crate::config::Limits;
+use crate::envelope::{now_micros, Envelope, Position};
+use crate::hub::Hub;
+use crate::update::{Update, UpdateId};
+
+/// Longest wait for one Redis command before the operation counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most stream entries read when catching up after a reconnect.
+const CATCH_UP_MAX: usize = 1_000_000;
+/// Longest wait between two reconnection attempts of the delivery connection.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+const PUBLISH_SCRIPT: &str = r#"
+-- KEYS: stream, sequence, newest-id, id index key
+-- ARGV: message, publish time (µs), history size (0: none), id ttl (s), channel, update id
+local pos
+if tonumber(ARGV[3]) > 0 then
+  pos = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'u', ARGV[1], 't', ARGV[2])
+  redis.call('SET', KEYS[4], pos, 'EX', ARGV[4])
+else
+  pos = '0-' .. redis.call('INCR', KEYS[2])
+end
+redis.call('SET', KEYS[3], ARGV[6])
+redis.call('PUBLISH', ARGV[5], pos .. ' ' .. ARGV[2] .. ' ' .. ARGV[1])
+return pos
+"#;
+
+/// The names of everything the bus keeps in Redis, under one prefix.
+#[derive(Debug, Clone)]
+struct Keys {
+    stream: String,
+    sequence: String,
+    newest: String,
+    id_prefix: String,
+    all: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Keys {
+            stream: format!("{prefix}:stream"),
+            sequence: format!("{prefix}:seq"),
+            newest: format!("{prefix}:newest"),
+            id_prefix: format!("{prefix}:id:"),
+            all: format!("{prefix}:all"),
+        }
+    }
+}
+
+/// The Redis bus. Dropping it stops its delivery task.
+#[derive(Debug)]
+pub struct RedisBus {
+    conn: ConnectionManager,
+    keys: Keys,
+    history_size: usize,
+    id_ttl_secs: u64,
+    limits: Limits,
+    script: redis::Script,
+    /// True while the delivery connection is subscribed.
+    ready: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Parses a stream id (`<ms>-<seq>`) into a position.
+fn position(stream_id: &str) -> Option<Position> {
+    let (ms, seq) = stream_id.split_once('-')?;
+    Some(Position(
+        (u128::from(ms.parse::<u64>().ok()?) << 64) | u128::from(seq.parse::<u64>().ok()?),
+    ))
+}
+
+/// The stream id of a position (the inverse of [`position`]).
+fn stream_id(position: Position) -> String {
+    format!("{}-{}", position.0 >> 64, position.0 & u128::from(u64::MAX))
+}
+
+/// The id of an update whose message carried none: the same on every instance.
+fn derived_id(stream_id: &str) -> String {
+    format!("urn:tidings:{stream_id}")
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("redis: {e}"))
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(_) => Err(unavailable(format!("no answer within {COMMAND_TIMEOUT:?}"))),
+    }
+}
+
+impl RedisBus {
+    /// Connects to the Redis at `url` and starts delivering to `hub`.
+    ///
+    /// # Errors
+    /// [`BusError::Config`] for a malformed URL; [`BusError::Unavailable`] when Redis cannot be
+    /// reached at start-up.
+    pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
+        let client = redis::Client::open(url).map_err(|e| {
+            BusError::Config(format!(
+                "{:?} is not a usable Redis URL: {e}",
+                super::redact(url)
+            ))
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = timed(client.get_connection_manager_with_config(config))
+            .await
+            .map_err(|e| {
+                BusError::Unavailable(format!("cannot reach Redis at {}: {e}", super::redact(url)))
+            })?;
+        let keys = Keys::new(&options.redis_prefix);
+        let ready = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            client,
+            conn: conn.clone(),
+            keys: keys.clone(),
+            hub,
+            ready: ready.clone(),
+            history: options.history_size > 0,
+            limits: options.limits.clone(),
+            last: None,
+        };
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(reader.run(subscribed_tx));
+        // Publishing before this instance listens would lose its own first updates.
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, subscribed_rx).await;
+        Ok(RedisBus {
+            conn,
+            keys,
+            history_size: options.history_size,
+            id_ttl_secs: options.history_id_ttl_secs.max(1),
+            limits: options.limits.clone(),
+            script: redis::Script::new(PUBLISH_SCRIPT),
+            ready,
+            reader,
+        })
+    }
+
+    fn id_key(&self, id: &str) -> String {
+        format!("{}{id}", self.keys.id_prefix)
+    }
+
+    /// Reads stream entries between `start` and `end` (XRANGE syntax) into envelopes.
+    async fn range(&self, start: &str, end: &str) -> Result<Vec<Arc<Envelope>>, BusError> {
+        read_range(
+            &self.conn,
+            &self.keys,
+            start,
+            end,
+            self.history_size * 2 + 100,
+            &self.limits,
+        )
+        .await
+    }
+}
+
+/// Reads stream entries into envelopes, skipping (and logging) any that does not decode.
+async fn read_range(
+    conn: &ConnectionManager,
+    keys: &Keys,
+    start: &str,
+    end: &str,
+    count: usize,
+    limits: &Limits,
+) -> Result<Vec<Arc<Envelope>>, BusError> {
+    let mut conn = conn.clone();
+    let reply: StreamRangeReply = timed(conn.xrange_count(&keys.stream, start, end, count)).await?;
+    Ok(reply
+        .ids
+        .iter()
+        .filter_map(|entry| {
+            let position = position(&entry.id)?;
+            let text: String = entry.get("u")?;
+            let micros: u64 = entry.get("t").unwrap_or(0);
+            match wire::decode(&text, || derived_id(&entry.id), limits) {
+                Ok(update) => Some(Arc::new(Envelope::new(update, position, micros))),
+                Err(e) => {
+                    tracing::warn!(stream_id = %entry.id, error = %e, "skipping a malformed stream entry");
+                    None
+                }
+            }
+        })
+        .collect())
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+        let micros = now_micros();
+        let message = wire::encode(&update);
+        let mut conn = self.conn.clone();
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(&self.keys.stream)
+            .key(&self.keys.sequence)
+            .key(&self.keys.newest)
+            .key(self.id_key(update.id.as_str()))
+            .arg(&message)
+            .arg(micros)
+            .arg(self.history_size)
+            .arg(self.id_ttl_secs)
+            .arg(&self.keys.all)
+            .arg(update.id.as_str());
+        let stream_id: String = timed(invocation.invoke_async(&mut conn)).await?;
+        let position = position(&stream_id)
+            .ok_or_else(|| unavailable(format!("unexpected position {stream_id:?}")))?;
+        Ok(Arc::new(Envelope::new(update, position, micros)))
+    }
+
+    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        let mut conn = self.conn.clone();
+        let newest: Option<String> = timed(conn.get(&self.keys.newest)).await?;
+        let mut replay = Replay {
+            head_id: newest
+                .as_deref()
+                .and_then(|id| UpdateId::new(id, usize::MAX).ok()),
+            ..Replay::default()
+        };
+        let history = self.history_size > 0;
+        match from {
+            ReplayFrom::Now => {}
+            ReplayFrom::Earliest if history => replay.updates = self.range("-", "+").await?,
+            ReplayFrom::Earliest => {}
+            ReplayFrom::After(id) => {
+                let indexed: Option<String> = if history {
+                    timed(conn.get(self.id_key(id.as_str()))).await?
+                } else {
+                    None
+                };
+                let still_held = match &indexed {
+                    Some(sid) => !self.range(sid, sid).await?.is_empty(),
+                    None => false,
+                };
+                if let (Some(sid), true) = (&indexed, still_held) {
+                    replay.updates = self.range(&format!("({sid}"), "+").await?;
+                } else if replay.head_id.as_ref() == Some(id) {
+                    // Resuming from the newest id misses nothing, even without history.
+                } else {
+                    replay.missing = true;
+                    if history {
+                        replay.updates = self.range("-", "+").await?;
+                    }
+                }
+            }
+        }
+        Ok(replay)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// The delivery task: one Pub/Sub connection, reconnected with backoff, with catch-up from the
+/// stream after each reconnect.
+struct Reader {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    hub: Hub,
+    ready: Arc<AtomicBool>,
+    history: bool,
+    limits: Limits,
+    /// The position of the last update handed to the hub.
+    last: Option<Position>,
+}
+
+impl Reader {
+    async fn run(mut self, subscribed: tokio::sync::oneshot::Sender<()>) {
+        let mut subscribed = Some(subscribed);
+        let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
+        loop {
+            match self.subscribe().await {
+                Ok(mut pubsub) => {
+                    self.ready.store(true, Ordering::Relaxed);
+                    if let Some(tx) = subscribed.take() {
+                        let _ = tx.send(());
+                    }
+                    if connected_before {
+                        tracing::info!("redis: delivery connection restored");
+                        self.catch_up().await;
+                    }
+                    connected_before = true;
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        self.deliver_message(&message);
+                    }
+                    tracing::warn!("redis: delivery connection lost; reconnecting");
+                }
+                Err(e) => tracing::warn!(error = %e, ?backoff, "redis: cannot subscribe; retrying"),
+            }
+            self.ready.store(false, Ordering::Relaxed);
+            self.hub.metrics().bus_reconnects.inc();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.keys.all).await?;
+            Ok(pubsub)
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "subscribe timed out",
+            ))),
+        }
+    }
+
+    /// After a reconnect: delivers from the stream what was published while disconnected.
+    async fn catch_up(&mut self) {
+        let Some(last) = self.last else { return };
+        if !self.history {
+            self.hub.metrics().bus_gaps.inc();
+            tracing::warn!("redis: updates published while disconnected are lost (history is off)");
+            return;
+        }
+        let last_id = stream_id(last);
+        let still_held =
+            read_range(&self.conn, &self.keys, &last_id, &last_id, 1, &self.limits).await;
+        let missed = read_range(
+            &self.conn,
+            &self.keys,
+            &format!("({last_id}"),
+            "+",
+            CATCH_UP_MAX,
+            &self.limits,
+        )
+        .await;
+        match (still_held, missed) {
+            (Ok(held), Ok(missed)) => {
+                if held.is_empty() {
+                    self.hub.metrics().bus_gaps.inc();
+                    tracing::warn!(last = %last_id, "redis: the stream no longer holds the last delivered update; updates in between are lost");
+                }
+                tracing::info!(
+                    count = missed.len(),
+                    "redis: delivering updates missed while disconnected"
+                );
+                for envelope in missed {
+                    self.deliver(envelope);
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                self.hub.metrics().bus_gaps.inc();
+                tracing::warn!(error = %e, "redis: cannot read what was missed while disconnected");
+            }
+        }
+    }
+
+    fn deliver_message(&mut self, message: &redis::Msg) {
+        let Ok(payload) = message.get_payload::<String>() else {
+            tracing::warn!("redis: a message that is not text; skipped");
+            return;
+        };
+        let mut parts = payload.splitn(3, ' ');
+        let (Some(sid), Some(micros), Some(text)) = (parts.next(), parts.next(), parts.next())
+        else {
+            tracing::warn!("redis: a message without position; skipped");
+            return;
+        };
+        let Some(position) = position(sid) else {
+            tracing::warn!(
+                position = sid,
+                "redis: a message with a bad position; skipped"
+            );
+            return;
+        };
+        match wire::decode(text, || derived_id(sid), &self.limits) {
+            Ok(update) => {
+                let micros = micros.parse().unwrap_or_else(|_| now_micros());
+                self.deliver(Arc::new(Envelope::new(update, position, micros)));
+            }
+            Err(e) => {
+                tracing::warn!(position = sid, error = %e, "redis: a malformed message; skipped")
+            }
+        }
+    }
+
+    fn deliver(&mut self, envelope: Arc<Envelope>) {
+        if self.last.is_some_and(|last| envelope.position <= last) {
+            return;
+        }
+        self.last = Some(envelope.position);
+        self.hub.dispatch(&envelope);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_stream_ids() {
+        let a = position("1700000000000-0").unwrap();
+        let b = position("1700000000000-1").unwrap();
+        let c = position("1700000000001-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(stream_id(b), "1700000000000-1");
+        assert!(position("0-7").unwrap() < position("0-8").unwrap());
+        assert!(position("x-1").is_none() && position("17").is_none());
+    }
+}

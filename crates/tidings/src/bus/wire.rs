@@ -1,0 +1,168 @@
+//! The bus wire format, version 1: the JSON message every broker-backed bus carries, and that
+//! a service in any language may write to the broker itself (see `docs/wire-format.md`).
+//!
+//! ```json
+//! {"v": 1, "id": "urn:uuid:…", "topics": ["https://example.com/books/1"],
+//!  "data": "…", "type": "book", "private": false, "retry": 3000}
+//! ```
+//!
+//! Only `v` and `topics` are required. Without `id`, the id is derived from the update's place
+//! in the bus order (`urn:tidings:<position>`), so every instance assigns the same one. A
+//! message is validated exactly as an HTTP publish is: a bad one is dropped (and counted),
+//! never delivered half-checked.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Limits;
+use crate::update::{EventName, InvalidInput, Topic, Update, UpdateId};
+
+/// The only version this build reads and writes.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message<'a> {
+    v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    topics: Vec<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: std::borrow::Cow<'a, str>,
+    #[serde(
+        default,
+        rename = "type",
+        skip_serializing_if = "Option::is_none",
+        borrow
+    )]
+    event_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    private: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry: Option<u64>,
+}
+
+/// Encodes an update as a version 1 message.
+pub fn encode(update: &Update) -> String {
+    let message = Message {
+        v: VERSION,
+        id: Some(update.id.as_str().into()),
+        topics: update.topics.iter().map(|t| t.as_str().into()).collect(),
+        data: update.data.as_str().into(),
+        event_type: update.event_type.as_ref().map(|e| e.as_str().into()),
+        private: update.private,
+        retry: update.retry,
+    };
+    // A struct of strings, numbers and booleans always serializes.
+    serde_json::to_string(&message).unwrap_or_default()
+}
+
+/// Decodes and validates a message; `fallback_id` names the update when the message has no id.
+///
+/// # Errors
+/// [`InvalidInput`] for malformed JSON, an unknown version or field, or any value an HTTP
+/// publish would refuse.
+pub fn decode(
+    text: &str,
+    fallback_id: impl FnOnce() -> String,
+    limits: &Limits,
+) -> Result<Update, InvalidInput> {
+    let message: Message<'_> = serde_json::from_str(text)
+        .map_err(|e| InvalidInput::new("message", format!("not a wire-format message: {e}")))?;
+    if message.v != VERSION {
+        return Err(InvalidInput::new(
+            "v",
+            format!(
+                "version {} is not supported (this build reads version {VERSION})",
+                message.v
+            ),
+        ));
+    }
+    if message.topics.len() > limits.max_topics_per_update {
+        return Err(InvalidInput::new(
+            "topics",
+            "more topics than max-topics-per-update",
+        ));
+    }
+    let id = match &message.id {
+        Some(id) => UpdateId::new(id, limits.max_id_length)?,
+        None => UpdateId::new(&fallback_id(), limits.max_id_length)?,
+    };
+    let topics = message
+        .topics
+        .iter()
+        .map(|t| Topic::new(t, limits.max_selector_length))
+        .collect::<Result<Vec<_>, _>>()?;
+    let event_type = message
+        .event_type
+        .as_deref()
+        .map(|e| EventName::new(e, limits.max_event_name_length))
+        .transpose()?;
+    Update::new(
+        id,
+        topics,
+        event_type,
+        message.data.into_owned(),
+        message.retry,
+        message.private,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update() -> Update {
+        Update::new(
+            UpdateId::new("u1", 10).unwrap(),
+            vec![Topic::new("a", 10).unwrap(), Topic::new("b", 10).unwrap()],
+            Some(EventName::new("e", 10).unwrap()),
+            "line\nline".into(),
+            Some(5),
+            true,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips() {
+        let text = encode(&update());
+        assert_eq!(
+            decode(&text, || unreachable!(), &Limits::default()).unwrap(),
+            update()
+        );
+    }
+
+    #[test]
+    fn a_minimal_message_gets_the_fallback_id() {
+        let u = decode(
+            r#"{"v":1,"topics":["t"]}"#,
+            || "urn:tidings:9".into(),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (u.id.as_str(), u.data.as_str(), u.private),
+            ("urn:tidings:9", "", false)
+        );
+    }
+
+    #[test]
+    fn bad_messages_are_refused_with_the_reason() {
+        let limits = Limits::default();
+        for (text, field) in [
+            ("not json", "message"),
+            (r#"{"v":2,"topics":["t"]}"#, "v"),
+            (r#"{"v":1,"topics":[]}"#, "topic"),
+            (r#"{"v":1,"topics":["t"],"id":"a\nb"}"#, "id"),
+            (r#"{"v":1,"topics":["t"],"type":"a\rb"}"#, "event name"),
+            (r#"{"v":1,"topics":["t"],"extra":1}"#, "message"),
+        ] {
+            assert_eq!(
+                decode(text, || "x".into(), &limits).unwrap_err().field,
+                field,
+                "{text}"
+            );
+        }
+    }
+}
