@@ -1,0 +1,246 @@
+//! Broker faults, against a private `redis-server` this test starts on a free port and stops by
+//! PID (never the machine's shared Redis): readiness, fast publish failures, open streams that
+//! survive, reconnection with catch-up from the stream, and gaps counted.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{publish, subscribe_url, Hub, Stream};
+
+/// A `redis-server` of this test's own.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one on a free port, or `None` (skip) when `redis-server` is not installed —
+    /// a failure under `TIDINGS_REQUIRE_BROKERS=1`.
+    fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis { port, child: None };
+        match redis.spawn() {
+            Ok(()) => Some(redis),
+            Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+                panic!("redis-server is required (TIDINGS_REQUIRE_BROKERS=1): {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: cannot start redis-server ({e})");
+                None
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(
+                    "redis-server did not start listening",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn().expect("restart redis-server");
+    }
+
+    fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut conn = redis::Client::open(self.url())?.get_connection()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn status(hub: &Hub, path: &str) -> u16 {
+    common::client()
+        .get(hub.url(path))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_turns_readiness_off_fails_publishes_fast_and_recovers() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let hub = Hub::start(&["--auth", "none", "--bus", &url, "--heartbeat", "1"]);
+    let topic = common::unique_topic("restart");
+    let mut stream = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    let (_, before) = publish(&hub, None, &[("topic", &topic), ("data", "before")]).await;
+    assert_eq!(stream.next().await.id, before);
+
+    redis.stop();
+    wait_until(
+        "readiness to turn 503",
+        Duration::from_secs(10),
+        async || status(&hub, "/readyz").await == 503,
+    )
+    .await;
+    let started = Instant::now();
+    let (code, body) = publish(&hub, None, &[("topic", &topic), ("data", "lost")]).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("bus_unavailable"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    // The client's stream stays open meanwhile (heartbeats keep flowing).
+    let raw_before = stream.raw_text().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        stream.raw_text().len() > raw_before,
+        "the stream is still alive"
+    );
+
+    redis.restart();
+    wait_until(
+        "readiness to come back",
+        Duration::from_secs(15),
+        async || status(&hub, "/readyz").await == 200,
+    )
+    .await;
+    let mut after = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while after.is_none() {
+        let (code, id) = publish(&hub, None, &[("topic", &topic), ("data", "after")]).await;
+        if code == 200 {
+            after = Some(id);
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "publishing did not recover: {code} {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        stream.next().await.id,
+        after.unwrap(),
+        "the same stream receives again"
+    );
+    assert!(hub.metric("tidings_bus_reconnects_total").await >= 1.0);
+    assert!(
+        hub.metric("tidings_bus_gaps_total").await >= 1.0,
+        "the restarted Redis lost the stream: a gap"
+    );
+}
+
+#[tokio::test]
+async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_stream() {
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = Hub::start(&["--auth", "none", "--bus", &url]);
+    let b = Hub::start(&["--auth", "none", "--bus", &url]);
+    let topic = common::unique_topic("catch-up");
+    let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
+    let (_, first) = publish(&b, None, &[("topic", &topic), ("data", "0")]).await;
+    assert_eq!(stream.next().await.id, first);
+    // Freeze A, cut every Pub/Sub connection, publish while A cannot hear, then let A go on:
+    // it finds its connection gone, reconnects, and must read the missed updates from the
+    // stream.
+    let signal = |sig: &str| {
+        let pid = a.pid().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    let mut ids = vec![first];
+    for i in 1..=20 {
+        let (code, id) = publish(&b, None, &[("topic", &topic), ("data", &i.to_string())]).await;
+        assert_eq!(code, 200, "{id}");
+        ids.push(id);
+    }
+    signal("-CONT");
+    let mut got = vec![ids[0].clone()];
+    while got.len() < ids.len() {
+        got.push(stream.next().await.id);
+    }
+    assert_eq!(
+        got, ids,
+        "every update once, in order, across the reconnect"
+    );
+    assert!(
+        stream
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no duplicate"
+    );
+    assert!(a.metric("tidings_bus_reconnects_total").await >= 1.0);
+    assert_eq!(
+        a.metric("tidings_bus_gaps_total").await,
+        0.0,
+        "the stream held everything"
+    );
+    let log = a.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("count=20") && log.contains("missed while disconnected"),
+        "{log}"
+    );
+}
