@@ -2,6 +2,8 @@
 //! PID (never the machine's shared Redis): readiness, fast publish failures, open streams that
 //! survive, reconnection with catch-up from the stream, and gaps counted.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::process::{Child, Command, Stdio};
