@@ -1,9 +1,11 @@
 //! The Redis bus (`redis://host:port/db`): many instances on one Redis.
 //!
-//! - **Publish** runs one Lua script, atomically: with history, `XADD` the wire-format message
-//!   to the stream `<prefix>:stream` (trimmed to about `history-size`), index its id under
-//!   `<prefix>:id:<update id>` (kept `history-id-ttl` seconds); without history, take the next
-//!   number of `<prefix>:seq`; then `PUBLISH` it on `<prefix>:all`. The stream entry's id is the
+//! - **Publish** runs one Lua script ([`PUBLISH_SCRIPT`]), atomically: with history, `XADD`
+//!   the wire-format message to the stream `<prefix>:stream` (trimmed to about `history-size`),
+//!   index its id under `<prefix>:id:<update id>` (kept `history-id-ttl` seconds); without
+//!   history, take the next number of `<prefix>:seq`; then `PUBLISH` it on `<prefix>:all`. The
+//!   history settings are read from `<prefix>:config`, which every instance writes at start, so
+//!   a service may run the same script to publish without HTTP. The stream entry's id is the
 //!   update's position. The publisher is answered only after the script ran: a publish Redis
 //!   did not take is an error, never a silent drop.
 //! - **Delivery** (broadcast routing): every instance subscribes to `<prefix>:all` and hands
@@ -37,39 +39,29 @@ const CATCH_UP_MAX: usize = 1_000_000;
 /// Longest wait between two reconnection attempts of the delivery connection.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-const PUBLISH_SCRIPT: &str = r#"
--- KEYS: stream, sequence, newest-id, id index key
--- ARGV: message, publish time (µs), history size (0: none), id ttl (s), channel, update id
-local pos
-if tonumber(ARGV[3]) > 0 then
-  pos = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'u', ARGV[1], 't', ARGV[2])
-  redis.call('SET', KEYS[4], pos, 'EX', ARGV[4])
-else
-  pos = '0-' .. redis.call('INCR', KEYS[2])
-end
-redis.call('SET', KEYS[3], ARGV[6])
-redis.call('PUBLISH', ARGV[5], pos .. ' ' .. ARGV[2] .. ' ' .. ARGV[1])
-return pos
-"#;
+/// The publish script, shared with services that publish straight onto Redis.
+pub const PUBLISH_SCRIPT: &str = include_str!("redis_publish.lua");
 
 /// The names of everything the bus keeps in Redis, under one prefix.
 #[derive(Debug, Clone)]
 struct Keys {
+    prefix: String,
     stream: String,
-    sequence: String,
     newest: String,
     id_prefix: String,
     all: String,
+    config: String,
 }
 
 impl Keys {
     fn new(prefix: &str) -> Self {
         Keys {
+            prefix: prefix.to_owned(),
             stream: format!("{prefix}:stream"),
-            sequence: format!("{prefix}:seq"),
             newest: format!("{prefix}:newest"),
             id_prefix: format!("{prefix}:id:"),
             all: format!("{prefix}:all"),
+            config: format!("{prefix}:config"),
         }
     }
 }
@@ -80,7 +72,6 @@ pub struct RedisBus {
     conn: ConnectionManager,
     keys: Keys,
     history_size: usize,
-    id_ttl_secs: u64,
     limits: Limits,
     script: redis::Script,
     /// True while the delivery connection is subscribed.
@@ -149,6 +140,11 @@ impl RedisBus {
                 BusError::Unavailable(format!("cannot reach Redis at {}: {e}", super::redact(url)))
             })?;
         let keys = Keys::new(&options.redis_prefix);
+        let settings = [
+            ("history-size", options.history_size as u64),
+            ("history-id-ttl", options.history_id_ttl_secs.max(1)),
+        ];
+        write_settings(&conn, &keys, &settings).await?;
         let ready = Arc::new(AtomicBool::new(false));
         let reader = Reader {
             client,
@@ -158,6 +154,7 @@ impl RedisBus {
             ready: ready.clone(),
             history: options.history_size > 0,
             limits: options.limits.clone(),
+            settings,
             last: None,
         };
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
@@ -168,7 +165,6 @@ impl RedisBus {
             conn,
             keys,
             history_size: options.history_size,
-            id_ttl_secs: options.history_id_ttl_secs.max(1),
             limits: options.limits.clone(),
             script: redis::Script::new(PUBLISH_SCRIPT),
             ready,
@@ -192,6 +188,17 @@ impl RedisBus {
         )
         .await
     }
+}
+
+/// Writes the cluster's history settings where the publish script reads them, so that
+/// services publishing straight onto Redis need not know them.
+async fn write_settings(
+    conn: &ConnectionManager,
+    keys: &Keys,
+    settings: &[(&'static str, u64)],
+) -> Result<(), BusError> {
+    let mut conn = conn.clone();
+    timed(conn.hset_multiple::<_, _, _, ()>(&keys.config, settings)).await
 }
 
 /// Reads stream entries into envelopes, skipping (and logging) any that does not decode.
@@ -235,15 +242,9 @@ impl Bus for RedisBus {
         let mut conn = self.conn.clone();
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(&self.keys.stream)
-            .key(&self.keys.sequence)
-            .key(&self.keys.newest)
-            .key(self.id_key(update.id.as_str()))
+            .arg(&self.keys.prefix)
             .arg(&message)
             .arg(micros)
-            .arg(self.history_size)
-            .arg(self.id_ttl_secs)
-            .arg(&self.keys.all)
             .arg(update.id.as_str());
         let stream_id: String = timed(invocation.invoke_async(&mut conn)).await?;
         let position = position(&stream_id)
@@ -305,6 +306,9 @@ struct Reader {
     ready: Arc<AtomicBool>,
     history: bool,
     limits: Limits,
+    /// The history settings written to `<prefix>:config` (again after each reconnect: a
+    /// restarted Redis may have lost them).
+    settings: [(&'static str, u64); 2],
     /// The position of the last update handed to the hub.
     last: Option<Position>,
 }
@@ -323,6 +327,10 @@ impl Reader {
                     }
                     if connected_before {
                         tracing::info!("redis: delivery connection restored");
+                        if let Err(e) = write_settings(&self.conn, &self.keys, &self.settings).await
+                        {
+                            tracing::warn!(error = %e, "redis: cannot write the history settings");
+                        }
                         self.catch_up().await;
                     }
                     connected_before = true;
@@ -418,7 +426,12 @@ impl Reader {
         };
         match wire::decode(text, || derived_id(sid), &self.limits) {
             Ok(update) => {
-                let micros = micros.parse().unwrap_or_else(|_| now_micros());
+                // A direct publisher may not know its clock: 0 means "now".
+                let micros = micros
+                    .parse()
+                    .ok()
+                    .filter(|m| *m > 0)
+                    .unwrap_or_else(now_micros);
                 self.deliver(Arc::new(Envelope::new(update, position, micros)));
             }
             Err(e) => {

@@ -1,0 +1,30 @@
+-- Tidings: publish one update on the Redis bus (wire format v1). Atomic.
+-- A service in any language may run this script itself (EVAL / EVALSHA): it then publishes
+-- exactly as `POST /.well-known/mercure` on an instance would. See docs/wire-format.md.
+--
+-- KEYS: none (every key is under the prefix; single Redis, not Redis Cluster)
+-- ARGV[1]  the cluster's key prefix (`redis-prefix`, default "tidings")
+-- ARGV[2]  the message: wire-format v1 JSON
+-- ARGV[3]  publish time, microseconds since the Unix epoch (0: unknown)
+-- ARGV[4]  the update's id, the same as the message's "id" ("" when the message has none)
+-- Returns the update's position: its stream entry id, or "0-<n>" without history.
+local p = ARGV[1]
+local config = redis.call('HMGET', p .. ':config', 'history-size', 'history-id-ttl')
+local size = tonumber(config[1]) or 1000
+local ttl = tonumber(config[2]) or 86400
+local position
+if size > 0 then
+  position = redis.call('XADD', p .. ':stream', 'MAXLEN', '~', size, '*', 'u', ARGV[2], 't', ARGV[3])
+else
+  position = '0-' .. redis.call('INCR', p .. ':seq')
+end
+local id = ARGV[4]
+if id == '' then
+  id = 'urn:tidings:' .. position
+end
+if size > 0 then
+  redis.call('SET', p .. ':id:' .. id, position, 'EX', ttl)
+end
+redis.call('SET', p .. ':newest', id)
+redis.call('PUBLISH', p .. ':all', position .. ' ' .. ARGV[3] .. ' ' .. ARGV[2])
+return position

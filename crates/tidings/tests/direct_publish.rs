@@ -1,0 +1,153 @@
+//! Publishing straight onto Redis, without HTTP, as `docs/wire-format.md` specifies: the
+//! Python example and a raw script call are delivered by every instance of a live cluster of
+//! two, exactly as if they had been POSTed.
+
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{subscribe_url, Hub, RedisKeys, Stream};
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/publish.py")
+}
+
+/// True when `python3` can import `redis`; a failure under `TIDINGS_REQUIRE_BROKERS=1`.
+fn python_ready() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import redis"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") {
+            panic!("python3 with the redis package is required: pip install -r examples/python/requirements.txt");
+        }
+        eprintln!("skipping: python3 cannot import redis (pip install -r examples/python/requirements.txt)");
+    }
+    ok
+}
+
+fn two_instances(name: &str) -> Option<(RedisKeys, Vec<Hub>)> {
+    let url = common::redis_url()?;
+    let keys = RedisKeys {
+        prefix: common::unique_prefix(name),
+        url,
+    };
+    let hubs = (0..2)
+        .map(|_| {
+            Hub::start(&[
+                "--auth",
+                "none",
+                "--bus",
+                &keys.url,
+                "--redis-prefix",
+                &keys.prefix,
+            ])
+        })
+        .collect();
+    Some((keys, hubs))
+}
+
+#[tokio::test]
+async fn the_python_example_publishes_to_every_instance() {
+    if !python_ready() {
+        return;
+    }
+    let Some((keys, hubs)) = two_instances("python") else {
+        return;
+    };
+    let topic = common::unique_topic("python");
+    let mut streams = Vec::new();
+    for hub in &hubs {
+        streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
+    }
+    let output = Command::new("python3")
+        .arg(example())
+        .args([
+            "--redis",
+            &keys.url,
+            "--prefix",
+            &keys.prefix,
+            "--topic",
+            &topic,
+        ])
+        .args(["--data", "from python\nsecond line", "--type", "book"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(id.starts_with("urn:uuid:"), "{id}");
+    for stream in &mut streams {
+        let event = stream.next().await;
+        assert_eq!(
+            (event.id.as_str(), event.event.as_str()),
+            (id.as_str(), "book")
+        );
+        assert_eq!(event.data, "from python\nsecond line");
+    }
+    // It is in history: resuming before it on either instance replays it.
+    let mut resumed = Stream::open(
+        &subscribe_url(&hubs[1], &[&topic], "&lastEventID=earliest"),
+        &[],
+    )
+    .await;
+    assert_eq!(resumed.next().await.id, id);
+}
+
+#[tokio::test]
+async fn a_minimal_message_gets_the_same_derived_id_everywhere_and_a_bad_one_is_skipped() {
+    let Some((keys, hubs)) = two_instances("minimal") else {
+        return;
+    };
+    let topic = common::unique_topic("minimal");
+    let mut a = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
+    let mut b = Stream::open(&subscribe_url(&hubs[1], &[&topic], ""), &[]).await;
+    let mut conn = redis::Client::open(keys.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let script = redis::Script::new(tidings::bus::redis::PUBLISH_SCRIPT);
+    let run = |conn: &mut redis::Connection, message: &str| -> String {
+        script
+            .arg(&keys.prefix)
+            .arg(message)
+            .arg(0)
+            .arg("")
+            .invoke(conn)
+            .unwrap()
+    };
+    // Not valid: unknown version, a line break in the type. Skipped by every instance.
+    run(&mut conn, r#"{"v":2,"topics":["x"]}"#);
+    run(
+        &mut conn,
+        &serde_json::json!({"v": 1, "topics": [topic], "type": "a\nb"}).to_string(),
+    );
+    let position = run(
+        &mut conn,
+        &serde_json::json!({"v": 1, "topics": [topic], "data": "minimal"}).to_string(),
+    );
+    let expected = format!("urn:tidings:{position}");
+    for stream in [&mut a, &mut b] {
+        let event = stream.next().await;
+        assert_eq!(
+            (event.id.as_str(), event.data.as_str()),
+            (expected.as_str(), "minimal")
+        );
+    }
+    assert_eq!(
+        common::client()
+            .get(hubs[0].url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
