@@ -66,6 +66,10 @@ pub struct Options {
     /// [default: 86400].
     #[arg(long, env = "TIDINGS_HISTORY_ID_TTL", value_name = "SECS")]
     pub history_id_ttl: Option<u64>,
+    /// Seconds a cluster-wide session registry entry lives unrefreshed (an instance that dies
+    /// drops out after this long) [default: 30].
+    #[arg(long, env = "TIDINGS_SESSION_TTL", value_name = "SECS")]
+    pub session_ttl: Option<u64>,
     /// Seconds between heartbeat comments on idle streams [default: 15].
     #[arg(long, env = "TIDINGS_HEARTBEAT", value_name = "SECS")]
     pub heartbeat: Option<u64>,
@@ -188,6 +192,8 @@ pub struct Config {
     pub history_size: usize,
     /// Seconds the id index of a broker-backed history is kept.
     pub history_id_ttl: u64,
+    /// Seconds a session registry entry lives unrefreshed.
+    pub session_ttl: u64,
     /// Interval of heartbeat comments on idle streams.
     pub heartbeat: Duration,
     /// Allowed browser origins (empty: no CORS headers).
@@ -288,6 +294,7 @@ impl Options {
             subscriptions,
             history_size,
             history_id_ttl,
+            session_ttl,
             heartbeat,
             drain_secs,
             max_body_bytes,
@@ -395,6 +402,10 @@ impl Options {
             subscriptions: self.subscriptions.unwrap_or(false),
             history_size: self.history_size.unwrap_or(1000),
             history_id_ttl: positive("history-id-ttl", self.history_id_ttl, 86_400)?,
+            session_ttl: match positive("session-ttl", self.session_ttl, 30)? {
+                1 | 2 => return Err(ConfigError("session-ttl must be at least 3 seconds".into())),
+                t => t,
+            },
             heartbeat: Duration::from_secs(positive("heartbeat", self.heartbeat, 15)?),
             cors_origins: origins("cors-origin", self.cors_origin, true)?,
             publish_origins: origins("publish-origin", self.publish_origin, false)?,

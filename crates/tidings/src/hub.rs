@@ -85,6 +85,10 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Bumped whenever the set of exact topics or wide selectors changes.
     interest_version: watch::Sender<u64>,
+    /// Sessions whose stream count changed since a session registry last looked (bounded by
+    /// the number of sessions), and the signal that there are some.
+    changed_sessions: std::sync::Mutex<HashSet<SessionId>>,
+    sessions_changed: tokio::sync::Notify,
 }
 
 /// A live subscription: the receiving half of the subscriber's queue. Dropping it removes the
@@ -131,6 +135,8 @@ impl Hub {
                 queue_capacity: queue_capacity.max(1),
                 metrics,
                 interest_version: watch::Sender::new(0),
+                changed_sessions: std::sync::Mutex::new(HashSet::new()),
+                sessions_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -177,6 +183,7 @@ impl Hub {
             }
             if let Some(session) = &spec.session {
                 *reg.sessions.entry(session.clone()).or_default() += 1;
+                self.session_changed(session);
             }
             reg.all.insert(id, entry);
         }
@@ -223,6 +230,7 @@ impl Hub {
                 }
             }
             if let Some(session) = &entry.spec.session {
+                self.session_changed(session);
                 if let Some(n) = reg.sessions.get_mut(session) {
                     *n -= 1;
                     if *n == 0 {
@@ -287,6 +295,51 @@ impl Hub {
     /// Number of subscribers registered now.
     pub fn subscriber_count(&self) -> usize {
         self.read().all.len()
+    }
+
+    fn session_changed(&self, session: &SessionId) {
+        self.inner
+            .changed_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session.clone());
+        self.inner.sessions_changed.notify_one();
+    }
+
+    /// Waits until some session's stream count changed, then returns those sessions with their
+    /// current counts on this instance (0: gone). For a cluster-wide session registry.
+    pub async fn session_changes(&self) -> Vec<(SessionId, usize)> {
+        loop {
+            let changed: Vec<SessionId> = std::mem::take(
+                &mut *self
+                    .inner
+                    .changed_sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            )
+            .into_iter()
+            .collect();
+            if !changed.is_empty() {
+                let reg = self.read();
+                return changed
+                    .into_iter()
+                    .map(|s| {
+                        let n = reg.sessions.get(&s).copied().unwrap_or(0);
+                        (s, n)
+                    })
+                    .collect();
+            }
+            self.inner.sessions_changed.notified().await;
+        }
+    }
+
+    /// Every session with streams on this instance, and how many.
+    pub fn sessions(&self) -> Vec<(SessionId, usize)> {
+        self.read()
+            .sessions
+            .iter()
+            .map(|(s, n)| (s.clone(), *n))
+            .collect()
     }
 
     /// Every subscriber registered now (for the subscriptions API).

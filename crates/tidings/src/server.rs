@@ -56,6 +56,8 @@ impl Instance {
             history_size: config.history_size,
             history_id_ttl_secs: config.history_id_ttl,
             redis_prefix: config.redis_prefix.clone(),
+            instance_id: config.instance_id.clone(),
+            session_ttl_secs: config.session_ttl,
             limits: config.limits.clone(),
         };
         let bus = bus::connect(&config.bus, &options, hub.clone()).await?;

@@ -27,8 +27,16 @@ fn options(history_size: usize, prefix: &str) -> BusOptions {
         history_size,
         history_id_ttl_secs: 600,
         redis_prefix: prefix.to_owned(),
+        instance_id: format!("contract-{}", uuid_suffix()),
+        session_ttl_secs: 30,
         limits: Limits::default(),
     }
+}
+
+fn uuid_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
 fn new_hub() -> Hub {

@@ -136,3 +136,100 @@ async fn a_client_of_a_killed_instance_resumes_on_another_without_loss_or_duplic
         "nothing extra"
     );
 }
+
+async fn presence(hub: &Hub, session: &str) -> serde_json::Value {
+    common::client()
+        .get(hub.url(&format!("/sse/sessions/{session}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_for_presence(hub: &Hub, session: &str, expected: serde_json::Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = presence(hub, session).await;
+        if got["instances"] == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence is {got}, expected instances {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
+    let Some(keys) = redis_keys("registry") else {
+        return;
+    };
+    let mut hubs: Vec<Hub> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|id| {
+            Hub::start(&[
+                "--auth",
+                "none",
+                "--bus",
+                &keys.url,
+                "--redis-prefix",
+                &keys.prefix,
+                "--instance-id",
+                id,
+                "--session-ttl",
+                "3",
+            ])
+        })
+        .collect();
+    let session = format!("s-{}", std::process::id());
+    let open = |hub: &Hub, event: &str| {
+        hub.url(&format!(
+            "/sse/event-stream?eventName={event}&sessionId={session}"
+        ))
+    };
+    let a1 = Stream::open(&open(&hubs[0], "x"), &[]).await;
+    let mut a2 = Stream::open(&open(&hubs[0], "y"), &[]).await;
+    let _b = Stream::open(&open(&hubs[1], "x"), &[]).await;
+    // Asked on the third instance, which holds none of the streams.
+    wait_for_presence(
+        &hubs[2],
+        &session,
+        serde_json::json!([{"instanceId": "node-a", "streams": 2}, {"instanceId": "node-b", "streams": 1}]),
+    )
+    .await;
+    let info = presence(&hubs[2], &session).await;
+    assert_eq!(
+        (info["connected"].as_bool(), info["streams"].as_u64()),
+        (Some(true), Some(3))
+    );
+    // A stream that closes is counted down at once.
+    a1.close();
+    wait_for_presence(
+        &hubs[2],
+        &session,
+        serde_json::json!([{"instanceId": "node-a", "streams": 1}, {"instanceId": "node-b", "streams": 1}]),
+    )
+    .await;
+    // An instance that dies drops out within the session TTL.
+    hubs[1].kill();
+    wait_for_presence(
+        &hubs[2],
+        &session,
+        serde_json::json!([{"instanceId": "node-a", "streams": 1}]),
+    )
+    .await;
+    // And a session published to from another instance still reaches its stream there.
+    let body = serde_json::json!({"sessionId": session, "eventName": "y", "payload": "hi"});
+    let response = common::client()
+        .post(hubs[2].url("/sse/events"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(a2.next().await.data, "hi");
+}

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 
 use crate::envelope::Envelope;
 use crate::hub::Hub;
-use crate::update::{Update, UpdateId};
+use crate::update::{SessionId, Update, UpdateId};
 
 /// Where a subscriber's replay starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,11 @@ pub struct BusOptions {
     pub history_id_ttl_secs: u64,
     /// The prefix of every Redis key and channel.
     pub redis_prefix: String,
+    /// This instance's id (the session registry names instances by it).
+    pub instance_id: String,
+    /// How long a session registry entry lives without being refreshed, in seconds: an
+    /// instance that dies drops out of the registry after this long.
+    pub session_ttl_secs: u64,
     /// Limits applied to messages read from the broker (as to HTTP publishes).
     pub limits: crate::config::Limits,
 }
@@ -95,6 +100,19 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
 
     /// True while the bus can publish and deliver.
     fn is_ready(&self) -> bool;
+
+    /// Where a session's streams are, cluster-wide: each live instance holding some, with
+    /// how many. `None` when this bus keeps no registry (one instance: its hub knows).
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the registry cannot be read now.
+    async fn session_presence(
+        &self,
+        session: &SessionId,
+    ) -> Result<Option<Vec<(String, usize)>>, BusError> {
+        let _ = session;
+        Ok(None)
+    }
 }
 
 /// The bus URL with its credentials masked, for logs (`redis://:secret@host` →

@@ -30,7 +30,7 @@ use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
 use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
-use crate::update::{Update, UpdateId};
+use crate::update::{SessionId, Update, UpdateId};
 
 /// Longest wait for one Redis command before the operation counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -51,6 +51,8 @@ struct Keys {
     id_prefix: String,
     all: String,
     config: String,
+    instance_prefix: String,
+    session_prefix: String,
 }
 
 impl Keys {
@@ -62,6 +64,8 @@ impl Keys {
             id_prefix: format!("{prefix}:id:"),
             all: format!("{prefix}:all"),
             config: format!("{prefix}:config"),
+            instance_prefix: format!("{prefix}:instance:"),
+            session_prefix: format!("{prefix}:session:"),
         }
     }
 }
@@ -77,11 +81,13 @@ pub struct RedisBus {
     /// True while the delivery connection is subscribed.
     ready: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
+    registry: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for RedisBus {
     fn drop(&mut self) {
         self.reader.abort();
+        self.registry.abort();
     }
 }
 
@@ -158,7 +164,15 @@ impl RedisBus {
             last: None,
         };
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let registry = Registry {
+            conn: conn.clone(),
+            keys: keys.clone(),
+            hub: reader.hub.clone(),
+            instance: options.instance_id.clone(),
+            ttl_secs: options.session_ttl_secs.max(3),
+        };
         let reader = tokio::spawn(reader.run(subscribed_tx));
+        let registry = tokio::spawn(registry.run());
         // Publishing before this instance listens would lose its own first updates.
         let _ = tokio::time::timeout(COMMAND_TIMEOUT, subscribed_rx).await;
         Ok(RedisBus {
@@ -169,6 +183,7 @@ impl RedisBus {
             script: redis::Script::new(PUBLISH_SCRIPT),
             ready,
             reader,
+            registry,
         })
     }
 
@@ -293,6 +308,103 @@ impl Bus for RedisBus {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    async fn session_presence(
+        &self,
+        session: &SessionId,
+    ) -> Result<Option<Vec<(String, usize)>>, BusError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}{}", self.keys.session_prefix, session.as_str());
+        let entries: Vec<(String, usize)> = timed(conn.hgetall(&key)).await?;
+        let entries: Vec<(String, usize)> = entries.into_iter().filter(|(_, n)| *n > 0).collect();
+        if entries.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        // Only instances that are still alive count: a dead one's liveness key has expired.
+        let liveness: Vec<String> = entries
+            .iter()
+            .map(|(i, _)| format!("{}{i}", self.keys.instance_prefix))
+            .collect();
+        let alive: Vec<Option<String>> = timed(conn.mget(&liveness)).await?;
+        let mut present: Vec<(String, usize)> = entries
+            .into_iter()
+            .zip(alive)
+            .filter_map(|(entry, alive)| alive.map(|_| entry))
+            .collect();
+        present.sort();
+        Ok(Some(present))
+    }
+}
+
+/// The cluster-wide session registry, kept by each instance for the sessions it holds:
+/// `<prefix>:session:<session>` is a hash from instance id to stream count (its key's TTL
+/// refreshed while the session has streams), and `<prefix>:instance:<id>` says the instance is
+/// alive (refreshed every third of `session-ttl`). An instance that dies stops refreshing
+/// both: readers ignore it at once when its liveness key expires, and its entries expire.
+struct Registry {
+    conn: ConnectionManager,
+    keys: Keys,
+    hub: Hub,
+    instance: String,
+    ttl_secs: u64,
+}
+
+impl Registry {
+    async fn run(self) {
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(self.ttl_secs / 3));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let result = tokio::select! {
+                changes = self.hub.session_changes() => self.write(changes).await,
+                _ = heartbeat.tick() => self.refresh().await,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "redis: cannot update the session registry");
+            }
+        }
+    }
+
+    fn session_key(&self, session: &SessionId) -> String {
+        format!("{}{}", self.keys.session_prefix, session.as_str())
+    }
+
+    /// Records the current stream counts of sessions that changed.
+    async fn write(&self, changes: Vec<(SessionId, usize)>) -> Result<(), BusError> {
+        let mut pipe = redis::pipe();
+        for (session, streams) in &changes {
+            let key = self.session_key(session);
+            if *streams == 0 {
+                pipe.hdel(&key, &self.instance).ignore();
+            } else {
+                pipe.hset(&key, &self.instance, *streams)
+                    .ignore()
+                    .expire(&key, self.ttl_secs as i64)
+                    .ignore();
+            }
+        }
+        let mut conn = self.conn.clone();
+        timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Says this instance is alive and refreshes the entries of every session it holds.
+    async fn refresh(&self) -> Result<(), BusError> {
+        let mut pipe = redis::pipe();
+        pipe.set_ex(
+            format!("{}{}", self.keys.instance_prefix, self.instance),
+            1,
+            self.ttl_secs,
+        )
+        .ignore();
+        for (session, streams) in self.hub.sessions() {
+            let key = self.session_key(&session);
+            pipe.hset(&key, &self.instance, streams)
+                .ignore()
+                .expire(&key, self.ttl_secs as i64)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        timed(pipe.query_async::<()>(&mut conn)).await
     }
 }
 

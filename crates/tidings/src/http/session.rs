@@ -163,15 +163,24 @@ pub(super) async fn describe(
     let session = SessionId::new(&session_id, MAX_SESSION_ID_LEN)?;
     // Only a publisher that may write to the session may learn whether it is online.
     rights.check(&[Topic::for_session(&session)])?;
-    let streams = state.hub().session_streams(&session);
-    let instances = if streams > 0 {
-        vec![InstanceStreams {
-            instance_id: state.config().instance_id.clone(),
-            streams,
-        }]
-    } else {
-        Vec::new()
+    // The bus's registry answers cluster-wide; without one, this instance's hub is the registry.
+    let instances: Vec<InstanceStreams> = match state.inner.bus.session_presence(&session).await? {
+        Some(present) => present
+            .into_iter()
+            .map(|(instance_id, streams)| InstanceStreams {
+                instance_id,
+                streams,
+            })
+            .collect(),
+        None => match state.hub().session_streams(&session) {
+            0 => Vec::new(),
+            streams => vec![InstanceStreams {
+                instance_id: state.config().instance_id.clone(),
+                streams,
+            }],
+        },
     };
+    let streams = instances.iter().map(|i| i.streams).sum();
     Ok(Json(SessionInfo {
         session_id,
         connected: streams > 0,
