@@ -246,3 +246,42 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn without_history_delivery_resumes_after_a_redis_restart() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let hub = Hub::start(&["--auth", "none", "--bus", &url, "--history-size", "0"]);
+    let topic = common::unique_topic("no-history");
+    let mut stream = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    // Move the sequence well past what a fresh Redis will start from.
+    for i in 0..5 {
+        let (code, _) = publish(&hub, None, &[("topic", &topic), ("data", &i.to_string())]).await;
+        assert_eq!(code, 200);
+        assert_eq!(stream.next().await.data, i.to_string());
+    }
+    redis.restart();
+    wait_until(
+        "readiness to come back",
+        Duration::from_secs(15),
+        async || status(&hub, "/readyz").await == 200,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _) = publish(&hub, None, &[("topic", &topic), ("data", "after")]).await;
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publishing did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stream.next().await.data,
+        "after",
+        "positions restarted from 1 and are still delivered"
+    );
+    assert!(hub.metric("tidings_bus_gaps_total").await >= 1.0);
+}

@@ -483,6 +483,9 @@ impl Reader {
         if !self.history {
             self.hub.metrics().bus_gaps.inc();
             tracing::warn!("redis: updates published while disconnected are lost (history is off)");
+            // A restarted Redis counts positions from 1 again: forget the old ones, or every
+            // new update would look like one already delivered.
+            self.last = None;
             return;
         }
         let last_id = stream_id(last);
@@ -502,6 +505,9 @@ impl Reader {
                 if held.is_empty() {
                     self.hub.metrics().bus_gaps.inc();
                     tracing::warn!(last = %last_id, "redis: the stream no longer holds the last delivered update; updates in between are lost");
+                    // The stream may have been lost with a Redis restart: its new positions are
+                    // not comparable with the old ones.
+                    self.last = None;
                 }
                 tracing::info!(
                     count = missed.len(),
