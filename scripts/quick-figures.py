@@ -5,6 +5,10 @@ fan-out latency, over loopback, bounded in count and time. Standard library only
     ./target/release/tidings serve --auth none &
     python3 scripts/quick-figures.py --pid $! --streams 2000 --updates 50
 
+Across instances (subscribers on one, publisher on another, e.g. both on one Redis):
+
+    python3 scripts/quick-figures.py --hub http://127.0.0.1:3001 --publish-hub http://127.0.0.1:3002 --pid <pid of 3001>
+
 Opens N raw SSE streams on one topic, reads the hub's RSS from /proc before and after, then
 publishes M updates (each carrying its send time) one after the other and waits until every
 stream got every update. Prints RSS per stream, deliveries, losses and latency percentiles.
@@ -73,7 +77,8 @@ def publish(base, topic, i):
 
 async def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hub", default="http://127.0.0.1:3000")
+    parser.add_argument("--hub", default="http://127.0.0.1:3000", help="where the streams connect")
+    parser.add_argument("--publish-hub", help="where updates are published [default: --hub]")
     parser.add_argument("--pid", type=int, required=True, help="the hub's process id (for RSS)")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--updates", type=int, default=20)
@@ -95,7 +100,7 @@ async def main():
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     for i in range(args.updates):
-        await loop.run_in_executor(None, publish, args.hub, topic, i)
+        await loop.run_in_executor(None, publish, args.publish_hub or args.hub, topic, i)
     received = sum(await asyncio.gather(*receivers))
     elapsed = time.monotonic() - started
     for _, writer in streams:
