@@ -89,6 +89,8 @@ struct Inner {
     /// the number of sessions), and the signal that there are some.
     changed_sessions: std::sync::Mutex<HashSet<SessionId>>,
     sessions_changed: tokio::sync::Notify,
+    /// Signalled whenever a subscriber comes or goes (for a cluster-wide subscriptions API).
+    subscribers_changed: tokio::sync::Notify,
 }
 
 /// A live subscription: the receiving half of the subscriber's queue. Dropping it removes the
@@ -137,6 +139,7 @@ impl Hub {
                 interest_version: watch::Sender::new(0),
                 changed_sessions: std::sync::Mutex::new(HashSet::new()),
                 sessions_changed: tokio::sync::Notify::new(),
+                subscribers_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -188,6 +191,7 @@ impl Hub {
             reg.all.insert(id, entry);
         }
         self.inner.metrics.subscribers.inc();
+        self.inner.subscribers_changed.notify_one();
         if interest_changed {
             self.inner.interest_version.send_modify(|v| *v += 1);
         }
@@ -240,6 +244,7 @@ impl Hub {
             }
         }
         self.inner.metrics.subscribers.dec();
+        self.inner.subscribers_changed.notify_one();
         if interest_changed {
             self.inner.interest_version.send_modify(|v| *v += 1);
         }
@@ -331,6 +336,11 @@ impl Hub {
             }
             self.inner.sessions_changed.notified().await;
         }
+    }
+
+    /// Completes when a subscriber came or went since the last call.
+    pub async fn subscribers_changed(&self) {
+        self.inner.subscribers_changed.notified().await;
     }
 
     /// Every session with streams on this instance, and how many.

@@ -58,6 +58,7 @@ impl Instance {
             redis_prefix: config.redis_prefix.clone(),
             instance_id: config.instance_id.clone(),
             session_ttl_secs: config.session_ttl,
+            share_subscribers: config.subscriptions,
             limits: config.limits.clone(),
         };
         let bus = bus::connect(&config.bus, &options, hub.clone()).await?;

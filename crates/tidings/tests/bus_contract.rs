@@ -29,6 +29,7 @@ fn options(history_size: usize, prefix: &str) -> BusOptions {
         redis_prefix: prefix.to_owned(),
         instance_id: format!("contract-{}", uuid_suffix()),
         session_ttl_secs: 30,
+        share_subscribers: false,
         limits: Limits::default(),
     }
 }

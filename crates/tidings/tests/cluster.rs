@@ -233,3 +233,75 @@ async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
     assert_eq!(response.status(), 200);
     assert_eq!(a2.next().await.data, "hi");
 }
+
+async fn listed_topics(hub: &Hub) -> Vec<String> {
+    let body: serde_json::Value = common::client()
+        .get(hub.url("/.well-known/mercure/subscriptions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut topics: Vec<String> = body["subscriptions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|s| s["topic"].as_str().unwrap().to_owned())
+        .collect();
+    topics.sort();
+    topics
+}
+
+#[tokio::test]
+async fn the_subscriptions_api_answers_for_the_whole_cluster() {
+    let Some(keys) = redis_keys("subscriptions") else {
+        return;
+    };
+    let mut hubs: Vec<Hub> = (0..2)
+        .map(|_| {
+            Hub::start(&[
+                "--auth",
+                "none",
+                "--bus",
+                &keys.url,
+                "--redis-prefix",
+                &keys.prefix,
+                "--subscriptions",
+                "--session-ttl",
+                "3",
+            ])
+        })
+        .collect();
+    let on_a = common::unique_topic("on-a");
+    let on_b = common::unique_topic("on-b");
+    let _a = Stream::open(&subscribe_url(&hubs[0], &[&on_a], ""), &[]).await;
+    let _b = Stream::open(&subscribe_url(&hubs[1], &[&on_b], ""), &[]).await;
+    let mut both = vec![on_a.clone(), on_b.clone()];
+    both.sort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listed_topics(&hubs[1]).await != both {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            listed_topics(&hubs[1]).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        listed_topics(&hubs[0]).await,
+        both,
+        "the same answer on every instance"
+    );
+    // A dies: its subscriptions drop out within the TTL.
+    hubs[0].kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listed_topics(&hubs[1]).await != vec![on_b.clone()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            listed_topics(&hubs[1]).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

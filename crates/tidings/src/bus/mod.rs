@@ -60,6 +60,35 @@ pub enum BusError {
     Config(String),
 }
 
+/// One subscriber as the subscriptions API shows it, shared between instances.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SubscriberRecord {
+    /// Its `urn:uuid:…`.
+    pub subscriber: String,
+    /// Its selectors as written, without repeats.
+    pub topics: Vec<String>,
+    /// The `mercure.payload` claim of its token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
+impl SubscriberRecord {
+    /// The record of a local subscriber.
+    pub fn of(spec: &crate::subscriber::SubscriberSpec) -> Self {
+        let mut topics: Vec<String> = Vec::with_capacity(spec.selectors.len());
+        for selector in &spec.selectors {
+            if !topics.iter().any(|t| t == selector.source()) {
+                topics.push(selector.source().to_owned());
+            }
+        }
+        SubscriberRecord {
+            subscriber: spec.label.iri.to_string(),
+            topics,
+            payload: spec.label.payload.as_deref().cloned(),
+        }
+    }
+}
+
 /// Settings every bus backend understands.
 #[derive(Debug, Clone)]
 pub struct BusOptions {
@@ -75,6 +104,8 @@ pub struct BusOptions {
     /// How long a session registry entry lives without being refreshed, in seconds: an
     /// instance that dies drops out of the registry after this long.
     pub session_ttl_secs: u64,
+    /// Share this instance's subscribers with the cluster (the subscriptions API is on).
+    pub share_subscribers: bool,
     /// Limits applied to messages read from the broker (as to HTTP publishes).
     pub limits: crate::config::Limits,
 }
@@ -111,6 +142,15 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
         session: &SessionId,
     ) -> Result<Option<Vec<(String, usize)>>, BusError> {
         let _ = session;
+        Ok(None)
+    }
+
+    /// Every subscriber of the cluster (for the subscriptions API). `None` when this bus keeps
+    /// no shared record (one instance: its hub knows), or the API is off.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the record cannot be read now.
+    async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {
         Ok(None)
     }
 }

@@ -26,7 +26,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 
-use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
+use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom, SubscriberRecord};
 use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
@@ -53,6 +53,8 @@ struct Keys {
     config: String,
     instance_prefix: String,
     session_prefix: String,
+    instances: String,
+    subscribers_prefix: String,
 }
 
 impl Keys {
@@ -66,6 +68,8 @@ impl Keys {
             config: format!("{prefix}:config"),
             instance_prefix: format!("{prefix}:instance:"),
             session_prefix: format!("{prefix}:session:"),
+            instances: format!("{prefix}:instances"),
+            subscribers_prefix: format!("{prefix}:subscribers:"),
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct RedisBus {
     ready: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
     registry: tokio::task::JoinHandle<()>,
+    /// Subscribers are shared (`--subscriptions`).
+    share_subscribers: bool,
 }
 
 impl Drop for RedisBus {
@@ -170,6 +176,7 @@ impl RedisBus {
             hub: reader.hub.clone(),
             instance: options.instance_id.clone(),
             ttl_secs: options.session_ttl_secs.max(3),
+            share_subscribers: options.share_subscribers,
         };
         let reader = tokio::spawn(reader.run(subscribed_tx));
         let registry = tokio::spawn(registry.run());
@@ -184,6 +191,7 @@ impl RedisBus {
             ready,
             reader,
             registry,
+            share_subscribers: options.share_subscribers,
         })
     }
 
@@ -310,6 +318,45 @@ impl Bus for RedisBus {
         self.ready.load(Ordering::Relaxed)
     }
 
+    async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {
+        if !self.share_subscribers {
+            return Ok(None);
+        }
+        let mut conn = self.conn.clone();
+        let instances: Vec<String> = timed(conn.smembers(&self.keys.instances)).await?;
+        if instances.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let liveness: Vec<String> = instances
+            .iter()
+            .map(|i| format!("{}{i}", self.keys.instance_prefix))
+            .collect();
+        let alive: Vec<Option<String>> = timed(conn.mget(&liveness)).await?;
+        let (live, dead): (Vec<_>, Vec<_>) = instances
+            .into_iter()
+            .zip(alive)
+            .partition(|(_, a)| a.is_some());
+        if !dead.is_empty() {
+            let dead: Vec<String> = dead.into_iter().map(|(i, _)| i).collect();
+            let _: Result<(), _> = timed(conn.srem(&self.keys.instances, dead)).await;
+        }
+        if live.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let blobs_keys: Vec<String> = live
+            .iter()
+            .map(|(i, _)| format!("{}{i}", self.keys.subscribers_prefix))
+            .collect();
+        let blobs: Vec<Option<String>> = timed(conn.mget(&blobs_keys)).await?;
+        Ok(Some(
+            blobs
+                .iter()
+                .flatten()
+                .flat_map(|b| parse_records(b))
+                .collect(),
+        ))
+    }
+
     async fn session_presence(
         &self,
         session: &SessionId,
@@ -337,6 +384,14 @@ impl Bus for RedisBus {
     }
 }
 
+/// Parses the shared subscriber records of one instance (skipping a malformed blob).
+fn parse_records(blob: &str) -> Vec<SubscriberRecord> {
+    serde_json::from_str(blob).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "redis: skipping a malformed subscriber record");
+        Vec::new()
+    })
+}
+
 /// The cluster-wide session registry, kept by each instance for the sessions it holds:
 /// `<prefix>:session:<session>` is a hash from instance id to stream count (its key's TTL
 /// refreshed while the session has streams), and `<prefix>:instance:<id>` says the instance is
@@ -348,6 +403,9 @@ struct Registry {
     hub: Hub,
     instance: String,
     ttl_secs: u64,
+    /// Also keeps `<prefix>:subscribers:<instance>` (a JSON array of this instance's
+    /// subscribers, refreshed like the rest) and the set `<prefix>:instances`.
+    share_subscribers: bool,
 }
 
 impl Registry {
@@ -358,6 +416,11 @@ impl Registry {
             let result = tokio::select! {
                 changes = self.hub.session_changes() => self.write(changes).await,
                 _ = heartbeat.tick() => self.refresh().await,
+                _ = self.hub.subscribers_changed(), if self.share_subscribers => {
+                    // Coalesce a burst of arrivals and departures into one write.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.write_subscribers().await
+                }
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "redis: cannot update the session registry");
@@ -387,8 +450,33 @@ impl Registry {
         timed(pipe.query_async::<()>(&mut conn)).await
     }
 
+    /// Writes this instance's subscribers where every instance can read them.
+    async fn write_subscribers(&self) -> Result<(), BusError> {
+        let records: Vec<SubscriberRecord> = self
+            .hub
+            .subscribers()
+            .iter()
+            .map(|spec| SubscriberRecord::of(spec))
+            .collect();
+        let blob = serde_json::to_string(&records).unwrap_or_else(|_| "[]".to_owned());
+        let mut pipe = redis::pipe();
+        pipe.set_ex(
+            format!("{}{}", self.keys.subscribers_prefix, self.instance),
+            blob,
+            self.ttl_secs,
+        )
+        .ignore()
+        .sadd(&self.keys.instances, &self.instance)
+        .ignore();
+        let mut conn = self.conn.clone();
+        timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
     /// Says this instance is alive and refreshes the entries of every session it holds.
     async fn refresh(&self) -> Result<(), BusError> {
+        if self.share_subscribers {
+            self.write_subscribers().await?;
+        }
         let mut pipe = redis::pipe();
         pipe.set_ex(
             format!("{}{}", self.keys.instance_prefix, self.instance),

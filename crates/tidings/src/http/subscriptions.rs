@@ -4,7 +4,8 @@
 //! goes, published through the bus like any other update.
 //!
 //! One subscription is one selector of one subscriber (a connection with three `topic`
-//! selectors has three). Reading the API needs a token whose `mercure.subscribe` claim matches
+//! selectors has three). With a bus that shares subscribers (Redis), the API answers for the
+//! whole cluster. Reading the API needs a token whose `mercure.subscribe` claim matches
 //! the path asked for, as the Mercure protocol says.
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use serde::Serialize;
 
 use super::request;
 use super::{ApiError, AppState};
-use crate::bus::{Bus, ReplayFrom};
+use crate::bus::{Bus, ReplayFrom, SubscriberRecord};
 use crate::subscriber::SubscriberSpec;
 use crate::update::{Topic, Update, UpdateId};
 
@@ -56,29 +57,41 @@ struct Subscription<'a> {
 }
 
 /// The subscriptions of one subscriber, one per distinct selector.
-fn subscriptions_of(spec: &SubscriberSpec, active: bool) -> Vec<Subscription<'_>> {
-    let mut seen = std::collections::HashSet::new();
-    spec.selectors
+fn subscriptions_of(record: &SubscriberRecord, active: bool) -> Vec<Subscription<'_>> {
+    record
+        .topics
         .iter()
-        .map(|s| s.source())
-        .filter(|source| seen.insert(*source))
         .map(|topic| Subscription {
             context: None,
-            id: format!("{PREFIX}/{}/{}", escape(topic), escape(&spec.label.iri)),
+            id: format!("{PREFIX}/{}/{}", escape(topic), escape(&record.subscriber)),
             kind: "Subscription",
-            subscriber: &spec.label.iri,
+            subscriber: &record.subscriber,
             topic,
             active,
-            payload: spec.label.payload.as_deref(),
+            payload: record.payload.as_ref(),
             last_event_id: None,
         })
         .collect()
 }
 
+/// Every subscriber: the cluster's when the bus shares them, else this instance's.
+async fn all_subscribers(state: &AppState) -> Result<Vec<SubscriberRecord>, ApiError> {
+    if let Some(records) = state.inner.bus.subscribers().await? {
+        return Ok(records);
+    }
+    Ok(state
+        .hub()
+        .subscribers()
+        .iter()
+        .map(|spec| SubscriberRecord::of(spec))
+        .collect())
+}
+
 /// Publishes the events saying that `spec`'s subscriptions became active (or inactive).
 /// Failures are logged, never returned: they must not stop the subscriber itself.
 pub(super) async fn announce(bus: &Arc<dyn Bus>, spec: &SubscriberSpec, active: bool) {
-    for subscription in subscriptions_of(spec, active) {
+    let record = SubscriberRecord::of(spec);
+    for subscription in subscriptions_of(&record, active) {
         let update = Topic::new(&subscription.id, MAX_IRI_LEN).and_then(|topic| {
             let data = serde_json::to_string(&Subscription {
                 context: Some("https://mercure.rocks/"),
@@ -163,10 +176,10 @@ async fn collection(
     topic: Option<String>,
 ) -> Result<Response, ApiError> {
     let last_event_id = authorize(&state, &headers, raw.as_deref(), uri.path()).await?;
-    let specs = state.hub().subscribers();
-    let subscriptions = specs
+    let records = all_subscribers(&state).await?;
+    let subscriptions = records
         .iter()
-        .flat_map(|spec| subscriptions_of(spec, true))
+        .flat_map(|record| subscriptions_of(record, true))
         .filter(|s| topic.as_deref().is_none_or(|t| s.topic == t))
         .collect();
     Ok(json_ld(&Collection {
@@ -214,11 +227,11 @@ pub(super) async fn one(
 ) -> Result<Response, ApiError> {
     let Path((topic, subscriber)) = parts.map_err(path_error)?;
     let last_event_id = authorize(&state, &headers, raw.as_deref(), uri.path()).await?;
-    let specs = state.hub().subscribers();
-    let found = specs
+    let records = all_subscribers(&state).await?;
+    let found = records
         .iter()
-        .filter(|spec| *spec.label.iri == *subscriber)
-        .flat_map(|spec| subscriptions_of(spec, true))
+        .filter(|record| record.subscriber == subscriber)
+        .flat_map(|record| subscriptions_of(record, true))
         .find(|s| s.topic == topic);
     match found {
         Some(subscription) => Ok(json_ld(&Subscription {
