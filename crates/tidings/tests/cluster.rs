@@ -6,39 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{publish, subscribe_url, Hub, RedisKeys, Stream};
-
-fn cluster(keys: &RedisKeys, n: usize, extra: &[&str]) -> Vec<Hub> {
-    (0..n)
-        .map(|_| {
-            let mut args = vec![
-                "--auth",
-                "none",
-                "--bus",
-                &keys.url,
-                "--redis-prefix",
-                &keys.prefix,
-            ];
-            args.extend_from_slice(extra);
-            Hub::start(&args)
-        })
-        .collect()
-}
-
-fn redis_keys(name: &str) -> Option<RedisKeys> {
-    let url = common::redis_url()?;
-    Some(RedisKeys {
-        prefix: common::unique_prefix(name),
-        url,
-    })
-}
+use common::{publish, subscribe_url, Hub, Stream};
 
 #[tokio::test]
 async fn an_update_published_on_one_instance_reaches_subscribers_on_all() {
-    let Some(keys) = redis_keys("fan-out") else {
+    let Some(keys) = common::redis_keys("fan-out") else {
         return;
     };
-    let hubs = cluster(&keys, 3, &[]);
+    let hubs = common::redis_cluster(&keys, 3, &[]);
     let topic = common::unique_topic("cluster");
     let mut streams = Vec::new();
     for hub in &hubs {
@@ -73,10 +48,10 @@ async fn an_update_published_on_one_instance_reaches_subscribers_on_all() {
 
 #[tokio::test]
 async fn a_client_of_a_killed_instance_resumes_on_another_without_loss_or_duplicate() {
-    let Some(keys) = redis_keys("failover") else {
+    let Some(keys) = common::redis_keys("failover") else {
         return;
     };
-    let mut hubs = cluster(&keys, 3, &[]);
+    let mut hubs = common::redis_cluster(&keys, 3, &[]);
     let topic = common::unique_topic("failover");
     const TOTAL: usize = 300;
     let publisher_base = hubs[1].base.clone();
@@ -165,7 +140,7 @@ async fn wait_for_presence(hub: &Hub, session: &str, expected: serde_json::Value
 
 #[tokio::test]
 async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
-    let Some(keys) = redis_keys("registry") else {
+    let Some(keys) = common::redis_keys("registry") else {
         return;
     };
     let mut hubs: Vec<Hub> = ["node-a", "node-b", "node-c"]
@@ -255,7 +230,7 @@ async fn listed_topics(hub: &Hub) -> Vec<String> {
 
 #[tokio::test]
 async fn the_subscriptions_api_answers_for_the_whole_cluster() {
-    let Some(keys) = redis_keys("subscriptions") else {
+    let Some(keys) = common::redis_keys("subscriptions") else {
         return;
     };
     let mut hubs: Vec<Hub> = (0..2)

@@ -31,23 +31,8 @@ fn python_ready() -> bool {
 }
 
 fn two_instances(name: &str) -> Option<(RedisKeys, Vec<Hub>)> {
-    let url = common::redis_url()?;
-    let keys = RedisKeys {
-        prefix: common::unique_prefix(name),
-        url,
-    };
-    let hubs = (0..2)
-        .map(|_| {
-            Hub::start(&[
-                "--auth",
-                "none",
-                "--bus",
-                &keys.url,
-                "--redis-prefix",
-                &keys.prefix,
-            ])
-        })
-        .collect();
+    let keys = common::redis_keys(name)?;
+    let hubs = common::redis_cluster(&keys, 2, &[]);
     Some((keys, hubs))
 }
 

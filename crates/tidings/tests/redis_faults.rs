@@ -108,6 +108,22 @@ async fn status(hub: &Hub, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Publishes `data`, retrying while the bus recovers (at most 10 s); returns the update's id.
+async fn publish_once_recovered(hub: &Hub, topic: &str, data: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, id) = publish(hub, None, &[("topic", topic), ("data", data)]).await;
+        if code == 200 {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publishing did not recover: {code} {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check().await {
@@ -159,23 +175,10 @@ async fn a_redis_restart_turns_readiness_off_fails_publishes_fast_and_recovers()
         async || status(&hub, "/readyz").await == 200,
     )
     .await;
-    let mut after = None;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while after.is_none() {
-        let (code, id) = publish(&hub, None, &[("topic", &topic), ("data", "after")]).await;
-        if code == 200 {
-            after = Some(id);
-        } else {
-            assert!(
-                Instant::now() < deadline,
-                "publishing did not recover: {code} {id}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let after = publish_once_recovered(&hub, &topic, "after").await;
     assert_eq!(
         stream.next().await.id,
-        after.unwrap(),
+        after,
         "the same stream receives again"
     );
     assert!(hub.metric("tidings_bus_reconnects_total").await >= 1.0);
@@ -269,15 +272,7 @@ async fn without_history_delivery_resumes_after_a_redis_restart() {
         async || status(&hub, "/readyz").await == 200,
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, _) = publish(&hub, None, &[("topic", &topic), ("data", "after")]).await;
-        if code == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "publishing did not recover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_once_recovered(&hub, &topic, "after").await;
     assert_eq!(
         stream.next().await.data,
         "after",

@@ -357,3 +357,30 @@ impl Drop for RedisKeys {
         redis_cleanup(&self.url, &self.prefix);
     }
 }
+
+/// A fresh key prefix on the test Redis, or `None` (skip) as [`redis_url`] says.
+pub fn redis_keys(name: &str) -> Option<RedisKeys> {
+    let url = redis_url()?;
+    Some(RedisKeys {
+        prefix: unique_prefix(name),
+        url,
+    })
+}
+
+/// `n` instances (`--auth none`) on the test Redis under `keys`' prefix, plus `extra` flags.
+pub fn redis_cluster(keys: &RedisKeys, n: usize, extra: &[&str]) -> Vec<Hub> {
+    (0..n)
+        .map(|_| {
+            let mut args = vec![
+                "--auth",
+                "none",
+                "--bus",
+                &keys.url,
+                "--redis-prefix",
+                &keys.prefix,
+            ];
+            args.extend_from_slice(extra);
+            Hub::start(&args)
+        })
+        .collect()
+}
