@@ -233,21 +233,7 @@ async fn the_subscriptions_api_answers_for_the_whole_cluster() {
     let Some(keys) = common::redis_keys("subscriptions") else {
         return;
     };
-    let mut hubs: Vec<Hub> = (0..2)
-        .map(|_| {
-            Hub::start(&[
-                "--auth",
-                "none",
-                "--bus",
-                &keys.url,
-                "--redis-prefix",
-                &keys.prefix,
-                "--subscriptions",
-                "--session-ttl",
-                "3",
-            ])
-        })
-        .collect();
+    let mut hubs = common::redis_cluster(&keys, 2, &["--subscriptions", "--session-ttl", "3"]);
     let on_a = common::unique_topic("on-a");
     let on_b = common::unique_topic("on-b");
     let _a = Stream::open(&subscribe_url(&hubs[0], &[&on_a], ""), &[]).await;
