@@ -222,6 +222,18 @@ impl Default for Config {
     }
 }
 
+/// The value (or its default), which must be at least 1.
+fn at_least_one<T: Copy + PartialEq + Default>(
+    name: &str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value.unwrap_or(default) {
+        v if v == T::default() => Err(ConfigError(format!("{name} must be at least 1"))),
+        v => Ok(v),
+    }
+}
+
 /// Checks that every entry is an origin (`https://host[:port]`, no path), or `*` where allowed.
 fn origins(name: &str, list: Vec<String>, wildcard: bool) -> Result<Vec<String>, ConfigError> {
     for origin in &list {
@@ -321,36 +333,22 @@ impl Options {
                 "listen: {listen_text:?} is not an address like 127.0.0.1:3000"
             ))
         })?;
-        let positive = |name: &str, value: Option<u64>, default: u64| match value.unwrap_or(default)
-        {
-            0 => Err(ConfigError(format!("{name} must be at least 1"))),
-            v => Ok(v),
-        };
-        let positive_usize =
-            |name: &str, value: Option<usize>, default: usize| match value.unwrap_or(default) {
-                0 => Err(ConfigError(format!("{name} must be at least 1"))),
-                v => Ok(v),
-            };
         let d = Limits::default();
         let limits = Limits {
-            max_body_bytes: positive_usize(
-                "max-body-bytes",
-                self.max_body_bytes,
-                d.max_body_bytes,
-            )?,
-            max_selectors: positive_usize("max-selectors", self.max_selectors, d.max_selectors)?,
-            max_selector_length: positive_usize(
+            max_body_bytes: at_least_one("max-body-bytes", self.max_body_bytes, d.max_body_bytes)?,
+            max_selectors: at_least_one("max-selectors", self.max_selectors, d.max_selectors)?,
+            max_selector_length: at_least_one(
                 "max-selector-length",
                 self.max_selector_length,
                 d.max_selector_length,
             )?,
-            max_topics_per_update: positive_usize(
+            max_topics_per_update: at_least_one(
                 "max-topics-per-update",
                 self.max_topics_per_update,
                 d.max_topics_per_update,
             )?,
-            max_id_length: positive_usize("max-id-length", self.max_id_length, d.max_id_length)?,
-            max_event_name_length: positive_usize(
+            max_id_length: at_least_one("max-id-length", self.max_id_length, d.max_id_length)?,
+            max_event_name_length: at_least_one(
                 "max-event-name-length",
                 self.max_event_name_length,
                 d.max_event_name_length,
@@ -401,18 +399,18 @@ impl Options {
             },
             subscriptions: self.subscriptions.unwrap_or(false),
             history_size: self.history_size.unwrap_or(1000),
-            history_id_ttl: positive("history-id-ttl", self.history_id_ttl, 86_400)?,
-            session_ttl: match positive("session-ttl", self.session_ttl, 30)? {
+            history_id_ttl: at_least_one("history-id-ttl", self.history_id_ttl, 86_400)?,
+            session_ttl: match at_least_one("session-ttl", self.session_ttl, 30)? {
                 1 | 2 => return Err(ConfigError("session-ttl must be at least 3 seconds".into())),
                 t => t,
             },
-            heartbeat: Duration::from_secs(positive("heartbeat", self.heartbeat, 15)?),
+            heartbeat: Duration::from_secs(at_least_one("heartbeat", self.heartbeat, 15)?),
             cors_origins: origins("cors-origin", self.cors_origin, true)?,
             publish_origins: origins("publish-origin", self.publish_origin, false)?,
             drain: Duration::from_secs(self.drain_secs.unwrap_or(10)),
             limits,
-            subscriber_queue: positive_usize("subscriber-queue", self.subscriber_queue, 1024)?,
-            selector_cache_size: positive_usize(
+            subscriber_queue: at_least_one("subscriber-queue", self.subscriber_queue, 1024)?,
+            selector_cache_size: at_least_one(
                 "selector-cache-size",
                 self.selector_cache_size,
                 10_000,

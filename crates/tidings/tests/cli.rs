@@ -228,14 +228,7 @@ fn instance_id_of(args: &[&str], env: &[(&str, &str)], toml: Option<&str>) -> St
         .build()
         .unwrap();
     runtime.block_on(async {
-        let body: Value = common::client()
-            .get(hub.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = common::get_json(&hub.url("/readyz")).await;
         body["instanceId"].as_str().unwrap().to_owned()
     })
 }

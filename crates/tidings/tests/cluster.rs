@@ -35,14 +35,7 @@ async fn an_update_published_on_one_instance_reaches_subscribers_on_all() {
             "exactly once"
         );
     }
-    let ready: serde_json::Value = common::client()
-        .get(hubs[0].url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = common::get_json(&hubs[0].url("/readyz")).await;
     assert_eq!(ready["bus"], "redis");
 }
 
@@ -113,14 +106,7 @@ async fn a_client_of_a_killed_instance_resumes_on_another_without_loss_or_duplic
 }
 
 async fn presence(hub: &Hub, session: &str) -> serde_json::Value {
-    common::client()
-        .get(hub.url(&format!("/sse/sessions/{session}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(&hub.url(&format!("/sse/sessions/{session}"))).await
 }
 
 async fn wait_for_presence(hub: &Hub, session: &str, expected: serde_json::Value) {
@@ -210,14 +196,7 @@ async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
 }
 
 async fn listed_topics(hub: &Hub) -> Vec<String> {
-    let body: serde_json::Value = common::client()
-        .get(hub.url("/.well-known/mercure/subscriptions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = common::get_json(&hub.url("/.well-known/mercure/subscriptions")).await;
     let mut topics: Vec<String> = body["subscriptions"]
         .as_array()
         .unwrap_or_else(|| panic!("{body}"))

@@ -195,6 +195,17 @@ impl RedisBus {
         })
     }
 
+    /// For each instance id, whether its liveness key still exists.
+    async fn alive(&self, instances: &[String]) -> Result<Vec<bool>, BusError> {
+        let keys: Vec<String> = instances
+            .iter()
+            .map(|i| format!("{}{i}", self.keys.instance_prefix))
+            .collect();
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = timed(conn.mget(&keys)).await?;
+        Ok(values.iter().map(Option::is_some).collect())
+    }
+
     fn id_key(&self, id: &str) -> String {
         format!("{}{id}", self.keys.id_prefix)
     }
@@ -222,6 +233,15 @@ async fn write_settings(
 ) -> Result<(), BusError> {
     let mut conn = conn.clone();
     timed(conn.hset_multiple::<_, _, _, ()>(&keys.config, settings)).await
+}
+
+/// Whether the stream still holds the entry `stream_id` (it may have been trimmed, or lost
+/// with a Redis restart).
+async fn holds(conn: &ConnectionManager, keys: &Keys, stream_id: &str) -> Result<bool, BusError> {
+    let mut conn = conn.clone();
+    let reply: StreamRangeReply =
+        timed(conn.xrange_count(&keys.stream, stream_id, stream_id, 1)).await?;
+    Ok(!reply.ids.is_empty())
 }
 
 /// Reads stream entries into envelopes, skipping (and logging) any that does not decode.
@@ -296,7 +316,7 @@ impl Bus for RedisBus {
                     None
                 };
                 let still_held = match &indexed {
-                    Some(sid) => !self.range(sid, sid).await?.is_empty(),
+                    Some(sid) => holds(&self.conn, &self.keys, sid).await?,
                     None => false,
                 };
                 if let (Some(sid), true) = (&indexed, still_held) {
@@ -327,15 +347,11 @@ impl Bus for RedisBus {
         if instances.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        let liveness: Vec<String> = instances
-            .iter()
-            .map(|i| format!("{}{i}", self.keys.instance_prefix))
-            .collect();
-        let alive: Vec<Option<String>> = timed(conn.mget(&liveness)).await?;
+        let alive = self.alive(&instances).await?;
         let (live, dead): (Vec<_>, Vec<_>) = instances
             .into_iter()
             .zip(alive)
-            .partition(|(_, a)| a.is_some());
+            .partition(|(_, alive)| *alive);
         if !dead.is_empty() {
             let dead: Vec<String> = dead.into_iter().map(|(i, _)| i).collect();
             let _: Result<(), _> = timed(conn.srem(&self.keys.instances, dead)).await;
@@ -369,15 +385,12 @@ impl Bus for RedisBus {
             return Ok(Some(Vec::new()));
         }
         // Only instances that are still alive count: a dead one's liveness key has expired.
-        let liveness: Vec<String> = entries
-            .iter()
-            .map(|(i, _)| format!("{}{i}", self.keys.instance_prefix))
-            .collect();
-        let alive: Vec<Option<String>> = timed(conn.mget(&liveness)).await?;
+        let ids: Vec<String> = entries.iter().map(|(i, _)| i.clone()).collect();
+        let alive = self.alive(&ids).await?;
         let mut present: Vec<(String, usize)> = entries
             .into_iter()
             .zip(alive)
-            .filter_map(|(entry, alive)| alive.map(|_| entry))
+            .filter_map(|(entry, alive)| alive.then_some(entry))
             .collect();
         present.sort();
         Ok(Some(present))
@@ -577,8 +590,7 @@ impl Reader {
             return;
         }
         let last_id = stream_id(last);
-        let still_held =
-            read_range(&self.conn, &self.keys, &last_id, &last_id, 1, &self.limits).await;
+        let still_held = holds(&self.conn, &self.keys, &last_id).await;
         let missed = read_range(
             &self.conn,
             &self.keys,
@@ -590,7 +602,7 @@ impl Reader {
         .await;
         match (still_held, missed) {
             (Ok(held), Ok(missed)) => {
-                if held.is_empty() {
+                if !held {
                     self.hub.metrics().bus_gaps.inc();
                     tracing::warn!(last = %last_id, "redis: the stream no longer holds the last delivered update; updates in between are lost");
                     // The stream may have been lost with a Redis restart: its new positions are

@@ -151,6 +151,18 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
 
+/// GETs `url` and decodes the JSON answer.
+pub async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Mints an HS256 token with the given claims.
 pub fn token(claims: Value) -> String {
     let claims: tidings::auth::Claims = serde_json::from_value(claims).unwrap();
