@@ -19,7 +19,7 @@ import uuid
 import redis
 
 # The publish script ships with Tidings; a service keeps a copy of the file next to its code.
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "tidings" / "src" / "bus" / "redis_publish.lua"
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "tidings" / "src" / "bus" / "redis" / "publish.lua"
 
 
 def publish(client, prefix, topics, data, *, update_id=None, event_type=None, private=False, retry=None):
@@ -34,7 +34,7 @@ def publish(client, prefix, topics, data, *, update_id=None, event_type=None, pr
         message["retry"] = retry
     script = client.register_script(SCRIPT.read_text())
     published_at = time.time_ns() // 1000
-    position = script(args=[prefix, json.dumps(message), published_at, update_id])
+    position, _receivers = script(args=[prefix, json.dumps(message), published_at, update_id])
     return update_id, position.decode() if isinstance(position, bytes) else position
 
 

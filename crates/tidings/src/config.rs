@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{AuthMode, AuthSettings, JwtAlg};
+use crate::bus::Routing;
 
 /// Every option of `tidings serve`, each optional so that layers can be merged.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -29,6 +30,10 @@ pub struct Options {
     /// Prefix of every Redis key and channel of the Redis bus [default: tidings].
     #[arg(long, env = "TIDINGS_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
+    /// How a broker bus brings updates to instances: interest [default] (only the topics
+    /// this instance's subscribers need) or broadcast (every update to every instance).
+    #[arg(long, env = "TIDINGS_ROUTING", value_name = "MODE")]
+    pub routing: Option<Routing>,
     /// This instance's id [default: generated].
     #[arg(long, env = "TIDINGS_INSTANCE_ID", value_name = "ID")]
     pub instance_id: Option<String>,
@@ -182,6 +187,8 @@ pub struct Config {
     pub bus: String,
     /// Prefix of the Redis bus's keys and channels.
     pub redis_prefix: String,
+    /// How a broker bus routes updates to instances.
+    pub routing: Routing,
     /// This instance's id.
     pub instance_id: String,
     /// Authorization settings.
@@ -294,6 +301,7 @@ impl Options {
             listen,
             bus,
             redis_prefix,
+            routing,
             instance_id,
             auth,
             jwt_key,
@@ -379,6 +387,7 @@ impl Options {
                 Some(p) => p,
                 None => "tidings".to_owned(),
             },
+            routing: self.routing.unwrap_or_default(),
             instance_id,
             auth: AuthSettings {
                 mode: self.auth.unwrap_or_default(),

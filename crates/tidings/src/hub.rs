@@ -51,12 +51,13 @@ struct Registry {
 }
 
 /// The topics and selectors this instance's subscribers need, for interest routing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Interest {
     /// Exact topics with at least one subscriber.
     pub exact: Vec<Arc<str>>,
-    /// Non-exact selectors (`*`, templates) with at least one subscriber.
-    pub wide: Vec<Arc<str>>,
+    /// Non-exact selectors (`*`, templates, URL patterns) with at least one subscriber, each
+    /// once.
+    pub wide: Vec<Selector>,
 }
 
 /// What one dispatch did.
@@ -367,8 +368,17 @@ impl Hub {
         let reg = self.read();
         Interest {
             exact: reg.exact.keys().cloned().collect(),
-            wide: reg.wide.keys().cloned().collect(),
+            wide: reg
+                .wide
+                .values()
+                .map(|(selector, _)| selector.clone())
+                .collect(),
         }
+    }
+
+    /// The number of changes [`Hub::interest`] has seen so far (bumped after each change).
+    pub fn interest_version(&self) -> u64 {
+        *self.inner.interest_version.borrow()
     }
 
     /// A receiver that changes whenever [`Hub::interest`] does.
@@ -492,12 +502,15 @@ mod tests {
         let a = hub.subscribe(spec(&["t", "u/{x}"]));
         let b = hub.subscribe(spec(&["t"]));
         assert_eq!(hub.subscriber_count(), 2);
+        let before = hub.interest_version();
+        assert_eq!(hub.interest().wide[0].source(), "u/{x}");
         drop(a);
         assert_eq!(hub.interest().exact, vec![Arc::from("t")]);
         assert!(hub.interest().wide.is_empty());
+        assert!(hub.interest_version() > before);
         drop(b);
         assert_eq!(hub.subscriber_count(), 0);
-        assert_eq!(hub.interest(), Interest::default());
+        assert!(hub.interest().exact.is_empty() && hub.interest().wide.is_empty());
         assert_eq!(hub.metrics().subscribers.get(), 0);
     }
 

@@ -42,9 +42,11 @@
 //!    covered, and hands the shared `Bytes` to hyper, which writes them to the socket. Heartbeat
 //!    comments keep idle streams alive; on shutdown each stream ends with a `retry:` hint.
 //!
-//! A reconnecting client sends `Last-Event-ID`: its subscriber is registered first, history is
-//! read second (every update after that id, up to the newest), and live updates at or before
-//! the last replayed one are skipped — no gap, no duplicate.
+//! A reconnecting client sends `Last-Event-ID`: its subscriber is registered first, the bus
+//! confirms it listens for the subscriber's topics second ([`bus::Bus::listening`]: a Redis
+//! bus under interest routing subscribes to their channels), history is read third (every
+//! update after that id, up to the newest), and live updates at or before the last replayed
+//! one are skipped — no gap, no duplicate.
 
 pub mod auth;
 pub mod bus;

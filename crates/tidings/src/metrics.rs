@@ -43,6 +43,9 @@ pub struct Metrics {
     pub bus_reconnects: Counter,
     /// Reconnections after which updates may have been lost (history off, or trimmed).
     pub bus_gaps: Counter,
+    /// Messages the broker sent to instances for this instance's publishes (the broker-side
+    /// fan-out; what interest routing keeps low).
+    pub bus_broker_messages: Counter,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
     /// Live tokio tasks, read at each scrape (leak detection).
@@ -71,6 +74,7 @@ impl Metrics {
             rejected_requests: Counter::default(),
             bus_reconnects: Counter::default(),
             bus_gaps: Counter::default(),
+            bus_broker_messages: Counter::default(),
             ready: Gauge::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
@@ -125,6 +129,11 @@ impl Metrics {
             "bus_gaps",
             "Bus reconnections after which updates may have been lost",
             m.bus_gaps.clone(),
+        );
+        registry.register(
+            "bus_broker_messages",
+            "Messages the broker sent to instances for this instance's publishes",
+            m.bus_broker_messages.clone(),
         );
         registry.register(
             "ready",

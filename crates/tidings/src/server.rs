@@ -60,6 +60,7 @@ impl Instance {
             session_ttl_secs: config.session_ttl,
             share_subscribers: config.subscriptions,
             limits: config.limits.clone(),
+            routing: config.routing,
         };
         let bus = bus::connect(&config.bus, &options, hub.clone()).await?;
         metrics.ready.set(1);

@@ -1,6 +1,7 @@
 //! The bus contract: what every bus backend must do, run against each one. Several
 //! "instances" (a hub and a bus each) share one broker namespace in this process: for the
-//! memory bus, hubs attached to one bus; for Redis, buses on one key prefix.
+//! memory bus, hubs attached to one bus; for Redis, buses on one key prefix, under each
+//! routing mode.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use tidings::bus::memory::MemoryBus;
 use tidings::bus::redis::RedisBus;
-use tidings::bus::{Bus, BusOptions, ReplayFrom};
+use tidings::bus::{Bus, BusOptions, ReplayFrom, Routing};
 use tidings::config::Limits;
 use tidings::hub::{Hub, Subscription};
 use tidings::metrics::Metrics;
@@ -22,7 +23,7 @@ struct Instance {
     bus: Arc<dyn Bus>,
 }
 
-fn options(history_size: usize, prefix: &str) -> BusOptions {
+fn options(history_size: usize, prefix: &str, routing: Routing) -> BusOptions {
     BusOptions {
         history_size,
         history_id_ttl_secs: 600,
@@ -31,6 +32,7 @@ fn options(history_size: usize, prefix: &str) -> BusOptions {
         session_ttl_secs: 30,
         share_subscribers: false,
         limits: Limits::default(),
+        routing,
     }
 }
 
@@ -61,11 +63,17 @@ fn memory(n: usize, history_size: usize) -> Vec<Instance> {
     instances
 }
 
-async fn redis(url: &str, prefix: &str, n: usize, history_size: usize) -> Vec<Instance> {
+async fn redis(
+    url: &str,
+    prefix: &str,
+    routing: Routing,
+    n: usize,
+    history_size: usize,
+) -> Vec<Instance> {
     let mut instances = Vec::new();
     for _ in 0..n {
         let hub = new_hub();
-        let bus = RedisBus::connect(url, &options(history_size, prefix), hub.clone())
+        let bus = RedisBus::connect(url, &options(history_size, prefix, routing), hub.clone())
             .await
             .unwrap();
         instances.push(Instance {
@@ -76,20 +84,38 @@ async fn redis(url: &str, prefix: &str, n: usize, history_size: usize) -> Vec<In
     instances
 }
 
-fn subscribe(hub: &Hub, selector: &str, access: Access) -> Subscription {
-    hub.subscribe(SubscriberSpec {
+/// Registers a subscriber on an instance, as a stream does: once this returns, every update
+/// published that the subscriber may see reaches it.
+async fn subscribe_to(instance: &Instance, selectors: &[&str], access: Access) -> Subscription {
+    let subscription = instance.hub.subscribe(SubscriberSpec {
         label: SubscriberLabel::new(None),
-        selectors: vec![Selector::compile(selector, 1000).unwrap()],
+        selectors: selectors
+            .iter()
+            .map(|s| Selector::compile(s, 1000).unwrap())
+            .collect(),
         access,
         event_name: None,
         session: None,
-    })
+    });
+    instance.bus.listening().await.unwrap();
+    subscription
+}
+
+async fn subscribe(instance: &Instance, selector: &str, access: Access) -> Subscription {
+    subscribe_to(instance, &[selector], access).await
 }
 
 fn update(topic: &str, data: &str, private: bool) -> Update {
+    update_on(&[topic], data, private)
+}
+
+fn update_on(topics: &[&str], data: &str, private: bool) -> Update {
     Update::new(
         UpdateId::generate(),
-        vec![Topic::new(topic, 1000).unwrap()],
+        topics
+            .iter()
+            .map(|t| Topic::new(t, 1000).unwrap())
+            .collect(),
         None,
         data.into(),
         None,
@@ -117,11 +143,11 @@ async fn nothing_more(sub: &mut Subscription) {
 // --- the contract ---------------------------------------------------------------------
 
 async fn fans_out_to_every_instance(instances: Vec<Instance>) {
-    let mut subs: Vec<_> = instances
-        .iter()
-        .map(|i| subscribe(&i.hub, "t", Access::public_only()))
-        .collect();
-    let mut other = subscribe(&instances[0].hub, "u", Access::public_only());
+    let mut subs = Vec::new();
+    for instance in &instances {
+        subs.push(subscribe(instance, "t", Access::public_only()).await);
+    }
+    let mut other = subscribe(&instances[0], "u", Access::public_only()).await;
     let published = instances[1]
         .bus
         .publish(update("t", "hello", false))
@@ -139,7 +165,7 @@ async fn fans_out_to_every_instance(instances: Vec<Instance>) {
 }
 
 async fn keeps_publish_order_per_topic(instances: Vec<Instance>) {
-    let mut sub = subscribe(&instances[0].hub, "t", Access::public_only());
+    let mut sub = subscribe(&instances[0], "t", Access::public_only()).await;
     for i in 0..200 {
         instances[1]
             .bus
@@ -157,9 +183,9 @@ async fn keeps_publish_order_per_topic(instances: Vec<Instance>) {
 }
 
 async fn filters_private_updates(instances: Vec<Instance>) {
-    let mut public = subscribe(&instances[0].hub, "t", Access::public_only());
+    let mut public = subscribe(&instances[0], "t", Access::public_only()).await;
     let claim = Access::from_claim(vec![Selector::compile("t", 100).unwrap()]);
-    let mut allowed = subscribe(&instances[0].hub, "t", claim);
+    let mut allowed = subscribe(&instances[0], "t", claim).await;
     let private = instances[1]
         .bus
         .publish(update("t", "secret", true))
@@ -173,6 +199,95 @@ async fn filters_private_updates(instances: Vec<Instance>) {
     assert_eq!(next(&mut allowed).await.update.id, private.update.id);
     assert_eq!(next(&mut allowed).await.update.id, open.update.id);
     assert_eq!(next(&mut public).await.update.id, open.update.id);
+}
+
+async fn wide_selectors_hear_every_topic_they_match(instances: Vec<Instance>) {
+    let public = Access::public_only;
+    let mut everything = subscribe(&instances[0], "*", public()).await;
+    let mut books = subscribe(&instances[1], "https://x/books/{id}", public()).await;
+    let mut any_kind = subscribe(&instances[1], "https://x/{kind}/1", public()).await;
+    let mut exact = subscribe(&instances[2], "https://x/books/2", public()).await;
+    let one = instances[2]
+        .bus
+        .publish(update("https://x/books/1", "1", false))
+        .await
+        .unwrap();
+    let two = instances[2]
+        .bus
+        .publish(update("https://x/books/2", "2", false))
+        .await
+        .unwrap();
+    let film = instances[0]
+        .bus
+        .publish(update("https://x/films/1", "f", false))
+        .await
+        .unwrap();
+    for (sub, expected) in [
+        (&mut everything, vec![&one, &two, &film]),
+        (&mut books, vec![&one, &two]),
+        (&mut any_kind, vec![&one, &film]),
+        (&mut exact, vec![&two]),
+    ] {
+        for e in expected {
+            assert_eq!(next(sub).await.update.id, e.update.id);
+        }
+        nothing_more(sub).await;
+    }
+}
+
+async fn delivers_an_update_with_several_topics_once(instances: Vec<Instance>) {
+    let public = Access::public_only;
+    let mut both = subscribe_to(&instances[0], &["a", "b"], public()).await;
+    let mut a = subscribe(&instances[0], "a", public()).await;
+    let mut b = subscribe(&instances[0], "b", public()).await;
+    let published = instances[1]
+        .bus
+        .publish(update_on(&["a", "b", "c"], "ab", false))
+        .await
+        .unwrap();
+    for sub in [&mut both, &mut a, &mut b] {
+        assert_eq!(next(sub).await.update.id, published.update.id);
+        nothing_more(sub).await;
+    }
+}
+
+async fn follows_subscribers_coming_and_going(instances: Vec<Instance>) {
+    let public = Access::public_only;
+    for round in 0..3 {
+        let mut sub = subscribe(&instances[0], "t", public()).await;
+        let published = instances[1]
+            .bus
+            .publish(update("t", &round.to_string(), false))
+            .await
+            .unwrap();
+        assert_eq!(next_but_unheard(&mut sub).await, published.update.id);
+        drop(sub);
+        // Nobody wants `t` now: an update published meanwhile reaches no one (unless it was
+        // still on its way to the instance when the next subscriber came).
+        instances[1]
+            .bus
+            .publish(update("t", "unheard", false))
+            .await
+            .unwrap();
+    }
+    let mut late = subscribe(&instances[0], "t", public()).await;
+    let published = instances[1]
+        .bus
+        .publish(update("t", "late", false))
+        .await
+        .unwrap();
+    assert_eq!(next_but_unheard(&mut late).await, published.update.id);
+    nothing_more(&mut late).await;
+}
+
+/// The id of the next update that is not an "unheard" one.
+async fn next_but_unheard(sub: &mut Subscription) -> UpdateId {
+    loop {
+        let got = next(sub).await;
+        if got.update.data != "unheard" {
+            return got.update.id.clone();
+        }
+    }
 }
 
 async fn replays_after_an_id_on_any_instance(instances: Vec<Instance>) {
@@ -250,14 +365,26 @@ macro_rules! contract {
             )*
         }
 
-        mod redis_bus {
+        mod redis_interest {
             use super::*;
             $(
                 #[tokio::test]
                 async fn $name() {
                     let Some(url) = common::redis_url() else { return };
                     let keys = common::RedisKeys { prefix: common::unique_prefix(stringify!($name)), url };
-                    super::$name(redis(&keys.url, &keys.prefix, 3, $history).await).await;
+                    super::$name(redis(&keys.url, &keys.prefix, Routing::Interest, 3, $history).await).await;
+                }
+            )*
+        }
+
+        mod redis_broadcast {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(url) = common::redis_url() else { return };
+                    let keys = common::RedisKeys { prefix: common::unique_prefix(stringify!($name)), url };
+                    super::$name(redis(&keys.url, &keys.prefix, Routing::Broadcast, 3, $history).await).await;
                 }
             )*
         }
@@ -268,6 +395,9 @@ contract! {
     fans_out_to_every_instance, 100;
     keeps_publish_order_per_topic, 1000;
     filters_private_updates, 100;
+    wide_selectors_hear_every_topic_they_match, 100;
+    delivers_an_update_with_several_topics_once, 100;
+    follows_subscribers_coming_and_going, 100;
     replays_after_an_id_on_any_instance, 100;
     without_history_reports_every_resume_as_a_gap, 0;
 }

@@ -99,15 +99,28 @@ async fn a_minimal_message_gets_the_same_derived_id_everywhere_and_a_bad_one_is_
         .get_connection()
         .unwrap();
     let script = redis::Script::new(tidings::bus::redis::PUBLISH_SCRIPT);
-    let run = |conn: &mut redis::Connection, message: &str| -> String {
+    let try_run = |conn: &mut redis::Connection, message: &str| {
         script
             .arg(&keys.prefix)
             .arg(message)
             .arg(0)
             .arg("")
-            .invoke(conn)
-            .unwrap()
+            .invoke::<(String, u64)>(conn)
     };
+    let run = |conn: &mut redis::Connection, message: &str| try_run(conn, message).unwrap().0;
+    // Not a message at all: the script refuses it, nothing is stored or sent.
+    for garbage in [
+        "not json",
+        r#"{"v":1}"#,
+        r#"{"v":1,"topics":[]}"#,
+        r#"{"v":1,"topics":[7]}"#,
+    ] {
+        let refused = try_run(&mut conn, garbage).unwrap_err();
+        assert!(
+            refused.to_string().contains("tidings:"),
+            "{garbage}: {refused}"
+        );
+    }
     // Not valid: unknown version, a line break in the type. Skipped by every instance.
     run(&mut conn, r#"{"v":2,"topics":["x"]}"#);
     run(

@@ -1,13 +1,14 @@
 //! Property tests: whatever an outside caller puts in an update, the SSE bytes parse back —
 //! with an independent parser — into exactly that update and nothing else; and every
-//! expansion of a URI template matches the template.
+//! expansion of a URI template matches the template and starts with the template's topic
+//! prefix (what interest routing subscribes to).
 
 use futures_util::StreamExt;
 use iri_string::spec::{IriSpec, UriSpec};
 use iri_string::template::simple_context::{SimpleContext, Value};
 use iri_string::template::UriTemplateStr;
 use proptest::prelude::*;
-use tidings::selector::Template;
+use tidings::selector::{Selector, Template};
 use tidings::sse::encode_update;
 use tidings::update::{EventName, Topic, Update, UpdateId};
 
@@ -152,6 +153,7 @@ proptest! {
     #[test]
     fn every_expansion_matches_its_template((source, context) in template()) {
         let compiled = Template::compile(&source).unwrap();
+        let prefix = Selector::compile(&source, usize::MAX).unwrap().topic_prefix().map(str::to_owned);
         let parsed = UriTemplateStr::new(&source).unwrap();
         // iri-string's expander panics on prefixes of multi-byte reserved values (its bug, not
         // ours): such a case has no reference expansion to check. Otherwise expansion must
@@ -160,11 +162,17 @@ proptest! {
         if let Ok(expanded) = uri {
             let topic = expanded.map_err(|e| TestCaseError::fail(format!("{source}: {e}")))?;
             prop_assert!(compiled.matches(&topic), "{} should match {}", source, topic);
+            if let Some(prefix) = &prefix {
+                prop_assert!(topic.starts_with(prefix.as_str()), "{} should start with {}", topic, prefix);
+            }
         }
         let iri = std::panic::catch_unwind(|| parsed.expand::<IriSpec, _>(&context).map(|e| e.to_string()));
         if let Ok(expanded) = iri {
             let topic = expanded.map_err(|e| TestCaseError::fail(format!("{source}: {e}")))?;
             prop_assert!(compiled.matches(&topic), "{} should match IRI {}", source, topic);
+            if let Some(prefix) = &prefix {
+                prop_assert!(topic.starts_with(prefix.as_str()), "{} should start with {}", topic, prefix);
+            }
         }
     }
 }

@@ -124,6 +124,16 @@ async fn publish_once_recovered(hub: &Hub, topic: &str, data: &str) -> String {
     }
 }
 
+/// Sends a signal (`-STOP`, `-CONT`) to an instance.
+fn signal(hub: &Hub, sig: &str) {
+    let pid = hub.pid().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
 async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check().await {
@@ -203,15 +213,7 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
     // Freeze A, cut every Pub/Sub connection, publish while A cannot hear, then let A go on:
     // it finds its connection gone, reconnects, and must read the missed updates from the
     // stream.
-    let signal = |sig: &str| {
-        let pid = a.pid().to_string();
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
-    signal("-STOP");
+    signal(&a, "-STOP");
     redis
         .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .unwrap();
@@ -221,7 +223,7 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
         assert_eq!(code, 200, "{id}");
         ids.push(id);
     }
-    signal("-CONT");
+    signal(&a, "-CONT");
     let mut got = vec![ids[0].clone()];
     while got.len() < ids.len() {
         got.push(stream.next().await.id);
@@ -247,6 +249,55 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
     assert!(
         log.contains("count=20") && log.contains("missed while disconnected"),
         "{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_that_hears_little_counts_no_false_gap_when_history_moves_on() {
+    // Under interest routing A hears only its subscriber's topic. Its topic falls silent while
+    // the stream fills with other topics and drops A's last update; then A's connection
+    // drops. Nothing A needed was lost, so no gap may be counted, and what A's topic got
+    // meanwhile is caught up.
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let args = ["--auth", "none", "--bus", &url, "--history-size", "10"];
+    let a = Hub::start(&args);
+    let b = Hub::start(&args);
+    let quiet = common::unique_topic("quiet");
+    let busy = common::unique_topic("busy");
+    let mut stream = Stream::open(&subscribe_url(&a, &[&quiet], ""), &[]).await;
+    let (_, first) = publish(&b, None, &[("topic", &quiet), ("data", "0")]).await;
+    assert_eq!(stream.next().await.id, first);
+    for i in 0..300 {
+        let (code, id) = publish(&b, None, &[("topic", &busy), ("data", &i.to_string())]).await;
+        assert_eq!(code, 200, "{id}");
+    }
+    let length: i64 =
+        redis::from_redis_value(redis.command(&["XLEN", "tidings:stream"]).unwrap()).unwrap();
+    assert!(length < 300, "the stream was trimmed ({length} entries)");
+    // A pings every second and learns how far it has heard everything it needs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    signal(&a, "-STOP");
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    let mut missed = Vec::new();
+    for i in 1..=3 {
+        let (code, id) = publish(&b, None, &[("topic", &quiet), ("data", &i.to_string())]).await;
+        assert_eq!(code, 200, "{id}");
+        missed.push(id);
+    }
+    signal(&a, "-CONT");
+    for id in &missed {
+        assert_eq!(&stream.next().await.id, id);
+    }
+    assert!(a.metric("tidings_bus_reconnects_total").await >= 1.0);
+    assert_eq!(
+        a.metric("tidings_bus_gaps_total").await,
+        0.0,
+        "no false gap"
     );
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A bus accepts a publish (acknowledging it only once it has taken it), delivers every
 //! update to the local [`Hub`] of every instance that needs it — in one total order per bus,
-//! each update tagged with its [`Position`] — and, where it keeps history, replays the updates
+//! each update tagged with its [`Position`](crate::envelope::Position) — and, where it keeps history, replays the updates
 //! after a given id. The HTTP layer only ever talks to `dyn Bus`; backends are chosen by URL.
 //!
 //! | URL          | backend                  | history                     |
@@ -89,6 +89,30 @@ impl SubscriberRecord {
     }
 }
 
+/// How a broker-backed bus brings updates to instances (`routing`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// An instance listens only for the topics its subscribers need (a channel per topic),
+    /// and for everything while it holds a selector that no channel maps to (`*`, a URL
+    /// pattern, a template that starts with an expression): broker traffic grows with
+    /// interest, not with the number of instances.
+    #[default]
+    Interest,
+    /// Every instance receives every update and keeps what its subscribers need.
+    Broadcast,
+}
+
 /// Settings every bus backend understands.
 #[derive(Debug, Clone)]
 pub struct BusOptions {
@@ -108,6 +132,8 @@ pub struct BusOptions {
     pub share_subscribers: bool,
     /// Limits applied to messages read from the broker (as to HTTP publishes).
     pub limits: crate::config::Limits,
+    /// How updates reach instances.
+    pub routing: Routing,
 }
 
 /// A bus backend. See the module documentation.
@@ -122,6 +148,17 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`BusError::Unavailable`] when the bus did not take the update.
     async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError>;
+
+    /// Returns once this instance receives every update its hub's subscribers need — call it
+    /// after registering a subscriber and before reading its history, so that nothing
+    /// published after the read can miss it. A bus that routes by interest waits for the
+    /// broker to confirm any new subscription; the others return at once.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the bus cannot listen now (broker unreachable).
+    async fn listening(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 
     /// Reads history from `from` on (see [`ReplayFrom`]).
     ///

@@ -47,6 +47,7 @@ pub(super) async fn open(
     // Registered before history is read and before the response headers go out: an update
     // published as soon as the client sees the stream open reaches it.
     let subscription = state.hub().subscribe(spec);
+    state.inner.bus.listening().await?;
     let replay = state.inner.bus.replay(&from).await?;
     let departure = if state.config().subscriptions {
         Some(Departure::arrive(state.inner.bus.clone(), subscription.spec.clone()).await)

@@ -130,6 +130,21 @@ impl Selector {
         }
     }
 
+    /// Text that every topic the selector matches starts with, when there is some: the topic of
+    /// an exact selector, the literal text before the first expression of a template. `None`
+    /// for `*`, for URL patterns and for templates that start with an expression. A bus that
+    /// routes by interest listens to the topics with this prefix.
+    pub fn topic_prefix(&self) -> Option<&str> {
+        match self {
+            Selector::Any | Selector::UrlPattern { .. } => None,
+            Selector::Exact(topic) => Some(topic),
+            Selector::Template { source, .. } => {
+                let literal = &source[..source.find('{').unwrap_or(source.len())];
+                (!literal.is_empty()).then_some(literal)
+            }
+        }
+    }
+
     /// A key that identifies the selector's meaning: equal keys match the same topics. The
     /// hub indexes wide selectors under it; it differs from [`Selector::source`] only for URL
     /// patterns, which may be spelled like templates.

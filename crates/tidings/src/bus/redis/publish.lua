@@ -7,8 +7,18 @@
 -- ARGV[2]  the message: wire-format v1 JSON
 -- ARGV[3]  publish time, microseconds since the Unix epoch (0: unknown)
 -- ARGV[4]  the update's id, the same as the message's "id" ("" when the message has none)
--- Returns the update's position: its stream entry id, or "0-<n>" without history.
+-- Returns {position, receivers}: the update's position (its stream entry id, or "0-<n>"
+-- without history) and how many messages Redis sent to instances for it.
 local p = ARGV[1]
+local ok, message = pcall(cjson.decode, ARGV[2])
+if not ok or type(message) ~= 'table' or type(message.topics) ~= 'table' or #message.topics == 0 then
+  return redis.error_reply('ERR tidings: the message is not a wire-format message with a non-empty "topics" array')
+end
+for _, topic in ipairs(message.topics) do
+  if type(topic) ~= 'string' then
+    return redis.error_reply('ERR tidings: every topic must be a string')
+  end
+end
 local config = redis.call('HMGET', p .. ':config', 'history-size', 'history-id-ttl')
 local size = tonumber(config[1]) or 1000
 local ttl = tonumber(config[2]) or 86400
@@ -26,5 +36,16 @@ if size > 0 then
   redis.call('SET', p .. ':id:' .. id, position, 'EX', ttl)
 end
 redis.call('SET', p .. ':newest', id)
-redis.call('PUBLISH', p .. ':all', position .. ' ' .. ARGV[3] .. ' ' .. ARGV[2])
-return position
+-- Broadcast routing listens on <prefix>:all, interest routing on <prefix>:t:<topic> (or on
+-- <prefix>:all while it needs everything): an instance hears each update at least once, and
+-- a channel nobody listens to costs nothing.
+local payload = position .. ' ' .. ARGV[3] .. ' ' .. ARGV[2]
+local receivers = redis.call('PUBLISH', p .. ':all', payload)
+local seen = {}
+for _, topic in ipairs(message.topics) do
+  if not seen[topic] then
+    seen[topic] = true
+    receivers = receivers + redis.call('PUBLISH', p .. ':t:' .. topic, payload)
+  end
+end
+return {position, receivers}

@@ -3,44 +3,49 @@
 //! - **Publish** runs one Lua script ([`PUBLISH_SCRIPT`]), atomically: with history, `XADD`
 //!   the wire-format message to the stream `<prefix>:stream` (trimmed to about `history-size`),
 //!   index its id under `<prefix>:id:<update id>` (kept `history-id-ttl` seconds); without
-//!   history, take the next number of `<prefix>:seq`; then `PUBLISH` it on `<prefix>:all`. The
-//!   history settings are read from `<prefix>:config`, which every instance writes at start, so
-//!   a service may run the same script to publish without HTTP. The stream entry's id is the
-//!   update's position. The publisher is answered only after the script ran: a publish Redis
-//!   did not take is an error, never a silent drop.
-//! - **Delivery** (broadcast routing): every instance subscribes to `<prefix>:all` and hands
-//!   each message to its hub. Because the script is atomic, every instance sees the same
-//!   order. After a reconnect the instance resubscribes, then reads what it missed from the
-//!   stream (`XRANGE` after the last position it delivered) before going live again; what the
-//!   stream no longer holds is counted as a gap.
+//!   history, take the next number of `<prefix>:seq`; then `PUBLISH` it on `<prefix>:all` and
+//!   on `<prefix>:t:<topic>` for each of its topics. The history settings are read from
+//!   `<prefix>:config`, which every instance writes at start, so a service may run the same
+//!   script to publish without HTTP. The stream entry's id is the update's position. The
+//!   publisher is answered only after the script ran: a publish Redis did not take is an
+//!   error, never a silent drop.
+//! - **Delivery** (module `reader`): each instance subscribes to the channels its routing asks for
+//!   (module `routing`: everything, or only what its subscribers need) and hands each message to its
+//!   hub. Because the script is atomic and one connection receives messages in the order they
+//!   were published, every instance sees the same order. After a reconnect the instance
+//!   resubscribes from its hub's interest, then reads what it missed from the stream (`XRANGE`)
+//!   before going live again; what the stream no longer holds is counted as a gap.
 //! - **Replay** reads the stream: resuming works on any instance, whichever one the client was
 //!   on before.
+//! - **Registry** (module `registry`): sessions and subscribers, cluster-wide.
+
+mod reader;
+mod registry;
+mod routing;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
+use tokio::sync::watch;
 
-use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom, SubscriberRecord};
+use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom, Routing, SubscriberRecord};
 use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::update::{SessionId, Update, UpdateId};
+use reader::Reader;
+use registry::Registry;
 
 /// Longest wait for one Redis command before the operation counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most stream entries read when catching up after a reconnect.
-const CATCH_UP_MAX: usize = 1_000_000;
-/// Longest wait between two reconnection attempts of the delivery connection.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 /// The publish script, shared with services that publish straight onto Redis.
-pub const PUBLISH_SCRIPT: &str = include_str!("redis_publish.lua");
+pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 
 /// The names of everything the bus keeps in Redis, under one prefix.
 #[derive(Debug, Clone)]
@@ -50,6 +55,7 @@ struct Keys {
     newest: String,
     id_prefix: String,
     all: String,
+    topic_prefix: String,
     config: String,
     instance_prefix: String,
     session_prefix: String,
@@ -65,12 +71,18 @@ impl Keys {
             newest: format!("{prefix}:newest"),
             id_prefix: format!("{prefix}:id:"),
             all: format!("{prefix}:all"),
+            topic_prefix: format!("{prefix}:t:"),
             config: format!("{prefix}:config"),
             instance_prefix: format!("{prefix}:instance:"),
             session_prefix: format!("{prefix}:session:"),
             instances: format!("{prefix}:instances"),
             subscribers_prefix: format!("{prefix}:subscribers:"),
         }
+    }
+
+    /// The channel of a topic.
+    fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix)
     }
 }
 
@@ -82,8 +94,14 @@ pub struct RedisBus {
     history_size: usize,
     limits: Limits,
     script: redis::Script,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    routing: Routing,
     /// True while the delivery connection is subscribed.
     ready: Arc<AtomicBool>,
+    /// The last version of the hub's interest the delivery connection listens for (`None`
+    /// until it first subscribed).
+    listening: watch::Receiver<Option<u64>>,
     reader: tokio::task::JoinHandle<()>,
     registry: tokio::task::JoinHandle<()>,
     /// Subscribers are shared (`--subscriptions`).
@@ -158,37 +176,42 @@ impl RedisBus {
         ];
         write_settings(&conn, &keys, &settings).await?;
         let ready = Arc::new(AtomicBool::new(false));
-        let reader = Reader {
+        let (listening_tx, mut listening) = watch::channel(None);
+        let reader = Reader::new(reader::Setup {
             client,
             conn: conn.clone(),
             keys: keys.clone(),
-            hub,
+            hub: hub.clone(),
             ready: ready.clone(),
+            listening: listening_tx,
+            routing: options.routing,
             history: options.history_size > 0,
             limits: options.limits.clone(),
             settings,
-            last: None,
-        };
-        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        });
         let registry = Registry {
             conn: conn.clone(),
             keys: keys.clone(),
-            hub: reader.hub.clone(),
+            hub: hub.clone(),
             instance: options.instance_id.clone(),
             ttl_secs: options.session_ttl_secs.max(3),
             share_subscribers: options.share_subscribers,
         };
-        let reader = tokio::spawn(reader.run(subscribed_tx));
+        let reader = tokio::spawn(reader.run());
         let registry = tokio::spawn(registry.run());
         // Publishing before this instance listens would lose its own first updates.
-        let _ = tokio::time::timeout(COMMAND_TIMEOUT, subscribed_rx).await;
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, listening.wait_for(Option::is_some)).await;
         Ok(RedisBus {
             conn,
             keys,
             history_size: options.history_size,
             limits: options.limits.clone(),
             script: redis::Script::new(PUBLISH_SCRIPT),
+            metrics: hub.metrics().clone(),
+            hub,
+            routing: options.routing,
             ready,
+            listening,
             reader,
             registry,
             share_subscribers: options.share_subscribers,
@@ -289,10 +312,41 @@ impl Bus for RedisBus {
             .arg(&message)
             .arg(micros)
             .arg(update.id.as_str());
-        let stream_id: String = timed(invocation.invoke_async(&mut conn)).await?;
+        let (stream_id, receivers): (String, u64) =
+            timed(invocation.invoke_async(&mut conn)).await?;
         let position = position(&stream_id)
             .ok_or_else(|| unavailable(format!("unexpected position {stream_id:?}")))?;
+        self.metrics.bus_broker_messages.inc_by(receivers);
         Ok(Arc::new(Envelope::new(update, position, micros)))
+    }
+
+    async fn listening(&self) -> Result<(), BusError> {
+        let not_listening = || {
+            unavailable(
+                "the delivery connection is down; this instance cannot listen for new subscribers",
+            )
+        };
+        if !self.is_ready() {
+            return Err(not_listening());
+        }
+        if self.routing == Routing::Broadcast {
+            return Ok(());
+        }
+        // The reader subscribes to the channels of every interest change; wait until it has
+        // caught up with this subscriber's.
+        let wanted = self.hub.interest_version();
+        let mut listening = self.listening.clone();
+        let caught_up = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            listening.wait_for(|v| v.is_some_and(|v| v >= wanted)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if caught_up {
+            Ok(())
+        } else {
+            Err(not_listening())
+        }
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
@@ -403,268 +457,6 @@ fn parse_records(blob: &str) -> Vec<SubscriberRecord> {
         tracing::warn!(error = %e, "redis: skipping a malformed subscriber record");
         Vec::new()
     })
-}
-
-/// The cluster-wide session registry, kept by each instance for the sessions it holds:
-/// `<prefix>:session:<session>` is a hash from instance id to stream count (its key's TTL
-/// refreshed while the session has streams), and `<prefix>:instance:<id>` says the instance is
-/// alive (refreshed every third of `session-ttl`). An instance that dies stops refreshing
-/// both: readers ignore it at once when its liveness key expires, and its entries expire.
-struct Registry {
-    conn: ConnectionManager,
-    keys: Keys,
-    hub: Hub,
-    instance: String,
-    ttl_secs: u64,
-    /// Also keeps `<prefix>:subscribers:<instance>` (a JSON array of this instance's
-    /// subscribers, refreshed like the rest) and the set `<prefix>:instances`.
-    share_subscribers: bool,
-}
-
-impl Registry {
-    async fn run(self) {
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(self.ttl_secs / 3));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let result = tokio::select! {
-                changes = self.hub.session_changes() => self.write(changes).await,
-                _ = heartbeat.tick() => self.refresh().await,
-                _ = self.hub.subscribers_changed(), if self.share_subscribers => {
-                    // Coalesce a burst of arrivals and departures into one write.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    self.write_subscribers().await
-                }
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "redis: cannot update the session registry");
-            }
-        }
-    }
-
-    fn session_key(&self, session: &SessionId) -> String {
-        format!("{}{}", self.keys.session_prefix, session.as_str())
-    }
-
-    /// Records the current stream counts of sessions that changed.
-    async fn write(&self, changes: Vec<(SessionId, usize)>) -> Result<(), BusError> {
-        let mut pipe = redis::pipe();
-        for (session, streams) in &changes {
-            let key = self.session_key(session);
-            if *streams == 0 {
-                pipe.hdel(&key, &self.instance).ignore();
-            } else {
-                pipe.hset(&key, &self.instance, *streams)
-                    .ignore()
-                    .expire(&key, self.ttl_secs as i64)
-                    .ignore();
-            }
-        }
-        let mut conn = self.conn.clone();
-        timed(pipe.query_async::<()>(&mut conn)).await
-    }
-
-    /// Writes this instance's subscribers where every instance can read them.
-    async fn write_subscribers(&self) -> Result<(), BusError> {
-        let records: Vec<SubscriberRecord> = self
-            .hub
-            .subscribers()
-            .iter()
-            .map(|spec| SubscriberRecord::of(spec))
-            .collect();
-        let blob = serde_json::to_string(&records).unwrap_or_else(|_| "[]".to_owned());
-        let mut pipe = redis::pipe();
-        pipe.set_ex(
-            format!("{}{}", self.keys.subscribers_prefix, self.instance),
-            blob,
-            self.ttl_secs,
-        )
-        .ignore()
-        .sadd(&self.keys.instances, &self.instance)
-        .ignore();
-        let mut conn = self.conn.clone();
-        timed(pipe.query_async::<()>(&mut conn)).await
-    }
-
-    /// Says this instance is alive and refreshes the entries of every session it holds.
-    async fn refresh(&self) -> Result<(), BusError> {
-        if self.share_subscribers {
-            self.write_subscribers().await?;
-        }
-        let mut pipe = redis::pipe();
-        pipe.set_ex(
-            format!("{}{}", self.keys.instance_prefix, self.instance),
-            1,
-            self.ttl_secs,
-        )
-        .ignore();
-        for (session, streams) in self.hub.sessions() {
-            let key = self.session_key(&session);
-            pipe.hset(&key, &self.instance, streams)
-                .ignore()
-                .expire(&key, self.ttl_secs as i64)
-                .ignore();
-        }
-        let mut conn = self.conn.clone();
-        timed(pipe.query_async::<()>(&mut conn)).await
-    }
-}
-
-/// The delivery task: one Pub/Sub connection, reconnected with backoff, with catch-up from the
-/// stream after each reconnect.
-struct Reader {
-    client: redis::Client,
-    conn: ConnectionManager,
-    keys: Keys,
-    hub: Hub,
-    ready: Arc<AtomicBool>,
-    history: bool,
-    limits: Limits,
-    /// The history settings written to `<prefix>:config` (again after each reconnect: a
-    /// restarted Redis may have lost them).
-    settings: [(&'static str, u64); 2],
-    /// The position of the last update handed to the hub.
-    last: Option<Position>,
-}
-
-impl Reader {
-    async fn run(mut self, subscribed: tokio::sync::oneshot::Sender<()>) {
-        let mut subscribed = Some(subscribed);
-        let mut backoff = Duration::from_millis(100);
-        let mut connected_before = false;
-        loop {
-            match self.subscribe().await {
-                Ok(mut pubsub) => {
-                    self.ready.store(true, Ordering::Relaxed);
-                    if let Some(tx) = subscribed.take() {
-                        let _ = tx.send(());
-                    }
-                    if connected_before {
-                        tracing::info!("redis: delivery connection restored");
-                        if let Err(e) = write_settings(&self.conn, &self.keys, &self.settings).await
-                        {
-                            tracing::warn!(error = %e, "redis: cannot write the history settings");
-                        }
-                        self.catch_up().await;
-                    }
-                    connected_before = true;
-                    backoff = Duration::from_millis(100);
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        self.deliver_message(&message);
-                    }
-                    tracing::warn!("redis: delivery connection lost; reconnecting");
-                }
-                Err(e) => tracing::warn!(error = %e, ?backoff, "redis: cannot subscribe; retrying"),
-            }
-            self.ready.store(false, Ordering::Relaxed);
-            self.hub.metrics().bus_reconnects.inc();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&self.keys.all).await?;
-            Ok(pubsub)
-        };
-        match tokio::time::timeout(COMMAND_TIMEOUT, connect).await {
-            Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "subscribe timed out",
-            ))),
-        }
-    }
-
-    /// After a reconnect: delivers from the stream what was published while disconnected.
-    async fn catch_up(&mut self) {
-        let Some(last) = self.last else { return };
-        if !self.history {
-            self.hub.metrics().bus_gaps.inc();
-            tracing::warn!("redis: updates published while disconnected are lost (history is off)");
-            // A restarted Redis counts positions from 1 again: forget the old ones, or every
-            // new update would look like one already delivered.
-            self.last = None;
-            return;
-        }
-        let last_id = stream_id(last);
-        let still_held = holds(&self.conn, &self.keys, &last_id).await;
-        let missed = read_range(
-            &self.conn,
-            &self.keys,
-            &format!("({last_id}"),
-            "+",
-            CATCH_UP_MAX,
-            &self.limits,
-        )
-        .await;
-        match (still_held, missed) {
-            (Ok(held), Ok(missed)) => {
-                if !held {
-                    self.hub.metrics().bus_gaps.inc();
-                    tracing::warn!(last = %last_id, "redis: the stream no longer holds the last delivered update; updates in between are lost");
-                    // The stream may have been lost with a Redis restart: its new positions are
-                    // not comparable with the old ones.
-                    self.last = None;
-                }
-                tracing::info!(
-                    count = missed.len(),
-                    "redis: delivering updates missed while disconnected"
-                );
-                for envelope in missed {
-                    self.deliver(envelope);
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                self.hub.metrics().bus_gaps.inc();
-                tracing::warn!(error = %e, "redis: cannot read what was missed while disconnected");
-            }
-        }
-    }
-
-    fn deliver_message(&mut self, message: &redis::Msg) {
-        let Ok(payload) = message.get_payload::<String>() else {
-            tracing::warn!("redis: a message that is not text; skipped");
-            return;
-        };
-        let mut parts = payload.splitn(3, ' ');
-        let (Some(sid), Some(micros), Some(text)) = (parts.next(), parts.next(), parts.next())
-        else {
-            tracing::warn!("redis: a message without position; skipped");
-            return;
-        };
-        let Some(position) = position(sid) else {
-            tracing::warn!(
-                position = sid,
-                "redis: a message with a bad position; skipped"
-            );
-            return;
-        };
-        match wire::decode(text, || derived_id(sid), &self.limits) {
-            Ok(update) => {
-                // A direct publisher may not know its clock: 0 means "now".
-                let micros = micros
-                    .parse()
-                    .ok()
-                    .filter(|m| *m > 0)
-                    .unwrap_or_else(now_micros);
-                self.deliver(Arc::new(Envelope::new(update, position, micros)));
-            }
-            Err(e) => {
-                tracing::warn!(position = sid, error = %e, "redis: a malformed message; skipped")
-            }
-        }
-    }
-
-    fn deliver(&mut self, envelope: Arc<Envelope>) {
-        if self.last.is_some_and(|last| envelope.position <= last) {
-            return;
-        }
-        self.last = Some(envelope.position);
-        self.hub.dispatch(&envelope);
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,337 @@
+//! The delivery task: one Pub/Sub connection, subscribed to what the routing asks for,
+//! reconnected with backoff, with catch-up from the stream after each reconnect.
+//!
+//! Every second the reader also pings the connection, which finds a dead one within
+//! [`COMMAND_TIMEOUT`] even when nothing is published, and moves its *watermark*: it reads the
+//! stream's newest position, pings, and — the pong arriving after every message published
+//! before it — once it has delivered what came before the pong, knows it missed nothing up to
+//! that position. Under interest routing an instance may hear nothing for a long time; the
+//! watermark keeps the catch-up after a reconnect short, and a gap is counted only when the
+//! stream lost something the instance could have needed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::streams::StreamRangeReply;
+use redis::AsyncCommands;
+use tokio::sync::watch;
+
+use super::routing::Listening;
+use super::{
+    derived_id, holds, position, read_range, stream_id, timed, write_settings, Keys,
+    COMMAND_TIMEOUT,
+};
+use crate::bus::{wire, Routing};
+use crate::config::Limits;
+use crate::envelope::{now_micros, Envelope, Position};
+use crate::hub::Hub;
+
+/// Most stream entries read when catching up after a reconnect.
+const CATCH_UP_MAX: usize = 1_000_000;
+/// Longest wait between two reconnection attempts of the delivery connection.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the connection is pinged and the watermark moved.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// Most channels or patterns named in one `SUBSCRIBE`-like command.
+const CHANNELS_PER_COMMAND: usize = 1000;
+
+/// What the delivery task is given.
+pub(super) struct Setup {
+    pub(super) client: redis::Client,
+    pub(super) conn: ConnectionManager,
+    pub(super) keys: Keys,
+    pub(super) hub: Hub,
+    /// Set while the delivery connection is up.
+    pub(super) ready: Arc<AtomicBool>,
+    /// Told the version of the hub's interest the connection listens for, after each change.
+    pub(super) listening: watch::Sender<Option<u64>>,
+    pub(super) routing: Routing,
+    pub(super) history: bool,
+    pub(super) limits: Limits,
+    /// The history settings written to `<prefix>:config` (again after each reconnect: a
+    /// restarted Redis may have lost them).
+    pub(super) settings: [(&'static str, u64); 2],
+}
+
+/// The delivery task's state.
+pub(super) struct Reader {
+    setup: Setup,
+    /// The position of the last update handed to the hub.
+    last: Option<Position>,
+    /// A position up to which every update this instance listens for has been handed to the
+    /// hub (see the module documentation); ahead of `last` when the instance hears little.
+    watermark: Option<Position>,
+}
+
+/// Why a delivery connection stopped.
+type Lost = String;
+
+impl Reader {
+    pub(super) fn new(setup: Setup) -> Self {
+        Reader {
+            setup,
+            last: None,
+            watermark: None,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut interest = self.setup.hub.interest_changes();
+        let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
+        loop {
+            match self.connect(&mut interest).await {
+                Ok((sink, stream, listening, version)) => {
+                    self.setup.ready.store(true, Ordering::Relaxed);
+                    self.setup.listening.send_replace(Some(version));
+                    if connected_before {
+                        tracing::info!("redis: delivery connection restored");
+                        let setup = &self.setup;
+                        if let Err(e) =
+                            write_settings(&setup.conn, &setup.keys, &setup.settings).await
+                        {
+                            tracing::warn!(error = %e, "redis: cannot write the history settings");
+                        }
+                        self.catch_up().await;
+                    }
+                    connected_before = true;
+                    backoff = Duration::from_millis(100);
+                    let lost = self.listen(sink, stream, listening, &mut interest).await;
+                    tracing::warn!(reason = %lost, "redis: delivery connection lost; reconnecting");
+                }
+                Err(e) => tracing::warn!(error = %e, ?backoff, "redis: cannot subscribe; retrying"),
+            }
+            self.setup.ready.store(false, Ordering::Relaxed);
+            self.setup.hub.metrics().bus_reconnects.inc();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Opens a delivery connection and subscribes to what the hub's interest needs now.
+    async fn connect(
+        &self,
+        interest: &mut watch::Receiver<u64>,
+    ) -> Result<(PubSubSink, PubSubStream, Listening, u64), Lost> {
+        let attempt = async {
+            let (mut sink, stream) = self
+                .setup
+                .client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| e.to_string())?
+                .split();
+            let version = *interest.borrow_and_update();
+            let listening = self.wanted();
+            change(&mut sink, &Listening::default(), &listening).await?;
+            Ok((sink, stream, listening, version))
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {COMMAND_TIMEOUT:?}")),
+        }
+    }
+
+    /// What the connection should listen to for the hub's interest now.
+    fn wanted(&self) -> Listening {
+        let setup = &self.setup;
+        Listening::of(setup.routing, &setup.hub.interest(), &setup.keys)
+    }
+
+    /// Delivers messages, follows interest changes and pings, until the connection fails.
+    async fn listen(
+        &mut self,
+        mut sink: PubSubSink,
+        mut stream: PubSubStream,
+        mut listening: Listening,
+        interest: &mut watch::Receiver<u64>,
+    ) -> Lost {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.reset();
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => self.deliver_message(&message),
+                    None => return "the connection closed".to_owned(),
+                },
+                changed = interest.changed() => {
+                    if changed.is_err() {
+                        return "the hub is gone".to_owned();
+                    }
+                    let version = *interest.borrow_and_update();
+                    let wanted = self.wanted();
+                    let changing = change(&mut sink, &listening, &wanted);
+                    match tokio::time::timeout(COMMAND_TIMEOUT, changing).await {
+                        Ok(Ok(())) => listening = wanted,
+                        Ok(Err(e)) => return e,
+                        Err(_) => return "a subscription change was not confirmed".to_owned(),
+                    }
+                    self.setup.listening.send_replace(Some(version));
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = self.ping(&mut sink, &mut stream).await {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pings the connection and moves the watermark (see the module documentation).
+    async fn ping(&mut self, sink: &mut PubSubSink, stream: &mut PubSubStream) -> Result<(), Lost> {
+        let head = if self.setup.history {
+            let mut conn = self.setup.conn.clone();
+            let newest: Result<StreamRangeReply, _> =
+                timed(conn.xrevrange_count(&self.setup.keys.stream, "+", "-", 1)).await;
+            newest
+                .ok()
+                .and_then(|reply| reply.ids.first().and_then(|entry| position(&entry.id)))
+        } else {
+            None
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("ping failed: {e}")),
+            Err(_) => return Err(format!("no pong within {COMMAND_TIMEOUT:?}")),
+        }
+        // Everything published before the pong is queued in `stream` by now.
+        while let Some(Some(message)) = stream.next().now_or_never() {
+            self.deliver_message(&message);
+        }
+        if head.is_some() {
+            self.watermark = self.watermark.max(head);
+        }
+        Ok(())
+    }
+
+    /// After a reconnect: delivers from the stream what was published while disconnected.
+    async fn catch_up(&mut self) {
+        let Some(from) = self.last.max(self.watermark) else {
+            return;
+        };
+        let setup = &self.setup;
+        let metrics = setup.hub.metrics().clone();
+        if !setup.history {
+            metrics.bus_gaps.inc();
+            tracing::warn!("redis: updates published while disconnected are lost (history is off)");
+            // A restarted Redis counts positions from 1 again: forget the old ones, or every
+            // new update would look like one already delivered.
+            self.last = None;
+            return;
+        }
+        let from = stream_id(from);
+        let still_held = holds(&setup.conn, &setup.keys, &from).await;
+        let after = format!("({from}");
+        let missed = read_range(
+            &setup.conn,
+            &setup.keys,
+            &after,
+            "+",
+            CATCH_UP_MAX,
+            &setup.limits,
+        )
+        .await;
+        match (still_held, missed) {
+            (Ok(held), Ok(missed)) => {
+                if !held {
+                    metrics.bus_gaps.inc();
+                    tracing::warn!(from = %from, "redis: the stream no longer holds where delivery stopped; updates in between are lost");
+                    // The stream may have been lost with a Redis restart: its new positions are
+                    // not comparable with the old ones.
+                    self.last = None;
+                    self.watermark = None;
+                }
+                tracing::info!(
+                    count = missed.len(),
+                    "redis: delivering updates missed while disconnected"
+                );
+                for envelope in missed {
+                    self.deliver(envelope);
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                metrics.bus_gaps.inc();
+                tracing::warn!(error = %e, "redis: cannot read what was missed while disconnected");
+            }
+        }
+    }
+
+    fn deliver_message(&mut self, message: &redis::Msg) {
+        let Ok(payload) = message.get_payload::<String>() else {
+            tracing::warn!("redis: a message that is not text; skipped");
+            return;
+        };
+        let mut parts = payload.splitn(3, ' ');
+        let (Some(sid), Some(micros), Some(text)) = (parts.next(), parts.next(), parts.next())
+        else {
+            tracing::warn!("redis: a message without position; skipped");
+            return;
+        };
+        let Some(position) = position(sid) else {
+            tracing::warn!(
+                position = sid,
+                "redis: a message with a bad position; skipped"
+            );
+            return;
+        };
+        if self.delivered(position) {
+            // The same update on a second channel (one per topic it has).
+            return;
+        }
+        match wire::decode(text, || derived_id(sid), &self.setup.limits) {
+            Ok(update) => {
+                // A direct publisher may not know its clock: 0 means "now".
+                let micros = micros
+                    .parse()
+                    .ok()
+                    .filter(|m| *m > 0)
+                    .unwrap_or_else(now_micros);
+                self.deliver(Arc::new(Envelope::new(update, position, micros)));
+            }
+            Err(e) => {
+                tracing::warn!(position = sid, error = %e, "redis: a malformed message; skipped")
+            }
+        }
+    }
+
+    /// Whether the update at `position` was handed to the hub already.
+    fn delivered(&self, position: Position) -> bool {
+        self.last.is_some_and(|last| position <= last)
+    }
+
+    fn deliver(&mut self, envelope: Arc<Envelope>) {
+        if self.delivered(envelope.position) {
+            return;
+        }
+        self.last = Some(envelope.position);
+        self.setup.hub.dispatch(&envelope);
+    }
+}
+
+/// Moves a connection from listening to `from` to listening to `to`, each command confirmed.
+async fn change(sink: &mut PubSubSink, from: &Listening, to: &Listening) -> Result<(), Lost> {
+    let failed = |e: redis::RedisError| format!("a subscription change failed: {e}");
+    // Subscribe first: a channel in both is never left unheard.
+    let channels: Vec<&String> = to.channels.difference(&from.channels).collect();
+    for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+        sink.subscribe(chunk).await.map_err(failed)?;
+    }
+    let patterns: Vec<&String> = to.patterns.difference(&from.patterns).collect();
+    for chunk in patterns.chunks(CHANNELS_PER_COMMAND) {
+        sink.psubscribe(chunk).await.map_err(failed)?;
+    }
+    // Never with an empty list: that would unsubscribe from everything.
+    let channels: Vec<&String> = from.channels.difference(&to.channels).collect();
+    for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+        sink.unsubscribe(chunk).await.map_err(failed)?;
+    }
+    let patterns: Vec<&String> = from.patterns.difference(&to.patterns).collect();
+    for chunk in patterns.chunks(CHANNELS_PER_COMMAND) {
+        sink.punsubscribe(chunk).await.map_err(failed)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Which Pub/Sub channels and patterns an instance listens to, from its hub's interest.
+//!
+//! The publish script sends every update on `<prefix>:all` and on `<prefix>:t:<topic>` for
+//! each of its topics; Redis only sends a message to the connections subscribed to it. Under
+//! broadcast routing an instance subscribes to `<prefix>:all`. Under interest routing it
+//! subscribes to the channel of each exact topic its subscribers want, `PSUBSCRIBE`s
+//! `<prefix>:t:<literal prefix>*` for each URI template that starts with literal text, and
+//! falls back to `<prefix>:all` alone while it holds a selector that no channel maps to (`*`,
+//! a URL pattern, a template that starts with an expression). Listening to more than needed is
+//! harmless: the hub filters, and the reader drops the second copy of an update that arrives
+//! on two channels.
+
+use std::collections::BTreeSet;
+
+use super::Keys;
+use crate::bus::Routing;
+use crate::hub::Interest;
+
+/// What one delivery connection is subscribed to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Listening {
+    /// Channels (`SUBSCRIBE`).
+    pub(super) channels: BTreeSet<String>,
+    /// Glob patterns (`PSUBSCRIBE`).
+    pub(super) patterns: BTreeSet<String>,
+}
+
+impl Listening {
+    /// What an instance with `interest` listens to under `routing`.
+    pub(super) fn of(routing: Routing, interest: &Interest, keys: &Keys) -> Self {
+        let everything = Listening {
+            channels: BTreeSet::from([keys.all.clone()]),
+            patterns: BTreeSet::new(),
+        };
+        if routing == Routing::Broadcast {
+            return everything;
+        }
+        let mut patterns = BTreeSet::new();
+        for selector in &interest.wide {
+            match selector.topic_prefix() {
+                Some(prefix) => {
+                    patterns.insert(format!("{}*", glob_escape(&keys.topic(prefix))));
+                }
+                None => return everything,
+            }
+        }
+        Listening {
+            channels: interest.exact.iter().map(|t| keys.topic(t)).collect(),
+            patterns,
+        }
+    }
+}
+
+/// Escapes the characters Redis glob patterns give a meaning to.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::selector::Selector;
+
+    fn interest(exact: &[&str], wide: &[&str]) -> Interest {
+        Interest {
+            exact: exact.iter().map(|t| Arc::from(*t)).collect(),
+            wide: wide
+                .iter()
+                .map(|w| Selector::compile(w, 1024).unwrap())
+                .collect(),
+        }
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn exact_topics_get_their_own_channels_and_templates_a_pattern() {
+        let keys = Keys::new("p");
+        let listening = Listening::of(
+            Routing::Interest,
+            &interest(&["a", "b c"], &["https://x/books/{id}", "q?[*]{x}"]),
+            &keys,
+        );
+        assert_eq!(listening.channels, set(&["p:t:a", "p:t:b c"]));
+        assert_eq!(
+            listening.patterns,
+            set(&["p:t:https://x/books/*", r"p:t:q\?\[\*\]*"])
+        );
+        assert_eq!(
+            Listening::of(Routing::Interest, &interest(&[], &[]), &keys),
+            Listening::default()
+        );
+    }
+
+    #[test]
+    fn selectors_without_a_literal_prefix_listen_to_everything() {
+        let keys = Keys::new("p");
+        for wide in ["*", "{+anything}", "https://x/{id}"] {
+            let listening = Listening::of(
+                Routing::Interest,
+                &interest(&["a"], &["b/{x}", wide]),
+                &keys,
+            );
+            let expected_all = wide != "https://x/{id}";
+            assert_eq!(listening.channels.contains("p:all"), expected_all, "{wide}");
+        }
+        let url_pattern = Interest {
+            exact: Vec::new(),
+            wide: vec![Selector::url_pattern("https://x/:id", 1024).unwrap()],
+        };
+        assert_eq!(
+            Listening::of(Routing::Interest, &url_pattern, &keys).channels,
+            set(&["p:all"])
+        );
+        assert_eq!(
+            Listening::of(Routing::Broadcast, &interest(&["a"], &[]), &keys).channels,
+            set(&["p:all"])
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Routing on Redis, counted on the broker side: under interest routing an update costs one
+//! Redis message per instance that wants it (none when nobody does); under broadcast routing,
+//! one per instance. The publisher's `tidings_bus_broker_messages_total` counts what Redis
+//! reported sending for its publishes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{publish, subscribe_url, Hub, Stream};
+
+const SENT: &str = "tidings_bus_broker_messages_total";
+
+/// Publishes `topic` on `hub`; returns the update id and how many messages Redis sent for it.
+async fn publish_counted(hub: &Hub, topic: &str) -> (String, f64) {
+    let before = hub.metric(SENT).await;
+    let (status, id) = publish(hub, None, &[("topic", topic), ("data", "x")]).await;
+    assert_eq!(status, 200, "{id}");
+    (id, hub.metric(SENT).await - before)
+}
+
+/// How many connections listen to `channel` on the Redis at `url`.
+fn listeners(url: &str, channel: &str) -> u64 {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let (_, count): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut conn)
+        .unwrap();
+    count
+}
+
+#[tokio::test]
+async fn interest_routing_sends_an_update_only_to_instances_that_want_it() {
+    let Some(keys) = common::redis_keys("interest") else {
+        return;
+    };
+    let hubs = common::redis_cluster(&keys, 3, &[]);
+    let base = common::unique_topic("interest");
+    let topic = format!("{base}/1");
+    let other = format!("{base}-other");
+
+    let (_, sent) = publish_counted(&hubs[0], &topic).await;
+    assert_eq!(sent, 0.0, "nobody wants it: Redis sends nothing");
+
+    let mut exact = Stream::open(&subscribe_url(&hubs[1], &[&topic], ""), &[]).await;
+    let (id, sent) = publish_counted(&hubs[0], &topic).await;
+    assert_eq!(sent, 1.0, "only the instance with a subscriber hears it");
+    assert_eq!(exact.next().await.id, id);
+
+    let template = format!("{base}/{{id}}");
+    let mut by_template = Stream::open(&subscribe_url(&hubs[2], &[&template], ""), &[]).await;
+    let (id, sent) = publish_counted(&hubs[0], &topic).await;
+    assert_eq!(sent, 2.0, "a template is heard through its literal prefix");
+    assert_eq!(exact.next().await.id, id);
+    assert_eq!(by_template.next().await.id, id);
+
+    let mut everything = Stream::open(&subscribe_url(&hubs[0], &["*"], ""), &[]).await;
+    let (id, sent) = publish_counted(&hubs[0], &topic).await;
+    assert_eq!(sent, 3.0);
+    for stream in [&mut exact, &mut by_template, &mut everything] {
+        assert_eq!(stream.next().await.id, id);
+    }
+    let (id, sent) = publish_counted(&hubs[1], &other).await;
+    assert_eq!(
+        sent, 1.0,
+        "only the instance that wants everything hears another topic"
+    );
+    assert_eq!(everything.next().await.id, id);
+    for stream in [&mut exact, &mut by_template] {
+        assert!(stream
+            .next_within(Duration::from_millis(200))
+            .await
+            .is_none());
+    }
+
+    // When the subscribers leave, their instances stop listening.
+    exact.close();
+    by_template.close();
+    everything.close();
+    let channel = format!("{}:t:{topic}", keys.prefix);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listeners(&keys.url, &channel) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an instance still listens to {channel}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, sent) = publish_counted(&hubs[2], &topic).await;
+    assert_eq!(sent, 0.0);
+}
+
+#[tokio::test]
+async fn broadcast_routing_sends_every_update_to_every_instance() {
+    let Some(keys) = common::redis_keys("broadcast") else {
+        return;
+    };
+    let hubs = common::redis_cluster(&keys, 3, &["--routing", "broadcast"]);
+    let topic = common::unique_topic("broadcast");
+    let (_, sent) = publish_counted(&hubs[0], &topic).await;
+    assert_eq!(sent, 3.0, "every instance hears every update");
+    let mut stream = Stream::open(&subscribe_url(&hubs[2], &[&topic], ""), &[]).await;
+    let (id, sent) = publish_counted(&hubs[1], &topic).await;
+    assert_eq!(sent, 3.0);
+    assert_eq!(stream.next().await.id, id);
+}
