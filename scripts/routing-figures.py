@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Broker messages per publish under broadcast and interest routing, on a real Redis.
+
+    cargo build --release
+    pip install -r examples/python/requirements.txt
+    python3 scripts/routing-figures.py --instances 3 10
+
+For each routing mode and each instance count, starts that many `tidings serve` processes
+(loopback, a fresh key prefix) and opens this workload of streams:
+
+- 100 "own" topics (per-user or per-job topics), each with one subscriber, spread round-robin
+  over the instances;
+- one "shared" topic with one subscriber on every instance;
+- one "unwanted" topic nobody subscribes to.
+
+Then it publishes, through the first instance, each own topic once, the shared topic 20 times
+and the unwanted topic 20 times, checks that every stream got exactly what it should, and
+reads how many messages Redis sent for those publishes (`tidings_bus_broker_messages_total`,
+the sum of the receivers Redis reported for every `PUBLISH`). Prints one table row per mode,
+instance count and kind of topic, and the same as JSON with `--json`. Bounded: every wait has
+a deadline; the instances are stopped and the keys deleted at the end.
+"""
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+import redis
+
+OWN_TOPICS = 100
+REPEATS = 20
+
+
+class Instance:
+    def __init__(self, binary, redis_url, prefix, routing):
+        self.process = subprocess.Popen(
+            [binary, "serve", "--listen", "127.0.0.1:0", "--auth", "none", "--bus", redis_url,
+             "--redis-prefix", prefix, "--routing", routing],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {"TIDINGS_LOG": "info"},
+        )
+        deadline = time.monotonic() + 20
+        for line in self.process.stderr:
+            match = re.search(r"listening on http://(\S+)", line)
+            if match:
+                self.base = f"http://{match.group(1)}"
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise RuntimeError("tidings did not become ready")
+        # Keep draining the log so the process never blocks on a full pipe.
+        threading.Thread(target=self.process.stderr.read, daemon=True).start()
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def metric(self, name):
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise RuntimeError(f"no metric {name}")
+
+    def publish(self, topic, data):
+        body = urllib.parse.urlencode({"topic": topic, "data": data}).encode()
+        with urllib.request.urlopen(f"{self.base}/.well-known/mercure", body, timeout=10) as response:
+            return response.read().decode()
+
+
+async def open_stream(base, topic):
+    url = urllib.parse.urlsplit(base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    query = urllib.parse.urlencode({"topic": topic})
+    writer.write(f"GET /.well-known/mercure?{query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    await writer.drain()
+    buffer = b""
+    while b"\n:\n\n" not in buffer:
+        chunk = await asyncio.wait_for(reader.read(4096), 10)
+        if not chunk:
+            raise RuntimeError("stream closed while opening")
+        buffer += chunk
+    return reader, writer
+
+
+async def count_events(reader, expected, deadline):
+    got, buffer = 0, b""
+    while got < expected and time.monotonic() < deadline:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            break
+        if not chunk:
+            break
+        buffer += chunk
+        *events, buffer = buffer.split(b"\n\n")
+        got += sum(1 for e in events if b"\nid: " in b"\n" + e)
+    return got
+
+
+async def measure(binary, redis_url, routing, n):
+    prefix = f"tidings-figures:{uuid.uuid4().hex[:12]}"
+    instances = [Instance(binary, redis_url, prefix, routing) for _ in range(n)]
+    streams = []
+    try:
+        base = f"https://example.com/figures/{prefix}"
+        own = [f"{base}/own/{i}" for i in range(OWN_TOPICS)]
+        shared, unwanted = f"{base}/shared", f"{base}/unwanted"
+        for i, topic in enumerate(own):
+            streams.append((await open_stream(instances[i % n].base, topic), 1))
+        for instance in instances:
+            streams.append((await open_stream(instance.base, shared), REPEATS))
+        publisher = instances[0]
+        rows = []
+        for kind, topics in [("own", own), ("shared", [shared] * REPEATS), ("unwanted", [unwanted] * REPEATS)]:
+            before = publisher.metric("tidings_bus_broker_messages_total")
+            for i, topic in enumerate(topics):
+                publisher.publish(topic, str(i))
+            sent = publisher.metric("tidings_bus_broker_messages_total") - before
+            rows.append({"routing": routing, "instances": n, "topic": kind, "publishes": len(topics),
+                         "broker_messages": int(sent), "per_publish": sent / len(topics)})
+        deadline = time.monotonic() + 30
+        counts = await asyncio.gather(*(count_events(s[0][0], s[1], deadline) for s in streams))
+        lost = sum(expected - got for (_, expected), got in zip(streams, counts) if got < expected)
+        if lost:
+            raise RuntimeError(f"{lost} deliveries missing under {routing} with {n} instances")
+        return rows
+    finally:
+        for (reader, writer), _ in streams:
+            writer.close()
+        for instance in instances:
+            instance.stop()
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+async def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--binary", default="./target/release/tidings")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--instances", type=int, nargs="+", default=[3, 10])
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    if not os.path.exists(args.binary):
+        sys.exit(f"{args.binary} not found: run `cargo build --release` first, or pass --binary")
+    rows = []
+    for n in args.instances:
+        for routing in ("broadcast", "interest"):
+            rows += await measure(args.binary, args.redis, routing, n)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'routing':<10} {'instances':>9} {'topic':<9} {'publishes':>9} {'messages':>9} {'per publish':>12}")
+    for r in rows:
+        print(f"{r['routing']:<10} {r['instances']:>9} {r['topic']:<9} {r['publishes']:>9} "
+              f"{r['broker_messages']:>9} {r['per_publish']:>12.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
