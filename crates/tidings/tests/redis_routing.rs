@@ -1,6 +1,6 @@
 //! Routing on Redis, counted on the broker side: under interest routing an update costs one
-//! Redis message per instance that wants it (none when nobody does); under broadcast routing,
-//! one per instance. The publisher's `tidings_bus_broker_messages_total` counts what Redis
+//! Redis message per instance that wants it (none when nobody does) — a session's events go
+//! only to the instances holding its streams; under broadcast routing, one per instance. The publisher's `tidings_bus_broker_messages_total` counts what Redis
 //! reported sending for its publishes.
 
 mod common;
@@ -104,4 +104,39 @@ async fn broadcast_routing_sends_every_update_to_every_instance() {
     let (id, sent) = publish_counted(&hubs[1], &topic).await;
     assert_eq!(sent, 3.0);
     assert_eq!(stream.next().await.id, id);
+}
+
+#[tokio::test]
+async fn a_session_event_goes_only_to_the_instances_holding_the_session() {
+    let Some(keys) = common::redis_keys("session-routing") else {
+        return;
+    };
+    let hubs = common::redis_cluster(&keys, 3, &[]);
+    let session = format!("routed-{}", std::process::id());
+    let url = |hub: &Hub| {
+        hub.url(&format!(
+            "/sse/event-stream?eventName=e&sessionId={session}"
+        ))
+    };
+    let mut stream = Stream::open(&url(&hubs[1]), &[]).await;
+    let send = || async {
+        let before = hubs[0].metric(SENT).await;
+        let body = serde_json::json!({"sessionId": session, "eventName": "e", "payload": 1});
+        let response = common::client()
+            .post(hubs[0].url("/sse/events"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        hubs[0].metric(SENT).await - before
+    };
+    assert_eq!(
+        send().await,
+        1.0,
+        "only the instance holding the session hears it"
+    );
+    assert_eq!(stream.next().await.data, "1");
+    let _second = Stream::open(&url(&hubs[2]), &[]).await;
+    assert_eq!(send().await, 2.0);
 }
