@@ -12,6 +12,7 @@ use tidings::bus::memory::MemoryBus;
 use tidings::bus::redis::RedisBus;
 use tidings::bus::{Bus, BusOptions, ReplayFrom, Routing};
 use tidings::config::Limits;
+use tidings::envelope::Envelope;
 use tidings::hub::{Hub, Subscription};
 use tidings::metrics::Metrics;
 use tidings::selector::Selector;
@@ -124,7 +125,12 @@ fn update_on(topics: &[&str], data: &str, private: bool) -> Update {
     .unwrap()
 }
 
-async fn next(sub: &mut Subscription) -> Arc<tidings::envelope::Envelope> {
+/// Publishes through an instance's bus; the envelope the bus assigned.
+async fn publish(instance: &Instance, update: Update) -> Arc<Envelope> {
+    instance.bus.publish(update).await.unwrap()
+}
+
+async fn next(sub: &mut Subscription) -> Arc<Envelope> {
     tokio::time::timeout(Duration::from_secs(5), sub.recv())
         .await
         .expect("an update")
@@ -148,11 +154,7 @@ async fn fans_out_to_every_instance(instances: Vec<Instance>) {
         subs.push(subscribe(instance, "t", Access::public_only()).await);
     }
     let mut other = subscribe(&instances[0], "u", Access::public_only()).await;
-    let published = instances[1]
-        .bus
-        .publish(update("t", "hello", false))
-        .await
-        .unwrap();
+    let published = publish(&instances[1], update("t", "hello", false)).await;
     for sub in &mut subs {
         let got = next(sub).await;
         assert_eq!(
@@ -167,11 +169,7 @@ async fn fans_out_to_every_instance(instances: Vec<Instance>) {
 async fn keeps_publish_order_per_topic(instances: Vec<Instance>) {
     let mut sub = subscribe(&instances[0], "t", Access::public_only()).await;
     for i in 0..200 {
-        instances[1]
-            .bus
-            .publish(update("t", &i.to_string(), false))
-            .await
-            .unwrap();
+        publish(&instances[1], update("t", &i.to_string(), false)).await;
     }
     let mut last = None;
     for i in 0..200 {
@@ -186,16 +184,8 @@ async fn filters_private_updates(instances: Vec<Instance>) {
     let mut public = subscribe(&instances[0], "t", Access::public_only()).await;
     let claim = Access::from_claim(vec![Selector::compile("t", 100).unwrap()]);
     let mut allowed = subscribe(&instances[0], "t", claim).await;
-    let private = instances[1]
-        .bus
-        .publish(update("t", "secret", true))
-        .await
-        .unwrap();
-    let open = instances[1]
-        .bus
-        .publish(update("t", "open", false))
-        .await
-        .unwrap();
+    let private = publish(&instances[1], update("t", "secret", true)).await;
+    let open = publish(&instances[1], update("t", "open", false)).await;
     assert_eq!(next(&mut allowed).await.update.id, private.update.id);
     assert_eq!(next(&mut allowed).await.update.id, open.update.id);
     assert_eq!(next(&mut public).await.update.id, open.update.id);
@@ -207,21 +197,9 @@ async fn wide_selectors_hear_every_topic_they_match(instances: Vec<Instance>) {
     let mut books = subscribe(&instances[1], "https://x/books/{id}", public()).await;
     let mut any_kind = subscribe(&instances[1], "https://x/{kind}/1", public()).await;
     let mut exact = subscribe(&instances[2], "https://x/books/2", public()).await;
-    let one = instances[2]
-        .bus
-        .publish(update("https://x/books/1", "1", false))
-        .await
-        .unwrap();
-    let two = instances[2]
-        .bus
-        .publish(update("https://x/books/2", "2", false))
-        .await
-        .unwrap();
-    let film = instances[0]
-        .bus
-        .publish(update("https://x/films/1", "f", false))
-        .await
-        .unwrap();
+    let one = publish(&instances[2], update("https://x/books/1", "1", false)).await;
+    let two = publish(&instances[2], update("https://x/books/2", "2", false)).await;
+    let film = publish(&instances[0], update("https://x/films/1", "f", false)).await;
     for (sub, expected) in [
         (&mut everything, vec![&one, &two, &film]),
         (&mut books, vec![&one, &two]),
@@ -240,11 +218,7 @@ async fn delivers_an_update_with_several_topics_once(instances: Vec<Instance>) {
     let mut both = subscribe_to(&instances[0], &["a", "b"], public()).await;
     let mut a = subscribe(&instances[0], "a", public()).await;
     let mut b = subscribe(&instances[0], "b", public()).await;
-    let published = instances[1]
-        .bus
-        .publish(update_on(&["a", "b", "c"], "ab", false))
-        .await
-        .unwrap();
+    let published = publish(&instances[1], update_on(&["a", "b", "c"], "ab", false)).await;
     for sub in [&mut both, &mut a, &mut b] {
         assert_eq!(next(sub).await.update.id, published.update.id);
         nothing_more(sub).await;
@@ -255,27 +229,15 @@ async fn follows_subscribers_coming_and_going(instances: Vec<Instance>) {
     let public = Access::public_only;
     for round in 0..3 {
         let mut sub = subscribe(&instances[0], "t", public()).await;
-        let published = instances[1]
-            .bus
-            .publish(update("t", &round.to_string(), false))
-            .await
-            .unwrap();
+        let published = publish(&instances[1], update("t", &round.to_string(), false)).await;
         assert_eq!(next_but_unheard(&mut sub).await, published.update.id);
         drop(sub);
         // Nobody wants `t` now: an update published meanwhile reaches no one (unless it was
         // still on its way to the instance when the next subscriber came).
-        instances[1]
-            .bus
-            .publish(update("t", "unheard", false))
-            .await
-            .unwrap();
+        publish(&instances[1], update("t", "unheard", false)).await;
     }
     let mut late = subscribe(&instances[0], "t", public()).await;
-    let published = instances[1]
-        .bus
-        .publish(update("t", "late", false))
-        .await
-        .unwrap();
+    let published = publish(&instances[1], update("t", "late", false)).await;
     assert_eq!(next_but_unheard(&mut late).await, published.update.id);
     nothing_more(&mut late).await;
 }
@@ -294,11 +256,8 @@ async fn replays_after_an_id_on_any_instance(instances: Vec<Instance>) {
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            instances[0]
-                .bus
-                .publish(update("t", &i.to_string(), false))
+            publish(&instances[0], update("t", &i.to_string(), false))
                 .await
-                .unwrap()
                 .update
                 .id
                 .clone(),
@@ -333,16 +292,8 @@ async fn replays_after_an_id_on_any_instance(instances: Vec<Instance>) {
 }
 
 async fn without_history_reports_every_resume_as_a_gap(instances: Vec<Instance>) {
-    let a = instances[0]
-        .bus
-        .publish(update("t", "a", false))
-        .await
-        .unwrap();
-    instances[0]
-        .bus
-        .publish(update("t", "b", false))
-        .await
-        .unwrap();
+    let a = publish(&instances[0], update("t", "a", false)).await;
+    publish(&instances[0], update("t", "b", false)).await;
     let replay = instances[1]
         .bus
         .replay(&ReplayFrom::After(a.update.id.clone()))
