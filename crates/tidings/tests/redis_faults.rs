@@ -253,6 +253,31 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
 }
 
 #[tokio::test]
+async fn an_instance_that_never_delivered_anything_still_catches_up() {
+    // A new cluster: the stream is empty and A has delivered nothing yet when its connection
+    // drops. What was published meanwhile must still reach A's subscriber.
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = Hub::start(&["--auth", "none", "--bus", &url]);
+    let b = Hub::start(&["--auth", "none", "--bus", &url]);
+    let topic = common::unique_topic("first");
+    let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
+    // A pings as soon as it connects and learns the (empty) stream's start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&a, "-STOP");
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    let (code, id) = publish(&b, None, &[("topic", &topic), ("data", "first")]).await;
+    assert_eq!(code, 200, "{id}");
+    signal(&a, "-CONT");
+    assert_eq!(stream.next().await.id, id);
+    assert_eq!(a.metric("tidings_bus_gaps_total").await, 0.0);
+}
+
+#[tokio::test]
 async fn an_instance_that_hears_little_counts_no_false_gap_when_history_moves_on() {
     // Under interest routing A hears only its subscriber's topic. Its topic falls silent while
     // the stream fills with other topics and drops A's last update; then A's connection

@@ -23,7 +23,6 @@ mod reader;
 mod registry;
 mod routing;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,10 +96,8 @@ pub struct RedisBus {
     hub: Hub,
     metrics: Arc<Metrics>,
     routing: Routing,
-    /// True while the delivery connection is subscribed.
-    ready: Arc<AtomicBool>,
-    /// The last version of the hub's interest the delivery connection listens for (`None`
-    /// until it first subscribed).
+    /// The last version of the hub's interest the delivery connection listens for; `None`
+    /// while it is down (the bus is not ready).
     listening: watch::Receiver<Option<u64>>,
     reader: tokio::task::JoinHandle<()>,
     registry: tokio::task::JoinHandle<()>,
@@ -175,14 +172,12 @@ impl RedisBus {
             ("history-id-ttl", options.history_id_ttl_secs.max(1)),
         ];
         write_settings(&conn, &keys, &settings).await?;
-        let ready = Arc::new(AtomicBool::new(false));
         let (listening_tx, mut listening) = watch::channel(None);
         let reader = Reader::new(reader::Setup {
             client,
             conn: conn.clone(),
             keys: keys.clone(),
             hub: hub.clone(),
-            ready: ready.clone(),
             listening: listening_tx,
             routing: options.routing,
             history: options.history_size > 0,
@@ -210,7 +205,6 @@ impl RedisBus {
             metrics: hub.metrics().clone(),
             hub,
             routing: options.routing,
-            ready,
             listening,
             reader,
             registry,
@@ -389,7 +383,7 @@ impl Bus for RedisBus {
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.listening.borrow().is_some()
     }
 
     async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {

@@ -1,15 +1,15 @@
 //! The delivery task: one Pub/Sub connection, subscribed to what the routing asks for,
 //! reconnected with backoff, with catch-up from the stream after each reconnect.
 //!
-//! Every second the reader also pings the connection, which finds a dead one within
-//! [`COMMAND_TIMEOUT`] even when nothing is published, and moves its *watermark*: it reads the
-//! stream's newest position, pings, and — the pong arriving after every message published
-//! before it — once it has delivered what came before the pong, knows it missed nothing up to
-//! that position. Under interest routing an instance may hear nothing for a long time; the
-//! watermark keeps the catch-up after a reconnect short, and a gap is counted only when the
-//! stream lost something the instance could have needed.
+//! Right after connecting and then every second, the reader pings the connection, which finds
+//! a dead one even when nothing is published, and moves its *watermark*: it reads the stream's
+//! newest position, pings, and — the pong arriving after every message published before it —
+//! once it has delivered what came before the pong, knows it missed nothing up to that
+//! position (the start of the stream when the stream was empty). Under interest routing an
+//! instance may hear nothing for a long time; the watermark keeps the catch-up after a
+//! reconnect short, and a gap is counted only when the stream no longer holds the point
+//! delivery had reached.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,7 @@ use tokio::sync::watch;
 
 use super::routing::Listening;
 use super::{
-    derived_id, holds, position, read_range, stream_id, timed, write_settings, Keys,
-    COMMAND_TIMEOUT,
+    derived_id, holds, position, read_range, stream_id, write_settings, Keys, COMMAND_TIMEOUT,
 };
 use crate::bus::{wire, Routing};
 use crate::config::Limits;
@@ -35,6 +34,8 @@ const CATCH_UP_MAX: usize = 1_000_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the connection is pinged and the watermark moved.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait for the stream's newest position before a ping (the watermark then stays).
+const HEAD_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most channels or patterns named in one `SUBSCRIBE`-like command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 
@@ -44,9 +45,8 @@ pub(super) struct Setup {
     pub(super) conn: ConnectionManager,
     pub(super) keys: Keys,
     pub(super) hub: Hub,
-    /// Set while the delivery connection is up.
-    pub(super) ready: Arc<AtomicBool>,
-    /// Told the version of the hub's interest the connection listens for, after each change.
+    /// Told the version of the hub's interest the connection listens for, after each change
+    /// (once any catch-up is done); `None` while the connection is down.
     pub(super) listening: watch::Sender<Option<u64>>,
     pub(super) routing: Routing,
     pub(super) history: bool,
@@ -85,8 +85,6 @@ impl Reader {
         loop {
             match self.connect(&mut interest).await {
                 Ok((sink, stream, listening, version)) => {
-                    self.setup.ready.store(true, Ordering::Relaxed);
-                    self.setup.listening.send_replace(Some(version));
                     if connected_before {
                         tracing::info!("redis: delivery connection restored");
                         let setup = &self.setup;
@@ -97,6 +95,9 @@ impl Reader {
                         }
                         self.catch_up().await;
                     }
+                    // Only now may new streams open: they must not see what the catch-up
+                    // delivered, published before they came.
+                    self.setup.listening.send_replace(Some(version));
                     connected_before = true;
                     backoff = Duration::from_millis(100);
                     let lost = self.listen(sink, stream, listening, &mut interest).await;
@@ -104,7 +105,7 @@ impl Reader {
                 }
                 Err(e) => tracing::warn!(error = %e, ?backoff, "redis: cannot subscribe; retrying"),
             }
-            self.setup.ready.store(false, Ordering::Relaxed);
+            self.setup.listening.send_replace(None);
             self.setup.hub.metrics().bus_reconnects.inc();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -138,20 +139,35 @@ impl Reader {
     /// What the connection should listen to for the hub's interest now.
     fn wanted(&self) -> Listening {
         let setup = &self.setup;
-        Listening::of(setup.routing, &setup.hub.interest(), &setup.keys)
+        match setup.routing {
+            Routing::Broadcast => Listening::everything(&setup.keys),
+            Routing::Interest => Listening::of(&setup.hub.interest(), &setup.keys),
+        }
     }
 
-    /// Delivers messages, follows interest changes and pings, until the connection fails.
+    /// Delivers messages, follows interest changes and pings, until the connection fails;
+    /// then delivers what had arrived.
     async fn listen(
         &mut self,
-        mut sink: PubSubSink,
+        sink: PubSubSink,
         mut stream: PubSubStream,
+        listening: Listening,
+        interest: &mut watch::Receiver<u64>,
+    ) -> Lost {
+        let lost = self.follow(sink, &mut stream, listening, interest).await;
+        self.drain(&mut stream);
+        lost
+    }
+
+    async fn follow(
+        &mut self,
+        mut sink: PubSubSink,
+        stream: &mut PubSubStream,
         mut listening: Listening,
         interest: &mut watch::Receiver<u64>,
     ) -> Lost {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.reset();
         loop {
             tokio::select! {
                 message = stream.next() => match message {
@@ -173,7 +189,7 @@ impl Reader {
                     self.setup.listening.send_replace(Some(version));
                 }
                 _ = ping.tick() => {
-                    if let Err(e) = self.ping(&mut sink, &mut stream).await {
+                    if let Err(e) = self.ping(&mut sink, stream).await {
                         return e;
                     }
                 }
@@ -185,11 +201,16 @@ impl Reader {
     async fn ping(&mut self, sink: &mut PubSubSink, stream: &mut PubSubStream) -> Result<(), Lost> {
         let head = if self.setup.history {
             let mut conn = self.setup.conn.clone();
-            let newest: Result<StreamRangeReply, _> =
-                timed(conn.xrevrange_count(&self.setup.keys.stream, "+", "-", 1)).await;
-            newest
-                .ok()
-                .and_then(|reply| reply.ids.first().and_then(|entry| position(&entry.id)))
+            let newest = conn.xrevrange_count(&self.setup.keys.stream, "+", "-", 1);
+            match tokio::time::timeout(HEAD_TIMEOUT, newest).await {
+                // An empty stream: everything from its start on is still to come.
+                Ok(Ok(StreamRangeReply { ids })) => Some(
+                    ids.first()
+                        .and_then(|entry| position(&entry.id))
+                        .unwrap_or(Position(0)),
+                ),
+                _ => None,
+            }
         } else {
             None
         };
@@ -199,20 +220,22 @@ impl Reader {
             Err(_) => return Err(format!("no pong within {COMMAND_TIMEOUT:?}")),
         }
         // Everything published before the pong is queued in `stream` by now.
-        while let Some(Some(message)) = stream.next().now_or_never() {
+        self.drain(stream);
+        self.watermark = self.watermark.max(head);
+        Ok(())
+    }
+
+    /// Delivers every message already queued in `stream`, without waiting for more.
+    fn drain(&mut self, stream: &mut PubSubStream) {
+        // Unconstrained: tokio's cooperative budget would otherwise make the queue look empty
+        // after a hundred-odd messages.
+        while let Some(Some(message)) = tokio::task::unconstrained(stream.next()).now_or_never() {
             self.deliver_message(&message);
         }
-        if head.is_some() {
-            self.watermark = self.watermark.max(head);
-        }
-        Ok(())
     }
 
     /// After a reconnect: delivers from the stream what was published while disconnected.
     async fn catch_up(&mut self) {
-        let Some(from) = self.last.max(self.watermark) else {
-            return;
-        };
         let setup = &self.setup;
         let metrics = setup.hub.metrics().clone();
         if !setup.history {
@@ -223,8 +246,18 @@ impl Reader {
             self.last = None;
             return;
         }
+        let Some(from) = self.last.max(self.watermark) else {
+            metrics.bus_gaps.inc();
+            tracing::warn!("redis: the connection dropped before delivery had a known position; updates published meanwhile may be lost");
+            return;
+        };
+        let from_start = from == Position(0);
         let from = stream_id(from);
-        let still_held = holds(&setup.conn, &setup.keys, &from).await;
+        let still_held = if from_start {
+            Ok(true)
+        } else {
+            holds(&setup.conn, &setup.keys, &from).await
+        };
         let after = format!("({from}");
         let missed = read_range(
             &setup.conn,

@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 
 use super::Keys;
-use crate::bus::Routing;
 use crate::hub::Interest;
 
 /// What one delivery connection is subscribed to.
@@ -26,22 +25,23 @@ pub(super) struct Listening {
 }
 
 impl Listening {
-    /// What an instance with `interest` listens to under `routing`.
-    pub(super) fn of(routing: Routing, interest: &Interest, keys: &Keys) -> Self {
-        let everything = Listening {
+    /// Every update: broadcast routing, or an interest with a selector no channel maps to.
+    pub(super) fn everything(keys: &Keys) -> Self {
+        Listening {
             channels: BTreeSet::from([keys.all.clone()]),
             patterns: BTreeSet::new(),
-        };
-        if routing == Routing::Broadcast {
-            return everything;
         }
+    }
+
+    /// What an instance with `interest` listens to under interest routing.
+    pub(super) fn of(interest: &Interest, keys: &Keys) -> Self {
         let mut patterns = BTreeSet::new();
         for selector in &interest.wide {
             match selector.topic_prefix() {
                 Some(prefix) => {
                     patterns.insert(format!("{}*", glob_escape(&keys.topic(prefix))));
                 }
-                None => return everything,
+                None => return Listening::everything(keys),
             }
         }
         Listening {
@@ -88,7 +88,6 @@ mod tests {
     fn exact_topics_get_their_own_channels_and_templates_a_pattern() {
         let keys = Keys::new("p");
         let listening = Listening::of(
-            Routing::Interest,
             &interest(&["a", "b c"], &["https://x/books/{id}", "q?[*]{x}"]),
             &keys,
         );
@@ -98,7 +97,7 @@ mod tests {
             set(&["p:t:https://x/books/*", r"p:t:q\?\[\*\]*"])
         );
         assert_eq!(
-            Listening::of(Routing::Interest, &interest(&[], &[]), &keys),
+            Listening::of(&interest(&[], &[]), &keys),
             Listening::default()
         );
     }
@@ -107,11 +106,7 @@ mod tests {
     fn selectors_without_a_literal_prefix_listen_to_everything() {
         let keys = Keys::new("p");
         for wide in ["*", "{+anything}", "https://x/{id}"] {
-            let listening = Listening::of(
-                Routing::Interest,
-                &interest(&["a"], &["b/{x}", wide]),
-                &keys,
-            );
+            let listening = Listening::of(&interest(&["a"], &["b/{x}", wide]), &keys);
             let expected_all = wide != "https://x/{id}";
             assert_eq!(listening.channels.contains("p:all"), expected_all, "{wide}");
         }
@@ -119,13 +114,7 @@ mod tests {
             exact: Vec::new(),
             wide: vec![Selector::url_pattern("https://x/:id", 1024).unwrap()],
         };
-        assert_eq!(
-            Listening::of(Routing::Interest, &url_pattern, &keys).channels,
-            set(&["p:all"])
-        );
-        assert_eq!(
-            Listening::of(Routing::Broadcast, &interest(&["a"], &[]), &keys).channels,
-            set(&["p:all"])
-        );
+        assert_eq!(Listening::of(&url_pattern, &keys).channels, set(&["p:all"]));
+        assert_eq!(Listening::everything(&keys).channels, set(&["p:all"]));
     }
 }
