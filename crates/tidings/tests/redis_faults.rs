@@ -2,102 +2,12 @@
 //! PID (never the machine's shared Redis): readiness, fast publish failures, open streams that
 //! survive, reconnection with catch-up from the stream, and gaps counted.
 
-#![allow(clippy::print_stderr)]
-
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{publish, subscribe_url, Hub, Stream};
-
-/// A `redis-server` of this test's own.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    /// Starts one on a free port, or `None` (skip) when `redis-server` is not installed —
-    /// a failure under `TIDINGS_REQUIRE_BROKERS=1`.
-    fn start() -> Option<PrivateRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = PrivateRedis { port, child: None };
-        match redis.spawn() {
-            Ok(()) => Some(redis),
-            Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
-                panic!("redis-server is required (TIDINGS_REQUIRE_BROKERS=1): {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping: cannot start redis-server ({e})");
-                None
-            }
-        }
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(std::io::Error::other(
-                    "redis-server did not start listening",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn().expect("restart redis-server");
-    }
-
-    fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let mut conn = redis::Client::open(self.url())?.get_connection()?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut conn)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use common::{publish, subscribe_url, Hub, PrivateRedis, Stream};
 
 async fn status(hub: &Hub, path: &str) -> u16 {
     common::client()

@@ -396,3 +396,122 @@ pub fn redis_cluster(keys: &RedisKeys, n: usize, extra: &[&str]) -> Vec<Hub> {
         })
         .collect()
 }
+
+/// A `redis-server` of a test's own, on a free port, stopped by PID (never the machine's
+/// shared Redis). Without persistence: a restart loses everything, as a crash would.
+pub struct PrivateRedis {
+    pub port: u16,
+    /// TLS only: the server certificate and key files (`rediss://`).
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one, or `None` (skip) when `redis-server` is not installed — a failure under
+    /// `TIDINGS_REQUIRE_BROKERS=1`.
+    pub fn start() -> Option<PrivateRedis> {
+        Self::start_inner(None)
+    }
+
+    /// Starts one that speaks TLS only, with this certificate chain and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<PrivateRedis> {
+        Self::start_inner(Some((cert.to_owned(), key.to_owned())))
+    }
+
+    fn start_inner(tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis {
+            port,
+            tls,
+            child: None,
+        };
+        match redis.spawn() {
+            Ok(()) => Some(redis),
+            Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+                panic!("redis-server is required (TIDINGS_REQUIRE_BROKERS=1): {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: cannot start redis-server ({e})");
+                None
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let port = self.port.to_string();
+        let mut args: Vec<String> = vec!["--bind".into(), "127.0.0.1".into()];
+        match &self.tls {
+            None => args.extend(["--port".into(), port]),
+            Some((cert, key)) => args.extend([
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port,
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]),
+        }
+        args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        let child = Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::other(
+                    "redis-server did not start listening",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn().expect("restart redis-server");
+    }
+
+    /// Runs one command on a plain (non-TLS) private Redis.
+    pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut conn = redis::Client::open(self.url())?.get_connection()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -164,7 +164,11 @@ impl RedisBus {
         let conn = timed(client.get_connection_manager_with_config(config))
             .await
             .map_err(|e| {
-                BusError::Unavailable(format!("cannot reach Redis at {}: {e}", super::redact(url)))
+                let (BusError::Unavailable(why) | BusError::Config(why)) = e;
+                BusError::Unavailable(format!(
+                    "cannot reach Redis at {}: {why}",
+                    super::redact(url)
+                ))
             })?;
         let keys = Keys::new(&options.redis_prefix);
         let settings = [

@@ -1,0 +1,91 @@
+//! The Redis bus over TLS (`rediss://`), against a private TLS-only `redis-server` whose
+//! certificate is signed by a CA generated in the test: trusted through `SSL_CERT_FILE`, the
+//! cluster works; without that trust, the instance refuses to start and says why.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{publish, subscribe_url, Hub, PrivateRedis, Stream};
+
+/// Writes a CA certificate, and a server certificate for 127.0.0.1 signed by it, with its key;
+/// returns their paths (ca, cert, key).
+fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Tidings test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+    let paths = [
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ];
+    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
+    std::fs::write(&paths[1], server_cert.pem()).unwrap();
+    std::fs::write(&paths[2], server_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test]
+async fn a_cluster_on_a_tls_redis_trusting_its_ca_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = certificates(dir.path());
+    let Some(redis) = PrivateRedis::start_tls(&cert, &key) else {
+        return;
+    };
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"));
+    let trust = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+    let args = ["--auth", "none", "--bus", &url];
+    let a = Hub::start_with(&args, &trust, None);
+    let b = Hub::start_with(&args, &trust, None);
+    let topic = common::unique_topic("tls");
+    let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
+    let (code, id) = publish(&b, None, &[("topic", &topic), ("data", "over tls")]).await;
+    assert_eq!(code, 200, "{id}");
+    let event = stream.next().await;
+    assert_eq!((event.id, event.data.as_str()), (id, "over tls"));
+}
+
+#[tokio::test]
+async fn an_untrusted_redis_certificate_stops_the_instance_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let [_, cert, key] = certificates(dir.path());
+    let Some(redis) = PrivateRedis::start_tls(&cert, &key) else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--auth", "none"])
+        .args(["--bus", &redis.url()])
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("an instance on an untrusted Redis kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("cannot reach Redis") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+}
