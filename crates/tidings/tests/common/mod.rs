@@ -403,6 +403,8 @@ pub struct PrivateRedis {
     pub port: u16,
     /// TLS only: the server certificate and key files (`rediss://`).
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `requirepass`: clients must authenticate.
+    password: Option<String>,
     child: Option<Child>,
 }
 
@@ -410,15 +412,23 @@ impl PrivateRedis {
     /// Starts one, or `None` (skip) when `redis-server` is not installed — a failure under
     /// `TIDINGS_REQUIRE_BROKERS=1`.
     pub fn start() -> Option<PrivateRedis> {
-        Self::start_inner(None)
+        Self::start_inner(None, None)
+    }
+
+    /// Starts one that requires this password ([`PrivateRedis::url`] carries it).
+    pub fn start_with_password(password: &str) -> Option<PrivateRedis> {
+        Self::start_inner(None, Some(password.to_owned()))
     }
 
     /// Starts one that speaks TLS only, with this certificate chain and key (PEM files).
     pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<PrivateRedis> {
-        Self::start_inner(Some((cert.to_owned(), key.to_owned())))
+        Self::start_inner(Some((cert.to_owned(), key.to_owned())), None)
     }
 
-    fn start_inner(tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> Option<PrivateRedis> {
+    fn start_inner(
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+        password: Option<String>,
+    ) -> Option<PrivateRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -427,6 +437,7 @@ impl PrivateRedis {
         let mut redis = PrivateRedis {
             port,
             tls,
+            password,
             child: None,
         };
         match redis.spawn() {
@@ -460,6 +471,9 @@ impl PrivateRedis {
             ]),
         }
         args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        if let Some(password) = &self.password {
+            args.extend(["--requirepass".into(), password.clone()]);
+        }
         let child = Command::new("redis-server")
             .args(args)
             .stdout(Stdio::null())
@@ -484,7 +498,11 @@ impl PrivateRedis {
         } else {
             "redis"
         };
-        format!("{scheme}://127.0.0.1:{}/0", self.port)
+        let auth = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}/0", self.port)
     }
 
     pub fn stop(&mut self) {

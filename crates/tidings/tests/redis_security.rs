@@ -1,6 +1,7 @@
-//! The Redis bus over TLS (`rediss://`), against a private TLS-only `redis-server` whose
-//! certificate is signed by a CA generated in the test: trusted through `SSL_CERT_FILE`, the
-//! cluster works; without that trust, the instance refuses to start and says why.
+//! Reaching a Redis that protects itself: over TLS (`rediss://`), against a private TLS-only
+//! `redis-server` whose certificate is signed by a CA generated in the test — trusted through
+//! `SSL_CERT_FILE`, the cluster works; without that trust, the instance refuses to start and
+//! says why — and with a password, where a wrong one is refused without being printed.
 
 mod common;
 
@@ -54,16 +55,11 @@ async fn a_cluster_on_a_tls_redis_trusting_its_ca_delivers() {
     assert_eq!((event.id, event.data.as_str()), (id, "over tls"));
 }
 
-#[tokio::test]
-async fn an_untrusted_redis_certificate_stops_the_instance_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let [_, cert, key] = certificates(dir.path());
-    let Some(redis) = PrivateRedis::start_tls(&cert, &key) else {
-        return;
-    };
+/// Starts an instance on `bus` that must fail to start; returns its error output.
+fn failed_start(bus: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
         .args(["serve", "--listen", "127.0.0.1:0", "--auth", "none"])
-        .args(["--bus", &redis.url()])
+        .args(["--bus", bus])
         .env_remove("SSL_CERT_FILE")
         .env_remove("SSL_CERT_DIR")
         .stdout(Stdio::null())
@@ -77,15 +73,49 @@ async fn an_untrusted_redis_certificate_stops_the_instance_with_a_clear_error() 
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("an instance on an untrusted Redis kept running");
+            panic!("an instance on {bus} kept running");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn an_untrusted_redis_certificate_stops_the_instance_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let [_, cert, key] = certificates(dir.path());
+    let Some(redis) = PrivateRedis::start_tls(&cert, &key) else {
+        return;
+    };
+    let stderr = failed_start(&redis.url());
     assert!(
         stderr.contains("cannot reach Redis") && stderr.contains("certificate"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_password_protected_redis_takes_the_password_from_the_url_and_never_prints_it() {
+    let Some(redis) = PrivateRedis::start_with_password("s3cret-pass") else {
+        return;
+    };
+    let url = redis.url();
+    let a = Hub::start(&["--auth", "none", "--bus", &url]);
+    let topic = common::unique_topic("password");
+    let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
+    let (code, id) = publish(&a, None, &[("topic", &topic), ("data", "authenticated")]).await;
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(stream.next().await.id, id);
+    assert!(!a.log.lock().unwrap().join("\n").contains("s3cret-pass"));
+
+    let wrong = url.replace("s3cret-pass", "wrong-pass");
+    let stderr = failed_start(&wrong);
+    assert!(
+        stderr.contains("cannot reach Redis at redis://***@127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-pass"), "{stderr}");
 }
