@@ -84,7 +84,7 @@ impl Reader {
         let mut connected_before = false;
         loop {
             match self.connect(&mut interest).await {
-                Ok((sink, stream, listening, version)) => {
+                Ok((sink, stream, subscribed, version)) => {
                     if connected_before {
                         tracing::info!("redis: delivery connection restored");
                         let setup = &self.setup;
@@ -100,7 +100,7 @@ impl Reader {
                     self.setup.listening.send_replace(Some(version));
                     connected_before = true;
                     backoff = Duration::from_millis(100);
-                    let lost = self.listen(sink, stream, listening, &mut interest).await;
+                    let lost = self.listen(sink, stream, subscribed, &mut interest).await;
                     tracing::warn!(reason = %lost, "redis: delivery connection lost; reconnecting");
                 }
                 Err(e) => tracing::warn!(error = %e, ?backoff, "redis: cannot subscribe; retrying"),
@@ -126,9 +126,9 @@ impl Reader {
                 .map_err(|e| e.to_string())?
                 .split();
             let version = *interest.borrow_and_update();
-            let listening = self.wanted();
-            change(&mut sink, &Listening::default(), &listening).await?;
-            Ok((sink, stream, listening, version))
+            let subscribed = self.wanted();
+            change(&mut sink, &Listening::default(), &subscribed).await?;
+            Ok((sink, stream, subscribed, version))
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, attempt).await {
             Ok(result) => result,
@@ -151,10 +151,10 @@ impl Reader {
         &mut self,
         sink: PubSubSink,
         mut stream: PubSubStream,
-        listening: Listening,
+        subscribed: Listening,
         interest: &mut watch::Receiver<u64>,
     ) -> Lost {
-        let lost = self.follow(sink, &mut stream, listening, interest).await;
+        let lost = self.follow(sink, &mut stream, subscribed, interest).await;
         self.drain(&mut stream);
         lost
     }
@@ -163,7 +163,7 @@ impl Reader {
         &mut self,
         mut sink: PubSubSink,
         stream: &mut PubSubStream,
-        mut listening: Listening,
+        mut subscribed: Listening,
         interest: &mut watch::Receiver<u64>,
     ) -> Lost {
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -180,9 +180,9 @@ impl Reader {
                     }
                     let version = *interest.borrow_and_update();
                     let wanted = self.wanted();
-                    let changing = change(&mut sink, &listening, &wanted);
+                    let changing = change(&mut sink, &subscribed, &wanted);
                     match tokio::time::timeout(COMMAND_TIMEOUT, changing).await {
-                        Ok(Ok(())) => listening = wanted,
+                        Ok(Ok(())) => subscribed = wanted,
                         Ok(Err(e)) => return e,
                         Err(_) => return "a subscription change was not confirmed".to_owned(),
                     }
