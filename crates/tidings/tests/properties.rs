@@ -1,7 +1,7 @@
 //! Property tests: whatever an outside caller puts in an update, the SSE bytes parse back —
-//! with an independent parser — into exactly that update and nothing else; and every
-//! expansion of a URI template matches the template and starts with the template's topic
-//! prefix (what interest routing subscribes to).
+//! with an independent parser, and with the client crate's decoder — into exactly that
+//! update and nothing else; and every expansion of a URI template matches the template and
+//! starts with the template's topic prefix (what interest routing subscribes to).
 
 use futures_util::StreamExt;
 use iri_string::spec::{IriSpec, UriSpec};
@@ -88,6 +88,22 @@ proptest! {
             prop_assert_eq!(&event.data, &as_received(&update.data));
             prop_assert_eq!(event.retry, update.retry.map(std::time::Duration::from_millis));
         }
+    }
+
+    #[test]
+    fn the_client_decoder_reads_back_exactly_what_was_encoded(updates in prop::collection::vec(update(), 1..6), chunk in 1usize..64) {
+        let bytes: Vec<u8> = updates.iter().flat_map(|u| encode_update(u).to_vec()).collect();
+        let mut decoder = tidings_client::sse::Decoder::new();
+        let events: Vec<_> = bytes.chunks(chunk).flat_map(|c| decoder.feed(c)).collect();
+        prop_assert_eq!(events.len(), updates.len(), "one event per update, no more");
+        for (event, update) in events.iter().zip(&updates) {
+            prop_assert_eq!(&event.id, update.id.as_str());
+            let expected_type = update.event_type.as_ref().map_or("message", |e| e.as_str());
+            prop_assert_eq!(&event.event_type, expected_type);
+            prop_assert_eq!(&event.data, &as_received(&update.data));
+        }
+        let last_retry = updates.iter().rev().find_map(|u| u.retry);
+        prop_assert_eq!(decoder.retry(), last_retry.map(std::time::Duration::from_millis));
     }
 }
 

@@ -56,8 +56,14 @@ struct HubArgs {
 }
 
 impl HubArgs {
-    fn endpoint(&self, path: &str) -> String {
-        format!("{}{path}", self.hub.trim_end_matches('/'))
+    /// A client of the hub, sending the token for `claim` (see [`HubArgs::token`]).
+    fn client(&self, claim: crate::auth::MercureClaim) -> Result<tidings_client::Hub, String> {
+        install_crypto_provider();
+        let hub = tidings_client::Hub::new(&self.hub).map_err(|e| format!("--hub: {e}"))?;
+        Ok(match self.token(claim)? {
+            Some(token) => hub.with_token(token),
+            None => hub,
+        })
     }
 
     /// The token to send: `--token`, else one minted with `--jwt-key` for `claim`.
@@ -78,40 +84,10 @@ impl HubArgs {
     }
 }
 
-/// An HTTP client for the client commands (rustls with the ring provider).
-fn http_client(timeout: Option<std::time::Duration>) -> Result<reqwest::Client, String> {
-    install_crypto_provider();
-    let mut builder =
-        reqwest::Client::builder().user_agent(concat!("tidings/", env!("CARGO_PKG_VERSION")));
-    if let Some(t) = timeout {
-        builder = builder.timeout(t);
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
 /// Installs ring as the process's rustls crypto provider (idempotent).
 pub fn install_crypto_provider() {
     // Fails only when a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Turns an error response into a message: the hub's JSON `detail` when there is one.
-async fn describe_error(response: reqwest::Response) -> String {
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    let detail = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| {
-            Some(format!(
-                "{}: {}",
-                v.get("error")?.as_str()?,
-                v.get("detail")?.as_str()?
-            ))
-        })
-        .unwrap_or(text);
-    format!("the hub answered {status}: {detail}")
 }
 
 /// Runs the command line; returns the process exit code.

@@ -1,8 +1,8 @@
 //! `tidings publish`: POST one update to a hub's Mercure endpoint and print its id.
 
-use std::time::Duration;
+use tidings_client::Publication;
 
-use super::{describe_error, http_client, HubArgs};
+use super::HubArgs;
 use crate::auth::MercureClaim;
 
 /// Arguments of `tidings publish`.
@@ -38,54 +38,29 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
     } else {
         args.data
     };
-    let mut form: Vec<(&str, String)> = args.topic.iter().map(|t| ("topic", t.clone())).collect();
-    form.push(("data", data));
+    let mut publication = args
+        .topic
+        .iter()
+        .skip(1)
+        .fold(Publication::new(&args.topic[0]), |p, topic| p.topic(topic))
+        .data(data);
     if let Some(id) = args.id {
-        form.push(("id", id));
+        publication = publication.id(id);
     }
-    if let Some(t) = args.event_type {
-        form.push(("type", t));
+    if let Some(event_type) = args.event_type {
+        publication = publication.event_type(event_type);
     }
     if args.private {
-        form.push(("private", "on".into()));
+        publication = publication.private();
     }
-    if let Some(r) = args.retry {
-        form.push(("retry", r.to_string()));
+    if let Some(retry) = args.retry {
+        publication = publication.retry(retry);
     }
-    let body = form
-        .iter()
-        .fold(
-            form_urlencoded::Serializer::new(String::new()),
-            |mut s, (k, v)| {
-                s.append_pair(k, v);
-                s
-            },
-        )
-        .finish();
-    let token = args.hub.token(MercureClaim {
+    let hub = args.hub.client(MercureClaim {
         publish: Some(vec!["*".into()]),
         ..MercureClaim::default()
     })?;
-    let client = http_client(Some(Duration::from_secs(30)))?;
-    let url = args.hub.endpoint("/.well-known/mercure");
-    let mut request = client
-        .post(&url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the hub at {url}: {e}"))?;
-    if !response.status().is_success() {
-        return Err(describe_error(response).await);
-    }
-    let id = response
-        .text()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?;
+    let id = hub.publish(&publication).await.map_err(|e| e.to_string())?;
     println!("{id}");
     Ok(())
 }

@@ -1,0 +1,57 @@
+//! What can go wrong talking to a hub.
+
+/// Why a request to the hub failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The hub URL is not usable.
+    #[error("invalid hub URL {0}")]
+    InvalidUrl(String),
+    /// The hub could not be reached, or the connection failed.
+    #[error("cannot reach the hub: {0}")]
+    Transport(#[source] reqwest::Error),
+    /// The hub answered with an error status. `error` and `detail` come from its JSON body
+    /// (`{"error": "...", "detail": "..."}`) when it has one.
+    #[error("the hub answered {status}: {}", describe(.error, .detail))]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The error's short code (`bad_request`, `unauthorized`, `bus_unavailable`, …).
+        error: Option<String>,
+        /// The explanation, or the body as text.
+        detail: String,
+    },
+}
+
+fn describe(error: &Option<String>, detail: &str) -> String {
+    match error {
+        Some(error) => format!("{error}: {detail}"),
+        None => detail.to_owned(),
+    }
+}
+
+impl Error {
+    /// Reads an error response into [`Error::Refused`].
+    pub(crate) async fn refused(response: reqwest::Response) -> Error {
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let body: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|b| b.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        Error::Refused {
+            status,
+            error: field("error"),
+            detail: field("detail").unwrap_or(text),
+        }
+    }
+
+    /// True for refusals that retrying cannot cure (4xx other than 408 and 429).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::InvalidUrl(_))
+            || matches!(self, Error::Refused { status, .. }
+                if (400..500).contains(status) && *status != 408 && *status != 429)
+    }
+}

@@ -1,0 +1,177 @@
+//! The subscriber against a scripted hub on loopback: it resumes with `Last-Event-ID` after a
+//! dropped connection, honours a `retry:` hint sent on its own, reports failures it retries
+//! and stops at a refusal retrying cannot cure.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tidings_client::{Error, Hub, Subscription};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// One request the scripted hub received: its head, and when it arrived.
+struct Seen {
+    head: String,
+    at: Instant,
+}
+
+/// Serves `answers` in order, one per connection, closing each after writing it; reports
+/// every request head.
+async fn scripted_hub(answers: Vec<String>) -> (String, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for answer in answers {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = tx.send(Seen {
+                head: String::from_utf8_lossy(&head).to_lowercase(),
+                at: Instant::now(),
+            });
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+        }
+    });
+    (base, rx)
+}
+
+fn sse(body: &str) -> String {
+    format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}")
+}
+
+fn status(code: u16, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("in time")
+}
+
+#[tokio::test]
+async fn resumes_after_the_last_id_once_the_retry_hint_has_passed() {
+    let (base, mut seen) = scripted_hub(vec![
+        sse(":\n\nid: a\ndata: one\n\nretry: 400\n\n"),
+        status(
+            503,
+            r#"{"error":"bus_unavailable","detail":"redis is down"}"#,
+        ),
+        sse("id: b\nevent: book\ndata: two\ndata: lines\n\n"),
+        status(
+            401,
+            r#"{"error":"unauthorized","detail":"a token is required"}"#,
+        ),
+    ])
+    .await;
+    let hub = Hub::new(&base).unwrap().with_token("t0k3n");
+    // Until the hub says otherwise, reconnect after 50 ms.
+    let mut events = hub.subscribe(
+        Subscription::topics(["https://x/{id}"])
+            .last_event_id("start")
+            .retry(Duration::from_millis(50)),
+    );
+
+    let one = within(events.next()).await.unwrap().unwrap();
+    assert_eq!((one.id.as_str(), one.data.as_str()), ("a", "one"));
+    let first = within(seen.recv()).await.unwrap();
+    assert!(
+        first
+            .head
+            .starts_with("get /.well-known/mercure?topic=https%3a%2f%2fx%2f%7bid%7d "),
+        "{}",
+        first.head
+    );
+    assert!(
+        first.head.contains("last-event-id: start"),
+        "{}",
+        first.head
+    );
+    assert!(
+        first.head.contains("authorization: bearer t0k3n"),
+        "{}",
+        first.head
+    );
+
+    // The hub is unavailable once: reported, and retried.
+    let unavailable = within(events.next()).await.unwrap().unwrap_err();
+    assert!(!unavailable.is_permanent());
+    assert!(
+        unavailable
+            .to_string()
+            .contains("bus_unavailable: redis is down"),
+        "{unavailable}"
+    );
+    let second = within(seen.recv()).await.unwrap();
+    assert!(second.head.contains("last-event-id: a"), "{}", second.head);
+    assert!(
+        second.at - first.at >= Duration::from_millis(400),
+        "the retry hint sent on its own was honoured"
+    );
+
+    let two = within(events.next()).await.unwrap().unwrap();
+    assert_eq!(
+        (two.id.as_str(), two.event_type.as_str(), two.data.as_str()),
+        ("b", "book", "two\nlines")
+    );
+    let third = within(seen.recv()).await.unwrap();
+    assert!(third.head.contains("last-event-id: a"), "{}", third.head);
+    assert!(
+        third.at - second.at >= Duration::from_millis(800),
+        "backed off after a failure"
+    );
+
+    let refused = within(events.next()).await.unwrap().unwrap_err();
+    assert!(refused.is_permanent());
+    assert!(
+        matches!(&refused, Error::Refused { status: 401, error: Some(e), .. } if e == "unauthorized"),
+        "{refused:?}"
+    );
+    assert!(
+        within(events.next()).await.is_none(),
+        "a permanent refusal ends the stream"
+    );
+}
+
+#[tokio::test]
+async fn a_hub_that_is_not_there_is_reported_and_retried() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hub = Hub::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let mut events = hub.subscribe(
+        Subscription::session("chat")
+            .session_id("alice")
+            .retry(Duration::from_millis(10)),
+    );
+    for _ in 0..2 {
+        let error = within(events.next()).await.unwrap().unwrap_err();
+        assert!(
+            matches!(error, Error::Transport(_)) && !error.is_permanent(),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn only_http_urls_are_hubs() {
+    assert!(matches!(Hub::new("ftp://x"), Err(Error::InvalidUrl(_))));
+    assert!(matches!(Hub::new("not a url"), Err(Error::InvalidUrl(_))));
+    assert!(Hub::new("https://hub.example.com/base/").is_ok());
+}
