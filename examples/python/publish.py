@@ -19,7 +19,7 @@ import uuid
 import redis
 
 # The publish script ships with Tidings; a service keeps a copy of the file next to its code.
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "tidings" / "src" / "bus" / "redis" / "publish.lua"
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "tidings-client" / "src" / "redis_publish.lua"
 
 
 def publish(client, prefix, topics, data, *, update_id=None, event_type=None, private=False, retry=None):

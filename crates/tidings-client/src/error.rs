@@ -9,6 +9,9 @@ pub enum Error {
     /// The hub could not be reached, or the connection failed.
     #[error("cannot reach the hub: {0}")]
     Transport(#[source] reqwest::Error),
+    /// A broker did not take a direct publish (unreachable, or it refused the message).
+    #[error("broker: {0}")]
+    Broker(String),
     /// The hub answered with an error status. `error` and `detail` come from its JSON body
     /// (`{"error": "...", "detail": "..."}`) when it has one.
     #[error("the hub answered {status}: {}", describe(.error, .detail))]

@@ -10,6 +10,8 @@
 //!   `Last-Event-ID`, so no update is missed while the hub's history holds it. Refusals that
 //!   retrying cannot cure (bad selectors, a missing or wrong token) end the stream with an
 //!   [`Error`].
+//! - With the `redis` feature, [`redis::RedisPublisher`] publishes straight onto a cluster's
+//!   Redis, without HTTP, exactly as an instance would.
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -34,6 +36,8 @@
 
 mod error;
 mod publish;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod sse;
 mod subscribe;
 

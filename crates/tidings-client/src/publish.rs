@@ -6,12 +6,12 @@ use crate::{Error, Hub};
 /// methods that follow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Publication {
-    topics: Vec<String>,
-    data: String,
-    id: Option<String>,
-    event_type: Option<String>,
-    private: bool,
-    retry: Option<u64>,
+    pub(crate) topics: Vec<String>,
+    pub(crate) data: String,
+    pub(crate) id: Option<String>,
+    pub(crate) event_type: Option<String>,
+    pub(crate) private: bool,
+    pub(crate) retry: Option<u64>,
 }
 
 impl Publication {
@@ -63,6 +63,25 @@ impl Publication {
     pub fn retry(mut self, millis: u64) -> Self {
         self.retry = Some(millis);
         self
+    }
+
+    /// The bus wire-format (version 1) message of this update: what an instance writes to
+    /// the broker for an HTTP publish.
+    pub fn wire_message(&self) -> String {
+        let mut message = serde_json::json!({"v": 1, "topics": self.topics, "data": self.data});
+        if let Some(id) = &self.id {
+            message["id"] = id.as_str().into();
+        }
+        if let Some(event_type) = &self.event_type {
+            message["type"] = event_type.as_str().into();
+        }
+        if self.private {
+            message["private"] = true.into();
+        }
+        if let Some(retry) = self.retry {
+            message["retry"] = retry.into();
+        }
+        message.to_string()
     }
 
     /// The form body of the publish request.
@@ -164,5 +183,31 @@ mod tests {
             "topic=a+b&topic=c%26d&data=x%3D1%0Ay&id=i&type=t&private=on&retry=250"
         );
         assert_eq!(Publication::new("t").form(), "topic=t&data=");
+    }
+
+    #[test]
+    fn the_wire_message_has_only_the_fields_set() {
+        let full: serde_json::Value = serde_json::from_str(
+            &Publication::new("a")
+                .topic("b")
+                .data("d")
+                .id("i")
+                .event_type("t")
+                .private()
+                .retry(5)
+                .wire_message(),
+        )
+        .unwrap();
+        assert_eq!(
+            full,
+            serde_json::json!({"v": 1, "topics": ["a", "b"], "data": "d", "id": "i",
+                               "type": "t", "private": true, "retry": 5})
+        );
+        let minimal: serde_json::Value =
+            serde_json::from_str(&Publication::new("a").wire_message()).unwrap();
+        assert_eq!(
+            minimal,
+            serde_json::json!({"v": 1, "topics": ["a"], "data": ""})
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Publishing straight onto Redis, without HTTP, as `docs/wire-format.md` specifies: the
-//! Python example and a raw script call are delivered by every instance of a live cluster of
-//! two, exactly as if they had been POSTed.
+//! Python example, the Rust client's Redis publisher and a raw script call are delivered by
+//! every instance of a live cluster of two, exactly as if they had been POSTed.
 
 #![allow(clippy::print_stderr)]
 
@@ -147,5 +147,52 @@ async fn a_minimal_message_gets_the_same_derived_id_everywhere_and_a_bad_one_is_
             .unwrap()
             .status(),
         200
+    );
+}
+
+#[tokio::test]
+async fn the_rust_client_publishes_to_every_instance() {
+    let Some((keys, hubs)) = two_instances("rust-client") else {
+        return;
+    };
+    let topic = common::unique_topic("rust-client");
+    let mut streams = Vec::new();
+    for hub in &hubs {
+        streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
+    }
+    let publisher = tidings_client::redis::RedisPublisher::connect(&keys.url, &keys.prefix)
+        .await
+        .unwrap();
+    let with_id = publisher
+        .publish(
+            &tidings_client::Publication::new(&topic)
+                .id("urn:example:1")
+                .data("a\nb")
+                .event_type("note"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_id.id, "urn:example:1");
+    assert_eq!(with_id.receivers, 2, "both instances want the topic");
+    let derived = publisher
+        .publish(&tidings_client::Publication::new(&topic).data("no id"))
+        .await
+        .unwrap();
+    assert_eq!(derived.id, format!("urn:tidings:{}", derived.position));
+    for stream in &mut streams {
+        let first = stream.next().await;
+        assert_eq!(
+            (first.id.as_str(), first.event.as_str(), first.data.as_str()),
+            ("urn:example:1", "note", "a\nb")
+        );
+        assert_eq!(stream.next().await.id, derived.id);
+    }
+    // A Redis that is not there is a clear error at once.
+    let unreachable = tidings_client::redis::RedisPublisher::connect("redis://127.0.0.1:1/0", "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unreachable, tidings_client::Error::Broker(m) if m.contains("cannot reach Redis")),
+        "{unreachable}"
     );
 }

@@ -43,8 +43,9 @@ use registry::Registry;
 
 /// Longest wait for one Redis command before the operation counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// The publish script, shared with services that publish straight onto Redis.
-pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
+/// The publish script, shared with services that publish straight onto Redis (it ships with
+/// the client crate, whose Redis publisher runs it too).
+pub use tidings_client::redis::PUBLISH_SCRIPT;
 
 /// The names of everything the bus keeps in Redis, under one prefix.
 #[derive(Debug, Clone)]
