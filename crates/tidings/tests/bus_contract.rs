@@ -1,7 +1,7 @@
 //! The bus contract: what every bus backend must do, run against each one. Several
 //! "instances" (a hub and a bus each) share one broker namespace in this process: for the
 //! memory bus, hubs attached to one bus; for Redis, buses on one key prefix, under each
-//! routing mode.
+//! routing mode; for NATS, buses on one JetStream stream.
 
 mod common;
 
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidings::bus::memory::MemoryBus;
+use tidings::bus::nats::NatsBus;
 use tidings::bus::redis::RedisBus;
 use tidings::bus::{Bus, BusOptions, ReplayFrom, Routing};
 use tidings::config::Limits;
@@ -77,6 +78,20 @@ async fn redis(
         let bus = RedisBus::connect(url, &options(history_size, prefix, routing), hub.clone())
             .await
             .unwrap();
+        instances.push(Instance {
+            hub,
+            bus: Arc::new(bus),
+        });
+    }
+    instances
+}
+
+async fn nats(url: &str, prefix: &str, n: usize, history_size: usize) -> Vec<Instance> {
+    let mut instances = Vec::new();
+    for _ in 0..n {
+        let hub = new_hub();
+        let options = options(history_size, prefix, Routing::Broadcast);
+        let bus = NatsBus::connect(url, &options, hub.clone()).await.unwrap();
         instances.push(Instance {
             hub,
             bus: Arc::new(bus),
@@ -324,6 +339,18 @@ macro_rules! contract {
                     let Some(url) = common::redis_url() else { return };
                     let keys = common::RedisKeys { prefix: common::unique_prefix(stringify!($name)), url };
                     super::$name(redis(&keys.url, &keys.prefix, Routing::Interest, 3, $history).await).await;
+                }
+            )*
+        }
+
+        mod nats_bus {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(url) = common::nats_url() else { return };
+                    let stream = common::NatsStream { prefix: common::unique_prefix(stringify!($name)), url };
+                    super::$name(nats(&stream.url, &stream.prefix, 3, $history).await).await;
                 }
             )*
         }

@@ -9,8 +9,10 @@
 //! |--------------|--------------------------|-----------------------------|
 //! | `memory://`  | [`memory::MemoryBus`]    | in memory, `history-size`   |
 //! | `redis://`   | [`redis::RedisBus`]      | a Redis stream, `history-size` |
+//! | `nats://`    | [`nats::NatsBus`]        | a JetStream stream, `history-size` |
 
 pub mod memory;
+pub mod nats;
 pub mod redis;
 pub mod wire;
 
@@ -215,8 +217,9 @@ pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dy
     match scheme {
         "memory" => Ok(Arc::new(memory::MemoryBus::new(options.history_size, hub))),
         "redis" | "rediss" => Ok(Arc::new(redis::RedisBus::connect(url, options, hub).await?)),
-        "amqp" | "amqps" | "nats" => Err(BusError::Config(format!(
-            "the {scheme} bus is not available in this build yet; use memory:// or redis://"
+        "nats" => Ok(Arc::new(nats::NatsBus::connect(url, options, hub).await?)),
+        "amqp" | "amqps" => Err(BusError::Config(format!(
+            "the {scheme} bus is not available in this build yet; use memory://, redis:// or nats://"
         ))),
         _ => Err(BusError::Config(format!(
             "unknown bus URL {:?}: expected memory://, redis://, amqp:// or nats://",

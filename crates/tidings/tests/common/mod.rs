@@ -533,3 +533,64 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// The NATS server the tests use (`TIDINGS_TEST_NATS`, default the machine's
+/// 127.0.0.1:4222, with JetStream), or `None` (skip) as for [`redis_url`].
+pub fn nats_url() -> Option<String> {
+    let url = std::env::var("TIDINGS_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let address = url.trim_start_matches("nats://").to_owned();
+    let reachable = address
+        .parse::<std::net::SocketAddr>()
+        .map_err(|e| e.to_string())
+        .and_then(|a| {
+            std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2))
+                .map_err(|e| e.to_string())
+        });
+    match reachable {
+        Ok(_) => Some(url),
+        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+            panic!("NATS at {url} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: NATS at {url} is unreachable ({e}); set TIDINGS_TEST_NATS");
+            None
+        }
+    }
+}
+
+/// Deletes a test's JetStream stream when dropped, even when the test fails.
+pub struct NatsStream {
+    pub url: String,
+    /// The prefix the buses were given; the stream is named from it.
+    pub prefix: String,
+}
+
+impl Drop for NatsStream {
+    fn drop(&mut self) {
+        let name: String = self
+            .prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let url = self.url.clone();
+        // A runtime of its own: drop may run outside of one, or inside one that is ending.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(client) = async_nats::connect(url).await {
+                    let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+                }
+            });
+        })
+        .join();
+    }
+}

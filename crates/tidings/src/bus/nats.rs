@@ -1,0 +1,435 @@
+//! The NATS bus (`nats://host:4222`): many instances on one NATS server with JetStream.
+//!
+//! - **Publish** stores the wire-format message in one JetStream stream (named from the
+//!   prefix), on the subject `<prefix>.u.<digest of the update id>`, and is acknowledged once
+//!   JetStream stored it. The stream sequence is the update's position: one total order.
+//! - **Delivery** (broadcast routing): every instance reads the stream with an ordered
+//!   consumer from where it is, hands each update to its hub in sequence order, and counts a
+//!   gap when the sequence jumps (what it missed was trimmed before it could read it).
+//! - **Replay** finds an id's place with the last message on its subject, then reads the
+//!   stream from there: resuming works on any instance.
+//!
+//! JetStream on NATS 2.9 filters a consumer by one subject only, so this bus routes by
+//! broadcast whatever `routing` says.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
+use crate::config::Limits;
+use crate::envelope::{now_micros, Envelope, Position};
+use crate::hub::Hub;
+use crate::update::{Update, UpdateId};
+
+/// Longest wait for one NATS operation before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait between two attempts to recreate the delivery consumer.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The header carrying the publish time, in microseconds since the Unix epoch.
+const TIME_HEADER: &str = "Tidings-Time";
+
+/// The NATS bus. Dropping it stops its delivery task.
+#[derive(Debug)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    subject_prefix: String,
+    history: bool,
+    limits: Limits,
+    ready: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NatsBus {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("nats: {e}"))
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(_) => Err(unavailable(format!("no answer within {COMMAND_TIMEOUT:?}"))),
+    }
+}
+
+/// A name NATS accepts as a stream name and a subject token: the prefix with every character
+/// other than letters, digits, `-` and `_` replaced by `_`.
+fn token(prefix: &str) -> String {
+    prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The subject of an update: its id's digest, so the last message on it is the id's place.
+fn subject(subject_prefix: &str, id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{subject_prefix}.u.{hex}")
+}
+
+/// Decodes one stored message into an envelope (logging and skipping a malformed one).
+fn envelope(
+    sequence: u64,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+    limits: &Limits,
+) -> Option<Arc<Envelope>> {
+    let micros = headers
+        .and_then(|h| h.get(TIME_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .filter(|m| *m > 0)
+        .unwrap_or_else(now_micros);
+    let text = match std::str::from_utf8(payload) {
+        Ok(text) => text,
+        Err(_) => {
+            tracing::warn!(sequence, "nats: a message that is not text; skipped");
+            return None;
+        }
+    };
+    match wire::decode(text, || format!("urn:tidings:{sequence}"), limits) {
+        Ok(update) => Some(Arc::new(Envelope::new(
+            update,
+            Position(u128::from(sequence)),
+            micros,
+        ))),
+        Err(e) => {
+            tracing::warn!(sequence, error = %e, "nats: a malformed message; skipped");
+            None
+        }
+    }
+}
+
+impl NatsBus {
+    /// Connects to the NATS server at `url`, creates the stream if needed, and starts
+    /// delivering to `hub`.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when NATS or JetStream cannot be reached at start-up.
+    pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
+        let ready = Arc::new(AtomicBool::new(false));
+        let events = ready.clone();
+        // Bumped at each (re)connection: the delivery consumer is then recreated at once
+        // (waiting for the ordered consumer to notice missed heartbeats takes 30 s).
+        let (connections_tx, connections) = watch::channel(0u64);
+        let connections_tx = Arc::new(connections_tx);
+        let connect = async_nats::ConnectOptions::new()
+            .connection_timeout(COMMAND_TIMEOUT)
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let ready = events.clone();
+                let connections = connections_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => ready.store(false, Ordering::Relaxed),
+                        async_nats::Event::Connected => {
+                            ready.store(true, Ordering::Relaxed);
+                            connections.send_modify(|n| *n += 1);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .connect(url);
+        let client = tokio::time::timeout(COMMAND_TIMEOUT * 2, connect)
+            .await
+            .map_err(|_| {
+                BusError::Unavailable(format!("cannot reach NATS at {}", super::redact(url)))
+            })?
+            .map_err(|e| {
+                BusError::Unavailable(format!("cannot reach NATS at {}: {e}", super::redact(url)))
+            })?;
+        ready.store(true, Ordering::Relaxed);
+        let js = jetstream::new(client.clone());
+        let name = token(&options.redis_prefix);
+        let subject_prefix = name.clone();
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{subject_prefix}.u.>")],
+            max_messages: options.history_size.max(1) as i64,
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let stream = timed(js.get_or_create_stream(config))
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot use JetStream: {e}")))?;
+        let start = timed(stream.get_info()).await?.state.last_sequence;
+        let reader = Reader {
+            stream: stream.clone(),
+            filter: format!("{subject_prefix}.u.>"),
+            hub,
+            limits: options.limits.clone(),
+            last: start,
+            connections,
+        };
+        let reader = tokio::spawn(reader.run());
+        Ok(NatsBus {
+            client,
+            js,
+            stream,
+            subject_prefix,
+            history: options.history_size > 0,
+            limits: options.limits.clone(),
+            ready,
+            reader,
+        })
+    }
+
+    /// Reads the stream's messages `from..=to` into envelopes.
+    async fn range(&self, from: u64, to: u64) -> Result<Vec<Arc<Envelope>>, BusError> {
+        if from > to || to == 0 {
+            return Ok(Vec::new());
+        }
+        let consumer = timed(self.stream.create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{}.u.>", self.subject_prefix),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        }))
+        .await?;
+        let mut messages = timed(consumer.messages()).await?;
+        let mut envelopes = Vec::new();
+        loop {
+            let message = match tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(unavailable(e)),
+                Ok(None) | Err(_) => return Err(unavailable("history could not be read")),
+            };
+            let sequence = message.info().map_err(unavailable)?.stream_sequence;
+            if sequence >= from {
+                envelopes.extend(envelope(
+                    sequence,
+                    message.headers.as_ref(),
+                    &message.payload,
+                    &self.limits,
+                ));
+            }
+            if sequence >= to {
+                return Ok(envelopes);
+            }
+        }
+    }
+
+    /// The id of the update at `sequence`, if the stream holds it.
+    async fn id_at(&self, sequence: u64) -> Result<Option<UpdateId>, BusError> {
+        let message = match timed(self.stream.get_raw_message(sequence)).await {
+            Ok(message) => message,
+            Err(_) => return Ok(None),
+        };
+        Ok(envelope(
+            sequence,
+            Some(&message.headers),
+            &message.payload,
+            &self.limits,
+        )
+        .map(|e| e.update.id.clone()))
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+        // The client would queue a publish while disconnected and send it on reconnect, after
+        // the publisher was told it failed: refuse it here instead.
+        if !self.is_ready() {
+            return Err(unavailable("not connected"));
+        }
+        let micros = now_micros();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TIME_HEADER, micros.to_string().as_str());
+        let subject = subject(&self.subject_prefix, update.id.as_str());
+        let message = wire::encode(&update);
+        let ack = timed(async {
+            self.js
+                .publish_with_headers(subject, headers, message.into())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        })
+        .await?;
+        Ok(Arc::new(Envelope::new(
+            update,
+            Position(u128::from(ack.sequence)),
+            micros,
+        )))
+    }
+
+    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        let state = timed(self.stream.get_info()).await?.state;
+        let (first, head) = (state.first_sequence, state.last_sequence);
+        let mut replay = Replay {
+            head_id: if head > 0 {
+                self.id_at(head).await?
+            } else {
+                None
+            },
+            ..Replay::default()
+        };
+        match from {
+            ReplayFrom::Now => {}
+            ReplayFrom::Earliest if self.history => {
+                replay.updates = self.range(first, head).await?
+            }
+            ReplayFrom::Earliest => {}
+            ReplayFrom::After(id) => {
+                let place = match self.history {
+                    true => {
+                        let subject = subject(&self.subject_prefix, id.as_str());
+                        match timed(self.stream.get_last_raw_message_by_subject(&subject)).await {
+                            Ok(message) => Some(message.sequence),
+                            Err(_) => None,
+                        }
+                    }
+                    false => None,
+                };
+                match place {
+                    Some(sequence) if sequence >= first => {
+                        replay.updates = self.range(sequence + 1, head).await?;
+                    }
+                    _ if replay.head_id.as_ref() == Some(id) => {}
+                    _ => {
+                        replay.missing = true;
+                        if self.history {
+                            replay.updates = self.range(first, head).await?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(replay)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// The delivery task: an ordered consumer of the whole stream from where this instance is.
+struct Reader {
+    stream: stream::Stream,
+    filter: String,
+    hub: Hub,
+    limits: Limits,
+    /// The last sequence handed to the hub (or the stream's head at start).
+    last: u64,
+    /// Changes at each reconnection to NATS.
+    connections: watch::Receiver<u64>,
+}
+
+impl Reader {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.follow().await {
+                Ok(()) => {
+                    tracing::info!("nats: reconnected; resuming delivery after the last update");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "nats: delivery failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            self.hub.metrics().bus_reconnects.inc();
+        }
+    }
+
+    /// Delivers until NATS reconnects (`Ok`: start again from the last update) or fails.
+    async fn follow(&mut self) -> Result<(), BusError> {
+        self.connections.borrow_and_update();
+        let consumer = timed(self.stream.create_consumer(pull::OrderedConfig {
+            filter_subject: self.filter.clone(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: self.last + 1,
+            },
+            ..Default::default()
+        }))
+        .await?;
+        let mut messages = timed(consumer.messages()).await?;
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = self.connections.changed() => return Ok(()),
+            };
+            let Some(message) = message else {
+                return Err(unavailable("the delivery consumer ended"));
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    // The ordered consumer recreates itself; say so and go on.
+                    tracing::warn!(error = %e, "nats: delivery interrupted");
+                    continue;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let sequence = info.stream_sequence;
+            // Already delivered (an ordered consumer recreated before its first message may
+            // start over from the stream's beginning).
+            if sequence <= self.last {
+                continue;
+            }
+            if sequence > self.last + 1 {
+                self.hub.metrics().bus_gaps.inc();
+                tracing::warn!(
+                    from = self.last + 1,
+                    to = sequence - 1,
+                    "nats: updates were trimmed from the stream before this instance read them"
+                );
+            }
+            self.last = sequence;
+            if let Some(envelope) = envelope(
+                sequence,
+                message.headers.as_ref(),
+                &message.payload,
+                &self.limits,
+            ) {
+                self.hub.dispatch(&envelope);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_subjects_are_what_nats_accepts() {
+        assert_eq!(token("tidings-test:a b.c*>/"), "tidings-test_a_b_c___");
+        let s = subject("p", "urn:uuid:1");
+        assert!(s.starts_with("p.u.") && s.len() == "p.u.".len() + 32);
+        assert_eq!(s, subject("p", "urn:uuid:1"));
+        assert_ne!(s, subject("p", "urn:uuid:2"));
+    }
+}
