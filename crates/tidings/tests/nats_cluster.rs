@@ -157,3 +157,34 @@ async fn three_instances_fan_out_survive_a_nats_restart_and_resume_anywhere() {
         assert_eq!(&resumed.next().await.id, id);
     }
 }
+
+#[tokio::test]
+async fn a_nats_that_lost_its_store_gets_the_stream_back_and_delivery_goes_on() {
+    let Some(mut nats) = PrivateNats::start() else {
+        return;
+    };
+    let url = nats.url();
+    let a = Hub::start(&["--auth", "none", "--bus", &url]);
+    let b = Hub::start(&["--auth", "none", "--bus", &url]);
+    let topic = common::unique_topic("nats-lost");
+    let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
+    for i in 0..3 {
+        let (code, id) = publish(&b, None, &[("topic", &topic), ("data", &i.to_string())]).await;
+        assert_eq!(code, 200, "{id}");
+        assert_eq!(stream.next().await.id, id);
+    }
+    // NATS comes back without its store: the stream, and its sequence, are gone.
+    nats.stop();
+    std::fs::remove_dir_all(nats.store.path()).unwrap();
+    std::fs::create_dir_all(nats.store.path()).unwrap();
+    nats.spawn().unwrap();
+    let id = publish_once_recovered(&b, &topic, "after").await;
+    match stream.next_within(Duration::from_secs(15)).await {
+        Some(event) => assert_eq!(event.id, id),
+        None => panic!("log of A:\n{}", a.log.lock().unwrap().join("\n")),
+    }
+    assert!(
+        a.metric("tidings_bus_gaps_total").await >= 1.0,
+        "the loss is counted"
+    );
+}

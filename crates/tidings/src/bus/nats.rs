@@ -173,11 +173,13 @@ impl NatsBus {
             allow_direct: true,
             ..Default::default()
         };
-        let stream = timed(js.get_or_create_stream(config))
+        let stream = timed(js.get_or_create_stream(config.clone()))
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot use JetStream: {e}")))?;
         let start = timed(stream.get_info()).await?.state.last_sequence;
         let reader = Reader {
+            js: js.clone(),
+            config,
             stream: stream.clone(),
             filter: format!("{subject_prefix}.u.>"),
             hub,
@@ -335,6 +337,9 @@ impl Bus for NatsBus {
 
 /// The delivery task: an ordered consumer of the whole stream from where this instance is.
 struct Reader {
+    js: jetstream::Context,
+    /// The stream's configuration, to create it again if NATS lost it.
+    config: stream::Config,
     stream: stream::Stream,
     filter: String,
     hub: Hub,
@@ -367,6 +372,19 @@ impl Reader {
     /// Delivers until NATS reconnects (`Ok`: start again from the last update) or fails.
     async fn follow(&mut self) -> Result<(), BusError> {
         self.connections.borrow_and_update();
+        // A NATS that lost its store (restarted without persistence) lost the stream too:
+        // create it again, and start over from its beginning.
+        self.stream = timed(self.js.get_or_create_stream(self.config.clone())).await?;
+        let head = timed(self.stream.get_info()).await?.state.last_sequence;
+        if head < self.last {
+            self.hub.metrics().bus_gaps.inc();
+            tracing::warn!(
+                last = self.last,
+                head,
+                "nats: the stream is newer than what this instance delivered (NATS lost it); updates in between are lost"
+            );
+            self.last = 0;
+        }
         let consumer = timed(self.stream.create_consumer(pull::OrderedConfig {
             filter_subject: self.filter.clone(),
             deliver_policy: DeliverPolicy::ByStartSequence {
