@@ -4,111 +4,11 @@
 //! back, nothing published around the restart is lost, and a client resumes on another
 //! instance with its last id.
 
-#![allow(clippy::print_stderr)]
-
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{publish, subscribe_url, Hub, Stream};
-
-/// A `nats-server -js` of this test's own.
-struct PrivateNats {
-    port: u16,
-    store: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateNats {
-    fn start() -> Option<PrivateNats> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut nats = PrivateNats {
-            port,
-            store: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        match nats.spawn() {
-            Ok(()) => Some(nats),
-            Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
-                panic!("nats-server is required (TIDINGS_REQUIRE_BROKERS=1): {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping: cannot start nats-server ({e})");
-                None
-            }
-        }
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(std::io::Error::other("nats-server did not start listening"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn ready(hub: &Hub) -> bool {
-    common::client()
-        .get(hub.url("/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
-
-async fn publish_once_recovered(hub: &Hub, topic: &str, data: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, id) = publish(hub, None, &[("topic", topic), ("data", data)]).await;
-        if code == 200 {
-            return id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publishing did not recover: {code} {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::{publish, publish_once_recovered, subscribe_url, Hub, PrivateNats, Stream};
 
 #[tokio::test]
 async fn three_instances_fan_out_survive_a_nats_restart_and_resume_anywhere() {
@@ -134,7 +34,7 @@ async fn three_instances_fan_out_survive_a_nats_restart_and_resume_anywhere() {
         ids.push(publish_once_recovered(&hubs[2], &topic, &i.to_string()).await);
     }
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !ready(&hubs[0]).await {
+    while common::status(&hubs[0], "/readyz").await != 200 {
         assert!(Instant::now() < deadline, "readiness did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

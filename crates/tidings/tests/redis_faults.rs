@@ -7,32 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{publish, subscribe_url, Hub, PrivateRedis, Stream};
-
-async fn status(hub: &Hub, path: &str) -> u16 {
-    common::client()
-        .get(hub.url(path))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-/// Publishes `data`, retrying while the bus recovers (at most 10 s); returns the update's id.
-async fn publish_once_recovered(hub: &Hub, topic: &str, data: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, id) = publish(hub, None, &[("topic", topic), ("data", data)]).await;
-        if code == 200 {
-            return id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publishing did not recover: {code} {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::{publish, publish_once_recovered, status, subscribe_url, Hub, PrivateRedis, Stream};
 
 /// Sends a signal (`-STOP`, `-CONT`) to an instance.
 fn signal(hub: &Hub, sig: &str) {

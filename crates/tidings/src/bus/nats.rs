@@ -12,7 +12,6 @@
 //! JetStream on NATS 2.9 filters a consumer by one subject only, so this bus routes by
 //! broadcast whatever `routing` says.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +43,6 @@ pub struct NatsBus {
     subject_prefix: String,
     history: bool,
     limits: Limits,
-    ready: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -67,9 +65,10 @@ async fn timed<T, E: std::fmt::Display>(
     }
 }
 
-/// A name NATS accepts as a stream name and a subject token: the prefix with every character
-/// other than letters, digits, `-` and `_` replaced by `_`.
-fn token(prefix: &str) -> String {
+/// The name of a cluster's stream, also the first token of its subjects: the prefix with
+/// every character other than letters, digits, `-` and `_` replaced by `_` (what NATS accepts
+/// in both).
+pub fn stream_name(prefix: &str) -> String {
     prefix
         .chars()
         .map(|c| {
@@ -128,8 +127,6 @@ impl NatsBus {
     /// # Errors
     /// [`BusError::Unavailable`] when NATS or JetStream cannot be reached at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
-        let ready = Arc::new(AtomicBool::new(false));
-        let events = ready.clone();
         // Bumped at each (re)connection: the delivery consumer is then recreated at once
         // (waiting for the ordered consumer to notice missed heartbeats takes 30 s).
         let (connections_tx, connections) = watch::channel(0u64);
@@ -138,16 +135,10 @@ impl NatsBus {
             .connection_timeout(COMMAND_TIMEOUT)
             .max_reconnects(None)
             .event_callback(move |event| {
-                let ready = events.clone();
                 let connections = connections_tx.clone();
                 async move {
-                    match event {
-                        async_nats::Event::Disconnected => ready.store(false, Ordering::Relaxed),
-                        async_nats::Event::Connected => {
-                            ready.store(true, Ordering::Relaxed);
-                            connections.send_modify(|n| *n += 1);
-                        }
-                        _ => {}
+                    if let async_nats::Event::Connected = event {
+                        connections.send_modify(|n| *n += 1);
                     }
                 }
             })
@@ -160,9 +151,8 @@ impl NatsBus {
             .map_err(|e| {
                 BusError::Unavailable(format!("cannot reach NATS at {}: {e}", super::redact(url)))
             })?;
-        ready.store(true, Ordering::Relaxed);
         let js = jetstream::new(client.clone());
-        let name = token(&options.redis_prefix);
+        let name = stream_name(&options.redis_prefix);
         let subject_prefix = name.clone();
         let config = stream::Config {
             name: name.clone(),
@@ -195,7 +185,6 @@ impl NatsBus {
             subject_prefix,
             history: options.history_size > 0,
             limits: options.limits.clone(),
-            ready,
             reader,
         })
     }
@@ -330,8 +319,7 @@ impl Bus for NatsBus {
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-            && self.client.connection_state() == async_nats::connection::State::Connected
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 }
 
@@ -444,7 +432,10 @@ mod tests {
 
     #[test]
     fn names_and_subjects_are_what_nats_accepts() {
-        assert_eq!(token("tidings-test:a b.c*>/"), "tidings-test_a_b_c___");
+        assert_eq!(
+            stream_name("tidings-test:a b.c*>/"),
+            "tidings-test_a_b_c___"
+        );
         let s = subject("p", "urn:uuid:1");
         assert!(s.starts_with("p.u.") && s.len() == "p.u.".len() + 32);
         assert_eq!(s, subject("p", "urn:uuid:1"));

@@ -429,27 +429,13 @@ impl PrivateRedis {
         tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
         password: Option<String>,
     ) -> Option<PrivateRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut redis = PrivateRedis {
-            port,
+            port: free_port(),
             tls,
             password,
             child: None,
         };
-        match redis.spawn() {
-            Ok(()) => Some(redis),
-            Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
-                panic!("redis-server is required (TIDINGS_REQUIRE_BROKERS=1): {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping: cannot start redis-server ({e})");
-                None
-            }
-        }
+        started("redis-server", redis.spawn().map(|()| redis))
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
@@ -474,21 +460,9 @@ impl PrivateRedis {
         if let Some(password) = &self.password {
             args.extend(["--requirepass".into(), password.clone()]);
         }
-        let child = Command::new("redis-server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if std::time::Instant::now() > deadline {
-                return Err(std::io::Error::other(
-                    "redis-server did not start listening",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut command = Command::new("redis-server");
+        command.args(args);
+        self.child = Some(spawn_listening(command, self.port)?);
         Ok(())
     }
 
@@ -567,17 +541,7 @@ pub struct NatsStream {
 
 impl Drop for NatsStream {
     fn drop(&mut self) {
-        let name: String = self
-            .prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let name = tidings::bus::nats::stream_name(&self.prefix);
         let url = self.url.clone();
         // A runtime of its own: drop may run outside of one, or inside one that is ending.
         let _ = std::thread::spawn(move || {
@@ -592,5 +556,133 @@ impl Drop for NatsStream {
             });
         })
         .join();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a server process (output discarded) and waits until it accepts connections on
+/// `port`.
+fn spawn_listening(mut command: Command, port: u16) -> std::io::Result<Child> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other(format!(
+                "{:?} did not start listening on port {port}",
+                command.get_program()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// Turns a broker that cannot be started into a skip, or a failure under
+/// `TIDINGS_REQUIRE_BROKERS=1`.
+fn started<T>(what: &str, result: std::io::Result<T>) -> Option<T> {
+    match result {
+        Ok(server) => Some(server),
+        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+            panic!("{what} is required (TIDINGS_REQUIRE_BROKERS=1): {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: cannot start {what} ({e})");
+            None
+        }
+    }
+}
+
+/// A `nats-server -js` of a test's own, on a free port, with its store in a temporary
+/// directory, stopped by PID (never the machine's shared one).
+pub struct PrivateNats {
+    pub port: u16,
+    pub store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    /// Starts one, or `None` (skip) when `nats-server` is not installed — a failure under
+    /// `TIDINGS_REQUIRE_BROKERS=1`.
+    pub fn start() -> Option<PrivateNats> {
+        let mut nats = PrivateNats {
+            port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        started("nats-server", nats.spawn().map(|()| nats))
+    }
+
+    /// Starts it again (after [`PrivateNats::stop`]), on the same port and store.
+    pub fn spawn(&mut self) -> std::io::Result<()> {
+        let mut command = Command::new("nats-server");
+        command
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path());
+        self.child = Some(spawn_listening(command, self.port)?);
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The status a GET of `path` gets (0 when the hub cannot be reached).
+pub async fn status(hub: &Hub, path: &str) -> u16 {
+    client()
+        .get(hub.url(path))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Publishes `data` on `topic`, retrying while the bus recovers (at most 15 s); returns the
+/// update's id.
+pub async fn publish_once_recovered(hub: &Hub, topic: &str, data: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, id) = publish(hub, None, &[("topic", topic), ("data", data)]).await;
+        if code == 200 {
+            return id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publishing did not recover: {code} {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
