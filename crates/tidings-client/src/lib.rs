@@ -11,7 +11,8 @@
 //!   retrying cannot cure (bad selectors, a missing or wrong token) end the stream with an
 //!   [`Error`].
 //! - With the `redis` feature, [`redis::RedisPublisher`] publishes straight onto a cluster's
-//!   Redis, without HTTP, exactly as an instance would.
+//!   Redis, without HTTP, exactly as an instance would; with the `nats` feature,
+//!   [`nats::NatsPublisher`] onto its NATS JetStream stream.
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -35,6 +36,8 @@
 //! ```
 
 mod error;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod publish;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -1,6 +1,6 @@
-//! Publishing straight onto Redis, without HTTP, as `docs/wire-format.md` specifies: the
-//! Python example, the Rust client's Redis publisher and a raw script call are delivered by
-//! every instance of a live cluster of two, exactly as if they had been POSTed.
+//! Publishing straight onto the broker, without HTTP, as `docs/wire-format.md` specifies: the
+//! Python examples, the Rust client's Redis and NATS publishers and a raw script call are
+//! delivered by every instance of a live cluster of two, exactly as if they had been POSTed.
 
 #![allow(clippy::print_stderr)]
 
@@ -11,23 +11,40 @@ use std::process::Command;
 
 use common::{subscribe_url, Hub, RedisKeys, Stream};
 
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/publish.py")
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/python")
+        .join(name)
 }
 
-/// True when `python3` can import `redis`; a failure under `TIDINGS_REQUIRE_BROKERS=1`.
-fn python_ready() -> bool {
+/// True when `python3` can import `module`; a failure under `TIDINGS_REQUIRE_BROKERS=1`.
+fn python_ready(module: &str) -> bool {
     let ok = Command::new("python3")
-        .args(["-c", "import redis"])
+        .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") {
-            panic!("python3 with the redis package is required: pip install -r examples/python/requirements.txt");
+            panic!("python3 with the {module} package is required: pip install -r examples/python/requirements.txt");
         }
-        eprintln!("skipping: python3 cannot import redis (pip install -r examples/python/requirements.txt)");
+        eprintln!("skipping: python3 cannot import {module} (pip install -r examples/python/requirements.txt)");
     }
     ok
+}
+
+/// Runs a Python example and returns the id it printed.
+fn run_example(name: &str, args: &[&str]) -> String {
+    let output = Command::new("python3")
+        .arg(example(name))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 fn two_instances(name: &str) -> Option<(RedisKeys, Vec<Hub>)> {
@@ -38,7 +55,7 @@ fn two_instances(name: &str) -> Option<(RedisKeys, Vec<Hub>)> {
 
 #[tokio::test]
 async fn the_python_example_publishes_to_every_instance() {
-    if !python_ready() {
+    if !python_ready("redis") {
         return;
     }
     let Some((keys, hubs)) = two_instances("python") else {
@@ -49,25 +66,21 @@ async fn the_python_example_publishes_to_every_instance() {
     for hub in &hubs {
         streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
     }
-    let output = Command::new("python3")
-        .arg(example())
-        .args([
+    let id = run_example(
+        "publish.py",
+        &[
             "--redis",
             &keys.url,
             "--prefix",
             &keys.prefix,
             "--topic",
             &topic,
-        ])
-        .args(["--data", "from python\nsecond line", "--type", "book"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+            "--data",
+            "from python\nsecond line",
+            "--type",
+            "book",
+        ],
     );
-    let id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     assert!(id.starts_with("urn:uuid:"), "{id}");
     for stream in &mut streams {
         let event = stream.next().await;
@@ -193,6 +206,138 @@ async fn the_rust_client_publishes_to_every_instance() {
         .unwrap_err();
     assert!(
         matches!(&unreachable, tidings_client::Error::Broker(m) if m.contains("cannot reach Redis")),
+        "{unreachable}"
+    );
+}
+
+/// Two instances on the test NATS, on a stream of their own (deleted when the guard drops).
+fn two_nats_instances(name: &str) -> Option<(common::NatsStream, Vec<Hub>)> {
+    let url = common::nats_url()?;
+    let stream = common::NatsStream {
+        url,
+        prefix: common::unique_prefix(name),
+    };
+    let hubs = (0..2)
+        .map(|_| {
+            Hub::start(&[
+                "--auth",
+                "none",
+                "--bus",
+                &stream.url,
+                "--redis-prefix",
+                &stream.prefix,
+            ])
+        })
+        .collect();
+    Some((stream, hubs))
+}
+
+#[tokio::test]
+async fn the_python_nats_example_publishes_to_every_instance() {
+    if !python_ready("nats") {
+        return;
+    }
+    let Some((nats, hubs)) = two_nats_instances("python-nats") else {
+        return;
+    };
+    let topic = common::unique_topic("python-nats");
+    let mut streams = Vec::new();
+    for hub in &hubs {
+        streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
+    }
+    let id = run_example(
+        "publish_nats.py",
+        &[
+            "--nats",
+            &nats.url,
+            "--prefix",
+            &nats.prefix,
+            "--topic",
+            &topic,
+            "--data",
+            "from python\nsecond line",
+            "--type",
+            "book",
+        ],
+    );
+    assert!(id.starts_with("urn:uuid:"), "{id}");
+    let next = run_example(
+        "publish_nats.py",
+        &[
+            "--nats",
+            &nats.url,
+            "--prefix",
+            &nats.prefix,
+            "--topic",
+            &topic,
+        ],
+    );
+    for stream in &mut streams {
+        let event = stream.next().await;
+        assert_eq!(
+            (event.id.as_str(), event.event.as_str(), event.data.as_str()),
+            (id.as_str(), "book", "from python\nsecond line")
+        );
+        assert_eq!(stream.next().await.id, next);
+    }
+    // Its id is found in history: resuming after it on the other instance gets the next one.
+    let resume = format!("&lastEventID={id}");
+    let mut resumed = Stream::open(&subscribe_url(&hubs[1], &[&topic], &resume), &[]).await;
+    assert_eq!(resumed.next().await.id, next);
+}
+
+#[tokio::test]
+async fn the_rust_client_publishes_onto_nats_and_a_derived_id_resumes() {
+    let Some((nats, hubs)) = two_nats_instances("rust-nats") else {
+        return;
+    };
+    let topic = common::unique_topic("rust-nats");
+    let mut streams = Vec::new();
+    for hub in &hubs {
+        streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
+    }
+    let publisher = tidings_client::nats::NatsPublisher::connect(&nats.url, &nats.prefix)
+        .await
+        .unwrap();
+    let with_id = publisher
+        .publish(
+            &tidings_client::Publication::new(&topic)
+                .id("urn:example:1")
+                .data("a\nb")
+                .event_type("note"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_id.id, "urn:example:1");
+    let derived = publisher
+        .publish(&tidings_client::Publication::new(&topic).data("no id"))
+        .await
+        .unwrap();
+    assert_eq!(derived.id, format!("urn:tidings:{}", derived.sequence));
+    assert_eq!(derived.sequence, with_id.sequence + 1);
+    let last = publisher
+        .publish(&tidings_client::Publication::new(&topic).data("last"))
+        .await
+        .unwrap();
+    for stream in &mut streams {
+        let first = stream.next().await;
+        assert_eq!(
+            (first.id.as_str(), first.event.as_str(), first.data.as_str()),
+            ("urn:example:1", "note", "a\nb")
+        );
+        assert_eq!(stream.next().await.id, derived.id);
+        assert_eq!(stream.next().await.id, last.id);
+    }
+    // A derived id is found in history too.
+    let resume = format!("&lastEventID={}", derived.id);
+    let mut resumed = Stream::open(&subscribe_url(&hubs[1], &[&topic], &resume), &[]).await;
+    assert_eq!(resumed.next().await.id, last.id);
+    // A NATS that is not there is a clear error at once.
+    let unreachable = tidings_client::nats::NatsPublisher::connect("nats://127.0.0.1:1", "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unreachable, tidings_client::Error::Broker(m) if m.contains("cannot reach NATS")),
         "{unreachable}"
     );
 }

@@ -18,7 +18,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
@@ -27,12 +26,12 @@ use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::update::{Update, UpdateId};
 
+pub use tidings_client::nats::{stream_name, subject, TIME_HEADER};
+
 /// Longest wait for one NATS operation before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait between two attempts to recreate the delivery consumer.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// The header carrying the publish time, in microseconds since the Unix epoch.
-const TIME_HEADER: &str = "Tidings-Time";
 
 /// The NATS bus. Dropping it stops its delivery task.
 #[derive(Debug)]
@@ -63,29 +62,6 @@ async fn timed<T, E: std::fmt::Display>(
         Ok(result) => result.map_err(unavailable),
         Err(_) => Err(unavailable(format!("no answer within {COMMAND_TIMEOUT:?}"))),
     }
-}
-
-/// The name of a cluster's stream, also the first token of its subjects: the prefix with
-/// every character other than letters, digits, `-` and `_` replaced by `_` (what NATS accepts
-/// in both).
-pub fn stream_name(prefix: &str) -> String {
-    prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The subject of an update: its id's digest, so the last message on it is the id's place.
-fn subject(subject_prefix: &str, id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{subject_prefix}.u.{hex}")
 }
 
 /// Decodes one stored message into an envelope (logging and skipping a malformed one).
@@ -225,6 +201,26 @@ impl NatsBus {
         }
     }
 
+    /// Where the update `id` is in the stream: the last message on its subject, or, for an
+    /// id derived from a sequence (`urn:tidings:<n>`, a message published without one), that
+    /// sequence if the message there has this id.
+    async fn place_of(&self, id: &UpdateId) -> Result<Option<u64>, BusError> {
+        let subject = subject(&self.subject_prefix, Some(id.as_str()));
+        if let Ok(message) = timed(self.stream.get_last_raw_message_by_subject(&subject)).await {
+            return Ok(Some(message.sequence));
+        }
+        let derived = id
+            .as_str()
+            .strip_prefix("urn:tidings:")
+            .and_then(|n| n.parse::<u64>().ok());
+        match derived {
+            Some(sequence) if self.id_at(sequence).await?.as_ref() == Some(id) => {
+                Ok(Some(sequence))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The id of the update at `sequence`, if the stream holds it.
     async fn id_at(&self, sequence: u64) -> Result<Option<UpdateId>, BusError> {
         let message = match timed(self.stream.get_raw_message(sequence)).await {
@@ -256,7 +252,7 @@ impl Bus for NatsBus {
         let micros = now_micros();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(TIME_HEADER, micros.to_string().as_str());
-        let subject = subject(&self.subject_prefix, update.id.as_str());
+        let subject = subject(&self.subject_prefix, Some(update.id.as_str()));
         let message = wire::encode(&update);
         let ack = timed(async {
             self.js
@@ -292,13 +288,7 @@ impl Bus for NatsBus {
             ReplayFrom::Earliest => {}
             ReplayFrom::After(id) => {
                 let place = match self.history {
-                    true => {
-                        let subject = subject(&self.subject_prefix, id.as_str());
-                        match timed(self.stream.get_last_raw_message_by_subject(&subject)).await {
-                            Ok(message) => Some(message.sequence),
-                            Err(_) => None,
-                        }
-                    }
+                    true => self.place_of(id).await?,
                     false => None,
                 };
                 match place {
@@ -423,22 +413,5 @@ impl Reader {
                 self.hub.dispatch(&envelope);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_subjects_are_what_nats_accepts() {
-        assert_eq!(
-            stream_name("tidings-test:a b.c*>/"),
-            "tidings-test_a_b_c___"
-        );
-        let s = subject("p", "urn:uuid:1");
-        assert!(s.starts_with("p.u.") && s.len() == "p.u.".len() + 32);
-        assert_eq!(s, subject("p", "urn:uuid:1"));
-        assert_ne!(s, subject("p", "urn:uuid:2"));
     }
 }
