@@ -12,7 +12,8 @@
 //!   [`Error`].
 //! - With the `redis` feature, [`redis::RedisPublisher`] publishes straight onto a cluster's
 //!   Redis, without HTTP, exactly as an instance would; with the `nats` feature,
-//!   [`nats::NatsPublisher`] onto its NATS JetStream stream.
+//!   [`nats::NatsPublisher`] onto its NATS JetStream stream; with the `amqp` feature,
+//!   [`amqp::AmqpPublisher`] onto its RabbitMQ exchange.
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -35,6 +36,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 mod error;
 #[cfg(feature = "nats")]
 pub mod nats;

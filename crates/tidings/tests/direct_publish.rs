@@ -341,3 +341,143 @@ async fn the_rust_client_publishes_onto_nats_and_a_derived_id_resumes() {
         "{unreachable}"
     );
 }
+
+/// Two instances on the test RabbitMQ, on an exchange and stream of their own (deleted when
+/// the guard drops).
+fn two_amqp_instances(name: &str) -> Option<(common::AmqpObjects, Vec<Hub>)> {
+    let objects = common::AmqpObjects {
+        url: common::amqp_url()?,
+        prefix: common::unique_prefix(name),
+    };
+    let hubs = (0..2)
+        .map(|_| {
+            Hub::start(&[
+                "--auth",
+                "none",
+                "--bus",
+                &objects.url,
+                "--redis-prefix",
+                &objects.prefix,
+            ])
+        })
+        .collect();
+    Some((objects, hubs))
+}
+
+#[tokio::test]
+async fn the_python_amqp_example_publishes_to_every_instance() {
+    if !python_ready("pika") {
+        return;
+    }
+    let Some((amqp, hubs)) = two_amqp_instances("python-amqp") else {
+        return;
+    };
+    let topic = common::unique_topic("python-amqp");
+    let mut streams = Vec::new();
+    for hub in &hubs {
+        streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
+    }
+    let args = [
+        "--amqp",
+        &amqp.url,
+        "--prefix",
+        &amqp.prefix,
+        "--topic",
+        &topic,
+    ];
+    let mut with_data = args.to_vec();
+    with_data.extend(["--data", "from python\nsecond line", "--type", "book"]);
+    let id = run_example("publish_amqp.py", &with_data);
+    assert!(id.starts_with("urn:uuid:"), "{id}");
+    let next = run_example("publish_amqp.py", &args);
+    for stream in &mut streams {
+        let event = stream.next().await;
+        assert_eq!(
+            (event.id.as_str(), event.event.as_str(), event.data.as_str()),
+            (id.as_str(), "book", "from python\nsecond line")
+        );
+        assert_eq!(stream.next().await.id, next);
+    }
+    // It is in history: resuming after it on the other instance gets the next one.
+    let resume = format!("&lastEventID={id}");
+    let mut resumed = Stream::open(&subscribe_url(&hubs[1], &[&topic], &resume), &[]).await;
+    assert_eq!(resumed.next().await.id, next);
+}
+
+#[tokio::test]
+async fn the_rust_client_publishes_onto_rabbitmq_and_a_message_without_id_gets_one_id_everywhere() {
+    let Some((amqp, hubs)) = two_amqp_instances("rust-amqp") else {
+        return;
+    };
+    let topic = common::unique_topic("rust-amqp");
+    let mut streams = Vec::new();
+    for hub in &hubs {
+        streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
+    }
+    let publisher = tidings_client::amqp::AmqpPublisher::connect(&amqp.url, &amqp.prefix)
+        .await
+        .unwrap();
+    let with_id = publisher
+        .publish(
+            &tidings_client::Publication::new(&topic)
+                .id("urn:example:1")
+                .data("a\nb")
+                .event_type("note"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_id, "urn:example:1");
+    let generated = publisher
+        .publish(&tidings_client::Publication::new(&topic).data("no id"))
+        .await
+        .unwrap();
+    assert!(generated.starts_with("urn:uuid:"), "{generated}");
+    // A raw message without an id, as any AMQP client may send: every instance derives the
+    // same id from its place in the stream.
+    let raw = tidings_client::Publication::new(&topic).data("raw");
+    let connection = lapin::Connection::connect(&amqp.url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            amqp.prefix.as_str().into(),
+            "".into(),
+            Default::default(),
+            raw.wire_message().as_bytes(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut derived = Vec::new();
+    for stream in &mut streams {
+        let first = stream.next().await;
+        assert_eq!(
+            (first.id.as_str(), first.event.as_str(), first.data.as_str()),
+            ("urn:example:1", "note", "a\nb")
+        );
+        assert_eq!(stream.next().await.id, generated);
+        let raw = stream.next().await;
+        assert_eq!(raw.data, "raw");
+        assert!(raw.id.starts_with("urn:tidings:"), "{}", raw.id);
+        derived.push(raw.id);
+    }
+    assert_eq!(
+        derived[0], derived[1],
+        "the same derived id on every instance"
+    );
+    let resume = format!("&lastEventID={generated}");
+    let mut resumed = Stream::open(&subscribe_url(&hubs[1], &[&topic], &resume), &[]).await;
+    assert_eq!(resumed.next().await.id, derived[0]);
+    // A RabbitMQ that is not there is a clear error at once.
+    let unreachable =
+        tidings_client::amqp::AmqpPublisher::connect("amqp://guest:guest@127.0.0.1:1/%2f", "x")
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&unreachable, tidings_client::Error::Broker(m) if m.contains("cannot reach RabbitMQ")),
+        "{unreachable}"
+    );
+}

@@ -4,15 +4,15 @@
 //! history order and delivery order are the same total order, and a replay taken under the
 //! same lock sees a consistent, contiguous suffix of history.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+use super::history::LocalHistory;
 use super::{Bus, BusError, Replay, ReplayFrom};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
-use crate::update::{Update, UpdateId};
+use crate::update::Update;
 
 /// The in-memory bus (`memory://`). Several hubs in one process may share one (see
 /// [`MemoryBus::attach`]), which is how the bus contract tests model several instances.
@@ -20,18 +20,13 @@ use crate::update::{Update, UpdateId};
 pub struct MemoryBus {
     /// A std mutex: publish holds it across the (synchronous) dispatch, never across an await.
     state: Arc<Mutex<State>>,
-    history_size: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// The position the next update gets (the first is 1).
     next: u128,
-    history: VecDeque<Arc<Envelope>>,
-    /// Id → position of the newest update in `history` with that id.
-    index: HashMap<UpdateId, Position>,
-    /// The id of the newest update ever published, kept even when history is disabled.
-    newest: Option<UpdateId>,
+    history: LocalHistory,
     /// Every hub the bus delivers to.
     hubs: Vec<Hub>,
 }
@@ -42,10 +37,9 @@ impl MemoryBus {
         MemoryBus {
             state: Arc::new(Mutex::new(State {
                 next: 1,
+                history: LocalHistory::new(history_size),
                 hubs: vec![hub],
-                ..State::default()
             })),
-            history_size,
         }
     }
 
@@ -73,19 +67,7 @@ impl Bus for MemoryBus {
         let position = Position(state.next);
         state.next += 1;
         let envelope = Arc::new(Envelope::new(update, position, now_micros()));
-        state.newest = Some(envelope.update.id.clone());
-        if self.history_size > 0 {
-            if state.history.len() == self.history_size {
-                if let Some(old) = state.history.pop_front() {
-                    // The id may have been reused by a newer update, which keeps the entry.
-                    if state.index.get(&old.update.id) == Some(&old.position) {
-                        state.index.remove(&old.update.id);
-                    }
-                }
-            }
-            state.index.insert(envelope.update.id.clone(), position);
-            state.history.push_back(envelope.clone());
-        }
+        state.history.record(&envelope);
         for hub in &state.hubs {
             hub.dispatch(&envelope);
         }
@@ -93,30 +75,7 @@ impl Bus for MemoryBus {
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        let state = self.lock();
-        let mut replay = Replay {
-            head_id: state.newest.clone(),
-            ..Replay::default()
-        };
-        let first = state.history.front().map(|e| e.position.0);
-        match from {
-            ReplayFrom::Now => {}
-            ReplayFrom::Earliest => replay.updates = state.history.iter().cloned().collect(),
-            ReplayFrom::After(id) => match (state.index.get(id), first) {
-                (Some(position), Some(first)) => {
-                    // Positions in history are contiguous, so the offset is arithmetic.
-                    let skip = usize::try_from(position.0 - first + 1).unwrap_or(usize::MAX);
-                    replay.updates = state.history.iter().skip(skip).cloned().collect();
-                }
-                // Resuming from the newest id misses nothing, even without history.
-                _ if state.newest.as_ref() == Some(id) => {}
-                _ => {
-                    replay.missing = true;
-                    replay.updates = state.history.iter().cloned().collect();
-                }
-            },
-        }
-        Ok(replay)
+        Ok(self.lock().history.replay(from))
     }
 
     fn is_ready(&self) -> bool {
@@ -128,7 +87,7 @@ impl Bus for MemoryBus {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::update::Topic;
+    use crate::update::{Topic, UpdateId};
 
     fn update(id: &str) -> Update {
         Update::new(

@@ -10,7 +10,10 @@
 //! | `memory://`  | [`memory::MemoryBus`]    | in memory, `history-size`   |
 //! | `redis://`   | [`redis::RedisBus`]      | a Redis stream, `history-size` |
 //! | `nats://`    | [`nats::NatsBus`]        | a JetStream stream, `history-size` |
+//! | `amqp://`    | [`amqp::AmqpBus`]        | a RabbitMQ stream; the last `history-size` in memory |
 
+pub mod amqp;
+pub mod history;
 pub mod memory;
 pub mod nats;
 pub mod redis;
@@ -218,9 +221,7 @@ pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dy
         "memory" => Ok(Arc::new(memory::MemoryBus::new(options.history_size, hub))),
         "redis" | "rediss" => Ok(Arc::new(redis::RedisBus::connect(url, options, hub).await?)),
         "nats" => Ok(Arc::new(nats::NatsBus::connect(url, options, hub).await?)),
-        "amqp" | "amqps" => Err(BusError::Config(format!(
-            "the {scheme} bus is not available in this build yet; use memory://, redis:// or nats://"
-        ))),
+        "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpBus::connect(url, options, hub).await?)),
         _ => Err(BusError::Config(format!(
             "unknown bus URL {:?}: expected memory://, redis://, amqp:// or nats://",
             redact(url)

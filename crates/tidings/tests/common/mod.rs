@@ -559,6 +559,76 @@ impl Drop for NatsStream {
     }
 }
 
+/// The RabbitMQ the tests use (`TIDINGS_TEST_AMQP`, default the machine's 127.0.0.1:5672 as
+/// guest), or `None` (skip) as for [`redis_url`].
+pub fn amqp_url() -> Option<String> {
+    let url = std::env::var("TIDINGS_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let address = url
+        .split_once('@')
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let reachable = address
+        .parse::<std::net::SocketAddr>()
+        .map_err(|e| e.to_string())
+        .and_then(|a| {
+            std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2))
+                .map_err(|e| e.to_string())
+        });
+    match reachable {
+        Ok(_) => Some(url),
+        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+            panic!("RabbitMQ at {address} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "skipping: RabbitMQ at {address} is unreachable ({e}); set TIDINGS_TEST_AMQP"
+            );
+            None
+        }
+    }
+}
+
+/// Deletes a test's RabbitMQ exchange and stream when dropped, even when the test fails.
+pub struct AmqpObjects {
+    pub url: String,
+    /// The prefix the buses were given; the exchange and the stream are named from it.
+    pub prefix: String,
+}
+
+impl Drop for AmqpObjects {
+    fn drop(&mut self) {
+        let names = tidings::bus::amqp::Names::new(&self.prefix);
+        let url = self.url.clone();
+        // A runtime of its own: drop may run outside of one, or inside one that is ending.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let properties = lapin::ConnectionProperties::default();
+                let Ok(connection) = lapin::Connection::connect(&url, properties).await else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel
+                        .queue_delete(names.stream.as_str().into(), Default::default())
+                        .await;
+                    let _ = channel
+                        .exchange_delete(names.exchange.as_str().into(), Default::default())
+                        .await;
+                }
+                let _ = connection.close(200, "done".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,401 @@
+//! The RabbitMQ bus (`amqp://user:pass@host:5672/vhost`, `amqps://` for TLS).
+//!
+//! Publishes go to one durable **fanout exchange** named by the prefix, with publisher confirms:
+//! an HTTP publish is answered only once RabbitMQ confirmed it. How instances read depends on
+//! history:
+//!
+//! - **With history** (`history-size` > 0), the exchange feeds a durable **stream queue**
+//!   (`<prefix>.history`, `x-queue-type: stream`) and every instance consumes that stream from
+//!   its own offset. The stream offset is the update's position: one total order shared by
+//!   every instance, kept across broker restarts, read again from the last offset after a
+//!   reconnect. Each instance keeps the last `history-size` updates it read in memory and
+//!   serves `Last-Event-ID` resumes from them; an id it has not read yet is waited for (the
+//!   instance writes a marker into the stream and reads up to it), so resuming works on any
+//!   instance.
+//! - **Without history**, each instance declares its own exclusive, auto-delete queue
+//!   (`<prefix>.instance.<instance id>`) bound to the exchange, and consumes it. What is
+//!   published while an instance is disconnected is lost for it (counted as a gap).
+//!
+//! The connection is this bus's own: after any failure it connects again with backoff and
+//! declares the exchange, the queues, the binding and the consumer again (the client
+//! library's automatic recovery is not used). Every instance receives every update: RabbitMQ
+//! routes by broadcast whatever `routing` says.
+
+mod link;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::sync::{oneshot, watch};
+
+use super::history::LocalHistory;
+use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
+use crate::config::Limits;
+use crate::envelope::{now_micros, Envelope, Position};
+use crate::hub::Hub;
+use crate::update::Update;
+
+/// Longest wait for one RabbitMQ operation before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+pub use tidings_client::amqp::TIME_HEADER;
+/// The header of a marker: a message an instance writes into the stream to know when it has
+/// read everything before it. Instances skip markers.
+pub const MARKER_HEADER: &str = "tidings-marker";
+
+/// The names of a cluster's objects on RabbitMQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The fanout exchange every update is published to: the prefix.
+    pub exchange: String,
+    /// The stream queue that holds history: `<prefix>.history`.
+    pub stream: String,
+}
+
+impl Names {
+    /// The names for a cluster prefix.
+    pub fn new(prefix: &str) -> Self {
+        Names {
+            exchange: prefix.to_owned(),
+            stream: format!("{prefix}.history"),
+        }
+    }
+
+    /// The queue of one instance when there is no history: `<prefix>.instance.<id>`.
+    pub fn instance_queue(&self, instance_id: &str) -> String {
+        format!("{}.instance.{instance_id}", self.exchange)
+    }
+}
+
+/// The RabbitMQ bus. Dropping it stops its connection task.
+#[derive(Debug)]
+pub struct AmqpBus {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AmqpBus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the bus and its connection task share.
+#[derive(Debug)]
+struct Shared {
+    hub: Hub,
+    limits: Limits,
+    names: Names,
+    /// The stream's name when instances read history from it; `None`: each reads its own
+    /// queue.
+    stream: Option<String>,
+    /// The channel publishes go through (confirm mode), while connected and caught up.
+    publisher: Mutex<Option<Channel>>,
+    /// True while `publisher` is set.
+    ready: watch::Sender<bool>,
+    /// What this instance delivered, under one lock with the dispatch.
+    delivered: Mutex<Delivered>,
+    /// Markers this instance wrote and waits for, by token.
+    markers: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Counts every message read (markers too): a wait for a marker watches it for progress.
+    progress: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Delivered {
+    history: LocalHistory,
+    /// The last stream offset read (with history).
+    last: Option<u64>,
+    /// Bumped when the stream was lost and its offsets started over, so that positions
+    /// still grow: a position is `epoch << 64 | offset + 1`.
+    epoch: u128,
+    /// The position the next update from the instance's own queue gets (without history).
+    next_local: u128,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("rabbitmq: {e}"))
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(_) => Err(unavailable(format!("no answer within {COMMAND_TIMEOUT:?}"))),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each mutation is completed before anything that could panic runs.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A header's value as an integer (RabbitMQ and clients send numbers in several widths, or as
+/// text).
+fn header_int(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
+        AMQPValue::LongString(v) => std::str::from_utf8(v.as_bytes()).ok()?.parse().ok(),
+        AMQPValue::ShortString(v) => v.as_str().parse().ok(),
+        _ => None,
+    }
+}
+
+fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+impl AmqpBus {
+    /// Connects to RabbitMQ at `url`, declares the cluster's exchange and queues, and starts
+    /// delivering to `hub`.
+    ///
+    /// # Errors
+    /// [`BusError::Config`] for a URL that is not one; [`BusError::Unavailable`] when
+    /// RabbitMQ cannot be reached or refuses the declarations at start-up.
+    pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
+        let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|e| {
+            BusError::Config(format!("bad RabbitMQ URL {}: {e}", super::redact(url)))
+        })?;
+        // Find a dead connection within seconds, not the server's default minute.
+        uri.query.heartbeat.get_or_insert(link::HEARTBEAT_SECS);
+        let names = Names::new(&options.redis_prefix);
+        let history = options.history_size > 0;
+        let shared = Arc::new(Shared {
+            hub,
+            limits: options.limits.clone(),
+            stream: history.then(|| names.stream.clone()),
+            names,
+            publisher: Mutex::new(None),
+            ready: watch::Sender::new(false),
+            delivered: Mutex::new(Delivered {
+                history: LocalHistory::new(options.history_size),
+                last: None,
+                epoch: 0,
+                next_local: 1,
+            }),
+            markers: Mutex::new(HashMap::new()),
+            progress: AtomicU64::new(0),
+        });
+        let settings = link::Settings::new(uri, options);
+        let first = link::Link::establish(&shared, &settings, link::Start::Fresh)
+            .await
+            .map_err(|e| match e {
+                BusError::Unavailable(m) => BusError::Unavailable(format!(
+                    "cannot use RabbitMQ at {}: {m}",
+                    super::redact(url)
+                )),
+                other => other,
+            })?;
+        let mut ready = shared.ready.subscribe();
+        let task = tokio::spawn(link::run(shared.clone(), settings, first));
+        let bus = AmqpBus { shared, task };
+        // Serve only once this instance has read what the stream held.
+        let caught_up = tokio::time::timeout(COMMAND_TIMEOUT * 2, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match caught_up {
+            true => Ok(bus),
+            false => Err(BusError::Unavailable(format!(
+                "RabbitMQ at {} is connected, but reading the stream did not catch up",
+                super::redact(url)
+            ))),
+        }
+    }
+}
+
+impl Shared {
+    /// Opens publishing through `channel`, or closes it (`None`).
+    fn set_publisher(&self, channel: Option<Channel>) {
+        let ready = channel.is_some();
+        *lock(&self.publisher) = channel;
+        self.ready.send_replace(ready);
+    }
+
+    fn publisher(&self) -> Option<Channel> {
+        lock(&self.publisher)
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
+    }
+
+    /// Writes a marker into the stream and returns once this instance read it — so it has
+    /// read everything the stream held before — or `Err(Lost)` when reading stopped making
+    /// progress without reaching it (the stream is shorter than where this instance reads:
+    /// RabbitMQ lost it).
+    async fn read_up_to_now(&self, channel: &Channel) -> Result<(), Catching> {
+        let Some(stream) = &self.stream else {
+            return Ok(());
+        };
+        let token = uuid::Uuid::new_v4().to_string();
+        let (seen_tx, mut seen) = oneshot::channel();
+        lock(&self.markers).insert(token.clone(), seen_tx);
+        let forget = || lock(&self.markers).remove(&token);
+        let mut headers = FieldTable::default();
+        headers.insert(
+            MARKER_HEADER.into(),
+            AMQPValue::LongString(token.as_str().into()),
+        );
+        let written = publish_confirmed(
+            channel,
+            "",
+            stream,
+            b"",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await;
+        if let Err(e) = written {
+            forget();
+            return Err(Catching::Failed(e));
+        }
+        let mut progress = self.progress.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                _ = &mut seen => return Ok(()),
+                _ = tokio::time::sleep(link::IDLE_LIMIT) => {
+                    let now = self.progress.load(Ordering::Relaxed);
+                    if now == progress {
+                        forget();
+                        return Err(Catching::Lost);
+                    }
+                    progress = now;
+                }
+            }
+        }
+    }
+}
+
+/// Why catching up with the stream failed.
+#[derive(Debug)]
+enum Catching {
+    /// The marker could not be written.
+    Failed(BusError),
+    /// Reading stopped before the marker: the stream is not the one this instance read.
+    Lost,
+}
+
+/// Publishes one message and waits for RabbitMQ's confirmation.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BusError> {
+    let confirm = timed(channel.basic_publish(
+        ShortString::from(exchange),
+        ShortString::from(routing_key),
+        lapin::options::BasicPublishOptions::default(),
+        payload,
+        properties,
+    ))
+    .await?;
+    match timed(confirm).await? {
+        Confirmation::Ack(_) => Ok(()),
+        Confirmation::Nack(_) => Err(unavailable("RabbitMQ did not take the message (nack)")),
+        Confirmation::NotRequested => Err(unavailable("the channel is not in confirm mode")),
+    }
+}
+
+#[async_trait]
+impl Bus for AmqpBus {
+    fn kind(&self) -> &'static str {
+        "amqp"
+    }
+
+    /// The envelope returned has position 0: RabbitMQ's confirmation does not say where the
+    /// update is in the stream (the position is known once it is read).
+    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+        let Some(channel) = self.shared.publisher() else {
+            return Err(unavailable("not connected"));
+        };
+        let micros = now_micros();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            TIME_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(micros).unwrap_or(0)),
+        );
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        publish_confirmed(
+            &channel,
+            &self.shared.names.exchange,
+            "",
+            wire::encode(&update).as_bytes(),
+            properties,
+        )
+        .await?;
+        Ok(Arc::new(Envelope::new(update, Position(0), micros)))
+    }
+
+    async fn listening(&self) -> Result<(), BusError> {
+        match self.is_ready() {
+            true => Ok(()),
+            false => Err(unavailable("not connected")),
+        }
+    }
+
+    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        if let ReplayFrom::After(id) = from {
+            let known = lock(&self.shared.delivered).history.knows(id);
+            if !known && self.shared.stream.is_some() {
+                // Maybe published and read by another instance, not yet by this one: read up
+                // to now before saying it is not in history.
+                let channel = self
+                    .shared
+                    .publisher()
+                    .ok_or_else(|| unavailable("not connected"))?;
+                match self.shared.read_up_to_now(&channel).await {
+                    Ok(()) | Err(Catching::Lost) => {}
+                    Err(Catching::Failed(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(lock(&self.shared.delivered).history.replay(from))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.publisher().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let names = Names::new("shop");
+        assert_eq!(names.exchange, "shop");
+        assert_eq!(names.stream, "shop.history");
+        assert_eq!(names.instance_queue("a1"), "shop.instance.a1");
+    }
+
+    #[test]
+    fn headers_are_read_in_any_integer_width_or_as_text() {
+        let mut table = FieldTable::default();
+        table.insert("a".into(), AMQPValue::LongLongInt(7));
+        table.insert("b".into(), AMQPValue::LongString("12".into()));
+        table.insert("c".into(), AMQPValue::Boolean(true));
+        table.insert("d".into(), AMQPValue::LongString("tok".into()));
+        assert_eq!(header_int(Some(&table), "a"), Some(7));
+        assert_eq!(header_int(Some(&table), "b"), Some(12));
+        assert_eq!(header_int(Some(&table), "c"), None);
+        assert_eq!(header_int(None, "a"), None);
+        assert_eq!(header_text(Some(&table), "d").as_deref(), Some("tok"));
+    }
+}
