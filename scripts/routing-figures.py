@@ -43,7 +43,7 @@ class Instance:
     def __init__(self, binary, redis_url, prefix, routing):
         self.process = subprocess.Popen(
             [binary, "serve", "--listen", "127.0.0.1:0", "--auth", "none", "--bus", redis_url,
-             "--redis-prefix", prefix, "--routing", routing],
+             "--bus-prefix", prefix, "--routing", routing],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {"TIDINGS_LOG": "info"},
         )

@@ -41,7 +41,7 @@ def publish(client, prefix, topics, data, *, update_id=None, event_type=None, pr
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the cluster's Redis")
-    parser.add_argument("--prefix", default="tidings", help="the cluster's --redis-prefix")
+    parser.add_argument("--prefix", default="tidings", help="the cluster's --bus-prefix")
     parser.add_argument("--topic", action="append", required=True, help="a topic (repeatable)")
     parser.add_argument("--data", default="")
     parser.add_argument("--id", dest="update_id")

@@ -49,7 +49,7 @@ def publish(channel, prefix, topics, data, *, update_id=None, event_type=None, p
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2f", help="the cluster's RabbitMQ")
-    parser.add_argument("--prefix", default="tidings", help="the cluster's --redis-prefix (names the exchange)")
+    parser.add_argument("--prefix", default="tidings", help="the cluster's --bus-prefix (names the exchange)")
     parser.add_argument("--topic", action="append", required=True, help="a topic (repeatable)")
     parser.add_argument("--data", default="")
     parser.add_argument("--id", dest="update_id")

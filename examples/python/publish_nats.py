@@ -51,7 +51,7 @@ async def publish(js, prefix, topics, data, *, update_id=None, event_type=None, 
 async def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nats", default="nats://127.0.0.1:4222", help="the cluster's NATS")
-    parser.add_argument("--prefix", default="tidings", help="the cluster's --redis-prefix (names the stream)")
+    parser.add_argument("--prefix", default="tidings", help="the cluster's --bus-prefix (names the stream)")
     parser.add_argument("--topic", action="append", required=True, help="a topic (repeatable)")
     parser.add_argument("--data", default="")
     parser.add_argument("--id", dest="update_id")

@@ -36,7 +36,7 @@ pub const TIME_HEADER: &str = "tidings-time";
 /// Longest wait for RabbitMQ to connect or to confirm a publish.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A publisher onto one cluster's RabbitMQ (its URL and `--redis-prefix`, which names the
+/// A publisher onto one cluster's RabbitMQ (its URL and `--bus-prefix`, which names the
 /// exchange). Cheap to clone; it connects again by itself after the connection was lost.
 #[derive(Debug, Clone)]
 pub struct AmqpPublisher {

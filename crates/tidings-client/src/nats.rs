@@ -74,7 +74,7 @@ pub struct Published {
     pub sequence: u64,
 }
 
-/// A publisher onto one cluster's NATS (its URL and `--redis-prefix`, which names the
+/// A publisher onto one cluster's NATS (its URL and `--bus-prefix`, which names the
 /// stream). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct NatsPublisher {

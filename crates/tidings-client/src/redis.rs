@@ -40,7 +40,7 @@ pub struct Published {
     pub receivers: u64,
 }
 
-/// A publisher onto one cluster's Redis (its URL and `--redis-prefix`). Cheap to clone.
+/// A publisher onto one cluster's Redis (its URL and `--bus-prefix`). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RedisPublisher {
     conn: redis::aio::ConnectionManager,

@@ -27,9 +27,17 @@ pub struct Options {
     /// Bus URL: memory:// [default], redis://…, amqp://…, nats://…
     #[arg(long, env = "TIDINGS_BUS", value_name = "URL")]
     pub bus: Option<String>,
-    /// Prefix of every Redis key and channel of the Redis bus [default: tidings].
-    #[arg(long, env = "TIDINGS_REDIS_PREFIX", value_name = "PREFIX")]
-    pub redis_prefix: Option<String>,
+    /// Names the cluster on its broker: the prefix of the Redis bus's keys and channels, the
+    /// NATS bus's stream, the RabbitMQ bus's exchange and stream [default: tidings]. Formerly
+    /// `--redis-prefix`, still accepted.
+    #[arg(
+        long,
+        alias = "redis-prefix",
+        env = "TIDINGS_BUS_PREFIX",
+        value_name = "PREFIX"
+    )]
+    #[serde(alias = "redis-prefix")]
+    pub bus_prefix: Option<String>,
     /// How a broker bus brings updates to instances: interest [default] (only the topics
     /// this instance's subscribers need) or broadcast (every update to every instance).
     #[arg(long, env = "TIDINGS_ROUTING", value_name = "MODE")]
@@ -185,8 +193,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The bus URL.
     pub bus: String,
-    /// Prefix of the Redis bus's keys and channels.
-    pub redis_prefix: String,
+    /// The cluster's name on its broker (key prefix, stream and exchange names).
+    pub bus_prefix: String,
     /// How a broker bus routes updates to instances.
     pub routing: Routing,
     /// This instance's id.
@@ -300,7 +308,7 @@ impl Options {
         pick!(
             listen,
             bus,
-            redis_prefix,
+            bus_prefix,
             routing,
             instance_id,
             auth,
@@ -377,11 +385,10 @@ impl Options {
         Ok(Config {
             listen,
             bus: self.bus.unwrap_or_else(|| "memory://".to_owned()),
-            redis_prefix: match self.redis_prefix {
+            bus_prefix: match self.bus_prefix {
                 Some(p) if p.is_empty() || p.chars().any(|c| c.is_control() || c == ' ') => {
                     return Err(ConfigError(
-                        "redis-prefix must be non-empty, without spaces or control characters"
-                            .into(),
+                        "bus-prefix must be non-empty, without spaces or control characters".into(),
                     ))
                 }
                 Some(p) => p,
@@ -448,6 +455,20 @@ mod tests {
         assert!(config.auth.anonymous);
         assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
         assert_eq!(config.bus, "memory://");
+    }
+
+    #[test]
+    fn the_former_redis_prefix_name_is_still_accepted() {
+        let file: Options = toml::from_str("redis-prefix = \"old\"").unwrap();
+        assert_eq!(file.resolve().unwrap().bus_prefix, "old");
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["tidings", "--redis-prefix", "flag"]).unwrap();
+        assert_eq!(cli.options.bus_prefix.as_deref(), Some("flag"));
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Instance {
         let options = BusOptions {
             history_size: config.history_size,
             history_id_ttl_secs: config.history_id_ttl,
-            redis_prefix: config.redis_prefix.clone(),
+            prefix: config.bus_prefix.clone(),
             instance_id: config.instance_id.clone(),
             session_ttl_secs: config.session_ttl,
             share_subscribers: config.subscriptions,

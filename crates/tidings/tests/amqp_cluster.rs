@@ -1,14 +1,17 @@
-//! Instances on RabbitMQ (the machine's, 127.0.0.1:5672, with an exchange and a stream named
-//! for each test, deleted afterwards). Broker faults are made from the server side with
-//! `rabbitmqctl close_connection` on the test's own instances' connections — the shared broker
-//! itself is never stopped.
+//! Instances on RabbitMQ: the machine's (127.0.0.1:5672, with an exchange and a stream named
+//! for each test, deleted afterwards), where faults are made from the server side with
+//! `rabbitmqctl close_connection` on the test's own instances' connections; and a private
+//! RabbitMQ node this test starts on free ports and kills by process group, for a restart.
+//! The shared broker itself is never stopped.
 
 mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{publish, publish_once_recovered, subscribe_url, AmqpObjects, Hub, Stream};
+use common::{
+    publish, publish_once_recovered, subscribe_url, AmqpObjects, Hub, PrivateRabbit, Stream,
+};
 
 /// Three instances on the test's exchange; their instance ids are `<prefix>-<i>`.
 fn cluster(objects: &AmqpObjects, n: usize, extra: &[&str]) -> Vec<Hub> {
@@ -20,7 +23,7 @@ fn cluster(objects: &AmqpObjects, n: usize, extra: &[&str]) -> Vec<Hub> {
                 "none",
                 "--bus",
                 &objects.url,
-                "--redis-prefix",
+                "--bus-prefix",
                 &objects.prefix,
                 "--instance-id",
                 &id,
@@ -154,7 +157,7 @@ async fn a_new_instance_serves_resumes_from_what_the_stream_kept() {
         "none",
         "--bus",
         &objects.url,
-        "--redis-prefix",
+        "--bus-prefix",
         &objects.prefix,
     ]);
     let resume = format!("&lastEventID={}", ids[1]);
@@ -235,5 +238,67 @@ async fn a_rabbitmq_that_cannot_be_used_is_a_clear_error_at_start() {
             !stderr.contains("wrong"),
             "the password is never printed: {stderr}"
         );
+    }
+}
+
+#[tokio::test]
+async fn three_instances_survive_a_rabbitmq_restart_and_resume_anywhere() {
+    let Some(mut rabbit) = PrivateRabbit::start() else {
+        return;
+    };
+    let url = rabbit.url();
+    let hubs: Vec<Hub> = (0..3)
+        .map(|_| Hub::start(&["--auth", "none", "--bus", &url]))
+        .collect();
+    let topic = common::unique_topic("amqp-restart");
+    let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
+    let (code, first) = publish(&hubs[1], None, &[("topic", &topic), ("data", "0")]).await;
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(stream.next().await.id, first);
+
+    rabbit.stop();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::status(&hubs[1], "/readyz").await != 503 {
+        assert!(Instant::now() < deadline, "readiness did not turn 503");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _) = publish(&hubs[1], None, &[("topic", &topic), ("data", "lost?")]).await;
+    assert_eq!(code, 503, "a publish RabbitMQ did not take is refused");
+    rabbit.spawn().unwrap();
+    // Once RabbitMQ is back (its stream may take a while longer to serve), publishes go
+    // through again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::status(&hubs[2], "/readyz").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "C did not reconnect; its log:\n{}",
+            hubs[2].log.lock().unwrap().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut ids = vec![first];
+    for i in 1..=5 {
+        ids.push(publish_once_recovered(&hubs[2], &topic, &i.to_string()).await);
+    }
+    wait_ready(&hubs[0]).await;
+    let mut got = vec![ids[0].clone()];
+    while got.len() < ids.len() {
+        match stream.next_within(Duration::from_secs(15)).await {
+            Some(event) if ids.contains(&event.id) => got.push(event.id),
+            Some(_) => {}
+            None => panic!(
+                "got {got:?} of {ids:?}; log of A:\n{}",
+                hubs[0].log.lock().unwrap().join("\n")
+            ),
+        }
+    }
+    assert_eq!(got, ids, "the open stream got every update once, in order");
+    assert_eq!(hubs[0].metric("tidings_bus_gaps_total").await, 0.0);
+
+    // The stream outlived the restart: a client of A resumes on C after the id it saw third.
+    let resume = format!("&lastEventID={}", ids[2]);
+    let mut resumed = Stream::open(&subscribe_url(&hubs[2], &[&topic], &resume), &[]).await;
+    for id in &ids[3..] {
+        assert_eq!(&resumed.next().await.id, id);
     }
 }

@@ -31,7 +31,7 @@ fn options(history_size: usize, prefix: &str, routing: Routing) -> BusOptions {
     BusOptions {
         history_size,
         history_id_ttl_secs: 600,
-        redis_prefix: prefix.to_owned(),
+        prefix: prefix.to_owned(),
         instance_id: format!("contract-{}", uuid_suffix()),
         session_ttl_secs: 30,
         share_subscribers: false,

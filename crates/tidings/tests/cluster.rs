@@ -137,7 +137,7 @@ async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
                 "none",
                 "--bus",
                 &keys.url,
-                "--redis-prefix",
+                "--bus-prefix",
                 &keys.prefix,
                 "--instance-id",
                 id,

@@ -224,7 +224,7 @@ fn two_nats_instances(name: &str) -> Option<(common::NatsStream, Vec<Hub>)> {
                 "none",
                 "--bus",
                 &stream.url,
-                "--redis-prefix",
+                "--bus-prefix",
                 &stream.prefix,
             ])
         })
@@ -356,7 +356,7 @@ fn two_amqp_instances(name: &str) -> Option<(common::AmqpObjects, Vec<Hub>)> {
                 "none",
                 "--bus",
                 &objects.url,
-                "--redis-prefix",
+                "--bus-prefix",
                 &objects.prefix,
             ])
         })

@@ -126,8 +126,9 @@ pub struct BusOptions {
     /// How long a broker-backed bus keeps the index from an update's id to its place in
     /// history, in seconds.
     pub history_id_ttl_secs: u64,
-    /// The prefix of every Redis key and channel.
-    pub redis_prefix: String,
+    /// The cluster's name on its broker: the prefix of Redis keys and channels, the NATS
+    /// stream's name, the RabbitMQ exchange's name.
+    pub prefix: String,
     /// This instance's id (the session registry names instances by it).
     pub instance_id: String,
     /// How long a session registry entry lives without being refreshed, in seconds: an

@@ -128,7 +128,7 @@ impl NatsBus {
                 BusError::Unavailable(format!("cannot reach NATS at {}: {e}", super::redact(url)))
             })?;
         let js = jetstream::new(client.clone());
-        let name = stream_name(&options.redis_prefix);
+        let name = stream_name(&options.prefix);
         let subject_prefix = name.clone();
         let config = stream::Config {
             name: name.clone(),

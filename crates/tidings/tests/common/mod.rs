@@ -388,7 +388,7 @@ pub fn redis_cluster(keys: &RedisKeys, n: usize, extra: &[&str]) -> Vec<Hub> {
                 "none",
                 "--bus",
                 &keys.url,
-                "--redis-prefix",
+                "--bus-prefix",
                 &keys.prefix,
             ];
             args.extend_from_slice(extra);
@@ -462,7 +462,7 @@ impl PrivateRedis {
         }
         let mut command = Command::new("redis-server");
         command.args(args);
-        self.child = Some(spawn_listening(command, self.port)?);
+        self.child = Some(spawn_listening(command, self.port, WAIT)?);
         Ok(())
     }
 
@@ -640,12 +640,12 @@ pub fn free_port() -> u16 {
 
 /// Starts a server process (output discarded) and waits until it accepts connections on
 /// `port`.
-fn spawn_listening(mut command: Command, port: u16) -> std::io::Result<Child> {
+fn spawn_listening(mut command: Command, port: u16, wait: Duration) -> std::io::Result<Child> {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = std::time::Instant::now() + wait;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
@@ -658,6 +658,96 @@ fn spawn_listening(mut command: Command, port: u16) -> std::io::Result<Child> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(child)
+}
+
+/// A RabbitMQ node of the test's own — its own node name, ports and data directory, listening
+/// on loopback only — started as its own process group and stopped by killing that group:
+/// never the machine's shared RabbitMQ. It takes seconds to boot.
+pub struct PrivateRabbit {
+    pub port: u16,
+    dist_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRabbit {
+    /// How long a node may take to boot.
+    const BOOT: Duration = Duration::from_secs(90);
+
+    /// Starts one, or `None` (skip) when RabbitMQ is not installed — a failure under
+    /// `TIDINGS_REQUIRE_BROKERS=1`.
+    pub fn start() -> Option<PrivateRabbit> {
+        let mut rabbit = PrivateRabbit {
+            port: free_port(),
+            dist_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        started("rabbitmq-server", rabbit.spawn().map(|()| rabbit))
+    }
+
+    /// Starts it again (after [`PrivateRabbit::stop`]), on the same ports and data.
+    pub fn spawn(&mut self) -> std::io::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let dir = self.dir.path();
+        std::fs::write(dir.join("enabled_plugins"), "[].")?;
+        let mut command = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+        command
+            .process_group(0)
+            .env("HOME", dir)
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("tidings-test-{}@localhost", self.port),
+            )
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"));
+        self.child = Some(spawn_listening(command, self.port, Self::BOOT)?);
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the node as a service manager would (SIGTERM to every process of its group:
+    /// RabbitMQ shuts down cleanly), killing it if it takes longer than 30 s.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !std::process::Command::new("kill")
+                .args(["-0", "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| !s.success())
+            {
+                if std::time::Instant::now() > deadline {
+                    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+                    break;
+                }
+                let _ = child.try_wait();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Turns a broker that cannot be started into a skip, or a failure under
@@ -708,7 +798,7 @@ impl PrivateNats {
                 "-sd",
             ])
             .arg(self.store.path());
-        self.child = Some(spawn_listening(command, self.port)?);
+        self.child = Some(spawn_listening(command, self.port, WAIT)?);
         Ok(())
     }
 

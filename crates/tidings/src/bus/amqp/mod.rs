@@ -171,7 +171,7 @@ impl AmqpBus {
         })?;
         // Find a dead connection within seconds, not the server's default minute.
         uri.query.heartbeat.get_or_insert(link::HEARTBEAT_SECS);
-        let names = Names::new(&options.redis_prefix);
+        let names = Names::new(&options.prefix);
         let history = options.history_size > 0;
         let shared = Arc::new(Shared {
             hub,

@@ -171,7 +171,7 @@ impl RedisBus {
                     super::redact(url)
                 ))
             })?;
-        let keys = Keys::new(&options.redis_prefix);
+        let keys = Keys::new(&options.prefix);
         let settings = [
             ("history-size", options.history_size as u64),
             ("history-id-ttl", options.history_id_ttl_secs.max(1)),
