@@ -33,6 +33,20 @@ use crate::{Error, Publication};
 /// The message header carrying the publish time, in microseconds since the Unix epoch.
 pub const TIME_HEADER: &str = "tidings-time";
 
+/// The properties of an update's message: JSON, persistent, with the publish time (in
+/// microseconds since the Unix epoch) in the [`TIME_HEADER`] header.
+pub fn message_properties(published_at_micros: u64) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        TIME_HEADER.into(),
+        AMQPValue::LongLongInt(i64::try_from(published_at_micros).unwrap_or(0)),
+    );
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
 /// Longest wait for RabbitMQ to connect or to confirm a publish.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -119,16 +133,8 @@ impl AmqpPublisher {
         drop(slot);
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros());
-        let mut headers = FieldTable::default();
-        headers.insert(
-            TIME_HEADER.into(),
-            AMQPValue::LongLongInt(i64::try_from(micros).unwrap_or(0)),
-        );
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers);
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0));
+        let properties = message_properties(micros);
         let confirmed = async {
             let confirm = timed(
                 "publish",

@@ -13,25 +13,9 @@ use common::{
     publish, publish_once_recovered, subscribe_url, AmqpObjects, Hub, PrivateRabbit, Stream,
 };
 
-/// Three instances on the test's exchange; their instance ids are `<prefix>-<i>`.
+/// `n` instances on the test's exchange; their instance ids are `<prefix>-<i>`.
 fn cluster(objects: &AmqpObjects, n: usize, extra: &[&str]) -> Vec<Hub> {
-    (0..n)
-        .map(|i| {
-            let id = format!("{}-{i}", objects.prefix);
-            let mut args = vec![
-                "--auth",
-                "none",
-                "--bus",
-                &objects.url,
-                "--bus-prefix",
-                &objects.prefix,
-                "--instance-id",
-                &id,
-            ];
-            args.extend_from_slice(extra);
-            Hub::start(&args)
-        })
-        .collect()
+    common::cluster_on(&objects.url, &objects.prefix, n, extra)
 }
 
 fn objects(name: &str) -> Option<AmqpObjects> {
@@ -63,6 +47,27 @@ fn close_connection(instance_id: &str) {
             .unwrap();
         assert!(closed.status.success(), "{closed:?}");
     }
+}
+
+/// Reads `stream` (which already delivered `ids[0]`) until it delivered every other id of
+/// `ids`, and checks it got them once each, in order. A publish answered 503 may still have
+/// reached RabbitMQ (the confirmation was lost with the connection): such an update is
+/// delivered too, and skipped here.
+async fn receive_all(stream: &mut Stream, ids: &[String], hub: &Hub) {
+    let mut got = vec![ids[0].clone()];
+    while got.len() < ids.len() {
+        match stream.next_within(Duration::from_secs(15)).await {
+            Some(event) if ids.contains(&event.id) => got.push(event.id),
+            Some(_) => {}
+            None => panic!(
+                "got {} of {}; log of the instance:\n{}",
+                got.len(),
+                ids.len(),
+                hub.log.lock().unwrap().join("\n")
+            ),
+        }
+    }
+    assert_eq!(got, ids, "the open stream got every update once, in order");
 }
 
 async fn wait_ready(hub: &Hub) {
@@ -106,22 +111,7 @@ async fn three_instances_lose_nothing_when_rabbitmq_drops_them_and_resume_anywhe
     closer.await.unwrap();
     wait_ready(&hubs[0]).await;
     wait_ready(&hubs[2]).await;
-    // A publish answered 503 may still have reached the stream (the confirmation was lost
-    // with the connection): such an update is delivered too. Every acknowledged one must be.
-    let mut got = vec![ids[0].clone()];
-    while got.len() < ids.len() {
-        match stream.next_within(Duration::from_secs(10)).await {
-            Some(event) if ids.contains(&event.id) => got.push(event.id),
-            Some(_) => {}
-            None => panic!(
-                "got {} of {}; log of A:\n{}",
-                got.len(),
-                ids.len(),
-                hubs[0].log.lock().unwrap().join("\n")
-            ),
-        }
-    }
-    assert_eq!(got, ids, "the open stream got every update once, in order");
+    receive_all(&mut stream, &ids, &hubs[0]).await;
     assert!(hubs[0].metric("tidings_bus_reconnects_total").await >= 1.0);
     assert_eq!(hubs[0].metric("tidings_bus_gaps_total").await, 0.0);
 
@@ -159,6 +149,8 @@ async fn a_new_instance_serves_resumes_from_what_the_stream_kept() {
         &objects.url,
         "--bus-prefix",
         &objects.prefix,
+        "--instance-id",
+        "late",
     ]);
     let resume = format!("&lastEventID={}", ids[1]);
     let mut resumed = Stream::open(&subscribe_url(&late, &[&topic], &resume), &[]).await;
@@ -247,9 +239,7 @@ async fn three_instances_survive_a_rabbitmq_restart_and_resume_anywhere() {
         return;
     };
     let url = rabbit.url();
-    let hubs: Vec<Hub> = (0..3)
-        .map(|_| Hub::start(&["--auth", "none", "--bus", &url]))
-        .collect();
+    let hubs = common::cluster_on(&url, "tidings", 3, &[]);
     let topic = common::unique_topic("amqp-restart");
     let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
     let (code, first) = publish(&hubs[1], None, &[("topic", &topic), ("data", "0")]).await;
@@ -281,18 +271,7 @@ async fn three_instances_survive_a_rabbitmq_restart_and_resume_anywhere() {
         ids.push(publish_once_recovered(&hubs[2], &topic, &i.to_string()).await);
     }
     wait_ready(&hubs[0]).await;
-    let mut got = vec![ids[0].clone()];
-    while got.len() < ids.len() {
-        match stream.next_within(Duration::from_secs(15)).await {
-            Some(event) if ids.contains(&event.id) => got.push(event.id),
-            Some(_) => {}
-            None => panic!(
-                "got {got:?} of {ids:?}; log of A:\n{}",
-                hubs[0].log.lock().unwrap().join("\n")
-            ),
-        }
-    }
-    assert_eq!(got, ids, "the open stream got every update once, in order");
+    receive_all(&mut stream, &ids, &hubs[0]).await;
     assert_eq!(hubs[0].metric("tidings_bus_gaps_total").await, 0.0);
 
     // The stream outlived the restart: a client of A resumes on C after the id it saw third.

@@ -114,6 +114,7 @@ async fn wait_for_presence(hub: &Hub, session: &str, expected: serde_json::Value
     loop {
         let got = presence(hub, session).await;
         if got["instances"] == expected {
+            assert_eq!(got["scope"], "cluster");
             return;
         }
         assert!(

@@ -212,23 +212,11 @@ async fn the_rust_client_publishes_to_every_instance() {
 
 /// Two instances on the test NATS, on a stream of their own (deleted when the guard drops).
 fn two_nats_instances(name: &str) -> Option<(common::NatsStream, Vec<Hub>)> {
-    let url = common::nats_url()?;
     let stream = common::NatsStream {
-        url,
+        url: common::nats_url()?,
         prefix: common::unique_prefix(name),
     };
-    let hubs = (0..2)
-        .map(|_| {
-            Hub::start(&[
-                "--auth",
-                "none",
-                "--bus",
-                &stream.url,
-                "--bus-prefix",
-                &stream.prefix,
-            ])
-        })
-        .collect();
+    let hubs = common::cluster_on(&stream.url, &stream.prefix, 2, &[]);
     Some((stream, hubs))
 }
 
@@ -349,18 +337,7 @@ fn two_amqp_instances(name: &str) -> Option<(common::AmqpObjects, Vec<Hub>)> {
         url: common::amqp_url()?,
         prefix: common::unique_prefix(name),
     };
-    let hubs = (0..2)
-        .map(|_| {
-            Hub::start(&[
-                "--auth",
-                "none",
-                "--bus",
-                &objects.url,
-                "--bus-prefix",
-                &objects.prefix,
-            ])
-        })
-        .collect();
+    let hubs = common::cluster_on(&objects.url, &objects.prefix, 2, &[]);
     Some((objects, hubs))
 }
 

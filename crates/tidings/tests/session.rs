@@ -55,7 +55,7 @@ async fn each_stream_of_a_session_gets_only_its_event_name() {
     let info = describe(&hub, "alice").await;
     assert_eq!(
         info,
-        json!({"sessionId": "alice", "connected": true, "streams": 2, "instances": [{"instanceId": "node-a", "streams": 2}]})
+        json!({"sessionId": "alice", "connected": true, "streams": 2, "scope": "instance", "instances": [{"instanceId": "node-a", "streams": 2}]})
     );
 
     let p = publisher_token();
@@ -108,7 +108,12 @@ async fn each_stream_of_a_session_gets_only_its_event_name() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(describe(&hub, "alice").await["instances"], json!([]));
+    let described = describe(&hub, "alice").await;
+    assert_eq!(described["instances"], json!([]));
+    assert_eq!(
+        described["scope"], "instance",
+        "the memory bus answers for itself"
+    );
 }
 
 #[tokio::test]

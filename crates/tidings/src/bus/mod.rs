@@ -149,7 +149,8 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
 
     /// Publishes an update to every instance. Returns once the bus has accepted it (and, with
-    /// history, stored it), with the envelope it assigned.
+    /// history, stored it), with the envelope it assigned — whose position is 0 when the
+    /// broker does not tell it at publish time (RabbitMQ: it is known once the update is read).
     ///
     /// # Errors
     /// [`BusError::Unavailable`] when the bus did not take the update.
@@ -195,6 +196,24 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// [`BusError::Unavailable`] when the record cannot be read now.
     async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {
         Ok(None)
+    }
+}
+
+/// The failure of an operation on a broker, named after it (`redis: …`).
+fn broker_error(broker: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("{broker}: {e}"))
+}
+
+/// Runs one operation on a broker with a time limit: its failure, or no answer in time, is
+/// [`BusError::Unavailable`], named after the broker.
+async fn with_limit<T, E: std::fmt::Display>(
+    broker: &str,
+    limit: std::time::Duration,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(result) => result.map_err(|e| broker_error(broker, e)),
+        Err(_) => Err(broker_error(broker, format!("no answer within {limit:?}"))),
     }
 }
 

@@ -52,16 +52,13 @@ impl Drop for NatsBus {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("nats: {e}"))
+    super::broker_error("nats", e)
 }
 
 async fn timed<T, E: std::fmt::Display>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
-    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
-        Ok(result) => result.map_err(unavailable),
-        Err(_) => Err(unavailable(format!("no answer within {COMMAND_TIMEOUT:?}"))),
-    }
+    super::with_limit("nats", COMMAND_TIMEOUT, f).await
 }
 
 /// Decodes one stored message into an envelope (logging and skipping a malformed one).

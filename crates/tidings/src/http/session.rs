@@ -138,6 +138,8 @@ struct SessionInfo {
     session_id: String,
     connected: bool,
     streams: usize,
+    /// `cluster` when the bus's registry answered, `instance` when this instance did.
+    scope: &'static str,
     instances: Vec<InstanceStreams>,
 }
 
@@ -164,27 +166,35 @@ pub(super) async fn describe(
     // Only a publisher that may write to the session may learn whether it is online.
     rights.check(&[Topic::for_session(&session)])?;
     // The bus's registry answers cluster-wide; without one, this instance's hub is the registry.
-    let instances: Vec<InstanceStreams> = match state.inner.bus.session_presence(&session).await? {
-        Some(present) => present
-            .into_iter()
-            .map(|(instance_id, streams)| InstanceStreams {
-                instance_id,
-                streams,
-            })
-            .collect(),
-        None => match state.hub().session_streams(&session) {
-            0 => Vec::new(),
-            streams => vec![InstanceStreams {
-                instance_id: state.config().instance_id.clone(),
-                streams,
-            }],
-        },
-    };
+    let (scope, instances): (_, Vec<InstanceStreams>) =
+        match state.inner.bus.session_presence(&session).await? {
+            Some(present) => (
+                "cluster",
+                present
+                    .into_iter()
+                    .map(|(instance_id, streams)| InstanceStreams {
+                        instance_id,
+                        streams,
+                    })
+                    .collect(),
+            ),
+            None => (
+                "instance",
+                match state.hub().session_streams(&session) {
+                    0 => Vec::new(),
+                    streams => vec![InstanceStreams {
+                        instance_id: state.config().instance_id.clone(),
+                        streams,
+                    }],
+                },
+            ),
+        };
     let streams = instances.iter().map(|i| i.streams).sum();
     Ok(Json(SessionInfo {
         session_id,
         connected: streams > 0,
         streams,
+        scope,
         instances,
     })
     .into_response())

@@ -326,17 +326,41 @@ pub fn redis_url() -> Option<String> {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
     let reachable = redis::Client::open(url.as_str())
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    available("Redis", &url, "TIDINGS_TEST_REDIS", reachable)
+}
+
+/// `Some(url)` when the broker answered; otherwise `None` (the test skips), or a failure under
+/// `TIDINGS_REQUIRE_BROKERS=1`.
+fn available(
+    broker: &str,
+    url: &str,
+    variable: &str,
+    reachable: Result<(), String>,
+) -> Option<String> {
+    let shown = tidings::bus::redact(url);
     match reachable {
-        Ok(_) => Some(url),
+        Ok(()) => Some(url.to_owned()),
         Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
-            panic!("Redis at {url} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}")
+            panic!(
+                "{broker} at {shown} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}"
+            )
         }
         Err(e) => {
-            eprintln!("skipping: Redis at {url} is unreachable ({e}); set TIDINGS_TEST_REDIS");
+            eprintln!("skipping: {broker} at {shown} is unreachable ({e}); set {variable}");
             None
         }
     }
+}
+
+/// Whether something accepts TCP connections at `address` (`host:port`).
+fn accepts(address: &str) -> Result<(), String> {
+    let address: std::net::SocketAddr = address.parse().map_err(|e| format!("{e}"))?;
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// A key prefix unique to this test run and name.
@@ -381,15 +405,24 @@ pub fn redis_keys(name: &str) -> Option<RedisKeys> {
 
 /// `n` instances (`--auth none`) on the test Redis under `keys`' prefix, plus `extra` flags.
 pub fn redis_cluster(keys: &RedisKeys, n: usize, extra: &[&str]) -> Vec<Hub> {
+    cluster_on(&keys.url, &keys.prefix, n, extra)
+}
+
+/// `n` instances on the bus `bus`, named `prefix` there; instance `i` has the id
+/// `<prefix>-<i>`.
+pub fn cluster_on(bus: &str, prefix: &str, n: usize, extra: &[&str]) -> Vec<Hub> {
     (0..n)
-        .map(|_| {
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
             let mut args = vec![
                 "--auth",
                 "none",
                 "--bus",
-                &keys.url,
+                bus,
                 "--bus-prefix",
-                &keys.prefix,
+                prefix,
+                "--instance-id",
+                &id,
             ];
             args.extend_from_slice(extra);
             Hub::start(&args)
@@ -512,24 +545,8 @@ impl Drop for PrivateRedis {
 /// 127.0.0.1:4222, with JetStream), or `None` (skip) as for [`redis_url`].
 pub fn nats_url() -> Option<String> {
     let url = std::env::var("TIDINGS_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let address = url.trim_start_matches("nats://").to_owned();
-    let reachable = address
-        .parse::<std::net::SocketAddr>()
-        .map_err(|e| e.to_string())
-        .and_then(|a| {
-            std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2))
-                .map_err(|e| e.to_string())
-        });
-    match reachable {
-        Ok(_) => Some(url),
-        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
-            panic!("NATS at {url} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: NATS at {url} is unreachable ({e}); set TIDINGS_TEST_NATS");
-            None
-        }
-    }
+    let reachable = accepts(url.trim_start_matches("nats://"));
+    available("NATS", &url, "TIDINGS_TEST_NATS", reachable)
 }
 
 /// Deletes a test's JetStream stream when dropped, even when the test fails.
@@ -564,32 +581,15 @@ impl Drop for NatsStream {
 pub fn amqp_url() -> Option<String> {
     let url = std::env::var("TIDINGS_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let address = url
-        .split_once('@')
-        .map_or(url.as_str(), |(_, rest)| rest)
+    let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest)
         .split('/')
         .next()
-        .unwrap_or_default()
-        .to_owned();
-    let reachable = address
-        .parse::<std::net::SocketAddr>()
-        .map_err(|e| e.to_string())
-        .and_then(|a| {
-            std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2))
-                .map_err(|e| e.to_string())
-        });
-    match reachable {
-        Ok(_) => Some(url),
-        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
-            panic!("RabbitMQ at {address} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "skipping: RabbitMQ at {address} is unreachable ({e}); set TIDINGS_TEST_AMQP"
-            );
-            None
-        }
-    }
+        .unwrap_or_default();
+    let reachable = accepts(host_port);
+    available("RabbitMQ", &url, "TIDINGS_TEST_AMQP", reachable)
 }
 
 /// Deletes a test's RabbitMQ exchange and stream when dropped, even when the test fails.

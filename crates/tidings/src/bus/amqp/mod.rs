@@ -118,16 +118,13 @@ struct Delivered {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("rabbitmq: {e}"))
+    super::broker_error("rabbitmq", e)
 }
 
 async fn timed<T, E: std::fmt::Display>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
-    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
-        Ok(result) => result.map_err(unavailable),
-        Err(_) => Err(unavailable(format!("no answer within {COMMAND_TIMEOUT:?}"))),
-    }
+    super::with_limit("rabbitmq", COMMAND_TIMEOUT, f).await
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -322,21 +319,12 @@ impl Bus for AmqpBus {
             return Err(unavailable("not connected"));
         };
         let micros = now_micros();
-        let mut headers = FieldTable::default();
-        headers.insert(
-            TIME_HEADER.into(),
-            AMQPValue::LongLongInt(i64::try_from(micros).unwrap_or(0)),
-        );
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers);
         publish_confirmed(
             &channel,
             &self.shared.names.exchange,
             "",
             wire::encode(&update).as_bytes(),
-            properties,
+            tidings_client::amqp::message_properties(micros),
         )
         .await?;
         Ok(Arc::new(Envelope::new(update, Position(0), micros)))

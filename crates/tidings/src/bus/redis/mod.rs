@@ -132,16 +132,13 @@ fn derived_id(stream_id: &str) -> String {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("redis: {e}"))
+    super::broker_error("redis", e)
 }
 
 async fn timed<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BusError> {
-    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
-        Ok(result) => result.map_err(unavailable),
-        Err(_) => Err(unavailable(format!("no answer within {COMMAND_TIMEOUT:?}"))),
-    }
+    super::with_limit("redis", COMMAND_TIMEOUT, f).await
 }
 
 impl RedisBus {
