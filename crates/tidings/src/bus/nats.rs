@@ -12,6 +12,7 @@
 //! JetStream on NATS 2.9 filters a consumer by one subject only, so this bus routes by
 //! broadcast whatever `routing` says.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub struct NatsBus {
     subject_prefix: String,
     history: bool,
     limits: Limits,
+    /// See [`position`]; shared with the delivery task.
+    epoch: Arc<AtomicU64>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -61,8 +64,15 @@ async fn timed<T, E: std::fmt::Display>(
     super::with_limit("nats", COMMAND_TIMEOUT, f).await
 }
 
+/// The position of the message at `sequence`. `epoch` counts the times NATS lost the stream
+/// and its sequences started over, so that positions keep growing on an instance.
+fn position(epoch: u64, sequence: u64) -> Position {
+    Position(u128::from(epoch) << 64 | u128::from(sequence))
+}
+
 /// Decodes one stored message into an envelope (logging and skipping a malformed one).
 fn envelope(
+    epoch: u64,
     sequence: u64,
     headers: Option<&async_nats::HeaderMap>,
     payload: &[u8],
@@ -83,7 +93,7 @@ fn envelope(
     match wire::decode(text, || format!("urn:tidings:{sequence}"), limits) {
         Ok(update) => Some(Arc::new(Envelope::new(
             update,
-            Position(u128::from(sequence)),
+            position(epoch, sequence),
             micros,
         ))),
         Err(e) => {
@@ -140,6 +150,7 @@ impl NatsBus {
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot use JetStream: {e}")))?;
         let start = timed(stream.get_info()).await?.state.last_sequence;
+        let epoch = Arc::new(AtomicU64::new(0));
         let reader = Reader {
             js: js.clone(),
             config,
@@ -148,6 +159,7 @@ impl NatsBus {
             hub,
             limits: options.limits.clone(),
             last: start,
+            epoch: epoch.clone(),
             connections,
         };
         let reader = tokio::spawn(reader.run());
@@ -158,6 +170,7 @@ impl NatsBus {
             subject_prefix,
             history: options.history_size > 0,
             limits: options.limits.clone(),
+            epoch,
             reader,
         })
     }
@@ -186,6 +199,7 @@ impl NatsBus {
             let sequence = message.info().map_err(unavailable)?.stream_sequence;
             if sequence >= from {
                 envelopes.extend(envelope(
+                    self.epoch.load(Ordering::Relaxed),
                     sequence,
                     message.headers.as_ref(),
                     &message.payload,
@@ -225,6 +239,7 @@ impl NatsBus {
             Err(_) => return Ok(None),
         };
         Ok(envelope(
+            self.epoch.load(Ordering::Relaxed),
             sequence,
             Some(&message.headers),
             &message.payload,
@@ -261,7 +276,7 @@ impl Bus for NatsBus {
         .await?;
         Ok(Arc::new(Envelope::new(
             update,
-            Position(u128::from(ack.sequence)),
+            position(self.epoch.load(Ordering::Relaxed), ack.sequence),
             micros,
         )))
     }
@@ -321,6 +336,8 @@ struct Reader {
     limits: Limits,
     /// The last sequence handed to the hub (or the stream's head at start).
     last: u64,
+    /// See [`position`]; bumped here when NATS lost the stream.
+    epoch: Arc<AtomicU64>,
     /// Changes at each reconnection to NATS.
     connections: watch::Receiver<u64>,
 }
@@ -359,6 +376,7 @@ impl Reader {
                 "nats: the stream is newer than what this instance delivered (NATS lost it); updates in between are lost"
             );
             self.last = 0;
+            self.epoch.fetch_add(1, Ordering::Relaxed);
         }
         let consumer = timed(self.stream.create_consumer(pull::OrderedConfig {
             filter_subject: self.filter.clone(),
@@ -402,6 +420,7 @@ impl Reader {
             }
             self.last = sequence;
             if let Some(envelope) = envelope(
+                self.epoch.load(Ordering::Relaxed),
                 sequence,
                 message.headers.as_ref(),
                 &message.payload,

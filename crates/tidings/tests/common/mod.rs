@@ -631,11 +631,21 @@ impl Drop for AmqpObjects {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Never the same port twice in one test binary: tests run in parallel, and two private
+    // brokers given one port would find each other.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Starts a server process (output discarded) and waits until it accepts connections on
@@ -656,6 +666,14 @@ fn spawn_listening(mut command: Command, port: u16, wait: Duration) -> std::io::
             )));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // Something else may hold the port (the server then exits at once): not ours.
+    std::thread::sleep(Duration::from_millis(50));
+    if let Ok(Some(status)) = child.try_wait() {
+        return Err(std::io::Error::other(format!(
+            "{:?} exited ({status}): port {port} is taken",
+            command.get_program()
+        )));
     }
     Ok(child)
 }

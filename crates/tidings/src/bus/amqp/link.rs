@@ -15,7 +15,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
 use super::{
-    header_int, header_text, lock, publish_confirmed, timed, unavailable, Catching, Shared,
+    header_int, header_text, lock, timed, unavailable, write_marker, Catching, Shared,
     MARKER_HEADER, TIME_HEADER,
 };
 use crate::bus::{wire, BusError, BusOptions};
@@ -300,16 +300,8 @@ async fn head_offset(
     publisher: &Channel,
     stream: &str,
 ) -> Result<u64, BusError> {
-    let mut headers = FieldTable::default();
-    headers.insert(MARKER_HEADER.into(), AMQPValue::LongString("start".into()));
-    publish_confirmed(
-        publisher,
-        "",
-        stream,
-        b"",
-        lapin::BasicProperties::default().with_headers(headers),
-    )
-    .await?;
+    // Nobody waits for this one: every instance skips it.
+    write_marker(publisher, stream, "start").await?;
     let probe = timed(connection.create_channel()).await?;
     timed(probe.basic_qos(1, BasicQosOptions::default())).await?;
     let mut arguments = FieldTable::default();

@@ -239,24 +239,14 @@ impl Shared {
         let token = uuid::Uuid::new_v4().to_string();
         let (seen_tx, mut seen) = oneshot::channel();
         lock(&self.markers).insert(token.clone(), seen_tx);
-        let forget = || lock(&self.markers).remove(&token);
-        let mut headers = FieldTable::default();
-        headers.insert(
-            MARKER_HEADER.into(),
-            AMQPValue::LongString(token.as_str().into()),
-        );
-        let written = publish_confirmed(
-            channel,
-            "",
-            stream,
-            b"",
-            BasicProperties::default().with_headers(headers),
-        )
-        .await;
-        if let Err(e) = written {
-            forget();
-            return Err(Catching::Failed(e));
-        }
+        // Forgets the marker however this ends (also when the caller gives up waiting).
+        let _waiting = Waiting {
+            markers: &self.markers,
+            token: &token,
+        };
+        write_marker(channel, stream, &token)
+            .await
+            .map_err(Catching::Failed)?;
         let mut progress = self.progress.load(Ordering::Relaxed);
         loop {
             tokio::select! {
@@ -264,7 +254,6 @@ impl Shared {
                 _ = tokio::time::sleep(link::IDLE_LIMIT) => {
                     let now = self.progress.load(Ordering::Relaxed);
                     if now == progress {
-                        forget();
                         return Err(Catching::Lost);
                     }
                     progress = now;
@@ -272,6 +261,33 @@ impl Shared {
             }
         }
     }
+}
+
+/// A marker this instance waits for; removed from the waiting list when dropped.
+struct Waiting<'a> {
+    markers: &'a Mutex<HashMap<String, oneshot::Sender<()>>>,
+    token: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.markers).remove(self.token);
+    }
+}
+
+/// Writes a marker with `token` into the stream (through the default exchange, so only the
+/// stream gets it) and waits for RabbitMQ's confirmation.
+async fn write_marker(channel: &Channel, stream: &str, token: &str) -> Result<(), BusError> {
+    let mut headers = FieldTable::default();
+    headers.insert(MARKER_HEADER.into(), AMQPValue::LongString(token.into()));
+    publish_confirmed(
+        channel,
+        "",
+        stream,
+        b"",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await
 }
 
 /// Why catching up with the stream failed.
