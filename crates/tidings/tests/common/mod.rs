@@ -549,6 +549,19 @@ pub fn nats_url() -> Option<String> {
     available("NATS", &url, "TIDINGS_TEST_NATS", reachable)
 }
 
+/// Runs a broker clean-up to its end on a runtime of its own, in a thread of its own: a guard
+/// may be dropped outside of a runtime, or inside one that is ending.
+fn clean_up(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    })
+    .join();
+}
+
 /// Deletes a test's JetStream stream when dropped, even when the test fails.
 pub struct NatsStream {
     pub url: String,
@@ -560,19 +573,11 @@ impl Drop for NatsStream {
     fn drop(&mut self) {
         let name = tidings::bus::nats::stream_name(&self.prefix);
         let url = self.url.clone();
-        // A runtime of its own: drop may run outside of one, or inside one that is ending.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(client) = async_nats::connect(url).await {
-                    let _ = async_nats::jetstream::new(client).delete_stream(name).await;
-                }
-            });
-        })
-        .join();
+        clean_up(async move {
+            if let Ok(client) = async_nats::connect(url).await {
+                let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+            }
+        });
     }
 }
 
@@ -603,29 +608,21 @@ impl Drop for AmqpObjects {
     fn drop(&mut self) {
         let names = tidings::bus::amqp::Names::new(&self.prefix);
         let url = self.url.clone();
-        // A runtime of its own: drop may run outside of one, or inside one that is ending.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let properties = lapin::ConnectionProperties::default();
-                let Ok(connection) = lapin::Connection::connect(&url, properties).await else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    let _ = channel
-                        .queue_delete(names.stream.as_str().into(), Default::default())
-                        .await;
-                    let _ = channel
-                        .exchange_delete(names.exchange.as_str().into(), Default::default())
-                        .await;
-                }
-                let _ = connection.close(200, "done".into()).await;
-            });
-        })
-        .join();
+        clean_up(async move {
+            let properties = lapin::ConnectionProperties::default();
+            let Ok(connection) = lapin::Connection::connect(&url, properties).await else {
+                return;
+            };
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(names.stream.as_str().into(), Default::default())
+                    .await;
+                let _ = channel
+                    .exchange_delete(names.exchange.as_str().into(), Default::default())
+                    .await;
+            }
+            let _ = connection.close(200, "done".into()).await;
+        });
     }
 }
 
