@@ -22,6 +22,8 @@ pub enum Error {
         error: Option<String>,
         /// The explanation, or the body as text.
         detail: String,
+        /// The wait the hub asked for in `Retry-After` (stream limits, overload), if any.
+        retry_after: Option<std::time::Duration>,
     },
 }
 
@@ -36,6 +38,12 @@ impl Error {
     /// Reads an error response into [`Error::Refused`].
     pub(crate) async fn refused(response: reqwest::Response) -> Error {
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
         let text = response.text().await.unwrap_or_default();
         let body: Option<serde_json::Value> = serde_json::from_str(&text).ok();
         let field = |name: &str| {
@@ -48,6 +56,15 @@ impl Error {
             status,
             error: field("error"),
             detail: field("detail").unwrap_or(text),
+            retry_after,
+        }
+    }
+
+    /// The wait the hub asked for before trying again (`Retry-After` in seconds), if any.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Refused { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

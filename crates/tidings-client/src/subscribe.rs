@@ -95,7 +95,8 @@ pub struct Event {
 /// The stream [`Hub::subscribe`] returns.
 ///
 /// It yields each event received, in order. When the connection drops it waits — the hub's
-/// latest `retry:` hint, doubled after each failed attempt up to the maximum backoff — and
+/// latest `retry:` hint, doubled after each failed attempt up to the maximum backoff, or longer
+/// when a refusal's `Retry-After` asks for more — and
 /// reconnects with `Last-Event-ID` set to the last id received. Failures it will retry are
 /// yielded as `Err` items for the caller to report ([`Error::is_permanent`] is false) and the
 /// stream goes on; a permanent refusal (bad selectors, missing or wrong token) is its last
@@ -113,6 +114,8 @@ struct Follower {
     max_backoff: Duration,
     /// Failed attempts since the last successful connection.
     failures: u32,
+    /// The wait the hub asked for with its last refusal (`Retry-After`).
+    asked_wait: Option<Duration>,
     /// The open connection and its decoder.
     source: Option<(Source, Decoder)>,
     /// Events decoded but not yet handed over.
@@ -133,7 +136,10 @@ impl Follower {
             }
             let Some((source, decoder)) = &mut self.source else {
                 if self.wait {
-                    tokio::time::sleep(self.backoff()).await;
+                    let wait = self
+                        .backoff()
+                        .max(self.asked_wait.take().unwrap_or_default());
+                    tokio::time::sleep(wait).await;
                 }
                 self.wait = true;
                 match connect(&self.hub, &self.url, self.last_id.as_deref()).await {
@@ -144,6 +150,7 @@ impl Follower {
                     }
                     Err(e) => {
                         self.failures += 1;
+                        self.asked_wait = e.retry_after();
                         self.done = e.is_permanent();
                         return Some(Err(e));
                     }
@@ -214,6 +221,7 @@ impl Hub {
             retry: subscription.first_retry,
             max_backoff: subscription.max_backoff,
             failures: 0,
+            asked_wait: None,
             source: None,
             ready: VecDeque::new(),
             wait: false,

@@ -147,6 +147,28 @@ async fn resumes_after_the_last_id_once_the_retry_hint_has_passed() {
 }
 
 #[tokio::test]
+async fn a_refusal_with_retry_after_waits_as_long_as_the_hub_asked() {
+    let (base, mut seen) = scripted_hub(vec![
+        "HTTP/1.1 429 X\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_owned(),
+        sse("id: a\ndata: in\n\n"),
+    ])
+    .await;
+    let hub = Hub::new(&base).unwrap();
+    let mut events = hub.subscribe(Subscription::topics(["t"]).retry(Duration::from_millis(50)));
+    let refused = within(events.next()).await.unwrap().unwrap_err();
+    assert!(!refused.is_permanent(), "429 is retried");
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
+    let event = within(events.next()).await.unwrap().unwrap();
+    assert_eq!(event.data, "in");
+    let first = within(seen.recv()).await.unwrap();
+    let second = within(seen.recv()).await.unwrap();
+    assert!(
+        second.at - first.at >= Duration::from_secs(1),
+        "waited for Retry-After, not the 100 ms backoff"
+    );
+}
+
+#[tokio::test]
 async fn a_hub_that_is_not_there_is_reported_and_retried() {
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use ipnet::IpNet;
+
+use crate::admission::StreamLimits;
 use crate::auth::{AuthMode, AuthSettings, JwtAlg};
 use crate::bus::Routing;
 
@@ -126,6 +129,26 @@ pub struct Options {
     /// Longest event name (Mercure `type`, session `eventName`), in bytes [default: 256].
     #[arg(long, env = "TIDINGS_MAX_EVENT_NAME_LENGTH", value_name = "BYTES")]
     pub max_event_name_length: Option<usize>,
+    /// Most open streams on this instance; past it new streams get 503 [default: 100000].
+    #[arg(long, env = "TIDINGS_MAX_STREAMS", value_name = "N")]
+    pub max_streams: Option<usize>,
+    /// Most open streams from one client address (IPv6: one /64); past it 429 [default: 1000].
+    #[arg(long, env = "TIDINGS_MAX_STREAMS_PER_ADDRESS", value_name = "N")]
+    pub max_streams_per_address: Option<usize>,
+    /// Most open session-API streams of one session on this instance; past it 429
+    /// [default: 32].
+    #[arg(long, env = "TIDINGS_MAX_STREAMS_PER_SESSION", value_name = "N")]
+    pub max_streams_per_session: Option<usize>,
+    /// Proxies (addresses or CIDR networks, repeatable) whose X-Forwarded-For names the
+    /// client address [default: none].
+    #[arg(
+        long,
+        env = "TIDINGS_TRUSTED_PROXY",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub trusted_proxy: Vec<String>,
     /// Updates queued per subscriber before it counts as slow and is disconnected [default: 1024].
     #[arg(long, env = "TIDINGS_SUBSCRIBER_QUEUE", value_name = "N")]
     pub subscriber_queue: Option<usize>,
@@ -219,6 +242,10 @@ pub struct Config {
     pub drain: Duration,
     /// Input limits.
     pub limits: Limits,
+    /// Caps on open streams.
+    pub streams: StreamLimits,
+    /// Proxies whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: Vec<IpNet>,
     /// Per-subscriber queue length.
     pub subscriber_queue: usize,
     /// Compiled selector cache size.
@@ -273,6 +300,17 @@ fn origins(name: &str, list: Vec<String>, wildcard: bool) -> Result<Vec<String>,
     Ok(list)
 }
 
+/// A trusted proxy: an address (`10.0.0.2`, `::1`) or a network (`10.0.0.0/8`).
+fn proxy_network(text: &str) -> Result<IpNet, ConfigError> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            ConfigError(format!(
+                "trusted-proxy: {text:?} is not an address or network like 10.0.0.2 or 10.0.0.0/8"
+            ))
+        })
+}
+
 /// Largest clock-skew leeway accepted for tokens.
 const MAX_LEEWAY_SECS: u64 = 86_400;
 
@@ -302,6 +340,7 @@ impl Options {
                 Options { $($field: self.$field.or(lower.$field),)*
                     cors_origin: if self.cors_origin.is_empty() { lower.cors_origin } else { self.cors_origin },
                     publish_origin: if self.publish_origin.is_empty() { lower.publish_origin } else { self.publish_origin },
+                    trusted_proxy: if self.trusted_proxy.is_empty() { lower.trusted_proxy } else { self.trusted_proxy },
                 }
             };
         }
@@ -331,6 +370,9 @@ impl Options {
             max_topics_per_update,
             max_id_length,
             max_event_name_length,
+            max_streams,
+            max_streams_per_address,
+            max_streams_per_session,
             subscriber_queue,
             selector_cache_size,
             log_format,
@@ -350,6 +392,7 @@ impl Options {
             ))
         })?;
         let d = Limits::default();
+        let ds = StreamLimits::default();
         let limits = Limits {
             max_body_bytes: at_least_one("max-body-bytes", self.max_body_bytes, d.max_body_bytes)?,
             max_selectors: at_least_one("max-selectors", self.max_selectors, d.max_selectors)?,
@@ -425,6 +468,24 @@ impl Options {
             publish_origins: origins("publish-origin", self.publish_origin, false)?,
             drain: Duration::from_secs(self.drain_secs.unwrap_or(10)),
             limits,
+            streams: StreamLimits {
+                per_instance: at_least_one("max-streams", self.max_streams, ds.per_instance)?,
+                per_address: at_least_one(
+                    "max-streams-per-address",
+                    self.max_streams_per_address,
+                    ds.per_address,
+                )?,
+                per_session: at_least_one(
+                    "max-streams-per-session",
+                    self.max_streams_per_session,
+                    ds.per_session,
+                )?,
+            },
+            trusted_proxies: self
+                .trusted_proxy
+                .iter()
+                .map(|p| proxy_network(p))
+                .collect::<Result<_, _>>()?,
             subscriber_queue: at_least_one("subscriber-queue", self.subscriber_queue, 1024)?,
             selector_cache_size: at_least_one(
                 "selector-cache-size",

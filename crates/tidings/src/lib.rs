@@ -15,6 +15,7 @@
 //! | [`sse`] | the SSE encoder (one `data:` line per payload line; nothing can inject a field) |
 //! | [`envelope`] | an update inside an instance: position in the bus order, SSE bytes encoded once |
 //! | [`subscriber`] | a subscriber's selectors, rights ([`subscriber::Access`]) and filters |
+//! | [`admission`] | the caps on open streams (per instance, client address, session) and the client address |
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay) and its backends |
 //! | [`auth`] | JWT verification (HS256/RS256/ES256), Mercure claims, minting dev tokens |
@@ -48,6 +49,7 @@
 //! update after that id, up to the newest), and live updates at or before the last replayed
 //! one are skipped — no gap, no duplicate.
 
+pub mod admission;
 pub mod auth;
 pub mod bus;
 pub mod cli;

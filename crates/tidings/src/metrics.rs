@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
@@ -33,6 +36,8 @@ pub struct Metrics {
     pub delivery_latency: LatencyHistogram,
     /// Subscribers disconnected because their queue was full.
     pub slow_consumers: Counter,
+    /// New streams refused because a stream limit was reached, by limit.
+    streams_refused: Family<LimitLabels, Counter>,
     /// Updates sent from history to reconnecting clients.
     pub replayed: Counter,
     /// Resumptions whose `Last-Event-ID` was not in history (unknown or evicted).
@@ -69,6 +74,7 @@ impl Metrics {
             updates_delivered: Counter::default(),
             delivery_latency: LatencyHistogram::default(),
             slow_consumers: Counter::default(),
+            streams_refused: Family::default(),
             replayed: Counter::default(),
             replay_gaps: Counter::default(),
             rejected_requests: Counter::default(),
@@ -104,6 +110,11 @@ impl Metrics {
             "slow_consumers_disconnected",
             "Subscribers disconnected because their queue was full",
             m.slow_consumers.clone(),
+        );
+        registry.register(
+            "streams_refused",
+            "New streams refused because a stream limit was reached",
+            m.streams_refused.clone(),
         );
         registry.register(
             "replayed_updates",
@@ -145,7 +156,22 @@ impl Metrics {
             "Live tokio tasks",
             m.tokio_tasks.clone(),
         );
+        // Every label exists from the start, so a dashboard sees 0 rather than nothing.
+        for limit in [
+            StreamLimit::Instance,
+            StreamLimit::Address,
+            StreamLimit::Session,
+        ] {
+            let _ = m.streams_refused.get_or_create(&LimitLabels { limit });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Counts one stream refused by `limit`.
+    pub fn refused_stream(&self, limit: StreamLimit) {
+        self.streams_refused
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -160,6 +186,34 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The stream limit that refused a new stream (the `limit` label of
+/// `tidings_streams_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamLimit {
+    /// `max-streams`.
+    Instance,
+    /// `max-streams-per-address`.
+    Address,
+    /// `max-streams-per-session`.
+    Session,
+}
+
+impl EncodeLabelValue for StreamLimit {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            StreamLimit::Instance => "instance",
+            StreamLimit::Address => "address",
+            StreamLimit::Session => "session",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: StreamLimit,
 }
 
 /// Upper bounds of the latency buckets, in microseconds (100 µs … 5 s).

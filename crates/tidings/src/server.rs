@@ -118,9 +118,13 @@ impl Instance {
             }
             let _ = stopping_tx.send(());
         };
-        let server = axum::serve(listener, self.router().into_make_service())
-            .with_graceful_shutdown(drained)
-            .into_future();
+        let server = axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(drained)
+        .into_future();
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return result.map_err(StartError::from),

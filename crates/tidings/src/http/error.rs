@@ -6,6 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::admission::{Refusal, CLIENT_LIMIT_RETRY_AFTER_SECS, INSTANCE_FULL_RETRY_AFTER_SECS};
 use crate::auth::AuthError;
 use crate::bus::BusError;
 use crate::update::InvalidInput;
@@ -19,6 +20,8 @@ pub struct ApiError {
     pub error: &'static str,
     /// A sentence for a human that says what to fix.
     pub detail: String,
+    /// Seconds for the `Retry-After` header, when waiting may cure the refusal.
+    pub retry_after_secs: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -34,6 +37,15 @@ impl ApiError {
             status,
             error,
             detail: detail.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// The same error, with a `Retry-After` header of `secs` seconds.
+    pub fn retry_after(self, secs: u64) -> Self {
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..self
         }
     }
 
@@ -60,6 +72,22 @@ impl ApiError {
 impl From<InvalidInput> for ApiError {
     fn from(e: InvalidInput) -> Self {
         ApiError::bad_request("invalid_input", e.to_string())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        let detail = refusal.to_string();
+        match refusal {
+            Refusal::Instance(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", detail)
+                    .retry_after(INSTANCE_FULL_RETRY_AFTER_SECS)
+            }
+            Refusal::Address(_) | Refusal::Session(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", detail)
+                    .retry_after(CLIENT_LIMIT_RETRY_AFTER_SECS)
+            }
+        }
     }
 }
 
@@ -108,6 +136,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

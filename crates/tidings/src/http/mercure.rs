@@ -19,6 +19,7 @@ const RESERVED_PATH: &str = "/.well-known/mercure";
 /// `GET /.well-known/mercure?topic=…`: opens a stream of the updates matching the selectors.
 pub(super) async fn subscribe(
     State(state): State<AppState>,
+    peer: request::Peer,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -70,7 +71,8 @@ pub(super) async fn subscribe(
         // Only session-API streams count in the session registry.
         session: None,
     };
-    stream::open(&state, spec, from).await
+    let client = request::client_address(&state, peer, &headers);
+    stream::open(&state, client, spec, from).await
 }
 
 /// `POST /.well-known/mercure`: publishes a form-encoded update; answers its id.

@@ -25,6 +25,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 
+use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
@@ -46,6 +47,8 @@ struct StateInner {
     auth: Authenticator,
     selectors: Arc<SelectorCache>,
     metrics: Arc<Metrics>,
+    /// The stream counts and their caps.
+    admission: Arc<Admission>,
     /// Cancelled when the instance starts shutting down: every stream ends itself.
     shutdown: CancellationToken,
     /// Set at the same moment, read by `/readyz` and by handlers refusing new streams.
@@ -64,6 +67,7 @@ impl AppState {
         let metrics = hub.metrics().clone();
         AppState {
             inner: Arc::new(StateInner {
+                admission: Admission::new(config.streams.clone(), metrics.clone()),
                 config,
                 hub,
                 bus,
@@ -97,6 +101,11 @@ impl AppState {
     /// The instance's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The instance's stream counts.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
     }
 
     /// The instance's configuration.

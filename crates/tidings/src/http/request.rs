@@ -1,9 +1,13 @@
 //! Reading untrusted request parts: query strings and forms (strict UTF-8), the token in its
 //! three Mercure locations, `Last-Event-ID`, content types and bodies.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::Extension;
 
 use super::{ApiError, AppState};
 use crate::auth::{AuthMode, PublisherRights, SubscriberIdentity};
@@ -67,6 +71,19 @@ fn decode(raw: &[u8], what: &str) -> Result<String, ApiError> {
 /// The query string's pairs.
 pub(super) fn query(raw: Option<&str>) -> Result<Pairs, ApiError> {
     Pairs::parse(raw.unwrap_or("").as_bytes(), "query string")
+}
+
+/// The peer of the request's connection, as the server records it (absent when the router is
+/// called without sockets, as in router tests).
+pub(super) type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// The client's address, for the stream limits (see [`crate::admission::client_address`]).
+pub(super) fn client_address(state: &AppState, peer: Peer, headers: &HeaderMap) -> Option<IpAddr> {
+    crate::admission::client_address(
+        peer.map(|Extension(ConnectInfo(addr))| addr),
+        headers,
+        &state.config().trusted_proxies,
+    )
 }
 
 /// Where the request's token came from.

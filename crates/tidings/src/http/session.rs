@@ -19,6 +19,7 @@ use crate::update::{EventName, SessionId, Topic, Update, UpdateId};
 /// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of one name.
 pub(super) async fn event_stream(
     State(state): State<AppState>,
+    peer: request::Peer,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -71,7 +72,8 @@ pub(super) async fn event_stream(
         event_name: Some(event_name),
         session: Some(session),
     };
-    stream::open(&state, spec, from).await
+    let client = request::client_address(&state, peer, &headers);
+    stream::open(&state, client, spec, from).await
 }
 
 /// The body of `POST /sse/events`.

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,6 +25,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::subscriptions::Departure;
 use super::{ApiError, AppState};
+use crate::admission::Permit;
 use crate::bus::ReplayFrom;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Subscription;
@@ -35,15 +37,18 @@ use crate::subscriber::SubscriberSpec;
 /// not move the client's `Last-Event-ID`; `onmessage` handlers do not see named events).
 pub(super) const GAP_EVENT: &str = "tidings-gap";
 
-/// Registers a subscriber, reads history from `from`, and answers with the stream.
+/// Admits a stream from `client`, registers its subscriber, reads history from `from`, and
+/// answers with the stream.
 pub(super) async fn open(
     state: &AppState,
+    client: Option<IpAddr>,
     spec: SubscriberSpec,
     from: ReplayFrom,
 ) -> Result<Response, ApiError> {
     if state.is_draining() {
         return Err(ApiError::draining());
     }
+    let permit = state.inner.admission.admit(client, spec.session.as_ref())?;
     // Registered before history is read and before the response headers go out: an update
     // published as soon as the client sees the stream open reaches it.
     let subscription = state.hub().subscribe(spec);
@@ -91,6 +96,7 @@ pub(super) async fn open(
         closing: None,
         done: false,
         connection: ConnectionGauge::open(metrics),
+        _permit: permit,
         _departure: departure,
     };
     let mut response = Response::new(Body::from_stream(stream));
@@ -154,6 +160,8 @@ struct EventStream {
     closing: Option<Pin<Box<Sleep>>>,
     done: bool,
     connection: ConnectionGauge,
+    /// This stream's place in the stream limits, given back when it ends.
+    _permit: Permit,
     /// With `--subscriptions`, announces the end of the subscriptions when the stream goes.
     _departure: Option<Departure>,
 }
@@ -358,7 +366,7 @@ mod tests {
     #[tokio::test]
     async fn a_fresh_subscriber_gets_an_update_published_while_it_was_being_set_up() {
         let state = state(true);
-        let response = open(&state, spec(), ReplayFrom::Now).await.unwrap();
+        let response = open(&state, None, spec(), ReplayFrom::Now).await.unwrap();
         assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
     }
 
@@ -366,7 +374,7 @@ mod tests {
     async fn a_resuming_subscriber_gets_the_racing_update_once() {
         let state = state(true);
         let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-        let response = open(&state, spec(), from).await.unwrap();
+        let response = open(&state, None, spec(), from).await.unwrap();
         // The live copy of u3 is skipped: nothing follows the replay.
         assert_eq!(
             ids(response, 2).await,
@@ -378,7 +386,7 @@ mod tests {
     async fn without_history_a_resuming_subscriber_still_gets_the_racing_update() {
         let state = state(false);
         let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-        let response = open(&state, spec(), from).await.unwrap();
+        let response = open(&state, None, spec(), from).await.unwrap();
         assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
     }
 
@@ -389,7 +397,7 @@ mod tests {
             ..Config::default()
         };
         let state = state_with(true, config);
-        let response = open(&state, spec(), ReplayFrom::Now).await.unwrap();
+        let response = open(&state, None, spec(), ReplayFrom::Now).await.unwrap();
         state.hub().dispatch(&envelope(4));
         state.hub().dispatch(&envelope(5));
         state.begin_shutdown();

@@ -146,6 +146,18 @@ impl Drop for Hub {
     }
 }
 
+/// Polls `check` every 25 ms until it holds; panics after [`WAIT`].
+pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 pub fn client() -> reqwest::Client {
     tidings::cli::install_crypto_provider();
     reqwest::Client::builder().build().unwrap()
