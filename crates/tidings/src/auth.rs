@@ -7,7 +7,8 @@
 //! request arrives; its selectors are compiled through the shared [`SelectorCache`].
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -135,14 +136,21 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// The verifiers of both roles (absent with `--auth none`), replaced as a whole on reload.
+#[derive(Debug)]
+struct Keys {
+    publisher: Option<Verifier>,
+    subscriber: Option<Verifier>,
+    leeway_secs: u64,
+}
+
 /// Verifies tokens for both roles and compiles their claims.
 #[derive(Debug)]
 pub struct Authenticator {
     mode: AuthMode,
-    publisher: Option<Verifier>,
-    subscriber: Option<Verifier>,
+    /// A std lock, not a tokio one: held only to clone the `Arc`, never across an await.
+    keys: RwLock<Arc<Keys>>,
     anonymous: bool,
-    leeway_secs: u64,
     session_claim: String,
     selectors: Arc<SelectorCache>,
 }
@@ -158,6 +166,8 @@ pub struct SubscriberIdentity {
     pub anonymous: bool,
     /// The token's `mercure.payload` claim (shown by the subscriptions API).
     pub payload: Option<serde_json::Value>,
+    /// When the token stops verifying (one second past `exp` plus the leeway), if it expires.
+    pub expires: Option<SystemTime>,
 }
 
 /// What a publisher's credentials grant.
@@ -186,6 +196,42 @@ impl PublisherRights {
             ))),
             None => Ok(()),
         }
+    }
+}
+
+impl Keys {
+    /// Builds both roles' verifiers, reading PEM key files if the algorithm needs them.
+    fn load(settings: &AuthSettings) -> Result<Keys, AuthConfigError> {
+        let verifier = |role: &str,
+                        specific: &Option<String>|
+         -> Result<Option<Verifier>, AuthConfigError> {
+            if settings.mode == AuthMode::None {
+                return Ok(None);
+            }
+            let Some(value) = specific.as_ref().or(settings.jwt_key.as_ref()) else {
+                return Err(AuthConfigError(format!(
+                    "no {role} key: set --jwt-key (or --{role}-jwt-key), or run with --auth none for development"
+                )));
+            };
+            if value.is_empty() {
+                return Err(AuthConfigError(format!("the {role} key is empty")));
+            }
+            let mut validation = Validation::new(settings.alg.algorithm());
+            validation.required_spec_claims = HashSet::new();
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            validation.validate_aud = false;
+            validation.leeway = settings.leeway_secs;
+            Ok(Some(Verifier {
+                key: load_key(settings.alg, value, role)?,
+                validation,
+            }))
+        };
+        Ok(Keys {
+            publisher: verifier("publisher", &settings.publisher_jwt_key)?,
+            subscriber: verifier("subscriber", &settings.subscriber_jwt_key)?,
+            leeway_secs: settings.leeway_secs,
+        })
     }
 }
 
@@ -222,37 +268,10 @@ impl Authenticator {
         settings: &AuthSettings,
         selectors: Arc<SelectorCache>,
     ) -> Result<Self, AuthConfigError> {
-        let verifier = |role: &str,
-                        specific: &Option<String>|
-         -> Result<Option<Verifier>, AuthConfigError> {
-            if settings.mode == AuthMode::None {
-                return Ok(None);
-            }
-            let Some(value) = specific.as_ref().or(settings.jwt_key.as_ref()) else {
-                return Err(AuthConfigError(format!(
-                    "no {role} key: set --jwt-key (or --{role}-jwt-key), or run with --auth none for development"
-                )));
-            };
-            if value.is_empty() {
-                return Err(AuthConfigError(format!("the {role} key is empty")));
-            }
-            let mut validation = Validation::new(settings.alg.algorithm());
-            validation.required_spec_claims = HashSet::new();
-            validation.validate_exp = true;
-            validation.validate_nbf = true;
-            validation.validate_aud = false;
-            validation.leeway = settings.leeway_secs;
-            Ok(Some(Verifier {
-                key: load_key(settings.alg, value, role)?,
-                validation,
-            }))
-        };
         Ok(Authenticator {
             mode: settings.mode,
-            publisher: verifier("publisher", &settings.publisher_jwt_key)?,
-            subscriber: verifier("subscriber", &settings.subscriber_jwt_key)?,
+            keys: RwLock::new(Arc::new(Keys::load(settings)?)),
             anonymous: settings.anonymous,
-            leeway_secs: settings.leeway_secs,
             session_claim: if settings.session_claim.is_empty() {
                 "sub".to_owned()
             } else {
@@ -262,12 +281,45 @@ impl Authenticator {
         })
     }
 
+    /// Takes the keys, algorithm and leeway of `settings` for every token verified from now
+    /// on (key rotation without a restart). Streams already open stay open.
+    ///
+    /// # Errors
+    /// [`AuthConfigError`] when a key cannot be loaded, or `settings` changes what only a
+    /// restart can (`auth`, `anonymous`, `session-claim`); the keys in use stay.
+    pub fn reload(&self, settings: &AuthSettings) -> Result<(), AuthConfigError> {
+        let session_claim = match settings.session_claim.as_str() {
+            "" => "sub",
+            claim => claim,
+        };
+        if settings.mode != self.mode
+            || settings.anonymous != self.anonymous
+            || session_claim != self.session_claim
+        {
+            return Err(AuthConfigError(
+                "auth, anonymous and session-claim change only with a restart".into(),
+            ));
+        }
+        let keys = Arc::new(Keys::load(settings)?);
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The authorization mode.
     pub fn mode(&self) -> AuthMode {
         self.mode
     }
 
-    fn verify(&self, verifier: &Verifier, token: &str) -> Result<Claims, AuthError> {
+    fn verify(
+        &self,
+        verifier: &Verifier,
+        token: &str,
+        leeway_secs: u64,
+    ) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
             .map_err(|e| AuthError::Invalid(format!("the token was refused: {}", describe(&e))))?;
         let claims = data.claims;
@@ -276,7 +328,7 @@ impl Authenticator {
                 AuthError::Invalid("the token's iat claim is not a number".into())
             })?;
             let now = jsonwebtoken::get_current_timestamp() as f64;
-            if iat > now + self.leeway_secs as f64 {
+            if iat > now + leeway_secs as f64 {
                 return Err(AuthError::Invalid(
                     "the token was issued in the future (iat)".into(),
                 ));
@@ -302,13 +354,14 @@ impl Authenticator {
     /// [`AuthError::Missing`] without a token, [`AuthError::Invalid`] for a token that does not
     /// verify, [`AuthError::Forbidden`] for a token without a `mercure.publish` claim.
     pub fn publisher(&self, token: Option<&str>) -> Result<PublisherRights, AuthError> {
-        let Some(verifier) = &self.publisher else {
+        let keys = self.keys();
+        let Some(verifier) = &keys.publisher else {
             return Ok(PublisherRights { selectors: None });
         };
         let token = token.ok_or(AuthError::Missing(
             "publishing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
         ))?;
-        let claims = self.verify(verifier, token)?;
+        let claims = self.verify(verifier, token, keys.leeway_secs)?;
         let publish = claims
             .mercure
             .and_then(|m| m.publish)
@@ -324,12 +377,14 @@ impl Authenticator {
     /// [`AuthError::Missing`] without a token when anonymous subscribers are not allowed,
     /// [`AuthError::Invalid`] for a token that does not verify.
     pub fn subscriber(&self, token: Option<&str>) -> Result<SubscriberIdentity, AuthError> {
-        let Some(verifier) = &self.subscriber else {
+        let keys = self.keys();
+        let Some(verifier) = &keys.subscriber else {
             return Ok(SubscriberIdentity {
                 access: Access::everything(),
                 session: None,
                 anonymous: token.is_none(),
                 payload: None,
+                expires: None,
             });
         };
         let Some(token) = token else {
@@ -339,13 +394,25 @@ impl Authenticator {
                     session: None,
                     anonymous: true,
                     payload: None,
+                    expires: None,
                 });
             }
             return Err(AuthError::Missing(
                 "subscribing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
             ));
         };
-        let claims = self.verify(verifier, token)?;
+        let claims = self.verify(verifier, token, keys.leeway_secs)?;
+        // `exp` was checked by the verification, so it is a number here when present. The
+        // token verifies while the current whole second is at most `exp` plus the leeway: it
+        // stops verifying one second after that.
+        let expires = claims
+            .other
+            .get("exp")
+            .and_then(serde_json::Value::as_f64)
+            .map(|exp| {
+                UNIX_EPOCH
+                    + Duration::from_secs_f64(exp.floor().max(0.0) + keys.leeway_secs as f64 + 1.0)
+            });
         let (subscribe, payload) = match claims.mercure {
             Some(m) => (m.subscribe.unwrap_or_default(), m.payload),
             None => (Vec::new(), None),
@@ -367,6 +434,7 @@ impl Authenticator {
             session,
             anonymous: false,
             payload,
+            expires,
         })
     }
 }

@@ -8,7 +8,7 @@
 //! [`Config`] the rest of the code uses. The names are a contract (DESIGN §3.5).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -27,6 +27,21 @@ pub struct Options {
     /// log line gives the address.
     #[arg(long, env = "TIDINGS_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// PEM file of the TLS certificate chain (leaf first); with --tls-key, serve HTTPS
+    /// (HTTP/2 and HTTP/1.1). Reloaded on SIGHUP.
+    #[arg(long, env = "TIDINGS_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the TLS private key (PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP.
+    #[arg(long, env = "TIDINGS_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds a client has to send a complete request head, from the moment it connects (or
+    /// its previous request was answered); also bounds the TLS handshake [default: 10].
+    #[arg(long, env = "TIDINGS_HEADER_READ_TIMEOUT", value_name = "SECS")]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a write to a client may make no progress before the connection is closed (the
+    /// client stopped reading, or vanished) [default: 30].
+    #[arg(long, env = "TIDINGS_WRITE_TIMEOUT", value_name = "SECS")]
+    pub write_timeout: Option<u64>,
     /// Bus URL: memory:// [default], redis://…, amqp://…, nats://…
     #[arg(long, env = "TIDINGS_BUS", value_name = "URL")]
     pub bus: Option<String>,
@@ -66,6 +81,10 @@ pub struct Options {
     /// Seconds of clock skew tolerated on exp/nbf/iat [default: 5].
     #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_name = "SECS")]
     pub jwt_leeway: Option<u64>,
+    /// Close a stream when its subscriber's token expires (exp plus the leeway), with a
+    /// retry hint [default: true].
+    #[arg(long, env = "TIDINGS_CLOSE_EXPIRED_STREAMS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub close_expired_streams: Option<bool>,
     /// The token claim that names a subscriber's session [default: sub].
     #[arg(long, env = "TIDINGS_SESSION_CLAIM", value_name = "CLAIM")]
     pub session_claim: Option<String>,
@@ -152,6 +171,10 @@ pub struct Options {
     /// Updates queued per subscriber before it counts as slow and is disconnected [default: 1024].
     #[arg(long, env = "TIDINGS_SUBSCRIBER_QUEUE", value_name = "N")]
     pub subscriber_queue: Option<usize>,
+    /// Bytes of encoded events queued per subscriber before it counts as slow and is
+    /// disconnected; one update always fits [default: 4194304].
+    #[arg(long, env = "TIDINGS_SUBSCRIBER_QUEUE_BYTES", value_name = "BYTES")]
+    pub subscriber_queue_bytes: Option<usize>,
     /// Compiled selectors kept in the cache [default: 10000].
     #[arg(long, env = "TIDINGS_SELECTOR_CACHE_SIZE", value_name = "N")]
     pub selector_cache_size: Option<usize>,
@@ -209,11 +232,26 @@ impl Default for Limits {
     }
 }
 
+/// The PEM files of a TLS certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `tls-cert`.
+    pub cert: PathBuf,
+    /// `tls-key`.
+    pub key: PathBuf,
+}
+
 /// The resolved configuration of one instance.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// The TLS certificate and key files, when serving HTTPS.
+    pub tls: Option<TlsFiles>,
+    /// Time for a request head to arrive (and for a TLS handshake).
+    pub header_read_timeout: Duration,
+    /// Time a write may make no progress.
+    pub write_timeout: Duration,
     /// The bus URL.
     pub bus: String,
     /// The cluster's name on its broker (key prefix, stream and exchange names).
@@ -224,6 +262,8 @@ pub struct Config {
     pub instance_id: String,
     /// Authorization settings.
     pub auth: AuthSettings,
+    /// Streams end when their subscriber's token expires.
+    pub close_expired_streams: bool,
     /// The subscriptions API and subscription events are on.
     pub subscriptions: bool,
     /// Updates kept for replay.
@@ -248,6 +288,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Per-subscriber queue length.
     pub subscriber_queue: usize,
+    /// Per-subscriber queue size in bytes.
+    pub subscriber_queue_bytes: usize,
     /// Compiled selector cache size.
     pub selector_cache_size: usize,
     /// Log format.
@@ -346,6 +388,10 @@ impl Options {
         }
         pick!(
             listen,
+            tls_cert,
+            tls_key,
+            header_read_timeout,
+            write_timeout,
             bus,
             bus_prefix,
             routing,
@@ -356,6 +402,7 @@ impl Options {
             subscriber_jwt_key,
             jwt_alg,
             jwt_leeway,
+            close_expired_streams,
             session_claim,
             anonymous,
             subscriptions,
@@ -374,6 +421,7 @@ impl Options {
             max_streams_per_address,
             max_streams_per_session,
             subscriber_queue,
+            subscriber_queue_bytes,
             selector_cache_size,
             log_format,
             log
@@ -425,8 +473,28 @@ impl Options {
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             ),
         };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "tls-cert and tls-key go together: give both to serve HTTPS, or neither".into(),
+                ))
+            }
+        };
         Ok(Config {
             listen,
+            tls,
+            header_read_timeout: Duration::from_secs(at_least_one(
+                "header-read-timeout",
+                self.header_read_timeout,
+                10,
+            )?),
+            write_timeout: Duration::from_secs(at_least_one(
+                "write-timeout",
+                self.write_timeout,
+                30,
+            )?),
             bus: self.bus.unwrap_or_else(|| "memory://".to_owned()),
             bus_prefix: match self.bus_prefix {
                 Some(p) if p.is_empty() || p.chars().any(|c| c.is_control() || c == ' ') => {
@@ -456,6 +524,7 @@ impl Options {
                 },
                 session_claim: self.session_claim.unwrap_or_else(|| "sub".to_owned()),
             },
+            close_expired_streams: self.close_expired_streams.unwrap_or(true),
             subscriptions: self.subscriptions.unwrap_or(false),
             history_size: self.history_size.unwrap_or(1000),
             history_id_ttl: at_least_one("history-id-ttl", self.history_id_ttl, 86_400)?,
@@ -487,6 +556,11 @@ impl Options {
                 .map(|p| proxy_network(p))
                 .collect::<Result<_, _>>()?,
             subscriber_queue: at_least_one("subscriber-queue", self.subscriber_queue, 1024)?,
+            subscriber_queue_bytes: at_least_one(
+                "subscriber-queue-bytes",
+                self.subscriber_queue_bytes,
+                4 << 20,
+            )?,
             selector_cache_size: at_least_one(
                 "selector-cache-size",
                 self.selector_cache_size,

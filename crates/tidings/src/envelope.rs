@@ -41,6 +41,11 @@ impl Envelope {
         }
     }
 
+    /// The length of the encoded SSE event, in bytes.
+    pub fn sse_len(&self) -> usize {
+        self.sse.len()
+    }
+
     /// The encoded SSE event (a cheap, reference-counted clone).
     pub fn sse(&self) -> Bytes {
         self.sse.clone()

@@ -5,18 +5,22 @@
 //! topic to subscribers, and each distinct non-exact selector (`*`, a template) is matched once
 //! per update, however many subscribers share it. A subscriber that passes is handed the
 //! update's shared [`Envelope`] through its bounded queue with `try_send`: dispatch never
-//! waits for a connection. A subscriber whose queue is full is disconnected (it can resume
-//! from history) rather than slowing everyone else down.
+//! waits for a connection. The queue is bounded twice, in updates and in bytes of encoded
+//! events. A subscriber whose queue is full is disconnected (it can resume from history) rather
+//! than slowing everyone else down: it leaves the registry, and its connection is closed at
+//! once through the token it was registered with — the connection of a client that stopped
+//! reading is blocked in a write and would never notice its stream ending.
 //!
 //! The hub also keeps the instance's record of live interests (which exact topics and which
 //! wide selectors have subscribers), which a bus that routes by interest watches.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use indexmap::IndexMap;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Envelope;
 use crate::metrics::Metrics;
@@ -37,6 +41,11 @@ struct Entry {
     /// Has more than one distinct selector, so one update may reach it through several
     /// index entries: dispatch then deduplicates it.
     multi: bool,
+    /// Bytes of encoded events in the queue now (shared with the [`Subscription`], which
+    /// subtracts what it takes out).
+    queued_bytes: Arc<AtomicUsize>,
+    /// Cancelled when the hub drops the subscriber as slow: closes its connection.
+    close: Option<CancellationToken>,
 }
 
 type Members = IndexMap<SubscriberId, Arc<Entry>>;
@@ -69,6 +78,16 @@ pub struct Dispatched {
     pub dropped_slow: usize,
 }
 
+/// The bounds of each subscriber's queue (`subscriber-queue`, `subscriber-queue-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Updates queued at most.
+    pub updates: usize,
+    /// Bytes of encoded events queued at most. An update is always queued into an empty
+    /// queue, however large it is.
+    pub bytes: usize,
+}
+
 /// One instance's hub; cheap to clone (all clones share the registry).
 #[derive(Debug, Clone)]
 pub struct Hub {
@@ -81,8 +100,8 @@ struct Inner {
     /// only does `try_send`.
     registry: RwLock<Registry>,
     next_id: AtomicU64,
-    /// Updates a subscriber's queue holds before the subscriber counts as slow.
-    queue_capacity: usize,
+    /// What a subscriber's queue holds before the subscriber counts as slow.
+    queue: QueueLimits,
     metrics: Arc<Metrics>,
     /// Bumped whenever the set of exact topics or wide selectors changes.
     interest_version: watch::Sender<u64>,
@@ -103,6 +122,7 @@ pub struct Subscription {
     /// What it asked for (the stream uses it to filter replayed history).
     pub spec: Arc<SubscriberSpec>,
     rx: mpsc::Receiver<Arc<Envelope>>,
+    queued_bytes: Arc<AtomicUsize>,
     hub: Hub,
 }
 
@@ -110,7 +130,7 @@ impl Subscription {
     /// Receives the next queued update; `None` once the hub has dropped the subscriber (slow
     /// consumer) — the stream should then end so the client resumes from history.
     pub async fn recv(&mut self) -> Option<Arc<Envelope>> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Polls for the next queued update (for hand-written streams).
@@ -118,7 +138,12 @@ impl Subscription {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Arc<Envelope>>> {
-        self.rx.poll_recv(cx)
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(envelope)) = &polled {
+            self.queued_bytes
+                .fetch_sub(envelope.sse_len(), Ordering::Relaxed);
+        }
+        polled
     }
 }
 
@@ -129,13 +154,27 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    /// A hub whose subscribers each queue at most `queue_capacity` updates.
+    /// A hub whose subscribers each queue at most `queue_capacity` updates, of any size.
     pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self::with_queue_limits(
+            QueueLimits {
+                updates: queue_capacity,
+                bytes: usize::MAX,
+            },
+            metrics,
+        )
+    }
+
+    /// A hub whose subscribers' queues are bounded by `queue`.
+    pub fn with_queue_limits(queue: QueueLimits, metrics: Arc<Metrics>) -> Self {
         Hub {
             inner: Arc::new(Inner {
                 registry: RwLock::new(Registry::default()),
                 next_id: AtomicU64::new(1),
-                queue_capacity: queue_capacity.max(1),
+                queue: QueueLimits {
+                    updates: queue.updates.max(1),
+                    bytes: queue.bytes.max(1),
+                },
                 metrics,
                 interest_version: watch::Sender::new(0),
                 changed_sessions: std::sync::Mutex::new(HashSet::new()),
@@ -153,8 +192,23 @@ impl Hub {
     /// Registers a subscriber. From the moment this returns, every update dispatched that the
     /// subscriber may see is queued for it.
     pub fn subscribe(&self, spec: SubscriberSpec) -> Subscription {
+        self.register(spec, None)
+    }
+
+    /// Registers a subscriber whose connection `close` ends: the hub cancels it when it drops
+    /// the subscriber as a slow consumer.
+    pub fn subscribe_closing(
+        &self,
+        spec: SubscriberSpec,
+        close: CancellationToken,
+    ) -> Subscription {
+        self.register(spec, Some(close))
+    }
+
+    fn register(&self, spec: SubscriberSpec, close: Option<CancellationToken>) -> Subscription {
         let id = SubscriberId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        let (tx, rx) = mpsc::channel(self.inner.queue.updates);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let multi = spec
             .selectors
             .iter()
@@ -167,6 +221,8 @@ impl Hub {
             spec: spec.clone(),
             tx,
             multi,
+            queued_bytes: queued_bytes.clone(),
+            close,
         });
         let mut interest_changed = false;
         {
@@ -200,18 +256,18 @@ impl Hub {
             id,
             spec,
             rx,
+            queued_bytes,
             hub: self.clone(),
         }
     }
 
-    /// Removes a subscriber (no-op when it is already gone). Closing its queue ends its stream.
-    fn remove(&self, id: SubscriberId) {
+    /// Removes a subscriber (no-op when it is already gone) and returns it. Closing its queue
+    /// ends its stream.
+    fn remove(&self, id: SubscriberId) -> Option<Arc<Entry>> {
         let mut interest_changed = false;
-        {
+        let entry = {
             let mut reg = self.write();
-            let Some(entry) = reg.all.remove(&id) else {
-                return;
-            };
+            let entry = reg.all.remove(&id)?;
             for selector in &entry.spec.selectors {
                 match selector {
                     Selector::Exact(topic) => {
@@ -243,12 +299,14 @@ impl Hub {
                     }
                 }
             }
-        }
+            entry
+        };
         self.inner.metrics.subscribers.dec();
         self.inner.subscribers_changed.notify_one();
         if interest_changed {
             self.inner.interest_version.send_modify(|v| *v += 1);
         }
+        Some(entry)
     }
 
     /// Queues `envelope` for every local subscriber that may see it, in the order dispatch is
@@ -259,6 +317,8 @@ impl Hub {
         let mut slow: Vec<SubscriberId> = Vec::new();
         // Subscribers with several selectors may be reached more than once; remember those.
         let mut seen_multi: HashSet<SubscriberId> = HashSet::new();
+        let size = envelope.sse_len();
+        let queue_bytes = self.inner.queue.bytes;
         {
             let reg = self.read();
             let mut offer = |id: &SubscriberId, entry: &Arc<Entry>| {
@@ -268,11 +328,22 @@ impl Hub {
                 if !entry.spec.may_receive(update) {
                     return;
                 }
+                let queued = entry.queued_bytes.fetch_add(size, Ordering::Relaxed);
+                if queued > 0 && queued.saturating_add(size) > queue_bytes {
+                    entry.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                    slow.push(*id);
+                    return;
+                }
                 match entry.tx.try_send(envelope.clone()) {
                     Ok(()) => outcome.queued += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(*id),
-                    // The stream is going away; its guard removes it.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(e) => {
+                        entry.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                        match e {
+                            mpsc::error::TrySendError::Full(_) => slow.push(*id),
+                            // The stream is going away; its guard removes it.
+                            mpsc::error::TrySendError::Closed(_) => {}
+                        }
+                    }
                 }
             };
             for topic in &update.topics {
@@ -293,7 +364,9 @@ impl Hub {
                 "subscriber queue full: disconnecting slow consumer"
             );
             self.inner.metrics.slow_consumers.inc();
-            self.remove(id);
+            if let Some(close) = self.remove(id).and_then(|entry| entry.close.clone()) {
+                close.cancel();
+            }
         }
         outcome
     }
@@ -424,6 +497,7 @@ mod tests {
             access: Access::public_only(),
             event_name: None,
             session: None,
+            expires: None,
         }
     }
 

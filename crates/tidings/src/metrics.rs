@@ -36,6 +36,8 @@ pub struct Metrics {
     pub delivery_latency: LatencyHistogram,
     /// Subscribers disconnected because their queue was full.
     pub slow_consumers: Counter,
+    /// Streams closed because the subscriber's token expired.
+    pub streams_expired: Counter,
     /// New streams refused because a stream limit was reached, by limit.
     streams_refused: Family<LimitLabels, Counter>,
     /// Updates sent from history to reconnecting clients.
@@ -74,6 +76,7 @@ impl Metrics {
             updates_delivered: Counter::default(),
             delivery_latency: LatencyHistogram::default(),
             slow_consumers: Counter::default(),
+            streams_expired: Counter::default(),
             streams_refused: Family::default(),
             replayed: Counter::default(),
             replay_gaps: Counter::default(),
@@ -110,6 +113,11 @@ impl Metrics {
             "slow_consumers_disconnected",
             "Subscribers disconnected because their queue was full",
             m.slow_consumers.clone(),
+        );
+        registry.register(
+            "streams_expired",
+            "Streams closed because the subscriber's token expired",
+            m.streams_expired.clone(),
         );
         registry.register(
             "streams_refused",

@@ -3,6 +3,7 @@
 //! the stream takes for replayed ones.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::selector::Selector;
 use crate::update::{EventName, SessionId, Topic, Update};
@@ -94,6 +95,9 @@ pub struct SubscriberSpec {
     pub event_name: Option<EventName>,
     /// The session the subscriber belongs to, if any (counted in the session registry).
     pub session: Option<SessionId>,
+    /// When its token stops being valid (`exp` plus the leeway); the stream is closed then,
+    /// unless `close-expired-streams` is off.
+    pub expires: Option<SystemTime>,
 }
 
 impl SubscriberSpec {
@@ -139,6 +143,7 @@ mod tests {
             access,
             event_name: event.map(|e| EventName::new(e, 100).unwrap()),
             session: None,
+            expires: None,
         }
     }
 

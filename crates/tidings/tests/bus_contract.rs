@@ -128,6 +128,7 @@ async fn subscribe_to(instance: &Instance, selectors: &[&str], access: Access) -
         access,
         event_name: None,
         session: None,
+        expires: None,
     });
     instance.bus.listening().await.unwrap();
     subscription

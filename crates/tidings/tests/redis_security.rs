@@ -10,34 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::{publish, subscribe_url, Hub, PrivateRedis, Stream};
 
-/// Writes a CA certificate, and a server certificate for 127.0.0.1 signed by it, with its key;
-/// returns their paths (ca, cert, key).
-fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "Tidings test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-    let paths = [
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    ];
-    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
-    std::fs::write(&paths[1], server_cert.pem()).unwrap();
-    std::fs::write(&paths[2], server_key.serialize_pem()).unwrap();
-    paths
-}
-
 #[tokio::test]
 async fn a_cluster_on_a_tls_redis_trusting_its_ca_delivers() {
     let dir = tempfile::tempdir().unwrap();
-    let [ca, cert, key] = certificates(dir.path());
+    let [ca, cert, key] = common::test_certificates(dir.path(), "tidings-test");
     let Some(redis) = PrivateRedis::start_tls(&cert, &key) else {
         return;
     };
@@ -86,7 +62,7 @@ fn failed_start(bus: &str) -> String {
 #[tokio::test]
 async fn an_untrusted_redis_certificate_stops_the_instance_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let [_, cert, key] = certificates(dir.path());
+    let [_, cert, key] = common::test_certificates(dir.path(), "tidings-test");
     let Some(redis) = PrivateRedis::start_tls(&cert, &key) else {
         return;
     };

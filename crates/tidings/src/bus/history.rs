@@ -21,8 +21,9 @@ pub struct LocalHistory {
     updates: VecDeque<Arc<Envelope>>,
     /// Id → position of the newest update in `updates` with that id.
     index: HashMap<UpdateId, Position>,
-    /// The id of the newest update ever recorded, kept even when history is disabled.
-    newest: Option<UpdateId>,
+    /// The id and position of the newest update ever recorded, kept even when history is
+    /// disabled.
+    newest: Option<(UpdateId, Position)>,
 }
 
 impl LocalHistory {
@@ -37,7 +38,7 @@ impl LocalHistory {
     /// Records an update, newer than every one recorded before; evicts the oldest past
     /// `size`.
     pub fn record(&mut self, envelope: &Arc<Envelope>) {
-        self.newest = Some(envelope.update.id.clone());
+        self.newest = Some((envelope.update.id.clone(), envelope.position));
         if self.size == 0 {
             return;
         }
@@ -56,13 +57,13 @@ impl LocalHistory {
 
     /// True when `id` is the newest update or one history holds.
     pub fn knows(&self, id: &UpdateId) -> bool {
-        self.newest.as_ref() == Some(id) || self.index.contains_key(id)
+        self.newest.as_ref().is_some_and(|(newest, _)| newest == id) || self.index.contains_key(id)
     }
 
     /// What a subscriber resuming `from` gets (see [`Replay`]).
     pub fn replay(&self, from: &ReplayFrom) -> Replay {
         let mut replay = Replay {
-            head_id: self.newest.clone(),
+            head_id: self.newest.as_ref().map(|(id, _)| id.clone()),
             ..Replay::default()
         };
         match from {
@@ -72,13 +73,18 @@ impl LocalHistory {
                 Some(position) => {
                     let skip = self.updates.partition_point(|e| e.position <= *position);
                     replay.updates = self.updates.iter().skip(skip).cloned().collect();
+                    replay.resumed_at = Some(*position);
                 }
                 // Resuming from the newest id misses nothing, even without history.
-                None if self.newest.as_ref() == Some(id) => {}
-                None => {
-                    replay.missing = true;
-                    replay.updates = self.updates.iter().cloned().collect();
-                }
+                None => match &self.newest {
+                    Some((newest, position)) if newest == id => {
+                        replay.resumed_at = Some(*position);
+                    }
+                    _ => {
+                        replay.missing = true;
+                        replay.updates = self.updates.iter().cloned().collect();
+                    }
+                },
             },
         }
         replay

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Position};
 use crate::hub::Hub;
 use crate::update::{SessionId, Update, UpdateId};
 
@@ -47,6 +47,10 @@ pub struct Replay {
     /// no hole. Live updates at or before the last one's position are therefore covered and
     /// skipped; any later one is delivered live.
     pub updates: Vec<Arc<Envelope>>,
+    /// The position of the resume id, when the bus found it: the client has seen everything
+    /// up to there, so a live update at or before it — one the instance delivers only now,
+    /// because it lagged behind the bus — is not sent again.
+    pub resumed_at: Option<Position>,
     /// The id of the newest update in history (the `Last-Event-ID` response header).
     pub head_id: Option<UpdateId>,
     /// True when the requested id was not in history (evicted, or never existed): `updates`

@@ -306,6 +306,8 @@ impl Bus for NatsBus {
                 match place {
                     Some(sequence) if sequence >= first => {
                         replay.updates = self.range(sequence + 1, head).await?;
+                        replay.resumed_at =
+                            Some(position(self.epoch.load(Ordering::Relaxed), sequence));
                     }
                     _ if replay.head_id.as_ref() == Some(id) => {}
                     _ => {

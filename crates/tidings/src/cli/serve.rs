@@ -20,28 +20,37 @@ pub(super) struct ServeArgs {
 }
 
 pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
-    let file = match &args.config {
-        Some(path) => Options::from_file(path).map_err(|e| e.to_string())?,
-        None if std::path::Path::new(DEFAULT_CONFIG_FILE).exists() => {
-            Options::from_file(DEFAULT_CONFIG_FILE.as_ref()).map_err(|e| e.to_string())?
-        }
-        None => Options::default(),
-    };
-    let config = args
-        .options
-        .over(file)
-        .resolve()
-        .map_err(|e| e.to_string())?;
+    let config = args.config()?;
     init_logging(&config)?;
     raise_open_files_limit();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let instance = Instance::new(config).await.map_err(|e| e.to_string())?;
+    reload_on_sighup(instance.clone(), args);
     instance
         .serve(listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+impl ServeArgs {
+    /// The configuration: the file (`--config`, else `./tidings.toml` when it exists) under
+    /// the environment and flags this process was started with.
+    fn config(&self) -> Result<Config, String> {
+        let file = match &self.config {
+            Some(path) => Options::from_file(path).map_err(|e| e.to_string())?,
+            None if std::path::Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Options::from_file(DEFAULT_CONFIG_FILE.as_ref()).map_err(|e| e.to_string())?
+            }
+            None => Options::default(),
+        };
+        self.options
+            .clone()
+            .over(file)
+            .resolve()
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Every stream holds a socket: raise the soft limit on open files to the hard limit.
@@ -64,6 +73,33 @@ fn init_logging(config: &Config) -> Result<(), String> {
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// On every SIGHUP, reads the configuration again and reloads what can change without a
+/// restart (see [`Instance::reload`]).
+fn reload_on_sighup(instance: Instance, args: ServeArgs) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch for SIGHUP; reloading is off");
+                    return;
+                }
+            };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            match args.config() {
+                Ok(config) => instance.reload(&config),
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration not reloaded; keeping the one in use")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop((instance, args));
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

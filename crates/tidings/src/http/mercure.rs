@@ -5,6 +5,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::request::{self, Pairs};
 use super::{stream, ApiError, AppState};
@@ -19,7 +20,7 @@ const RESERVED_PATH: &str = "/.well-known/mercure";
 /// `GET /.well-known/mercure?topic=…`: opens a stream of the updates matching the selectors.
 pub(super) async fn subscribe(
     State(state): State<AppState>,
-    peer: request::Peer,
+    connection: request::Connection,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -70,9 +71,10 @@ pub(super) async fn subscribe(
         event_name: None,
         // Only session-API streams count in the session registry.
         session: None,
+        expires: identity.expires,
     };
-    let client = request::client_address(&state, peer, &headers);
-    stream::open(&state, client, spec, from).await
+    let connection = connection.map(|Extension(c)| c);
+    stream::open(&state, connection.as_ref(), &headers, spec, from).await
 }
 
 /// `POST /.well-known/mercure`: publishes a form-encoded update; answers its id.

@@ -103,6 +103,11 @@ impl AppState {
         &self.inner.metrics
     }
 
+    /// The instance's token verifier.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
     /// The instance's stream counts.
     pub fn admission(&self) -> &Admission {
         &self.inner.admission
@@ -144,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(refuse_bodies_on_get))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             count_rejections,
@@ -177,6 +183,27 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
     Some(layer.allow_origin(list).allow_credentials(true))
+}
+
+/// Refuses a GET or HEAD request that carries a body: it has no meaning here, and a stream
+/// request with a body would leave it unread on the connection for as long as the stream lives.
+async fn refuse_bodies_on_get(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body && matches!(*request.method(), Method::GET | Method::HEAD) {
+        return ApiError::bad_request(
+            "unexpected_body",
+            "a GET request carries no body: send its parameters in the query string",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Counts every 4xx answer in `tidings_rejected_requests_total`.

@@ -1,17 +1,17 @@
 //! Reading untrusted request parts: query strings and forms (strict UTF-8), the token in its
 //! three Mercure locations, `Last-Event-ID`, content types and bodies.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Extension;
 
 use super::{ApiError, AppState};
 use crate::auth::{AuthMode, PublisherRights, SubscriberIdentity};
 use crate::bus::ReplayFrom;
+use crate::server::ConnectionInfo;
 use crate::update::UpdateId;
 
 /// Decoded `name=value` pairs of a query string or a form body, in order.
@@ -73,14 +73,18 @@ pub(super) fn query(raw: Option<&str>) -> Result<Pairs, ApiError> {
     Pairs::parse(raw.unwrap_or("").as_bytes(), "query string")
 }
 
-/// The peer of the request's connection, as the server records it (absent when the router is
+/// The connection the request came on, as the server records it (absent when the router is
 /// called without sockets, as in router tests).
-pub(super) type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+pub(super) type Connection = Option<Extension<ConnectionInfo>>;
 
 /// The client's address, for the stream limits (see [`crate::admission::client_address`]).
-pub(super) fn client_address(state: &AppState, peer: Peer, headers: &HeaderMap) -> Option<IpAddr> {
+pub(super) fn client_address(
+    state: &AppState,
+    connection: Option<&ConnectionInfo>,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
     crate::admission::client_address(
-        peer.map(|Extension(ConnectInfo(addr))| addr),
+        connection.map(|c| c.peer),
         headers,
         &state.config().trusted_proxies,
     )

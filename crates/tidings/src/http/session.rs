@@ -6,6 +6,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,7 @@ use crate::update::{EventName, SessionId, Topic, Update, UpdateId};
 /// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of one name.
 pub(super) async fn event_stream(
     State(state): State<AppState>,
-    peer: request::Peer,
+    connection: request::Connection,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -71,9 +72,10 @@ pub(super) async fn event_stream(
         access: identity.access.with_session(&session),
         event_name: Some(event_name),
         session: Some(session),
+        expires: identity.expires,
     };
-    let client = request::client_address(&state, peer, &headers);
-    stream::open(&state, client, spec, from).await
+    let connection = connection.map(|Extension(c)| c);
+    stream::open(&state, connection.as_ref(), &headers, spec, from).await
 }
 
 /// The body of `POST /sse/events`.

@@ -9,14 +9,13 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use futures_util::Stream;
 use rand::Rng;
@@ -24,12 +23,13 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::subscriptions::Departure;
-use super::{ApiError, AppState};
+use super::{request, ApiError, AppState};
 use crate::admission::Permit;
 use crate::bus::ReplayFrom;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Subscription;
 use crate::metrics::Metrics;
+use crate::server::ConnectionInfo;
 use crate::sse;
 use crate::subscriber::SubscriberSpec;
 
@@ -37,21 +37,27 @@ use crate::subscriber::SubscriberSpec;
 /// not move the client's `Last-Event-ID`; `onmessage` handlers do not see named events).
 pub(super) const GAP_EVENT: &str = "tidings-gap";
 
-/// Admits a stream from `client`, registers its subscriber, reads history from `from`, and
+/// Admits a stream on `connection`, registers its subscriber, reads history from `from`, and
 /// answers with the stream.
 pub(super) async fn open(
     state: &AppState,
-    client: Option<IpAddr>,
+    connection: Option<&ConnectionInfo>,
+    headers: &HeaderMap,
     spec: SubscriberSpec,
     from: ReplayFrom,
 ) -> Result<Response, ApiError> {
     if state.is_draining() {
         return Err(ApiError::draining());
     }
+    let client = request::client_address(state, connection, headers);
     let permit = state.inner.admission.admit(client, spec.session.as_ref())?;
     // Registered before history is read and before the response headers go out: an update
-    // published as soon as the client sees the stream open reaches it.
-    let subscription = state.hub().subscribe(spec);
+    // published as soon as the client sees the stream open reaches it. A slow consumer's
+    // connection is closed by the hub itself.
+    let subscription = match connection {
+        Some(connection) => state.hub().subscribe_closing(spec, connection.closer()),
+        None => state.hub().subscribe(spec),
+    };
     state.inner.bus.listening().await?;
     let replay = state.inner.bus.replay(&from).await?;
     let departure = if state.config().subscriptions {
@@ -82,18 +88,30 @@ pub(super) async fn open(
         .to_owned();
     let config = state.config();
     let shutdown = state.inner.shutdown.clone().cancelled_owned();
+    let expiry = match subscription.spec.expires {
+        Some(at) if config.close_expired_streams => {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Some(Box::pin(tokio::time::sleep(left)))
+        }
+        _ => None,
+    };
     let stream = EventStream {
         initial,
         subscription,
-        // Live updates up to the last replayed one were in the replay (see `Replay::updates`);
-        // any later one — including one published between registration and the read of
-        // history — is new to the client.
-        skip_through: replay.updates.last().map(|e| e.position),
+        // Live updates up to the last replayed one were in the replay (see `Replay::updates`),
+        // and those up to the resume point the client had; any later one — including one
+        // published between registration and the read of history — is new to the client.
+        skip_through: replay
+            .updates
+            .last()
+            .map(|e| e.position)
+            .max(replay.resumed_at),
         heartbeat_every: config.heartbeat,
         heartbeat: Box::pin(tokio::time::sleep(config.heartbeat)),
         shutdown: Box::pin(shutdown),
         drain: config.drain,
         closing: None,
+        expiry,
         done: false,
         connection: ConnectionGauge::open(metrics),
         _permit: permit,
@@ -158,6 +176,9 @@ struct EventStream {
     drain: Duration,
     /// Set once shutdown began: the moment this stream sends its `retry:` hint and ends.
     closing: Option<Pin<Box<Sleep>>>,
+    /// The moment the subscriber's token expires (with `close-expired-streams`): the stream
+    /// then ends the same way, so the client reconnects with a fresh token.
+    expiry: Option<Pin<Box<Sleep>>>,
     done: bool,
     connection: ConnectionGauge,
     /// This stream's place in the stream limits, given back when it ends.
@@ -196,10 +217,15 @@ impl Stream for EventStream {
         }
         // Once this stream's moment to close has come, what is already queued is still sent,
         // then the `retry:` hint, then the end.
-        let closing_now = this
-            .closing
+        let expired = this
+            .expiry
             .as_mut()
-            .is_some_and(|closing| closing.as_mut().poll(cx).is_ready());
+            .is_some_and(|expiry| expiry.as_mut().poll(cx).is_ready());
+        let closing_now = expired
+            || this
+                .closing
+                .as_mut()
+                .is_some_and(|closing| closing.as_mut().poll(cx).is_ready());
         loop {
             match this.subscription.poll_recv(cx) {
                 Poll::Ready(Some(envelope)) => {
@@ -224,6 +250,9 @@ impl Stream for EventStream {
         }
         if closing_now {
             this.done = true;
+            if expired {
+                this.metrics().streams_expired.inc();
+            }
             let retry_ms = 500 + rand::rng().random_range(0..2500);
             return Poll::Ready(Some(Ok(sse::encode_retry(retry_ms))));
         }
@@ -294,8 +323,16 @@ mod tests {
                     .collect(),
                 _ => Vec::new(),
             };
+            let resumed_at = match from {
+                ReplayFrom::After(id) => history
+                    .iter()
+                    .find(|e| &e.update.id == id)
+                    .map(|e| e.position),
+                _ => None,
+            };
             Ok(Replay {
                 updates,
+                resumed_at,
                 head_id: Some(UpdateId::new("u3", 100).unwrap()),
                 missing: false,
             })
@@ -336,6 +373,7 @@ mod tests {
             access: Access::everything(),
             event_name: None,
             session: None,
+            expires: None,
         }
     }
 
@@ -366,7 +404,9 @@ mod tests {
     #[tokio::test]
     async fn a_fresh_subscriber_gets_an_update_published_while_it_was_being_set_up() {
         let state = state(true);
-        let response = open(&state, None, spec(), ReplayFrom::Now).await.unwrap();
+        let response = open(&state, None, &HeaderMap::new(), spec(), ReplayFrom::Now)
+            .await
+            .unwrap();
         assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
     }
 
@@ -374,7 +414,9 @@ mod tests {
     async fn a_resuming_subscriber_gets_the_racing_update_once() {
         let state = state(true);
         let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-        let response = open(&state, None, spec(), from).await.unwrap();
+        let response = open(&state, None, &HeaderMap::new(), spec(), from)
+            .await
+            .unwrap();
         // The live copy of u3 is skipped: nothing follows the replay.
         assert_eq!(
             ids(response, 2).await,
@@ -383,10 +425,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn resuming_from_an_update_the_instance_delivers_late_does_not_repeat_it() {
+        // The instance lagged: u3 reaches its hub only after the subscriber registered, and
+        // the client resumes from u3 itself.
+        let state = state(true);
+        let from = ReplayFrom::After(UpdateId::new("u3", 100).unwrap());
+        let response = open(&state, None, &HeaderMap::new(), spec(), from)
+            .await
+            .unwrap();
+        let mut body = response.into_body().into_data_stream();
+        let mut text = String::new();
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_millis(300), body.next()).await
+        {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert_eq!(text, ":\n\n", "nothing but the opening comment");
+    }
+
+    #[tokio::test]
     async fn without_history_a_resuming_subscriber_still_gets_the_racing_update() {
         let state = state(false);
         let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-        let response = open(&state, None, spec(), from).await.unwrap();
+        let response = open(&state, None, &HeaderMap::new(), spec(), from)
+            .await
+            .unwrap();
         assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
     }
 
@@ -397,7 +460,9 @@ mod tests {
             ..Config::default()
         };
         let state = state_with(true, config);
-        let response = open(&state, None, spec(), ReplayFrom::Now).await.unwrap();
+        let response = open(&state, None, &HeaderMap::new(), spec(), ReplayFrom::Now)
+            .await
+            .unwrap();
         state.hub().dispatch(&envelope(4));
         state.hub().dispatch(&envelope(5));
         state.begin_shutdown();

@@ -21,8 +21,11 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A `tidings serve` process.
 pub struct Hub {
     child: Child,
+    /// `http://127.0.0.1:PORT`, or `https://…` when the hub serves TLS.
     pub base: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The client [`Hub::metric`] uses (one that trusts the hub's certificate, for TLS).
+    pub http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -60,15 +63,15 @@ impl Hub {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    let _ = tx.send(addr);
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let base: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = tx.send(base);
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(addr) => addr,
+        let base = match rx.recv_timeout(WAIT) {
+            Ok(base) => base,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -79,10 +82,44 @@ impl Hub {
         };
         Hub {
             child,
-            base: format!("http://{addr}"),
+            base,
             log,
+            http: client(),
             _dir: dir,
         }
+    }
+
+    /// The same hub, reached through `http` (for a hub whose certificate needs a trust root).
+    pub fn with_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// The directory the hub runs in (where its `tidings.toml` is).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        wait_for(&format!("a log line with {needle:?}"), async || {
+            self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        })
+        .await
+    }
+
+    /// The `127.0.0.1:PORT` the hub listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base.split("://").nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hang_up(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -122,7 +159,8 @@ impl Hub {
 
     /// Reads one metric's value from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = client()
+        let text = self
+            .http
             .get(self.url("/metrics"))
             .send()
             .await
@@ -144,6 +182,29 @@ impl Drop for Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes a CA certificate named `name`, and a certificate for 127.0.0.1 signed by it with
+/// its key, into `dir`; returns their paths (ca, cert, key).
+pub fn test_certificates(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 3] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+    let paths = [
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-server.pem")),
+        dir.join(format!("{name}-server.key")),
+    ];
+    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
+    std::fs::write(&paths[1], server_cert.pem()).unwrap();
+    std::fs::write(&paths[2], server_key.serialize_pem()).unwrap();
+    paths
 }
 
 /// Polls `check` every 25 ms until it holds; panics after [`WAIT`].
@@ -177,8 +238,22 @@ pub async fn get_json(url: &str) -> Value {
 
 /// Mints an HS256 token with the given claims.
 pub fn token(claims: Value) -> String {
+    token_with(KEY, claims)
+}
+
+/// Mints an HS256 token with the given claims, signed with `key`.
+pub fn token_with(key: &str, claims: Value) -> String {
     let claims: tidings::auth::Claims = serde_json::from_value(claims).unwrap();
-    tidings::auth::mint(tidings::auth::JwtAlg::Hs256, KEY, &claims).unwrap()
+    tidings::auth::mint(tidings::auth::JwtAlg::Hs256, key, &claims).unwrap()
+}
+
+/// Seconds since the Unix epoch, plus `offset`.
+pub fn unix_time(offset: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    now + offset
 }
 
 pub fn publisher_token() -> String {
@@ -188,6 +263,7 @@ pub fn publisher_token() -> String {
 /// An open SSE stream, read in the background.
 pub struct Stream {
     pub status: reqwest::StatusCode,
+    pub version: reqwest::Version,
     pub headers: reqwest::header::HeaderMap,
     events: mpsc::UnboundedReceiver<Result<Event, String>>,
     /// Raw bytes as received (for exact assertions).
@@ -205,7 +281,16 @@ impl Stream {
 
     /// Opens `url`, whatever the status.
     pub async fn try_open(url: &str, headers: &[(&str, &str)]) -> Stream {
-        let mut req = client().get(url);
+        Self::try_open_with(&client(), url, headers).await
+    }
+
+    /// Opens `url` through `http`, whatever the status.
+    pub async fn try_open_with(
+        http: &reqwest::Client,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Stream {
+        let mut req = http.get(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -214,6 +299,7 @@ impl Stream {
             .expect("connect timeout")
             .expect("connect");
         let status = response.status();
+        let version = response.version();
         let headers = response.headers().clone();
         let (tx, events) = mpsc::unbounded_channel();
         let raw = Arc::new(Mutex::new(Vec::new()));
@@ -234,6 +320,7 @@ impl Stream {
         });
         Stream {
             status,
+            version,
             headers,
             events,
             raw,

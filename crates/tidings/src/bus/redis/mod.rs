@@ -371,6 +371,7 @@ impl Bus for RedisBus {
                 };
                 if let (Some(sid), true) = (&indexed, still_held) {
                     replay.updates = self.range(&format!("({sid}"), "+").await?;
+                    replay.resumed_at = position(sid);
                 } else if replay.head_id.as_ref() == Some(id) {
                     // Resuming from the newest id misses nothing, even without history.
                 } else {

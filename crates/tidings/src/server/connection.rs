@@ -1,0 +1,305 @@
+//! One accepted connection: its socket options, the guard around its I/O, and serving HTTP on
+//! it.
+//!
+//! A hub on the open internet holds connections from clients it does not trust, so each one is
+//! bounded in time wherever a client could otherwise hold it for free:
+//! - the request head must arrive within `header-read-timeout` (hyper's own timer for HTTP/1.1,
+//!   a first-byte deadline in [`Guarded`] for HTTP/2, whose preface hyper waits for without one);
+//! - a write that makes no progress for `write-timeout` means the client stopped reading (or
+//!   vanished): the connection is closed. The kernel is told the same (`TCP_USER_TIMEOUT`), so
+//!   a peer that disappeared without a word is noticed when the next heartbeat goes unanswered;
+//! - the hub can close the connection at once through [`ConnectionInfo::closer`], even while
+//!   hyper is blocked writing to a socket nobody reads (a slow consumer): hyper never polls the
+//!   response body then, so ending the body would not be enough.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tower::ServiceExt;
+
+/// What the server knows about the connection a request came on, attached to every request
+/// as an extension.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    close: CancellationToken,
+}
+
+impl ConnectionInfo {
+    /// A token that closes this connection when cancelled, whatever it is doing.
+    pub fn closer(&self) -> CancellationToken {
+        self.close.clone()
+    }
+}
+
+/// The time limits of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// `header-read-timeout`: from the connection's start (or the end of the previous
+    /// request) to a complete request head. Also bounds the TLS handshake.
+    pub(crate) header_read: Duration,
+    /// `write-timeout`: how long a write may make no progress.
+    pub(crate) write: Duration,
+}
+
+/// How often an HTTP/2 connection is pinged; unanswered for as long again, it is closed.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+/// Sets the socket options every connection gets: no Nagle delay (events are small and
+/// latency matters), TCP keepalive, and a user timeout as long as the write timeout.
+fn configure(tcp: &TcpStream, timeouts: Timeouts) {
+    let socket = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let result = tcp
+        .set_nodelay(true)
+        .and_then(|()| socket.set_tcp_keepalive(&keepalive));
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let result = result.and_then(|()| socket.set_tcp_user_timeout(Some(timeouts.write)));
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "cannot set socket options");
+    }
+}
+
+/// Serves HTTP on one accepted connection until it ends: TLS first when `tls` is set
+/// (HTTP/2 when the client chose it by ALPN, else HTTP/1.1), plain HTTP/1.1 otherwise.
+pub(crate) async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    timeouts: Timeouts,
+    watcher: Watcher,
+) {
+    configure(&tcp, timeouts);
+    let (io, h2) = match tls {
+        None => (Either::Left(tcp), false),
+        Some(acceptor) => {
+            match tokio::time::timeout(timeouts.header_read, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    (Either::Right(stream), h2)
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let close = CancellationToken::new();
+    let info = Arc::new(ConnectionInfo {
+        peer,
+        close: close.clone(),
+    });
+    let io = TokioIo::new(Guarded::new(io, close, timeouts, h2));
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request
+            .extensions_mut()
+            .insert(ConnectionInfo::clone(&info));
+        router.clone().oneshot(request)
+    });
+    let result = if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(H2_KEEP_ALIVE))
+            .keep_alive_timeout(H2_KEEP_ALIVE);
+        watcher.watch(builder.serve_connection(io, service)).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Some(timeouts.header_read))
+            .keep_alive(true);
+        watcher.watch(builder.serve_connection(io, service)).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A connection's I/O with the deadlines and the close switch of the module's doc.
+struct Guarded<IO> {
+    io: IO,
+    close: CancellationToken,
+    /// Created the first time the connection waits, so that a close wakes it.
+    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    write_timeout: Duration,
+    /// The deadline of the write that is pending now; kept (and reset) once created.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// True while a write is pending.
+    stalling: bool,
+    /// Until the first byte has been read: the moment it is too late for it (HTTP/2 only).
+    first_byte: Option<Pin<Box<Sleep>>>,
+}
+
+impl<IO> Guarded<IO> {
+    fn new(io: IO, close: CancellationToken, timeouts: Timeouts, h2: bool) -> Self {
+        Guarded {
+            io,
+            close,
+            closed: None,
+            write_timeout: timeouts.write,
+            stall: None,
+            stalling: false,
+            first_byte: h2.then(|| Box::pin(tokio::time::sleep(timeouts.header_read))),
+        }
+    }
+
+    /// Ready when the connection was closed by the hub; otherwise registers for the close.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let close = &self.close;
+        let closed = self
+            .closed
+            .get_or_insert_with(|| Box::pin(close.clone().cancelled_owned()));
+        match closed.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed by the hub",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Runs after a write-side operation: a finished one clears the stall deadline, a pending
+    /// one starts it (once) and fails when it has passed or the hub closed the connection.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.stalling = false;
+            return result;
+        }
+        if let Poll::Ready(e) = self.poll_closed(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let deadline = Instant::now() + self.write_timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.stalling {
+            stall.as_mut().reset(deadline);
+            self.stalling = true;
+        }
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client has not read for write-timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn refuse_if_closed(&self) -> Option<io::Error> {
+        self.close
+            .is_cancelled()
+            .then(|| io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the hub"))
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.refuse_if_closed() {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.first_byte = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if let Poll::Ready(e) = this.poll_closed(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                if let Some(deadline) = &mut this.first_byte {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "nothing was sent within header-read-timeout",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.refuse_if_closed() {
+            return Poll::Ready(Err(e));
+        }
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.after_write(cx, result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.refuse_if_closed() {
+            return Poll::Ready(Err(e));
+        }
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.after_write(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.refuse_if_closed() {
+            return Poll::Ready(Err(e));
+        }
+        let result = Pin::new(&mut this.io).poll_flush(cx);
+        this.after_write(cx, result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,211 @@
+//! Assembling and running one instance: hub, bus, authenticator, router, the accept loop
+//! (plain HTTP/1.1, or TLS with HTTP/2 and HTTP/1.1), and a bounded, two-stage graceful
+//! shutdown. [`connection`] serves one connection; [`tls`] holds the reloadable certificate.
+
+mod connection;
+pub mod tls;
+
+pub use connection::ConnectionInfo;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use self::connection::Timeouts;
+use self::tls::{Certificates, TlsError};
+use crate::auth::Authenticator;
+use crate::bus::{self, BusOptions};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::hub::{Hub, QueueLimits};
+use crate::metrics::Metrics;
+use crate::selector::SelectorCache;
+
+/// How long requests still in flight get once the listener has closed.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// The pause after a failed accept (out of file descriptors, typically).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Why an instance could not start; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The authorization settings are unusable (a missing key, an unreadable PEM file).
+    #[error("authorization: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// The bus could not be set up.
+    #[error("{0}")]
+    Bus(#[from] bus::BusError),
+    /// The TLS certificate or key is unusable.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// The listener failed.
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A fully assembled instance, not yet serving.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    state: AppState,
+    /// The TLS certificate, when the instance serves HTTPS.
+    tls: Option<Arc<Certificates>>,
+}
+
+impl Instance {
+    /// Builds the hub, connects the bus and prepares the router.
+    ///
+    /// # Errors
+    /// [`StartError`] when the TLS files, the authorization settings or the bus are unusable.
+    pub async fn new(config: Config) -> Result<Self, StartError> {
+        let tls = match &config.tls {
+            Some(files) => Some(Certificates::load(&files.cert, &files.key)?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::with_queue_limits(
+            QueueLimits {
+                updates: config.subscriber_queue,
+                bytes: config.subscriber_queue_bytes,
+            },
+            metrics.clone(),
+        );
+        let selectors = Arc::new(SelectorCache::new(
+            config.selector_cache_size,
+            config.limits.max_selector_length,
+        ));
+        let auth = Authenticator::new(&config.auth, selectors.clone())?;
+        let options = BusOptions {
+            history_size: config.history_size,
+            history_id_ttl_secs: config.history_id_ttl,
+            prefix: config.bus_prefix.clone(),
+            instance_id: config.instance_id.clone(),
+            session_ttl_secs: config.session_ttl,
+            share_subscribers: config.subscriptions,
+            limits: config.limits.clone(),
+            routing: config.routing,
+        };
+        let bus = bus::connect(&config.bus, &options, hub.clone()).await?;
+        metrics.ready.set(1);
+        Ok(Instance {
+            state: AppState::new(config, hub, bus, auth, selectors),
+            tls,
+        })
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The router serving this instance.
+    pub fn router(&self) -> Router {
+        http::router(self.state.clone())
+    }
+
+    /// Takes what can change without a restart from `config`, the configuration read again
+    /// (on SIGHUP): the JWT keys, algorithm and leeway, and the TLS certificate and key files,
+    /// read again. New requests and connections get them; open streams and connections keep
+    /// going. Each part that fails keeps what is in use and is logged.
+    pub fn reload(&self, config: &Config) {
+        match self.state.authenticator().reload(&config.auth) {
+            Ok(()) => tracing::info!("JWT keys reloaded"),
+            Err(e) => tracing::error!(error = %e, "JWT keys not reloaded; keeping the ones in use"),
+        }
+        if let Some(certificates) = &self.tls {
+            match certificates.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; keeping the one in use")
+                }
+            }
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains in two stages:
+    ///
+    /// 1. Readiness turns 503 and new streams are refused with 503 (other requests, such as a
+    ///    publish in flight or a load balancer's health check, are still served), while each
+    ///    open stream ends with a `retry:` hint at a random moment of the drain window.
+    /// 2. When every stream has ended, or the window is over, the listener closes; every
+    ///    connection is asked to close once its request is answered and gets one more second,
+    ///    then serving stops whatever is left.
+    ///
+    /// # Errors
+    /// [`StartError::Io`] when the listener's address cannot be read.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let addr = listener.local_addr()?;
+        let config = self.state.config().clone();
+        let acceptor = self.tls.as_ref().map(|c| c.acceptor()).transpose()?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        tracing::info!(
+            listen = %addr,
+            bus = %bus::redact(&config.bus),
+            instance = %config.instance_id,
+            "tidings ready, listening on {scheme}://{addr}"
+        );
+        let timeouts = Timeouts {
+            header_read: config.header_read_timeout,
+            write: config.write_timeout,
+        };
+        let router = self.router();
+        let graceful = GracefulShutdown::new();
+        let state = self.state.clone();
+        let drained = async move {
+            shutdown.await;
+            tracing::info!(
+                open_streams = state.metrics().connections.get(),
+                "shutdown requested: draining open streams for up to {:?}",
+                config.drain
+            );
+            state.begin_shutdown();
+            let deadline = tokio::time::Instant::now() + config.drain;
+            while state.metrics().connections.get() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        tokio::spawn(connection::serve(
+                            tcp,
+                            peer,
+                            acceptor.clone(),
+                            router.clone(),
+                            timeouts,
+                            graceful.watcher(),
+                        ));
+                    }
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // pause briefly instead of spinning, and go on.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                    }
+                },
+                () = &mut drained => break,
+            }
+        }
+        drop(listener);
+        let open = graceful.count();
+        match tokio::time::timeout(GRACE, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("drained; bye"),
+            Err(_) => tracing::warn!(
+                open_connections = open,
+                "drain did not complete in {:?}; closing what is left",
+                GRACE
+            ),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! Connections from clients that misbehave at the TCP or HTTP level, against the real binary:
+//! requests that never finish their headers, silent connections, half-closed clients, bodies
+//! on GET, clients that stop reading. Each is closed or refused as documented in
+//! `docs/security.md`, and none leaves a subscriber or a stream behind.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{publish, wait_for, Hub, Stream, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn addr(hub: &Hub) -> SocketAddr {
+    hub.addr()
+}
+
+/// Reads until the server closes the connection (or `WAIT` passes); returns what it sent and
+/// how long that took.
+async fn read_until_closed(socket: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the server kept the connection open: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    (
+        String::from_utf8_lossy(&seen).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_request_that_never_finishes_its_headers_is_closed_after_the_header_read_timeout() {
+    let hub = Hub::start(&["--auth", "none", "--header-read-timeout", "1"]);
+    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
+    socket
+        .write_all(b"GET /.well-known/mercure?topic=x HTTP/1.1\r\nHost: x\r\nAccept: text/")
+        .await
+        .unwrap();
+    let (answer, took) = read_until_closed(&mut socket).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    assert_eq!(answer, "", "closed without an answer");
+    // A connection that sends nothing at all is closed the same way.
+    let mut silent = TcpStream::connect(addr(&hub)).await.unwrap();
+    let (answer, took) = read_until_closed(&mut silent).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    assert_eq!(answer, "");
+    // Meanwhile the hub serves everyone else.
+    assert_eq!(common::status(&hub, "/healthz").await, 200);
+}
+
+#[tokio::test]
+async fn a_body_on_a_get_request_is_refused() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
+    socket
+        .write_all(
+            b"GET /.well-known/mercure?topic=x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut socket).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"error\":\"unexpected_body\""), "{answer}");
+    let mut chunked = TcpStream::connect(addr(&hub)).await.unwrap();
+    chunked
+        .write_all(
+            b"GET /sse/event-stream?eventName=e&sessionId=s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(hub.metric("tidings_subscribers").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_its_connection_leaves_nothing_behind() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
+    socket
+        .write_all(b"GET /.well-known/mercure?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    socket.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(hub.metric("tidings_subscribers").await, 1.0);
+    socket.shutdown().await.unwrap();
+    wait_for("the half-closed stream to go", async || {
+        hub.metric("tidings_subscribers").await == 0.0
+            && hub.metric("tidings_connections").await == 0.0
+    })
+    .await;
+}
+
+/// A connection whose receive buffer is tiny and which never reads what it is sent.
+async fn stalled_stream(hub: &Hub, topic: &str) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr(hub).into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut stream = TcpStream::from_std(socket.into()).unwrap();
+    let request = format!("GET /.well-known/mercure?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_while_fast_clients_get_everything() {
+    let hub = Hub::start(&[
+        "--auth",
+        "none",
+        "--subscriber-queue",
+        "1000",
+        "--subscriber-queue-bytes",
+        "200000",
+    ]);
+    let topic = "stall";
+    let mut fast = Stream::open(
+        &hub.url(&format!("/.well-known/mercure?topic={topic}")),
+        &[],
+    )
+    .await;
+    let mut stalled = stalled_stream(&hub, topic).await;
+    wait_for("both subscribers", async || {
+        hub.metric("tidings_subscribers").await == 2.0
+    })
+    .await;
+    // 20 KB a piece: the stalled socket's buffers fill, then its 200 KB queue.
+    let data = "x".repeat(20_000);
+    let mut published = 0;
+    while hub
+        .metric("tidings_slow_consumers_disconnected_total")
+        .await
+        == 0.0
+    {
+        assert!(
+            published < 2_000,
+            "the stalled client was never disconnected"
+        );
+        let (status, _) = publish(&hub, None, &[("topic", topic), ("data", &data)]).await;
+        assert_eq!(status, 200);
+        published += 1;
+    }
+    // Its connection is closed at once, although the hub's writes to it were blocked.
+    wait_for("the stalled connection to close", async || {
+        hub.metric("tidings_connections").await == 1.0
+    })
+    .await;
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled client sees its connection end");
+    for i in 0..published {
+        let event = fast.next().await;
+        assert_eq!(event.data.len(), data.len(), "update {i}");
+    }
+    assert_eq!(hub.metric("tidings_subscribers").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_write_that_makes_no_progress_for_the_write_timeout_closes_the_connection() {
+    // A queue far larger than what the socket buffers hold: the stalled connection is not a
+    // slow consumer yet when its writes stop moving.
+    let hub = Hub::start(&[
+        "--auth",
+        "none",
+        "--write-timeout",
+        "1",
+        "--subscriber-queue",
+        "100000",
+        "--subscriber-queue-bytes",
+        "1000000000",
+    ]);
+    let topic = "quiet";
+    let _stalled = stalled_stream(&hub, topic).await;
+    wait_for("the subscriber", async || {
+        hub.metric("tidings_subscribers").await == 1.0
+    })
+    .await;
+    let data = "y".repeat(100_000);
+    // Enough to fill every buffer between the hub and the stalled socket.
+    for _ in 0..200 {
+        if hub.metric("tidings_connections").await == 0.0 {
+            break;
+        }
+        let (status, _) = publish(&hub, None, &[("topic", topic), ("data", &data)]).await;
+        assert_eq!(status, 200);
+    }
+    wait_for("the write timeout to close the connection", async || {
+        hub.metric("tidings_connections").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        hub.metric("tidings_slow_consumers_disconnected_total")
+            .await,
+        0.0
+    );
+    assert_eq!(hub.metric("tidings_subscribers").await, 0.0);
+}

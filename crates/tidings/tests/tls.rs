@@ -1,0 +1,157 @@
+//! TLS against the real binary, with certificates made in the test: HTTPS with HTTP/2 (and
+//! HTTP/1.1 for clients that ask for it), a certificate reloaded on SIGHUP while a stream stays
+//! open, a failed reload that keeps the certificate in use, and clear start-up errors.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{test_certificates, wait_for, Hub, Stream};
+
+/// A client that trusts only the CA in `ca`; HTTP/1.1 only when `http1` is set.
+fn trusting(ca: &Path, http1: bool) -> reqwest::Client {
+    tidings::cli::install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let builder = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .timeout(Duration::from_secs(10));
+    let builder = if http1 { builder.http1_only() } else { builder };
+    builder.build().unwrap()
+}
+
+fn tls_hub(cert: &Path, key: &Path, ca: &Path) -> Hub {
+    Hub::start(&[
+        "--auth",
+        "none",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .with_client(trusting(ca, false))
+}
+
+async fn publish(http: &reqwest::Client, hub: &Hub, topic: &str, data: &str) -> String {
+    let response = http
+        .post(hub.url("/.well-known/mercure"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("topic", topic)
+                .append_pair("data", data)
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn https_serves_http2_and_http1_and_a_reloaded_certificate_keeps_open_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca1, cert1, key1] = test_certificates(dir.path(), "first");
+    // The files the hub reads; a reload copies another certificate over them.
+    let (cert, key) = (dir.path().join("live.pem"), dir.path().join("live.key"));
+    std::fs::copy(&cert1, &cert).unwrap();
+    std::fs::copy(&key1, &key).unwrap();
+    let hub = tls_hub(&cert, &key, &ca1);
+    assert!(hub.base.starts_with("https://127.0.0.1:"), "{}", hub.base);
+
+    let h2 = trusting(&ca1, false);
+    let h1 = trusting(&ca1, true);
+    let health = h2.get(hub.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    let health = h1.get(hub.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.version(), reqwest::Version::HTTP_11);
+
+    let url = hub.url("/.well-known/mercure?topic=tls");
+    let mut over_h2 = Stream::try_open_with(&h2, &url, &[]).await;
+    assert_eq!(
+        (over_h2.status.as_u16(), over_h2.version),
+        (200, reqwest::Version::HTTP_2)
+    );
+    let id = publish(&h1, &hub, "tls", "before").await;
+    let event = over_h2.next().await;
+    assert_eq!((event.id, event.data.as_str()), (id, "before"));
+
+    // A new certificate from another CA, then SIGHUP.
+    let [ca2, cert2, key2] = test_certificates(dir.path(), "second");
+    std::fs::copy(&cert2, &cert).unwrap();
+    std::fs::copy(&key2, &key).unwrap();
+    hub.hang_up();
+    let fresh = trusting(&ca2, false);
+    wait_for("the new certificate", async || {
+        fresh.get(hub.url("/healthz")).send().await.is_ok()
+    })
+    .await;
+    assert!(
+        trusting(&ca1, false)
+            .get(hub.url("/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "new connections no longer get the old certificate"
+    );
+    // The stream opened before the reload is still there.
+    let id = publish(&fresh, &hub, "tls", "after").await;
+    let event = over_h2.next().await;
+    assert_eq!((event.id, event.data.as_str()), (id, "after"));
+
+    // A reload that fails keeps the certificate in use.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    hub.hang_up();
+    hub.wait_for_log("TLS certificate not reloaded").await;
+    let health = fresh.get(hub.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let id = publish(&fresh, &hub, "tls", "still").await;
+    assert_eq!(over_h2.next().await.id, id);
+}
+
+#[tokio::test]
+async fn plain_http_to_a_tls_port_gets_no_answer_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = test_certificates(dir.path(), "plain");
+    let hub = tls_hub(&cert, &key, &ca);
+    let plain = format!("http://{}/healthz", hub.addr());
+    assert!(common::client().get(&plain).send().await.is_err());
+    assert_eq!(hub.metric("tidings_ready").await, 1.0);
+}
+
+/// Starts `tidings serve` with `args`, which must fail; returns its error output.
+fn failed_start(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--auth", "none", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{args:?} started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn unusable_tls_files_stop_start_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let [_, cert, key] = test_certificates(dir.path(), "one");
+    let [_, _, other_key] = test_certificates(dir.path(), "two");
+    let cert = cert.to_str().unwrap();
+    let err = failed_start(&["--tls-cert", cert]);
+    assert!(err.contains("tls-cert and tls-key go together"), "{err}");
+    let missing = dir.path().join("missing.pem");
+    let err = failed_start(&[
+        "--tls-cert",
+        missing.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("cannot read the TLS certificate file"),
+        "{err}"
+    );
+    let err = failed_start(&["--tls-cert", cert, "--tls-key", other_key.to_str().unwrap()]);
+    assert!(err.contains("does not fit the certificate"), "{err}");
+    let err = failed_start(&["--tls-cert", cert, "--tls-key", cert]);
+    assert!(err.contains("no usable PEM private key"), "{err}");
+}
