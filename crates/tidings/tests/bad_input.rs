@@ -14,7 +14,7 @@ const KEY: &str = "router-test-key";
 async fn app(options: Options) -> Router {
     let config = Options {
         jwt_key: Some(KEY.into()),
-        max_body_bytes: Some(1024),
+        max_body_bytes: options.max_body_bytes.or(Some(1024)),
         ..options
     }
     .resolve()
@@ -353,5 +353,272 @@ async fn operations_endpoints_answer() {
         "tidings_delivery_latency_seconds_bucket",
     ] {
         assert!(text.contains(metric), "{metric} missing");
+    }
+}
+
+/// Signs `claims` with `key` under any algorithm `jsonwebtoken` knows, including ones the hub
+/// is not configured for.
+fn sign(alg: jsonwebtoken::Algorithm, key: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn publish_with(token: &str, form: &str) -> Request<Body> {
+    Request::post("/.well-known/mercure")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(form.to_owned()))
+        .unwrap()
+}
+
+fn subscribe_with(token: &str, uri: &str) -> Request<Body> {
+    Request::get(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_with_other_algorithms_claims_or_keys_are_refused() {
+    use jsonwebtoken::Algorithm::{HS256, HS384, HS512};
+    let app = app(Options::default()).await;
+    let grant = json!({"mercure": {"publish": ["*"]}});
+    for alg in [HS384, HS512] {
+        expect(
+            call(
+                &app,
+                publish_with(&sign(alg, KEY, grant.clone()), "topic=a"),
+            )
+            .await,
+            401,
+            "invalid_token",
+            &format!("{alg:?} where HS256 is configured"),
+        );
+    }
+    expect(
+        call(
+            &app,
+            publish_with(&sign(HS256, "another key", grant), "topic=a"),
+        )
+        .await,
+        401,
+        "invalid_token",
+        "signed with another key",
+    );
+    let cases = [
+        (json!({}), 403, "forbidden", "no mercure claim"),
+        (json!({"mercure": {}}), 403, "forbidden", "no publish claim"),
+        (
+            json!({"mercure": {"publish": []}}),
+            403,
+            "forbidden",
+            "empty publish claim",
+        ),
+        (
+            json!({"mercure": {"publish": ["/other/{x}"]}}),
+            403,
+            "forbidden",
+            "a claim for other topics",
+        ),
+        (
+            json!({"mercure": {"publish": "*"}}),
+            401,
+            "invalid_token",
+            "publish claim not a list",
+        ),
+        (
+            json!({"mercure": {"publish": ["*"]}, "exp": "tomorrow"}),
+            401,
+            "invalid_token",
+            "exp not a number",
+        ),
+        (
+            json!({"mercure": {"publish": ["{unclosed"]}}),
+            401,
+            "invalid_token",
+            "malformed selector in the claim",
+        ),
+    ];
+    for (claims, status, code, case) in cases {
+        let token = sign(HS256, KEY, claims);
+        expect(
+            call(&app, publish_with(&token, "topic=/books/1")).await,
+            status,
+            code,
+            case,
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_for_one_role_is_refused_in_the_other() {
+    let app = app(Options {
+        jwt_key: None,
+        publisher_jwt_key: Some("publisher key".into()),
+        subscriber_jwt_key: Some("subscriber key".into()),
+        ..Options::default()
+    })
+    .await;
+    let both = json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}});
+    let subscriber = sign(
+        jsonwebtoken::Algorithm::HS256,
+        "subscriber key",
+        both.clone(),
+    );
+    expect(
+        call(&app, publish_with(&subscriber, "topic=a")).await,
+        401,
+        "invalid_token",
+        "a subscriber's token replayed to publish",
+    );
+    let publisher = sign(jsonwebtoken::Algorithm::HS256, "publisher key", both);
+    expect(
+        call(
+            &app,
+            subscribe_with(&publisher, "/.well-known/mercure?topic=a"),
+        )
+        .await,
+        401,
+        "invalid_token",
+        "a publisher's token replayed to subscribe",
+    );
+    let ok = app
+        .clone()
+        .oneshot(publish_with(&publisher, "topic=a"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn pathological_selectors_are_refused_or_matched_in_bounded_time() {
+    let strict = app(Options {
+        anonymous: Some(true),
+        ..Options::default()
+    })
+    .await;
+    // A URI holds at most 64 KiB, so 8,000 short selectors are about as many as a query has.
+    let many = |n: usize| {
+        let query: Vec<String> = (0..n).map(|i| format!("topic={}", i % 10)).collect();
+        format!("/.well-known/mercure?{}", query.join("&"))
+    };
+    expect(
+        call(&strict, get(&many(8_000))).await,
+        400,
+        "too_many_selectors",
+        "8,000 selectors past the default cap",
+    );
+    let seventeen = "%7Ba%7D".repeat(17);
+    let nested = format!("{}x{}", "%7B".repeat(1000), "%7D".repeat(1000));
+    let groups = ":a/".repeat(17);
+    let cases = [
+        (format!("topic={seventeen}"), "17 template expressions"),
+        (format!("topic={nested}"), "1,000 nested braces"),
+        (
+            format!("topic=%7B{}%7D", "x,".repeat(500)),
+            "500 variables in one expression",
+        ),
+        (
+            format!("match_urlpattern=/{groups}"),
+            "17 URL pattern groups",
+        ),
+        ("match_urlpattern=/(a%2B)%2B".to_owned(), "a regexp group"),
+    ];
+    for (query, case) in cases {
+        expect(
+            call(&strict, get(&format!("/.well-known/mercure?{query}"))).await,
+            400,
+            "invalid_input",
+            case,
+        );
+    }
+    // With the cap raised, the same request opens a stream: compiling and matching are bounded.
+    let lax = app(Options {
+        anonymous: Some(true),
+        max_selectors: Some(10_000),
+        ..Options::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let response = lax.clone().oneshot(get(&many(8_000))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let sixteen = format!("/.well-known/mercure?topic={}", "%7Ba%7D".repeat(16));
+    let response = lax.clone().oneshot(get(&sixteen)).await.unwrap();
+    assert_eq!(response.status(), 200, "16 expressions are allowed");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn pathological_publishes_get_specific_errors() {
+    let app = app(Options {
+        max_body_bytes: Some(1 << 20),
+        ..Options::default()
+    })
+    .await;
+    let topics: Vec<String> = (0..10_000).map(|i| format!("topic=/t/{i}")).collect();
+    expect(
+        call(&app, post_form(topics.join("&"))).await,
+        400,
+        "too_many_topics",
+        "10,000 topics",
+    );
+    for (form, case) in [
+        ("topic=a%0Ab", "LF in a topic"),
+        ("topic=a%00b", "NUL in a topic"),
+        ("topic=a%1Bb", "ESC in a topic"),
+        ("topic=", "empty topic"),
+    ] {
+        expect(
+            call(&app, post_form(form)).await,
+            400,
+            "invalid_input",
+            case,
+        );
+    }
+    expect(
+        call(&app, post_form("topic=a&data=%C0%AF")).await,
+        400,
+        "invalid_encoding",
+        "overlong UTF-8",
+    );
+    expect(
+        call(&app, post_form(&b"topic=a&data=\xff\xfe"[..])).await,
+        400,
+        "invalid_encoding",
+        "raw bytes that are not UTF-8",
+    );
+    let json = |body: Vec<u8>| {
+        Request::post("/sse/events")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", publisher()))
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let mut not_utf8 = br#"{"sessionId":"s","eventName":"e","payload":""#.to_vec();
+    not_utf8.extend_from_slice(b"\xff\xfe\"}");
+    let deep = format!(
+        r#"{{"sessionId":"s","eventName":"e","payload":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let cases = [
+        (not_utf8, "invalid_json", "invalid UTF-8 in JSON"),
+        (
+            deep.into_bytes(),
+            "invalid_json",
+            "JSON nested 100,000 deep",
+        ),
+        (
+            br#"{"sessionId":"s\u0000","eventName":"e","payload":1}"#.to_vec(),
+            "invalid_input",
+            "NUL in a session id",
+        ),
+    ];
+    for (body, code, case) in cases {
+        expect(call(&app, json(body)).await, 400, code, case);
     }
 }

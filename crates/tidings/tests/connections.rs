@@ -220,3 +220,38 @@ async fn a_write_that_makes_no_progress_for_the_write_timeout_closes_the_connect
     );
     assert_eq!(hub.metric("tidings_subscribers").await, 0.0);
 }
+
+/// Sends `head` (ignoring a write cut short by the server) and returns the status line.
+async fn status_line_for(hub: &Hub, head: Vec<u8>) -> String {
+    let mut socket = TcpStream::connect(addr(hub)).await.unwrap();
+    let _ = socket.write_all(&head).await;
+    let (answer, _) = read_until_closed(&mut socket).await;
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn oversized_request_heads_are_refused() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let request = |uri: &str, headers: &str| {
+        format!("GET {uri} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+    };
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge = format!("X-Big: {}\r\n", "v".repeat(70_000));
+    let long_uri = format!("/.well-known/mercure?{}", "topic=a&".repeat(10_000));
+    for (head, status, case) in [
+        (request("/healthz", &many), "431", "200 headers"),
+        (request("/healthz", &huge), "431", "a 70 kB header"),
+        (request(&long_uri, ""), "431", "an 80 kB URI"),
+    ] {
+        let line = status_line_for(&hub, head).await;
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {status}")),
+            "{case}: {line}"
+        );
+    }
+    // A head just under the limit is served.
+    let large = format!("X-Big: {}\r\n", "v".repeat(50_000));
+    let line = status_line_for(&hub, request("/healthz", &large)).await;
+    assert!(line.starts_with("HTTP/1.1 200"), "a 50 kB header: {line}");
+    assert_eq!(common::status(&hub, "/healthz").await, 200);
+}

@@ -111,6 +111,23 @@ async fn https_serves_http2_and_http1_and_a_reloaded_certificate_keeps_open_stre
 }
 
 #[tokio::test]
+async fn an_oversized_header_list_over_http2_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = test_certificates(dir.path(), "heads");
+    let hub = tls_hub(&cert, &key, &ca);
+    let h2 = trusting(&ca, false);
+    let big = "v".repeat(70_000);
+    let refused = h2.get(hub.url("/healthz")).header("x-big", &big).send();
+    let refused = refused.await.unwrap();
+    assert_eq!(
+        (refused.version(), refused.status().as_u16()),
+        (reqwest::Version::HTTP_2, 431)
+    );
+    let fine = h2.get(hub.url("/healthz")).header("x-big", &big[..50_000]);
+    assert_eq!(fine.send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn plain_http_to_a_tls_port_gets_no_answer_and_harms_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let [ca, cert, key] = test_certificates(dir.path(), "plain");

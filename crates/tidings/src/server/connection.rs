@@ -62,6 +62,13 @@ pub(crate) struct Timeouts {
 /// How often an HTTP/2 connection is pinged; unanswered for as long again, it is closed.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
+/// The most a request head may hold: request line and headers over HTTP/1.1 (past it, `431`),
+/// the decoded header list over HTTP/2.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Requests (streams) one HTTP/2 connection may have open at once.
+const H2_MAX_STREAMS: u32 = 200;
+
 /// Sets the socket options every connection gets: no Nagle delay (events are small and
 /// latency matters), TCP keepalive, and a user timeout as long as the write timeout.
 fn configure(tcp: &TcpStream, timeouts: Timeouts) {
@@ -126,13 +133,16 @@ pub(crate) async fn serve(
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(H2_KEEP_ALIVE))
-            .keep_alive_timeout(H2_KEEP_ALIVE);
+            .keep_alive_timeout(H2_KEEP_ALIVE)
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            .max_concurrent_streams(H2_MAX_STREAMS);
         watcher.watch(builder.serve_connection(io, service)).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(Some(timeouts.header_read))
+            .max_header_size(MAX_HEAD_BYTES)
             .keep_alive(true);
         watcher.watch(builder.serve_connection(io, service)).await
     };
