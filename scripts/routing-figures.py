@@ -24,10 +24,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -35,49 +32,11 @@ import uuid
 
 import redis
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hubs import Instance  # noqa: E402
+
 OWN_TOPICS = 100
 REPEATS = 20
-
-
-class Instance:
-    def __init__(self, binary, redis_url, prefix, routing):
-        self.process = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--auth", "none", "--bus", redis_url,
-             "--bus-prefix", prefix, "--routing", routing],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {"TIDINGS_LOG": "info"},
-        )
-        deadline = time.monotonic() + 20
-        for line in self.process.stderr:
-            match = re.search(r"listening on http://(\S+)", line)
-            if match:
-                self.base = f"http://{match.group(1)}"
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            raise RuntimeError("tidings did not become ready")
-        # Keep draining the log so the process never blocks on a full pipe.
-        threading.Thread(target=self.process.stderr.read, daemon=True).start()
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-    def metric(self, name):
-        with urllib.request.urlopen(f"{self.base}/metrics", timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
-        raise RuntimeError(f"no metric {name}")
-
-    def publish(self, topic, data):
-        body = urllib.parse.urlencode({"topic": topic, "data": data}).encode()
-        with urllib.request.urlopen(f"{self.base}/.well-known/mercure", body, timeout=10) as response:
-            return response.read().decode()
 
 
 async def open_stream(base, topic):
@@ -112,7 +71,8 @@ async def count_events(reader, expected, deadline):
 
 async def measure(binary, redis_url, routing, n):
     prefix = f"tidings-figures:{uuid.uuid4().hex[:12]}"
-    instances = [Instance(binary, redis_url, prefix, routing) for _ in range(n)]
+    flags = ["--auth", "none", "--bus", redis_url, "--bus-prefix", prefix, "--routing", routing]
+    instances = [Instance(binary, flags) for _ in range(n)]
     streams = []
     try:
         base = f"https://example.com/figures/{prefix}"

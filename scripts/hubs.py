@@ -1,0 +1,156 @@
+"""What the scripts under scripts/ share: `tidings serve` processes and raw SSE streams.
+
+Import it from a script in this directory (`from hubs import Instance, SseStream`); it needs
+only the Python standard library.
+"""
+import asyncio
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+
+class Instance:
+    """One `tidings serve` on a free loopback port, with `args` after `serve`."""
+
+    def __init__(self, binary, args, log_path=None):
+        self.process = subprocess.Popen(
+            [binary, "serve", "--listen", "127.0.0.1:0", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {"TIDINGS_LOG": "info"},
+        )
+        deadline = time.monotonic() + 20
+        for line in self.process.stderr:
+            match = re.search(r"listening on http://(\S+)", line)
+            if match:
+                self.base = f"http://{match.group(1)}"
+                self.host, port = match.group(1).rsplit(":", 1)
+                self.port = int(port)
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise RuntimeError(f"tidings did not become ready: {' '.join(args)}")
+        # Keep draining the log (into `log_path`, if given) so the process never blocks on a
+        # full pipe.
+        def drain():
+            with open(log_path or os.devnull, "w") as sink:
+                for line in self.process.stderr:
+                    sink.write(line)
+        threading.Thread(target=drain, daemon=True).start()
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def metrics(self):
+        """Every unlabelled sample of `/metrics`, by name."""
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=10) as response:
+            samples = {}
+            for line in response.read().decode().splitlines():
+                parts = line.split()
+                if len(parts) == 2 and not line.startswith("#"):
+                    samples[parts[0]] = float(parts[1])
+            return samples
+
+    def metric(self, name):
+        samples = self.metrics()
+        if name not in samples:
+            raise RuntimeError(f"no metric {name}")
+        return samples[name]
+
+    def rss_mib(self):
+        """The process's resident set size, in MiB (Linux)."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def publish(self, topic, data):
+        body = urllib.parse.urlencode({"topic": topic, "data": data}).encode()
+        with urllib.request.urlopen(f"{self.base}/.well-known/mercure", body, timeout=10) as response:
+            return response.read().decode()
+
+
+class SseStream:
+    """A stream read over a raw socket: `await SseStream.open(...)`, then `await next_event()`.
+    Undoes HTTP/1.1 chunked framing, so events split across chunks parse whole."""
+
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+        self.raw, self.body, self.chunked = b"", b"", False
+
+    @classmethod
+    async def open(cls, instance, path, headers=(), timeout=10):
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(instance.host, instance.port), timeout)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {instance.host}\r\n{extra}\r\n".encode())
+        stream = cls(reader, writer)
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in stream.raw:
+            await stream._read(deadline)
+        head, stream.raw = stream.raw.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 200"):
+            writer.close()
+            status = head.splitlines()[0].decode(errors="replace")
+            raise RuntimeError(f"stream refused: {status} {stream.raw[:300].decode(errors='replace')}")
+        stream.chunked = b"transfer-encoding: chunked" in head.lower()
+        stream._dechunk()
+        return stream
+
+    async def _read(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise asyncio.TimeoutError
+        chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
+        if not chunk:
+            raise ConnectionError("the stream ended")
+        self.raw += chunk
+
+    def _dechunk(self):
+        if not self.chunked:
+            self.body += self.raw
+            self.raw = b""
+            return
+        while b"\r\n" in self.raw:
+            size_line, rest = self.raw.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                raise ConnectionError("the stream ended")
+            if len(rest) < size + 2:
+                return
+            self.body += rest[:size]
+            self.raw = rest[size + 2:]
+
+    async def next_event(self, timeout):
+        """The next event as a dict of its fields (`data` lines joined by LF), skipping
+        comments (heartbeats)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n\n" not in self.body:
+                await self._read(deadline)
+                self._dechunk()
+            block, self.body = self.body.split(b"\n\n", 1)
+            fields = {}
+            for line in block.split(b"\n"):
+                if line.startswith(b":"):
+                    continue
+                name, _, value = line.partition(b":")
+                value = value[1:] if value.startswith(b" ") else value
+                name = name.decode(errors="replace")
+                if name == "data" and "data" in fields:
+                    fields["data"] += "\n" + value.decode()
+                else:
+                    fields[name] = value.decode()
+            if fields:
+                return fields
+
+    def close(self):
+        self.writer.close()
