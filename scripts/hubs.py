@@ -4,9 +4,11 @@ Import it from a script in this directory (`from hubs import Instance, SseStream
 only the Python standard library.
 """
 import asyncio
+import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -154,3 +156,18 @@ class SseStream:
 
     def close(self):
         self.writer.close()
+
+
+def report(figures, as_json, hidden=()):
+    """Prints a soak's figures (JSON, or a table without the `hidden` ones) and its failures,
+    then exits: status 1 when there are failures."""
+    if as_json:
+        print(json.dumps(figures, indent=2))
+    else:
+        width = max(len(k) for k in figures)
+        for name, value in figures.items():
+            if name not in ("failures", *hidden):
+                print(f"{name:<{width}}  {value}")
+        for failure in figures["failures"]:
+            print(f"FAILED: {failure}")
+    sys.exit(1 if figures["failures"] else 0)

@@ -40,7 +40,7 @@ import uuid
 import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hubs import Instance, SseStream  # noqa: E402
+from hubs import Instance, SseStream, report  # noqa: E402
 
 GAP_EVENT = "tidings-gap"
 REFUSALS = {}
@@ -369,17 +369,7 @@ def main():
         sys.exit(f"{args.binary} not found: run `cargo build --release` first, or pass --binary")
     if not 0 <= args.session_clients <= args.clients:
         sys.exit("--session-clients must be between 0 and --clients")
-    figures = asyncio.run(soak(args))
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        width = max(len(k) for k in figures)
-        for name, value in figures.items():
-            if name not in ("failures", "per_round"):
-                print(f"{name:<{width}}  {value}")
-        for failure in figures["failures"]:
-            print(f"FAILED: {failure}")
-    sys.exit(1 if figures["failures"] else 0)
+    report(asyncio.run(soak(args)), args.json, hidden=("per_round",))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! Connections from clients that misbehave at the TCP or HTTP level, against the real binary:
-//! requests that never finish their headers, silent connections, half-closed clients, bodies
-//! on GET, clients that stop reading. Each is closed or refused as documented in
+//! requests that never finish their headers, silent connections, half-closed clients, peers
+//! that vanish without a word (half-open connections, in a network namespace made by the
+//! test), bodies on GET, oversized heads, clients that stop reading. Each is closed or refused as documented in
 //! `docs/security.md`, and none leaves a subscriber or a stream behind.
 
 mod common;
@@ -162,17 +163,22 @@ async fn a_client_that_stops_reading_is_disconnected_while_fast_clients_get_ever
         hub.metric("tidings_connections").await == 1.0
     })
     .await;
+    // With a reset: what the kernel still held for it is dropped, not delivered.
     let mut buf = vec![0u8; 1 << 16];
-    let closed = tokio::time::timeout(WAIT, async {
+    let ending = tokio::time::timeout(WAIT, async {
         loop {
             match stalled.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break Ok(()),
+                Err(e) => break Err(e.kind()),
                 Ok(_) => {}
             }
         }
     })
     .await;
-    assert!(closed.is_ok(), "the stalled client sees its connection end");
+    assert_eq!(
+        ending.expect("the stalled client sees its connection end"),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     for i in 0..published {
         let event = fast.next().await;
         assert_eq!(event.data.len(), data.len(), "update {i}");
@@ -254,4 +260,121 @@ async fn oversized_request_heads_are_refused() {
     let line = status_line_for(&hub, request("/healthz", &large)).await;
     assert!(line.starts_with("HTTP/1.1 200"), "a 50 kB header: {line}");
     assert_eq!(common::status(&hub, "/healthz").await, 200);
+}
+
+/// A network namespace joined to this one by a veth pair, made for one test and deleted when
+/// dropped: a client in it can vanish (its link goes down) without a FIN or a RST.
+struct Namespace {
+    name: String,
+    host_ip: String,
+    link: String,
+}
+
+impl Namespace {
+    /// `None` when namespaces cannot be made here (not root, no `ip`): the caller skips,
+    /// unless `TIDINGS_REQUIRE_BROKERS=1` (CI), where that is a failure.
+    #[allow(clippy::print_stderr)] // says why the test is skipped, as the broker tests do
+    fn create() -> Option<Namespace> {
+        let pid = std::process::id();
+        let name = format!("tidings-{pid}");
+        let (host_link, link) = (format!("tdh{pid}"), format!("tdn{pid}"));
+        let subnet = format!("10.{}.{}", 200 + pid % 50, (pid / 50) % 250);
+        let host_ip = format!("{subnet}.1");
+        let steps = [
+            format!("netns add {name}"),
+            format!("link add {host_link} type veth peer name {link} netns {name}"),
+            format!("addr add {host_ip}/30 dev {host_link}"),
+            format!("link set {host_link} up"),
+            format!("-n {name} addr add {subnet}.2/30 dev {link}"),
+            format!("-n {name} link set {link} up"),
+        ];
+        // Made before the first step, so that whatever was made is deleted on the way out.
+        let namespace = Namespace {
+            name,
+            host_ip,
+            link,
+        };
+        for step in steps {
+            let ok = std::process::Command::new("ip")
+                .args(step.split(' '))
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                assert!(
+                    std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() != Ok("1"),
+                    "network namespaces are required (TIDINGS_REQUIRE_BROKERS=1) but `ip {step}` failed"
+                );
+                eprintln!("skipped: cannot make a network namespace (`ip {step}`)");
+                return None;
+            }
+        }
+        Some(namespace)
+    }
+
+    /// `ip netns exec <name> <program> <args>`.
+    fn command(&self, program: &str, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name, program])
+            .args(args);
+        command
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_vanishes_without_a_word_is_dropped_after_the_write_timeout() {
+    let Some(namespace) = Namespace::create() else {
+        return;
+    };
+    let listen = format!("{}:0", namespace.host_ip);
+    let hub = Hub::start(&[
+        "--auth",
+        "none",
+        "--listen",
+        &listen,
+        "--heartbeat",
+        "1",
+        "--write-timeout",
+        "2",
+    ]);
+    let mut client = namespace
+        .command(
+            "curl",
+            &["-sN", &hub.url("/.well-known/mercure?topic=vanish")],
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the client's stream", async || {
+        hub.metric("tidings_connections").await == 1.0
+    })
+    .await;
+    // The client's link goes down, then the client dies: its FIN never leaves the namespace.
+    let down = namespace
+        .command("ip", &["link", "set", &namespace.link, "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let _ = client.kill();
+    let _ = client.wait();
+    let gone = Instant::now();
+    wait_for("the vanished stream to be dropped", async || {
+        hub.metric("tidings_connections").await == 0.0
+    })
+    .await;
+    // A heartbeat within 1 s, unacknowledged for the 2 s write timeout (TCP_USER_TIMEOUT);
+    // without it, the kernel would retransmit for a quarter of an hour.
+    let took = gone.elapsed();
+    assert!(took < Duration::from_secs(10), "dropped after {took:?}");
+    assert_eq!(hub.metric("tidings_subscribers").await, 0.0);
 }

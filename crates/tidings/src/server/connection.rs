@@ -11,6 +11,12 @@
 //! - the hub can close the connection at once through [`ConnectionInfo::closer`], even while
 //!   hyper is blocked writing to a socket nobody reads (a slow consumer): hyper never polls the
 //!   response body then, so ending the body would not be enough.
+//!
+//! Both ways of giving up on a client that does not read (the close switch and the write
+//! timeout) end the connection with a reset (`SO_LINGER` 0) rather than a FIN: what is still
+//! queued for the client in the kernel is of no use to it (it resumes from history), and a
+//! graceful close would keep that queue, up to the socket's send buffer, in kernel memory
+//! until the client reads it or `TCP_USER_TIMEOUT` passes.
 
 use std::future::Future;
 use std::io;
@@ -151,6 +157,27 @@ pub(crate) async fn serve(
     }
 }
 
+/// The TCP socket under a connection's I/O, plain or TLS.
+trait TcpSocket {
+    fn tcp(&self) -> &TcpStream;
+
+    /// Makes the coming close a reset, dropping what the kernel still holds for the peer.
+    fn abort_on_close(&self) {
+        if let Err(e) = socket2::SockRef::from(self.tcp()).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(error = %e, "cannot set SO_LINGER");
+        }
+    }
+}
+
+impl TcpSocket for Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>> {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Either::Left(tcp) => tcp,
+            Either::Right(tls) => tls.get_ref().0,
+        }
+    }
+}
+
 /// A connection's I/O with the deadlines and the close switch of the module's doc.
 struct Guarded<IO> {
     io: IO,
@@ -166,7 +193,7 @@ struct Guarded<IO> {
     first_byte: Option<Pin<Box<Sleep>>>,
 }
 
-impl<IO> Guarded<IO> {
+impl<IO: TcpSocket> Guarded<IO> {
     fn new(io: IO, close: CancellationToken, timeouts: Timeouts, h2: bool) -> Self {
         Guarded {
             io,
@@ -186,10 +213,13 @@ impl<IO> Guarded<IO> {
             .closed
             .get_or_insert_with(|| Box::pin(close.clone().cancelled_owned()));
         match closed.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "closed by the hub",
-            )),
+            Poll::Ready(()) => {
+                self.io.abort_on_close();
+                Poll::Ready(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "closed by the hub",
+                ))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -217,22 +247,26 @@ impl<IO> Guarded<IO> {
             self.stalling = true;
         }
         match stall.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client has not read for write-timeout",
-            ))),
+            Poll::Ready(()) => {
+                self.io.abort_on_close();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client has not read for write-timeout",
+                )))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn refuse_if_closed(&self) -> Option<io::Error> {
-        self.close
-            .is_cancelled()
-            .then(|| io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the hub"))
+        self.close.is_cancelled().then(|| {
+            self.io.abort_on_close();
+            io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the hub")
+        })
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+impl<IO: AsyncRead + TcpSocket + Unpin> AsyncRead for Guarded<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -269,7 +303,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+impl<IO: AsyncWrite + TcpSocket + Unpin> AsyncWrite for Guarded<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -310,6 +344,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        // A connection the hub gave up on gets no FIN queued behind what it never read: it
+        // is reset when it is dropped.
+        if let Some(e) = this.refuse_if_closed() {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }

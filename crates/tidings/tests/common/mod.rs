@@ -30,7 +30,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts `tidings serve --listen 127.0.0.1:0 <args>` and waits for its ready line.
+    /// Starts `tidings serve --listen 127.0.0.1:0 <args>` (unless `args` has a `--listen` of
+    /// its own) and waits for its ready line.
     pub fn start(args: &[&str]) -> Hub {
         Self::start_with(args, &[], None)
     }
@@ -42,10 +43,11 @@ impl Hub {
             std::fs::write(dir.path().join("tidings.toml"), toml).expect("write tidings.toml");
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args);
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.args(args);
         for (k, _) in std::env::vars() {
             if k.starts_with("TIDINGS_") {
                 cmd.env_remove(k);
