@@ -6,6 +6,7 @@ only the Python standard library.
 import asyncio
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -24,25 +25,30 @@ class Instance:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {"TIDINGS_LOG": "info"},
         )
-        deadline = time.monotonic() + 20
-        for line in self.process.stderr:
-            match = re.search(r"listening on http://(\S+)", line)
-            if match:
-                self.base = f"http://{match.group(1)}"
-                self.host, port = match.group(1).rsplit(":", 1)
-                self.port = int(port)
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            raise RuntimeError(f"tidings did not become ready: {' '.join(args)}")
-        # Keep draining the log (into `log_path`, if given) so the process never blocks on a
-        # full pipe.
+        # The log is read by a thread (so a silent process cannot block this one), into
+        # `log_path` if given, and for as long as the process runs (so it never blocks on a
+        # full pipe).
+        ready = queue.Queue()
+
         def drain():
             with open(log_path or os.devnull, "w") as sink:
                 for line in self.process.stderr:
+                    match = re.search(r"listening on http://(\S+)", line)
+                    if match:
+                        ready.put(match.group(1))
                     sink.write(line)
+            ready.put(None)
         threading.Thread(target=drain, daemon=True).start()
+        try:
+            address = ready.get(timeout=20)
+        except queue.Empty:
+            address = None
+        if address is None:
+            self.stop()
+            raise RuntimeError(f"tidings did not become ready within 20 s: {' '.join(args)}")
+        self.base = f"http://{address}"
+        self.host, port = address.rsplit(":", 1)
+        self.port = int(port)
 
     def stop(self):
         self.process.terminate()

@@ -33,39 +33,24 @@ import uuid
 import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hubs import Instance  # noqa: E402
+from hubs import Instance, SseStream  # noqa: E402
 
 OWN_TOPICS = 100
 REPEATS = 20
 
 
-async def open_stream(base, topic):
-    url = urllib.parse.urlsplit(base)
-    reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    query = urllib.parse.urlencode({"topic": topic})
-    writer.write(f"GET /.well-known/mercure?{query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-    await writer.drain()
-    buffer = b""
-    while b"\n:\n\n" not in buffer:
-        chunk = await asyncio.wait_for(reader.read(4096), 10)
-        if not chunk:
-            raise RuntimeError("stream closed while opening")
-        buffer += chunk
-    return reader, writer
+async def open_stream(instance, topic):
+    return await SseStream.open(instance, "/.well-known/mercure?" + urllib.parse.urlencode({"topic": topic}))
 
 
-async def count_events(reader, expected, deadline):
-    got, buffer = 0, b""
-    while got < expected and time.monotonic() < deadline:
-        try:
-            chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
-        except asyncio.TimeoutError:
-            break
-        if not chunk:
-            break
-        buffer += chunk
-        *events, buffer = buffer.split(b"\n\n")
-        got += sum(1 for e in events if b"\nid: " in b"\n" + e)
+async def count_events(stream, expected, deadline):
+    got = 0
+    try:
+        while got < expected and time.monotonic() < deadline:
+            event = await stream.next_event(deadline - time.monotonic())
+            got += "id" in event
+    except (asyncio.TimeoutError, ConnectionError):
+        pass
     return got
 
 
@@ -79,9 +64,9 @@ async def measure(binary, redis_url, routing, n):
         own = [f"{base}/own/{i}" for i in range(OWN_TOPICS)]
         shared, unwanted = f"{base}/shared", f"{base}/unwanted"
         for i, topic in enumerate(own):
-            streams.append((await open_stream(instances[i % n].base, topic), 1))
+            streams.append((await open_stream(instances[i % n], topic), 1))
         for instance in instances:
-            streams.append((await open_stream(instance.base, shared), REPEATS))
+            streams.append((await open_stream(instance, shared), REPEATS))
         publisher = instances[0]
         rows = []
         for kind, topics in [("own", own), ("shared", [shared] * REPEATS), ("unwanted", [unwanted] * REPEATS)]:
@@ -92,14 +77,14 @@ async def measure(binary, redis_url, routing, n):
             rows.append({"routing": routing, "instances": n, "topic": kind, "publishes": len(topics),
                          "broker_messages": int(sent), "per_publish": sent / len(topics)})
         deadline = time.monotonic() + 30
-        counts = await asyncio.gather(*(count_events(s[0][0], s[1], deadline) for s in streams))
+        counts = await asyncio.gather(*(count_events(s, expected, deadline) for s, expected in streams))
         lost = sum(expected - got for (_, expected), got in zip(streams, counts) if got < expected)
         if lost:
             raise RuntimeError(f"{lost} deliveries missing under {routing} with {n} instances")
         return rows
     finally:
-        for (reader, writer), _ in streams:
-            writer.close()
+        for stream, _ in streams:
+            stream.close()
         for instance in instances:
             instance.stop()
         client = redis.Redis.from_url(redis_url)

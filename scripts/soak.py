@@ -216,7 +216,12 @@ async def one_round(args, instances, store, prefix, rng, number):
 
     async def first(index, client):
         async with opening:
-            return await client.connect(instances[index % len(instances)])
+            while True:
+                try:
+                    return await client.connect(instances[index % len(instances)])
+                except (OSError, RuntimeError, asyncio.TimeoutError, ConnectionError) as e:
+                    client.refuse(e)
+                    await asyncio.sleep(0.5)
     started = time.monotonic()
     streams = await asyncio.gather(*(first(n, c) for n, c in enumerate(clients)))
     connect_secs = time.monotonic() - started

@@ -402,17 +402,16 @@ impl Authenticator {
             ));
         };
         let claims = self.verify(verifier, token, keys.leeway_secs)?;
-        // `exp` was checked by the verification, so it is a number here when present. The
-        // token verifies while the current whole second is at most `exp` plus the leeway: it
-        // stops verifying one second after that.
+        // `exp` was checked by the verification, so it is a whole number of seconds here when
+        // present. The token verifies while the current second is at most `exp` plus the
+        // leeway: it stops verifying one second after that. An `exp` too far away for the
+        // clock (tokens that "never expire" use u64::MAX) never expires.
         let expires = claims
             .other
             .get("exp")
-            .and_then(serde_json::Value::as_f64)
-            .map(|exp| {
-                UNIX_EPOCH
-                    + Duration::from_secs_f64(exp.floor().max(0.0) + keys.leeway_secs as f64 + 1.0)
-            });
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|exp| exp.checked_add(keys.leeway_secs.saturating_add(1)))
+            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
         let (subscribe, payload) = match claims.mercure {
             Some(m) => (m.subscribe.unwrap_or_default(), m.payload),
             None => (Vec::new(), None),

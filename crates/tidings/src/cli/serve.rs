@@ -79,7 +79,9 @@ fn init_logging(config: &Config) -> Result<(), String> {
 /// restart (see [`Instance::reload`]).
 fn reload_on_sighup(instance: Instance, args: ServeArgs) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
+        // Registered before this returns, not in the task: a SIGHUP that comes right after
+        // start-up then reloads instead of taking the default action (ending the process).
         let mut hangups =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(s) => s,
@@ -88,16 +90,18 @@ fn reload_on_sighup(instance: Instance, args: ServeArgs) {
                     return;
                 }
             };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            match args.config() {
-                Ok(config) => instance.reload(&config),
-                Err(e) => {
-                    tracing::error!(error = %e, "configuration not reloaded; keeping the one in use")
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                match args.config() {
+                    Ok(config) => instance.reload(&config),
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration not reloaded; keeping the one in use")
+                    }
                 }
             }
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     drop((instance, args));
 }

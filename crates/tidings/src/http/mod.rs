@@ -191,11 +191,14 @@ async fn refuse_bodies_on_get(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    use axum::body::HttpBody;
     let headers = request.headers();
+    // HTTP/1.1 announces a body in the head; HTTP/2 by not ending the stream with it.
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
+            .is_some_and(|v| v.as_bytes() != b"0")
+        || !request.body().is_end_stream();
     if has_body && matches!(*request.method(), Method::GET | Method::HEAD) {
         return ApiError::bad_request(
             "unexpected_body",

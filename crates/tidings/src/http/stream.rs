@@ -111,6 +111,7 @@ pub(super) async fn open(
         shutdown: Box::pin(shutdown),
         drain: config.drain,
         closing: None,
+        closing_since: None,
         expiry,
         done: false,
         connection: ConnectionGauge::open(metrics),
@@ -179,6 +180,9 @@ struct EventStream {
     /// The moment the subscriber's token expires (with `close-expired-streams`): the stream
     /// then ends the same way, so the client reconnects with a fresh token.
     expiry: Option<Pin<Box<Sleep>>>,
+    /// When the moment to close came (microseconds since the epoch): updates published after
+    /// it are left to the client's resumption, so a busy topic cannot hold the stream open.
+    closing_since: Option<u64>,
     done: bool,
     connection: ConnectionGauge,
     /// This stream's place in the stream limits, given back when it ends.
@@ -215,8 +219,8 @@ impl Stream for EventStream {
             let spread = this.drain.mul_f64(0.8 * rand::rng().random::<f64>());
             this.closing = Some(Box::pin(tokio::time::sleep(spread)));
         }
-        // Once this stream's moment to close has come, what is already queued is still sent,
-        // then the `retry:` hint, then the end.
+        // Once this stream's moment to close has come, what was already published is still
+        // sent, then the `retry:` hint, then the end.
         let expired = this
             .expiry
             .as_mut()
@@ -226,11 +230,20 @@ impl Stream for EventStream {
                 .closing
                 .as_mut()
                 .is_some_and(|closing| closing.as_mut().poll(cx).is_ready());
+        if closing_now && this.closing_since.is_none() {
+            this.closing_since = Some(now_micros());
+        }
         loop {
             match this.subscription.poll_recv(cx) {
                 Poll::Ready(Some(envelope)) => {
                     if this.skip_through.is_some_and(|p| envelope.position <= p) {
                         continue;
+                    }
+                    if this
+                        .closing_since
+                        .is_some_and(|since| envelope.published_at_micros > since)
+                    {
+                        break;
                     }
                     let metrics = this.metrics();
                     metrics.updates_delivered.inc();

@@ -3,8 +3,9 @@
 //!
 //! A hub on the open internet holds connections from clients it does not trust, so each one is
 //! bounded in time wherever a client could otherwise hold it for free:
-//! - the request head must arrive within `header-read-timeout` (hyper's own timer for HTTP/1.1,
-//!   a first-byte deadline in [`Guarded`] for HTTP/2, whose preface hyper waits for without one);
+//! - the request head must arrive within `header-read-timeout` (hyper's own timer for HTTP/1.1;
+//!   for HTTP/2, whose preface and first request hyper waits for without one, a deadline in
+//!   [`Guarded`] for the first request);
 //! - a write that makes no progress for `write-timeout` means the client stopped reading (or
 //!   vanished): the connection is closed. The kernel is told the same (`TCP_USER_TIMEOUT`), so
 //!   a peer that disappeared without a word is noticed when the next heartbeat goes unanswered;
@@ -22,6 +23,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -127,8 +129,11 @@ pub(crate) async fn serve(
         peer,
         close: close.clone(),
     });
-    let io = TokioIo::new(Guarded::new(io, close, timeouts, h2));
+    let served = Arc::new(AtomicBool::new(false));
+    let first_request = h2.then(|| served.clone());
+    let io = TokioIo::new(Guarded::new(io, close, timeouts, first_request));
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        served.store(true, Ordering::Relaxed);
         request
             .extensions_mut()
             .insert(ConnectionInfo::clone(&info));
@@ -189,12 +194,19 @@ struct Guarded<IO> {
     stall: Option<Pin<Box<Sleep>>>,
     /// True while a write is pending.
     stalling: bool,
-    /// Until the first byte has been read: the moment it is too late for it (HTTP/2 only).
-    first_byte: Option<Pin<Box<Sleep>>>,
+    /// Until the first request has reached the service (HTTP/2 only, where hyper has no
+    /// header-read timer): the moment it is too late for it, and the flag the service sets.
+    first_request: Option<(Pin<Box<Sleep>>, Arc<AtomicBool>)>,
 }
 
 impl<IO: TcpSocket> Guarded<IO> {
-    fn new(io: IO, close: CancellationToken, timeouts: Timeouts, h2: bool) -> Self {
+    /// `first_request`: for HTTP/2, the flag the service sets when a request arrives.
+    fn new(
+        io: IO,
+        close: CancellationToken,
+        timeouts: Timeouts,
+        first_request: Option<Arc<AtomicBool>>,
+    ) -> Self {
         Guarded {
             io,
             close,
@@ -202,7 +214,8 @@ impl<IO: TcpSocket> Guarded<IO> {
             write_timeout: timeouts.write,
             stall: None,
             stalling: false,
-            first_byte: h2.then(|| Box::pin(tokio::time::sleep(timeouts.header_read))),
+            first_request: first_request
+                .map(|served| (Box::pin(tokio::time::sleep(timeouts.header_read)), served)),
         }
     }
 
@@ -276,30 +289,46 @@ impl<IO: AsyncRead + TcpSocket + Unpin> AsyncRead for Guarded<IO> {
         if let Some(e) = this.refuse_if_closed() {
             return Poll::Ready(Err(e));
         }
-        let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.first_byte = None;
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 if let Poll::Ready(e) = this.poll_closed(cx) {
                     return Poll::Ready(Err(e));
                 }
-                if let Some(deadline) = &mut this.first_byte {
+                if this
+                    .first_request
+                    .as_ref()
+                    .is_some_and(|(_, served)| served.load(Ordering::Relaxed))
+                {
+                    this.first_request = None;
+                }
+                if let Some((deadline, _)) = &mut this.first_request {
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            "nothing was sent within header-read-timeout",
+                            "no request within header-read-timeout",
                         )));
                     }
                 }
                 Poll::Pending
             }
+            ready => ready,
         }
+    }
+}
+
+impl<IO: AsyncWrite + TcpSocket + Unpin> Guarded<IO> {
+    /// Runs a write-side operation unless the hub closed the connection, under the write
+    /// timeout.
+    fn write_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut IO>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if let Some(e) = self.refuse_if_closed() {
+            return Poll::Ready(Err(e));
+        }
+        let result = op(Pin::new(&mut self.io), cx);
+        self.after_write(cx, result)
     }
 }
 
@@ -309,12 +338,8 @@ impl<IO: AsyncWrite + TcpSocket + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.refuse_if_closed() {
-            return Poll::Ready(Err(e));
-        }
-        let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.after_write(cx, result)
+        self.get_mut()
+            .write_with(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -322,12 +347,8 @@ impl<IO: AsyncWrite + TcpSocket + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.refuse_if_closed() {
-            return Poll::Ready(Err(e));
-        }
-        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.after_write(cx, result)
+        self.get_mut()
+            .write_with(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -335,21 +356,13 @@ impl<IO: AsyncWrite + TcpSocket + Unpin> AsyncWrite for Guarded<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(e) = this.refuse_if_closed() {
-            return Poll::Ready(Err(e));
-        }
-        let result = Pin::new(&mut this.io).poll_flush(cx);
-        this.after_write(cx, result)
+        self.get_mut().write_with(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         // A connection the hub gave up on gets no FIN queued behind what it never read: it
-        // is reset when it is dropped.
-        if let Some(e) = this.refuse_if_closed() {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        // is reset when it is dropped. TLS sends close_notify first, which a client that does
+        // not read holds up: it gets the same write timeout.
+        self.get_mut().write_with(cx, |io, cx| io.poll_shutdown(cx))
     }
 }
