@@ -59,7 +59,8 @@ class Client:
 
     def refuse(self, error):
         self.refused += 1
-        REFUSALS[f"{type(error).__name__}: {str(error)[:300]}"] = REFUSALS.get(f"{type(error).__name__}: {str(error)[:300]}", 0) + 1
+        reason = f"{type(error).__name__}: {str(error)[:300]}"
+        REFUSALS[reason] = REFUSALS.get(reason, 0) + 1
 
     def receive(self, event):
         if event.get("event") == GAP_EVENT:

@@ -272,11 +272,7 @@ impl Authenticator {
             mode: settings.mode,
             keys: RwLock::new(Arc::new(Keys::load(settings)?)),
             anonymous: settings.anonymous,
-            session_claim: if settings.session_claim.is_empty() {
-                "sub".to_owned()
-            } else {
-                settings.session_claim.clone()
-            },
+            session_claim: session_claim(settings).to_owned(),
             selectors,
         })
     }
@@ -288,13 +284,9 @@ impl Authenticator {
     /// [`AuthConfigError`] when a key cannot be loaded, or `settings` changes what only a
     /// restart can (`auth`, `anonymous`, `session-claim`); the keys in use stay.
     pub fn reload(&self, settings: &AuthSettings) -> Result<(), AuthConfigError> {
-        let session_claim = match settings.session_claim.as_str() {
-            "" => "sub",
-            claim => claim,
-        };
         if settings.mode != self.mode
             || settings.anonymous != self.anonymous
-            || session_claim != self.session_claim
+            || session_claim(settings) != self.session_claim
         {
             return Err(AuthConfigError(
                 "auth, anonymous and session-claim change only with a restart".into(),
@@ -454,6 +446,14 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
         }
         ErrorKind::InvalidClaimFormat(c) => format!("its {c} claim is malformed"),
         other => format!("{other:?}"),
+    }
+}
+
+/// The claim that names a subscriber's session: `session-claim`, `sub` when it is empty.
+fn session_claim(settings: &AuthSettings) -> &str {
+    match settings.session_claim.as_str() {
+        "" => "sub",
+        claim => claim,
     }
 }
 

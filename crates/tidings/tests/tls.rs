@@ -20,16 +20,19 @@ fn trusting(ca: &Path, http1: bool) -> reqwest::Client {
     builder.build().unwrap()
 }
 
-fn tls_hub(cert: &Path, key: &Path, ca: &Path) -> Hub {
-    Hub::start(&[
+/// A hub serving HTTPS with `cert` and `key` (and `extra` options), whose test client trusts
+/// `ca`.
+fn tls_hub(cert: &Path, key: &Path, ca: &Path, extra: &[&str]) -> Hub {
+    let mut args = vec![
         "--auth",
         "none",
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
-    ])
-    .with_client(trusting(ca, false))
+    ];
+    args.extend_from_slice(extra);
+    Hub::start(&args).with_client(trusting(ca, false))
 }
 
 async fn publish(http: &reqwest::Client, hub: &Hub, topic: &str, data: &str) -> String {
@@ -57,7 +60,7 @@ async fn https_serves_http2_and_http1_and_a_reloaded_certificate_keeps_open_stre
     let (cert, key) = (dir.path().join("live.pem"), dir.path().join("live.key"));
     std::fs::copy(&cert1, &cert).unwrap();
     std::fs::copy(&key1, &key).unwrap();
-    let hub = tls_hub(&cert, &key, &ca1);
+    let hub = tls_hub(&cert, &key, &ca1, &[]);
     assert!(hub.base.starts_with("https://127.0.0.1:"), "{}", hub.base);
 
     let h2 = trusting(&ca1, false);
@@ -114,7 +117,7 @@ async fn https_serves_http2_and_http1_and_a_reloaded_certificate_keeps_open_stre
 async fn an_oversized_header_list_over_http2_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let [ca, cert, key] = test_certificates(dir.path(), "heads");
-    let hub = tls_hub(&cert, &key, &ca);
+    let hub = tls_hub(&cert, &key, &ca, &[]);
     let h2 = trusting(&ca, false);
     let big = "v".repeat(70_000);
     let refused = h2.get(hub.url("/healthz")).header("x-big", &big).send();
@@ -133,18 +136,7 @@ async fn an_http2_connection_that_sends_no_request_is_closed_after_the_header_re
     use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let dir = tempfile::tempdir().unwrap();
     let [ca, cert, key] = test_certificates(dir.path(), "idle");
-    let hub = Hub::start(&[
-        "--auth",
-        "none",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--header-read-timeout",
-        "1",
-    ])
-    .with_client(trusting(&ca, false));
-    tidings::cli::install_crypto_provider();
+    let hub = tls_hub(&cert, &key, &ca, &["--header-read-timeout", "1"]);
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(&ca).unwrap())
@@ -182,7 +174,7 @@ async fn an_http2_connection_that_sends_no_request_is_closed_after_the_header_re
 async fn plain_http_to_a_tls_port_gets_no_answer_and_harms_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let [ca, cert, key] = test_certificates(dir.path(), "plain");
-    let hub = tls_hub(&cert, &key, &ca);
+    let hub = tls_hub(&cert, &key, &ca, &[]);
     let plain = format!("http://{}/healthz", hub.addr());
     assert!(common::client().get(&plain).send().await.is_err());
     assert_eq!(hub.metric("tidings_ready").await, 1.0);

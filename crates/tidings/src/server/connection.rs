@@ -226,13 +226,7 @@ impl<IO: TcpSocket> Guarded<IO> {
             .closed
             .get_or_insert_with(|| Box::pin(close.clone().cancelled_owned()));
         match closed.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.io.abort_on_close();
-                Poll::Ready(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "closed by the hub",
-                ))
-            }
+            Poll::Ready(()) => Poll::Ready(self.abort_closed()),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -272,10 +266,13 @@ impl<IO: TcpSocket> Guarded<IO> {
     }
 
     fn refuse_if_closed(&self) -> Option<io::Error> {
-        self.close.is_cancelled().then(|| {
-            self.io.abort_on_close();
-            io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the hub")
-        })
+        self.close.is_cancelled().then(|| self.abort_closed())
+    }
+
+    /// The hub closed the connection: it is to be reset, with this error for hyper.
+    fn abort_closed(&self) -> io::Error {
+        self.io.abort_on_close();
+        io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the hub")
     }
 }
 
