@@ -1,7 +1,8 @@
-//! The `tidings` command line: `serve`, `publish`, `subscribe`, `token`.
+//! The `tidings` command line: `serve`, `publish`, `subscribe`, `token`, `bench`.
 //!
 //! The binary's `main` only calls [`main`]; each subcommand lives in its own module.
 
+mod bench;
 mod publish;
 mod serve;
 mod subscribe;
@@ -29,6 +30,9 @@ enum Command {
     Subscribe(subscribe::SubscribeArgs),
     /// Mint a JWT for development.
     Token(token::TokenArgs),
+    /// Load a hub (Tidings or Nchan) with streams and updates; report loss, speed, latency
+    /// and memory.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Where a client command finds the hub and its credentials (shared by `publish` and
@@ -58,7 +62,6 @@ struct HubArgs {
 impl HubArgs {
     /// A client of the hub, sending the token for `claim` (see [`HubArgs::token`]).
     fn client(&self, claim: crate::auth::MercureClaim) -> Result<tidings_client::Hub, String> {
-        install_crypto_provider();
         let hub = tidings_client::Hub::new(&self.hub).map_err(|e| format!("--hub: {e}"))?;
         Ok(match self.token(claim)? {
             Some(token) => hub.with_token(token),
@@ -93,6 +96,8 @@ pub fn install_crypto_provider() {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any TLS configuration or HTTP client is built, whatever the command.
+    install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,6 +111,7 @@ pub fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Subscribe(args) => subscribe::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::Bench(args) => bench::run(*args).await,
         }
     });
     // Streams may still be open in detached tasks; do not wait for them.

@@ -23,9 +23,8 @@ pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
     let config = args.config()?;
     init_logging(&config)?;
     raise_open_files_limit();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener =
+        listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let instance = Instance::new(config).await.map_err(|e| e.to_string())?;
     reload_on_sighup(instance.clone(), args);
     instance
@@ -51,6 +50,20 @@ impl ServeArgs {
             .resolve()
             .map_err(|e| e.to_string())
     }
+}
+
+/// Binds the listening socket with a deep accept queue (the kernel caps it at
+/// `net.core.somaxconn`): thousands of clients reconnecting at once must not have their SYNs
+/// dropped, which costs each a one-second retransmission.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(65_535)
 }
 
 /// Every stream holds a socket: raise the soft limit on open files to the hard limit.

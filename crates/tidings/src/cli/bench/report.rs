@@ -1,0 +1,235 @@
+//! The end of a run: its figures as JSON (for scripts and plots) and as a table (for people).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::profile::Profile;
+use super::tally::Percentiles;
+
+/// Everything a run measured.
+#[derive(Debug, Serialize)]
+pub(super) struct Summary {
+    pub(super) tool: &'static str,
+    pub(super) version: &'static str,
+    pub(super) label: Option<String>,
+    pub(super) profile: Profile,
+    pub(super) urls: Vec<String>,
+    pub(super) publish_url: String,
+    pub(super) subscribers: u64,
+    pub(super) topics: u64,
+    pub(super) updates: u64,
+    pub(super) publishers: usize,
+    /// Updates per second asked for; `None`: as fast as possible.
+    pub(super) rate: Option<f64>,
+    pub(super) payload_bytes: usize,
+    pub(super) streams: Streams,
+    pub(super) memory: Option<Memory>,
+    pub(super) publish: Publish,
+    pub(super) deliveries: Deliveries,
+    pub(super) latency_ms: Percentiles,
+    /// Each distinct error message, with how often it occurred.
+    pub(super) errors: BTreeMap<String, u64>,
+    pub(super) elapsed_seconds: f64,
+    /// Every stream opened and stayed open, every publish was accepted, and every expected
+    /// delivery arrived exactly once and in its topic's order.
+    pub(super) ok: bool,
+}
+
+/// Opening the streams.
+#[derive(Debug, Serialize)]
+pub(super) struct Streams {
+    pub(super) opened: u64,
+    pub(super) failed: u64,
+    /// Streams the server ended before the run did.
+    pub(super) dropped: u64,
+    /// From the first connect to the last stream open.
+    pub(super) open_seconds: f64,
+    pub(super) opened_per_second: f64,
+    /// TCP connect to response head, per stream.
+    pub(super) connect_ms: Percentiles,
+}
+
+/// The server's resident memory (`--pid`).
+#[derive(Debug, Serialize)]
+pub(super) struct Memory {
+    pub(super) pids: Vec<u32>,
+    pub(super) rss_before_bytes: u64,
+    /// With every stream open and idle.
+    pub(super) rss_idle_bytes: u64,
+    /// After the deliveries, streams still open.
+    pub(super) rss_after_bytes: u64,
+    /// `(idle - before) / streams opened`.
+    pub(super) per_idle_stream_bytes: f64,
+}
+
+/// The publishers' side.
+#[derive(Debug, Serialize)]
+pub(super) struct Publish {
+    pub(super) published: u64,
+    pub(super) failed: u64,
+    pub(super) seconds: f64,
+    pub(super) updates_per_second: f64,
+    /// Request to answer, per publish.
+    pub(super) ack_ms: Percentiles,
+}
+
+/// The subscribers' side.
+#[derive(Debug, Serialize)]
+pub(super) struct Deliveries {
+    pub(super) expected: u64,
+    /// Update events received, repeats included.
+    pub(super) received: u64,
+    pub(super) lost: u64,
+    pub(super) duplicated: u64,
+    /// Received after a later update of the same topic.
+    pub(super) out_of_order: u64,
+    /// Events that were not the bench's updates for the stream's topic.
+    pub(super) stray: u64,
+    /// From the first publish to the last delivery.
+    pub(super) seconds: f64,
+    pub(super) per_second: f64,
+}
+
+impl Summary {
+    /// The summary as a table.
+    pub(super) fn table(&self) -> String {
+        let mut t = String::new();
+        let s = &self.streams;
+        let topics = if self.topics == self.subscribers && self.topics > 1 {
+            "a topic each".to_owned()
+        } else {
+            format!("{} topic{}", self.topics, plural(self.topics))
+        };
+        let _ = writeln!(
+            t,
+            "tidings bench · {} · {} stream{} on {topics} · {} update{} of {} B · {} publisher{}{}",
+            self.profile.name(),
+            self.subscribers,
+            plural(self.subscribers),
+            self.updates,
+            plural(self.updates),
+            self.payload_bytes,
+            self.publishers,
+            plural(self.publishers as u64),
+            self.rate.map(|r| format!(" at {r}/s")).unwrap_or_default()
+        );
+        let _ = writeln!(
+            t,
+            "  streams     {}/{} open in {:.2} s ({}/s){}{}   connect {}",
+            s.opened,
+            self.subscribers,
+            s.open_seconds,
+            si(s.opened_per_second),
+            counted(s.failed, "failed"),
+            counted(s.dropped, "dropped"),
+            ms(&s.connect_ms),
+        );
+        if let Some(m) = &self.memory {
+            let _ = writeln!(
+                t,
+                "  memory      RSS {} before, {} idle, {} after: {} per idle stream",
+                bytes(m.rss_before_bytes as f64),
+                bytes(m.rss_idle_bytes as f64),
+                bytes(m.rss_after_bytes as f64),
+                bytes(m.per_idle_stream_bytes)
+            );
+        }
+        let p = &self.publish;
+        let _ = writeln!(
+            t,
+            "  publish     {} in {:.3} s ({} updates/s){}   ack {}",
+            p.published,
+            p.seconds,
+            si(p.updates_per_second),
+            counted(p.failed, "failed"),
+            ms(&p.ack_ms),
+        );
+        let d = &self.deliveries;
+        let _ = writeln!(
+            t,
+            "  deliveries  {}/{} in {:.3} s ({}/s): {} lost, {} duplicated, {} out of order{}",
+            d.received - d.duplicated,
+            d.expected,
+            d.seconds,
+            si(d.per_second),
+            d.lost,
+            d.duplicated,
+            d.out_of_order,
+            counted(d.stray, "stray"),
+        );
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            t,
+            "  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        for (message, count) in &self.errors {
+            let _ = writeln!(t, "  error       {count} × {message}");
+        }
+        let _ = writeln!(
+            t,
+            "  result      {} in {:.1} s",
+            if self.ok { "ok" } else { "FAILED" },
+            self.elapsed_seconds
+        );
+        t
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn counted(n: u64, what: &str) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(", {n} {what}")
+    }
+}
+
+fn ms(p: &Percentiles) -> String {
+    format!(
+        "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        p.p50, p.p99, p.max
+    )
+}
+
+/// `1234567.0` as `1.23 M`.
+fn si(x: f64) -> String {
+    match x {
+        x if x >= 1e6 => format!("{:.2} M", x / 1e6),
+        x if x >= 1e4 => format!("{:.1} k", x / 1e3),
+        x => format!("{x:.0}"),
+    }
+}
+
+fn bytes(x: f64) -> String {
+    match x {
+        x if x >= 1024.0 * 1024.0 => format!("{:.1} MiB", x / (1024.0 * 1024.0)),
+        x if x >= 1024.0 => format!("{:.1} KiB", x / 1024.0),
+        x => format!("{x:.0} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_read_naturally() {
+        assert_eq!(si(2_500_000.0), "2.50 M");
+        assert_eq!(si(25_000.0), "25.0 k");
+        assert_eq!(si(250.4), "250");
+        assert_eq!(bytes(3.5 * 1024.0), "3.5 KiB");
+        assert_eq!(bytes(900.0), "900 B");
+        assert_eq!(counted(0, "failed"), "");
+        assert_eq!(counted(2, "failed"), ", 2 failed");
+    }
+}

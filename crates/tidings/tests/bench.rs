@@ -1,0 +1,319 @@
+//! `tidings bench`, run as a user would against real hubs: Tidings through both APIs, two
+//! instances on Redis, and Nchan in nginx. A small run must count every delivery exactly once
+//! and say so in its JSON; a run that loses deliveries must fail and say why.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Hub, KEY};
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    cmd.arg("bench").args(args).arg("--quiet");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TIDINGS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .output()
+        .expect("run tidings bench")
+}
+
+/// Runs the bench with `--json -` and returns its exit status and figures.
+fn bench_json(args: &[&str]) -> (bool, Value) {
+    let mut all = args.to_vec();
+    all.extend(["--json", "-", "--settle", "0.3", "--drain", "5"]);
+    let out = bench(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): stdout {stdout:?}, stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), json)
+}
+
+fn assert_clean(json: &Value, expected: u64) {
+    assert_eq!(json["ok"], true, "{json:#}");
+    let d = &json["deliveries"];
+    assert_eq!(d["expected"], expected, "{json:#}");
+    assert_eq!(d["received"], expected, "{json:#}");
+    assert_eq!(d["lost"], 0);
+    assert_eq!(d["duplicated"], 0);
+    assert_eq!(d["out_of_order"], 0);
+    assert_eq!(json["latency_ms"]["samples"], expected);
+    assert!(
+        json["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{json:#}"
+    );
+}
+
+#[test]
+fn a_mercure_run_counts_every_delivery_once_and_reads_the_hubs_memory() {
+    let hub = Hub::start(&["--auth", "none", "--max-streams-per-address", "10000"]);
+    let pid = hub.pid().to_string();
+    // 200 streams over 4 topics (50 each), 40 updates (10 per topic): 2,000 deliveries.
+    let (ok, json) = bench_json(&[
+        "--url", &hub.base, "-c", "200", "--topics", "4", "-n", "40", "-p", "4", "--pid", &pid,
+        "--label", "small",
+    ]);
+    assert!(ok, "{json:#}");
+    assert_clean(&json, 2000);
+    assert_eq!(json["label"], "small");
+    assert_eq!(json["streams"]["opened"], 200);
+    assert_eq!(json["publish"]["published"], 40);
+    let memory = &json["memory"];
+    assert!(memory["rss_idle_bytes"].as_u64().unwrap() > 0, "{json:#}");
+    assert!(
+        memory["per_idle_stream_bytes"].as_f64().is_some(),
+        "{json:#}"
+    );
+}
+
+#[test]
+fn a_session_run_with_minted_tokens_reaches_each_session_at_its_rate() {
+    let hub = Hub::start(&["--jwt-key", KEY, "--max-streams-per-address", "10000"]);
+    let (ok, json) = bench_json(&[
+        "--profile",
+        "session",
+        "--url",
+        &hub.base,
+        "--jwt-key",
+        KEY,
+        "-c",
+        "30",
+        "--topics",
+        "each",
+        "-n",
+        "60",
+        "-p",
+        "3",
+        "--rate",
+        "200",
+    ]);
+    assert!(ok, "{json:#}");
+    // Two updates per session, each session with one stream.
+    assert_clean(&json, 60);
+    assert_eq!(json["profile"], "session");
+    assert_eq!(json["rate"], 200.0);
+    // 60 updates at 200/s take about 0.3 s.
+    assert!(
+        json["publish"]["seconds"].as_f64().unwrap() >= 0.25,
+        "{json:#}"
+    );
+}
+
+#[test]
+fn a_run_that_loses_deliveries_fails_and_says_why() {
+    // The hub wants a publisher token and the bench has none: every publish is refused.
+    let hub = Hub::start(&["--jwt-key", KEY, "--anonymous"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.json");
+    let out = bench(&[
+        "--url",
+        &hub.base,
+        "-c",
+        "5",
+        "-n",
+        "3",
+        "--json",
+        path.to_str().unwrap(),
+        "--drain",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("3 publishes failed, 15 deliveries lost"),
+        "{stderr}"
+    );
+    // The table still went to standard output, and the JSON to the file.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    assert!(stdout.contains("publish answered 401"), "{stdout}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["publish"]["failed"], 3);
+    assert_eq!(json["deliveries"]["lost"], 15);
+}
+
+#[test]
+fn bad_arguments_get_a_message_that_says_what_to_fix() {
+    for (args, says) in [
+        (vec!["--topics", "0"], "is not a number of topics"),
+        (vec!["-c", "0"], "--subscribers must be at least 1"),
+        (
+            vec!["-c", "2", "--topics", "3"],
+            "--topics 3 is more than --subscribers 2",
+        ),
+        (vec!["--url", "https://127.0.0.1:1"], "only http:// URLs"),
+        (
+            vec!["--url", "http://192.0.2.1:80"],
+            "only loads hubs on this machine",
+        ),
+        (vec!["--pid", "4294967295"], "--pid 4294967295: cannot read"),
+        (vec!["--rate=-1"], "--rate -1"),
+        (vec!["--settle", "soon"], "is not a number of seconds"),
+        (
+            vec!["-c", "300000", "--streams-per-address", "1000"],
+            "need 300 source addresses",
+        ),
+    ] {
+        let out = bench(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // Nothing listens there: every stream fails, and the run ends quickly with the reason.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let out = bench(&["--url", &url, "-c", "3"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3 streams failed to open"), "{stderr}");
+    assert!(stderr.contains("cannot connect to"), "{stderr}");
+}
+
+#[test]
+fn streams_spread_over_two_instances_get_what_a_third_url_publishes_via_redis() {
+    let Some(keys) = common::redis_keys("bench") else {
+        return;
+    };
+    let hubs = common::redis_cluster(&keys, 2, &["--max-streams-per-address", "10000"]);
+    let (ok, json) = bench_json(&[
+        "--url",
+        &hubs[0].base,
+        "--url",
+        &hubs[1].base,
+        "--publish-url",
+        &hubs[1].base,
+        "-c",
+        "100",
+        "--topics",
+        "10",
+        "-n",
+        "50",
+        "-p",
+        "2",
+        "--streams-per-address",
+        "40",
+    ]);
+    assert!(ok, "{json:#}");
+    // 10 streams per topic, 5 updates per topic.
+    assert_clean(&json, 500);
+    assert_eq!(json["urls"].as_array().unwrap().len(), 2);
+}
+
+/// nginx with the Nchan module on a free loopback port, one worker, stopped on drop.
+struct Nchan {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+impl Nchan {
+    /// Starts it, or `None` (skip) when nginx or the module is missing — a failure under
+    /// `TIDINGS_REQUIRE_BROKERS=1`, where `.ci/services` installs both.
+    #[allow(clippy::print_stderr)]
+    fn start() -> Option<Nchan> {
+        let installed = Command::new("nginx").arg("-v").output().is_ok()
+            && std::path::Path::new(NCHAN_MODULE).exists();
+        if !installed {
+            assert!(
+                std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() != Ok("1"),
+                "nginx with {NCHAN_MODULE} is required (TIDINGS_REQUIRE_BROKERS=1)"
+            );
+            eprintln!("skipping: nginx with the Nchan module is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let conf = format!(
+            "load_module {NCHAN_MODULE};\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{\n  listen 127.0.0.1:{port};\n\
+             location ~ ^/sub/(.+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}\n\
+             location ~ ^/pub/(.+)$ {{ nchan_publisher; nchan_channel_id $1; }}\n }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Nchan {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Nchan {
+    fn drop(&mut self) {
+        // SIGTERM is nginx's fast shutdown: the master stops its worker and exits (SIGKILL
+        // would leave the worker running; SIGQUIT would wait for the streams).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_nchan_profile_drives_nchan_in_nginx() {
+    let Some(nchan) = Nchan::start() else {
+        return;
+    };
+    let (ok, json) = bench_json(&[
+        "--profile",
+        "nchan",
+        "--url",
+        &nchan.url,
+        "-c",
+        "100",
+        "--topics",
+        "5",
+        "-n",
+        "25",
+        "-p",
+        "2",
+    ]);
+    assert!(ok, "{json:#}");
+    assert_clean(&json, 500);
+}
