@@ -17,11 +17,12 @@ import urllib.request
 
 
 class Instance:
-    """One `tidings serve` on a free loopback port, with `args` after `serve`."""
+    """One `tidings serve` on a free loopback port, with `args` after `serve`; `launcher`
+    goes before the command (`["taskset", "-c", "0"]` pins it to a core)."""
 
-    def __init__(self, binary, args, log_path=None):
+    def __init__(self, binary, args, log_path=None, launcher=()):
         self.process = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", *args],
+            [*launcher, binary, "serve", "--listen", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")} | {"TIDINGS_LOG": "info"},
         )

@@ -378,3 +378,60 @@ async fn a_peer_that_vanishes_without_a_word_is_dropped_after_the_write_timeout(
     assert!(took < Duration::from_secs(10), "dropped after {took:?}");
     assert_eq!(hub.metric("tidings_subscribers").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_stream_after_another_request_on_the_same_connection_works_too() {
+    // The first request of a connection that is not a stream goes to hyper with the bytes
+    // already read; a stream requested next on that connection is served there.
+    let hub = Hub::start(&["--auth", "none"]);
+    let topic = common::unique_topic("keep-alive");
+    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /.well-known/mercure?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    wait_for("the stream to open", async || {
+        hub.metric("tidings_subscribers").await == 1.0
+    })
+    .await;
+    let (status, _) = publish(&hub, None, &[("topic", &topic), ("data", "after healthz")]).await;
+    assert_eq!(status, 200);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: after healthz") {
+        let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+            .await
+            .expect("the update")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_on_its_open_stream_is_disconnected() {
+    let hub = Hub::start(&["--auth", "none"]);
+    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
+    socket
+        .write_all(b"GET /.well-known/mercure?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    socket.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // A pipelined request or two is dropped; 64 KiB of them ends the connection.
+    let junk = vec![b'x'; 8 * 1024];
+    for _ in 0..16 {
+        if socket.write_all(&junk).await.is_err() {
+            break;
+        }
+    }
+    wait_for("the stream to go", async || {
+        hub.metric("tidings_subscribers").await == 0.0
+            && hub.metric("tidings_connections").await == 0.0
+    })
+    .await;
+}

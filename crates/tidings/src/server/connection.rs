@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -40,6 +41,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::ServiceExt;
+
+use super::h1_stream;
+use super::rewind::Rewind;
 
 /// What the server knows about the connection a request came on, attached to every request
 /// as an extension.
@@ -108,10 +112,12 @@ pub(crate) async fn serve(
     let (io, h2) = match tls {
         None => (Either::Left(tcp), false),
         Some(acceptor) => {
-            match tokio::time::timeout(timeouts.header_read, acceptor.accept(tcp)).await {
+            let handshake = Box::pin(acceptor.accept(tcp));
+            match tokio::time::timeout(timeouts.header_read, handshake).await {
                 Ok(Ok(stream)) => {
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    (Either::Right(stream), h2)
+                    // Boxed: a plain connection's state is then no bigger than it needs.
+                    (Either::Right(Box::new(stream)), h2)
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -131,7 +137,57 @@ pub(crate) async fn serve(
     });
     let served = Arc::new(AtomicBool::new(false));
     let first_request = h2.then(|| served.clone());
-    let io = TokioIo::new(Guarded::new(io, close, timeouts, first_request));
+    let mut io = Guarded::new(io, close, timeouts, first_request);
+    let prefix = if h2 {
+        Bytes::new()
+    } else {
+        let head = Box::pin(h1_stream::read_head(
+            &mut io,
+            timeouts.header_read,
+            MAX_HEAD_BYTES,
+        ));
+        match head.await {
+            h1_stream::Head::Stream(mut request) => {
+                request
+                    .extensions_mut()
+                    .insert(ConnectionInfo::clone(&info));
+                // Held until the stream ends: a graceful shutdown waits for it.
+                let _watching = watcher;
+                if let Err(e) = h1_stream::serve(&mut io, *request, router).await {
+                    tracing::debug!(%peer, error = %e, "stream connection ended");
+                }
+                return;
+            }
+            h1_stream::Head::Other(prefix) => prefix,
+            h1_stream::Head::Nothing => return,
+        }
+    };
+    // Boxed, like the TLS handshake: hyper's connection state is big, and a connection that
+    // became a stream above does not need room for it.
+    Box::pin(serve_with_hyper(
+        Rewind::new(prefix, io),
+        info,
+        served,
+        router,
+        h2,
+        timeouts,
+        watcher,
+    ))
+    .await;
+}
+
+/// Serves the connection with hyper, HTTP/2 or HTTP/1.1, until it ends.
+async fn serve_with_hyper(
+    io: Rewind<Guarded<Io>>,
+    info: Arc<ConnectionInfo>,
+    served: Arc<AtomicBool>,
+    router: Router,
+    h2: bool,
+    timeouts: Timeouts,
+    watcher: Watcher,
+) {
+    let peer = info.peer;
+    let io = TokioIo::new(io);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         served.store(true, Ordering::Relaxed);
         request
@@ -162,6 +218,9 @@ pub(crate) async fn serve(
     }
 }
 
+/// A connection's socket: plain, or TLS over it.
+type Io = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+
 /// The TCP socket under a connection's I/O, plain or TLS.
 trait TcpSocket {
     fn tcp(&self) -> &TcpStream;
@@ -174,7 +233,7 @@ trait TcpSocket {
     }
 }
 
-impl TcpSocket for Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>> {
+impl TcpSocket for Io {
     fn tcp(&self) -> &TcpStream {
         match self {
             Either::Left(tcp) => tcp,

@@ -1,8 +1,12 @@
 //! Assembling and running one instance: hub, bus, authenticator, router, the accept loop
 //! (plain HTTP/1.1, or TLS with HTTP/2 and HTTP/1.1), and a bounded, two-stage graceful
-//! shutdown. [`connection`] serves one connection; [`tls`] holds the reloadable certificate.
+//! shutdown. [`connection`] serves one connection — its first request through [`h1_stream`]
+//! when that opens an event stream over HTTP/1.1, else through hyper (after [`rewind`] gives
+//! back what was read); [`tls`] holds the reloadable certificate.
 
 mod connection;
+mod h1_stream;
+mod rewind;
 pub mod tls;
 
 pub use connection::ConnectionInfo;
