@@ -115,7 +115,7 @@ http {{
 
 class Tidings:
     def __init__(self, binary, launcher, bus_prefix=None):
-        args = ["--auth", "none", "--log", "warn", "--max-streams", "1000000",
+        args = ["--auth", "none", "--max-streams", "1000000",
                 "--max-streams-per-address", "1000000"]
         if bus_prefix:
             args += ["--bus", REDIS, "--bus-prefix", bus_prefix]
