@@ -15,8 +15,9 @@ For each routing mode and each instance count, starts that many `tidings serve` 
 
 Then it publishes, through the first instance, each own topic once, the shared topic 20 times
 and the unwanted topic 20 times, checks that every stream got exactly what it should, and
-reads how many messages Redis sent for those publishes (`tidings_bus_broker_messages_total`,
-the sum of the receivers Redis reported for every `PUBLISH`). Prints one table row per mode,
+reads how many messages, and bytes, Redis sent for those publishes
+(`tidings_bus_broker_messages_total`, the sum of the receivers Redis reported for every
+`PUBLISH`, and `tidings_bus_broker_bytes_total`, each message's size times its receivers). Prints one table row per mode,
 instance count and kind of topic, and the same as JSON with `--json`. Bounded: every wait has
 a deadline; the instances are stopped and the keys deleted at the end.
 """
@@ -70,12 +71,15 @@ async def measure(binary, redis_url, routing, n):
         publisher = instances[0]
         rows = []
         for kind, topics in [("own", own), ("shared", [shared] * REPEATS), ("unwanted", [unwanted] * REPEATS)]:
-            before = publisher.metric("tidings_bus_broker_messages_total")
+            before = publisher.metrics()
             for i, topic in enumerate(topics):
                 publisher.publish(topic, str(i))
-            sent = publisher.metric("tidings_bus_broker_messages_total") - before
+            after = publisher.metrics()
+            sent = after["tidings_bus_broker_messages_total"] - before["tidings_bus_broker_messages_total"]
+            sent_bytes = after["tidings_bus_broker_bytes_total"] - before["tidings_bus_broker_bytes_total"]
             rows.append({"routing": routing, "instances": n, "topic": kind, "publishes": len(topics),
-                         "broker_messages": int(sent), "per_publish": sent / len(topics)})
+                         "broker_messages": int(sent), "per_publish": sent / len(topics),
+                         "broker_bytes": int(sent_bytes), "bytes_per_publish": sent_bytes / len(topics)})
         deadline = time.monotonic() + 30
         counts = await asyncio.gather(*(count_events(s, expected, deadline) for s, expected in streams))
         lost = sum(expected - got for (_, expected), got in zip(streams, counts) if got < expected)
@@ -109,10 +113,11 @@ async def main():
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'routing':<10} {'instances':>9} {'topic':<9} {'publishes':>9} {'messages':>9} {'per publish':>12}")
+    print(f"{'routing':<10} {'instances':>9} {'topic':<9} {'publishes':>9} {'messages':>9} "
+          f"{'per publish':>12} {'bytes/publish':>14}")
     for r in rows:
         print(f"{r['routing']:<10} {r['instances']:>9} {r['topic']:<9} {r['publishes']:>9} "
-              f"{r['broker_messages']:>9} {r['per_publish']:>12.2f}")
+              f"{r['broker_messages']:>9} {r['per_publish']:>12.2f} {r['bytes_per_publish']:>14.1f}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ pub struct Metrics {
     /// Messages the broker sent to instances for this instance's publishes (the broker-side
     /// fan-out; what interest routing keeps low).
     pub bus_broker_messages: Counter,
+    /// Bytes of those messages (each message's size times its receivers).
+    pub bus_broker_bytes: Counter,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
     /// Live tokio tasks, read at each scrape (leak detection).
@@ -84,6 +86,7 @@ impl Metrics {
             bus_reconnects: Counter::default(),
             bus_gaps: Counter::default(),
             bus_broker_messages: Counter::default(),
+            bus_broker_bytes: Counter::default(),
             ready: Gauge::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
@@ -153,6 +156,11 @@ impl Metrics {
             "bus_broker_messages",
             "Messages the broker sent to instances for this instance's publishes",
             m.bus_broker_messages.clone(),
+        );
+        registry.register(
+            "bus_broker_bytes",
+            "Bytes of the messages the broker sent to instances for this instance's publishes",
+            m.bus_broker_bytes.clone(),
         );
         registry.register(
             "ready",

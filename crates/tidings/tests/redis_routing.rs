@@ -10,13 +10,32 @@ use std::time::Duration;
 use common::{publish, subscribe_url, Hub, Stream};
 
 const SENT: &str = "tidings_bus_broker_messages_total";
+const BYTES: &str = "tidings_bus_broker_bytes_total";
 
-/// Publishes `topic` on `hub`; returns the update id and how many messages Redis sent for it.
+/// Publishes `topic` on `hub`; returns the update id and how many messages Redis sent for it
+/// (checking that the bytes counted are as many messages of the update's size).
 async fn publish_counted(hub: &Hub, topic: &str) -> (String, f64) {
-    let before = hub.metric(SENT).await;
+    let (before, bytes_before) = (hub.metric(SENT).await, hub.metric(BYTES).await);
     let (status, id) = publish(hub, None, &[("topic", topic), ("data", "x")]).await;
     assert_eq!(status, 200, "{id}");
-    (id, hub.metric(SENT).await - before)
+    let sent = hub.metric(SENT).await - before;
+    let bytes = hub.metric(BYTES).await - bytes_before;
+    if sent == 0.0 {
+        assert_eq!(bytes, 0.0);
+    } else {
+        // "<position> <micros> <wire message>": the message alone holds the topic and id.
+        let per_message = bytes / sent;
+        assert_eq!(
+            per_message.fract(),
+            0.0,
+            "{bytes} bytes for {sent} messages"
+        );
+        assert!(
+            per_message > (topic.len() + id.len()) as f64,
+            "{per_message} bytes per message"
+        );
+    }
+    (id, sent)
 }
 
 /// How many connections listen to `channel` on the Redis at `url`.

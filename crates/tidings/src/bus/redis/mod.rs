@@ -313,6 +313,11 @@ impl Bus for RedisBus {
         let position = position(&stream_id)
             .ok_or_else(|| unavailable(format!("unexpected position {stream_id:?}")))?;
         self.metrics.bus_broker_messages.inc_by(receivers);
+        // The script's Pub/Sub message is "<position> <micros> <message>".
+        let size = stream_id.len() + 1 + micros.to_string().len() + 1 + message.len();
+        self.metrics
+            .bus_broker_bytes
+            .inc_by(receivers * size as u64);
         Ok(Arc::new(Envelope::new(update, position, micros)))
     }
 
