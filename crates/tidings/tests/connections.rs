@@ -87,14 +87,7 @@ async fn a_body_on_a_get_request_is_refused() {
 #[tokio::test]
 async fn a_client_that_half_closes_its_connection_leaves_nothing_behind() {
     let hub = Hub::start(&["--auth", "none"]);
-    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
-    socket
-        .write_all(b"GET /.well-known/mercure?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    socket.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut socket = open_raw_stream(&hub).await;
     assert_eq!(hub.metric("tidings_subscribers").await, 1.0);
     socket.shutdown().await.unwrap();
     wait_for("the half-closed stream to go", async || {
@@ -102,6 +95,19 @@ async fn a_client_that_half_closes_its_connection_leaves_nothing_behind() {
             && hub.metric("tidings_connections").await == 0.0
     })
     .await;
+}
+
+/// A stream on topic `x` over a raw socket, its status line read (and checked).
+async fn open_raw_stream(hub: &Hub) -> TcpStream {
+    let mut socket = TcpStream::connect(addr(hub)).await.unwrap();
+    socket
+        .write_all(b"GET /.well-known/mercure?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    socket.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    socket
 }
 
 /// A connection whose receive buffer is tiny and which never reads what it is sent.
@@ -414,14 +420,7 @@ async fn a_stream_after_another_request_on_the_same_connection_works_too() {
 #[tokio::test]
 async fn a_client_that_keeps_sending_on_its_open_stream_is_disconnected() {
     let hub = Hub::start(&["--auth", "none"]);
-    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
-    socket
-        .write_all(b"GET /.well-known/mercure?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    socket.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut socket = open_raw_stream(&hub).await;
     // A pipelined request or two is dropped; 64 KiB of them ends the connection.
     let junk = vec![b'x'; 8 * 1024];
     for _ in 0..16 {

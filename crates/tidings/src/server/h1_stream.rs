@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -61,30 +61,26 @@ pub(super) async fn read_head<IO: AsyncRead + Unpin>(
     timeout: Duration,
     max_bytes: usize,
 ) -> Head {
-    let mut buf = BytesMut::with_capacity(1024);
-    let read = async {
+    let read = async move {
+        let mut buf = BytesMut::with_capacity(1024);
         loop {
             if buf.len() >= max_bytes {
-                return false;
+                return Head::Other(buf.freeze());
             }
             match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return true,
+                Ok(0) | Err(_) => return Head::Nothing,
                 Ok(_) => {}
             }
             match parse(&buf) {
                 Parsed::Partial => {}
-                _ => return false,
+                Parsed::Stream(request) => return Head::Stream(request),
+                Parsed::Other => return Head::Other(buf.freeze()),
             }
         }
     };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(false) => {}
-        Ok(true) | Err(_) => return Head::Nothing,
-    }
-    match parse(&buf) {
-        Parsed::Stream(request) => Head::Stream(request),
-        Parsed::Other | Parsed::Partial => Head::Other(buf.freeze()),
-    }
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Head::Nothing)
 }
 
 enum Parsed {
@@ -240,12 +236,15 @@ struct Chunk {
 
 impl Chunk {
     fn new(data: Bytes) -> Chunk {
+        // Written in place: no allocation per update and subscriber (16 hex digits and CRLF
+        // always fit).
         let mut size_line = [0u8; 18];
-        let text = format!("{:x}\r\n", data.len());
-        size_line[..text.len()].copy_from_slice(text.as_bytes());
+        let mut rest = &mut size_line[..];
+        let _ = write!(rest, "{:x}\r\n", data.len());
+        let size_len = 18 - rest.len();
         Chunk {
             size_line,
-            size_len: text.len(),
+            size_len,
             data,
             written: 0,
         }
