@@ -165,14 +165,16 @@ class Runner:
     def measures(self, prefix, hub, repeat, urls, publish_url, pid):
         """Memory (first, on the fresh server), fan-out flat out and at a rate, targeted."""
         s = str(self.args.streams)
-        self.bench(f"{prefix}memory", hub, repeat, urls, publish_url, pid, ["-c", s, "-n", "0"])
-        self.bench(f"{prefix}fanout", hub, repeat, urls, publish_url, pid,
-                   ["-c", s, "-n", "100", "--drain", "60"])
-        self.bench(f"{prefix}fanout-at-rate", hub, repeat, urls, publish_url, pid,
-                   ["-c", s, "-n", str(self.args.fanout_updates), "--rate",
-                    str(self.args.fanout_rate), "--drain", "60"])
-        self.bench(f"{prefix}targeted", hub, repeat, urls, publish_url, pid,
-                   ["-c", s, "--topics", "each", "-n", s, "-p", "16", "--drain", "60"])
+        measures = {
+            "memory": ["-c", s, "-n", "0"],
+            "fanout": ["-c", s, "-n", "100", "--drain", "60"],
+            "fanout-at-rate": ["-c", s, "-n", str(self.args.fanout_updates), "--rate",
+                               str(self.args.fanout_rate), "--drain", "60"],
+            "targeted": ["-c", s, "--topics", "each", "-n", s, "-p", "16", "--drain", "60"],
+        }
+        for measure, extra in measures.items():
+            if measure in self.args.measures.split(","):
+                self.bench(f"{prefix}{measure}", hub, repeat, urls, publish_url, pid, extra)
 
     def single(self, hub, repeat):
         server = self.start(hub)
@@ -290,6 +292,8 @@ def main():
     parser.add_argument("--scale-streams", type=int, default=100000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scenarios", default="single,cross,scale")
+    parser.add_argument("--measures", default="memory,fanout,fanout-at-rate,targeted",
+                        help="which measures each single and cross scenario takes")
     parser.add_argument("--server-core", default="0", help="empty: do not pin")
     parser.add_argument("--bench-core", default="1", help="empty: do not pin")
     parser.add_argument("--out", help="write every run and the summary as JSON here")

@@ -57,6 +57,56 @@ struct Registry {
     /// Non-exact selectors, keyed by [`Selector::key`], each compiled once.
     wide: IndexMap<Arc<str>, (Selector, Members)>,
     sessions: HashMap<SessionId, usize>,
+    /// What changed in the interest since a router last asked; `None` until one asks.
+    changes: Option<InterestLog>,
+}
+
+/// Exact topics that gained their first subscriber or lost their last one, recorded for
+/// [`Hub::take_interest_changes`] so that a router's work per change does not grow with the
+/// number of topics.
+#[derive(Debug, Default)]
+struct InterestLog {
+    exact: HashSet<Arc<str>>,
+    /// Read everything: the wide selectors changed, or too many exact topics did.
+    everything: bool,
+}
+
+/// More exact topics changed than this between two looks and the log gives up on them: the
+/// router re-reads the whole interest, and the log's memory stays bounded while nobody looks
+/// (a delivery connection that is down).
+const MAX_LOGGED_TOPICS: usize = 65_536;
+
+impl InterestLog {
+    fn exact(&mut self, topic: &Arc<str>) {
+        if self.everything {
+            return;
+        }
+        if self.exact.len() >= MAX_LOGGED_TOPICS {
+            self.wide();
+        } else {
+            self.exact.insert(topic.clone());
+        }
+    }
+
+    fn wide(&mut self) {
+        self.everything = true;
+        self.exact = HashSet::new();
+    }
+}
+
+/// How a hub's interest changed since the previous [`Hub::take_interest_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterestChanges {
+    /// Anything may have changed: read [`Hub::interest`] whole. Returned by the first call,
+    /// after a wide selector came or went, and after very many exact topics changed.
+    Everything,
+    /// Only exact topics changed.
+    Exact {
+        /// Topics that have subscribers now (and may not have had before).
+        wanted: Vec<Arc<str>>,
+        /// Topics that have none now (and may have had before).
+        unwanted: Vec<Arc<str>>,
+    },
 }
 
 /// The topics and selectors this instance's subscribers need, for interest routing.
@@ -228,6 +278,7 @@ impl Hub {
         {
             let mut reg = self.write();
             for selector in &spec.selectors {
+                let reg = &mut *reg;
                 let members = match selector {
                     Selector::Exact(topic) => reg.exact.entry(topic.clone()).or_default(),
                     _ => {
@@ -238,7 +289,14 @@ impl Hub {
                             .1
                     }
                 };
-                interest_changed |= members.is_empty();
+                if members.is_empty() {
+                    interest_changed = true;
+                    match (&mut reg.changes, selector) {
+                        (Some(log), Selector::Exact(topic)) => log.exact(topic),
+                        (Some(log), _) => log.wide(),
+                        (None, _) => {}
+                    }
+                }
                 members.insert(id, entry.clone());
             }
             if let Some(session) = &spec.session {
@@ -276,6 +334,9 @@ impl Hub {
                             if members.is_empty() {
                                 reg.exact.remove(topic);
                                 interest_changed = true;
+                                if let Some(log) = &mut reg.changes {
+                                    log.exact(topic);
+                                }
                             }
                         }
                     }
@@ -285,6 +346,9 @@ impl Hub {
                             if members.is_empty() {
                                 reg.wide.swap_remove(selector.key());
                                 interest_changed = true;
+                                if let Some(log) = &mut reg.changes {
+                                    log.wide();
+                                }
                             }
                         }
                     }
@@ -449,6 +513,24 @@ impl Hub {
         }
     }
 
+    /// How the interest changed since the previous call, for a router that keeps its own
+    /// copy of [`Hub::interest`] up to date at a cost that does not grow with the number of
+    /// topics. The first call returns [`InterestChanges::Everything`] and starts the record.
+    pub fn take_interest_changes(&self) -> InterestChanges {
+        let mut reg = self.write();
+        let Some(log) = reg.changes.replace(InterestLog::default()) else {
+            return InterestChanges::Everything;
+        };
+        if log.everything {
+            return InterestChanges::Everything;
+        }
+        let (wanted, unwanted) = log
+            .exact
+            .into_iter()
+            .partition(|topic| reg.exact.contains_key(topic));
+        InterestChanges::Exact { wanted, unwanted }
+    }
+
     /// The number of changes [`Hub::interest`] has seen so far (bumped after each change).
     pub fn interest_version(&self) -> u64 {
         *self.inner.interest_version.borrow()
@@ -586,6 +668,56 @@ mod tests {
         assert_eq!(hub.subscriber_count(), 0);
         assert!(hub.interest().exact.is_empty() && hub.interest().wide.is_empty());
         assert_eq!(hub.metrics().subscribers.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn interest_changes_name_the_exact_topics_that_came_and_went() {
+        let hub = hub(8);
+        let sorted = |mut topics: Vec<Arc<str>>| {
+            topics.sort();
+            topics
+        };
+        let exact = |changes: InterestChanges| match changes {
+            InterestChanges::Exact { wanted, unwanted } => (sorted(wanted), sorted(unwanted)),
+            InterestChanges::Everything => panic!("expected exact changes"),
+        };
+        let a = hub.subscribe(spec(&["a"]));
+        // Nothing was recorded before the first look.
+        assert_eq!(hub.take_interest_changes(), InterestChanges::Everything);
+        assert_eq!(exact(hub.take_interest_changes()), (vec![], vec![]));
+
+        let b = hub.subscribe(spec(&["b", "c"]));
+        let second_a = hub.subscribe(spec(&["a"]));
+        drop(a);
+        assert_eq!(
+            exact(hub.take_interest_changes()),
+            (vec![Arc::from("b"), Arc::from("c")], vec![]),
+            "a still has a subscriber, so it did not change"
+        );
+        drop(second_a);
+        let back = hub.subscribe(spec(&["c"]));
+        drop(b);
+        assert_eq!(
+            exact(hub.take_interest_changes()),
+            (vec![], vec![Arc::from("a"), Arc::from("b")]),
+        );
+        drop(back);
+        let c_went = exact(hub.take_interest_changes());
+        assert_eq!(c_went, (vec![], vec![Arc::from("c")]));
+
+        // A wide selector coming or going asks for a full re-read.
+        let wide = hub.subscribe(spec(&["u/{x}"]));
+        assert_eq!(hub.take_interest_changes(), InterestChanges::Everything);
+        drop(wide);
+        assert_eq!(hub.take_interest_changes(), InterestChanges::Everything);
+
+        // So do very many changes at once, without the record growing past its bound.
+        let many: Vec<_> = (0..=MAX_LOGGED_TOPICS)
+            .map(|i| hub.subscribe(spec(&[&format!("t{i}")])))
+            .collect();
+        assert!(hub.read().changes.as_ref().unwrap().exact.len() <= MAX_LOGGED_TOPICS);
+        assert_eq!(hub.take_interest_changes(), InterestChanges::Everything);
+        drop(many);
     }
 
     #[tokio::test]

@@ -19,14 +19,14 @@ use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
-use super::routing::Listening;
+use super::routing::{Change, Listening};
 use super::{
     derived_id, holds, position, read_range, stream_id, write_settings, Keys, COMMAND_TIMEOUT,
 };
 use crate::bus::{wire, Routing};
 use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
-use crate::hub::Hub;
+use crate::hub::{Hub, InterestChanges};
 
 /// Most stream entries read when catching up after a reconnect.
 const CATCH_UP_MAX: usize = 1_000_000;
@@ -127,7 +127,8 @@ impl Reader {
                 .split();
             let version = *interest.borrow_and_update();
             let subscribed = self.wanted();
-            change(&mut sink, &Listening::default(), &subscribed).await?;
+            let change = Change::between(&Listening::default(), &subscribed);
+            send(&mut sink, &change).await?;
             Ok((sink, stream, subscribed, version))
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, attempt).await {
@@ -136,12 +137,35 @@ impl Reader {
         }
     }
 
-    /// What the connection should listen to for the hub's interest now.
+    /// What the connection should listen to for the hub's interest now (which also restarts
+    /// the hub's record of changes, see [`Reader::changes`]).
     fn wanted(&self) -> Listening {
         let setup = &self.setup;
         match setup.routing {
             Routing::Broadcast => Listening::everything(&setup.keys),
-            Routing::Interest => Listening::of(&setup.hub.interest(), &setup.keys),
+            Routing::Interest => {
+                setup.hub.take_interest_changes();
+                Listening::of(&setup.hub.interest(), &setup.keys)
+            }
+        }
+    }
+
+    /// The commands that bring `subscribed` up to date after the hub's interest changed: only
+    /// the channels of the exact topics that came or went, unless the change needs a full
+    /// recomputation (a wide selector, or very many topics).
+    fn changes(&self, subscribed: &Listening) -> Change {
+        let setup = &self.setup;
+        if setup.routing == Routing::Broadcast {
+            return Change::default();
+        }
+        match setup.hub.take_interest_changes() {
+            InterestChanges::Exact { wanted, unwanted } => {
+                Change::exact(subscribed, &wanted, &unwanted, &setup.keys)
+            }
+            InterestChanges::Everything => Change::between(
+                subscribed,
+                &Listening::of(&setup.hub.interest(), &setup.keys),
+            ),
         }
     }
 
@@ -179,10 +203,10 @@ impl Reader {
                         return "the hub is gone".to_owned();
                     }
                     let version = *interest.borrow_and_update();
-                    let wanted = self.wanted();
-                    let changing = change(&mut sink, &subscribed, &wanted);
-                    match tokio::time::timeout(COMMAND_TIMEOUT, changing).await {
-                        Ok(Ok(())) => subscribed = wanted,
+                    let change = self.changes(&subscribed);
+                    let sent = tokio::time::timeout(COMMAND_TIMEOUT, send(&mut sink, &change)).await;
+                    match sent {
+                        Ok(Ok(())) => change.apply(&mut subscribed),
                         Ok(Err(e)) => return e,
                         Err(_) => return "a subscription change was not confirmed".to_owned(),
                     }
@@ -345,25 +369,22 @@ impl Reader {
     }
 }
 
-/// Moves a connection from listening to `from` to listening to `to`, each command confirmed.
-async fn change(sink: &mut PubSubSink, from: &Listening, to: &Listening) -> Result<(), Lost> {
+/// Sends a subscription change, each command confirmed.
+async fn send(sink: &mut PubSubSink, change: &Change) -> Result<(), Lost> {
     let failed = |e: redis::RedisError| format!("a subscription change failed: {e}");
     // Subscribe first: a channel in both is never left unheard.
-    let channels: Vec<&String> = to.channels.difference(&from.channels).collect();
-    for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+    for chunk in change.subscribe.chunks(CHANNELS_PER_COMMAND) {
         sink.subscribe(chunk).await.map_err(failed)?;
     }
-    let patterns: Vec<&String> = to.patterns.difference(&from.patterns).collect();
-    for chunk in patterns.chunks(CHANNELS_PER_COMMAND) {
+    for chunk in change.psubscribe.chunks(CHANNELS_PER_COMMAND) {
         sink.psubscribe(chunk).await.map_err(failed)?;
     }
-    // Never with an empty list: that would unsubscribe from everything.
-    let channels: Vec<&String> = from.channels.difference(&to.channels).collect();
-    for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+    // Never with an empty list: that would unsubscribe from everything (`chunks` of an empty
+    // list yields none).
+    for chunk in change.unsubscribe.chunks(CHANNELS_PER_COMMAND) {
         sink.unsubscribe(chunk).await.map_err(failed)?;
     }
-    let patterns: Vec<&String> = from.patterns.difference(&to.patterns).collect();
-    for chunk in patterns.chunks(CHANNELS_PER_COMMAND) {
+    for chunk in change.punsubscribe.chunks(CHANNELS_PER_COMMAND) {
         sink.punsubscribe(chunk).await.map_err(failed)?;
     }
     Ok(())

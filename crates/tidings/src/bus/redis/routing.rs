@@ -11,6 +11,7 @@
 //! on two channels.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::Keys;
 use crate::hub::Interest;
@@ -51,6 +52,67 @@ impl Listening {
     }
 }
 
+/// The subscription commands that move a connection from one [`Listening`] to another.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Change {
+    pub(super) subscribe: Vec<String>,
+    pub(super) psubscribe: Vec<String>,
+    pub(super) unsubscribe: Vec<String>,
+    pub(super) punsubscribe: Vec<String>,
+}
+
+impl Change {
+    /// From listening to `from` to listening to `to`.
+    pub(super) fn between(from: &Listening, to: &Listening) -> Self {
+        let added = |to: &BTreeSet<String>, from: &BTreeSet<String>| -> Vec<String> {
+            to.difference(from).cloned().collect()
+        };
+        Change {
+            subscribe: added(&to.channels, &from.channels),
+            psubscribe: added(&to.patterns, &from.patterns),
+            unsubscribe: added(&from.channels, &to.channels),
+            punsubscribe: added(&from.patterns, &to.patterns),
+        }
+    }
+
+    /// What changes in `listening` when only exact topics came (`wanted`) or went
+    /// (`unwanted`): their channels, unless the connection listens to everything anyway.
+    pub(super) fn exact(
+        listening: &Listening,
+        wanted: &[Arc<str>],
+        unwanted: &[Arc<str>],
+        keys: &Keys,
+    ) -> Self {
+        if listening.channels.contains(&keys.all) {
+            return Change::default();
+        }
+        let channels = |topics: &[Arc<str>], subscribed: bool| -> Vec<String> {
+            topics
+                .iter()
+                .map(|t| keys.topic(t))
+                .filter(|c| listening.channels.contains(c) != subscribed)
+                .collect()
+        };
+        Change {
+            subscribe: channels(wanted, true),
+            unsubscribe: channels(unwanted, false),
+            ..Change::default()
+        }
+    }
+
+    /// Applies the change to the record of what the connection listens to.
+    pub(super) fn apply(self, listening: &mut Listening) {
+        for c in &self.unsubscribe {
+            listening.channels.remove(c);
+        }
+        for p in &self.punsubscribe {
+            listening.patterns.remove(p);
+        }
+        listening.channels.extend(self.subscribe);
+        listening.patterns.extend(self.psubscribe);
+    }
+}
+
 /// Escapes the characters Redis glob patterns give a meaning to.
 fn glob_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len() + 4);
@@ -65,8 +127,6 @@ fn glob_escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::selector::Selector;
 
@@ -99,6 +159,41 @@ mod tests {
         assert_eq!(
             Listening::of(&interest(&[], &[]), &keys),
             Listening::default()
+        );
+    }
+
+    #[test]
+    fn changes_move_a_connection_and_exact_ones_touch_only_their_channels() {
+        let keys = Keys::new("p");
+        let from = Listening::of(&interest(&["a", "b"], &["u/{x}"]), &keys);
+        let to = Listening::of(&interest(&["b", "c"], &["v/{x}"]), &keys);
+        let change = Change::between(&from, &to);
+        assert_eq!(change.subscribe, vec!["p:t:c".to_owned()]);
+        assert_eq!(change.unsubscribe, vec!["p:t:a".to_owned()]);
+        assert_eq!(change.psubscribe, vec!["p:t:v/*".to_owned()]);
+        assert_eq!(change.punsubscribe, vec!["p:t:u/*".to_owned()]);
+        let mut moved = from.clone();
+        change.apply(&mut moved);
+        assert_eq!(moved, to);
+
+        let topics =
+            |names: &[&str]| -> Vec<Arc<str>> { names.iter().map(|n| Arc::from(*n)).collect() };
+        // "b" is already heard and "z" never was: neither needs a command.
+        let change = Change::exact(&to, &topics(&["b", "d"]), &topics(&["c", "z"]), &keys);
+        assert_eq!(change.subscribe, vec!["p:t:d".to_owned()]);
+        assert_eq!(change.unsubscribe, vec!["p:t:c".to_owned()]);
+        let mut moved = to.clone();
+        change.apply(&mut moved);
+        assert_eq!(
+            moved,
+            Listening::of(&interest(&["b", "d"], &["v/{x}"]), &keys)
+        );
+
+        // Listening to everything, exact topics change nothing.
+        let everything = Listening::of(&interest(&["a"], &["*"]), &keys);
+        assert_eq!(
+            Change::exact(&everything, &topics(&["b"]), &topics(&["a"]), &keys),
+            Change::default()
         );
     }
 
