@@ -9,6 +9,7 @@
 //! `--drain` for the last deliveries). `--timeout` bounds the whole run; Ctrl-C ends it early
 //! and still reports.
 
+mod body;
 mod memory;
 mod plan;
 mod profile;

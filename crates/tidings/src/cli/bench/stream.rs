@@ -6,16 +6,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper::header::{ACCEPT, AUTHORIZATION, HOST};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, BytesMut};
 use tidings_client::sse::Decoder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::body::Body;
 use super::plan::Stamp;
 use super::profile::Target;
 use super::tally::Tally;
@@ -43,7 +41,17 @@ pub(super) struct StreamContext {
     pub(super) stop: CancellationToken,
 }
 
-type Connection = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+/// The longest response head a stream accepts.
+const MAX_HEAD: usize = 16 * 1024;
+/// What one read may bring (a stream that is behind gets several updates per read).
+const READ_BUFFER: usize = 8 * 1024;
+
+/// An open stream: its connection, the bytes read past the response head, and its framing.
+struct Open {
+    tcp: TcpStream,
+    input: BytesMut,
+    body: Body,
+}
 
 /// Opens the stream, then reads it until the run stops; everything it sees goes to the tally.
 pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
@@ -57,7 +65,7 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
         () = context.stop.cancelled() => return tally.stream_failed("the run ended before the stream opened".into(), spec.expected),
     };
     drop(permit);
-    let (connection, body) = match opened {
+    let open = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(e)) => return tally.stream_failed(e, spec.expected),
         Err(_) => {
@@ -72,14 +80,15 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
     };
     tally.stream_opened(began.elapsed());
     let mut seen = Seen::new(spec.topic, spec.expected);
-    let ended = follow(connection, body, &mut seen, tally, &context.stop).await;
+    let ended = follow(open, &mut seen, tally, &context.stop).await;
     if let Some(reason) = ended {
         tally.stream_dropped(reason, spec.expected - seen.unique);
     }
 }
 
-/// Connects and sends the request; returns the connection and the body of a 2xx response.
-async fn open(spec: &StreamSpec) -> Result<(Connection, Incoming), String> {
+/// Connects, sends the request and reads the response head; returns the open stream of a
+/// 2xx response.
+async fn open(spec: &StreamSpec) -> Result<Open, String> {
     let target = &spec.target;
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -91,99 +100,120 @@ async fn open(spec: &StreamSpec) -> Result<(Connection, Incoming), String> {
             .bind(SocketAddr::new(source, 0))
             .map_err(|e| format!("cannot bind to {source}: {e}"))?;
     }
-    let tcp = socket
+    let mut tcp = socket
         .connect(target.addr)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
     tcp.set_nodelay(true)
         .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-    let (mut sender, mut connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| format!("HTTP handshake with {}: {e}", target.addr))?;
-    let mut request = hyper::Request::get(&spec.path)
-        .header(HOST, &target.authority)
-        .header(ACCEPT, "text/event-stream");
+    let mut request = format!(
+        "GET {} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n",
+        spec.path, target.authority
+    );
     if let Some(token) = &spec.token {
-        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        request.push_str(&format!("authorization: Bearer {token}\r\n"));
     }
-    let request = request
-        .body(Empty::new())
-        .map_err(|e| format!("bad request for {}: {e}", spec.path))?;
-    let response = tokio::select! {
-        response = sender.send_request(request) => response.map_err(|e| format!("request to {}: {e}", target.url))?,
-        ended = &mut connection => return Err(format!("{} closed the connection before answering: {ended:?}", target.url)),
-    };
-    let status = response.status();
-    if status.is_success() {
-        return Ok((connection, response.into_body()));
-    }
-    // Drive the connection while reading a bounded excerpt of the refusal's body.
-    let excerpt = async {
-        let mut body = response.into_body();
-        let mut text = Vec::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                text.extend_from_slice(&data);
+    request.push_str("\r\n");
+    let failed = |e: std::io::Error| format!("request to {}: {e}", target.url);
+    tcp.write_all(request.as_bytes()).await.map_err(failed)?;
+    let mut input = BytesMut::with_capacity(READ_BUFFER);
+    loop {
+        if tcp.read_buf(&mut input).await.map_err(failed)? == 0 {
+            return Err(format!(
+                "{} closed the connection before answering",
+                target.url
+            ));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let head = match response.parse(&input) {
+            Ok(httparse::Status::Complete(head)) => head,
+            Ok(httparse::Status::Partial) if input.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                return Err(format!(
+                    "{} sent a response head over {MAX_HEAD} bytes",
+                    target.url
+                ))
             }
-            if text.len() > 300 {
+            Err(e) => return Err(format!("{} sent a malformed response: {e}", target.url)),
+        };
+        let status = response.code.unwrap_or(0);
+        if (200..300).contains(&status) {
+            let body = Body::of(response.headers)
+                .map_err(|e| format!("{} answered {status}: {e}", target.url))?;
+            input.advance(head);
+            return Ok(Open { tcp, input, body });
+        }
+        let length = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+        let body = Body::of(response.headers).unwrap_or(Body::UntilClose);
+        input.advance(head);
+        let excerpt = refusal(tcp, input, body, length.unwrap_or(EXCERPT).min(EXCERPT)).await;
+        return Err(format!("{} answered {status}: {excerpt}", target.url));
+    }
+}
+
+/// The most of a refusal's body an error quotes.
+const EXCERPT: usize = 300;
+
+/// The first `limit` bytes of a refusal's body, read for at most two seconds.
+async fn refusal(mut tcp: TcpStream, mut input: BytesMut, mut body: Body, limit: usize) -> String {
+    let mut text = Vec::new();
+    let read = async {
+        loop {
+            match body.decode(&mut input, |d| text.extend_from_slice(d)) {
+                Ok(false) if text.len() < limit => {}
+                _ => break,
+            }
+            if !matches!(tcp.read_buf(&mut input).await, Ok(n) if n > 0) {
                 break;
             }
         }
-        String::from_utf8_lossy(&text[..text.len().min(300)]).into_owned()
     };
-    let excerpt = tokio::select! {
-        text = excerpt => text,
-        _ = connection => String::new(),
-        () = tokio::time::sleep(Duration::from_secs(2)) => String::new(),
-    };
-    Err(format!(
-        "{} answered {status}: {}",
-        target.url,
-        excerpt.trim()
-    ))
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    String::from_utf8_lossy(&text[..text.len().min(limit)])
+        .trim()
+        .to_owned()
 }
 
 /// Reads the stream until `stop`; returns why it ended early, if it did.
 async fn follow(
-    mut connection: Connection,
-    mut body: Incoming,
+    open: Open,
     seen: &mut Seen,
     tally: &Tally,
     stop: &CancellationToken,
 ) -> Option<String> {
+    let Open {
+        mut tcp,
+        mut input,
+        mut body,
+    } = open;
     let mut decoder = Decoder::new();
     loop {
+        let decoded = body.decode(&mut input, |data| {
+            for event in decoder.feed(data) {
+                seen.event(&event.data, tally);
+            }
+        });
+        match decoded {
+            Ok(false) => {}
+            Ok(true) => return Some("the server ended the stream".into()),
+            Err(e) => return Some(format!("stream broke: {e}")),
+        }
+        if input.capacity() - input.len() < READ_BUFFER / 2 {
+            input.reserve(READ_BUFFER);
+        }
         tokio::select! {
             biased;
             () = stop.cancelled() => return None,
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    for event in decoder.feed(&data) {
-                        match Stamp::parse(&event.data) {
-                            Some(stamp) if stamp.k == seen.topic => match seen.record(stamp.s) {
-                                Arrival::First { in_order } => {
-                                    tally.delivered(stamp.t, true);
-                                    if !in_order {
-                                        tally.out_of_order.fetch_add(1, Relaxed);
-                                    }
-                                }
-                                Arrival::Repeat => tally.delivered(stamp.t, false),
-                                Arrival::Unknown => tally.error(format!("update {} on topic {} is past the topic's last", stamp.s, stamp.k)),
-                            },
-                            _ => {
-                                tally.stray.fetch_add(1, Relaxed);
-                            }
-                        }
-                    }
-                }
-                Some(Err(e)) => return Some(format!("stream broke: {e}")),
-                None => return Some("the server ended the stream".into()),
+            read = tcp.read_buf(&mut input) => match read {
+                Ok(0) => return Some("the server closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Some(format!("connection failed: {e}")),
             },
-            ended = &mut connection => return Some(match ended {
-                Ok(()) => "the server closed the connection".into(),
-                Err(e) => format!("connection failed: {e}"),
-            }),
         }
     }
 }
@@ -217,6 +247,28 @@ impl Seen {
             expected,
             unique: 0,
             highest: None,
+        }
+    }
+
+    /// Checks one event's data and counts it.
+    fn event(&mut self, data: &str, tally: &Tally) {
+        match Stamp::parse(data) {
+            Some(stamp) if stamp.k == self.topic => match self.record(stamp.s) {
+                Arrival::First { in_order } => {
+                    tally.delivered(stamp.t, true);
+                    if !in_order {
+                        tally.out_of_order.fetch_add(1, Relaxed);
+                    }
+                }
+                Arrival::Repeat => tally.delivered(stamp.t, false),
+                Arrival::Unknown => tally.error(format!(
+                    "update {} on topic {} is past the topic's last",
+                    stamp.s, stamp.k
+                )),
+            },
+            _ => {
+                tally.stray.fetch_add(1, Relaxed);
+            }
         }
     }
 
