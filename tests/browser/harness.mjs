@@ -2,10 +2,13 @@
 // launch Debian's Chromium headless through playwright-core.
 import { spawn, execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const binary = process.env.TIDINGS_BIN || path.join(root, 'target', 'debug', 'tidings');
 
 function cleanEnv() {
@@ -46,4 +49,74 @@ export function launchBrowser() {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
   });
+}
+
+/** A free TCP port on 127.0.0.1. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves once something accepts connections on 127.0.0.1:`port`, or rejects after 10 s. */
+async function listening(port, what) {
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    const up = await new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => { socket.end(); resolve(true); });
+      socket.on('error', () => resolve(false));
+    });
+    if (up) return;
+    if (Date.now() > deadline) throw new Error(`${what} did not start on port ${port}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * nginx on a free loopback port with the kit's deploy/nginx/tidings.conf, its three instance
+ * addresses replaced by `addrs` (`host:port` each); resolves to { base, stop }.
+ */
+export async function startNginx(addrs) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-nginx-'));
+  const port = await freePort();
+  let site = readFileSync(path.join(root, 'deploy', 'nginx', 'tidings.conf'), 'utf8');
+  addrs.forEach((addr, i) => {
+    const shipped = `127.0.0.1:${3001 + i}`;
+    if (!site.includes(shipped)) throw new Error(`deploy/nginx/tidings.conf does not name ${shipped}`);
+    site = site.replace(shipped, addr);
+  });
+  site = site.replace('listen 80;', `listen 127.0.0.1:${port};`);
+  writeFileSync(path.join(dir, 'tidings.conf'), site);
+  writeFileSync(path.join(dir, 'nginx.conf'), [
+    'worker_processes 1;', 'daemon off;', `pid ${dir}/nginx.pid;`, `error_log ${dir}/error.log warn;`,
+    'events { worker_connections 1024; }',
+    'http {', ' access_log off;', ` client_body_temp_path ${dir}/body;`, ` proxy_temp_path ${dir}/proxy;`,
+    ` fastcgi_temp_path ${dir}/fastcgi;`, ` uwsgi_temp_path ${dir}/uwsgi;`, ` scgi_temp_path ${dir}/scgi;`,
+    ` include ${dir}/tidings.conf;`, '}', ''].join('\n'));
+  const child = spawn('nginx', ['-p', dir, '-c', path.join(dir, 'nginx.conf')], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  await Promise.race([
+    listening(port, 'nginx'),
+    exited.then((code) => { throw new Error(`nginx exited (${code}): ${readFileSync(path.join(dir, 'error.log'), 'utf8')}`); }),
+  ]);
+  return {
+    base: `http://127.0.0.1:${port}`,
+    stop() {
+      child.kill('SIGTERM'); // nginx's fast shutdown: the master stops its worker
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The value of the unlabelled metric `name` on the hub at `base`. */
+export async function metric(base, name) {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  if (!line) throw new Error(`${base}/metrics has no ${name}`);
+  return Number(line.split(' ')[1]);
 }
