@@ -22,10 +22,14 @@ export function token(key, ...args) {
   return execFileSync(binary, ['token', '--jwt-key', key, ...args], { env: cleanEnv() }).toString().trim();
 }
 
-/** Starts `tidings serve --listen 127.0.0.1:0 <args>`; resolves to { child, base } once ready. */
+/**
+ * Starts `tidings serve --listen 127.0.0.1:0 <args>` (unless `args` has a `--listen` of its
+ * own); resolves to { child, base } once ready.
+ */
 export function startHub(args) {
   return new Promise((resolve, reject) => {
-    const child = spawn(binary, ['serve', '--listen', '127.0.0.1:0', ...args], {
+    const listen = args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
+    const child = spawn(binary, ['serve', ...listen, ...args], {
       env: { ...cleanEnv(), TIDINGS_LOG: 'info' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
