@@ -52,6 +52,22 @@ after(async () => {
   for (const hub of hubs) hub.child.kill('SIGKILL');
 });
 
+/** Streams each instance holds now (0 for one that is down). */
+function held() {
+  return Promise.all(hubs.map((h) => metric(h.base, 'tidings_subscribers').catch(() => 0)));
+}
+
+/** Waits (up to 20 s) until the instances hold `count` streams in all; returns each one's. */
+async function holding(count, what) {
+  const sum = (counts) => counts.reduce((a, b) => a + b, 0);
+  for (let i = 0; i < 200 && sum(await held()) !== count; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const counts = await held();
+  assert.equal(sum(counts), count, `${what}: ${counts}`);
+  return counts;
+}
+
 async function post(hub, pathname, body, contentType, bearer) {
   const res = await fetch(`${hub.base}${pathname}`, {
     method: 'POST',
@@ -99,12 +115,7 @@ test('through nginx, the browser rides out the death of the instance holding its
     open('session', '/sse/event-stream?eventName=chat', 'chat');
   }, { PUBLIC, PRIVATE_TEMPLATE });
   await page.waitForFunction(() => Object.values(window.opened).every((n) => n >= 1), null, { timeout: 10000 });
-  const held = async () => Promise.all(hubs.map((h) => metric(h.base, 'tidings_subscribers')));
-  for (let i = 0; i < 50 && (await held()).reduce((a, b) => a + b, 0) < 4; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  const before = await held();
-  assert.equal(before.reduce((a, b) => a + b, 0), 4, `the page's four streams: ${before}`);
+  const before = await holding(4, "the page's four streams");
 
   const publisher = token('--publish', '*');
   let live = [...hubs];
@@ -164,21 +175,9 @@ test('a rolling restart with SIGTERM moves every stream without loss, spread out
     pages.push(page);
   }
   const streams = 16;
-  const held = async () => Promise.all(hubs.map((h) => metric(h.base, 'tidings_subscribers').catch(() => 0)));
-  const sum = (counts) => counts.reduce((a, b) => a + b, 0);
-  /**
-   * Waits until the instances hold every stream (test 1's are gone, moves are done; a stream
-   * closed by a draining instance comes back after its retry hint, up to 3 s, and Chromium's
-   * own delay).
-   */
-  const settled = async () => {
-    for (let i = 0; i < 200 && sum(await held()) !== streams; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const counts = await held();
-    assert.equal(sum(counts), streams, `the instances hold every stream: ${counts}`);
-    return counts;
-  };
+  // (Test 1's streams gone; a stream closed by a draining instance comes back after its retry
+  // hint, up to 3 s, and Chromium's own delay.)
+  const settled = () => holding(streams, 'the instances hold every stream');
   await settled();
 
   // Publish steadily, each update through the next instance that takes it.

@@ -82,13 +82,14 @@ impl InterestLog {
             return;
         }
         if self.exact.len() >= MAX_LOGGED_TOPICS {
-            self.wide();
+            self.everything();
         } else {
             self.exact.insert(topic.clone());
         }
     }
 
-    fn wide(&mut self) {
+    /// Gives up on the details: the router must re-read the whole interest.
+    fn everything(&mut self) {
         self.everything = true;
         self.exact = HashSet::new();
     }
@@ -293,7 +294,7 @@ impl Hub {
                     interest_changed = true;
                     match (&mut reg.changes, selector) {
                         (Some(log), Selector::Exact(topic)) => log.exact(topic),
-                        (Some(log), _) => log.wide(),
+                        (Some(log), _) => log.everything(),
                         (None, _) => {}
                     }
                 }
@@ -347,7 +348,7 @@ impl Hub {
                                 reg.wide.swap_remove(selector.key());
                                 interest_changed = true;
                                 if let Some(log) = &mut reg.changes {
-                                    log.wide();
+                                    log.everything();
                                 }
                             }
                         }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use common::{Hub, KEY};
 use serde_json::Value;
@@ -210,101 +209,38 @@ fn streams_spread_over_two_instances_get_what_a_third_url_publishes_via_redis() 
     assert_eq!(json["urls"].as_array().unwrap().len(), 2);
 }
 
-/// nginx with the Nchan module on a free loopback port, one worker, stopped on drop.
-struct Nchan {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
 const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
-impl Nchan {
-    /// Starts it, or `None` (skip) when nginx or the module is missing — a failure under
-    /// `TIDINGS_REQUIRE_BROKERS=1`, where `.ci/services` installs both.
-    #[allow(clippy::print_stderr)]
-    fn start() -> Option<Nchan> {
-        let installed = Command::new("nginx").arg("-v").output().is_ok()
-            && std::path::Path::new(NCHAN_MODULE).exists();
-        if !installed {
-            assert!(
-                std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() != Ok("1"),
-                "nginx with {NCHAN_MODULE} is required (TIDINGS_REQUIRE_BROKERS=1)"
-            );
-            eprintln!("skipping: nginx with the Nchan module is not installed");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display();
-        let conf = format!(
-            "load_module {NCHAN_MODULE};\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
-             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             server {{\n  listen 127.0.0.1:{port};\n\
-             location ~ ^/sub/(.+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}\n\
-             location ~ ^/pub/(.+)$ {{ nchan_publisher; nchan_channel_id $1; }}\n }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nginx did not start: {}",
-                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Nchan {
-            child,
-            url,
-            _dir: dir,
-        })
+/// nginx with the Nchan module on a free loopback port, or `None` (skip) when nginx or the
+/// module is missing — a failure under `TIDINGS_REQUIRE_BROKERS=1`.
+fn nchan() -> Option<common::Proxy> {
+    let present = Command::new("nginx").arg("-v").output().is_ok()
+        && std::path::Path::new(NCHAN_MODULE).exists();
+    if !common::installed(&format!("nginx with {NCHAN_MODULE}"), present) {
+        return None;
     }
-}
-
-impl Drop for Nchan {
-    fn drop(&mut self) {
-        // SIGTERM is nginx's fast shutdown: the master stops its worker and exits (SIGKILL
-        // would leave the worker running; SIGQUIT would wait for the streams).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Some(common::Proxy::nginx(
+        &format!("load_module {NCHAN_MODULE};\n"),
+        |port| {
+            format!(
+                " server {{\n  listen 127.0.0.1:{port};\n\
+                 location ~ ^/sub/(.+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}\n\
+                 location ~ ^/pub/(.+)$ {{ nchan_publisher; nchan_channel_id $1; }}\n }}"
+            )
+        },
+    ))
 }
 
 #[test]
 fn the_nchan_profile_drives_nchan_in_nginx() {
-    let Some(nchan) = Nchan::start() else {
+    let Some(nchan) = nchan() else {
         return;
     };
     let (ok, json) = bench_json(&[
         "--profile",
         "nchan",
         "--url",
-        &nchan.url,
+        &nchan.base,
         "-c",
         "100",
         "--topics",

@@ -4,25 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 
-use common::{Hub, Stream};
+use common::{Hub, Proxy, Stream};
 
 fn deploy_file(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../deploy")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The shipped configuration with its three instance addresses replaced by `hubs`'.
@@ -36,122 +27,50 @@ fn aimed_at(config: &str, hubs: &[Hub]) -> String {
     config
 }
 
-/// A proxy process on a free loopback port, stopped on drop.
-struct Proxy {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
+/// nginx with `deploy/nginx/tidings.conf` in front of `hubs`, or `None` (skip) when nginx is
+/// missing — a failure under `TIDINGS_REQUIRE_BROKERS=1`, where `.ci/services` installs it.
+fn nginx(hubs: &[Hub]) -> Option<Proxy> {
+    if !common::installed("nginx", Command::new("nginx").arg("-v").output().is_ok()) {
+        return None;
+    }
+    let site = aimed_at(&deploy_file("nginx/tidings.conf"), hubs);
+    assert!(site.contains("listen 80;"));
+    Some(Proxy::nginx("", |port| {
+        site.replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+    }))
 }
 
-impl Proxy {
-    /// Starts `program` (nginx or haproxy) with the configuration `write` puts in the
-    /// directory, or `None` (skip) when it is not installed — a failure under
-    /// `TIDINGS_REQUIRE_BROKERS=1`, where `.ci/services` installs both.
-    #[allow(clippy::print_stderr)]
-    fn start(
-        program: &str,
-        args: impl FnOnce(&Path) -> Vec<PathBuf>,
-        config: impl FnOnce(&Path, u16),
-    ) -> Option<Proxy> {
-        if Command::new(program).arg("-v").output().is_err() {
-            assert!(
-                std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() != Ok("1"),
-                "{program} is required (TIDINGS_REQUIRE_BROKERS=1)"
-            );
-            eprintln!("skipping: {program} is not installed");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        config(dir.path(), port);
-        let child = Command::new(program)
-            .args(args(dir.path()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {program}: {e}"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{program} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Proxy {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        })
+/// HAProxy with `deploy/haproxy/haproxy.cfg` in front of `hubs`, checked with `haproxy -c`
+/// first, or `None` (skip) as for nginx.
+fn haproxy(hubs: &[Hub]) -> Option<Proxy> {
+    if !common::installed(
+        "haproxy",
+        Command::new("haproxy").arg("-v").output().is_ok(),
+    ) {
+        return None;
     }
-
-    /// nginx with `deploy/nginx/tidings.conf` inside a minimal main configuration.
-    fn nginx(hubs: &[Hub]) -> Option<Proxy> {
-        let site = aimed_at(&deploy_file("nginx/tidings.conf"), hubs);
-        Proxy::start(
-            "nginx",
-            |d| vec!["-p".into(), d.into(), "-c".into(), d.join("nginx.conf")],
-            |d, port| {
-                assert!(site.contains("listen 80;"));
-                let site = site.replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
-                std::fs::write(d.join("tidings.conf"), site).unwrap();
-                let d = d.display();
-                let main = format!(
-                    "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
-                     error_log {d}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
-                     http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
-                     proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
-                     uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-                     include {d}/tidings.conf;\n}}\n"
-                );
-                std::fs::write(format!("{d}/nginx.conf"), main).unwrap();
-            },
-        )
-    }
-
-    /// HAProxy with `deploy/haproxy/haproxy.cfg`, checked with `haproxy -c` first.
-    fn haproxy(hubs: &[Hub]) -> Option<Proxy> {
-        let shipped = aimed_at(&deploy_file("haproxy/haproxy.cfg"), hubs);
-        Proxy::start(
-            "haproxy",
-            |d| vec!["-f".into(), d.join("haproxy.cfg")],
-            |d, port| {
-                assert!(shipped.contains("bind :80") && shipped.contains("maxconn 100000"));
-                // HAProxy needs twice `maxconn` open files, more than a test process may have.
-                let config = shipped
-                    .replace("bind :80", &format!("bind 127.0.0.1:{port}"))
-                    .replace("maxconn 100000", "maxconn 4096");
-                let path = d.join("haproxy.cfg");
-                std::fs::write(&path, config).unwrap();
-                let checked = Command::new("haproxy")
-                    .arg("-c")
-                    .arg("-f")
-                    .arg(&path)
-                    .output()
-                    .unwrap();
-                assert!(
-                    checked.status.success(),
-                    "haproxy -c: {}",
-                    String::from_utf8_lossy(&checked.stderr)
-                );
-            },
-        )
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // SIGTERM: nginx's and HAProxy's fast shutdown (nginx's master stops its worker).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let shipped = aimed_at(&deploy_file("haproxy/haproxy.cfg"), hubs);
+    assert!(shipped.contains("bind :80") && shipped.contains("maxconn 100000"));
+    Some(Proxy::start("haproxy", |dir, port| {
+        // HAProxy needs twice `maxconn` open files, more than a test process may have.
+        let config = shipped
+            .replace("bind :80", &format!("bind 127.0.0.1:{port}"))
+            .replace("maxconn 100000", "maxconn 4096");
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let checked = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            checked.status.success(),
+            "haproxy -c: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        vec!["-f".into(), path.into()]
+    }))
 }
 
 /// Streams through `proxy` land on every instance, and updates published on an instance or
@@ -206,28 +125,26 @@ fn urlencoding(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-#[tokio::test]
-async fn nginx_spreads_streams_over_three_instances_and_passes_events_at_once() {
-    let Some(keys) = common::redis_keys("deploy-nginx") else {
+/// Three instances on Redis behind the proxy `start` runs; see [`streams_and_publishes_pass`].
+async fn behind(name: &str, start: fn(&[Hub]) -> Option<Proxy>) {
+    let Some(keys) = common::redis_keys(name) else {
         return;
     };
     let hubs = common::redis_cluster(&keys, 3, &[]);
-    let Some(proxy) = Proxy::nginx(&hubs) else {
+    let Some(proxy) = start(&hubs) else {
         return;
     };
     streams_and_publishes_pass(&proxy, &hubs).await;
 }
 
 #[tokio::test]
+async fn nginx_spreads_streams_over_three_instances_and_passes_events_at_once() {
+    behind("deploy-nginx", nginx).await;
+}
+
+#[tokio::test]
 async fn haproxy_spreads_streams_over_three_instances_and_passes_events_at_once() {
-    let Some(keys) = common::redis_keys("deploy-haproxy") else {
-        return;
-    };
-    let hubs = common::redis_cluster(&keys, 3, &[]);
-    let Some(proxy) = Proxy::haproxy(&hubs) else {
-        return;
-    };
-    streams_and_publishes_pass(&proxy, &hubs).await;
+    behind("deploy-haproxy", haproxy).await;
 }
 
 #[tokio::test]

@@ -162,10 +162,7 @@ impl Reader {
             InterestChanges::Exact { wanted, unwanted } => {
                 Change::exact(subscribed, &wanted, &unwanted, &setup.keys)
             }
-            InterestChanges::Everything => Change::between(
-                subscribed,
-                &Listening::of(&setup.hub.interest(), &setup.keys),
-            ),
+            InterestChanges::Everything => Change::between(subscribed, &self.wanted()),
         }
     }
 

@@ -64,14 +64,14 @@ pub(super) struct Change {
 impl Change {
     /// From listening to `from` to listening to `to`.
     pub(super) fn between(from: &Listening, to: &Listening) -> Self {
-        let added = |to: &BTreeSet<String>, from: &BTreeSet<String>| -> Vec<String> {
-            to.difference(from).cloned().collect()
+        let only_in = |a: &BTreeSet<String>, b: &BTreeSet<String>| -> Vec<String> {
+            a.difference(b).cloned().collect()
         };
         Change {
-            subscribe: added(&to.channels, &from.channels),
-            psubscribe: added(&to.patterns, &from.patterns),
-            unsubscribe: added(&from.channels, &to.channels),
-            punsubscribe: added(&from.patterns, &to.patterns),
+            subscribe: only_in(&to.channels, &from.channels),
+            psubscribe: only_in(&to.patterns, &from.patterns),
+            unsubscribe: only_in(&from.channels, &to.channels),
+            punsubscribe: only_in(&from.patterns, &to.patterns),
         }
     }
 
