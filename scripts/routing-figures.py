@@ -49,7 +49,7 @@ async def count_events(stream, expected, deadline):
     try:
         while got < expected and time.monotonic() < deadline:
             event = await stream.next_event(deadline - time.monotonic())
-            got += "id" in event
+            got += "data" in event
     except (asyncio.TimeoutError, ConnectionError):
         pass
     return got

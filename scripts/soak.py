@@ -66,8 +66,12 @@ class Client:
         if event.get("event") == GAP_EVENT:
             self.gaps += 1
             return
-        if "id" not in event or "data" not in event:
-            return  # a retry hint
+        if "data" not in event:
+            # A retry hint, or the id a stream starts at (an `id:` without data moves the
+            # last event id, as in a browser).
+            if "id" in event:
+                self.last_id = event["id"]
+            return
         seq = json.loads(event["data"])["s"]
         self.received += 1
         if seq <= self.last_seq:

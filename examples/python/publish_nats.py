@@ -41,7 +41,8 @@ async def publish(js, prefix, topics, data, *, update_id=None, event_type=None, 
         message["private"] = True
     if retry is not None:
         message["retry"] = retry
-    headers = {"Tidings-Time": str(time.time_ns() // 1000)}
+    # Nats-Msg-Id: JetStream stores an id once, so a retry with the same id is not stored twice.
+    headers = {"Tidings-Time": str(time.time_ns() // 1000), "Nats-Msg-Id": update_id}
     ack = await js.publish(
         subject(stream_name(prefix), update_id), json.dumps(message).encode(), headers=headers
     )

@@ -9,6 +9,9 @@
 // random moments of the drain window, with a retry hint) and is started again on its port;
 // the browser's streams move to the others without losing or repeating an update, and the
 // reconnections are spread out in time and over the instances.
+// Last, a stream that has received nothing yet when its instance is killed: it opened with the
+// head id as an `id:` line without data, so the browser resumes from the moment it subscribed
+// and gets what was published while it was away.
 //
 // Run by .ci/run after `cargo test` (which builds target/debug/tidings), with nginx installed
 // (.ci/services) and Redis at TIDINGS_TEST_REDIS or 127.0.0.1:6379.
@@ -236,4 +239,43 @@ test('a rolling restart with SIGTERM moves every stream without loss, spread out
     assert.ok(spread >= DRAIN_SECS * 1000 * 0.3, `instance ${move.instance}: reconnections over ${spread} ms, not at once`);
   }
   await Promise.all(contexts.map((c) => c.close()));
+});
+
+test('a stream that received nothing yet resumes from where it subscribed when its instance dies', async () => {
+  const topic = `${PUBLIC}/quiet`;
+  const publisher = token('--publish', '*');
+  const publish = (hub, data) => post(hub, '/.well-known/mercure',
+    new URLSearchParams([['topic', topic], ['data', data]]).toString(), 'application/x-www-form-urlencoded', publisher);
+  // Published before the stream opens: not for it.
+  await publish(hubs[0], 'before');
+  const context = await browser.newContext();
+  await context.addCookies([{
+    name: 'mercureAuthorization', value: token('--subscribe', topic),
+    domain: new URL(nginx.base).hostname, path: '/', httpOnly: true, sameSite: 'Strict',
+  }]);
+  const page = await context.newPage();
+  await page.goto(`${nginx.base}/healthz`);
+  const heldBefore = await held();
+  const total = heldBefore.reduce((a, b) => a + b, 0);
+  await page.evaluate((topic) => {
+    window.quiet = { data: [], opens: 0 };
+    const source = new EventSource(`/.well-known/mercure?topic=${encodeURIComponent(topic)}`);
+    source.onopen = () => { window.quiet.opens += 1; };
+    source.onmessage = (e) => window.quiet.data.push(e.data);
+  }, topic);
+  await page.waitForFunction(() => window.quiet.opens === 1, null, { timeout: 10000 });
+  const heldAfter = await holding(total + 1, 'the quiet stream is open');
+  const victim = heldAfter.findIndex((n, i) => n > heldBefore[i]);
+  assert.ok(victim >= 0, `one instance gained the stream: ${heldBefore} -> ${heldAfter}`);
+  hubs[victim].child.kill('SIGKILL');
+  // Published at once, before the browser reconnects (its reconnection delay is seconds).
+  const live = hubs.filter((_, i) => i !== victim);
+  const sent = ['0', '1', '2', '3', '4'];
+  for (const [n, data] of sent.entries()) await publish(live[n % live.length], data);
+  await page.waitForFunction((n) => window.quiet.data.length >= n, sent.length, { timeout: 20000 }).catch(() => {});
+  const quiet = await page.evaluate(() => window.quiet);
+  assert.ok(quiet.opens >= 2, `the stream reconnected: ${JSON.stringify(quiet)}`);
+  assert.deepEqual(quiet.data, sent, 'what was published while it was away, once, in order, and nothing from before');
+  await context.close();
+  hubs[victim] = await startInstance(victim, hubs[victim].base.replace('http://', ''));
 });

@@ -35,6 +35,20 @@ fn describe(error: &Option<String>, detail: &str) -> String {
 }
 
 impl Error {
+    /// True when the hub may have taken the publish that failed: it answered `504
+    /// publish_outcome_unknown` (sent to the broker, not acknowledged in time), or its answer
+    /// did not come in time. Retrying with the same id is then safe: the hub stores an id
+    /// once. [`crate::Hub::publish`] does so by itself.
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            Error::Refused { status, error, .. } => {
+                *status == 504 && error.as_deref() == Some("publish_outcome_unknown")
+            }
+            Error::Transport(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+
     /// Reads an error response into [`Error::Refused`].
     pub(crate) async fn refused(response: reqwest::Response) -> Error {
         let status = response.status().as_u16();

@@ -91,8 +91,9 @@ impl Hub {
         })
     }
 
-    /// The longest wait for the answer to a publish (default 30 s); past it the publish fails
-    /// with [`Error::Transport`] — the hub may or may not have taken it.
+    /// The longest wait for the answer to one publish attempt (default 30 s); past it the
+    /// outcome is unknown and the publish is retried with the same id (see [`Hub::publish`]),
+    /// then fails with [`Error::Transport`].
     #[must_use]
     pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;

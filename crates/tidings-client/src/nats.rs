@@ -117,6 +117,11 @@ impl NatsPublisher {
             .map_or(0, |d| d.as_micros());
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(TIME_HEADER, micros.to_string().as_str());
+        if let Some(id) = &publication.id {
+            // JetStream stores a message id once within its duplicate window: a retry of
+            // this publish with the same id is not stored again.
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        }
         let subject = subject(&self.stream, publication.id.as_deref());
         let ack = self
             .js

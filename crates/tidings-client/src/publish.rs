@@ -1,6 +1,20 @@
 //! Publishing: Mercure's `POST /.well-known/mercure` and Tidings' session API.
 
+use std::time::Duration;
+
 use crate::{Error, Hub};
+
+/// Attempts at a publish whose outcome stays unknown ([`Error::is_outcome_unknown`]) before
+/// the error is returned; every attempt carries the same id, which the hub stores once.
+const PUBLISH_ATTEMPTS: u32 = 4;
+
+/// The wait before the first retry; doubled before each next one.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// A fresh update id, for a publication that has none: its retries must carry one.
+fn generated_id() -> String {
+    format!("urn:uuid:{}", uuid::Uuid::new_v4())
+}
 
 /// One update to publish (Mercure's publish form). Build it with [`Publication::new`] and the
 /// methods that follow.
@@ -37,7 +51,8 @@ impl Publication {
         self
     }
 
-    /// The update's id (the hub generates one otherwise).
+    /// The update's id. Without one, [`Hub::publish`] generates a `urn:uuid:` id, so that
+    /// a retry of an unanswered publish is recognised by the hub.
     #[must_use]
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
@@ -111,16 +126,24 @@ impl Hub {
     /// Publishes an update; returns its id once the hub accepted it (with a broker-backed
     /// hub: once the broker took it).
     ///
+    /// A publish whose outcome is unknown (the hub answered `504 publish_outcome_unknown`, or
+    /// did not answer in time) is retried with the same id — generated here when the
+    /// publication has none — up to 4 attempts in all: the update is stored once.
+    ///
     /// # Errors
     /// [`Error::Refused`] when the hub refused it (bad input, no right to publish, bus
     /// unavailable); [`Error::Transport`] when the hub could not be reached.
     pub async fn publish(&self, publication: &Publication) -> Result<String, Error> {
-        let request = self
-            .http
-            .post(self.url("/.well-known/mercure"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(publication.form());
-        self.accepted(self.authorized(request)).await
+        let mut publication = publication.clone();
+        publication.id.get_or_insert_with(generated_id);
+        let form = publication.form();
+        self.idempotent(|| {
+            self.http
+                .post(self.url("/.well-known/mercure"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form.clone())
+        })
+        .await
     }
 
     /// Delivers `payload` to every stream of session `session_id` for `event_name`, wherever
@@ -138,15 +161,39 @@ impl Hub {
             "sessionId": session_id,
             "eventName": event_name,
             "payload": payload,
-        });
-        let request = self
-            .http
-            .post(self.url("/sse/events"))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        let answer = self.accepted(self.authorized(request)).await?;
+            "id": generated_id(),
+        })
+        .to_string();
+        let answer = self
+            .idempotent(|| {
+                self.http
+                    .post(self.url("/sse/events"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            })
+            .await?;
         let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
         Ok(answer["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Sends a publish request built by `request` until its outcome is known (see
+    /// [`Hub::publish`]); the body as text when the hub accepted it.
+    async fn idempotent(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<String, Error> {
+        let mut delay = FIRST_RETRY_DELAY;
+        for _ in 1..PUBLISH_ATTEMPTS {
+            match self.accepted(self.authorized(request())).await {
+                Err(e) if e.is_outcome_unknown() => {
+                    tracing::debug!(error = %e, ?delay, "publish outcome unknown; retrying with the same id");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                answer => return answer,
+            }
+        }
+        self.accepted(self.authorized(request())).await
     }
 
     /// Sends a request; its body as text when the hub accepted it.

@@ -9,6 +9,9 @@
 -- ARGV[4]  the update's id, the same as the message's "id" ("" when the message has none)
 -- Returns {position, receivers}: the update's position (its stream entry id, or "0-<n>"
 -- without history) and how many messages Redis sent to instances for it.
+-- Idempotent by id: when ARGV[4] names an update published within `history-id-ttl` seconds,
+-- nothing is stored or sent again and the first one's position is returned with 0 receivers
+-- (so a publisher may retry a publish whose answer it did not get, with the same id).
 local p = ARGV[1]
 local ok, message = pcall(cjson.decode, ARGV[2])
 if not ok or type(message) ~= 'table' or type(message.topics) ~= 'table' or #message.topics == 0 then
@@ -22,6 +25,12 @@ end
 local config = redis.call('HMGET', p .. ':config', 'history-size', 'history-id-ttl')
 local size = tonumber(config[1]) or 1000
 local ttl = tonumber(config[2]) or 86400
+if ARGV[4] ~= '' then
+  local first = redis.call('GET', p .. ':id:' .. ARGV[4])
+  if first then
+    return {first, 0}
+  end
+end
 local position
 if size > 0 then
   position = redis.call('XADD', p .. ':stream', 'MAXLEN', '~', size, '*', 'u', ARGV[2], 't', ARGV[3])
@@ -32,9 +41,7 @@ local id = ARGV[4]
 if id == '' then
   id = 'urn:tidings:' .. position
 end
-if size > 0 then
-  redis.call('SET', p .. ':id:' .. id, position, 'EX', ttl)
-end
+redis.call('SET', p .. ':id:' .. id, position, 'EX', ttl)
 redis.call('SET', p .. ':newest', id)
 -- Broadcast routing listens on <prefix>:all, interest routing on <prefix>:t:<topic> (or on
 -- <prefix>:all while it needs everything): an instance hears each update at least once, and

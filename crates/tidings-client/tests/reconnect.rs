@@ -1,6 +1,7 @@
-//! The subscriber against a scripted hub on loopback: it resumes with `Last-Event-ID` after a
-//! dropped connection, honours a `retry:` hint sent on its own, reports failures it retries
-//! and stops at a refusal retrying cannot cure.
+//! The client against a scripted hub on loopback: the subscriber resumes with `Last-Event-ID`
+//! after a dropped connection, honours a `retry:` hint sent on its own, reports failures it
+//! retries and stops at a refusal retrying cannot cure; a publish whose outcome is unknown is
+//! retried with the same id.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// One request the scripted hub received: its head, and when it arrived.
+/// One request the scripted hub received: its head (and body), and when it arrived.
 struct Seen {
     head: String,
     at: Instant,
@@ -27,12 +28,27 @@ async fn scripted_hub(answers: Vec<String>) -> (String, mpsc::UnboundedReceiver<
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            while !head.ends_with(b"\r\n\r\n") {
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
                 let n = socket.read(&mut buf).await.unwrap();
                 if n == 0 {
                     break;
                 }
                 head.extend_from_slice(&buf[..n]);
+            }
+            // A request's body, when it has one, is kept with its head.
+            let text = String::from_utf8_lossy(&head).to_lowercase();
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse::<usize>().ok());
+            if let (Some(length), Some(end)) = (length, text.find("\r\n\r\n")) {
+                while head.len() < end + 4 + length {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
             }
             let _ = tx.send(Seen {
                 head: String::from_utf8_lossy(&head).to_lowercase(),
@@ -189,6 +205,57 @@ async fn a_hub_that_is_not_there_is_reported_and_retried() {
             "{error}"
         );
     }
+}
+
+/// The `id` field of a publish form.
+fn form_id(request: &str) -> String {
+    let body = &request[request.find("\r\n\r\n").unwrap() + 4..];
+    form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == "id")
+        .map(|(_, v)| v.into_owned())
+        .expect("an id field")
+}
+
+#[tokio::test]
+async fn a_publish_whose_outcome_is_unknown_is_retried_with_the_same_id() {
+    let unknown = r#"{"error":"publish_outcome_unknown","detail":"retry with the same id"}"#;
+    let (base, mut seen) = scripted_hub(vec![
+        status(504, unknown),
+        status(504, unknown),
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_owned(),
+        status(503, r#"{"error":"bus_unavailable","detail":"down"}"#),
+    ])
+    .await;
+    let hub = Hub::new(&base).unwrap();
+    let answer = within(hub.publish(&tidings_client::Publication::new("t").data("d")))
+        .await
+        .unwrap();
+    assert_eq!(answer, "ok");
+    let ids: Vec<String> = [
+        within(seen.recv()).await.unwrap(),
+        within(seen.recv()).await.unwrap(),
+        within(seen.recv()).await.unwrap(),
+    ]
+    .iter()
+    .map(|s| form_id(&s.head))
+    .collect();
+    assert!(
+        ids[0].starts_with("urn:uuid:"),
+        "an id is generated: {ids:?}"
+    );
+    assert!(
+        ids.iter().all(|id| id == &ids[0]),
+        "one id for every attempt: {ids:?}"
+    );
+    // A refusal (the bus did not take it) is the publisher's to handle: not retried.
+    let refused = within(hub.publish(&tidings_client::Publication::new("t").id("mine")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::Refused { status: 503, .. }) && !refused.is_outcome_unknown(),
+        "{refused:?}"
+    );
+    assert_eq!(form_id(&within(seen.recv()).await.unwrap().head), "mine");
 }
 
 #[test]

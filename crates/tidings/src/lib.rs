@@ -43,6 +43,9 @@
 //!    covered, and hands the shared `Bytes` to hyper, which writes them to the socket. Heartbeat
 //!    comments keep idle streams alive; on shutdown each stream ends with a `retry:` hint.
 //!
+//! A fresh stream reads the head of history *before* its subscriber is registered and sends
+//! it as an `id:` line without data: every later update reaches it live (or from history),
+//! and a client whose instance dies before its first event resumes from there.
 //! A reconnecting client sends `Last-Event-ID`: its subscriber is registered first, the bus
 //! confirms it listens for the subscriber's topics second ([`bus::Bus::listening`]: a Redis
 //! bus under interest routing subscribes to their channels), history is read third (every

@@ -53,6 +53,17 @@ pub fn encode_event(
     buf.freeze()
 }
 
+/// An `id:` field alone: it sets the client's last event id without dispatching an event
+/// (HTML's event-stream rules dispatch only events with data). `id` must not contain CR, LF or
+/// NUL.
+pub fn encode_id(id: &str) -> Bytes {
+    debug_assert!(!id.contains(['\r', '\n', '\0']));
+    let mut buf = BytesMut::with_capacity(id.len() + 6);
+    put_field(&mut buf, "id", id);
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
 /// The `retry:` hint sent before a stream is closed on purpose (shutdown), so the client waits
 /// this many milliseconds before it reconnects.
 pub fn encode_retry(millis: u64) -> Bytes {

@@ -336,6 +336,40 @@ async fn replays_after_an_id_on_any_instance(instances: Vec<Instance>) {
     assert!(!newest.missing && newest.updates.is_empty());
 }
 
+async fn stores_a_retried_publish_once(instances: Vec<Instance>) {
+    let mut subs = Vec::new();
+    for instance in &instances {
+        subs.push(subscribe(instance, "t", Access::public_only()).await);
+    }
+    let once = update("t", "once", false);
+    let first = publish(&instances[1], once.clone()).await;
+    // The publisher did not hear the answer and retries, through another instance.
+    let retried = publish(&instances[2], once.clone()).await;
+    let after = publish(&instances[1], update("t", "after", false)).await;
+    assert_eq!(retried.update.id, first.update.id);
+    if first.position != Position(0) {
+        assert_eq!(
+            retried.position, first.position,
+            "the retry answers the first position"
+        );
+    }
+    // A retry that comes after other updates is still recognised.
+    publish(&instances[0], once).await;
+    for sub in &mut subs {
+        assert_eq!(next(sub).await.update.id, first.update.id);
+        assert_eq!(next(sub).await.update.id, after.update.id);
+        nothing_more(sub).await;
+    }
+    // History holds it once (the first instance delivered everything, so it has read it).
+    let replay = instances[0]
+        .bus
+        .replay(&ReplayFrom::Earliest)
+        .await
+        .unwrap();
+    let ids: Vec<&UpdateId> = replay.updates.iter().map(|e| &e.update.id).collect();
+    assert_eq!(ids, [&first.update.id, &after.update.id]);
+}
+
 async fn without_history_reports_every_resume_as_a_gap(instances: Vec<Instance>) {
     let mut watcher = subscribe(&instances[1], "t", Access::public_only()).await;
     let a = publish(&instances[0], update("t", "a", false)).await;
@@ -422,5 +456,6 @@ contract! {
     delivers_an_update_with_several_topics_once, 100;
     follows_subscribers_coming_and_going, 100;
     replays_after_an_id_on_any_instance, 100;
+    stores_a_retried_publish_once, 100;
     without_history_reports_every_resume_as_a_gap, 0;
 }

@@ -57,7 +57,15 @@ impl LocalHistory {
 
     /// True when `id` is the newest update or one history holds.
     pub fn knows(&self, id: &UpdateId) -> bool {
-        self.newest.as_ref().is_some_and(|(newest, _)| newest == id) || self.index.contains_key(id)
+        self.position_of(id).is_some()
+    }
+
+    /// The position of the update `id`, when it is the newest or one history holds.
+    pub fn position_of(&self, id: &UpdateId) -> Option<Position> {
+        match &self.newest {
+            Some((newest, position)) if newest == id => Some(*position),
+            _ => self.index.get(id).copied(),
+        }
     }
 
     /// What a subscriber resuming `from` gets (see [`Replay`]).

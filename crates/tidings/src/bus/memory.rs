@@ -64,6 +64,10 @@ impl Bus for MemoryBus {
 
     async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
         let mut state = self.lock();
+        // A retry of a publish history still holds: stored and delivered once.
+        if let Some(first) = state.history.position_of(&update.id) {
+            return Ok(Arc::new(Envelope::new(update, first, now_micros())));
+        }
         let position = Position(state.next);
         state.next += 1;
         let envelope = Arc::new(Envelope::new(update, position, now_micros()));
@@ -134,24 +138,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reused_id_resumes_after_its_newest_update() {
+    async fn a_repeated_id_is_stored_once_while_history_holds_it() {
         let bus = MemoryBus::new(3, Hub::new(8, Arc::new(Metrics::new())));
+        let mut positions = Vec::new();
         for id in ["a", "b", "a", "c"] {
-            bus.publish(update(id)).await.unwrap();
+            positions.push(bus.publish(update(id)).await.unwrap().position);
         }
-        let after_a = bus
-            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
-            .await
-            .unwrap();
-        assert_eq!(ids(&after_a), ["c"]);
-        // Evicting the first "a" keeps the index entry of the newer one.
+        assert_eq!(
+            positions[2], positions[0],
+            "the retry answers the first position"
+        );
+        let all = bus.replay(&ReplayFrom::Earliest).await.unwrap();
+        assert_eq!(ids(&all), ["a", "b", "c"]);
+        // Once history no longer holds it, the id is new again.
         bus.publish(update("d")).await.unwrap();
-        let after_a = bus
-            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
-            .await
-            .unwrap();
-        assert!(!after_a.missing);
-        assert_eq!(ids(&after_a), ["c", "d"]);
+        bus.publish(update("a")).await.unwrap();
+        let all = bus.replay(&ReplayFrom::Earliest).await.unwrap();
+        assert_eq!(ids(&all), ["c", "d", "a"]);
     }
 
     #[tokio::test]

@@ -64,6 +64,11 @@ pub enum BusError {
     /// The bus cannot take or serve updates now (broker unreachable, instance draining).
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// A publish was sent to the broker but not acknowledged in time: it may or may not have
+    /// been stored. Retrying it *with the same id* is safe: the bus stores an id once (see
+    /// [`Bus::publish`]).
+    #[error("publish outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The bus URL or options are wrong (start-up only).
     #[error("bus configuration: {0}")]
     Config(String),
@@ -146,6 +151,14 @@ pub struct BusOptions {
     pub routing: Routing,
 }
 
+impl BusOptions {
+    /// How long a published id is remembered, so that a retried publish with it is stored
+    /// once (see [`Bus::publish`]): the id index's lifetime.
+    pub fn dedup_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.history_id_ttl_secs.max(1))
+    }
+}
+
 /// A bus backend. See the module documentation.
 #[async_trait]
 pub trait Bus: Send + Sync + std::fmt::Debug {
@@ -156,8 +169,14 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// history, stored it), with the envelope it assigned — whose position is 0 when the
     /// broker does not tell it at publish time (RabbitMQ: it is known once the update is read).
     ///
+    /// Publishes are idempotent by id: an update whose id the bus still remembers (a retry of
+    /// a publish whose answer was lost) is not stored or delivered again; the call succeeds
+    /// with the first one's position where the broker tells it. How long an id is remembered
+    /// depends on the bus (`docs/http-api.md`, "Idempotent publishes").
+    ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the bus did not take the update.
+    /// [`BusError::Unavailable`] when the bus did not take the update;
+    /// [`BusError::OutcomeUnknown`] when it was sent but its acknowledgement did not come.
     async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError>;
 
     /// Returns once this instance receives every update its hub's subscribers need — call it
@@ -218,6 +237,15 @@ async fn with_limit<T, E: std::fmt::Display>(
     match tokio::time::timeout(limit, f).await {
         Ok(result) => result.map_err(|e| broker_error(broker, e)),
         Err(_) => Err(broker_error(broker, format!("no answer within {limit:?}"))),
+    }
+}
+
+/// A publish that was handed to the broker and then failed or went unanswered: whether the
+/// broker stored it is unknown ([`BusError::OutcomeUnknown`]).
+fn outcome_unknown(e: BusError) -> BusError {
+    match e {
+        BusError::Unavailable(why) => BusError::OutcomeUnknown(why),
+        other => other,
     }
 }
 

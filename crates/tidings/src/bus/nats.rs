@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -144,6 +145,7 @@ impl NatsBus {
             discard: stream::DiscardPolicy::Old,
             storage: stream::StorageType::File,
             allow_direct: true,
+            duplicate_window: options.dedup_window(),
             ..Default::default()
         };
         let stream = timed(js.get_or_create_stream(config.clone()))
@@ -264,16 +266,28 @@ impl Bus for NatsBus {
         let micros = now_micros();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(TIME_HEADER, micros.to_string().as_str());
+        // JetStream stores a message id once within the stream's duplicate window.
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, update.id.as_str());
         let subject = subject(&self.subject_prefix, Some(update.id.as_str()));
         let message = wire::encode(&update);
-        let ack = timed(async {
+        let sent = timed(
             self.js
-                .publish_with_headers(subject, headers, message.into())
-                .await?
-                .await
-                .map_err(async_nats::Error::from)
-        })
+                .publish_with_headers(subject, headers, message.into()),
+        )
         .await?;
+        let ack = match tokio::time::timeout(COMMAND_TIMEOUT, sent).await {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
+                return Err(unavailable(e))
+            }
+            // Sent, but no acknowledgement: JetStream may have stored it.
+            Ok(Err(e)) => return Err(BusError::OutcomeUnknown(format!("nats: {e}"))),
+            Err(_) => {
+                return Err(BusError::OutcomeUnknown(format!(
+                    "nats: no acknowledgement within {COMMAND_TIMEOUT:?}"
+                )))
+            }
+        };
         Ok(Arc::new(Envelope::new(
             update,
             position(self.epoch.load(Ordering::Relaxed), ack.sequence),

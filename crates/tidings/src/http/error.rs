@@ -112,6 +112,14 @@ impl From<BusError> for ApiError {
                     "the bus did not accept the request; retry later",
                 )
             }
+            BusError::OutcomeUnknown(cause) => {
+                tracing::warn!(%cause, "publish outcome unknown");
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "publish_outcome_unknown",
+                    "the update was sent to the broker but its acknowledgement did not come in time: it may have been stored; retry with the same id (a publish is stored once per id)",
+                )
+            }
             BusError::Config(cause) => {
                 tracing::error!(%cause, "bus configuration error");
                 ApiError::new(
@@ -148,5 +156,23 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_whose_outcome_is_unknown_is_a_504_that_says_to_retry_with_the_same_id() {
+        let e = ApiError::from(BusError::OutcomeUnknown("redis: no answer".into()));
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.error, "publish_outcome_unknown");
+        assert!(e.detail.contains("same id"), "{}", e.detail);
+        let e = ApiError::from(BusError::Unavailable("redis: refused".into()));
+        assert_eq!(
+            (e.status, e.error),
+            (StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable")
+        );
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::subscriptions::Departure;
 use super::{request, ApiError, AppState};
 use crate::admission::Permit;
-use crate::bus::ReplayFrom;
+use crate::bus::{Replay, ReplayFrom};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Subscription;
 use crate::metrics::Metrics;
@@ -51,6 +51,14 @@ pub(super) async fn open(
     }
     let client = request::client_address(state, connection, headers);
     let permit = state.inner.admission.admit(client, spec.session.as_ref())?;
+    // A fresh stream starts at the newest update published *before* its subscriber is
+    // registered: every later one reaches it live, or from history when it resumes. (Read
+    // after registration, the head could name an update still on its way to this instance,
+    // and a client that resumed from it would miss that update.)
+    let fresh_head = match from {
+        ReplayFrom::Now => Some(state.inner.bus.replay(&ReplayFrom::Now).await?.head_id),
+        _ => None,
+    };
     // Registered before history is read and before the response headers go out: an update
     // published as soon as the client sees the stream open reaches it. A slow consumer's
     // connection is closed by the hub itself.
@@ -59,7 +67,13 @@ pub(super) async fn open(
         None => state.hub().subscribe(spec),
     };
     state.inner.bus.listening().await?;
-    let replay = state.inner.bus.replay(&from).await?;
+    let replay = match fresh_head {
+        Some(head_id) => Replay {
+            head_id,
+            ..Replay::default()
+        },
+        None => state.inner.bus.replay(&from).await?,
+    };
     let departure = if state.config().subscriptions {
         Some(Departure::arrive(state.inner.bus.clone(), subscription.spec.clone()).await)
     } else {
@@ -86,6 +100,20 @@ pub(super) async fn open(
         .as_ref()
         .map_or("earliest", |id| id.as_str())
         .to_owned();
+    // The client's last event id moves to where this stream starts, by an `id:` line without
+    // data (an `EventSource` stores it without firing an event): a client whose instance dies
+    // before its first event still resumes from here, not from nothing.
+    let starts_at = match (&from, replay.updates.last()) {
+        (ReplayFrom::Now, _) => Some(last_event_id.as_str()),
+        // Replayed updates it may not see still moved it on.
+        (_, Some(last)) if wanted.last().map(|e| e.position) != Some(last.position) => {
+            Some(last.update.id.as_str())
+        }
+        _ => None,
+    };
+    if let Some(id) = starts_at {
+        initial.push_back(sse::encode_id(id));
+    }
     let config = state.config();
     let shutdown = state.inner.shutdown.clone().cancelled_owned();
     let expiry = match subscription.spec.expires {
@@ -289,14 +317,16 @@ mod tests {
     use crate::update::{Topic, Update, UpdateId};
     use futures_util::StreamExt;
 
-    /// A bus on which an update is published exactly between the subscriber's registration
-    /// and the read of history — the race `open` must survive.
+    /// A bus on which an update (u3) is published exactly between the subscriber's
+    /// registration and the read of history — the race `open` must survive. u1 and u2 were
+    /// published before.
     #[derive(Debug)]
     struct RacingBus {
         hub: Hub,
-        history: Vec<Arc<Envelope>>,
-        /// False: the bus keeps no history (`history-size = 0`).
+        /// False: the bus keeps no history (`history-size = 0`), only the newest id.
         keeps_history: bool,
+        /// Set once u3 was published.
+        raced: std::sync::atomic::AtomicBool,
     }
 
     fn envelope(position: u128) -> Arc<Envelope> {
@@ -320,13 +350,18 @@ mod tests {
         async fn publish(&self, _: Update) -> Result<Arc<Envelope>, BusError> {
             Err(BusError::Unavailable("not used".into()))
         }
+        async fn listening(&self) -> Result<(), BusError> {
+            self.raced.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.hub.dispatch(&envelope(3));
+            Ok(())
+        }
         async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-            let racing = envelope(3);
-            self.hub.dispatch(&racing);
-            let mut history = self.history.clone();
-            if self.keeps_history {
-                history.push(racing);
-            }
+            let raced = self.raced.load(std::sync::atomic::Ordering::SeqCst);
+            let published = if raced { 3 } else { 2 };
+            let history: Vec<Arc<Envelope>> = match self.keeps_history {
+                true => (1..=published).map(envelope).collect(),
+                false => Vec::new(),
+            };
             let updates = match from {
                 ReplayFrom::After(id) => history
                     .iter()
@@ -346,7 +381,7 @@ mod tests {
             Ok(Replay {
                 updates,
                 resumed_at,
-                head_id: Some(UpdateId::new("u3", 100).unwrap()),
+                head_id: Some(UpdateId::new(&format!("u{published}"), 100).unwrap()),
                 missing: false,
             })
         }
@@ -363,12 +398,8 @@ mod tests {
         let hub = Hub::new(16, Arc::new(Metrics::new()));
         let bus = Arc::new(RacingBus {
             hub: hub.clone(),
-            history: if keeps_history {
-                vec![envelope(1), envelope(2)]
-            } else {
-                Vec::new()
-            },
             keeps_history,
+            raced: Default::default(),
         });
         let selectors = Arc::new(SelectorCache::new(10, 100));
         let settings = AuthSettings {
@@ -380,9 +411,13 @@ mod tests {
     }
 
     fn spec() -> SubscriberSpec {
+        spec_for("t")
+    }
+
+    fn spec_for(selector: &str) -> SubscriberSpec {
         SubscriberSpec {
             label: crate::subscriber::SubscriberLabel::new(None),
-            selectors: vec![Selector::compile("t", 100).unwrap()],
+            selectors: vec![Selector::compile(selector, 100).unwrap()],
             access: Access::everything(),
             event_name: None,
             session: None,
@@ -415,9 +450,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_fresh_subscriber_gets_an_update_published_while_it_was_being_set_up() {
+    async fn a_fresh_subscriber_starts_at_the_head_before_it_and_gets_an_update_published_while_it_was_being_set_up(
+    ) {
         let state = state(true);
         let response = open(&state, None, &HeaderMap::new(), spec(), ReplayFrom::Now)
+            .await
+            .unwrap();
+        let mut body = response.into_body().into_data_stream();
+        let mut text = String::new();
+        while !text.ends_with("data: \n\n") {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+                .await
+                .expect("an event")
+                .expect("open stream")
+                .unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        // The head read before registration (u2), as an id without data, then u3 live.
+        assert_eq!(text, ":\n\nid: u2\n\nid: u3\ndata: \n\n");
+    }
+
+    #[tokio::test]
+    async fn a_resume_through_updates_it_may_not_see_moves_its_last_id_past_them() {
+        let state = state(true);
+        let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
+        let response = open(&state, None, &HeaderMap::new(), spec_for("x"), from)
             .await
             .unwrap();
         assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
@@ -489,7 +546,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("id: "))
             .collect();
-        assert_eq!(ids, ["u3", "u4", "u5"]);
+        assert_eq!(ids, ["u2", "u3", "u4", "u5"]);
         assert!(
             text.ends_with("\n\n") && text.contains("retry: "),
             "{text:?}"

@@ -382,6 +382,11 @@ impl Shared {
             return;
         };
         match wire::decode(text, || format!("urn:tidings:{number}"), &self.limits) {
+            // A retried publish (same id) that RabbitMQ stored twice: every instance reads the
+            // same stream and remembers the same ids, so every one skips the same copies.
+            Ok(update) if delivered.history.knows(&update.id) => {
+                tracing::debug!(number, id = %update.id, "rabbitmq: a repeated id; skipped");
+            }
             Ok(update) => {
                 let envelope = Arc::new(Envelope::new(update, Position(position), micros));
                 delivered.history.record(&envelope);

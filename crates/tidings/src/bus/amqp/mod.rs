@@ -288,6 +288,10 @@ async fn write_marker(channel: &Channel, stream: &str, token: &str) -> Result<()
         BasicProperties::default().with_headers(headers),
     )
     .await
+    .map_err(|e| match e {
+        BusError::OutcomeUnknown(why) => BusError::Unavailable(why),
+        other => other,
+    })
 }
 
 /// Why catching up with the stream failed.
@@ -300,6 +304,10 @@ enum Catching {
 }
 
 /// Publishes one message and waits for RabbitMQ's confirmation.
+///
+/// # Errors
+/// [`BusError::Unavailable`] when it was not sent or RabbitMQ refused it (nack);
+/// [`BusError::OutcomeUnknown`] when it was sent and the confirmation did not come.
 async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -315,7 +323,7 @@ async fn publish_confirmed(
         properties,
     ))
     .await?;
-    match timed(confirm).await? {
+    match timed(confirm).await.map_err(super::outcome_unknown)? {
         Confirmation::Ack(_) => Ok(()),
         Confirmation::Nack(_) => Err(unavailable("RabbitMQ did not take the message (nack)")),
         Confirmation::NotRequested => Err(unavailable("the channel is not in confirm mode")),

@@ -162,7 +162,9 @@ impl RedisBus {
         let conn = timed(client.get_connection_manager_with_config(config))
             .await
             .map_err(|e| {
-                let (BusError::Unavailable(why) | BusError::Config(why)) = e;
+                let (BusError::Unavailable(why)
+                | BusError::OutcomeUnknown(why)
+                | BusError::Config(why)) = e;
                 BusError::Unavailable(format!(
                     "cannot reach Redis at {}: {why}",
                     super::redact(url)
@@ -299,6 +301,11 @@ impl Bus for RedisBus {
     }
 
     async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+        // With the delivery connection down Redis is most likely unreachable: refuse before
+        // sending, so that the publisher hears a plain "not taken".
+        if !self.is_ready() {
+            return Err(unavailable("not connected"));
+        }
         let micros = now_micros();
         let message = wire::encode(&update);
         let mut conn = self.conn.clone();
@@ -308,8 +315,22 @@ impl Bus for RedisBus {
             .arg(&message)
             .arg(micros)
             .arg(update.id.as_str());
-        let (stream_id, receivers): (String, u64) =
-            timed(invocation.invoke_async(&mut conn)).await?;
+        let reply = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await;
+        let (stream_id, receivers): (String, u64) = match reply {
+            Ok(Ok(reply)) => reply,
+            // The connection broke after the script was sent: it may have run.
+            Ok(Err(e)) if e.is_io_error() && !e.is_connection_refusal() => {
+                return Err(BusError::OutcomeUnknown(format!("redis: {e}")))
+            }
+            // Refused before anything was sent, or an error reply (the script is atomic and
+            // checks before it writes): not stored.
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => {
+                return Err(BusError::OutcomeUnknown(format!(
+                    "redis: no answer within {COMMAND_TIMEOUT:?}"
+                )))
+            }
+        };
         let position = position(&stream_id)
             .ok_or_else(|| unavailable(format!("unexpected position {stream_id:?}")))?;
         self.metrics.bus_broker_messages.inc_by(receivers);
