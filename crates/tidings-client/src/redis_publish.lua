@@ -22,9 +22,10 @@ for _, topic in ipairs(message.topics) do
     return redis.error_reply('ERR tidings: every topic must be a string')
   end
 end
-local config = redis.call('HMGET', p .. ':config', 'history-size', 'history-id-ttl')
+local config = redis.call('HMGET', p .. ':config', 'history-size', 'history-id-ttl', 'history-ttl')
 local size = tonumber(config[1]) or 1000
 local ttl = tonumber(config[2]) or 86400
+local age = tonumber(config[3]) or 0
 if ARGV[4] ~= '' then
   local first = redis.call('GET', p .. ':id:' .. ARGV[4])
   if first then
@@ -34,6 +35,12 @@ end
 local position
 if size > 0 then
   position = redis.call('XADD', p .. ':stream', 'MAXLEN', '~', size, '*', 'u', ARGV[2], 't', ARGV[3])
+  if age > 0 then
+    -- Entries older than history-ttl go too (whole nodes at a time: `~`).
+    local now = redis.call('TIME')
+    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - age * 1000
+    redis.call('XTRIM', p .. ':stream', 'MINID', '~', oldest)
+  end
 else
   position = '0-' .. redis.call('INCR', p .. ':seq')
 end

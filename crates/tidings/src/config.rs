@@ -94,11 +94,16 @@ pub struct Options {
     /// Enable the subscriptions API and subscription events (Mercure's `subscriptions`).
     #[arg(long, env = "TIDINGS_SUBSCRIPTIONS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub subscriptions: Option<bool>,
-    /// Updates kept for replay by Last-Event-ID; 0 disables history [default: 1000].
+    /// Updates kept for replay by Last-Event-ID, at most; 0 disables history
+    /// [default: 100000].
     #[arg(long, env = "TIDINGS_HISTORY_SIZE", value_name = "N")]
     pub history_size: Option<usize>,
-    /// Seconds a broker-backed bus keeps the index from an update id to its place in history
-    /// [default: 86400].
+    /// Seconds an update stays in history for replay (history-size caps it); 0: no age limit
+    /// [default: 300].
+    #[arg(long, env = "TIDINGS_HISTORY_TTL", value_name = "SECS")]
+    pub history_ttl: Option<u64>,
+    /// Seconds an update id is remembered: for resuming, and to store a retried publish once
+    /// [default: history-ttl, or 86400 without an age limit].
     #[arg(long, env = "TIDINGS_HISTORY_ID_TTL", value_name = "SECS")]
     pub history_id_ttl: Option<u64>,
     /// Seconds a cluster-wide session registry entry lives unrefreshed (an instance that dies
@@ -266,9 +271,11 @@ pub struct Config {
     pub close_expired_streams: bool,
     /// The subscriptions API and subscription events are on.
     pub subscriptions: bool,
-    /// Updates kept for replay.
+    /// Updates kept for replay, at most.
     pub history_size: usize,
-    /// Seconds the id index of a broker-backed history is kept.
+    /// Seconds an update stays in history (0: no age limit).
+    pub history_ttl: u64,
+    /// Seconds an update id is remembered (resume, idempotent publishes).
     pub history_id_ttl: u64,
     /// Seconds a session registry entry lives unrefreshed.
     pub session_ttl: u64,
@@ -356,6 +363,14 @@ fn proxy_network(text: &str) -> Result<IpNet, ConfigError> {
 /// Largest clock-skew leeway accepted for tokens.
 const MAX_LEEWAY_SECS: u64 = 86_400;
 
+/// Updates history keeps at most, by default: a client away for 30 s while 1,000 updates a
+/// second are published still resumes without a gap (with room to spare).
+pub const DEFAULT_HISTORY_SIZE: usize = 100_000;
+
+/// How long an update stays in history by default: long enough for every client of a failed
+/// instance to reconnect and resume, short enough that history stays small on a busy cluster.
+pub const DEFAULT_HISTORY_TTL_SECS: u64 = 300;
+
 /// The configuration file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "tidings.toml";
 
@@ -407,6 +422,7 @@ impl Options {
             anonymous,
             subscriptions,
             history_size,
+            history_ttl,
             history_id_ttl,
             session_ttl,
             heartbeat,
@@ -441,6 +457,7 @@ impl Options {
         })?;
         let d = Limits::default();
         let ds = StreamLimits::default();
+        let history_ttl = self.history_ttl.unwrap_or(DEFAULT_HISTORY_TTL_SECS);
         let limits = Limits {
             max_body_bytes: at_least_one("max-body-bytes", self.max_body_bytes, d.max_body_bytes)?,
             max_selectors: at_least_one("max-selectors", self.max_selectors, d.max_selectors)?,
@@ -526,8 +543,16 @@ impl Options {
             },
             close_expired_streams: self.close_expired_streams.unwrap_or(true),
             subscriptions: self.subscriptions.unwrap_or(false),
-            history_size: self.history_size.unwrap_or(1000),
-            history_id_ttl: at_least_one("history-id-ttl", self.history_id_ttl, 86_400)?,
+            history_size: self.history_size.unwrap_or(DEFAULT_HISTORY_SIZE),
+            history_ttl,
+            history_id_ttl: at_least_one(
+                "history-id-ttl",
+                self.history_id_ttl,
+                match history_ttl {
+                    0 => 86_400,
+                    ttl => ttl,
+                },
+            )?,
             session_ttl: match at_least_one("session-ttl", self.session_ttl, 30)? {
                 1 | 2 => return Err(ConfigError("session-ttl must be at least 3 seconds".into())),
                 t => t,
@@ -590,6 +615,25 @@ mod tests {
         assert!(config.auth.anonymous);
         assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
         assert_eq!(config.bus, "memory://");
+    }
+
+    #[test]
+    fn history_keeps_minutes_by_default_and_ids_as_long_as_history() {
+        let config = Config::default();
+        assert_eq!(
+            (
+                config.history_size,
+                config.history_ttl,
+                config.history_id_ttl
+            ),
+            (100_000, 300, 300)
+        );
+        let no_age: Options = toml::from_str("history-ttl = 0").unwrap();
+        let config = no_age.resolve().unwrap();
+        assert_eq!((config.history_ttl, config.history_id_ttl), (0, 86_400));
+        let both: Options = toml::from_str("history-ttl = 60\nhistory-id-ttl = 7").unwrap();
+        let config = both.resolve().unwrap();
+        assert_eq!((config.history_ttl, config.history_id_ttl), (60, 7));
     }
 
     #[test]

@@ -30,6 +30,7 @@ struct Instance {
 fn options(history_size: usize, prefix: &str, routing: Routing) -> BusOptions {
     BusOptions {
         history_size,
+        history_ttl_secs: 0,
         history_id_ttl_secs: 600,
         prefix: prefix.to_owned(),
         instance_id: format!("contract-{}", uuid_suffix()),

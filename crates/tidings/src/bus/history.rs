@@ -1,5 +1,5 @@
 //! A bounded history kept in the instance's memory: the last updates it delivered, in order,
-//! with an index from id to position. The in-memory bus keeps its history here, and so does
+//! with an index from id to position, bounded by count and by age. The in-memory bus keeps its history here, and so does
 //! the RabbitMQ bus, which fills it from the stream every instance reads.
 //!
 //! The owner records an update and dispatches it under one lock, and replays under the same
@@ -8,15 +8,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Replay, ReplayFrom};
-use crate::envelope::{Envelope, Position};
+use crate::envelope::{now_micros, Envelope, Position};
 use crate::update::UpdateId;
 
-/// The last `size` updates, oldest first. See the module documentation.
+/// The last `size` updates, younger than `ttl`, oldest first. See the module documentation.
 #[derive(Debug, Default)]
 pub struct LocalHistory {
     size: usize,
+    /// How long an update stays (by its publish time), when history has an age limit.
+    ttl: Option<Duration>,
     /// Ascending positions (not necessarily contiguous).
     updates: VecDeque<Arc<Envelope>>,
     /// Id → position of the newest update in `updates` with that id.
@@ -27,32 +30,52 @@ pub struct LocalHistory {
 }
 
 impl LocalHistory {
-    /// A history of the last `size` updates (0: none, only the newest id).
-    pub fn new(size: usize) -> Self {
+    /// A history of the last `size` updates (0: none, only the newest id), each kept for
+    /// `ttl` when given.
+    pub fn new(size: usize, ttl: Option<Duration>) -> Self {
         LocalHistory {
             size,
+            ttl,
             ..LocalHistory::default()
         }
     }
 
     /// Records an update, newer than every one recorded before; evicts the oldest past
-    /// `size`.
+    /// `size`, and those older than `ttl`.
     pub fn record(&mut self, envelope: &Arc<Envelope>) {
         self.newest = Some((envelope.update.id.clone(), envelope.position));
         if self.size == 0 {
             return;
         }
         if self.updates.len() == self.size {
-            if let Some(old) = self.updates.pop_front() {
-                // The id may have been reused by a newer update, which keeps the entry.
-                if self.index.get(&old.update.id) == Some(&old.position) {
-                    self.index.remove(&old.update.id);
-                }
-            }
+            self.evict_oldest();
         }
         self.index
             .insert(envelope.update.id.clone(), envelope.position);
         self.updates.push_back(envelope.clone());
+        self.expire();
+    }
+
+    /// Evicts the updates older than `ttl` (history may be idle, so a replay calls it too).
+    pub fn expire(&mut self) {
+        let Some(ttl) = self.ttl else { return };
+        let oldest_kept = now_micros().saturating_sub(ttl.as_micros() as u64);
+        while self
+            .updates
+            .front()
+            .is_some_and(|e| e.published_at_micros < oldest_kept)
+        {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(old) = self.updates.pop_front() {
+            // The id may have been reused by a newer update, which keeps the entry.
+            if self.index.get(&old.update.id) == Some(&old.position) {
+                self.index.remove(&old.update.id);
+            }
+        }
     }
 
     /// True when `id` is the newest update or one history holds.
@@ -69,7 +92,8 @@ impl LocalHistory {
     }
 
     /// What a subscriber resuming `from` gets (see [`Replay`]).
-    pub fn replay(&self, from: &ReplayFrom) -> Replay {
+    pub fn replay(&mut self, from: &ReplayFrom) -> Replay {
+        self.expire();
         let mut replay = Replay {
             head_id: self.newest.as_ref().map(|(id, _)| id.clone()),
             ..Replay::default()

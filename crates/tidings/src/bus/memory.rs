@@ -5,6 +5,7 @@
 //! same lock sees a consistent, contiguous suffix of history.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -34,10 +35,16 @@ struct State {
 impl MemoryBus {
     /// A bus keeping the last `history_size` updates, delivering to `hub`.
     pub fn new(history_size: usize, hub: Hub) -> Self {
+        Self::with_ttl(history_size, None, hub)
+    }
+
+    /// A bus keeping the last `history_size` updates, each for `ttl` when given, delivering to
+    /// `hub`.
+    pub fn with_ttl(history_size: usize, ttl: Option<Duration>, hub: Hub) -> Self {
         MemoryBus {
             state: Arc::new(Mutex::new(State {
                 next: 1,
-                history: LocalHistory::new(history_size),
+                history: LocalHistory::new(history_size, ttl),
                 hubs: vec![hub],
             })),
         }
@@ -65,6 +72,7 @@ impl Bus for MemoryBus {
     async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
         let mut state = self.lock();
         // A retry of a publish history still holds: stored and delivered once.
+        state.history.expire();
         if let Some(first) = state.history.position_of(&update.id) {
             return Ok(Arc::new(Envelope::new(update, first, now_micros())));
         }
@@ -155,6 +163,35 @@ mod tests {
         bus.publish(update("a")).await.unwrap();
         let all = bus.replay(&ReplayFrom::Earliest).await.unwrap();
         assert_eq!(ids(&all), ["c", "d", "a"]);
+    }
+
+    #[tokio::test]
+    async fn history_forgets_updates_older_than_its_ttl() {
+        let ttl = Duration::from_millis(300);
+        let bus = MemoryBus::with_ttl(100, Some(ttl), Hub::new(8, Arc::new(Metrics::new())));
+        bus.publish(update("a")).await.unwrap();
+        tokio::time::sleep(ttl * 2).await;
+        bus.publish(update("b")).await.unwrap();
+        let all = bus.replay(&ReplayFrom::Earliest).await.unwrap();
+        assert_eq!(ids(&all), ["b"]);
+        let after_a = bus
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .await
+            .unwrap();
+        assert!(after_a.missing, "a expired");
+        // An idle history expires too, and an expired id is new again.
+        tokio::time::sleep(ttl * 2).await;
+        assert!(bus
+            .replay(&ReplayFrom::Earliest)
+            .await
+            .unwrap()
+            .updates
+            .is_empty());
+        bus.publish(update("a")).await.unwrap();
+        assert_eq!(
+            ids(&bus.replay(&ReplayFrom::Earliest).await.unwrap()),
+            ["a"]
+        );
     }
 
     #[tokio::test]

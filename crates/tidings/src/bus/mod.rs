@@ -7,10 +7,12 @@
 //!
 //! | URL          | backend                  | history                     |
 //! |--------------|--------------------------|-----------------------------|
-//! | `memory://`  | [`memory::MemoryBus`]    | in memory, `history-size`   |
-//! | `redis://`   | [`redis::RedisBus`]      | a Redis stream, `history-size` |
-//! | `nats://`    | [`nats::NatsBus`]        | a JetStream stream, `history-size` |
-//! | `amqp://`    | [`amqp::AmqpBus`]        | a RabbitMQ stream; the last `history-size` in memory |
+//! | `memory://`  | [`memory::MemoryBus`]    | in memory |
+//! | `redis://`   | [`redis::RedisBus`]      | a Redis stream |
+//! | `nats://`    | [`nats::NatsBus`]        | a JetStream stream |
+//! | `amqp://`    | [`amqp::AmqpBus`]        | a RabbitMQ stream; what it holds also in each instance's memory |
+//!
+//! Every history keeps updates for `history-ttl` seconds, and at most `history-size` of them.
 
 pub mod amqp;
 pub mod history;
@@ -130,10 +132,12 @@ pub enum Routing {
 /// Settings every bus backend understands.
 #[derive(Debug, Clone)]
 pub struct BusOptions {
-    /// Updates kept for replay (0 disables history).
+    /// Updates kept for replay, at most (0 disables history).
     pub history_size: usize,
-    /// How long a broker-backed bus keeps the index from an update's id to its place in
-    /// history, in seconds.
+    /// How long an update stays in history, in seconds (0: no age limit, only the count).
+    pub history_ttl_secs: u64,
+    /// How long an update's id is remembered, in seconds: the index from an id to its place
+    /// in history, and the window in which a retried publish is recognised.
     pub history_id_ttl_secs: u64,
     /// The cluster's name on its broker: the prefix of Redis keys and channels, the NATS
     /// stream's name, the RabbitMQ exchange's name.
@@ -156,6 +160,11 @@ impl BusOptions {
     /// once (see [`Bus::publish`]): the id index's lifetime.
     pub fn dedup_window(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.history_id_ttl_secs.max(1))
+    }
+
+    /// How long an update stays in history, when history has an age limit.
+    pub fn history_ttl(&self) -> Option<std::time::Duration> {
+        (self.history_ttl_secs > 0).then(|| std::time::Duration::from_secs(self.history_ttl_secs))
     }
 }
 
@@ -270,7 +279,11 @@ pub fn redact(url: &str) -> String {
 pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dyn Bus>, BusError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
     match scheme {
-        "memory" => Ok(Arc::new(memory::MemoryBus::new(options.history_size, hub))),
+        "memory" => Ok(Arc::new(memory::MemoryBus::with_ttl(
+            options.history_size,
+            options.history_ttl(),
+            hub,
+        ))),
         "redis" | "rediss" => Ok(Arc::new(redis::RedisBus::connect(url, options, hub).await?)),
         "nats" => Ok(Arc::new(nats::NatsBus::connect(url, options, hub).await?)),
         "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpBus::connect(url, options, hub).await?)),

@@ -142,10 +142,15 @@ impl NatsBus {
             name: name.clone(),
             subjects: vec![format!("{subject_prefix}.u.>")],
             max_messages: options.history_size.max(1) as i64,
+            max_age: options.history_ttl().unwrap_or_default(),
             discard: stream::DiscardPolicy::Old,
             storage: stream::StorageType::File,
             allow_direct: true,
-            duplicate_window: options.dedup_window(),
+            // JetStream wants the window within the age limit.
+            duplicate_window: match options.history_ttl() {
+                Some(ttl) => options.dedup_window().min(ttl),
+                None => options.dedup_window(),
+            },
             ..Default::default()
         };
         let stream = timed(js.get_or_create_stream(config.clone()))

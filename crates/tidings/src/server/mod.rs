@@ -85,6 +85,7 @@ impl Instance {
         let auth = Authenticator::new(&config.auth, selectors.clone())?;
         let options = BusOptions {
             history_size: config.history_size,
+            history_ttl_secs: config.history_ttl,
             history_id_ttl_secs: config.history_id_ttl,
             prefix: config.bus_prefix.clone(),
             instance_id: config.instance_id.clone(),

@@ -56,15 +56,20 @@ impl Settings {
             uri,
             instance_id: options.instance_id.clone(),
             history_size: options.history_size,
-            max_age_secs: options.history_id_ttl_secs.max(1),
+            // RabbitMQ removes whole segments, so the stream keeps at least this long.
+            max_age_secs: match options.history_ttl_secs {
+                0 => options.history_id_ttl_secs.max(1),
+                ttl => ttl,
+            },
             max_bytes: (options.history_size as u64)
                 .saturating_mul(per_update)
                 .max(MIN_STREAM_BYTES),
         }
     }
 
-    /// The arguments a new stream is declared with: its type and retention (history-id-ttl,
-    /// and room for history-size updates of the largest size).
+    /// The arguments a new stream is declared with: its type and retention (history-ttl, or
+    /// history-id-ttl without an age limit, and room for history-size updates of the largest
+    /// size).
     fn stream_arguments(&self) -> FieldTable {
         let mut arguments = FieldTable::default();
         arguments.insert(

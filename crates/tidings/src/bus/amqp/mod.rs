@@ -178,7 +178,7 @@ impl AmqpBus {
             publisher: Mutex::new(None),
             ready: watch::Sender::new(false),
             delivered: Mutex::new(Delivered {
-                history: LocalHistory::new(options.history_size),
+                history: LocalHistory::new(options.history_size, options.history_ttl()),
                 last: None,
                 epoch: 0,
                 next_local: 1,

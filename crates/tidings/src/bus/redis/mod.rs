@@ -174,6 +174,7 @@ impl RedisBus {
         let settings = [
             ("history-size", options.history_size as u64),
             ("history-id-ttl", options.history_id_ttl_secs.max(1)),
+            ("history-ttl", options.history_ttl_secs),
         ];
         write_settings(&conn, &keys, &settings).await?;
         let (listening_tx, mut listening) = watch::channel(None);
@@ -265,7 +266,12 @@ async fn holds(conn: &ConnectionManager, keys: &Keys, stream_id: &str) -> Result
     Ok(!reply.ids.is_empty())
 }
 
-/// Reads stream entries into envelopes, skipping (and logging) any that does not decode.
+/// Stream entries read by one `XRANGE`: a long range is read page by page, so that no reply
+/// holds more than this, and other commands on the connection are not held up behind it.
+const RANGE_PAGE: usize = 1_000;
+
+/// Reads at most `count` stream entries between `start` and `end` (XRANGE syntax) into
+/// envelopes, a page at a time, skipping (and logging) any that does not decode.
 async fn read_range(
     conn: &ConnectionManager,
     keys: &Keys,
@@ -275,11 +281,18 @@ async fn read_range(
     limits: &Limits,
 ) -> Result<Vec<Arc<Envelope>>, BusError> {
     let mut conn = conn.clone();
-    let reply: StreamRangeReply = timed(conn.xrange_count(&keys.stream, start, end, count)).await?;
-    Ok(reply
-        .ids
-        .iter()
-        .filter_map(|entry| {
+    let mut envelopes = Vec::new();
+    let mut start = start.to_owned();
+    let mut left = count;
+    while left > 0 {
+        let page = left.min(RANGE_PAGE);
+        let reply: StreamRangeReply =
+            timed(conn.xrange_count(&keys.stream, &start, end, page)).await?;
+        let Some(last) = reply.ids.last() else { break };
+        start = format!("({}", last.id);
+        left -= reply.ids.len();
+        let full = reply.ids.len() == page;
+        envelopes.extend(reply.ids.iter().filter_map(|entry| {
             let position = position(&entry.id)?;
             let text: String = entry.get("u")?;
             let micros: u64 = entry.get("t").unwrap_or(0);
@@ -290,8 +303,12 @@ async fn read_range(
                     None
                 }
             }
-        })
-        .collect())
+        }));
+        if !full {
+            break;
+        }
+    }
+    Ok(envelopes)
 }
 
 #[async_trait]

@@ -53,7 +53,7 @@ pub(super) struct Setup {
     pub(super) limits: Limits,
     /// The history settings written to `<prefix>:config` (again after each reconnect: a
     /// restarted Redis may have lost them).
-    pub(super) settings: [(&'static str, u64); 2],
+    pub(super) settings: [(&'static str, u64); 3],
 }
 
 /// The delivery task's state.
