@@ -1,7 +1,8 @@
 // Headless Chromium against a real `tidings serve`: the page at `/` subscribes with an
 // EventSource (one page with a subscriber token, one anonymous), updates published over HTTP
 // and through the page's own form arrive — multi-line data intact, the private update only
-// where the token allows it.
+// where the token allows it. An EventSource turned away for a passing reason (the instance
+// is full) is not closed for good: it comes back after the retry hint and gets its updates.
 //
 // Run by .ci/run after `cargo test` (which builds target/debug/tidings):
 //   cd tests/browser && npm ci && npm test
@@ -90,4 +91,40 @@ test("the page's own publish form reaches its EventSource", async () => {
   await page.click('#publish');
   await page.waitForFunction(() => document.querySelector('#pub-result').textContent.includes('401'), null, { timeout: 10000 });
   assert.deepEqual(errors, []);
+});
+
+test('an EventSource turned away by a full instance comes back by itself', async () => {
+  const { child, base: fullBase } = await startHub(['--auth', 'none', '--max-streams', '1']);
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${fullBase}/healthz`);
+    await page.evaluate(() => {
+      window.first = new EventSource('/.well-known/mercure?topic=full');
+      window.second = { opens: 0, errors: 0, data: [], states: [] };
+      const source = new EventSource('/.well-known/mercure?topic=full');
+      source.onopen = () => { window.second.opens += 1; };
+      source.onerror = () => { window.second.errors += 1; window.second.states.push(source.readyState); };
+      source.onmessage = (e) => window.second.data.push(e.data);
+    });
+    // The second is turned away (200, a comment and a retry hint), again and again.
+    await page.waitForFunction(() => window.second.errors >= 2, null, { timeout: 15000 });
+    const waiting = await page.evaluate(() => window.second);
+    assert.ok(waiting.states.every((s) => s === 0), `reconnecting, never closed: ${JSON.stringify(waiting)}`);
+    // Once the first stream goes, the second gets the place and its updates.
+    await page.evaluate(() => window.first.close());
+    await page.waitForFunction(() => window.second.opens > window.second.errors, null, { timeout: 15000 });
+    const res = await fetch(`${fullBase}/.well-known/mercure`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams([['topic', 'full'], ['data', 'in at last']]),
+    });
+    assert.equal(res.status, 200);
+    await page.waitForFunction(() => window.second.data.length >= 1, null, { timeout: 10000 });
+    assert.deepEqual(await page.evaluate(() => window.second.data), ['in at last']);
+    const deferred = await (await fetch(`${fullBase}/metrics`)).text();
+    assert.match(deferred, /^tidings_streams_deferred_total [1-9]/m);
+    await page.close();
+  } finally {
+    child.kill('SIGKILL');
+  }
 });

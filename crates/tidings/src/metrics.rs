@@ -38,6 +38,10 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Streams closed because the subscriber's token expired.
     pub streams_expired: Counter,
+    /// Stream requests turned away for a passing reason (draining, instance full, bus
+    /// unavailable) with a `retry:` hint in a `200` event stream, so that an `EventSource`
+    /// comes back instead of giving up.
+    pub streams_deferred: Counter,
     /// New streams refused because a stream limit was reached, by limit.
     streams_refused: Family<LimitLabels, Counter>,
     /// Updates sent from history to reconnecting clients.
@@ -79,6 +83,7 @@ impl Metrics {
             delivery_latency: LatencyHistogram::default(),
             slow_consumers: Counter::default(),
             streams_expired: Counter::default(),
+            streams_deferred: Counter::default(),
             streams_refused: Family::default(),
             replayed: Counter::default(),
             replay_gaps: Counter::default(),
@@ -121,6 +126,11 @@ impl Metrics {
             "streams_expired",
             "Streams closed because the subscriber's token expired",
             m.streams_expired.clone(),
+        );
+        registry.register(
+            "streams_deferred",
+            "Stream requests answered with a retry hint for a passing reason (draining, instance full, bus unavailable)",
+            m.streams_deferred.clone(),
         );
         registry.register(
             "streams_refused",

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures_util::Stream;
 use rand::Rng;
@@ -39,7 +39,73 @@ pub(super) const GAP_EVENT: &str = "tidings-gap";
 
 /// Admits a stream on `connection`, registers its subscriber, reads history from `from`, and
 /// answers with the stream.
+///
+/// A browser's `EventSource` gives up for good on any answer but `200`, so a refusal for a
+/// passing reason (`503`: the instance drains or is full, the bus is unavailable) is answered
+/// to a client that asks for `text/event-stream` as a `200` stream holding only a comment
+/// that names the reason and a `retry:` hint: the client comes back after it, through the
+/// load balancer, perhaps to another instance. Other clients get the `503` with
+/// `Retry-After`.
 pub(super) async fn open(
+    state: &AppState,
+    connection: Option<&ConnectionInfo>,
+    headers: &HeaderMap,
+    spec: SubscriberSpec,
+    from: ReplayFrom,
+) -> Result<Response, ApiError> {
+    match open_stream(state, connection, headers, spec, from).await {
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE && wants_event_stream(headers) => {
+            state.metrics().streams_deferred.inc();
+            Ok(come_back_later(&e))
+        }
+        answer => answer,
+    }
+}
+
+/// True when the request's `Accept` names `text/event-stream` (an `EventSource` always does).
+fn wants_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// The `200` answer to a stream request refused for a passing reason: a comment naming it,
+/// and a `retry:` hint of about the `Retry-After` the refusal asked for (draining: well under
+/// a second, as the load balancer finds another instance), spread so that the clients turned
+/// away together do not come back together.
+fn come_back_later(refusal: &ApiError) -> Response {
+    let millis = match refusal.error {
+        "draining" => 250 + rand::rng().random_range(0..750),
+        _ => {
+            let base = refusal.retry_after_secs.unwrap_or(2) * 1000;
+            base / 2 + rand::rng().random_range(0..base.max(1))
+        }
+    };
+    let body = format!(
+        ": {}: {}\n{}",
+        refusal.error,
+        refusal.detail.replace(['\r', '\n'], " "),
+        std::str::from_utf8(&sse::encode_retry(millis)).unwrap_or_default()
+    );
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+async fn open_stream(
     state: &AppState,
     connection: Option<&ConnectionInfo>,
     headers: &HeaderMap,
@@ -521,6 +587,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
+    }
+
+    #[tokio::test]
+    async fn a_passing_refusal_is_a_retry_hint_for_an_event_source_and_a_503_for_others() {
+        let state = state(true);
+        state.begin_shutdown();
+        let mut browser = HeaderMap::new();
+        browser.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, Text/Event-Stream;q=0.9"),
+        );
+        let response = open(&state, None, &browser, spec(), ReplayFrom::Now)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        let retry: u64 = text
+            .strip_prefix(": draining: ")
+            .and_then(|t| t.split_once("\nretry: "))
+            .and_then(|(_, r)| r.strip_suffix("\n\n"))
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("a comment, then a retry hint: {text:?}"));
+        assert!((250..1000).contains(&retry), "{retry}");
+        assert_eq!(state.metrics().streams_deferred.get(), 1);
+        let refused = open(&state, None, &HeaderMap::new(), spec(), ReplayFrom::Now)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.status, refused.error),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        );
     }
 
     #[tokio::test]

@@ -182,7 +182,8 @@ async fn answer<IO: AsyncWrite + Unpin>(io: &mut IO, response: Response<Body>) -
     io.shutdown().await
 }
 
-/// The status line and headers, with `framing` headers added.
+/// The status line and headers, with `framing` headers added in place of any the response
+/// carried (axum gives a whole body its `content-length`).
 fn head(parts: &hyper::http::response::Parts, framing: &str) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
@@ -197,6 +198,12 @@ fn head(parts: &hyper::http::response::Parts, framing: &str) -> Vec<u8> {
     );
     head.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
+        if matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            continue;
+        }
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -394,6 +401,24 @@ mod tests {
             parse(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost:"),
             Parsed::Partial
         ));
+    }
+
+    #[test]
+    fn the_head_frames_the_body_once() {
+        let (parts, _) = Response::builder()
+            .status(503)
+            .header("content-type", "application/json")
+            .header("content-length", "2")
+            .header("connection", "keep-alive")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let head =
+            String::from_utf8(head(&parts, "content-length: 5\r\nconnection: close\r\n")).unwrap();
+        assert_eq!(
+            head,
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"
+        );
     }
 
     #[test]
