@@ -8,6 +8,14 @@
 //! (`--publishers` keep-alive connections, at `--rate` or flat out), and drain (wait up to
 //! `--drain` for the last deliveries). `--timeout` bounds the whole run; Ctrl-C ends it early
 //! and still reports.
+//!
+//! The failover benchmark is a run with `--reconnect` and `--kill`: streams whose connection
+//! ends come back as a browser's `EventSource` does (after the `retry:` hint, to the next
+//! instance, with their last event id), publishers move to another instance when theirs is
+//! gone (same update id: stored once), and one instance is killed partway through the
+//! publishing. The report then says how many streams moved and came back, how their
+//! reconnections were answered, how long updates published after the kill took to reach the
+//! moved streams and the others, and how publishing fared before and after.
 
 mod body;
 mod memory;
@@ -55,9 +63,10 @@ pub(super) struct BenchArgs {
         default_value = "http://127.0.0.1:3000"
     )]
     urls: Vec<String>,
-    /// Base URL the publishers post to [default: the first --url].
-    #[arg(long, value_name = "URL")]
-    publish_url: Option<String>,
+    /// Base URL the publishers post to (repeatable: publishers are spread over them, and a
+    /// publish an instance cannot take is sent to the next) [default: the first --url].
+    #[arg(long = "publish-url", value_name = "URL")]
+    publish_urls: Vec<String>,
     /// Subscriber streams to open.
     #[arg(short = 'c', long, default_value_t = 1000, value_name = "N")]
     subscribers: u64,
@@ -101,6 +110,21 @@ pub(super) struct BenchArgs {
     /// Bound on the whole run.
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = seconds)]
     timeout: Duration,
+    /// Streams whose connection ends come back, as a browser's EventSource does: after the
+    /// stream's `retry:` hint (or a random wait up to --reconnect-within), to the next --url,
+    /// with the last event id they saw.
+    #[arg(long)]
+    reconnect: bool,
+    /// With --reconnect: the longest wait before coming back when the stream gave no hint.
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = seconds)]
+    reconnect_within: Duration,
+    /// Kill (SIGKILL) this process of the hub --kill-after seconds into the publishing: the
+    /// failover benchmark. Needs --reconnect.
+    #[arg(long, value_name = "PID", requires = "reconnect")]
+    kill: Option<u32>,
+    /// When to kill, counted from the first publish.
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = seconds)]
+    kill_after: Duration,
     /// A process of the hub under test whose resident memory to read (repeatable: summed).
     #[arg(long, value_name = "PID")]
     pid: Vec<u32>,
@@ -159,7 +183,7 @@ pub(super) async fn run(args: BenchArgs) -> Result<(), String> {
 /// What the arguments resolve to before anything is opened.
 struct Setup {
     targets: Vec<Arc<Target>>,
-    publish_target: Target,
+    publish_targets: Vec<Target>,
     plan: Plan,
     /// Source addresses to spread the streams over; empty: the kernel's choice.
     sources: Vec<IpAddr>,
@@ -211,12 +235,22 @@ impl Setup {
                     .map_err(|e| format!("--url {e}"))?,
             ));
         }
-        let publish_target = match &args.publish_url {
-            Some(url) => Target::resolve(url)
-                .await
-                .map_err(|e| format!("--publish-url {e}"))?,
-            None => (*targets[0]).clone(),
-        };
+        let mut publish_targets = Vec::with_capacity(args.publish_urls.len());
+        for url in &args.publish_urls {
+            publish_targets.push(
+                Target::resolve(url)
+                    .await
+                    .map_err(|e| format!("--publish-url {e}"))?,
+            );
+        }
+        if publish_targets.is_empty() {
+            publish_targets.push((*targets[0]).clone());
+        }
+        if let Some(pid) = args.kill {
+            if pid == std::process::id() || pid <= 1 {
+                return Err(format!("--kill {pid}: give the pid of a hub instance"));
+            }
+        }
         let prefix = match &args.topic_prefix {
             Some(prefix) => prefix.clone(),
             None => format!("bench-{:08x}-", rand::random::<u32>()),
@@ -227,7 +261,7 @@ impl Setup {
         let (publisher_token, stream_tokens) = tokens(args, &plan)?;
         Ok(Setup {
             targets,
-            publish_target,
+            publish_targets,
             plan,
             sources,
             publisher_token,
@@ -390,16 +424,19 @@ async fn execute(
         tally: tally.clone(),
         opening: Arc::new(Semaphore::new(args.open_concurrency)),
         open_timeout: args.open_timeout,
+        reconnect_within: args.reconnect.then_some(args.reconnect_within),
         stop: stop.clone(),
     });
+    let targets: Arc<[Arc<Target>]> = setup.targets.clone().into();
     let opening = Instant::now();
     let streams: Vec<_> = (0..plan.streams)
         .map(|i| {
             let topic = plan.topic_of_stream(i);
-            let target = setup.targets[i as usize % setup.targets.len()].clone();
             let spec = StreamSpec {
-                path: args.profile.stream_path(&target, &plan.topic_name(topic)),
-                target,
+                targets: targets.clone(),
+                first: i as usize % targets.len(),
+                profile: args.profile,
+                topic_name: plan.topic_name(topic),
                 token: match setup.stream_tokens.len() {
                     0 => None,
                     1 => Some(setup.stream_tokens[0].clone()),
@@ -451,7 +488,7 @@ async fn execute(
         let shared = Arc::new(Publishing {
             client,
             profile: args.profile,
-            target: setup.publish_target.clone(),
+            targets: setup.publish_targets.clone(),
             plan: plan.clone(),
             tally: tally.clone(),
             rate: (args.rate > 0.0).then_some(args.rate),
@@ -462,6 +499,14 @@ async fn execute(
         let publishers: Vec<_> = (0..args.publishers)
             .map(|i| tokio::spawn(publisher::run(shared.clone(), i as u64)))
             .collect();
+        let killer = args.kill.map(|pid| {
+            let (tally, after) = (tally.clone(), args.kill_after);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                tally.killing();
+                kill(pid).map_err(|e| tally.error(e))
+            })
+        });
         let all_sent = wait_for(
             || tally.published.load(Relaxed) + tally.publish_failed.load(Relaxed) >= plan.updates,
             deadline,
@@ -469,6 +514,15 @@ async fn execute(
         )
         .await;
         publish_seconds = publishing.elapsed().as_secs_f64();
+        if let Some(killer) = killer {
+            if !killer.is_finished() {
+                killer.abort();
+                tally.error(format!(
+                    "the publishing ended before --kill-after {:?}: nothing was killed",
+                    args.kill_after
+                ));
+            }
+        }
         if !all_sent {
             // Those never sent are lost.
             for p in &publishers {
@@ -507,6 +561,20 @@ async fn execute(
             rss: [rss_before, rss_idle, rss_after],
         },
     ))
+}
+
+/// Sends SIGKILL to `pid` (the failover benchmark's victim).
+fn kill(pid: u32) -> Result<(), String> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .map_err(|e| format!("--kill {pid}: cannot run kill: {e}"))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "--kill {pid}: kill failed ({status}): no such process?"
+        )),
+    }
 }
 
 /// Waits until `done` holds (true), or the deadline or Ctrl-C comes first (false).
@@ -573,8 +641,34 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         updates_per_second: per_second(published, timings.publish_seconds),
         ack_ms: tally.ack_ms(),
     };
+    let failover = args.reconnect.then(|| {
+        let r = &tally.reconnection;
+        let (moved_ms, stayed_ms) = tally.after_kill_latency_ms();
+        let (ack_before_ms, ack_after_ms) = tally.ack_around_kill_ms();
+        report::Failover {
+            killed_pid: args.kill,
+            kill_after_seconds: args.kill.map(|_| args.kill_after.as_secs_f64()),
+            streams_moved: r.moved.load(Relaxed),
+            streams_resumed: r.resumed.load(Relaxed),
+            reconnect_attempts: r.attempts.load(Relaxed),
+            refused: r.refused.load(Relaxed),
+            unreachable: r.unreachable.load(Relaxed),
+            deferred: r.deferred.load(Relaxed),
+            publish_retries: tally.publish_retries.load(Relaxed),
+            why: tally.reconnect_errors(),
+            after_kill_latency_ms: report::Split {
+                moved: moved_ms,
+                stayed: stayed_ms,
+            },
+            ack_before_kill_ms: ack_before_ms,
+            ack_after_kill_ms: ack_after_ms,
+        }
+    });
     let errors = tally.errors();
     let ok = errors.is_empty()
+        && failover
+            .as_ref()
+            .is_none_or(|f| f.streams_resumed == f.streams_moved)
         && streams.failed == 0
         && streams.dropped == 0
         && publish.failed == 0
@@ -589,7 +683,11 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         label: args.label.clone(),
         profile: args.profile,
         urls: setup.targets.iter().map(|t| t.url.clone()).collect(),
-        publish_url: setup.publish_target.url.clone(),
+        publish_urls: setup
+            .publish_targets
+            .iter()
+            .map(|t| t.url.clone())
+            .collect(),
         subscribers: setup.plan.streams,
         topics: setup.plan.topics,
         updates: setup.plan.updates,
@@ -601,6 +699,7 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         publish,
         deliveries,
         latency_ms: tally.latency_ms(),
+        failover,
         errors,
         elapsed_seconds: timings.elapsed_seconds,
         ok,
@@ -632,6 +731,12 @@ fn failure(summary: &Summary) -> String {
     for (n, what) in [
         (s.failed, "streams failed to open"),
         (s.dropped, "streams dropped"),
+        (
+            summary.failover.as_ref().map_or(0, |f| {
+                f.streams_moved - f.streams_resumed.min(f.streams_moved)
+            }),
+            "streams moved and did not come back",
+        ),
         (summary.publish.failed, "publishes failed"),
         (d.lost, "deliveries lost"),
         (d.duplicated, "deliveries duplicated"),

@@ -23,6 +23,12 @@ pub(super) enum Profile {
 const EVENT_NAME: &str = "bench";
 
 impl Profile {
+    /// True when a publish may be sent again without being delivered twice (Tidings stores
+    /// an update id once).
+    pub(super) fn idempotent(self) -> bool {
+        self != Profile::Nchan
+    }
+
     /// The name `--profile` takes.
     pub(super) fn name(self) -> &'static str {
         match self {
@@ -45,12 +51,14 @@ impl Profile {
         }
     }
 
-    /// The request that publishes `payload` (a JSON object) to `topic`.
+    /// The request that publishes `payload` (a JSON object) to `topic`, as the update `id`
+    /// (Tidings stores an id once, so the same request may be sent again; Nchan takes no id).
     pub(super) fn publish(
         self,
         client: &reqwest::Client,
         target: &Target,
         topic: &str,
+        id: &str,
         payload: String,
     ) -> reqwest::RequestBuilder {
         let base = format!("http://{}{}", target.authority, target.base_path);
@@ -58,6 +66,7 @@ impl Profile {
             Profile::Mercure => {
                 let form = form_urlencoded::Serializer::new(String::new())
                     .append_pair("topic", topic)
+                    .append_pair("id", id)
                     .append_pair("data", &payload)
                     .finish();
                 client
@@ -74,7 +83,8 @@ impl Profile {
                     .post(format!("{base}/sse/events"))
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(format!(
-                        r#"{{"sessionId":{session},"eventName":"{EVENT_NAME}","payload":{payload}}}"#
+                        r#"{{"sessionId":{session},"eventName":"{EVENT_NAME}","id":{},"payload":{payload}}}"#,
+                        serde_json::Value::from(id)
                     ))
             }
             Profile::Nchan => client

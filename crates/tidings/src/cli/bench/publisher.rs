@@ -3,6 +3,12 @@
 //!
 //! A topic's updates all go through one publisher, one after the other, so the order they
 //! must arrive in is defined and a stream that gets them otherwise counts as out of order.
+//!
+//! With several publish URLs, publisher `i` starts on URL `i % n`; a publish that finds its
+//! instance gone or unable to take it (no connection, `5xx`) is sent again, with the same
+//! update id, to the next URL — as a publisher behind a load balancer would — for up to
+//! [`RETRY_FOR`]. Tidings stores an id once, so a retry of a publish the instance did take
+//! is not delivered twice.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +21,8 @@ use super::tally::Tally;
 pub(super) struct Publishing {
     pub(super) client: reqwest::Client,
     pub(super) profile: Profile,
-    pub(super) target: Target,
+    /// Where to publish (see the module documentation).
+    pub(super) targets: Vec<Target>,
     pub(super) plan: Plan,
     pub(super) tally: Arc<Tally>,
     /// Updates per second over all publishers; `None` sends as fast as answers come.
@@ -26,9 +33,14 @@ pub(super) struct Publishing {
     pub(super) start: Instant,
 }
 
+/// How long a publish is tried on the next publish URL after a failure that another instance
+/// may not have.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
 /// Publisher `index`: sends the updates of the topics `t` with `t % publishers == index`.
 pub(super) async fn run(publishing: Arc<Publishing>, index: u64) {
     let p = &*publishing;
+    let mut target = index as usize % p.targets.len();
     let mine = (0..p.plan.updates).filter(|j| p.plan.update(*j).0 % p.publishers == index);
     for j in mine {
         if let Some(rate) = p.rate {
@@ -39,33 +51,55 @@ pub(super) async fn run(publishing: Arc<Publishing>, index: u64) {
         let sent = p.tally.now_us();
         p.tally.publishing(sent);
         let body = payload(topic, seq, sent, p.payload_size);
-        let request = p
-            .profile
-            .publish(&p.client, &p.target, &p.plan.topic_name(topic), body);
+        let name = p.plan.topic_name(topic);
+        let id = format!("{name}-{seq}");
         let began = Instant::now();
-        match send(request).await {
-            Ok(()) => p.tally.published(began.elapsed()),
-            Err(e) => p.tally.publish_failed(e, p.plan.streams_on(topic)),
+        let retrying = p.targets.len() > 1 && p.profile.idempotent();
+        let outcome = loop {
+            let request =
+                p.profile
+                    .publish(&p.client, &p.targets[target], &name, &id, body.clone());
+            match send(request).await {
+                Err(e) if e.passing && retrying && began.elapsed() < RETRY_FOR => {
+                    p.tally.publish_retried(e.message);
+                    target = (target + 1) % p.targets.len();
+                }
+                outcome => break outcome,
+            }
+        };
+        match outcome {
+            Ok(()) => p.tally.published(began.elapsed(), sent),
+            Err(e) => p.tally.publish_failed(e.message, p.plan.streams_on(topic)),
         }
     }
 }
 
+/// Why a publish failed, and whether another instance might take it.
+struct Failed {
+    message: String,
+    /// No connection, or a `5xx`: the instance is gone or cannot take it now.
+    passing: bool,
+}
+
 /// Sends one publish and reads the whole answer (so the connection is reused).
-async fn send(request: reqwest::RequestBuilder) -> Result<(), String> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("publish: {}", error_chain(&e)))?;
+async fn send(request: reqwest::RequestBuilder) -> Result<(), Failed> {
+    let response = request.send().await.map_err(|e| Failed {
+        message: format!("publish: {}", error_chain(&e)),
+        passing: true,
+    })?;
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| format!("publish: reading the answer: {e}"))?;
+    let body = response.bytes().await.map_err(|e| Failed {
+        message: format!("publish: reading the answer: {e}"),
+        passing: true,
+    })?;
     if status.is_success() {
         return Ok(());
     }
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-    Err(format!("publish answered {status}: {}", text.trim()))
+    Err(Failed {
+        message: format!("publish answered {status}: {}", text.trim()),
+        passing: status.is_server_error(),
+    })
 }
 
 /// An error with its sources, which reqwest keeps apart ("error sending request" alone says

@@ -16,7 +16,7 @@ pub(super) struct Summary {
     pub(super) label: Option<String>,
     pub(super) profile: Profile,
     pub(super) urls: Vec<String>,
-    pub(super) publish_url: String,
+    pub(super) publish_urls: Vec<String>,
     pub(super) subscribers: u64,
     pub(super) topics: u64,
     pub(super) updates: u64,
@@ -29,6 +29,8 @@ pub(super) struct Summary {
     pub(super) publish: Publish,
     pub(super) deliveries: Deliveries,
     pub(super) latency_ms: Percentiles,
+    /// With `--reconnect`: streams coming back, and the figures around the kill.
+    pub(super) failover: Option<Failover>,
     /// Each distinct error message, with how often it occurred.
     pub(super) errors: BTreeMap<String, u64>,
     pub(super) elapsed_seconds: f64,
@@ -73,6 +75,41 @@ pub(super) struct Publish {
     pub(super) updates_per_second: f64,
     /// Request to answer, per publish.
     pub(super) ack_ms: Percentiles,
+}
+
+/// Streams coming back after their connection ended (`--reconnect`), around a kill
+/// (`--kill`).
+#[derive(Debug, Serialize)]
+pub(super) struct Failover {
+    pub(super) killed_pid: Option<u32>,
+    pub(super) kill_after_seconds: Option<f64>,
+    /// Streams whose connection ended before the run did.
+    pub(super) streams_moved: u64,
+    /// Of those, the streams open again at the end.
+    pub(super) streams_resumed: u64,
+    pub(super) reconnect_attempts: u64,
+    /// Attempts an instance answered with an error status.
+    pub(super) refused: u64,
+    /// Attempts that reached no instance (the killed one, among others).
+    pub(super) unreachable: u64,
+    /// Attempts answered with a `retry:` hint and no event (turned away for a passing
+    /// reason, to come back).
+    pub(super) deferred: u64,
+    /// Publishes sent to another instance (same id) after a failure.
+    pub(super) publish_retries: u64,
+    /// Why attempts and publishes were retried, with how often.
+    pub(super) why: BTreeMap<String, u64>,
+    /// Publish to first arrival, for updates published after the kill.
+    pub(super) after_kill_latency_ms: Split,
+    pub(super) ack_before_kill_ms: Percentiles,
+    pub(super) ack_after_kill_ms: Percentiles,
+}
+
+/// A figure on the streams that moved, and on the others.
+#[derive(Debug, Serialize)]
+pub(super) struct Split {
+    pub(super) moved: Percentiles,
+    pub(super) stayed: Percentiles,
 }
 
 /// The subscribers' side.
@@ -165,6 +202,43 @@ impl Summary {
             "  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
+        if let Some(f) = &self.failover {
+            let killed = match (f.killed_pid, f.kill_after_seconds) {
+                (Some(pid), Some(after)) => {
+                    format!("pid {pid} killed {after:.1} s into publishing; ")
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                t,
+                "  failover    {killed}{}/{} moved streams came back; {} attempts: {} refused, {} unreachable, {} deferred; {} publishes retried",
+                f.streams_resumed,
+                f.streams_moved,
+                f.reconnect_attempts,
+                f.refused,
+                f.unreachable,
+                f.deferred,
+                f.publish_retries,
+            );
+            if f.killed_pid.is_some() {
+                let l = &f.after_kill_latency_ms;
+                let _ = writeln!(t, "  after kill  moved streams   {}", ms(&l.moved));
+                let _ = writeln!(t, "              other streams   {}", ms(&l.stayed));
+                let _ = writeln!(
+                    t,
+                    "  ack         before kill     {}",
+                    ms(&f.ack_before_kill_ms)
+                );
+                let _ = writeln!(
+                    t,
+                    "              after kill      {}",
+                    ms(&f.ack_after_kill_ms)
+                );
+            }
+            for (message, count) in &f.why {
+                let _ = writeln!(t, "  retried     {count} × {message}");
+            }
+        }
         for (message, count) in &self.errors {
             let _ = writeln!(t, "  error       {count} × {message}");
         }

@@ -15,14 +15,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::Body;
 use super::plan::Stamp;
-use super::profile::Target;
+use super::profile::{Profile, Target};
 use super::tally::Tally;
 
 /// One stream's assignment.
 pub(super) struct StreamSpec {
-    pub(super) target: Arc<Target>,
-    /// Path and query to request.
-    pub(super) path: String,
+    /// Every instance the run's streams connect to.
+    pub(super) targets: Arc<[Arc<Target>]>,
+    /// The one this stream connects to first (later ones, in turn, when it reconnects).
+    pub(super) first: usize,
+    pub(super) profile: Profile,
+    /// The topic's name on the hub.
+    pub(super) topic_name: String,
     pub(super) token: Option<Arc<str>>,
     /// The local address to connect from (`None`: the kernel's choice).
     pub(super) source: Option<IpAddr>,
@@ -37,6 +41,9 @@ pub(super) struct StreamContext {
     /// Bounds the connections being opened at once.
     pub(super) opening: Arc<Semaphore>,
     pub(super) open_timeout: Duration,
+    /// With `--reconnect`: a stream whose connection ends comes back, after its `retry:` hint
+    /// or a random wait up to this long.
+    pub(super) reconnect_within: Option<Duration>,
     /// Cancelled when the run ends.
     pub(super) stop: CancellationToken,
 }
@@ -54,20 +61,23 @@ struct Open {
 }
 
 /// Opens the stream, then reads it until the run stops; everything it sees goes to the tally.
+/// With `--reconnect`, a stream whose connection ends comes back as a browser's `EventSource`
+/// does: after the `retry:` hint, to the next instance, with the last event id it saw.
 pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
     let tally = &context.tally;
     let Ok(permit) = context.opening.clone().acquire_owned().await else {
         return;
     };
     let began = Instant::now();
+    let mut at = spec.first;
     let opened = tokio::select! {
-        opened = tokio::time::timeout(context.open_timeout, open(&spec)) => opened,
+        opened = tokio::time::timeout(context.open_timeout, open(&spec, at, "")) => opened,
         () = context.stop.cancelled() => return tally.stream_failed("the run ended before the stream opened".into(), spec.expected),
     };
     drop(permit);
-    let open = match opened {
+    let mut connection = match opened {
         Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => return tally.stream_failed(e, spec.expected),
+        Ok(Err(e)) => return tally.stream_failed(e.message, spec.expected),
         Err(_) => {
             return tally.stream_failed(
                 format!(
@@ -80,67 +90,140 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
     };
     tally.stream_opened(began.elapsed());
     let mut seen = Seen::new(spec.topic, spec.expected);
-    let ended = follow(open, &mut seen, tally, &context.stop).await;
-    if let Some(reason) = ended {
-        tally.stream_dropped(reason, spec.expected - seen.unique);
+    // Kept across connections: the last event id and the retry hint, as in a browser.
+    let mut decoder = Decoder::new();
+    let reconnection = &tally.reconnection;
+    loop {
+        let (reason, deferred) =
+            match follow(connection, &mut seen, &mut decoder, tally, &context.stop).await {
+                Ended::Stopped => {
+                    if seen.moved {
+                        reconnection.resumed.fetch_add(1, Relaxed);
+                    }
+                    return;
+                }
+                Ended::Dropped { reason, deferred } => (reason, deferred),
+            };
+        let Some(within) = context.reconnect_within else {
+            return tally.stream_dropped(reason, spec.expected - seen.unique);
+        };
+        if deferred {
+            reconnection.deferred.fetch_add(1, Relaxed);
+        } else if !seen.moved {
+            seen.moved = true;
+            reconnection.moved.fetch_add(1, Relaxed);
+        }
+        connection = loop {
+            let wait = decoder
+                .retry()
+                .unwrap_or_else(|| within.mul_f64(rand::random::<f64>()));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = context.stop.cancelled() => return,
+            }
+            at = (at + 1) % spec.targets.len();
+            reconnection.attempts.fetch_add(1, Relaxed);
+            let attempt = open(&spec, at, decoder.last_event_id());
+            match tokio::time::timeout(context.open_timeout, attempt).await {
+                Ok(Ok(open)) => break open,
+                Ok(Err(e)) => tally.reconnect_failed(e.message, e.answered),
+                Err(_) => tally.reconnect_failed(
+                    format!(
+                        "no response within {:?} (--open-timeout)",
+                        context.open_timeout
+                    ),
+                    false,
+                ),
+            }
+        };
     }
 }
 
-/// Connects, sends the request and reads the response head; returns the open stream of a
-/// 2xx response.
-async fn open(spec: &StreamSpec) -> Result<Open, String> {
-    let target = &spec.target;
+/// Why a stream could not be opened.
+struct NotOpen {
+    message: String,
+    /// The instance answered, with something other than a stream.
+    answered: bool,
+}
+
+impl NotOpen {
+    fn unreachable(message: String) -> NotOpen {
+        NotOpen {
+            message,
+            answered: false,
+        }
+    }
+}
+
+/// Connects to instance `at`, sends the request (resuming after `last_event_id` when it is
+/// not empty) and reads the response head; returns the open stream of a 2xx response.
+async fn open(spec: &StreamSpec, at: usize, last_event_id: &str) -> Result<Open, NotOpen> {
+    let target = &spec.targets[at];
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
-    .map_err(|e| format!("cannot create a socket: {e}"))?;
+    .map_err(|e| NotOpen::unreachable(format!("cannot create a socket: {e}")))?;
     if let Some(source) = spec.source {
         socket
             .bind(SocketAddr::new(source, 0))
-            .map_err(|e| format!("cannot bind to {source}: {e}"))?;
+            .map_err(|e| NotOpen::unreachable(format!("cannot bind to {source}: {e}")))?;
     }
     let mut tcp = socket
         .connect(target.addr)
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
+        .map_err(|e| NotOpen::unreachable(format!("cannot connect to {}: {e}", target.addr)))?;
     tcp.set_nodelay(true)
-        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        .map_err(|e| NotOpen::unreachable(format!("cannot set TCP_NODELAY: {e}")))?;
+    let path = spec.profile.stream_path(target, &spec.topic_name);
     let mut request = format!(
-        "GET {} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n",
-        spec.path, target.authority
+        "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n",
+        target.authority
     );
     if let Some(token) = &spec.token {
         request.push_str(&format!("authorization: Bearer {token}\r\n"));
     }
+    if !last_event_id.is_empty() {
+        request.push_str(&format!("last-event-id: {last_event_id}\r\n"));
+    }
     request.push_str("\r\n");
-    let failed = |e: std::io::Error| format!("request to {}: {e}", target.url);
+    let failed =
+        |e: std::io::Error| NotOpen::unreachable(format!("request to {}: {e}", target.url));
     tcp.write_all(request.as_bytes()).await.map_err(failed)?;
     let mut input = BytesMut::with_capacity(READ_BUFFER);
     loop {
         if tcp.read_buf(&mut input).await.map_err(failed)? == 0 {
-            return Err(format!(
+            return Err(NotOpen::unreachable(format!(
                 "{} closed the connection before answering",
                 target.url
-            ));
+            )));
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
+        let answered = |message: String| NotOpen {
+            message,
+            answered: true,
+        };
         let head = match response.parse(&input) {
             Ok(httparse::Status::Complete(head)) => head,
             Ok(httparse::Status::Partial) if input.len() < MAX_HEAD => continue,
             Ok(httparse::Status::Partial) => {
-                return Err(format!(
+                return Err(answered(format!(
                     "{} sent a response head over {MAX_HEAD} bytes",
                     target.url
-                ))
+                )))
             }
-            Err(e) => return Err(format!("{} sent a malformed response: {e}", target.url)),
+            Err(e) => {
+                return Err(answered(format!(
+                    "{} sent a malformed response: {e}",
+                    target.url
+                )))
+            }
         };
         let status = response.code.unwrap_or(0);
         if (200..300).contains(&status) {
             let body = Body::of(response.headers)
-                .map_err(|e| format!("{} answered {status}: {e}", target.url))?;
+                .map_err(|e| answered(format!("{} answered {status}: {e}", target.url)))?;
             input.advance(head);
             return Ok(Open { tcp, input, body });
         }
@@ -152,7 +235,10 @@ async fn open(spec: &StreamSpec) -> Result<Open, String> {
         let body = Body::of(response.headers).unwrap_or(Body::UntilClose);
         input.advance(head);
         let excerpt = refusal(tcp, input, body, length.unwrap_or(EXCERPT).min(EXCERPT)).await;
-        return Err(format!("{} answered {status}: {excerpt}", target.url));
+        return Err(answered(format!(
+            "{} answered {status}: {excerpt}",
+            target.url
+        )));
     }
 }
 
@@ -179,40 +265,60 @@ async fn refusal(mut tcp: TcpStream, mut input: BytesMut, mut body: Body, limit:
         .to_owned()
 }
 
-/// Reads the stream until `stop`; returns why it ended early, if it did.
+/// How reading a stream ended.
+enum Ended {
+    /// The run stopped it.
+    Stopped,
+    /// It ended before the run did; `deferred` when the server ended it cleanly before any
+    /// event (an instance turning the client away with a `retry:` hint).
+    Dropped { reason: String, deferred: bool },
+}
+
+/// Reads the stream until `stop` or its end.
 async fn follow(
     open: Open,
     seen: &mut Seen,
+    decoder: &mut Decoder,
     tally: &Tally,
     stop: &CancellationToken,
-) -> Option<String> {
+) -> Ended {
     let Open {
         mut tcp,
         mut input,
         mut body,
     } = open;
-    let mut decoder = Decoder::new();
+    let mut events = 0u64;
+    let dropped = |reason: &str| Ended::Dropped {
+        reason: reason.to_owned(),
+        deferred: false,
+    };
     loop {
         let decoded = body.decode(&mut input, |data| {
             for event in decoder.feed(data) {
+                events += 1;
                 seen.event(&event.data, tally);
             }
         });
         match decoded {
             Ok(false) => {}
-            Ok(true) => return Some("the server ended the stream".into()),
-            Err(e) => return Some(format!("stream broke: {e}")),
+            Ok(true) => {
+                return Ended::Dropped {
+                    reason: "the server ended the stream".into(),
+                    deferred: events == 0,
+                }
+            }
+            Err(e) => return dropped(&format!("stream broke: {e}")),
         }
         if input.capacity() - input.len() < READ_BUFFER / 2 {
             input.reserve(READ_BUFFER);
         }
         tokio::select! {
             biased;
-            () = stop.cancelled() => return None,
+            () = stop.cancelled() => return Ended::Stopped,
             read = tcp.read_buf(&mut input) => match read {
-                Ok(0) => return Some("the server closed the connection".into()),
+                Ok(0) => return dropped("the server closed the connection"),
                 Ok(_) => {}
-                Err(e) => return Some(format!("connection failed: {e}")),
+                Err(e) => return dropped(&format!("connection failed: {e}")),
             },
         }
     }
@@ -221,6 +327,8 @@ async fn follow(
 /// Which of its topic's updates a stream has received.
 struct Seen {
     topic: u64,
+    /// Its connection ended before and it came back (`--reconnect`).
+    moved: bool,
     bits: Vec<u64>,
     expected: u64,
     unique: u64,
@@ -243,6 +351,7 @@ impl Seen {
     fn new(topic: u64, expected: u64) -> Seen {
         Seen {
             topic,
+            moved: false,
             bits: vec![0; expected.div_ceil(64) as usize],
             expected,
             unique: 0,
@@ -255,12 +364,12 @@ impl Seen {
         match Stamp::parse(data) {
             Some(stamp) if stamp.k == self.topic => match self.record(stamp.s) {
                 Arrival::First { in_order } => {
-                    tally.delivered(stamp.t, true);
+                    tally.delivered(stamp.t, true, self.moved);
                     if !in_order {
                         tally.out_of_order.fetch_add(1, Relaxed);
                     }
                 }
-                Arrival::Repeat => tally.delivered(stamp.t, false),
+                Arrival::Repeat => tally.delivered(stamp.t, false, self.moved),
                 Arrival::Unknown => tally.error(format!(
                     "update {} on topic {} is past the topic's last",
                     stamp.s, stamp.k

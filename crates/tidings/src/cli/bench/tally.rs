@@ -32,12 +32,44 @@ pub(super) struct Tally {
     pub(super) forfeited: AtomicU64,
     pub(super) published: AtomicU64,
     pub(super) publish_failed: AtomicU64,
+    /// Publishes sent again to another instance (with the same id) after a failure.
+    pub(super) publish_retries: AtomicU64,
     first_publish_us: AtomicU64,
     last_delivery_us: AtomicU64,
     connect_us: Mutex<Histogram<u64>>,
     latency_us: Mutex<Histogram<u64>>,
     ack_us: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// When the instance was killed (`--kill`), on the run's clock; `u64::MAX` before.
+    kill_us: AtomicU64,
+    pub(super) reconnection: Reconnection,
+}
+
+/// Streams coming back after their connection ended (`--reconnect`), and what the figures
+/// after a kill were (times in microseconds).
+pub(super) struct Reconnection {
+    /// Streams whose connection ended at least once before the run did.
+    pub(super) moved: AtomicU64,
+    /// Of those, the streams open again when the run ended.
+    pub(super) resumed: AtomicU64,
+    /// Attempts to open a stream again.
+    pub(super) attempts: AtomicU64,
+    /// Attempts answered with something other than a stream (a `4xx`/`5xx`).
+    pub(super) refused: AtomicU64,
+    /// Attempts that found no instance to connect to (or no answer).
+    pub(super) unreachable: AtomicU64,
+    /// Attempts answered with a stream that ended at once with a `retry:` hint (an instance
+    /// turning the client away for a passing reason).
+    pub(super) deferred: AtomicU64,
+    /// Why attempts failed, with how often.
+    errors: Mutex<BTreeMap<String, u64>>,
+    /// Publish to first arrival of updates published after the kill: on the streams that
+    /// moved, and on the others.
+    moved_latency_us: Mutex<Histogram<u64>>,
+    stayed_latency_us: Mutex<Histogram<u64>>,
+    /// Publish acknowledgements before and after the kill.
+    ack_before_us: Mutex<Histogram<u64>>,
+    ack_after_us: Mutex<Histogram<u64>>,
 }
 
 /// Percentiles of one histogram, in milliseconds.
@@ -83,7 +115,49 @@ impl Tally {
             latency_us: histogram(),
             ack_us: histogram(),
             errors: Mutex::new(BTreeMap::new()),
+            publish_retries: AtomicU64::new(0),
+            kill_us: AtomicU64::new(u64::MAX),
+            reconnection: Reconnection {
+                moved: AtomicU64::new(0),
+                resumed: AtomicU64::new(0),
+                attempts: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                unreachable: AtomicU64::new(0),
+                deferred: AtomicU64::new(0),
+                errors: Mutex::new(BTreeMap::new()),
+                moved_latency_us: histogram(),
+                stayed_latency_us: histogram(),
+                ack_before_us: histogram(),
+                ack_after_us: histogram(),
+            },
         }
+    }
+
+    /// The instance is being killed now.
+    pub(super) fn killing(&self) {
+        self.kill_us.store(self.now_us(), Relaxed);
+    }
+
+    /// True once the instance was killed, for an update sent at `sent_us`.
+    fn after_kill(&self, sent_us: u64) -> bool {
+        sent_us >= self.kill_us.load(Relaxed)
+    }
+
+    /// An attempt to open a stream again failed; `refused` when an instance answered.
+    pub(super) fn reconnect_failed(&self, error: String, refused: bool) {
+        let r = &self.reconnection;
+        let counter = if refused { &r.refused } else { &r.unreachable };
+        counter.fetch_add(1, Relaxed);
+        count(&r.errors, error);
+    }
+
+    /// Why reconnection attempts failed, with how often.
+    pub(super) fn reconnect_errors(&self) -> BTreeMap<String, u64> {
+        self.reconnection
+            .errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// Microseconds since the run started: the clock payloads carry.
@@ -108,13 +182,24 @@ impl Tally {
         self.forfeited.fetch_add(forfeited, Relaxed);
     }
 
-    /// A delivery sent at `sent_us` arrived now; `first` is false for a duplicate.
-    pub(super) fn delivered(&self, sent_us: u64, first: bool) {
+    /// A delivery sent at `sent_us` arrived now; `first` is false for a duplicate; `moved`
+    /// when its stream's connection ended before and it came back.
+    pub(super) fn delivered(&self, sent_us: u64, first: bool, moved: bool) {
         let now = self.now_us();
         self.received.fetch_add(1, Relaxed);
         if first {
             self.unique.fetch_add(1, Relaxed);
-            record(&self.latency_us, now.saturating_sub(sent_us));
+            let latency = now.saturating_sub(sent_us);
+            record(&self.latency_us, latency);
+            if self.after_kill(sent_us) {
+                let r = &self.reconnection;
+                let by = if moved {
+                    &r.moved_latency_us
+                } else {
+                    &r.stayed_latency_us
+                };
+                record(by, latency);
+            }
             self.last_delivery_us.fetch_max(now, Relaxed);
         } else {
             self.duplicates.fetch_add(1, Relaxed);
@@ -126,9 +211,23 @@ impl Tally {
         self.first_publish_us.fetch_min(now_us, Relaxed);
     }
 
-    pub(super) fn published(&self, took: Duration) {
+    /// A publish sent at `sent_us` was accepted after `took`.
+    pub(super) fn published(&self, took: Duration, sent_us: u64) {
         record(&self.ack_us, duration_us(took));
+        let r = &self.reconnection;
+        let by = if self.after_kill(sent_us) {
+            &r.ack_after_us
+        } else {
+            &r.ack_before_us
+        };
+        record(by, duration_us(took));
         self.published.fetch_add(1, Relaxed);
+    }
+
+    /// A publish failed in a way another instance may not, and is sent there.
+    pub(super) fn publish_retried(&self, error: String) {
+        self.publish_retries.fetch_add(1, Relaxed);
+        count(&self.reconnection.errors, error);
     }
 
     pub(super) fn publish_failed(&self, error: String, forfeited: u64) {
@@ -139,16 +238,7 @@ impl Tally {
 
     /// Counts one occurrence of an error message.
     pub(super) fn error(&self, message: String) {
-        if let Ok(mut errors) = self.errors.lock() {
-            let len = errors.len();
-            match errors.get_mut(&message) {
-                Some(count) => *count += 1,
-                None if len < MAX_ERROR_KINDS => {
-                    errors.insert(message, 1);
-                }
-                None => *errors.entry("(other errors)".into()).or_default() += 1,
-            }
-        }
+        count(&self.errors, message);
     }
 
     /// The errors seen, with how often each occurred.
@@ -173,6 +263,36 @@ impl Tally {
 
     pub(super) fn ack_ms(&self) -> Percentiles {
         percentiles(&self.ack_us)
+    }
+
+    /// Publish to arrival after the kill: on the streams that moved, and on the others.
+    pub(super) fn after_kill_latency_ms(&self) -> (Percentiles, Percentiles) {
+        let r = &self.reconnection;
+        (
+            percentiles(&r.moved_latency_us),
+            percentiles(&r.stayed_latency_us),
+        )
+    }
+
+    /// Publish acknowledgements before and after the kill.
+    pub(super) fn ack_around_kill_ms(&self) -> (Percentiles, Percentiles) {
+        let r = &self.reconnection;
+        (percentiles(&r.ack_before_us), percentiles(&r.ack_after_us))
+    }
+}
+
+/// Counts one occurrence of `message` in `errors` (past [`MAX_ERROR_KINDS`] distinct ones,
+/// as "other errors").
+fn count(errors: &Mutex<BTreeMap<String, u64>>, message: String) {
+    if let Ok(mut errors) = errors.lock() {
+        let len = errors.len();
+        match errors.get_mut(&message) {
+            Some(count) => *count += 1,
+            None if len < MAX_ERROR_KINDS => {
+                errors.insert(message, 1);
+            }
+            None => *errors.entry("(other errors)".into()).or_default() += 1,
+        }
     }
 }
 
@@ -205,8 +325,8 @@ mod tests {
     #[test]
     fn duplicates_do_not_count_as_deliveries_and_errors_are_grouped() {
         let tally = Tally::new();
-        tally.delivered(0, true);
-        tally.delivered(0, false);
+        tally.delivered(0, true, false);
+        tally.delivered(0, false, false);
         assert_eq!(tally.received.load(Relaxed), 2);
         assert_eq!(tally.unique.load(Relaxed), 1);
         assert_eq!(tally.duplicates.load(Relaxed), 1);
