@@ -35,11 +35,34 @@ end
 local position
 if size > 0 then
   position = redis.call('XADD', p .. ':stream', 'MAXLEN', '~', size, '*', 'u', ARGV[2], 't', ARGV[3])
+  local oldest
   if age > 0 then
     -- Entries older than history-ttl go too (whole nodes at a time: `~`).
     local now = redis.call('TIME')
-    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - age * 1000
+    oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - age * 1000
     redis.call('XTRIM', p .. ':stream', 'MINID', '~', oldest)
+  end
+  -- Each topic's own history, <prefix>:h:<topic>, at the same position, trimmed the same
+  -- way: a subscriber of exact topics resumes by reading only them. An idle topic's history
+  -- goes once the stream no longer holds anything of it.
+  local keep = 2 * ((age > 0) and age or ttl) + 60
+  local indexed = {}
+  for _, topic in ipairs(message.topics) do
+    if not indexed[topic] then
+      indexed[topic] = true
+      local key = p .. ':h:' .. topic
+      local added = redis.pcall('XADD', key, 'MAXLEN', '~', size, position, 'u', ARGV[2], 't', ARGV[3])
+      if type(added) == 'table' and added.err then
+        -- Positions went backwards (Redis lost the stream and its clock is behind the
+        -- topic's newest entry): that history is stale; start it again.
+        redis.call('DEL', key)
+        redis.call('XADD', key, 'MAXLEN', '~', size, position, 'u', ARGV[2], 't', ARGV[3])
+      end
+      if oldest then
+        redis.call('XTRIM', key, 'MINID', '~', oldest)
+      end
+      redis.call('EXPIRE', key, keep)
+    end
   end
 else
   position = '0-' .. redis.call('INCR', p .. ':seq')

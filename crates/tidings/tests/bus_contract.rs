@@ -337,6 +337,80 @@ async fn replays_after_an_id_on_any_instance(instances: Vec<Instance>) {
     assert!(!newest.missing && newest.updates.is_empty());
 }
 
+async fn replays_the_topics_of_a_subscriber_after_an_id(instances: Vec<Instance>) {
+    let mut watcher = subscribe_to(&instances[1], &["t", "u"], Access::public_only()).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let topics: &[&str] = match i % 3 {
+            0 => &["t"],
+            1 => &["u"],
+            _ => &["t", "u"],
+        };
+        let published = publish(&instances[0], update_on(topics, &i.to_string(), false)).await;
+        ids.push(published.update.id.clone());
+    }
+    for id in &ids {
+        assert_eq!(&next(&mut watcher).await.update.id, id);
+    }
+    // A bus may give more than the topics asked for (the subscriber's filter drops the
+    // rest), but every update on them, once each, in order.
+    let on_t = |replay: &tidings::bus::Replay| -> Vec<UpdateId> {
+        let all: Vec<&UpdateId> = replay.updates.iter().map(|e| &e.update.id).collect();
+        let distinct: std::collections::HashSet<&&UpdateId> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "no update twice");
+        replay
+            .updates
+            .iter()
+            .filter(|e| e.update.topics.iter().any(|t| t.as_str() == "t"))
+            .map(|e| e.update.id.clone())
+            .collect()
+    };
+    let t: Vec<std::sync::Arc<str>> = vec!["t".into()];
+    let bus = &instances[1].bus;
+    let after_first = bus
+        .replay_topics(&ReplayFrom::After(ids[0].clone()), &t)
+        .await
+        .unwrap();
+    assert!(!after_first.missing);
+    assert_eq!(
+        on_t(&after_first),
+        [ids[2].clone(), ids[3].clone(), ids[5].clone()]
+    );
+    assert_eq!(after_first.head_id.as_ref(), Some(&ids[5]));
+    let unknown = bus
+        .replay_topics(&ReplayFrom::After(UpdateId::new("never", 10).unwrap()), &t)
+        .await
+        .unwrap();
+    assert!(unknown.missing);
+    assert_eq!(
+        on_t(&unknown),
+        [
+            ids[0].clone(),
+            ids[2].clone(),
+            ids[3].clone(),
+            ids[5].clone()
+        ]
+    );
+    let both: Vec<std::sync::Arc<str>> = vec!["t".into(), "u".into()];
+    let after_both = bus
+        .replay_topics(&ReplayFrom::After(ids[3].clone()), &both)
+        .await
+        .unwrap();
+    let got: Vec<&UpdateId> = after_both.updates.iter().map(|e| &e.update.id).collect();
+    assert_eq!(got, [&ids[4], &ids[5]], "an update on both topics once");
+    let quiet: Vec<std::sync::Arc<str>> = vec!["nobody-publishes-here".into()];
+    let none = bus
+        .replay_topics(&ReplayFrom::After(ids[0].clone()), &quiet)
+        .await
+        .unwrap();
+    assert!(!none.missing);
+    assert!(none.updates.iter().all(|e| !e
+        .update
+        .topics
+        .iter()
+        .any(|t| t.as_str() == "nobody-publishes-here")));
+}
+
 async fn stores_a_retried_publish_once(instances: Vec<Instance>) {
     let mut subs = Vec::new();
     for instance in &instances {
@@ -458,5 +532,6 @@ contract! {
     follows_subscribers_coming_and_going, 100;
     replays_after_an_id_on_any_instance, 100;
     stores_a_retried_publish_once, 100;
+    replays_the_topics_of_a_subscriber_after_an_id, 100;
     without_history_reports_every_resume_as_a_gap, 0;
 }

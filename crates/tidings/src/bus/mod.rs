@@ -45,8 +45,8 @@ pub enum ReplayFrom {
 #[derive(Debug, Clone, Default)]
 pub struct Replay {
     /// The updates to send, oldest first, not yet filtered for the subscriber: every update
-    /// of the bus after the resume point up to the newest one when the replay was read, with
-    /// no hole. Live updates at or before the last one's position are therefore covered and
+    /// of the bus (of the topics asked for, with [`Bus::replay_topics`]) after the resume
+    /// point up to the newest one when the replay was read, with no hole. Live updates at or before the last one's position are therefore covered and
     /// skipped; any later one is delivered live.
     pub updates: Vec<Arc<Envelope>>,
     /// The position of the resume id, when the bus found it: the client has seen everything
@@ -204,6 +204,22 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`BusError::Unavailable`] when history cannot be read now.
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError>;
+
+    /// Reads history from `from` on for a subscriber that sees nothing but `topics` (its
+    /// selectors are all exact topics): [`Replay::updates`] then needs to hold only the
+    /// updates on one of them, so that a resume costs what the subscriber missed, not all
+    /// traffic since. A bus that keeps no history per topic reads it all.
+    ///
+    /// # Errors
+    /// As for [`Bus::replay`].
+    async fn replay_topics(
+        &self,
+        from: &ReplayFrom,
+        topics: &[Arc<str>],
+    ) -> Result<Replay, BusError> {
+        let _ = topics;
+        self.replay(from).await
+    }
 
     /// True while the bus can publish and deliver.
     fn is_ready(&self) -> bool;

@@ -138,7 +138,10 @@ async fn open_stream(
             head_id,
             ..Replay::default()
         },
-        None => state.inner.bus.replay(&from).await?,
+        None => match exact_topics(&subscription.spec) {
+            Some(topics) => state.inner.bus.replay_topics(&from, &topics).await?,
+            None => state.inner.bus.replay(&from).await?,
+        },
     };
     let departure = if state.config().subscriptions {
         Some(Departure::arrive(state.inner.bus.clone(), subscription.spec.clone()).await)
@@ -227,6 +230,18 @@ async fn open_stream(
         headers.insert("last-event-id", value);
     }
     Ok(response)
+}
+
+/// The topics of a subscriber whose selectors are all exact topics (`None` when one is wide):
+/// its resume needs to read only those.
+fn exact_topics(spec: &SubscriberSpec) -> Option<Vec<Arc<str>>> {
+    spec.selectors
+        .iter()
+        .map(|s| match s {
+            crate::selector::Selector::Exact(topic) => Some(topic.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The notice sent before the replay when `requested` was not in history; `first` is the id

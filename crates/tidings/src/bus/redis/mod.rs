@@ -21,6 +21,7 @@
 
 mod reader;
 mod registry;
+mod replay;
 mod routing;
 
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::update::{SessionId, Update, UpdateId};
+use crate::update::{SessionId, Update};
 use reader::Reader;
 use registry::Registry;
 
@@ -56,6 +57,7 @@ struct Keys {
     id_prefix: String,
     all: String,
     topic_prefix: String,
+    topic_history_prefix: String,
     config: String,
     instance_prefix: String,
     session_prefix: String,
@@ -72,6 +74,7 @@ impl Keys {
             id_prefix: format!("{prefix}:id:"),
             all: format!("{prefix}:all"),
             topic_prefix: format!("{prefix}:t:"),
+            topic_history_prefix: format!("{prefix}:h:"),
             config: format!("{prefix}:config"),
             instance_prefix: format!("{prefix}:instance:"),
             session_prefix: format!("{prefix}:session:"),
@@ -84,6 +87,11 @@ impl Keys {
     fn topic(&self, topic: &str) -> String {
         format!("{}{topic}", self.topic_prefix)
     }
+
+    /// The history of one topic: the stream's entries on that topic, at the same positions.
+    fn topic_history(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_history_prefix)
+    }
 }
 
 /// The Redis bus. Dropping it stops its delivery task.
@@ -91,8 +99,6 @@ impl Keys {
 pub struct RedisBus {
     conn: ConnectionManager,
     keys: Keys,
-    history_size: usize,
-    limits: Limits,
     script: redis::Script,
     hub: Hub,
     metrics: Arc<Metrics>,
@@ -102,6 +108,9 @@ pub struct RedisBus {
     listening: watch::Receiver<Option<u64>>,
     reader: tokio::task::JoinHandle<()>,
     registry: tokio::task::JoinHandle<()>,
+    /// Resumes go through it (module `replay`).
+    replays: replay::Replays,
+    replay_reader: tokio::task::JoinHandle<()>,
     /// Subscribers are shared (`--subscriptions`).
     share_subscribers: bool,
 }
@@ -110,6 +119,7 @@ impl Drop for RedisBus {
     fn drop(&mut self) {
         self.reader.abort();
         self.registry.abort();
+        self.replay_reader.abort();
     }
 }
 
@@ -178,6 +188,7 @@ impl RedisBus {
         ];
         write_settings(&conn, &keys, &settings).await?;
         let (listening_tx, mut listening) = watch::channel(None);
+        let client_for_replays = client.clone();
         let reader = Reader::new(reader::Setup {
             client,
             conn: conn.clone(),
@@ -199,13 +210,25 @@ impl RedisBus {
         };
         let reader = tokio::spawn(reader.run());
         let registry = tokio::spawn(registry.run());
+        // Replays get a connection of their own: publishes never wait behind them.
+        let replay_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(replay::REPLAY_COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let replay_conn =
+            timed(client_for_replays.get_connection_manager_with_config(replay_config)).await?;
+        let (replays, replay_reader) = replay::Replays::start(
+            replay_conn,
+            keys.clone(),
+            options.history_size > 0,
+            options.limits.clone(),
+        );
         // Publishing before this instance listens would lose its own first updates.
         let _ = tokio::time::timeout(COMMAND_TIMEOUT, listening.wait_for(Option::is_some)).await;
         Ok(RedisBus {
             conn,
             keys,
-            history_size: options.history_size,
-            limits: options.limits.clone(),
             script: redis::Script::new(PUBLISH_SCRIPT),
             metrics: hub.metrics().clone(),
             hub,
@@ -213,6 +236,8 @@ impl RedisBus {
             listening,
             reader,
             registry,
+            replays,
+            replay_reader,
             share_subscribers: options.share_subscribers,
         })
     }
@@ -226,23 +251,6 @@ impl RedisBus {
         let mut conn = self.conn.clone();
         let values: Vec<Option<String>> = timed(conn.mget(&keys)).await?;
         Ok(values.iter().map(Option::is_some).collect())
-    }
-
-    fn id_key(&self, id: &str) -> String {
-        format!("{}{id}", self.keys.id_prefix)
-    }
-
-    /// Reads stream entries between `start` and `end` (XRANGE syntax) into envelopes.
-    async fn range(&self, start: &str, end: &str) -> Result<Vec<Arc<Envelope>>, BusError> {
-        read_range(
-            &self.conn,
-            &self.keys,
-            start,
-            end,
-            self.history_size * 2 + 100,
-            &self.limits,
-        )
-        .await
     }
 }
 
@@ -372,11 +380,12 @@ impl Bus for RedisBus {
             return Ok(());
         }
         // The reader subscribes to the channels of every interest change; wait until it has
-        // caught up with this subscriber's.
+        // caught up with this subscriber's (a storm of new streams makes this slower, not
+        // wrong: wait rather than refuse).
         let wanted = self.hub.interest_version();
         let mut listening = self.listening.clone();
         let caught_up = tokio::time::timeout(
-            COMMAND_TIMEOUT,
+            replay::REPLAY_COMMAND_TIMEOUT,
             listening.wait_for(|v| v.is_some_and(|v| v >= wanted)),
         )
         .await
@@ -389,43 +398,15 @@ impl Bus for RedisBus {
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        let mut conn = self.conn.clone();
-        let newest: Option<String> = timed(conn.get(&self.keys.newest)).await?;
-        let mut replay = Replay {
-            head_id: newest
-                .as_deref()
-                .and_then(|id| UpdateId::new(id, usize::MAX).ok()),
-            ..Replay::default()
-        };
-        let history = self.history_size > 0;
-        match from {
-            ReplayFrom::Now => {}
-            ReplayFrom::Earliest if history => replay.updates = self.range("-", "+").await?,
-            ReplayFrom::Earliest => {}
-            ReplayFrom::After(id) => {
-                let indexed: Option<String> = if history {
-                    timed(conn.get(self.id_key(id.as_str()))).await?
-                } else {
-                    None
-                };
-                let still_held = match &indexed {
-                    Some(sid) => holds(&self.conn, &self.keys, sid).await?,
-                    None => false,
-                };
-                if let (Some(sid), true) = (&indexed, still_held) {
-                    replay.updates = self.range(&format!("({sid}"), "+").await?;
-                    replay.resumed_at = position(sid);
-                } else if replay.head_id.as_ref() == Some(id) {
-                    // Resuming from the newest id misses nothing, even without history.
-                } else {
-                    replay.missing = true;
-                    if history {
-                        replay.updates = self.range("-", "+").await?;
-                    }
-                }
-            }
-        }
-        Ok(replay)
+        self.replays.replay(from, None).await
+    }
+
+    async fn replay_topics(
+        &self,
+        from: &ReplayFrom,
+        topics: &[Arc<str>],
+    ) -> Result<Replay, BusError> {
+        self.replays.replay(from, Some(topics.to_vec())).await
     }
 
     fn is_ready(&self) -> bool {

@@ -1,0 +1,364 @@
+//! Replay on the Redis bus: the reads that resuming streams need, queued and done in batches
+//! on a connection of their own.
+//!
+//! When an instance dies, thousands of its clients resume at once on the others. Read one by
+//! one, each resume would cost Redis every update since its position, on the connection the
+//! publishes use, with a short timeout: the work would grow as (resuming clients) × (all
+//! updates since), the publishes would wait behind it, and the timeouts would turn the herd
+//! into refusals. So resumes are requests to one reader task instead:
+//!
+//! - it takes every request waiting at once as a batch, and answers the whole batch with two
+//!   pipelined round trips (the positions of the resume ids and the stream's head, then the
+//!   reads), so that a storm makes batches bigger rather than commands more numerous;
+//! - a subscriber of exact topics reads only those topics' histories (`<prefix>:h:<topic>`,
+//!   written by the publish script at the same positions as the stream), so its resume costs
+//!   what it missed; a wide subscriber reads the shared stream, once per batch from the
+//!   oldest position any of them needs, a page at a time, and each takes its suffix;
+//! - the connection is its own, with a generous timeout: publishes never wait behind replays,
+//!   and a slow Redis makes a resume wait rather than fail.
+//!
+//! A request joins a batch only before the batch's reads are sent, and every request was made
+//! after its subscriber was registered: whatever a read misses was published after the read,
+//! so the subscriber receives it live.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{derived_id, position, stream_id, Keys};
+use crate::bus::{wire, BusError, Replay, ReplayFrom};
+use crate::config::Limits;
+use crate::envelope::{Envelope, Position};
+use crate::update::UpdateId;
+
+/// Longest wait for one command of a replay batch: a busy Redis makes resumes wait, within
+/// this bound, rather than fail.
+pub(super) const REPLAY_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+/// The most requests answered by one batch.
+const MAX_BATCH: usize = 4096;
+/// Requests waiting for a batch, at most; past this a resume waits to be queued.
+const QUEUE: usize = 16_384;
+/// Entries one `XRANGE` returns at most.
+const PAGE: usize = 1_000;
+
+/// What a replay is for.
+#[derive(Debug)]
+pub(super) struct Request {
+    pub(super) from: ReplayFrom,
+    /// The subscriber's exact topics; `None`: every topic (a wide selector).
+    pub(super) topics: Option<Vec<Arc<str>>>,
+    pub(super) reply: oneshot::Sender<Result<Replay, BusError>>,
+}
+
+/// The handle resumes go through.
+#[derive(Debug, Clone)]
+pub(super) struct Replays {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Replays {
+    /// Starts the reader task on `conn` (a connection of its own).
+    pub(super) fn start(
+        conn: ConnectionManager,
+        keys: Keys,
+        history: bool,
+        limits: Limits,
+    ) -> (Replays, tokio::task::JoinHandle<()>) {
+        let (requests, queue) = mpsc::channel(QUEUE);
+        let reader = ReplayReader {
+            conn,
+            keys,
+            history,
+            limits,
+        };
+        (Replays { requests }, tokio::spawn(reader.run(queue)))
+    }
+
+    /// Reads history from `from` on, for `topics` (or every topic).
+    pub(super) async fn replay(
+        &self,
+        from: &ReplayFrom,
+        topics: Option<Vec<Arc<str>>>,
+    ) -> Result<Replay, BusError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            from: from.clone(),
+            topics,
+            reply,
+        };
+        let gone = || super::unavailable("the replay reader stopped");
+        self.requests.send(request).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// The reader task: see the module documentation.
+struct ReplayReader {
+    conn: ConnectionManager,
+    keys: Keys,
+    history: bool,
+    limits: Limits,
+}
+
+/// Where one request's replay starts, once its resume id is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Nothing to read.
+    Nothing,
+    /// From the beginning of history.
+    Beginning,
+    /// After this position.
+    After(Position),
+}
+
+impl ReplayReader {
+    async fn run(mut self, mut queue: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(64);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let requests = std::mem::take(&mut batch);
+            match self.answer(&requests).await {
+                Ok(replays) => {
+                    for (request, replay) in requests.into_iter().zip(replays) {
+                        let _ = request.reply.send(Ok(replay));
+                    }
+                }
+                Err(e) => {
+                    for request in requests {
+                        let _ = request.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The replays of a batch of requests, in their order.
+    async fn answer(&mut self, requests: &[Request]) -> Result<Vec<Replay>, BusError> {
+        // Round trip 1: the head, the oldest position the stream still holds, and where each
+        // resume id is.
+        let ids: Vec<&str> = requests
+            .iter()
+            .filter_map(|r| match &r.from {
+                ReplayFrom::After(id) if self.history => Some(id.as_str()),
+                _ => None,
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.get(&self.keys.newest);
+        pipe.xrange_count(&self.keys.stream, "-", "+", 1);
+        for id in &ids {
+            pipe.get(format!("{}{id}", self.keys.id_prefix));
+        }
+        let (newest, oldest, places): (Option<String>, StreamRangeReply, Vec<Option<String>>) = {
+            let mut values: Vec<redis::Value> = timed(pipe.query_async(&mut self.conn)).await?;
+            let rest = values.split_off(2.min(values.len()));
+            let mut first = values.into_iter();
+            let newest = redis::from_redis_value(first.next().unwrap_or(redis::Value::Nil))
+                .map_err(super::unavailable)?;
+            let oldest = match first.next() {
+                Some(value) => redis::from_redis_value(value).map_err(super::unavailable)?,
+                None => StreamRangeReply::default(),
+            };
+            let places = rest
+                .into_iter()
+                .map(redis::from_redis_value)
+                .collect::<Result<_, _>>()
+                .map_err(super::unavailable)?;
+            (newest, oldest, places)
+        };
+        let head_id = newest
+            .as_deref()
+            .and_then(|id| UpdateId::new(id, usize::MAX).ok());
+        let oldest = oldest.ids.first().and_then(|e| position(&e.id));
+        let places: HashMap<&str, Option<Position>> = ids
+            .iter()
+            .copied()
+            .zip(places.iter().map(|p| p.as_deref().and_then(position)))
+            .collect();
+
+        // Where each request starts, and what it is told.
+        let mut replays = Vec::with_capacity(requests.len());
+        let mut starts = Vec::with_capacity(requests.len());
+        for request in requests {
+            let mut replay = Replay {
+                head_id: head_id.clone(),
+                ..Replay::default()
+            };
+            let start = match &request.from {
+                ReplayFrom::Now => Start::Nothing,
+                ReplayFrom::Earliest if self.history => Start::Beginning,
+                ReplayFrom::Earliest => Start::Nothing,
+                ReplayFrom::After(id) => {
+                    // Held when the stream still reaches back to it: trimming removes the
+                    // oldest entries only.
+                    let held = places
+                        .get(id.as_str())
+                        .copied()
+                        .flatten()
+                        .filter(|p| oldest.is_some_and(|o| *p >= o));
+                    match held {
+                        Some(p) => {
+                            replay.resumed_at = Some(p);
+                            Start::After(p)
+                        }
+                        // Resuming from the newest id misses nothing, even without history.
+                        None if head_id.as_ref() == Some(id) => Start::Nothing,
+                        None => {
+                            replay.missing = true;
+                            match self.history {
+                                true => Start::Beginning,
+                                false => Start::Nothing,
+                            }
+                        }
+                    }
+                }
+            };
+            replays.push(replay);
+            starts.push(start);
+        }
+
+        // Round trip 2 (and more pages where needed): the reads, each from the oldest start
+        // of the requests that need it.
+        let mut from_topic: BTreeMap<&str, Start> = BTreeMap::new();
+        let mut from_stream: Option<Start> = None;
+        for (request, start) in requests.iter().zip(&starts) {
+            if *start == Start::Nothing {
+                continue;
+            }
+            match &request.topics {
+                Some(topics) => {
+                    for topic in topics {
+                        let earliest = from_topic.entry(topic).or_insert(*start);
+                        *earliest = earlier(*earliest, *start);
+                    }
+                }
+                None => from_stream = Some(from_stream.map_or(*start, |s| earlier(s, *start))),
+            }
+        }
+        let topic_keys: Vec<(String, Start)> = from_topic
+            .iter()
+            .map(|(topic, start)| (self.keys.topic_history(topic), *start))
+            .collect();
+        let mut reads: Vec<(String, Start)> = topic_keys;
+        if let Some(start) = from_stream {
+            reads.push((self.keys.stream.clone(), start));
+        }
+        let read = self.read_all(&reads).await?;
+        let stream_entries = from_stream.map(|_| &read[read.len() - 1]);
+        let topic_entries: HashMap<&str, &Vec<Arc<Envelope>>> =
+            from_topic.keys().copied().zip(read.iter()).collect();
+
+        for ((request, start), replay) in requests.iter().zip(&starts).zip(&mut replays) {
+            let after = match start {
+                Start::Nothing => continue,
+                Start::Beginning => None,
+                Start::After(p) => Some(*p),
+            };
+            let later = |e: &&Arc<Envelope>| after.is_none_or(|p| e.position > p);
+            replay.updates = match &request.topics {
+                None => stream_entries
+                    .map(|entries| entries.iter().filter(later).cloned().collect())
+                    .unwrap_or_default(),
+                Some(topics) => {
+                    // Merged in position order; an update on several of the topics once.
+                    let mut merged: BTreeMap<Position, Arc<Envelope>> = BTreeMap::new();
+                    for topic in topics {
+                        if let Some(entries) = topic_entries.get(&**topic) {
+                            for e in entries.iter().filter(later) {
+                                merged.entry(e.position).or_insert_with(|| e.clone());
+                            }
+                        }
+                    }
+                    merged.into_values().collect()
+                }
+            };
+        }
+        Ok(replays)
+    }
+
+    /// Reads each stream key from its start to its end, pipelining the first page of every
+    /// key, then paging on where a page came back full.
+    async fn read_all(
+        &mut self,
+        reads: &[(String, Start)],
+    ) -> Result<Vec<Vec<Arc<Envelope>>>, BusError> {
+        let mut results: Vec<Vec<Arc<Envelope>>> = vec![Vec::new(); reads.len()];
+        let mut cursors: Vec<(usize, String)> = reads
+            .iter()
+            .enumerate()
+            .map(|(i, (_, start))| {
+                let from = match start {
+                    Start::After(p) => format!("({}", stream_id(*p)),
+                    _ => "-".to_owned(),
+                };
+                (i, from)
+            })
+            .collect();
+        while !cursors.is_empty() {
+            let mut pipe = redis::pipe();
+            for (i, from) in &cursors {
+                pipe.xrange_count(&reads[*i].0, from, "+", PAGE);
+            }
+            let pages: Vec<StreamRangeReply> = timed(pipe.query_async(&mut self.conn)).await?;
+            let mut next = Vec::new();
+            for ((i, _), page) in cursors.into_iter().zip(pages) {
+                if page.ids.len() == PAGE {
+                    if let Some(last) = page.ids.last() {
+                        next.push((i, format!("({}", last.id)));
+                    }
+                }
+                results[i].extend(page.ids.iter().filter_map(|entry| self.envelope(entry)));
+            }
+            cursors = next;
+        }
+        Ok(results)
+    }
+
+    /// One stream entry as an envelope (a malformed one is logged and skipped).
+    fn envelope(&self, entry: &redis::streams::StreamId) -> Option<Arc<Envelope>> {
+        let position = position(&entry.id)?;
+        let text: String = entry.get("u")?;
+        let micros: u64 = entry.get("t").unwrap_or(0);
+        match wire::decode(&text, || derived_id(&entry.id), &self.limits) {
+            Ok(update) => Some(Arc::new(Envelope::new(update, position, micros))),
+            Err(e) => {
+                tracing::warn!(stream_id = %entry.id, error = %e, "skipping a malformed stream entry");
+                None
+            }
+        }
+    }
+}
+
+/// The earlier of two starts (reading from it serves both).
+fn earlier(a: Start, b: Start) -> Start {
+    match (a, b) {
+        (Start::Beginning, _) | (_, Start::Beginning) => Start::Beginning,
+        (Start::After(x), Start::After(y)) => Start::After(x.min(y)),
+        (Start::Nothing, other) | (other, Start::Nothing) => other,
+    }
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BusError> {
+    crate::bus::with_limit("redis", REPLAY_COMMAND_TIMEOUT, f).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_reads_from_the_earliest_start_it_needs() {
+        let at = |n| Start::After(Position(n));
+        assert_eq!(earlier(at(5), at(3)), at(3));
+        assert_eq!(earlier(Start::Nothing, at(3)), at(3));
+        assert_eq!(earlier(at(3), Start::Beginning), Start::Beginning);
+        assert_eq!(earlier(Start::Nothing, Start::Nothing), Start::Nothing);
+    }
+}
