@@ -6,14 +6,19 @@
 //! - **Delivery** (broadcast routing): every instance reads the stream with an ordered
 //!   consumer from where it is, hands each update to its hub in sequence order, and counts a
 //!   gap when the sequence jumps (what it missed was trimmed before it could read it).
-//! - **Replay** finds an id's place with the last message on its subject, then reads the
-//!   stream from there: resuming works on any instance.
+//! - **Replay** is served from what the instance delivered, kept in its memory (the last
+//!   `history-size` updates, younger than `history-ttl`): every instance reads the whole
+//!   stream, so a resume after a recent id — all of them when an instance dies and its clients
+//!   come back elsewhere — costs NATS nothing. An id this instance has not delivered yet
+//!   (the client saw it on a faster instance) is placed with one direct get of the last
+//!   message on its subject, and waited for. Only an id older than the instance's memory (it
+//!   started since), `earliest`, or an unknown id read the stream from JetStream.
 //!
 //! JetStream on NATS 2.9 filters a consumer by one subject only, so this bus routes by
 //! broadcast whatever `routing` says.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -22,6 +27,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use super::history::LocalHistory;
 use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
 use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
@@ -46,8 +52,34 @@ pub struct NatsBus {
     limits: Limits,
     /// See [`position`]; shared with the delivery task.
     epoch: Arc<AtomicU64>,
+    /// What this instance delivered, kept to serve resumes (see the module documentation).
+    delivered: Arc<Delivered>,
+    /// The stream was empty when this instance started: what it delivered is all the stream
+    /// ever held, so `earliest` and unknown ids are served from memory too.
+    memory_complete: bool,
     reader: tokio::task::JoinHandle<()>,
 }
+
+/// What the delivery task handed to the hub, shared with the bus's replays.
+#[derive(Debug)]
+struct Delivered {
+    /// Recorded and dispatched under this one lock, and replayed under it: a replay is a
+    /// consistent suffix of what was delivered, and every later update is delivered live.
+    history: Mutex<LocalHistory>,
+    /// The sequence of the last message read, for a replay waiting for an id it has not
+    /// delivered yet.
+    last: tokio::sync::watch::Sender<u64>,
+}
+
+impl Delivered {
+    fn history(&self) -> MutexGuard<'_, LocalHistory> {
+        // Each mutation is completed before anything that could panic runs.
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Longest wait for the delivery task to read up to an id a client resumes from.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 impl Drop for NatsBus {
     fn drop(&mut self) {
@@ -156,8 +188,30 @@ impl NatsBus {
         let stream = timed(js.get_or_create_stream(config.clone()))
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot use JetStream: {e}")))?;
-        let start = timed(stream.get_info()).await?.state.last_sequence;
+        let state = timed(stream.get_info()).await?.state;
+        let (start, memory_complete) = (state.last_sequence, state.messages == 0);
         let epoch = Arc::new(AtomicU64::new(0));
+        let mut history = LocalHistory::new(options.history_size, options.history_ttl());
+        // The stream's newest update is where fresh streams start, before this instance
+        // delivers anything.
+        if start > 0 {
+            if let Ok(message) = timed(stream.get_raw_message(start)).await {
+                let newest = envelope(
+                    0,
+                    start,
+                    Some(&message.headers),
+                    &message.payload,
+                    &options.limits,
+                );
+                if let Some(newest) = newest {
+                    history.record(&newest);
+                }
+            }
+        }
+        let delivered = Arc::new(Delivered {
+            history: Mutex::new(history),
+            last: tokio::sync::watch::Sender::new(start),
+        });
         let reader = Reader {
             js: js.clone(),
             config,
@@ -167,6 +221,7 @@ impl NatsBus {
             limits: options.limits.clone(),
             last: start,
             epoch: epoch.clone(),
+            delivered: delivered.clone(),
             connections,
         };
         let reader = tokio::spawn(reader.run());
@@ -178,6 +233,8 @@ impl NatsBus {
             history: options.history_size > 0,
             limits: options.limits.clone(),
             epoch,
+            delivered,
+            memory_complete,
             reader,
         })
     }
@@ -301,6 +358,46 @@ impl Bus for NatsBus {
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        let from_memory = || Ok(self.delivered.history().replay(from));
+        match from {
+            ReplayFrom::Now => return from_memory(),
+            ReplayFrom::Earliest if self.history && self.memory_complete => return from_memory(),
+            ReplayFrom::After(id) if self.history => {
+                if self.delivered.history().knows(id) {
+                    return from_memory();
+                }
+                match self.place_of(id).await? {
+                    // Published, and not read here yet: wait until it is.
+                    Some(sequence) => {
+                        let mut last = self.delivered.last.subscribe();
+                        let read = tokio::time::timeout(
+                            CATCH_UP_WAIT,
+                            last.wait_for(|last| *last >= sequence),
+                        )
+                        .await;
+                        if read.is_ok_and(|r| r.is_ok()) && self.delivered.history().knows(id) {
+                            return from_memory();
+                        }
+                    }
+                    // Unknown to the stream too: a gap either way.
+                    None if self.memory_complete => return from_memory(),
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+        self.replay_from_stream(from).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+impl NatsBus {
+    /// Reads history from JetStream (an id older than what this instance delivered, or
+    /// unknown; `earliest`).
+    async fn replay_from_stream(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
         let state = timed(self.stream.get_info()).await?.state;
         let (first, head) = (state.first_sequence, state.last_sequence);
         let mut replay = Replay {
@@ -340,10 +437,6 @@ impl Bus for NatsBus {
         }
         Ok(replay)
     }
-
-    fn is_ready(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
-    }
 }
 
 /// The delivery task: an ordered consumer of the whole stream from where this instance is.
@@ -359,6 +452,7 @@ struct Reader {
     last: u64,
     /// See [`position`]; bumped here when NATS lost the stream.
     epoch: Arc<AtomicU64>,
+    delivered: Arc<Delivered>,
     /// Changes at each reconnection to NATS.
     connections: watch::Receiver<u64>,
 }
@@ -447,8 +541,11 @@ impl Reader {
                 &message.payload,
                 &self.limits,
             ) {
+                let mut history = self.delivered.history();
+                history.record(&envelope);
                 self.hub.dispatch(&envelope);
             }
+            self.delivered.last.send_replace(sequence);
         }
     }
 }
