@@ -93,32 +93,54 @@ impl LocalHistory {
 
     /// What a subscriber resuming `from` gets (see [`Replay`]).
     pub fn replay(&mut self, from: &ReplayFrom) -> Replay {
+        self.replay_of(from, None)
+    }
+
+    /// What a subscriber resuming `from` gets; with `topics`, only the updates on one of
+    /// them (see [`Bus::replay_topics`](super::Bus::replay_topics)): a storm of resumes then
+    /// copies what each one needs, not all of history each.
+    pub fn replay_of(&mut self, from: &ReplayFrom, topics: Option<&[Arc<str>]>) -> Replay {
         self.expire();
         let mut replay = Replay {
             head_id: self.newest.as_ref().map(|(id, _)| id.clone()),
             ..Replay::default()
         };
-        match from {
-            ReplayFrom::Now => {}
-            ReplayFrom::Earliest => replay.updates = self.updates.iter().cloned().collect(),
+        let wanted = |e: &&Arc<Envelope>| {
+            topics.is_none_or(|topics| {
+                e.update
+                    .topics
+                    .iter()
+                    .any(|t| topics.iter().any(|w| **w == *t.as_str()))
+            })
+        };
+        let skip = match from {
+            ReplayFrom::Now => return replay,
+            ReplayFrom::Earliest => 0,
             ReplayFrom::After(id) => match self.index.get(id) {
                 Some(position) => {
-                    let skip = self.updates.partition_point(|e| e.position <= *position);
-                    replay.updates = self.updates.iter().skip(skip).cloned().collect();
                     replay.resumed_at = Some(*position);
+                    self.updates.partition_point(|e| e.position <= *position)
                 }
                 // Resuming from the newest id misses nothing, even without history.
                 None => match &self.newest {
                     Some((newest, position)) if newest == id => {
                         replay.resumed_at = Some(*position);
+                        return replay;
                     }
                     _ => {
                         replay.missing = true;
-                        replay.updates = self.updates.iter().cloned().collect();
+                        0
                     }
                 },
             },
-        }
+        };
+        replay.updates = self
+            .updates
+            .iter()
+            .skip(skip)
+            .filter(wanted)
+            .cloned()
+            .collect();
         replay
     }
 }

@@ -90,6 +90,14 @@ impl Bus for MemoryBus {
         Ok(self.lock().history.replay(from))
     }
 
+    async fn replay_topics(
+        &self,
+        from: &ReplayFrom,
+        topics: &[Arc<str>],
+    ) -> Result<Replay, BusError> {
+        Ok(self.lock().history.replay_of(from, Some(topics)))
+    }
+
     fn is_ready(&self) -> bool {
         true
     }

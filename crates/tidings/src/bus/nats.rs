@@ -358,7 +358,31 @@ impl Bus for NatsBus {
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        let from_memory = || Ok(self.delivered.history().replay(from));
+        self.replay_of(from, None).await
+    }
+
+    async fn replay_topics(
+        &self,
+        from: &ReplayFrom,
+        topics: &[Arc<str>],
+    ) -> Result<Replay, BusError> {
+        self.replay_of(from, Some(topics)).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+impl NatsBus {
+    /// Serves a replay from memory where it can (see the module documentation), else from
+    /// JetStream.
+    async fn replay_of(
+        &self,
+        from: &ReplayFrom,
+        topics: Option<&[Arc<str>]>,
+    ) -> Result<Replay, BusError> {
+        let from_memory = || Ok(self.delivered.history().replay_of(from, topics));
         match from {
             ReplayFrom::Now => return from_memory(),
             ReplayFrom::Earliest if self.history && self.memory_complete => return from_memory(),
@@ -389,12 +413,6 @@ impl Bus for NatsBus {
         self.replay_from_stream(from).await
     }
 
-    fn is_ready(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
-    }
-}
-
-impl NatsBus {
     /// Reads history from JetStream (an id older than what this instance delivered, or
     /// unknown; `earliest`).
     async fn replay_from_stream(&self, from: &ReplayFrom) -> Result<Replay, BusError> {

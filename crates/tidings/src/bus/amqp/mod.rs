@@ -362,6 +362,29 @@ impl Bus for AmqpBus {
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        self.replay_of(from, None).await
+    }
+
+    async fn replay_topics(
+        &self,
+        from: &ReplayFrom,
+        topics: &[Arc<str>],
+    ) -> Result<Replay, BusError> {
+        self.replay_of(from, Some(topics)).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.publisher().is_some()
+    }
+}
+
+impl AmqpBus {
+    /// Serves a replay from what this instance read (see [`LocalHistory::replay_of`]).
+    async fn replay_of(
+        &self,
+        from: &ReplayFrom,
+        topics: Option<&[Arc<str>]>,
+    ) -> Result<Replay, BusError> {
         if let ReplayFrom::After(id) = from {
             let known = lock(&self.shared.delivered).history.knows(id);
             if !known && self.shared.stream.is_some() {
@@ -377,11 +400,7 @@ impl Bus for AmqpBus {
                 }
             }
         }
-        Ok(lock(&self.shared.delivered).history.replay(from))
-    }
-
-    fn is_ready(&self) -> bool {
-        self.shared.publisher().is_some()
+        Ok(lock(&self.shared.delivered).history.replay_of(from, topics))
     }
 }
 
