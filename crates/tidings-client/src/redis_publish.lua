@@ -53,10 +53,16 @@ if size > 0 then
       local key = p .. ':h:' .. topic
       local added = redis.pcall('XADD', key, 'MAXLEN', '~', size, position, 'u', ARGV[2], 't', ARGV[3])
       if type(added) == 'table' and added.err then
-        -- Positions went backwards (Redis lost the stream and its clock is behind the
-        -- topic's newest entry): that history is stale; start it again.
-        redis.call('DEL', key)
-        redis.call('XADD', key, 'MAXLEN', '~', size, position, 'u', ARGV[2], 't', ARGV[3])
+        if string.find(added.err, 'smaller', 1, true) then
+          -- Positions went backwards (Redis lost the stream and its clock is behind the
+          -- topic's newest entry): that history is stale; start it again.
+          redis.call('DEL', key)
+          redis.call('XADD', key, 'MAXLEN', '~', size, position, 'u', ARGV[2], 't', ARGV[3])
+        else
+          -- Not a stream (written by something else): the update is stored and sent all the
+          -- same; only a resume of exact topics would not find it there.
+          redis.log(redis.LOG_WARNING, 'tidings: cannot index ' .. key .. ': ' .. added.err)
+        end
       end
       if oldest then
         redis.call('XTRIM', key, 'MINID', '~', oldest)

@@ -1,6 +1,8 @@
 //! Broker faults, against a private `redis-server` this test starts on a free port and stops by
 //! PID (never the machine's shared Redis): readiness, fast publish failures, open streams that
-//! survive, reconnection with catch-up from the stream, and gaps counted.
+//! survive, reconnection with catch-up from the stream, and gaps counted. And on the shared
+//! Redis, under a prefix of its own: a resume older than the topic histories last is served
+//! from the stream.
 
 mod common;
 
@@ -240,4 +242,55 @@ async fn without_history_delivery_resumes_after_a_redis_restart() {
         "positions restarted from 1 and are still delivered"
     );
     assert!(hub.metric("tidings_bus_gaps_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_resume_older_than_topic_histories_last_reads_the_stream() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let keys = common::RedisKeys {
+        prefix: common::unique_prefix("stale-resume"),
+        url,
+    };
+    // Two updates on a topic, from long ago (positions are Redis times: 1970), still in the
+    // stream because nothing was published since to trim it, and without the topic's own
+    // history (long expired).
+    let topic = common::unique_topic("stale");
+    let mut conn = redis::Client::open(keys.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for (position, id) in [("1000-1", "old-1"), ("1000-2", "old-2")] {
+        let message = serde_json::json!({"v": 1, "id": id, "topics": [topic], "data": id});
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{}:stream", keys.prefix))
+            .arg(position)
+            .arg("u")
+            .arg(message.to_string())
+            .arg("t")
+            .arg(0)
+            .query(&mut conn)
+            .unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}:id:{id}", keys.prefix))
+            .arg(position)
+            .query(&mut conn)
+            .unwrap();
+    }
+    let hub = Hub::start(&[
+        "--auth",
+        "none",
+        "--bus",
+        &keys.url,
+        "--bus-prefix",
+        &keys.prefix,
+    ]);
+    let mut stream = Stream::open(
+        &subscribe_url(&hub, &[&topic], ""),
+        &[("Last-Event-ID", "old-1")],
+    )
+    .await;
+    let event = stream.next().await;
+    assert_eq!((event.id.as_str(), event.data.as_str()), ("old-2", "old-2"));
 }

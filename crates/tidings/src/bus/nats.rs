@@ -281,8 +281,13 @@ impl NatsBus {
     /// sequence if the message there has this id.
     async fn place_of(&self, id: &UpdateId) -> Result<Option<u64>, BusError> {
         let subject = subject(&self.subject_prefix, Some(id.as_str()));
-        if let Ok(message) = timed(self.stream.get_last_raw_message_by_subject(&subject)).await {
-            return Ok(Some(message.sequence));
+        let last = self.stream.get_last_raw_message_by_subject(&subject);
+        match tokio::time::timeout(COMMAND_TIMEOUT, last).await {
+            Ok(Ok(message)) => return Ok(Some(message.sequence)),
+            Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+            // Not an answer: an id that may well be there must not be reported as a gap.
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => return Err(unavailable("no answer placing a resume id")),
         }
         let derived = id
             .as_str()
@@ -383,12 +388,17 @@ impl NatsBus {
         topics: Option<&[Arc<str>]>,
     ) -> Result<Replay, BusError> {
         let from_memory = || Ok(self.delivered.history().replay_of(from, topics));
+        // Checked and read under one lock, so that the id cannot be evicted in between.
+        let if_known = |id: &UpdateId| {
+            let mut history = self.delivered.history();
+            history.knows(id).then(|| history.replay_of(from, topics))
+        };
         match from {
             ReplayFrom::Now => return from_memory(),
             ReplayFrom::Earliest if self.history && self.memory_complete => return from_memory(),
             ReplayFrom::After(id) if self.history => {
-                if self.delivered.history().knows(id) {
-                    return from_memory();
+                if let Some(replay) = if_known(id) {
+                    return Ok(replay);
                 }
                 match self.place_of(id).await? {
                     // Published, and not read here yet: wait until it is.
@@ -399,8 +409,10 @@ impl NatsBus {
                             last.wait_for(|last| *last >= sequence),
                         )
                         .await;
-                        if read.is_ok_and(|r| r.is_ok()) && self.delivered.history().knows(id) {
-                            return from_memory();
+                        if read.is_ok_and(|r| r.is_ok()) {
+                            if let Some(replay) = if_known(id) {
+                                return Ok(replay);
+                            }
                         }
                     }
                     // Unknown to the stream too: a gap either way.

@@ -218,12 +218,7 @@ impl RedisBus {
             .set_max_delay(Duration::from_secs(1));
         let replay_conn =
             timed(client_for_replays.get_connection_manager_with_config(replay_config)).await?;
-        let (replays, replay_reader) = replay::Replays::start(
-            replay_conn,
-            keys.clone(),
-            options.history_size > 0,
-            options.limits.clone(),
-        );
+        let (replays, replay_reader) = replay::Replays::start(replay_conn, keys.clone(), options);
         // Publishing before this instance listens would lose its own first updates.
         let _ = tokio::time::timeout(COMMAND_TIMEOUT, listening.wait_for(Option::is_some)).await;
         Ok(RedisBus {
@@ -240,6 +235,16 @@ impl RedisBus {
             replay_reader,
             share_subscribers: options.share_subscribers,
         })
+    }
+
+    /// Replays wait for a busy Redis, not for one that is down: with the delivery connection
+    /// lost, a stream is turned away at once (to come back) rather than after the replay
+    /// reader's long timeout.
+    fn ready_for_replay(&self) -> Result<(), BusError> {
+        match self.is_ready() {
+            true => Ok(()),
+            false => Err(unavailable("not connected")),
+        }
     }
 
     /// For each instance id, whether its liveness key still exists.
@@ -398,6 +403,7 @@ impl Bus for RedisBus {
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        self.ready_for_replay()?;
         self.replays.replay(from, None).await
     }
 
@@ -406,6 +412,7 @@ impl Bus for RedisBus {
         from: &ReplayFrom,
         topics: &[Arc<str>],
     ) -> Result<Replay, BusError> {
+        self.ready_for_replay()?;
         self.replays.replay(from, Some(topics.to_vec())).await
     }
 

@@ -30,7 +30,7 @@ use redis::streams::StreamRangeReply;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{derived_id, position, stream_id, Keys};
-use crate::bus::{wire, BusError, Replay, ReplayFrom};
+use crate::bus::{wire, BusError, BusOptions, Replay, ReplayFrom};
 use crate::config::Limits;
 use crate::envelope::{Envelope, Position};
 use crate::update::UpdateId;
@@ -65,15 +65,15 @@ impl Replays {
     pub(super) fn start(
         conn: ConnectionManager,
         keys: Keys,
-        history: bool,
-        limits: Limits,
+        options: &BusOptions,
     ) -> (Replays, tokio::task::JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE);
         let reader = ReplayReader {
             conn,
             keys,
-            history,
-            limits,
+            history: options.history_size > 0,
+            topic_history_complete_ms: topic_history_complete_secs(options) * 1000,
+            limits: options.limits.clone(),
         };
         (Replays { requests }, tokio::spawn(reader.run(queue)))
     }
@@ -101,7 +101,23 @@ struct ReplayReader {
     conn: ConnectionManager,
     keys: Keys,
     history: bool,
+    /// How far back topic histories are complete: a resume from a position older than this
+    /// reads the stream instead. Past `history-ttl` a topic's history may have been trimmed
+    /// at another node boundary than the stream (both trim whole nodes), and an idle topic's
+    /// history expires (the publish script's `EXPIRE`) while the stream, if nothing was
+    /// published since to trim it, still holds its updates.
+    topic_history_complete_ms: u64,
     limits: Limits,
+}
+
+/// How far back topic histories are complete, in seconds: `history-ttl`, or without an age
+/// limit the time the publish script keeps an idle topic's history (`2 × history-id-ttl +
+/// 60`, as it computes from `<prefix>:config`).
+fn topic_history_complete_secs(options: &BusOptions) -> u64 {
+    match options.history_ttl_secs {
+        0 => 2 * options.history_id_ttl_secs.max(1) + 60,
+        ttl => ttl,
+    }
 }
 
 /// Where one request's replay starts, once its resume id is placed.
@@ -137,8 +153,11 @@ impl ReplayReader {
 
     /// The replays of a batch of requests, in their order.
     async fn answer(&mut self, requests: &[Request]) -> Result<Vec<Replay>, BusError> {
-        // Round trip 1: the head, the oldest position the stream still holds, and where each
-        // resume id is.
+        // Round trip 1: the head, the oldest and newest positions the stream holds, and where
+        // each resume id is. Every read stops at that newest position, whatever round trip it
+        // ends in: what comes later is delivered live (each subscriber was registered before
+        // its request was made), and no key's read may reach further than another's — the
+        // live copies up to the last replayed position are skipped.
         let ids: Vec<&str> = requests
             .iter()
             .filter_map(|r| match &r.from {
@@ -151,25 +170,42 @@ impl ReplayReader {
         let mut pipe = redis::pipe();
         pipe.get(&self.keys.newest);
         pipe.xrange_count(&self.keys.stream, "-", "+", 1);
+        pipe.xrevrange_count(&self.keys.stream, "+", "-", 1);
+        pipe.cmd("TIME");
         for id in &ids {
             pipe.get(format!("{}{id}", self.keys.id_prefix));
         }
-        let (newest, oldest, places): (Option<String>, StreamRangeReply, Vec<Option<String>>) = {
+        let (newest, oldest, last, now_ms, places): (
+            Option<String>,
+            StreamRangeReply,
+            StreamRangeReply,
+            u64,
+            Vec<Option<String>>,
+        ) = {
             let mut values: Vec<redis::Value> = timed(pipe.query_async(&mut self.conn)).await?;
-            let rest = values.split_off(2.min(values.len()));
+            let rest = values.split_off(4.min(values.len()));
             let mut first = values.into_iter();
-            let newest = redis::from_redis_value(first.next().unwrap_or(redis::Value::Nil))
-                .map_err(super::unavailable)?;
-            let oldest = match first.next() {
-                Some(value) => redis::from_redis_value(value).map_err(super::unavailable)?,
-                None => StreamRangeReply::default(),
+            let mut next = || first.next().unwrap_or(redis::Value::Nil);
+            let newest = redis::from_redis_value(next()).map_err(super::unavailable)?;
+            let mut range = || match next() {
+                redis::Value::Nil => Ok(StreamRangeReply::default()),
+                value => redis::from_redis_value(value).map_err(super::unavailable),
             };
+            let (oldest, last) = (range()?, range()?);
+            let (secs, micros): (u64, u64) =
+                redis::from_redis_value(next()).map_err(super::unavailable)?;
+            let now_ms = secs * 1000 + micros / 1000;
             let places = rest
                 .into_iter()
                 .map(redis::from_redis_value)
                 .collect::<Result<_, _>>()
                 .map_err(super::unavailable)?;
-            (newest, oldest, places)
+            (newest, oldest, last, now_ms, places)
+        };
+        // Nothing in the stream: nothing to read.
+        let end = match last.ids.first() {
+            Some(entry) => entry.id.clone(),
+            None => "0-0".to_owned(),
         };
         let head_id = newest
             .as_deref()
@@ -226,13 +262,25 @@ impl ReplayReader {
         // of the requests that need it.
         let mut from_topic: BTreeMap<&str, Start> = BTreeMap::new();
         let mut from_stream: Option<Start> = None;
-        for (request, start) in requests.iter().zip(&starts) {
+        // A position's first half is its Redis time in milliseconds.
+        let stale = |start: &Start| match start {
+            Start::After(p) => {
+                now_ms.saturating_sub((p.0 >> 64) as u64) >= self.topic_history_complete_ms
+            }
+            _ => false,
+        };
+        let by_topic: Vec<Option<&Vec<Arc<str>>>> = requests
+            .iter()
+            .zip(&starts)
+            .map(|(r, start)| r.topics.as_ref().filter(|_| !stale(start)))
+            .collect();
+        for (topics, start) in by_topic.iter().zip(&starts) {
             if *start == Start::Nothing {
                 continue;
             }
-            match &request.topics {
+            match topics {
                 Some(topics) => {
-                    for topic in topics {
+                    for topic in topics.iter() {
                         let earliest = from_topic.entry(topic).or_insert(*start);
                         *earliest = earlier(*earliest, *start);
                     }
@@ -248,26 +296,26 @@ impl ReplayReader {
         if let Some(start) = from_stream {
             reads.push((self.keys.stream.clone(), start));
         }
-        let read = self.read_all(&reads).await?;
+        let read = self.read_all(&reads, &end).await?;
         let stream_entries = from_stream.map(|_| &read[read.len() - 1]);
         let topic_entries: HashMap<&str, &Vec<Arc<Envelope>>> =
             from_topic.keys().copied().zip(read.iter()).collect();
 
-        for ((request, start), replay) in requests.iter().zip(&starts).zip(&mut replays) {
+        for ((topics, start), replay) in by_topic.iter().zip(&starts).zip(&mut replays) {
             let after = match start {
                 Start::Nothing => continue,
                 Start::Beginning => None,
                 Start::After(p) => Some(*p),
             };
             let later = |e: &&Arc<Envelope>| after.is_none_or(|p| e.position > p);
-            replay.updates = match &request.topics {
+            replay.updates = match topics {
                 None => stream_entries
                     .map(|entries| entries.iter().filter(later).cloned().collect())
                     .unwrap_or_default(),
                 Some(topics) => {
                     // Merged in position order; an update on several of the topics once.
                     let mut merged: BTreeMap<Position, Arc<Envelope>> = BTreeMap::new();
-                    for topic in topics {
+                    for topic in topics.iter() {
                         if let Some(entries) = topic_entries.get(&**topic) {
                             for e in entries.iter().filter(later) {
                                 merged.entry(e.position).or_insert_with(|| e.clone());
@@ -281,11 +329,12 @@ impl ReplayReader {
         Ok(replays)
     }
 
-    /// Reads each stream key from its start to its end, pipelining the first page of every
-    /// key, then paging on where a page came back full.
+    /// Reads each stream key from its start to `end` (a position), pipelining the first page
+    /// of every key, then paging on where a page came back full.
     async fn read_all(
         &mut self,
         reads: &[(String, Start)],
+        end: &str,
     ) -> Result<Vec<Vec<Arc<Envelope>>>, BusError> {
         let mut results: Vec<Vec<Arc<Envelope>>> = vec![Vec::new(); reads.len()];
         let mut cursors: Vec<(usize, String)> = reads
@@ -302,7 +351,7 @@ impl ReplayReader {
         while !cursors.is_empty() {
             let mut pipe = redis::pipe();
             for (i, from) in &cursors {
-                pipe.xrange_count(&reads[*i].0, from, "+", PAGE);
+                pipe.xrange_count(&reads[*i].0, from, end, PAGE);
             }
             let pages: Vec<StreamRangeReply> = timed(pipe.query_async(&mut self.conn)).await?;
             let mut next = Vec::new();
@@ -352,6 +401,23 @@ async fn timed<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_histories_are_trusted_within_the_history_age() {
+        let options = |ttl, id_ttl| BusOptions {
+            history_size: 10,
+            history_ttl_secs: ttl,
+            history_id_ttl_secs: id_ttl,
+            prefix: "p".into(),
+            instance_id: "i".into(),
+            session_ttl_secs: 30,
+            share_subscribers: false,
+            limits: Limits::default(),
+            routing: crate::bus::Routing::Interest,
+        };
+        assert_eq!(topic_history_complete_secs(&options(300, 300)), 300);
+        assert_eq!(topic_history_complete_secs(&options(0, 86_400)), 172_860);
+    }
 
     #[test]
     fn a_batch_reads_from_the_earliest_start_it_needs() {
