@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tidings::bus::wire;
-use tidings::config::Limits;
+use tidings::update::Limits;
 
 fuzz_target!(|text: &str| {
     let limits = Limits::default();

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::FutureExt;
-use tidings::config::Limits;
 use tidings::envelope::{now_micros, Envelope, Position};
 use tidings::hub::Hub;
 use tidings::metrics::Metrics;
 use tidings::selector::Selector;
 use tidings::subscriber::{Access, SubscriberLabel, SubscriberSpec};
+use tidings::update::Limits;
 use tidings::update::{EventName, Topic, Update, UpdateId};
 
 const TOPIC: &str = "https://example.com/books/1234/reviews/5678";

@@ -21,7 +21,7 @@ use crate::update::{SessionId, Topic};
 pub const MAX_SESSION_ID_LEN: usize = 256;
 
 /// How requests are authorized (`auth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// JWTs are required (subscribers may be anonymous if `anonymous` is set).
@@ -32,21 +32,55 @@ pub enum AuthMode {
 }
 
 /// The signature algorithm of tokens (`jwt-alg`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum JwtAlg {
     /// HMAC with SHA-256; keys are shared secrets.
     #[default]
     #[serde(rename = "HS256", alias = "hs256")]
-    #[value(name = "HS256")]
     Hs256,
     /// RSA PKCS#1 v1.5 with SHA-256; keys are PEM files.
     #[serde(rename = "RS256", alias = "rs256")]
-    #[value(name = "RS256")]
     Rs256,
     /// ECDSA P-256 with SHA-256; keys are PEM files.
     #[serde(rename = "ES256", alias = "es256")]
-    #[value(name = "ES256")]
     Es256,
+}
+
+impl AuthMode {
+    /// The names the configuration accepts, as in `tidings.toml`.
+    pub const NAMES: [&'static str; 2] = ["jwt", "none"];
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "jwt" => Ok(AuthMode::Jwt),
+            "none" => Ok(AuthMode::None),
+            _ => Err(format!("unknown authorization mode {name:?}: jwt or none")),
+        }
+    }
+}
+
+impl JwtAlg {
+    /// The names the configuration accepts (in any case), as in `tidings.toml`.
+    pub const NAMES: [&'static str; 3] = ["HS256", "RS256", "ES256"];
+}
+
+impl std::str::FromStr for JwtAlg {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name.to_ascii_uppercase().as_str() {
+            "HS256" => Ok(JwtAlg::Hs256),
+            "RS256" => Ok(JwtAlg::Rs256),
+            "ES256" => Ok(JwtAlg::Es256),
+            _ => Err(format!(
+                "unknown JWT algorithm {name:?}: HS256, RS256 or ES256"
+            )),
+        }
+    }
 }
 
 impl JwtAlg {

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use crate::admission::StreamLimits;
 use crate::auth::{AuthMode, AuthSettings, JwtAlg};
 use crate::bus::Routing;
+use crate::update::Limits;
 
 /// Every option of `tidings serve`, each optional so that layers can be merged.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -58,13 +59,13 @@ pub struct Options {
     pub bus_prefix: Option<String>,
     /// How a broker bus brings updates to instances: interest [default] (only the topics
     /// this instance's subscribers need) or broadcast (every update to every instance).
-    #[arg(long, env = "TIDINGS_ROUTING", value_name = "MODE")]
+    #[arg(long, env = "TIDINGS_ROUTING", value_name = "MODE", value_parser = choice::<Routing>(&Routing::NAMES))]
     pub routing: Option<Routing>,
     /// This instance's id [default: generated].
     #[arg(long, env = "TIDINGS_INSTANCE_ID", value_name = "ID")]
     pub instance_id: Option<String>,
     /// Authorization mode: jwt [default] or none (development: no tokens at all).
-    #[arg(long, env = "TIDINGS_AUTH", value_name = "MODE")]
+    #[arg(long, env = "TIDINGS_AUTH", value_name = "MODE", value_parser = choice::<AuthMode>(&AuthMode::NAMES))]
     pub auth: Option<AuthMode>,
     /// JWT key for publishers and subscribers (HS256 secret, or PEM public key path).
     #[arg(long, env = "TIDINGS_JWT_KEY", value_name = "KEY")]
@@ -76,7 +77,13 @@ pub struct Options {
     #[arg(long, env = "TIDINGS_SUBSCRIBER_JWT_KEY", value_name = "KEY")]
     pub subscriber_jwt_key: Option<String>,
     /// JWT signature algorithm: HS256 [default], RS256 or ES256.
-    #[arg(long, env = "TIDINGS_JWT_ALG", value_name = "ALG", ignore_case = true)]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_ALG",
+        value_name = "ALG",
+        ignore_case = true,
+        value_parser = choice::<JwtAlg>(&JwtAlg::NAMES)
+    )]
     pub jwt_alg: Option<JwtAlg>,
     /// Seconds of clock skew tolerated on exp/nbf/iat [default: 5].
     #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_name = "SECS")]
@@ -191,6 +198,16 @@ pub struct Options {
     pub log: Option<String>,
 }
 
+/// Parses one of a core enum's `names` on the command line (listed in `--help` and in the
+/// error for anything else). The core types know nothing of clap: they parse from their name.
+fn choice<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).try_map(|name| name.parse::<T>())
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -206,36 +223,6 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
-
-/// Limits on what a caller may send. Every one has a config name and a default.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// `max-body-bytes`.
-    pub max_body_bytes: usize,
-    /// `max-selectors`.
-    pub max_selectors: usize,
-    /// `max-selector-length` (also the longest topic).
-    pub max_selector_length: usize,
-    /// `max-topics-per-update`.
-    pub max_topics_per_update: usize,
-    /// `max-id-length`.
-    pub max_id_length: usize,
-    /// `max-event-name-length`.
-    pub max_event_name_length: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 1 << 20,
-            max_selectors: 100,
-            max_selector_length: 2048,
-            max_topics_per_update: 100,
-            max_id_length: 1024,
-            max_event_name_length: 256,
-        }
-    }
-}
 
 /// The PEM files of a TLS certificate chain and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`update`] | the validated input types: [`update::Update`], topics, ids, event names, sessions |
+//! | [`update`] | the validated input types: [`update::Update`], topics, ids, event names, sessions, and the [`update::Limits`] on them |
 //! | [`selector`] | topic selectors (`*`, exact, RFC 6570 templates, URL patterns) compiled once, cached |
 //! | [`sse`] | the SSE encoder (one `data:` line per payload line; nothing can inject a field) |
 //! | [`envelope`] | an update inside an instance: position in the bus order, SSE bytes encoded once |
@@ -19,11 +19,18 @@
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay) and its backends |
 //! | [`auth`] | JWT verification (HS256/RS256/ES256), Mercure claims, minting dev tokens |
+//! | [`state`] | [`state::AppState`]: one instance's parts (config, hub, bus, authenticator, metrics, admission), shared by every request |
 //! | [`http`] | the axum router: Mercure subscribe/publish and subscriptions API, session API, `/healthz`, `/readyz`, `/metrics`, the page at `/` |
 //! | [`metrics`] | the instance's Prometheus metrics |
-//! | [`config`] | options: defaults → `tidings.toml` → `TIDINGS_*` → flags |
+//! | [`config`] | options: defaults → `tidings.toml` → `TIDINGS_*` → flags, mapped onto the core's types |
 //! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown |
 //! | [`cli`] | the `tidings` command line |
+//!
+//! Layers point one way, each using only those below it: `cli` → [`server`] (sockets, TLS,
+//! shutdown) → [`http`] (the protocols) → [`state`] → [`config`] → [`auth`] and [`bus`]
+//! (the buses behind one trait) → the core ([`hub`], [`subscriber`], [`admission`],
+//! [`envelope`], [`sse`], [`selector`], [`update`], [`metrics`]). The core knows nothing of
+//! HTTP, the command line or any broker client.
 //!
 //! ## One update, from publish to socket
 //!
@@ -64,5 +71,6 @@ pub mod metrics;
 pub mod selector;
 pub mod server;
 pub mod sse;
+pub mod state;
 pub mod subscriber;
 pub mod update;

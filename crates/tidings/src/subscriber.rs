@@ -81,8 +81,8 @@ impl SubscriberLabel {
     }
 }
 
-/// What a new subscriber asks for: built by the HTTP layer from a request, handed to
-/// [`crate::hub::Hub::subscribe`].
+/// What a new subscriber asks for: built by the HTTP layer from a request, handed to the
+/// hub, which registers it.
 #[derive(Debug, Clone)]
 pub struct SubscriberSpec {
     /// How the subscriptions API names it.

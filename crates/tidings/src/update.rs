@@ -8,6 +8,36 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// Limits on what a caller may send. Every one has a config name and a default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `max-body-bytes`.
+    pub max_body_bytes: usize,
+    /// `max-selectors`.
+    pub max_selectors: usize,
+    /// `max-selector-length` (also the longest topic).
+    pub max_selector_length: usize,
+    /// `max-topics-per-update`.
+    pub max_topics_per_update: usize,
+    /// `max-id-length`.
+    pub max_id_length: usize,
+    /// `max-event-name-length`.
+    pub max_event_name_length: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_selectors: 100,
+            max_selector_length: 2048,
+            max_topics_per_update: 100,
+            max_id_length: 1024,
+            max_event_name_length: 256,
+        }
+    }
+}
+
 /// Why a piece of input was refused. Carries which field was wrong and a sentence that says
 /// what to fix; the HTTP layer turns it into a `400` with a JSON body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,12 +14,12 @@ use tidings::bus::memory::MemoryBus;
 use tidings::bus::nats::NatsBus;
 use tidings::bus::redis::RedisBus;
 use tidings::bus::{Bus, BusOptions, ReplayFrom, Routing};
-use tidings::config::Limits;
 use tidings::envelope::{Envelope, Position};
 use tidings::hub::{Hub, Subscription};
 use tidings::metrics::Metrics;
 use tidings::selector::Selector;
 use tidings::subscriber::{Access, SubscriberLabel, SubscriberSpec};
+use tidings::update::Limits;
 use tidings::update::{Topic, Update, UpdateId};
 
 struct Instance {

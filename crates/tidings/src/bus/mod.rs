@@ -106,17 +106,7 @@ impl SubscriberRecord {
 }
 
 /// How a broker-backed bus brings updates to instances (`routing`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Routing {
     /// An instance listens only for the topics its subscribers need (a channel per topic),
@@ -127,6 +117,23 @@ pub enum Routing {
     Interest,
     /// Every instance receives every update and keeps what its subscribers need.
     Broadcast,
+}
+
+impl Routing {
+    /// The names the configuration accepts, as in `tidings.toml`.
+    pub const NAMES: [&'static str; 2] = ["interest", "broadcast"];
+}
+
+impl std::str::FromStr for Routing {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "interest" => Ok(Routing::Interest),
+            "broadcast" => Ok(Routing::Broadcast),
+            _ => Err(format!("unknown routing {name:?}: interest or broadcast")),
+        }
+    }
 }
 
 /// Settings every bus backend understands.
@@ -150,7 +157,7 @@ pub struct BusOptions {
     /// Share this instance's subscribers with the cluster (the subscriptions API is on).
     pub share_subscribers: bool,
     /// Limits applied to messages read from the broker (as to HTTP publishes).
-    pub limits: crate::config::Limits,
+    pub limits: crate::update::Limits,
     /// How updates reach instances.
     pub routing: Routing,
 }

@@ -29,9 +29,9 @@ use tokio::sync::watch;
 
 use super::history::LocalHistory;
 use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
-use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
+use crate::update::Limits;
 use crate::update::{Update, UpdateId};
 
 pub use tidings_client::nats::{stream_name, subject, TIME_HEADER};

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Limits;
+use crate::update::Limits;
 use crate::update::{EventName, InvalidInput, Topic, Update, UpdateId};
 
 /// The only version this build reads and writes.

@@ -48,7 +48,7 @@ pub(super) async fn subscribe(
             ),
         ));
     }
-    let cache = &state.inner.selectors;
+    let cache = state.selectors();
     let selectors = query
         .all("topic")
         .map(|s| cache.get(s))
@@ -92,7 +92,7 @@ pub(super) async fn publish(
     let form = Pairs::parse(&body, "form")?;
     let update = update_from_form(&form, &state)?;
     rights.check(&update.topics)?;
-    let envelope = state.inner.bus.publish(update).await?;
+    let envelope = state.bus().publish(update).await?;
     state.metrics().updates_published.inc();
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -12,8 +12,7 @@ mod session;
 mod stream;
 mod subscriptions;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -25,109 +24,44 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 
-use crate::admission::Admission;
-use crate::auth::Authenticator;
-use crate::bus::Bus;
-use crate::config::Config;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::selector::SelectorCache;
+use crate::state::AppState;
 
-/// Everything a request handler needs, shared by all requests of an instance.
+/// What the server knows about the connection a request came on, attached to every request
+/// as an extension.
 #[derive(Debug, Clone)]
-pub struct AppState {
-    inner: Arc<StateInner>,
+pub struct ConnectionInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    close: CancellationToken,
 }
 
-#[derive(Debug)]
-struct StateInner {
-    config: Config,
-    hub: Hub,
-    bus: Arc<dyn Bus>,
-    auth: Authenticator,
-    selectors: Arc<SelectorCache>,
-    metrics: Arc<Metrics>,
-    /// The stream counts and their caps.
-    admission: Arc<Admission>,
-    /// Cancelled when the instance starts shutting down: every stream ends itself.
-    shutdown: CancellationToken,
-    /// Set at the same moment, read by `/readyz` and by handlers refusing new streams.
-    draining: AtomicBool,
-}
-
-impl AppState {
-    /// Bundles the parts of an instance.
-    pub fn new(
-        config: Config,
-        hub: Hub,
-        bus: Arc<dyn Bus>,
-        auth: Authenticator,
-        selectors: Arc<SelectorCache>,
-    ) -> Self {
-        let metrics = hub.metrics().clone();
-        AppState {
-            inner: Arc::new(StateInner {
-                admission: Admission::new(config.streams.clone(), metrics.clone()),
-                config,
-                hub,
-                bus,
-                auth,
-                selectors,
-                metrics,
-                shutdown: CancellationToken::new(),
-                draining: AtomicBool::new(false),
-            }),
-        }
+impl ConnectionInfo {
+    /// What the server records for a connection from `peer`; cancelling `close` closes it.
+    pub fn new(peer: SocketAddr, close: CancellationToken) -> Self {
+        ConnectionInfo { peer, close }
     }
 
-    /// Starts draining: `/readyz` answers 503, new streams are refused, and every open stream
-    /// is told to close (each after a random part of the drain window, with a `retry:` hint).
-    pub fn begin_shutdown(&self) {
-        self.inner.draining.store(true, Ordering::SeqCst);
-        self.inner.metrics.ready.set(0);
-        self.inner.shutdown.cancel();
-    }
-
-    /// True once [`AppState::begin_shutdown`] was called.
-    pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::SeqCst)
-    }
-
-    /// The instance's hub.
-    pub fn hub(&self) -> &Hub {
-        &self.inner.hub
-    }
-
-    /// The instance's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
-    }
-
-    /// The instance's token verifier.
-    pub fn authenticator(&self) -> &Authenticator {
-        &self.inner.auth
-    }
-
-    /// The instance's stream counts.
-    pub fn admission(&self) -> &Admission {
-        &self.inner.admission
-    }
-
-    /// The instance's configuration.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// A token that closes this connection when cancelled, whatever it is doing.
+    pub fn closer(&self) -> CancellationToken {
+        self.close.clone()
     }
 }
+
+/// The Mercure hub's path: `GET` subscribes, `POST` publishes.
+const MERCURE_PATH: &str = "/.well-known/mercure";
+/// The session API's stream.
+const SESSION_STREAM_PATH: &str = "/sse/event-stream";
+
+/// The paths whose `GET` opens an event stream: the server serves these over HTTP/1.1 itself
+/// (`server::h1_stream`) and everything else through hyper.
+pub const STREAM_PATHS: [&str; 2] = [MERCURE_PATH, SESSION_STREAM_PATH];
 
 /// Builds the router of an instance.
 pub fn router(state: AppState) -> Router {
     let limits = &state.config().limits;
     let mut router = Router::new()
         .route("/", get(index))
-        .route(
-            "/.well-known/mercure",
-            get(mercure::subscribe).post(mercure::publish),
-        )
+        .route(MERCURE_PATH, get(mercure::subscribe).post(mercure::publish))
         .route(
             "/.well-known/mercure/subscriptions",
             get(subscriptions::all),
@@ -140,7 +74,7 @@ pub fn router(state: AppState) -> Router {
             "/.well-known/mercure/subscriptions/{topic}/{subscriber}",
             get(subscriptions::one),
         )
-        .route("/sse/event-stream", get(session::event_stream))
+        .route(SESSION_STREAM_PATH, get(session::event_stream))
         .route("/sse/events", axum::routing::post(session::publish))
         .route("/sse/sessions/{session_id}", get(session::describe))
         .route("/healthz", get(ops::healthz))

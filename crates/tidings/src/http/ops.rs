@@ -19,7 +19,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let (status, text) = readiness(&state);
     let body = json!({
         "status": text,
-        "bus": state.inner.bus.kind(),
+        "bus": state.bus().kind(),
         "instanceId": state.config().instance_id,
     });
     (status, Json(body)).into_response()
@@ -29,7 +29,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 fn readiness(state: &AppState) -> (StatusCode, &'static str) {
     let (status, text) = if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if !state.inner.bus.is_ready() {
+    } else if !state.bus().is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable")
     } else {
         (StatusCode::OK, "ready")

@@ -8,10 +8,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Extension;
 
+use super::ConnectionInfo;
 use super::{ApiError, AppState};
 use crate::auth::{AuthMode, PublisherRights, SubscriberIdentity};
 use crate::bus::ReplayFrom;
-use crate::server::ConnectionInfo;
 use crate::update::UpdateId;
 
 /// Decoded `name=value` pairs of a query string or a form body, in order.
@@ -85,7 +85,10 @@ pub(super) fn client_address(
 ) -> Option<IpAddr> {
     crate::admission::client_address(
         connection.map(|c| c.peer),
-        headers,
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
         &state.config().trusted_proxies,
     )
 }
@@ -105,7 +108,7 @@ pub(super) fn subscriber(
     query: &Pairs,
 ) -> Result<SubscriberIdentity, ApiError> {
     let token = presented_token(state, headers, query)?.map(|(t, _)| t);
-    Ok(state.inner.auth.subscriber(token)?)
+    Ok(state.authenticator().subscriber(token)?)
 }
 
 /// Verifies the caller's credentials as a publisher.
@@ -130,7 +133,7 @@ pub(super) fn publisher(
             ));
         }
     }
-    Ok(state.inner.auth.publisher(presented.map(|(t, _)| t))?)
+    Ok(state.authenticator().publisher(presented.map(|(t, _)| t))?)
 }
 
 /// The origin a browser says the request comes from: `Origin`, else the origin of `Referer`.
@@ -152,7 +155,7 @@ fn presented_token<'a>(
     headers: &'a HeaderMap,
     query: &'a Pairs,
 ) -> Result<Option<(&'a str, Source)>, ApiError> {
-    if state.inner.auth.mode() == AuthMode::None {
+    if state.authenticator().mode() == AuthMode::None {
         return Ok(None);
     }
     token(headers, query)

@@ -36,7 +36,7 @@ pub(super) async fn event_stream(
             )
         })
         .and_then(|n| Ok(EventName::new(n, limits.max_event_name_length)?))?;
-    let session = if state.inner.auth.mode() == AuthMode::None {
+    let session = if state.authenticator().mode() == AuthMode::None {
         let raw = query
             .single("sessionId")?
             .or_else(|| request::cookie(&headers, "sessionId"))
@@ -128,7 +128,7 @@ pub(super) async fn publish(
     let topics = vec![Topic::for_session(&session)];
     rights.check(&topics)?;
     let update = Update::new(id, topics, Some(event_name), data, event.retry, true)?;
-    let envelope = state.inner.bus.publish(update).await?;
+    let envelope = state.bus().publish(update).await?;
     state.metrics().updates_published.inc();
     Ok(Json(Published {
         id: envelope.update.id.to_string(),
@@ -171,7 +171,7 @@ pub(super) async fn describe(
     rights.check(&[Topic::for_session(&session)])?;
     // The bus's registry answers cluster-wide; without one, this instance's hub is the registry.
     let (scope, instances): (_, Vec<InstanceStreams>) =
-        match state.inner.bus.session_presence(&session).await? {
+        match state.bus().session_presence(&session).await? {
             Some(present) => (
                 "cluster",
                 present

@@ -23,13 +23,13 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::subscriptions::Departure;
+use super::ConnectionInfo;
 use super::{request, ApiError, AppState};
 use crate::admission::Permit;
 use crate::bus::{Replay, ReplayFrom};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Subscription;
 use crate::metrics::Metrics;
-use crate::server::ConnectionInfo;
 use crate::sse;
 use crate::subscriber::SubscriberSpec;
 
@@ -116,13 +116,13 @@ async fn open_stream(
         return Err(ApiError::draining());
     }
     let client = request::client_address(state, connection, headers);
-    let permit = state.inner.admission.admit(client, spec.session.as_ref())?;
+    let permit = state.admission().admit(client, spec.session.as_ref())?;
     // A fresh stream starts at the newest update published *before* its subscriber is
     // registered: every later one reaches it live, or from history when it resumes. (Read
     // after registration, the head could name an update still on its way to this instance,
     // and a client that resumed from it would miss that update.)
     let fresh_head = match from {
-        ReplayFrom::Now => Some(state.inner.bus.replay(&ReplayFrom::Now).await?.head_id),
+        ReplayFrom::Now => Some(state.bus().replay(&ReplayFrom::Now).await?.head_id),
         _ => None,
     };
     // Registered before history is read and before the response headers go out: an update
@@ -132,19 +132,19 @@ async fn open_stream(
         Some(connection) => state.hub().subscribe_closing(spec, connection.closer()),
         None => state.hub().subscribe(spec),
     };
-    state.inner.bus.listening().await?;
+    state.bus().listening().await?;
     let replay = match fresh_head {
         Some(head_id) => Replay {
             head_id,
             ..Replay::default()
         },
         None => match exact_topics(&subscription.spec) {
-            Some(topics) => state.inner.bus.replay_topics(&from, &topics).await?,
-            None => state.inner.bus.replay(&from).await?,
+            Some(topics) => state.bus().replay_topics(&from, &topics).await?,
+            None => state.bus().replay(&from).await?,
         },
     };
     let departure = if state.config().subscriptions {
-        Some(Departure::arrive(state.inner.bus.clone(), subscription.spec.clone()).await)
+        Some(Departure::arrive(state.bus().clone(), subscription.spec.clone()).await)
     } else {
         None
     };
@@ -184,7 +184,7 @@ async fn open_stream(
         initial.push_back(sse::encode_id(id));
     }
     let config = state.config();
-    let shutdown = state.inner.shutdown.clone().cancelled_owned();
+    let shutdown = state.shutdown().clone().cancelled_owned();
     let expiry = match subscription.spec.expires {
         Some(at) if config.close_expired_streams => {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();

@@ -76,7 +76,7 @@ fn subscriptions_of(record: &SubscriberRecord, active: bool) -> Vec<Subscription
 
 /// Every subscriber: the cluster's when the bus shares them, else this instance's.
 async fn all_subscribers(state: &AppState) -> Result<Vec<SubscriberRecord>, ApiError> {
-    if let Some(records) = state.inner.bus.subscribers().await? {
+    if let Some(records) = state.bus().subscribers().await? {
         return Ok(records);
     }
     Ok(state
@@ -154,7 +154,7 @@ async fn authorize(
             ))
         });
     }
-    let newest = state.inner.bus.replay(&ReplayFrom::Now).await?.head_id;
+    let newest = state.bus().replay(&ReplayFrom::Now).await?.head_id;
     Ok(newest.map_or_else(|| "earliest".to_owned(), |id| id.to_string()))
 }
 

@@ -44,22 +44,7 @@ use tower::ServiceExt;
 
 use super::h1_stream;
 use super::rewind::Rewind;
-
-/// What the server knows about the connection a request came on, attached to every request
-/// as an extension.
-#[derive(Debug, Clone)]
-pub struct ConnectionInfo {
-    /// The TCP peer.
-    pub peer: SocketAddr,
-    close: CancellationToken,
-}
-
-impl ConnectionInfo {
-    /// A token that closes this connection when cancelled, whatever it is doing.
-    pub fn closer(&self) -> CancellationToken {
-        self.close.clone()
-    }
-}
+use crate::http::ConnectionInfo;
 
 /// The time limits of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -131,10 +116,7 @@ pub(crate) async fn serve(
         }
     };
     let close = CancellationToken::new();
-    let info = Arc::new(ConnectionInfo {
-        peer,
-        close: close.clone(),
-    });
+    let info = Arc::new(ConnectionInfo::new(peer, close.clone()));
     let served = Arc::new(AtomicBool::new(false));
     let first_request = h2.then(|| served.clone());
     let mut io = Guarded::new(io, close, timeouts, first_request);

@@ -31,8 +31,7 @@ use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tower::ServiceExt;
 
-/// The paths whose `GET` opens an event stream.
-const STREAM_PATHS: [&str; 2] = ["/.well-known/mercure", "/sse/event-stream"];
+use crate::http::STREAM_PATHS;
 
 /// Headers a request head may have to be parsed here (hyper takes more).
 const MAX_HEADERS: usize = 64;

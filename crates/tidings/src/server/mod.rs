@@ -9,8 +9,6 @@ mod h1_stream;
 mod rewind;
 pub mod tls;
 
-pub use connection::ConnectionInfo;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +22,11 @@ use self::tls::{Certificates, TlsError};
 use crate::auth::Authenticator;
 use crate::bus::{self, BusOptions};
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http;
 use crate::hub::{Hub, QueueLimits};
 use crate::metrics::Metrics;
 use crate::selector::SelectorCache;
+use crate::state::AppState;
 
 /// How long requests still in flight get once the listener has closed.
 const GRACE: Duration = Duration::from_secs(1);

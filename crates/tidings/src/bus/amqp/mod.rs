@@ -35,9 +35,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::history::LocalHistory;
 use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
-use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
+use crate::update::Limits;
 use crate::update::Update;
 
 /// Longest wait for one RabbitMQ operation before it counts as failed.

@@ -34,10 +34,10 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom, Routing, SubscriberRecord};
-use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::update::Limits;
 use crate::update::{SessionId, Update};
 use reader::Reader;
 use registry::Registry;

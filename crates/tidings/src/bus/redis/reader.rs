@@ -24,9 +24,9 @@ use super::{
     derived_id, holds, position, read_range, stream_id, write_settings, Keys, COMMAND_TIMEOUT,
 };
 use crate::bus::{wire, Routing};
-use crate::config::Limits;
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::{Hub, InterestChanges};
+use crate::update::Limits;
 
 /// Most stream entries read when catching up after a reconnect.
 const CATCH_UP_MAX: usize = 1_000_000;

@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{derived_id, position, stream_id, Keys};
 use crate::bus::{wire, BusError, BusOptions, Replay, ReplayFrom};
-use crate::config::Limits;
 use crate::envelope::{Envelope, Position};
+use crate::update::Limits;
 use crate::update::UpdateId;
 
 /// Longest wait for one command of a replay batch: a busy Redis makes resumes wait, within

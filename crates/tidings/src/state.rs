@@ -1,0 +1,119 @@
+//! The state of one instance, shared by every request: configuration, hub, bus,
+//! authenticator, selector cache, metrics and stream admission, and whether it is draining.
+//!
+//! It sits above the core and the buses and below `http` (which reads it) and `server` (which
+//! assembles it), so that neither of those has to reach into the other.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::auth::Authenticator;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::selector::SelectorCache;
+
+/// Everything a request handler needs, shared by all requests of an instance.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+#[derive(Debug)]
+struct StateInner {
+    config: Config,
+    hub: Hub,
+    bus: Arc<dyn Bus>,
+    auth: Authenticator,
+    selectors: Arc<SelectorCache>,
+    metrics: Arc<Metrics>,
+    /// The stream counts and their caps.
+    admission: Arc<Admission>,
+    /// Cancelled when the instance starts shutting down: every stream ends itself.
+    shutdown: CancellationToken,
+    /// Set at the same moment, read by `/readyz` and by handlers refusing new streams.
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// Bundles the parts of an instance.
+    pub fn new(
+        config: Config,
+        hub: Hub,
+        bus: Arc<dyn Bus>,
+        auth: Authenticator,
+        selectors: Arc<SelectorCache>,
+    ) -> Self {
+        let metrics = hub.metrics().clone();
+        AppState {
+            inner: Arc::new(StateInner {
+                admission: Admission::new(config.streams.clone(), metrics.clone()),
+                config,
+                hub,
+                bus,
+                auth,
+                selectors,
+                metrics,
+                shutdown: CancellationToken::new(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts draining: `/readyz` answers 503, new streams are refused, and every open stream
+    /// is told to close (each after a random part of the drain window, with a `retry:` hint).
+    pub fn begin_shutdown(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.metrics.ready.set(0);
+        self.inner.shutdown.cancel();
+    }
+
+    /// True once [`AppState::begin_shutdown`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// The instance's hub.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The instance's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The instance's token verifier.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    /// The instance's stream counts.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.inner.admission
+    }
+
+    /// The instance's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The instance's bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.inner.bus
+    }
+
+    /// The instance's compiled-selector cache.
+    pub fn selectors(&self) -> &SelectorCache {
+        &self.inner.selectors
+    }
+
+    /// Cancelled when the instance starts draining: every open stream ends itself.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+}
