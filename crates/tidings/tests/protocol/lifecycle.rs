@@ -1,11 +1,9 @@
 //! Connection lifecycle against the real binary: disconnects are noticed at once and leak
 //! nothing, heartbeats keep idle streams alive, shutdown drains with a `retry:` hint.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Hub, Stream, WAIT};
+use crate::common::{wait_for, Hub, Stream, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -105,7 +103,7 @@ async fn idle_streams_get_heartbeat_comments() {
 async fn sigterm_turns_readiness_off_ends_streams_with_a_retry_hint_and_exits() {
     let mut hub = Hub::start(&["--auth", "none", "--drain-secs", "2"]);
     let mut stream = Stream::open(&hub.url("/.well-known/mercure?topic=x"), &[]).await;
-    let ready = common::client()
+    let ready = crate::common::client()
         .get(hub.url("/readyz"))
         .send()
         .await
@@ -115,7 +113,7 @@ async fn sigterm_turns_readiness_off_ends_streams_with_a_retry_hint_and_exits() 
     hub.terminate();
     // While streams drain, the instance still answers: not ready, and no new streams.
     wait_for("readiness to turn 503", async || {
-        let r = common::client().get(hub.url("/readyz")).send().await;
+        let r = crate::common::client().get(hub.url("/readyz")).send().await;
         r.is_ok_and(|r| r.status() == 503)
     })
     .await;

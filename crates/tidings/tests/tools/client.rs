@@ -1,16 +1,14 @@
 //! The `tidings-client` crate against the real hub: it publishes through both APIs, follows
 //! streams, and turns refusals into typed errors that say whether retrying can help.
 
-mod common;
-
 use futures_util::StreamExt;
 use serde_json::json;
 use tidings_client::{Error, Hub as Client, Publication, Subscription};
 
-use common::Hub;
+use crate::common::Hub;
 
 async fn next(events: &mut tidings_client::Events) -> tidings_client::Event {
-    tokio::time::timeout(common::WAIT, events.next())
+    tokio::time::timeout(crate::common::WAIT, events.next())
         .await
         .expect("an event in time")
         .expect("the stream goes on")
@@ -19,14 +17,16 @@ async fn next(events: &mut tidings_client::Events) -> tidings_client::Event {
 
 #[tokio::test]
 async fn publishes_and_subscribes_through_both_apis() {
-    let hub = Hub::start(&["--jwt-key", common::KEY]);
-    let subscriber = Client::new(&hub.base).unwrap().with_token(common::token(
-        json!({"mercure": {"subscribe": ["*"]}, "sub": "alice"}),
-    ));
+    let hub = Hub::start(&["--jwt-key", crate::common::KEY]);
+    let subscriber = Client::new(&hub.base)
+        .unwrap()
+        .with_token(crate::common::token(
+            json!({"mercure": {"subscribe": ["*"]}, "sub": "alice"}),
+        ));
     let publisher = Client::new(&hub.base)
         .unwrap()
-        .with_token(common::publisher_token());
-    let topic = common::unique_topic("client");
+        .with_token(crate::common::publisher_token());
+    let topic = crate::common::unique_topic("client");
 
     // Streams connect when first polled: starting from the earliest history, they get what
     // was published before as well.
@@ -61,7 +61,7 @@ async fn publishes_and_subscribes_through_both_apis() {
 
 #[tokio::test]
 async fn refusals_are_typed_and_say_whether_to_retry() {
-    let hub = Hub::start(&["--jwt-key", common::KEY]);
+    let hub = Hub::start(&["--jwt-key", crate::common::KEY]);
     let anonymous = Client::new(&hub.base).unwrap();
     let refused = anonymous
         .publish(&Publication::new("https://example.com/x"))
@@ -81,7 +81,7 @@ async fn refusals_are_typed_and_say_whether_to_retry() {
     assert!(refused.is_permanent());
 
     let mut events = anonymous.subscribe(Subscription::topics(["https://example.com/{"]));
-    let refused = tokio::time::timeout(common::WAIT, events.next())
+    let refused = tokio::time::timeout(crate::common::WAIT, events.next())
         .await
         .unwrap()
         .unwrap()

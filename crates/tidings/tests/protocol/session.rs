@@ -1,11 +1,9 @@
 //! The session API over real sockets: several streams per session, each filtered by its event
 //! name; publishing by session id; the session registry.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{client, publisher_token, token, Hub, Stream, KEY};
+use crate::common::{client, publisher_token, token, Hub, Stream, KEY};
 use serde_json::{json, Value};
 
 async fn send(hub: &Hub, bearer: Option<&str>, body: Value) -> (u16, Value) {
@@ -100,7 +98,7 @@ async fn each_stream_of_a_session_gets_only_its_event_name() {
 
     chat.close();
     news.close();
-    let deadline = std::time::Instant::now() + common::WAIT;
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
     while describe(&hub, "alice").await["connected"] != json!(false) {
         assert!(
             std::time::Instant::now() < deadline,

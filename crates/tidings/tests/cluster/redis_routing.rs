@@ -3,11 +3,9 @@
 //! only to the instances holding its streams; under broadcast routing, one per instance. The publisher's `tidings_bus_broker_messages_total` counts what Redis
 //! reported sending for its publishes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{publish, subscribe_url, Hub, Stream};
+use crate::common::{publish, subscribe_url, Hub, Stream};
 
 const SENT: &str = "tidings_bus_broker_messages_total";
 const BYTES: &str = "tidings_bus_broker_bytes_total";
@@ -51,11 +49,11 @@ fn listeners(url: &str, channel: &str) -> u64 {
 
 #[tokio::test]
 async fn interest_routing_sends_an_update_only_to_instances_that_want_it() {
-    let Some(keys) = common::redis_keys("interest") else {
+    let Some(keys) = crate::common::redis_keys("interest") else {
         return;
     };
-    let hubs = common::redis_cluster(&keys, 3, &[]);
-    let base = common::unique_topic("interest");
+    let hubs = crate::common::redis_cluster(&keys, 3, &[]);
+    let base = crate::common::unique_topic("interest");
     let topic = format!("{base}/1");
     let other = format!("{base}-other");
 
@@ -112,11 +110,11 @@ async fn interest_routing_sends_an_update_only_to_instances_that_want_it() {
 
 #[tokio::test]
 async fn broadcast_routing_sends_every_update_to_every_instance() {
-    let Some(keys) = common::redis_keys("broadcast") else {
+    let Some(keys) = crate::common::redis_keys("broadcast") else {
         return;
     };
-    let hubs = common::redis_cluster(&keys, 3, &["--routing", "broadcast"]);
-    let topic = common::unique_topic("broadcast");
+    let hubs = crate::common::redis_cluster(&keys, 3, &["--routing", "broadcast"]);
+    let topic = crate::common::unique_topic("broadcast");
     let (_, sent) = publish_counted(&hubs[0], &topic).await;
     assert_eq!(sent, 3.0, "every instance hears every update");
     let mut stream = Stream::open(&subscribe_url(&hubs[2], &[&topic], ""), &[]).await;
@@ -127,10 +125,10 @@ async fn broadcast_routing_sends_every_update_to_every_instance() {
 
 #[tokio::test]
 async fn a_session_event_goes_only_to_the_instances_holding_the_session() {
-    let Some(keys) = common::redis_keys("session-routing") else {
+    let Some(keys) = crate::common::redis_keys("session-routing") else {
         return;
     };
-    let hubs = common::redis_cluster(&keys, 3, &[]);
+    let hubs = crate::common::redis_cluster(&keys, 3, &[]);
     let session = format!("routed-{}", std::process::id());
     let url = |hub: &Hub| {
         hub.url(&format!(
@@ -141,7 +139,7 @@ async fn a_session_event_goes_only_to_the_instances_holding_the_session() {
     let send = || async {
         let before = hubs[0].metric(SENT).await;
         let body = serde_json::json!({"sessionId": session, "eventName": "e", "payload": 1});
-        let response = common::client()
+        let response = crate::common::client()
             .post(hubs[0].url("/sse/events"))
             .json(&body)
             .send()

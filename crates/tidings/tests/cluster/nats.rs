@@ -4,11 +4,9 @@
 //! back, nothing published around the restart is lost, and a client resumes on another
 //! instance with its last id.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{publish, publish_once_recovered, subscribe_url, Hub, PrivateNats, Stream};
+use crate::common::{publish, publish_once_recovered, subscribe_url, Hub, PrivateNats, Stream};
 
 #[tokio::test]
 async fn three_instances_fan_out_survive_a_nats_restart_and_resume_anywhere() {
@@ -19,7 +17,7 @@ async fn three_instances_fan_out_survive_a_nats_restart_and_resume_anywhere() {
     let hubs: Vec<Hub> = (0..3)
         .map(|_| Hub::start(&["--auth", "none", "--bus", &url]))
         .collect();
-    let topic = common::unique_topic("nats");
+    let topic = crate::common::unique_topic("nats");
     let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
     let (code, first) = publish(&hubs[1], None, &[("topic", &topic), ("data", "0")]).await;
     assert_eq!(code, 200, "{first}");
@@ -40,7 +38,7 @@ async fn three_instances_fan_out_survive_a_nats_restart_and_resume_anywhere() {
         ids.push(publish_once_recovered(&hubs[2], &topic, &i.to_string()).await);
     }
     let deadline = Instant::now() + Duration::from_secs(15);
-    while common::status(&hubs[0], "/readyz").await != 200 {
+    while crate::common::status(&hubs[0], "/readyz").await != 200 {
         assert!(Instant::now() < deadline, "readiness did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -72,7 +70,7 @@ async fn a_nats_that_lost_its_store_gets_the_stream_back_and_delivery_goes_on() 
     let url = nats.url();
     let a = Hub::start(&["--auth", "none", "--bus", &url]);
     let b = Hub::start(&["--auth", "none", "--bus", &url]);
-    let topic = common::unique_topic("nats-lost");
+    let topic = crate::common::unique_topic("nats-lost");
     let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
     let mut ids = Vec::new();
     for i in 0..3 {

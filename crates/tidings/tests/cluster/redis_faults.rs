@@ -4,12 +4,12 @@
 //! Redis, under a prefix of its own: a resume older than the topic histories last is served
 //! from the stream.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{publish, publish_once_recovered, status, subscribe_url, Hub, PrivateRedis, Stream};
+use crate::common::{
+    publish, publish_once_recovered, status, subscribe_url, Hub, PrivateRedis, Stream,
+};
 
 /// Sends a signal (`-STOP`, `-CONT`) to an instance.
 fn signal(hub: &Hub, sig: &str) {
@@ -36,7 +36,7 @@ async fn a_redis_restart_turns_readiness_off_fails_publishes_fast_and_recovers()
     };
     let url = redis.url();
     let hub = Hub::start(&["--auth", "none", "--bus", &url, "--heartbeat", "1"]);
-    let topic = common::unique_topic("restart");
+    let topic = crate::common::unique_topic("restart");
     let mut stream = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
     let (_, before) = publish(&hub, None, &[("topic", &topic), ("data", "before")]).await;
     assert_eq!(stream.next().await.id, before);
@@ -93,7 +93,7 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
     let url = redis.url();
     let a = Hub::start(&["--auth", "none", "--bus", &url]);
     let b = Hub::start(&["--auth", "none", "--bus", &url]);
-    let topic = common::unique_topic("catch-up");
+    let topic = crate::common::unique_topic("catch-up");
     let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
     let (_, first) = publish(&b, None, &[("topic", &topic), ("data", "0")]).await;
     assert_eq!(stream.next().await.id, first);
@@ -149,7 +149,7 @@ async fn an_instance_that_never_delivered_anything_still_catches_up() {
     let url = redis.url();
     let a = Hub::start(&["--auth", "none", "--bus", &url]);
     let b = Hub::start(&["--auth", "none", "--bus", &url]);
-    let topic = common::unique_topic("first");
+    let topic = crate::common::unique_topic("first");
     let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
     // A pings as soon as it connects and learns the (empty) stream's start.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -177,8 +177,8 @@ async fn an_instance_that_hears_little_counts_no_false_gap_when_history_moves_on
     let args = ["--auth", "none", "--bus", &url, "--history-size", "10"];
     let a = Hub::start(&args);
     let b = Hub::start(&args);
-    let quiet = common::unique_topic("quiet");
-    let busy = common::unique_topic("busy");
+    let quiet = crate::common::unique_topic("quiet");
+    let busy = crate::common::unique_topic("busy");
     let mut stream = Stream::open(&subscribe_url(&a, &[&quiet], ""), &[]).await;
     let (_, first) = publish(&b, None, &[("topic", &quiet), ("data", "0")]).await;
     assert_eq!(stream.next().await.id, first);
@@ -220,7 +220,7 @@ async fn without_history_delivery_resumes_after_a_redis_restart() {
     };
     let url = redis.url();
     let hub = Hub::start(&["--auth", "none", "--bus", &url, "--history-size", "0"]);
-    let topic = common::unique_topic("no-history");
+    let topic = crate::common::unique_topic("no-history");
     let mut stream = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
     // Move the sequence well past what a fresh Redis will start from.
     for i in 0..5 {
@@ -246,17 +246,17 @@ async fn without_history_delivery_resumes_after_a_redis_restart() {
 
 #[tokio::test]
 async fn a_resume_older_than_topic_histories_last_reads_the_stream() {
-    let Some(url) = common::redis_url() else {
+    let Some(url) = crate::common::redis_url() else {
         return;
     };
-    let keys = common::RedisKeys {
-        prefix: common::unique_prefix("stale-resume"),
+    let keys = crate::common::RedisKeys {
+        prefix: crate::common::unique_prefix("stale-resume"),
         url,
     };
     // Two updates on a topic, from long ago (positions are Redis times: 1970), still in the
     // stream because nothing was published since to trim it, and without the topic's own
     // history (long expired).
-    let topic = common::unique_topic("stale");
+    let topic = crate::common::unique_topic("stale");
     let mut conn = redis::Client::open(keys.url.as_str())
         .unwrap()
         .get_connection()

@@ -3,17 +3,15 @@
 //! `SSL_CERT_FILE`, the cluster works; without that trust, the instance refuses to start and
 //! says why — and with a password, where a wrong one is refused without being printed.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{publish, subscribe_url, Hub, PrivateRedis, Stream};
+use crate::common::{publish, subscribe_url, Hub, PrivateRedis, Stream};
 
 #[tokio::test]
 async fn a_cluster_on_a_tls_redis_trusting_its_ca_delivers() {
     let dir = tempfile::tempdir().unwrap();
-    let [ca, cert, key] = common::test_certificates(dir.path(), "tidings-test");
+    let [ca, cert, key] = crate::common::test_certificates(dir.path(), "tidings-test");
     let Some(redis) = PrivateRedis::start_tls(&cert, &key) else {
         return;
     };
@@ -23,7 +21,7 @@ async fn a_cluster_on_a_tls_redis_trusting_its_ca_delivers() {
     let args = ["--auth", "none", "--bus", &url];
     let a = Hub::start_with(&args, &trust, None);
     let b = Hub::start_with(&args, &trust, None);
-    let topic = common::unique_topic("tls");
+    let topic = crate::common::unique_topic("tls");
     let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
     let (code, id) = publish(&b, None, &[("topic", &topic), ("data", "over tls")]).await;
     assert_eq!(code, 200, "{id}");
@@ -62,7 +60,7 @@ fn failed_start(bus: &str) -> String {
 #[tokio::test]
 async fn an_untrusted_redis_certificate_stops_the_instance_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let [_, cert, key] = common::test_certificates(dir.path(), "tidings-test");
+    let [_, cert, key] = crate::common::test_certificates(dir.path(), "tidings-test");
     let Some(redis) = PrivateRedis::start_tls(&cert, &key) else {
         return;
     };
@@ -80,7 +78,7 @@ async fn a_password_protected_redis_takes_the_password_from_the_url_and_never_pr
     };
     let url = redis.url();
     let a = Hub::start(&["--auth", "none", "--bus", &url]);
-    let topic = common::unique_topic("password");
+    let topic = crate::common::unique_topic("password");
     let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
     let (code, id) = publish(&a, None, &[("topic", &topic), ("data", "authenticated")]).await;
     assert_eq!(code, 200, "{id}");

@@ -1,10 +1,10 @@
 //! The Mercure protocol over real sockets, against the real binary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{publish, publisher_token, subscribe_url, token, unique_topic, Hub, Stream, KEY};
+use crate::common::{
+    publish, publisher_token, subscribe_url, token, unique_topic, Hub, Stream, KEY,
+};
 use serde_json::json;
 
 fn jwt_hub(extra: &[&str]) -> Hub {
@@ -307,7 +307,11 @@ async fn auth_none_needs_no_tokens_and_shows_private_updates() {
 #[tokio::test]
 async fn the_page_at_root_loads() {
     let hub = Hub::start(&["--auth", "none"]);
-    let response = common::client().get(hub.url("/")).send().await.unwrap();
+    let response = crate::common::client()
+        .get(hub.url("/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
         .to_str()
@@ -401,7 +405,7 @@ async fn a_non_ascii_id_resumes_from_a_utf8_last_event_id_header() {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("id: bücher-3\n") {
-        let n = tokio::time::timeout(common::WAIT, socket.read(&mut buf))
+        let n = tokio::time::timeout(crate::common::WAIT, socket.read(&mut buf))
             .await
             .unwrap()
             .unwrap();
@@ -445,7 +449,7 @@ async fn the_token_cookie_publishes_only_from_a_listed_origin() {
     let topic = unique_topic("csrf");
     let cookie = format!("mercureAuthorization={}", publisher_token());
     let post = |origin: Option<&'static str>| {
-        let mut req = common::client()
+        let mut req = crate::common::client()
             .post(hub.url("/.well-known/mercure"))
             .header("content-type", "application/x-www-form-urlencoded")
             .header("cookie", cookie.clone())

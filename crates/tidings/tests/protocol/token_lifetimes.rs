@@ -3,11 +3,9 @@
 //! tolerated on `exp`, `nbf` and `iat`; keys rotate on SIGHUP without a restart, and a token
 //! signed with the old key no longer opens a stream while the streams it opened go on.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{publish, token, token_with, unix_time, Hub, Stream, KEY};
+use crate::common::{publish, token, token_with, unix_time, Hub, Stream, KEY};
 use serde_json::json;
 
 fn stream_url(hub: &Hub, topic: &str) -> String {
@@ -50,7 +48,7 @@ async fn a_stream_ends_with_a_retry_hint_when_its_token_expires() {
     // The stream whose token does not expire is still there.
     let (status, id) = publish(
         &hub,
-        Some(&common::publisher_token()),
+        Some(&crate::common::publisher_token()),
         &[("topic", "t"), ("data", "x")],
     )
     .await;
@@ -84,7 +82,7 @@ async fn with_close_expired_streams_off_a_stream_outlives_its_token() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, id) = publish(
         &hub,
-        Some(&common::publisher_token()),
+        Some(&crate::common::publisher_token()),
         &[("topic", "t"), ("data", "x")],
     )
     .await;

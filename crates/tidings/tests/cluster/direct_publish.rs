@@ -4,12 +4,10 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{subscribe_url, Hub, RedisKeys, Stream};
+use crate::common::{subscribe_url, Hub, RedisKeys, Stream};
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,8 +46,8 @@ fn run_example(name: &str, args: &[&str]) -> String {
 }
 
 fn two_instances(name: &str) -> Option<(RedisKeys, Vec<Hub>)> {
-    let keys = common::redis_keys(name)?;
-    let hubs = common::redis_cluster(&keys, 2, &[]);
+    let keys = crate::common::redis_keys(name)?;
+    let hubs = crate::common::redis_cluster(&keys, 2, &[]);
     Some((keys, hubs))
 }
 
@@ -61,7 +59,7 @@ async fn the_python_example_publishes_to_every_instance() {
     let Some((keys, hubs)) = two_instances("python") else {
         return;
     };
-    let topic = common::unique_topic("python");
+    let topic = crate::common::unique_topic("python");
     let mut streams = Vec::new();
     for hub in &hubs {
         streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
@@ -104,7 +102,7 @@ async fn a_minimal_message_gets_the_same_derived_id_everywhere_and_a_bad_one_is_
     let Some((keys, hubs)) = two_instances("minimal") else {
         return;
     };
-    let topic = common::unique_topic("minimal");
+    let topic = crate::common::unique_topic("minimal");
     let mut a = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
     let mut b = Stream::open(&subscribe_url(&hubs[1], &[&topic], ""), &[]).await;
     let mut conn = redis::Client::open(keys.url.as_str())
@@ -153,7 +151,7 @@ async fn a_minimal_message_gets_the_same_derived_id_everywhere_and_a_bad_one_is_
         );
     }
     assert_eq!(
-        common::client()
+        crate::common::client()
             .get(hubs[0].url("/readyz"))
             .send()
             .await
@@ -168,7 +166,7 @@ async fn the_rust_client_publishes_to_every_instance() {
     let Some((keys, hubs)) = two_instances("rust-client") else {
         return;
     };
-    let topic = common::unique_topic("rust-client");
+    let topic = crate::common::unique_topic("rust-client");
     let mut streams = Vec::new();
     for hub in &hubs {
         streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
@@ -211,12 +209,12 @@ async fn the_rust_client_publishes_to_every_instance() {
 }
 
 /// Two instances on the test NATS, on a stream of their own (deleted when the guard drops).
-fn two_nats_instances(name: &str) -> Option<(common::NatsStream, Vec<Hub>)> {
-    let stream = common::NatsStream {
-        url: common::nats_url()?,
-        prefix: common::unique_prefix(name),
+fn two_nats_instances(name: &str) -> Option<(crate::common::NatsStream, Vec<Hub>)> {
+    let stream = crate::common::NatsStream {
+        url: crate::common::nats_url()?,
+        prefix: crate::common::unique_prefix(name),
     };
-    let hubs = common::cluster_on(&stream.url, &stream.prefix, 2, &[]);
+    let hubs = crate::common::cluster_on(&stream.url, &stream.prefix, 2, &[]);
     Some((stream, hubs))
 }
 
@@ -228,7 +226,7 @@ async fn the_python_nats_example_publishes_to_every_instance() {
     let Some((nats, hubs)) = two_nats_instances("python-nats") else {
         return;
     };
-    let topic = common::unique_topic("python-nats");
+    let topic = crate::common::unique_topic("python-nats");
     let mut streams = Vec::new();
     for hub in &hubs {
         streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
@@ -279,7 +277,7 @@ async fn the_rust_client_publishes_onto_nats_and_a_derived_id_resumes() {
     let Some((nats, hubs)) = two_nats_instances("rust-nats") else {
         return;
     };
-    let topic = common::unique_topic("rust-nats");
+    let topic = crate::common::unique_topic("rust-nats");
     let mut streams = Vec::new();
     for hub in &hubs {
         streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
@@ -332,12 +330,12 @@ async fn the_rust_client_publishes_onto_nats_and_a_derived_id_resumes() {
 
 /// Two instances on the test RabbitMQ, on an exchange and stream of their own (deleted when
 /// the guard drops).
-fn two_amqp_instances(name: &str) -> Option<(common::AmqpObjects, Vec<Hub>)> {
-    let objects = common::AmqpObjects {
-        url: common::amqp_url()?,
-        prefix: common::unique_prefix(name),
+fn two_amqp_instances(name: &str) -> Option<(crate::common::AmqpObjects, Vec<Hub>)> {
+    let objects = crate::common::AmqpObjects {
+        url: crate::common::amqp_url()?,
+        prefix: crate::common::unique_prefix(name),
     };
-    let hubs = common::cluster_on(&objects.url, &objects.prefix, 2, &[]);
+    let hubs = crate::common::cluster_on(&objects.url, &objects.prefix, 2, &[]);
     Some((objects, hubs))
 }
 
@@ -349,7 +347,7 @@ async fn the_python_amqp_example_publishes_to_every_instance() {
     let Some((amqp, hubs)) = two_amqp_instances("python-amqp") else {
         return;
     };
-    let topic = common::unique_topic("python-amqp");
+    let topic = crate::common::unique_topic("python-amqp");
     let mut streams = Vec::new();
     for hub in &hubs {
         streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
@@ -386,7 +384,7 @@ async fn the_rust_client_publishes_onto_rabbitmq_and_a_message_without_id_gets_o
     let Some((amqp, hubs)) = two_amqp_instances("rust-amqp") else {
         return;
     };
-    let topic = common::unique_topic("rust-amqp");
+    let topic = crate::common::unique_topic("rust-amqp");
     let mut streams = Vec::new();
     for hub in &hubs {
         streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);

@@ -2,12 +2,10 @@
 //! HTTP/1.1 for clients that ask for it), a certificate reloaded on SIGHUP while a stream stays
 //! open, a failed reload that keeps the certificate in use, and clear start-up errors.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{test_certificates, wait_for, Hub, Stream};
+use crate::common::{test_certificates, wait_for, Hub, Stream};
 
 /// A client that trusts only the CA in `ca`; HTTP/1.1 only when `http1` is set.
 fn trusting(ca: &Path, http1: bool) -> reqwest::Client {
@@ -176,7 +174,7 @@ async fn plain_http_to_a_tls_port_gets_no_answer_and_harms_nothing() {
     let [ca, cert, key] = test_certificates(dir.path(), "plain");
     let hub = tls_hub(&cert, &key, &ca, &[]);
     let plain = format!("http://{}/healthz", hub.addr());
-    assert!(common::client().get(&plain).send().await.is_err());
+    assert!(crate::common::client().get(&plain).send().await.is_err());
     assert_eq!(hub.metric("tidings_ready").await, 1.0);
 }
 

@@ -1,13 +1,11 @@
 //! The command line, run as a user would: `token`, `publish`, `subscribe` (with resumption
 //! after a dropped connection), and configuration layering of `serve`.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{publish, publisher_token, subscribe_url, Hub, Stream, KEY, WAIT};
+use crate::common::{publish, publisher_token, subscribe_url, Hub, Stream, KEY, WAIT};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,7 +35,7 @@ async fn token_mints_what_the_hub_accepts_and_publish_prints_the_id() {
     let hub = Hub::start(&["--jwt-key", KEY, "--anonymous"]);
     let (ok, token, err) = run(&["token", "--jwt-key", KEY, "--publish", "*"]);
     assert!(ok, "{err}");
-    let topic = common::unique_topic("cli");
+    let topic = crate::common::unique_topic("cli");
     let mut s = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
     let (status, _) = publish(
         &hub,
@@ -116,7 +114,7 @@ async fn proxy(upstream: String) -> (String, watch::Sender<u64>) {
 async fn subscribe_prints_events_and_resumes_after_the_connection_drops() {
     let hub = Hub::start(&["--jwt-key", KEY]);
     let (proxied, cut) = proxy(hub.base.trim_start_matches("http://").to_owned()).await;
-    let topic = common::unique_topic("resume-cli");
+    let topic = crate::common::unique_topic("resume-cli");
     let mut child = tidings(&[
         "subscribe",
         "--hub",
@@ -228,7 +226,7 @@ fn instance_id_of(args: &[&str], env: &[(&str, &str)], toml: Option<&str>) -> St
         .build()
         .unwrap();
     runtime.block_on(async {
-        let body = common::get_json(&hub.url("/readyz")).await;
+        let body = crate::common::get_json(&hub.url("/readyz")).await;
         body["instanceId"].as_str().unwrap().to_owned()
     })
 }

@@ -4,12 +4,10 @@
 //! test), bodies on GET, oversized heads, clients that stop reading. Each is closed or refused as documented in
 //! `docs/security.md`, and none leaves a subscriber or a stream behind.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{publish, wait_for, Hub, Stream, WAIT};
+use crate::common::{publish, wait_for, Hub, Stream, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -56,7 +54,7 @@ async fn a_request_that_never_finishes_its_headers_is_closed_after_the_header_re
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
     assert_eq!(answer, "");
     // Meanwhile the hub serves everyone else.
-    assert_eq!(common::status(&hub, "/healthz").await, 200);
+    assert_eq!(crate::common::status(&hub, "/healthz").await, 200);
 }
 
 #[tokio::test]
@@ -265,7 +263,7 @@ async fn oversized_request_heads_are_refused() {
     let large = format!("X-Big: {}\r\n", "v".repeat(50_000));
     let line = status_line_for(&hub, request("/healthz", &large)).await;
     assert!(line.starts_with("HTTP/1.1 200"), "a 50 kB header: {line}");
-    assert_eq!(common::status(&hub, "/healthz").await, 200);
+    assert_eq!(crate::common::status(&hub, "/healthz").await, 200);
 }
 
 /// A network namespace joined to this one by a veth pair, made for one test and deleted when
@@ -390,7 +388,7 @@ async fn a_stream_after_another_request_on_the_same_connection_works_too() {
     // The first request of a connection that is not a stream goes to hyper with the bytes
     // already read; a stream requested next on that connection is served there.
     let hub = Hub::start(&["--auth", "none"]);
-    let topic = common::unique_topic("keep-alive");
+    let topic = crate::common::unique_topic("keep-alive");
     let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
     let request = format!(
         "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /.well-known/mercure?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -1,9 +1,7 @@
 //! The Mercure subscriptions API and subscription events (`--subscriptions`), over real
 //! sockets against the real binary.
 
-mod common;
-
-use common::{client, token, unique_topic, Hub, Stream, KEY};
+use crate::common::{client, token, unique_topic, Hub, Stream, KEY};
 use serde_json::{json, Value};
 
 const API_TEMPLATE: &str = "/.well-known/mercure/subscriptions{/topic}{/subscriber}";
@@ -34,7 +32,7 @@ async fn get(hub: &Hub, path: &str, bearer: Option<&str>) -> (u16, Value) {
 async fn subscribers_coming_and_going_are_listed_and_announced() {
     let hub = Hub::start(&["--jwt-key", KEY, "--anonymous", "--subscriptions"]);
     let admin = token(json!({"mercure": {"subscribe": [API_TEMPLATE]}}));
-    let watch_url = common::subscribe_url(&hub, &[API_TEMPLATE], "");
+    let watch_url = crate::common::subscribe_url(&hub, &[API_TEMPLATE], "");
     let mut watcher =
         Stream::open(&watch_url, &[("authorization", &format!("Bearer {admin}"))]).await;
     let own: Value = serde_json::from_str(&watcher.next().await.data).unwrap();
@@ -47,7 +45,7 @@ async fn subscribers_coming_and_going_are_listed_and_announced() {
     let topic = unique_topic("watched");
     let alice = token(json!({"mercure": {"subscribe": [], "payload": {"name": "alice"}}}));
     let client_stream = Stream::open(
-        &common::subscribe_url(&hub, &[&topic], ""),
+        &crate::common::subscribe_url(&hub, &[&topic], ""),
         &[("authorization", &format!("Bearer {alice}"))],
     )
     .await;
@@ -118,8 +116,8 @@ async fn the_api_needs_a_matching_claim_and_the_option() {
     let (status, _) = get(&hub, "/.well-known/mercure/subscriptions", Some(&other)).await;
     assert_eq!(status, 403);
     // Anonymous subscribers see no subscription event (they are private updates).
-    let mut anonymous = Stream::open(&common::subscribe_url(&hub, &["*"], ""), &[]).await;
-    let _other = Stream::open(&common::subscribe_url(&hub, &["x"], ""), &[]).await;
+    let mut anonymous = Stream::open(&crate::common::subscribe_url(&hub, &["*"], ""), &[]).await;
+    let _other = Stream::open(&crate::common::subscribe_url(&hub, &["x"], ""), &[]).await;
     assert!(anonymous
         .next_within(std::time::Duration::from_millis(300))
         .await

@@ -2,11 +2,9 @@
 //! instances on Redis, and Nchan in nginx. A small run must count every delivery exactly once
 //! and say so in its JSON; a run that loses deliveries must fail and say why.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 
-use common::{Hub, KEY};
+use crate::common::{Hub, KEY};
 use serde_json::Value;
 
 fn bench(args: &[&str]) -> Output {
@@ -181,10 +179,10 @@ fn bad_arguments_get_a_message_that_says_what_to_fix() {
 
 #[test]
 fn streams_spread_over_two_instances_get_what_a_third_url_publishes_via_redis() {
-    let Some(keys) = common::redis_keys("bench") else {
+    let Some(keys) = crate::common::redis_keys("bench") else {
         return;
     };
-    let hubs = common::redis_cluster(&keys, 2, &["--max-streams-per-address", "10000"]);
+    let hubs = crate::common::redis_cluster(&keys, 2, &["--max-streams-per-address", "10000"]);
     let (ok, json) = bench_json(&[
         "--url",
         &hubs[0].base,
@@ -213,13 +211,13 @@ const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
 /// nginx with the Nchan module on a free loopback port, or `None` (skip) when nginx or the
 /// module is missing — a failure under `TIDINGS_REQUIRE_BROKERS=1`.
-fn nchan() -> Option<common::Proxy> {
+fn nchan() -> Option<crate::common::Proxy> {
     let present = Command::new("nginx").arg("-v").output().is_ok()
         && std::path::Path::new(NCHAN_MODULE).exists();
-    if !common::installed(&format!("nginx with {NCHAN_MODULE}"), present) {
+    if !crate::common::installed(&format!("nginx with {NCHAN_MODULE}"), present) {
         return None;
     }
-    Some(common::Proxy::nginx(
+    Some(crate::common::Proxy::nginx(
         &format!("load_module {NCHAN_MODULE};\n"),
         |port| {
             format!(

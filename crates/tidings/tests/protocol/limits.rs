@@ -2,9 +2,7 @@
 //! `max-streams-per-address` or `max-streams-per-session` 429, each with `Retry-After` and a
 //! JSON body; each refusal is counted by limit; a stream that ends gives its place back.
 
-mod common;
-
-use common::{client, wait_for, Hub, Stream};
+use crate::common::{client, wait_for, Hub, Stream};
 use serde_json::Value;
 
 /// Opens `url` expecting a refusal; returns its status, `Retry-After` and JSON body.
@@ -55,7 +53,7 @@ async fn past_max_streams_the_instance_answers_503_and_a_closed_stream_frees_a_p
     assert_eq!(refused(&session, &[]).await.0, 503);
     assert_eq!(refused_count(&hub, "instance").await, 2.0);
     // Other requests are still served.
-    assert_eq!(common::status(&hub, "/readyz").await, 200);
+    assert_eq!(crate::common::status(&hub, "/readyz").await, 200);
 
     open.pop().unwrap().close();
     wait_for("a place to free up", async || {
@@ -63,7 +61,8 @@ async fn past_max_streams_the_instance_answers_503_and_a_closed_stream_frees_a_p
     })
     .await;
     let mut again = Stream::open(&topic_url(&hub), &[]).await;
-    let (status, _) = common::publish(&hub, None, &[("topic", "limits"), ("data", "x")]).await;
+    let (status, _) =
+        crate::common::publish(&hub, None, &[("topic", "limits"), ("data", "x")]).await;
     assert_eq!(status, 200);
     assert_eq!(again.next().await.data, "x", "the admitted stream works");
 }

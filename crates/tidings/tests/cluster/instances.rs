@@ -2,19 +2,17 @@
 //! reach subscribers on the others, and a client whose instance is killed resumes on another
 //! without losing or repeating anything.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{publish, subscribe_url, Hub, Stream};
+use crate::common::{publish, subscribe_url, Hub, Stream};
 
 #[tokio::test]
 async fn an_update_published_on_one_instance_reaches_subscribers_on_all() {
-    let Some(keys) = common::redis_keys("fan-out") else {
+    let Some(keys) = crate::common::redis_keys("fan-out") else {
         return;
     };
-    let hubs = common::redis_cluster(&keys, 3, &[]);
-    let topic = common::unique_topic("cluster");
+    let hubs = crate::common::redis_cluster(&keys, 3, &[]);
+    let topic = crate::common::unique_topic("cluster");
     let mut streams = Vec::new();
     for hub in &hubs {
         streams.push(Stream::open(&subscribe_url(hub, &[&topic], ""), &[]).await);
@@ -35,23 +33,23 @@ async fn an_update_published_on_one_instance_reaches_subscribers_on_all() {
             "exactly once"
         );
     }
-    let ready = common::get_json(&hubs[0].url("/readyz")).await;
+    let ready = crate::common::get_json(&hubs[0].url("/readyz")).await;
     assert_eq!(ready["bus"], "redis");
 }
 
 #[tokio::test]
 async fn a_client_of_a_killed_instance_resumes_on_another_without_loss_or_duplicate() {
-    let Some(keys) = common::redis_keys("failover") else {
+    let Some(keys) = crate::common::redis_keys("failover") else {
         return;
     };
-    let mut hubs = common::redis_cluster(&keys, 3, &[]);
-    let topic = common::unique_topic("failover");
+    let mut hubs = crate::common::redis_cluster(&keys, 3, &[]);
+    let topic = crate::common::unique_topic("failover");
     const TOTAL: usize = 300;
     let publisher_base = hubs[1].base.clone();
     let publisher_topic = topic.clone();
     let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
     let publisher = tokio::spawn(async move {
-        let client = common::client();
+        let client = crate::common::client();
         for i in 0..TOTAL {
             let body = form_urlencoded::Serializer::new(String::new())
                 .append_pair("topic", &publisher_topic)
@@ -106,7 +104,7 @@ async fn a_client_of_a_killed_instance_resumes_on_another_without_loss_or_duplic
 }
 
 async fn presence(hub: &Hub, session: &str) -> serde_json::Value {
-    common::get_json(&hub.url(&format!("/sse/sessions/{session}"))).await
+    crate::common::get_json(&hub.url(&format!("/sse/sessions/{session}"))).await
 }
 
 async fn wait_for_presence(hub: &Hub, session: &str, expected: serde_json::Value) {
@@ -127,7 +125,7 @@ async fn wait_for_presence(hub: &Hub, session: &str, expected: serde_json::Value
 
 #[tokio::test]
 async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
-    let Some(keys) = common::redis_keys("registry") else {
+    let Some(keys) = crate::common::redis_keys("registry") else {
         return;
     };
     let mut hubs: Vec<Hub> = ["node-a", "node-b", "node-c"]
@@ -186,7 +184,7 @@ async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
     .await;
     // And a session published to from another instance still reaches its stream there.
     let body = serde_json::json!({"sessionId": session, "eventName": "y", "payload": "hi"});
-    let response = common::client()
+    let response = crate::common::client()
         .post(hubs[2].url("/sse/events"))
         .json(&body)
         .send()
@@ -197,7 +195,7 @@ async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
 }
 
 async fn listed_topics(hub: &Hub) -> Vec<String> {
-    let body = common::get_json(&hub.url("/.well-known/mercure/subscriptions")).await;
+    let body = crate::common::get_json(&hub.url("/.well-known/mercure/subscriptions")).await;
     let mut topics: Vec<String> = body["subscriptions"]
         .as_array()
         .unwrap_or_else(|| panic!("{body}"))
@@ -210,12 +208,13 @@ async fn listed_topics(hub: &Hub) -> Vec<String> {
 
 #[tokio::test]
 async fn the_subscriptions_api_answers_for_the_whole_cluster() {
-    let Some(keys) = common::redis_keys("subscriptions") else {
+    let Some(keys) = crate::common::redis_keys("subscriptions") else {
         return;
     };
-    let mut hubs = common::redis_cluster(&keys, 2, &["--subscriptions", "--session-ttl", "3"]);
-    let on_a = common::unique_topic("on-a");
-    let on_b = common::unique_topic("on-b");
+    let mut hubs =
+        crate::common::redis_cluster(&keys, 2, &["--subscriptions", "--session-ttl", "3"]);
+    let on_a = crate::common::unique_topic("on-a");
+    let on_b = crate::common::unique_topic("on-b");
     let _a = Stream::open(&subscribe_url(&hubs[0], &[&on_a], ""), &[]).await;
     let _b = Stream::open(&subscribe_url(&hubs[1], &[&on_b], ""), &[]).await;
     let mut both = vec![on_a.clone(), on_b.clone()];

@@ -2,12 +2,10 @@
 //! of a cluster, and the nginx and HAProxy configurations, pointed at three real instances on
 //! Redis, spread streams over them round-robin and pass events and publishes through.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{Hub, Proxy, Stream};
+use crate::common::{Hub, Proxy, Stream};
 
 fn deploy_file(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,7 +28,7 @@ fn aimed_at(config: &str, hubs: &[Hub]) -> String {
 /// nginx with `deploy/nginx/tidings.conf` in front of `hubs`, or `None` (skip) when nginx is
 /// missing — a failure under `TIDINGS_REQUIRE_BROKERS=1`, where `.ci/services` installs it.
 fn nginx(hubs: &[Hub]) -> Option<Proxy> {
-    if !common::installed("nginx", Command::new("nginx").arg("-v").output().is_ok()) {
+    if !crate::common::installed("nginx", Command::new("nginx").arg("-v").output().is_ok()) {
         return None;
     }
     let site = aimed_at(&deploy_file("nginx/tidings.conf"), hubs);
@@ -43,7 +41,7 @@ fn nginx(hubs: &[Hub]) -> Option<Proxy> {
 /// HAProxy with `deploy/haproxy/haproxy.cfg` in front of `hubs`, checked with `haproxy -c`
 /// first, or `None` (skip) as for nginx.
 fn haproxy(hubs: &[Hub]) -> Option<Proxy> {
-    if !common::installed(
+    if !crate::common::installed(
         "haproxy",
         Command::new("haproxy").arg("-v").output().is_ok(),
     ) {
@@ -76,7 +74,7 @@ fn haproxy(hubs: &[Hub]) -> Option<Proxy> {
 /// Streams through `proxy` land on every instance, and updates published on an instance or
 /// through the proxy reach all of them, promptly (nothing buffered).
 async fn streams_and_publishes_pass(proxy: &Proxy, hubs: &[Hub]) {
-    let topic = common::unique_topic("deploy");
+    let topic = crate::common::unique_topic("deploy");
     let url = format!(
         "{}/.well-known/mercure?topic={}",
         proxy.base,
@@ -87,13 +85,13 @@ async fn streams_and_publishes_pass(proxy: &Proxy, hubs: &[Hub]) {
         streams.push(Stream::open(&url, &[]).await);
     }
     for hub in hubs {
-        common::wait_for("one stream on each instance (round-robin)", async || {
+        crate::common::wait_for("one stream on each instance (round-robin)", async || {
             hub.metric("tidings_subscribers").await == 1.0
         })
         .await;
     }
     let (status, id) =
-        common::publish(&hubs[1], None, &[("topic", &topic), ("data", "direct")]).await;
+        crate::common::publish(&hubs[1], None, &[("topic", &topic), ("data", "direct")]).await;
     assert_eq!(status, 200, "{id}");
     for stream in &mut streams {
         let event = stream.next().await;
@@ -102,7 +100,7 @@ async fn streams_and_publishes_pass(proxy: &Proxy, hubs: &[Hub]) {
             (id.as_str(), "direct")
         );
     }
-    let published = common::client()
+    let published = crate::common::client()
         .post(format!("{}/.well-known/mercure", proxy.base))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(
@@ -127,10 +125,10 @@ fn urlencoding(text: &str) -> String {
 
 /// Three instances on Redis behind the proxy `start` runs; see [`streams_and_publishes_pass`].
 async fn behind(name: &str, start: fn(&[Hub]) -> Option<Proxy>) {
-    let Some(keys) = common::redis_keys(name) else {
+    let Some(keys) = crate::common::redis_keys(name) else {
         return;
     };
-    let hubs = common::redis_cluster(&keys, 3, &[]);
+    let hubs = crate::common::redis_cluster(&keys, 3, &[]);
     let Some(proxy) = start(&hubs) else {
         return;
     };
@@ -149,7 +147,7 @@ async fn haproxy_spreads_streams_over_three_instances_and_passes_events_at_once(
 
 #[tokio::test]
 async fn the_sample_configuration_starts_an_instance_of_a_cluster() {
-    let Some(keys) = common::redis_keys("deploy-toml") else {
+    let Some(keys) = crate::common::redis_keys("deploy-toml") else {
         return;
     };
     // As the systemd unit runs it: the file, the key from the environment, the address and
@@ -170,10 +168,10 @@ async fn the_sample_configuration_starts_an_instance_of_a_cluster() {
         &[("TIDINGS_JWT_KEY", "a-long-random-secret-for-the-test")],
         None,
     );
-    let ready = common::get_json(&hub.url("/readyz")).await;
+    let ready = crate::common::get_json(&hub.url("/readyz")).await;
     assert_eq!(ready["status"], "ready", "{ready}");
     // The file's settings took effect: tokens are required, history is on.
-    let refused = common::client()
+    let refused = crate::common::client()
         .get(hub.url("/.well-known/mercure?topic=x"))
         .send()
         .await

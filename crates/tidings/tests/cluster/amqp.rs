@@ -4,24 +4,22 @@
 //! RabbitMQ node this test starts on free ports and kills by process group, for a restart.
 //! The shared broker itself is never stopped.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     publish, publish_once_recovered, subscribe_url, AmqpObjects, Hub, PrivateRabbit, Stream,
 };
 
 /// `n` instances on the test's exchange; their instance ids are `<prefix>-<i>`.
 fn cluster(objects: &AmqpObjects, n: usize, extra: &[&str]) -> Vec<Hub> {
-    common::cluster_on(&objects.url, &objects.prefix, n, extra)
+    crate::common::cluster_on(&objects.url, &objects.prefix, n, extra)
 }
 
 fn objects(name: &str) -> Option<AmqpObjects> {
     Some(AmqpObjects {
-        url: common::amqp_url()?,
-        prefix: common::unique_prefix(name),
+        url: crate::common::amqp_url()?,
+        prefix: crate::common::unique_prefix(name),
     })
 }
 
@@ -72,7 +70,7 @@ async fn receive_all(stream: &mut Stream, ids: &[String], hub: &Hub) {
 
 async fn wait_ready(hub: &Hub) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while common::status(hub, "/readyz").await != 200 {
+    while crate::common::status(hub, "/readyz").await != 200 {
         assert!(Instant::now() < deadline, "readiness did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -84,7 +82,7 @@ async fn three_instances_lose_nothing_when_rabbitmq_drops_them_and_resume_anywhe
         return;
     };
     let hubs = cluster(&objects, 3, &[]);
-    let topic = common::unique_topic("amqp");
+    let topic = crate::common::unique_topic("amqp");
     let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
     let (code, first) = publish(&hubs[1], None, &[("topic", &topic), ("data", "0")]).await;
     assert_eq!(code, 200, "{first}");
@@ -135,7 +133,7 @@ async fn a_new_instance_serves_resumes_from_what_the_stream_kept() {
         return;
     };
     let mut first = cluster(&objects, 1, &[]);
-    let topic = common::unique_topic("amqp-late");
+    let topic = crate::common::unique_topic("amqp-late");
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(publish_once_recovered(&first[0], &topic, &i.to_string()).await);
@@ -173,7 +171,7 @@ async fn without_history_each_instance_reads_its_own_queue() {
         return;
     };
     let hubs = cluster(&objects, 2, &["--history-size", "0"]);
-    let topic = common::unique_topic("amqp-queues");
+    let topic = crate::common::unique_topic("amqp-queues");
     let mut a = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
     let mut b = Stream::open(&subscribe_url(&hubs[1], &[&topic], ""), &[]).await;
     let id = publish_once_recovered(&hubs[1], &topic, "x").await;
@@ -209,7 +207,7 @@ async fn without_history_each_instance_reads_its_own_queue() {
 
 #[tokio::test]
 async fn a_rabbitmq_that_cannot_be_used_is_a_clear_error_at_start() {
-    let Some(url) = common::amqp_url() else {
+    let Some(url) = crate::common::amqp_url() else {
         return;
     };
     let bad_password = url.replacen("guest:guest", "guest:wrong", 1);
@@ -239,8 +237,8 @@ async fn three_instances_survive_a_rabbitmq_restart_and_resume_anywhere() {
         return;
     };
     let url = rabbit.url();
-    let hubs = common::cluster_on(&url, "tidings", 3, &[]);
-    let topic = common::unique_topic("amqp-restart");
+    let hubs = crate::common::cluster_on(&url, "tidings", 3, &[]);
+    let topic = crate::common::unique_topic("amqp-restart");
     let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
     let (code, first) = publish(&hubs[1], None, &[("topic", &topic), ("data", "0")]).await;
     assert_eq!(code, 200, "{first}");
@@ -248,7 +246,7 @@ async fn three_instances_survive_a_rabbitmq_restart_and_resume_anywhere() {
 
     rabbit.stop();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while common::status(&hubs[1], "/readyz").await != 503 {
+    while crate::common::status(&hubs[1], "/readyz").await != 503 {
         assert!(Instant::now() < deadline, "readiness did not turn 503");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -258,7 +256,7 @@ async fn three_instances_survive_a_rabbitmq_restart_and_resume_anywhere() {
     // Once RabbitMQ is back (its stream may take a while longer to serve), publishes go
     // through again.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while common::status(&hubs[2], "/readyz").await != 200 {
+    while crate::common::status(&hubs[2], "/readyz").await != 200 {
         assert!(
             Instant::now() < deadline,
             "C did not reconnect; its log:\n{}",

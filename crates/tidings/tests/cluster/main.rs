@@ -1,0 +1,13 @@
+//! Several real instances on real brokers: delivery across instances, failover and resume, broker
+//! faults and restarts, routing, broker security, and publishing straight onto the broker.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod amqp;
+mod direct_publish;
+mod instances;
+mod nats;
+mod redis_faults;
+mod redis_routing;
+mod redis_security;

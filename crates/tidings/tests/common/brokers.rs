@@ -1,0 +1,476 @@
+//! The brokers tests run against: the machine's shared Redis, NATS and RabbitMQ (reached, or
+//! skipped unless `TIDINGS_REQUIRE_BROKERS=1`), clean-up guards for what a test creates on
+//! them, and private brokers a test starts on free ports and stops by PID.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, spawn_listening, uuid_like, Hub, WAIT};
+
+/// The Redis the tests use (`TIDINGS_TEST_REDIS`, default the machine's 127.0.0.1:6379), or
+/// `None` when it is unreachable — in which case the caller skips, unless
+/// `TIDINGS_REQUIRE_BROKERS=1`, which turns the skip into a failure.
+pub fn redis_url() -> Option<String> {
+    let url = std::env::var("TIDINGS_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
+    let reachable = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    available("Redis", &url, "TIDINGS_TEST_REDIS", reachable)
+}
+
+/// `Some(url)` when the broker answered; otherwise `None` (the test skips), or a failure under
+/// `TIDINGS_REQUIRE_BROKERS=1`.
+fn available(
+    broker: &str,
+    url: &str,
+    variable: &str,
+    reachable: Result<(), String>,
+) -> Option<String> {
+    let shown = tidings::bus::redact(url);
+    match reachable {
+        Ok(()) => Some(url.to_owned()),
+        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+            panic!(
+                "{broker} at {shown} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}"
+            )
+        }
+        Err(e) => {
+            eprintln!("skipping: {broker} at {shown} is unreachable ({e}); set {variable}");
+            None
+        }
+    }
+}
+
+/// Whether something accepts TCP connections at `address` (`host:port`).
+fn accepts(address: &str) -> Result<(), String> {
+    let address: std::net::SocketAddr = address.parse().map_err(|e| format!("{e}"))?;
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A key prefix unique to this test run and name.
+pub fn unique_prefix(name: &str) -> String {
+    format!("tidings-test:{name}:{}", uuid_like())
+}
+
+/// Deletes every key under `prefix` (tests leave the shared Redis as they found it).
+pub fn redis_cleanup(url: &str, prefix: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}
+
+/// Removes a test's Redis keys when dropped, even when the test fails.
+pub struct RedisKeys {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        redis_cleanup(&self.url, &self.prefix);
+    }
+}
+
+/// A fresh key prefix on the test Redis, or `None` (skip) as [`redis_url`] says.
+pub fn redis_keys(name: &str) -> Option<RedisKeys> {
+    let url = redis_url()?;
+    Some(RedisKeys {
+        prefix: unique_prefix(name),
+        url,
+    })
+}
+
+/// `n` instances (`--auth none`) on the test Redis under `keys`' prefix, plus `extra` flags.
+pub fn redis_cluster(keys: &RedisKeys, n: usize, extra: &[&str]) -> Vec<Hub> {
+    cluster_on(&keys.url, &keys.prefix, n, extra)
+}
+
+/// `n` instances on the bus `bus`, named `prefix` there; instance `i` has the id
+/// `<prefix>-<i>`.
+pub fn cluster_on(bus: &str, prefix: &str, n: usize, extra: &[&str]) -> Vec<Hub> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let mut args = vec![
+                "--auth",
+                "none",
+                "--bus",
+                bus,
+                "--bus-prefix",
+                prefix,
+                "--instance-id",
+                &id,
+            ];
+            args.extend_from_slice(extra);
+            Hub::start(&args)
+        })
+        .collect()
+}
+
+/// A `redis-server` of a test's own, on a free port, stopped by PID (never the machine's
+/// shared Redis). Without persistence: a restart loses everything, as a crash would.
+pub struct PrivateRedis {
+    pub port: u16,
+    /// TLS only: the server certificate and key files (`rediss://`).
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `requirepass`: clients must authenticate.
+    password: Option<String>,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one, or `None` (skip) when `redis-server` is not installed — a failure under
+    /// `TIDINGS_REQUIRE_BROKERS=1`.
+    pub fn start() -> Option<PrivateRedis> {
+        Self::start_inner(None, None)
+    }
+
+    /// Starts one that requires this password ([`PrivateRedis::url`] carries it).
+    pub fn start_with_password(password: &str) -> Option<PrivateRedis> {
+        Self::start_inner(None, Some(password.to_owned()))
+    }
+
+    /// Starts one that speaks TLS only, with this certificate chain and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<PrivateRedis> {
+        Self::start_inner(Some((cert.to_owned(), key.to_owned())), None)
+    }
+
+    fn start_inner(
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+        password: Option<String>,
+    ) -> Option<PrivateRedis> {
+        let mut redis = PrivateRedis {
+            port: free_port(),
+            tls,
+            password,
+            child: None,
+        };
+        started("redis-server", redis.spawn().map(|()| redis))
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let port = self.port.to_string();
+        let mut args: Vec<String> = vec!["--bind".into(), "127.0.0.1".into()];
+        match &self.tls {
+            None => args.extend(["--port".into(), port]),
+            Some((cert, key)) => args.extend([
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port,
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]),
+        }
+        args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        if let Some(password) = &self.password {
+            args.extend(["--requirepass".into(), password.clone()]);
+        }
+        let mut command = Command::new("redis-server");
+        command.args(args);
+        self.child = Some(spawn_listening(command, self.port, WAIT)?);
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let auth = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn().expect("restart redis-server");
+    }
+
+    /// Runs one command on a plain (non-TLS) private Redis.
+    pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut conn = redis::Client::open(self.url())?.get_connection()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The NATS server the tests use (`TIDINGS_TEST_NATS`, default the machine's
+/// 127.0.0.1:4222, with JetStream), or `None` (skip) as for [`redis_url`].
+pub fn nats_url() -> Option<String> {
+    let url = std::env::var("TIDINGS_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let reachable = accepts(url.trim_start_matches("nats://"));
+    available("NATS", &url, "TIDINGS_TEST_NATS", reachable)
+}
+
+/// Runs a broker clean-up to its end on a runtime of its own, in a thread of its own: a guard
+/// may be dropped outside of a runtime, or inside one that is ending.
+fn clean_up(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    })
+    .join();
+}
+
+/// Deletes a test's JetStream stream when dropped, even when the test fails.
+pub struct NatsStream {
+    pub url: String,
+    /// The prefix the buses were given; the stream is named from it.
+    pub prefix: String,
+}
+
+impl Drop for NatsStream {
+    fn drop(&mut self) {
+        let name = tidings::bus::nats::stream_name(&self.prefix);
+        let url = self.url.clone();
+        clean_up(async move {
+            if let Ok(client) = async_nats::connect(url).await {
+                let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+            }
+        });
+    }
+}
+
+/// The RabbitMQ the tests use (`TIDINGS_TEST_AMQP`, default the machine's 127.0.0.1:5672 as
+/// guest), or `None` (skip) as for [`redis_url`].
+pub fn amqp_url() -> Option<String> {
+    let url = std::env::var("TIDINGS_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let reachable = accepts(host_port);
+    available("RabbitMQ", &url, "TIDINGS_TEST_AMQP", reachable)
+}
+
+/// Deletes a test's RabbitMQ exchange and stream when dropped, even when the test fails.
+pub struct AmqpObjects {
+    pub url: String,
+    /// The prefix the buses were given; the exchange and the stream are named from it.
+    pub prefix: String,
+}
+
+impl Drop for AmqpObjects {
+    fn drop(&mut self) {
+        let names = tidings::bus::amqp::Names::new(&self.prefix);
+        let url = self.url.clone();
+        clean_up(async move {
+            let properties = lapin::ConnectionProperties::default();
+            let Ok(connection) = lapin::Connection::connect(&url, properties).await else {
+                return;
+            };
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(names.stream.as_str().into(), Default::default())
+                    .await;
+                let _ = channel
+                    .exchange_delete(names.exchange.as_str().into(), Default::default())
+                    .await;
+            }
+            let _ = connection.close(200, "done".into()).await;
+        });
+    }
+}
+
+/// A RabbitMQ node of the test's own — its own node name, ports and data directory, listening
+/// on loopback only — started as its own process group and stopped by killing that group:
+/// never the machine's shared RabbitMQ. It takes seconds to boot.
+pub struct PrivateRabbit {
+    pub port: u16,
+    dist_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRabbit {
+    /// How long a node may take to boot.
+    const BOOT: Duration = Duration::from_secs(90);
+
+    /// Starts one, or `None` (skip) when RabbitMQ is not installed — a failure under
+    /// `TIDINGS_REQUIRE_BROKERS=1`.
+    pub fn start() -> Option<PrivateRabbit> {
+        let mut rabbit = PrivateRabbit {
+            port: free_port(),
+            dist_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        started("rabbitmq-server", rabbit.spawn().map(|()| rabbit))
+    }
+
+    /// Starts it again (after [`PrivateRabbit::stop`]), on the same ports and data.
+    pub fn spawn(&mut self) -> std::io::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let dir = self.dir.path();
+        std::fs::write(dir.join("enabled_plugins"), "[].")?;
+        let mut command = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+        command
+            .process_group(0)
+            .env("HOME", dir)
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("tidings-test-{}@localhost", self.port),
+            )
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"));
+        self.child = Some(spawn_listening(command, self.port, Self::BOOT)?);
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the node as a service manager would (SIGTERM to every process of its group:
+    /// RabbitMQ shuts down cleanly), killing it if it takes longer than 30 s.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !std::process::Command::new("kill")
+                .args(["-0", "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| !s.success())
+            {
+                if std::time::Instant::now() > deadline {
+                    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+                    break;
+                }
+                let _ = child.try_wait();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Turns a broker that cannot be started into a skip, or a failure under
+/// `TIDINGS_REQUIRE_BROKERS=1`.
+fn started<T>(what: &str, result: std::io::Result<T>) -> Option<T> {
+    match result {
+        Ok(server) => Some(server),
+        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
+            panic!("{what} is required (TIDINGS_REQUIRE_BROKERS=1): {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: cannot start {what} ({e})");
+            None
+        }
+    }
+}
+
+/// A `nats-server -js` of a test's own, on a free port, with its store in a temporary
+/// directory, stopped by PID (never the machine's shared one).
+pub struct PrivateNats {
+    pub port: u16,
+    pub store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    /// Starts one, or `None` (skip) when `nats-server` is not installed — a failure under
+    /// `TIDINGS_REQUIRE_BROKERS=1`.
+    pub fn start() -> Option<PrivateNats> {
+        let mut nats = PrivateNats {
+            port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        started("nats-server", nats.spawn().map(|()| nats))
+    }
+
+    /// Starts it again (after [`PrivateNats::stop`]), on the same port and store.
+    pub fn spawn(&mut self) -> std::io::Result<()> {
+        let mut command = Command::new("nats-server");
+        command
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path());
+        self.child = Some(spawn_listening(command, self.port, WAIT)?);
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,14 @@
+//! The protocols over real sockets, against one real `tidings` binary: Mercure, the session API,
+//! the subscriptions API, token algorithms and lifetimes, stream limits and the connection
+//! lifecycle.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod lifecycle;
+mod limits;
+mod mercure;
+mod session;
+mod signatures;
+mod subscriptions;
+mod token_lifetimes;
