@@ -14,10 +14,15 @@
 //!
 //! Every history keeps updates for `history-ttl` seconds, and at most `history-size` of them.
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(any(feature = "redis", feature = "nats", feature = "amqp"))]
+mod broker;
 pub mod history;
 pub mod memory;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod wire;
 
@@ -254,33 +259,6 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// The failure of an operation on a broker, named after it (`redis: …`).
-fn broker_error(broker: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("{broker}: {e}"))
-}
-
-/// Runs one operation on a broker with a time limit: its failure, or no answer in time, is
-/// [`BusError::Unavailable`], named after the broker.
-async fn with_limit<T, E: std::fmt::Display>(
-    broker: &str,
-    limit: std::time::Duration,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, BusError> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(result) => result.map_err(|e| broker_error(broker, e)),
-        Err(_) => Err(broker_error(broker, format!("no answer within {limit:?}"))),
-    }
-}
-
-/// A publish that was handed to the broker and then failed or went unanswered: whether the
-/// broker stored it is unknown ([`BusError::OutcomeUnknown`]).
-fn outcome_unknown(e: BusError) -> BusError {
-    match e {
-        BusError::Unavailable(why) => BusError::OutcomeUnknown(why),
-        other => other,
-    }
-}
-
 /// The bus URL with its credentials masked, for logs (`redis://:secret@host` →
 /// `redis://***@host`).
 pub fn redact(url: &str) -> String {
@@ -307,14 +285,31 @@ pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dy
             options.history_ttl(),
             hub,
         ))),
+        #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(redis::RedisBus::connect(url, options, hub).await?)),
+        #[cfg(feature = "nats")]
         "nats" => Ok(Arc::new(nats::NatsBus::connect(url, options, hub).await?)),
+        #[cfg(feature = "amqp")]
         "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpBus::connect(url, options, hub).await?)),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(not_built("redis")),
+        #[cfg(not(feature = "nats"))]
+        "nats" => Err(not_built("nats")),
+        #[cfg(not(feature = "amqp"))]
+        "amqp" | "amqps" => Err(not_built("amqp")),
         _ => Err(BusError::Config(format!(
             "unknown bus URL {:?}: expected memory://, redis://, amqp:// or nats://",
             redact(url)
         ))),
     }
+}
+
+/// The refusal of a bus this build left out (its cargo feature was off).
+#[cfg(not(all(feature = "redis", feature = "nats", feature = "amqp")))]
+fn not_built(feature: &str) -> BusError {
+    BusError::Config(format!(
+        "this build of tidings has no {feature} bus: build it with the cargo feature {feature:?} (on by default)"
+    ))
 }
 
 #[cfg(test)]

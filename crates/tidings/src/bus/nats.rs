@@ -88,13 +88,13 @@ impl Drop for NatsBus {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    super::broker_error("nats", e)
+    super::broker::broker_error("nats", e)
 }
 
 async fn timed<T, E: std::fmt::Display>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
-    super::with_limit("nats", COMMAND_TIMEOUT, f).await
+    super::broker::with_limit("nats", COMMAND_TIMEOUT, f).await
 }
 
 /// The position of the message at `sequence`. `epoch` counts the times NATS lost the stream

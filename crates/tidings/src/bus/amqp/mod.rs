@@ -118,13 +118,13 @@ struct Delivered {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    super::broker_error("rabbitmq", e)
+    super::broker::broker_error("rabbitmq", e)
 }
 
 async fn timed<T, E: std::fmt::Display>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
-    super::with_limit("rabbitmq", COMMAND_TIMEOUT, f).await
+    super::broker::with_limit("rabbitmq", COMMAND_TIMEOUT, f).await
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -323,7 +323,7 @@ async fn publish_confirmed(
         properties,
     ))
     .await?;
-    match timed(confirm).await.map_err(super::outcome_unknown)? {
+    match timed(confirm).await.map_err(outcome_unknown)? {
         Confirmation::Ack(_) => Ok(()),
         Confirmation::Nack(_) => Err(unavailable("RabbitMQ did not take the message (nack)")),
         Confirmation::NotRequested => Err(unavailable("the channel is not in confirm mode")),
@@ -401,6 +401,15 @@ impl AmqpBus {
             }
         }
         Ok(lock(&self.shared.delivered).history.replay_of(from, topics))
+    }
+}
+
+/// A publish that was handed to the broker and then failed or went unanswered: whether the
+/// broker stored it is unknown ([`BusError::OutcomeUnknown`]).
+fn outcome_unknown(e: BusError) -> BusError {
+    match e {
+        BusError::Unavailable(why) => BusError::OutcomeUnknown(why),
+        other => other,
     }
 }
 

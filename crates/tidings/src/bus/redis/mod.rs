@@ -142,13 +142,13 @@ fn derived_id(stream_id: &str) -> String {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    super::broker_error("redis", e)
+    super::broker::broker_error("redis", e)
 }
 
 async fn timed<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BusError> {
-    super::with_limit("redis", COMMAND_TIMEOUT, f).await
+    super::broker::with_limit("redis", COMMAND_TIMEOUT, f).await
 }
 
 impl RedisBus {

@@ -395,7 +395,7 @@ fn earlier(a: Start, b: Start) -> Start {
 async fn timed<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BusError> {
-    crate::bus::with_limit("redis", REPLAY_COMMAND_TIMEOUT, f).await
+    crate::bus::broker::with_limit("redis", REPLAY_COMMAND_TIMEOUT, f).await
 }
 
 #[cfg(test)]
