@@ -113,6 +113,10 @@ pub struct Options {
     /// [default: history-ttl, or 86400 without an age limit].
     #[arg(long, env = "TIDINGS_HISTORY_ID_TTL", value_name = "SECS")]
     pub history_id_ttl: Option<u64>,
+    /// Longest wait, in seconds, between two attempts to reach the broker (at start-up and
+    /// after a connection is lost); the waits double up to it, with jitter [default: 5].
+    #[arg(long, env = "TIDINGS_BUS_RECONNECT_MAX", value_name = "SECS")]
+    pub bus_reconnect_max: Option<u64>,
     /// Seconds a cluster-wide session registry entry lives unrefreshed (an instance that dies
     /// drops out after this long) [default: 30].
     #[arg(long, env = "TIDINGS_SESSION_TTL", value_name = "SECS")]
@@ -264,6 +268,8 @@ pub struct Config {
     pub history_ttl: u64,
     /// Seconds an update id is remembered (resume, idempotent publishes).
     pub history_id_ttl: u64,
+    /// Longest wait between two attempts to reach the broker.
+    pub bus_reconnect_max: Duration,
     /// Seconds a session registry entry lives unrefreshed.
     pub session_ttl: u64,
     /// Interval of heartbeat comments on idle streams.
@@ -411,6 +417,7 @@ impl Options {
             history_size,
             history_ttl,
             history_id_ttl,
+            bus_reconnect_max,
             session_ttl,
             heartbeat,
             drain_secs,
@@ -540,6 +547,11 @@ impl Options {
                     ttl => ttl,
                 },
             )?,
+            bus_reconnect_max: Duration::from_secs(at_least_one(
+                "bus-reconnect-max",
+                self.bus_reconnect_max,
+                5,
+            )?),
             session_ttl: match at_least_one("session-ttl", self.session_ttl, 30)? {
                 1 | 2 => return Err(ConfigError("session-ttl must be at least 3 seconds".into())),
                 t => t,

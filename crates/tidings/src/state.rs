@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::auth::Authenticator;
@@ -35,6 +36,8 @@ struct StateInner {
     admission: Arc<Admission>,
     /// Cancelled when the instance starts shutting down: every stream ends itself.
     shutdown: CancellationToken,
+    /// Holds a token for every open stream: the drain waits until none is left.
+    streams: TaskTracker,
     /// Set at the same moment, read by `/readyz` and by handlers refusing new streams.
     draining: AtomicBool,
 }
@@ -59,6 +62,7 @@ impl AppState {
                 selectors,
                 metrics,
                 shutdown: CancellationToken::new(),
+                streams: TaskTracker::new(),
                 draining: AtomicBool::new(false),
             }),
         }
@@ -69,6 +73,7 @@ impl AppState {
     pub fn begin_shutdown(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
         self.inner.metrics.ready.set(0);
+        self.inner.streams.close();
         self.inner.shutdown.cancel();
     }
 
@@ -115,5 +120,10 @@ impl AppState {
     /// Cancelled when the instance starts draining: every open stream ends itself.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// The open streams: each holds a token of this tracker while it lives.
+    pub fn streams(&self) -> &TaskTracker {
+        &self.inner.streams
     }
 }

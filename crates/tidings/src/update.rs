@@ -38,8 +38,8 @@ impl Default for Limits {
     }
 }
 
-/// Why a piece of input was refused. Carries which field was wrong and a sentence that says
-/// what to fix; the HTTP layer turns it into a `400` with a JSON body.
+/// Why a piece of input was refused. Carries which field was wrong, which rule it broke and a
+/// sentence that says what to fix; the HTTP layer turns it into a `4xx` with a JSON body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {reason}")]
 pub struct InvalidInput {
@@ -47,14 +47,35 @@ pub struct InvalidInput {
     pub field: &'static str,
     /// What is wrong with it, for a human.
     pub reason: String,
+    /// The rule it broke, which decides the answer's status and code.
+    pub rule: Rule,
+}
+
+/// The rules an input can break, one per distinct answer a caller gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// A value's form: empty, too long, a forbidden character, not a number, not JSON.
+    Form,
+    /// An update without a topic.
+    NoTopic,
+    /// More topics than `max-topics-per-update`.
+    TooManyTopics,
+    /// A topic under the hub's own path, which only the hub publishes to.
+    ReservedTopic,
 }
 
 impl InvalidInput {
-    /// Builds an error for `field` with the given explanation.
+    /// Builds an error for `field` with the given explanation: the value's form is wrong.
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::breaking(Rule::Form, field, reason)
+    }
+
+    /// Builds an error for `field` that broke `rule`.
+    pub fn breaking(rule: Rule, field: &'static str, reason: impl Into<String>) -> Self {
         InvalidInput {
             field,
             reason: reason.into(),
+            rule,
         }
     }
 }
@@ -205,8 +226,9 @@ pub struct Update {
 }
 
 impl Update {
-    /// Builds an update after checking the rules that span fields: at least one topic, and
-    /// no topic twice (duplicates are dropped, keeping the first).
+    /// Builds an update from parts already validated, after checking the rules that span
+    /// fields: at least one topic, and no topic twice (duplicates are dropped, keeping the
+    /// first). What a caller sent goes through [`Draft::validate`] instead, which ends here.
     ///
     /// # Errors
     /// [`InvalidInput`] for `topic` when the list is empty.
@@ -219,7 +241,11 @@ impl Update {
         private: bool,
     ) -> Result<Self, InvalidInput> {
         if topics.is_empty() {
-            return Err(InvalidInput::new("topic", "at least one topic is required"));
+            return Err(InvalidInput::breaking(
+                Rule::NoTopic,
+                "topic",
+                "at least one topic is required",
+            ));
         }
         let mut seen = std::collections::HashSet::with_capacity(topics.len());
         topics.retain(|t| seen.insert(t.clone()));
@@ -231,6 +257,113 @@ impl Update {
             retry,
             private,
         })
+    }
+}
+
+/// The path below which the hub publishes its own events (subscription events).
+pub const RESERVED_PATH: &str = "/.well-known/mercure";
+
+/// True for topics under the hub's reserved path, written as a path or as an absolute IRI.
+pub fn is_reserved(topic: &str) -> bool {
+    let path = match topic.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("", |i| &rest[i..]),
+        None => topic,
+    };
+    path.strip_prefix(RESERVED_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Who wrote an update, which decides whether it may use the hub's reserved topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Author {
+    /// A publisher over HTTP: topics under [`RESERVED_PATH`] are the hub's own.
+    Publisher,
+    /// A message read from the bus: written by an instance (its subscription events live
+    /// under the reserved path) or by a service holding the broker's credentials, which the
+    /// broker's own access control vouches for.
+    Bus,
+}
+
+/// Where an update goes, as its publisher named it.
+#[derive(Debug, Clone)]
+pub enum Recipients<'a> {
+    /// Topics, each checked against `max-selector-length` and the reserved path.
+    Topics(Vec<&'a str>),
+    /// One session's topic (the session API): derived from an id already validated.
+    Session(&'a SessionId),
+}
+
+/// An update as its publisher wrote it, not checked yet: the one way in for an update,
+/// whichever way it came (the Mercure form, the session API, a wire-format message on a
+/// broker), so that every one is held to the same rules.
+#[derive(Debug, Clone)]
+pub struct Draft<'a> {
+    /// The publisher's id, if it chose one.
+    pub id: Option<&'a str>,
+    /// Where it goes.
+    pub to: Recipients<'a>,
+    /// The SSE event name.
+    pub event_type: Option<&'a str>,
+    /// The payload.
+    pub data: String,
+    /// The reconnection delay hint, in milliseconds.
+    pub retry: Option<u64>,
+    /// Whether only authorized subscribers may see it.
+    pub private: bool,
+}
+
+impl Draft<'_> {
+    /// Checks every field against `limits` (and, for an update from a publisher, that no
+    /// topic is reserved) and builds the update; one without an id is named `fallback_id()`.
+    ///
+    /// # Errors
+    /// [`InvalidInput`] naming the first field that breaks a rule, and the rule.
+    pub fn validate(
+        self,
+        limits: &Limits,
+        author: Author,
+        fallback_id: impl FnOnce() -> String,
+    ) -> Result<Update, InvalidInput> {
+        let topics = match self.to {
+            Recipients::Topics(topics) => {
+                // Counted before anything is checked: 10,000 topics cost one comparison.
+                if topics.len() > limits.max_topics_per_update {
+                    return Err(InvalidInput::breaking(
+                        Rule::TooManyTopics,
+                        "topic",
+                        format!(
+                            "{} topics, the limit is max-topics-per-update = {}",
+                            topics.len(),
+                            limits.max_topics_per_update
+                        ),
+                    ));
+                }
+                let topics = topics
+                    .into_iter()
+                    .map(|t| Topic::new(t, limits.max_selector_length))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if author == Author::Publisher {
+                    if let Some(t) = topics.iter().find(|t| is_reserved(t.as_str())) {
+                        return Err(InvalidInput::breaking(
+                            Rule::ReservedTopic,
+                            "topic",
+                            format!("{:?} is reserved for the hub's own events", t.as_str()),
+                        ));
+                    }
+                }
+                topics
+            }
+            Recipients::Session(session) => vec![Topic::for_session(session)],
+        };
+        let id = match self.id {
+            Some(id) => UpdateId::new(id, limits.max_id_length)?,
+            None => UpdateId::new(&fallback_id(), limits.max_id_length)?,
+        };
+        let event_type = self
+            .event_type
+            .map(|e| EventName::new(e, limits.max_event_name_length))
+            .transpose()?;
+        Update::new(id, topics, event_type, self.data, self.retry, self.private)
     }
 }
 
@@ -260,6 +393,87 @@ mod tests {
             Topic::for_session(&s).as_str(),
             "urn:tidings:session:a%20b%2Fc"
         );
+    }
+
+    #[test]
+    fn the_hub_path_is_reserved_in_both_spellings() {
+        assert!(is_reserved("/.well-known/mercure/subscriptions/x"));
+        assert!(is_reserved("https://example.com/.well-known/mercure"));
+        assert!(!is_reserved("https://example.com/books/1"));
+        assert!(!is_reserved("/.well-known/mercurex"));
+    }
+
+    fn draft(topics: Vec<&str>) -> Draft<'_> {
+        Draft {
+            id: None,
+            to: Recipients::Topics(topics),
+            event_type: None,
+            data: "d".into(),
+            retry: None,
+            private: false,
+        }
+    }
+
+    #[test]
+    fn a_draft_breaks_one_named_rule_or_becomes_an_update() {
+        let limits = Limits {
+            max_topics_per_update: 2,
+            ..Limits::default()
+        };
+        let rule = |d: Draft<'_>, author| {
+            d.validate(&limits, author, || "f".into())
+                .map_err(|e| (e.rule, e.field))
+        };
+        assert_eq!(
+            rule(draft(vec![]), Author::Publisher).unwrap_err(),
+            (Rule::NoTopic, "topic")
+        );
+        assert_eq!(
+            rule(draft(vec!["a", "b", "c"]), Author::Bus).unwrap_err(),
+            (Rule::TooManyTopics, "topic")
+        );
+        assert_eq!(
+            rule(draft(vec!["a\nb"]), Author::Bus).unwrap_err(),
+            (Rule::Form, "topic")
+        );
+        let reserved = draft(vec!["/.well-known/mercure/subscriptions/x"]);
+        assert_eq!(
+            rule(reserved.clone(), Author::Publisher).unwrap_err(),
+            (Rule::ReservedTopic, "topic")
+        );
+        assert!(
+            rule(reserved, Author::Bus).is_ok(),
+            "instances publish their subscription events on the bus"
+        );
+        let bad_id = Draft {
+            id: Some("a\rb"),
+            ..draft(vec!["a"])
+        };
+        assert_eq!(
+            rule(bad_id, Author::Publisher).unwrap_err(),
+            (Rule::Form, "id")
+        );
+        let bad_type = Draft {
+            event_type: Some("a\0b"),
+            ..draft(vec!["a"])
+        };
+        assert_eq!(
+            rule(bad_type, Author::Publisher).unwrap_err(),
+            (Rule::Form, "event name")
+        );
+        let update = draft(vec!["a", "a"])
+            .validate(&limits, Author::Publisher, || "fallback".into())
+            .unwrap();
+        assert_eq!((update.id.as_str(), update.topics.len()), ("fallback", 1));
+        let alice = SessionId::new("alice", 10).unwrap();
+        let to_alice = Draft {
+            to: Recipients::Session(&alice),
+            ..draft(vec![])
+        };
+        let update = to_alice
+            .validate(&limits, Author::Publisher, || "f".into())
+            .unwrap();
+        assert_eq!(update.topics, vec![Topic::for_session(&alice)]);
     }
 
     #[test]

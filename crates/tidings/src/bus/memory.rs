@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::history::LocalHistory;
-use super::{Bus, BusError, Replay, ReplayFrom};
+use super::{Bus, BusError, Published, Replay, ReplayFrom};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::update::Update;
@@ -69,12 +69,15 @@ impl Bus for MemoryBus {
         "memory"
     }
 
-    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+    async fn publish(&self, update: Update) -> Result<Published, BusError> {
         let mut state = self.lock();
         // A retry of a publish history still holds: stored and delivered once.
         state.history.expire();
         if let Some(first) = state.history.position_of(&update.id) {
-            return Ok(Arc::new(Envelope::new(update, first, now_micros())));
+            return Ok(Published {
+                id: update.id,
+                position: Some(first),
+            });
         }
         let position = Position(state.next);
         state.next += 1;
@@ -83,7 +86,10 @@ impl Bus for MemoryBus {
         for hub in &state.hubs {
             hub.dispatch(&envelope);
         }
-        Ok(envelope)
+        Ok(Published {
+            id: envelope.update.id.clone(),
+            position: Some(position),
+        })
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
@@ -98,8 +104,8 @@ impl Bus for MemoryBus {
         Ok(self.lock().history.replay_of(from, Some(topics)))
     }
 
-    fn is_ready(&self) -> bool {
-        true
+    fn state(&self) -> crate::bus::ConnectionState {
+        crate::bus::ConnectionState::Connected
     }
 }
 
@@ -158,7 +164,7 @@ mod tests {
         let bus = MemoryBus::new(3, Hub::new(8, Arc::new(Metrics::new())));
         let mut positions = Vec::new();
         for id in ["a", "b", "a", "c"] {
-            positions.push(bus.publish(update(id)).await.unwrap().position);
+            positions.push(bus.publish(update(id)).await.unwrap().position.unwrap());
         }
         assert_eq!(
             positions[2], positions[0],

@@ -22,9 +22,12 @@ pub mod history;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod reconnect;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod wire;
+
+pub use reconnect::{Backoff, ConnectionState};
 
 use std::sync::Arc;
 
@@ -110,6 +113,17 @@ impl SubscriberRecord {
     }
 }
 
+/// What a publisher learns of a stored update: what it needs to answer, and nothing made for
+/// subscribers (a broker bus encodes the SSE bytes on the instances that deliver it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The update's id (for a retried publish, the one stored first: the same id).
+    pub id: UpdateId,
+    /// Its place in the bus order, when the bus knows it at once (RabbitMQ's publisher
+    /// confirms do not say where a message landed in the stream).
+    pub position: Option<Position>,
+}
+
 /// How a broker-backed bus brings updates to instances (`routing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -165,6 +179,8 @@ pub struct BusOptions {
     pub limits: crate::update::Limits,
     /// How updates reach instances.
     pub routing: Routing,
+    /// The waits between attempts to reach the broker again.
+    pub backoff: Backoff,
 }
 
 impl BusOptions {
@@ -198,7 +214,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`BusError::Unavailable`] when the bus did not take the update;
     /// [`BusError::OutcomeUnknown`] when it was sent but its acknowledgement did not come.
-    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError>;
+    async fn publish(&self, update: Update) -> Result<Published, BusError>;
 
     /// Returns once this instance receives every update its hub's subscribers need — call it
     /// after registering a subscriber and before reading its history, so that nothing
@@ -233,8 +249,13 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
         self.replay(from).await
     }
 
-    /// True while the bus can publish and deliver.
-    fn is_ready(&self) -> bool;
+    /// Where the bus's connection to its broker stands.
+    fn state(&self) -> ConnectionState;
+
+    /// True while the bus can publish and deliver: its connection is up.
+    fn is_ready(&self) -> bool {
+        self.state() == ConnectionState::Connected
+    }
 
     /// Where a session's streams are, cluster-wide: each live instance holding some, with
     /// how many. `None` when this bus keeps no registry (one instance: its hub knows).

@@ -28,7 +28,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::history::LocalHistory;
-use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
+use super::reconnect::{ConnectionState, Reconnect};
+use super::{wire, Bus, BusError, BusOptions, Published, Replay, ReplayFrom};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::update::Limits;
@@ -38,8 +39,6 @@ pub use tidings_client::nats::{stream_name, subject, TIME_HEADER};
 
 /// Longest wait for one NATS operation before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest wait between two attempts to recreate the delivery consumer.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The NATS bus. Dropping it stops its delivery task.
 #[derive(Debug)]
@@ -147,9 +146,11 @@ impl NatsBus {
         // (waiting for the ordered consumer to notice missed heartbeats takes 30 s).
         let (connections_tx, connections) = watch::channel(0u64);
         let connections_tx = Arc::new(connections_tx);
+        let backoff = options.backoff;
         let connect = async_nats::ConnectOptions::new()
             .connection_timeout(COMMAND_TIMEOUT)
             .max_reconnects(None)
+            .reconnect_delay_callback(move |attempts| backoff.delay(attempts as u32))
             .event_callback(move |event| {
                 let connections = connections_tx.clone();
                 async move {
@@ -212,6 +213,7 @@ impl NatsBus {
             history: Mutex::new(history),
             last: tokio::sync::watch::Sender::new(start),
         });
+        let reconnect = Reconnect::new("nats", options.backoff, hub.metrics().clone());
         let reader = Reader {
             js: js.clone(),
             config,
@@ -223,6 +225,7 @@ impl NatsBus {
             epoch: epoch.clone(),
             delivered: delivered.clone(),
             connections,
+            reconnect,
         };
         let reader = tokio::spawn(reader.run());
         Ok(NatsBus {
@@ -324,7 +327,7 @@ impl Bus for NatsBus {
         "nats"
     }
 
-    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+    async fn publish(&self, update: Update) -> Result<Published, BusError> {
         // The client would queue a publish while disconnected and send it on reconnect, after
         // the publisher was told it failed: refuse it here instead.
         if !self.is_ready() {
@@ -355,11 +358,10 @@ impl Bus for NatsBus {
                 )))
             }
         };
-        Ok(Arc::new(Envelope::new(
-            update,
-            position(self.epoch.load(Ordering::Relaxed), ack.sequence),
-            micros,
-        )))
+        Ok(Published {
+            id: update.id,
+            position: Some(position(self.epoch.load(Ordering::Relaxed), ack.sequence)),
+        })
     }
 
     async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
@@ -374,8 +376,12 @@ impl Bus for NatsBus {
         self.replay_of(from, Some(topics)).await
     }
 
-    fn is_ready(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+    fn state(&self) -> ConnectionState {
+        // Built only once connected: anything but connected is a reconnection.
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => ConnectionState::Connected,
+            _ => ConnectionState::Reconnecting,
+        }
     }
 }
 
@@ -485,24 +491,26 @@ struct Reader {
     delivered: Arc<Delivered>,
     /// Changes at each reconnection to NATS.
     connections: watch::Receiver<u64>,
+    /// The delivery's backoff after a failure of its own.
+    reconnect: Reconnect,
 }
 
 impl Reader {
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
         loop {
+            // The client reconnects by itself (with the same backoff); delivery follows it at
+            // once, and waits only after a failure of its own.
             match self.follow().await {
                 Ok(()) => {
                     tracing::info!("nats: reconnected; resuming delivery after the last update");
-                    backoff = Duration::from_millis(100);
+                    self.reconnect.connected();
+                    self.hub.metrics().bus_reconnects.inc();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, ?backoff, "nats: delivery failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    self.reconnect.failed(&e);
+                    self.reconnect.wait().await;
                 }
             }
-            self.hub.metrics().bus_reconnects.inc();
         }
     }
 

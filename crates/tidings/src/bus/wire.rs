@@ -8,13 +8,13 @@
 //!
 //! Only `v` and `topics` are required. Without `id`, the id is derived from the update's place
 //! in the bus order (`urn:tidings:<position>`), so every instance assigns the same one. A
-//! message is validated exactly as an HTTP publish is: a bad one is dropped (and counted),
-//! never delivered half-checked.
+//! message is validated by the same [`Draft::validate`] as an HTTP publish (but for the hub's
+//! reserved topics, see [`decode`]): a bad one is dropped (and counted), never delivered
+//! half-checked.
 
 use serde::{Deserialize, Serialize};
 
-use crate::update::Limits;
-use crate::update::{EventName, InvalidInput, Topic, Update, UpdateId};
+use crate::update::{Author, Draft, InvalidInput, Limits, Recipients, Update};
 
 /// The only version this build reads and writes.
 pub const VERSION: u32 = 1;
@@ -61,56 +61,44 @@ pub fn encode(update: &Update) -> String {
 ///
 /// # Errors
 /// [`InvalidInput`] for malformed JSON, an unknown version or field, or any value an HTTP
-/// publish would refuse.
+/// publish would refuse but a topic under the hub's reserved path: instances publish their
+/// own subscription events there, through the bus.
 pub fn decode(
     text: &str,
     fallback_id: impl FnOnce() -> String,
     limits: &Limits,
 ) -> Result<Update, InvalidInput> {
-    let message: Message<'_> = serde_json::from_str(text)
-        .map_err(|e| InvalidInput::new("message", format!("not a wire-format message: {e}")))?;
-    if message.v != VERSION {
-        return Err(InvalidInput::new(
-            "v",
-            format!(
-                "version {} is not supported (this build reads version {VERSION})",
-                message.v
-            ),
-        ));
-    }
-    if message.topics.len() > limits.max_topics_per_update {
-        return Err(InvalidInput::new(
-            "topics",
-            "more topics than max-topics-per-update",
-        ));
-    }
-    let id = match &message.id {
-        Some(id) => UpdateId::new(id, limits.max_id_length)?,
-        None => UpdateId::new(&fallback_id(), limits.max_id_length)?,
-    };
-    let topics = message
-        .topics
-        .iter()
-        .map(|t| Topic::new(t, limits.max_selector_length))
-        .collect::<Result<Vec<_>, _>>()?;
-    let event_type = message
-        .event_type
-        .as_deref()
-        .map(|e| EventName::new(e, limits.max_event_name_length))
-        .transpose()?;
-    Update::new(
+    let Message {
+        v,
         id,
         topics,
+        data,
         event_type,
-        message.data.into_owned(),
-        message.retry,
-        message.private,
-    )
+        private,
+        retry,
+    } = serde_json::from_str(text)
+        .map_err(|e| InvalidInput::new("message", format!("not a wire-format message: {e}")))?;
+    if v != VERSION {
+        return Err(InvalidInput::new(
+            "v",
+            format!("version {v} is not supported (this build reads version {VERSION})"),
+        ));
+    }
+    Draft {
+        id: id.as_deref(),
+        to: Recipients::Topics(topics.iter().map(|t| t.as_ref()).collect()),
+        event_type: event_type.as_deref(),
+        data: data.into_owned(),
+        retry,
+        private,
+    }
+    .validate(limits, Author::Bus, fallback_id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::update::{EventName, Topic, UpdateId};
 
     fn update() -> Update {
         Update::new(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::admission::{Refusal, CLIENT_LIMIT_RETRY_AFTER_SECS, INSTANCE_FULL_RETRY_AFTER_SECS};
 use crate::auth::AuthError;
 use crate::bus::BusError;
-use crate::update::InvalidInput;
+use crate::update::{InvalidInput, Rule};
 
 /// An error answered to an HTTP caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,13 @@ impl ApiError {
 
 impl From<InvalidInput> for ApiError {
     fn from(e: InvalidInput) -> Self {
-        ApiError::bad_request("invalid_input", e.to_string())
+        let detail = e.to_string();
+        match e.rule {
+            Rule::Form => ApiError::bad_request("invalid_input", detail),
+            Rule::NoTopic => ApiError::bad_request("missing_topic", detail),
+            Rule::TooManyTopics => ApiError::bad_request("too_many_topics", detail),
+            Rule::ReservedTopic => ApiError::forbidden(detail),
+        }
     }
 }
 

@@ -24,7 +24,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 
+use crate::auth::PublisherRights;
 use crate::state::AppState;
+use crate::update::{Update, UpdateId};
 
 /// What the server knows about the connection a request came on, attached to every request
 /// as an extension.
@@ -117,6 +119,19 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
     Some(layer.allow_origin(list).allow_credentials(true))
+}
+
+/// Publishes `update` for a caller holding `rights`: every topic must be covered; the bus
+/// stores and delivers it, and it is counted. Answers its id.
+async fn publish(
+    state: &AppState,
+    rights: &PublisherRights,
+    update: Update,
+) -> Result<UpdateId, ApiError> {
+    rights.check(&update.topics)?;
+    let published = state.bus().publish(update).await?;
+    state.metrics().updates_published.inc();
+    Ok(published.id)
 }
 
 /// Refuses a GET or HEAD request that carries a body: it has no meaning here, and a stream

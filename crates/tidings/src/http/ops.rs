@@ -20,6 +20,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let body = json!({
         "status": text,
         "bus": state.bus().kind(),
+        "busConnection": state.bus().state().name(),
         "instanceId": state.config().instance_id,
     });
     (status, Json(body)).into_response()

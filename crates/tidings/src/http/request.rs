@@ -1,10 +1,14 @@
 //! Reading untrusted request parts: query strings and forms (strict UTF-8), the token in its
-//! three Mercure locations, `Last-Event-ID`, content types and bodies.
+//! three Mercure locations, `Last-Event-ID`, content types and bodies; and the extractors
+//! built on them ([`Query`], [`Subscriber`], [`Publisher`], [`Form`]), so that a handler's
+//! arguments say what the protocol asks of a request.
 
 use std::net::IpAddr;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Extension;
 
@@ -71,6 +75,66 @@ fn decode(raw: &[u8], what: &str) -> Result<String, ApiError> {
 /// The query string's pairs.
 pub(super) fn query(raw: Option<&str>) -> Result<Pairs, ApiError> {
     Pairs::parse(raw.unwrap_or("").as_bytes(), "query string")
+}
+
+/// The query string, decoded strictly.
+pub(super) struct Query(pub(super) Pairs);
+
+impl<S: Send + Sync> FromRequestParts<S> for Query {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        query(parts.uri.query()).map(Query)
+    }
+}
+
+/// The caller, verified as a subscriber (see [`subscriber`]).
+pub(super) struct Subscriber(pub(super) SubscriberIdentity);
+
+impl FromRequestParts<AppState> for Subscriber {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let query = query(parts.uri.query())?;
+        subscriber(state, &parts.headers, &query).map(Subscriber)
+    }
+}
+
+/// The caller, verified as a publisher (see [`publisher`]).
+pub(super) struct Publisher(pub(super) PublisherRights);
+
+impl FromRequestParts<AppState> for Publisher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let query = query(parts.uri.query())?;
+        publisher(state, &parts.headers, &query).map(Publisher)
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body within `max-body-bytes`, decoded strictly.
+pub(super) struct Form(pub(super) Pairs);
+
+impl FromRequest<AppState> for Form {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let body = body_of(request, state, "application/x-www-form-urlencoded").await?;
+        Pairs::parse(&body, "form").map(Form)
+    }
+}
+
+/// The body of `request`, of media type `expected`, within `max-body-bytes`.
+pub(super) async fn body_of(
+    request: Request,
+    state: &AppState,
+    expected: &str,
+) -> Result<Bytes, ApiError> {
+    require_content_type(request.headers(), expected)?;
+    body(
+        Bytes::from_request(request, state).await,
+        state.config().limits.max_body_bytes,
+    )
 }
 
 /// The connection the request came on, as the server records it (absent when the router is
@@ -235,7 +299,7 @@ pub(super) fn resume_point(
 }
 
 /// Checks the request's media type (parameters such as `charset` are ignored).
-pub(super) fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let actual = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -256,7 +320,7 @@ pub(super) fn require_content_type(headers: &HeaderMap, expected: &str) -> Resul
 }
 
 /// The body, or a 413 naming the limit when it was too large.
-pub(super) fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

@@ -1,31 +1,29 @@
 //! The session API, a view of topics: a session's updates are private updates on the topic
 //! `urn:tidings:session:<id>`, carrying the event name as their SSE type.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::request;
+use super::request::{self, Publisher, Query, Subscriber};
 use super::{stream, ApiError, AppState};
 use crate::auth::{AuthMode, MAX_SESSION_ID_LEN};
 use crate::selector::Selector;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
-use crate::update::{EventName, SessionId, Topic, Update, UpdateId};
+use crate::update::{Author, Draft, EventName, Recipients, SessionId, Topic, UpdateId};
 
 /// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of one name.
 pub(super) async fn event_stream(
     State(state): State<AppState>,
+    Subscriber(identity): Subscriber,
+    Query(query): Query,
     connection: request::Connection,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = request::query(raw.as_deref())?;
-    let identity = request::subscriber(&state, &headers, &query)?;
     let limits = &state.config().limits;
     let event_name = query
         .single("eventName")?
@@ -81,7 +79,7 @@ pub(super) async fn event_stream(
 /// The body of `POST /sse/events`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SessionEvent {
+pub(super) struct SessionEvent {
     session_id: String,
     event_name: String,
     payload: serde_json::Value,
@@ -99,41 +97,41 @@ struct Published {
 /// `POST /sse/events`: delivers a payload to every stream of a session with that event name.
 pub(super) async fn publish(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Result<Bytes, BytesRejection>,
+    Publisher(rights): Publisher,
+    event: SessionEvent,
 ) -> Result<Response, ApiError> {
-    let limits = &state.config().limits;
-    let body = request::body(body, limits.max_body_bytes)?;
-    let query = request::query(raw.as_deref())?;
-    let rights = request::publisher(&state, &headers, &query)?;
-    request::require_content_type(&headers, "application/json")?;
-    let event: SessionEvent = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("the body is not a valid session event: {e}"),
-        )
-    })?;
     let session = SessionId::new(&event.session_id, MAX_SESSION_ID_LEN)?;
-    let event_name = EventName::new(&event.event_name, limits.max_event_name_length)?;
-    let id = match &event.id {
-        Some(id) => UpdateId::new(id, limits.max_id_length)?,
-        None => UpdateId::generate(),
+    let draft = Draft {
+        id: event.id.as_deref(),
+        to: Recipients::Session(&session),
+        event_type: Some(&event.event_name),
+        // Strings are sent as they are; any other JSON value as its JSON text.
+        data: match event.payload {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        },
+        retry: event.retry,
+        private: true,
     };
-    // Strings are sent as they are; any other JSON value as its JSON text.
-    let data = match event.payload {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    };
-    let topics = vec![Topic::for_session(&session)];
-    rights.check(&topics)?;
-    let update = Update::new(id, topics, Some(event_name), data, event.retry, true)?;
-    let envelope = state.bus().publish(update).await?;
-    state.metrics().updates_published.inc();
-    Ok(Json(Published {
-        id: envelope.update.id.to_string(),
-    })
-    .into_response())
+    let update = draft.validate(&state.config().limits, Author::Publisher, || {
+        UpdateId::generate().to_string()
+    })?;
+    let id = super::publish(&state, &rights, update).await?;
+    Ok(Json(Published { id: id.to_string() }).into_response())
+}
+
+impl FromRequest<AppState> for SessionEvent {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let body = request::body_of(request, state, "application/json").await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("the body is not a valid session event: {e}"),
+            )
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -159,13 +157,10 @@ struct InstanceStreams {
 pub(super) async fn describe(
     State(state): State<AppState>,
     session_id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    Publisher(rights): Publisher,
 ) -> Result<Response, ApiError> {
     let Path(session_id) =
         session_id.map_err(|e| ApiError::bad_request("invalid_input", e.body_text()))?;
-    let query = request::query(raw.as_deref())?;
-    let rights = request::publisher(&state, &headers, &query)?;
     let session = SessionId::new(&session_id, MAX_SESSION_ID_LEN)?;
     // Only a publisher that may write to the session may learn whether it is online.
     rights.check(&[Topic::for_session(&session)])?;

@@ -21,6 +21,7 @@ use futures_util::Stream;
 use rand::Rng;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
 
 use super::subscriptions::Departure;
 use super::ConnectionInfo;
@@ -211,7 +212,7 @@ async fn open_stream(
         closing_since: None,
         expiry,
         done: false,
-        connection: ConnectionGauge::open(metrics),
+        connection: ConnectionGauge::open(metrics, state.streams()),
         _permit: permit,
         _departure: departure,
     };
@@ -255,19 +256,26 @@ fn gap_event(requested: &str, first: Option<&str>) -> Bytes {
     sse::encode_event(None, Some(GAP_EVENT), None, &data.to_string())
 }
 
-/// Counts an open stream in the `connections` gauge for exactly as long as it lives.
-struct ConnectionGauge(Arc<Metrics>);
+/// Counts an open stream, for exactly as long as it lives, in the `connections` gauge and in
+/// the instance's stream tracker (which the drain waits on).
+struct ConnectionGauge {
+    metrics: Arc<Metrics>,
+    _tracked: TaskTrackerToken,
+}
 
 impl ConnectionGauge {
-    fn open(metrics: Arc<Metrics>) -> Self {
+    fn open(metrics: Arc<Metrics>, streams: &TaskTracker) -> Self {
         metrics.connections.inc();
-        ConnectionGauge(metrics)
+        ConnectionGauge {
+            metrics,
+            _tracked: streams.token(),
+        }
     }
 }
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
-        self.0.connections.dec();
+        self.metrics.connections.dec();
     }
 }
 
@@ -302,7 +310,7 @@ struct EventStream {
 
 impl EventStream {
     fn metrics(&self) -> &Metrics {
-        &self.connection.0
+        &self.connection.metrics
     }
 
     fn reset_heartbeat(&mut self) {
@@ -428,7 +436,7 @@ mod tests {
         fn kind(&self) -> &'static str {
             "racing"
         }
-        async fn publish(&self, _: Update) -> Result<Arc<Envelope>, BusError> {
+        async fn publish(&self, _: Update) -> Result<crate::bus::Published, BusError> {
             Err(BusError::Unavailable("not used".into()))
         }
         async fn listening(&self) -> Result<(), BusError> {
@@ -466,8 +474,8 @@ mod tests {
                 missing: false,
             })
         }
-        fn is_ready(&self) -> bool {
-            true
+        fn state(&self) -> crate::bus::ConnectionState {
+            crate::bus::ConnectionState::Connected
         }
     }
 

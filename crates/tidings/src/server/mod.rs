@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use self::connection::Timeouts;
 use self::tls::{Certificates, TlsError};
 use crate::auth::Authenticator;
-use crate::bus::{self, BusOptions};
+use crate::bus::{self, Backoff, BusOptions};
 use crate::config::Config;
 use crate::http;
 use crate::hub::{Hub, QueueLimits};
@@ -92,8 +92,13 @@ impl Instance {
             share_subscribers: config.subscriptions,
             limits: config.limits.clone(),
             routing: config.routing,
+            backoff: Backoff {
+                max: config.bus_reconnect_max,
+                ..Backoff::default()
+            },
         };
-        let bus = bus::connect(&config.bus, &options, hub.clone()).await?;
+        // Boxed: every bus's connect future is in it, and they are large.
+        let bus = Box::pin(bus::connect(&config.bus, &options, hub.clone())).await?;
         metrics.ready.set(1);
         Ok(Instance {
             state: AppState::new(config, hub, bus, auth, selectors),
@@ -171,10 +176,9 @@ impl Instance {
                 config.drain
             );
             state.begin_shutdown();
-            let deadline = tokio::time::Instant::now() + config.drain;
-            while state.metrics().connections.get() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // Every open stream ends itself within the window; the tracker says when the
+            // last one has.
+            let _ = tokio::time::timeout(config.drain, state.streams().wait()).await;
         };
         tokio::pin!(drained);
         loop {

@@ -18,6 +18,7 @@ use super::{
     header_int, header_text, lock, timed, unavailable, write_marker, Catching, Shared,
     MARKER_HEADER, TIME_HEADER,
 };
+use crate::bus::reconnect::Reconnect;
 use crate::bus::{wire, BusError, BusOptions};
 use crate::envelope::{now_micros, Envelope, Position};
 
@@ -26,8 +27,6 @@ pub(super) const HEARTBEAT_SECS: u16 = 5;
 /// How long reading may make no progress while waiting for a marker before the stream counts
 /// as lost.
 pub(super) const IDLE_LIMIT: Duration = Duration::from_secs(5);
-/// Longest wait between two connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Deliveries RabbitMQ may send before they are acknowledged (a stream consumer needs a
 /// limit).
 const PREFETCH: u16 = 1000;
@@ -403,19 +402,25 @@ impl Shared {
 }
 
 /// The connection task: delivers, and after a failure connects again with backoff.
-pub(super) async fn run(shared: Arc<Shared>, settings: Settings, mut link: Link) {
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    settings: Settings,
+    mut link: Link,
+    mut reconnect: Reconnect,
+) {
+    reconnect.connected();
     loop {
         let stopped = link.deliver(&shared).await;
         shared.set_publisher(None);
         let start = match stopped {
             Stopped::Failed(e) => {
-                tracing::warn!(error = %e, "rabbitmq: connection lost; reconnecting");
+                reconnect.lost(&e);
                 Start::Resume
             }
             Stopped::Lost => {
                 shared.hub.metrics().bus_gaps.inc();
-                tracing::warn!(
-                    "rabbitmq: the stream is shorter than what this instance read (RabbitMQ lost it); reading it again from its start"
+                reconnect.lost(
+                    &"the stream is shorter than what this instance read (RabbitMQ lost it); reading it again from its start",
                 );
                 let mut delivered = lock(&shared.delivered);
                 delivered.epoch += 1;
@@ -428,18 +433,14 @@ pub(super) async fn run(shared: Arc<Shared>, settings: Settings, mut link: Link)
             link.connection.close(200, "reconnecting".into()),
         )
         .await;
-        let mut backoff = Duration::from_millis(100);
         link = loop {
-            tokio::time::sleep(backoff).await;
-            shared.hub.metrics().bus_reconnects.inc();
+            reconnect.wait().await;
             match Link::establish(&shared, &settings, start).await {
                 Ok(link) => break link,
-                Err(e) => {
-                    tracing::warn!(error = %e, ?backoff, "rabbitmq: cannot reconnect; retrying");
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                Err(e) => reconnect.failed(&e),
             }
         };
+        reconnect.connected();
         if shared.stream.is_none() {
             shared.hub.metrics().bus_gaps.inc();
             tracing::warn!(

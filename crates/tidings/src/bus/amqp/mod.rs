@@ -34,8 +34,9 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::{oneshot, watch};
 
 use super::history::LocalHistory;
-use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom};
-use crate::envelope::{now_micros, Envelope, Position};
+use super::reconnect::{ConnectionState, Reconnect};
+use super::{wire, Bus, BusError, BusOptions, Published, Replay, ReplayFrom};
+use crate::envelope::now_micros;
 use crate::hub::Hub;
 use crate::update::Limits;
 use crate::update::Update;
@@ -197,7 +198,8 @@ impl AmqpBus {
                 other => other,
             })?;
         let mut ready = shared.ready.subscribe();
-        let task = tokio::spawn(link::run(shared.clone(), settings, first));
+        let reconnect = Reconnect::new("rabbitmq", options.backoff, shared.hub.metrics().clone());
+        let task = tokio::spawn(link::run(shared.clone(), settings, first, reconnect));
         let bus = AmqpBus { shared, task };
         // Serve only once this instance has read what the stream held.
         let caught_up = tokio::time::timeout(COMMAND_TIMEOUT * 2, ready.wait_for(|r| *r))
@@ -338,7 +340,7 @@ impl Bus for AmqpBus {
 
     /// The envelope returned has position 0: RabbitMQ's confirmation does not say where the
     /// update is in the stream (the position is known once it is read).
-    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+    async fn publish(&self, update: Update) -> Result<Published, BusError> {
         let Some(channel) = self.shared.publisher() else {
             return Err(unavailable("not connected"));
         };
@@ -351,7 +353,10 @@ impl Bus for AmqpBus {
             tidings_client::amqp::message_properties(micros),
         )
         .await?;
-        Ok(Arc::new(Envelope::new(update, Position(0), micros)))
+        Ok(Published {
+            id: update.id,
+            position: None,
+        })
     }
 
     async fn listening(&self) -> Result<(), BusError> {
@@ -373,8 +378,12 @@ impl Bus for AmqpBus {
         self.replay_of(from, Some(topics)).await
     }
 
-    fn is_ready(&self) -> bool {
-        self.shared.publisher().is_some()
+    fn state(&self) -> ConnectionState {
+        // Built only once connected: without a publishing channel it is reconnecting.
+        match self.shared.publisher() {
+            Some(_) => ConnectionState::Connected,
+            None => ConnectionState::Reconnecting,
+        }
     }
 }
 

@@ -33,7 +33,10 @@ use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
-use super::{wire, Bus, BusError, BusOptions, Replay, ReplayFrom, Routing, SubscriberRecord};
+use super::reconnect::{ConnectionState, Reconnect};
+use super::{
+    wire, Bus, BusError, BusOptions, Published, Replay, ReplayFrom, Routing, SubscriberRecord,
+};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -106,6 +109,8 @@ pub struct RedisBus {
     /// The last version of the hub's interest the delivery connection listens for; `None`
     /// while it is down (the bus is not ready).
     listening: watch::Receiver<Option<u64>>,
+    /// The delivery connection's state (connected exactly while `listening` holds a version).
+    state: watch::Receiver<ConnectionState>,
     reader: tokio::task::JoinHandle<()>,
     registry: tokio::task::JoinHandle<()>,
     /// Resumes go through it (module `replay`).
@@ -189,6 +194,8 @@ impl RedisBus {
         write_settings(&conn, &keys, &settings).await?;
         let (listening_tx, mut listening) = watch::channel(None);
         let client_for_replays = client.clone();
+        let reconnect = Reconnect::new("redis", options.backoff, hub.metrics().clone());
+        let state = reconnect.state();
         let reader = Reader::new(reader::Setup {
             client,
             conn: conn.clone(),
@@ -199,6 +206,7 @@ impl RedisBus {
             history: options.history_size > 0,
             limits: options.limits.clone(),
             settings,
+            reconnect,
         });
         let registry = Registry {
             conn: conn.clone(),
@@ -229,6 +237,7 @@ impl RedisBus {
             hub,
             routing: options.routing,
             listening,
+            state,
             reader,
             registry,
             replays,
@@ -330,7 +339,7 @@ impl Bus for RedisBus {
         "redis"
     }
 
-    async fn publish(&self, update: Update) -> Result<Arc<Envelope>, BusError> {
+    async fn publish(&self, update: Update) -> Result<Published, BusError> {
         // With the delivery connection down Redis is most likely unreachable: refuse before
         // sending, so that the publisher hears a plain "not taken".
         if !self.is_ready() {
@@ -369,7 +378,10 @@ impl Bus for RedisBus {
         self.metrics
             .bus_broker_bytes
             .inc_by(receivers * size as u64);
-        Ok(Arc::new(Envelope::new(update, position, micros)))
+        Ok(Published {
+            id: update.id,
+            position: Some(position),
+        })
     }
 
     async fn listening(&self) -> Result<(), BusError> {
@@ -416,8 +428,8 @@ impl Bus for RedisBus {
         self.replays.replay(from, Some(topics.to_vec())).await
     }
 
-    fn is_ready(&self) -> bool {
-        self.listening.borrow().is_some()
+    fn state(&self) -> ConnectionState {
+        *self.state.borrow()
     }
 
     async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {

@@ -23,6 +23,7 @@ use super::routing::{Change, Listening};
 use super::{
     derived_id, holds, position, read_range, stream_id, write_settings, Keys, COMMAND_TIMEOUT,
 };
+use crate::bus::reconnect::Reconnect;
 use crate::bus::{wire, Routing};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::{Hub, InterestChanges};
@@ -30,8 +31,6 @@ use crate::update::Limits;
 
 /// Most stream entries read when catching up after a reconnect.
 const CATCH_UP_MAX: usize = 1_000_000;
-/// Longest wait between two reconnection attempts of the delivery connection.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the connection is pinged and the watermark moved.
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for the stream's newest position before a ping (the watermark then stays).
@@ -54,6 +53,8 @@ pub(super) struct Setup {
     /// The history settings written to `<prefix>:config` (again after each reconnect: a
     /// restarted Redis may have lost them).
     pub(super) settings: [(&'static str, u64); 3],
+    /// The delivery connection's backoff and state.
+    pub(super) reconnect: Reconnect,
 }
 
 /// The delivery task's state.
@@ -80,13 +81,11 @@ impl Reader {
 
     pub(super) async fn run(mut self) {
         let mut interest = self.setup.hub.interest_changes();
-        let mut backoff = Duration::from_millis(100);
         let mut connected_before = false;
         loop {
             match self.connect(&mut interest).await {
                 Ok((sink, stream, subscribed, version)) => {
                     if connected_before {
-                        tracing::info!("redis: delivery connection restored");
                         let setup = &self.setup;
                         if let Err(e) =
                             write_settings(&setup.conn, &setup.keys, &setup.settings).await
@@ -98,17 +97,15 @@ impl Reader {
                     // Only now may new streams open: they must not see what the catch-up
                     // delivered, published before they came.
                     self.setup.listening.send_replace(Some(version));
+                    self.setup.reconnect.connected();
                     connected_before = true;
-                    backoff = Duration::from_millis(100);
                     let lost = self.listen(sink, stream, subscribed, &mut interest).await;
-                    tracing::warn!(reason = %lost, "redis: delivery connection lost; reconnecting");
+                    self.setup.reconnect.lost(&lost);
                 }
-                Err(e) => tracing::warn!(error = %e, ?backoff, "redis: cannot subscribe; retrying"),
+                Err(e) => self.setup.reconnect.failed(&e),
             }
             self.setup.listening.send_replace(None);
-            self.setup.hub.metrics().bus_reconnects.inc();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            self.setup.reconnect.wait().await;
         }
     }
 

@@ -414,6 +414,7 @@ mod tests {
             share_subscribers: false,
             limits: Limits::default(),
             routing: crate::bus::Routing::Interest,
+            backoff: crate::bus::Backoff::default(),
         };
         assert_eq!(topic_history_complete_secs(&options(300, 300)), 300);
         assert_eq!(topic_history_complete_secs(&options(0, 86_400)), 172_860);

@@ -1,0 +1,194 @@
+//! The reconnect machine every broker bus uses: how long to wait before the next connection
+//! attempt (exponential backoff with jitter), what the connection's state is, and what each
+//! loss and attempt leaves in the logs and the metrics.
+//!
+//! Each bus keeps its own loop — what "connected" means differs (a Redis Pub/Sub connection
+//! subscribed to its channels, a JetStream consumer, a RabbitMQ stream consumer) — and calls
+//! [`Reconnect`] at the same points: [`Reconnect::connected`] once delivery is live again,
+//! [`Reconnect::lost`] or [`Reconnect::failed`] when it is not, then [`Reconnect::wait`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// The waits between connection attempts: doubling from `first` up to `max`, each drawn at
+/// random from the upper half of its range ("equal jitter"), so that a fleet of instances that
+/// lost its broker together does not come back in lock-step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The ceiling of the first wait.
+    pub first: Duration,
+    /// The ceiling of every wait (`bus-reconnect-max`).
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The ceiling of the wait before retry number `attempt` (0 for the first retry).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        self.first
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max)
+    }
+
+    /// The wait before retry number `attempt`: a random point of the ceiling's upper half.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        let half = ceiling / 2;
+        half + rand::rng().random_range(Duration::ZERO..=ceiling - half)
+    }
+}
+
+/// Where a bus's connection to its broker stands; `/readyz` is ready only when `Connected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Not connected yet since start-up.
+    Connecting,
+    /// Connected, and delivering.
+    Connected,
+    /// Connected once, lost since; retrying.
+    Reconnecting,
+}
+
+impl ConnectionState {
+    /// The state's name, for logs and `/readyz`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Reconnecting => "reconnecting",
+        }
+    }
+}
+
+/// One connection's retry state: the attempt that comes next, the published
+/// [`ConnectionState`], and the log lines and metrics of each change.
+#[derive(Debug)]
+pub(crate) struct Reconnect {
+    broker: &'static str,
+    backoff: Backoff,
+    attempt: u32,
+    state: watch::Sender<ConnectionState>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reconnect {
+    /// A machine for a connection to `broker` (its name in logs), not connected yet.
+    pub(crate) fn new(broker: &'static str, backoff: Backoff, metrics: Arc<Metrics>) -> Self {
+        Reconnect {
+            broker,
+            backoff,
+            attempt: 0,
+            state: watch::Sender::new(ConnectionState::Connecting),
+            metrics,
+        }
+    }
+
+    /// The connection's state, as it changes.
+    pub(crate) fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.subscribe()
+    }
+
+    /// Delivery is live (again): the next loss starts the backoff over.
+    pub(crate) fn connected(&mut self) {
+        let before = self.state.send_replace(ConnectionState::Connected);
+        if before == ConnectionState::Reconnecting {
+            tracing::info!(broker = self.broker, "{}: connection restored", self.broker);
+        }
+        self.attempt = 0;
+    }
+
+    /// A live connection was lost, for `reason`.
+    pub(crate) fn lost(&mut self, reason: &dyn std::fmt::Display) {
+        self.state.send_replace(ConnectionState::Reconnecting);
+        tracing::warn!(
+            broker = self.broker,
+            %reason,
+            "{}: connection lost; reconnecting",
+            self.broker
+        );
+    }
+
+    /// An attempt to connect failed, with `error`.
+    pub(crate) fn failed(&mut self, error: &dyn std::fmt::Display) {
+        self.state.send_if_modified(|state| {
+            let was = *state;
+            if was == ConnectionState::Connected {
+                *state = ConnectionState::Reconnecting;
+            }
+            was == ConnectionState::Connected
+        });
+        tracing::warn!(
+            broker = self.broker,
+            %error,
+            attempt = self.attempt + 1,
+            "{}: cannot connect; retrying",
+            self.broker
+        );
+    }
+
+    /// Waits before the next attempt, and counts it in `tidings_bus_reconnects_total`.
+    pub(crate) async fn wait(&mut self) {
+        let delay = self.backoff.delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        tokio::time::sleep(delay).await;
+        self.metrics.bus_reconnects.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_up_to_the_ceiling_and_spread_over_its_upper_half() {
+        let backoff = Backoff::default();
+        let ceilings: Vec<u128> = (0..8).map(|a| backoff.ceiling(a).as_millis()).collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff.ceiling(u32::MAX), Duration::from_secs(5));
+        let delays: Vec<Duration> = (0..200).map(|_| backoff.delay(6)).collect();
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_millis(2500) && *d <= Duration::from_secs(5)));
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 100, "jittered, not in lock-step");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_reports_its_state_and_starts_over_once_connected() {
+        let metrics = Arc::new(Metrics::new());
+        let mut machine = Reconnect::new("test", Backoff::default(), metrics.clone());
+        let state = machine.state();
+        assert_eq!(*state.borrow(), ConnectionState::Connecting);
+        machine.failed(&"refused");
+        assert_eq!(
+            *state.borrow(),
+            ConnectionState::Connecting,
+            "never connected yet"
+        );
+        machine.wait().await;
+        machine.wait().await;
+        assert_eq!(machine.attempt, 2);
+        machine.connected();
+        assert_eq!(
+            (*state.borrow(), machine.attempt),
+            (ConnectionState::Connected, 0)
+        );
+        machine.lost(&"reset");
+        assert_eq!(*state.borrow(), ConnectionState::Reconnecting);
+        machine.wait().await;
+        assert_eq!(metrics.bus_reconnects.get(), 3);
+    }
+}
