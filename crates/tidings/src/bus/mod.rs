@@ -25,9 +25,11 @@ pub mod nats;
 pub mod reconnect;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod starting;
 pub mod wire;
 
 pub use reconnect::{Backoff, ConnectionState};
+pub use starting::{start, Started};
 
 use std::sync::Arc;
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
+use async_nats::ConnectErrorKind;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -140,6 +141,7 @@ impl NatsBus {
     /// delivering to `hub`.
     ///
     /// # Errors
+    /// [`BusError::Config`] for a bad address, refused credentials or TLS setup;
     /// [`BusError::Unavailable`] when NATS or JetStream cannot be reached at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
         // Bumped at each (re)connection: the delivery consumer is then recreated at once
@@ -166,7 +168,15 @@ impl NatsBus {
                 BusError::Unavailable(format!("cannot reach NATS at {}", super::redact(url)))
             })?
             .map_err(|e| {
-                BusError::Unavailable(format!("cannot reach NATS at {}: {e}", super::redact(url)))
+                let what = format!("cannot reach NATS at {}: {e}", super::redact(url));
+                // Refused credentials, a bad address or TLS setup: retrying cannot cure them.
+                match e.kind() {
+                    ConnectErrorKind::ServerParse
+                    | ConnectErrorKind::Authentication
+                    | ConnectErrorKind::AuthorizationViolation
+                    | ConnectErrorKind::Tls => BusError::Config(what),
+                    _ => BusError::Unavailable(what),
+                }
             })?;
         let js = jetstream::new(client.clone());
         let name = stream_name(&options.prefix);

@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use self::connection::Timeouts;
 use self::tls::{Certificates, TlsError};
@@ -57,13 +58,18 @@ pub struct Instance {
     state: AppState,
     /// The TLS certificate, when the instance serves HTTPS.
     tls: Option<Arc<Certificates>>,
+    /// Set when connecting the bus met an error that retrying cannot cure.
+    bus_failed: watch::Receiver<Option<bus::BusError>>,
 }
 
 impl Instance {
-    /// Builds the hub, connects the bus and prepares the router.
+    /// Builds the hub, connects the bus and prepares the router. A broker that cannot be
+    /// reached yet does not stop it: the instance serves, not ready, while the bus keeps
+    /// trying ([`bus::start`]).
     ///
     /// # Errors
-    /// [`StartError`] when the TLS files, the authorization settings or the bus are unusable.
+    /// [`StartError`] when the TLS files, the authorization settings or the bus's
+    /// configuration are unusable.
     pub async fn new(config: Config) -> Result<Self, StartError> {
         let tls = match &config.tls {
             Some(files) => Some(Certificates::load(&files.cert, &files.key)?),
@@ -98,11 +104,12 @@ impl Instance {
             },
         };
         // Boxed: every bus's connect future is in it, and they are large.
-        let bus = Box::pin(bus::connect(&config.bus, &options, hub.clone())).await?;
-        metrics.ready.set(1);
+        let started = Box::pin(bus::start(&config.bus, &options, hub.clone())).await?;
+        metrics.ready.set(i64::from(started.bus.is_ready()));
         Ok(Instance {
-            state: AppState::new(config, hub, bus, auth, selectors),
+            state: AppState::new(config, hub, started.bus, auth, selectors),
             tls,
+            bus_failed: started.failed,
         })
     }
 
@@ -155,11 +162,15 @@ impl Instance {
         let config = self.state.config().clone();
         let acceptor = self.tls.as_ref().map(|c| c.acceptor()).transpose()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let status = match self.state.bus().is_ready() {
+            true => "tidings ready",
+            false => "tidings waiting for its bus (not ready yet)",
+        };
         tracing::info!(
             listen = %addr,
             bus = %bus::redact(&config.bus),
             instance = %config.instance_id,
-            "tidings ready, listening on {scheme}://{addr}"
+            "{status}, listening on {scheme}://{addr}"
         );
         let timeouts = Timeouts {
             header_read: config.header_read_timeout,
@@ -181,8 +192,14 @@ impl Instance {
             let _ = tokio::time::timeout(config.drain, state.streams().wait()).await;
         };
         tokio::pin!(drained);
+        let mut bus_failed = self.bus_failed.clone();
         loop {
             tokio::select! {
+                Ok(failed) = bus_failed.wait_for(Option::is_some) => {
+                    if let Some(error) = failed.clone() {
+                        return Err(StartError::Bus(error));
+                    }
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         tokio::spawn(connection::serve(

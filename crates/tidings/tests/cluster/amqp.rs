@@ -211,9 +211,11 @@ async fn a_rabbitmq_that_cannot_be_used_is_a_clear_error_at_start() {
         return;
     };
     let bad_password = url.replacen("guest:guest", "guest:wrong", 1);
+    let unknown_vhost = format!("{}/no-such-vhost", url.rsplit_once('/').unwrap().0);
+    // (A RabbitMQ that cannot be reached is not an error: see the next test.)
     for (bus, expected) in [
-        ("amqp://guest:guest@127.0.0.1:1/%2f", "cannot use RabbitMQ"),
         (bad_password.as_str(), "cannot use RabbitMQ"),
+        (unknown_vhost.as_str(), "vhost no-such-vhost not found"),
         ("amqp://127.0.0.1:5672:x/", "bad RabbitMQ URL"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -229,6 +231,44 @@ async fn a_rabbitmq_that_cannot_be_used_is_a_clear_error_at_start() {
             "the password is never printed: {stderr}"
         );
     }
+}
+
+#[tokio::test]
+async fn three_instances_started_at_once_on_a_new_prefix_all_come_up() {
+    // Their declarations of the same new exchange and stream race; one that loses gets an
+    // error from RabbitMQ, retries, and serves like the others.
+    let Some(objects) = objects("amqp-at-once") else {
+        return;
+    };
+    let hubs: Vec<Hub> = std::thread::scope(|scope| {
+        let started: Vec<_> = (0..3)
+            .map(|i| {
+                let objects = &objects;
+                scope.spawn(move || {
+                    let id = format!("{}-{i}", objects.prefix);
+                    Hub::start(&[
+                        "--auth",
+                        "none",
+                        "--bus",
+                        &objects.url,
+                        "--bus-prefix",
+                        &objects.prefix,
+                        "--instance-id",
+                        &id,
+                    ])
+                })
+            })
+            .collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for hub in &hubs {
+        wait_ready(hub).await;
+    }
+    let topic = crate::common::unique_topic("amqp-at-once");
+    let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
+    let (code, id) = publish(&hubs[2], None, &[("topic", &topic), ("data", "all up")]).await;
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(stream.next().await.id, id);
 }
 
 #[tokio::test]

@@ -86,6 +86,34 @@ async fn a_redis_restart_turns_readiness_off_fails_publishes_fast_and_recovers()
 }
 
 #[tokio::test]
+async fn an_instance_started_before_its_redis_serves_unready_and_connects_when_it_comes() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    redis.stop();
+    let hub = Hub::start(&["--auth", "none", "--bus", &url]);
+    let readiness = crate::common::get_json(&format!("{}/readyz", hub.base)).await;
+    assert_eq!(readiness["busConnection"], "connecting", "{readiness}");
+    let topic = crate::common::unique_topic("late-redis");
+    let (code, body) = publish(&hub, None, &[("topic", &topic), ("data", "early")]).await;
+    assert_eq!(code, 503, "{body}");
+    hub.wait_for_log("redis: cannot connect; retrying").await;
+
+    redis.restart();
+    wait_until(
+        "readiness once Redis is there",
+        Duration::from_secs(15),
+        async || status(&hub, "/readyz").await == 200,
+    )
+    .await;
+    let mut stream = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    let (code, id) = publish(&hub, None, &[("topic", &topic), ("data", "on time")]).await;
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(stream.next().await.id, id);
+}
+
+#[tokio::test]
 async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_stream() {
     let Some(redis) = PrivateRedis::start() else {
         return;

@@ -103,6 +103,12 @@ async fn idle_streams_get_heartbeat_comments() {
 async fn sigterm_turns_readiness_off_ends_streams_with_a_retry_hint_and_exits() {
     let mut hub = Hub::start(&["--auth", "none", "--drain-secs", "2"]);
     let mut stream = Stream::open(&hub.url("/.well-known/mercure?topic=x"), &[]).await;
+    // Each stream ends at a random moment of the drain window, and the instance exits after
+    // the last one: with several, the drain surely lasts long enough to be watched.
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(Stream::open(&hub.url("/.well-known/mercure?topic=x"), &[]).await);
+    }
     let ready = crate::common::client()
         .get(hub.url("/readyz"))
         .send()

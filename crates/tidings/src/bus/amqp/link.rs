@@ -129,7 +129,26 @@ impl Link {
     ) -> Result<Link, BusError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("tidings {}", settings.instance_id).into());
-        let connection = timed(Connection::connect_uri(settings.uri.clone(), properties)).await?;
+        let connection = match tokio::time::timeout(
+            super::COMMAND_TIMEOUT,
+            Connection::connect_uri(settings.uri.clone(), properties),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) if refused(&e) => {
+                return Err(BusError::Config(format!(
+                    "RabbitMQ refused the connection: {e}"
+                )))
+            }
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "no answer within {:?}",
+                    super::COMMAND_TIMEOUT
+                )))
+            }
+        };
         let setup = timed(connection.create_channel()).await?;
         let exchange = shared.names.exchange.as_str();
         timed(setup.exchange_declare(
@@ -398,6 +417,25 @@ impl Shared {
             }
             Err(e) => tracing::warn!(number, error = %e, "rabbitmq: a malformed message; skipped"),
         }
+    }
+}
+
+/// True when RabbitMQ refused this instance for a reason retrying cannot cure: its
+/// credentials (`ACCESS_REFUSED`), its vhost (`NOT_ALLOWED`), its protocol version, or a TLS
+/// certificate this machine does not trust.
+fn refused(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+        ),
+        lapin::ErrorKind::InvalidProtocolVersion(_) | lapin::ErrorKind::AuthProviderError(_) => {
+            true
+        }
+        lapin::ErrorKind::IOError(io) => crate::bus::broker::is_certificate_error(io.as_ref()),
+        _ => false,
     }
 }
 

@@ -195,6 +195,10 @@ impl AmqpBus {
                     "cannot use RabbitMQ at {}: {m}",
                     super::redact(url)
                 )),
+                BusError::Config(m) => BusError::Config(format!(
+                    "cannot use RabbitMQ at {}: {m}",
+                    super::redact(url)
+                )),
                 other => other,
             })?;
         let mut ready = shared.ready.subscribe();

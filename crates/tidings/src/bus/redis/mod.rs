@@ -156,12 +156,26 @@ async fn timed<T>(
     super::broker::with_limit("redis", COMMAND_TIMEOUT, f).await
 }
 
+/// Why Redis could not be used at start-up: refused credentials or an untrusted certificate
+/// are the configuration's to fix; anything else (refused, reset, timed out) may pass.
+fn start_error(url: &str, e: &redis::RedisError) -> BusError {
+    let what = format!("cannot reach Redis at {}: {e}", super::redact(url));
+    let refused = matches!(
+        e.kind(),
+        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
+    ) || super::broker::is_certificate_error(e);
+    match refused {
+        true => BusError::Config(what),
+        false => BusError::Unavailable(what),
+    }
+}
+
 impl RedisBus {
     /// Connects to the Redis at `url` and starts delivering to `hub`.
     ///
     /// # Errors
-    /// [`BusError::Config`] for a malformed URL; [`BusError::Unavailable`] when Redis cannot be
-    /// reached at start-up.
+    /// [`BusError::Config`] for a malformed URL, refused credentials or an untrusted
+    /// certificate; [`BusError::Unavailable`] when Redis cannot be reached at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
         let client = redis::Client::open(url).map_err(|e| {
             BusError::Config(format!(
@@ -174,17 +188,21 @@ impl RedisBus {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let conn = timed(client.get_connection_manager_with_config(config))
-            .await
-            .map_err(|e| {
-                let (BusError::Unavailable(why)
-                | BusError::OutcomeUnknown(why)
-                | BusError::Config(why)) = e;
-                BusError::Unavailable(format!(
-                    "cannot reach Redis at {}: {why}",
+        let conn = match tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(start_error(url, &e)),
+            Err(_) => {
+                return Err(BusError::Unavailable(format!(
+                    "cannot reach Redis at {}: no answer within {COMMAND_TIMEOUT:?}",
                     super::redact(url)
-                ))
-            })?;
+                )))
+            }
+        };
         let keys = Keys::new(&options.prefix);
         let settings = [
             ("history-size", options.history_size as u64),
