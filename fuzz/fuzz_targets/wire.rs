@@ -2,27 +2,13 @@
 //! a message it accepts encodes to one that decodes to the same update (so an update crossing
 //! several buses or instances is never altered). Every update it accepts passes the same
 //! validation an HTTP publish does.
+//!
+//! The check itself is in `checks/wire.rs`, which the test suite also runs on every input of
+//! the committed corpus.
 
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use tidings::bus::wire;
-use tidings::update::Limits;
+#[path = "../checks/wire.rs"]
+mod check;
 
-fuzz_target!(|text: &str| {
-    let limits = Limits::default();
-    let Ok(update) = wire::decode(text, || "urn:tidings:1".to_owned(), &limits) else {
-        return;
-    };
-    assert!(!update.topics.is_empty());
-    assert!(update.topics.len() <= limits.max_topics_per_update);
-    assert!(update.id.as_str().len() <= limits.max_id_length);
-    assert!(!update.id.as_str().contains(['\r', '\n', '\0']));
-    let again = wire::decode(
-        &wire::encode(&update),
-        || unreachable!("it has an id"),
-        &limits,
-    )
-    .expect("an encoded update decodes");
-    assert_eq!(again, update);
-});
+libfuzzer_sys::fuzz_target!(|input: &str| check::run(input));

@@ -162,6 +162,17 @@ struct Inner {
     sessions_changed: tokio::sync::Notify,
     /// Signalled whenever a subscriber comes or goes (for a cluster-wide subscriptions API).
     subscribers_changed: tokio::sync::Notify,
+    /// Told each subscriber that comes or goes, once someone asked (subscription events).
+    subscriber_events: std::sync::Mutex<Option<mpsc::UnboundedSender<SubscriberEvent>>>,
+}
+
+/// A subscriber that came or went (see [`Hub::subscriber_events`]).
+#[derive(Debug, Clone)]
+pub struct SubscriberEvent {
+    /// What the subscriber asked for.
+    pub spec: Arc<SubscriberSpec>,
+    /// True when it came, false when it went.
+    pub active: bool,
 }
 
 /// A live subscription: the receiving half of the subscriber's queue. Dropping it removes the
@@ -231,6 +242,7 @@ impl Hub {
                 changed_sessions: std::sync::Mutex::new(HashSet::new()),
                 sessions_changed: tokio::sync::Notify::new(),
                 subscribers_changed: tokio::sync::Notify::new(),
+                subscriber_events: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -238,6 +250,31 @@ impl Hub {
     /// The metrics this hub reports to.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// From now on, tells every subscriber that comes or goes on the returned channel, in the
+    /// order the hub registers and removes them (a later call replaces the receiver).
+    pub fn subscriber_events(&self) -> mpsc::UnboundedReceiver<SubscriberEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.events_sender() = Some(tx);
+        rx
+    }
+
+    fn events_sender(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<mpsc::UnboundedSender<SubscriberEvent>>> {
+        // Each mutation is one assignment: a panic cannot leave it half done.
+        self.inner
+            .subscriber_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tell(&self, spec: &Arc<SubscriberSpec>, active: bool) {
+        if let Some(events) = &*self.events_sender() {
+            let spec = spec.clone();
+            let _ = events.send(SubscriberEvent { spec, active });
+        }
     }
 
     /// Registers a subscriber. From the moment this returns, every update dispatched that the
@@ -308,6 +345,7 @@ impl Hub {
         }
         self.inner.metrics.subscribers.inc();
         self.inner.subscribers_changed.notify_one();
+        self.tell(&spec, true);
         if interest_changed {
             self.inner.interest_version.send_modify(|v| *v += 1);
         }
@@ -368,6 +406,7 @@ impl Hub {
         };
         self.inner.metrics.subscribers.dec();
         self.inner.subscribers_changed.notify_one();
+        self.tell(&entry.spec, false);
         if interest_changed {
             self.inner.interest_version.send_modify(|v| *v += 1);
         }

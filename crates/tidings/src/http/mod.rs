@@ -121,6 +121,12 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(layer.allow_origin(list).allow_credentials(true))
 }
 
+/// Publishes the subscription events of the instance's subscribers as they come and go (the
+/// subscriptions API is on), until the instance ends.
+pub fn publish_subscription_events(state: &AppState) -> tokio::task::JoinHandle<()> {
+    subscriptions::publish_events(state.hub(), state.bus().clone())
+}
+
 /// Publishes `update` for a caller holding `rights`: every topic must be covered; the bus
 /// stores and delivers it, and it is counted. Answers its id.
 async fn publish(

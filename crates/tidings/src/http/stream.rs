@@ -23,7 +23,6 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
 
-use super::subscriptions::Departure;
 use super::ConnectionInfo;
 use super::{request, ApiError, AppState};
 use crate::admission::Permit;
@@ -144,11 +143,6 @@ async fn open_stream(
             None => state.bus().replay(&from).await?,
         },
     };
-    let departure = if state.config().subscriptions {
-        Some(Departure::arrive(state.bus().clone(), subscription.spec.clone()).await)
-    } else {
-        None
-    };
     let metrics = state.metrics().clone();
     let mut initial = VecDeque::with_capacity(replay.updates.len() + 2);
     // A first comment makes every proxy and client see the stream open at once.
@@ -214,7 +208,6 @@ async fn open_stream(
         done: false,
         connection: ConnectionGauge::open(metrics, state.streams()),
         _permit: permit,
-        _departure: departure,
     };
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
@@ -304,8 +297,6 @@ struct EventStream {
     connection: ConnectionGauge,
     /// This stream's place in the stream limits, given back when it ends.
     _permit: Permit,
-    /// With `--subscriptions`, announces the end of the subscriptions when the stream goes.
-    _departure: Option<Departure>,
 }
 
 impl EventStream {

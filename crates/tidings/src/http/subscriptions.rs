@@ -1,7 +1,7 @@
 //! The Mercure subscriptions API (`--subscriptions`): who is subscribed to what, as JSON-LD,
 //! and subscription events — a private update on
 //! `/.well-known/mercure/subscriptions/{topic}/{subscriber}` whenever a subscriber comes or
-//! goes, published through the bus like any other update.
+//! goes (as the hub tells it), published through the bus like any other update.
 //!
 //! One subscription is one selector of one subscriber (a connection with three `topic`
 //! selectors has three). With a bus that shares subscribers (Redis), the API answers for the
@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::request;
 use super::{ApiError, AppState};
 use crate::bus::{Bus, ReplayFrom, SubscriberRecord};
+use crate::hub::Hub;
 use crate::subscriber::SubscriberSpec;
 use crate::update::{Topic, Update, UpdateId};
 
@@ -89,7 +90,7 @@ async fn all_subscribers(state: &AppState) -> Result<Vec<SubscriberRecord>, ApiE
 
 /// Publishes the events saying that `spec`'s subscriptions became active (or inactive).
 /// Failures are logged, never returned: they must not stop the subscriber itself.
-pub(super) async fn announce(bus: &Arc<dyn Bus>, spec: &SubscriberSpec, active: bool) {
+async fn announce(bus: &Arc<dyn Bus>, spec: &SubscriberSpec, active: bool) {
     let record = SubscriberRecord::of(spec);
     for subscription in subscriptions_of(&record, active) {
         let update = Topic::new(&subscription.id, MAX_IRI_LEN).and_then(|topic| {
@@ -247,27 +248,13 @@ pub(super) async fn one(
     }
 }
 
-/// Announces, when dropped with its stream, that a subscriber's subscriptions ended.
-#[derive(Debug)]
-pub(super) struct Departure {
-    bus: Arc<dyn Bus>,
-    spec: Arc<SubscriberSpec>,
-}
-
-impl Departure {
-    /// Announces the arrival of `spec` now, and returns the guard of its departure.
-    pub(super) async fn arrive(bus: Arc<dyn Bus>, spec: Arc<SubscriberSpec>) -> Departure {
-        announce(&bus, &spec, true).await;
-        Departure { bus, spec }
-    }
-}
-
-impl Drop for Departure {
-    fn drop(&mut self) {
-        // Publishing awaits the bus; a drop cannot, so a short task does it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (bus, spec) = (self.bus.clone(), self.spec.clone());
-            runtime.spawn(async move { announce(&bus, &spec, false).await });
+/// Publishes the hub's subscribers coming and going as subscription events, one at a time in
+/// the hub's order, for as long as the hub lives.
+pub(super) fn publish_events(hub: &Hub, bus: Arc<dyn Bus>) -> tokio::task::JoinHandle<()> {
+    let mut events = hub.subscriber_events();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            announce(&bus, &event.spec, event.active).await;
         }
-    }
+    })
 }

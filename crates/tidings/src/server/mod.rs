@@ -106,8 +106,12 @@ impl Instance {
         // Boxed: every bus's connect future is in it, and they are large.
         let started = Box::pin(bus::start(&config.bus, &options, hub.clone())).await?;
         metrics.ready.set(i64::from(started.bus.is_ready()));
+        let state = AppState::new(config, hub, started.bus, auth, selectors);
+        if state.config().subscriptions {
+            http::publish_subscription_events(&state);
+        }
         Ok(Instance {
-            state: AppState::new(config, hub, started.bus, auth, selectors),
+            state,
             tls,
             bus_failed: started.failed,
         })

@@ -4,5 +4,6 @@
 mod bad_input;
 mod boundary_props;
 mod cors;
+mod fuzz_corpus;
 mod layers;
 mod properties;
