@@ -106,13 +106,14 @@ test('an EventSource turned away by a full instance comes back by itself', async
       source.onerror = () => { window.second.errors += 1; window.second.states.push(source.readyState); };
       source.onmessage = (e) => window.second.data.push(e.data);
     });
-    // The second is turned away (200, a comment and a retry hint), again and again.
-    await page.waitForFunction(() => window.second.errors >= 2, null, { timeout: 15000 });
+    // The second is turned away (200, a comment and a retry hint), again and again. The hint
+    // for a full instance is 2.5 to 7.5 s: each wait below allows for two of them and more.
+    await page.waitForFunction(() => window.second.errors >= 2, null, { timeout: 30000 });
     const waiting = await page.evaluate(() => window.second);
     assert.ok(waiting.states.every((s) => s === 0), `reconnecting, never closed: ${JSON.stringify(waiting)}`);
     // Once the first stream goes, the second gets the place and its updates.
     await page.evaluate(() => window.first.close());
-    await page.waitForFunction(() => window.second.opens > window.second.errors, null, { timeout: 15000 });
+    await page.waitForFunction(() => window.second.opens > window.second.errors, null, { timeout: 30000 });
     const res = await fetch(`${fullBase}/.well-known/mercure`, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },

@@ -13,6 +13,11 @@
 //! | `amqp://`    | [`amqp::AmqpBus`]        | a RabbitMQ stream; what it holds also in each instance's memory |
 //!
 //! Every history keeps updates for `history-ttl` seconds, and at most `history-size` of them.
+//!
+//! The broker buses are cargo features (`redis`, `nats`, `amqp`, on by default). Each drives
+//! its connection with the one [`reconnect`] machine (jittered backoff, a [`ConnectionState`]);
+//! [`start`] connects the bus at start-up and keeps trying, not ready, while the broker cannot
+//! be reached yet.
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
