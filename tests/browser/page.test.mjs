@@ -98,8 +98,12 @@ test('an EventSource turned away by a full instance comes back by itself', async
   try {
     const page = await browser.newPage();
     await page.goto(`${fullBase}/healthz`);
-    await page.evaluate(() => {
+    // The first takes the only place before the second asks (both at once would race for it).
+    await page.evaluate(() => new Promise((resolve) => {
       window.first = new EventSource('/.well-known/mercure?topic=full');
+      window.first.onopen = () => resolve();
+    }));
+    await page.evaluate(() => {
       window.second = { opens: 0, errors: 0, data: [], states: [] };
       const source = new EventSource('/.well-known/mercure?topic=full');
       source.onopen = () => { window.second.opens += 1; };
