@@ -2,7 +2,9 @@
 //! "instances" (a hub and a bus each) share one broker namespace in this process: for the
 //! memory bus, hubs attached to one bus; for Redis, buses on one key prefix, under each
 //! routing mode; for NATS, buses on one JetStream stream; for RabbitMQ, buses on one exchange
-//! (and its stream, with history).
+//! (and its stream, with history). Every bus on a broker is also held to what only a broker
+//! brings: a broker of the test's own restarting under its instances, and producers that
+//! publish straight onto it without an instance.
 
 mod common;
 
@@ -13,7 +15,7 @@ use tidings::bus::amqp::AmqpBus;
 use tidings::bus::memory::MemoryBus;
 use tidings::bus::nats::NatsBus;
 use tidings::bus::redis::RedisBus;
-use tidings::bus::{Backoff, Bus, BusOptions, Published, ReplayFrom, Routing};
+use tidings::bus::{Backoff, Bus, BusError, BusOptions, Published, ReplayFrom, Routing};
 use tidings::envelope::Envelope;
 use tidings::hub::{Hub, Subscription};
 use tidings::metrics::Metrics;
@@ -21,6 +23,7 @@ use tidings::selector::Selector;
 use tidings::subscriber::{Access, SubscriberLabel, SubscriberSpec};
 use tidings::update::Limits;
 use tidings::update::{Topic, Update, UpdateId};
+use tidings_client::Publication;
 
 struct Instance {
     hub: Hub,
@@ -52,6 +55,111 @@ fn new_hub() -> Hub {
     Hub::new(4096, Arc::new(Metrics::new()))
 }
 
+/// A bus backend, as the cases need it: instances on a namespace of their own, on the shared
+/// broker or on one a test started.
+#[derive(Clone, Copy)]
+enum Backend {
+    Memory,
+    Redis(Routing),
+    Nats,
+    Amqp,
+}
+
+/// Where a test's instances meet on the shared broker: its URL and a prefix of the test's own,
+/// removed from the broker when dropped.
+struct Namespace {
+    url: String,
+    prefix: String,
+    _guard: Box<dyn std::any::Any>,
+}
+
+impl Backend {
+    /// `n` instances on a namespace named after the test, on the shared broker; `None` (skip)
+    /// when the broker is not there (a failure under `TIDINGS_REQUIRE_BROKERS=1`).
+    async fn instances(
+        self,
+        name: &str,
+        n: usize,
+        history: usize,
+    ) -> Option<(Namespace, Vec<Instance>)> {
+        let prefix = common::unique_prefix(name);
+        let (url, guard): (String, Box<dyn std::any::Any>) = match self {
+            Backend::Memory => (String::new(), Box::new(())),
+            Backend::Redis(_) => {
+                let url = common::redis_url()?;
+                let keys = common::RedisKeys {
+                    prefix: prefix.clone(),
+                    url: url.clone(),
+                };
+                (url, Box::new(keys))
+            }
+            Backend::Nats => {
+                let url = common::nats_url()?;
+                let stream = common::NatsStream {
+                    prefix: prefix.clone(),
+                    url: url.clone(),
+                };
+                (url, Box::new(stream))
+            }
+            Backend::Amqp => {
+                let url = common::amqp_url()?;
+                let objects = common::AmqpObjects {
+                    prefix: prefix.clone(),
+                    url: url.clone(),
+                };
+                (url, Box::new(objects))
+            }
+        };
+        let instances = match self {
+            Backend::Memory => memory(n, history),
+            _ => self.on(&url, &prefix, n, history).await,
+        };
+        Some((
+            Namespace {
+                url,
+                prefix,
+                _guard: guard,
+            },
+            instances,
+        ))
+    }
+
+    /// `n` instances connected to the broker at `url`, under `prefix`.
+    async fn on(self, url: &str, prefix: &str, n: usize, history: usize) -> Vec<Instance> {
+        let mut instances = Vec::new();
+        for _ in 0..n {
+            let hub = new_hub();
+            let bus: Arc<dyn Bus> = match self {
+                Backend::Memory => unreachable!("the memory bus has no broker"),
+                Backend::Redis(routing) => {
+                    let options = options(history, prefix, routing);
+                    Arc::new(RedisBus::connect(url, &options, hub.clone()).await.unwrap())
+                }
+                Backend::Nats => {
+                    let options = options(history, prefix, Routing::Broadcast);
+                    Arc::new(NatsBus::connect(url, &options, hub.clone()).await.unwrap())
+                }
+                Backend::Amqp => {
+                    let options = options(history, prefix, Routing::Broadcast);
+                    Arc::new(AmqpBus::connect(url, &options, hub.clone()).await.unwrap())
+                }
+            };
+            instances.push(Instance { hub, bus });
+        }
+        instances
+    }
+
+    /// A broker of the test's own, or `None` (skip) as for [`Backend::instances`].
+    fn private(self) -> Option<Box<dyn common::PrivateBroker>> {
+        Some(match self {
+            Backend::Memory => unreachable!("the memory bus has no broker"),
+            Backend::Redis(_) => Box::new(common::PrivateRedis::start()?),
+            Backend::Nats => Box::new(common::PrivateNats::start()?),
+            Backend::Amqp => Box::new(common::PrivateRabbit::start()?),
+        })
+    }
+}
+
 fn memory(n: usize, history_size: usize) -> Vec<Instance> {
     let first = new_hub();
     let bus = MemoryBus::new(history_size, first.clone());
@@ -64,55 +172,6 @@ fn memory(n: usize, history_size: usize) -> Vec<Instance> {
         instances.push(Instance {
             bus: Arc::new(bus.attach(hub.clone())),
             hub,
-        });
-    }
-    instances
-}
-
-async fn redis(
-    url: &str,
-    prefix: &str,
-    routing: Routing,
-    n: usize,
-    history_size: usize,
-) -> Vec<Instance> {
-    let mut instances = Vec::new();
-    for _ in 0..n {
-        let hub = new_hub();
-        let bus = RedisBus::connect(url, &options(history_size, prefix, routing), hub.clone())
-            .await
-            .unwrap();
-        instances.push(Instance {
-            hub,
-            bus: Arc::new(bus),
-        });
-    }
-    instances
-}
-
-async fn nats(url: &str, prefix: &str, n: usize, history_size: usize) -> Vec<Instance> {
-    let mut instances = Vec::new();
-    for _ in 0..n {
-        let hub = new_hub();
-        let options = options(history_size, prefix, Routing::Broadcast);
-        let bus = NatsBus::connect(url, &options, hub.clone()).await.unwrap();
-        instances.push(Instance {
-            hub,
-            bus: Arc::new(bus),
-        });
-    }
-    instances
-}
-
-async fn amqp(url: &str, prefix: &str, n: usize, history_size: usize) -> Vec<Instance> {
-    let mut instances = Vec::new();
-    for _ in 0..n {
-        let hub = new_hub();
-        let options = options(history_size, prefix, Routing::Broadcast);
-        let bus = AmqpBus::connect(url, &options, hub.clone()).await.unwrap();
-        instances.push(Instance {
-            hub,
-            bus: Arc::new(bus),
         });
     }
     instances
@@ -458,79 +517,478 @@ async fn without_history_reports_every_resume_as_a_gap(instances: Vec<Instance>)
     assert!(replay.missing && replay.updates.is_empty());
 }
 
+/// A broker that stops and comes back: open subscriptions stay open, a publish while it is away
+/// is never acknowledged (refused, or its outcome unknown), every instance reconnects by
+/// itself, and what is published afterwards reaches every subscriber once, in order, and
+/// replays on another instance. A gap is counted exactly when the broker lost what it stored.
+async fn survives_a_broker_restart(
+    broker: &mut dyn common::PrivateBroker,
+    instances: Vec<Instance>,
+) {
+    let mut subs = Vec::new();
+    for instance in &instances {
+        subs.push(subscribe(instance, "t", Access::public_only()).await);
+    }
+    let first = publish(&instances[1], update("t", "0", false)).await;
+    for sub in &mut subs {
+        assert_eq!(next(sub).await.update.id, first.id);
+    }
+
+    broker.stop();
+    common::wait_until(
+        "every instance to see the broker gone",
+        Duration::from_secs(15),
+        async || instances.iter().all(|i| !i.bus.is_ready()),
+    )
+    .await;
+    match instances[1].bus.publish(update("t", "lost?", false)).await {
+        Err(BusError::Unavailable(_) | BusError::OutcomeUnknown(_)) => {}
+        other => panic!("a publish the broker did not take is not acknowledged: {other:?}"),
+    }
+    for sub in &mut subs {
+        nothing_more(sub).await; // and still open: no `None`
+    }
+
+    broker.start_again();
+    common::wait_until(
+        "every instance to reconnect",
+        Duration::from_secs(60),
+        async || instances.iter().all(|i| i.bus.is_ready()),
+    )
+    .await;
+    let mut ids = vec![first.id];
+    for i in 1..=5 {
+        ids.push(publish_when_back(&instances[2], update("t", &i.to_string(), false)).await);
+    }
+    for sub in &mut subs {
+        for id in &ids[1..] {
+            assert_eq!(
+                &next(sub).await.update.id,
+                id,
+                "every update once, in order"
+            );
+        }
+        nothing_more(sub).await;
+    }
+    let replay = instances[2]
+        .bus
+        .replay(&ReplayFrom::After(ids[2].clone()))
+        .await
+        .unwrap();
+    let replayed: Vec<&UpdateId> = replay.updates.iter().map(|e| &e.update.id).collect();
+    assert_eq!(replayed, ids[3..].iter().collect::<Vec<_>>());
+    for instance in &instances {
+        let metrics = instance.hub.metrics();
+        assert!(
+            metrics.bus_reconnects.get() >= 1,
+            "the reconnect is counted"
+        );
+        if broker.keeps_data() {
+            assert_eq!(
+                metrics.bus_gaps.get(),
+                0,
+                "the broker kept everything: no gap"
+            );
+        } else {
+            assert!(
+                metrics.bus_gaps.get() >= 1,
+                "the broker lost its history: a gap"
+            );
+        }
+    }
+}
+
+/// Publishes an update once the broker takes it again: a publish refused or left unanswered
+/// is retried with the same id, which the bus stores once.
+async fn publish_when_back(instance: &Instance, update: Update) -> UpdateId {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match instance.bus.publish(update.clone()).await {
+            Ok(published) => return published.id,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "still refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a broker's own producers publish straight onto it, as `docs/wire-format.md` says —
+/// the Rust client's publisher, a raw message from the broker's own client library, the
+/// Python example — reaches every instance as if it had been published through one, and
+/// replays on any instance.
+async fn delivers_what_is_published_straight_onto_the_broker(
+    producer: Producer,
+    instances: Vec<Instance>,
+) {
+    let mut subs = Vec::new();
+    for instance in &instances {
+        subs.push(subscribe(instance, "t", Access::public_only()).await);
+    }
+    let with_id = Publication::new("t")
+        .id("urn:example:1")
+        .data("a\nb")
+        .event_type("note");
+    let with_id = producer.publish(&with_id).await;
+    assert_eq!(with_id.id, "urn:example:1");
+    if let Some(receivers) = with_id.receivers {
+        assert_eq!(
+            receivers,
+            instances.len() as u64,
+            "every instance wants the topic"
+        );
+    }
+    let generated = producer.publish(&Publication::new("t").data("no id")).await;
+    match &generated.position {
+        Some(position) => assert_eq!(generated.id, format!("urn:tidings:{position}")),
+        None => assert!(generated.id.starts_with("urn:uuid:"), "{}", generated.id),
+    }
+    // A message without an id, from the broker's own client: every instance derives the same
+    // id from its place in the cluster's order.
+    producer
+        .publish_raw(&Publication::new("t").data("raw").wire_message())
+        .await;
+    let mut derived = Vec::new();
+    for sub in &mut subs {
+        let first = next(sub).await;
+        let event_type = first.update.event_type.as_ref().map(|t| t.as_str());
+        assert_eq!(
+            (
+                first.update.id.as_str(),
+                event_type,
+                first.update.data.as_str()
+            ),
+            ("urn:example:1", Some("note"), "a\nb")
+        );
+        assert_eq!(next(sub).await.update.id.as_str(), generated.id);
+        let raw = next(sub).await;
+        assert_eq!(raw.update.data, "raw");
+        assert!(
+            raw.update.id.as_str().starts_with("urn:tidings:"),
+            "{}",
+            raw.update.id.as_str()
+        );
+        derived.push(raw.update.id.clone());
+    }
+    assert!(
+        derived.windows(2).all(|w| w[0] == w[1]),
+        "one derived id everywhere: {derived:?}"
+    );
+    let after = |id: &str| ReplayFrom::After(UpdateId::new(id, 1000).unwrap());
+    let replay = instances[1]
+        .bus
+        .replay(&after(&generated.id))
+        .await
+        .unwrap();
+    let replayed: Vec<&UpdateId> = replay.updates.iter().map(|e| &e.update.id).collect();
+    assert_eq!(
+        replayed,
+        [&derived[0]],
+        "found in history on another instance"
+    );
+
+    // The Python example, once with a type and data, once without.
+    if let Some(example) = producer.example() {
+        let id = example.run(&["--data", "from python\nsecond line", "--type", "book"]);
+        assert!(id.starts_with("urn:uuid:"), "{id}");
+        let then = example.run(&[]);
+        for sub in &mut subs {
+            let event = next(sub).await;
+            let event_type = event.update.event_type.as_ref().map(|t| t.as_str());
+            assert_eq!(
+                (
+                    event.update.id.as_str(),
+                    event_type,
+                    event.update.data.as_str()
+                ),
+                (id.as_str(), Some("book"), "from python\nsecond line")
+            );
+            assert_eq!(next(sub).await.update.id.as_str(), then);
+        }
+        let replay = instances[1].bus.replay(&after(&id)).await.unwrap();
+        let replayed: Vec<&str> = replay
+            .updates
+            .iter()
+            .map(|e| e.update.id.as_str())
+            .collect();
+        assert_eq!(replayed, [then.as_str()]);
+    }
+
+    // A broker that is not there is a clear error at once.
+    let (unreachable, name) = producer.unreachable().await;
+    assert!(
+        matches!(&unreachable, tidings_client::Error::Broker(m) if m.contains(&format!("cannot reach {name}"))),
+        "{unreachable}"
+    );
+}
+
+// --- producers ------------------------------------------------------------------------
+
+/// Publishes straight onto a cluster's broker (its URL and prefix), without an instance.
+struct Producer {
+    backend: Backend,
+    url: String,
+    prefix: String,
+}
+
+/// What a producer's publish gave.
+struct Produced {
+    id: String,
+    /// The update's position, where the broker answers one.
+    position: Option<String>,
+    /// How many instances the broker sent it to, where the broker says.
+    receivers: Option<u64>,
+}
+
+impl Producer {
+    /// Publishes with `tidings-client`'s publisher for the broker.
+    async fn publish(&self, publication: &Publication) -> Produced {
+        let (url, prefix) = (self.url.as_str(), self.prefix.as_str());
+        match self.backend {
+            Backend::Memory => unreachable!("the memory bus has no broker"),
+            Backend::Redis(_) => {
+                let publisher = tidings_client::redis::RedisPublisher::connect(url, prefix)
+                    .await
+                    .unwrap();
+                let published = publisher.publish(publication).await.unwrap();
+                Produced {
+                    id: published.id,
+                    position: Some(published.position),
+                    receivers: Some(published.receivers),
+                }
+            }
+            Backend::Nats => {
+                let publisher = tidings_client::nats::NatsPublisher::connect(url, prefix)
+                    .await
+                    .unwrap();
+                let published = publisher.publish(publication).await.unwrap();
+                Produced {
+                    id: published.id,
+                    position: Some(published.sequence.to_string()),
+                    receivers: None,
+                }
+            }
+            Backend::Amqp => {
+                let publisher = tidings_client::amqp::AmqpPublisher::connect(url, prefix)
+                    .await
+                    .unwrap();
+                Produced {
+                    id: publisher.publish(publication).await.unwrap(),
+                    position: None,
+                    receivers: None,
+                }
+            }
+        }
+    }
+
+    /// Publishes a wire-format message with the broker's own client library, as a service in
+    /// any language would.
+    async fn publish_raw(&self, message: &str) {
+        match self.backend {
+            Backend::Memory => unreachable!("the memory bus has no broker"),
+            Backend::Redis(_) => {
+                let client = redis::Client::open(self.url.as_str()).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let _: (String, u64) = redis::Script::new(tidings::bus::redis::PUBLISH_SCRIPT)
+                    .arg(&self.prefix)
+                    .arg(message)
+                    .arg(0)
+                    .arg("")
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            Backend::Nats => {
+                let client = async_nats::connect(self.url.as_str()).await.unwrap();
+                let stream = tidings::bus::nats::stream_name(&self.prefix);
+                let subject = tidings_client::nats::subject(&stream, None);
+                async_nats::jetstream::new(client)
+                    .publish(subject, message.to_owned().into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            Backend::Amqp => {
+                let properties = lapin::ConnectionProperties::default();
+                let connection = lapin::Connection::connect(&self.url, properties)
+                    .await
+                    .unwrap();
+                let channel = connection.create_channel().await.unwrap();
+                let exchange = tidings::bus::amqp::Names::new(&self.prefix).exchange;
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "".into(),
+                        Default::default(),
+                        message.as_bytes(),
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// The broker's Python example, when `python3` can run it (a failure under
+    /// `TIDINGS_REQUIRE_BROKERS=1` when it cannot).
+    fn example(&self) -> Option<Example> {
+        let (module, script, flag) = match self.backend {
+            Backend::Memory => unreachable!("the memory bus has no broker"),
+            Backend::Redis(_) => ("redis", "publish.py", "--redis"),
+            Backend::Nats => ("nats", "publish_nats.py", "--nats"),
+            Backend::Amqp => ("pika", "publish_amqp.py", "--amqp"),
+        };
+        common::python_ready(module).then(|| Example {
+            script,
+            args: vec![
+                flag.into(),
+                self.url.clone(),
+                "--prefix".into(),
+                self.prefix.clone(),
+                "--topic".into(),
+                "t".into(),
+            ],
+        })
+    }
+
+    /// What the publisher says when the broker is not there, and the broker's name.
+    async fn unreachable(&self) -> (tidings_client::Error, &'static str) {
+        match self.backend {
+            Backend::Memory => unreachable!("the memory bus has no broker"),
+            Backend::Redis(_) => (
+                tidings_client::redis::RedisPublisher::connect("redis://127.0.0.1:1/0", "x")
+                    .await
+                    .unwrap_err(),
+                "Redis",
+            ),
+            Backend::Nats => (
+                tidings_client::nats::NatsPublisher::connect("nats://127.0.0.1:1", "x")
+                    .await
+                    .unwrap_err(),
+                "NATS",
+            ),
+            Backend::Amqp => (
+                tidings_client::amqp::AmqpPublisher::connect(
+                    "amqp://guest:guest@127.0.0.1:1/%2f",
+                    "x",
+                )
+                .await
+                .unwrap_err(),
+                "RabbitMQ",
+            ),
+        }
+    }
+}
+
+/// One of `examples/python`, with the arguments that point it at a cluster.
+struct Example {
+    script: &'static str,
+    args: Vec<String>,
+}
+
+impl Example {
+    /// Runs it with `more` arguments; the id it printed.
+    fn run(&self, more: &[&str]) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/python")
+            .join(self.script);
+        let output = std::process::Command::new("python3")
+            .arg(script)
+            .args(&self.args)
+            .args(more)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+}
+
 // --- the backends ---------------------------------------------------------------------
 
+/// The cases every bus is held to, for one backend.
 macro_rules! contract {
-    ($($name:ident, $history:expr;)*) => {
-        mod memory_bus {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(memory(3, $history)).await;
-                }
-            )*
-        }
-
-        mod redis_interest {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(url) = common::redis_url() else { return };
-                    let keys = common::RedisKeys { prefix: common::unique_prefix(stringify!($name)), url };
-                    super::$name(redis(&keys.url, &keys.prefix, Routing::Interest, 3, $history).await).await;
-                }
-            )*
-        }
-
-        mod nats_bus {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(url) = common::nats_url() else { return };
-                    let stream = common::NatsStream { prefix: common::unique_prefix(stringify!($name)), url };
-                    super::$name(nats(&stream.url, &stream.prefix, 3, $history).await).await;
-                }
-            )*
-        }
-
-        mod amqp_bus {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(url) = common::amqp_url() else { return };
-                    let objects = common::AmqpObjects { prefix: common::unique_prefix(stringify!($name)), url };
-                    super::$name(amqp(&objects.url, &objects.prefix, 3, $history).await).await;
-                }
-            )*
-        }
-
-        mod redis_broadcast {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(url) = common::redis_url() else { return };
-                    let keys = common::RedisKeys { prefix: common::unique_prefix(stringify!($name)), url };
-                    super::$name(redis(&keys.url, &keys.prefix, Routing::Broadcast, 3, $history).await).await;
-                }
-            )*
+    ($backend:expr) => {
+        use super::*;
+        cases! { $backend;
+            fans_out_to_every_instance, 100;
+            keeps_publish_order_per_topic, 1000;
+            filters_private_updates, 100;
+            wide_selectors_hear_every_topic_they_match, 100;
+            delivers_an_update_with_several_topics_once, 100;
+            follows_subscribers_coming_and_going, 100;
+            replays_after_an_id_on_any_instance, 100;
+            stores_a_retried_publish_once, 100;
+            replays_the_topics_of_a_subscriber_after_an_id, 100;
+            without_history_reports_every_resume_as_a_gap, 0;
         }
     };
 }
 
-contract! {
-    fans_out_to_every_instance, 100;
-    keeps_publish_order_per_topic, 1000;
-    filters_private_updates, 100;
-    wide_selectors_hear_every_topic_they_match, 100;
-    delivers_an_update_with_several_topics_once, 100;
-    follows_subscribers_coming_and_going, 100;
-    replays_after_an_id_on_any_instance, 100;
-    stores_a_retried_publish_once, 100;
-    replays_the_topics_of_a_subscriber_after_an_id, 100;
-    without_history_reports_every_resume_as_a_gap, 0;
+/// The cases only a bus on a broker is held to: its broker restarting, and producers that
+/// publish straight onto it.
+macro_rules! broker_contract {
+    ($backend:expr) => {
+        contract!($backend);
+
+        #[tokio::test]
+        async fn survives_a_broker_restart() {
+            let Some(mut broker) = $backend.private() else {
+                return;
+            };
+            let instances = $backend.on(&broker.url(), "tidings", 3, 100).await;
+            super::survives_a_broker_restart(&mut *broker, instances).await;
+        }
+
+        #[tokio::test]
+        async fn delivers_what_is_published_straight_onto_the_broker() {
+            let Some((namespace, instances)) = $backend.instances("straight", 3, 100).await else {
+                return;
+            };
+            let producer = Producer {
+                backend: $backend,
+                url: namespace.url.clone(),
+                prefix: namespace.prefix.clone(),
+            };
+            super::delivers_what_is_published_straight_onto_the_broker(producer, instances).await;
+        }
+    };
+}
+
+macro_rules! cases {
+    ($backend:expr; $($name:ident, $history:expr;)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let Some((_namespace, instances)) = $backend.instances(stringify!($name), 3, $history).await else {
+                    return;
+                };
+                super::$name(instances).await;
+            }
+        )*
+    };
+}
+
+mod memory_bus {
+    contract!(Backend::Memory);
+}
+
+mod redis_interest {
+    broker_contract!(Backend::Redis(Routing::Interest));
+}
+
+mod redis_broadcast {
+    broker_contract!(Backend::Redis(Routing::Broadcast));
+}
+
+mod nats_bus {
+    broker_contract!(Backend::Nats);
+}
+
+mod amqp_bus {
+    broker_contract!(Backend::Amqp);
 }

@@ -130,20 +130,7 @@ async fn the_session_registry_is_cluster_wide_and_forgets_dead_instances() {
     };
     let mut hubs: Vec<Hub> = ["node-a", "node-b", "node-c"]
         .iter()
-        .map(|id| {
-            Hub::start(&[
-                "--auth",
-                "none",
-                "--bus",
-                &keys.url,
-                "--bus-prefix",
-                &keys.prefix,
-                "--instance-id",
-                id,
-                "--session-ttl",
-                "3",
-            ])
-        })
+        .map(|id| crate::common::instance_on(&keys.url, &keys.prefix, id, &["--session-ttl", "3"]))
         .collect();
     let session = format!("s-{}", std::process::id());
     let open = |hub: &Hub, event: &str| {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    publish, publish_once_recovered, status, subscribe_url, Hub, PrivateRedis, Stream,
+    publish, publish_once_recovered, status, subscribe_url, wait_until, Hub, PrivateRedis, Stream,
 };
 
 /// Sends a signal (`-STOP`, `-CONT`) to an instance.
@@ -21,12 +21,25 @@ fn signal(hub: &Hub, sig: &str) {
         .success());
 }
 
-async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits until the instance is ready again (Redis back and the instance reconnected).
+async fn ready_again(hub: &Hub) {
+    wait_until(
+        "readiness to come back",
+        Duration::from_secs(15),
+        async || status(hub, "/readyz").await == 200,
+    )
+    .await;
+}
+
+/// Freezes A, cuts every Pub/Sub connection of Redis, runs `meanwhile` while A cannot hear,
+/// then lets A go on: it finds its connection gone and must reconnect and catch up.
+async fn cut_off_while(a: &Hub, redis: &PrivateRedis, meanwhile: impl AsyncFnOnce()) {
+    signal(a, "-STOP");
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    meanwhile().await;
+    signal(a, "-CONT");
 }
 
 #[tokio::test]
@@ -66,12 +79,7 @@ async fn a_redis_restart_turns_readiness_off_fails_publishes_fast_and_recovers()
     );
 
     redis.restart();
-    wait_until(
-        "readiness to come back",
-        Duration::from_secs(15),
-        async || status(&hub, "/readyz").await == 200,
-    )
-    .await;
+    ready_again(&hub).await;
     let after = publish_once_recovered(&hub, &topic, "after").await;
     assert_eq!(
         stream.next().await.id,
@@ -101,12 +109,7 @@ async fn an_instance_started_before_its_redis_serves_unready_and_connects_when_i
     hub.wait_for_log("redis: cannot connect; retrying").await;
 
     redis.restart();
-    wait_until(
-        "readiness once Redis is there",
-        Duration::from_secs(15),
-        async || status(&hub, "/readyz").await == 200,
-    )
-    .await;
+    ready_again(&hub).await;
     let mut stream = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
     let (code, id) = publish(&hub, None, &[("topic", &topic), ("data", "on time")]).await;
     assert_eq!(code, 200, "{id}");
@@ -128,17 +131,16 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
     // Freeze A, cut every Pub/Sub connection, publish while A cannot hear, then let A go on:
     // it finds its connection gone, reconnects, and must read the missed updates from the
     // stream.
-    signal(&a, "-STOP");
-    redis
-        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .unwrap();
     let mut ids = vec![first];
-    for i in 1..=20 {
-        let (code, id) = publish(&b, None, &[("topic", &topic), ("data", &i.to_string())]).await;
-        assert_eq!(code, 200, "{id}");
-        ids.push(id);
-    }
-    signal(&a, "-CONT");
+    cut_off_while(&a, &redis, async || {
+        for i in 1..=20 {
+            let data = i.to_string();
+            let (code, id) = publish(&b, None, &[("topic", &topic), ("data", &data)]).await;
+            assert_eq!(code, 200, "{id}");
+            ids.push(id);
+        }
+    })
+    .await;
     let mut got = vec![ids[0].clone()];
     while got.len() < ids.len() {
         got.push(stream.next().await.id);
@@ -181,13 +183,13 @@ async fn an_instance_that_never_delivered_anything_still_catches_up() {
     let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
     // A pings as soon as it connects and learns the (empty) stream's start.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(&a, "-STOP");
-    redis
-        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .unwrap();
-    let (code, id) = publish(&b, None, &[("topic", &topic), ("data", "first")]).await;
-    assert_eq!(code, 200, "{id}");
-    signal(&a, "-CONT");
+    let mut id = String::new();
+    cut_off_while(&a, &redis, async || {
+        let (code, published) = publish(&b, None, &[("topic", &topic), ("data", "first")]).await;
+        assert_eq!(code, 200, "{published}");
+        id = published;
+    })
+    .await;
     assert_eq!(stream.next().await.id, id);
     assert_eq!(a.metric("tidings_bus_gaps_total").await, 0.0);
 }
@@ -219,17 +221,16 @@ async fn an_instance_that_hears_little_counts_no_false_gap_when_history_moves_on
     assert!(length < 300, "the stream was trimmed ({length} entries)");
     // A pings every second and learns how far it has heard everything it needs.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    signal(&a, "-STOP");
-    redis
-        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .unwrap();
     let mut missed = Vec::new();
-    for i in 1..=3 {
-        let (code, id) = publish(&b, None, &[("topic", &quiet), ("data", &i.to_string())]).await;
-        assert_eq!(code, 200, "{id}");
-        missed.push(id);
-    }
-    signal(&a, "-CONT");
+    cut_off_while(&a, &redis, async || {
+        for i in 1..=3 {
+            let data = i.to_string();
+            let (code, id) = publish(&b, None, &[("topic", &quiet), ("data", &data)]).await;
+            assert_eq!(code, 200, "{id}");
+            missed.push(id);
+        }
+    })
+    .await;
     for id in &missed {
         assert_eq!(&stream.next().await.id, id);
     }
@@ -257,12 +258,7 @@ async fn without_history_delivery_resumes_after_a_redis_restart() {
         assert_eq!(stream.next().await.data, i.to_string());
     }
     redis.restart();
-    wait_until(
-        "readiness to come back",
-        Duration::from_secs(15),
-        async || status(&hub, "/readyz").await == 200,
-    )
-    .await;
+    ready_again(&hub).await;
     publish_once_recovered(&hub, &topic, "after").await;
     assert_eq!(
         stream.next().await.data,
@@ -306,14 +302,7 @@ async fn a_resume_older_than_topic_histories_last_reads_the_stream() {
             .query(&mut conn)
             .unwrap();
     }
-    let hub = Hub::start(&[
-        "--auth",
-        "none",
-        "--bus",
-        &keys.url,
-        "--bus-prefix",
-        &keys.prefix,
-    ]);
+    let hub = crate::common::instance_on(&keys.url, &keys.prefix, "stale", &[]);
     let mut stream = Stream::open(
         &subscribe_url(&hub, &[&topic], ""),
         &[("Last-Event-ID", "old-1")],

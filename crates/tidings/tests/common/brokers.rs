@@ -101,22 +101,83 @@ pub fn redis_cluster(keys: &RedisKeys, n: usize, extra: &[&str]) -> Vec<Hub> {
 /// `<prefix>-<i>`.
 pub fn cluster_on(bus: &str, prefix: &str, n: usize, extra: &[&str]) -> Vec<Hub> {
     (0..n)
-        .map(|i| {
-            let id = format!("{prefix}-{i}");
-            let mut args = vec![
-                "--auth",
-                "none",
-                "--bus",
-                bus,
-                "--bus-prefix",
-                prefix,
-                "--instance-id",
-                &id,
-            ];
-            args.extend_from_slice(extra);
-            Hub::start(&args)
-        })
+        .map(|i| instance_on(bus, prefix, &format!("{prefix}-{i}"), extra))
         .collect()
+}
+
+/// One instance (`--auth none`) with the id `id` on the bus `bus`, named `prefix` there, plus
+/// `extra` flags.
+pub fn instance_on(bus: &str, prefix: &str, id: &str, extra: &[&str]) -> Hub {
+    let mut args = vec![
+        "--auth",
+        "none",
+        "--bus",
+        bus,
+        "--bus-prefix",
+        prefix,
+        "--instance-id",
+        id,
+    ];
+    args.extend_from_slice(extra);
+    Hub::start(&args)
+}
+
+/// A broker of a test's own that a test may stop and start again (the bus contract's restart
+/// case holds every bus to the same promise with one of these).
+pub trait PrivateBroker {
+    /// Its URL, as `--bus` takes it.
+    fn url(&self) -> String;
+    /// Stops it (its clients see their connections close).
+    fn stop(&mut self);
+    /// Starts it again on the same port (and data, where it keeps any).
+    fn start_again(&mut self);
+    /// Whether what it stored outlives a restart.
+    fn keeps_data(&self) -> bool;
+}
+
+impl PrivateBroker for PrivateRedis {
+    fn url(&self) -> String {
+        PrivateRedis::url(self)
+    }
+    fn stop(&mut self) {
+        PrivateRedis::stop(self);
+    }
+    fn start_again(&mut self) {
+        self.spawn().expect("restart redis-server");
+    }
+    fn keeps_data(&self) -> bool {
+        false
+    }
+}
+
+impl PrivateBroker for PrivateNats {
+    fn url(&self) -> String {
+        PrivateNats::url(self)
+    }
+    fn stop(&mut self) {
+        PrivateNats::stop(self);
+    }
+    fn start_again(&mut self) {
+        self.spawn().expect("restart nats-server");
+    }
+    fn keeps_data(&self) -> bool {
+        true
+    }
+}
+
+impl PrivateBroker for PrivateRabbit {
+    fn url(&self) -> String {
+        PrivateRabbit::url(self)
+    }
+    fn stop(&mut self) {
+        PrivateRabbit::stop(self);
+    }
+    fn start_again(&mut self) {
+        self.spawn().expect("restart rabbitmq-server");
+    }
+    fn keeps_data(&self) -> bool {
+        true
+    }
 }
 
 /// A `redis-server` of a test's own, on a free port, stopped by PID (never the machine's
@@ -473,4 +534,20 @@ impl Drop for PrivateNats {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// True when `python3` can import `module`; a failure under `TIDINGS_REQUIRE_BROKERS=1`.
+pub fn python_ready(module: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let hint = "pip install -r examples/python/requirements.txt";
+        if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") {
+            panic!("python3 with the {module} package is required: {hint}");
+        }
+        eprintln!("skipping: python3 cannot import {module} ({hint})");
+    }
+    ok
 }

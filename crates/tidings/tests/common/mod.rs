@@ -21,8 +21,14 @@ use std::time::Duration;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Polls `check` every 25 ms until it holds; panics after [`WAIT`].
-pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
+pub async fn wait_for(what: &str, check: impl AsyncFnMut() -> bool) {
+    wait_until(what, WAIT, check).await;
+}
+
+/// Polls `check` every 25 ms until it holds; panics after `limit` (for what takes longer than
+/// [`WAIT`], such as a broker coming back).
+pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
     while !check().await {
         assert!(
             std::time::Instant::now() < deadline,

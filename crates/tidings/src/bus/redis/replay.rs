@@ -136,7 +136,14 @@ impl ReplayReader {
         let mut batch = Vec::with_capacity(64);
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let requests = std::mem::take(&mut batch);
-            match self.answer(&requests).await {
+            // A connection that died with its broker (a restart) is noticed only when it is
+            // used, and the manager then reconnects at once: these reads change nothing, so
+            // one more try serves the resumes that come right after a restart.
+            let answered = match self.answer(&requests).await {
+                Err(_) => self.answer(&requests).await,
+                answered => answered,
+            };
+            match answered {
                 Ok(replays) => {
                     for (request, replay) in requests.into_iter().zip(replays) {
                         let _ = request.reply.send(Ok(replay));
