@@ -3,11 +3,20 @@
 
 use std::sync::Arc;
 
-use super::BusError;
+use super::{BusError, Cause};
 
 /// The failure of an operation on a broker, named after it (`redis: …`).
 pub(super) fn broker_error(broker: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("{broker}: {e}"))
+    BusError::Unavailable(format!("{broker}: {e}").into())
+}
+
+/// The failure of a broker client's operation, named after the broker, with the client's
+/// error as its source.
+pub(super) fn client_error(
+    broker: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> BusError {
+    BusError::Unavailable(Cause::caused_by(format!("{broker}: {e}"), e))
 }
 
 /// True when `error`, or an error under it, says the broker's TLS certificate is not to be
@@ -37,13 +46,13 @@ pub(super) fn is_certificate_error(error: &(dyn std::error::Error + 'static)) ->
 
 /// Runs one operation on a broker with a time limit: its failure, or no answer in time, is
 /// [`BusError::Unavailable`], named after the broker.
-pub(super) async fn with_limit<T, E: std::fmt::Display>(
+pub(super) async fn with_limit<T, E: std::error::Error + Send + Sync + 'static>(
     broker: &str,
     limit: std::time::Duration,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
     match tokio::time::timeout(limit, f).await {
-        Ok(result) => result.map_err(|e| broker_error(broker, e)),
+        Ok(result) => result.map_err(|e| client_error(broker, e)),
         Err(_) => Err(broker_error(broker, format!("no answer within {limit:?}"))),
     }
 }
@@ -51,6 +60,49 @@ pub(super) async fn with_limit<T, E: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_operation_keeps_the_client_error_as_its_source() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let failed = with_limit("redis", std::time::Duration::from_secs(1), async {
+            Err::<(), _>(refused)
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(failed, BusError::Unavailable(_)));
+        assert!(
+            failed.to_string().starts_with("bus unavailable: redis: "),
+            "{failed}"
+        );
+        let source = std::error::Error::source(&failed).expect("the client's error");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an I/O error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        let slow = with_limit("nats", std::time::Duration::from_millis(10), async {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            slow.to_string(),
+            "bus unavailable: nats: no answer within 10ms"
+        );
+        assert!(
+            std::error::Error::source(&slow).is_none(),
+            "no client error under a timeout"
+        );
+        let declared = failed.context("cannot declare the exchange \"x\"");
+        assert!(declared
+            .cause()
+            .message()
+            .starts_with("cannot declare the exchange \"x\": redis: "));
+        assert!(
+            declared.cause().source().is_some(),
+            "context keeps the source"
+        );
+    }
 
     #[test]
     fn a_certificate_error_is_found_under_io_and_shared_errors() {

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::history::LocalHistory;
 use super::reconnect::{ConnectionState, Reconnect};
-use super::{wire, Bus, BusError, BusOptions, Published, Replay, ReplayFrom};
+use super::{wire, Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::update::Limits;
@@ -91,7 +91,7 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     super::broker::broker_error("nats", e)
 }
 
-async fn timed<T, E: std::fmt::Display>(
+async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
     super::broker::with_limit("nats", COMMAND_TIMEOUT, f).await
@@ -165,12 +165,14 @@ impl NatsBus {
         let client = tokio::time::timeout(COMMAND_TIMEOUT * 2, connect)
             .await
             .map_err(|_| {
-                BusError::Unavailable(format!("cannot reach NATS at {}", super::redact(url)))
+                BusError::Unavailable(format!("cannot reach NATS at {}", super::redact(url)).into())
             })?
             .map_err(|e| {
                 let what = format!("cannot reach NATS at {}: {e}", super::redact(url));
+                let kind = e.kind();
+                let what = Cause::caused_by(what, e);
                 // Refused credentials, a bad address or TLS setup: retrying cannot cure them.
-                match e.kind() {
+                match kind {
                     ConnectErrorKind::ServerParse
                     | ConnectErrorKind::Authentication
                     | ConnectErrorKind::AuthorizationViolation
@@ -198,7 +200,9 @@ impl NatsBus {
         };
         let stream = timed(js.get_or_create_stream(config.clone()))
             .await
-            .map_err(|e| BusError::Unavailable(format!("cannot use JetStream: {e}")))?;
+            .map_err(|e| {
+                BusError::Unavailable(Cause::caused_by(format!("cannot use JetStream: {e}"), e))
+            })?;
         let state = timed(stream.get_info()).await?.state;
         let (start, memory_complete) = (state.last_sequence, state.messages == 0);
         let epoch = Arc::new(AtomicU64::new(0));
@@ -361,11 +365,16 @@ impl Bus for NatsBus {
                 return Err(unavailable(e))
             }
             // Sent, but no acknowledgement: JetStream may have stored it.
-            Ok(Err(e)) => return Err(BusError::OutcomeUnknown(format!("nats: {e}"))),
-            Err(_) => {
-                return Err(BusError::OutcomeUnknown(format!(
-                    "nats: no acknowledgement within {COMMAND_TIMEOUT:?}"
+            Ok(Err(e)) => {
+                return Err(BusError::OutcomeUnknown(Cause::caused_by(
+                    format!("nats: {e}"),
+                    e,
                 )))
+            }
+            Err(_) => {
+                return Err(BusError::OutcomeUnknown(
+                    format!("nats: no acknowledgement within {COMMAND_TIMEOUT:?}").into(),
+                ))
             }
         };
         Ok(Published {

@@ -26,7 +26,7 @@ struct Starting {
 impl Starting {
     fn bus(&self) -> Result<&Arc<dyn Bus>, BusError> {
         self.bus.get().ok_or_else(|| {
-            BusError::Unavailable(format!("{}: not connected yet since start-up", self.kind))
+            BusError::Unavailable(format!("{}: not connected yet since start-up", self.kind).into())
         })
     }
 }

@@ -19,6 +19,7 @@ use super::{
     MARKER_HEADER, TIME_HEADER,
 };
 use crate::bus::reconnect::Reconnect;
+use crate::bus::Cause;
 use crate::bus::{wire, BusError, BusOptions};
 use crate::envelope::{now_micros, Envelope, Position};
 
@@ -137,9 +138,8 @@ impl Link {
         {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) if refused(&e) => {
-                return Err(BusError::Config(format!(
-                    "RabbitMQ refused the connection: {e}"
-                )))
+                let what = format!("RabbitMQ refused the connection: {e}");
+                return Err(BusError::Config(Cause::caused_by(what, e)));
             }
             Ok(Err(e)) => return Err(unavailable(e)),
             Err(_) => {
@@ -301,7 +301,7 @@ fn offset_arg(offset: u64) -> i64 {
 }
 
 fn declaring(what: &str, name: &str, e: BusError) -> BusError {
-    BusError::Unavailable(format!("cannot declare {what} {name:?}: {e}"))
+    e.context(format_args!("cannot declare {what} {name:?}"))
 }
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), BusError> {

@@ -122,7 +122,7 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     super::broker::broker_error("rabbitmq", e)
 }
 
-async fn timed<T, E: std::fmt::Display>(
+async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
     super::broker::with_limit("rabbitmq", COMMAND_TIMEOUT, f).await
@@ -165,7 +165,7 @@ impl AmqpBus {
     /// RabbitMQ cannot be reached or refuses the declarations at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
         let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|e| {
-            BusError::Config(format!("bad RabbitMQ URL {}: {e}", super::redact(url)))
+            BusError::Config(format!("bad RabbitMQ URL {}: {e}", super::redact(url)).into())
         })?;
         // Find a dead connection within seconds, not the server's default minute.
         uri.query.heartbeat.get_or_insert(link::HEARTBEAT_SECS);
@@ -190,16 +190,11 @@ impl AmqpBus {
         let settings = link::Settings::new(uri, options);
         let first = link::Link::establish(&shared, &settings, link::Start::Fresh)
             .await
-            .map_err(|e| match e {
-                BusError::Unavailable(m) => BusError::Unavailable(format!(
-                    "cannot use RabbitMQ at {}: {m}",
+            .map_err(|e| {
+                e.context(format_args!(
+                    "cannot use RabbitMQ at {}",
                     super::redact(url)
-                )),
-                BusError::Config(m) => BusError::Config(format!(
-                    "cannot use RabbitMQ at {}: {m}",
-                    super::redact(url)
-                )),
-                other => other,
+                ))
             })?;
         let mut ready = shared.ready.subscribe();
         let reconnect = Reconnect::new("rabbitmq", options.backoff, shared.hub.metrics().clone());
@@ -211,10 +206,13 @@ impl AmqpBus {
             .is_ok_and(|r| r.is_ok());
         match caught_up {
             true => Ok(bus),
-            false => Err(BusError::Unavailable(format!(
-                "RabbitMQ at {} is connected, but reading the stream did not catch up",
-                super::redact(url)
-            ))),
+            false => Err(BusError::Unavailable(
+                format!(
+                    "RabbitMQ at {} is connected, but reading the stream did not catch up",
+                    super::redact(url)
+                )
+                .into(),
+            )),
         }
     }
 }

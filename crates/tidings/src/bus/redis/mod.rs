@@ -35,7 +35,8 @@ use tokio::sync::watch;
 
 use super::reconnect::{ConnectionState, Reconnect};
 use super::{
-    wire, Bus, BusError, BusOptions, Published, Replay, ReplayFrom, Routing, SubscriberRecord,
+    wire, Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom, Routing,
+    SubscriberRecord,
 };
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
@@ -158,12 +159,13 @@ async fn timed<T>(
 
 /// Why Redis could not be used at start-up: refused credentials or an untrusted certificate
 /// are the configuration's to fix; anything else (refused, reset, timed out) may pass.
-fn start_error(url: &str, e: &redis::RedisError) -> BusError {
+fn start_error(url: &str, e: redis::RedisError) -> BusError {
     let what = format!("cannot reach Redis at {}: {e}", super::redact(url));
     let refused = matches!(
         e.kind(),
         redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
-    ) || super::broker::is_certificate_error(e);
+    ) || super::broker::is_certificate_error(&e);
+    let what = Cause::caused_by(what, e);
     match refused {
         true => BusError::Config(what),
         false => BusError::Unavailable(what),
@@ -178,10 +180,8 @@ impl RedisBus {
     /// certificate; [`BusError::Unavailable`] when Redis cannot be reached at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
         let client = redis::Client::open(url).map_err(|e| {
-            BusError::Config(format!(
-                "{:?} is not a usable Redis URL: {e}",
-                super::redact(url)
-            ))
+            let what = format!("{:?} is not a usable Redis URL: {e}", super::redact(url));
+            BusError::Config(Cause::caused_by(what, e))
         })?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
@@ -195,12 +195,15 @@ impl RedisBus {
         .await
         {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(start_error(url, &e)),
+            Ok(Err(e)) => return Err(start_error(url, e)),
             Err(_) => {
-                return Err(BusError::Unavailable(format!(
-                    "cannot reach Redis at {}: no answer within {COMMAND_TIMEOUT:?}",
-                    super::redact(url)
-                )))
+                return Err(BusError::Unavailable(
+                    format!(
+                        "cannot reach Redis at {}: no answer within {COMMAND_TIMEOUT:?}",
+                        super::redact(url)
+                    )
+                    .into(),
+                ))
             }
         };
         let keys = Keys::new(&options.prefix);
@@ -377,15 +380,18 @@ impl Bus for RedisBus {
             Ok(Ok(reply)) => reply,
             // The connection broke after the script was sent: it may have run.
             Ok(Err(e)) if e.is_io_error() && !e.is_connection_refusal() => {
-                return Err(BusError::OutcomeUnknown(format!("redis: {e}")))
+                return Err(BusError::OutcomeUnknown(Cause::caused_by(
+                    format!("redis: {e}"),
+                    e,
+                )))
             }
             // Refused before anything was sent, or an error reply (the script is atomic and
             // checks before it writes): not stored.
             Ok(Err(e)) => return Err(unavailable(e)),
             Err(_) => {
-                return Err(BusError::OutcomeUnknown(format!(
-                    "redis: no answer within {COMMAND_TIMEOUT:?}"
-                )))
+                return Err(BusError::OutcomeUnknown(
+                    format!("redis: no answer within {COMMAND_TIMEOUT:?}").into(),
+                ))
             }
         };
         let position = position(&stream_id)
