@@ -117,6 +117,15 @@ pub struct Options {
     /// after a connection is lost); the waits double up to it, with jitter [default: 5].
     #[arg(long, env = "TIDINGS_BUS_RECONNECT_MAX", value_name = "SECS")]
     pub bus_reconnect_max: Option<u64>,
+    /// Longest wait, in seconds, for the broker to answer one operation (connecting, a
+    /// command, a publish's acknowledgement): past it a publish answers 504 (outcome unknown)
+    /// and a read 503 [default: 2 on Redis and NATS, 5 on RabbitMQ].
+    #[arg(long, env = "TIDINGS_BUS_TIMEOUT", value_name = "SECS")]
+    pub bus_timeout: Option<u64>,
+    /// Longest wait, in seconds, for one batch of history reads for resuming clients (Redis)
+    /// [default: 15].
+    #[arg(long, env = "TIDINGS_BUS_REPLAY_TIMEOUT", value_name = "SECS")]
+    pub bus_replay_timeout: Option<u64>,
     /// Seconds a cluster-wide session registry entry lives unrefreshed (an instance that dies
     /// drops out after this long) [default: 30].
     #[arg(long, env = "TIDINGS_SESSION_TTL", value_name = "SECS")]
@@ -270,6 +279,8 @@ pub struct Config {
     pub history_id_ttl: u64,
     /// Longest wait between two attempts to reach the broker.
     pub bus_reconnect_max: Duration,
+    /// Longest waits on the broker.
+    pub bus_timeouts: crate::bus::Timeouts,
     /// Seconds a session registry entry lives unrefreshed.
     pub session_ttl: u64,
     /// Interval of heartbeat comments on idle streams.
@@ -418,6 +429,8 @@ impl Options {
             history_ttl,
             history_id_ttl,
             bus_reconnect_max,
+            bus_timeout,
+            bus_replay_timeout,
             session_ttl,
             heartbeat,
             drain_secs,
@@ -552,6 +565,21 @@ impl Options {
                 self.bus_reconnect_max,
                 5,
             )?),
+            bus_timeouts: crate::bus::Timeouts {
+                operation: match self.bus_timeout {
+                    None => None,
+                    Some(t) => Some(Duration::from_secs(at_least_one(
+                        "bus-timeout",
+                        Some(t),
+                        1,
+                    )?)),
+                },
+                replay: Duration::from_secs(at_least_one(
+                    "bus-replay-timeout",
+                    self.bus_replay_timeout,
+                    crate::bus::Timeouts::DEFAULT_REPLAY.as_secs(),
+                )?),
+            },
             session_ttl: match at_least_one("session-ttl", self.session_ttl, 30)? {
                 1 | 2 => return Err(ConfigError("session-ttl must be at least 3 seconds".into())),
                 t => t,

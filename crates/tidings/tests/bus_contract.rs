@@ -15,7 +15,7 @@ use tidings::bus::amqp::AmqpBus;
 use tidings::bus::memory::MemoryBus;
 use tidings::bus::nats::NatsBus;
 use tidings::bus::redis::RedisBus;
-use tidings::bus::{Backoff, Bus, BusError, BusOptions, Published, ReplayFrom, Routing};
+use tidings::bus::{Backoff, Bus, BusError, BusOptions, Published, ReplayFrom, Routing, Timeouts};
 use tidings::envelope::Envelope;
 use tidings::hub::{Hub, Subscription};
 use tidings::metrics::Metrics;
@@ -42,6 +42,7 @@ fn options(history_size: usize, prefix: &str, routing: Routing) -> BusOptions {
         limits: Limits::default(),
         routing,
         backoff: Backoff::default(),
+        timeouts: Timeouts::default(),
     }
 }
 

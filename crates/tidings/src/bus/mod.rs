@@ -33,7 +33,7 @@ pub mod redis;
 mod starting;
 pub mod wire;
 
-pub use reconnect::{Backoff, ConnectionState};
+pub use reconnect::{Backoff, ConnectionState, Timeouts};
 pub use starting::{start, Started};
 
 use std::sync::Arc;
@@ -297,6 +297,8 @@ pub struct BusOptions {
     pub routing: Routing,
     /// The waits between attempts to reach the broker again.
     pub backoff: Backoff,
+    /// How long to wait on the broker.
+    pub timeouts: Timeouts,
 }
 
 impl BusOptions {

@@ -38,8 +38,9 @@ use crate::update::{Update, UpdateId};
 
 pub use tidings_client::nats::{stream_name, subject, TIME_HEADER};
 
-/// Longest wait for one NATS operation before it counts as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for one NATS operation before it counts as failed, unless `--bus-timeout`
+/// says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The NATS bus. Dropping it stops its delivery task.
 #[derive(Debug)]
@@ -57,6 +58,8 @@ pub struct NatsBus {
     /// The stream was empty when this instance started: what it delivered is all the stream
     /// ever held, so `earliest` and unknown ids are served from memory too.
     memory_complete: bool,
+    /// How long one operation may take.
+    timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -92,9 +95,10 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 }
 
 async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
+    limit: Duration,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
-    super::broker::with_limit("nats", COMMAND_TIMEOUT, f).await
+    super::broker::with_limit("nats", limit, f).await
 }
 
 /// The position of the message at `sequence`. `epoch` counts the times NATS lost the stream
@@ -149,8 +153,9 @@ impl NatsBus {
         let (connections_tx, connections) = watch::channel(0u64);
         let connections_tx = Arc::new(connections_tx);
         let backoff = options.backoff;
+        let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
         let connect = async_nats::ConnectOptions::new()
-            .connection_timeout(COMMAND_TIMEOUT)
+            .connection_timeout(timeout)
             .max_reconnects(None)
             .reconnect_delay_callback(move |attempts| backoff.delay(attempts as u32))
             .event_callback(move |event| {
@@ -162,7 +167,7 @@ impl NatsBus {
                 }
             })
             .connect(url);
-        let client = tokio::time::timeout(COMMAND_TIMEOUT * 2, connect)
+        let client = tokio::time::timeout(timeout * 2, connect)
             .await
             .map_err(|_| {
                 BusError::Unavailable(format!("cannot reach NATS at {}", super::redact(url)).into())
@@ -198,19 +203,19 @@ impl NatsBus {
             },
             ..Default::default()
         };
-        let stream = timed(js.get_or_create_stream(config.clone()))
+        let stream = timed(timeout, js.get_or_create_stream(config.clone()))
             .await
             .map_err(|e| {
                 BusError::Unavailable(Cause::caused_by(format!("cannot use JetStream: {e}"), e))
             })?;
-        let state = timed(stream.get_info()).await?.state;
+        let state = timed(timeout, stream.get_info()).await?.state;
         let (start, memory_complete) = (state.last_sequence, state.messages == 0);
         let epoch = Arc::new(AtomicU64::new(0));
         let mut history = LocalHistory::new(options.history_size, options.history_ttl());
         // The stream's newest update is where fresh streams start, before this instance
         // delivers anything.
         if start > 0 {
-            if let Ok(message) = timed(stream.get_raw_message(start)).await {
+            if let Ok(message) = timed(timeout, stream.get_raw_message(start)).await {
                 let newest = envelope(
                     0,
                     start,
@@ -240,6 +245,7 @@ impl NatsBus {
             delivered: delivered.clone(),
             connections,
             reconnect,
+            timeout,
         };
         let reader = tokio::spawn(reader.run());
         Ok(NatsBus {
@@ -252,6 +258,7 @@ impl NatsBus {
             epoch,
             delivered,
             memory_complete,
+            timeout,
             reader,
         })
     }
@@ -261,18 +268,21 @@ impl NatsBus {
         if from > to || to == 0 {
             return Ok(Vec::new());
         }
-        let consumer = timed(self.stream.create_consumer(pull::OrderedConfig {
-            filter_subject: format!("{}.u.>", self.subject_prefix),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: from,
-            },
-            ..Default::default()
-        }))
+        let consumer = timed(
+            self.timeout,
+            self.stream.create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{}.u.>", self.subject_prefix),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            }),
+        )
         .await?;
-        let mut messages = timed(consumer.messages()).await?;
+        let mut messages = timed(self.timeout, consumer.messages()).await?;
         let mut envelopes = Vec::new();
         loop {
-            let message = match tokio::time::timeout(COMMAND_TIMEOUT, messages.next()).await {
+            let message = match tokio::time::timeout(self.timeout, messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => return Err(unavailable(e)),
                 Ok(None) | Err(_) => return Err(unavailable("history could not be read")),
@@ -299,7 +309,7 @@ impl NatsBus {
     async fn place_of(&self, id: &UpdateId) -> Result<Option<u64>, BusError> {
         let subject = subject(&self.subject_prefix, Some(id.as_str()));
         let last = self.stream.get_last_raw_message_by_subject(&subject);
-        match tokio::time::timeout(COMMAND_TIMEOUT, last).await {
+        match tokio::time::timeout(self.timeout, last).await {
             Ok(Ok(message)) => return Ok(Some(message.sequence)),
             Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
             // Not an answer: an id that may well be there must not be reported as a gap.
@@ -320,7 +330,7 @@ impl NatsBus {
 
     /// The id of the update at `sequence`, if the stream holds it.
     async fn id_at(&self, sequence: u64) -> Result<Option<UpdateId>, BusError> {
-        let message = match timed(self.stream.get_raw_message(sequence)).await {
+        let message = match timed(self.timeout, self.stream.get_raw_message(sequence)).await {
             Ok(message) => message,
             Err(_) => return Ok(None),
         };
@@ -355,11 +365,12 @@ impl Bus for NatsBus {
         let subject = subject(&self.subject_prefix, Some(update.id.as_str()));
         let message = wire::encode(&update);
         let sent = timed(
+            self.timeout,
             self.js
                 .publish_with_headers(subject, headers, message.into()),
         )
         .await?;
-        let ack = match tokio::time::timeout(COMMAND_TIMEOUT, sent).await {
+        let ack = match tokio::time::timeout(self.timeout, sent).await {
             Ok(Ok(ack)) => ack,
             Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
                 return Err(unavailable(e))
@@ -373,7 +384,7 @@ impl Bus for NatsBus {
             }
             Err(_) => {
                 return Err(BusError::OutcomeUnknown(
-                    format!("nats: no acknowledgement within {COMMAND_TIMEOUT:?}").into(),
+                    format!("nats: no acknowledgement within {:?}", self.timeout).into(),
                 ))
             }
         };
@@ -453,7 +464,7 @@ impl NatsBus {
     /// Reads history from JetStream (an id older than what this instance delivered, or
     /// unknown; `earliest`).
     async fn replay_from_stream(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        let state = timed(self.stream.get_info()).await?.state;
+        let state = timed(self.timeout, self.stream.get_info()).await?.state;
         let (first, head) = (state.first_sequence, state.last_sequence);
         let mut replay = Replay {
             head_id: if head > 0 {
@@ -512,6 +523,8 @@ struct Reader {
     connections: watch::Receiver<u64>,
     /// The delivery's backoff after a failure of its own.
     reconnect: Reconnect,
+    /// How long one operation may take.
+    timeout: Duration,
 }
 
 impl Reader {
@@ -538,8 +551,15 @@ impl Reader {
         self.connections.borrow_and_update();
         // A NATS that lost its store (restarted without persistence) lost the stream too:
         // create it again, and start over from its beginning.
-        self.stream = timed(self.js.get_or_create_stream(self.config.clone())).await?;
-        let head = timed(self.stream.get_info()).await?.state.last_sequence;
+        self.stream = timed(
+            self.timeout,
+            self.js.get_or_create_stream(self.config.clone()),
+        )
+        .await?;
+        let head = timed(self.timeout, self.stream.get_info())
+            .await?
+            .state
+            .last_sequence;
         if head < self.last {
             self.hub.metrics().bus_gaps.inc();
             tracing::warn!(
@@ -550,15 +570,18 @@ impl Reader {
             self.last = 0;
             self.epoch.fetch_add(1, Ordering::Relaxed);
         }
-        let consumer = timed(self.stream.create_consumer(pull::OrderedConfig {
-            filter_subject: self.filter.clone(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: self.last + 1,
-            },
-            ..Default::default()
-        }))
+        let consumer = timed(
+            self.timeout,
+            self.stream.create_consumer(pull::OrderedConfig {
+                filter_subject: self.filter.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: self.last + 1,
+                },
+                ..Default::default()
+            }),
+        )
         .await?;
-        let mut messages = timed(consumer.messages()).await?;
+        let mut messages = timed(self.timeout, consumer.messages()).await?;
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,

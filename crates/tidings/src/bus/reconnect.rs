@@ -15,6 +15,38 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
+/// How long an instance waits on its broker. Every wait on a broker is one of these two, so
+/// that each says which it is, and both can be set (`--bus-timeout`, `--bus-replay-timeout`):
+/// a broker across a slow link, or a RabbitMQ stream under load, needs more than a local one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// One operation: connecting, a command, a publish's acknowledgement. Past it a read is
+    /// unavailable and a publish's outcome unknown. `None`: the bus's own default
+    /// ([`Timeouts::operation_or`]).
+    pub operation: Option<Duration>,
+    /// One batch of history reads for resuming clients, which a resume storm makes large.
+    pub replay: Duration,
+}
+
+impl Timeouts {
+    /// The replay timeout when none is set.
+    pub const DEFAULT_REPLAY: Duration = Duration::from_secs(15);
+
+    /// The operation timeout: the one set, or the bus's own `default`.
+    pub fn operation_or(&self, default: Duration) -> Duration {
+        self.operation.unwrap_or(default)
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            operation: None,
+            replay: Self::DEFAULT_REPLAY,
+        }
+    }
+}
+
 /// The waits between connection attempts: doubling from `first` up to `max`, each drawn at
 /// random from the upper half of its range ("equal jitter"), so that a fleet of instances that
 /// lost its broker together does not come back in lock-step.

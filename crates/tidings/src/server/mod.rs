@@ -102,6 +102,7 @@ impl Instance {
                 max: config.bus_reconnect_max,
                 ..Backoff::default()
             },
+            timeouts: config.bus_timeouts,
         };
         // Boxed: every bus's connect future is in it, and they are large.
         let started = Box::pin(bus::start(&config.bus, &options, hub.clone())).await?;

@@ -142,6 +142,14 @@ async fn limits_must_be_at_least_one_and_proxies_must_be_addresses() {
             "max-streams must be at least 1",
         ),
         (
+            &["--bus-timeout", "0"][..],
+            "bus-timeout must be at least 1",
+        ),
+        (
+            &["--bus-replay-timeout", "0"][..],
+            "bus-replay-timeout must be at least 1",
+        ),
+        (
             &["--trusted-proxy", "proxy.example"][..],
             "trusted-proxy: \"proxy.example\"",
         ),

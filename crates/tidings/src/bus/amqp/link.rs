@@ -131,7 +131,7 @@ impl Link {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("tidings {}", settings.instance_id).into());
         let connection = match tokio::time::timeout(
-            super::COMMAND_TIMEOUT,
+            shared.timeout,
             Connection::connect_uri(settings.uri.clone(), properties),
         )
         .await
@@ -145,79 +145,99 @@ impl Link {
             Err(_) => {
                 return Err(unavailable(format!(
                     "no answer within {:?}",
-                    super::COMMAND_TIMEOUT
+                    shared.timeout
                 )))
             }
         };
-        let setup = timed(connection.create_channel()).await?;
+        let setup = timed(shared.timeout, connection.create_channel()).await?;
         let exchange = shared.names.exchange.as_str();
-        timed(setup.exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        ))
+        timed(
+            shared.timeout,
+            setup.exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
         .await
         .map_err(|e| declaring("the exchange", exchange, e))?;
         let queue = match &shared.stream {
             Some(stream) => {
                 // A stream that exists with other retention (set by an earlier
                 // configuration, or changed by a policy) is used as it is.
-                let declared = timed(setup.queue_declare(
-                    stream.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    settings.stream_arguments(),
-                ))
+                let declared = timed(
+                    shared.timeout,
+                    setup.queue_declare(
+                        stream.as_str().into(),
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        settings.stream_arguments(),
+                    ),
+                )
                 .await;
                 // A refused declaration closes its channel.
                 let setup = match declared {
                     Ok(_) => setup,
                     Err(e) => {
-                        let channel = timed(connection.create_channel()).await?;
-                        timed(channel.queue_declare(
-                            stream.as_str().into(),
-                            QueueDeclareOptions {
-                                passive: true,
-                                ..QueueDeclareOptions::default()
-                            },
-                            FieldTable::default(),
-                        ))
+                        let channel = timed(shared.timeout, connection.create_channel()).await?;
+                        timed(
+                            shared.timeout,
+                            channel.queue_declare(
+                                stream.as_str().into(),
+                                QueueDeclareOptions {
+                                    passive: true,
+                                    ..QueueDeclareOptions::default()
+                                },
+                                FieldTable::default(),
+                            ),
+                        )
                         .await
                         .map_err(|_| declaring("the stream", stream, e.clone()))?;
                         tracing::warn!(stream, error = %e, "rabbitmq: the stream exists with other settings; using it as it is");
                         channel
                     }
                 };
-                bind(&setup, stream, exchange).await?;
+                bind(&setup, stream, exchange, shared.timeout).await?;
                 stream.clone()
             }
             None => {
                 let queue = shared.names.instance_queue(&settings.instance_id);
-                timed(setup.queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                ))
+                timed(
+                    shared.timeout,
+                    setup.queue_declare(
+                        queue.as_str().into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    ),
+                )
                 .await
                 .map_err(|e| declaring("this instance's queue", &queue, e))?;
-                bind(&setup, &queue, exchange).await?;
+                bind(&setup, &queue, exchange, shared.timeout).await?;
                 queue
             }
         };
-        let publisher = timed(connection.create_channel()).await?;
-        timed(publisher.confirm_select(ConfirmSelectOptions::default())).await?;
-        let reader = timed(connection.create_channel()).await?;
-        timed(reader.basic_qos(PREFETCH, BasicQosOptions::default())).await?;
+        let publisher = timed(shared.timeout, connection.create_channel()).await?;
+        timed(
+            shared.timeout,
+            publisher.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        let reader = timed(shared.timeout, connection.create_channel()).await?;
+        timed(
+            shared.timeout,
+            reader.basic_qos(PREFETCH, BasicQosOptions::default()),
+        )
+        .await?;
         let mut arguments = FieldTable::default();
         let mut start = start;
         if shared.stream.is_some() {
@@ -227,22 +247,25 @@ impl Link {
                 (Start::Over, _) => AMQPValue::LongString("first".into()),
                 (Start::Fresh | Start::Resume, _) => {
                     start = Start::Fresh;
-                    let head = head_offset(&connection, &publisher, &queue).await?;
+                    let head = head_offset(&connection, &publisher, &queue, shared.timeout).await?;
                     let from = head.saturating_sub(settings.history_size as u64);
                     AMQPValue::LongLongInt(offset_arg(from))
                 }
             };
             arguments.insert("x-stream-offset".into(), offset);
         }
-        let consumer = timed(reader.basic_consume(
-            queue.as_str().into(),
-            ShortString::from(""),
-            BasicConsumeOptions {
-                no_ack: shared.stream.is_none(),
-                ..BasicConsumeOptions::default()
-            },
-            arguments,
-        ))
+        let consumer = timed(
+            shared.timeout,
+            reader.basic_consume(
+                queue.as_str().into(),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: shared.stream.is_none(),
+                    ..BasicConsumeOptions::default()
+                },
+                arguments,
+            ),
+        )
         .await?;
         Ok(Link {
             connection,
@@ -304,14 +327,22 @@ fn declaring(what: &str, name: &str, e: BusError) -> BusError {
     e.context(format_args!("cannot declare {what} {name:?}"))
 }
 
-async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), BusError> {
-    timed(channel.queue_bind(
-        queue.into(),
-        exchange.into(),
-        ShortString::from(""),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    ))
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    timeout: Duration,
+) -> Result<(), BusError> {
+    timed(
+        timeout,
+        channel.queue_bind(
+            queue.into(),
+            exchange.into(),
+            ShortString::from(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
     .await
     .map_err(|e| declaring("the binding of", queue, e))
 }
@@ -322,29 +353,33 @@ async fn head_offset(
     connection: &Connection,
     publisher: &Channel,
     stream: &str,
+    timeout: Duration,
 ) -> Result<u64, BusError> {
     // Nobody waits for this one: every instance skips it.
-    write_marker(publisher, stream, "start").await?;
-    let probe = timed(connection.create_channel()).await?;
-    timed(probe.basic_qos(1, BasicQosOptions::default())).await?;
+    write_marker(publisher, stream, "start", timeout).await?;
+    let probe = timed(timeout, connection.create_channel()).await?;
+    timed(timeout, probe.basic_qos(1, BasicQosOptions::default())).await?;
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-stream-offset".into(),
         AMQPValue::LongString("last".into()),
     );
-    let mut consumer = timed(probe.basic_consume(
-        stream.into(),
-        ShortString::from(""),
-        BasicConsumeOptions::default(),
-        arguments,
-    ))
+    let mut consumer = timed(
+        timeout,
+        probe.basic_consume(
+            stream.into(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            arguments,
+        ),
+    )
     .await?;
-    let first = match tokio::time::timeout(super::COMMAND_TIMEOUT, consumer.next()).await {
+    let first = match tokio::time::timeout(timeout, consumer.next()).await {
         Ok(Some(Ok(delivery))) => delivery,
         Ok(Some(Err(e))) => return Err(unavailable(e)),
         Ok(None) | Err(_) => return Err(unavailable("the stream's head could not be read")),
     };
-    let _ = timed(probe.close(200, "done".into())).await;
+    let _ = timed(timeout, probe.close(200, "done".into())).await;
     header_int(first.properties.headers().as_ref(), "x-stream-offset")
         .and_then(|o| u64::try_from(o).ok())
         .ok_or_else(|| unavailable("a stream delivery without its offset"))
@@ -467,7 +502,7 @@ pub(super) async fn run(
             }
         };
         let _ = tokio::time::timeout(
-            super::COMMAND_TIMEOUT,
+            shared.timeout,
             link.connection.close(200, "reconnecting".into()),
         )
         .await;

@@ -41,8 +41,10 @@ use crate::hub::Hub;
 use crate::update::Limits;
 use crate::update::Update;
 
-/// Longest wait for one RabbitMQ operation before it counts as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for one RabbitMQ operation before it counts as failed, unless `--bus-timeout`
+/// says otherwise (longer than on the other brokers: publisher confirms on a stream queue
+/// wait for its segment to be written).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub use tidings_client::amqp::TIME_HEADER;
 /// The header of a marker: a message an instance writes into the stream to know when it has
 /// read everything before it. Instances skip markers.
@@ -104,6 +106,8 @@ struct Shared {
     markers: Mutex<HashMap<String, oneshot::Sender<()>>>,
     /// Counts every message read (markers too): a wait for a marker watches it for progress.
     progress: AtomicU64,
+    /// How long one operation may take.
+    timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -123,9 +127,10 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 }
 
 async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
+    limit: Duration,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
-    super::broker::with_limit("rabbitmq", COMMAND_TIMEOUT, f).await
+    super::broker::with_limit("rabbitmq", limit, f).await
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,6 +191,7 @@ impl AmqpBus {
             }),
             markers: Mutex::new(HashMap::new()),
             progress: AtomicU64::new(0),
+            timeout: options.timeouts.operation_or(DEFAULT_TIMEOUT),
         });
         let settings = link::Settings::new(uri, options);
         let first = link::Link::establish(&shared, &settings, link::Start::Fresh)
@@ -201,7 +207,7 @@ impl AmqpBus {
         let task = tokio::spawn(link::run(shared.clone(), settings, first, reconnect));
         let bus = AmqpBus { shared, task };
         // Serve only once this instance has read what the stream held.
-        let caught_up = tokio::time::timeout(COMMAND_TIMEOUT * 2, ready.wait_for(|r| *r))
+        let caught_up = tokio::time::timeout(bus.shared.timeout * 2, ready.wait_for(|r| *r))
             .await
             .is_ok_and(|r| r.is_ok());
         match caught_up {
@@ -248,7 +254,7 @@ impl Shared {
             markers: &self.markers,
             token: &token,
         };
-        write_marker(channel, stream, &token)
+        write_marker(channel, stream, &token, self.timeout)
             .await
             .map_err(Catching::Failed)?;
         let mut progress = self.progress.load(Ordering::Relaxed);
@@ -281,7 +287,12 @@ impl Drop for Waiting<'_> {
 
 /// Writes a marker with `token` into the stream (through the default exchange, so only the
 /// stream gets it) and waits for RabbitMQ's confirmation.
-async fn write_marker(channel: &Channel, stream: &str, token: &str) -> Result<(), BusError> {
+async fn write_marker(
+    channel: &Channel,
+    stream: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(), BusError> {
     let mut headers = FieldTable::default();
     headers.insert(MARKER_HEADER.into(), AMQPValue::LongString(token.into()));
     publish_confirmed(
@@ -290,6 +301,7 @@ async fn write_marker(channel: &Channel, stream: &str, token: &str) -> Result<()
         stream,
         b"",
         BasicProperties::default().with_headers(headers),
+        timeout,
     )
     .await
     .map_err(|e| match e {
@@ -318,16 +330,20 @@ async fn publish_confirmed(
     routing_key: &str,
     payload: &[u8],
     properties: BasicProperties,
+    timeout: Duration,
 ) -> Result<(), BusError> {
-    let confirm = timed(channel.basic_publish(
-        ShortString::from(exchange),
-        ShortString::from(routing_key),
-        lapin::options::BasicPublishOptions::default(),
-        payload,
-        properties,
-    ))
+    let confirm = timed(
+        timeout,
+        channel.basic_publish(
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
+            lapin::options::BasicPublishOptions::default(),
+            payload,
+            properties,
+        ),
+    )
     .await?;
-    match timed(confirm).await.map_err(outcome_unknown)? {
+    match timed(timeout, confirm).await.map_err(outcome_unknown)? {
         Confirmation::Ack(_) => Ok(()),
         Confirmation::Nack(_) => Err(unavailable("RabbitMQ did not take the message (nack)")),
         Confirmation::NotRequested => Err(unavailable("the channel is not in confirm mode")),
@@ -353,6 +369,7 @@ impl Bus for AmqpBus {
             "",
             wire::encode(&update).as_bytes(),
             tidings_client::amqp::message_properties(micros),
+            self.shared.timeout,
         )
         .await?;
         Ok(Published {

@@ -46,8 +46,9 @@ use crate::update::{SessionId, Update};
 use reader::Reader;
 use registry::Registry;
 
-/// Longest wait for one Redis command before the operation counts as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for one Redis command before the operation counts as failed, unless
+/// `--bus-timeout` says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The publish script, shared with services that publish straight onto Redis (it ships with
 /// the client crate, whose Redis publisher runs it too).
 pub use tidings_client::redis::PUBLISH_SCRIPT;
@@ -119,6 +120,11 @@ pub struct RedisBus {
     replay_reader: tokio::task::JoinHandle<()>,
     /// Subscribers are shared (`--subscriptions`).
     share_subscribers: bool,
+    /// How long one command may take.
+    timeout: Duration,
+    /// How long a new subscriber may wait for the delivery connection to listen for it (as
+    /// long as a batch of replays may take: both grow with a storm of new streams).
+    listen_wait: Duration,
 }
 
 impl Drop for RedisBus {
@@ -152,9 +158,10 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 }
 
 async fn timed<T>(
+    limit: Duration,
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BusError> {
-    super::broker::with_limit("redis", COMMAND_TIMEOUT, f).await
+    super::broker::with_limit("redis", limit, f).await
 }
 
 /// Why Redis could not be used at start-up: refused credentials or an untrusted certificate
@@ -179,40 +186,39 @@ impl RedisBus {
     /// [`BusError::Config`] for a malformed URL, refused credentials or an untrusted
     /// certificate; [`BusError::Unavailable`] when Redis cannot be reached at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
+        let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
         let client = redis::Client::open(url).map_err(|e| {
             let what = format!("{:?} is not a usable Redis URL: {e}", super::redact(url));
             BusError::Config(Cause::caused_by(what, e))
         })?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let conn = match tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(start_error(url, e)),
-            Err(_) => {
-                return Err(BusError::Unavailable(
-                    format!(
-                        "cannot reach Redis at {}: no answer within {COMMAND_TIMEOUT:?}",
-                        super::redact(url)
-                    )
-                    .into(),
-                ))
-            }
-        };
+        let conn =
+            match tokio::time::timeout(timeout, client.get_connection_manager_with_config(config))
+                .await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(start_error(url, e)),
+                Err(_) => {
+                    return Err(BusError::Unavailable(
+                        format!(
+                            "cannot reach Redis at {}: no answer within {timeout:?}",
+                            super::redact(url)
+                        )
+                        .into(),
+                    ))
+                }
+            };
         let keys = Keys::new(&options.prefix);
         let settings = [
             ("history-size", options.history_size as u64),
             ("history-id-ttl", options.history_id_ttl_secs.max(1)),
             ("history-ttl", options.history_ttl_secs),
         ];
-        write_settings(&conn, &keys, &settings).await?;
+        write_settings(&conn, &keys, &settings, timeout).await?;
         let (listening_tx, mut listening) = watch::channel(None);
         let client_for_replays = client.clone();
         let reconnect = Reconnect::new("redis", options.backoff, hub.metrics().clone());
@@ -228,6 +234,7 @@ impl RedisBus {
             limits: options.limits.clone(),
             settings,
             reconnect,
+            timeout,
         });
         let registry = Registry {
             conn: conn.clone(),
@@ -236,20 +243,24 @@ impl RedisBus {
             instance: options.instance_id.clone(),
             ttl_secs: options.session_ttl_secs.max(3),
             share_subscribers: options.share_subscribers,
+            timeout,
         };
         let reader = tokio::spawn(reader.run());
         let registry = tokio::spawn(registry.run());
         // Replays get a connection of their own: publishes never wait behind them.
         let replay_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(replay::REPLAY_COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(options.timeouts.replay))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let replay_conn =
-            timed(client_for_replays.get_connection_manager_with_config(replay_config)).await?;
+        let replay_conn = timed(
+            timeout,
+            client_for_replays.get_connection_manager_with_config(replay_config),
+        )
+        .await?;
         let (replays, replay_reader) = replay::Replays::start(replay_conn, keys.clone(), options);
         // Publishing before this instance listens would lose its own first updates.
-        let _ = tokio::time::timeout(COMMAND_TIMEOUT, listening.wait_for(Option::is_some)).await;
+        let _ = tokio::time::timeout(timeout, listening.wait_for(Option::is_some)).await;
         Ok(RedisBus {
             conn,
             keys,
@@ -264,6 +275,8 @@ impl RedisBus {
             replays,
             replay_reader,
             share_subscribers: options.share_subscribers,
+            timeout,
+            listen_wait: options.timeouts.replay,
         })
     }
 
@@ -284,7 +297,7 @@ impl RedisBus {
             .map(|i| format!("{}{i}", self.keys.instance_prefix))
             .collect();
         let mut conn = self.conn.clone();
-        let values: Vec<Option<String>> = timed(conn.mget(&keys)).await?;
+        let values: Vec<Option<String>> = timed(self.timeout, conn.mget(&keys)).await?;
         Ok(values.iter().map(Option::is_some).collect())
     }
 }
@@ -295,17 +308,30 @@ async fn write_settings(
     conn: &ConnectionManager,
     keys: &Keys,
     settings: &[(&'static str, u64)],
+    timeout: Duration,
 ) -> Result<(), BusError> {
     let mut conn = conn.clone();
-    timed(conn.hset_multiple::<_, _, _, ()>(&keys.config, settings)).await
+    timed(
+        timeout,
+        conn.hset_multiple::<_, _, _, ()>(&keys.config, settings),
+    )
+    .await
 }
 
 /// Whether the stream still holds the entry `stream_id` (it may have been trimmed, or lost
 /// with a Redis restart).
-async fn holds(conn: &ConnectionManager, keys: &Keys, stream_id: &str) -> Result<bool, BusError> {
+async fn holds(
+    conn: &ConnectionManager,
+    keys: &Keys,
+    stream_id: &str,
+    timeout: Duration,
+) -> Result<bool, BusError> {
     let mut conn = conn.clone();
-    let reply: StreamRangeReply =
-        timed(conn.xrange_count(&keys.stream, stream_id, stream_id, 1)).await?;
+    let reply: StreamRangeReply = timed(
+        timeout,
+        conn.xrange_count(&keys.stream, stream_id, stream_id, 1),
+    )
+    .await?;
     Ok(!reply.ids.is_empty())
 }
 
@@ -322,6 +348,7 @@ async fn read_range(
     end: &str,
     count: usize,
     limits: &Limits,
+    timeout: Duration,
 ) -> Result<Vec<Arc<Envelope>>, BusError> {
     let mut conn = conn.clone();
     let mut envelopes = Vec::new();
@@ -330,7 +357,7 @@ async fn read_range(
     while left > 0 {
         let page = left.min(RANGE_PAGE);
         let reply: StreamRangeReply =
-            timed(conn.xrange_count(&keys.stream, &start, end, page)).await?;
+            timed(timeout, conn.xrange_count(&keys.stream, &start, end, page)).await?;
         let Some(last) = reply.ids.last() else { break };
         start = format!("({}", last.id);
         left -= reply.ids.len();
@@ -375,7 +402,8 @@ impl Bus for RedisBus {
             .arg(&message)
             .arg(micros)
             .arg(update.id.as_str());
-        let reply = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await;
+        let timeout = self.timeout;
+        let reply = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await;
         let (stream_id, receivers): (String, u64) = match reply {
             Ok(Ok(reply)) => reply,
             // The connection broke after the script was sent: it may have run.
@@ -390,7 +418,7 @@ impl Bus for RedisBus {
             Ok(Err(e)) => return Err(unavailable(e)),
             Err(_) => {
                 return Err(BusError::OutcomeUnknown(
-                    format!("redis: no answer within {COMMAND_TIMEOUT:?}").into(),
+                    format!("redis: no answer within {timeout:?}").into(),
                 ))
             }
         };
@@ -426,7 +454,7 @@ impl Bus for RedisBus {
         let wanted = self.hub.interest_version();
         let mut listening = self.listening.clone();
         let caught_up = tokio::time::timeout(
-            replay::REPLAY_COMMAND_TIMEOUT,
+            self.listen_wait,
             listening.wait_for(|v| v.is_some_and(|v| v >= wanted)),
         )
         .await
@@ -461,7 +489,8 @@ impl Bus for RedisBus {
             return Ok(None);
         }
         let mut conn = self.conn.clone();
-        let instances: Vec<String> = timed(conn.smembers(&self.keys.instances)).await?;
+        let instances: Vec<String> =
+            timed(self.timeout, conn.smembers(&self.keys.instances)).await?;
         if instances.is_empty() {
             return Ok(Some(Vec::new()));
         }
@@ -472,7 +501,7 @@ impl Bus for RedisBus {
             .partition(|(_, alive)| *alive);
         if !dead.is_empty() {
             let dead: Vec<String> = dead.into_iter().map(|(i, _)| i).collect();
-            let _: Result<(), _> = timed(conn.srem(&self.keys.instances, dead)).await;
+            let _: Result<(), _> = timed(self.timeout, conn.srem(&self.keys.instances, dead)).await;
         }
         if live.is_empty() {
             return Ok(Some(Vec::new()));
@@ -481,7 +510,7 @@ impl Bus for RedisBus {
             .iter()
             .map(|(i, _)| format!("{}{i}", self.keys.subscribers_prefix))
             .collect();
-        let blobs: Vec<Option<String>> = timed(conn.mget(&blobs_keys)).await?;
+        let blobs: Vec<Option<String>> = timed(self.timeout, conn.mget(&blobs_keys)).await?;
         Ok(Some(
             blobs
                 .iter()
@@ -497,7 +526,7 @@ impl Bus for RedisBus {
     ) -> Result<Option<Vec<(String, usize)>>, BusError> {
         let mut conn = self.conn.clone();
         let key = format!("{}{}", self.keys.session_prefix, session.as_str());
-        let entries: Vec<(String, usize)> = timed(conn.hgetall(&key)).await?;
+        let entries: Vec<(String, usize)> = timed(self.timeout, conn.hgetall(&key)).await?;
         let entries: Vec<(String, usize)> = entries.into_iter().filter(|(_, n)| *n > 0).collect();
         if entries.is_empty() {
             return Ok(Some(Vec::new()));

@@ -20,9 +20,7 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::routing::{Change, Listening};
-use super::{
-    derived_id, holds, position, read_range, stream_id, write_settings, Keys, COMMAND_TIMEOUT,
-};
+use super::{derived_id, holds, position, read_range, stream_id, write_settings, Keys};
 use crate::bus::reconnect::Reconnect;
 use crate::bus::{wire, Routing};
 use crate::envelope::{now_micros, Envelope, Position};
@@ -55,6 +53,8 @@ pub(super) struct Setup {
     pub(super) settings: [(&'static str, u64); 3],
     /// The delivery connection's backoff and state.
     pub(super) reconnect: Reconnect,
+    /// How long one command may take.
+    pub(super) timeout: Duration,
 }
 
 /// The delivery task's state.
@@ -88,7 +88,8 @@ impl Reader {
                     if connected_before {
                         let setup = &self.setup;
                         if let Err(e) =
-                            write_settings(&setup.conn, &setup.keys, &setup.settings).await
+                            write_settings(&setup.conn, &setup.keys, &setup.settings, setup.timeout)
+                                .await
                         {
                             tracing::warn!(error = %e, "redis: cannot write the history settings");
                         }
@@ -128,9 +129,10 @@ impl Reader {
             send(&mut sink, &change).await?;
             Ok((sink, stream, subscribed, version))
         };
-        match tokio::time::timeout(COMMAND_TIMEOUT, attempt).await {
+        let timeout = self.setup.timeout;
+        match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {COMMAND_TIMEOUT:?}")),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
 
@@ -198,7 +200,7 @@ impl Reader {
                     }
                     let version = *interest.borrow_and_update();
                     let change = self.changes(&subscribed);
-                    let sent = tokio::time::timeout(COMMAND_TIMEOUT, send(&mut sink, &change)).await;
+                    let sent = tokio::time::timeout(self.setup.timeout, send(&mut sink, &change)).await;
                     match sent {
                         Ok(Ok(())) => change.apply(&mut subscribed),
                         Ok(Err(e)) => return e,
@@ -232,10 +234,11 @@ impl Reader {
         } else {
             None
         };
-        match tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
+        let timeout = self.setup.timeout;
+        match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("ping failed: {e}")),
-            Err(_) => return Err(format!("no pong within {COMMAND_TIMEOUT:?}")),
+            Err(_) => return Err(format!("no pong within {timeout:?}")),
         }
         // Everything published before the pong is queued in `stream` by now.
         self.drain(stream);
@@ -274,7 +277,7 @@ impl Reader {
         let still_held = if from_start {
             Ok(true)
         } else {
-            holds(&setup.conn, &setup.keys, &from).await
+            holds(&setup.conn, &setup.keys, &from, setup.timeout).await
         };
         let after = format!("({from}");
         let missed = read_range(
@@ -284,6 +287,7 @@ impl Reader {
             "+",
             CATCH_UP_MAX,
             &setup.limits,
+            setup.timeout,
         )
         .await;
         match (still_held, missed) {

@@ -23,6 +23,8 @@ pub(super) struct Registry {
     /// Also keeps `<prefix>:subscribers:<instance>` (a JSON array of this instance's
     /// subscribers, refreshed like the rest) and the set `<prefix>:instances`.
     pub(super) share_subscribers: bool,
+    /// How long one command may take.
+    pub(super) timeout: Duration,
 }
 
 impl Registry {
@@ -64,7 +66,7 @@ impl Registry {
             }
         }
         let mut conn = self.conn.clone();
-        timed(pipe.query_async::<()>(&mut conn)).await
+        timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Writes this instance's subscribers where every instance can read them.
@@ -86,7 +88,7 @@ impl Registry {
         .sadd(&self.keys.instances, &self.instance)
         .ignore();
         let mut conn = self.conn.clone();
-        timed(pipe.query_async::<()>(&mut conn)).await
+        timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Says this instance is alive and refreshes the entries of every session it holds.
@@ -109,6 +111,6 @@ impl Registry {
                 .ignore();
         }
         let mut conn = self.conn.clone();
-        timed(pipe.query_async::<()>(&mut conn)).await
+        timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 }

@@ -35,9 +35,6 @@ use crate::envelope::{Envelope, Position};
 use crate::update::Limits;
 use crate::update::UpdateId;
 
-/// Longest wait for one command of a replay batch: a busy Redis makes resumes wait, within
-/// this bound, rather than fail.
-pub(super) const REPLAY_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// The most requests answered by one batch.
 const MAX_BATCH: usize = 4096;
 /// Requests waiting for a batch, at most; past this a resume waits to be queued.
@@ -74,6 +71,7 @@ impl Replays {
             history: options.history_size > 0,
             topic_history_complete_ms: topic_history_complete_secs(options) * 1000,
             limits: options.limits.clone(),
+            timeout: options.timeouts.replay,
         };
         (Replays { requests }, tokio::spawn(reader.run(queue)))
     }
@@ -108,6 +106,9 @@ struct ReplayReader {
     /// published since to trim it, still holds its updates.
     topic_history_complete_ms: u64,
     limits: Limits,
+    /// Longest wait for one command of a batch (`--bus-replay-timeout`): a busy Redis makes
+    /// resumes wait, within this bound, rather than fail.
+    timeout: Duration,
 }
 
 /// How far back topic histories are complete, in seconds: `history-ttl`, or without an age
@@ -189,7 +190,8 @@ impl ReplayReader {
             u64,
             Vec<Option<String>>,
         ) = {
-            let mut values: Vec<redis::Value> = timed(pipe.query_async(&mut self.conn)).await?;
+            let mut values: Vec<redis::Value> =
+                timed(self.timeout, pipe.query_async(&mut self.conn)).await?;
             let rest = values.split_off(4.min(values.len()));
             let mut first = values.into_iter();
             let mut next = || first.next().unwrap_or(redis::Value::Nil);
@@ -360,7 +362,8 @@ impl ReplayReader {
             for (i, from) in &cursors {
                 pipe.xrange_count(&reads[*i].0, from, end, PAGE);
             }
-            let pages: Vec<StreamRangeReply> = timed(pipe.query_async(&mut self.conn)).await?;
+            let pages: Vec<StreamRangeReply> =
+                timed(self.timeout, pipe.query_async(&mut self.conn)).await?;
             let mut next = Vec::new();
             for ((i, _), page) in cursors.into_iter().zip(pages) {
                 if page.ids.len() == PAGE {
@@ -400,9 +403,10 @@ fn earlier(a: Start, b: Start) -> Start {
 }
 
 async fn timed<T>(
+    limit: Duration,
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BusError> {
-    crate::bus::broker::with_limit("redis", REPLAY_COMMAND_TIMEOUT, f).await
+    crate::bus::broker::with_limit("redis", limit, f).await
 }
 
 #[cfg(test)]
@@ -422,6 +426,7 @@ mod tests {
             limits: Limits::default(),
             routing: crate::bus::Routing::Interest,
             backoff: crate::bus::Backoff::default(),
+            timeouts: crate::bus::Timeouts::default(),
         };
         assert_eq!(topic_history_complete_secs(&options(300, 300)), 300);
         assert_eq!(topic_history_complete_secs(&options(0, 86_400)), 172_860);
