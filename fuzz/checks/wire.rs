@@ -9,7 +9,7 @@ use tidings::update::Limits;
 /// Runs the check on one input; panics when it does not hold.
 pub(crate) fn run(text: &str) {
     let limits = Limits::default();
-    let Ok(update) = wire::decode(text, || "urn:tidings:1".to_owned(), &limits) else {
+    let Ok(update) = wire::decode(text, || tidings::update::UpdateId::derived(1), &limits) else {
         return;
     };
     assert!(!update.topics.is_empty());

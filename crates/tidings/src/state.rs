@@ -4,7 +4,6 @@
 //! It sits above the core and the buses and below `http` (which reads it) and `server` (which
 //! assembles it), so that neither of those has to reach into the other.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -36,10 +35,9 @@ struct StateInner {
     admission: Arc<Admission>,
     /// Cancelled when the instance starts shutting down: every stream ends itself.
     shutdown: CancellationToken,
-    /// Holds a token for every open stream: the drain waits until none is left.
+    /// Holds a token for every open stream: the drain waits until none is left. Closed when
+    /// the drain begins, which is how `/readyz` and the handlers refusing new streams know.
     streams: TaskTracker,
-    /// Set at the same moment, read by `/readyz` and by handlers refusing new streams.
-    draining: AtomicBool,
 }
 
 impl AppState {
@@ -63,7 +61,6 @@ impl AppState {
                 metrics,
                 shutdown: CancellationToken::new(),
                 streams: TaskTracker::new(),
-                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -71,15 +68,14 @@ impl AppState {
     /// Starts draining: `/readyz` answers 503, new streams are refused, and every open stream
     /// is told to close (each after a random part of the drain window, with a `retry:` hint).
     pub fn begin_shutdown(&self) {
-        self.inner.draining.store(true, Ordering::SeqCst);
-        self.inner.metrics.ready.set(0);
         self.inner.streams.close();
+        self.inner.metrics.ready.set(0);
         self.inner.shutdown.cancel();
     }
 
     /// True once [`AppState::begin_shutdown`] was called.
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::SeqCst)
+        self.inner.streams.is_closed()
     }
 
     /// The instance's hub.

@@ -191,6 +191,12 @@ impl UpdateId {
     pub fn generate() -> Self {
         UpdateId(Arc::from(format!("urn:uuid:{}", uuid::Uuid::new_v4())))
     }
+
+    /// The id of an update published onto the broker without one, from its place in the
+    /// cluster's order (`urn:tidings:<place>`): every instance derives the same.
+    pub fn derived(place: impl std::fmt::Display) -> Self {
+        UpdateId(Arc::from(format!("urn:tidings:{place}")))
+    }
 }
 
 /// The prefix of the internal topic that carries a session's updates.
@@ -322,7 +328,7 @@ impl Draft<'_> {
         self,
         limits: &Limits,
         author: Author,
-        fallback_id: impl FnOnce() -> String,
+        fallback_id: impl FnOnce() -> UpdateId,
     ) -> Result<Update, InvalidInput> {
         let topics = match self.to {
             Recipients::Topics(topics) => {
@@ -357,7 +363,7 @@ impl Draft<'_> {
         };
         let id = match self.id {
             Some(id) => UpdateId::new(id, limits.max_id_length)?,
-            None => UpdateId::new(&fallback_id(), limits.max_id_length)?,
+            None => fallback_id(),
         };
         let event_type = self
             .event_type
@@ -421,7 +427,7 @@ mod tests {
             ..Limits::default()
         };
         let rule = |d: Draft<'_>, author| {
-            d.validate(&limits, author, || "f".into())
+            d.validate(&limits, author, || UpdateId::derived(0))
                 .map_err(|e| (e.rule, e.field))
         };
         assert_eq!(
@@ -462,16 +468,19 @@ mod tests {
             (Rule::Form, "event name")
         );
         let update = draft(vec!["a", "a"])
-            .validate(&limits, Author::Publisher, || "fallback".into())
+            .validate(&limits, Author::Publisher, || UpdateId::derived(7))
             .unwrap();
-        assert_eq!((update.id.as_str(), update.topics.len()), ("fallback", 1));
+        assert_eq!(
+            (update.id.as_str(), update.topics.len()),
+            ("urn:tidings:7", 1)
+        );
         let alice = SessionId::new("alice", 10).unwrap();
         let to_alice = Draft {
             to: Recipients::Session(&alice),
             ..draft(vec![])
         };
         let update = to_alice
-            .validate(&limits, Author::Publisher, || "f".into())
+            .validate(&limits, Author::Publisher, || UpdateId::derived(0))
             .unwrap();
         assert_eq!(update.topics, vec![Topic::for_session(&alice)]);
     }

@@ -411,47 +411,86 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The kinds of bus, named by the scheme of a bus URL: the one table of schemes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `memory://`
+    Memory,
+    /// `redis://`, `rediss://`
+    Redis,
+    /// `nats://`
+    Nats,
+    /// `amqp://`, `amqps://`
+    Amqp,
+}
+
+impl Kind {
+    /// The kind a bus URL names, if any.
+    pub fn of(url: &str) -> Option<Kind> {
+        match url.split_once("://").map_or(url, |(scheme, _)| scheme) {
+            "memory" => Some(Kind::Memory),
+            "redis" | "rediss" => Some(Kind::Redis),
+            "nats" => Some(Kind::Nats),
+            "amqp" | "amqps" => Some(Kind::Amqp),
+            _ => None,
+        }
+    }
+
+    /// Its name, as [`Bus::kind`] says it (and its cargo feature's, for a broker bus).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Memory => "memory",
+            Kind::Redis => "redis",
+            Kind::Nats => "nats",
+            Kind::Amqp => "amqp",
+        }
+    }
+
+    /// The broker's name in logs and metrics' labels.
+    pub fn broker(self) -> &'static str {
+        match self {
+            Kind::Amqp => "rabbitmq",
+            other => other.name(),
+        }
+    }
+}
+
 /// Connects the bus named by `url` and starts delivering to `hub`.
 ///
 /// # Errors
 /// [`BusError::Config`] for an unknown scheme or bad options; [`BusError::Unavailable`] when
 /// the broker cannot be reached.
 pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dyn Bus>, BusError> {
-    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
-    match scheme {
-        "memory" => Ok(Arc::new(memory::MemoryBus::with_ttl(
-            options.history_size,
-            options.history_ttl(),
-            hub,
-        ))),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(redis::RedisBus::connect(url, options, hub).await?)),
-        #[cfg(feature = "nats")]
-        "nats" => Ok(Arc::new(nats::NatsBus::connect(url, options, hub).await?)),
-        #[cfg(feature = "amqp")]
-        "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpBus::connect(url, options, hub).await?)),
-        #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" => Err(not_built("redis")),
-        #[cfg(not(feature = "nats"))]
-        "nats" => Err(not_built("nats")),
-        #[cfg(not(feature = "amqp"))]
-        "amqp" | "amqps" => Err(not_built("amqp")),
-        _ => Err(BusError::Config(
+    let Some(kind) = Kind::of(url) else {
+        return Err(BusError::Config(
             format!(
                 "unknown bus URL {:?}: expected memory://, redis://, amqp:// or nats://",
                 redact(url)
             )
             .into(),
+        ));
+    };
+    match kind {
+        Kind::Memory => Ok(Arc::new(memory::MemoryBus::with_ttl(
+            options.history_size,
+            options.history_ttl(),
+            hub,
+        ))),
+        #[cfg(feature = "redis")]
+        Kind::Redis => Ok(Arc::new(redis::RedisBus::connect(url, options, hub).await?)),
+        #[cfg(feature = "nats")]
+        Kind::Nats => Ok(Arc::new(nats::NatsBus::connect(url, options, hub).await?)),
+        #[cfg(feature = "amqp")]
+        Kind::Amqp => Ok(Arc::new(amqp::AmqpBus::connect(url, options, hub).await?)),
+        #[allow(unreachable_patterns)]
+        left_out => Err(BusError::Config(
+            format!(
+                "this build of tidings has no {0} bus: build it with the cargo feature {0:?} (on by default)",
+                left_out.name()
+            )
+            .into(),
         )),
     }
-}
-
-/// The refusal of a bus this build left out (its cargo feature was off).
-#[cfg(not(all(feature = "redis", feature = "nats", feature = "amqp")))]
-fn not_built(feature: &str) -> BusError {
-    BusError::Config(format!(
-        "this build of tidings has no {feature} bus: build it with the cargo feature {feature:?} (on by default)"
-    ))
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ fn envelope(
             return None;
         }
     };
-    match wire::decode(text, || format!("urn:tidings:{sequence}"), limits) {
+    match wire::decode(text, || UpdateId::derived(sequence), limits) {
         Ok(update) => Some(Arc::new(Envelope::new(
             update,
             position(epoch, sequence),

@@ -99,9 +99,11 @@ pub async fn start(url: &str, options: &BusOptions, hub: Hub) -> Result<Started,
         Err(e @ BusError::Config(_)) => return Err(e),
         Err(e) => e,
     };
-    let (kind, broker) = names_of(url);
+    // `connect` refused any URL that names no bus.
+    let kind = super::Kind::of(url).unwrap_or(super::Kind::Memory);
+    let broker = kind.broker();
     let starting = Arc::new(Starting {
-        kind,
+        kind: kind.name(),
         bus: OnceLock::new(),
     });
     let mut reconnect = Reconnect::new(broker, options.backoff, hub.metrics().clone());
@@ -128,14 +130,4 @@ pub async fn start(url: &str, options: &BusOptions, hub: Hub) -> Result<Started,
         bus: starting,
         failed,
     })
-}
-
-/// The bus's kind (as [`Bus::kind`] says it) and the broker's name in logs, from the URL.
-fn names_of(url: &str) -> (&'static str, &'static str) {
-    match url.split_once("://").map_or(url, |(scheme, _)| scheme) {
-        "redis" | "rediss" => ("redis", "redis"),
-        "nats" => ("nats", "nats"),
-        "amqp" | "amqps" => ("amqp", "rabbitmq"),
-        _ => ("bus", "bus"),
-    }
 }

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::update::{Author, Draft, InvalidInput, Limits, Recipients, Update};
+use crate::update::{Author, Draft, InvalidInput, Limits, Recipients, Update, UpdateId};
 
 /// The only version this build reads and writes.
 pub const VERSION: u32 = 1;
@@ -65,7 +65,7 @@ pub fn encode(update: &Update) -> String {
 /// own subscription events there, through the bus.
 pub fn decode(
     text: &str,
-    fallback_id: impl FnOnce() -> String,
+    fallback_id: impl FnOnce() -> UpdateId,
     limits: &Limits,
 ) -> Result<Update, InvalidInput> {
     let Message {
@@ -98,7 +98,7 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::update::{EventName, Topic, UpdateId};
+    use crate::update::{EventName, Topic};
 
     fn update() -> Update {
         Update::new(
@@ -125,7 +125,7 @@ mod tests {
     fn a_minimal_message_gets_the_fallback_id() {
         let u = decode(
             r#"{"v":1,"topics":["t"]}"#,
-            || "urn:tidings:9".into(),
+            || UpdateId::derived(9),
             &Limits::default(),
         )
         .unwrap();
@@ -147,7 +147,9 @@ mod tests {
             (r#"{"v":1,"topics":["t"],"extra":1}"#, "message"),
         ] {
             assert_eq!(
-                decode(text, || "x".into(), &limits).unwrap_err().field,
+                decode(text, || UpdateId::derived(0), &limits)
+                    .unwrap_err()
+                    .field,
                 field,
                 "{text}"
             );

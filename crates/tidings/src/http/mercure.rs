@@ -109,7 +109,5 @@ fn update_from_form(form: &Pairs, limits: &Limits) -> Result<Update, ApiError> {
         // value (`private=0` included): failing closed.
         private: form.single("private")?.is_some(),
     };
-    Ok(draft.validate(limits, Author::Publisher, || {
-        UpdateId::generate().to_string()
-    })?)
+    Ok(draft.validate(limits, Author::Publisher, UpdateId::generate)?)
 }

@@ -113,9 +113,11 @@ pub(super) async fn publish(
         retry: event.retry,
         private: true,
     };
-    let update = draft.validate(&state.config().limits, Author::Publisher, || {
-        UpdateId::generate().to_string()
-    })?;
+    let update = draft.validate(
+        &state.config().limits,
+        Author::Publisher,
+        UpdateId::generate,
+    )?;
     let id = super::publish(&state, &rights, update).await?;
     Ok(Json(Published { id: id.to_string() }).into_response())
 }

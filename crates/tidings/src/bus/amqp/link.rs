@@ -19,9 +19,9 @@ use super::{
     MARKER_HEADER, TIME_HEADER,
 };
 use crate::bus::reconnect::Reconnect;
-use crate::bus::Cause;
-use crate::bus::{wire, BusError, BusOptions};
+use crate::bus::{wire, BusError, BusOptions, Cause};
 use crate::envelope::{now_micros, Envelope, Position};
+use crate::update::UpdateId;
 
 /// Heartbeat interval asked of RabbitMQ unless the URL sets one, in seconds.
 pub(super) const HEARTBEAT_SECS: u16 = 5;
@@ -439,7 +439,7 @@ impl Shared {
             tracing::warn!(number, "rabbitmq: a message that is not text; skipped");
             return;
         };
-        match wire::decode(text, || format!("urn:tidings:{number}"), &self.limits) {
+        match wire::decode(text, || UpdateId::derived(number), &self.limits) {
             // A retried publish (same id) that RabbitMQ stored twice: every instance reads the
             // same stream and remembers the same ids, so every one skips the same copies.
             Ok(update) if delivered.history.knows(&update.id) => {

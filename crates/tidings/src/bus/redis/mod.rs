@@ -42,7 +42,7 @@ use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::update::Limits;
-use crate::update::{SessionId, Update};
+use crate::update::{SessionId, Update, UpdateId};
 use reader::Reader;
 use registry::Registry;
 
@@ -146,11 +146,6 @@ fn position(stream_id: &str) -> Option<Position> {
 /// The stream id of a position (the inverse of [`position`]).
 fn stream_id(position: Position) -> String {
     format!("{}-{}", position.0 >> 64, position.0 & u128::from(u64::MAX))
-}
-
-/// The id of an update whose message carried none: the same on every instance.
-fn derived_id(stream_id: &str) -> String {
-    format!("urn:tidings:{stream_id}")
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -366,7 +361,7 @@ async fn read_range(
             let position = position(&entry.id)?;
             let text: String = entry.get("u")?;
             let micros: u64 = entry.get("t").unwrap_or(0);
-            match wire::decode(&text, || derived_id(&entry.id), limits) {
+            match wire::decode(&text, || UpdateId::derived(&entry.id), limits) {
                 Ok(update) => Some(Arc::new(Envelope::new(update, position, micros))),
                 Err(e) => {
                     tracing::warn!(stream_id = %entry.id, error = %e, "skipping a malformed stream entry");

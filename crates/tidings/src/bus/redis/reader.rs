@@ -20,12 +20,12 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::routing::{Change, Listening};
-use super::{derived_id, holds, position, read_range, stream_id, write_settings, Keys};
+use super::{holds, position, read_range, stream_id, write_settings, Keys};
 use crate::bus::reconnect::Reconnect;
 use crate::bus::{wire, Routing};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::{Hub, InterestChanges};
-use crate::update::Limits;
+use crate::update::{Limits, UpdateId};
 
 /// Most stream entries read when catching up after a reconnect.
 const CATCH_UP_MAX: usize = 1_000_000;
@@ -337,7 +337,7 @@ impl Reader {
             // The same update on a second channel (one per topic it has).
             return;
         }
-        match wire::decode(text, || derived_id(sid), &self.setup.limits) {
+        match wire::decode(text, || UpdateId::derived(sid), &self.setup.limits) {
             Ok(update) => {
                 // A direct publisher may not know its clock: 0 means "now".
                 let micros = micros

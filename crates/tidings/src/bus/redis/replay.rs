@@ -29,7 +29,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{derived_id, position, stream_id, Keys};
+use super::{position, stream_id, Keys};
 use crate::bus::{wire, BusError, BusOptions, Replay, ReplayFrom};
 use crate::envelope::{Envelope, Position};
 use crate::update::Limits;
@@ -383,7 +383,7 @@ impl ReplayReader {
         let position = position(&entry.id)?;
         let text: String = entry.get("u")?;
         let micros: u64 = entry.get("t").unwrap_or(0);
-        match wire::decode(&text, || derived_id(&entry.id), &self.limits) {
+        match wire::decode(&text, || UpdateId::derived(&entry.id), &self.limits) {
             Ok(update) => Some(Arc::new(Envelope::new(update, position, micros))),
             Err(e) => {
                 tracing::warn!(stream_id = %entry.id, error = %e, "skipping a malformed stream entry");
