@@ -1,9 +1,12 @@
-//! Tests that need no socket and no process: the router answering bad input and CORS, the layers
-//! of the source, and property tests of the HTTP boundary, the SSE encoding and URI templates.
+//! Tests that need no socket and no process: the router answering bad input, CORS and the
+//! protocols' single requests, the layers of the source, and property tests of the HTTP
+//! boundary, the SSE encoding and URI templates.
 
+mod app;
 mod bad_input;
 mod boundary_props;
 mod cors;
 mod fuzz_corpus;
 mod layers;
 mod properties;
+mod requests;

@@ -1,4 +1,5 @@
-//! The Mercure protocol over real sockets, against the real binary.
+//! The Mercure protocol over real sockets, against the real binary: delivery, private updates,
+//! resuming, selectors. (What one request answers is in `in_process/requests.rs`.)
 
 use std::time::Duration;
 
@@ -56,19 +57,6 @@ async fn a_published_update_reaches_exact_template_and_wildcard_subscribers() {
 }
 
 #[tokio::test]
-async fn stream_headers_are_set_for_proxies_and_caches() {
-    let hub = jwt_hub(&["--anonymous"]);
-    let s = Stream::open(&subscribe_url(&hub, &["x"], ""), &[]).await;
-    assert_eq!(s.headers["content-type"], "text/event-stream");
-    assert_eq!(s.headers["x-accel-buffering"], "no");
-    assert!(s.headers["cache-control"]
-        .to_str()
-        .unwrap()
-        .contains("no-cache"));
-    assert_eq!(s.headers["last-event-id"], "earliest", "no update yet");
-}
-
-#[tokio::test]
 async fn private_updates_reach_only_subscribers_whose_claim_matches() {
     let hub = jwt_hub(&["--anonymous"]);
     let topic = unique_topic("orders");
@@ -113,58 +101,6 @@ async fn private_updates_reach_only_subscribers_whose_claim_matches() {
             "the private update is skipped"
         );
     }
-}
-
-#[tokio::test]
-async fn tokens_are_required_checked_and_scoped() {
-    let hub = jwt_hub(&[]);
-    let topic = unique_topic("t");
-    // Subscribers need a token unless --anonymous.
-    let s = Stream::try_open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
-    assert_eq!(s.status, 401);
-    // Expired and badly signed tokens are refused.
-    let expired = token(json!({"exp": 1_000_000, "mercure": {"subscribe": ["*"]}}));
-    let s = Stream::try_open(
-        &subscribe_url(&hub, &[&topic], ""),
-        &[("authorization", &format!("Bearer {expired}"))],
-    )
-    .await;
-    assert_eq!(s.status, 401);
-    let forged = tidings::auth::mint(
-        tidings::auth::JwtAlg::Hs256,
-        "another-key",
-        &serde_json::from_value(json!({"mercure": {"publish": ["*"]}})).unwrap(),
-    )
-    .unwrap();
-    let (status, body) = publish(&hub, Some(&forged), &[("topic", &topic)]).await;
-    assert_eq!(status, 401, "{body}");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
-        "invalid_token"
-    );
-    let (status, _) = publish(&hub, None, &[("topic", &topic)]).await;
-    assert_eq!(status, 401);
-    // A valid token must cover every topic.
-    let narrow = token(json!({"mercure": {"publish": [topic.clone()]}}));
-    assert_eq!(
-        publish(&hub, Some(&narrow), &[("topic", &topic)]).await.0,
-        200
-    );
-    let (status, body) = publish(
-        &hub,
-        Some(&narrow),
-        &[("topic", &topic), ("topic", "https://example.com/x")],
-    )
-    .await;
-    assert_eq!(status, 403, "{body}");
-    // A subscriber-only token cannot publish.
-    let subscriber = token(json!({"mercure": {"subscribe": ["*"]}}));
-    assert_eq!(
-        publish(&hub, Some(&subscriber), &[("topic", &topic)])
-            .await
-            .0,
-        403
-    );
 }
 
 #[tokio::test]
@@ -304,23 +240,6 @@ async fn auth_none_needs_no_tokens_and_shows_private_updates() {
     assert_eq!(s.next().await.id, id);
 }
 
-#[tokio::test]
-async fn the_page_at_root_loads() {
-    let hub = Hub::start(&["--auth", "none"]);
-    let response = crate::common::client()
-        .get(hub.url("/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
-    let body = response.text().await.unwrap();
-    assert!(body.contains("EventSource") && body.contains("/.well-known/mercure"));
-}
-
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -441,51 +360,4 @@ async fn the_private_field_makes_an_update_private_whatever_its_value() {
         public,
         "every private=… update was withheld"
     );
-}
-
-#[tokio::test]
-async fn the_token_cookie_publishes_only_from_a_listed_origin() {
-    let hub = jwt_hub(&["--publish-origin", "https://app.example"]);
-    let topic = unique_topic("csrf");
-    let cookie = format!("mercureAuthorization={}", publisher_token());
-    let post = |origin: Option<&'static str>| {
-        let mut req = crate::common::client()
-            .post(hub.url("/.well-known/mercure"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("cookie", cookie.clone())
-            .body(format!("topic={}", urlencode(&topic)));
-        if let Some(o) = origin {
-            req = req.header("origin", o);
-        }
-        req.send()
-    };
-    assert_eq!(post(None).await.unwrap().status(), 403, "no origin");
-    assert_eq!(
-        post(Some("https://evil.example")).await.unwrap().status(),
-        403,
-        "foreign origin"
-    );
-    assert_eq!(
-        post(Some("https://app.example")).await.unwrap().status(),
-        200
-    );
-    // The header is not a browser's ambient credential: no origin check.
-    assert_eq!(
-        publish(&hub, Some(&publisher_token()), &[("topic", &topic)])
-            .await
-            .0,
-        200
-    );
-}
-
-#[tokio::test]
-async fn templates_with_too_many_expressions_are_refused_before_compiling() {
-    let hub = jwt_hub(&["--anonymous"]);
-    let huge = "{a}".repeat(17);
-    let s = Stream::try_open(&subscribe_url(&hub, &[&huge], ""), &[]).await;
-    assert_eq!(s.status, 400);
-    // Without credentials, nothing is compiled: the answer is 401 whatever the selector.
-    let strict = jwt_hub(&[]);
-    let s = Stream::try_open(&subscribe_url(&strict, &[&huge], ""), &[]).await;
-    assert_eq!(s.status, 401);
 }

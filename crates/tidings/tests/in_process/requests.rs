@@ -1,0 +1,173 @@
+//! The protocols' answers to one request, through the router (no socket, no process): tokens
+//! required, checked and scoped; the token cookie's origin check; refusals of the session and
+//! subscriptions APIs; stream headers; the page at `/`. What needs time, several streams or a
+//! real connection stays in the `protocol` tests.
+
+use serde_json::json;
+
+use crate::app::{publisher_token, subscribe_uri, token, App, KEY};
+
+const HUB: &str = "/.well-known/mercure";
+
+#[tokio::test]
+async fn stream_headers_are_set_for_proxies_and_caches() {
+    let app = App::start(&["--jwt-key", KEY, "--anonymous"]).await;
+    let s = app.get(&subscribe_uri(&["x"]), &[]).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.headers["content-type"], "text/event-stream");
+    assert_eq!(s.headers["x-accel-buffering"], "no");
+    assert!(s.headers["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("no-cache"));
+    assert_eq!(s.headers["last-event-id"], "earliest", "no update yet");
+}
+
+#[tokio::test]
+async fn tokens_are_required_checked_and_scoped() {
+    let app = App::start(&["--jwt-key", KEY]).await;
+    let topic = "https://example.com/t/1";
+    let publish =
+        async |bearer: Option<&str>, topics: &[&str]| app.publish_as(bearer, topics).await;
+    // Subscribers need a token unless --anonymous.
+    assert_eq!(app.get(&subscribe_uri(&[topic]), &[]).await.status, 401);
+    // Expired and badly signed tokens are refused.
+    let expired = token(json!({"exp": 1_000_000, "mercure": {"subscribe": ["*"]}}));
+    let s = app.get_as(&subscribe_uri(&[topic]), Some(&expired)).await;
+    assert_eq!(s.status, 401);
+    let forged = tidings::auth::mint(
+        tidings::auth::JwtAlg::Hs256,
+        "another-key",
+        &serde_json::from_value(json!({"mercure": {"publish": ["*"]}})).unwrap(),
+    )
+    .unwrap();
+    let refused = publish(Some(&forged), &[topic]).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json().await["error"], "invalid_token");
+    assert_eq!(publish(None, &[topic]).await.status, 401);
+    // A valid token must cover every topic.
+    let narrow = token(json!({"mercure": {"publish": [topic]}}));
+    assert_eq!(publish(Some(&narrow), &[topic]).await.status, 200);
+    let wider = publish(Some(&narrow), &[topic, "https://example.com/x"]).await;
+    assert_eq!(wider.status, 403);
+    // A subscriber-only token cannot publish.
+    let subscriber = token(json!({"mercure": {"subscribe": ["*"]}}));
+    assert_eq!(publish(Some(&subscriber), &[topic]).await.status, 403);
+}
+
+#[tokio::test]
+async fn the_page_at_root_loads() {
+    let app = App::start(&["--auth", "none"]).await;
+    let page = app.get("/", &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let body = page.text().await;
+    assert!(body.contains("EventSource") && body.contains("/.well-known/mercure"));
+}
+
+#[tokio::test]
+async fn the_token_cookie_publishes_only_from_a_listed_origin() {
+    let app = App::start(&["--jwt-key", KEY, "--publish-origin", "https://app.example"]).await;
+    let topic = [("topic", "https://example.com/csrf/1")];
+    let cookie = format!("mercureAuthorization={}", publisher_token());
+    let post = async |origin: Option<&str>| {
+        let mut headers = vec![("cookie", cookie.as_str())];
+        headers.extend(origin.map(|o| ("origin", o)));
+        app.post_form(HUB, &topic, &headers).await.status
+    };
+    assert_eq!(post(None).await, 403, "no origin");
+    assert_eq!(
+        post(Some("https://evil.example")).await,
+        403,
+        "foreign origin"
+    );
+    assert_eq!(post(Some("https://app.example")).await, 200);
+    // The header is not a browser's ambient credential: no origin check.
+    let with_header = app
+        .publish_as(Some(&publisher_token()), &[topic[0].1])
+        .await;
+    assert_eq!(with_header.status, 200);
+}
+
+#[tokio::test]
+async fn templates_with_too_many_expressions_are_refused_before_compiling() {
+    let app = App::start(&["--jwt-key", KEY, "--anonymous"]).await;
+    let huge = "{a}".repeat(17);
+    assert_eq!(app.get(&subscribe_uri(&[&huge]), &[]).await.status, 400);
+    // Without credentials, nothing is compiled: the answer is 401 whatever the selector.
+    let strict = App::start(&["--jwt-key", KEY]).await;
+    assert_eq!(strict.get(&subscribe_uri(&[&huge]), &[]).await.status, 401);
+}
+
+#[tokio::test]
+async fn session_api_refusals_are_specific() {
+    let app = App::start(&["--jwt-key", KEY, "--anonymous"]).await;
+    let stream =
+        async |uri: &str, token: Option<String>| app.get_as(uri, token.as_deref()).await.status;
+    // No token: the session cannot be known.
+    assert_eq!(stream("/sse/event-stream?eventName=e", None).await, 401);
+    // A token without a session claim.
+    let nosub = token(json!({"mercure": {"subscribe": ["*"]}}));
+    assert_eq!(
+        stream("/sse/event-stream?eventName=e", Some(nosub)).await,
+        403
+    );
+    // No event name.
+    let sub = token(json!({"sub": "x"}));
+    assert_eq!(stream("/sse/event-stream", Some(sub)).await, 400);
+    // Publishing needs a publisher token covering the session topic.
+    let send = async |bearer: Option<&str>, body: serde_json::Value| {
+        let answer = app.post_json("/sse/events", &body, bearer).await;
+        (answer.status, answer.json().await)
+    };
+    let p = publisher_token();
+    let body = json!({"sessionId": "x", "eventName": "e", "payload": 1});
+    assert_eq!(send(None, body.clone()).await.0, 401);
+    let narrow = token(json!({"mercure": {"publish": ["https://example.com/{x}"]}}));
+    assert_eq!(send(Some(&narrow), body.clone()).await.0, 403);
+    let scoped = token(json!({"mercure": {"publish": ["urn:tidings:session:{id}"]}}));
+    assert_eq!(send(Some(&scoped), body).await.0, 200);
+    // Bad bodies.
+    let (status, err) = send(
+        Some(&p),
+        json!({"sessionId": "x", "eventName": "a\nb", "payload": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_input"))
+    );
+    let (status, err) = send(Some(&p), json!({"sessionId": "x", "payload": 1})).await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_json")));
+    let (status, _) = send(
+        Some(&p),
+        json!({"sessionId": "x", "eventName": "e", "payload": 1, "extra": true}),
+    )
+    .await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    // The registry needs a publisher token that may write to the session.
+    let registry = async |bearer: Option<&str>| app.get_as("/sse/sessions/x", bearer).await.status;
+    assert_eq!(registry(None).await, 401);
+    assert_eq!(registry(Some(&narrow)).await, 403);
+    assert_eq!(registry(Some(&scoped)).await, 200);
+}
+
+#[tokio::test]
+async fn the_subscriptions_api_needs_a_matching_claim_and_the_option() {
+    let app = App::start(&["--jwt-key", KEY, "--anonymous", "--subscriptions"]).await;
+    let api = "/.well-known/mercure/subscriptions";
+    let unauthenticated = app.get(api, &[]).await;
+    assert_eq!(unauthenticated.status, 401);
+    assert_eq!(unauthenticated.json().await["error"], "missing_token");
+    let other = token(json!({"mercure": {"subscribe": ["https://example.com/{x}"]}}));
+    assert_eq!(app.get_as(api, Some(&other)).await.status, 403);
+
+    let off = App::start(&["--jwt-key", KEY]).await;
+    let admin = token(json!({"mercure": {"subscribe": ["*"]}}));
+    let answer = off.get_as(api, Some(&admin)).await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.json().await["error"], "not_found");
+}
