@@ -122,7 +122,8 @@ pub struct Options {
     /// and a read 503 [default: 2 on Redis and NATS, 5 on RabbitMQ].
     #[arg(long, env = "TIDINGS_BUS_TIMEOUT", value_name = "SECS")]
     pub bus_timeout: Option<u64>,
-    /// Longest wait, in seconds, for one batch of history reads for resuming clients (Redis)
+    /// Longest wait, in seconds, for one batch of history reads for resuming clients (Redis),
+    /// and for a new subscriber's topics to be listened to under interest routing
     /// [default: 15].
     #[arg(long, env = "TIDINGS_BUS_REPLAY_TIMEOUT", value_name = "SECS")]
     pub bus_replay_timeout: Option<u64>,
@@ -478,7 +479,15 @@ impl Options {
                 self.max_topics_per_update,
                 d.max_topics_per_update,
             )?,
-            max_id_length: at_least_one("max-id-length", self.max_id_length, d.max_id_length)?,
+            max_id_length: match self.max_id_length.unwrap_or(d.max_id_length) {
+                n if n < crate::update::GENERATED_ID_LENGTH => {
+                    return Err(ConfigError(format!(
+                        "max-id-length must be at least {}: the ids the hub gives updates published without one (urn:uuid:…) are that long",
+                        crate::update::GENERATED_ID_LENGTH
+                    )))
+                }
+                n => n,
+            },
             max_event_name_length: at_least_one(
                 "max-event-name-length",
                 self.max_event_name_length,

@@ -189,6 +189,7 @@ text_newtype!(
 impl UpdateId {
     /// A fresh, random id in the form Mercure hubs use: `urn:uuid:<uuid v4>`.
     pub fn generate() -> Self {
+        // Its length is GENERATED_ID_LENGTH.
         UpdateId(Arc::from(format!("urn:uuid:{}", uuid::Uuid::new_v4())))
     }
 
@@ -198,6 +199,11 @@ impl UpdateId {
         UpdateId(Arc::from(format!("urn:tidings:{place}")))
     }
 }
+
+/// The length of an id the hub generates ([`UpdateId::generate`]), and so the least
+/// `max-id-length` may be: ids the hub gives out must be ids it takes back (`Last-Event-ID`).
+/// Derived ids (`urn:tidings:<place>`) are shorter in practice.
+pub const GENERATED_ID_LENGTH: usize = "urn:uuid:".len() + 36;
 
 /// The prefix of the internal topic that carries a session's updates.
 pub const SESSION_TOPIC_PREFIX: &str = "urn:tidings:session:";

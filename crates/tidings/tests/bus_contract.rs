@@ -669,6 +669,11 @@ async fn delivers_what_is_published_straight_onto_the_broker(
         );
         derived.push(raw.update.id.clone());
     }
+    let mut published = vec![
+        with_id.id.clone(),
+        generated.id.clone(),
+        derived[0].as_str().to_owned(),
+    ];
     assert!(
         derived.windows(2).all(|w| w[0] == w[1]),
         "one derived id everywhere: {derived:?}"
@@ -711,7 +716,20 @@ async fn delivers_what_is_published_straight_onto_the_broker(
             .map(|e| e.update.id.as_str())
             .collect();
         assert_eq!(replayed, [then.as_str()]);
+        published.extend([id, then]);
     }
+    // Everything is in history, in order: a resume from its start replays it all.
+    let earliest = instances[1]
+        .bus
+        .replay(&ReplayFrom::Earliest)
+        .await
+        .unwrap();
+    let replayed: Vec<&str> = earliest
+        .updates
+        .iter()
+        .map(|e| e.update.id.as_str())
+        .collect();
+    assert_eq!(replayed, published);
 
     // A broker that is not there is a clear error at once.
     let (unreachable, name) = producer.unreachable().await;

@@ -3,20 +3,20 @@
 
 use std::sync::Arc;
 
-use super::{BusError, Cause};
+use super::{BusError, Cause, Kind};
 
 /// The failure of an operation on a broker, named after it (`redis: …`).
-pub(super) fn broker_error(broker: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("{broker}: {e}").into())
+pub(super) fn broker_error(broker: Kind, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("{}: {e}", broker.broker()).into())
 }
 
 /// The failure of a broker client's operation, named after the broker, with the client's
 /// error as its source.
 pub(super) fn client_error(
-    broker: &str,
+    broker: Kind,
     e: impl std::error::Error + Send + Sync + 'static,
 ) -> BusError {
-    BusError::Unavailable(Cause::caused_by(format!("{broker}: {e}"), e))
+    BusError::Unavailable(Cause::caused_by(format!("{}: {e}", broker.broker()), e))
 }
 
 /// True when `error`, or an error under it, says the broker's TLS certificate is not to be
@@ -47,7 +47,7 @@ pub(super) fn is_certificate_error(error: &(dyn std::error::Error + 'static)) ->
 /// Runs one operation on a broker with a time limit: its failure, or no answer in time, is
 /// [`BusError::Unavailable`], named after the broker.
 pub(super) async fn with_limit<T, E: std::error::Error + Send + Sync + 'static>(
-    broker: &str,
+    broker: Kind,
     limit: std::time::Duration,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
@@ -64,7 +64,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_operation_keeps_the_client_error_as_its_source() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let failed = with_limit("redis", std::time::Duration::from_secs(1), async {
+        let failed = with_limit(Kind::Redis, std::time::Duration::from_secs(1), async {
             Err::<(), _>(refused)
         })
         .await
@@ -79,7 +79,7 @@ mod tests {
             .downcast_ref::<std::io::Error>()
             .expect("an I/O error");
         assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
-        let slow = with_limit("nats", std::time::Duration::from_millis(10), async {
+        let slow = with_limit(Kind::Nats, std::time::Duration::from_millis(10), async {
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             Ok::<(), std::io::Error>(())
         })

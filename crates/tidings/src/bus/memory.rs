@@ -66,7 +66,7 @@ impl MemoryBus {
 #[async_trait]
 impl Bus for MemoryBus {
     fn kind(&self) -> &'static str {
-        "memory"
+        super::Kind::Memory.name()
     }
 
     async fn publish(&self, update: Update) -> Result<Published, BusError> {

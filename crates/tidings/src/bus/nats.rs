@@ -91,14 +91,19 @@ impl Drop for NatsBus {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    super::broker::broker_error("nats", e)
+    super::broker::broker_error(super::Kind::Nats, e)
+}
+
+/// A failure the NATS client reported, kept as the error's source.
+fn failed(e: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    super::broker::client_error(super::Kind::Nats, e)
 }
 
 async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     limit: Duration,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
-    super::broker::with_limit("nats", limit, f).await
+    super::broker::with_limit(super::Kind::Nats, limit, f).await
 }
 
 /// The position of the message at `sequence`. `epoch` counts the times NATS lost the stream
@@ -167,7 +172,7 @@ impl NatsBus {
                 }
             })
             .connect(url);
-        let client = tokio::time::timeout(timeout * 2, connect)
+        let client = tokio::time::timeout(timeout.saturating_mul(2), connect)
             .await
             .map_err(|_| {
                 BusError::Unavailable(format!("cannot reach NATS at {}", super::redact(url)).into())
@@ -185,7 +190,10 @@ impl NatsBus {
                     _ => BusError::Unavailable(what),
                 }
             })?;
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        // JetStream requests and acknowledgements wait this long too (the library's own
+        // limit would otherwise cut a longer one short).
+        js.set_timeout(timeout);
         let name = stream_name(&options.prefix);
         let subject_prefix = name.clone();
         let config = stream::Config {
@@ -232,7 +240,11 @@ impl NatsBus {
             history: Mutex::new(history),
             last: tokio::sync::watch::Sender::new(start),
         });
-        let reconnect = Reconnect::new("nats", options.backoff, hub.metrics().clone());
+        let reconnect = Reconnect::new(
+            super::Kind::Nats.broker(),
+            options.backoff,
+            hub.metrics().clone(),
+        );
         let reader = Reader {
             js: js.clone(),
             config,
@@ -284,7 +296,7 @@ impl NatsBus {
         loop {
             let message = match tokio::time::timeout(self.timeout, messages.next()).await {
                 Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(e))) => return Err(unavailable(e)),
+                Ok(Some(Err(e))) => return Err(failed(e)),
                 Ok(None) | Err(_) => return Err(unavailable("history could not be read")),
             };
             let sequence = message.info().map_err(unavailable)?.stream_sequence;
@@ -313,7 +325,7 @@ impl NatsBus {
             Ok(Ok(message)) => return Ok(Some(message.sequence)),
             Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
             // Not an answer: an id that may well be there must not be reported as a gap.
-            Ok(Err(e)) => return Err(unavailable(e)),
+            Ok(Err(e)) => return Err(failed(e)),
             Err(_) => return Err(unavailable("no answer placing a resume id")),
         }
         let derived = id
@@ -348,7 +360,7 @@ impl NatsBus {
 #[async_trait]
 impl Bus for NatsBus {
     fn kind(&self) -> &'static str {
-        "nats"
+        super::Kind::Nats.name()
     }
 
     async fn publish(&self, update: Update) -> Result<Published, BusError> {
@@ -372,9 +384,7 @@ impl Bus for NatsBus {
         .await?;
         let ack = match tokio::time::timeout(self.timeout, sent).await {
             Ok(Ok(ack)) => ack,
-            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => {
-                return Err(unavailable(e))
-            }
+            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => return Err(failed(e)),
             // Sent, but no acknowledgement: JetStream may have stored it.
             Ok(Err(e)) => {
                 return Err(BusError::OutcomeUnknown(Cause::caused_by(

@@ -15,16 +15,19 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
-/// How long an instance waits on its broker. Every wait on a broker is one of these two, so
-/// that each says which it is, and both can be set (`--bus-timeout`, `--bus-replay-timeout`):
-/// a broker across a slow link, or a RabbitMQ stream under load, needs more than a local one.
+/// How long an instance waits for its broker to answer. Every wait for an answer is one of
+/// these two, so that each says which it is, and both can be set (`--bus-timeout`,
+/// `--bus-replay-timeout`): a broker across a slow link, or a RabbitMQ stream under load,
+/// needs more than a local one. (The buses' own cadences — how often a connection is
+/// checked, how long a quiet consumer may stay quiet — are constants of each bus.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// One operation: connecting, a command, a publish's acknowledgement. Past it a read is
     /// unavailable and a publish's outcome unknown. `None`: the bus's own default
     /// ([`Timeouts::operation_or`]).
     pub operation: Option<Duration>,
-    /// One batch of history reads for resuming clients, which a resume storm makes large.
+    /// One batch of history reads for resuming clients, which a resume storm makes large;
+    /// and, under interest routing, a new subscriber's wait for its topics to be listened to.
     pub replay: Duration,
 }
 

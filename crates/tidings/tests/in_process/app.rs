@@ -30,6 +30,13 @@ struct Flags {
     options: Options,
 }
 
+/// The router of an instance started with these options (on the memory bus unless they name
+/// another).
+pub(crate) async fn router(options: Options) -> axum::Router {
+    let config = options.resolve().unwrap();
+    Instance::new(config).await.unwrap().router()
+}
+
 /// One instance's router.
 pub(crate) struct App(axum::Router);
 
@@ -39,8 +46,7 @@ impl App {
     pub(crate) async fn start(flags: &[&str]) -> App {
         let flags =
             Flags::try_parse_from(std::iter::once("tidings").chain(flags.iter().copied())).unwrap();
-        let config = flags.options.resolve().unwrap();
-        App(Instance::new(config).await.unwrap().router())
+        App(router(flags.options).await)
     }
 
     /// Sends one request; its answer (a stream's body is not read: dropping it ends the
@@ -63,20 +69,14 @@ impl App {
     /// `GET uri` with a bearer token, if given.
     pub(crate) async fn get_as(&self, uri: &str, token: Option<&str>) -> Answer {
         let authorization = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = authorization
-            .iter()
-            .map(|a| ("authorization", a.as_str()))
-            .collect();
+        let headers = authorization_header(authorization.as_deref());
         self.get(uri, &headers).await
     }
 
     /// A Mercure publish of an update on these topics, with a bearer token if given.
     pub(crate) async fn publish_as(&self, token: Option<&str>, topics: &[&str]) -> Answer {
         let authorization = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = authorization
-            .iter()
-            .map(|a| ("authorization", a.as_str()))
-            .collect();
+        let headers = authorization_header(authorization.as_deref());
         let form: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
         self.post_form("/.well-known/mercure", &form, &headers)
             .await
@@ -100,13 +100,16 @@ impl App {
     /// `POST uri` of a JSON body, with a bearer token if given.
     pub(crate) async fn post_json(&self, uri: &str, body: &Value, bearer: Option<&str>) -> Answer {
         let authorization = bearer.map(|t| format!("Bearer {t}"));
-        let mut headers = vec![("content-type", "application/json")];
-        if let Some(a) = &authorization {
-            headers.push(("authorization", a));
-        }
+        let mut headers = authorization_header(authorization.as_deref());
+        headers.push(("content-type", "application/json"));
         self.send(request("POST", uri, &headers, body.to_string().into()))
             .await
     }
+}
+
+/// The `Authorization` header with this value, if any.
+fn authorization_header(value: Option<&str>) -> Vec<(&'static str, &str)> {
+    value.map(|v| ("authorization", v)).into_iter().collect()
 }
 
 /// A request with these headers.

@@ -6,25 +6,17 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
 use tidings::config::Options;
-use tidings::server::Instance;
 use tower::ServiceExt;
 
-const KEY: &str = "router-test-key";
+use crate::app::{publisher_token as publisher, KEY};
 
 async fn app(options: Options) -> Router {
-    let config = Options {
+    crate::app::router(Options {
         jwt_key: Some(KEY.into()),
         max_body_bytes: options.max_body_bytes.or(Some(1024)),
         ..options
-    }
-    .resolve()
-    .unwrap();
-    Instance::new(config).await.unwrap().router()
-}
-
-fn publisher() -> String {
-    let claims = serde_json::from_value(json!({"mercure": {"publish": ["*"]}})).unwrap();
-    tidings::auth::mint(tidings::auth::JwtAlg::Hs256, KEY, &claims).unwrap()
+    })
+    .await
 }
 
 async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {

@@ -7,10 +7,7 @@ use axum::http::Request;
 use axum::Router;
 use proptest::prelude::*;
 use tidings::config::Options;
-use tidings::server::Instance;
 use tower::ServiceExt;
-
-const KEY: &str = "boundary-key";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -19,22 +16,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+use crate::app::publisher_token as publisher;
+
 async fn app() -> Router {
-    let config = Options {
-        jwt_key: Some(KEY.into()),
+    crate::app::router(Options {
+        jwt_key: Some(crate::app::KEY.into()),
         anonymous: Some(true),
         max_body_bytes: Some(4096),
         ..Options::default()
-    }
-    .resolve()
-    .unwrap();
-    Instance::new(config).await.unwrap().router()
-}
-
-fn publisher() -> String {
-    let claims =
-        serde_json::from_value(serde_json::json!({"mercure": {"publish": ["*"]}})).unwrap();
-    tidings::auth::mint(tidings::auth::JwtAlg::Hs256, KEY, &claims).unwrap()
+    })
+    .await
 }
 
 /// A field name a caller might send, known or not.

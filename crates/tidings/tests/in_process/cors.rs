@@ -5,18 +5,15 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use tidings::config::Options;
-use tidings::server::Instance;
 use tower::ServiceExt;
 
 async fn app(origins: &[&str]) -> Router {
-    let config = Options {
+    crate::app::router(Options {
         auth: Some(tidings::auth::AuthMode::None),
         cors_origin: origins.iter().map(|o| o.to_string()).collect(),
         ..Options::default()
-    }
-    .resolve()
-    .unwrap();
-    Instance::new(config).await.unwrap().router()
+    })
+    .await
 }
 
 fn preflight(origin: &str) -> Request<Body> {

@@ -15,7 +15,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
 use super::{
-    header_int, header_text, lock, timed, unavailable, write_marker, Catching, Shared,
+    failed, header_int, header_text, lock, timed, unavailable, write_marker, Catching, Shared,
     MARKER_HEADER, TIME_HEADER,
 };
 use crate::bus::reconnect::Reconnect;
@@ -141,7 +141,7 @@ impl Link {
                 let what = format!("RabbitMQ refused the connection: {e}");
                 return Err(BusError::Config(Cause::caused_by(what, e)));
             }
-            Ok(Err(e)) => return Err(unavailable(e)),
+            Ok(Err(e)) => return Err(failed(e)),
             Err(_) => {
                 return Err(unavailable(format!(
                     "no answer within {:?}",
@@ -293,12 +293,12 @@ impl Link {
                                 unacked = 0;
                                 let multiple = BasicAckOptions { multiple: true };
                                 if let Err(e) = delivery.acker.ack(multiple).await {
-                                    return Stopped::Failed(unavailable(e));
+                                    return Stopped::Failed(failed(e));
                                 }
                             }
                         }
                     }
-                    Some(Err(e)) => return Stopped::Failed(unavailable(e)),
+                    Some(Err(e)) => return Stopped::Failed(failed(e)),
                     None => return Stopped::Failed(unavailable("the consumer was cancelled")),
                 },
                 result = &mut catch_up, if !caught_up => match result {
@@ -376,7 +376,7 @@ async fn head_offset(
     .await?;
     let first = match tokio::time::timeout(timeout, consumer.next()).await {
         Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(e))) => return Err(unavailable(e)),
+        Ok(Some(Err(e))) => return Err(failed(e)),
         Ok(None) | Err(_) => return Err(unavailable("the stream's head could not be read")),
     };
     let _ = timed(timeout, probe.close(200, "done".into())).await;

@@ -123,14 +123,19 @@ struct Delivered {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    super::broker::broker_error("rabbitmq", e)
+    super::broker::broker_error(super::Kind::Amqp, e)
+}
+
+/// A failure the RabbitMQ client reported, kept as the error's source.
+fn failed(e: lapin::Error) -> BusError {
+    super::broker::client_error(super::Kind::Amqp, e)
 }
 
 async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     limit: Duration,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
-    super::broker::with_limit("rabbitmq", limit, f).await
+    super::broker::with_limit(super::Kind::Amqp, limit, f).await
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,13 +208,18 @@ impl AmqpBus {
                 ))
             })?;
         let mut ready = shared.ready.subscribe();
-        let reconnect = Reconnect::new("rabbitmq", options.backoff, shared.hub.metrics().clone());
+        let reconnect = Reconnect::new(
+            super::Kind::Amqp.broker(),
+            options.backoff,
+            shared.hub.metrics().clone(),
+        );
         let task = tokio::spawn(link::run(shared.clone(), settings, first, reconnect));
         let bus = AmqpBus { shared, task };
         // Serve only once this instance has read what the stream held.
-        let caught_up = tokio::time::timeout(bus.shared.timeout * 2, ready.wait_for(|r| *r))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let caught_up =
+            tokio::time::timeout(bus.shared.timeout.saturating_mul(2), ready.wait_for(|r| *r))
+                .await
+                .is_ok_and(|r| r.is_ok());
         match caught_up {
             true => Ok(bus),
             false => Err(BusError::Unavailable(
@@ -353,7 +363,7 @@ async fn publish_confirmed(
 #[async_trait]
 impl Bus for AmqpBus {
     fn kind(&self) -> &'static str {
-        "amqp"
+        super::Kind::Amqp.name()
     }
 
     /// The envelope returned has position 0: RabbitMQ's confirmation does not say where the

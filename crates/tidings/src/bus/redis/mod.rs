@@ -149,14 +149,19 @@ fn stream_id(position: Position) -> String {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
-    super::broker::broker_error("redis", e)
+    super::broker::broker_error(super::Kind::Redis, e)
+}
+
+/// A failure the Redis client reported, kept as the error's source.
+fn failed(e: redis::RedisError) -> BusError {
+    super::broker::client_error(super::Kind::Redis, e)
 }
 
 async fn timed<T>(
     limit: Duration,
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BusError> {
-    super::broker::with_limit("redis", limit, f).await
+    super::broker::with_limit(super::Kind::Redis, limit, f).await
 }
 
 /// Why Redis could not be used at start-up: refused credentials or an untrusted certificate
@@ -216,7 +221,11 @@ impl RedisBus {
         write_settings(&conn, &keys, &settings, timeout).await?;
         let (listening_tx, mut listening) = watch::channel(None);
         let client_for_replays = client.clone();
-        let reconnect = Reconnect::new("redis", options.backoff, hub.metrics().clone());
+        let reconnect = Reconnect::new(
+            super::Kind::Redis.broker(),
+            options.backoff,
+            hub.metrics().clone(),
+        );
         let state = reconnect.state();
         let reader = Reader::new(reader::Setup {
             client,
@@ -379,7 +388,7 @@ async fn read_range(
 #[async_trait]
 impl Bus for RedisBus {
     fn kind(&self) -> &'static str {
-        "redis"
+        super::Kind::Redis.name()
     }
 
     async fn publish(&self, update: Update) -> Result<Published, BusError> {
@@ -410,7 +419,7 @@ impl Bus for RedisBus {
             }
             // Refused before anything was sent, or an error reply (the script is atomic and
             // checks before it writes): not stored.
-            Ok(Err(e)) => return Err(unavailable(e)),
+            Ok(Err(e)) => return Err(failed(e)),
             Err(_) => {
                 return Err(BusError::OutcomeUnknown(
                     format!("redis: no answer within {timeout:?}").into(),

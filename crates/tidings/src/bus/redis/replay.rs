@@ -141,7 +141,10 @@ impl ReplayReader {
             // used, and the manager then reconnects at once: these reads change nothing, so
             // one more try serves the resumes that come right after a restart.
             let answered = match self.answer(&requests).await {
-                Err(_) => self.answer(&requests).await,
+                Err(e) if connection_dropped(&e) => {
+                    tracing::debug!(error = %e, "redis: replay connection dropped; reading again");
+                    self.answer(&requests).await
+                }
                 answered => answered,
             };
             match answered {
@@ -402,11 +405,19 @@ fn earlier(a: Start, b: Start) -> Start {
     }
 }
 
+/// True when `e` is Redis's connection having broken under the command (not a timeout, not
+/// an answer): the connection manager reconnects, and a read may simply be sent again.
+fn connection_dropped(e: &BusError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<redis::RedisError>())
+        .is_some_and(|e| e.is_io_error() || e.is_connection_dropped())
+}
+
 async fn timed<T>(
     limit: Duration,
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BusError> {
-    crate::bus::broker::with_limit("redis", limit, f).await
+    crate::bus::broker::with_limit(crate::bus::Kind::Redis, limit, f).await
 }
 
 #[cfg(test)]
