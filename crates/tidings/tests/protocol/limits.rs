@@ -146,6 +146,10 @@ async fn limits_must_be_at_least_one_and_proxies_must_be_addresses() {
             "bus-timeout must be at least 1",
         ),
         (
+            &["--max-id-length", "44"][..],
+            "max-id-length must be at least 45",
+        ),
+        (
             &["--bus-replay-timeout", "0"][..],
             "bus-replay-timeout must be at least 1",
         ),
