@@ -1,10 +1,20 @@
 //! Authorization: verifying JWTs and turning their claims into compiled rights.
 //!
-//! Tokens follow the Mercure protocol: `{"mercure": {"publish": [selectors], "subscribe":
-//! [selectors], "payload": …}}`, signed with HS256 (default), RS256 or ES256. `exp`, `nbf`
-//! and `iat` are optional and checked when present, with a configurable leeway; a token of only
-//! `{"mercure": {"publish": ["*"]}}` is a valid publisher. A token is verified once, when a
-//! request arrives; its selectors are compiled through the shared [`SelectorCache`].
+//! Two token formats, signed with HS256 (default), RS256 or ES256:
+//!
+//! - the classic Mercure token: `{"mercure": {"publish": [selectors], "subscribe":
+//!   [selectors], "payload": …}}`; `exp`, `nbf` and `iat` are optional and checked when
+//!   present, with a configurable leeway; a token of only `{"mercure": {"publish": ["*"]}}` is a
+//!   valid publisher;
+//! - the Mercure 1.0 access token (RFC 9068: header `typ: at+jwt`, `exp` required), whose rights
+//!   are its `authorization_details` (RFC 9396) of type [`AUTHORIZATION_DETAIL_TYPE`]: each
+//!   with `actions` (`publish`, `subscribe`), `topics` matchers (`{"match": …, "match_type":
+//!   "exact" | "urlpattern"}`, `"*"` for every topic) and, for subscribers, a `payload`. Details
+//!   of other types are someone else's and skipped; a malformed Mercure one refuses the token.
+//!
+//! With `--jwt-issuer` and `--jwt-audience`, every token must carry that `iss` and name that
+//! audience in `aud`. A token is verified once, when a request arrives; its selectors are
+//! compiled through the shared [`SelectorCache`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -16,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::selector::{Selector, SelectorCache};
 use crate::subscriber::Access;
 use crate::update::{SessionId, Topic};
+
+/// The `type` of a Mercure authorization detail in an access token (Mercure 1.0).
+pub const AUTHORIZATION_DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
 
 /// Longest session id accepted, in bytes.
 pub const MAX_SESSION_ID_LEN: usize = 256;
@@ -118,6 +131,11 @@ pub struct Claims {
     /// The Mercure claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mercure: Option<MercureClaim>,
+    /// RFC 9396 authorization details: an access token's rights (Mercure 1.0), read only from
+    /// a token of type `at+jwt`. Entries are kept raw: those of other types are not ours to
+    /// parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<Vec<serde_json::Value>>,
     /// Every other claim (`sub`, `exp`, a configured session claim, …).
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
@@ -156,6 +174,10 @@ pub struct AuthSettings {
     pub leeway_secs: u64,
     /// The claim that names a subscriber's session (default `sub`).
     pub session_claim: String,
+    /// The `iss` every token must carry, when set.
+    pub issuer: Option<String>,
+    /// The audience every token's `aud` must name, when set.
+    pub audience: Option<String>,
 }
 
 /// One role's verifier.
@@ -255,6 +277,15 @@ impl Keys {
             validation.validate_exp = true;
             validation.validate_nbf = true;
             validation.validate_aud = false;
+            if let Some(issuer) = &settings.issuer {
+                validation.set_issuer(&[issuer]);
+                validation.required_spec_claims.insert("iss".to_owned());
+            }
+            if let Some(audience) = &settings.audience {
+                validation.set_audience(&[audience]);
+                validation.validate_aud = true;
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
             validation.leeway = settings.leeway_secs;
             Ok(Some(Verifier {
                 key: load_key(settings.alg, value, role)?,
@@ -340,15 +371,22 @@ impl Authenticator {
         self.mode
     }
 
+    /// Verifies a token; its claims, and whether it is a Mercure 1.0 access token.
     fn verify(
         &self,
         verifier: &Verifier,
         token: &str,
         leeway_secs: u64,
-    ) -> Result<Claims, AuthError> {
+    ) -> Result<(Claims, bool), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
             .map_err(|e| AuthError::Invalid(format!("the token was refused: {}", describe(&e))))?;
+        let access_token = is_access_token(data.header.typ.as_deref());
         let claims = data.claims;
+        if access_token && !claims.other.contains_key("exp") {
+            return Err(AuthError::Invalid(
+                "the token was refused: an access token (typ at+jwt) must carry exp".into(),
+            ));
+        }
         if let Some(iat) = claims.other.get("iat") {
             let iat = iat.as_f64().ok_or_else(|| {
                 AuthError::Invalid("the token's iat claim is not a number".into())
@@ -360,14 +398,19 @@ impl Authenticator {
                 ));
             }
         }
-        Ok(claims)
+        Ok((claims, access_token))
     }
 
-    fn compile(&self, selectors: &[String]) -> Result<Vec<Selector>, AuthError> {
-        selectors
+    fn compile(&self, matchers: &[Matcher]) -> Result<Vec<Selector>, AuthError> {
+        matchers
             .iter()
-            .map(|s| {
-                self.selectors.get(s).map_err(|e| {
+            .map(|m| {
+                match m {
+                    Matcher::Selector(s) => self.selectors.get(s),
+                    Matcher::Exact(s) => self.selectors.get_exact(s),
+                    Matcher::UrlPattern(s) => self.selectors.get_url_pattern(s),
+                }
+                .map_err(|e| {
                     AuthError::Invalid(format!("the token's claim holds a bad selector: {e}"))
                 })
             })
@@ -387,11 +430,15 @@ impl Authenticator {
         let token = token.ok_or(AuthError::Missing(
             "publishing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
         ))?;
-        let claims = self.verify(verifier, token, keys.leeway_secs)?;
-        let publish = claims
-            .mercure
-            .and_then(|m| m.publish)
-            .ok_or_else(|| AuthError::Forbidden("the token has no mercure.publish claim".into()))?;
+        let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs)?;
+        let publish = Grants::of(claims, access_token)?.publish.ok_or_else(|| {
+            AuthError::Forbidden(match access_token {
+                true => format!(
+                    "the token has no authorization detail of type {AUTHORIZATION_DETAIL_TYPE} with the publish action"
+                ),
+                false => "the token has no mercure.publish claim".into(),
+            })
+        })?;
         Ok(PublisherRights {
             selectors: Some(self.compile(&publish)?),
         })
@@ -427,7 +474,7 @@ impl Authenticator {
                 "subscribing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
             ));
         };
-        let claims = self.verify(verifier, token, keys.leeway_secs)?;
+        let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs)?;
         // `exp` was checked by the verification, so it is a whole number of seconds here when
         // present. The token verifies while the current second is at most `exp` plus the
         // leeway: it stops verifying one second after that. An `exp` too far away for the
@@ -438,11 +485,6 @@ impl Authenticator {
             .and_then(serde_json::Value::as_u64)
             .and_then(|exp| exp.checked_add(keys.leeway_secs.saturating_add(1)))
             .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
-        let (subscribe, payload) = match claims.mercure {
-            Some(m) => (m.subscribe.unwrap_or_default(), m.payload),
-            None => (Vec::new(), None),
-        };
-        let access = Access::from_claim(self.compile(&subscribe)?);
         // A session claim that cannot name a session (not a string, empty, too long) leaves
         // the subscriber without one: plain Mercure tokens must keep working whatever their
         // `sub` is; only the session API insists on a session.
@@ -450,6 +492,10 @@ impl Authenticator {
             Some(serde_json::Value::String(s)) => SessionId::new(s, MAX_SESSION_ID_LEN).ok(),
             _ => None,
         };
+        let Grants {
+            subscribe, payload, ..
+        } = Grants::of(claims, access_token)?;
+        let access = Access::from_claim(self.compile(&subscribe)?);
         let access = match &session {
             Some(s) => access.with_session(s),
             None => access,
@@ -461,6 +507,133 @@ impl Authenticator {
             payload,
             expires,
         })
+    }
+}
+
+/// True for the header `typ` of an RFC 9068 access token: `at+jwt`, in any case, with or
+/// without the `application/` prefix.
+fn is_access_token(typ: Option<&str>) -> bool {
+    typ.is_some_and(|typ| {
+        let typ = match typ.get(..12) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+            _ => typ,
+        };
+        typ.eq_ignore_ascii_case("at+jwt")
+    })
+}
+
+/// A topic matcher of a token, before it is compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Matcher {
+    /// A classic `mercure` claim's selector: `*`, a URI template or an exact topic.
+    Selector(String),
+    /// An authorization detail's `exact` match (braces are characters).
+    Exact(String),
+    /// An authorization detail's `urlpattern` match.
+    UrlPattern(String),
+}
+
+/// What a verified token grants, whatever its format.
+#[derive(Debug, Default, PartialEq)]
+struct Grants {
+    /// What it may publish to; `None`: it grants no publishing at all.
+    publish: Option<Vec<Matcher>>,
+    /// Whose private updates it may receive.
+    subscribe: Vec<Matcher>,
+    /// Data about the subscriber (the subscriptions API shows it).
+    payload: Option<serde_json::Value>,
+}
+
+/// A Mercure authorization detail as the token carries it (its `type` already checked).
+#[derive(Debug, Deserialize)]
+struct Detail {
+    actions: Vec<String>,
+    topics: Vec<DetailTopic>,
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+}
+
+/// One of a detail's `topics`.
+#[derive(Debug, Deserialize)]
+struct DetailTopic {
+    #[serde(rename = "match")]
+    pattern: String,
+    #[serde(default)]
+    match_type: Option<String>,
+}
+
+impl Grants {
+    /// The grants of a verified token: an access token's from its authorization details, any
+    /// other's from its `mercure` claim.
+    ///
+    /// # Errors
+    /// [`AuthError::Invalid`] for a malformed Mercure authorization detail.
+    fn of(claims: Claims, access_token: bool) -> Result<Grants, AuthError> {
+        if !access_token {
+            let Some(m) = claims.mercure else {
+                return Ok(Grants::default());
+            };
+            let selectors = |list: Vec<String>| list.into_iter().map(Matcher::Selector).collect();
+            return Ok(Grants {
+                publish: m.publish.map(selectors),
+                subscribe: m.subscribe.map(selectors).unwrap_or_default(),
+                payload: m.payload,
+            });
+        }
+        let mut grants = Grants::default();
+        let details = claims.authorization_details.unwrap_or_default();
+        let ours = details
+            .into_iter()
+            .filter(|d| d.get("type").and_then(|t| t.as_str()) == Some(AUTHORIZATION_DETAIL_TYPE));
+        for (n, detail) in ours.enumerate() {
+            let bad = |why: String| {
+                AuthError::Invalid(format!(
+                    "the token was refused: its Mercure authorization detail #{} {why}",
+                    n + 1
+                ))
+            };
+            let detail: Detail =
+                serde_json::from_value(detail).map_err(|e| bad(format!("is malformed: {e}")))?;
+            if detail.actions.is_empty() || detail.topics.is_empty() {
+                return Err(bad("needs at least one action and one topic".into()));
+            }
+            let mut matchers = Vec::with_capacity(detail.topics.len());
+            for topic in detail.topics {
+                matchers.push(
+                    match (topic.pattern.as_str(), topic.match_type.as_deref()) {
+                        ("", _) => return Err(bad("has an empty match".into())),
+                        ("*", _) => Matcher::Selector("*".into()),
+                        (_, None | Some("exact")) => Matcher::Exact(topic.pattern),
+                        (_, Some("urlpattern")) => Matcher::UrlPattern(topic.pattern),
+                        (_, Some(other)) => {
+                            return Err(bad(format!(
+                                "has the match_type {other:?}: exact or urlpattern"
+                            )))
+                        }
+                    },
+                );
+            }
+            for action in &detail.actions {
+                match action.as_str() {
+                    "publish" => grants
+                        .publish
+                        .get_or_insert_with(Vec::new)
+                        .extend(matchers.iter().cloned()),
+                    "subscribe" => {
+                        grants.subscribe.extend(matchers.iter().cloned());
+                        if grants.payload.is_none() {
+                            grants.payload = detail.payload.clone();
+                        }
+                    }
+                    other => {
+                        return Err(bad(format!(
+                            "has the action {other:?}: publish or subscribe"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(grants)
     }
 }
 
@@ -479,6 +652,9 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
             "it is not a well-formed JWT".into()
         }
         ErrorKind::InvalidClaimFormat(c) => format!("its {c} claim is malformed"),
+        ErrorKind::InvalidIssuer => "its iss claim is not the configured issuer".into(),
+        ErrorKind::InvalidAudience => "its aud claim does not name the configured audience".into(),
+        ErrorKind::MissingRequiredClaim(c) => format!("it has no {c} claim"),
         other => format!("{other:?}"),
     }
 }
@@ -542,6 +718,198 @@ mod tests {
 
     fn topic(s: &str) -> Topic {
         Topic::new(s, 1000).unwrap()
+    }
+
+    /// An RFC 9068 access token (`typ` as given) with these claims, signed with `key`.
+    fn access_token(typ: &str, key: &str, claims: serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = Some(typ.into());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(key.as_bytes())).unwrap()
+    }
+
+    fn detail(actions: &[&str], topics: serde_json::Value) -> serde_json::Value {
+        json!({"type": AUTHORIZATION_DETAIL_TYPE, "actions": actions, "topics": topics})
+    }
+
+    const FAR: u64 = 4_102_444_800;
+
+    #[test]
+    fn a_mercure_1_0_access_token_grants_what_its_authorization_details_say() {
+        let a = auth(&settings());
+        let t = access_token(
+            "at+jwt",
+            "secret",
+            json!({"exp": FAR, "sub": "alice", "authorization_details": [
+                {"type": "https://other.example/detail", "anything": true},
+                detail(&["publish"], json!([
+                    {"match": "https://example.com/books/{id}"},
+                    {"match": "https://example.com/films/:id", "match_type": "urlpattern"},
+                ])),
+                detail(&["subscribe"], json!([{"match": "https://example.com/orders/7"}])),
+                {"type": AUTHORIZATION_DETAIL_TYPE, "actions": ["subscribe"],
+                 "topics": [{"match": "urn:x", "match_type": "exact"}], "payload": {"role": "a"}},
+            ]}),
+        );
+        let rights = a.publisher(Some(&t)).unwrap();
+        // `exact` is exact: braces are characters, not a template.
+        rights
+            .check(&[topic("https://example.com/books/{id}")])
+            .unwrap();
+        assert!(rights
+            .check(&[topic("https://example.com/books/1")])
+            .is_err());
+        rights
+            .check(&[topic("https://example.com/films/9")])
+            .unwrap();
+        assert!(rights
+            .check(&[topic("https://example.com/orders/7")])
+            .is_err());
+        let id = a.subscriber(Some(&t)).unwrap();
+        assert!(id
+            .access
+            .may_see_private(&[topic("https://example.com/orders/7")]));
+        assert!(id.access.may_see_private(&[topic("urn:x")]));
+        assert!(!id
+            .access
+            .may_see_private(&[topic("https://example.com/books/{id}")]));
+        assert_eq!(id.payload, Some(json!({"role": "a"})));
+        assert_eq!(id.session.unwrap().as_str(), "alice");
+        // `*` is every topic; the typ is read in any case, with or without `application/`.
+        for typ in ["AT+JWT", "application/at+jwt"] {
+            let t = access_token(
+                typ,
+                "secret",
+                json!({"exp": FAR, "authorization_details": [detail(&["publish", "subscribe"], json!([{"match": "*"}]))]}),
+            );
+            a.publisher(Some(&t))
+                .unwrap()
+                .check(&[topic("anything")])
+                .unwrap();
+            assert!(a
+                .subscriber(Some(&t))
+                .unwrap()
+                .access
+                .may_see_private(&[topic("x")]));
+        }
+    }
+
+    #[test]
+    fn an_access_token_is_read_by_its_details_and_must_expire() {
+        let a = auth(&settings());
+        // Without a Mercure detail with the publish action, nothing may be published (a
+        // `mercure` claim in an access token is not read).
+        let subscriber_only = access_token(
+            "at+jwt",
+            "secret",
+            json!({"exp": FAR, "mercure": {"publish": ["*"]},
+                   "authorization_details": [detail(&["subscribe"], json!([{"match": "*"}]))]}),
+        );
+        let refused = a.publisher(Some(&subscriber_only)).unwrap_err();
+        assert!(
+            matches!(&refused, AuthError::Forbidden(m) if m.contains("publish action")),
+            "{refused:?}"
+        );
+        let no_exp = access_token(
+            "at+jwt",
+            "secret",
+            json!({"authorization_details": [detail(&["publish"], json!([{"match": "*"}]))]}),
+        );
+        assert!(
+            matches!(a.publisher(Some(&no_exp)), Err(AuthError::Invalid(m)) if m.contains("exp"))
+        );
+        // A classic token keeps its `mercure` claim, whatever else it carries.
+        let classic = token(
+            "secret",
+            json!({"mercure": {"publish": ["*"]},
+                   "authorization_details": [detail(&["subscribe"], json!([{"match": "x"}]))]}),
+        );
+        a.publisher(Some(&classic))
+            .unwrap()
+            .check(&[topic("y")])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_malformed_mercure_authorization_detail_refuses_the_token() {
+        let a = auth(&settings());
+        for (bad, says) in [
+            (
+                detail(&["delete"], json!([{"match": "*"}])),
+                "action \"delete\"",
+            ),
+            (detail(&[], json!([{"match": "*"}])), "at least one action"),
+            (
+                detail(&["publish"], json!([])),
+                "at least one action and one topic",
+            ),
+            (detail(&["publish"], json!([{"match": ""}])), "empty match"),
+            (
+                detail(&["publish"], json!(["https://example.com/x"])),
+                "malformed",
+            ),
+            (
+                detail(
+                    &["publish"],
+                    json!([{"match": "x", "match_type": "template"}]),
+                ),
+                "match_type",
+            ),
+            (
+                json!({"type": AUTHORIZATION_DETAIL_TYPE, "topics": [{"match": "*"}]}),
+                "malformed",
+            ),
+        ] {
+            let t = access_token(
+                "at+jwt",
+                "secret",
+                json!({"exp": FAR, "authorization_details": [bad]}),
+            );
+            let refused = a.publisher(Some(&t)).unwrap_err();
+            assert!(
+                matches!(&refused, AuthError::Invalid(m) if m.contains(says) && m.contains("detail #1")),
+                "{says}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let a = auth(&AuthSettings {
+            issuer: Some("https://id.example".into()),
+            audience: Some("https://hub.example/.well-known/mercure".into()),
+            ..settings()
+        });
+        let grant = json!({"publish": ["*"]});
+        let aud = "https://hub.example/.well-known/mercure";
+        let ok = [
+            json!({"iss": "https://id.example", "aud": aud, "mercure": grant}),
+            json!({"iss": "https://id.example", "aud": ["other", aud], "mercure": grant}),
+        ];
+        for claims in ok {
+            a.publisher(Some(&token("secret", claims))).unwrap();
+        }
+        let refused = [
+            json!({"aud": aud, "mercure": grant}),
+            json!({"iss": "https://evil.example", "aud": aud, "mercure": grant}),
+            json!({"iss": "https://id.example", "mercure": grant}),
+            json!({"iss": "https://id.example", "aud": "https://other.example", "mercure": grant}),
+        ];
+        for claims in refused {
+            assert!(
+                matches!(
+                    a.publisher(Some(&token("secret", claims.clone()))),
+                    Err(AuthError::Invalid(_))
+                ),
+                "{claims}"
+            );
+        }
+        // Unset, neither is looked at.
+        let open = auth(&settings());
+        open.publisher(Some(&token(
+            "secret",
+            json!({"iss": "anyone", "aud": "any", "mercure": grant}),
+        )))
+        .unwrap();
     }
 
     #[test]

@@ -88,6 +88,13 @@ pub struct Options {
     /// Seconds of clock skew tolerated on exp/nbf/iat [default: 5].
     #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_name = "SECS")]
     pub jwt_leeway: Option<u64>,
+    /// The issuer every token must name in its `iss` claim (unchecked when unset).
+    #[arg(long, env = "TIDINGS_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// The audience every token must name in its `aud` claim, such as the hub's public URL
+    /// (unchecked when unset).
+    #[arg(long, env = "TIDINGS_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
     /// Close a stream when its subscriber's token expires (exp plus the leeway), with a
     /// retry hint [default: true].
     #[arg(long, env = "TIDINGS_CLOSE_EXPIRED_STREAMS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -318,6 +325,16 @@ impl Default for Config {
     }
 }
 
+/// The value, if set, which must not be empty.
+fn not_empty(name: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(v) if v.is_empty() => Err(ConfigError(format!(
+            "{name} is empty: give a value, or leave the option out"
+        ))),
+        v => Ok(v),
+    }
+}
+
 /// The value (or its default), which must be at least 1.
 fn at_least_one<T: Copy + PartialEq + Default>(
     name: &str,
@@ -424,6 +441,8 @@ impl Options {
             jwt_leeway,
             close_expired_streams,
             session_claim,
+            jwt_issuer,
+            jwt_audience,
             anonymous,
             subscriptions,
             history_size,
@@ -556,6 +575,8 @@ impl Options {
                     l => l,
                 },
                 session_claim: self.session_claim.unwrap_or_else(|| "sub".to_owned()),
+                issuer: not_empty("jwt-issuer", self.jwt_issuer)?,
+                audience: not_empty("jwt-audience", self.jwt_audience)?,
             },
             close_expired_streams: self.close_expired_streams.unwrap_or(true),
             subscriptions: self.subscriptions.unwrap_or(false),

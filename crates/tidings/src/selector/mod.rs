@@ -185,6 +185,14 @@ impl SelectorCache {
         self.get_or_compile(source, source, Selector::compile)
     }
 
+    /// Returns the `match=` selector for `source` (an exact topic: nothing to compile or cache).
+    ///
+    /// # Errors
+    /// As [`Selector::exact`].
+    pub fn get_exact(&self, source: &str) -> Result<Selector, InvalidInput> {
+        Selector::exact(source, self.max_len)
+    }
+
     /// Returns the compiled `match_urlpattern=` selector for `source`.
     ///
     /// # Errors

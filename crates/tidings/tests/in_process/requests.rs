@@ -171,3 +171,52 @@ async fn the_subscriptions_api_needs_a_matching_claim_and_the_option() {
     assert_eq!(answer.status, 404);
     assert_eq!(answer.json().await["error"], "not_found");
 }
+
+/// A Mercure 1.0 access token (`typ: at+jwt`) with these claims, signed with the test key.
+fn access_token(claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.typ = Some("at+jwt".into());
+    let key = jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn mercure_1_0_access_tokens_publish_with_issuer_and_audience_checked() {
+    let audience = "https://hub.example/.well-known/mercure";
+    let app = App::start(&[
+        "--jwt-key",
+        KEY,
+        "--jwt-issuer",
+        "https://id.example",
+        "--jwt-audience",
+        audience,
+    ])
+    .await;
+    let grant = |iss: &str, aud: &str| {
+        access_token(json!({
+            "iss": iss, "aud": aud, "exp": 4_102_444_800u64,
+            "authorization_details": [{
+                "type": tidings::auth::AUTHORIZATION_DETAIL_TYPE,
+                "actions": ["publish"],
+                "topics": [{"match": "https://example.com/books/:id", "match_type": "urlpattern"}],
+            }],
+        }))
+    };
+    let good = grant("https://id.example", audience);
+    let topic = "https://example.com/books/1";
+    assert_eq!(app.publish_as(Some(&good), &[topic]).await.status, 200);
+    let outside = app
+        .publish_as(Some(&good), &["https://example.com/films/1"])
+        .await;
+    assert_eq!(outside.status, 403);
+    for (token, says) in [
+        (grant("https://evil.example", audience), "iss"),
+        (grant("https://id.example", "https://other.example"), "aud"),
+    ] {
+        let refused = app.publish_as(Some(&token), &[topic]).await;
+        assert_eq!(refused.status, 401);
+        let body = refused.json().await;
+        assert_eq!(body["error"], "invalid_token");
+        assert!(body["detail"].as_str().unwrap().contains(says), "{body}");
+    }
+}

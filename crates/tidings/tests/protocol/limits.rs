@@ -149,6 +149,7 @@ async fn limits_must_be_at_least_one_and_proxies_must_be_addresses() {
             &["--max-id-length", "44"][..],
             "max-id-length must be at least 45",
         ),
+        (&["--jwt-issuer", ""][..], "jwt-issuer is empty"),
         (
             &["--bus-replay-timeout", "0"][..],
             "bus-replay-timeout must be at least 1",
