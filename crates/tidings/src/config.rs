@@ -88,6 +88,13 @@ pub struct Options {
     /// Seconds of clock skew tolerated on exp/nbf/iat [default: 5].
     #[arg(long, env = "TIDINGS_JWT_LEEWAY", value_name = "SECS")]
     pub jwt_leeway: Option<u64>,
+    /// A JWKS endpoint (http:// or https://) the token verification keys come from, chosen by
+    /// each token's `kid`, instead of jwt-key.
+    #[arg(long, env = "TIDINGS_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+    /// Seconds between two fetches of the key set of jwks-url [default: 300].
+    #[arg(long, env = "TIDINGS_JWKS_REFRESH", value_name = "SECS")]
+    pub jwks_refresh: Option<u64>,
     /// The issuer every token must name in its `iss` claim (unchecked when unset).
     #[arg(long, env = "TIDINGS_JWT_ISSUER", value_name = "ISS")]
     pub jwt_issuer: Option<String>,
@@ -443,6 +450,8 @@ impl Options {
             session_claim,
             jwt_issuer,
             jwt_audience,
+            jwks_url,
+            jwks_refresh,
             anonymous,
             subscriptions,
             history_size,
@@ -577,6 +586,12 @@ impl Options {
                 session_claim: self.session_claim.unwrap_or_else(|| "sub".to_owned()),
                 issuer: not_empty("jwt-issuer", self.jwt_issuer)?,
                 audience: not_empty("jwt-audience", self.jwt_audience)?,
+                jwks_url: not_empty("jwks-url", self.jwks_url)?,
+                jwks_refresh: Duration::from_secs(at_least_one(
+                    "jwks-refresh",
+                    self.jwks_refresh,
+                    300,
+                )?),
             },
             close_expired_streams: self.close_expired_streams.unwrap_or(true),
             subscriptions: self.subscriptions.unwrap_or(false),

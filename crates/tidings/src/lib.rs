@@ -18,7 +18,7 @@
 //! | [`admission`] | the caps on open streams (per instance, client address, session) and the client address |
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay), its backends (cargo features), the wire format, the reconnect machine and start-up |
-//! | [`auth`] | JWT verification (HS256/RS256/ES256), Mercure claims, minting dev tokens |
+//! | [`auth`] | JWT verification (HS256/RS256/ES256 keys, or a JWKS endpoint), Mercure claims and Mercure 1.0 access tokens, minting dev tokens |
 //! | [`state`] | [`state::AppState`]: one instance's parts (config, hub, bus, authenticator, metrics, admission), shared by every request |
 //! | [`http`] | the axum router: Mercure subscribe/publish and subscriptions API, session API, `/healthz`, `/readyz`, `/metrics`, the page at `/` |
 //! | [`metrics`] | the instance's Prometheus metrics |

@@ -96,7 +96,9 @@ impl FromRequestParts<AppState> for Subscriber {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let query = query(parts.uri.query())?;
-        subscriber(state, &parts.headers, &query).map(Subscriber)
+        subscriber(state, &parts.headers, &query)
+            .await
+            .map(Subscriber)
     }
 }
 
@@ -108,7 +110,9 @@ impl FromRequestParts<AppState> for Publisher {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let query = query(parts.uri.query())?;
-        publisher(state, &parts.headers, &query).map(Publisher)
+        publisher(state, &parts.headers, &query)
+            .await
+            .map(Publisher)
     }
 }
 
@@ -166,13 +170,13 @@ enum Source {
 }
 
 /// Verifies the caller's credentials as a subscriber.
-pub(super) fn subscriber(
+pub(super) async fn subscriber(
     state: &AppState,
     headers: &HeaderMap,
     query: &Pairs,
 ) -> Result<SubscriberIdentity, ApiError> {
     let token = presented_token(state, headers, query)?.map(|(t, _)| t);
-    Ok(state.authenticator().subscriber(token)?)
+    Ok(state.authenticator().subscriber(token).await?)
 }
 
 /// Verifies the caller's credentials as a publisher.
@@ -181,7 +185,7 @@ pub(super) fn subscriber(
 /// from the cookie publishes only when the request's `Origin` (or `Referer`) is one of the
 /// configured `publish-origin`s (cross-site request forgery protection, as Mercure's
 /// `publish_origins`).
-pub(super) fn publisher(
+pub(super) async fn publisher(
     state: &AppState,
     headers: &HeaderMap,
     query: &Pairs,
@@ -197,7 +201,10 @@ pub(super) fn publisher(
             ));
         }
     }
-    Ok(state.authenticator().publisher(presented.map(|(t, _)| t))?)
+    Ok(state
+        .authenticator()
+        .publisher(presented.map(|(t, _)| t))
+        .await?)
 }
 
 /// The origin a browser says the request comes from: `Origin`, else the origin of `Referer`.

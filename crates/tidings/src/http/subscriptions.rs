@@ -140,7 +140,7 @@ async fn authorize(
         ));
     }
     let query = request::query(raw_query)?;
-    let identity = request::subscriber(state, headers, &query)?;
+    let identity = request::subscriber(state, headers, &query).await?;
     let topic = Topic::new(path, MAX_IRI_LEN)?;
     if !identity.access.may_see_private(&[topic]) {
         return Err(if identity.anonymous {

@@ -88,6 +88,7 @@ impl Instance {
             config.limits.max_selector_length,
         ));
         let auth = Authenticator::new(&config.auth, selectors.clone())?;
+        auth.start().await;
         let options = BusOptions {
             history_size: config.history_size,
             history_ttl_secs: config.history_ttl,

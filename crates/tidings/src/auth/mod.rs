@@ -12,8 +12,9 @@
 //!   "exact" | "urlpattern"}`, `"*"` for every topic) and, for subscribers, a `payload`. Details
 //!   of other types are someone else's and skipped; a malformed Mercure one refuses the token.
 //!
-//! With `--jwt-issuer` and `--jwt-audience`, every token must carry that `iss` and name that
-//! audience in `aud`. A token is verified once, when a request arrives; its selectors are
+//! The keys are configured (`--jwt-key`, a secret or PEM files), or come from a JWKS endpoint
+//! (`--jwks-url`, module `jwks`) by each token's `kid`. With `--jwt-issuer` and
+//! `--jwt-audience`, every token must carry that `iss` and name that audience in `aud`. A token is verified once, when a request arrives; its selectors are
 //! compiled through the shared [`SelectorCache`].
 
 use std::collections::HashSet;
@@ -24,8 +25,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::selector::{Selector, SelectorCache};
+
+mod jwks;
 use crate::subscriber::Access;
 use crate::update::{SessionId, Topic};
+use jwks::KeySet;
 
 /// The `type` of a Mercure authorization detail in an access token (Mercure 1.0).
 pub const AUTHORIZATION_DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
@@ -178,12 +182,24 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     /// The audience every token's `aud` must name, when set.
     pub audience: Option<String>,
+    /// A JWKS endpoint the verification keys come from (instead of the keys above).
+    pub jwks_url: Option<String>,
+    /// How often the key set is fetched again.
+    pub jwks_refresh: Duration,
 }
 
-/// One role's verifier.
-struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+/// One role's verifier: where its keys come from, and what else a token must satisfy.
+enum Verifier {
+    /// One configured key, with its algorithm.
+    Key {
+        key: DecodingKey,
+        validation: Validation,
+    },
+    /// The keys of a JWKS endpoint, chosen by the token's `kid`, each with its own algorithm.
+    Set {
+        keys: Arc<KeySet>,
+        validation: Validation,
+    },
 }
 
 impl std::fmt::Debug for Verifier {
@@ -209,6 +225,8 @@ pub struct Authenticator {
     anonymous: bool,
     session_claim: String,
     selectors: Arc<SelectorCache>,
+    /// The JWKS endpoint's keys (`jwks-url`), kept across reloads, with their refresh period.
+    key_set: Option<(Arc<KeySet>, Duration)>,
 }
 
 /// What a subscriber's credentials grant.
@@ -257,12 +275,30 @@ impl PublisherRights {
 
 impl Keys {
     /// Builds both roles' verifiers, reading PEM key files if the algorithm needs them.
-    fn load(settings: &AuthSettings) -> Result<Keys, AuthConfigError> {
+    fn load(settings: &AuthSettings, set: Option<&Arc<KeySet>>) -> Result<Keys, AuthConfigError> {
+        let configured = [
+            &settings.jwt_key,
+            &settings.publisher_jwt_key,
+            &settings.subscriber_jwt_key,
+        ];
+        if set.is_some() && configured.iter().any(|k| k.is_some()) {
+            return Err(AuthConfigError(
+                "jwks-url and jwt-key (or publisher-jwt-key, subscriber-jwt-key) exclude each other: keys come from one place".into(),
+            ));
+        }
         let verifier = |role: &str,
                         specific: &Option<String>|
          -> Result<Option<Verifier>, AuthConfigError> {
             if settings.mode == AuthMode::None {
                 return Ok(None);
+            }
+            if let Some(set) = set {
+                let mut validation = validation(settings);
+                validation.algorithms.clear();
+                return Ok(Some(Verifier::Set {
+                    keys: set.clone(),
+                    validation,
+                }));
             }
             let Some(value) = specific.as_ref().or(settings.jwt_key.as_ref()) else {
                 return Err(AuthConfigError(format!(
@@ -272,22 +308,8 @@ impl Keys {
             if value.is_empty() {
                 return Err(AuthConfigError(format!("the {role} key is empty")));
             }
-            let mut validation = Validation::new(settings.alg.algorithm());
-            validation.required_spec_claims = HashSet::new();
-            validation.validate_exp = true;
-            validation.validate_nbf = true;
-            validation.validate_aud = false;
-            if let Some(issuer) = &settings.issuer {
-                validation.set_issuer(&[issuer]);
-                validation.required_spec_claims.insert("iss".to_owned());
-            }
-            if let Some(audience) = &settings.audience {
-                validation.set_audience(&[audience]);
-                validation.validate_aud = true;
-                validation.required_spec_claims.insert("aud".to_owned());
-            }
-            validation.leeway = settings.leeway_secs;
-            Ok(Some(Verifier {
+            let validation = validation(settings);
+            Ok(Some(Verifier::Key {
                 key: load_key(settings.alg, value, role)?,
                 validation,
             }))
@@ -298,6 +320,27 @@ impl Keys {
             leeway_secs: settings.leeway_secs,
         })
     }
+}
+
+/// What every token must satisfy besides its signature: `exp` and `nbf` when present, with the
+/// leeway; `iss` and `aud` when configured.
+fn validation(settings: &AuthSettings) -> Validation {
+    let mut validation = Validation::new(settings.alg.algorithm());
+    validation.required_spec_claims = HashSet::new();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    if let Some(issuer) = &settings.issuer {
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".to_owned());
+    }
+    if let Some(audience) = &settings.audience {
+        validation.set_audience(&[audience]);
+        validation.validate_aud = true;
+        validation.required_spec_claims.insert("aud".to_owned());
+    }
+    validation.leeway = settings.leeway_secs;
+    validation
 }
 
 fn load_key(alg: JwtAlg, value: &str, role: &str) -> Result<DecodingKey, AuthConfigError> {
@@ -333,13 +376,26 @@ impl Authenticator {
         settings: &AuthSettings,
         selectors: Arc<SelectorCache>,
     ) -> Result<Self, AuthConfigError> {
+        let key_set = match &settings.jwks_url {
+            Some(url) if settings.mode == AuthMode::Jwt => Some(KeySet::new(url)?),
+            _ => None,
+        };
         Ok(Authenticator {
             mode: settings.mode,
-            keys: RwLock::new(Arc::new(Keys::load(settings)?)),
+            keys: RwLock::new(Arc::new(Keys::load(settings, key_set.as_ref())?)),
             anonymous: settings.anonymous,
             session_claim: session_claim(settings).to_owned(),
             selectors,
+            key_set: key_set.map(|set| (set, settings.jwks_refresh)),
         })
+    }
+
+    /// With `jwks-url`: fetches the key set (a failure is logged; tokens are refused until a
+    /// later fetch succeeds) and keeps it fresh from then on.
+    pub async fn start(&self) {
+        if let Some((set, every)) = &self.key_set {
+            set.start(*every).await;
+        }
     }
 
     /// Takes the keys, algorithm and leeway of `settings` for every token verified from now
@@ -349,15 +405,20 @@ impl Authenticator {
     /// [`AuthConfigError`] when a key cannot be loaded, or `settings` changes what only a
     /// restart can (`auth`, `anonymous`, `session-claim`); the keys in use stay.
     pub fn reload(&self, settings: &AuthSettings) -> Result<(), AuthConfigError> {
+        let jwks_url = self.key_set.as_ref().map(|(set, _)| set.url());
         if settings.mode != self.mode
             || settings.anonymous != self.anonymous
             || session_claim(settings) != self.session_claim
+            || settings.jwks_url.as_deref() != jwks_url
         {
             return Err(AuthConfigError(
-                "auth, anonymous and session-claim change only with a restart".into(),
+                "auth, anonymous, session-claim and jwks-url change only with a restart".into(),
             ));
         }
-        let keys = Arc::new(Keys::load(settings)?);
+        let keys = Arc::new(Keys::load(
+            settings,
+            self.key_set.as_ref().map(|(set, _)| set),
+        )?);
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
         Ok(())
     }
@@ -372,14 +433,37 @@ impl Authenticator {
     }
 
     /// Verifies a token; its claims, and whether it is a Mercure 1.0 access token.
-    fn verify(
+    async fn verify(
         &self,
         verifier: &Verifier,
         token: &str,
         leeway_secs: u64,
     ) -> Result<(Claims, bool), AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
-            .map_err(|e| AuthError::Invalid(format!("the token was refused: {}", describe(&e))))?;
+        let refused = |e: jsonwebtoken::errors::Error| {
+            AuthError::Invalid(format!("the token was refused: {}", describe(&e)))
+        };
+        let data = match verifier {
+            Verifier::Key { key, validation } => {
+                jsonwebtoken::decode::<Claims>(token, key, validation).map_err(refused)?
+            }
+            Verifier::Set { keys, validation } => {
+                let header = jsonwebtoken::decode_header(token).map_err(refused)?;
+                let kid = header.kid.ok_or_else(|| {
+                    AuthError::Invalid(
+                        "the token was refused: it names no key (kid), and the keys come from a key set".into(),
+                    )
+                })?;
+                let key = keys.key(&kid).await.ok_or_else(|| {
+                    let kid: String = kid.chars().take(64).collect();
+                    AuthError::Invalid(format!(
+                        "the token was refused: the key set has no key {kid:?}"
+                    ))
+                })?;
+                let mut validation = validation.clone();
+                validation.algorithms = vec![key.alg];
+                jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(refused)?
+            }
+        };
         let access_token = is_access_token(data.header.typ.as_deref());
         let claims = data.claims;
         if access_token && !claims.other.contains_key("exp") {
@@ -422,7 +506,7 @@ impl Authenticator {
     /// # Errors
     /// [`AuthError::Missing`] without a token, [`AuthError::Invalid`] for a token that does not
     /// verify, [`AuthError::Forbidden`] for a token without a `mercure.publish` claim.
-    pub fn publisher(&self, token: Option<&str>) -> Result<PublisherRights, AuthError> {
+    pub async fn publisher(&self, token: Option<&str>) -> Result<PublisherRights, AuthError> {
         let keys = self.keys();
         let Some(verifier) = &keys.publisher else {
             return Ok(PublisherRights { selectors: None });
@@ -430,7 +514,7 @@ impl Authenticator {
         let token = token.ok_or(AuthError::Missing(
             "publishing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
         ))?;
-        let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs)?;
+        let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs).await?;
         let publish = Grants::of(claims, access_token)?.publish.ok_or_else(|| {
             AuthError::Forbidden(match access_token {
                 true => format!(
@@ -449,7 +533,7 @@ impl Authenticator {
     /// # Errors
     /// [`AuthError::Missing`] without a token when anonymous subscribers are not allowed,
     /// [`AuthError::Invalid`] for a token that does not verify.
-    pub fn subscriber(&self, token: Option<&str>) -> Result<SubscriberIdentity, AuthError> {
+    pub async fn subscriber(&self, token: Option<&str>) -> Result<SubscriberIdentity, AuthError> {
         let keys = self.keys();
         let Some(verifier) = &keys.subscriber else {
             return Ok(SubscriberIdentity {
@@ -474,7 +558,7 @@ impl Authenticator {
                 "subscribing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
             ));
         };
-        let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs)?;
+        let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs).await?;
         // `exp` was checked by the verification, so it is a whole number of seconds here when
         // present. The token verifies while the current second is at most `exp` plus the
         // leeway: it stops verifying one second after that. An `exp` too far away for the
@@ -733,8 +817,8 @@ mod tests {
 
     const FAR: u64 = 4_102_444_800;
 
-    #[test]
-    fn a_mercure_1_0_access_token_grants_what_its_authorization_details_say() {
+    #[tokio::test]
+    async fn a_mercure_1_0_access_token_grants_what_its_authorization_details_say() {
         let a = auth(&settings());
         let t = access_token(
             "at+jwt",
@@ -750,7 +834,7 @@ mod tests {
                  "topics": [{"match": "urn:x", "match_type": "exact"}], "payload": {"role": "a"}},
             ]}),
         );
-        let rights = a.publisher(Some(&t)).unwrap();
+        let rights = a.publisher(Some(&t)).await.unwrap();
         // `exact` is exact: braces are characters, not a template.
         rights
             .check(&[topic("https://example.com/books/{id}")])
@@ -764,7 +848,7 @@ mod tests {
         assert!(rights
             .check(&[topic("https://example.com/orders/7")])
             .is_err());
-        let id = a.subscriber(Some(&t)).unwrap();
+        let id = a.subscriber(Some(&t)).await.unwrap();
         assert!(id
             .access
             .may_see_private(&[topic("https://example.com/orders/7")]));
@@ -782,19 +866,21 @@ mod tests {
                 json!({"exp": FAR, "authorization_details": [detail(&["publish", "subscribe"], json!([{"match": "*"}]))]}),
             );
             a.publisher(Some(&t))
+                .await
                 .unwrap()
                 .check(&[topic("anything")])
                 .unwrap();
             assert!(a
                 .subscriber(Some(&t))
+                .await
                 .unwrap()
                 .access
                 .may_see_private(&[topic("x")]));
         }
     }
 
-    #[test]
-    fn an_access_token_is_read_by_its_details_and_must_expire() {
+    #[tokio::test]
+    async fn an_access_token_is_read_by_its_details_and_must_expire() {
         let a = auth(&settings());
         // Without a Mercure detail with the publish action, nothing may be published (a
         // `mercure` claim in an access token is not read).
@@ -804,7 +890,7 @@ mod tests {
             json!({"exp": FAR, "mercure": {"publish": ["*"]},
                    "authorization_details": [detail(&["subscribe"], json!([{"match": "*"}]))]}),
         );
-        let refused = a.publisher(Some(&subscriber_only)).unwrap_err();
+        let refused = a.publisher(Some(&subscriber_only)).await.unwrap_err();
         assert!(
             matches!(&refused, AuthError::Forbidden(m) if m.contains("publish action")),
             "{refused:?}"
@@ -815,7 +901,7 @@ mod tests {
             json!({"authorization_details": [detail(&["publish"], json!([{"match": "*"}]))]}),
         );
         assert!(
-            matches!(a.publisher(Some(&no_exp)), Err(AuthError::Invalid(m)) if m.contains("exp"))
+            matches!(a.publisher(Some(&no_exp)).await, Err(AuthError::Invalid(m)) if m.contains("exp"))
         );
         // A classic token keeps its `mercure` claim, whatever else it carries.
         let classic = token(
@@ -824,13 +910,14 @@ mod tests {
                    "authorization_details": [detail(&["subscribe"], json!([{"match": "x"}]))]}),
         );
         a.publisher(Some(&classic))
+            .await
             .unwrap()
             .check(&[topic("y")])
             .unwrap();
     }
 
-    #[test]
-    fn a_malformed_mercure_authorization_detail_refuses_the_token() {
+    #[tokio::test]
+    async fn a_malformed_mercure_authorization_detail_refuses_the_token() {
         let a = auth(&settings());
         for (bad, says) in [
             (
@@ -864,7 +951,7 @@ mod tests {
                 "secret",
                 json!({"exp": FAR, "authorization_details": [bad]}),
             );
-            let refused = a.publisher(Some(&t)).unwrap_err();
+            let refused = a.publisher(Some(&t)).await.unwrap_err();
             assert!(
                 matches!(&refused, AuthError::Invalid(m) if m.contains(says) && m.contains("detail #1")),
                 "{says}: {refused:?}"
@@ -872,8 +959,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn issuer_and_audience_are_checked_when_configured() {
+    #[tokio::test]
+    async fn issuer_and_audience_are_checked_when_configured() {
         let a = auth(&AuthSettings {
             issuer: Some("https://id.example".into()),
             audience: Some("https://hub.example/.well-known/mercure".into()),
@@ -886,7 +973,7 @@ mod tests {
             json!({"iss": "https://id.example", "aud": ["other", aud], "mercure": grant}),
         ];
         for claims in ok {
-            a.publisher(Some(&token("secret", claims))).unwrap();
+            a.publisher(Some(&token("secret", claims))).await.unwrap();
         }
         let refused = [
             json!({"aud": aud, "mercure": grant}),
@@ -897,7 +984,7 @@ mod tests {
         for claims in refused {
             assert!(
                 matches!(
-                    a.publisher(Some(&token("secret", claims.clone()))),
+                    a.publisher(Some(&token("secret", claims.clone()))).await,
                     Err(AuthError::Invalid(_))
                 ),
                 "{claims}"
@@ -909,21 +996,26 @@ mod tests {
             "secret",
             json!({"iss": "anyone", "aud": "any", "mercure": grant}),
         )))
+        .await
         .unwrap();
     }
 
-    #[test]
-    fn a_mercure_publisher_token_without_exp_is_valid() {
+    #[tokio::test]
+    async fn a_mercure_publisher_token_without_exp_is_valid() {
         let a = auth(&settings());
         let t = token("secret", json!({"mercure": {"publish": ["*"]}}));
-        a.publisher(Some(&t)).unwrap().check(&[topic("x")]).unwrap();
+        a.publisher(Some(&t))
+            .await
+            .unwrap()
+            .check(&[topic("x")])
+            .unwrap();
     }
 
-    #[test]
-    fn publish_claims_must_cover_every_topic() {
+    #[tokio::test]
+    async fn publish_claims_must_cover_every_topic() {
         let a = auth(&settings());
         let t = token("secret", json!({"mercure": {"publish": ["books/{id}"]}}));
-        let rights = a.publisher(Some(&t)).unwrap();
+        let rights = a.publisher(Some(&t)).await.unwrap();
         rights.check(&[topic("books/1")]).unwrap();
         assert!(matches!(
             rights.check(&[topic("books/1"), topic("x")]),
@@ -931,17 +1023,17 @@ mod tests {
         ));
         let t = token("secret", json!({"mercure": {"subscribe": ["*"]}}));
         assert!(matches!(
-            a.publisher(Some(&t)),
+            a.publisher(Some(&t)).await,
             Err(AuthError::Forbidden(_))
         ));
     }
 
-    #[test]
-    fn bad_signatures_expiry_and_missing_tokens_are_refused() {
+    #[tokio::test]
+    async fn bad_signatures_expiry_and_missing_tokens_are_refused() {
         let a = auth(&settings());
         let wrong = token("other", json!({"mercure": {"publish": ["*"]}}));
         assert!(matches!(
-            a.publisher(Some(&wrong)),
+            a.publisher(Some(&wrong)).await,
             Err(AuthError::Invalid(_))
         ));
         let expired = token(
@@ -949,37 +1041,43 @@ mod tests {
             json!({"exp": 1000, "mercure": {"publish": ["*"]}}),
         );
         assert!(
-            matches!(a.publisher(Some(&expired)), Err(AuthError::Invalid(m)) if m.contains("expired"))
+            matches!(a.publisher(Some(&expired)).await, Err(AuthError::Invalid(m)) if m.contains("expired"))
         );
         let future = token(
             "secret",
             json!({"iat": 4_000_000_000u64, "mercure": {"publish": ["*"]}}),
         );
         assert!(matches!(
-            a.publisher(Some(&future)),
+            a.publisher(Some(&future)).await,
             Err(AuthError::Invalid(_))
         ));
-        assert!(matches!(a.publisher(None), Err(AuthError::Missing(_))));
-        assert!(matches!(a.subscriber(None), Err(AuthError::Missing(_))));
         assert!(matches!(
-            a.subscriber(Some("garbage")),
+            a.publisher(None).await,
+            Err(AuthError::Missing(_))
+        ));
+        assert!(matches!(
+            a.subscriber(None).await,
+            Err(AuthError::Missing(_))
+        ));
+        assert!(matches!(
+            a.subscriber(Some("garbage")).await,
             Err(AuthError::Invalid(_))
         ));
     }
 
-    #[test]
-    fn subscribers_get_their_claims_and_session() {
+    #[tokio::test]
+    async fn subscribers_get_their_claims_and_session() {
         let a = auth(&AuthSettings {
             anonymous: true,
             ..settings()
         });
-        let anon = a.subscriber(None).unwrap();
+        let anon = a.subscriber(None).await.unwrap();
         assert!(anon.anonymous && !anon.access.may_see_private(&[topic("x")]));
         let t = token(
             "secret",
             json!({"sub": "alice", "mercure": {"subscribe": ["books/{id}"]}}),
         );
-        let id = a.subscriber(Some(&t)).unwrap();
+        let id = a.subscriber(Some(&t)).await.unwrap();
         assert_eq!(id.session.unwrap().as_str(), "alice");
         assert!(id.access.may_see_private(&[topic("books/1")]));
         assert!(!id.access.may_see_private(&[topic("x")]));
@@ -989,12 +1087,12 @@ mod tests {
                 "secret",
                 json!({"sub": sub, "mercure": {"subscribe": ["*"]}}),
             );
-            assert!(a.subscriber(Some(&t)).unwrap().session.is_none());
+            assert!(a.subscriber(Some(&t)).await.unwrap().session.is_none());
         }
     }
 
-    #[test]
-    fn a_missing_key_is_a_clear_startup_error() {
+    #[tokio::test]
+    async fn a_missing_key_is_a_clear_startup_error() {
         let err = Authenticator::new(
             &AuthSettings::default(),
             Arc::new(SelectorCache::new(1, 10)),

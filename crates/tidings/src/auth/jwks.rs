@@ -1,0 +1,248 @@
+//! Verification keys from a JWKS endpoint (`--jwks-url`): an identity provider publishes its
+//! public keys there and rotates them; a token names its key by `kid`.
+//!
+//! Keys are fetched at start-up, again every `--jwks-refresh` seconds, and at once when a token
+//! names a key id not held — at most once per [`MIN_REFETCH`], so that tokens with made-up key
+//! ids cannot turn the hub into a load on the provider. An answer that cannot be used (the
+//! endpoint unreachable, not a key set, no usable key) keeps the keys already held. Only
+//! public keys are taken: RSA (RS256), EC P-256 (ES256) and Ed25519 (EdDSA); a key of another
+//! kind, a symmetric key or one without `kid` is skipped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use super::AuthConfigError;
+
+/// The least time between two fetches caused by unknown key ids.
+pub(super) const MIN_REFETCH: Duration = Duration::from_secs(10);
+/// The longest wait for the endpoint to answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest key set read, in bytes.
+const MAX_BYTES: usize = 1 << 20;
+
+/// One verification key, with the only algorithm it verifies.
+#[derive(Clone)]
+pub(super) struct Key {
+    pub(super) key: DecodingKey,
+    pub(super) alg: Algorithm,
+}
+
+/// The keys of one JWKS endpoint, by key id.
+pub(super) struct KeySet {
+    /// The URL as configured (a reload compares it).
+    configured: String,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    keys: RwLock<Arc<HashMap<String, Key>>>,
+    /// When a fetch for an unknown key id last started; held across that fetch, so that
+    /// concurrent tokens with the same new key id wait for one fetch.
+    refetched: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeySet {
+    /// A key set to be fetched from `url` (nothing is fetched yet: see [`KeySet::start`]).
+    ///
+    /// # Errors
+    /// [`AuthConfigError`] when `url` is not an `http` or `https` URL.
+    pub(super) fn new(url: &str) -> Result<Arc<KeySet>, AuthConfigError> {
+        let parsed = reqwest::Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| {
+                AuthConfigError(format!(
+                    "jwks-url {url:?} is not an http:// or https:// URL"
+                ))
+            })?;
+        // reqwest is built without a default TLS provider; use ring unless the program chose.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            // A key set that moved is a configuration to fix, not a place to follow.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AuthConfigError(format!("cannot make an HTTP client: {e}")))?;
+        Ok(Arc::new(KeySet {
+            configured: url.to_owned(),
+            url: parsed,
+            client,
+            keys: RwLock::new(Arc::new(HashMap::new())),
+            refetched: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// The URL the keys come from, as configured.
+    pub(super) fn url(&self) -> &str {
+        &self.configured
+    }
+
+    /// Fetches the keys once, then every `every` in a task of its own, which ends when the
+    /// key set is dropped.
+    pub(super) async fn start(self: &Arc<Self>, every: Duration) {
+        self.refresh().await;
+        let weak: Weak<KeySet> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(set) = weak.upgrade() else { return };
+                set.refresh().await;
+            }
+        });
+    }
+
+    /// The key named `kid`; one not held is fetched for, unless a fetch for an unknown key
+    /// id happened less than [`MIN_REFETCH`] ago.
+    pub(super) async fn key(&self, kid: &str) -> Option<Key> {
+        if let Some(key) = self.held(kid) {
+            return Some(key);
+        }
+        let mut refetched = self.refetched.lock().await;
+        // Another token may have fetched it while this one waited.
+        if let Some(key) = self.held(kid) {
+            return Some(key);
+        }
+        if refetched.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
+            return None;
+        }
+        *refetched = Some(Instant::now());
+        self.refresh().await;
+        self.held(kid)
+    }
+
+    fn held(&self, kid: &str) -> Option<Key> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .cloned()
+    }
+
+    /// Fetches the key set and takes it if it holds a usable key; otherwise logs why and keeps
+    /// the keys held.
+    async fn refresh(&self) {
+        match self.fetch().await {
+            Ok(keys) => {
+                tracing::debug!(url = %self.url, keys = keys.len(), "jwks: keys fetched");
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+            }
+            Err(why) => {
+                tracing::warn!(url = %self.url, error = %why, "jwks: cannot fetch the key set; keeping the keys held");
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, Key>, String> {
+        let mut response = self
+            .client
+            .get(self.url.clone())
+            .send()
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| format!("{e}"))? {
+            if body.len() + chunk.len() > MAX_BYTES {
+                return Err(format!("the key set is larger than {MAX_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let set: JwkSet =
+            serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
+        let keys: HashMap<String, Key> = set.keys.iter().filter_map(usable).collect();
+        match keys.is_empty() {
+            true => Err("no usable key (RSA, EC P-256 or Ed25519, with a kid)".into()),
+            false => Ok(keys),
+        }
+    }
+}
+
+/// A JWK as a verification key, when it is a public key of a supported kind with a `kid`.
+fn usable(jwk: &Jwk) -> Option<(String, Key)> {
+    let kid = jwk.common.key_id.clone()?;
+    let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+        (AlgorithmParameters::OctetKey(_), _) => return None,
+        (_, Some(named)) => Algorithm::try_from(named).ok()?,
+        (AlgorithmParameters::RSA(_), None) => Algorithm::RS256,
+        (AlgorithmParameters::EllipticCurve(p), None) if p.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        (AlgorithmParameters::OctetKeyPair(p), None) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    if !matches!(alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some((kid, Key { key, alg }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_keys_of_supported_kinds_with_a_kid_are_taken() {
+        let set: JwkSet = serde_json::from_value(serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
+            {"kty": "EC", "crv": "P-256", "kid": "ec",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "EC", "crv": "P-256",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed",
+             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty": "RSA", "kid": "rsa", "alg": "RS256",
+             "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+             "e": "AQAB"},
+            {"kty": "EC", "crv": "P-384", "kid": "p384",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+        ]}))
+        .unwrap();
+        let mut taken: Vec<(String, Algorithm)> = set
+            .keys
+            .iter()
+            .filter_map(usable)
+            .map(|(kid, key)| (kid, key.alg))
+            .collect();
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            taken,
+            [
+                ("ec".to_owned(), Algorithm::ES256),
+                ("ed".to_owned(), Algorithm::EdDSA),
+                ("rsa".to_owned(), Algorithm::RS256),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_set_url_must_be_http() {
+        for bad in [
+            "file:///etc/keys.json",
+            "ftp://x/keys",
+            "not a url",
+            "http://",
+        ] {
+            let refused = KeySet::new(bad).unwrap_err();
+            assert!(refused.0.contains("jwks-url"), "{bad}: {refused}");
+        }
+        assert!(KeySet::new("https://id.example/.well-known/jwks.json").is_ok());
+    }
+}
