@@ -11,10 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidings::bus::amqp::AmqpBus;
 use tidings::bus::memory::MemoryBus;
-use tidings::bus::nats::NatsBus;
-use tidings::bus::redis::RedisBus;
 use tidings::bus::{Backoff, Bus, BusError, BusOptions, Published, ReplayFrom, Routing, Timeouts};
 use tidings::envelope::Envelope;
 use tidings::hub::{Hub, Subscription};
@@ -130,21 +127,16 @@ impl Backend {
         let mut instances = Vec::new();
         for _ in 0..n {
             let hub = new_hub();
-            let bus: Arc<dyn Bus> = match self {
-                Backend::Memory => unreachable!("the memory bus has no broker"),
-                Backend::Redis(routing) => {
-                    let options = options(history, prefix, routing);
-                    Arc::new(RedisBus::connect(url, &options, hub.clone()).await.unwrap())
-                }
-                Backend::Nats => {
-                    let options = options(history, prefix, Routing::Broadcast);
-                    Arc::new(NatsBus::connect(url, &options, hub.clone()).await.unwrap())
-                }
-                Backend::Amqp => {
-                    let options = options(history, prefix, Routing::Broadcast);
-                    Arc::new(AmqpBus::connect(url, &options, hub.clone()).await.unwrap())
-                }
+            // Routing matters to Redis only; the others broadcast whatever it says.
+            let routing = match self {
+                Backend::Redis(routing) => routing,
+                _ => Routing::Broadcast,
             };
+            let options = options(history, prefix, routing);
+            // The bus named by the URL's scheme, as an instance connects it.
+            let bus = tidings::bus::connect(url, &options, hub.clone())
+                .await
+                .unwrap();
             instances.push(Instance { hub, bus });
         }
         instances

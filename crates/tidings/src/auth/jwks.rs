@@ -24,8 +24,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest key set read, in bytes.
 const MAX_BYTES: usize = 1 << 20;
 
-/// One verification key, with the only algorithm it verifies.
-#[derive(Clone)]
+/// One verification key, with the only algorithm it verifies (shared: a token's check takes
+/// it without copying the key).
 pub(super) struct Key {
     pub(super) key: DecodingKey,
     pub(super) alg: Algorithm,
@@ -37,7 +37,7 @@ pub(super) struct KeySet {
     configured: String,
     url: reqwest::Url,
     client: reqwest::Client,
-    keys: RwLock<Arc<HashMap<String, Key>>>,
+    keys: RwLock<Arc<HashMap<String, Arc<Key>>>>,
     /// When a fetch for an unknown key id last started; held across that fetch, so that
     /// concurrent tokens with the same new key id wait for one fetch.
     refetched: tokio::sync::Mutex<Option<Instant>>,
@@ -103,7 +103,7 @@ impl KeySet {
 
     /// The key named `kid`; one not held is fetched for, unless a fetch for an unknown key
     /// id happened less than [`MIN_REFETCH`] ago.
-    pub(super) async fn key(&self, kid: &str) -> Option<Key> {
+    pub(super) async fn key(&self, kid: &str) -> Option<Arc<Key>> {
         if let Some(key) = self.held(kid) {
             return Some(key);
         }
@@ -120,7 +120,7 @@ impl KeySet {
         self.held(kid)
     }
 
-    fn held(&self, kid: &str) -> Option<Key> {
+    fn held(&self, kid: &str) -> Option<Arc<Key>> {
         self.keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -142,7 +142,7 @@ impl KeySet {
         }
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, Key>, String> {
+    async fn fetch(&self) -> Result<HashMap<String, Arc<Key>>, String> {
         let mut response = self
             .client
             .get(self.url.clone())
@@ -161,7 +161,12 @@ impl KeySet {
         }
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
-        let keys: HashMap<String, Key> = set.keys.iter().filter_map(usable).collect();
+        let keys: HashMap<String, Arc<Key>> = set
+            .keys
+            .iter()
+            .filter_map(usable)
+            .map(|(kid, key)| (kid, Arc::new(key)))
+            .collect();
         match keys.is_empty() {
             true => Err("no usable key (RSA, EC P-256 or Ed25519, with a kid)".into()),
             false => Ok(keys),
