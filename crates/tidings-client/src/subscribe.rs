@@ -40,6 +40,23 @@ impl Subscription {
         Self::on("/sse/event-stream", vec![("eventName", event_name.into())])
     }
 
+    /// The events of the caller's session with any of `event_names` — or, when it is empty,
+    /// every event of the session — on one connection. Each event keeps its name
+    /// ([`Event::event_type`]).
+    pub fn session_events<I, S>(event_names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::on(
+            "/sse/event-stream",
+            event_names
+                .into_iter()
+                .map(|n| ("eventName", n.into()))
+                .collect(),
+        )
+    }
+
     fn on(path: &'static str, query: Vec<(&'static str, String)>) -> Self {
         Subscription {
             path,

@@ -91,7 +91,7 @@ fn dispatch(c: &mut Criterion) {
                     label: SubscriberLabel::new(None),
                     selectors: vec![Selector::compile(TOPIC, 2048).unwrap()],
                     access: Access::public_only(),
-                    event_name: None,
+                    event_names: Vec::new(),
                     session: None,
                     expires: None,
                 })

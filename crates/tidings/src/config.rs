@@ -16,7 +16,7 @@ use serde::Deserialize;
 use ipnet::IpNet;
 
 use crate::admission::StreamLimits;
-use crate::auth::{AuthMode, AuthSettings, JwtAlg};
+use crate::auth::{AuthMode, AuthSettings, CallbackSettings, JwtAlg};
 use crate::bus::Routing;
 use crate::update::Limits;
 
@@ -95,6 +95,18 @@ pub struct Options {
     /// Seconds between two fetches of the key set of jwks-url [default: 300].
     #[arg(long, env = "TIDINGS_JWKS_REFRESH", value_name = "SECS")]
     pub jwks_refresh: Option<u64>,
+    /// The application's authorization callback (http:// or https://): asked about every new
+    /// stream that presents no valid token, with the client's cookies and headers.
+    #[arg(long, env = "TIDINGS_AUTH_URL", value_name = "URL")]
+    pub auth_url: Option<String>,
+    /// Seconds the authorization callback has to answer before the stream is told to retry
+    /// [default: 5].
+    #[arg(long, env = "TIDINGS_AUTH_TIMEOUT", value_name = "SECS")]
+    pub auth_timeout: Option<u64>,
+    /// Seconds a decision of the authorization callback is reused for the same credentials and
+    /// selectors (never past its expiresIn); 0 asks for every stream [default: 30].
+    #[arg(long, env = "TIDINGS_AUTH_CACHE_TTL", value_name = "SECS")]
+    pub auth_cache_ttl: Option<u64>,
     /// The issuer every token must name in its `iss` claim (unchecked when unset).
     #[arg(long, env = "TIDINGS_JWT_ISSUER", value_name = "ISS")]
     pub jwt_issuer: Option<String>,
@@ -452,6 +464,9 @@ impl Options {
             jwt_audience,
             jwks_url,
             jwks_refresh,
+            auth_url,
+            auth_timeout,
+            auth_cache_ttl,
             anonymous,
             subscriptions,
             history_size,
@@ -592,6 +607,18 @@ impl Options {
                     self.jwks_refresh,
                     300,
                 )?),
+                callback: match not_empty("auth-url", self.auth_url)? {
+                    Some(url) => Some(CallbackSettings {
+                        url,
+                        timeout: Duration::from_secs(at_least_one(
+                            "auth-timeout",
+                            self.auth_timeout,
+                            5,
+                        )?),
+                        cache_ttl: Duration::from_secs(self.auth_cache_ttl.unwrap_or(30)),
+                    }),
+                    None => None,
+                },
             },
             close_expired_streams: self.close_expired_streams.unwrap_or(true),
             subscriptions: self.subscriptions.unwrap_or(false),

@@ -617,7 +617,7 @@ mod tests {
                 .map(|s| Selector::compile(s, 1000).unwrap())
                 .collect(),
             access: Access::public_only(),
-            event_name: None,
+            event_names: Vec::new(),
             session: None,
             expires: None,
         }

@@ -18,19 +18,20 @@
 //! | [`admission`] | the caps on open streams (per instance, client address, session) and the client address |
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay), its backends (cargo features), the wire format, the reconnect machine and start-up |
-//! | [`auth`] | JWT verification (HS256/RS256/ES256 keys, or a JWKS endpoint), Mercure claims and Mercure 1.0 access tokens, minting dev tokens |
+//! | [`auth`] | JWT verification (HS256/RS256/ES256 keys, or a JWKS endpoint), Mercure claims and Mercure 1.0 access tokens, the application's authorization callback, minting dev tokens |
 //! | [`state`] | [`state::AppState`]: one instance's parts (config, hub, bus, authenticator, metrics, admission), shared by every request |
 //! | [`http`] | the axum router: Mercure subscribe/publish and subscriptions API, session API, `/healthz`, `/readyz`, `/metrics`, the page at `/` |
 //! | [`metrics`] | the instance's Prometheus metrics |
+//! | [`outbound`] | the HTTP requests the hub makes itself (JWKS, authorization callback): URLs checked, timeouts, no redirects, bounded answers |
 //! | [`config`] | options: defaults → `tidings.toml` → `TIDINGS_*` → flags, mapped onto the core's types |
 //! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown |
 //! | [`cli`] | the `tidings` command line |
 //!
 //! Layers point one way, each using only those below it: `cli` → [`server`] (sockets, TLS,
-//! shutdown) → [`http`] (the protocols) → [`state`] → [`config`] → [`auth`] and [`bus`]
-//! (the buses behind one trait) → the core ([`hub`], [`subscriber`], [`admission`],
-//! [`envelope`], [`sse`], [`selector`], [`update`], [`metrics`]). The core knows nothing of
-//! HTTP, the command line or any broker client.
+//! shutdown) → [`http`] (the protocols) → [`state`] → [`config`] → [`auth`], [`bus`] (the
+//! buses behind one trait) and [`outbound`] → the core ([`hub`], [`subscriber`],
+//! [`admission`], [`envelope`], [`sse`], [`selector`], [`update`], [`metrics`]). The core knows
+//! nothing of HTTP, the command line or any broker client.
 //!
 //! ## One update, from publish to socket
 //!
@@ -68,6 +69,7 @@ pub mod envelope;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod outbound;
 pub mod selector;
 pub mod server;
 pub mod sse;

@@ -59,6 +59,11 @@ pub struct Metrics {
     pub bus_broker_messages: Counter,
     /// Bytes of those messages (each message's size times its receivers).
     pub bus_broker_bytes: Counter,
+    /// Calls to the authorization callback, by outcome.
+    auth_callbacks: Family<CallbackLabels, Counter>,
+    /// Stream requests the authorization callback's cache (or a call already in flight)
+    /// answered.
+    pub auth_callback_cache_hits: Counter,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
     /// Live tokio tasks, read at each scrape (leak detection).
@@ -92,6 +97,8 @@ impl Metrics {
             bus_gaps: Counter::default(),
             bus_broker_messages: Counter::default(),
             bus_broker_bytes: Counter::default(),
+            auth_callbacks: Family::default(),
+            auth_callback_cache_hits: Counter::default(),
             ready: Gauge::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
@@ -173,6 +180,16 @@ impl Metrics {
             m.bus_broker_bytes.clone(),
         );
         registry.register(
+            "auth_callbacks",
+            "Calls to the authorization callback, by outcome (granted, refused, failed)",
+            m.auth_callbacks.clone(),
+        );
+        registry.register(
+            "auth_callback_cache_hits",
+            "Stream requests answered from the authorization callback's cache or a call in flight",
+            m.auth_callback_cache_hits.clone(),
+        );
+        registry.register(
             "ready",
             "1 when the instance accepts traffic",
             m.ready.clone(),
@@ -190,7 +207,21 @@ impl Metrics {
         ] {
             let _ = m.streams_refused.get_or_create(&LimitLabels { limit });
         }
+        for outcome in [
+            CallbackOutcome::Granted,
+            CallbackOutcome::Refused,
+            CallbackOutcome::Failed,
+        ] {
+            let _ = m.auth_callbacks.get_or_create(&CallbackLabels { outcome });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Counts one call to the authorization callback.
+    pub fn auth_callback(&self, outcome: CallbackOutcome) {
+        self.auth_callbacks
+            .get_or_create(&CallbackLabels { outcome })
+            .inc();
     }
 
     /// Counts one stream refused by `limit`.
@@ -235,6 +266,34 @@ impl EncodeLabelValue for StreamLimit {
             StreamLimit::Session => "session",
         })
     }
+}
+
+/// How a call to the authorization callback ended (the `outcome` label of
+/// `tidings_auth_callbacks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallbackOutcome {
+    /// `200`: the stream was let in.
+    Granted,
+    /// `401` or `403`.
+    Refused,
+    /// No usable answer: the stream was told to retry.
+    Failed,
+}
+
+impl EncodeLabelValue for CallbackOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            CallbackOutcome::Granted => "granted",
+            CallbackOutcome::Refused => "refused",
+            CallbackOutcome::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallbackLabels {
+    outcome: CallbackOutcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -91,8 +91,9 @@ pub struct SubscriberSpec {
     pub selectors: Vec<Selector>,
     /// Its rights to private updates.
     pub access: Access,
-    /// When set, only updates with this event name are delivered (session API streams).
-    pub event_name: Option<EventName>,
+    /// When not empty, only updates with one of these event names are delivered (session API
+    /// streams that name events).
+    pub event_names: Vec<EventName>,
     /// The session the subscriber belongs to, if any (counted in the session registry).
     pub session: Option<SessionId>,
     /// When its token stops being valid (`exp` plus the leeway); the stream is closed then,
@@ -104,10 +105,13 @@ impl SubscriberSpec {
     /// True when this subscriber's own rights and filters let it see `update`. Topic matching
     /// is not repeated here: the hub found the subscriber through a matching selector.
     pub fn may_receive(&self, update: &Update) -> bool {
-        if let Some(wanted) = &self.event_name {
-            if update.event_type.as_ref() != Some(wanted) {
-                return false;
-            }
+        if !self.event_names.is_empty()
+            && !update
+                .event_type
+                .as_ref()
+                .is_some_and(|name| self.event_names.contains(name))
+        {
+            return false;
         }
         !update.private || self.access.may_see_private(&update.topics)
     }
@@ -136,12 +140,15 @@ mod tests {
         .unwrap()
     }
 
-    fn spec(access: Access, event: Option<&str>) -> SubscriberSpec {
+    fn spec(access: Access, events: &[&str]) -> SubscriberSpec {
         SubscriberSpec {
             label: SubscriberLabel::new(None),
             selectors: vec![Selector::Any],
             access,
-            event_name: event.map(|e| EventName::new(e, 100).unwrap()),
+            event_names: events
+                .iter()
+                .map(|e| EventName::new(e, 100).unwrap())
+                .collect(),
             session: None,
             expires: None,
         }
@@ -150,11 +157,11 @@ mod tests {
     #[test]
     fn private_updates_need_a_matching_claim() {
         let claim = Access::from_claim(vec![Selector::compile("books/{id}", 100).unwrap()]);
-        assert!(spec(claim.clone(), None).wants(&update("books/1", true, None)));
-        assert!(!spec(claim, None).wants(&update("authors/1", true, None)));
-        assert!(!spec(Access::public_only(), None).wants(&update("books/1", true, None)));
-        assert!(spec(Access::public_only(), None).wants(&update("books/1", false, None)));
-        assert!(spec(Access::everything(), None).wants(&update("x", true, None)));
+        assert!(spec(claim.clone(), &[]).wants(&update("books/1", true, None)));
+        assert!(!spec(claim, &[]).wants(&update("authors/1", true, None)));
+        assert!(!spec(Access::public_only(), &[]).wants(&update("books/1", true, None)));
+        assert!(spec(Access::public_only(), &[]).wants(&update("books/1", false, None)));
+        assert!(spec(Access::everything(), &[]).wants(&update("x", true, None)));
     }
 
     #[test]
@@ -164,15 +171,22 @@ mod tests {
         let mine = Topic::for_session(&me);
         let theirs = Topic::for_session(&other);
         let access = Access::public_only().with_session(&me);
-        assert!(spec(access.clone(), None).wants(&update(mine.as_str(), true, None)));
-        assert!(!spec(access, None).wants(&update(theirs.as_str(), true, None)));
+        assert!(spec(access.clone(), &[]).wants(&update(mine.as_str(), true, None)));
+        assert!(!spec(access, &[]).wants(&update(theirs.as_str(), true, None)));
     }
 
     #[test]
     fn event_filters_compare_names() {
-        let s = spec(Access::everything(), Some("chat"));
+        let s = spec(Access::everything(), &["chat"]);
         assert!(s.wants(&update("t", false, Some("chat"))));
         assert!(!s.wants(&update("t", false, Some("news"))));
         assert!(!s.wants(&update("t", false, None)));
+        let several = spec(Access::everything(), &["chat", "news"]);
+        assert!(several.wants(&update("t", false, Some("chat"))));
+        assert!(several.wants(&update("t", false, Some("news"))));
+        assert!(!several.wants(&update("t", false, Some("alert"))));
+        let all = spec(Access::everything(), &[]);
+        assert!(all.wants(&update("t", false, Some("alert"))));
+        assert!(all.wants(&update("t", false, None)));
     }
 }

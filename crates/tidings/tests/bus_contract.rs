@@ -180,7 +180,7 @@ async fn subscribe_to(instance: &Instance, selectors: &[&str], access: Access) -
             .map(|s| Selector::compile(s, 1000).unwrap())
             .collect(),
         access,
-        event_name: None,
+        event_names: Vec::new(),
         session: None,
         expires: None,
     });

@@ -14,8 +14,13 @@
 //!
 //! The keys are configured (`--jwt-key`, a secret or PEM files), or come from a JWKS endpoint
 //! (`--jwks-url`, module `jwks`) by each token's `kid`. With `--jwt-issuer` and
-//! `--jwt-audience`, every token must carry that `iss` and name that audience in `aud`. A token is verified once, when a request arrives; its selectors are
-//! compiled through the shared [`SelectorCache`].
+//! `--jwt-audience`, every token must carry that `iss` and name that audience in `aud`. A
+//! token is verified once, when a request arrives; its selectors are compiled through the
+//! shared [`SelectorCache`].
+//!
+//! With `--auth-url` (module `callback`), a new stream that presents no token that verifies is
+//! decided by the application itself, told the client's cookies and headers: for applications
+//! that know their users by a session cookie and mint no JWT for browsers.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -26,9 +31,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::selector::{Selector, SelectorCache};
 
+mod callback;
 mod jwks;
+use crate::metrics::Metrics;
+use crate::outbound::OutboundConfigError;
 use crate::subscriber::Access;
 use crate::update::{SessionId, Topic};
+pub use callback::{
+    Api, Ask, CallbackSettings, StreamRequest, CACHE_ENTRIES, FORWARDED, MAX_ANSWER_BYTES,
+};
+use callback::{Callback, Decision};
 use jwks::KeySet;
 
 /// The `type` of a Mercure authorization detail in an access token (Mercure 1.0).
@@ -119,15 +131,28 @@ pub enum AuthError {
     /// A token that does not verify: bad signature, expired, malformed (401).
     #[error("{0}")]
     Invalid(String),
-    /// A valid token that does not grant what was asked (403).
+    /// A valid token that does not grant what was asked, or the application's `403` (403).
     #[error("{0}")]
     Forbidden(String),
+    /// The application's authorization callback answered `401` (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The application could not be asked, or its answer not be used: a passing condition,
+    /// answered with a retry (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Why the authorization settings themselves are unusable (start-up error).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct AuthConfigError(String);
+
+impl From<OutboundConfigError> for AuthConfigError {
+    fn from(e: OutboundConfigError) -> Self {
+        AuthConfigError(e.0)
+    }
+}
 
 /// The claims Tidings reads from a token.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -186,6 +211,8 @@ pub struct AuthSettings {
     pub jwks_url: Option<String>,
     /// How often the key set is fetched again.
     pub jwks_refresh: Duration,
+    /// The application's authorization callback for streams without a valid token.
+    pub callback: Option<CallbackSettings>,
 }
 
 /// One role's verifier: where its keys come from, and what else a token must satisfy.
@@ -227,6 +254,8 @@ pub struct Authenticator {
     selectors: Arc<SelectorCache>,
     /// The JWKS endpoint's keys (`jwks-url`), kept across reloads, with their refresh period.
     key_set: Option<(Arc<KeySet>, Duration)>,
+    /// The application's authorization callback (`auth-url`).
+    callback: Option<Callback>,
 }
 
 /// What a subscriber's credentials grant.
@@ -370,17 +399,28 @@ impl Authenticator {
     /// Builds the authenticator, reading PEM key files if the algorithm needs them.
     ///
     /// # Errors
-    /// [`AuthConfigError`] when `auth = jwt` but a role has no key, or a key file cannot be
-    /// read or parsed.
+    /// [`AuthConfigError`] when `auth = jwt` but a role has no key, a key file cannot be
+    /// read or parsed, or a URL (`jwks-url`, `auth-url`) is not `http(s)://`.
     pub fn new(
         settings: &AuthSettings,
         selectors: Arc<SelectorCache>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, AuthConfigError> {
         let key_set = match &settings.jwks_url {
             Some(url) if settings.mode == AuthMode::Jwt => Some(KeySet::new(url)?),
             _ => None,
         };
+        let callback = match &settings.callback {
+            Some(_) if settings.mode == AuthMode::None => {
+                return Err(AuthConfigError(
+                    "auth-url asks the application about subscribers, but --auth none lets everyone in: use --auth jwt (publishers then need a token)".into(),
+                ))
+            }
+            Some(callback) => Some(Callback::new(callback, selectors.clone(), metrics)?),
+            None => None,
+        };
         Ok(Authenticator {
+            callback,
             mode: settings.mode,
             keys: RwLock::new(Arc::new(Keys::load(settings, key_set.as_ref())?)),
             anonymous: settings.anonymous,
@@ -410,9 +450,10 @@ impl Authenticator {
             || settings.anonymous != self.anonymous
             || session_claim(settings) != self.session_claim
             || settings.jwks_url.as_deref() != jwks_url
+            || settings.callback.as_ref() != self.callback.as_ref().map(Callback::settings)
         {
             return Err(AuthConfigError(
-                "auth, anonymous, session-claim and jwks-url change only with a restart".into(),
+                "auth, anonymous, session-claim, jwks-url and the auth-url settings change only with a restart".into(),
             ));
         }
         let keys = Arc::new(Keys::load(
@@ -430,6 +471,11 @@ impl Authenticator {
     /// The authorization mode.
     pub fn mode(&self) -> AuthMode {
         self.mode
+    }
+
+    /// True when streams without a valid token are decided by the application (`auth-url`).
+    pub fn asks_application(&self) -> bool {
+        self.callback.is_some()
     }
 
     /// Verifies a token; its claims, and whether it is a Mercure 1.0 access token.
@@ -528,12 +574,20 @@ impl Authenticator {
         })
     }
 
-    /// Verifies a subscriber's token (or admits it anonymously when allowed).
+    /// Verifies a subscriber: by its token when it presents one that verifies; otherwise, for
+    /// a stream (`ask`) with `auth-url` set, by the application's decision; otherwise
+    /// anonymously when allowed.
     ///
     /// # Errors
     /// [`AuthError::Missing`] without a token when anonymous subscribers are not allowed,
-    /// [`AuthError::Invalid`] for a token that does not verify.
-    pub async fn subscriber(&self, token: Option<&str>) -> Result<SubscriberIdentity, AuthError> {
+    /// [`AuthError::Invalid`] for a token that does not verify; with `auth-url`, the
+    /// application's refusal ([`AuthError::Unauthenticated`], [`AuthError::Forbidden`]) or
+    /// [`AuthError::Unavailable`] when it could not decide.
+    pub async fn subscriber(
+        &self,
+        token: Option<&str>,
+        ask: Option<Ask>,
+    ) -> Result<SubscriberIdentity, AuthError> {
         let keys = self.keys();
         let Some(verifier) = &keys.subscriber else {
             return Ok(SubscriberIdentity {
@@ -544,21 +598,67 @@ impl Authenticator {
                 expires: None,
             });
         };
-        let Some(token) = token else {
-            if self.anonymous {
-                return Ok(SubscriberIdentity {
-                    access: Access::public_only(),
-                    session: None,
-                    anonymous: true,
-                    payload: None,
-                    expires: None,
-                });
-            }
-            return Err(AuthError::Missing(
-                "subscribing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
-            ));
+        let verified = match token {
+            Some(token) => Some(
+                self.token_subscriber(verifier, token, keys.leeway_secs)
+                    .await,
+            ),
+            None => None,
         };
-        let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs).await?;
+        match (verified, self.callback.as_ref().zip(ask)) {
+            (Some(Ok(identity)), _) => Ok(identity),
+            (_, Some((callback, ask))) => Self::granted(callback.decide(ask).await),
+            (Some(Err(refused)), None) => Err(refused),
+            (None, None) if self.anonymous => Ok(SubscriberIdentity {
+                access: Access::public_only(),
+                session: None,
+                anonymous: true,
+                payload: None,
+                expires: None,
+            }),
+            (None, None) => Err(AuthError::Missing(
+                "subscribing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
+            )),
+        }
+    }
+
+    /// The subscriber the application's decision describes.
+    fn granted(decision: Result<Arc<Decision>, Arc<str>>) -> Result<SubscriberIdentity, AuthError> {
+        let decision = decision.map_err(|why| {
+            AuthError::Unavailable(format!(
+                "the application could not authorize the stream ({why}); retry later"
+            ))
+        })?;
+        match decision.as_ref() {
+            Decision::Refused {
+                status: 401,
+                detail,
+            } => Err(AuthError::Unauthenticated(detail.clone())),
+            Decision::Refused { detail, .. } => Err(AuthError::Forbidden(detail.clone())),
+            Decision::Granted(grant) => {
+                let access = Access::from_claim(grant.subscribe.clone());
+                Ok(SubscriberIdentity {
+                    access: match &grant.session {
+                        Some(s) => access.with_session(s),
+                        None => access,
+                    },
+                    session: grant.session.clone(),
+                    anonymous: false,
+                    payload: grant.payload.clone(),
+                    expires: grant.expires,
+                })
+            }
+        }
+    }
+
+    /// The subscriber a token describes, once it verifies.
+    async fn token_subscriber(
+        &self,
+        verifier: &Verifier,
+        token: &str,
+        leeway_secs: u64,
+    ) -> Result<SubscriberIdentity, AuthError> {
+        let (claims, access_token) = self.verify(verifier, token, leeway_secs).await?;
         // `exp` was checked by the verification, so it is a whole number of seconds here when
         // present. The token verifies while the current second is at most `exp` plus the
         // leeway: it stops verifying one second after that. An `exp` too far away for the
@@ -567,7 +667,7 @@ impl Authenticator {
             .other
             .get("exp")
             .and_then(serde_json::Value::as_u64)
-            .and_then(|exp| exp.checked_add(keys.leeway_secs.saturating_add(1)))
+            .and_then(|exp| exp.checked_add(leeway_secs.saturating_add(1)))
             .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
         // A session claim that cannot name a session (not a string, empty, too long) leaves
         // the subscriber without one: plain Mercure tokens must keep working whatever their
@@ -792,7 +892,12 @@ mod tests {
     }
 
     fn auth(s: &AuthSettings) -> Authenticator {
-        Authenticator::new(s, Arc::new(SelectorCache::new(100, 1000))).unwrap()
+        Authenticator::new(
+            s,
+            Arc::new(SelectorCache::new(100, 1000)),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
     }
 
     fn token(key: &str, claims: serde_json::Value) -> String {
@@ -848,7 +953,7 @@ mod tests {
         assert!(rights
             .check(&[topic("https://example.com/orders/7")])
             .is_err());
-        let id = a.subscriber(Some(&t)).await.unwrap();
+        let id = a.subscriber(Some(&t), None).await.unwrap();
         assert!(id
             .access
             .may_see_private(&[topic("https://example.com/orders/7")]));
@@ -871,7 +976,7 @@ mod tests {
                 .check(&[topic("anything")])
                 .unwrap();
             assert!(a
-                .subscriber(Some(&t))
+                .subscriber(Some(&t), None)
                 .await
                 .unwrap()
                 .access
@@ -1056,11 +1161,11 @@ mod tests {
             Err(AuthError::Missing(_))
         ));
         assert!(matches!(
-            a.subscriber(None).await,
+            a.subscriber(None, None).await,
             Err(AuthError::Missing(_))
         ));
         assert!(matches!(
-            a.subscriber(Some("garbage")).await,
+            a.subscriber(Some("garbage"), None).await,
             Err(AuthError::Invalid(_))
         ));
     }
@@ -1071,13 +1176,13 @@ mod tests {
             anonymous: true,
             ..settings()
         });
-        let anon = a.subscriber(None).await.unwrap();
+        let anon = a.subscriber(None, None).await.unwrap();
         assert!(anon.anonymous && !anon.access.may_see_private(&[topic("x")]));
         let t = token(
             "secret",
             json!({"sub": "alice", "mercure": {"subscribe": ["books/{id}"]}}),
         );
-        let id = a.subscriber(Some(&t)).await.unwrap();
+        let id = a.subscriber(Some(&t), None).await.unwrap();
         assert_eq!(id.session.unwrap().as_str(), "alice");
         assert!(id.access.may_see_private(&[topic("books/1")]));
         assert!(!id.access.may_see_private(&[topic("x")]));
@@ -1087,7 +1192,12 @@ mod tests {
                 "secret",
                 json!({"sub": sub, "mercure": {"subscribe": ["*"]}}),
             );
-            assert!(a.subscriber(Some(&t)).await.unwrap().session.is_none());
+            assert!(a
+                .subscriber(Some(&t), None)
+                .await
+                .unwrap()
+                .session
+                .is_none());
         }
     }
 
@@ -1096,6 +1206,7 @@ mod tests {
         let err = Authenticator::new(
             &AuthSettings::default(),
             Arc::new(SelectorCache::new(1, 10)),
+            Arc::new(Metrics::new()),
         )
         .unwrap_err();
         assert!(err.to_string().contains("--jwt-key"), "{err}");
@@ -1103,6 +1214,11 @@ mod tests {
             mode: AuthMode::None,
             ..AuthSettings::default()
         };
-        assert!(Authenticator::new(&none, Arc::new(SelectorCache::new(1, 10))).is_ok());
+        assert!(Authenticator::new(
+            &none,
+            Arc::new(SelectorCache::new(1, 10)),
+            Arc::new(Metrics::new())
+        )
+        .is_ok());
     }
 }

@@ -11,6 +11,9 @@ use crate::auth::AuthError;
 use crate::bus::BusError;
 use crate::update::{InvalidInput, Rule};
 
+/// The `Retry-After` of a stream the application's authorization callback could not decide.
+const AUTH_RETRY_AFTER_SECS: u64 = 2;
+
 /// An error answered to an HTTP caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -103,6 +106,13 @@ impl From<AuthError> for ApiError {
             AuthError::Missing(d) => ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", d),
             AuthError::Invalid(d) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", d),
             AuthError::Forbidden(d) => ApiError::forbidden(d),
+            AuthError::Unauthenticated(d) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", d)
+            }
+            AuthError::Unavailable(d) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", d)
+                    .retry_after(AUTH_RETRY_AFTER_SECS)
+            }
         }
     }
 }

@@ -5,8 +5,9 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use super::request::{self, Form, Pairs, Publisher, Query, Subscriber};
-use super::{stream, ApiError, AppState};
+use super::request::{self, Form, Pairs, Publisher, Query};
+use super::{stream, ApiError, AppState, ConnectionInfo};
+use crate::auth::{Api, StreamRequest};
 use crate::selector::Selector;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
 use crate::update::{Author, Draft, InvalidInput, Limits, Recipients, Update, UpdateId};
@@ -14,18 +15,33 @@ use crate::update::{Author, Draft, InvalidInput, Limits, Recipients, Update, Upd
 /// `GET /.well-known/mercure?topic=…`: opens a stream of the updates matching the selectors.
 pub(super) async fn subscribe(
     State(state): State<AppState>,
-    // Authenticated before anything the caller sent is compiled.
-    Subscriber(identity): Subscriber,
     Query(query): Query,
     connection: request::Connection,
     headers: HeaderMap,
+) -> Response {
+    let connection = connection.map(|Extension(c)| c);
+    let opened = open(&state, connection.as_ref(), &headers, &query).await;
+    stream::answer(&state, &headers, opened)
+}
+
+async fn open(
+    state: &AppState,
+    connection: Option<&ConnectionInfo>,
+    headers: &HeaderMap,
+    query: &Pairs,
 ) -> Result<Response, ApiError> {
     let limits = &state.config().limits;
     // `topic=` (exact, `*` or URI template), and the 1.0 draft's `match=` (always exact) and
     // `match_urlpattern=` (URL Pattern).
-    let count = query.all("topic").count()
-        + query.all("match").count()
-        + query.all("match_urlpattern").count();
+    let values = |name| query.all(name).map(str::to_owned).collect::<Vec<_>>();
+    let asked = StreamRequest {
+        api: Api::Mercure,
+        topics: values("topic"),
+        exact: values("match"),
+        match_urlpattern: values("match_urlpattern"),
+        event_names: None,
+    };
+    let count = asked.topics.len() + asked.exact.len() + asked.match_urlpattern.len();
     if count == 0 {
         return Err(ApiError::bad_request(
             "missing_topic",
@@ -41,6 +57,8 @@ pub(super) async fn subscribe(
             ),
         ));
     }
+    // Authenticated before anything the caller sent is compiled.
+    let identity = request::stream_subscriber(state, connection, headers, query, asked).await?;
     let cache = state.selectors();
     let selectors = query
         .all("topic")
@@ -56,18 +74,17 @@ pub(super) async fn subscribe(
                 .map(|s| cache.get_url_pattern(s)),
         )
         .collect::<Result<Vec<Selector>, _>>()?;
-    let from = request::resume_point(&headers, &query, limits.max_id_length)?;
+    let from = request::resume_point(headers, query, limits.max_id_length)?;
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload),
         selectors,
         access: identity.access,
-        event_name: None,
+        event_names: Vec::new(),
         // Only session-API streams count in the session registry.
         session: None,
         expires: identity.expires,
     };
-    let connection = connection.map(|Extension(c)| c);
-    stream::open(&state, connection.as_ref(), &headers, spec, from).await
+    stream::open(state, connection, headers, spec, from).await
 }
 
 /// `POST /.well-known/mercure`: publishes a form-encoded update; answers its id.

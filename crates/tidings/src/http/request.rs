@@ -1,6 +1,6 @@
 //! Reading untrusted request parts: query strings and forms (strict UTF-8), the token in its
 //! three Mercure locations, `Last-Event-ID`, content types and bodies; and the extractors
-//! built on them ([`Query`], [`Subscriber`], [`Publisher`], [`Form`]), so that a handler's
+//! built on them ([`Query`], [`Publisher`], [`Form`]), so that a handler's
 //! arguments say what the protocol asks of a request.
 
 use std::net::IpAddr;
@@ -14,7 +14,7 @@ use axum::Extension;
 
 use super::ConnectionInfo;
 use super::{ApiError, AppState};
-use crate::auth::{AuthMode, PublisherRights, SubscriberIdentity};
+use crate::auth::{Ask, AuthMode, PublisherRights, StreamRequest, SubscriberIdentity};
 use crate::bus::ReplayFrom;
 use crate::update::UpdateId;
 
@@ -85,20 +85,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         query(parts.uri.query()).map(Query)
-    }
-}
-
-/// The caller, verified as a subscriber (see [`subscriber`]).
-pub(super) struct Subscriber(pub(super) SubscriberIdentity);
-
-impl FromRequestParts<AppState> for Subscriber {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let query = query(parts.uri.query())?;
-        subscriber(state, &parts.headers, &query)
-            .await
-            .map(Subscriber)
     }
 }
 
@@ -176,7 +162,31 @@ pub(super) async fn subscriber(
     query: &Pairs,
 ) -> Result<SubscriberIdentity, ApiError> {
     let token = presented_token(state, headers, query)?.map(|(t, _)| t);
-    Ok(state.authenticator().subscriber(token).await?)
+    Ok(state.authenticator().subscriber(token, None).await?)
+}
+
+/// Verifies the caller of a new stream asking for `request`: by its token when one verifies,
+/// else (with `auth-url`) by the application's decision, told the client's headers.
+///
+/// With `auth-url`, an `Authorization` header that is not a bearer token is the application's
+/// to read, not an error.
+pub(super) async fn stream_subscriber(
+    state: &AppState,
+    connection: Option<&ConnectionInfo>,
+    headers: &HeaderMap,
+    query: &Pairs,
+    request: StreamRequest,
+) -> Result<SubscriberIdentity, ApiError> {
+    let auth = state.authenticator();
+    let token = match presented_token(state, headers, query) {
+        Ok(token) => token.map(|(t, _)| t),
+        Err(_) if auth.asks_application() => None,
+        Err(e) => return Err(e),
+    };
+    let ask = auth
+        .asks_application()
+        .then(|| Ask::new(request, headers, connection.map(|c| c.peer.ip())));
+    Ok(auth.subscriber(token, ask).await?)
 }
 
 /// Verifies the caller's credentials as a publisher.

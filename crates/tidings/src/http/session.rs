@@ -9,35 +9,62 @@ use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::request::{self, Publisher, Query, Subscriber};
-use super::{stream, ApiError, AppState};
-use crate::auth::{AuthMode, MAX_SESSION_ID_LEN};
+use super::request::{self, Pairs, Publisher, Query};
+use super::{stream, ApiError, AppState, ConnectionInfo};
+use crate::auth::{Api, AuthMode, StreamRequest, MAX_SESSION_ID_LEN};
 use crate::selector::Selector;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
 use crate::update::{Author, Draft, EventName, Recipients, SessionId, Topic, UpdateId};
 
-/// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of one name.
+/// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of the
+/// names given (`eventName` repeated), or of every name when none is given. Each event keeps
+/// its name as its SSE type, so one `EventSource` tells them apart with `addEventListener`:
+/// one connection per tab instead of one per event name.
 pub(super) async fn event_stream(
     State(state): State<AppState>,
-    Subscriber(identity): Subscriber,
     Query(query): Query,
     connection: request::Connection,
     headers: HeaderMap,
+) -> Response {
+    let connection = connection.map(|Extension(c)| c);
+    let opened = open(&state, connection.as_ref(), &headers, &query).await;
+    stream::answer(&state, &headers, opened)
+}
+
+async fn open(
+    state: &AppState,
+    connection: Option<&ConnectionInfo>,
+    headers: &HeaderMap,
+    query: &Pairs,
 ) -> Result<Response, ApiError> {
     let limits = &state.config().limits;
-    let event_name = query
-        .single("eventName")?
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_event_name",
-                "give the event name: ?eventName=<name>",
-            )
-        })
-        .and_then(|n| Ok(EventName::new(n, limits.max_event_name_length)?))?;
+    let names: Vec<&str> = query.all("eventName").collect();
+    if names.len() > limits.max_selectors {
+        return Err(ApiError::bad_request(
+            "too_many_event_names",
+            format!(
+                "{} event names, the limit is max-selectors = {}; leave eventName out for all of the session's events",
+                names.len(),
+                limits.max_selectors
+            ),
+        ));
+    }
+    let event_names = names
+        .iter()
+        .map(|n| EventName::new(n, limits.max_event_name_length))
+        .collect::<Result<Vec<_>, _>>()?;
+    let asked = StreamRequest {
+        api: Api::Session,
+        topics: Vec::new(),
+        exact: Vec::new(),
+        match_urlpattern: Vec::new(),
+        event_names: Some(names.iter().map(|n| (*n).to_owned()).collect()),
+    };
+    let identity = request::stream_subscriber(state, connection, headers, query, asked).await?;
     let session = if state.authenticator().mode() == AuthMode::None {
         let raw = query
             .single("sessionId")?
-            .or_else(|| request::cookie(&headers, "sessionId"))
+            .or_else(|| request::cookie(headers, "sessionId"))
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "missing_session",
@@ -55,6 +82,11 @@ pub(super) async fn event_stream(
                     "session streams need a JWT whose session claim names the session",
                 ))
             }
+            None if state.authenticator().asks_application() => {
+                return Err(ApiError::forbidden(
+                    "neither a token nor the application's authorization names a session (its answer needs \"session\")",
+                ))
+            }
             None => {
                 return Err(ApiError::forbidden(
                     "the token has no usable session claim (sub, or the configured session-claim): it must be a non-empty string of at most 256 bytes without control characters",
@@ -62,18 +94,17 @@ pub(super) async fn event_stream(
             }
         }
     };
-    let from = request::resume_point(&headers, &query, limits.max_id_length)?;
+    let from = request::resume_point(headers, query, limits.max_id_length)?;
     let topic = Topic::for_session(&session);
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload),
         selectors: vec![Selector::Exact(topic.as_str().into())],
         access: identity.access.with_session(&session),
-        event_name: Some(event_name),
+        event_names,
         session: Some(session),
         expires: identity.expires,
     };
-    let connection = connection.map(|Extension(c)| c);
-    stream::open(&state, connection.as_ref(), &headers, spec, from).await
+    stream::open(state, connection, headers, spec, from).await
 }
 
 /// The body of `POST /sse/events`.

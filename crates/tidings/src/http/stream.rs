@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use rand::Rng;
 use tokio::time::{Instant, Sleep};
@@ -37,28 +37,26 @@ use crate::subscriber::SubscriberSpec;
 /// not move the client's `Last-Event-ID`; `onmessage` handlers do not see named events).
 pub(super) const GAP_EVENT: &str = "tidings-gap";
 
-/// Admits a stream on `connection`, registers its subscriber, reads history from `from`, and
-/// answers with the stream.
+/// The answer to a stream request: the stream `opened`, or its refusal.
 ///
 /// A browser's `EventSource` gives up for good on any answer but `200`, so a refusal for a
-/// passing reason (`503`: the instance drains or is full, the bus is unavailable) is answered
-/// to a client that asks for `text/event-stream` as a `200` stream holding only a comment
-/// that names the reason and a `retry:` hint: the client comes back after it, through the
-/// load balancer, perhaps to another instance. Other clients get the `503` with
-/// `Retry-After`.
-pub(super) async fn open(
+/// passing reason (`503`: the instance drains or is full, the bus is unavailable, the
+/// application's authorization callback could not decide) is answered to a client that asks
+/// for `text/event-stream` as a `200` stream holding only a comment that names the reason and
+/// a `retry:` hint: the client comes back after it, through the load balancer, perhaps to
+/// another instance. Other clients get the `503` with `Retry-After`.
+pub(super) fn answer(
     state: &AppState,
-    connection: Option<&ConnectionInfo>,
     headers: &HeaderMap,
-    spec: SubscriberSpec,
-    from: ReplayFrom,
-) -> Result<Response, ApiError> {
-    match open_stream(state, connection, headers, spec, from).await {
+    opened: Result<Response, ApiError>,
+) -> Response {
+    match opened {
+        Ok(stream) => stream,
         Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE && wants_event_stream(headers) => {
             state.metrics().streams_deferred.inc();
-            Ok(come_back_later(&e))
+            come_back_later(&e)
         }
-        answer => answer,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -105,7 +103,9 @@ fn come_back_later(refusal: &ApiError) -> Response {
     response
 }
 
-async fn open_stream(
+/// Admits a stream on `connection`, registers its subscriber, reads history from `from`, and
+/// answers with the stream.
+pub(super) async fn open(
     state: &AppState,
     connection: Option<&ConnectionInfo>,
     headers: &HeaderMap,
@@ -486,7 +486,7 @@ mod tests {
             mode: AuthMode::None,
             ..AuthSettings::default()
         };
-        let auth = Authenticator::new(&settings, selectors.clone()).unwrap();
+        let auth = Authenticator::new(&settings, selectors.clone(), hub.metrics().clone()).unwrap();
         AppState::new(config, hub, bus, auth, selectors)
     }
 
@@ -499,7 +499,7 @@ mod tests {
             label: crate::subscriber::SubscriberLabel::new(None),
             selectors: vec![Selector::compile(selector, 100).unwrap()],
             access: Access::everything(),
-            event_name: None,
+            event_names: Vec::new(),
             session: None,
             expires: None,
         }
@@ -612,9 +612,8 @@ mod tests {
             header::ACCEPT,
             HeaderValue::from_static("text/html, Text/Event-Stream;q=0.9"),
         );
-        let response = open(&state, None, &browser, spec(), ReplayFrom::Now)
-            .await
-            .unwrap();
+        let opened = open(&state, None, &browser, spec(), ReplayFrom::Now).await;
+        let response = answer(&state, &browser, opened);
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],

@@ -87,7 +87,7 @@ impl Instance {
             config.selector_cache_size,
             config.limits.max_selector_length,
         ));
-        let auth = Authenticator::new(&config.auth, selectors.clone())?;
+        let auth = Authenticator::new(&config.auth, selectors.clone(), metrics.clone())?;
         auth.start().await;
         let options = BusOptions {
             history_size: config.history_size,

@@ -100,7 +100,7 @@ pub fn installed(what: &str, present: bool) -> bool {
     present
 }
 
-fn uuid_like() -> String {
+pub fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!(

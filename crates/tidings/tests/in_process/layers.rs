@@ -18,7 +18,7 @@ const LAYERS: [&[&str]; 7] = [
         "admission",
         "hub",
     ],
-    &["auth", "bus"],
+    &["auth", "bus", "outbound"],
     &["config"],
     &["state"],
     &["http"],

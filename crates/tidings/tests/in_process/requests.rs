@@ -115,9 +115,16 @@ async fn session_api_refusals_are_specific() {
         stream("/sse/event-stream?eventName=e", Some(nosub)).await,
         403
     );
-    // No event name.
+    // No event name: every event of the session; a bad one among several is named.
     let sub = token(json!({"sub": "x"}));
-    assert_eq!(stream("/sse/event-stream", Some(sub)).await, 400);
+    assert_eq!(stream("/sse/event-stream", Some(sub.clone())).await, 200);
+    let answer = app
+        .get_as("/sse/event-stream?eventName=a&eventName=b%0Ac", Some(&sub))
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.json().await["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("event")));
     // Publishing needs a publisher token covering the session topic.
     let send = async |bearer: Option<&str>, body: serde_json::Value| {
         let answer = app.post_json("/sse/events", &body, bearer).await;

@@ -1,10 +1,11 @@
 //! The protocols over real sockets, against one real `tidings` binary: Mercure, the session API,
-//! the subscriptions API, token algorithms, key sets and lifetimes, stream limits and the connection
+//! the subscriptions API, token algorithms, key sets and lifetimes, the authorization callback, stream limits and the connection
 //! lifecycle.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod callback;
 mod jwks;
 mod lifecycle;
 mod limits;

@@ -33,6 +33,8 @@ async fn publishes_and_subscribes_through_both_apis() {
     let mut books = subscriber
         .subscribe(Subscription::topics([format!("{topic}/{{id}}")]).last_event_id("earliest"));
     let mut chat = subscriber.subscribe(Subscription::session("chat").last_event_id("earliest"));
+    let mut every =
+        subscriber.subscribe(Subscription::session_events::<_, &str>([]).last_event_id("earliest"));
     let id = publisher
         .publish(
             &Publication::new(format!("{topic}/1"))
@@ -57,6 +59,13 @@ async fn publishes_and_subscribes_through_both_apis() {
         .unwrap();
     let event = next(&mut chat).await;
     assert_eq!((event.id, event.data), (id, r#"{"text":"hi"}"#.to_owned()));
+    // One stream for every event name of the session, each event with its name.
+    publisher
+        .send_event("alice", "alert", &json!("fire"))
+        .await
+        .unwrap();
+    let names = [next(&mut every).await, next(&mut every).await].map(|e| e.event_type);
+    assert_eq!(names, ["chat", "alert"]);
 }
 
 #[tokio::test]

@@ -1,0 +1,503 @@
+//! The authorization callback (`--auth-url`): for a new stream without a valid token, the hub
+//! asks the application who the caller is and what it may see, the way Nchan's
+//! `nchan_authorize_request` and Centrifugo's connect proxy do, so that an application with a
+//! session cookie needs to mint no JWT for browsers.
+//!
+//! The contract (documented in `docs/authorization.md`): the hub `POST`s a small JSON body
+//! ([`StreamRequest`]) with the client's `Cookie`, `Authorization`, `Origin` and
+//! forwarded-address headers ([`FORWARDED`]); the application answers `200` with an
+//! [`Answer`], or `401` / `403` (passed on to the client). Anything else — no answer within the
+//! timeout, a refused connection, another status, a redirect, a body that is not an answer or
+//! larger than [`MAX_ANSWER_BYTES`] — is the application failing, a passing condition that the
+//! caller answers with a retry, and is logged (at most once per second) and counted.
+//!
+//! Decisions (granted or refused) are cached for `--auth-cache-ttl`, and never past the
+//! answer's own `expiresIn`, per SHA-256 of everything the application was told (the forwarded
+//! headers and the body), in a bounded LRU of [`CACHE_ENTRIES`]; concurrent streams with the
+//! same key wait for one call. Failures are never cached.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::FutureExt;
+use lru::LruCache;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use super::{AuthConfigError, MAX_SESSION_ID_LEN};
+use crate::metrics::{CallbackOutcome, Metrics};
+use crate::outbound;
+use crate::selector::{Selector, SelectorCache};
+use crate::update::SessionId;
+
+/// The client's request headers passed on to the application, as they came (a client's
+/// `X-Forwarded-For` gets the address of the connection appended, as a proxy does).
+pub const FORWARDED: [&str; 8] = [
+    "cookie",
+    "authorization",
+    "origin",
+    "user-agent",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+/// The largest answer read, in bytes.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Decisions held at most (the least recently used one goes first).
+pub const CACHE_ENTRIES: usize = 10_000;
+/// The longest `expiresIn` taken: a year.
+const MAX_EXPIRES_IN: u64 = 365 * 24 * 3600;
+
+/// The callback's settings, as configuration gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackSettings {
+    /// Where to ask (`http://` or `https://`).
+    pub url: String,
+    /// The longest wait for an answer (connecting included).
+    pub timeout: Duration,
+    /// How long a decision is reused; zero asks for every stream.
+    pub cache_ttl: Duration,
+}
+
+/// Which API the stream is opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// `GET /.well-known/mercure`.
+    Mercure,
+    /// `GET /sse/event-stream`.
+    Session,
+}
+
+/// What a new stream asks for: the body of the callback's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRequest {
+    /// The API the stream is opened with.
+    pub api: Api,
+    /// Mercure: the `topic` selectors (exact topics, `*` or URI templates).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// Mercure: the `match` selectors (exact topics).
+    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub exact: Vec<String>,
+    /// Mercure: the `match_urlpattern` selectors (URL patterns).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub match_urlpattern: Vec<String>,
+    /// Session API: the event names asked for (empty: all of the session's events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_names: Option<Vec<String>>,
+}
+
+/// What the application is told about one stream request.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    headers: HeaderMap,
+    body: StreamRequest,
+}
+
+impl Ask {
+    /// The question for a stream request with `headers`, on a connection from `peer`.
+    pub fn new(request: StreamRequest, headers: &HeaderMap, peer: Option<IpAddr>) -> Ask {
+        let mut forwarded = HeaderMap::new();
+        for name in FORWARDED {
+            for value in headers.get_all(name) {
+                forwarded.append(HeaderName::from_static(name), value.clone());
+            }
+        }
+        if let Some(peer) = peer {
+            let chain = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .chain(std::iter::once(peer.to_string().as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(value) = HeaderValue::from_str(&chain) {
+                forwarded.insert("x-forwarded-for", value);
+            }
+        }
+        Ask {
+            headers: forwarded,
+            body: request,
+        }
+    }
+}
+
+/// A `200` answer: who the subscriber is and what it may see.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Answer {
+    /// The subscriber's session (needed by the session API; optional for Mercure streams).
+    #[serde(default)]
+    session: Option<String>,
+    /// Selectors of the topics whose private updates it may receive.
+    #[serde(default)]
+    subscribe: Vec<String>,
+    /// Data about the subscriber, shown by the subscriptions API.
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+    /// Seconds the grant holds: the stream is closed (with a retry hint) after them.
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// The application's decision about one stream request.
+#[derive(Debug, Clone)]
+pub(super) enum Decision {
+    /// `200`: the stream may open.
+    Granted(Grant),
+    /// `401` or `403`, with the application's `detail` (or a sentence of ours).
+    Refused {
+        /// `401` or `403`.
+        status: u16,
+        /// Why, for the client.
+        detail: String,
+    },
+}
+
+/// What a `200` answer grants.
+#[derive(Debug, Clone)]
+pub(super) struct Grant {
+    /// The subscriber's session.
+    pub(super) session: Option<SessionId>,
+    /// Selectors of the topics whose private updates it may receive.
+    pub(super) subscribe: Vec<Selector>,
+    /// Data about the subscriber.
+    pub(super) payload: Option<serde_json::Value>,
+    /// When the grant ends (the answer's `expiresIn` after it came).
+    pub(super) expires: Option<SystemTime>,
+}
+
+/// One call in flight, awaited by every stream request with the same key.
+type Flight = Shared<BoxFuture<'static, Result<Arc<Decision>, Arc<str>>>>;
+
+enum Entry {
+    Decided {
+        decision: Arc<Decision>,
+        until: Instant,
+    },
+    Asking(Flight),
+}
+
+/// The callback client with its decision cache.
+pub(super) struct Callback {
+    settings: CallbackSettings,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    cache: Mutex<LruCache<[u8; 32], Entry>>,
+    selectors: Arc<SelectorCache>,
+    metrics: Arc<Metrics>,
+    /// The second (since the epoch) of the last failure logged.
+    logged: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callback")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Callback {
+    /// A callback client for `settings`.
+    ///
+    /// # Errors
+    /// [`AuthConfigError`] when the URL is not `http://` or `https://`, or the timeout is zero.
+    pub(super) fn new(
+        settings: &CallbackSettings,
+        selectors: Arc<SelectorCache>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, AuthConfigError> {
+        let url = outbound::http_url("auth-url", &settings.url)?;
+        if settings.timeout.is_zero() {
+            return Err(AuthConfigError(
+                "auth-timeout is 0; give the application at least one second".into(),
+            ));
+        }
+        let client = outbound::client(settings.timeout)?;
+        Ok(Callback {
+            settings: settings.clone(),
+            url,
+            client,
+            cache: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(CACHE_ENTRIES).expect("not zero"),
+            )),
+            selectors,
+            metrics,
+            logged: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The settings it was made with (a reload compares them).
+    pub(super) fn settings(&self) -> &CallbackSettings {
+        &self.settings
+    }
+
+    /// The application's decision about `ask`: cached, or asked for.
+    ///
+    /// # Errors
+    /// Why the application could not be asked, or its answer not be used (a passing
+    /// condition: the caller answers with a retry).
+    pub(super) async fn decide(&self, ask: Ask) -> Result<Arc<Decision>, Arc<str>> {
+        let key = key_of(&ask);
+        let flight = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&key) {
+                Some(Entry::Decided { decision, until }) if *until > Instant::now() => {
+                    self.metrics.auth_callback_cache_hits.inc();
+                    return Ok(decision.clone());
+                }
+                Some(Entry::Asking(flight)) => {
+                    self.metrics.auth_callback_cache_hits.inc();
+                    flight.clone()
+                }
+                _ => {
+                    let flight = self.call(ask).boxed().shared();
+                    cache.put(key, Entry::Asking(flight.clone()));
+                    flight
+                }
+            }
+        };
+        let outcome = flight.clone().await;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        // The first of the waiters to wake settles the entry; the others find it settled.
+        if matches!(cache.peek(&key), Some(Entry::Asking(f)) if f.ptr_eq(&flight)) {
+            match &outcome {
+                Ok(decision) if !self.settings.cache_ttl.is_zero() => {
+                    let mut ttl = self.settings.cache_ttl;
+                    if let Decision::Granted(Grant {
+                        expires: Some(at), ..
+                    }) = decision.as_ref()
+                    {
+                        ttl = ttl.min(at.duration_since(SystemTime::now()).unwrap_or_default());
+                    }
+                    let decision = decision.clone();
+                    cache.put(
+                        key,
+                        Entry::Decided {
+                            decision,
+                            until: Instant::now() + ttl,
+                        },
+                    );
+                }
+                _ => {
+                    cache.pop(&key);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// One call to the application (a future of its own, so that every waiter can drive it).
+    fn call(&self, ask: Ask) -> impl std::future::Future<Output = Result<Arc<Decision>, Arc<str>>> {
+        let request = self.client.post(self.url.clone()).headers(ask.headers);
+        let body = serde_json::to_vec(&ask.body).unwrap_or_default();
+        let metrics = self.metrics.clone();
+        let selectors = self.selectors.clone();
+        let logged = self.logged.clone();
+        let url = self.url.clone();
+        async move {
+            let outcome = ask_application(request, body, &selectors).await;
+            metrics.auth_callback(match &outcome {
+                Ok(Decision::Granted(_)) => CallbackOutcome::Granted,
+                Ok(Decision::Refused { .. }) => CallbackOutcome::Refused,
+                Err(_) => CallbackOutcome::Failed,
+            });
+            outcome.map(Arc::new).map_err(|why| {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                if logged.swap(now, Ordering::Relaxed) != now {
+                    tracing::warn!(url = %url, error = %why, "auth callback failed; stream requests are told to retry");
+                }
+                Arc::from(why)
+            })
+        }
+    }
+}
+
+/// The cache key: SHA-256 of every header passed on and of the body, each length-prefixed
+/// (so that no two different questions share a key).
+fn key_of(ask: &Ask) -> [u8; 32] {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut add = |bytes: &[u8]| {
+        digest.update(&(bytes.len() as u64).to_le_bytes());
+        digest.update(bytes);
+    };
+    for (name, value) in &ask.headers {
+        add(name.as_str().as_bytes());
+        add(value.as_bytes());
+    }
+    add(&serde_json::to_vec(&ask.body).unwrap_or_default());
+    let mut key = [0; 32];
+    key.copy_from_slice(digest.finish().as_ref());
+    key
+}
+
+/// Sends the question and reads the answer.
+async fn ask_application(
+    request: reqwest::RequestBuilder,
+    body: Vec<u8>,
+    selectors: &SelectorCache,
+) -> Result<Decision, String> {
+    let response = request
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| outbound::describe(&e))?;
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(format!(
+            "the application answered {status} (redirects are not followed: point auth-url at the endpoint itself)"
+        ));
+    }
+    if !matches!(status.as_u16(), 200 | 401 | 403) {
+        return Err(format!(
+            "the application answered {status}; it must answer 200, 401 or 403"
+        ));
+    }
+    let body = outbound::read_limited(response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| format!("cannot read the application's answer: {e}"))?;
+    if status.as_u16() != 200 {
+        return Ok(Decision::Refused {
+            status: status.as_u16(),
+            detail: refusal_detail(&body).unwrap_or_else(|| {
+                match status.as_u16() {
+                    401 => "the application does not know who you are: log in first",
+                    _ => "the application does not let you see this",
+                }
+                .to_owned()
+            }),
+        });
+    }
+    let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+        format!("the application's 200 answer is not an authorization ({{\"session\", \"subscribe\", \"payload\", \"expiresIn\"}}): {e}")
+    })?;
+    let session = answer
+        .session
+        .map(|s| SessionId::new(&s, MAX_SESSION_ID_LEN))
+        .transpose()
+        .map_err(|e| format!("the application's answer names an unusable session: {e}"))?;
+    let expires = match answer.expires_in {
+        None => None,
+        Some(secs @ 1..=MAX_EXPIRES_IN) => Some(SystemTime::now() + Duration::from_secs(secs)),
+        Some(secs) => {
+            return Err(format!(
+                "the application's answer has expiresIn {secs}: it must be 1 to {MAX_EXPIRES_IN} seconds"
+            ))
+        }
+    };
+    let subscribe = answer
+        .subscribe
+        .iter()
+        .map(|s| selectors.get(s))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the application's answer holds a bad selector: {e}"))?;
+    Ok(Decision::Granted(Grant {
+        session,
+        subscribe,
+        payload: answer.payload,
+        expires,
+    }))
+}
+
+/// The `detail` (or `error`) string of a JSON refusal, made safe to show: at most 200
+/// characters, no control characters.
+fn refusal_detail(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = ["detail", "error", "message"]
+        .iter()
+        .find_map(|k| value.get(k).and_then(|v| v.as_str()))?;
+    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    (!text.trim().is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(cookie: &str, topics: &[&str]) -> Ask {
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", HeaderValue::from_str(cookie).unwrap());
+        headers.insert("x-custom", HeaderValue::from_static("not passed on"));
+        Ask::new(
+            StreamRequest {
+                api: Api::Mercure,
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                exact: vec![],
+                match_urlpattern: vec![],
+                event_names: None,
+            },
+            &headers,
+            Some("10.0.0.7".parse().unwrap()),
+        )
+    }
+
+    #[test]
+    fn only_the_listed_headers_are_passed_on_and_the_peer_is_appended() {
+        let a = ask("sid=1", &["t"]);
+        assert_eq!(a.headers.get("cookie").unwrap(), "sid=1");
+        assert!(a.headers.get("x-custom").is_none());
+        assert_eq!(a.headers.get("x-forwarded-for").unwrap(), "10.0.0.7");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        let a = Ask::new(a.body, &headers, Some("10.0.0.7".parse().unwrap()));
+        assert_eq!(
+            a.headers.get("x-forwarded-for").unwrap(),
+            "203.0.113.9, 10.0.0.7"
+        );
+    }
+
+    #[test]
+    fn keys_differ_by_credential_and_by_selectors() {
+        let base = key_of(&ask("sid=1", &["t"]));
+        assert_eq!(base, key_of(&ask("sid=1", &["t"])));
+        assert_ne!(base, key_of(&ask("sid=2", &["t"])));
+        assert_ne!(base, key_of(&ask("sid=1", &["u"])));
+        assert_ne!(base, key_of(&ask("sid=1", &["t", "u"])));
+    }
+
+    #[test]
+    fn a_refusal_detail_is_shown_only_short_and_clean() {
+        assert_eq!(
+            refusal_detail(br#"{"detail":"log in\nfirst"}"#).as_deref(),
+            Some("log infirst")
+        );
+        assert_eq!(refusal_detail(b"<html>").as_deref(), None);
+        assert_eq!(
+            refusal_detail(format!(r#"{{"error":"{}"}}"#, "x".repeat(500)).as_bytes())
+                .map(|d| d.len()),
+            Some(200)
+        );
+    }
+
+    #[test]
+    fn bad_urls_and_timeouts_are_start_up_errors() {
+        let settings = |url: &str, secs| CallbackSettings {
+            url: url.into(),
+            timeout: Duration::from_secs(secs),
+            cache_ttl: Duration::from_secs(30),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let new = |s: &CallbackSettings, m: &Arc<Metrics>| {
+            Callback::new(s, Arc::new(SelectorCache::new(10, 100)), m.clone())
+        };
+        for bad in ["ftp://app/auth", "app/auth", "http://"] {
+            let err = new(&settings(bad, 5), &metrics).unwrap_err();
+            assert!(err.to_string().contains("auth-url"), "{err}");
+        }
+        let err = new(&settings("http://127.0.0.1:1/", 0), &metrics).unwrap_err();
+        assert!(err.to_string().contains("auth-timeout"), "{err}");
+        assert!(new(&settings("https://app.example/auth", 5), &metrics).is_ok());
+    }
+}
