@@ -19,6 +19,7 @@ use crate::admission::StreamLimits;
 use crate::auth::{AuthMode, AuthSettings, CallbackSettings, JwtAlg};
 use crate::bus::Routing;
 use crate::update::Limits;
+use crate::webhook::WebhookSettings;
 
 /// Every option of `tidings serve`, each optional so that layers can be merged.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -160,6 +161,24 @@ pub struct Options {
     /// Seconds between heartbeat comments on idle streams [default: 15].
     #[arg(long, env = "TIDINGS_HEARTBEAT", value_name = "SECS")]
     pub heartbeat: Option<u64>,
+    /// Where lifecycle webhooks are sent (http:// or https://): sessions online and offline,
+    /// streams subscribed and unsubscribed, in signed JSON batches.
+    #[arg(long, env = "TIDINGS_WEBHOOK_URL", value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// The key of the webhooks' HMAC-SHA256 signature (required with webhook-url).
+    #[arg(long, env = "TIDINGS_WEBHOOK_SECRET", value_name = "SECRET")]
+    pub webhook_secret: Option<String>,
+    /// Webhook events held while the receiver is slow or down; more are dropped and counted
+    /// [default: 10000].
+    #[arg(long, env = "TIDINGS_WEBHOOK_QUEUE", value_name = "N")]
+    pub webhook_queue: Option<usize>,
+    /// Seconds a webhook batch is retried (with backoff) before it is dropped [default: 60].
+    #[arg(long, env = "TIDINGS_WEBHOOK_RETRY_FOR", value_name = "SECS")]
+    pub webhook_retry_for: Option<u64>,
+    /// Seconds a session may be without streams before it is told offline (a page reload is
+    /// no offline) [default: 5].
+    #[arg(long, env = "TIDINGS_WEBHOOK_OFFLINE_GRACE", value_name = "SECS")]
+    pub webhook_offline_grace: Option<u64>,
     /// Origins allowed to call the hub from a browser (repeatable; `*` for any).
     #[arg(
         long,
@@ -312,6 +331,8 @@ pub struct Config {
     pub session_ttl: u64,
     /// Interval of heartbeat comments on idle streams.
     pub heartbeat: Duration,
+    /// Lifecycle webhooks, when a receiver is configured.
+    pub webhooks: Option<WebhookSettings>,
     /// Allowed browser origins (empty: no CORS headers).
     pub cors_origins: Vec<String>,
     /// Origins whose pages may publish with the token cookie.
@@ -477,6 +498,11 @@ impl Options {
             bus_replay_timeout,
             session_ttl,
             heartbeat,
+            webhook_url,
+            webhook_secret,
+            webhook_queue,
+            webhook_retry_for,
+            webhook_offline_grace,
             drain_secs,
             max_body_bytes,
             max_selectors,
@@ -657,6 +683,33 @@ impl Options {
                 t => t,
             },
             heartbeat: Duration::from_secs(at_least_one("heartbeat", self.heartbeat, 15)?),
+            webhooks: match not_empty("webhook-url", self.webhook_url)? {
+                Some(url) => Some(WebhookSettings {
+                    url,
+                    secret: not_empty("webhook-secret", self.webhook_secret)?.ok_or_else(|| {
+                        ConfigError(
+                            "webhook-url needs webhook-secret: the key the receiver checks each request's signature with".into(),
+                        )
+                    })?,
+                    queue: at_least_one("webhook-queue", self.webhook_queue, 10_000)?,
+                    offline_grace: match self.webhook_offline_grace.unwrap_or(5) {
+                        grace if grace >= self.session_ttl.unwrap_or(30) => {
+                            return Err(ConfigError(format!(
+                                "webhook-offline-grace ({grace} s) must be shorter than session-ttl ({} s): a session without streams for session-ttl counts as left behind by a dead instance",
+                                self.session_ttl.unwrap_or(30)
+                            )))
+                        }
+                        grace => Duration::from_secs(grace),
+                    },
+                    retry_for: Duration::from_secs(at_least_one(
+                        "webhook-retry-for",
+                        self.webhook_retry_for,
+                        60,
+                    )?),
+                    sweep_every: Duration::from_secs(self.session_ttl.unwrap_or(30).max(3)),
+                }),
+                None => None,
+            },
             cors_origins: origins("cors-origin", self.cors_origin, true)?,
             publish_origins: origins("publish-origin", self.publish_origin, false)?,
             drain: Duration::from_secs(self.drain_secs.unwrap_or(10)),

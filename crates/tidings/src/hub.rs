@@ -162,8 +162,9 @@ struct Inner {
     sessions_changed: tokio::sync::Notify,
     /// Signalled whenever a subscriber comes or goes (for a cluster-wide subscriptions API).
     subscribers_changed: tokio::sync::Notify,
-    /// Told each subscriber that comes or goes, once someone asked (subscription events).
-    subscriber_events: std::sync::Mutex<Option<mpsc::UnboundedSender<SubscriberEvent>>>,
+    /// Told each subscriber that comes or goes, once someone asked (subscription events,
+    /// lifecycle webhooks): one sender per listener.
+    subscriber_events: std::sync::Mutex<Vec<mpsc::UnboundedSender<SubscriberEvent>>>,
 }
 
 /// A subscriber that came or went (see [`Hub::subscriber_events`]).
@@ -242,7 +243,7 @@ impl Hub {
                 changed_sessions: std::sync::Mutex::new(HashSet::new()),
                 sessions_changed: tokio::sync::Notify::new(),
                 subscribers_changed: tokio::sync::Notify::new(),
-                subscriber_events: std::sync::Mutex::new(None),
+                subscriber_events: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -253,17 +254,18 @@ impl Hub {
     }
 
     /// From now on, tells every subscriber that comes or goes on the returned channel, in the
-    /// order the hub registers and removes them (a later call replaces the receiver).
+    /// order the hub registers and removes them. Each call makes one more listener; dropping
+    /// the receiver ends it.
     pub fn subscriber_events(&self) -> mpsc::UnboundedReceiver<SubscriberEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *self.events_sender() = Some(tx);
+        self.events_senders().push(tx);
         rx
     }
 
-    fn events_sender(
+    fn events_senders(
         &self,
-    ) -> std::sync::MutexGuard<'_, Option<mpsc::UnboundedSender<SubscriberEvent>>> {
-        // Each mutation is one assignment: a panic cannot leave it half done.
+    ) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<SubscriberEvent>>> {
+        // Each mutation is one push or one retain: a panic cannot leave it half done.
         self.inner
             .subscriber_events
             .lock()
@@ -271,9 +273,12 @@ impl Hub {
     }
 
     fn tell(&self, spec: &Arc<SubscriberSpec>, active: bool) {
-        if let Some(events) = &*self.events_sender() {
-            let spec = spec.clone();
-            let _ = events.send(SubscriberEvent { spec, active });
+        let mut senders = self.events_senders();
+        if !senders.is_empty() {
+            senders.retain(|events| {
+                let spec = spec.clone();
+                events.send(SubscriberEvent { spec, active }).is_ok()
+            });
         }
     }
 

@@ -22,14 +22,15 @@
 //! | [`state`] | [`state::AppState`]: one instance's parts (config, hub, bus, authenticator, metrics, admission), shared by every request |
 //! | [`http`] | the axum router: Mercure subscribe/publish and subscriptions API, session API, `/healthz`, `/readyz`, `/metrics`, the page at `/` |
 //! | [`metrics`] | the instance's Prometheus metrics |
-//! | [`outbound`] | the HTTP requests the hub makes itself (JWKS, authorization callback): URLs checked, timeouts, no redirects, bounded answers |
+//! | [`outbound`] | the HTTP requests the hub makes itself (JWKS, authorization callback, webhooks): URLs checked, timeouts, no redirects, bounded answers |
+//! | [`webhook`] | lifecycle webhooks: sessions online/offline (cluster-wide through the bus's registry), streams subscribed/unsubscribed, signed, batched, retried |
 //! | [`config`] | options: defaults → `tidings.toml` → `TIDINGS_*` → flags, mapped onto the core's types |
 //! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown |
 //! | [`cli`] | the `tidings` command line |
 //!
 //! Layers point one way, each using only those below it: `cli` → [`server`] (sockets, TLS,
 //! shutdown) → [`http`] (the protocols) → [`state`] → [`config`] → [`auth`], [`bus`] (the
-//! buses behind one trait) and [`outbound`] → the core ([`hub`], [`subscriber`],
+//! buses behind one trait), [`webhook`] and [`outbound`] → the core ([`hub`], [`subscriber`],
 //! [`admission`], [`envelope`], [`sse`], [`selector`], [`update`], [`metrics`]). The core knows
 //! nothing of HTTP, the command line or any broker client.
 //!
@@ -76,3 +77,4 @@ pub mod sse;
 pub mod state;
 pub mod subscriber;
 pub mod update;
+pub mod webhook;

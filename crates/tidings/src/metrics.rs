@@ -64,6 +64,12 @@ pub struct Metrics {
     /// Stream requests the authorization callback's cache (or a call already in flight)
     /// answered.
     pub auth_callback_cache_hits: Counter,
+    /// Webhook events the receiver took.
+    webhook_delivered: Counter,
+    /// Webhook events dropped, by reason.
+    webhook_dropped: Family<WebhookDropLabels, Counter>,
+    /// Webhook requests that failed and were retried (or, the last, gave up).
+    pub webhook_failed_attempts: Counter,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
     /// Live tokio tasks, read at each scrape (leak detection).
@@ -99,6 +105,9 @@ impl Metrics {
             bus_broker_bytes: Counter::default(),
             auth_callbacks: Family::default(),
             auth_callback_cache_hits: Counter::default(),
+            webhook_delivered: Counter::default(),
+            webhook_dropped: Family::default(),
+            webhook_failed_attempts: Counter::default(),
             ready: Gauge::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
@@ -190,6 +199,21 @@ impl Metrics {
             m.auth_callback_cache_hits.clone(),
         );
         registry.register(
+            "webhook_events_delivered",
+            "Webhook events the receiver took",
+            m.webhook_delivered.clone(),
+        );
+        registry.register(
+            "webhook_events_dropped",
+            "Webhook events dropped, by reason (queue_full, undelivered, refused)",
+            m.webhook_dropped.clone(),
+        );
+        registry.register(
+            "webhook_failed_attempts",
+            "Webhook requests that failed (each retry counts)",
+            m.webhook_failed_attempts.clone(),
+        );
+        registry.register(
             "ready",
             "1 when the instance accepts traffic",
             m.ready.clone(),
@@ -214,7 +238,28 @@ impl Metrics {
         ] {
             let _ = m.auth_callbacks.get_or_create(&CallbackLabels { outcome });
         }
+        for reason in [
+            WebhookDrop::QueueFull,
+            WebhookDrop::Undelivered,
+            WebhookDrop::Refused,
+        ] {
+            let _ = m
+                .webhook_dropped
+                .get_or_create(&WebhookDropLabels { reason });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Counts `n` webhook events the receiver took.
+    pub fn webhook_delivered(&self, n: u64) {
+        self.webhook_delivered.inc_by(n);
+    }
+
+    /// Counts `n` webhook events dropped for `reason`.
+    pub fn webhook_dropped(&self, reason: WebhookDrop, n: u64) {
+        self.webhook_dropped
+            .get_or_create(&WebhookDropLabels { reason })
+            .inc_by(n);
     }
 
     /// Counts one call to the authorization callback.
@@ -289,6 +334,34 @@ impl EncodeLabelValue for CallbackOutcome {
             CallbackOutcome::Failed => "failed",
         })
     }
+}
+
+/// Why webhook events were dropped (the `reason` label of
+/// `tidings_webhook_events_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookDrop {
+    /// The queue was full (the receiver slow or down for long).
+    QueueFull,
+    /// The batch was not taken in every attempt.
+    Undelivered,
+    /// The receiver answered a 4xx.
+    Refused,
+}
+
+impl EncodeLabelValue for WebhookDrop {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            WebhookDrop::QueueFull => "queue_full",
+            WebhookDrop::Undelivered => "undelivered",
+            WebhookDrop::Refused => "refused",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WebhookDropLabels {
+    reason: WebhookDrop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

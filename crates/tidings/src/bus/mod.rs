@@ -388,6 +388,42 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Marks `session` online in the cluster's registry, recording this instance's
+    /// `streams` of it first: `Some(true)` when it was not online (this instance tells it),
+    /// `Some(false)` when it already was, `None` when this bus keeps no registry (each
+    /// instance then knows only its own sessions).
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the registry cannot be written now.
+    async fn session_online(
+        &self,
+        session: &SessionId,
+        streams: usize,
+    ) -> Result<Option<bool>, BusError> {
+        let _ = (session, streams);
+        Ok(None)
+    }
+
+    /// Marks `session` offline when no live instance holds a stream of it (checked and
+    /// marked at once): `Some(true)` when this call took it offline, `None` without a registry.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the registry cannot be written now.
+    async fn session_offline(&self, session: &SessionId) -> Result<Option<bool>, BusError> {
+        let _ = session;
+        Ok(None)
+    }
+
+    /// The sessions marked online that no live instance has held for two sweeps in a row —
+    /// their instance died and its registry entries expired — marked offline now. One
+    /// instance of the cluster sweeps per `session-ttl`; the others get nothing.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the registry cannot be read now.
+    async fn sweep_sessions(&self) -> Result<Vec<SessionId>, BusError> {
+        Ok(Vec::new())
+    }
+
     /// Every subscriber of the cluster (for the subscriptions API). `None` when this bus keeps
     /// no shared record (one instance: its hub knows), or the API is off.
     ///

@@ -73,6 +73,22 @@ impl Bus for Starting {
     async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {
         self.bus()?.subscribers().await
     }
+
+    async fn session_online(
+        &self,
+        session: &SessionId,
+        streams: usize,
+    ) -> Result<Option<bool>, BusError> {
+        self.bus()?.session_online(session, streams).await
+    }
+
+    async fn session_offline(&self, session: &SessionId) -> Result<Option<bool>, BusError> {
+        self.bus()?.session_offline(session).await
+    }
+
+    async fn sweep_sessions(&self) -> Result<Vec<SessionId>, BusError> {
+        self.bus()?.sweep_sessions().await
+    }
 }
 
 /// A bus that may still be connecting, and where a configuration error found later is told.

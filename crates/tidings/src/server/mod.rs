@@ -28,6 +28,7 @@ use crate::hub::{Hub, QueueLimits};
 use crate::metrics::Metrics;
 use crate::selector::SelectorCache;
 use crate::state::AppState;
+use crate::webhook::Webhooks;
 
 /// How long requests still in flight get once the listener has closed.
 const GRACE: Duration = Duration::from_secs(1);
@@ -50,6 +51,9 @@ pub enum StartError {
     /// The listener failed.
     #[error("cannot serve: {0}")]
     Io(#[from] std::io::Error),
+    /// The webhook settings are unusable.
+    #[error("webhooks: {0}")]
+    Webhooks(#[from] crate::outbound::OutboundConfigError),
 }
 
 /// A fully assembled instance, not yet serving.
@@ -60,6 +64,8 @@ pub struct Instance {
     tls: Option<Arc<Certificates>>,
     /// Set when connecting the bus met an error that retrying cannot cure.
     bus_failed: watch::Receiver<Option<bus::BusError>>,
+    /// The lifecycle webhooks, when configured.
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 impl Instance {
@@ -112,10 +118,20 @@ impl Instance {
         if state.config().subscriptions {
             http::publish_subscription_events(&state);
         }
+        let webhooks = match &state.config().webhooks {
+            Some(settings) => Some(Arc::new(Webhooks::start(
+                settings,
+                state.hub(),
+                state.bus().clone(),
+                &state.config().instance_id,
+            )?)),
+            None => None,
+        };
         Ok(Instance {
             state,
             tls,
             bus_failed: started.failed,
+            webhooks,
         })
     }
 
@@ -236,6 +252,10 @@ impl Instance {
                 "drain did not complete in {:?}; closing what is left",
                 GRACE
             ),
+        }
+        // What the streams' ends queued is sent if the receiver takes it soon.
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.flush(GRACE * 2).await;
         }
         Ok(())
     }

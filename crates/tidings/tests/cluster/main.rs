@@ -11,3 +11,4 @@ mod nats;
 mod redis_faults;
 mod redis_routing;
 mod redis_security;
+mod webhooks;

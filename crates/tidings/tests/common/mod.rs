@@ -1,17 +1,19 @@
 //! Test harness, shared by every test binary: runs the real `tidings` binary on a free loopback
 //! port ([`hub`]), reads its streams with an independent SSE parser ([`sse`]), mints tokens and
-//! certificates ([`tokens`]), reaches or starts brokers ([`brokers`]) and proxies ([`proxies`]).
+//! certificates ([`tokens`]), reaches or starts brokers ([`brokers`]) and proxies ([`proxies`]),
+//! and receives webhooks ([`receiver`]).
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::print_stderr)]
 
 pub mod brokers;
 pub mod hub;
 pub mod proxies;
+pub mod receiver;
 pub mod sse;
 pub mod tokens;
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use self::{brokers::*, hub::*, proxies::*, sse::*, tokens::*};
+pub use self::{brokers::*, hub::*, proxies::*, receiver::*, sse::*, tokens::*};
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;

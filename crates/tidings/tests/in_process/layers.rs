@@ -18,7 +18,7 @@ const LAYERS: [&[&str]; 7] = [
         "admission",
         "hub",
     ],
-    &["auth", "bus", "outbound"],
+    &["auth", "bus", "outbound", "webhook"],
     &["config"],
     &["state"],
     &["http"],

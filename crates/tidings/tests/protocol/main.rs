@@ -1,5 +1,5 @@
 //! The protocols over real sockets, against one real `tidings` binary: Mercure, the session API,
-//! the subscriptions API, token algorithms, key sets and lifetimes, the authorization callback, stream limits and the connection
+//! the subscriptions API, token algorithms, key sets and lifetimes, the authorization callback, lifecycle webhooks, stream limits and the connection
 //! lifecycle.
 
 #[path = "../common/mod.rs"]
@@ -14,3 +14,4 @@ mod session;
 mod signatures;
 mod subscriptions;
 mod token_lifetimes;
+mod webhooks;

@@ -68,6 +68,12 @@ struct Keys {
     session_prefix: String,
     instances: String,
     subscribers_prefix: String,
+    /// The set of sessions told online (lifecycle webhooks).
+    online: String,
+    /// Held by the instance sweeping for sessions whose instance died.
+    sweeper: String,
+    /// Sessions online that the last sweep found no live instance holding.
+    offline_candidates: String,
 }
 
 impl Keys {
@@ -85,6 +91,9 @@ impl Keys {
             session_prefix: format!("{prefix}:session:"),
             instances: format!("{prefix}:instances"),
             subscribers_prefix: format!("{prefix}:subscribers:"),
+            online: format!("{prefix}:online"),
+            sweeper: format!("{prefix}:sweeper"),
+            offline_candidates: format!("{prefix}:offline-candidates"),
         }
     }
 
@@ -120,6 +129,9 @@ pub struct RedisBus {
     replay_reader: tokio::task::JoinHandle<()>,
     /// Subscribers are shared (`--subscriptions`).
     share_subscribers: bool,
+    /// This instance's id, and how long its registry entries live (for the online marks).
+    instance: String,
+    session_ttl_secs: u64,
     /// How long one command may take.
     timeout: Duration,
     /// How long a new subscriber may wait for the delivery connection to listen for it (as
@@ -279,6 +291,8 @@ impl RedisBus {
             replays,
             replay_reader,
             share_subscribers: options.share_subscribers,
+            instance: options.instance_id.clone(),
+            session_ttl_secs: options.session_ttl_secs.max(3),
             timeout,
             listen_wait: options.timeouts.replay,
         })
@@ -522,6 +536,22 @@ impl Bus for RedisBus {
                 .flat_map(|b| parse_records(b))
                 .collect(),
         ))
+    }
+
+    async fn session_online(
+        &self,
+        session: &SessionId,
+        streams: usize,
+    ) -> Result<Option<bool>, BusError> {
+        self.mark_online(session, streams).await.map(Some)
+    }
+
+    async fn session_offline(&self, session: &SessionId) -> Result<Option<bool>, BusError> {
+        self.mark_offline(session).await.map(Some)
+    }
+
+    async fn sweep_sessions(&self) -> Result<Vec<SessionId>, BusError> {
+        self.sweep().await
     }
 
     async fn session_presence(

@@ -114,3 +114,135 @@ impl Registry {
         timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 }
+
+/// Records an instance's streams of a session in the registry and marks the session online,
+/// at once: a session is never marked online before some live instance is seen holding it.
+/// KEYS: the session's hash, the online set; ARGV: the instance, its streams, the entry's
+/// lifetime, the session.
+const ONLINE_SCRIPT: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('SADD', KEYS[2], ARGV[4])
+";
+
+/// Marks a session offline when no live instance holds a stream of it, checked and marked at
+/// once. A sweep marks it only when the previous sweep found it so too (it is then a
+/// candidate): a session whose last stream just closed is left to the check of the instance
+/// that held it, after its grace, and only a session left behind by a dead instance is swept.
+/// KEYS: the session's hash, the online set, the candidates set; ARGV: the prefix of
+/// instances' liveness keys, the session, `sweep` or `closed`.
+const OFFLINE_SCRIPT: &str = r"
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  if (tonumber(entries[i + 1]) or 0) > 0 and redis.call('EXISTS', ARGV[1] .. entries[i]) == 1 then
+    redis.call('SREM', KEYS[3], ARGV[2])
+    return 0
+  end
+end
+if redis.call('SREM', KEYS[3], ARGV[2]) == 0 and ARGV[3] == 'sweep' then
+  redis.call('SADD', KEYS[3], ARGV[2])
+  return 0
+end
+return redis.call('SREM', KEYS[2], ARGV[2])
+";
+
+/// Sessions looked at per round trip of a sweep.
+const SWEEP_BATCH: usize = 500;
+
+impl super::RedisBus {
+    fn offline_invocation(&self, pipe: &mut redis::Pipeline, session: &str, sweep: bool) {
+        pipe.cmd("EVAL")
+            .arg(OFFLINE_SCRIPT)
+            .arg(3)
+            .arg(format!("{}{session}", self.keys.session_prefix))
+            .arg(&self.keys.online)
+            .arg(&self.keys.offline_candidates)
+            .arg(&self.keys.instance_prefix)
+            .arg(session)
+            .arg(if sweep { "sweep" } else { "closed" });
+    }
+
+    /// See [`crate::bus::Bus::session_online`].
+    pub(super) async fn mark_online(
+        &self,
+        session: &SessionId,
+        streams: usize,
+    ) -> Result<bool, BusError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(ONLINE_SCRIPT)
+            .arg(2)
+            .arg(format!("{}{}", self.keys.session_prefix, session.as_str()))
+            .arg(&self.keys.online)
+            .arg(&self.instance)
+            .arg(streams)
+            .arg(self.session_ttl_secs)
+            .arg(session.as_str());
+        let mut conn = self.conn.clone();
+        let (added,): (i64,) = timed(self.timeout, pipe.query_async(&mut conn)).await?;
+        Ok(added == 1)
+    }
+
+    /// See [`crate::bus::Bus::session_offline`].
+    pub(super) async fn mark_offline(&self, session: &SessionId) -> Result<bool, BusError> {
+        let mut pipe = redis::pipe();
+        self.offline_invocation(&mut pipe, session.as_str(), false);
+        let mut conn = self.conn.clone();
+        let (removed,): (i64,) = timed(self.timeout, pipe.query_async(&mut conn)).await?;
+        Ok(removed == 1)
+    }
+
+    /// See [`crate::bus::Bus::sweep_sessions`]: the sweeper of a period is whoever takes the
+    /// lock, which expires with the period.
+    pub(super) async fn sweep(&self) -> Result<Vec<SessionId>, BusError> {
+        let mut conn = self.conn.clone();
+        let locked: Option<String> = timed(
+            self.timeout,
+            redis::cmd("SET")
+                .arg(&self.keys.sweeper)
+                .arg(&self.instance)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.session_ttl_secs)
+                .query_async(&mut conn),
+        )
+        .await?;
+        if locked.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut gone = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, sessions): (u64, Vec<String>) = timed(
+                self.timeout,
+                redis::cmd("SSCAN")
+                    .arg(&self.keys.online)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SWEEP_BATCH)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            if !sessions.is_empty() {
+                let mut pipe = redis::pipe();
+                for session in &sessions {
+                    self.offline_invocation(&mut pipe, session, true);
+                }
+                let removed: Vec<i64> = timed(self.timeout, pipe.query_async(&mut conn)).await?;
+                gone.extend(
+                    sessions
+                        .iter()
+                        .zip(removed)
+                        .filter(|(_, removed)| *removed == 1)
+                        .filter_map(|(s, _)| {
+                            SessionId::new(s, crate::auth::MAX_SESSION_ID_LEN).ok()
+                        }),
+                );
+            }
+            if next == 0 {
+                return Ok(gone);
+            }
+            cursor = next;
+        }
+    }
+}
