@@ -9,9 +9,11 @@
 // random moments of the drain window, with a retry hint) and is started again on its port;
 // the browser's streams move to the others without losing or repeating an update, and the
 // reconnections are spread out in time and over the instances.
-// Last, a stream that has received nothing yet when its instance is killed: it opened with the
+// Then a stream that has received nothing yet when its instance is killed: it opened with the
 // head id as an `id:` line without data, so the browser resumes from the moment it subscribed
 // and gets what was published while it was away.
+// Last, the kit's HTTPS listener: HTTP/2, so one page holds ten streams on one origin where
+// HTTP/1.1 gives it six.
 //
 // Run by .ci/run after `cargo test` (which builds target/debug/tidings), with nginx installed
 // (.ci/services) and Redis at TIDINGS_TEST_REDIS or 127.0.0.1:6379.
@@ -278,4 +280,45 @@ test('a stream that received nothing yet resumes from where it subscribed when i
   assert.deepEqual(quiet.data, sent, 'what was published while it was away, once, in order, and nothing from before');
   await context.close();
   hubs[victim] = await startInstance(victim, hubs[victim].base.replace('http://', ''));
+});
+
+test('over HTTPS the kit serves HTTP/2: one origin carries more than six streams of one page', async () => {
+  const STREAMS = 10;
+  const topic = `${PUBLIC}/h2`;
+  const opened = async (base) => {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true });
+    await context.addCookies([{
+      name: 'mercureAuthorization', value: token('--subscribe', topic),
+      domain: new URL(base).hostname, path: '/', httpOnly: true, sameSite: 'Strict',
+    }]);
+    const page = await context.newPage();
+    await page.goto(`${base}/healthz`);
+    await page.evaluate(({ topic, STREAMS }) => {
+      window.h2 = { opens: 0, data: [] };
+      for (let s = 0; s < STREAMS; s++) {
+        const source = new EventSource(`/.well-known/mercure?topic=${encodeURIComponent(topic)}`);
+        source.onopen = () => { window.h2.opens += 1; };
+        source.onmessage = (e) => window.h2.data.push(e.data);
+      }
+    }, { topic, STREAMS });
+    return { context, page };
+  };
+  // HTTP/1.1 first, to show what the test would catch: six connections per origin, the rest
+  // of the page's streams wait.
+  const plain = await opened(nginx.base);
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.equal(await plain.page.evaluate(() => window.h2.opens), 6, 'HTTP/1.1: six streams per origin');
+  await plain.context.close();
+
+  const secure = await opened(nginx.tlsBase);
+  await secure.page.waitForFunction((n) => window.h2.opens === n, STREAMS, { timeout: 10000 });
+  const protocol = await secure.page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol);
+  assert.equal(protocol, 'h2');
+  await post(hubs[1], '/.well-known/mercure', new URLSearchParams([['topic', topic], ['data', 'over h2']]).toString(),
+    'application/x-www-form-urlencoded', token('--publish', '*'));
+  await secure.page.waitForFunction((n) => window.h2.data.length === n, STREAMS, { timeout: 10000 });
+  // The page's own requests are not held up behind the streams.
+  const health = await secure.page.evaluate(() => fetch('/healthz').then((r) => r.status));
+  assert.equal(health, 200);
+  await secure.context.close();
 });

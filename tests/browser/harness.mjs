@@ -82,40 +82,61 @@ async function listening(port, what) {
 }
 
 /**
- * nginx on a free loopback port with the kit's deploy/nginx/tidings.conf, its three instance
- * addresses replaced by `addrs` (`host:port` each); resolves to { base, stop }.
+ * nginx on free loopback ports with the kit's deploy/nginx/tidings.conf, its three instance
+ * addresses replaced by `addrs` (`host:port` each), serving HTTP and HTTPS with HTTP/2 (a
+ * self-signed certificate made with openssl); resolves to { base, tlsBase, stop }.
  */
 export async function startNginx(addrs) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-nginx-'));
   const port = await freePort();
+  const tlsPort = await freePort();
   let site = readFileSync(path.join(root, 'deploy', 'nginx', 'tidings.conf'), 'utf8');
   addrs.forEach((addr, i) => {
     const shipped = `127.0.0.1:${3001 + i}`;
     if (!site.includes(shipped)) throw new Error(`deploy/nginx/tidings.conf does not name ${shipped}`);
     site = site.replace(shipped, addr);
   });
-  site = site.replace('listen 80;', `listen 127.0.0.1:${port};`);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+    '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+    '-keyout', path.join(dir, 'privkey.pem'), '-out', path.join(dir, 'fullchain.pem')], { stdio: 'ignore' });
+  for (const shipped of ['listen 80;', 'listen 443 ssl http2;', '/etc/ssl/tidings/fullchain.pem', '/etc/ssl/tidings/privkey.pem']) {
+    if (!site.includes(shipped)) throw new Error(`deploy/nginx/tidings.conf does not say ${shipped}`);
+  }
+  site = site.replace('listen 80;', `listen 127.0.0.1:${port};`)
+    .replace('listen 443 ssl http2;', `listen 127.0.0.1:${tlsPort} ssl http2;`)
+    .replaceAll('/etc/ssl/tidings/', `${dir}/`);
   writeFileSync(path.join(dir, 'tidings.conf'), site);
+  return startNginxWith(dir, 'tidings.conf', port, { tlsBase: `https://127.0.0.1:${tlsPort}`, tlsPort });
+}
+
+/**
+ * nginx in the foreground with `dir`/`site` included in its http block; resolves once it
+ * accepts connections on `port` (and `extra.tlsPort`, if given) to { base, ...extra, stop }.
+ */
+export async function startNginxWith(dir, site, port, extra = {}) {
   writeFileSync(path.join(dir, 'nginx.conf'), [
     'worker_processes 1;', 'daemon off;', `pid ${dir}/nginx.pid;`, `error_log ${dir}/error.log warn;`,
     'events { worker_connections 1024; }',
     'http {', ' access_log off;', ` client_body_temp_path ${dir}/body;`, ` proxy_temp_path ${dir}/proxy;`,
     ` fastcgi_temp_path ${dir}/fastcgi;`, ` uwsgi_temp_path ${dir}/uwsgi;`, ` scgi_temp_path ${dir}/scgi;`,
-    ` include ${dir}/tidings.conf;`, '}', ''].join('\n'));
+    ` include ${path.join(dir, site)};`, '}', ''].join('\n'));
   const child = spawn('nginx', ['-p', dir, '-c', path.join(dir, 'nginx.conf')], { stdio: 'ignore' });
   const exited = new Promise((resolve) => child.on('exit', resolve));
-  await Promise.race([
-    listening(port, 'nginx'),
-    exited.then((code) => { throw new Error(`nginx exited (${code}): ${readFileSync(path.join(dir, 'error.log'), 'utf8')}`); }),
-  ]);
+  const failed = exited.then((code) => { throw new Error(`nginx exited (${code}): ${readFileSync(path.join(dir, 'error.log'), 'utf8')}`); });
+  await Promise.race([listening(port, 'nginx'), failed]);
+  if (extra.tlsPort) await Promise.race([listening(extra.tlsPort, 'nginx (TLS)'), failed]);
   return {
     base: `http://127.0.0.1:${port}`,
+    ...extra,
     stop() {
       child.kill('SIGTERM'); // nginx's fast shutdown: the master stops its worker
       rmSync(dir, { recursive: true, force: true });
     },
   };
 }
+
+/** A free TCP port on 127.0.0.1 (exported for tests that run servers of their own). */
+export { freePort };
 
 /** The value of the unlabelled metric `name` on the hub at `base`. */
 export async function metric(base, name) {

@@ -11,6 +11,8 @@ pub struct Proxy {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// `https://127.0.0.1:PORT`, when it also serves TLS (see [`Proxy::with_tls`]).
+    pub tls_base: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -33,23 +35,36 @@ impl Proxy {
         let proxy = Proxy {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            tls_base: None,
             dir,
         };
+        proxy.wait_for(port, program);
+        proxy
+    }
+
+    /// The same proxy, which also serves TLS on `port` (as its configuration says): waits
+    /// until it accepts connections there.
+    pub fn with_tls(mut self, port: u16) -> Proxy {
+        self.wait_for(port, "the TLS listener");
+        self.tls_base = Some(format!("https://127.0.0.1:{port}"));
+        self
+    }
+
+    fn wait_for(&self, port: u16, what: &str) {
         let deadline = std::time::Instant::now() + WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{program} did not start: {}",
-                std::fs::read_to_string(proxy.dir.path().join("error.log")).unwrap_or_default()
+                "{what} did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        proxy
     }
 
     /// nginx, one worker, in the foreground, every file it writes in its directory:
-    /// `main` goes before the `http` block, `http(port)` inside it.
-    pub fn nginx(main: &str, http: impl FnOnce(u16) -> String) -> Proxy {
+    /// `main` goes before the `http` block, `http(dir, port)` inside it.
+    pub fn nginx(main: &str, http: impl FnOnce(&std::path::Path, u16) -> String) -> Proxy {
         Proxy::start("nginx", |dir, port| {
             let d = dir.display();
             let conf = format!(
@@ -58,7 +73,7 @@ impl Proxy {
                  http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
                  proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
                  uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{}\n}}\n",
-                http(port)
+                http(dir, port)
             );
             let path = dir.join("nginx.conf");
             std::fs::write(&path, conf).unwrap();

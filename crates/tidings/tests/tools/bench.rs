@@ -219,7 +219,7 @@ fn nchan() -> Option<crate::common::Proxy> {
     }
     Some(crate::common::Proxy::nginx(
         &format!("load_module {NCHAN_MODULE};\n"),
-        |port| {
+        |_, port| {
             format!(
                 " server {{\n  listen 127.0.0.1:{port};\n\
                  location ~ ^/sub/(.+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}\n\

@@ -1,6 +1,7 @@
 //! The deployment kit in `deploy/`, as shipped: the sample `tidings.toml` starts an instance
 //! of a cluster, and the nginx and HAProxy configurations, pointed at three real instances on
-//! Redis, spread streams over them round-robin and pass events and publishes through.
+//! Redis, spread streams over them round-robin and pass events and publishes through, and
+//! serve HTTPS with HTTP/2, many streams on one connection.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,22 +26,45 @@ fn aimed_at(config: &str, hubs: &[Hub]) -> String {
     config
 }
 
-/// nginx with `deploy/nginx/tidings.conf` in front of `hubs`, or `None` (skip) when nginx is
-/// missing — a failure under `TIDINGS_REQUIRE_BROKERS=1`, where `.ci/services` installs it.
-fn nginx(hubs: &[Hub]) -> Option<Proxy> {
+/// nginx with `deploy/nginx/tidings.conf` in front of `hubs`, serving HTTP and HTTPS (a
+/// certificate made by the test, trusted by [`Proxied::tls_client`]), or `None` (skip) when
+/// nginx is missing — a failure under `TIDINGS_REQUIRE_BROKERS=1`, where `.ci/services`
+/// installs it.
+fn nginx(hubs: &[Hub]) -> Option<Proxied> {
     if !crate::common::installed("nginx", Command::new("nginx").arg("-v").output().is_ok()) {
         return None;
     }
     let site = aimed_at(&deploy_file("nginx/tidings.conf"), hubs);
-    assert!(site.contains("listen 80;"));
-    Some(Proxy::nginx("", |port| {
+    for shipped in [
+        "listen 80;",
+        "listen 443 ssl http2;",
+        "/etc/ssl/tidings/fullchain.pem",
+        "/etc/ssl/tidings/privkey.pem",
+    ] {
+        assert!(site.contains(shipped), "the site says {shipped}");
+    }
+    let tls_port = crate::common::free_port();
+    let mut ca = String::new();
+    let proxy = Proxy::nginx("", |dir, port| {
+        let [ca_path, cert, key] = crate::common::test_certificates(dir, "nginx");
+        ca = std::fs::read_to_string(ca_path).unwrap();
         site.replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-    }))
+            .replace(
+                "listen 443 ssl http2;",
+                &format!("listen 127.0.0.1:{tls_port} ssl http2;"),
+            )
+            .replace("/etc/ssl/tidings/fullchain.pem", cert.to_str().unwrap())
+            .replace("/etc/ssl/tidings/privkey.pem", key.to_str().unwrap())
+    });
+    Some(Proxied {
+        proxy: proxy.with_tls(tls_port),
+        ca,
+    })
 }
 
-/// HAProxy with `deploy/haproxy/haproxy.cfg` in front of `hubs`, checked with `haproxy -c`
-/// first, or `None` (skip) as for nginx.
-fn haproxy(hubs: &[Hub]) -> Option<Proxy> {
+/// HAProxy with `deploy/haproxy/haproxy.cfg` in front of `hubs`, serving HTTP and HTTPS as
+/// nginx does, checked with `haproxy -c` first, or `None` (skip) as for nginx.
+fn haproxy(hubs: &[Hub]) -> Option<Proxied> {
     if !crate::common::installed(
         "haproxy",
         Command::new("haproxy").arg("-v").output().is_ok(),
@@ -48,11 +72,33 @@ fn haproxy(hubs: &[Hub]) -> Option<Proxy> {
         return None;
     }
     let shipped = aimed_at(&deploy_file("haproxy/haproxy.cfg"), hubs);
-    assert!(shipped.contains("bind :80") && shipped.contains("maxconn 100000"));
-    Some(Proxy::start("haproxy", |dir, port| {
+    let tls_bind = "bind :443 ssl crt /etc/haproxy/certs/tidings.pem alpn h2,http/1.1";
+    assert!(
+        shipped.contains("bind :80\n")
+            && shipped.contains(tls_bind)
+            && shipped.contains("maxconn 100000")
+    );
+    let tls_port = crate::common::free_port();
+    let mut ca = String::new();
+    let proxy = Proxy::start("haproxy", |dir, port| {
+        let [ca_path, cert, key] = crate::common::test_certificates(dir, "haproxy");
+        ca = std::fs::read_to_string(ca_path).unwrap();
+        let pem = dir.join("tidings.pem");
+        std::fs::write(
+            &pem,
+            std::fs::read_to_string(cert).unwrap() + &std::fs::read_to_string(key).unwrap(),
+        )
+        .unwrap();
         // HAProxy needs twice `maxconn` open files, more than a test process may have.
         let config = shipped
-            .replace("bind :80", &format!("bind 127.0.0.1:{port}"))
+            .replace("bind :80\n", &format!("bind 127.0.0.1:{port}\n"))
+            .replace(
+                tls_bind,
+                &format!(
+                    "bind 127.0.0.1:{tls_port} ssl crt {} alpn h2,http/1.1",
+                    pem.display()
+                ),
+            )
             .replace("maxconn 100000", "maxconn 4096");
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
@@ -68,7 +114,52 @@ fn haproxy(hubs: &[Hub]) -> Option<Proxy> {
             String::from_utf8_lossy(&checked.stderr)
         );
         vec!["-f".into(), path.into()]
-    }))
+    });
+    Some(Proxied {
+        proxy: proxy.with_tls(tls_port),
+        ca,
+    })
+}
+
+/// A proxy of the kit, and the CA its certificate chains to.
+struct Proxied {
+    proxy: Proxy,
+    ca: String,
+}
+
+impl Proxied {
+    /// A client that trusts the proxy's certificate and speaks HTTP/2 when offered (ALPN).
+    fn tls_client(&self) -> reqwest::Client {
+        tidings::cli::install_crypto_provider();
+        let ca = reqwest::Certificate::from_pem(self.ca.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .build()
+            .unwrap()
+    }
+}
+
+/// Over HTTPS the proxy speaks HTTP/2: one client connection carries more streams than a
+/// browser's six HTTP/1.1 connections per origin, and each gets its events.
+async fn streams_share_one_http2_connection(proxied: &Proxied, hubs: &[Hub]) {
+    const STREAMS: usize = 10;
+    let base = proxied.proxy.tls_base.as_ref().unwrap();
+    let topic = crate::common::unique_topic("deploy-h2");
+    let url = format!("{base}/.well-known/mercure?topic={}", urlencoding(&topic));
+    let client = proxied.tls_client();
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let stream = Stream::try_open_with(&client, &url, &[]).await;
+        assert_eq!(stream.status, 200);
+        assert_eq!(stream.version, reqwest::Version::HTTP_2);
+        streams.push(stream);
+    }
+    let (status, id) =
+        crate::common::publish(&hubs[0], None, &[("topic", &topic), ("data", "over h2")]).await;
+    assert_eq!(status, 200, "{id}");
+    for stream in &mut streams {
+        assert_eq!(stream.next().await.data, "over h2");
+    }
 }
 
 /// Streams through `proxy` land on every instance, and updates published on an instance or
@@ -123,25 +214,27 @@ fn urlencoding(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-/// Three instances on Redis behind the proxy `start` runs; see [`streams_and_publishes_pass`].
-async fn behind(name: &str, start: fn(&[Hub]) -> Option<Proxy>) {
+/// Three instances on Redis behind the proxy `start` runs; see [`streams_and_publishes_pass`]
+/// and [`streams_share_one_http2_connection`].
+async fn behind(name: &str, start: fn(&[Hub]) -> Option<Proxied>) {
     let Some(keys) = crate::common::redis_keys(name) else {
         return;
     };
     let hubs = crate::common::redis_cluster(&keys, 3, &[]);
-    let Some(proxy) = start(&hubs) else {
+    let Some(proxied) = start(&hubs) else {
         return;
     };
-    streams_and_publishes_pass(&proxy, &hubs).await;
+    streams_and_publishes_pass(&proxied.proxy, &hubs).await;
+    streams_share_one_http2_connection(&proxied, &hubs).await;
 }
 
 #[tokio::test]
-async fn nginx_spreads_streams_over_three_instances_and_passes_events_at_once() {
+async fn nginx_spreads_streams_over_three_instances_passes_events_at_once_and_speaks_h2() {
     behind("deploy-nginx", nginx).await;
 }
 
 #[tokio::test]
-async fn haproxy_spreads_streams_over_three_instances_and_passes_events_at_once() {
+async fn haproxy_spreads_streams_over_three_instances_passes_events_at_once_and_speaks_h2() {
     behind("deploy-haproxy", haproxy).await;
 }
 
