@@ -1,0 +1,198 @@
+"""A web application with a login of its own whose pages receive live events from Tidings,
+without a JWT in the browser.
+
+The browser holds the application's session cookie and nothing else. Its page opens one
+EventSource on /sse/event-stream (every event of the user's session, on one connection). The
+proxy in front (nginx.conf here) sends that request to the Tidings instances, which ask this
+application who the caller is (POST /tidings/auth, the authorization callback, with the
+browser's cookies) and let the stream in for the session this application names. The
+application sends events through the session API with a publisher token, and hears who is
+online from Tidings' lifecycle webhooks (POST /tidings/events).
+
+    python3 app.py --port 8000
+
+Environment:
+    TIDINGS_URL              where the application publishes (an instance, or the proxy)
+    TIDINGS_PUBLISHER_TOKEN  a token with the right to publish to the sessions' topics, e.g.
+                             tidings token --publish 'urn:tidings:session:{id}'
+    WEBHOOK_SECRET           the hubs' --webhook-secret (webhooks are refused without it)
+    APP_SECRET               signs the session cookie (random when unset: logins end with
+                             the process)
+"""
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from flask import Flask, jsonify, redirect, request, session
+
+# Demo accounts. A real application has its own users.
+USERS = {"alice": "wonderland", "bob": "builder"}
+# How long Tidings may keep a stream open on one answer: then it asks again (a user who
+# logged out meanwhile is turned away).
+GRANT_SECONDS = 300
+
+app = Flask(__name__)
+app.secret_key = os.environ.get("APP_SECRET") or secrets.token_hex(32)
+app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+
+# Who is online, as the webhooks tell it (session -> scope), and the last events received.
+online = {}
+webhook_log = []
+lock = threading.Lock()
+
+
+def publish(user, event_name, payload):
+    """Sends an event to every stream of `user`'s session, through the session API."""
+    body = json.dumps({"sessionId": user, "eventName": event_name, "payload": payload}).encode()
+    req = urllib.request.Request(
+        os.environ["TIDINGS_URL"].rstrip("/") + "/sse/events",
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Bearer " + os.environ["TIDINGS_PUBLISHER_TOKEN"],
+        },
+    )
+    with urllib.request.urlopen(req, timeout=5) as answer:
+        return json.load(answer)["id"]
+
+
+@app.get("/")
+def index():
+    user = session.get("user")
+    if user is None:
+        return LOGIN_PAGE
+    return LIVE_PAGE.replace("{user}", user)
+
+
+@app.post("/login")
+def login():
+    name = request.form.get("name", "")
+    if USERS.get(name) != request.form.get("password"):
+        return LOGIN_PAGE.replace("<!--error-->", "<p class=error>Unknown name or password.</p>"), 401
+    session["user"] = name
+    return redirect("/")
+
+
+@app.post("/logout")
+def logout():
+    session.clear()
+    return redirect("/")
+
+
+@app.post("/send")
+def send():
+    """The page's form: the user sends a message to their own session (all their tabs)."""
+    user = session.get("user")
+    if user is None:
+        return jsonify(detail="log in first"), 401
+    text = (request.get_json(silent=True) or {}).get("text", "")[:500]
+    return jsonify(id=publish(user, "chat", {"from": user, "text": text, "at": time.time()}))
+
+
+@app.post("/tidings/auth")
+def tidings_auth():
+    """The authorization callback: Tidings passes on the browser's cookies (so Flask's session
+    is the user's) and says what the stream asks for."""
+    user = session.get("user")
+    if user is None:
+        return jsonify(detail="log in first"), 401
+    asked = request.get_json(silent=True) or {}
+    if asked.get("api") != "session":
+        # This application's pages only use the session API.
+        return jsonify(detail="only session streams here"), 403
+    return jsonify(session=user, expiresIn=GRANT_SECONDS)
+
+
+@app.post("/tidings/events")
+def tidings_events():
+    """Lifecycle webhooks: who came online, who left."""
+    secret = os.environ.get("WEBHOOK_SECRET", "").encode()
+    if not secret or not verify(secret, request.headers.get("Tidings-Signature", ""), request.get_data()):
+        return jsonify(detail="bad signature"), 401
+    batch = request.get_json()
+    with lock:
+        for event in batch["events"]:
+            if event["type"] == "session.online":
+                online[event["session"]] = event["scope"]
+            elif event["type"] == "session.offline":
+                online.pop(event["session"], None)
+            webhook_log.append(event)
+        del webhook_log[:-100]
+    return "", 204
+
+
+def verify(secret, header, body):
+    """Checks `t=<secs>,v1=<hex>`: HMAC-SHA256 of "<t>.<body>", and a recent t."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        signed = fields["t"].encode() + b"." + body
+        expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
+    except (KeyError, ValueError):
+        return False
+
+
+@app.get("/online")
+def who_is_online():
+    with lock:
+        return jsonify(online=sorted(online), events=webhook_log[-20:])
+
+
+LOGIN_PAGE = """<!doctype html>
+<meta charset=utf-8><title>Log in</title>
+<h1>Log in</h1>
+<!--error-->
+<form method=post action=/login>
+  <label>Name <input name=name autocomplete=username></label>
+  <label>Password <input name=password type=password autocomplete=current-password></label>
+  <button>Log in</button>
+</form>
+<p>Demo accounts: alice / wonderland, bob / builder.</p>
+"""
+
+LIVE_PAGE = """<!doctype html>
+<meta charset=utf-8><title>Live</title>
+<h1>Hello, {user}</h1>
+<p>Stream: <b id=status>connecting</b></p>
+<form id=say><input id=text placeholder="A message to all your tabs"><button>Send</button></form>
+<ul id=log></ul>
+<form method=post action=/logout><button>Log out</button></form>
+<script>
+  // One connection for every event of the session: each keeps its name.
+  const events = new EventSource('/sse/event-stream');
+  window.received = [];
+  const show = (name, e) => {
+    window.received.push({ name, id: e.lastEventId, data: JSON.parse(e.data) });
+    const item = document.createElement('li');
+    item.textContent = name + ': ' + e.data;
+    document.getElementById('log').append(item);
+  };
+  events.addEventListener('chat', (e) => show('chat', e));
+  events.addEventListener('notice', (e) => show('notice', e));
+  events.onopen = () => { document.getElementById('status').textContent = 'open'; };
+  events.onerror = () => { document.getElementById('status').textContent = 'reconnecting'; };
+  document.getElementById('say').onsubmit = async (e) => {
+    e.preventDefault();
+    const text = document.getElementById('text');
+    await fetch('/send', { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ text: text.value }) });
+    text.value = '';
+  };
+</script>
+"""
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    app.run(host=args.host, port=args.port, threaded=True)
