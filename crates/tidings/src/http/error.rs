@@ -171,6 +171,9 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"tidings\""),
             );
         }
+        // Kept for the middleware that answers a browser's refused stream differently
+        // (`stream::defer_passing_refusals`).
+        response.extensions_mut().insert(self);
         response
     }
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use super::request::{self, Form, Pairs, Publisher, Query};
-use super::{stream, ApiError, AppState, ConnectionInfo};
+use super::{stream, ApiError, AppState};
 use crate::auth::{Api, StreamRequest};
 use crate::selector::Selector;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
@@ -18,18 +18,9 @@ pub(super) async fn subscribe(
     Query(query): Query,
     connection: request::Connection,
     headers: HeaderMap,
-) -> Response {
-    let connection = connection.map(|Extension(c)| c);
-    let opened = open(&state, connection.as_ref(), &headers, &query).await;
-    stream::answer(&state, &headers, opened)
-}
-
-async fn open(
-    state: &AppState,
-    connection: Option<&ConnectionInfo>,
-    headers: &HeaderMap,
-    query: &Pairs,
 ) -> Result<Response, ApiError> {
+    let connection = connection.map(|Extension(c)| c);
+    let connection = connection.as_ref();
     let limits = &state.config().limits;
     // `topic=` (exact, `*` or URI template), and the 1.0 draft's `match=` (always exact) and
     // `match_urlpattern=` (URL Pattern).
@@ -58,7 +49,7 @@ async fn open(
         ));
     }
     // Authenticated before anything the caller sent is compiled.
-    let identity = request::stream_subscriber(state, connection, headers, query, asked).await?;
+    let identity = request::stream_subscriber(&state, connection, &headers, &query, asked).await?;
     let cache = state.selectors();
     let selectors = query
         .all("topic")
@@ -74,7 +65,7 @@ async fn open(
                 .map(|s| cache.get_url_pattern(s)),
         )
         .collect::<Result<Vec<Selector>, _>>()?;
-    let from = request::resume_point(headers, query, limits.max_id_length)?;
+    let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload),
         selectors,
@@ -84,7 +75,7 @@ async fn open(
         session: None,
         expires: identity.expires,
     };
-    stream::open(state, connection, headers, spec, from).await
+    stream::open(&state, connection, &headers, spec, from).await
 }
 
 /// `POST /.well-known/mercure`: publishes a form-encoded update; answers its id.

@@ -86,6 +86,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(refuse_bodies_on_get))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            stream::defer_passing_refusals,
+        ))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             count_rejections,

@@ -9,8 +9,8 @@ use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::request::{self, Pairs, Publisher, Query};
-use super::{stream, ApiError, AppState, ConnectionInfo};
+use super::request::{self, Publisher, Query};
+use super::{stream, ApiError, AppState};
 use crate::auth::{Api, AuthMode, StreamRequest, MAX_SESSION_ID_LEN};
 use crate::selector::Selector;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
@@ -25,18 +25,9 @@ pub(super) async fn event_stream(
     Query(query): Query,
     connection: request::Connection,
     headers: HeaderMap,
-) -> Response {
-    let connection = connection.map(|Extension(c)| c);
-    let opened = open(&state, connection.as_ref(), &headers, &query).await;
-    stream::answer(&state, &headers, opened)
-}
-
-async fn open(
-    state: &AppState,
-    connection: Option<&ConnectionInfo>,
-    headers: &HeaderMap,
-    query: &Pairs,
 ) -> Result<Response, ApiError> {
+    let connection = connection.map(|Extension(c)| c);
+    let connection = connection.as_ref();
     let limits = &state.config().limits;
     let names: Vec<&str> = query.all("eventName").collect();
     if names.len() > limits.max_selectors {
@@ -60,11 +51,11 @@ async fn open(
         match_urlpattern: Vec::new(),
         event_names: Some(names.iter().map(|n| (*n).to_owned()).collect()),
     };
-    let identity = request::stream_subscriber(state, connection, headers, query, asked).await?;
+    let identity = request::stream_subscriber(&state, connection, &headers, &query, asked).await?;
     let session = if state.authenticator().mode() == AuthMode::None {
         let raw = query
             .single("sessionId")?
-            .or_else(|| request::cookie(headers, "sessionId"))
+            .or_else(|| request::cookie(&headers, "sessionId"))
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "missing_session",
@@ -94,7 +85,7 @@ async fn open(
             }
         }
     };
-    let from = request::resume_point(headers, query, limits.max_id_length)?;
+    let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let topic = Topic::for_session(&session);
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload),
@@ -104,7 +95,7 @@ async fn open(
         session: Some(session),
         expires: identity.expires,
     };
-    stream::open(state, connection, headers, spec, from).await
+    stream::open(&state, connection, &headers, spec, from).await
 }
 
 /// The body of `POST /sse/events`.

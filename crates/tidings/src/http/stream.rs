@@ -15,8 +15,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::middleware::Next;
+use axum::response::Response;
 use futures_util::Stream;
 use rand::Rng;
 use tokio::time::{Instant, Sleep};
@@ -37,26 +40,31 @@ use crate::subscriber::SubscriberSpec;
 /// not move the client's `Last-Event-ID`; `onmessage` handlers do not see named events).
 pub(super) const GAP_EVENT: &str = "tidings-gap";
 
-/// The answer to a stream request: the stream `opened`, or its refusal.
-///
-/// A browser's `EventSource` gives up for good on any answer but `200`, so a refusal for a
-/// passing reason (`503`: the instance drains or is full, the bus is unavailable, the
-/// application's authorization callback could not decide) is answered to a client that asks
-/// for `text/event-stream` as a `200` stream holding only a comment that names the reason and
-/// a `retry:` hint: the client comes back after it, through the load balancer, perhaps to
-/// another instance. Other clients get the `503` with `Retry-After`.
-pub(super) fn answer(
-    state: &AppState,
-    headers: &HeaderMap,
-    opened: Result<Response, ApiError>,
+/// Middleware of the stream endpoints: a browser's `EventSource` gives up for good on any
+/// answer but `200`, so a stream request refused for a passing reason (`503`: the instance
+/// drains or is full, the bus is unavailable, the application's authorization callback could
+/// not decide) is answered to a client that asks for `text/event-stream` as a `200` stream
+/// holding only a comment that names the reason and a `retry:` hint: the client comes back
+/// after it, through the load balancer, perhaps to another instance. Other clients get the
+/// `503` with `Retry-After`.
+pub(super) async fn defer_passing_refusals(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
 ) -> Response {
-    match opened {
-        Ok(stream) => stream,
-        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE && wants_event_stream(headers) => {
+    let stream = request.method() == Method::GET
+        && super::STREAM_PATHS.contains(&request.uri().path())
+        && wants_event_stream(request.headers());
+    let response = next.run(request).await;
+    if !stream || response.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return response;
+    }
+    match response.extensions().get::<ApiError>() {
+        Some(refusal) => {
             state.metrics().streams_deferred.inc();
-            come_back_later(&e)
+            come_back_later(refusal)
         }
-        Err(e) => e.into_response(),
+        None => response,
     }
 }
 
@@ -605,39 +613,47 @@ mod tests {
 
     #[tokio::test]
     async fn a_passing_refusal_is_a_retry_hint_for_an_event_source_and_a_503_for_others() {
+        use tower::ServiceExt;
         let state = state(true);
         state.begin_shutdown();
-        let mut browser = HeaderMap::new();
-        browser.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/html, Text/Event-Stream;q=0.9"),
-        );
-        let opened = open(&state, None, &browser, spec(), ReplayFrom::Now).await;
-        let response = answer(&state, &browser, opened);
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "text/event-stream"
-        );
-        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let text = std::str::from_utf8(&body).unwrap();
-        let retry: u64 = text
-            .strip_prefix(": draining: ")
-            .and_then(|t| t.split_once("\nretry: "))
-            .and_then(|(_, r)| r.strip_suffix("\n\n"))
-            .and_then(|r| r.parse().ok())
-            .unwrap_or_else(|| panic!("a comment, then a retry hint: {text:?}"));
-        assert!((250..1000).contains(&retry), "{retry}");
-        assert_eq!(state.metrics().streams_deferred.get(), 1);
-        let refused = open(&state, None, &HeaderMap::new(), spec(), ReplayFrom::Now)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (refused.status, refused.error),
-            (StatusCode::SERVICE_UNAVAILABLE, "draining")
-        );
+        let ask = |accept: Option<&'static str>, path: &str| {
+            let mut request = axum::http::Request::get(path);
+            if let Some(accept) = accept {
+                request = request.header(header::ACCEPT, accept);
+            }
+            let router = super::super::router(state.clone());
+            let request = request.body(Body::empty()).unwrap();
+            async move { router.oneshot(request).await.unwrap() }
+        };
+        let browser = Some("text/html, Text/Event-Stream;q=0.9");
+        for path in [
+            "/.well-known/mercure?topic=t",
+            "/sse/event-stream?sessionId=s",
+        ] {
+            let response = ask(browser, path).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "text/event-stream"
+            );
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let text = std::str::from_utf8(&body).unwrap();
+            let retry: u64 = text
+                .strip_prefix(": draining: ")
+                .and_then(|t| t.split_once("\nretry: "))
+                .and_then(|(_, r)| r.strip_suffix("\n\n"))
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_else(|| panic!("a comment, then a retry hint: {text:?}"));
+            assert!((250..1000).contains(&retry), "{retry}");
+        }
+        assert_eq!(state.metrics().streams_deferred.get(), 2);
+        // Other clients, and other endpoints, get the 503 itself.
+        let refused = ask(None, "/.well-known/mercure?topic=t").await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(state.metrics().streams_deferred.get(), 2);
     }
 
     #[tokio::test]

@@ -207,13 +207,7 @@ async fn a_rabbitmq_that_cannot_be_used_is_a_clear_error_at_start() {
         (unknown_vhost.as_str(), "vhost no-such-vhost not found"),
         ("amqp://127.0.0.1:5672:x/", "bad RabbitMQ URL"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["serve", "--auth", "none", "--listen", "127.0.0.1:0"])
-            .args(["--bus", bus])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{bus}: {stderr}");
+        let stderr = crate::common::failed_start(&["--auth", "none", "--bus", bus]);
         assert!(stderr.contains(expected), "{bus}: {stderr}");
         assert!(
             !stderr.contains("wrong"),

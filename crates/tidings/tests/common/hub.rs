@@ -201,3 +201,22 @@ pub async fn publish_once_recovered(hub: &Hub, topic: &str, data: &str) -> Strin
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs `tidings serve --listen 127.0.0.1:0 <args>`, which must fail; returns its error
+/// output.
+pub fn failed_start(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{args:?} started: {stderr}");
+    stderr
+}
+
+/// As [`failed_start`], and the message holds `says`.
+pub fn refuses_to_start(args: &[&str], says: &str) {
+    let stderr = failed_start(args);
+    assert!(stderr.contains(says), "{args:?}: {stderr}");
+}

@@ -508,13 +508,6 @@ fn what_cannot_be_configured_stops_start_up() {
             "auth-url is empty",
         ),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?}: {stderr}");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        crate::common::refuses_to_start(args, says);
     }
 }

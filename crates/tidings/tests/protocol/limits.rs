@@ -159,14 +159,6 @@ async fn limits_must_be_at_least_one_and_proxies_must_be_addresses() {
             "trusted-proxy: \"proxy.example\"",
         ),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .arg("serve")
-            .args(["--auth", "none", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?}");
-        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        crate::common::refuses_to_start(&[&["--auth", "none"], args].concat(), needle);
     }
 }

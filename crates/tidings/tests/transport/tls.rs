@@ -178,15 +178,9 @@ async fn plain_http_to_a_tls_port_gets_no_answer_and_harms_nothing() {
     assert_eq!(hub.metric("tidings_ready").await, 1.0);
 }
 
-/// Starts `tidings serve` with `args`, which must fail; returns its error output.
+/// Starts `tidings serve --auth none` with `args`, which must fail; returns its error output.
 fn failed_start(args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["serve", "--auth", "none", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "{args:?} started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    crate::common::failed_start(&[&["--auth", "none"], args].concat())
 }
 
 #[test]
