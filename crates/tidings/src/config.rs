@@ -641,7 +641,14 @@ impl Options {
                             self.auth_timeout,
                             5,
                         )?),
-                        cache_ttl: Duration::from_secs(self.auth_cache_ttl.unwrap_or(30)),
+                        cache_ttl: match self.auth_cache_ttl.unwrap_or(30) {
+                            ttl if ttl > 86_400 => {
+                                return Err(ConfigError(format!(
+                                    "auth-cache-ttl is {ttl} seconds; it may be at most 86400 (one day)"
+                                )))
+                            }
+                            ttl => Duration::from_secs(ttl),
+                        },
                     }),
                     None => None,
                 },

@@ -251,11 +251,19 @@ impl Webhooks {
             metrics: hub.metrics().clone(),
             logged: AtomicU64::new(0),
         });
+        let changed = Arc::new(Changed::default());
         let watcher = Watcher {
-            bus,
             queue: queue.clone(),
-            local: HashMap::new(),
-            online_here: HashSet::new(),
+            changed: changed.clone(),
+        };
+        let marker = Marker {
+            bus,
+            hub: hub.clone(),
+            queue: queue.clone(),
+            grace: settings.offline_grace,
+            marked: HashSet::new(),
+            closing: HashMap::new(),
+            checks: 0,
             unsure: HashSet::new(),
         };
         let sender = Sender {
@@ -267,7 +275,8 @@ impl Webhooks {
             retry_for: settings.retry_for,
         };
         let tasks = vec![
-            tokio::spawn(watcher.run(hub.subscriber_events(), settings.clone())),
+            tokio::spawn(watcher.run(hub.subscriber_events())),
+            tokio::spawn(marker.run(changed, settings.sweep_every)),
             tokio::spawn(sender.run()),
         ];
         Ok(Webhooks { queue, tasks })
@@ -284,45 +293,103 @@ impl Webhooks {
     }
 }
 
-/// Turns the hub's subscriber events into webhook events, and keeps the sessions' marks.
+/// Turns the hub's subscriber events into `stream.*` events at once, and hands the sessions
+/// whose streams changed to the [`Marker`]: reading the hub's events never waits for Redis,
+/// and what waits is bounded by the number of sessions.
 struct Watcher {
-    bus: Arc<dyn Bus>,
     queue: Arc<Queue>,
-    /// This instance's session streams, by session.
-    local: HashMap<SessionId, usize>,
-    /// Sessions told online by this instance (a bus without a registry).
-    online_here: HashSet<SessionId>,
-    /// Sessions whose check met an unavailable registry: checked again every [`RECHECK`].
-    unsure: HashSet<SessionId>,
+    changed: Arc<Changed>,
+}
+
+/// Sessions whose streams changed since the marker last looked.
+#[derive(Default)]
+struct Changed {
+    sessions: Mutex<HashSet<SessionId>>,
+    ready: Notify,
 }
 
 impl Watcher {
-    async fn run(
-        mut self,
-        mut events: mpsc::UnboundedReceiver<SubscriberEvent>,
-        settings: WebhookSettings,
-    ) {
-        let (due, mut checks) = mpsc::unbounded_channel::<SessionId>();
-        let mut sweep = tokio::time::interval(settings.sweep_every);
+    async fn run(self, mut events: mpsc::UnboundedReceiver<SubscriberEvent>) {
+        while let Some(event) = events.recv().await {
+            let record = SubscriberRecord::of(&event.spec);
+            let stream = Stream {
+                subscriber: record.subscriber,
+                session: event.spec.session.as_ref().map(|s| s.as_str().to_owned()),
+                topics: record.topics,
+                event_names: event
+                    .spec
+                    .event_names
+                    .iter()
+                    .map(|n| n.as_str().to_owned())
+                    .collect(),
+                payload: record.payload,
+                at: now_millis(),
+            };
+            self.queue.push(match event.active {
+                true => Event::StreamSubscribed(stream),
+                false => Event::StreamUnsubscribed(stream),
+            });
+            if let Some(session) = &event.spec.session {
+                self.changed
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(session.clone());
+                self.changed.ready.notify_one();
+            }
+        }
+    }
+}
+
+/// Keeps the sessions' marks, by what the hub holds when it looks: a session with streams
+/// that this instance has not marked is marked online; a marked one without streams is
+/// checked after the grace (a reconnect within it cancels the check).
+struct Marker {
+    bus: Arc<dyn Bus>,
+    hub: Hub,
+    queue: Arc<Queue>,
+    grace: Duration,
+    /// Sessions with streams here that are online (told by this instance or another one).
+    marked: HashSet<SessionId>,
+    /// Sessions whose check is due after the grace, with the number of that check: a check
+    /// runs only if no later one replaced it.
+    closing: HashMap<SessionId, u64>,
+    checks: u64,
+    /// Sessions whose mark met an unavailable registry: looked at again every [`RECHECK`].
+    unsure: HashSet<SessionId>,
+}
+
+impl Marker {
+    async fn run(mut self, changed: Arc<Changed>, sweep_every: Duration) {
+        let (due, mut checks) = mpsc::unbounded_channel::<(SessionId, u64)>();
+        let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recheck = tokio::time::interval(RECHECK);
         loop {
             tokio::select! {
-                event = events.recv() => {
-                    let Some(event) = event else { return };
-                    self.stream_event(&event, &due, settings.offline_grace).await;
+                () = changed.ready.notified() => {
+                    let sessions = std::mem::take(
+                        &mut *changed.sessions.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    for session in sessions {
+                        self.look(session, &due).await;
+                    }
                 }
-                Some(session) = checks.recv() => {
-                    if !self.local.contains_key(&session) {
-                        self.offline(session).await;
+                Some((session, check)) = checks.recv() => {
+                    if self.closing.get(&session) == Some(&check) {
+                        self.closing.remove(&session);
+                        if self.hub.session_streams(&session) == 0 {
+                            self.offline(session).await;
+                        }
                     }
                 }
                 _ = sweep.tick() => self.sweep().await,
                 _ = recheck.tick(), if !self.unsure.is_empty() => {
                     for session in std::mem::take(&mut self.unsure) {
-                        match self.local.get(&session) {
-                            Some(&streams) => self.online(session, streams).await,
-                            None => self.offline(session).await,
+                        match self.hub.session_streams(&session) {
+                            0 if self.marked.contains(&session) => self.offline(session).await,
+                            0 => {}
+                            streams => self.online(session, streams).await,
                         }
                     }
                 }
@@ -330,50 +397,24 @@ impl Watcher {
         }
     }
 
-    async fn stream_event(
-        &mut self,
-        event: &SubscriberEvent,
-        due: &mpsc::UnboundedSender<SessionId>,
-        grace: Duration,
-    ) {
-        let record = SubscriberRecord::of(&event.spec);
-        let stream = Stream {
-            subscriber: record.subscriber,
-            session: event.spec.session.as_ref().map(|s| s.as_str().to_owned()),
-            topics: record.topics,
-            event_names: event
-                .spec
-                .event_names
-                .iter()
-                .map(|n| n.as_str().to_owned())
-                .collect(),
-            payload: record.payload,
-            at: now_millis(),
-        };
-        self.queue.push(match event.active {
-            true => Event::StreamSubscribed(stream),
-            false => Event::StreamUnsubscribed(stream),
-        });
-        let Some(session) = &event.spec.session else {
-            return;
-        };
-        if event.active {
-            let streams = self.local.entry(session.clone()).or_insert(0);
-            *streams += 1;
-            if *streams == 1 {
-                let streams = *streams;
-                self.online(session.clone(), streams).await;
-            }
-        } else if let Some(streams) = self.local.get_mut(session) {
-            *streams -= 1;
-            if *streams == 0 {
-                self.local.remove(session);
-                // Checked after the grace: a reload reconnects before it.
-                let (due, session) = (due.clone(), session.clone());
+    /// Marks `session` as what the hub holds of it now.
+    async fn look(&mut self, session: SessionId, due: &mpsc::UnboundedSender<(SessionId, u64)>) {
+        match self.hub.session_streams(&session) {
+            0 if self.marked.contains(&session) && !self.closing.contains_key(&session) => {
+                self.checks += 1;
+                self.closing.insert(session.clone(), self.checks);
+                let (due, check, grace) = (due.clone(), self.checks, self.grace);
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
-                    let _ = due.send(session);
+                    let _ = due.send((session, check));
                 });
+            }
+            0 => {}
+            streams => {
+                self.closing.remove(&session);
+                if !self.marked.contains(&session) {
+                    self.online(session, streams).await;
+                }
             }
         }
     }
@@ -384,20 +425,23 @@ impl Watcher {
             return;
         }
         let scope = match self.bus.session_online(&session, streams).await {
-            Ok(Some(true)) => Scope::Cluster,
-            Ok(None) if self.online_here.insert(session.clone()) => Scope::Instance,
-            Ok(_) => return,
+            Ok(Some(true)) => Some(Scope::Cluster),
+            Ok(Some(false)) => None,
+            Ok(None) => Some(Scope::Instance),
             Err(e) => {
                 tracing::debug!(error = %e, "webhook: cannot mark a session online yet");
                 self.unsure.insert(session);
                 return;
             }
         };
-        self.queue.push(Event::SessionOnline {
-            session: session.as_str().to_owned(),
-            scope,
-            at: now_millis(),
-        });
+        self.marked.insert(session.clone());
+        if let Some(scope) = scope {
+            self.queue.push(Event::SessionOnline {
+                session: session.as_str().to_owned(),
+                scope,
+                at: now_millis(),
+            });
+        }
     }
 
     async fn offline(&mut self, session: SessionId) {
@@ -406,21 +450,24 @@ impl Watcher {
             return;
         }
         let scope = match self.bus.session_offline(&session).await {
-            Ok(Some(true)) => Scope::Cluster,
-            Ok(None) if self.online_here.remove(&session) => Scope::Instance,
-            Ok(_) => return,
+            Ok(Some(true)) => Some(Scope::Cluster),
+            Ok(Some(false)) => None,
+            Ok(None) => Some(Scope::Instance),
             Err(e) => {
                 tracing::debug!(error = %e, "webhook: cannot mark a session offline yet");
                 self.unsure.insert(session);
                 return;
             }
         };
-        self.queue.push(Event::SessionOffline {
-            session: session.as_str().to_owned(),
-            scope,
-            reason: Reason::Closed,
-            at: now_millis(),
-        });
+        self.marked.remove(&session);
+        if let Some(scope) = scope {
+            self.queue.push(Event::SessionOffline {
+                session: session.as_str().to_owned(),
+                scope,
+                reason: Reason::Closed,
+                at: now_millis(),
+            });
+        }
     }
 
     /// Tells the sessions whose instance died (when this instance is the period's sweeper).

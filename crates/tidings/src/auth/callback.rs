@@ -173,23 +173,31 @@ pub(super) struct Grant {
     pub(super) expires: Option<SystemTime>,
 }
 
+/// What a question comes to: a decision, or why there is none.
+type Outcome = Result<Arc<Decision>, Arc<str>>;
+
 /// One call in flight, awaited by every stream request with the same key.
-type Flight = Shared<BoxFuture<'static, Result<Arc<Decision>, Arc<str>>>>;
+type Flight = Shared<BoxFuture<'static, Outcome>>;
 
 enum Entry {
     Decided {
         decision: Arc<Decision>,
         until: Instant,
     },
-    Asking(Flight),
+    /// `id` tells this call from a later one for the same key.
+    Asking { id: u64, flight: Flight },
 }
+
+type Cache = Arc<Mutex<LruCache<[u8; 32], Entry>>>;
 
 /// The callback client with its decision cache.
 pub(super) struct Callback {
     settings: CallbackSettings,
     url: reqwest::Url,
     client: reqwest::Client,
-    cache: Mutex<LruCache<[u8; 32], Entry>>,
+    cache: Cache,
+    /// The id of the next call.
+    calls: AtomicU64,
     selectors: Arc<SelectorCache>,
     metrics: Arc<Metrics>,
     /// The second (since the epoch) of the last failure logged.
@@ -225,9 +233,10 @@ impl Callback {
             settings: settings.clone(),
             url,
             client,
-            cache: Mutex::new(LruCache::new(
+            cache: Arc::new(Mutex::new(LruCache::new(
                 std::num::NonZeroUsize::new(CACHE_ENTRIES).expect("not zero"),
-            )),
+            ))),
+            calls: AtomicU64::new(0),
             selectors,
             metrics,
             logged: Arc::new(AtomicU64::new(0)),
@@ -244,7 +253,7 @@ impl Callback {
     /// # Errors
     /// Why the application could not be asked, or its answer not be used (a passing
     /// condition: the caller answers with a retry).
-    pub(super) async fn decide(&self, ask: Ask) -> Result<Arc<Decision>, Arc<str>> {
+    pub(super) async fn decide(&self, ask: Ask) -> Outcome {
         let key = key_of(&ask);
         let flight = {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,55 +262,52 @@ impl Callback {
                     self.metrics.auth_callback_cache_hits.inc();
                     return Ok(decision.clone());
                 }
-                Some(Entry::Asking(flight)) => {
+                Some(Entry::Asking { flight, .. }) => {
                     self.metrics.auth_callback_cache_hits.inc();
                     flight.clone()
                 }
                 _ => {
-                    let flight = self.call(ask).boxed().shared();
-                    cache.put(key, Entry::Asking(flight.clone()));
+                    let id = self.calls.fetch_add(1, Ordering::Relaxed);
+                    // A task of its own: the call ends, and settles its entry, even when every
+                    // stream request waiting for it has gone (it cannot do so before the entry
+                    // is put: that needs the lock held here).
+                    let call = tokio::spawn(self.call(ask, key, id));
+                    let flight = async move {
+                        call.await
+                            .unwrap_or_else(|_| Err(Arc::from("the call to the application ended")))
+                    }
+                    .boxed()
+                    .shared();
+                    cache.put(
+                        key,
+                        Entry::Asking {
+                            id,
+                            flight: flight.clone(),
+                        },
+                    );
                     flight
                 }
             }
         };
-        let outcome = flight.clone().await;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        // The first of the waiters to wake settles the entry; the others find it settled.
-        if matches!(cache.peek(&key), Some(Entry::Asking(f)) if f.ptr_eq(&flight)) {
-            match &outcome {
-                Ok(decision) if !self.settings.cache_ttl.is_zero() => {
-                    let mut ttl = self.settings.cache_ttl;
-                    if let Decision::Granted(Grant {
-                        expires: Some(at), ..
-                    }) = decision.as_ref()
-                    {
-                        ttl = ttl.min(at.duration_since(SystemTime::now()).unwrap_or_default());
-                    }
-                    let decision = decision.clone();
-                    cache.put(
-                        key,
-                        Entry::Decided {
-                            decision,
-                            until: Instant::now() + ttl,
-                        },
-                    );
-                }
-                _ => {
-                    cache.pop(&key);
-                }
-            }
-        }
-        outcome
+        flight.await
     }
 
-    /// One call to the application (a future of its own, so that every waiter can drive it).
-    fn call(&self, ask: Ask) -> impl std::future::Future<Output = Result<Arc<Decision>, Arc<str>>> {
+    /// One call to the application, which then settles the cache entry `key` if it is still
+    /// this call's (`id`): a decision is kept for the cache's time, a failure is not.
+    fn call(
+        &self,
+        ask: Ask,
+        key: [u8; 32],
+        id: u64,
+    ) -> impl std::future::Future<Output = Outcome> + Send + 'static {
         let request = self.client.post(self.url.clone()).headers(ask.headers);
         let body = serde_json::to_vec(&ask.body).unwrap_or_default();
         let metrics = self.metrics.clone();
         let selectors = self.selectors.clone();
         let logged = self.logged.clone();
         let url = self.url.clone();
+        let cache = self.cache.clone();
+        let ttl = self.settings.cache_ttl;
         async move {
             let outcome = ask_application(request, body, &selectors).await;
             metrics.auth_callback(match &outcome {
@@ -309,7 +315,7 @@ impl Callback {
                 Ok(Decision::Refused { .. }) => CallbackOutcome::Refused,
                 Err(_) => CallbackOutcome::Failed,
             });
-            outcome.map(Arc::new).map_err(|why| {
+            let outcome: Outcome = outcome.map(Arc::new).map_err(|why| {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
@@ -318,9 +324,39 @@ impl Callback {
                     tracing::warn!(url = %url, error = %why, "auth callback failed; stream requests are told to retry");
                 }
                 Arc::from(why)
-            })
+            });
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(cache.peek(&key), Some(Entry::Asking { id: current, .. }) if *current == id)
+            {
+                match (&outcome, ttl_of(&outcome, ttl)) {
+                    (Ok(decision), Some(until)) => {
+                        let decision = decision.clone();
+                        cache.put(key, Entry::Decided { decision, until });
+                    }
+                    _ => {
+                        cache.pop(&key);
+                    }
+                }
+            }
+            outcome
         }
     }
+}
+
+/// Until when a decision is kept: `ttl` from now, never past a grant's expiry; `None` for a
+/// failure, or when nothing is kept.
+fn ttl_of(outcome: &Outcome, ttl: Duration) -> Option<Instant> {
+    let decision = outcome.as_ref().ok()?;
+    let ttl = match decision.as_ref() {
+        Decision::Granted(Grant {
+            expires: Some(at), ..
+        }) => ttl.min(at.duration_since(SystemTime::now()).unwrap_or_default()),
+        _ => ttl,
+    };
+    if ttl.is_zero() {
+        return None;
+    }
+    Instant::now().checked_add(ttl)
 }
 
 /// The cache key: SHA-256 of every header passed on and of the body, each length-prefixed

@@ -624,10 +624,12 @@ impl Authenticator {
 
     /// The subscriber the application's decision describes.
     fn granted(decision: Result<Arc<Decision>, Arc<str>>) -> Result<SubscriberIdentity, AuthError> {
-        let decision = decision.map_err(|why| {
-            AuthError::Unavailable(format!(
-                "the application could not authorize the stream ({why}); retry later"
-            ))
+        // Why is logged (module `callback`); it is the application's business, not the
+        // client's.
+        let decision = decision.map_err(|_| {
+            AuthError::Unavailable(
+                "the application could not authorize the stream just now; retry later".into(),
+            )
         })?;
         match decision.as_ref() {
             Decision::Refused {

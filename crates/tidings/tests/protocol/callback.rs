@@ -425,6 +425,36 @@ async fn a_slow_failing_or_absent_application_is_a_retry_never_a_hang() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_outlives_the_stream_requests_that_gave_up_on_it() {
+    let app = App::start().await;
+    app.set(Behaviour::Slow);
+    let hub = Hub::start(&["--jwt-key", KEY, "--auth-url", &app.url()]);
+    let (name, value) = cookie("slow");
+    // The client gives up long before the application answers (in 3 s).
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .get(hub.url("/.well-known/mercure?topic=x"))
+        .header(name, &value)
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    // The call goes on, and its decision is kept: the next request needs no call.
+    wait_for("the decision", async || {
+        hub.metric("tidings_auth_callbacks_total{outcome=\"granted\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(mercure(&hub, "x", &[(name, &value)]).await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(app.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_that_expires_closes_its_stream_with_a_retry_hint() {
     let app = App::start().await;
     *app.expires_in.lock().unwrap() = Some(2);

@@ -129,9 +129,14 @@ return redis.call('SADD', KEYS[2], ARGV[4])
 /// once. A sweep marks it only when the previous sweep found it so too (it is then a
 /// candidate): a session whose last stream just closed is left to the check of the instance
 /// that held it, after its grace, and only a session left behind by a dead instance is swept.
+/// The instance that checks after its own last stream closed first removes its own entry: an
+/// online mark written late must not keep the session online.
 /// KEYS: the session's hash, the online set, the candidates set; ARGV: the prefix of
-/// instances' liveness keys, the session, `sweep` or `closed`.
+/// instances' liveness keys, the session, `sweep` or `closed`, the checking instance.
 const OFFLINE_SCRIPT: &str = r"
+if ARGV[3] == 'closed' then
+  redis.call('HDEL', KEYS[1], ARGV[4])
+end
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   if (tonumber(entries[i + 1]) or 0) > 0 and redis.call('EXISTS', ARGV[1] .. entries[i]) == 1 then
@@ -159,7 +164,8 @@ impl super::RedisBus {
             .arg(&self.keys.offline_candidates)
             .arg(&self.keys.instance_prefix)
             .arg(session)
-            .arg(if sweep { "sweep" } else { "closed" });
+            .arg(if sweep { "sweep" } else { "closed" })
+            .arg(&self.instance);
     }
 
     /// See [`crate::bus::Bus::session_online`].
@@ -213,36 +219,51 @@ impl super::RedisBus {
         let mut gone = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let (next, sessions): (u64, Vec<String>) = timed(
-                self.timeout,
-                redis::cmd("SSCAN")
-                    .arg(&self.keys.online)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(SWEEP_BATCH)
-                    .query_async(&mut conn),
-            )
-            .await?;
-            if !sessions.is_empty() {
-                let mut pipe = redis::pipe();
-                for session in &sessions {
-                    self.offline_invocation(&mut pipe, session, true);
+            match self.sweep_batch(&mut conn, cursor, &mut gone).await {
+                Ok(0) => return Ok(gone),
+                Ok(next) => cursor = next,
+                // What was marked offline already is told, whatever failed after it.
+                Err(e) if !gone.is_empty() => {
+                    tracing::warn!(error = %e, "redis: a session sweep stopped half-way");
+                    return Ok(gone);
                 }
-                let removed: Vec<i64> = timed(self.timeout, pipe.query_async(&mut conn)).await?;
-                gone.extend(
-                    sessions
-                        .iter()
-                        .zip(removed)
-                        .filter(|(_, removed)| *removed == 1)
-                        .filter_map(|(s, _)| {
-                            SessionId::new(s, crate::auth::MAX_SESSION_ID_LEN).ok()
-                        }),
-                );
+                Err(e) => return Err(e),
             }
-            if next == 0 {
-                return Ok(gone);
-            }
-            cursor = next;
         }
+    }
+
+    /// One batch of a sweep from `cursor`: the sessions it marked offline go to `gone`; the
+    /// next cursor (0: done).
+    async fn sweep_batch(
+        &self,
+        conn: &mut ConnectionManager,
+        cursor: u64,
+        gone: &mut Vec<SessionId>,
+    ) -> Result<u64, BusError> {
+        let (next, sessions): (u64, Vec<String>) = timed(
+            self.timeout,
+            redis::cmd("SSCAN")
+                .arg(&self.keys.online)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SWEEP_BATCH)
+                .query_async(conn),
+        )
+        .await?;
+        if !sessions.is_empty() {
+            let mut pipe = redis::pipe();
+            for session in &sessions {
+                self.offline_invocation(&mut pipe, session, true);
+            }
+            let removed: Vec<i64> = timed(self.timeout, pipe.query_async(conn)).await?;
+            gone.extend(
+                sessions
+                    .iter()
+                    .zip(removed)
+                    .filter(|(_, removed)| *removed == 1)
+                    .filter_map(|(s, _)| SessionId::new(s, crate::auth::MAX_SESSION_ID_LEN).ok()),
+            );
+        }
+        Ok(next)
     }
 }
