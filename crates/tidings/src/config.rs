@@ -154,6 +154,11 @@ pub struct Options {
     /// [default: 15].
     #[arg(long, env = "TIDINGS_BUS_REPLAY_TIMEOUT", value_name = "SECS")]
     pub bus_replay_timeout: Option<u64>,
+    /// Redis bus: replicas that must hold a publish before it is answered (WAIT); a publish
+    /// they do not acknowledge within bus-timeout answers that its outcome is unknown
+    /// [default: 0].
+    #[arg(long, env = "TIDINGS_REDIS_MIN_REPLICAS", value_name = "N")]
+    pub redis_min_replicas: Option<usize>,
     /// Seconds a cluster-wide session registry entry lives unrefreshed (an instance that dies
     /// drops out after this long) [default: 30].
     #[arg(long, env = "TIDINGS_SESSION_TTL", value_name = "SECS")]
@@ -329,6 +334,8 @@ pub struct Config {
     pub bus_timeouts: crate::bus::Timeouts,
     /// Seconds a session registry entry lives unrefreshed.
     pub session_ttl: u64,
+    /// Redis: replicas that must hold a publish before it is answered.
+    pub redis_min_replicas: usize,
     /// Interval of heartbeat comments on idle streams.
     pub heartbeat: Duration,
     /// Lifecycle webhooks, when a receiver is configured.
@@ -497,6 +504,7 @@ impl Options {
             bus_timeout,
             bus_replay_timeout,
             session_ttl,
+            redis_min_replicas,
             heartbeat,
             webhook_url,
             webhook_secret,
@@ -584,9 +592,21 @@ impl Options {
                 ))
             }
         };
+        let redis_min_replicas = match self.redis_min_replicas.unwrap_or(0) {
+            n if n > 0
+                && crate::bus::Kind::of(self.bus.as_deref().unwrap_or("memory://"))
+                    != Some(crate::bus::Kind::Redis) =>
+            {
+                return Err(ConfigError(format!(
+                    "redis-min-replicas is {n}, but it applies to the Redis bus only (redis://, rediss://)"
+                )))
+            }
+            n => n,
+        };
         Ok(Config {
             listen,
             tls,
+            redis_min_replicas,
             header_read_timeout: Duration::from_secs(at_least_one(
                 "header-read-timeout",
                 self.header_read_timeout,

@@ -40,6 +40,7 @@ fn options(history_size: usize, prefix: &str, routing: Routing) -> BusOptions {
         routing,
         backoff: Backoff::default(),
         timeouts: Timeouts::default(),
+        min_replicas: 0,
     }
 }
 

@@ -299,6 +299,9 @@ pub struct BusOptions {
     pub backoff: Backoff,
     /// How long to wait on the broker.
     pub timeouts: Timeouts,
+    /// Redis: replicas that must hold a publish before it is answered (`redis-min-replicas`;
+    /// 0: the primary's word is enough).
+    pub min_replicas: usize,
 }
 
 impl BusOptions {

@@ -110,6 +110,7 @@ impl Instance {
                 ..Backoff::default()
             },
             timeouts: config.bus_timeouts,
+            min_replicas: config.redis_min_replicas,
         };
         // Boxed: every bus's connect future is in it, and they are large.
         let started = Box::pin(bus::start(&config.bus, &options, hub.clone())).await?;

@@ -9,6 +9,7 @@ mod direct_publish;
 mod instances;
 mod nats;
 mod redis_faults;
+mod redis_replicas;
 mod redis_routing;
 mod redis_security;
 mod webhooks;

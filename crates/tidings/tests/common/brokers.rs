@@ -188,6 +188,8 @@ pub struct PrivateRedis {
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// `requirepass`: clients must authenticate.
     password: Option<String>,
+    /// `replicaof`: the port of the primary it replicates.
+    primary: Option<u16>,
     child: Option<Child>,
 }
 
@@ -208,6 +210,30 @@ impl PrivateRedis {
         Self::start_inner(Some((cert.to_owned(), key.to_owned())), None)
     }
 
+    /// Starts a replica of `primary` (a plain one, without a password).
+    pub fn replica_of(primary: &PrivateRedis) -> Option<PrivateRedis> {
+        let mut redis = PrivateRedis {
+            port: free_port(),
+            tls: None,
+            password: None,
+            primary: Some(primary.port),
+            child: None,
+        };
+        started("redis-server", redis.spawn().map(|()| redis))
+    }
+
+    /// One field of `INFO replication` (`connected_slaves`, `master_link_status`, …).
+    pub fn replication(&self, field: &str) -> Option<String> {
+        let info = match self.command(&["INFO", "replication"]).ok()? {
+            redis::Value::BulkString(bytes) => String::from_utf8(bytes).ok()?,
+            redis::Value::VerbatimString { text, .. } => text,
+            _ => return None,
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    }
+
     fn start_inner(
         tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
         password: Option<String>,
@@ -216,6 +242,7 @@ impl PrivateRedis {
             port: free_port(),
             tls,
             password,
+            primary: None,
             child: None,
         };
         started("redis-server", redis.spawn().map(|()| redis))
@@ -242,6 +269,13 @@ impl PrivateRedis {
         args.extend(["--save", "", "--appendonly", "no"].map(String::from));
         if let Some(password) = &self.password {
             args.extend(["--requirepass".into(), password.clone()]);
+        }
+        if let Some(primary) = self.primary {
+            args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.to_string(),
+            ]);
         }
         let mut command = Command::new("redis-server");
         command.args(args);

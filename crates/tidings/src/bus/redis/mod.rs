@@ -129,6 +129,8 @@ pub struct RedisBus {
     replay_reader: tokio::task::JoinHandle<()>,
     /// Subscribers are shared (`--subscriptions`).
     share_subscribers: bool,
+    /// Replicas that must hold a publish before it is answered (`redis-min-replicas`).
+    min_replicas: usize,
     /// This instance's id, and how long its registry entries live (for the online marks).
     instance: String,
     session_ttl_secs: u64,
@@ -291,6 +293,7 @@ impl RedisBus {
             replays,
             replay_reader,
             share_subscribers: options.share_subscribers,
+            min_replicas: options.min_replicas,
             instance: options.instance_id.clone(),
             session_ttl_secs: options.session_ttl_secs.max(3),
             timeout,
@@ -305,6 +308,35 @@ impl RedisBus {
         match self.is_ready() {
             true => Ok(()),
             false => Err(unavailable("not connected")),
+        }
+    }
+
+    /// Waits until `min-replicas` replicas hold every write this connection made (the publish
+    /// just stored among them): Redis replicates asynchronously, and a primary that dies an
+    /// instant after answering takes what no replica got with it. Not in time, the publish
+    /// was stored on the primary but may not survive its failover: its outcome is unknown to
+    /// the publisher, which retries with the same id (stored once).
+    async fn replicated(&self, conn: &mut ConnectionManager) -> Result<(), BusError> {
+        let wanted = self.min_replicas;
+        let millis = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(millis);
+        // Redis ends the WAIT itself after `millis`; the margin covers the round trip.
+        let limit = self.timeout + Duration::from_secs(1);
+        let unknown = |why: String| {
+            BusError::OutcomeUnknown(
+                format!("redis: stored on the primary, but {why} (redis-min-replicas {wanted})")
+                    .into(),
+            )
+        };
+        match tokio::time::timeout(limit, wait.query_async::<usize>(conn)).await {
+            Ok(Ok(acked)) if acked >= wanted => Ok(()),
+            Ok(Ok(acked)) => Err(unknown(format!(
+                "{acked} replica(s) acknowledged it within {:?}",
+                self.timeout
+            ))),
+            Ok(Err(e)) => Err(unknown(format!("WAIT failed: {e}"))),
+            Err(_) => Err(unknown(format!("WAIT had no answer within {limit:?}"))),
         }
     }
 
@@ -442,6 +474,9 @@ impl Bus for RedisBus {
         };
         let position = position(&stream_id)
             .ok_or_else(|| unavailable(format!("unexpected position {stream_id:?}")))?;
+        if self.min_replicas > 0 {
+            self.replicated(&mut conn).await?;
+        }
         self.metrics.bus_broker_messages.inc_by(receivers);
         // The script's Pub/Sub message is "<position> <micros> <message>".
         let size = stream_id.len() + 1 + micros.to_string().len() + 1 + message.len();

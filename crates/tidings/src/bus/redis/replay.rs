@@ -438,6 +438,7 @@ mod tests {
             routing: crate::bus::Routing::Interest,
             backoff: crate::bus::Backoff::default(),
             timeouts: crate::bus::Timeouts::default(),
+            min_replicas: 0,
         };
         assert_eq!(topic_history_complete_secs(&options(300, 300)), 300);
         assert_eq!(topic_history_complete_secs(&options(0, 86_400)), 172_860);
