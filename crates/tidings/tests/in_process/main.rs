@@ -1,6 +1,6 @@
 //! Tests that need no socket and no process: the router answering bad input, CORS and the
 //! protocols' single requests, the layers of the source, and property tests of the HTTP
-//! boundary, the SSE encoding and URI templates.
+//! boundary, the SSE encoding and URI templates, and the merge rule of sharded history.
 
 mod app;
 mod bad_input;
@@ -10,3 +10,4 @@ mod fuzz_corpus;
 mod layers;
 mod properties;
 mod requests;
+mod sharded_merge;
