@@ -455,7 +455,7 @@ pub fn redact(url: &str) -> String {
 pub enum Kind {
     /// `memory://`
     Memory,
-    /// `redis://`, `rediss://`
+    /// `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://`
     Redis,
     /// `nats://`
     Nats,
@@ -468,7 +468,7 @@ impl Kind {
     pub fn of(url: &str) -> Option<Kind> {
         match url.split_once("://").map_or(url, |(scheme, _)| scheme) {
             "memory" => Some(Kind::Memory),
-            "redis" | "rediss" => Some(Kind::Redis),
+            "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" => Some(Kind::Redis),
             "nats" => Some(Kind::Nats),
             "amqp" | "amqps" => Some(Kind::Amqp),
             _ => None,

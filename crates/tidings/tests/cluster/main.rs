@@ -12,4 +12,5 @@ mod redis_faults;
 mod redis_replicas;
 mod redis_routing;
 mod redis_security;
+mod redis_sentinel;
 mod webhooks;

@@ -585,3 +585,82 @@ pub fn python_ready(module: &str) -> bool {
     }
     ok
 }
+
+/// Three `redis-server --sentinel` of a test's own on free ports, watching the primary
+/// `primary` under the name `master` (quorum 2, a primary down after 1 s), stopped by PID.
+pub struct PrivateSentinels {
+    pub ports: Vec<u16>,
+    pub master: String,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateSentinels {
+    /// Starts them, or `None` (skip) as for [`PrivateRedis::start`].
+    pub fn watch(primary: &PrivateRedis, master: &str) -> Option<PrivateSentinels> {
+        let dir = tempfile::tempdir().ok()?;
+        let mut sentinels = PrivateSentinels {
+            ports: Vec::new(),
+            master: master.to_owned(),
+            children: Vec::new(),
+            _dir: dir,
+        };
+        for i in 0..3 {
+            let port = free_port();
+            let config = sentinels._dir.path().join(format!("sentinel-{i}.conf"));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {master} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 10000\n\
+                 sentinel parallel-syncs {master} 1\n",
+                dir = sentinels._dir.path().display(),
+                primary = primary.port,
+            );
+            if let Err(e) = std::fs::write(&config, text) {
+                return started("redis-server --sentinel", Err(e));
+            }
+            let mut command = Command::new("redis-server");
+            command.arg(&config).arg("--sentinel");
+            match spawn_listening(command, port, WAIT) {
+                Ok(child) => sentinels.children.push(child),
+                Err(e) => return started("redis-server --sentinel", Err(e)),
+            }
+            sentinels.ports.push(port);
+        }
+        Some(sentinels)
+    }
+
+    /// `redis+sentinel://127.0.0.1:P1,…/<master>/0`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/{}/0", hosts.join(","), self.master)
+    }
+
+    /// The port of the primary the first sentinel names now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}", self.ports[0]))
+            .ok()?
+            .get_connection()
+            .ok()?;
+        let (_, port): (String, String) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master)
+            .query(&mut conn)
+            .ok()?;
+        port.parse().ok()
+    }
+}
+
+impl Drop for PrivateSentinels {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

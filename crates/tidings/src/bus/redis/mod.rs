@@ -23,6 +23,7 @@ mod reader;
 mod registry;
 mod replay;
 mod routing;
+mod target;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,7 @@ use crate::update::Limits;
 use crate::update::{SessionId, Update, UpdateId};
 use reader::Reader;
 use registry::Registry;
+use target::Connections;
 
 /// Longest wait for one Redis command before the operation counts as failed, unless
 /// `--bus-timeout` says otherwise.
@@ -111,7 +113,7 @@ impl Keys {
 /// The Redis bus. Dropping it stops its delivery task.
 #[derive(Debug)]
 pub struct RedisBus {
-    conn: ConnectionManager,
+    conns: Arc<Connections>,
     keys: Keys,
     script: redis::Script,
     hub: Hub,
@@ -201,40 +203,15 @@ impl RedisBus {
     /// certificate; [`BusError::Unavailable`] when Redis cannot be reached at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
         let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
-        let client = redis::Client::open(url).map_err(|e| {
-            let what = format!("{:?} is not a usable Redis URL: {e}", super::redact(url));
-            BusError::Config(Cause::caused_by(what, e))
-        })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn =
-            match tokio::time::timeout(timeout, client.get_connection_manager_with_config(config))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(start_error(url, e)),
-                Err(_) => {
-                    return Err(BusError::Unavailable(
-                        format!(
-                            "cannot reach Redis at {}: no answer within {timeout:?}",
-                            super::redact(url)
-                        )
-                        .into(),
-                    ))
-                }
-            };
+        let conns = Arc::new(Connections::connect(url, timeout, options.timeouts.replay).await?);
         let keys = Keys::new(&options.prefix);
         let settings = [
             ("history-size", options.history_size as u64),
             ("history-id-ttl", options.history_id_ttl_secs.max(1)),
             ("history-ttl", options.history_ttl_secs),
         ];
-        write_settings(&conn, &keys, &settings, timeout).await?;
+        write_settings(&conns.commands(), &keys, &settings, timeout).await?;
         let (listening_tx, mut listening) = watch::channel(None);
-        let client_for_replays = client.clone();
         let reconnect = Reconnect::new(
             super::Kind::Redis.broker(),
             options.backoff,
@@ -242,8 +219,7 @@ impl RedisBus {
         );
         let state = reconnect.state();
         let reader = Reader::new(reader::Setup {
-            client,
-            conn: conn.clone(),
+            conns: conns.clone(),
             keys: keys.clone(),
             hub: hub.clone(),
             listening: listening_tx,
@@ -255,7 +231,7 @@ impl RedisBus {
             timeout,
         });
         let registry = Registry {
-            conn: conn.clone(),
+            conns: conns.clone(),
             keys: keys.clone(),
             hub: hub.clone(),
             instance: options.instance_id.clone(),
@@ -265,22 +241,11 @@ impl RedisBus {
         };
         let reader = tokio::spawn(reader.run());
         let registry = tokio::spawn(registry.run());
-        // Replays get a connection of their own: publishes never wait behind them.
-        let replay_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(options.timeouts.replay))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let replay_conn = timed(
-            timeout,
-            client_for_replays.get_connection_manager_with_config(replay_config),
-        )
-        .await?;
-        let (replays, replay_reader) = replay::Replays::start(replay_conn, keys.clone(), options);
+        let (replays, replay_reader) = replay::Replays::start(conns.clone(), keys.clone(), options);
         // Publishing before this instance listens would lose its own first updates.
         let _ = tokio::time::timeout(timeout, listening.wait_for(Option::is_some)).await;
         Ok(RedisBus {
-            conn,
+            conns,
             keys,
             script: redis::Script::new(PUBLISH_SCRIPT),
             metrics: hub.metrics().clone(),
@@ -346,7 +311,7 @@ impl RedisBus {
             .iter()
             .map(|i| format!("{}{i}", self.keys.instance_prefix))
             .collect();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         let values: Vec<Option<String>> = timed(self.timeout, conn.mget(&keys)).await?;
         Ok(values.iter().map(Option::is_some).collect())
     }
@@ -445,7 +410,7 @@ impl Bus for RedisBus {
         }
         let micros = now_micros();
         let message = wire::encode(&update);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         let mut invocation = self.script.prepare_invoke();
         invocation
             .arg(&self.keys.prefix)
@@ -541,7 +506,7 @@ impl Bus for RedisBus {
         if !self.share_subscribers {
             return Ok(None);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         let instances: Vec<String> =
             timed(self.timeout, conn.smembers(&self.keys.instances)).await?;
         if instances.is_empty() {
@@ -593,7 +558,7 @@ impl Bus for RedisBus {
         &self,
         session: &SessionId,
     ) -> Result<Option<Vec<(String, usize)>>, BusError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         let key = format!("{}{}", self.keys.session_prefix, session.as_str());
         let entries: Vec<(String, usize)> = timed(self.timeout, conn.hgetall(&key)).await?;
         let entries: Vec<(String, usize)> = entries.into_iter().filter(|(_, n)| *n > 0).collect();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 use tokio::sync::watch;
@@ -31,6 +31,9 @@ use crate::update::{Limits, UpdateId};
 const CATCH_UP_MAX: usize = 1_000_000;
 /// How often the connection is pinged and the watermark moved.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// How often, behind sentinels, the delivery connection asks them whether the primary moved
+/// (a failover that left the old primary up, as a replica, breaks no connection).
+const MOVED_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait for the stream's newest position before a ping (the watermark then stays).
 const HEAD_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most channels or patterns named in one `SUBSCRIBE`-like command.
@@ -38,8 +41,9 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 
 /// What the delivery task is given.
 pub(super) struct Setup {
-    pub(super) client: redis::Client,
-    pub(super) conn: ConnectionManager,
+    /// Where the connections go; the delivery connection asks it for the primary each time
+    /// it connects (behind sentinels, that is how a failover is followed).
+    pub(super) conns: std::sync::Arc<super::Connections>,
     pub(super) keys: Keys,
     pub(super) hub: Hub,
     /// Told the version of the hub's interest the connection listens for, after each change
@@ -87,9 +91,13 @@ impl Reader {
                 Ok((sink, stream, subscribed, version)) => {
                     if connected_before {
                         let setup = &self.setup;
-                        if let Err(e) =
-                            write_settings(&setup.conn, &setup.keys, &setup.settings, setup.timeout)
-                                .await
+                        if let Err(e) = write_settings(
+                            &setup.conns.commands(),
+                            &setup.keys,
+                            &setup.settings,
+                            setup.timeout,
+                        )
+                        .await
                         {
                             tracing::warn!(error = %e, "redis: cannot write the history settings");
                         }
@@ -116,9 +124,8 @@ impl Reader {
         interest: &mut watch::Receiver<u64>,
     ) -> Result<(PubSubSink, PubSubStream, Listening, u64), Lost> {
         let attempt = async {
-            let (mut sink, stream) = self
-                .setup
-                .client
+            let client = self.setup.conns.primary().await?;
+            let (mut sink, stream) = client
                 .get_async_pubsub()
                 .await
                 .map_err(|e| e.to_string())?
@@ -188,6 +195,9 @@ impl Reader {
     ) -> Lost {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut moved = tokio::time::interval(MOVED_EVERY);
+        moved.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        moved.reset();
         loop {
             tokio::select! {
                 message = stream.next() => match message {
@@ -213,6 +223,11 @@ impl Reader {
                         return e;
                     }
                 }
+                _ = moved.tick() => {
+                    if self.setup.conns.primary_moved().await == Some(true) {
+                        return "the sentinels name a new primary".to_owned();
+                    }
+                }
             }
         }
     }
@@ -220,7 +235,7 @@ impl Reader {
     /// Pings the connection and moves the watermark (see the module documentation).
     async fn ping(&mut self, sink: &mut PubSubSink, stream: &mut PubSubStream) -> Result<(), Lost> {
         let head = if self.setup.history {
-            let mut conn = self.setup.conn.clone();
+            let mut conn = self.setup.conns.commands();
             let newest = conn.xrevrange_count(&self.setup.keys.stream, "+", "-", 1);
             match tokio::time::timeout(HEAD_TIMEOUT, newest).await {
                 // An empty stream: everything from its start on is still to come.
@@ -277,11 +292,11 @@ impl Reader {
         let still_held = if from_start {
             Ok(true)
         } else {
-            holds(&setup.conn, &setup.keys, &from, setup.timeout).await
+            holds(&setup.conns.commands(), &setup.keys, &from, setup.timeout).await
         };
         let after = format!("({from}");
         let missed = read_range(
-            &setup.conn,
+            &setup.conns.commands(),
             &setup.keys,
             &after,
             "+",

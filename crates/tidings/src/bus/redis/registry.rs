@@ -15,7 +15,7 @@ use crate::update::SessionId;
 /// alive (refreshed every third of `session-ttl`). An instance that dies stops refreshing
 /// both: readers ignore it at once when its liveness key expires, and its entries expire.
 pub(super) struct Registry {
-    pub(super) conn: ConnectionManager,
+    pub(super) conns: std::sync::Arc<super::Connections>,
     pub(super) keys: Keys,
     pub(super) hub: Hub,
     pub(super) instance: String,
@@ -65,7 +65,7 @@ impl Registry {
                     .ignore();
             }
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 
@@ -87,7 +87,7 @@ impl Registry {
         .ignore()
         .sadd(&self.keys.instances, &self.instance)
         .ignore();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 
@@ -110,7 +110,7 @@ impl Registry {
                 .expire(&key, self.ttl_secs as i64)
                 .ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 }
@@ -184,7 +184,7 @@ impl super::RedisBus {
             .arg(streams)
             .arg(self.session_ttl_secs)
             .arg(session.as_str());
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         let (added,): (i64,) = timed(self.timeout, pipe.query_async(&mut conn)).await?;
         Ok(added == 1)
     }
@@ -193,7 +193,7 @@ impl super::RedisBus {
     pub(super) async fn mark_offline(&self, session: &SessionId) -> Result<bool, BusError> {
         let mut pipe = redis::pipe();
         self.offline_invocation(&mut pipe, session.as_str(), false);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         let (removed,): (i64,) = timed(self.timeout, pipe.query_async(&mut conn)).await?;
         Ok(removed == 1)
     }
@@ -201,7 +201,7 @@ impl super::RedisBus {
     /// See [`crate::bus::Bus::sweep_sessions`]: the sweeper of a period is whoever takes the
     /// lock, which expires with the period.
     pub(super) async fn sweep(&self) -> Result<Vec<SessionId>, BusError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conns.commands();
         let locked: Option<String> = timed(
             self.timeout,
             redis::cmd("SET")

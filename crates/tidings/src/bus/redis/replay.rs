@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,15 +57,15 @@ pub(super) struct Replays {
 }
 
 impl Replays {
-    /// Starts the reader task on `conn` (a connection of its own).
+    /// Starts the reader task on the replay connection of `conns` (a connection of its own).
     pub(super) fn start(
-        conn: ConnectionManager,
+        conns: std::sync::Arc<super::Connections>,
         keys: Keys,
         options: &BusOptions,
     ) -> (Replays, tokio::task::JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE);
         let reader = ReplayReader {
-            conn,
+            conns,
             keys,
             history: options.history_size > 0,
             topic_history_complete_ms: topic_history_complete_secs(options) * 1000,
@@ -96,7 +95,7 @@ impl Replays {
 
 /// The reader task: see the module documentation.
 struct ReplayReader {
-    conn: ConnectionManager,
+    conns: std::sync::Arc<super::Connections>,
     keys: Keys,
     history: bool,
     /// How far back topic histories are complete: a resume from a position older than this
@@ -194,7 +193,7 @@ impl ReplayReader {
             Vec<Option<String>>,
         ) = {
             let mut values: Vec<redis::Value> =
-                timed(self.timeout, pipe.query_async(&mut self.conn)).await?;
+                timed(self.timeout, pipe.query_async(&mut self.conns.replays())).await?;
             let rest = values.split_off(4.min(values.len()));
             let mut first = values.into_iter();
             let mut next = || first.next().unwrap_or(redis::Value::Nil);
@@ -366,7 +365,7 @@ impl ReplayReader {
                 pipe.xrange_count(&reads[*i].0, from, end, PAGE);
             }
             let pages: Vec<StreamRangeReply> =
-                timed(self.timeout, pipe.query_async(&mut self.conn)).await?;
+                timed(self.timeout, pipe.query_async(&mut self.conns.replays())).await?;
             let mut next = Vec::new();
             for ((i, _), page) in cursors.into_iter().zip(pages) {
                 if page.ids.len() == PAGE {

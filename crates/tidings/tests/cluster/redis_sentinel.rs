@@ -1,0 +1,87 @@
+//! Redis behind Sentinel (`redis+sentinel://`), with private processes: a primary, its replica
+//! and three sentinels. Two instances find the primary through the sentinels; when it is
+//! SIGKILLed and the sentinels promote the replica, the instances follow: publishes are taken
+//! again, and an open stream gets what is published after the failover, in order.
+
+use std::time::Duration;
+
+use crate::common::{
+    publish, publish_once_recovered, subscribe_url, unique_prefix, unique_topic, wait_until,
+    PrivateRedis, PrivateSentinels, Stream,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_follow_the_primary_the_sentinels_promote() {
+    let Some(mut primary) = PrivateRedis::start() else {
+        return;
+    };
+    let Some(replica) = PrivateRedis::replica_of(&primary) else {
+        return;
+    };
+    let Some(sentinels) = PrivateSentinels::watch(&primary, "tidings-test") else {
+        return;
+    };
+    wait_until("the replica in sync", Duration::from_secs(10), async || {
+        replica.replication("master_link_status").as_deref() == Some("up")
+    })
+    .await;
+    let prefix = unique_prefix("sentinel");
+    let hubs: Vec<_> = (0..2)
+        .map(|i| {
+            crate::common::instance_on(&sentinels.url(), &prefix, &format!("{prefix}-{i}"), &[])
+        })
+        .collect();
+    let topic = unique_topic("sentinel");
+    let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
+    let (status, before) = publish(&hubs[1], None, &[("topic", &topic), ("data", "before")]).await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(stream.next().await.id, before);
+
+    // The primary dies; the sentinels promote the replica.
+    primary.stop();
+    wait_until(
+        "the sentinels promote the replica",
+        Duration::from_secs(30),
+        async || sentinels.primary_port() == Some(replica.port),
+    )
+    .await;
+    let mut after = Vec::new();
+    for n in 0..5 {
+        after.push(publish_once_recovered(&hubs[1], &topic, &format!("after {n}")).await);
+    }
+    for id in &after {
+        let event = stream
+            .next_within(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "no update after the failover; log:\n{}",
+                    hubs[0].log.lock().unwrap().join("\n")
+                )
+            });
+        assert_eq!(&event.id, id, "every update after the failover, in order");
+    }
+    for hub in &hubs {
+        hub.wait_for_log("the sentinels name a new primary; following it")
+            .await;
+    }
+    // A client resuming on the other instance gets the same, from the new primary's stream.
+    let resume = format!("&lastEventID={before}");
+    let mut resumed = Stream::open(&subscribe_url(&hubs[1], &[&topic], &resume), &[]).await;
+    for id in &after {
+        assert_eq!(&resumed.next().await.id, id);
+    }
+}
+
+#[test]
+fn a_sentinel_url_without_a_master_name_stops_start_up() {
+    crate::common::refuses_to_start(
+        &[
+            "--auth",
+            "none",
+            "--bus",
+            "redis+sentinel://127.0.0.1:26379",
+        ],
+        "no master name",
+    );
+}
