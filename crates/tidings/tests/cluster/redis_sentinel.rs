@@ -25,6 +25,15 @@ async fn instances_follow_the_primary_the_sentinels_promote() {
         replica.replication("master_link_status").as_deref() == Some("up")
     })
     .await;
+    // A master name the sentinels do not know is a configuration error.
+    let unknown = format!(
+        "redis+sentinel://127.0.0.1:{}/no-such-master/0",
+        sentinels.ports[0]
+    );
+    crate::common::refuses_to_start(
+        &["--auth", "none", "--bus", &unknown],
+        "know no usable primary by that master name",
+    );
     let prefix = unique_prefix("sentinel");
     let hubs: Vec<_> = (0..2)
         .map(|i| {
@@ -84,4 +93,18 @@ fn a_sentinel_url_without_a_master_name_stops_start_up() {
         ],
         "no master name",
     );
+}
+
+#[tokio::test]
+async fn unreachable_sentinels_leave_the_instance_waiting_and_saying_so() {
+    let port = crate::common::free_port();
+    let hub = crate::common::Hub::start(&[
+        "--auth",
+        "none",
+        "--bus",
+        &format!("redis+sentinel://127.0.0.1:{port}/tidings-test/0"),
+    ]);
+    hub.wait_for_log("none of the sentinels of redis+sentinel://")
+        .await;
+    assert_eq!(crate::common::status(&hub, "/readyz").await, 503);
 }

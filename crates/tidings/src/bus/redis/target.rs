@@ -222,7 +222,10 @@ impl Connections {
         };
         let (conn, replays, address) = match tokio::time::timeout(timeout, connections).await {
             Ok(Ok(connected)) => connected,
-            Ok(Err(e)) => return Err(super::start_error(url, e)),
+            Ok(Err(e)) => {
+                return Err(sentinel_error(&target, &shown, e)
+                    .unwrap_or_else(|e| super::start_error(url, e)))
+            }
             Err(_) => {
                 return Err(BusError::Unavailable(
                     format!("cannot reach Redis at {shown}: no answer within {timeout:?}").into(),
@@ -307,6 +310,32 @@ impl Connections {
             .address;
         Some(address_of(client.get_connection_info()) != *current)
     }
+}
+
+/// What a failure to find the primary through sentinels means at start-up, in words: a
+/// master name the sentinels do not know is the configuration's to fix; no sentinel answering
+/// may pass. `Err(e)` gives back an error of any other kind.
+fn sentinel_error(
+    target: &Target,
+    shown: &str,
+    e: redis::RedisError,
+) -> Result<BusError, redis::RedisError> {
+    if !matches!(target, Target::Sentinel(_)) {
+        return Err(e);
+    }
+    let what = match e.kind() {
+        redis::ErrorKind::MasterNameNotFoundBySentinel => {
+            return Ok(BusError::Config(
+                format!(
+                    "the sentinels of {shown} know no usable primary by that master name: check the name (or wait for the failover in progress to end)"
+                )
+                .into(),
+            ))
+        }
+        _ if e.is_io_error() => format!("none of the sentinels of {shown} answered ({e})"),
+        _ => return Err(e),
+    };
+    Ok(BusError::Unavailable(what.into()))
 }
 
 async fn target_client(target: &Target) -> Result<redis::Client, redis::RedisError> {
