@@ -71,7 +71,9 @@ pub struct Replay {
     /// The id of the newest update in history (the `Last-Event-ID` response header).
     pub head_id: Option<UpdateId>,
     /// True when the requested id was not in history (evicted, or never existed): `updates`
-    /// then holds everything history has, and the client is told about the gap.
+    /// then holds everything history has, and the client is told about the gap. Also true,
+    /// with `resumed_at` set, when the id was found but updates after it are known lost (a
+    /// failover to a replica that lacked them): `updates` then starts after the id.
     pub missing: bool,
 }
 

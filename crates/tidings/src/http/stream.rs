@@ -163,7 +163,7 @@ pub(super) async fn open(
     if let (true, ReplayFrom::After(id)) = (replay.missing, &from) {
         metrics.replay_gaps.inc();
         let first = wanted.first().map(|e| e.update.id.as_str());
-        initial.push_back(gap_event(id.as_str(), first));
+        initial.push_back(gap_event(id.as_str(), first, replay.resumed_at.is_some()));
     }
     initial.extend(wanted.iter().map(|e| e.sse()));
     metrics.replayed.inc_by(wanted.len() as u64);
@@ -246,12 +246,17 @@ fn exact_topics(spec: &SubscriberSpec) -> Option<Vec<Arc<str>>> {
         .collect()
 }
 
-/// The notice sent before the replay when `requested` was not in history; `first` is the id
-/// of the first replayed update this subscriber may see (never another subscriber's).
-fn gap_event(requested: &str, first: Option<&str>) -> Bytes {
+/// The notice sent before the replay when `requested` was not in history — or was, but
+/// updates after it were lost (`found`: a broker failover lost them); `first` is the id of the
+/// first replayed update this subscriber may see (never another subscriber's).
+fn gap_event(requested: &str, first: Option<&str>, found: bool) -> Bytes {
+    let reason = match found {
+        false => "the id is not in history (evicted or unknown); replaying everything history holds",
+        true => "updates after the id were lost in a failover of the broker; replaying what history holds after it",
+    };
     let data = serde_json::json!({
         "lastEventId": requested,
-        "reason": "the id is not in history (evicted or unknown); replaying everything history holds",
+        "reason": reason,
         "replayedFrom": first,
     });
     sse::encode_event(None, Some(GAP_EVENT), None, &data.to_string())

@@ -82,6 +82,88 @@ async fn instances_follow_the_primary_the_sentinels_promote() {
     }
 }
 
+/// With asynchronous replication, a primary that dies takes with it what its replica had not
+/// received. The instance that delivered those updates notices when it reconnects (the new
+/// primary's stream does not hold where it stopped): it counts a gap, and a client resuming
+/// from before them is told that it missed some, not silently given what came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_lost_in_a_failover_are_reported_as_a_gap_never_skipped_silently() {
+    let Some(mut primary) = PrivateRedis::start() else {
+        return;
+    };
+    let Some(replica) = PrivateRedis::replica_of(&primary) else {
+        return;
+    };
+    let Some(sentinels) = PrivateSentinels::watch(&primary, "tidings-loss") else {
+        return;
+    };
+    wait_until("the replica in sync", Duration::from_secs(10), async || {
+        replica.replication("master_link_status").as_deref() == Some("up")
+    })
+    .await;
+    let prefix = unique_prefix("sentinel-loss");
+    let hub = crate::common::instance_on(&sentinels.url(), &prefix, &format!("{prefix}-0"), &[]);
+    let topic = unique_topic("loss");
+    let mut live = Stream::open(&subscribe_url(&hub, &[&topic], ""), &[]).await;
+    let (status, kept) = publish(&hub, None, &[("topic", &topic), ("data", "kept")]).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(live.next().await.id, kept);
+    wait_until(
+        "the replica holds it",
+        Duration::from_secs(10),
+        async || {
+            matches!(
+                replica.command(&["XLEN", &format!("{prefix}:stream")]),
+                Ok(redis::Value::Int(1))
+            )
+        },
+    )
+    .await;
+    // The replica stops receiving; two updates are acknowledged and delivered, then the
+    // primary dies with them
+    replica.freeze(true);
+    // (and its link is cut, so that nothing already sent waits in its socket for it)
+    primary
+        .command(&["CLIENT", "KILL", "TYPE", "replica"])
+        .expect("cut the replica's link");
+    let mut doomed = Vec::new();
+    for data in ["doomed 1", "doomed 2"] {
+        let (status, id) = publish(&hub, None, &[("topic", &topic), ("data", data)]).await;
+        assert_eq!(status, 200, "{id}");
+        assert_eq!(live.next().await.id, id);
+        doomed.push(id);
+    }
+    primary.stop();
+    replica.freeze(false);
+    wait_until(
+        "the sentinels promote the replica",
+        Duration::from_secs(30),
+        async || sentinels.primary_port() == Some(replica.port),
+    )
+    .await;
+    let after = publish_once_recovered(&hub, &topic, "after").await;
+    assert_eq!(
+        live.next_within(Duration::from_secs(20))
+            .await
+            .map(|e| e.id),
+        Some(after.clone())
+    );
+    hub.wait_for_log("the stream no longer holds where delivery stopped")
+        .await;
+    assert!(hub.metric("tidings_bus_gaps_total").await >= 1.0);
+    // Resuming from before the loss: told, then what history holds after the id.
+    let resume = format!("&lastEventID={kept}");
+    let mut resumed = Stream::open(&subscribe_url(&hub, &[&topic], &resume), &[]).await;
+    let gap = resumed.next().await;
+    assert_eq!(gap.event, "tidings-gap", "{gap:?}");
+    assert!(gap.data.contains("lost in a failover"), "{}", gap.data);
+    assert_eq!(resumed.next().await.id, after);
+    // Resuming from a lost update: unknown to the new primary, told as well.
+    let resume = format!("&lastEventID={}", doomed[1]);
+    let mut resumed = Stream::open(&subscribe_url(&hub, &[&topic], &resume), &[]).await;
+    assert_eq!(resumed.next().await.event, "tidings-gap");
+}
+
 #[test]
 fn a_sentinel_url_without_a_master_name_stops_start_up() {
     crate::common::refuses_to_start(

@@ -308,6 +308,16 @@ impl PrivateRedis {
         self.spawn().expect("restart redis-server");
     }
 
+    /// Freezes the process (SIGSTOP), or lets it go on (SIGCONT).
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Runs one command on a plain (non-TLS) private Redis.
     pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
         let mut conn = redis::Client::open(self.url())?.get_connection()?;

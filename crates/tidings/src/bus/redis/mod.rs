@@ -76,6 +76,9 @@ struct Keys {
     sweeper: String,
     /// Sessions online that the last sweep found no live instance holding.
     offline_candidates: String,
+    /// Stretches of the stream known lost (a failover to a replica that lacked them): a hash
+    /// from the last lost position to the position before the loss.
+    lost: String,
 }
 
 impl Keys {
@@ -96,6 +99,7 @@ impl Keys {
             online: format!("{prefix}:online"),
             sweeper: format!("{prefix}:sweeper"),
             offline_candidates: format!("{prefix}:offline-candidates"),
+            lost: format!("{prefix}:lost"),
         }
     }
 

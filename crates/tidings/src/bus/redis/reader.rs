@@ -20,8 +20,9 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::routing::{Change, Listening};
-use super::{holds, position, read_range, stream_id, write_settings, Keys};
+use super::{holds, position, read_range, stream_id, timed, write_settings, Keys};
 use crate::bus::reconnect::Reconnect;
+use crate::bus::BusError;
 use crate::bus::{wire, Routing};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::{Hub, InterestChanges};
@@ -310,6 +311,12 @@ impl Reader {
                 if !held {
                     metrics.bus_gaps.inc();
                     tracing::warn!(from = %from, "redis: the stream no longer holds where delivery stopped; updates in between are lost");
+                    // Behind a failover to a replica that lacked them, the updates up to here
+                    // are gone while what came before them is still held: a client resuming
+                    // from before must hear that it missed some.
+                    if let Err(e) = record_loss(setup, &from).await {
+                        tracing::warn!(error = %e, "redis: cannot record the lost stretch of the stream");
+                    }
                     // The stream may have been lost with a Redis restart: its new positions are
                     // not comparable with the old ones.
                     self.last = None;
@@ -401,4 +408,30 @@ async fn send(sink: &mut PubSubSink, change: &Change) -> Result<(), Lost> {
         sink.punsubscribe(chunk).await.map_err(failed)?;
     }
     Ok(())
+}
+
+/// Records that the stream lost what came after its newest entry before `through`, up to
+/// `through` (kept as long as ids are, `history-id-ttl`).
+async fn record_loss(setup: &Setup, through: &str) -> Result<(), BusError> {
+    let mut conn = setup.conns.commands();
+    let before: StreamRangeReply = timed(
+        setup.timeout,
+        conn.xrevrange_count(&setup.keys.stream, through, "-", 1),
+    )
+    .await?;
+    let since = before
+        .ids
+        .first()
+        .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
+    let keep = setup
+        .settings
+        .iter()
+        .find(|(name, _)| *name == "history-id-ttl")
+        .map_or(86_400, |(_, secs)| *secs);
+    let mut pipe = redis::pipe();
+    pipe.hset(&setup.keys.lost, through, since)
+        .ignore()
+        .expire(&setup.keys.lost, keep as i64)
+        .ignore();
+    timed(setup.timeout, pipe.query_async::<()>(&mut conn)).await
 }

@@ -93,6 +93,17 @@ impl Replays {
     }
 }
 
+/// What one batch looks up before it reads: the newest id, the stream's first and last
+/// entries, Redis's time in milliseconds, the stretches known lost, and each resume id's place.
+type Looked = (
+    Option<String>,
+    StreamRangeReply,
+    StreamRangeReply,
+    u64,
+    HashMap<String, String>,
+    Vec<Option<String>>,
+);
+
 /// The reader task: see the module documentation.
 struct ReplayReader {
     conns: std::sync::Arc<super::Connections>,
@@ -182,19 +193,14 @@ impl ReplayReader {
         pipe.xrange_count(&self.keys.stream, "-", "+", 1);
         pipe.xrevrange_count(&self.keys.stream, "+", "-", 1);
         pipe.cmd("TIME");
+        pipe.hgetall(&self.keys.lost);
         for id in &ids {
             pipe.get(format!("{}{id}", self.keys.id_prefix));
         }
-        let (newest, oldest, last, now_ms, places): (
-            Option<String>,
-            StreamRangeReply,
-            StreamRangeReply,
-            u64,
-            Vec<Option<String>>,
-        ) = {
+        let (newest, oldest, last, now_ms, lost, places): Looked = {
             let mut values: Vec<redis::Value> =
                 timed(self.timeout, pipe.query_async(&mut self.conns.replays())).await?;
-            let rest = values.split_off(4.min(values.len()));
+            let rest = values.split_off(5.min(values.len()));
             let mut first = values.into_iter();
             let mut next = || first.next().unwrap_or(redis::Value::Nil);
             let newest = redis::from_redis_value(next()).map_err(super::unavailable)?;
@@ -206,13 +212,16 @@ impl ReplayReader {
             let (secs, micros): (u64, u64) =
                 redis::from_redis_value(next()).map_err(super::unavailable)?;
             let now_ms = secs * 1000 + micros / 1000;
+            let lost = redis::from_redis_value(next()).map_err(super::unavailable)?;
             let places = rest
                 .into_iter()
                 .map(redis::from_redis_value)
                 .collect::<Result<_, _>>()
                 .map_err(super::unavailable)?;
-            (newest, oldest, last, now_ms, places)
+            (newest, oldest, last, now_ms, lost, places)
         };
+        // The last position of each stretch known lost: a resume from before it missed some.
+        let lost_through: Option<Position> = lost.keys().filter_map(|k| position(k)).max();
         // Nothing in the stream: nothing to read.
         let end = match last.ids.first() {
             Some(entry) => entry.id.clone(),
@@ -251,6 +260,11 @@ impl ReplayReader {
                     match held {
                         Some(p) => {
                             replay.resumed_at = Some(p);
+                            // A failover lost updates after this point: replaying what the
+                            // stream holds would skip them silently.
+                            if lost_through.is_some_and(|l| l > p) {
+                                replay.missing = true;
+                            }
                             Start::After(p)
                         }
                         // Resuming from the newest id misses nothing, even without history.
