@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""How long publishes are refused when the Redis primary behind Sentinel dies.
+
+    cargo build --release
+    python3 scripts/sentinel-failover-time.py --runs 3 --down-after 1000
+
+Starts a private `redis-server` primary, a replica and three sentinels (loopback, free ports,
+`down-after-milliseconds` = `--down-after`), and one `tidings serve` on
+`redis+sentinel://…`. A publisher publishes every 10 ms; the primary is SIGKILLed; the run
+reports the time from the kill to the first publish accepted again, and to the sentinels
+naming the new primary. `--runs` fresh setups in a row. Bounded in time; only loopback.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hubs import Instance  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, port):
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{args[0]} did not start on {port}")
+
+
+def cli(port, *command):
+    return subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True).stdout
+
+
+def publish(base, topic):
+    request = urllib.request.Request(f"{base}/.well-known/mercure", data=f"topic={topic}&data=x".encode(),
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def one_run(binary, down_after):
+    processes = []
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            primary_port, replica_port = free_port(), free_port()
+            server = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"]
+            primary = start([*server, str(primary_port)], primary_port)
+            processes.append(primary)
+            processes.append(start([*server, str(replica_port), "--replicaof", "127.0.0.1", str(primary_port)],
+                                   replica_port))
+            while "master_link_status:up" not in cli(replica_port, "INFO", "replication"):
+                time.sleep(0.05)
+            sentinels = []
+            for i in range(3):
+                port = free_port()
+                config = os.path.join(work, f"sentinel-{i}.conf")
+                with open(config, "w") as f:
+                    f.write(f"port {port}\nbind 127.0.0.1\ndir {work}\n"
+                            f"sentinel monitor m 127.0.0.1 {primary_port} 2\n"
+                            f"sentinel down-after-milliseconds m {down_after}\n"
+                            f"sentinel failover-timeout m 10000\n")
+                processes.append(start(["redis-server", config, "--sentinel"], port))
+                sentinels.append(port)
+            url = "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in sentinels) + "/m/0"
+            hub = Instance(binary, ["--auth", "none", "--bus", url, "--bus-prefix", f"failover-{uuid.uuid4().hex[:8]}"])
+            try:
+                topic = "https://example.com/failover"
+                while not publish(hub.base, topic):
+                    time.sleep(0.05)
+                primary.kill()
+                killed = time.monotonic()
+                promoted = accepted = None
+                deadline = killed + 60
+                while accepted is None and time.monotonic() < deadline:
+                    if promoted is None and str(replica_port) in cli(sentinels[0], "SENTINEL", "get-master-addr-by-name", "m"):
+                        promoted = time.monotonic() - killed
+                    if publish(hub.base, topic):
+                        accepted = time.monotonic() - killed
+                    else:
+                        time.sleep(0.01)
+                if promoted is None and str(replica_port) in cli(sentinels[0], "SENTINEL", "get-master-addr-by-name", "m"):
+                    promoted = time.monotonic() - killed
+                return {"promoted_s": promoted and round(promoted, 2), "publishes_accepted_s": accepted and round(accepted, 2)}
+            finally:
+                hub.stop()
+        finally:
+            for process in processes:
+                process.kill()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--binary", default="target/release/tidings")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--down-after", type=int, default=1000, help="the sentinels' down-after-milliseconds")
+    parser.add_argument("--json", help="write the runs here")
+    args = parser.parse_args()
+    runs = []
+    for n in range(args.runs):
+        run = one_run(args.binary, args.down_after)
+        runs.append(run)
+        print(f"run {n + 1}: sentinels name the new primary after {run['promoted_s']} s, "
+              f"publishes accepted again after {run['publishes_accepted_s']} s", flush=True)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"down_after_ms": args.down_after, "runs": runs}, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
