@@ -4,7 +4,8 @@
 //! followed (a moved endpoint is a configuration to fix, and following one would carry the
 //! client's cookies elsewhere); answers read up to a bound.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why an outbound endpoint's configuration is unusable (start-up error).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +62,25 @@ pub async fn read_limited(mut response: reqwest::Response, max: usize) -> Result
     Ok(body)
 }
 
+/// Lets a failure that repeats with every request be logged at most once a second (the
+/// failures are counted in metrics either way).
+#[derive(Debug, Default)]
+pub struct LogOncePerSecond {
+    /// The second (since the epoch) of the last line let through.
+    last: AtomicU64,
+}
+
+impl LogOncePerSecond {
+    /// True for the first call in each second.
+    pub fn allow(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.last.swap(now, Ordering::Relaxed) != now
+    }
+}
+
 /// A short description of a failed request: timed out, refused, or what reqwest says.
 pub fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
@@ -84,6 +104,13 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_let_through_once_a_second() {
+        let gate = LogOncePerSecond::default();
+        assert!(gate.allow());
+        assert!(!gate.allow());
+    }
 
     #[test]
     fn only_http_urls_with_a_host_are_taken() {

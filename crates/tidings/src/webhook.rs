@@ -20,7 +20,7 @@
 //! least once: a batch whose answer was lost is sent again with the same `id`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -150,8 +150,8 @@ struct Queue {
     /// A batch is being delivered.
     sending: AtomicBool,
     metrics: Arc<Metrics>,
-    /// The second (since the epoch) of the last drop logged.
-    logged: AtomicU64,
+    /// Drops are logged at most once a second.
+    log_gate: outbound::LogOncePerSecond,
 }
 
 impl Queue {
@@ -189,8 +189,7 @@ impl Queue {
     /// Counts `n` dropped events and logs it, at most once a second.
     fn dropped(&self, reason: WebhookDrop, n: usize, what: &str) {
         self.metrics.webhook_dropped(reason, n as u64);
-        let now = now_millis() / 1000;
-        if self.logged.swap(now, Ordering::Relaxed) != now {
+        if self.log_gate.allow() {
             tracing::warn!(events = n, "{what}");
         }
     }
@@ -249,7 +248,7 @@ impl Webhooks {
             ready: Notify::new(),
             sending: AtomicBool::new(false),
             metrics: hub.metrics().clone(),
-            logged: AtomicU64::new(0),
+            log_gate: outbound::LogOncePerSecond::default(),
         });
         let changed = Arc::new(Changed::default());
         let watcher = Watcher {

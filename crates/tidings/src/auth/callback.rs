@@ -19,7 +19,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
@@ -97,7 +97,8 @@ pub struct StreamRequest {
 #[derive(Debug, Clone)]
 pub struct Ask {
     headers: HeaderMap,
-    body: StreamRequest,
+    /// The JSON body, written once: it is hashed for the cache key and sent.
+    body: Vec<u8>,
 }
 
 impl Ask {
@@ -123,7 +124,7 @@ impl Ask {
         }
         Ask {
             headers: forwarded,
-            body: request,
+            body: serde_json::to_vec(&request).unwrap_or_default(),
         }
     }
 }
@@ -200,8 +201,8 @@ pub(super) struct Callback {
     calls: AtomicU64,
     selectors: Arc<SelectorCache>,
     metrics: Arc<Metrics>,
-    /// The second (since the epoch) of the last failure logged.
-    logged: Arc<AtomicU64>,
+    /// Failures are logged at most once a second.
+    log_gate: Arc<outbound::LogOncePerSecond>,
 }
 
 impl std::fmt::Debug for Callback {
@@ -239,7 +240,7 @@ impl Callback {
             calls: AtomicU64::new(0),
             selectors,
             metrics,
-            logged: Arc::new(AtomicU64::new(0)),
+            log_gate: Arc::default(),
         })
     }
 
@@ -301,10 +302,10 @@ impl Callback {
         id: u64,
     ) -> impl std::future::Future<Output = Outcome> + Send + 'static {
         let request = self.client.post(self.url.clone()).headers(ask.headers);
-        let body = serde_json::to_vec(&ask.body).unwrap_or_default();
+        let body = ask.body;
         let metrics = self.metrics.clone();
         let selectors = self.selectors.clone();
-        let logged = self.logged.clone();
+        let gate = self.log_gate.clone();
         let url = self.url.clone();
         let cache = self.cache.clone();
         let ttl = self.settings.cache_ttl;
@@ -316,11 +317,7 @@ impl Callback {
                 Err(_) => CallbackOutcome::Failed,
             });
             let outcome: Outcome = outcome.map(Arc::new).map_err(|why| {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                if logged.swap(now, Ordering::Relaxed) != now {
+                if gate.allow() {
                     tracing::warn!(url = %url, error = %why, "auth callback failed; stream requests are told to retry");
                 }
                 Arc::from(why)
@@ -371,7 +368,7 @@ fn key_of(ask: &Ask) -> [u8; 32] {
         add(name.as_str().as_bytes());
         add(value.as_bytes());
     }
-    add(&serde_json::to_vec(&ask.body).unwrap_or_default());
+    add(&ask.body);
     let mut key = [0; 32];
     key.copy_from_slice(digest.finish().as_ref());
     key
@@ -462,21 +459,21 @@ fn refusal_detail(body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn request(topics: &[&str]) -> StreamRequest {
+        StreamRequest {
+            api: Api::Mercure,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            exact: vec![],
+            match_urlpattern: vec![],
+            event_names: None,
+        }
+    }
+
     fn ask(cookie: &str, topics: &[&str]) -> Ask {
         let mut headers = HeaderMap::new();
         headers.insert("cookie", HeaderValue::from_str(cookie).unwrap());
         headers.insert("x-custom", HeaderValue::from_static("not passed on"));
-        Ask::new(
-            StreamRequest {
-                api: Api::Mercure,
-                topics: topics.iter().map(|t| t.to_string()).collect(),
-                exact: vec![],
-                match_urlpattern: vec![],
-                event_names: None,
-            },
-            &headers,
-            Some("10.0.0.7".parse().unwrap()),
-        )
+        Ask::new(request(topics), &headers, Some("10.0.0.7".parse().unwrap()))
     }
 
     #[test]
@@ -487,7 +484,7 @@ mod tests {
         assert_eq!(a.headers.get("x-forwarded-for").unwrap(), "10.0.0.7");
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        let a = Ask::new(a.body, &headers, Some("10.0.0.7".parse().unwrap()));
+        let a = Ask::new(request(&["t"]), &headers, Some("10.0.0.7".parse().unwrap()));
         assert_eq!(
             a.headers.get("x-forwarded-for").unwrap(),
             "203.0.113.9, 10.0.0.7"
