@@ -13,7 +13,6 @@ naming the new primary. `--runs` fresh setups in a row. Bounded in time; only lo
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,26 +22,7 @@ import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hubs import Instance  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args, port):
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{args[0]} did not start on {port}")
+from hubs import Instance, free_port, start_listening  # noqa: E402
 
 
 def cli(port, *command):
@@ -65,9 +45,9 @@ def one_run(binary, down_after):
         try:
             primary_port, replica_port = free_port(), free_port()
             server = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"]
-            primary = start([*server, str(primary_port)], primary_port)
+            primary = start_listening([*server, str(primary_port)], primary_port)
             processes.append(primary)
-            processes.append(start([*server, str(replica_port), "--replicaof", "127.0.0.1", str(primary_port)],
+            processes.append(start_listening([*server, str(replica_port), "--replicaof", "127.0.0.1", str(primary_port)],
                                    replica_port))
             while "master_link_status:up" not in cli(replica_port, "INFO", "replication"):
                 time.sleep(0.05)
@@ -80,7 +60,7 @@ def one_run(binary, down_after):
                             f"sentinel monitor m 127.0.0.1 {primary_port} 2\n"
                             f"sentinel down-after-milliseconds m {down_after}\n"
                             f"sentinel failover-timeout m 10000\n")
-                processes.append(start(["redis-server", config, "--sentinel"], port))
+                processes.append(start_listening(["redis-server", config, "--sentinel"], port))
                 sentinels.append(port)
             url = "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in sentinels) + "/m/0"
             hub = Instance(binary, ["--auth", "none", "--bus", url, "--bus-prefix", f"failover-{uuid.uuid4().hex[:8]}"])

@@ -10,21 +10,24 @@ use crate::common::{
     PrivateRedis, PrivateSentinels, Stream,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_follow_the_primary_the_sentinels_promote() {
-    let Some(mut primary) = PrivateRedis::start() else {
-        return;
-    };
-    let Some(replica) = PrivateRedis::replica_of(&primary) else {
-        return;
-    };
-    let Some(sentinels) = PrivateSentinels::watch(&primary, "tidings-test") else {
-        return;
-    };
+/// A primary, its replica in sync, and three sentinels watching it as `master`; `None` (skip)
+/// when `redis-server` is missing.
+async fn watched(master: &str) -> Option<(PrivateRedis, PrivateRedis, PrivateSentinels)> {
+    let primary = PrivateRedis::start()?;
+    let replica = PrivateRedis::replica_of(&primary)?;
+    let sentinels = PrivateSentinels::watch(&primary, master)?;
     wait_until("the replica in sync", Duration::from_secs(10), async || {
         replica.replication("master_link_status").as_deref() == Some("up")
     })
     .await;
+    Some((primary, replica, sentinels))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_follow_the_primary_the_sentinels_promote() {
+    let Some((mut primary, replica, sentinels)) = watched("tidings-test").await else {
+        return;
+    };
     // A master name the sentinels do not know is a configuration error.
     let unknown = format!(
         "redis+sentinel://127.0.0.1:{}/no-such-master/0",
@@ -88,19 +91,9 @@ async fn instances_follow_the_primary_the_sentinels_promote() {
 /// from before them is told that it missed some, not silently given what came after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_lost_in_a_failover_are_reported_as_a_gap_never_skipped_silently() {
-    let Some(mut primary) = PrivateRedis::start() else {
+    let Some((mut primary, replica, sentinels)) = watched("tidings-loss").await else {
         return;
     };
-    let Some(replica) = PrivateRedis::replica_of(&primary) else {
-        return;
-    };
-    let Some(sentinels) = PrivateSentinels::watch(&primary, "tidings-loss") else {
-        return;
-    };
-    wait_until("the replica in sync", Duration::from_secs(10), async || {
-        replica.replication("master_link_status").as_deref() == Some("up")
-    })
-    .await;
     let prefix = unique_prefix("sentinel-loss");
     let hub = crate::common::instance_on(&sentinels.url(), &prefix, &format!("{prefix}-0"), &[]);
     let topic = unique_topic("loss");
