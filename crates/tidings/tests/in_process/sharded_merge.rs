@@ -48,7 +48,7 @@ impl Shard {
 }
 
 /// What a shard sends an instance, in the shard's order.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Message {
     Update(Key),
     Watermark(u64),
@@ -112,13 +112,36 @@ struct Arrival {
     shard: usize,
     /// The subscriber's connection it was sent on (stale after a reconnect).
     connection: u64,
-    message: MessageOrd,
+    message: Message,
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-enum MessageOrd {
-    Update(Key),
-    Watermark(u64),
+/// The links from the shards to the instance: each delivers in order, after a random delay.
+struct Links {
+    queue: BinaryHeap<Arrival>,
+    /// Per shard, the time its last message reaches the instance.
+    free_at: Vec<u64>,
+    sent: u64,
+}
+
+impl Links {
+    fn send(
+        &mut self,
+        rng: &mut StdRng,
+        shard: usize,
+        connection: u64,
+        now: u64,
+        message: Message,
+    ) {
+        let at = (now + rng.random_range(0..40)).max(self.free_at[shard]);
+        self.free_at[shard] = at;
+        self.sent += 1;
+        self.queue.push(Arrival {
+            at: std::cmp::Reverse((at, self.sent)),
+            shard,
+            connection,
+            message,
+        });
+    }
 }
 
 /// Runs one scenario; returns what the subscriber got, and what it should have got.
@@ -131,29 +154,10 @@ fn run(seed: u64, shards: usize, selected: &[usize], updates: usize) -> (Vec<Key
             log: Vec::new(),
         })
         .collect();
-    // Per shard, the time its last message reaches the instance: deliveries stay in order.
-    let mut channel_free = vec![0u64; shards.len()];
-    let mut queue: BinaryHeap<Arrival> = BinaryHeap::new();
-    let mut sent = 0u64;
-    let mut send = |queue: &mut BinaryHeap<Arrival>,
-                    channel_free: &mut Vec<u64>,
-                    rng: &mut StdRng,
-                    shard: usize,
-                    connection: u64,
-                    now: u64,
-                    message: Message| {
-        let at = (now + rng.random_range(0..40)).max(channel_free[shard]);
-        channel_free[shard] = at;
-        sent += 1;
-        queue.push(Arrival {
-            at: std::cmp::Reverse((at, sent)),
-            shard,
-            connection,
-            message: match message {
-                Message::Update(k) => MessageOrd::Update(k),
-                Message::Watermark(t) => MessageOrd::Watermark(t),
-            },
-        });
+    let mut links = Links {
+        queue: BinaryHeap::new(),
+        free_at: vec![0; shards.len()],
+        sent: 0,
     };
     let mut connection = 0u64;
     let mut merger = Merger::new(selected, None);
@@ -161,7 +165,7 @@ fn run(seed: u64, shards: usize, selected: &[usize], updates: usize) -> (Vec<Key
     let mut now = 0u64;
     let mut published = 0;
     let mut last_event = 0u64;
-    while published < updates || !queue.is_empty() {
+    while published < updates || !links.queue.is_empty() {
         now += rng.random_range(1..10);
         // Publish on a random shard, or send a watermark from one.
         if published < updates && rng.random_bool(0.7) {
@@ -169,28 +173,12 @@ fn run(seed: u64, shards: usize, selected: &[usize], updates: usize) -> (Vec<Key
             let key = shards[shard].publish(shard, now);
             published += 1;
             if selected.contains(&shard) {
-                send(
-                    &mut queue,
-                    &mut channel_free,
-                    &mut rng,
-                    shard,
-                    connection,
-                    now,
-                    Message::Update(key),
-                );
+                links.send(&mut rng, shard, connection, now, Message::Update(key));
             }
         } else {
             for shard in selected {
                 let t = shards[*shard].watermark(now);
-                send(
-                    &mut queue,
-                    &mut channel_free,
-                    &mut rng,
-                    *shard,
-                    connection,
-                    now,
-                    Message::Watermark(t),
-                );
+                links.send(&mut rng, *shard, connection, now, Message::Watermark(t));
             }
         }
         // Sometimes the connection drops; the client resumes from the last key it got: a new
@@ -207,46 +195,27 @@ fn run(seed: u64, shards: usize, selected: &[usize], updates: usize) -> (Vec<Key
                     .filter(|k| from.is_none_or(|f| *k > f))
                     .collect();
                 for key in replay {
-                    send(
-                        &mut queue,
-                        &mut channel_free,
-                        &mut rng,
-                        shard,
-                        connection,
-                        now,
-                        Message::Update(key),
-                    );
+                    links.send(&mut rng, shard, connection, now, Message::Update(key));
                 }
                 let t = shards[shard].watermark(now);
-                send(
-                    &mut queue,
-                    &mut channel_free,
-                    &mut rng,
-                    shard,
-                    connection,
-                    now,
-                    Message::Watermark(t),
-                );
+                links.send(&mut rng, shard, connection, now, Message::Watermark(t));
             }
         }
         // Deliver what has arrived by now.
-        while queue
+        while links
+            .queue
             .peek()
             .is_some_and(|a| a.at.0 .0 <= now || published == updates)
         {
-            let arrival = queue.pop().unwrap();
+            let arrival = links.queue.pop().unwrap();
             last_event = last_event.max(arrival.at.0 .0);
             if arrival.connection != connection {
                 continue;
             }
-            let message = match arrival.message {
-                MessageOrd::Update(k) => Message::Update(k),
-                MessageOrd::Watermark(t) => Message::Watermark(t),
-            };
-            merger.receive(arrival.shard, message);
+            merger.receive(arrival.shard, arrival.message);
             merger.release(&mut got);
         }
-        if published == updates && queue.is_empty() {
+        if published == updates && links.queue.is_empty() {
             // The end: every shard's last watermark flushes what is held.
             for &shard in selected {
                 let t = shards[shard].watermark(now.max(last_event) + 1000);
