@@ -37,7 +37,7 @@ impl Subscription {
     /// (`/sse/event-stream`). The session comes from the token; see
     /// [`Subscription::session_id`] for a hub without tokens.
     pub fn session(event_name: impl Into<String>) -> Self {
-        Self::on("/sse/event-stream", vec![("eventName", event_name.into())])
+        Self::session_events([event_name.into()])
     }
 
     /// The events of the caller's session with any of `event_names` — or, when it is empty,
