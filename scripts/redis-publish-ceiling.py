@@ -14,6 +14,10 @@ the same in every row), `--updates` updates of
 publishers, as fast as they are answered. Reports publishes per second, the publish
 acknowledgement's p50 and p99, and checks that every update arrived once, in order.
 Compare the rows of one run, as ratios: the machine is shared. `--json PATH` keeps them.
+
+`--topology cluster` runs the same rows on a private Redis Cluster of three masters and three
+replicas (`redis+cluster://`): every key of a Tidings cluster is in one slot, so one master
+takes every publish there too.
 """
 import argparse
 import json
@@ -27,6 +31,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hubs import Instance, free_port, start_listening  # noqa: E402
+from redis_nodes import cluster_url, start_cluster  # noqa: E402
 
 
 def redis_server(port, *extra):
@@ -47,22 +52,33 @@ def main():
     parser.add_argument("--streams-per-topic", type=int, default=3)
     parser.add_argument("--publishers", type=int, default=24)
     parser.add_argument("--payload-size", type=int, default=100)
+    parser.add_argument("--topology", choices=["primary", "cluster"], default="primary",
+                        help="one primary and a replica, or a Redis Cluster of 3 masters and 3 replicas")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     if not shutil.which("redis-server"):
         sys.exit("redis-server is needed")
 
-    primary_port, replica_port = free_port(), free_port()
-    primary = redis_server(primary_port)
-    replica = redis_server(replica_port, "--replicaof", "127.0.0.1", str(primary_port))
+    processes = []
     rows = []
+    work = tempfile.TemporaryDirectory()
     try:
-        deadline = time.time() + 10
-        while not in_sync(replica_port):
-            if time.time() > deadline:
-                raise RuntimeError("the replica did not sync")
-            time.sleep(0.1)
-        bus = f"redis://127.0.0.1:{primary_port}/0"
+        if args.topology == "cluster":
+            nodes = []
+            try:
+                bus = cluster_url(start_cluster(work.name, 5000, nodes))
+            finally:
+                processes.extend(process for _, process in nodes)
+        else:
+            primary_port, replica_port = free_port(), free_port()
+            processes.append(redis_server(primary_port))
+            processes.append(redis_server(replica_port, "--replicaof", "127.0.0.1", str(primary_port)))
+            deadline = time.time() + 10
+            while not in_sync(replica_port):
+                if time.time() > deadline:
+                    raise RuntimeError("the replica did not sync")
+                time.sleep(0.1)
+            bus = f"redis://127.0.0.1:{primary_port}/0"
         for min_replicas in (0, 1):
             for topics in (1, 10, 100):
                 prefix = f"tidings-ceiling-{uuid.uuid4().hex[:8]}"
@@ -99,11 +115,12 @@ def main():
                       f"  ack p50 {row['ack_p50_ms']} ms  p99 {row['ack_p99_ms']} ms"
                       f"  lost {row['lost']} repeated {row['duplicated']} reordered {row['out_of_order']}", flush=True)
     finally:
-        replica.kill()
-        primary.kill()
+        for process in processes:
+            process.kill()
+        work.cleanup()
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"updates": args.updates, "streams_per_topic": args.streams_per_topic, "publishers": args.publishers,
+            json.dump({"topology": args.topology, "updates": args.updates, "streams_per_topic": args.streams_per_topic, "publishers": args.publishers,
                        "payload_size": args.payload_size, "rows": rows}, out, indent=2)
 
 

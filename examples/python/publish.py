@@ -34,13 +34,42 @@ def publish(client, prefix, topics, data, *, update_id=None, event_type=None, pr
         message["retry"] = retry
     script = client.register_script(SCRIPT.read_text())
     published_at = time.time_ns() // 1000
-    position, _receivers = script(args=[prefix, json.dumps(message), published_at, update_id])
+    # The script ignores its key: it is there so that a Redis Cluster client sends the script
+    # to the node that holds the cluster's keys.
+    position, _receivers = script(
+        keys=[f"{prefix}:stream"], args=[prefix, json.dumps(message), published_at, update_id]
+    )
     return update_id, position.decode() if isinstance(position, bytes) else position
+
+
+def connect(url, prefix):
+    """A client for the cluster's Redis, and the prefix of its keys there.
+
+    On a Redis Cluster (`redis+cluster://host:port[,host:port…]/`, as `--bus` names it) every key
+    of a Tidings cluster is in one hash slot: the prefix is wrapped in braces (a hash tag).
+    """
+    for scheme, tls in (("redis+cluster://", False), ("rediss+cluster://", True)):
+        if url.startswith(scheme):
+            from redis.cluster import ClusterNode, RedisCluster
+
+            hosts = url[len(scheme):].split("/", 1)[0]
+            auth, _, hosts = hosts.rpartition("@")
+            username, _, password = auth.partition(":")
+            nodes = [ClusterNode(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts.split(",")]
+            client = RedisCluster(
+                startup_nodes=nodes, ssl=tls, username=username or None, password=password or None
+            )
+            return client, "{" + prefix + "}"
+    return redis.Redis.from_url(url), prefix
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the cluster's Redis")
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/0",
+        help="the cluster's Redis, as --bus names it (redis://, or redis+cluster:// for a Redis Cluster)",
+    )
     parser.add_argument("--prefix", default="tidings", help="the cluster's --bus-prefix")
     parser.add_argument("--topic", action="append", required=True, help="a topic (repeatable)")
     parser.add_argument("--data", default="")
@@ -49,9 +78,9 @@ def main():
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--retry", type=int)
     args = parser.parse_args()
-    client = redis.Redis.from_url(args.redis)
+    client, prefix = connect(args.redis, args.prefix)
     update_id, _ = publish(
-        client, args.prefix, args.topic, args.data,
+        client, prefix, args.topic, args.data,
         update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,
     )
     print(update_id)

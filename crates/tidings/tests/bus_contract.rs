@@ -922,11 +922,11 @@ impl Example {
 
 // --- the backends ---------------------------------------------------------------------
 
-/// The cases every bus is held to, for one backend.
-macro_rules! contract {
-    ($backend:expr) => {
-        use super::*;
-        cases! { $backend;
+/// The cases every bus is held to, with the history each needs, handed to `$then!` after its
+/// own arguments.
+macro_rules! each_case {
+    ($then:ident!($($args:tt)*)) => {
+        $then! { $($args)*;
             fans_out_to_every_instance, 100;
             keeps_publish_order_per_topic, 1000;
             filters_private_updates, 100;
@@ -938,6 +938,14 @@ macro_rules! contract {
             replays_the_topics_of_a_subscriber_after_an_id, 100;
             without_history_reports_every_resume_as_a_gap, 0;
         }
+    };
+}
+
+/// The cases every bus is held to, for one backend: a test each.
+macro_rules! contract {
+    ($backend:expr) => {
+        use super::*;
+        each_case!(cases!($backend));
     };
 }
 
@@ -1003,4 +1011,36 @@ mod nats_bus {
 
 mod amqp_bus {
     broker_contract!(Backend::Amqp);
+}
+
+/// Runs each case in turn on instances connected to `$url`, each case under a prefix of its own.
+macro_rules! in_turn {
+    ($url:ident; $($name:ident, $history:expr;)*) => {
+        $(
+            let prefix = common::unique_prefix(stringify!($name));
+            let instances = Backend::Redis(Routing::Interest).on(&$url, &prefix, 3, $history).await;
+            super::$name(instances).await;
+        )*
+    };
+}
+
+/// A Redis Cluster (`redis+cluster://`) is held to the contract too. Six `redis-server`s are
+/// too many to start for each case: the cases run in turn on one private cluster (three
+/// masters, three replicas), then the master that holds the bus's slot fails over under three
+/// instances, as a broker restarts under the others.
+mod redis_cluster {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holds_to_the_contract_and_survives_a_master_failover() {
+        let Some(mut cluster) = common::PrivateRedisCluster::start() else {
+            return;
+        };
+        let url = cluster.url();
+        each_case!(in_turn!(url));
+        let instances = Backend::Redis(Routing::Interest)
+            .on(&url, "tidings", 3, 100)
+            .await;
+        super::survives_a_broker_restart(&mut cluster, instances).await;
+    }
 }

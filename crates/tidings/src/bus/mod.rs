@@ -457,7 +457,8 @@ pub fn redact(url: &str) -> String {
 pub enum Kind {
     /// `memory://`
     Memory,
-    /// `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://`
+    /// `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://`, `redis+cluster://`,
+    /// `rediss+cluster://`
     Redis,
     /// `nats://`
     Nats,
@@ -470,7 +471,8 @@ impl Kind {
     pub fn of(url: &str) -> Option<Kind> {
         match url.split_once("://").map_or(url, |(scheme, _)| scheme) {
             "memory" => Some(Kind::Memory),
-            "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" => Some(Kind::Redis),
+            "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster"
+            | "rediss+cluster" => Some(Kind::Redis),
             "nats" => Some(Kind::Nats),
             "amqp" | "amqps" => Some(Kind::Amqp),
             _ => None,

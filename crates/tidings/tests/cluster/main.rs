@@ -8,6 +8,7 @@ mod amqp;
 mod direct_publish;
 mod instances;
 mod nats;
+mod redis_cluster;
 mod redis_faults;
 mod redis_replicas;
 mod redis_routing;

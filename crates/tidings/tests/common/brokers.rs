@@ -651,6 +651,25 @@ impl PrivateSentinels {
         format!("redis+sentinel://{}/{}/0", hosts.join(","), self.master)
     }
 
+    /// How many replicas every sentinel knows of (the fewest any knows).
+    pub fn replicas_known(&self) -> usize {
+        self.ports
+            .iter()
+            .map(|port| {
+                redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut conn| {
+                        redis::cmd("SENTINEL")
+                            .arg("replicas")
+                            .arg(&self.master)
+                            .query::<Vec<redis::Value>>(&mut conn)
+                    })
+                    .map_or(0, |replicas| replicas.len())
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
     /// The port of the primary the first sentinel names now.
     pub fn primary_port(&self) -> Option<u16> {
         let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}", self.ports[0]))
@@ -672,5 +691,187 @@ impl Drop for PrivateSentinels {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A Redis Cluster of a test's own: three masters and three replicas (`redis-server
+/// --cluster-enabled yes`) on free ports, a node failed after 1 s, stopped by PID.
+pub struct PrivateRedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedisCluster {
+    /// Starts the six nodes and makes them one cluster; `None` (skip) as for
+    /// [`PrivateRedis::start`].
+    pub fn start() -> Option<PrivateRedisCluster> {
+        let dir = tempfile::tempdir().ok()?;
+        let mut cluster = PrivateRedisCluster {
+            ports: Vec::new(),
+            children: Vec::new(),
+            _dir: dir,
+        };
+        for _ in 0..6 {
+            let port = free_port();
+            let mut command = Command::new("redis-server");
+            command
+                .current_dir(cluster._dir.path())
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
+            match spawn_listening(command, port, WAIT) {
+                Ok(child) => cluster.children.push(Some(child)),
+                Err(e) => return started("redis-server --cluster-enabled yes", Err(e)),
+            }
+            cluster.ports.push(port);
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !cluster.ports.iter().all(|p| cluster.ok(*p)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(cluster)
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,…/` (three of the nodes, as a user would list some).
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self.ports[..3]
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}/", nodes.join(","))
+    }
+
+    /// Runs one command on the node at `port`.
+    pub fn command(&self, port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))?
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+    }
+
+    fn ok(&self, port: u16) -> bool {
+        self.command(port, &["CLUSTER", "INFO"])
+            .ok()
+            .and_then(|info| redis::from_redis_value::<String>(info).ok())
+            .is_some_and(|info| info.contains("cluster_state:ok"))
+    }
+
+    /// The port of the master that a live node names for the slot of `key`.
+    pub fn master_of(&self, key: &str) -> Option<u16> {
+        self.ports.iter().enumerate().find_map(|(i, port)| {
+            self.children[i].as_ref()?;
+            let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
+                .ok()?
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .ok()?;
+            let slot: i64 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query(&mut conn)
+                .ok()?;
+            let ranges: Vec<(i64, i64, (String, u16))> = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query::<Vec<Vec<redis::Value>>>(&mut conn)
+                .ok()?
+                .into_iter()
+                .filter_map(|range| {
+                    let mut fields = range.into_iter();
+                    let start = redis::from_redis_value(fields.next()?).ok()?;
+                    let end = redis::from_redis_value(fields.next()?).ok()?;
+                    let master: Vec<redis::Value> = redis::from_redis_value(fields.next()?).ok()?;
+                    let mut master = master.into_iter();
+                    let host = redis::from_redis_value(master.next()?).ok()?;
+                    let port = redis::from_redis_value(master.next()?).ok()?;
+                    Some((start, end, (host, port)))
+                })
+                .collect();
+            ranges
+                .into_iter()
+                .find(|(start, end, _)| (*start..=*end).contains(&slot))
+                .map(|(_, _, (_, port))| port)
+        })
+    }
+
+    /// Whether the node at `port` runs (was not killed).
+    pub fn alive(&self, port: u16) -> bool {
+        let i = self.ports.iter().position(|p| *p == port);
+        i.is_some_and(|i| self.children[i].is_some())
+    }
+
+    /// SIGKILLs the node at `port`.
+    pub fn kill(&mut self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).expect("a node");
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// As a broker that restarts under its instances, a Redis Cluster whose master of the slot of
+/// the prefix `tidings` fails over: stopped once its replica holds all it has (so nothing is
+/// lost), SIGKILLed; back once the replica is promoted.
+impl PrivateBroker for PrivateRedisCluster {
+    fn url(&self) -> String {
+        PrivateRedisCluster::url(self)
+    }
+
+    fn stop(&mut self) {
+        let master = self.master_of("{tidings}").expect("a master of the slot");
+        let _ = self.command(master, &["WAIT", "1", "5000"]);
+        self.kill(master);
+    }
+
+    fn start_again(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self
+            .master_of("{tidings}")
+            .is_some_and(|port| self.alive(port))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no replica was promoted"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn keeps_data(&self) -> bool {
+        true
     }
 }

@@ -207,8 +207,10 @@ impl RedisBus {
     /// certificate; [`BusError::Unavailable`] when Redis cannot be reached at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
         let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
-        let conns = Arc::new(Connections::connect(url, timeout, options.timeouts.replay).await?);
-        let keys = Keys::new(&options.prefix);
+        let keys = Keys::new(&target::key_prefix(url, &options.prefix)?);
+        let conns = Arc::new(
+            Connections::connect(url, &keys.stream, timeout, options.timeouts.replay).await?,
+        );
         let settings = [
             ("history-size", options.history_size as u64),
             ("history-id-ttl", options.history_id_ttl_secs.max(1)),

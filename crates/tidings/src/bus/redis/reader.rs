@@ -32,8 +32,8 @@ use crate::update::{Limits, UpdateId};
 const CATCH_UP_MAX: usize = 1_000_000;
 /// How often the connection is pinged and the watermark moved.
 const PING_EVERY: Duration = Duration::from_secs(1);
-/// How often, behind sentinels, the delivery connection asks them whether the primary moved
-/// (a failover that left the old primary up, as a replica, breaks no connection).
+/// How often, behind sentinels or in a Redis Cluster, the delivery connection asks whether the
+/// primary moved (a failover that left the old primary up, as a replica, breaks no connection).
 const MOVED_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait for the stream's newest position before a ping (the watermark then stays).
 const HEAD_TIMEOUT: Duration = Duration::from_millis(500);
@@ -43,7 +43,7 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 /// What the delivery task is given.
 pub(super) struct Setup {
     /// Where the connections go; the delivery connection asks it for the primary each time
-    /// it connects (behind sentinels, that is how a failover is followed).
+    /// it connects (behind sentinels or in a Redis Cluster, that is how a failover is followed).
     pub(super) conns: std::sync::Arc<super::Connections>,
     pub(super) keys: Keys,
     pub(super) hub: Hub,
@@ -226,7 +226,7 @@ impl Reader {
                 }
                 _ = moved.tick() => {
                     if self.setup.conns.primary_moved().await == Some(true) {
-                        return "the sentinels name a new primary".to_owned();
+                        return "the primary moved".to_owned();
                     }
                 }
             }
@@ -290,38 +290,51 @@ impl Reader {
         };
         let from_start = from == Position(0);
         let from = stream_id(from);
-        let still_held = if from_start {
-            Ok(true)
-        } else {
-            holds(&setup.conns.commands(), &setup.keys, &from, setup.timeout).await
+        let conn = setup.conns.commands();
+        let still_held = match from_start {
+            true => Ok(true),
+            false => holds(&conn, &setup.keys, &from, setup.timeout).await,
         };
-        let after = format!("({from}");
+        let after = match still_held {
+            Ok(true) => from,
+            Ok(false) => {
+                metrics.bus_gaps.inc();
+                tracing::warn!(from = %from, "redis: the stream no longer holds where delivery stopped; updates in between are lost");
+                // The stream may have been lost with a Redis restart: its new positions are
+                // not comparable with the old ones.
+                self.last = None;
+                self.watermark = None;
+                // Behind a failover to a replica that lacked them, the updates up to here are
+                // gone while what came before them is still held: a client resuming from
+                // before must hear that it missed some. And what the new primary stored since
+                // may sit at positions before `from` (its clock may be behind the old one's):
+                // deliver from the newest entry before the loss on.
+                match record_loss(setup, &from).await {
+                    Ok(since) => since,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis: cannot record the lost stretch of the stream");
+                        from
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.bus_gaps.inc();
+                tracing::warn!(error = %e, "redis: cannot read what was missed while disconnected");
+                return;
+            }
+        };
         let missed = read_range(
-            &setup.conns.commands(),
+            &conn,
             &setup.keys,
-            &after,
+            &format!("({after}"),
             "+",
             CATCH_UP_MAX,
             &setup.limits,
             setup.timeout,
         )
         .await;
-        match (still_held, missed) {
-            (Ok(held), Ok(missed)) => {
-                if !held {
-                    metrics.bus_gaps.inc();
-                    tracing::warn!(from = %from, "redis: the stream no longer holds where delivery stopped; updates in between are lost");
-                    // Behind a failover to a replica that lacked them, the updates up to here
-                    // are gone while what came before them is still held: a client resuming
-                    // from before must hear that it missed some.
-                    if let Err(e) = record_loss(setup, &from).await {
-                        tracing::warn!(error = %e, "redis: cannot record the lost stretch of the stream");
-                    }
-                    // The stream may have been lost with a Redis restart: its new positions are
-                    // not comparable with the old ones.
-                    self.last = None;
-                    self.watermark = None;
-                }
+        match missed {
+            Ok(missed) => {
                 tracing::info!(
                     count = missed.len(),
                     "redis: delivering updates missed while disconnected"
@@ -330,7 +343,7 @@ impl Reader {
                     self.deliver(envelope);
                 }
             }
-            (Err(e), _) | (_, Err(e)) => {
+            Err(e) => {
                 metrics.bus_gaps.inc();
                 tracing::warn!(error = %e, "redis: cannot read what was missed while disconnected");
             }
@@ -411,8 +424,9 @@ async fn send(sink: &mut PubSubSink, change: &Change) -> Result<(), Lost> {
 }
 
 /// Records that the stream lost what came after its newest entry before `through`, up to
-/// `through` (kept as long as ids are, `history-id-ttl`).
-async fn record_loss(setup: &Setup, through: &str) -> Result<(), BusError> {
+/// `through` (kept as long as ids are, `history-id-ttl`); that newest entry's id (`0-0` for
+/// none).
+async fn record_loss(setup: &Setup, through: &str) -> Result<String, BusError> {
     let mut conn = setup.conns.commands();
     let before: StreamRangeReply = timed(
         setup.timeout,
@@ -429,9 +443,10 @@ async fn record_loss(setup: &Setup, through: &str) -> Result<(), BusError> {
         .find(|(name, _)| *name == "history-id-ttl")
         .map_or(86_400, |(_, secs)| *secs);
     let mut pipe = redis::pipe();
-    pipe.hset(&setup.keys.lost, through, since)
+    pipe.hset(&setup.keys.lost, through, &since)
         .ignore()
         .expire(&setup.keys.lost, keep as i64)
         .ignore();
-    timed(setup.timeout, pipe.query_async::<()>(&mut conn)).await
+    timed(setup.timeout, pipe.query_async::<()>(&mut conn)).await?;
+    Ok(since)
 }

@@ -1,11 +1,18 @@
-//! Where the bus's connections go: one Redis (`redis://`, `rediss://`), or the primary that the
-//! sentinels name now (`redis+sentinel://`, `rediss+sentinel://`).
+//! Where the bus's connections go: one Redis (`redis://`, `rediss://`), the primary that the
+//! sentinels name now (`redis+sentinel://`, `rediss+sentinel://`), or the master of a Redis
+//! Cluster that serves the one slot all the bus's keys are in (`redis+cluster://`,
+//! `rediss+cluster://`).
 //!
 //! Every part of the bus takes its command connection (and the replay reader its own) from
 //! [`Connections`] each time it needs one, rather than keeping one: after a failover the
-//! delivery connection, reconnecting, asks the sentinels again ([`Connections::primary`]), and
-//! when they name another primary both connections are replaced, so that publishes, the
-//! registry and replays follow it too.
+//! delivery connection, reconnecting, asks the sentinels (or the cluster's nodes) again
+//! ([`Connections::primary`]), and when they name another primary both connections are
+//! replaced, so that publishes, the registry and replays follow it too.
+//!
+//! A Redis Cluster is reached through one node connection rather than redis-rs's cluster client:
+//! with every key in one slot, one master holds all of them, so there is nothing to route; the
+//! Pub/Sub delivery connection needs one node anyway (a Redis Cluster sends every `PUBLISH` to
+//! every node), and a failover inside the cluster is followed exactly as one behind sentinels.
 
 use std::sync::RwLock;
 use std::time::Duration;
@@ -16,32 +23,27 @@ use redis::{ConnectionAddr, ConnectionInfo};
 
 use super::{timed, BusError};
 
-/// A Sentinel URL, parsed: `redis+sentinel://[[user]:password@]host:port[,host:port…]/<master
-/// name>[/<db>]`.
+/// The parts of a URL that names several nodes: `<scheme>://[[user]:password@]host:port[,host:
+/// port…][/<path>…]`, as Sentinel and Cluster URLs do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct SentinelUrl {
+struct NodesUrl {
     tls: bool,
     username: Option<String>,
     password: Option<String>,
-    sentinels: Vec<(String, u16)>,
-    master: String,
-    db: i64,
+    nodes: Vec<(String, u16)>,
+    /// The path's segments, percent-decoded.
+    path: Vec<String>,
 }
 
-impl SentinelUrl {
-    /// Parses `url`, whose scheme is `redis+sentinel` or `rediss+sentinel`.
-    ///
-    /// # Errors
-    /// A sentence saying what is missing or wrong.
-    pub(super) fn parse(url: &str) -> Result<SentinelUrl, String> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
+impl NodesUrl {
+    /// Parses `url`, whose scheme is `<plain>` or `<tls>`; `what` names the nodes in messages.
+    fn parse(url: &str, plain: &str, tls: &str, what: &str) -> Result<NodesUrl, String> {
+        let (secure, rest) = if let Some(rest) = url.strip_prefix(&format!("{tls}://")) {
             (true, rest)
-        } else if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        } else if let Some(rest) = url.strip_prefix(&format!("{plain}://")) {
             (false, rest)
         } else {
-            return Err(
-                "a Sentinel URL starts with redis+sentinel:// or rediss+sentinel://".into(),
-            );
+            return Err(format!("the URL starts with {plain}:// or {tls}://"));
         };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hosts) = match authority.rsplit_once('@') {
@@ -52,7 +54,7 @@ impl SentinelUrl {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8()
                 .map(|s| s.into_owned())
-                .map_err(|_| "the credentials are not valid UTF-8 once decoded".to_owned())
+                .map_err(|_| "the URL is not valid UTF-8 once decoded".to_owned())
         };
         let (username, password) = match userinfo {
             None => (None, None),
@@ -64,23 +66,79 @@ impl SentinelUrl {
                 None => (Some(decode(userinfo)?), None),
             },
         };
-        let sentinels = hosts
+        let nodes = hosts
             .split(',')
             .map(|host| {
-                let (name, port) = host.rsplit_once(':').ok_or_else(|| {
-                    format!("the sentinel {host:?} has no port (host:port, 26379 by convention)")
-                })?;
+                let (name, port) = host
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("the {what} {host:?} has no port (host:port)"))?;
                 let port = port
                     .parse::<u16>()
-                    .map_err(|_| format!("the sentinel {host:?} has a bad port"))?;
+                    .map_err(|_| format!("the {what} {host:?} has a bad port"))?;
                 if name.is_empty() {
-                    return Err(format!("the sentinel {host:?} has no host"));
+                    return Err(format!("the {what} {host:?} has no host"));
                 }
                 Ok((name.trim_matches(['[', ']']).to_owned(), port))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let mut segments = path.split('/').filter(|s| !s.is_empty());
-        let master = segments.next().map(decode).transpose()?.ok_or_else(|| {
+        let path = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(decode)
+            .collect::<Result<_, _>>()?;
+        Ok(NodesUrl {
+            tls: secure,
+            username,
+            password,
+            nodes,
+            path,
+        })
+    }
+
+    /// A URL for one node (`redis://` or `rediss://`), with the credentials.
+    fn node_url(&self, host: &str, port: u16, db: i64) -> String {
+        let encode = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let userinfo = match (&self.username, &self.password) {
+            (None, None) => String::new(),
+            (user, password) => format!(
+                "{}{}@",
+                user.as_deref().map(encode).unwrap_or_default(),
+                password
+                    .as_deref()
+                    .map(|p| format!(":{}", encode(p)))
+                    .unwrap_or_default()
+            ),
+        };
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        format!("{scheme}://{userinfo}{host}:{port}/{db}")
+    }
+}
+
+/// A Sentinel URL, parsed: `redis+sentinel://[[user]:password@]host:port[,host:port…]/<master
+/// name>[/<db>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SentinelUrl {
+    url: NodesUrl,
+    master: String,
+    db: i64,
+}
+
+impl SentinelUrl {
+    /// Parses `url`, whose scheme is `redis+sentinel` or `rediss+sentinel`.
+    ///
+    /// # Errors
+    /// A sentence saying what is missing or wrong.
+    pub(super) fn parse(url: &str) -> Result<SentinelUrl, String> {
+        let url = NodesUrl::parse(url, "redis+sentinel", "rediss+sentinel", "sentinel")?;
+        let mut segments = url.path.iter();
+        let master = segments.next().cloned().ok_or_else(|| {
             "no master name: redis+sentinel://host:port[,host:port…]/<master name>[/<db>]"
                 .to_owned()
         })?;
@@ -95,41 +153,163 @@ impl SentinelUrl {
                 "{extra:?} after the database: the path is /<master name>[/<db>]"
             ));
         }
-        Ok(SentinelUrl {
-            tls,
-            username,
-            password,
-            sentinels,
-            master,
-            db,
-        })
+        Ok(SentinelUrl { url, master, db })
     }
 
     fn client(&self) -> Result<SentinelClient, redis::RedisError> {
-        let addresses = self.sentinels.iter().map(|(host, port)| match self.tls {
-            false => ConnectionAddr::Tcp(host.clone(), *port),
-            true => ConnectionAddr::TcpTls {
-                host: host.clone(),
-                port: *port,
-                insecure: false,
-                tls_params: None,
-            },
-        });
+        let addresses = self
+            .url
+            .nodes
+            .iter()
+            .map(|(host, port)| match self.url.tls {
+                false => ConnectionAddr::Tcp(host.clone(), *port),
+                true => ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                },
+            });
         let mut builder =
             SentinelClientBuilder::new(addresses, &self.master, SentinelServerType::Master)?
                 .set_client_to_redis_db(self.db);
-        if self.tls {
+        if self.url.tls {
             builder = builder
                 .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
                 .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
         }
-        if let Some(username) = &self.username {
+        if let Some(username) = &self.url.username {
             builder = builder.set_client_to_redis_username(username);
         }
-        if let Some(password) = &self.password {
+        if let Some(password) = &self.url.password {
             builder = builder.set_client_to_redis_password(password);
         }
         builder.build()
+    }
+}
+
+/// A Redis Cluster URL, parsed: `redis+cluster://[[user]:password@]host:port[,host:port…][/]`
+/// (a Redis Cluster has only database 0).
+#[derive(Debug)]
+pub(super) struct Cluster {
+    url: NodesUrl,
+    /// A key of the one hash slot that holds all of the Tidings cluster's keys.
+    key: String,
+    /// The nodes to ask which master serves that slot: the URL's, then those the last answer
+    /// named (so that losing every node the URL names is survived too).
+    known: std::sync::Mutex<Vec<(String, u16)>>,
+    timeout: Duration,
+}
+
+impl Cluster {
+    /// Parses `url`, whose scheme is `redis+cluster` or `rediss+cluster`, for the keys of
+    /// `key`'s slot, asking each node for at most `timeout`.
+    ///
+    /// # Errors
+    /// A sentence saying what is missing or wrong.
+    pub(super) fn parse(url: &str, key: &str, timeout: Duration) -> Result<Cluster, String> {
+        let url = NodesUrl::parse(url, "redis+cluster", "rediss+cluster", "node")?;
+        if let Some(segment) = url.path.iter().find(|s| *s != "0") {
+            return Err(format!(
+                "{segment:?} in the path: a Redis Cluster has only database 0 (redis+cluster://host:port[,host:port…]/)"
+            ));
+        }
+        Ok(Cluster {
+            known: std::sync::Mutex::new(url.nodes.clone()),
+            url,
+            key: key.to_owned(),
+            timeout,
+        })
+    }
+
+    /// A client for the master that serves the slot now, asking the known nodes in turn.
+    async fn master(&self) -> Result<redis::Client, redis::RedisError> {
+        let nodes = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut failures = Vec::new();
+        for (host, port) in &nodes {
+            match tokio::time::timeout(self.timeout, self.ask(host, *port)).await {
+                Ok(Ok((master, named))) => {
+                    let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+                    for node in named {
+                        if !known.contains(&node) {
+                            known.push(node);
+                        }
+                    }
+                    return Ok(master);
+                }
+                Ok(Err(e)) if e.to_string().contains("cluster support disabled") => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "not a Redis Cluster",
+                        format!("{host}:{port} has cluster support disabled; for one Redis, use redis://"),
+                    )))
+                }
+                Ok(Err(e)) => failures.push(format!("{host}:{port}: {e}")),
+                Err(_) => failures.push(format!("{host}:{port}: no answer within {:?}", self.timeout)),
+            }
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::ClusterConnectionNotFound,
+            "no node of the Redis Cluster named the master of the slot",
+            failures.join("; "),
+        )))
+    }
+
+    /// Asks one node which master serves the slot: a client for it, and every node it named.
+    async fn ask(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(redis::Client, Vec<(String, u16)>), redis::RedisError> {
+        let client = redis::Client::open(self.url.node_url(host, port, 0))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let (slot, ranges): (i64, Vec<Vec<redis::Value>>) = redis::pipe()
+            .cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&self.key)
+            .cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await?;
+        let mut named = Vec::new();
+        let mut master = None;
+        for range in ranges {
+            let mut fields = range.into_iter();
+            let (Some(start), Some(end)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let start: i64 = redis::from_redis_value(start)?;
+            let end: i64 = redis::from_redis_value(end)?;
+            for (i, node) in fields.enumerate() {
+                let node: Vec<redis::Value> = redis::from_redis_value(node)?;
+                let mut node = node.into_iter();
+                let (Some(node_host), Some(node_port)) = (node.next(), node.next()) else {
+                    continue;
+                };
+                let node_host: String = redis::from_redis_value(node_host)?;
+                let node_port: u16 = redis::from_redis_value(node_port)?;
+                // A node that does not know its own address names it "" (or "?").
+                let node_host = match node_host.as_str() {
+                    "" | "?" => host.to_owned(),
+                    _ => node_host,
+                };
+                if i == 0 && (start..=end).contains(&slot) {
+                    master = Some((node_host.clone(), node_port));
+                }
+                named.push((node_host, node_port));
+            }
+        }
+        let Some((host, port)) = master else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ClusterConnectionNotFound,
+                "no master serves the slot",
+                format!("{host}:{port} names none for slot {slot} (a failover in progress, or slots not assigned)"),
+            )));
+        };
+        Ok((
+            redis::Client::open(self.url.node_url(&host, port, 0))?,
+            named,
+        ))
     }
 }
 
@@ -139,6 +319,27 @@ enum Target {
     Direct(redis::Client),
     /// The primary the sentinels name (asked again each time).
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// The master of the slot of a Redis Cluster (asked again each time).
+    Cluster(Cluster),
+}
+
+/// The prefix of the bus's keys and channels in Redis for the cluster prefix `prefix`: in a
+/// Redis Cluster, a hash tag (`{prefix}`), so that every key is in one slot and the publish
+/// script, which writes several, stays atomic.
+pub(super) fn key_prefix(url: &str, prefix: &str) -> Result<String, BusError> {
+    if !is_cluster(url) {
+        return Ok(prefix.to_owned());
+    }
+    if prefix.contains(['{', '}']) {
+        return Err(BusError::Config(
+            format!("bus-prefix {prefix:?} holds a brace: on a Redis Cluster, the bus wraps it in braces itself (a hash tag), so it must hold none").into(),
+        ));
+    }
+    Ok(format!("{{{prefix}}}"))
+}
+
+fn is_cluster(url: &str) -> bool {
+    url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://")
 }
 
 /// The bus's command and replay connections, replaced together when the primary changes.
@@ -193,6 +394,7 @@ impl Connections {
     /// reached, or the sentinels know no such master, yet.
     pub(super) async fn connect(
         url: &str,
+        slot_key: &str,
         timeout: Duration,
         replay_timeout: Duration,
     ) -> Result<Connections, BusError> {
@@ -206,6 +408,8 @@ impl Connections {
                 Target::Sentinel(tokio::sync::Mutex::new(
                     parsed.client().map_err(|e| bad_url(e.to_string()))?,
                 ))
+            } else if is_cluster(url) {
+                Target::Cluster(Cluster::parse(url, slot_key, timeout).map_err(bad_url)?)
             } else {
                 Target::Direct(redis::Client::open(url).map_err(|e| bad_url(e.to_string()))?)
             };
@@ -286,19 +490,19 @@ impl Connections {
             let replays = connect(self.replay_timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-            tracing::warn!(from = %current, to = %address, "redis: the sentinels name a new primary; following it");
+            tracing::warn!(from = %current, to = %address, "redis: a new primary; following it");
             *self.commands.write().unwrap_or_else(|e| e.into_inner()) = Current { conn, address };
             *self.replays.write().unwrap_or_else(|e| e.into_inner()) = replays;
         }
         Ok(client)
     }
 
-    /// Behind sentinels: whether they still name the primary the connections go to (`None`
-    /// when they cannot be asked now, and for one Redis).
+    /// Behind sentinels or in a Redis Cluster: whether the primary is still the one the
+    /// connections go to (`None` when that cannot be asked now, and for one Redis).
     pub(super) async fn primary_moved(&self) -> Option<bool> {
-        let Target::Sentinel(_) = &self.target else {
+        if let Target::Direct(_) = &self.target {
             return None;
-        };
+        }
         let client = tokio::time::timeout(self.timeout, target_client(&self.target))
             .await
             .ok()?
@@ -342,6 +546,7 @@ async fn target_client(target: &Target) -> Result<redis::Client, redis::RedisErr
     match target {
         Target::Direct(client) => Ok(client.clone()),
         Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        Target::Cluster(cluster) => cluster.master().await,
     }
 }
 
@@ -356,18 +561,21 @@ mod tests {
         assert_eq!(
             url,
             SentinelUrl {
-                tls: false,
-                username: None,
-                password: Some("p@ss".into()),
-                sentinels: vec![("s1".into(), 26379), ("s2".into(), 26380)],
+                url: NodesUrl {
+                    tls: false,
+                    username: None,
+                    password: Some("p@ss".into()),
+                    nodes: vec![("s1".into(), 26379), ("s2".into(), 26380)],
+                    path: vec!["mymaster".into(), "2".into()],
+                },
                 master: "mymaster".into(),
                 db: 2,
             }
         );
         let url = SentinelUrl::parse("rediss+sentinel://user:pw@[::1]:26379/m").unwrap();
-        assert!(url.tls);
-        assert_eq!(url.username.as_deref(), Some("user"));
-        assert_eq!(url.sentinels, [("::1".to_owned(), 26379)]);
+        assert!(url.url.tls);
+        assert_eq!(url.url.username.as_deref(), Some("user"));
+        assert_eq!(url.url.nodes, [("::1".to_owned(), 26379)]);
         assert_eq!(url.db, 0);
     }
 
@@ -385,5 +593,41 @@ mod tests {
             let why = SentinelUrl::parse(url).unwrap_err();
             assert!(why.contains(says), "{url}: {why}");
         }
+    }
+
+    #[test]
+    fn cluster_urls_name_nodes_and_give_node_urls_with_the_credentials() {
+        let second = Duration::from_secs(1);
+        let cluster = Cluster::parse(
+            "rediss+cluster://u:p%40ss@n1:7000,[::1]:7001/",
+            "{t}:stream",
+            second,
+        )
+        .unwrap();
+        assert_eq!(
+            cluster.url.nodes,
+            [("n1".to_owned(), 7000), ("::1".to_owned(), 7001)]
+        );
+        assert_eq!(
+            cluster.url.node_url("::1", 7001, 0),
+            "rediss://u:p%40ss@[::1]:7001/0"
+        );
+        let plain = Cluster::parse("redis+cluster://n1:7000", "k", second).unwrap();
+        assert_eq!(plain.url.node_url("n1", 7000, 0), "redis://n1:7000/0");
+        for (url, says) in [
+            ("redis+cluster://n1:7000/1", "only database 0"),
+            ("redis+cluster://n1/", "has no port"),
+            ("redis+cluster://n1:x/", "bad port"),
+        ] {
+            let why = Cluster::parse(url, "k", second).unwrap_err();
+            assert!(why.contains(says), "{url}: {why}");
+        }
+    }
+
+    #[test]
+    fn keys_on_a_redis_cluster_share_one_hash_tag() {
+        assert_eq!(key_prefix("redis://h:1/0", "t").unwrap(), "t");
+        assert_eq!(key_prefix("redis+cluster://h:1/", "t").unwrap(), "{t}");
+        assert!(key_prefix("rediss+cluster://h:1/", "a{b").is_err());
     }
 }
