@@ -43,7 +43,8 @@ def publish(base, topic):
 def sentinel_setup(work, processes, down_after):
     """A primary, its replica and three sentinels: (bus URL, primary, replica port, who is primary now)."""
     primary_port, replica_port = free_port(), free_port()
-    server = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"]
+    # In `work`: a replica writes the snapshot it syncs from into its directory.
+    server = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work, "--port"]
     primary = start_listening([*server, str(primary_port)], primary_port)
     processes.append(primary)
     processes.append(start_listening([*server, str(replica_port), "--replicaof", "127.0.0.1", str(primary_port)],

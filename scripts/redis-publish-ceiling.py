@@ -34,9 +34,10 @@ from hubs import Instance, free_port, start_listening  # noqa: E402
 from redis_nodes import cluster_url, start_cluster  # noqa: E402
 
 
-def redis_server(port, *extra):
+def redis_server(work, port, *extra):
+    # In `work`: a replica writes the snapshot it syncs from into its directory.
     return start_listening(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                            "--appendonly", "no", *extra], port)
+                            "--appendonly", "no", "--dir", work, *extra], port)
 
 
 def in_sync(port):
@@ -71,8 +72,8 @@ def main():
                 processes.extend(process for _, process in nodes)
         else:
             primary_port, replica_port = free_port(), free_port()
-            processes.append(redis_server(primary_port))
-            processes.append(redis_server(replica_port, "--replicaof", "127.0.0.1", str(primary_port)))
+            processes.append(redis_server(work.name, primary_port))
+            processes.append(redis_server(work.name, replica_port, "--replicaof", "127.0.0.1", str(primary_port)))
             deadline = time.time() + 10
             while not in_sync(replica_port):
                 if time.time() > deadline:

@@ -21,13 +21,19 @@ def start_cluster(work, node_timeout_ms, processes):
     for port in ports:
         process = start_listening(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-             "--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+             "--dir", work,
+             # The cluster bus on a free port of its own (by default port + 10000, which may be
+             # taken, or past 65535).
+             "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+             "--cluster-node-timeout", str(node_timeout_ms),
              "--cluster-config-file", os.path.join(work, f"nodes-{port}.conf")], port)
         processes.append((port, process))
     subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                     "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, check=True)
     deadline = time.time() + 30
-    while not all("cluster_state:ok" in cli(p, "CLUSTER", "INFO") for p in ports):
+    # Ok, and every replica in sync: one that never synced cannot be promoted.
+    while not (all("cluster_state:ok" in cli(p, "CLUSTER", "INFO") for p in ports)
+               and sum("master_link_status:up" in cli(p, "INFO", "replication") for p in ports) == 3):
         if time.time() > deadline:
             raise RuntimeError("the Redis Cluster did not become ok")
         time.sleep(0.05)

@@ -190,6 +190,8 @@ pub struct PrivateRedis {
     password: Option<String>,
     /// `replicaof`: the port of the primary it replicates.
     primary: Option<u16>,
+    /// Its `dir`: a replica writes the snapshot it syncs from there, never in the checkout.
+    dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
@@ -217,6 +219,7 @@ impl PrivateRedis {
             tls: None,
             password: None,
             primary: Some(primary.port),
+            dir: tempfile::tempdir().expect("a directory for redis-server"),
             child: None,
         };
         started("redis-server", redis.spawn().map(|()| redis))
@@ -243,6 +246,7 @@ impl PrivateRedis {
             tls,
             password,
             primary: None,
+            dir: tempfile::tempdir().expect("a directory for redis-server"),
             child: None,
         };
         started("redis-server", redis.spawn().map(|()| redis))
@@ -267,6 +271,7 @@ impl PrivateRedis {
             ]),
         }
         args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        args.extend(["--dir".into(), self.dir.path().display().to_string()]);
         if let Some(password) = &self.password {
             args.extend(["--requirepass".into(), password.clone()]);
         }
@@ -720,6 +725,9 @@ impl PrivateRedisCluster {
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                // The cluster bus on a free port of its own (by default port + 10000, which
+                // may be taken, or past 65535).
+                .args(["--cluster-port", &free_port().to_string()])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
             match spawn_listening(command, port, WAIT) {
                 Ok(child) => cluster.children.push(Some(child)),
@@ -745,7 +753,8 @@ impl PrivateRedisCluster {
             String::from_utf8_lossy(&created.stderr)
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !cluster.ports.iter().all(|p| cluster.ok(*p)) {
+        // Ok, and every replica in sync: one that never synced cannot be promoted.
+        while !(cluster.ports.iter().all(|p| cluster.ok(*p)) && cluster.replicas_in_sync() == 3) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the cluster never became ok"
@@ -776,10 +785,22 @@ impl PrivateRedisCluster {
     }
 
     fn ok(&self, port: u16) -> bool {
-        self.command(port, &["CLUSTER", "INFO"])
-            .ok()
-            .and_then(|info| redis::from_redis_value::<String>(info).ok())
+        self.info(port, "CLUSTER", "INFO")
             .is_some_and(|info| info.contains("cluster_state:ok"))
+    }
+
+    fn replicas_in_sync(&self) -> usize {
+        let up = |port: &&u16| {
+            self.info(**port, "INFO", "replication")
+                .is_some_and(|info| info.contains("master_link_status:up"))
+        };
+        self.ports.iter().filter(up).count()
+    }
+
+    /// The text a command answers on the node at `port`.
+    fn info(&self, port: u16, command: &str, section: &str) -> Option<String> {
+        let info = self.command(port, &[command, section]).ok()?;
+        redis::from_redis_value(info).ok()
     }
 
     /// The port of the master that a live node names for the slot of `key`.
