@@ -13,7 +13,8 @@
 //! - With the `redis` feature, [`redis::RedisPublisher`] publishes straight onto a cluster's
 //!   Redis, without HTTP, exactly as an instance would; with the `nats` feature,
 //!   [`nats::NatsPublisher`] onto its NATS JetStream stream; with the `amqp` feature,
-//!   [`amqp::AmqpPublisher`] onto its RabbitMQ exchange.
+//!   [`amqp::AmqpPublisher`] onto its RabbitMQ exchange; with the `kafka` feature,
+//!   [`kafka::KafkaPublisher`] onto its Kafka topic.
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -39,6 +40,8 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 mod error;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod publish;

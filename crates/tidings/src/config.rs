@@ -44,11 +44,12 @@ pub struct Options {
     /// client stopped reading, or vanished) [default: 30].
     #[arg(long, env = "TIDINGS_WRITE_TIMEOUT", value_name = "SECS")]
     pub write_timeout: Option<u64>,
-    /// Bus URL: memory:// [default], redis://…, amqp://…, nats://…
+    /// Bus URL: memory:// [default], redis://…, amqp://…, nats://…, kafka://…
     #[arg(long, env = "TIDINGS_BUS", value_name = "URL")]
     pub bus: Option<String>,
     /// Names the cluster on its broker: the prefix of the Redis bus's keys and channels, the
-    /// NATS bus's stream, the RabbitMQ bus's exchange and stream [default: tidings]. Formerly
+    /// NATS bus's stream, the RabbitMQ bus's exchange and stream, the Kafka bus's topic
+    /// [default: tidings]. Formerly
     /// `--redis-prefix`, still accepted.
     #[arg(
         long,

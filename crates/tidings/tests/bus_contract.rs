@@ -62,6 +62,7 @@ enum Backend {
     Redis(Routing),
     Nats,
     Amqp,
+    Kafka,
 }
 
 /// Where a test's instances meet on the shared broker: its URL and a prefix of the test's own,
@@ -108,6 +109,14 @@ impl Backend {
                 };
                 (url, Box::new(objects))
             }
+            Backend::Kafka => {
+                let url = common::kafka_url()?;
+                let topic = common::KafkaTopic {
+                    prefix: prefix.clone(),
+                    url: url.clone(),
+                };
+                (url, Box::new(topic))
+            }
         };
         let instances = match self {
             Backend::Memory => memory(n, history),
@@ -150,6 +159,7 @@ impl Backend {
             Backend::Redis(_) => Box::new(common::PrivateRedis::start()?),
             Backend::Nats => Box::new(common::PrivateNats::start()?),
             Backend::Amqp => Box::new(common::PrivateRabbit::start()?),
+            Backend::Kafka => Box::new(common::PrivateTansu::start()?),
         })
     }
 }
@@ -788,6 +798,16 @@ impl Producer {
                     receivers: None,
                 }
             }
+            Backend::Kafka => {
+                let publisher = tidings_client::kafka::KafkaPublisher::connect(url, prefix)
+                    .await
+                    .unwrap();
+                Produced {
+                    id: publisher.publish(publication).await.unwrap().id,
+                    position: None,
+                    receivers: None,
+                }
+            }
         }
     }
 
@@ -839,6 +859,34 @@ impl Producer {
                     .await
                     .unwrap();
             }
+            Backend::Kafka => {
+                // A bare record: the message as its value, no key, no header.
+                let url = tidings::bus::kafka::KafkaUrl::parse(&self.url).unwrap();
+                let client = url.client_builder().unwrap().build().await.unwrap();
+                let topic = tidings::bus::kafka::topic_name(&self.prefix);
+                let partition = client
+                    .partition_client(
+                        topic,
+                        0,
+                        rskafka::client::partition::UnknownTopicHandling::Retry,
+                    )
+                    .await
+                    .unwrap();
+                let record = rskafka::record::Record {
+                    key: None,
+                    value: Some(message.as_bytes().to_vec()),
+                    headers: Default::default(),
+                    timestamp: rskafka::chrono::DateTime::from_timestamp_millis(1_700_000_000_000)
+                        .unwrap(),
+                };
+                partition
+                    .produce(
+                        vec![record],
+                        rskafka::client::partition::Compression::NoCompression,
+                    )
+                    .await
+                    .unwrap();
+            }
         }
     }
 
@@ -850,6 +898,7 @@ impl Producer {
             Backend::Redis(_) => ("redis", "publish.py", "--redis"),
             Backend::Nats => ("nats", "publish_nats.py", "--nats"),
             Backend::Amqp => ("pika", "publish_amqp.py", "--amqp"),
+            Backend::Kafka => ("confluent_kafka", "publish_kafka.py", "--kafka"),
         };
         common::python_ready(module).then(|| Example {
             script,
@@ -889,6 +938,12 @@ impl Producer {
                 .unwrap_err(),
                 "RabbitMQ",
             ),
+            Backend::Kafka => (
+                tidings_client::kafka::KafkaPublisher::connect("kafka://127.0.0.1:1", "x")
+                    .await
+                    .unwrap_err(),
+                "Kafka",
+            ),
         }
     }
 }
@@ -902,21 +957,13 @@ struct Example {
 impl Example {
     /// Runs it with `more` arguments; the id it printed.
     fn run(&self, more: &[&str]) -> String {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/python")
-            .join(self.script);
-        let output = std::process::Command::new("python3")
-            .arg(script)
-            .args(&self.args)
-            .args(more)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        let args: Vec<&str> = self
+            .args
+            .iter()
+            .map(String::as_str)
+            .chain(more.iter().copied())
+            .collect();
+        common::run_python_example(self.script, &args)
     }
 }
 
@@ -1011,6 +1058,10 @@ mod nats_bus {
 
 mod amqp_bus {
     broker_contract!(Backend::Amqp);
+}
+
+mod kafka_bus {
+    broker_contract!(Backend::Kafka);
 }
 
 /// Runs each case in turn on instances connected to `$url`, each case under a prefix of its own.

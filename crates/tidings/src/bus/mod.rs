@@ -11,19 +11,29 @@
 //! | `redis://`   | [`redis::RedisBus`]      | a Redis stream |
 //! | `nats://`    | [`nats::NatsBus`]        | a JetStream stream |
 //! | `amqp://`    | [`amqp::AmqpBus`]        | a RabbitMQ stream; what it holds also in each instance's memory |
+//! | `kafka://`   | [`kafka::KafkaBus`]      | a Kafka topic of one partition; what it holds also in each instance's memory |
 //!
 //! Every history keeps updates for `history-ttl` seconds, and at most `history-size` of them.
 //!
-//! The broker buses are cargo features (`redis`, `nats`, `amqp`, on by default). Each drives
+//! The broker buses are cargo features (`redis`, `nats`, `amqp`, `kafka`, on by default). Each drives
 //! its connection with the one [`reconnect`] machine (jittered backoff, a [`ConnectionState`]);
 //! [`start`] connects the bus at start-up and keeps trying, not ready, while the broker cannot
 //! be reached yet.
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
-#[cfg(any(feature = "redis", feature = "nats", feature = "amqp"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "nats",
+    feature = "amqp",
+    feature = "kafka"
+))]
 mod broker;
 pub mod history;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+mod log;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -464,6 +474,8 @@ pub enum Kind {
     Nats,
     /// `amqp://`, `amqps://`
     Amqp,
+    /// `kafka://`, `kafkas://`
+    Kafka,
 }
 
 impl Kind {
@@ -475,6 +487,7 @@ impl Kind {
             | "rediss+cluster" => Some(Kind::Redis),
             "nats" => Some(Kind::Nats),
             "amqp" | "amqps" => Some(Kind::Amqp),
+            "kafka" | "kafkas" => Some(Kind::Kafka),
             _ => None,
         }
     }
@@ -486,6 +499,7 @@ impl Kind {
             Kind::Redis => "redis",
             Kind::Nats => "nats",
             Kind::Amqp => "amqp",
+            Kind::Kafka => "kafka",
         }
     }
 
@@ -507,7 +521,7 @@ pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dy
     let Some(kind) = Kind::of(url) else {
         return Err(BusError::Config(
             format!(
-                "unknown bus URL {:?}: expected memory://, redis://, amqp:// or nats://",
+                "unknown bus URL {:?}: expected memory://, redis://, amqp://, nats:// or kafka://",
                 redact(url)
             )
             .into(),
@@ -525,6 +539,8 @@ pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dy
         Kind::Nats => Ok(Arc::new(nats::NatsBus::connect(url, options, hub).await?)),
         #[cfg(feature = "amqp")]
         Kind::Amqp => Ok(Arc::new(amqp::AmqpBus::connect(url, options, hub).await?)),
+        #[cfg(feature = "kafka")]
+        Kind::Kafka => Ok(Arc::new(kafka::KafkaBus::connect(url, options, hub).await?)),
         #[allow(unreachable_patterns)]
         left_out => Err(BusError::Config(
             format!(

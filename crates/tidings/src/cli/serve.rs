@@ -74,8 +74,17 @@ fn raise_open_files_limit() {
     }
 }
 
+/// What the Kafka client logs unless the filter names it: its warnings, but neither its notes
+/// on each connection it makes nor the failed topic creation that instances starting
+/// together race to (the bus expects it, and reports what it cannot cure itself).
+const KAFKA_CLIENT_LOG: &str = "rskafka=warn,rskafka::client::controller=off";
+
 fn init_logging(config: &Config) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&config.log)
+    let directives = match config.log.contains("rskafka") {
+        true => config.log.clone(),
+        false => format!("{},{KAFKA_CLIENT_LOG}", config.log),
+    };
+    let filter = EnvFilter::try_new(&directives)
         .map_err(|e| format!("log: {:?} is not a valid filter: {e}", config.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

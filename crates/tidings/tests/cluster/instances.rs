@@ -1,6 +1,6 @@
-//! Several real `tidings serve` processes on one Redis: updates published on one instance
+//! Several real `tidings serve` processes on one broker: updates published on one instance
 //! reach subscribers on the others, and a client whose instance is killed resumes on another
-//! without losing or repeating anything.
+//! without losing or repeating anything (on every broker bus).
 
 use std::time::Duration;
 
@@ -37,12 +37,58 @@ async fn an_update_published_on_one_instance_reaches_subscribers_on_all() {
     assert_eq!(ready["bus"], "redis");
 }
 
-#[tokio::test]
-async fn a_client_of_a_killed_instance_resumes_on_another_without_loss_or_duplicate() {
-    let Some(keys) = crate::common::redis_keys("failover") else {
-        return;
-    };
-    let mut hubs = crate::common::redis_cluster(&keys, 3, &[]);
+/// A client of a killed instance resumes on another without losing or repeating anything, on
+/// every broker bus: three instances on the bus at `url`, named `prefix` there.
+mod a_client_of_a_killed_instance_resumes_on_another {
+    use super::*;
+
+    #[tokio::test]
+    async fn on_redis() {
+        let Some(keys) = crate::common::redis_keys("failover") else {
+            return;
+        };
+        without_loss_or_duplicate(&keys.url, &keys.prefix).await;
+    }
+
+    #[tokio::test]
+    async fn on_nats() {
+        let Some(url) = crate::common::nats_url() else {
+            return;
+        };
+        let stream = crate::common::NatsStream {
+            url,
+            prefix: crate::common::unique_prefix("failover"),
+        };
+        without_loss_or_duplicate(&stream.url, &stream.prefix).await;
+    }
+
+    #[tokio::test]
+    async fn on_rabbitmq() {
+        let Some(url) = crate::common::amqp_url() else {
+            return;
+        };
+        let objects = crate::common::AmqpObjects {
+            url,
+            prefix: crate::common::unique_prefix("failover"),
+        };
+        without_loss_or_duplicate(&objects.url, &objects.prefix).await;
+    }
+
+    #[tokio::test]
+    async fn on_kafka() {
+        let Some(url) = crate::common::kafka_url() else {
+            return;
+        };
+        let topic = crate::common::KafkaTopic {
+            url,
+            prefix: crate::common::unique_prefix("failover"),
+        };
+        without_loss_or_duplicate(&topic.url, &topic.prefix).await;
+    }
+}
+
+async fn without_loss_or_duplicate(url: &str, prefix: &str) {
+    let mut hubs = crate::common::cluster_on(url, prefix, 3, &[]);
     let topic = crate::common::unique_topic("failover");
     const TOTAL: usize = 300;
     let publisher_base = hubs[1].base.clone();

@@ -7,6 +7,7 @@ mod common;
 mod amqp;
 mod direct_publish;
 mod instances;
+mod kafka;
 mod nats;
 mod redis_cluster;
 mod redis_faults;

@@ -28,20 +28,13 @@ async fn instances_on_a_redis_cluster_keep_one_slot_deliver_resume_and_take_dire
     // A service publishes straight onto the cluster, with a Redis Cluster client.
     let mut ids = vec![first.clone()];
     if python_ready("redis") {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/python/publish.py");
-        let output = std::process::Command::new("python3")
-            .arg(script)
-            .args(["--redis", &cluster.url(), "--prefix", &prefix])
-            .args(["--topic", &topic, "--data", "straight"])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let url = cluster.url();
+        let id = crate::common::run_python_example(
+            "publish.py",
+            &[
+                "--redis", &url, "--prefix", &prefix, "--topic", &topic, "--data", "straight",
+            ],
         );
-        let id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
         let event = stream.next().await;
         assert_eq!(
             (event.id.as_str(), event.data.as_str()),

@@ -19,9 +19,8 @@ use super::{
     MARKER_HEADER, TIME_HEADER,
 };
 use crate::bus::reconnect::Reconnect;
-use crate::bus::{wire, BusError, BusOptions, Cause};
-use crate::envelope::{now_micros, Envelope, Position};
-use crate::update::UpdateId;
+use crate::bus::{BusError, BusOptions, Cause};
+use crate::envelope::{now_micros, Position};
 
 /// Heartbeat interval asked of RabbitMQ unless the URL sets one, in seconds.
 pub(super) const HEARTBEAT_SECS: u16 = 5;
@@ -241,7 +240,7 @@ impl Link {
         let mut arguments = FieldTable::default();
         let mut start = start;
         if shared.stream.is_some() {
-            let last = lock(&shared.delivered).last;
+            let last = lock(&shared.delivered).log.last();
             let offset = match (start, last) {
                 (Start::Resume, Some(last)) => AMQPValue::LongLongInt(offset_arg(last + 1)),
                 (Start::Over, _) => AMQPValue::LongString("first".into()),
@@ -392,7 +391,7 @@ impl Shared {
         self.progress.fetch_add(1, Ordering::Relaxed);
         let headers = delivery.properties.headers().as_ref();
         let mut delivered = lock(&self.delivered);
-        let (position, number) = match &self.stream {
+        let position = match &self.stream {
             Some(_) => {
                 let Some(offset) =
                     header_int(headers, "x-stream-offset").and_then(|o| u64::try_from(o).ok())
@@ -400,28 +399,16 @@ impl Shared {
                     tracing::warn!("rabbitmq: a stream delivery without its offset; skipped");
                     return;
                 };
-                if let Some(last) = delivered.last {
+                match delivered.log.advance(offset, &self.hub, "rabbitmq") {
+                    Some(position) => position,
                     // Already delivered (a consumer started again at an earlier chunk).
-                    if offset <= last {
-                        return;
-                    }
-                    if offset > last + 1 {
-                        self.hub.metrics().bus_gaps.inc();
-                        tracing::warn!(
-                            from = last + 1,
-                            to = offset - 1,
-                            "rabbitmq: updates left the stream before this instance read them"
-                        );
-                    }
+                    None => return,
                 }
-                delivered.last = Some(offset);
-                let number = u128::from(offset) + 1;
-                ((delivered.epoch << 64) | number, number)
             }
             None => {
                 let number = delivered.next_local;
                 delivered.next_local += 1;
-                (number, number)
+                Position(number)
             }
         };
         if let Some(token) = header_text(headers, MARKER_HEADER) {
@@ -435,23 +422,14 @@ impl Shared {
             .and_then(|m| u64::try_from(m).ok())
             .filter(|m| *m > 0)
             .unwrap_or_else(now_micros);
-        let Ok(text) = std::str::from_utf8(&delivery.data) else {
-            tracing::warn!(number, "rabbitmq: a message that is not text; skipped");
-            return;
-        };
-        match wire::decode(text, || UpdateId::derived(number), &self.limits) {
-            // A retried publish (same id) that RabbitMQ stored twice: every instance reads the
-            // same stream and remembers the same ids, so every one skips the same copies.
-            Ok(update) if delivered.history.knows(&update.id) => {
-                tracing::debug!(number, id = %update.id, "rabbitmq: a repeated id; skipped");
-            }
-            Ok(update) => {
-                let envelope = Arc::new(Envelope::new(update, Position(position), micros));
-                delivered.history.record(&envelope);
-                self.hub.dispatch(&envelope);
-            }
-            Err(e) => tracing::warn!(number, error = %e, "rabbitmq: a malformed message; skipped"),
-        }
+        delivered.log.deliver(
+            &self.hub,
+            &self.limits,
+            "rabbitmq",
+            position,
+            &delivery.data,
+            micros,
+        );
     }
 }
 
@@ -495,9 +473,7 @@ pub(super) async fn run(
                 reconnect.lost(
                     &"the stream is shorter than what this instance read (RabbitMQ lost it); reading it again from its start",
                 );
-                let mut delivered = lock(&shared.delivered);
-                delivered.epoch += 1;
-                delivered.last = None;
+                lock(&shared.delivered).log.lost();
                 Start::Over
             }
         };

@@ -34,6 +34,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::{oneshot, watch};
 
 use super::history::LocalHistory;
+use super::log::ReadLog;
 use super::reconnect::{ConnectionState, Reconnect};
 use super::{wire, Bus, BusError, BusOptions, Published, Replay, ReplayFrom};
 use crate::envelope::now_micros;
@@ -112,12 +113,8 @@ struct Shared {
 
 #[derive(Debug)]
 struct Delivered {
-    history: LocalHistory,
-    /// The last stream offset read (with history).
-    last: Option<u64>,
-    /// Bumped when the stream was lost and its offsets started over, so that positions
-    /// still grow: a position is `epoch << 64 | offset + 1`.
-    epoch: u128,
+    /// The stream as this instance read it (with history), and what it delivered.
+    log: ReadLog,
     /// The position the next update from the instance's own queue gets (without history).
     next_local: u128,
 }
@@ -189,9 +186,10 @@ impl AmqpBus {
             publisher: Mutex::new(None),
             ready: watch::Sender::new(false),
             delivered: Mutex::new(Delivered {
-                history: LocalHistory::new(options.history_size, options.history_ttl()),
-                last: None,
-                epoch: 0,
+                log: ReadLog::new(LocalHistory::new(
+                    options.history_size,
+                    options.history_ttl(),
+                )),
                 next_local: 1,
             }),
             markers: Mutex::new(HashMap::new()),
@@ -424,7 +422,7 @@ impl AmqpBus {
         topics: Option<&[Arc<str>]>,
     ) -> Result<Replay, BusError> {
         if let ReplayFrom::After(id) = from {
-            let known = lock(&self.shared.delivered).history.knows(id);
+            let known = lock(&self.shared.delivered).log.history.knows(id);
             if !known && self.shared.stream.is_some() {
                 // Maybe published and read by another instance, not yet by this one: read up
                 // to now before saying it is not in history.
@@ -438,7 +436,10 @@ impl AmqpBus {
                 }
             }
         }
-        Ok(lock(&self.shared.delivered).history.replay_of(from, topics))
+        Ok(lock(&self.shared.delivered)
+            .log
+            .history
+            .replay_of(from, topics))
     }
 }
 

@@ -1,0 +1,303 @@
+//! The Kafka bus (`kafka://host:port[,host:port…]`, `kafkas://` for TLS).
+//!
+//! A Tidings cluster is one Kafka topic, named by the prefix ([`topic_name`]), of one
+//! partition, created if missing: the partition's offset is the update's place in the one
+//! order every instance shares. Every instance reads the partition from its own offset — no
+//! consumer group, nothing committed — so every instance sees every update, in the same
+//! order, and serves `Last-Event-ID` resumes from the last `history-size` updates it read
+//! (kept in memory, filled from the partition at start-up, as on RabbitMQ). A publish is
+//! answered once the partition's leader and its in-sync replicas hold it (`acks=all`).
+//!
+//! A retried publish is stored twice by Kafka (the client has no idempotent producer) and
+//! delivered once: every instance reads the same partition and remembers the same ids, so
+//! every one skips the same copy (see [`super::log`]).
+//!
+//! The client is rskafka: pure Rust on tokio (no C library to build or link), and made for
+//! exactly this use: partitions read by offset, without consumer groups. See
+//! `docs/clustering.md`, "On Kafka", for what it supports and what this bus adds.
+
+mod link;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient};
+use tokio::sync::watch;
+
+use super::history::LocalHistory;
+use super::log::ReadLog;
+use super::reconnect::{ConnectionState, Reconnect};
+use super::{Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom};
+use crate::envelope::now_micros;
+use crate::hub::Hub;
+use crate::update::{Limits, Update};
+
+pub use tidings_client::kafka::{topic_name, KafkaUrl, TIME_HEADER};
+
+/// Longest wait for one Kafka operation before it counts as failed, unless `--bus-timeout`
+/// says otherwise (as on RabbitMQ: an acknowledgement from every in-sync replica takes
+/// longer than one server's).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Kafka bus. Dropping it stops its connection task.
+#[derive(Debug)]
+pub struct KafkaBus {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KafkaBus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the bus and its connection task share.
+#[derive(Debug)]
+struct Shared {
+    hub: Hub,
+    limits: Limits,
+    /// The cluster's topic.
+    topic: String,
+    /// The partition client publishes go through, while connected and caught up.
+    publisher: Mutex<Option<Arc<PartitionClient>>>,
+    /// True while `publisher` is set.
+    ready: watch::Sender<bool>,
+    /// The partition as this instance read it, and what it delivered, under one lock with
+    /// the dispatch.
+    reading: Mutex<Reading>,
+    /// The offset this instance reads next: a wait for an update another instance
+    /// published watches it.
+    next_offset: watch::Sender<u64>,
+    /// How long one operation may take.
+    timeout: Duration,
+}
+
+/// What this instance read of the partition.
+#[derive(Debug)]
+struct Reading {
+    log: ReadLog,
+    /// The fingerprint of the last record read ([`link::fingerprint`]), to know it again.
+    last_print: u64,
+}
+
+impl Reading {
+    /// The offset and fingerprint of the last record read, if any.
+    fn last_read(&self) -> Option<(u64, u64)> {
+        self.log.last().map(|o| (o, self.last_print))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each mutation is completed before anything that could panic runs.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    super::broker::broker_error(super::Kind::Kafka, e)
+}
+
+/// A failure the Kafka client reported, kept as the error's source.
+fn failed(e: rskafka::client::error::Error) -> BusError {
+    super::broker::client_error(super::Kind::Kafka, e)
+}
+
+async fn timed<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, rskafka::client::error::Error>>,
+) -> Result<T, BusError> {
+    super::broker::with_limit(super::Kind::Kafka, limit, f).await
+}
+
+impl KafkaBus {
+    /// Connects to Kafka at `url`, creates the cluster's topic if it is missing, reads what
+    /// it holds, and starts delivering to `hub`.
+    ///
+    /// # Errors
+    /// [`BusError::Config`] for a URL that is not one, credentials Kafka refuses, or a
+    /// certificate this machine does not trust; [`BusError::Unavailable`] when Kafka cannot
+    /// be reached or does not serve the topic.
+    pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
+        let parsed = KafkaUrl::parse(url).map_err(|e| {
+            BusError::Config(format!("bad Kafka URL {}: {e}", super::redact(url)).into())
+        })?;
+        let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
+        let shared = Arc::new(Shared {
+            hub,
+            limits: options.limits.clone(),
+            topic: topic_name(&options.prefix),
+            publisher: Mutex::new(None),
+            ready: watch::Sender::new(false),
+            reading: Mutex::new(Reading {
+                log: ReadLog::new(LocalHistory::new(
+                    options.history_size,
+                    options.history_ttl(),
+                )),
+                last_print: 0,
+            }),
+            next_offset: watch::Sender::new(0),
+            timeout,
+        });
+        let settings = link::Settings::new(parsed, options, timeout);
+        let first = link::Link::establish(&shared, &settings, link::Start::Fresh)
+            .await
+            .map_err(|e| e.context(format_args!("cannot use Kafka at {}", super::redact(url))))?;
+        let mut ready = shared.ready.subscribe();
+        let reconnect = Reconnect::new(
+            super::Kind::Kafka.broker(),
+            options.backoff,
+            shared.hub.metrics().clone(),
+        );
+        let task = tokio::spawn(link::run(shared.clone(), settings, first, reconnect));
+        let bus = KafkaBus { shared, task };
+        // Serve only once this instance has read what the partition held.
+        let caught_up = tokio::time::timeout(timeout.saturating_mul(2), ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match caught_up {
+            true => Ok(bus),
+            false => Err(BusError::Unavailable(
+                format!(
+                    "Kafka at {} is connected, but reading the topic {:?} did not catch up",
+                    super::redact(url),
+                    bus.shared.topic
+                )
+                .into(),
+            )),
+        }
+    }
+}
+
+impl Shared {
+    /// Opens publishing through `partition`, or closes it (`None`).
+    fn set_publisher(&self, partition: Option<Arc<PartitionClient>>) {
+        let ready = partition.is_some();
+        *lock(&self.publisher) = partition;
+        self.ready.send_replace(ready);
+    }
+
+    fn publisher(&self) -> Result<Arc<PartitionClient>, BusError> {
+        lock(&self.publisher)
+            .clone()
+            .ok_or_else(|| unavailable("not connected"))
+    }
+
+    /// Returns once this instance has read everything the partition held when called — so
+    /// that an update published through another instance is known here.
+    async fn read_up_to_now(&self) -> Result<(), BusError> {
+        let partition = self.publisher()?;
+        let head = timed(self.timeout, partition.get_offset(OffsetAt::Latest)).await?;
+        let head = u64::try_from(head).unwrap_or(0);
+        let mut next = self.next_offset.subscribe();
+        let reached = tokio::time::timeout(self.timeout, next.wait_for(|n| *n >= head))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match reached {
+            true => Ok(()),
+            false => Err(unavailable(format!(
+                "reading the topic did not reach offset {head} within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+/// True when Kafka answered that it did not write the record: a retry is safe, and the
+/// publish was not taken.
+fn not_written(e: &rskafka::client::error::Error) -> bool {
+    use rskafka::client::error::{Error, ProtocolError};
+    matches!(
+        e,
+        Error::ServerError {
+            protocol_error: ProtocolError::MessageTooLarge
+                | ProtocolError::RecordListTooLarge
+                | ProtocolError::InvalidRecord
+                | ProtocolError::CorruptMessage
+                | ProtocolError::NotEnoughReplicas
+                | ProtocolError::TopicAuthorizationFailed
+                | ProtocolError::UnknownTopicOrPartition
+                | ProtocolError::InvalidRequiredAcks,
+            ..
+        }
+    )
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    fn kind(&self) -> &'static str {
+        super::Kind::Kafka.name()
+    }
+
+    /// The envelope returned has no position: a retried publish is written again at a new
+    /// offset (and skipped by readers), so the offset Kafka answers is not always the
+    /// update's; its position is known once it is read.
+    async fn publish(&self, update: Update) -> Result<Published, BusError> {
+        let partition = self.shared.publisher()?;
+        let record = tidings_client::kafka::record(
+            update.id.as_str(),
+            super::wire::encode(&update),
+            now_micros(),
+        );
+        let produced = tokio::time::timeout(
+            self.shared.timeout,
+            partition.produce(vec![record], Compression::NoCompression),
+        )
+        .await;
+        match produced {
+            Ok(Ok(_)) => Ok(Published {
+                id: update.id,
+                position: None,
+            }),
+            Ok(Err(e)) if not_written(&e) => Err(failed(e)),
+            Ok(Err(e)) => Err(BusError::OutcomeUnknown(Cause::caused_by(
+                format!("kafka: {e}"),
+                e,
+            ))),
+            Err(_) => Err(BusError::OutcomeUnknown(
+                format!("kafka: no acknowledgement within {:?}", self.shared.timeout).into(),
+            )),
+        }
+    }
+
+    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        self.replay_of(from, None).await
+    }
+
+    async fn replay_topics(
+        &self,
+        from: &ReplayFrom,
+        topics: &[Arc<str>],
+    ) -> Result<Replay, BusError> {
+        self.replay_of(from, Some(topics)).await
+    }
+
+    fn state(&self) -> ConnectionState {
+        // Built only once connected: without a publisher it is reconnecting.
+        match lock(&self.shared.publisher).is_some() {
+            true => ConnectionState::Connected,
+            false => ConnectionState::Reconnecting,
+        }
+    }
+}
+
+impl KafkaBus {
+    /// Serves a replay from what this instance read (see [`LocalHistory::replay_of`]).
+    async fn replay_of(
+        &self,
+        from: &ReplayFrom,
+        topics: Option<&[Arc<str>]>,
+    ) -> Result<Replay, BusError> {
+        if let ReplayFrom::After(id) = from {
+            if !lock(&self.shared.reading).log.history.knows(id) {
+                // Maybe published through another instance, not read here yet: read up to
+                // now before saying it is not in history.
+                self.shared.read_up_to_now().await?;
+            }
+        }
+        Ok(lock(&self.shared.reading)
+            .log
+            .history
+            .replay_of(from, topics))
+    }
+}
