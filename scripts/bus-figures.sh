@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Cross-instance latency per bus, on this machine's Redis, NATS and RabbitMQ: two release
+# Cross-instance latency per bus, on this machine's Redis, NATS, RabbitMQ and Kafka: two release
 # instances per bus, subscribers on A, publisher on B (memory: one instance, publisher on A),
 # measured with `tidings bench` (1 stream x 1,000 updates, 100 streams x 200).
-# Everything on loopback; each bus's keys, stream or exchange are deleted afterwards.
+# Everything on loopback; each bus's keys, stream, exchange or topic are deleted afterwards.
 #
 #   cargo build --release && pip install -r examples/python/requirements.txt  # (for the cleanup)
 #   bash scripts/bus-figures.sh
@@ -35,6 +35,10 @@ async def n():
     except Exception: pass
     await nc.close()
 asyncio.run(n())
+from confluent_kafka.admin import AdminClient
+for f in AdminClient({"bootstrap.servers": "127.0.0.1:9092"}).delete_topics([p]).values():
+    try: f.result(10)
+    except Exception: pass
 PY
 }
 run memory memory://
@@ -42,3 +46,5 @@ run redis redis://127.0.0.1:6379/0
 run nats nats://127.0.0.1:4222
 run rabbitmq amqp://guest:guest@127.0.0.1:5672/%2f
 run rabbitmq-nohistory amqp://guest:guest@127.0.0.1:5672/%2f "--history-size 0"
+run kafka kafka://127.0.0.1:9092
+run kafka-fetch-wait-10 "kafka://127.0.0.1:9092?fetch-wait=10"

@@ -860,7 +860,8 @@ impl Producer {
                     .unwrap();
             }
             Backend::Kafka => {
-                // A bare record: the message as its value, no key, no header.
+                // A bare record: the message as its value, no key, no header, in a batch
+                // compressed as producers often do.
                 let url = tidings::bus::kafka::KafkaUrl::parse(&self.url).unwrap();
                 let client = url.client_builder().unwrap().build().await.unwrap();
                 let topic = tidings::bus::kafka::topic_name(&self.prefix);

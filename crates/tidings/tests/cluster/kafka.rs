@@ -105,3 +105,47 @@ async fn an_unreachable_kafka_leaves_the_instance_waiting_and_saying_so() {
     hub.wait_for_log("kafka: cannot connect; retrying").await;
     assert_eq!(crate::common::status(&hub, "/readyz").await, 503);
 }
+
+/// An instance started after the updates were published serves resumes from what it read of
+/// the partition at start-up; one without history says at once that a resume is a gap.
+#[tokio::test]
+async fn a_new_instance_serves_resumes_from_what_the_partition_kept() {
+    let Some(topic) = topic("kafka-late") else {
+        return;
+    };
+    let mut first = crate::common::cluster_on(&topic.url, &topic.prefix, 1, &[]);
+    let subject = crate::common::unique_topic("kafka-late");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, id) = publish(
+            &first[0],
+            None,
+            &[("topic", &subject), ("data", &i.to_string())],
+        )
+        .await;
+        assert_eq!(status, 200, "{id}");
+        ids.push(id);
+    }
+    first[0].kill();
+    let late = crate::common::instance_on(&topic.url, &topic.prefix, "late", &[]);
+    let resume = format!("&lastEventID={}", ids[1]);
+    let mut resumed = Stream::open(&subscribe_url(&late, &[&subject], &resume), &[]).await;
+    for id in &ids[2..] {
+        assert_eq!(&resumed.next().await.id, id);
+    }
+    let earliest = "&lastEventID=earliest";
+    let mut earliest = Stream::open(&subscribe_url(&late, &[&subject], earliest), &[]).await;
+    for id in &ids {
+        assert_eq!(&earliest.next().await.id, id);
+    }
+
+    let forgetful = crate::common::instance_on(
+        &topic.url,
+        &topic.prefix,
+        "forgetful",
+        &["--history-size", "0"],
+    );
+    let mut gap = Stream::open(&subscribe_url(&forgetful, &[&subject], &resume), &[]).await;
+    let event = gap.next().await;
+    assert_eq!(event.event, "tidings-gap", "{event:?}");
+}

@@ -274,9 +274,9 @@ fn bad_configuration_is_refused_with_what_to_fix() {
         "--listen",
         "127.0.0.1:0",
         "--bus",
-        "kafka://x",
+        "mqtt://x",
     ]);
-    assert!(!ok && err.contains("kafka://x"), "{err}");
+    assert!(!ok && err.contains("mqtt://x"), "{err}");
 }
 
 #[tokio::test]

@@ -149,7 +149,10 @@ impl Link {
         let last = lock(&shared.reading).log.last();
         let next = match (start, last) {
             (Start::Resume, Some(last)) => last + 1,
-            (Start::Fresh | Start::Resume, _) => {
+            // Nothing read since the link before (or since the partition was lost): on from
+            // where that one was.
+            (Start::Resume, None) => *shared.next_offset.borrow(),
+            (Start::Fresh, _) => {
                 let first = offset(
                     timed(settings.timeout, publisher.get_offset(OffsetAt::Earliest)).await?,
                 );
@@ -168,6 +171,7 @@ impl Link {
     /// Hands every record to the hub until the connection fails; opens publishing once this
     /// instance has read everything the partition held when the link was made.
     async fn deliver(&mut self, shared: &Shared, settings: &Settings) -> BusError {
+        shared.next_offset.send_replace(self.next);
         loop {
             if self.next >= self.caught_up_at && lock(&shared.publisher).is_none() {
                 shared.set_publisher(Some(self.publisher.clone()));
