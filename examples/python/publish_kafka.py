@@ -15,6 +15,7 @@ import argparse
 import json
 import re
 import time
+import urllib.parse
 import uuid
 
 from confluent_kafka import KafkaException, Producer
@@ -24,6 +25,28 @@ def topic_name(prefix):
     """The cluster's Kafka topic: the --bus-prefix with what Kafka refuses replaced by `_`."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", prefix)[:249]
     return name.replace(".", "_") if name in (".", "..") else name
+
+
+def producer_config(url):
+    """confluent-kafka's settings for a bus URL as --bus takes it:
+    kafka[s]://[user:password@]host:port[,host:port…][?sasl=plain|scram-sha-256|scram-sha-512]."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("kafka", "kafkas"):
+        raise SystemExit(f"expected kafka:// or kafkas://, not {url!r}")
+    userinfo, _, rest = rest.rpartition("@")
+    rest, _, query = rest.partition("?")
+    config = {"bootstrap.servers": rest.rstrip("/"), "acks": "all", "enable.idempotence": True,
+              # One update, one request: sent at once.
+              "linger.ms": 0}
+    sasl = urllib.parse.parse_qs(query).get("sasl", ["plain"])[0]
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        config.update({"sasl.mechanism": sasl.upper(), "sasl.username": urllib.parse.unquote(user),
+                       "sasl.password": urllib.parse.unquote(password)})
+    config["security.protocol"] = {(False, False): "PLAINTEXT", (True, False): "SSL",
+                                   (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[
+        (scheme == "kafkas", bool(userinfo))]
+    return config
 
 
 def publish(producer, prefix, topics, data, *, update_id=None, event_type=None, private=False, retry=None):
@@ -55,7 +78,7 @@ def publish(producer, prefix, topics, data, *, update_id=None, event_type=None, 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kafka", default="kafka://127.0.0.1:9092",
-                        help="the cluster's Kafka: kafka://host:port[,host:port…], as --bus takes it")
+                        help="the cluster's Kafka, as --bus takes it: kafka[s]://[user:password@]host:port[,…]")
     parser.add_argument("--prefix", default="tidings", help="the cluster's --bus-prefix (names the topic)")
     parser.add_argument("--topic", action="append", required=True, help="a topic (repeatable)")
     parser.add_argument("--data", default="")
@@ -64,14 +87,7 @@ def main():
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--retry", type=int)
     args = parser.parse_args()
-    brokers = args.kafka.split("://", 1)[-1].rstrip("/")
-    producer = Producer({
-        "bootstrap.servers": brokers,
-        "acks": "all",
-        "enable.idempotence": True,
-        # One update, one request: sent at once.
-        "linger.ms": 0,
-    })
+    producer = Producer(producer_config(args.kafka))
     update_id = publish(
         producer, args.prefix, args.topic, args.data,
         update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,

@@ -183,17 +183,18 @@ impl KafkaUrl {
             "kafkas" => true,
             other => return Err(format!("unknown scheme {other:?}: kafka:// or kafkas://")),
         };
+        // The credentials first: what follows them cannot hold a password.
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
+        };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
         if !path.is_empty() {
             return Err(format!(
                 "unexpected path /{path}: a Kafka bus URL names brokers only (--bus-prefix names the topic)"
             ));
         }
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => (Some(userinfo), hosts),
-            None => (None, authority),
-        };
         let mut brokers = Vec::new();
         for host in hosts.split(',') {
             brokers.push(broker_address(host)?);
@@ -309,7 +310,8 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
 pub struct Published {
     /// Its id: the publication's, or a new `urn:uuid:…`.
     pub id: String,
-    /// Its offset in partition 0 of the cluster's topic.
+    /// Its offset in partition 0 of the cluster's topic (of the last copy written, when the
+    /// client had to send it again: instances deliver the first).
     pub offset: u64,
 }
 
@@ -416,6 +418,12 @@ fn broker_address(host: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err(format!("{host:?} names no host"));
     }
+    let bracketed = name.starts_with('[') && name.ends_with(']') && name.len() > 2;
+    if (name.contains(':') || name.contains('[') || name.contains(']')) && !bracketed {
+        return Err(format!(
+            "{host:?}: an IPv6 address goes in brackets ([::1]:9092)"
+        ));
+    }
     let port = match port {
         None => 9092,
         Some(port) => port
@@ -464,6 +472,8 @@ mod tests {
         assert!(matches!(url.sasl, Some(SaslConfig::Plain(_))));
         let url = KafkaUrl::parse("kafka://[::1]:9000").unwrap();
         assert_eq!(url.brokers, ["[::1]:9000"]);
+        let url = KafkaUrl::parse("kafka://me:pa/ss?x@h:1").unwrap();
+        assert_eq!(url.brokers, ["h:1"], "a password may hold / and ?");
     }
 
     #[test]
@@ -483,6 +493,8 @@ mod tests {
             ("kafka://h?partitions=3", "unknown option \"partitions\""),
             ("kafka://h?fetch-wait=0", "milliseconds, from 1 to 30000"),
             ("kafka://:p@h", "a user is needed"),
+            ("kafka://[::1", "an IPv6 address goes in brackets"),
+            ("kafka://::1", "an IPv6 address goes in brackets"),
             ("redis://h", "unknown scheme"),
         ] {
             let error = KafkaUrl::parse(url).unwrap_err();

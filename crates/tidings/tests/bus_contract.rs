@@ -881,10 +881,7 @@ impl Producer {
                         .unwrap(),
                 };
                 partition
-                    .produce(
-                        vec![record],
-                        rskafka::client::partition::Compression::NoCompression,
-                    )
+                    .produce(vec![record], rskafka::client::partition::Compression::Zstd)
                     .await
                     .unwrap();
             }

@@ -65,6 +65,14 @@ impl ReadLog {
         Some(Position((self.epoch << 64) | (u128::from(offset) + 1)))
     }
 
+    /// Takes `offset` as read, holding no update (a transaction's marker): the next offset
+    /// after it is no gap.
+    pub(super) fn pass(&mut self, offset: u64) {
+        if self.last.is_none_or(|last| offset > last) {
+            self.last = Some(offset);
+        }
+    }
+
     /// The log this instance read is gone (the broker lost it): what comes next is read from
     /// its start, at positions past every one given so far.
     pub(super) fn lost(&mut self) {

@@ -146,6 +146,7 @@ async fn a_new_instance_serves_resumes_from_what_the_partition_kept() {
         &["--history-size", "0"],
     );
     let mut gap = Stream::open(&subscribe_url(&forgetful, &[&subject], &resume), &[]).await;
-    let event = gap.next().await;
+    let event = gap.next_within(std::time::Duration::from_secs(2)).await;
+    let event = event.expect("the gap is told at once, not after a wait");
     assert_eq!(event.event, "tidings-gap", "{event:?}");
 }

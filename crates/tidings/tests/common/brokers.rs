@@ -430,7 +430,8 @@ impl Drop for AmqpObjects {
 pub fn kafka_url() -> Option<String> {
     let url =
         std::env::var("TIDINGS_TEST_KAFKA").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into());
-    let reachable = accepts(url.trim_start_matches("kafka://"));
+    let reachable =
+        tidings::bus::kafka::KafkaUrl::parse(&url).and_then(|parsed| accepts(&parsed.brokers[0]));
     available("Kafka", &url, "TIDINGS_TEST_KAFKA", reachable)
 }
 

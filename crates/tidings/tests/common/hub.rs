@@ -189,14 +189,19 @@ pub async fn status(hub: &Hub, path: &str) -> u16 {
 /// update's id.
 pub async fn publish_once_recovered(hub: &Hub, topic: &str, data: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    // One id for every attempt: an attempt answered with an error may still have been stored,
+    // and a retry with its id is stored once.
+    let id = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     loop {
-        let (code, id) = publish(hub, None, &[("topic", topic), ("data", data)]).await;
+        let fields = [("topic", topic), ("data", data), ("id", id.as_str())];
+        let (code, answer) = publish(hub, None, &fields).await;
         if code == 200 {
+            assert_eq!(answer, id);
             return id;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "publishing did not recover: {code} {id}"
+            "publishing did not recover: {code} {answer}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -12,7 +12,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
@@ -123,11 +123,74 @@ fn published_at(record: &RecordAndOffset) -> u64 {
 }
 
 /// True when Kafka refused this instance for a reason retrying cannot cure: its SASL
-/// credentials, or a TLS certificate this machine does not trust.
+/// credentials, or a TLS certificate this machine does not trust. Read from the error's
+/// words: the client gathers the failure of each broker it tried into one error that keeps
+/// their messages only.
 fn refused(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Connection(rskafka::ConnectionError::SaslFailed(_)) => true,
-        other => crate::bus::broker::is_certificate_error(other),
+    let words = e.to_string();
+    words.contains("Sasl handshake failed") || words.contains("invalid peer certificate")
+}
+
+/// How long reads may suggest that the partition ends before what this instance read before
+/// it counts as lost: a new leader's high watermark may lag behind for a moment.
+const LOSS_GRACE: Duration = Duration::from_secs(2);
+/// Reads in a row that find nothing at the next offset, though the partition holds more,
+/// before that offset is passed as holding no update.
+const STALLED_READS: u32 = 3;
+
+/// What one read says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The partition is the one read: take the records after what was read, and read on from
+    /// at least `next_at_least`.
+    Go { next_at_least: u64 },
+    /// The partition ends before what was read: lost, or its end lags behind.
+    Suspect,
+    /// The record read at an offset is not there any more: another record is.
+    Changed,
+    /// Nothing at the next offset, though the partition holds more.
+    Stalled,
+    /// Nothing to conclude: read again.
+    Again,
+}
+
+/// Judges a read from `next` — or, with `check` (the offset and fingerprint of the last
+/// record read, at `next - 1`), from that record.
+fn judge(check: Option<(u64, u64)>, next: u64, read: &Read) -> Verdict {
+    let go = Verdict::Go { next_at_least: 0 };
+    match (read, check) {
+        (Read::Records(records, end), Some((o, print))) => match records.first() {
+            // Still there: the same record, or another one.
+            Some(r) if offset(r.offset) == o => match fingerprint(r) == print {
+                true => go,
+                false => Verdict::Changed,
+            },
+            // Gone (compacted away): cannot be checked; what follows is read on.
+            Some(_) => go,
+            None if *end <= o => Verdict::Suspect,
+            None => Verdict::Stalled,
+        },
+        (Read::Records(records, end), None) => match records.is_empty() {
+            false => go,
+            true if *end < next => Verdict::Suspect,
+            true if *end > next => Verdict::Stalled,
+            true => go,
+        },
+        (Read::OutOfRange(first, end), _) => {
+            let from = check.map_or(next, |(o, _)| o);
+            if *end < next {
+                Verdict::Suspect
+            } else if from < *first {
+                // What this instance had not read yet left the partition (retention): read
+                // on from its first offset; the skipped offsets count as a gap.
+                Verdict::Go {
+                    next_at_least: *first,
+                }
+            } else {
+                // In range by now (the partition moved between the two answers).
+                Verdict::Again
+            }
+        }
     }
 }
 
@@ -152,11 +215,15 @@ impl Link {
             // Nothing read since the link before (or since the partition was lost): on from
             // where that one was.
             (Start::Resume, None) => *shared.next_offset.borrow(),
+            // The last `history-size` records, and as many before them: reading those too,
+            // this instance knows the ids before each record it keeps as every instance that
+            // read them does, and skips the same retried copies.
             (Start::Fresh, _) => {
                 let first = offset(
                     timed(settings.timeout, publisher.get_offset(OffsetAt::Earliest)).await?,
                 );
-                end.saturating_sub(settings.history_size as u64).max(first)
+                let window = (settings.history_size as u64).saturating_mul(2);
+                end.saturating_sub(window).max(first)
             }
         };
         Ok(Link {
@@ -169,19 +236,28 @@ impl Link {
     }
 
     /// Hands every record to the hub until the connection fails; opens publishing once this
-    /// instance has read everything the partition held when the link was made.
+    /// instance has read everything the partition held when the link was made, and checked it
+    /// is still the partition it read.
     async fn deliver(&mut self, shared: &Shared, settings: &Settings) -> BusError {
         shared.next_offset.send_replace(self.next);
+        let fetch_wait = Duration::from_millis(u64::from(settings.url.fetch_wait_ms));
+        // Since when reads have suggested the partition is not the one read, and how many
+        // reads in a row found nothing where the partition holds more.
+        let mut suspect_since: Option<Instant> = None;
+        let mut stalled = 0u32;
         loop {
-            if self.next >= self.caught_up_at && lock(&shared.publisher).is_none() {
+            if !self.unchecked
+                && self.next >= self.caught_up_at
+                && lock(&shared.publisher).is_none()
+            {
                 shared.set_publisher(Some(self.publisher.clone()));
                 tracing::info!(
                     topic = shared.topic,
                     "kafka: connected, and caught up with the topic"
                 );
             }
-            // A new link re-reads the last record read, to know the partition is still the
-            // one read.
+            // A new link (or a suspicion) re-reads the last record read, to know the
+            // partition is still the one read.
             let last = lock(&shared.reading).last_read();
             let check = last.filter(|(o, _)| self.unchecked && o + 1 == self.next);
             let from = check.map_or(self.next, |(o, _)| o);
@@ -190,43 +266,53 @@ impl Link {
                 Err(e) => return e,
             };
             self.unchecked = false;
-            let changed = match read {
-                Read::Records(records, end) => {
-                    let mut records = records.into_iter().peekable();
-                    let changed = match (check, records.peek()) {
-                        // Still there, still the same.
-                        (Some((o, print)), Some(r)) if r.offset == offset_arg(o) => {
-                            let same = fingerprint(r) == print;
-                            records.next();
-                            !same
-                        }
-                        // Gone by retention (it is before the first record now): cannot be
-                        // checked, and what follows it is read on.
-                        (Some(_), Some(_)) => false,
-                        // Nothing at or after it: the partition ends before what was read.
-                        (Some((o, _)), None) => end <= o,
-                        (None, _) => end < self.next,
-                    };
-                    if !changed {
+            let verdict = judge(check, self.next, &read);
+            if verdict != Verdict::Suspect {
+                suspect_since = None;
+            }
+            if verdict != Verdict::Stalled {
+                stalled = 0;
+            }
+            match verdict {
+                Verdict::Go { next_at_least } => {
+                    self.next = self.next.max(next_at_least);
+                    if let Read::Records(records, _) = read {
                         self.take(shared, records);
                     }
-                    changed
                 }
-                Read::OutOfRange(first, end) => {
-                    let wanted = if check.is_some() { from + 1 } else { from };
-                    if end < wanted {
-                        true
-                    } else {
-                        // What this instance had not read yet left the partition (retention):
-                        // read on from its first offset; the skipped offsets count as a gap.
-                        self.next = self.next.max(first);
-                        false
+                // A partition that ends before what was read is lost — or led by a replica
+                // whose high watermark has not caught up yet: look again for a while.
+                Verdict::Suspect => {
+                    let since = *suspect_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < LOSS_GRACE {
+                        self.unchecked = true;
+                        tokio::time::sleep(fetch_wait).await;
+                        continue;
+                    }
+                    suspect_since = None;
+                    if let Err(e) = self.read_again(shared, settings).await {
+                        return e;
                     }
                 }
-            };
-            if changed {
-                if let Err(e) = self.read_again(shared, settings).await {
-                    return e;
+                Verdict::Changed => {
+                    if let Err(e) = self.read_again(shared, settings).await {
+                        return e;
+                    }
+                }
+                // Nothing at `next` though the partition holds more: a record that is no
+                // update (a transaction's marker, which the client leaves out). Passed once
+                // reads keep finding it so.
+                Verdict::Again => tokio::time::sleep(fetch_wait).await,
+                Verdict::Stalled => {
+                    stalled += 1;
+                    if stalled >= STALLED_READS {
+                        stalled = 0;
+                        lock(&shared.reading).log.pass(self.next);
+                        self.next += 1;
+                        shared.next_offset.send_replace(self.next);
+                    } else {
+                        tokio::time::sleep(fetch_wait).await;
+                    }
                 }
             }
         }
@@ -263,8 +349,9 @@ impl Link {
         }
     }
 
-    /// Takes records read, in order, under one lock with the dispatch.
-    fn take(&mut self, shared: &Shared, records: impl Iterator<Item = RecordAndOffset>) {
+    /// Takes records read from `from`, in order, under one lock with the dispatch (those
+    /// before `next`, the record checked among them, were taken before).
+    fn take(&mut self, shared: &Shared, records: Vec<RecordAndOffset>) {
         let mut reading = lock(&shared.reading);
         for record in records {
             let at = offset(record.offset);
@@ -300,6 +387,10 @@ impl Link {
             "kafka: the partition no longer holds what this instance read (Kafka lost it, or the topic was made again); reading it again from its start"
         );
         lock(&shared.reading).log.lost();
+        // From 0 until the first offset is known (a read below it is moved up to it), so that
+        // a link made meanwhile reads the new partition from its start too.
+        self.next = 0;
+        shared.next_offset.send_replace(0);
         let first = self.partition.get_offset(OffsetAt::Earliest);
         self.next = offset(timed(settings.timeout, first).await?);
         shared.next_offset.send_replace(self.next);
@@ -322,17 +413,16 @@ async fn connect(settings: &Settings, deadline: Option<Duration>) -> Result<Clie
             base: 2.,
             deadline,
         });
-    match tokio::time::timeout(settings.timeout, builder.build()).await {
+    // Longer than the client's own deadline, so that its error, which says why, comes first.
+    let limit = settings.timeout + Duration::from_secs(1);
+    match tokio::time::timeout(limit, builder.build()).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) if refused(&e) => {
             let what = format!("Kafka refused the connection: {e}");
             Err(BusError::Config(Cause::caused_by(what, e)))
         }
         Ok(Err(e)) => Err(failed(e)),
-        Err(_) => Err(unavailable(format!(
-            "no answer within {:?}",
-            settings.timeout
-        ))),
+        Err(_) => Err(unavailable(format!("no answer within {limit:?}"))),
     }
 }
 
@@ -357,9 +447,30 @@ async fn ensure_topic(client: &Client, topic: &str, settings: &Settings) -> Resu
             "kafka: the topic has several partitions; only partition 0 is read (publish to it alone)"
         ),
         Ok(Topic::Existed { .. }) => {}
+        Err(e) if not_creatable(&e) => {
+            let why = format!("cannot create the topic {topic:?}: {}", e.cause());
+            return Err(BusError::Config(why.into()));
+        }
         Err(e) => return Err(e.context(format_args!("cannot create the topic {topic:?}"))),
     }
     Ok(())
+}
+
+/// True when Kafka refused to create the topic for a reason retrying cannot cure (the
+/// replication factor `?replication=` asks for, or this user's rights).
+fn not_creatable(e: &BusError) -> bool {
+    let source = e.cause().source();
+    matches!(
+        source.and_then(|s| s.downcast_ref::<KafkaError>()),
+        Some(KafkaError::ServerError {
+            protocol_error: ProtocolError::InvalidReplicationFactor
+                | ProtocolError::InvalidPartitions
+                | ProtocolError::PolicyViolation
+                | ProtocolError::TopicAuthorizationFailed
+                | ProtocolError::ClusterAuthorizationFailed,
+            ..
+        })
+    )
 }
 
 /// The connection task: delivers, and after a failure connects again with backoff.
@@ -382,5 +493,87 @@ pub(super) async fn run(
             }
         };
         reconnect.connected();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::record::Record;
+
+    fn record(at: i64, value: &str) -> RecordAndOffset {
+        RecordAndOffset {
+            record: Record {
+                key: None,
+                value: Some(value.as_bytes().to_vec()),
+                headers: Default::default(),
+                timestamp: rskafka::chrono::DateTime::from_timestamp_millis(1_000).unwrap(),
+            },
+            offset: at,
+        }
+    }
+
+    fn records(from: i64, values: &[&str], end: u64) -> Read {
+        let records = values
+            .iter()
+            .zip(from..)
+            .map(|(v, at)| record(at, v))
+            .collect();
+        Read::Records(records, end)
+    }
+
+    const GO: Verdict = Verdict::Go { next_at_least: 0 };
+
+    #[test]
+    fn a_new_link_reads_on_only_from_the_same_record() {
+        let print = fingerprint(&record(4, "d"));
+        let check = Some((4, print));
+        assert_eq!(judge(check, 5, &records(4, &["d", "e"], 6)), GO);
+        assert_eq!(judge(check, 5, &records(4, &["d"], 5)), GO, "nothing new");
+        assert_eq!(
+            judge(check, 5, &records(4, &["x", "e"], 6)),
+            Verdict::Changed,
+            "another record at the offset read"
+        );
+        assert_eq!(
+            judge(check, 5, &records(6, &["f"], 7)),
+            GO,
+            "the record read was compacted away"
+        );
+        assert_eq!(
+            judge(check, 5, &records(0, &[], 3)),
+            Verdict::Suspect,
+            "the partition ends before it"
+        );
+        assert_eq!(judge(check, 5, &records(0, &[], 9)), Verdict::Stalled);
+    }
+
+    #[test]
+    fn reads_on_judge_the_partition_by_its_end() {
+        assert_eq!(judge(None, 5, &records(5, &["e"], 6)), GO);
+        assert_eq!(judge(None, 5, &records(0, &[], 5)), GO, "idle");
+        assert_eq!(judge(None, 5, &records(0, &[], 2)), Verdict::Suspect);
+        assert_eq!(
+            judge(None, 5, &records(0, &[], 8)),
+            Verdict::Stalled,
+            "a record the client leaves out"
+        );
+    }
+
+    #[test]
+    fn an_offset_out_of_range_is_retention_or_a_loss() {
+        assert_eq!(
+            judge(None, 5, &Read::OutOfRange(9, 12)),
+            Verdict::Go { next_at_least: 9 },
+            "retention took what was not read yet"
+        );
+        let check = Some((4, 0));
+        assert_eq!(
+            judge(check, 5, &Read::OutOfRange(7, 12)),
+            Verdict::Go { next_at_least: 7 }
+        );
+        assert_eq!(judge(None, 5, &Read::OutOfRange(0, 3)), Verdict::Suspect);
+        assert_eq!(judge(check, 5, &Read::OutOfRange(0, 3)), Verdict::Suspect);
+        assert_eq!(judge(None, 5, &Read::OutOfRange(0, 9)), Verdict::Again);
     }
 }

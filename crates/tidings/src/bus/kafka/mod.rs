@@ -9,8 +9,9 @@
 //! answered once the partition's leader and its in-sync replicas hold it (`acks=all`).
 //!
 //! A retried publish is stored twice by Kafka (the client has no idempotent producer) and
-//! delivered once: every instance reads the same partition and remembers the same ids, so
-//! every one skips the same copy (see [`super::log`]).
+//! delivered once: every instance reads the same partition and remembers the same ids (the
+//! last `history-size` before each record), so every one skips the same copy (see
+//! [`super::log`]).
 //!
 //! The client is rskafka: pure Rust on tokio (no C library to build or link), and made for
 //! exactly this use: partitions read by offset, without consumer groups. See
@@ -216,7 +217,6 @@ fn not_written(e: &rskafka::client::error::Error) -> bool {
                 | ProtocolError::CorruptMessage
                 | ProtocolError::NotEnoughReplicas
                 | ProtocolError::TopicAuthorizationFailed
-                | ProtocolError::UnknownTopicOrPartition
                 | ProtocolError::InvalidRequiredAcks,
             ..
         }
