@@ -134,9 +134,11 @@ fn refused(e: &KafkaError) -> bool {
 /// How long reads may suggest that the partition ends before what this instance read before
 /// it counts as lost: a new leader's high watermark may lag behind for a moment.
 const LOSS_GRACE: Duration = Duration::from_secs(2);
-/// Reads in a row that find nothing at the next offset, though the partition holds more,
-/// before that offset is passed as holding no update.
-const STALLED_READS: u32 = 3;
+/// How long an offset below the partition's end may answer no record before it is passed as
+/// holding no update. On Kafka such an offset is a transaction's marker (which the client
+/// leaves out); a broker may also make a record readable a moment after a later one (Tansu
+/// does, under concurrent publishes), and that record must not be skipped.
+const HOLE_GRACE: Duration = Duration::from_millis(500);
 
 /// What one read says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +150,7 @@ enum Verdict {
     Suspect,
     /// The record read at an offset is not there any more: another record is.
     Changed,
-    /// Nothing at the next offset, though the partition holds more.
+    /// Nothing at the next offset, though the partition holds more: a hole.
     Stalled,
     /// Nothing to conclude: read again.
     Again,
@@ -241,10 +243,10 @@ impl Link {
     async fn deliver(&mut self, shared: &Shared, settings: &Settings) -> BusError {
         shared.next_offset.send_replace(self.next);
         let fetch_wait = Duration::from_millis(u64::from(settings.url.fetch_wait_ms));
-        // Since when reads have suggested the partition is not the one read, and how many
-        // reads in a row found nothing where the partition holds more.
+        // Since when reads have suggested the partition is not the one read, and the offset
+        // that has answered no record though later ones did (with since when).
         let mut suspect_since: Option<Instant> = None;
-        let mut stalled = 0u32;
+        let mut hole: Option<(u64, Instant)> = None;
         loop {
             if !self.unchecked
                 && self.next >= self.caught_up_at
@@ -270,14 +272,24 @@ impl Link {
             if verdict != Verdict::Suspect {
                 suspect_since = None;
             }
-            if verdict != Verdict::Stalled {
-                stalled = 0;
-            }
+            // The hole at `next` may be passed once it has lasted.
+            let passable = hole
+                .filter(|(at, since)| *at == self.next && since.elapsed() >= HOLE_GRACE)
+                .map(|(at, _)| at);
             match verdict {
                 Verdict::Go { next_at_least } => {
                     self.next = self.next.max(next_at_least);
-                    if let Read::Records(records, _) = read {
-                        self.take(shared, records);
+                    let Read::Records(records, _) = read else {
+                        continue;
+                    };
+                    match self.take(shared, records, passable) {
+                        None => hole = None,
+                        Some(at) => {
+                            if hole.is_none_or(|(h, _)| h != at) {
+                                hole = Some((at, Instant::now()));
+                            }
+                            tokio::time::sleep(fetch_wait).await;
+                        }
                     }
                 }
                 // A partition that ends before what was read is lost — or led by a replica
@@ -299,20 +311,18 @@ impl Link {
                         return e;
                     }
                 }
-                // Nothing at `next` though the partition holds more: a record that is no
-                // update (a transaction's marker, which the client leaves out). Passed once
-                // reads keep finding it so.
                 Verdict::Again => tokio::time::sleep(fetch_wait).await,
+                // Nothing at `next` though the partition holds more: a hole, passed once it
+                // has lasted (see `HOLE_GRACE`).
+                Verdict::Stalled if passable == Some(self.next) => {
+                    hole = None;
+                    self.pass(shared, self.next + 1);
+                }
                 Verdict::Stalled => {
-                    stalled += 1;
-                    if stalled >= STALLED_READS {
-                        stalled = 0;
-                        lock(&shared.reading).log.pass(self.next);
-                        self.next += 1;
-                        shared.next_offset.send_replace(self.next);
-                    } else {
-                        tokio::time::sleep(fetch_wait).await;
+                    if hole.is_none_or(|(h, _)| h != self.next) {
+                        hole = Some((self.next, Instant::now()));
                     }
+                    tokio::time::sleep(fetch_wait).await;
                 }
             }
         }
@@ -349,14 +359,33 @@ impl Link {
         }
     }
 
-    /// Takes records read from `from`, in order, under one lock with the dispatch (those
-    /// before `next`, the record checked among them, were taken before).
-    fn take(&mut self, shared: &Shared, records: Vec<RecordAndOffset>) {
+    /// Takes records read, in order, under one lock with the dispatch (those before `next`,
+    /// the record checked among them, were taken before). Stops at a hole — an offset that
+    /// answered no record though a later one did — and returns it, unless it is `passable`.
+    fn take(
+        &mut self,
+        shared: &Shared,
+        records: Vec<RecordAndOffset>,
+        passable: Option<u64>,
+    ) -> Option<u64> {
         let mut reading = lock(&shared.reading);
         for record in records {
             let at = offset(record.offset);
             if at < self.next {
                 continue;
+            }
+            if at > self.next {
+                if passable != Some(self.next) {
+                    drop(reading);
+                    shared.next_offset.send_replace(self.next);
+                    return Some(self.next);
+                }
+                tracing::debug!(
+                    from = self.next,
+                    to = at - 1,
+                    "kafka: offsets without a record; passed"
+                );
+                reading.log.pass(at - 1);
             }
             self.next = at + 1;
             let Some(position) = reading.log.advance(at, &shared.hub, "kafka") else {
@@ -375,6 +404,19 @@ impl Link {
             );
         }
         drop(reading);
+        shared.next_offset.send_replace(self.next);
+        None
+    }
+
+    /// Passes the offsets from `next` up to `to` (excluded) as holding no update.
+    fn pass(&mut self, shared: &Shared, to: u64) {
+        tracing::debug!(
+            from = self.next,
+            to = to - 1,
+            "kafka: offsets without a record; passed"
+        );
+        lock(&shared.reading).log.pass(to - 1);
+        self.next = to;
         shared.next_offset.send_replace(self.next);
     }
 
