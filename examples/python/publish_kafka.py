@@ -18,7 +18,8 @@ import time
 import urllib.parse
 import uuid
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 
 def topic_name(prefix):
@@ -47,6 +48,19 @@ def producer_config(url):
                                    (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[
         (scheme == "kafkas", bool(userinfo))]
     return config
+
+
+def ensure_topic(config, topic):
+    """Creates the cluster's topic, of one partition, when it does not exist yet, as an
+    instance would (so that a service may publish before any instance started)."""
+    admin = AdminClient({k: v for k, v in config.items() if k.startswith(("bootstrap", "security", "sasl"))})
+    if topic in admin.list_topics(timeout=10).topics:
+        return
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(10)
+    except KafkaException as e:
+        if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
 
 
 def publish(producer, prefix, topics, data, *, update_id=None, event_type=None, private=False, retry=None):
@@ -87,7 +101,9 @@ def main():
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--retry", type=int)
     args = parser.parse_args()
-    producer = Producer(producer_config(args.kafka))
+    config = producer_config(args.kafka)
+    ensure_topic(config, topic_name(args.prefix))
+    producer = Producer(config)
     update_id = publish(
         producer, args.prefix, args.topic, args.data,
         update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,
