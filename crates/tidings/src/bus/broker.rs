@@ -57,6 +57,59 @@ pub(super) async fn with_limit<T, E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// Locks `mutex`, also after a panic while it was held: its holders complete each mutation
+/// before anything that could panic runs.
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a broker bus publishes through (a channel, a client) while its connection is up and
+/// has caught up with the broker's log, and whether it is: opened and closed by the
+/// connection task, read by publishes, readiness and start-up.
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+#[derive(Debug)]
+pub(super) struct Publishing<T> {
+    current: std::sync::Mutex<Option<T>>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+impl<T: Clone> Publishing<T> {
+    /// Closed.
+    pub(super) fn new() -> Self {
+        Publishing {
+            current: std::sync::Mutex::new(None),
+            open: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Opens publishing through `through`, or closes it (`None`).
+    pub(super) fn set(&self, through: Option<T>) {
+        let open = through.is_some();
+        *lock(&self.current) = through;
+        self.open.send_replace(open);
+    }
+
+    /// What publishes go through, while open.
+    pub(super) fn get(&self) -> Option<T> {
+        lock(&self.current).clone()
+    }
+
+    /// True while open.
+    pub(super) fn is_open(&self) -> bool {
+        *self.open.borrow()
+    }
+
+    /// True once open, if that comes within `limit`.
+    pub(super) async fn opened_within(&self, limit: std::time::Duration) -> bool {
+        let mut open = self.open.subscribe();
+        tokio::time::timeout(limit, open.wait_for(|o| *o))
+            .await
+            .is_ok_and(|o| o.is_ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +155,25 @@ mod tests {
             declared.cause().source().is_some(),
             "context keeps the source"
         );
+    }
+
+    #[cfg(any(feature = "amqp", feature = "kafka"))]
+    #[tokio::test]
+    async fn publishing_opens_and_closes_and_is_waited_for() {
+        let publishing = std::sync::Arc::new(Publishing::new());
+        assert!(!publishing.is_open() && publishing.get().is_none());
+        let limit = std::time::Duration::from_millis(20);
+        assert!(!publishing.opened_within(limit).await);
+        let opener = publishing.clone();
+        tokio::spawn(async move { opener.set(Some(7)) });
+        assert!(
+            publishing
+                .opened_within(std::time::Duration::from_secs(5))
+                .await
+        );
+        assert_eq!((publishing.is_open(), publishing.get()), (true, Some(7)));
+        publishing.set(None);
+        assert!(!publishing.is_open() && publishing.get().is_none());
     }
 
     #[test]

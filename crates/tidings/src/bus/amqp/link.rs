@@ -303,7 +303,7 @@ impl Link {
                 result = &mut catch_up, if !caught_up => match result {
                     Ok(()) => {
                         caught_up = true;
-                        shared.set_publisher(Some(self.publisher.clone()));
+                        shared.publishing.set(Some(self.publisher.clone()));
                         tracing::info!("rabbitmq: connected, and caught up with the stream");
                     }
                     // Only a resume reads from an offset that may not exist.
@@ -462,7 +462,7 @@ pub(super) async fn run(
     reconnect.connected();
     loop {
         let stopped = link.deliver(&shared).await;
-        shared.set_publisher(None);
+        shared.publishing.set(None);
         let start = match stopped {
             Stopped::Failed(e) => {
                 reconnect.lost(&e);

@@ -25,14 +25,15 @@ mod link;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
+use super::broker::{lock, Publishing};
 use super::history::LocalHistory;
 use super::log::ReadLog;
 use super::reconnect::{ConnectionState, Reconnect};
@@ -98,9 +99,7 @@ struct Shared {
     /// queue.
     stream: Option<String>,
     /// The channel publishes go through (confirm mode), while connected and caught up.
-    publisher: Mutex<Option<Channel>>,
-    /// True while `publisher` is set.
-    ready: watch::Sender<bool>,
+    publishing: Publishing<Channel>,
     /// What this instance delivered, under one lock with the dispatch.
     delivered: Mutex<Delivered>,
     /// Markers this instance wrote and waits for, by token.
@@ -133,11 +132,6 @@ async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BusError> {
     super::broker::with_limit(super::Kind::Amqp, limit, f).await
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each mutation is completed before anything that could panic runs.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A header's value as an integer (RabbitMQ and clients send numbers in several widths, or as
@@ -183,8 +177,7 @@ impl AmqpBus {
             limits: options.limits.clone(),
             stream: history.then(|| names.stream.clone()),
             names,
-            publisher: Mutex::new(None),
-            ready: watch::Sender::new(false),
+            publishing: Publishing::new(),
             delivered: Mutex::new(Delivered {
                 log: ReadLog::new(LocalHistory::new(
                     options.history_size,
@@ -205,7 +198,6 @@ impl AmqpBus {
                     super::redact(url)
                 ))
             })?;
-        let mut ready = shared.ready.subscribe();
         let reconnect = Reconnect::new(
             super::Kind::Amqp.broker(),
             options.backoff,
@@ -214,11 +206,8 @@ impl AmqpBus {
         let task = tokio::spawn(link::run(shared.clone(), settings, first, reconnect));
         let bus = AmqpBus { shared, task };
         // Serve only once this instance has read what the stream held.
-        let caught_up =
-            tokio::time::timeout(bus.shared.timeout.saturating_mul(2), ready.wait_for(|r| *r))
-                .await
-                .is_ok_and(|r| r.is_ok());
-        match caught_up {
+        let limit = bus.shared.timeout.saturating_mul(2);
+        match bus.shared.publishing.opened_within(limit).await {
             true => Ok(bus),
             false => Err(BusError::Unavailable(
                 format!(
@@ -232,18 +221,9 @@ impl AmqpBus {
 }
 
 impl Shared {
-    /// Opens publishing through `channel`, or closes it (`None`).
-    fn set_publisher(&self, channel: Option<Channel>) {
-        let ready = channel.is_some();
-        *lock(&self.publisher) = channel;
-        self.ready.send_replace(ready);
-    }
-
+    /// The channel publishes go through, while it is open and connected.
     fn publisher(&self) -> Option<Channel> {
-        lock(&self.publisher)
-            .as_ref()
-            .filter(|c| c.status().connected())
-            .cloned()
+        self.publishing.get().filter(|c| c.status().connected())
     }
 
     /// Writes a marker into the stream and returns once this instance read it — so it has

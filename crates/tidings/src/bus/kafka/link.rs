@@ -248,11 +248,8 @@ impl Link {
         let mut suspect_since: Option<Instant> = None;
         let mut hole: Option<(u64, Instant)> = None;
         loop {
-            if !self.unchecked
-                && self.next >= self.caught_up_at
-                && lock(&shared.publisher).is_none()
-            {
-                shared.set_publisher(Some(self.publisher.clone()));
+            if !self.unchecked && self.next >= self.caught_up_at && !shared.publishing.is_open() {
+                shared.publishing.set(Some(self.publisher.clone()));
                 tracing::info!(
                     topic = shared.topic,
                     "kafka: connected, and caught up with the topic"
@@ -369,16 +366,18 @@ impl Link {
         passable: Option<u64>,
     ) -> Option<u64> {
         let mut reading = lock(&shared.reading);
-        for record in records {
+        let mut hole = None;
+        // The last record taken: its fingerprint is kept, once per read, not per record.
+        let mut last = None;
+        for record in &records {
             let at = offset(record.offset);
             if at < self.next {
                 continue;
             }
             if at > self.next {
                 if passable != Some(self.next) {
-                    drop(reading);
-                    shared.next_offset.send_replace(self.next);
-                    return Some(self.next);
+                    hole = Some(self.next);
+                    break;
                 }
                 tracing::debug!(
                     from = self.next,
@@ -391,9 +390,9 @@ impl Link {
             let Some(position) = reading.log.advance(at, &shared.hub, "kafka") else {
                 continue;
             };
-            reading.last_print = fingerprint(&record);
+            last = Some(record);
             let value = record.record.value.as_deref().unwrap_or_default();
-            let micros = published_at(&record);
+            let micros = published_at(record);
             reading.log.deliver(
                 &shared.hub,
                 &shared.limits,
@@ -403,9 +402,12 @@ impl Link {
                 micros,
             );
         }
+        if let Some(record) = last {
+            reading.last_print = fingerprint(record);
+        }
         drop(reading);
         shared.next_offset.send_replace(self.next);
-        None
+        hole
     }
 
     /// Passes the offsets from `next` up to `to` (excluded) as holding no update.
@@ -525,7 +527,7 @@ pub(super) async fn run(
     reconnect.connected();
     loop {
         let error = link.deliver(&shared, &settings).await;
-        shared.set_publisher(None);
+        shared.publishing.set(None);
         reconnect.lost(&error);
         link = loop {
             reconnect.wait().await;

@@ -19,13 +19,14 @@
 
 mod link;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient};
 use tokio::sync::watch;
 
+use super::broker::{lock, Publishing};
 use super::history::LocalHistory;
 use super::log::ReadLog;
 use super::reconnect::{ConnectionState, Reconnect};
@@ -62,9 +63,7 @@ struct Shared {
     /// The cluster's topic.
     topic: String,
     /// The partition client publishes go through, while connected and caught up.
-    publisher: Mutex<Option<Arc<PartitionClient>>>,
-    /// True while `publisher` is set.
-    ready: watch::Sender<bool>,
+    publishing: Publishing<Arc<PartitionClient>>,
     /// The partition as this instance read it, and what it delivered, under one lock with
     /// the dispatch.
     reading: Mutex<Reading>,
@@ -88,11 +87,6 @@ impl Reading {
     fn last_read(&self) -> Option<(u64, u64)> {
         self.log.last().map(|o| (o, self.last_print))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each mutation is completed before anything that could panic runs.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -128,8 +122,7 @@ impl KafkaBus {
             hub,
             limits: options.limits.clone(),
             topic: topic_name(&options.prefix),
-            publisher: Mutex::new(None),
-            ready: watch::Sender::new(false),
+            publishing: Publishing::new(),
             reading: Mutex::new(Reading {
                 log: ReadLog::new(LocalHistory::new(
                     options.history_size,
@@ -144,7 +137,6 @@ impl KafkaBus {
         let first = link::Link::establish(&shared, &settings, link::Start::Fresh)
             .await
             .map_err(|e| e.context(format_args!("cannot use Kafka at {}", super::redact(url))))?;
-        let mut ready = shared.ready.subscribe();
         let reconnect = Reconnect::new(
             super::Kind::Kafka.broker(),
             options.backoff,
@@ -153,10 +145,12 @@ impl KafkaBus {
         let task = tokio::spawn(link::run(shared.clone(), settings, first, reconnect));
         let bus = KafkaBus { shared, task };
         // Serve only once this instance has read what the partition held.
-        let caught_up = tokio::time::timeout(timeout.saturating_mul(2), ready.wait_for(|r| *r))
+        match bus
+            .shared
+            .publishing
+            .opened_within(timeout.saturating_mul(2))
             .await
-            .is_ok_and(|r| r.is_ok());
-        match caught_up {
+        {
             true => Ok(bus),
             false => Err(BusError::Unavailable(
                 format!(
@@ -171,16 +165,9 @@ impl KafkaBus {
 }
 
 impl Shared {
-    /// Opens publishing through `partition`, or closes it (`None`).
-    fn set_publisher(&self, partition: Option<Arc<PartitionClient>>) {
-        let ready = partition.is_some();
-        *lock(&self.publisher) = partition;
-        self.ready.send_replace(ready);
-    }
-
     fn publisher(&self) -> Result<Arc<PartitionClient>, BusError> {
-        lock(&self.publisher)
-            .clone()
+        self.publishing
+            .get()
             .ok_or_else(|| unavailable("not connected"))
     }
 
@@ -274,7 +261,7 @@ impl Bus for KafkaBus {
 
     fn state(&self) -> ConnectionState {
         // Built only once connected: without a publisher it is reconnecting.
-        match lock(&self.shared.publisher).is_some() {
+        match self.shared.publishing.is_open() {
             true => ConnectionState::Connected,
             false => ConnectionState::Reconnecting,
         }
