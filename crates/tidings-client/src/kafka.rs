@@ -5,13 +5,12 @@
 //! does for `POST /.well-known/mercure`: when the call returns, the update is in the
 //! cluster's order and every instance delivers it. See `docs/wire-format.md`.
 //!
-//! ```
+//! ```no_run
 //! use tidings_client::kafka::KafkaPublisher;
 //! use tidings_client::Publication;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tidings_client::Error> {
-//! // (This example runs in the tests, against the Kafka `.ci/services` starts.)
 //! let publisher = KafkaPublisher::connect("kafka://127.0.0.1:9092", "tidings-example").await?;
 //! let published = publisher
 //!     .publish(&Publication::new("https://example.com/books/1").data("{}"))

@@ -17,7 +17,7 @@
 //! | [`subscriber`] | a subscriber's selectors, rights ([`subscriber::Access`]) and filters |
 //! | [`admission`] | the caps on open streams (per instance, client address, session) and the client address |
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
-//! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay), its backends (cargo features), the wire format, the reconnect machine and start-up |
+//! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay), the cluster's [`bus::Registry`] of sessions and subscribers where a bus keeps one, the backends (cargo features), the wire format, the reconnect machine and start-up |
 //! | [`auth`] | JWT verification (HS256/RS256/ES256 keys, or a JWKS endpoint), Mercure claims and Mercure 1.0 access tokens, the application's authorization callback, minting dev tokens |
 //! | [`state`] | [`state::AppState`]: one instance's parts (config, hub, bus, authenticator, metrics, admission), shared by every request |
 //! | [`http`] | the axum router: Mercure subscribe/publish and subscriptions API, session API, `/healthz`, `/readyz`, `/metrics`, the page at `/` |

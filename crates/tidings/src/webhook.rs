@@ -423,7 +423,11 @@ impl Marker {
             self.unsure.insert(session);
             return;
         }
-        let scope = match self.bus.session_online(&session, streams).await {
+        let marked = match self.bus.registry() {
+            Some(registry) => registry.session_online(&session, streams).await.map(Some),
+            None => Ok(None),
+        };
+        let scope = match marked {
             Ok(Some(true)) => Some(Scope::Cluster),
             Ok(Some(false)) => None,
             Ok(None) => Some(Scope::Instance),
@@ -448,7 +452,11 @@ impl Marker {
             self.unsure.insert(session);
             return;
         }
-        let scope = match self.bus.session_offline(&session).await {
+        let marked = match self.bus.registry() {
+            Some(registry) => registry.session_offline(&session).await.map(Some),
+            None => Ok(None),
+        };
+        let scope = match marked {
             Ok(Some(true)) => Some(Scope::Cluster),
             Ok(Some(false)) => None,
             Ok(None) => Some(Scope::Instance),
@@ -471,10 +479,13 @@ impl Marker {
 
     /// Tells the sessions whose instance died (when this instance is the period's sweeper).
     async fn sweep(&mut self) {
+        let Some(registry) = self.bus.registry() else {
+            return;
+        };
         if !self.bus.is_ready() {
             return;
         }
-        match self.bus.sweep_sessions().await {
+        match registry.sweep_sessions().await {
             Ok(gone) => {
                 for session in gone {
                     self.queue.push(Event::SessionOffline {

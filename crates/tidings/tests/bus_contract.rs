@@ -373,27 +373,28 @@ async fn replays_after_an_id_on_any_instance(instances: Vec<Instance>) {
     }
     let other = &instances[1].bus;
     let replay = other
-        .replay(&ReplayFrom::After(ids[1].clone()))
+        .replay(&ReplayFrom::After(ids[1].clone()), None)
         .await
         .unwrap();
     let got: Vec<_> = replay.updates.iter().map(|e| e.update.id.clone()).collect();
     assert_eq!(got, ids[2..].to_vec());
     assert!(!replay.missing);
     assert_eq!(replay.head_id.as_ref(), Some(&ids[4]));
-    let now = other.replay(&ReplayFrom::Now).await.unwrap();
+    let now = other.replay(&ReplayFrom::Now, None).await.unwrap();
     assert!(now.updates.is_empty() && now.head_id.as_ref() == Some(&ids[4]));
-    let earliest = other.replay(&ReplayFrom::Earliest).await.unwrap();
+    let earliest = other.replay(&ReplayFrom::Earliest, None).await.unwrap();
     assert_eq!(earliest.updates.len(), 5);
     let unknown = other
-        .replay(&ReplayFrom::After(
-            UpdateId::new("never-published", 100).unwrap(),
-        ))
+        .replay(
+            &ReplayFrom::After(UpdateId::new("never-published", 100).unwrap()),
+            None,
+        )
         .await
         .unwrap();
     assert!(unknown.missing, "an unknown id is reported, not skipped");
     assert_eq!(unknown.updates.len(), 5, "with everything history holds");
     let newest = other
-        .replay(&ReplayFrom::After(ids[4].clone()))
+        .replay(&ReplayFrom::After(ids[4].clone()), None)
         .await
         .unwrap();
     assert!(!newest.missing && newest.updates.is_empty());
@@ -430,7 +431,7 @@ async fn replays_the_topics_of_a_subscriber_after_an_id(instances: Vec<Instance>
     let t: Vec<std::sync::Arc<str>> = vec!["t".into()];
     let bus = &instances[1].bus;
     let after_first = bus
-        .replay_topics(&ReplayFrom::After(ids[0].clone()), &t)
+        .replay(&ReplayFrom::After(ids[0].clone()), Some(&t[..]))
         .await
         .unwrap();
     assert!(!after_first.missing);
@@ -440,7 +441,10 @@ async fn replays_the_topics_of_a_subscriber_after_an_id(instances: Vec<Instance>
     );
     assert_eq!(after_first.head_id.as_ref(), Some(&ids[5]));
     let unknown = bus
-        .replay_topics(&ReplayFrom::After(UpdateId::new("never", 10).unwrap()), &t)
+        .replay(
+            &ReplayFrom::After(UpdateId::new("never", 10).unwrap()),
+            Some(&t[..]),
+        )
         .await
         .unwrap();
     assert!(unknown.missing);
@@ -455,14 +459,14 @@ async fn replays_the_topics_of_a_subscriber_after_an_id(instances: Vec<Instance>
     );
     let both: Vec<std::sync::Arc<str>> = vec!["t".into(), "u".into()];
     let after_both = bus
-        .replay_topics(&ReplayFrom::After(ids[3].clone()), &both)
+        .replay(&ReplayFrom::After(ids[3].clone()), Some(&both[..]))
         .await
         .unwrap();
     let got: Vec<&UpdateId> = after_both.updates.iter().map(|e| &e.update.id).collect();
     assert_eq!(got, [&ids[4], &ids[5]], "an update on both topics once");
     let quiet: Vec<std::sync::Arc<str>> = vec!["nobody-publishes-here".into()];
     let none = bus
-        .replay_topics(&ReplayFrom::After(ids[0].clone()), &quiet)
+        .replay(&ReplayFrom::After(ids[0].clone()), Some(&quiet[..]))
         .await
         .unwrap();
     assert!(!none.missing);
@@ -500,7 +504,7 @@ async fn stores_a_retried_publish_once(instances: Vec<Instance>) {
     // History holds it once (the first instance delivered everything, so it has read it).
     let replay = instances[0]
         .bus
-        .replay(&ReplayFrom::Earliest)
+        .replay(&ReplayFrom::Earliest, None)
         .await
         .unwrap();
     let ids: Vec<&UpdateId> = replay.updates.iter().map(|e| &e.update.id).collect();
@@ -515,7 +519,7 @@ async fn without_history_reports_every_resume_as_a_gap(instances: Vec<Instance>)
     next(&mut watcher).await;
     let replay = instances[1]
         .bus
-        .replay(&ReplayFrom::After(a.id.clone()))
+        .replay(&ReplayFrom::After(a.id.clone()), None)
         .await
         .unwrap();
     assert!(replay.missing && replay.updates.is_empty());
@@ -576,7 +580,7 @@ async fn survives_a_broker_restart(
     }
     let replay = instances[2]
         .bus
-        .replay(&ReplayFrom::After(ids[2].clone()))
+        .replay(&ReplayFrom::After(ids[2].clone()), None)
         .await
         .unwrap();
     let replayed: Vec<&UpdateId> = replay.updates.iter().map(|e| &e.update.id).collect();
@@ -684,7 +688,7 @@ async fn delivers_what_is_published_straight_onto_the_broker(
     let after = |id: &str| ReplayFrom::After(UpdateId::new(id, 1000).unwrap());
     let replay = instances[1]
         .bus
-        .replay(&after(&generated.id))
+        .replay(&after(&generated.id), None)
         .await
         .unwrap();
     let replayed: Vec<&UpdateId> = replay.updates.iter().map(|e| &e.update.id).collect();
@@ -712,7 +716,7 @@ async fn delivers_what_is_published_straight_onto_the_broker(
             );
             assert_eq!(next(sub).await.update.id.as_str(), then);
         }
-        let replay = instances[1].bus.replay(&after(&id)).await.unwrap();
+        let replay = instances[1].bus.replay(&after(&id), None).await.unwrap();
         let replayed: Vec<&str> = replay
             .updates
             .iter()
@@ -724,7 +728,7 @@ async fn delivers_what_is_published_straight_onto_the_broker(
     // Everything is in history, in order: a resume from its start replays it all.
     let earliest = instances[1]
         .bus
-        .replay(&ReplayFrom::Earliest)
+        .replay(&ReplayFrom::Earliest, None)
         .await
         .unwrap();
     let replayed: Vec<&str> = earliest

@@ -91,15 +91,10 @@ impl LocalHistory {
         }
     }
 
-    /// What a subscriber resuming `from` gets (see [`Replay`]).
-    pub fn replay(&mut self, from: &ReplayFrom) -> Replay {
-        self.replay_of(from, None)
-    }
-
-    /// What a subscriber resuming `from` gets; with `topics`, only the updates on one of
-    /// them (see [`Bus::replay_topics`](super::Bus::replay_topics)): a storm of resumes then
-    /// copies what each one needs, not all of history each.
-    pub fn replay_of(&mut self, from: &ReplayFrom, topics: Option<&[Arc<str>]>) -> Replay {
+    /// What a subscriber resuming `from` gets (see [`Replay`]); with `topics`, only the updates
+    /// on one of them (see [`Bus::replay`](super::Bus::replay)): a storm of resumes then copies
+    /// what each one needs, not all of history each.
+    pub fn replay(&mut self, from: &ReplayFrom, topics: Option<&[Arc<str>]>) -> Replay {
         self.expire();
         let mut replay = Replay {
             head_id: self.newest.as_ref().map(|(id, _)| id.clone()),

@@ -151,7 +151,9 @@ mod tests {
         }
         log.deliver(&hub, &limits, "test", Position(3), b"\xff", 1);
         log.deliver(&hub, &limits, "test", Position(4), b"{}", 1);
-        let replay = log.history.replay(&super::super::ReplayFrom::Earliest);
+        let replay = log
+            .history
+            .replay(&super::super::ReplayFrom::Earliest, None);
         let ids: Vec<&str> = replay
             .updates
             .iter()

@@ -92,20 +92,24 @@ impl Bus for MemoryBus {
         })
     }
 
-    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        Ok(self.lock().history.replay(from))
+    async fn listening(&self) -> Result<(), BusError> {
+        Ok(())
     }
 
-    async fn replay_topics(
+    async fn replay(
         &self,
         from: &ReplayFrom,
-        topics: &[Arc<str>],
+        topics: Option<&[Arc<str>]>,
     ) -> Result<Replay, BusError> {
-        Ok(self.lock().history.replay_of(from, Some(topics)))
+        Ok(self.lock().history.replay(from, topics))
     }
 
     fn state(&self) -> crate::bus::ConnectionState {
         crate::bus::ConnectionState::Connected
+    }
+
+    fn registry(&self) -> Option<Arc<dyn crate::bus::Registry>> {
+        None
     }
 }
 
@@ -142,19 +146,19 @@ mod tests {
             bus.publish(update(id)).await.unwrap();
         }
         let after_b = bus
-            .replay(&ReplayFrom::After(UpdateId::new("b", 10).unwrap()))
+            .replay(&ReplayFrom::After(UpdateId::new("b", 10).unwrap()), None)
             .await
             .unwrap();
         assert_eq!(ids(&after_b), ["c", "d"]);
         assert!(!after_b.missing);
         assert_eq!(after_b.updates.last().unwrap().position, Position(4));
         let after_a = bus
-            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()), None)
             .await
             .unwrap();
         assert!(after_a.missing, "a was evicted");
         assert_eq!(ids(&after_a), ["b", "c", "d"]);
-        let now = bus.replay(&ReplayFrom::Now).await.unwrap();
+        let now = bus.replay(&ReplayFrom::Now, None).await.unwrap();
         assert!(now.updates.is_empty());
         assert_eq!(now.head_id.unwrap().as_str(), "d");
     }
@@ -170,12 +174,12 @@ mod tests {
             positions[2], positions[0],
             "the retry answers the first position"
         );
-        let all = bus.replay(&ReplayFrom::Earliest).await.unwrap();
+        let all = bus.replay(&ReplayFrom::Earliest, None).await.unwrap();
         assert_eq!(ids(&all), ["a", "b", "c"]);
         // Once history no longer holds it, the id is new again.
         bus.publish(update("d")).await.unwrap();
         bus.publish(update("a")).await.unwrap();
-        let all = bus.replay(&ReplayFrom::Earliest).await.unwrap();
+        let all = bus.replay(&ReplayFrom::Earliest, None).await.unwrap();
         assert_eq!(ids(&all), ["c", "d", "a"]);
     }
 
@@ -186,24 +190,24 @@ mod tests {
         bus.publish(update("a")).await.unwrap();
         tokio::time::sleep(ttl * 2).await;
         bus.publish(update("b")).await.unwrap();
-        let all = bus.replay(&ReplayFrom::Earliest).await.unwrap();
+        let all = bus.replay(&ReplayFrom::Earliest, None).await.unwrap();
         assert_eq!(ids(&all), ["b"]);
         let after_a = bus
-            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()), None)
             .await
             .unwrap();
         assert!(after_a.missing, "a expired");
         // An idle history expires too, and an expired id is new again.
         tokio::time::sleep(ttl * 2).await;
         assert!(bus
-            .replay(&ReplayFrom::Earliest)
+            .replay(&ReplayFrom::Earliest, None)
             .await
             .unwrap()
             .updates
             .is_empty());
         bus.publish(update("a")).await.unwrap();
         assert_eq!(
-            ids(&bus.replay(&ReplayFrom::Earliest).await.unwrap()),
+            ids(&bus.replay(&ReplayFrom::Earliest, None).await.unwrap()),
             ["a"]
         );
     }
@@ -213,13 +217,13 @@ mod tests {
         let bus = MemoryBus::new(0, Hub::new(8, Arc::new(Metrics::new())));
         bus.publish(update("a")).await.unwrap();
         let r = bus
-            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()), None)
             .await
             .unwrap();
         assert!(!r.missing, "resuming from the newest id misses nothing");
         bus.publish(update("b")).await.unwrap();
         let r = bus
-            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()))
+            .replay(&ReplayFrom::After(UpdateId::new("a", 10).unwrap()), None)
             .await
             .unwrap();
         assert!(r.missing && r.updates.is_empty());

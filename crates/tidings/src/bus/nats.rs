@@ -355,121 +355,6 @@ impl NatsBus {
         )
         .map(|e| e.update.id.clone()))
     }
-}
-
-#[async_trait]
-impl Bus for NatsBus {
-    fn kind(&self) -> &'static str {
-        super::Kind::Nats.name()
-    }
-
-    async fn publish(&self, update: Update) -> Result<Published, BusError> {
-        // The client would queue a publish while disconnected and send it on reconnect, after
-        // the publisher was told it failed: refuse it here instead.
-        if !self.is_ready() {
-            return Err(unavailable("not connected"));
-        }
-        let micros = now_micros();
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(TIME_HEADER, micros.to_string().as_str());
-        // JetStream stores a message id once within the stream's duplicate window.
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, update.id.as_str());
-        let subject = subject(&self.subject_prefix, Some(update.id.as_str()));
-        let message = wire::encode(&update);
-        let sent = timed(
-            self.timeout,
-            self.js
-                .publish_with_headers(subject, headers, message.into()),
-        )
-        .await?;
-        let ack = match tokio::time::timeout(self.timeout, sent).await {
-            Ok(Ok(ack)) => ack,
-            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => return Err(failed(e)),
-            // Sent, but no acknowledgement: JetStream may have stored it.
-            Ok(Err(e)) => {
-                return Err(BusError::OutcomeUnknown(Cause::caused_by(
-                    format!("nats: {e}"),
-                    e,
-                )))
-            }
-            Err(_) => {
-                return Err(BusError::OutcomeUnknown(
-                    format!("nats: no acknowledgement within {:?}", self.timeout).into(),
-                ))
-            }
-        };
-        Ok(Published {
-            id: update.id,
-            position: Some(position(self.epoch.load(Ordering::Relaxed), ack.sequence)),
-        })
-    }
-
-    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        self.replay_of(from, None).await
-    }
-
-    async fn replay_topics(
-        &self,
-        from: &ReplayFrom,
-        topics: &[Arc<str>],
-    ) -> Result<Replay, BusError> {
-        self.replay_of(from, Some(topics)).await
-    }
-
-    fn state(&self) -> ConnectionState {
-        // Built only once connected: anything but connected is a reconnection.
-        match self.client.connection_state() {
-            async_nats::connection::State::Connected => ConnectionState::Connected,
-            _ => ConnectionState::Reconnecting,
-        }
-    }
-}
-
-impl NatsBus {
-    /// Serves a replay from memory where it can (see the module documentation), else from
-    /// JetStream.
-    async fn replay_of(
-        &self,
-        from: &ReplayFrom,
-        topics: Option<&[Arc<str>]>,
-    ) -> Result<Replay, BusError> {
-        let from_memory = || Ok(self.delivered.history().replay_of(from, topics));
-        // Checked and read under one lock, so that the id cannot be evicted in between.
-        let if_known = |id: &UpdateId| {
-            let mut history = self.delivered.history();
-            history.knows(id).then(|| history.replay_of(from, topics))
-        };
-        match from {
-            ReplayFrom::Now => return from_memory(),
-            ReplayFrom::Earliest if self.history && self.memory_complete => return from_memory(),
-            ReplayFrom::After(id) if self.history => {
-                if let Some(replay) = if_known(id) {
-                    return Ok(replay);
-                }
-                match self.place_of(id).await? {
-                    // Published, and not read here yet: wait until it is.
-                    Some(sequence) => {
-                        let mut last = self.delivered.last.subscribe();
-                        let read = tokio::time::timeout(
-                            CATCH_UP_WAIT,
-                            last.wait_for(|last| *last >= sequence),
-                        )
-                        .await;
-                        if read.is_ok_and(|r| r.is_ok()) {
-                            if let Some(replay) = if_known(id) {
-                                return Ok(replay);
-                            }
-                        }
-                    }
-                    // Unknown to the stream too: a gap either way.
-                    None if self.memory_complete => return from_memory(),
-                    None => {}
-                }
-            }
-            _ => {}
-        }
-        self.replay_from_stream(from).await
-    }
 
     /// Reads history from JetStream (an id older than what this instance delivered, or
     /// unknown; `earliest`).
@@ -512,6 +397,116 @@ impl NatsBus {
             }
         }
         Ok(replay)
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    fn kind(&self) -> &'static str {
+        super::Kind::Nats.name()
+    }
+
+    async fn publish(&self, update: Update) -> Result<Published, BusError> {
+        // The client would queue a publish while disconnected and send it on reconnect, after
+        // the publisher was told it failed: refuse it here instead.
+        if self.state() != ConnectionState::Connected {
+            return Err(unavailable("not connected"));
+        }
+        let micros = now_micros();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TIME_HEADER, micros.to_string().as_str());
+        // JetStream stores a message id once within the stream's duplicate window.
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, update.id.as_str());
+        let subject = subject(&self.subject_prefix, Some(update.id.as_str()));
+        let message = wire::encode(&update);
+        let sent = timed(
+            self.timeout,
+            self.js
+                .publish_with_headers(subject, headers, message.into()),
+        )
+        .await?;
+        let ack = match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => return Err(failed(e)),
+            // Sent, but no acknowledgement: JetStream may have stored it.
+            Ok(Err(e)) => {
+                return Err(BusError::OutcomeUnknown(Cause::caused_by(
+                    format!("nats: {e}"),
+                    e,
+                )))
+            }
+            Err(_) => {
+                return Err(BusError::OutcomeUnknown(
+                    format!("nats: no acknowledgement within {:?}", self.timeout).into(),
+                ))
+            }
+        };
+        Ok(Published {
+            id: update.id,
+            position: Some(position(self.epoch.load(Ordering::Relaxed), ack.sequence)),
+        })
+    }
+
+    /// Serves a replay from memory where it can (see the module documentation), else from
+    /// JetStream.
+    async fn replay(
+        &self,
+        from: &ReplayFrom,
+        topics: Option<&[Arc<str>]>,
+    ) -> Result<Replay, BusError> {
+        let from_memory = || Ok(self.delivered.history().replay(from, topics));
+        // Checked and read under one lock, so that the id cannot be evicted in between.
+        let if_known = |id: &UpdateId| {
+            let mut history = self.delivered.history();
+            history.knows(id).then(|| history.replay(from, topics))
+        };
+        match from {
+            ReplayFrom::Now => return from_memory(),
+            ReplayFrom::Earliest if self.history && self.memory_complete => return from_memory(),
+            ReplayFrom::After(id) if self.history => {
+                if let Some(replay) = if_known(id) {
+                    return Ok(replay);
+                }
+                match self.place_of(id).await? {
+                    // Published, and not read here yet: wait until it is.
+                    Some(sequence) => {
+                        let mut last = self.delivered.last.subscribe();
+                        let read = tokio::time::timeout(
+                            CATCH_UP_WAIT,
+                            last.wait_for(|last| *last >= sequence),
+                        )
+                        .await;
+                        if read.is_ok_and(|r| r.is_ok()) {
+                            if let Some(replay) = if_known(id) {
+                                return Ok(replay);
+                            }
+                        }
+                    }
+                    // Unknown to the stream too: a gap either way.
+                    None if self.memory_complete => return from_memory(),
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+        self.replay_from_stream(from).await
+    }
+
+    fn state(&self) -> ConnectionState {
+        // Built only once connected: anything but connected is a reconnection.
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => ConnectionState::Connected,
+            _ => ConnectionState::Reconnecting,
+        }
+    }
+
+    fn registry(&self) -> Option<Arc<dyn super::Registry>> {
+        None
+    }
+
+    /// Every instance consumes the whole stream: it hears everything as soon as it is connected.
+    async fn listening(&self) -> Result<(), BusError> {
+        Ok(())
     }
 }
 

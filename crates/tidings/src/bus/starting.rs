@@ -11,50 +11,51 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::reconnect::{ConnectionState, Reconnect};
-use super::{connect, Bus, BusError, BusOptions, Published, Replay, ReplayFrom, SubscriberRecord};
+use super::{
+    connect, Bus, BusError, BusOptions, Published, Registry, Replay, ReplayFrom, SubscriberRecord,
+};
 use crate::hub::Hub;
 use crate::update::{SessionId, Update};
 
 /// A bus that is being connected: every call is refused as unavailable until it is, and
-/// passed on after.
+/// passed on after. Neither trait it implements has a default method, so a method added to
+/// one cannot be left unforwarded here.
 #[derive(Debug)]
 struct Starting {
-    kind: &'static str,
-    bus: OnceLock<Arc<dyn Bus>>,
+    kind: super::Kind,
+    bus: Arc<OnceLock<Arc<dyn Bus>>>,
+    /// Handed out before the bus connects, when its kind keeps a registry: callers may keep
+    /// it, and it answers for the bus's own registry once there is one.
+    registry: Option<Arc<dyn Registry>>,
 }
 
-impl Starting {
-    fn bus(&self) -> Result<&Arc<dyn Bus>, BusError> {
-        self.bus.get().ok_or_else(|| {
-            BusError::Unavailable(format!("{}: not connected yet since start-up", self.kind).into())
-        })
-    }
+/// The connected bus, or why there is none yet.
+fn connected(kind: super::Kind, bus: &OnceLock<Arc<dyn Bus>>) -> Result<&Arc<dyn Bus>, BusError> {
+    bus.get().ok_or_else(|| {
+        BusError::Unavailable(format!("{}: not connected yet since start-up", kind.name()).into())
+    })
 }
 
 #[async_trait]
 impl Bus for Starting {
     fn kind(&self) -> &'static str {
-        self.kind
+        self.kind.name()
     }
 
     async fn publish(&self, update: Update) -> Result<Published, BusError> {
-        self.bus()?.publish(update).await
+        connected(self.kind, &self.bus)?.publish(update).await
     }
 
     async fn listening(&self) -> Result<(), BusError> {
-        self.bus()?.listening().await
+        connected(self.kind, &self.bus)?.listening().await
     }
 
-    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        self.bus()?.replay(from).await
-    }
-
-    async fn replay_topics(
+    async fn replay(
         &self,
         from: &ReplayFrom,
-        topics: &[Arc<str>],
+        topics: Option<&[Arc<str>]>,
     ) -> Result<Replay, BusError> {
-        self.bus()?.replay_topics(from, topics).await
+        connected(self.kind, &self.bus)?.replay(from, topics).await
     }
 
     fn state(&self) -> ConnectionState {
@@ -63,31 +64,51 @@ impl Bus for Starting {
             .map_or(ConnectionState::Connecting, |bus| bus.state())
     }
 
+    fn registry(&self) -> Option<Arc<dyn Registry>> {
+        self.registry.clone()
+    }
+}
+
+/// The registry of a bus that is being connected (see [`Starting::registry`]).
+#[derive(Debug)]
+struct StartingRegistry {
+    kind: super::Kind,
+    bus: Arc<OnceLock<Arc<dyn Bus>>>,
+}
+
+impl StartingRegistry {
+    fn registry(&self) -> Result<Arc<dyn Registry>, BusError> {
+        connected(self.kind, &self.bus)?.registry().ok_or_else(|| {
+            BusError::Unavailable(
+                format!("{}: connected without a registry", self.kind.name()).into(),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl Registry for StartingRegistry {
     async fn session_presence(
         &self,
         session: &SessionId,
-    ) -> Result<Option<Vec<(String, usize)>>, BusError> {
-        self.bus()?.session_presence(session).await
+    ) -> Result<Vec<(String, usize)>, BusError> {
+        self.registry()?.session_presence(session).await
     }
 
-    async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {
-        self.bus()?.subscribers().await
+    async fn session_online(&self, session: &SessionId, streams: usize) -> Result<bool, BusError> {
+        self.registry()?.session_online(session, streams).await
     }
 
-    async fn session_online(
-        &self,
-        session: &SessionId,
-        streams: usize,
-    ) -> Result<Option<bool>, BusError> {
-        self.bus()?.session_online(session, streams).await
-    }
-
-    async fn session_offline(&self, session: &SessionId) -> Result<Option<bool>, BusError> {
-        self.bus()?.session_offline(session).await
+    async fn session_offline(&self, session: &SessionId) -> Result<bool, BusError> {
+        self.registry()?.session_offline(session).await
     }
 
     async fn sweep_sessions(&self) -> Result<Vec<SessionId>, BusError> {
-        self.bus()?.sweep_sessions().await
+        self.registry()?.sweep_sessions().await
+    }
+
+    async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {
+        self.registry()?.subscribers().await
     }
 }
 
@@ -118,9 +139,17 @@ pub async fn start(url: &str, options: &BusOptions, hub: Hub) -> Result<Started,
     // `connect` refused any URL that names no bus.
     let kind = super::Kind::of(url).unwrap_or(super::Kind::Memory);
     let broker = kind.broker();
+    let bus = Arc::new(OnceLock::new());
+    let registry = kind.keeps_registry().then(|| {
+        Arc::new(StartingRegistry {
+            kind,
+            bus: bus.clone(),
+        }) as Arc<dyn Registry>
+    });
     let starting = Arc::new(Starting {
-        kind: kind.name(),
-        bus: OnceLock::new(),
+        kind,
+        bus,
+        registry,
     });
     let mut reconnect = Reconnect::new(broker, options.backoff, hub.metrics().clone());
     reconnect.failed(&first);
@@ -130,6 +159,7 @@ pub async fn start(url: &str, options: &BusOptions, hub: Hub) -> Result<Started,
             reconnect.wait().await;
             match Box::pin(connect(&url, &options, hub.clone())).await {
                 Ok(bus) => {
+                    debug_assert_eq!(bus.registry().is_some(), kind.keeps_registry());
                     tracing::info!("{broker}: connected");
                     let _ = pending.bus.set(bus);
                     return;

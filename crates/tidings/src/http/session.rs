@@ -189,29 +189,30 @@ pub(super) async fn describe(
     // Only a publisher that may write to the session may learn whether it is online.
     rights.check(&[Topic::for_session(&session)])?;
     // The bus's registry answers cluster-wide; without one, this instance's hub is the registry.
-    let (scope, instances): (_, Vec<InstanceStreams>) =
-        match state.bus().session_presence(&session).await? {
-            Some(present) => (
-                "cluster",
-                present
-                    .into_iter()
-                    .map(|(instance_id, streams)| InstanceStreams {
-                        instance_id,
-                        streams,
-                    })
-                    .collect(),
-            ),
-            None => (
-                "instance",
-                match state.hub().session_streams(&session) {
-                    0 => Vec::new(),
-                    streams => vec![InstanceStreams {
-                        instance_id: state.config().instance_id.clone(),
-                        streams,
-                    }],
-                },
-            ),
-        };
+    let (scope, instances): (_, Vec<InstanceStreams>) = match state.bus().registry() {
+        Some(registry) => (
+            "cluster",
+            registry
+                .session_presence(&session)
+                .await?
+                .into_iter()
+                .map(|(instance_id, streams)| InstanceStreams {
+                    instance_id,
+                    streams,
+                })
+                .collect(),
+        ),
+        None => (
+            "instance",
+            match state.hub().session_streams(&session) {
+                0 => Vec::new(),
+                streams => vec![InstanceStreams {
+                    instance_id: state.config().instance_id.clone(),
+                    streams,
+                }],
+            },
+        ),
+    };
     let streams = instances.iter().map(|i| i.streams).sum();
     Ok(Json(SessionInfo {
         session_id,

@@ -130,7 +130,7 @@ pub(super) async fn open(
     // after registration, the head could name an update still on its way to this instance,
     // and a client that resumed from it would miss that update.)
     let fresh_head = match from {
-        ReplayFrom::Now => Some(state.bus().replay(&ReplayFrom::Now).await?.head_id),
+        ReplayFrom::Now => Some(state.bus().replay(&ReplayFrom::Now, None).await?.head_id),
         _ => None,
     };
     // Registered before history is read and before the response headers go out: an update
@@ -146,10 +146,10 @@ pub(super) async fn open(
             head_id,
             ..Replay::default()
         },
-        None => match exact_topics(&subscription.spec) {
-            Some(topics) => state.bus().replay_topics(&from, &topics).await?,
-            None => state.bus().replay(&from).await?,
-        },
+        None => {
+            let topics = exact_topics(&subscription.spec);
+            state.bus().replay(&from, topics.as_deref()).await?
+        }
     };
     let metrics = state.metrics().clone();
     let mut initial = VecDeque::with_capacity(replay.updates.len() + 2);
@@ -448,7 +448,11 @@ mod tests {
             self.hub.dispatch(&envelope(3));
             Ok(())
         }
-        async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
+        async fn replay(
+            &self,
+            from: &ReplayFrom,
+            _: Option<&[Arc<str>]>,
+        ) -> Result<Replay, BusError> {
             let raced = self.raced.load(std::sync::atomic::Ordering::SeqCst);
             let published = if raced { 3 } else { 2 };
             let history: Vec<Arc<Envelope>> = match self.keeps_history {
@@ -480,6 +484,10 @@ mod tests {
         }
         fn state(&self) -> crate::bus::ConnectionState {
             crate::bus::ConnectionState::Connected
+        }
+
+        fn registry(&self) -> Option<Arc<dyn crate::bus::Registry>> {
+            None
         }
     }
 

@@ -77,8 +77,10 @@ fn subscriptions_of(record: &SubscriberRecord, active: bool) -> Vec<Subscription
 
 /// Every subscriber: the cluster's when the bus shares them, else this instance's.
 async fn all_subscribers(state: &AppState) -> Result<Vec<SubscriberRecord>, ApiError> {
-    if let Some(records) = state.bus().subscribers().await? {
-        return Ok(records);
+    if let Some(registry) = state.bus().registry() {
+        if let Some(records) = registry.subscribers().await? {
+            return Ok(records);
+        }
     }
     Ok(state
         .hub()
@@ -155,7 +157,7 @@ async fn authorize(
             ))
         });
     }
-    let newest = state.bus().replay(&ReplayFrom::Now).await?.head_id;
+    let newest = state.bus().replay(&ReplayFrom::Now, None).await?.head_id;
     Ok(newest.map_or_else(|| "earliest".to_owned(), |id| id.to_string()))
 }
 

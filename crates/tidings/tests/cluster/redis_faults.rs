@@ -106,6 +106,10 @@ async fn an_instance_started_before_its_redis_serves_unready_and_connects_when_i
     let topic = crate::common::unique_topic("late-redis");
     let (code, body) = publish(&hub, None, &[("topic", &topic), ("data", "early")]).await;
     assert_eq!(code, 503, "{body}");
+    // The registry is Redis's: until it is reached, who is online is unknown (not "nobody").
+    let session = format!("late-{}", crate::common::uuid_like());
+    let presence = format!("/sse/sessions/{session}");
+    assert_eq!(status(&hub, &presence).await, 503);
     hub.wait_for_log("redis: cannot connect; retrying").await;
 
     redis.restart();
@@ -114,6 +118,23 @@ async fn an_instance_started_before_its_redis_serves_unready_and_connects_when_i
     let (code, id) = publish(&hub, None, &[("topic", &topic), ("data", "on time")]).await;
     assert_eq!(code, 200, "{id}");
     assert_eq!(stream.next().await.id, id);
+    // The registry handed out before the bus connected answers for Redis's now.
+    let _held = Stream::open(
+        &hub.url(&format!(
+            "/sse/event-stream?sessionId={session}&eventName=e"
+        )),
+        &[],
+    )
+    .await;
+    wait_until(
+        "the session in Redis's registry",
+        Duration::from_secs(10),
+        async || {
+            let now = crate::common::get_json(&hub.url(&presence)).await;
+            now["scope"] == "cluster" && now["streams"] == 1
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -13,32 +13,90 @@ use super::{free_port, spawn_listening, uuid_like, Hub, WAIT};
 pub fn redis_url() -> Option<String> {
     let url = std::env::var("TIDINGS_TEST_REDIS")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
-    let reachable = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    available("Redis", &url, "TIDINGS_TEST_REDIS", reachable)
+    available(Broker::Redis, url, |url| {
+        redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
 }
 
-/// `Some(url)` when the broker answered; otherwise `None` (the test skips), or a failure under
-/// `TIDINGS_REQUIRE_BROKERS=1`.
-fn available(
-    broker: &str,
-    url: &str,
-    variable: &str,
-    reachable: Result<(), String>,
-) -> Option<String> {
-    let shown = tidings::bus::redact(url);
-    match reachable {
-        Ok(()) => Some(url.to_owned()),
-        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
-            panic!(
-                "{broker} at {shown} is required (TIDINGS_REQUIRE_BROKERS=1) but unreachable: {e}"
-            )
+/// The shared brokers the tests reach, with how to give the tests one.
+#[derive(Debug, Clone, Copy)]
+enum Broker {
+    Redis,
+    Nats,
+    Amqp,
+    Kafka,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Redis => "Redis",
+            Broker::Nats => "NATS",
+            Broker::Amqp => "RabbitMQ",
+            Broker::Kafka => "Kafka",
         }
+    }
+
+    /// The variable that points the tests at another one.
+    fn variable(self) -> &'static str {
+        match self {
+            Broker::Redis => "TIDINGS_TEST_REDIS",
+            Broker::Nats => "TIDINGS_TEST_NATS",
+            Broker::Amqp => "TIDINGS_TEST_AMQP",
+            Broker::Kafka => "TIDINGS_TEST_KAFKA",
+        }
+    }
+
+    /// How to start one on its default port.
+    fn start(self) -> &'static str {
+        match self {
+            Broker::Redis => "`redis-server --port 6379`",
+            Broker::Nats => "`nats-server -js -p 4222`",
+            Broker::Amqp => "`rabbitmq-server -detached`",
+            Broker::Kafka => "Tansu on 9092, as `.ci/services` does",
+        }
+    }
+}
+
+/// `Some(url)` when the broker answers `reach`; otherwise `None` (the test skips, said once per
+/// binary), or a failure under `TIDINGS_REQUIRE_BROKERS=1`. The answer is kept for the binary's
+/// run: tests that skip do not each wait on an unreachable broker.
+fn available(
+    broker: Broker,
+    url: String,
+    reach: impl FnOnce(&str) -> Result<(), String>,
+) -> Option<String> {
+    static REACHED: std::sync::Mutex<Vec<(String, Result<(), String>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let known = REACHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(u, _)| *u == url)
+        .map(|(_, r)| r.clone());
+    let reached = known.unwrap_or_else(|| {
+        let reached = reach(&url);
+        let mut all = REACHED.lock().unwrap_or_else(|e| e.into_inner());
+        all.push((url.clone(), reached.clone()));
+        reached
+    });
+    match reached {
+        Ok(()) => Some(url),
         Err(e) => {
-            eprintln!("skipping: {broker} at {shown} is unreachable ({e}); set {variable}");
+            let what = format!("{} at {}", broker.name(), tidings::bus::redact(&url));
+            super::missing(
+                &what,
+                &format!("it is unreachable ({e})"),
+                &format!(
+                    "start one ({}) or set {} to one",
+                    broker.start(),
+                    broker.variable()
+                ),
+            );
             None
         }
     }
@@ -344,8 +402,9 @@ impl Drop for PrivateRedis {
 /// 127.0.0.1:4222, with JetStream), or `None` (skip) as for [`redis_url`].
 pub fn nats_url() -> Option<String> {
     let url = std::env::var("TIDINGS_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let reachable = accepts(url.trim_start_matches("nats://"));
-    available("NATS", &url, "TIDINGS_TEST_NATS", reachable)
+    available(Broker::Nats, url, |url| {
+        accepts(url.trim_start_matches("nats://"))
+    })
 }
 
 /// Runs a broker clean-up to its end on a runtime of its own, in a thread of its own: a guard
@@ -385,15 +444,16 @@ impl Drop for NatsStream {
 pub fn amqp_url() -> Option<String> {
     let url = std::env::var("TIDINGS_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-    let host_port = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let reachable = accepts(host_port);
-    available("RabbitMQ", &url, "TIDINGS_TEST_AMQP", reachable)
+    available(Broker::Amqp, url, |url| {
+        let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let host_port = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        accepts(host_port)
+    })
 }
 
 /// Deletes a test's RabbitMQ exchange and stream when dropped, even when the test fails.
@@ -430,9 +490,9 @@ impl Drop for AmqpObjects {
 pub fn kafka_url() -> Option<String> {
     let url =
         std::env::var("TIDINGS_TEST_KAFKA").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into());
-    let reachable =
-        tidings::bus::kafka::KafkaUrl::parse(&url).and_then(|parsed| accepts(&parsed.brokers[0]));
-    available("Kafka", &url, "TIDINGS_TEST_KAFKA", reachable)
+    available(Broker::Kafka, url, |url| {
+        tidings::bus::kafka::KafkaUrl::parse(url).and_then(|parsed| accepts(&parsed.brokers[0]))
+    })
 }
 
 /// Deletes a test's Kafka topic when dropped, even when the test fails.
@@ -629,11 +689,12 @@ impl Drop for PrivateRabbit {
 fn started<T>(what: &str, result: std::io::Result<T>) -> Option<T> {
     match result {
         Ok(server) => Some(server),
-        Err(e) if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") => {
-            panic!("{what} is required (TIDINGS_REQUIRE_BROKERS=1): {e}")
-        }
         Err(e) => {
-            eprintln!("skipping: cannot start {what} ({e})");
+            super::missing(
+                &format!("a private {what}"),
+                &format!("it cannot be started ({e})"),
+                &format!("install {what}"),
+            );
             None
         }
     }
@@ -720,11 +781,11 @@ pub fn python_ready(module: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        let hint = "pip install -r examples/python/requirements.txt";
-        if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") {
-            panic!("python3 with the {module} package is required: {hint}");
-        }
-        eprintln!("skipping: python3 cannot import {module} ({hint})");
+        super::missing(
+            &format!("the Python package {module}"),
+            "python3 cannot import it",
+            "pip install -r examples/python/requirements.txt",
+        );
     }
     ok
 }
@@ -859,7 +920,7 @@ impl PrivateRedisCluster {
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
             match spawn_listening(command, port, WAIT) {
                 Ok(child) => cluster.children.push(Some(child)),
-                Err(e) => return started("redis-server --cluster-enabled yes", Err(e)),
+                Err(e) => return started("redis-server", Err(e)),
             }
             cluster.ports.push(port);
         }

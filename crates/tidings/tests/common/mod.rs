@@ -93,13 +93,34 @@ fn spawn_listening(mut command: Command, port: u16, wait: Duration) -> std::io::
 /// under `TIDINGS_REQUIRE_BROKERS=1`, where `.ci/services` installs it.
 pub fn installed(what: &str, present: bool) -> bool {
     if !present {
-        assert!(
-            std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() != Ok("1"),
-            "{what} is required (TIDINGS_REQUIRE_BROKERS=1)"
+        missing(
+            what,
+            "it is not installed",
+            "install it (`.ci/services` does)",
         );
-        eprintln!("skipping: {what} is not installed");
     }
     present
+}
+
+/// What a test needs and cannot have (a broker, a program, a Python package): under
+/// `TIDINGS_REQUIRE_BROKERS=1` (CI) a failure; otherwise the test skips, and the first test of
+/// the binary to skip for `what` says so, with `how` to run them.
+///
+/// The line is written to the terminal itself, not through `eprintln!`: the test runner hides
+/// what a passing test prints that way, and a skip must be seen.
+pub fn missing(what: &str, why: &str, how: &str) {
+    use std::io::Write;
+    if std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() == Ok("1") {
+        panic!("{what} is required (TIDINGS_REQUIRE_BROKERS=1) but {why}; {how}");
+    }
+    static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.iter().any(|s| s == what) {
+        said.push(what.to_owned());
+        // One write, on a line of its own: the runner's own lines are written in pieces.
+        let line = format!("\nskipping the tests that need {what}: {why}; to run them, {how}\n");
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 pub fn uuid_like() -> String {

@@ -305,11 +305,11 @@ impl Namespace {
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
-                assert!(
-                    std::env::var("TIDINGS_REQUIRE_BROKERS").as_deref() != Ok("1"),
-                    "network namespaces are required (TIDINGS_REQUIRE_BROKERS=1) but `ip {step}` failed"
+                crate::common::missing(
+                    "network namespaces",
+                    &format!("`ip {step}` failed"),
+                    "run them as root on Linux with iproute2",
                 );
-                eprintln!("skipped: cannot make a network namespace (`ip {step}`)");
                 return None;
             }
         }

@@ -367,36 +367,14 @@ impl Bus for AmqpBus {
     }
 
     async fn listening(&self) -> Result<(), BusError> {
-        match self.is_ready() {
+        match self.state() == ConnectionState::Connected {
             true => Ok(()),
             false => Err(unavailable("not connected")),
         }
     }
 
-    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        self.replay_of(from, None).await
-    }
-
-    async fn replay_topics(
-        &self,
-        from: &ReplayFrom,
-        topics: &[Arc<str>],
-    ) -> Result<Replay, BusError> {
-        self.replay_of(from, Some(topics)).await
-    }
-
-    fn state(&self) -> ConnectionState {
-        // Built only once connected: without a publishing channel it is reconnecting.
-        match self.shared.publisher() {
-            Some(_) => ConnectionState::Connected,
-            None => ConnectionState::Reconnecting,
-        }
-    }
-}
-
-impl AmqpBus {
-    /// Serves a replay from what this instance read (see [`LocalHistory::replay_of`]).
-    async fn replay_of(
+    /// Serves a replay from what this instance read (see [`LocalHistory::replay`]).
+    async fn replay(
         &self,
         from: &ReplayFrom,
         topics: Option<&[Arc<str>]>,
@@ -419,7 +397,19 @@ impl AmqpBus {
         Ok(lock(&self.shared.delivered)
             .log
             .history
-            .replay_of(from, topics))
+            .replay(from, topics))
+    }
+
+    fn state(&self) -> ConnectionState {
+        // Built only once connected: without a publishing channel it is reconnecting.
+        match self.shared.publisher() {
+            Some(_) => ConnectionState::Connected,
+            None => ConnectionState::Reconnecting,
+        }
+    }
+
+    fn registry(&self) -> Option<Arc<dyn super::Registry>> {
+        None
     }
 }
 

@@ -247,30 +247,8 @@ impl Bus for KafkaBus {
         }
     }
 
-    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        self.replay_of(from, None).await
-    }
-
-    async fn replay_topics(
-        &self,
-        from: &ReplayFrom,
-        topics: &[Arc<str>],
-    ) -> Result<Replay, BusError> {
-        self.replay_of(from, Some(topics)).await
-    }
-
-    fn state(&self) -> ConnectionState {
-        // Built only once connected: without a publisher it is reconnecting.
-        match self.shared.publishing.is_open() {
-            true => ConnectionState::Connected,
-            false => ConnectionState::Reconnecting,
-        }
-    }
-}
-
-impl KafkaBus {
-    /// Serves a replay from what this instance read (see [`LocalHistory::replay_of`]).
-    async fn replay_of(
+    /// Serves a replay from what this instance read (see [`LocalHistory::replay`]).
+    async fn replay(
         &self,
         from: &ReplayFrom,
         topics: Option<&[Arc<str>]>,
@@ -282,9 +260,23 @@ impl KafkaBus {
                 self.shared.read_up_to_now().await?;
             }
         }
-        Ok(lock(&self.shared.reading)
-            .log
-            .history
-            .replay_of(from, topics))
+        Ok(lock(&self.shared.reading).log.history.replay(from, topics))
+    }
+
+    fn state(&self) -> ConnectionState {
+        // Built only once connected: without a publisher it is reconnecting.
+        match self.shared.publishing.is_open() {
+            true => ConnectionState::Connected,
+            false => ConnectionState::Reconnecting,
+        }
+    }
+
+    fn registry(&self) -> Option<Arc<dyn super::Registry>> {
+        None
+    }
+
+    /// Every instance reads the whole partition: it hears everything as soon as it is connected.
+    async fn listening(&self) -> Result<(), BusError> {
+        Ok(())
     }
 }

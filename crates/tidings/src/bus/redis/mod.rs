@@ -35,17 +35,14 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::reconnect::{ConnectionState, Reconnect};
-use super::{
-    wire, Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom, Routing,
-    SubscriberRecord,
-};
+use super::{wire, Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom, Routing};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::update::Limits;
-use crate::update::{SessionId, Update, UpdateId};
+use crate::update::{Update, UpdateId};
 use reader::Reader;
-use registry::Registry;
+use registry::SessionRegistry;
 use target::Connections;
 
 /// Longest wait for one Redis command before the operation counts as failed, unless
@@ -129,17 +126,14 @@ pub struct RedisBus {
     /// The delivery connection's state (connected exactly while `listening` holds a version).
     state: watch::Receiver<ConnectionState>,
     reader: tokio::task::JoinHandle<()>,
-    registry: tokio::task::JoinHandle<()>,
+    /// Sessions and subscribers, cluster-wide (module `registry`).
+    registry: Arc<SessionRegistry>,
+    registry_writer: tokio::task::JoinHandle<()>,
     /// Resumes go through it (module `replay`).
     replays: replay::Replays,
     replay_reader: tokio::task::JoinHandle<()>,
-    /// Subscribers are shared (`--subscriptions`).
-    share_subscribers: bool,
     /// Replicas that must hold a publish before it is answered (`redis-min-replicas`).
     min_replicas: usize,
-    /// This instance's id, and how long its registry entries live (for the online marks).
-    instance: String,
-    session_ttl_secs: u64,
     /// How long one command may take.
     timeout: Duration,
     /// How long a new subscriber may wait for the delivery connection to listen for it (as
@@ -150,7 +144,7 @@ pub struct RedisBus {
 impl Drop for RedisBus {
     fn drop(&mut self) {
         self.reader.abort();
-        self.registry.abort();
+        self.registry_writer.abort();
         self.replay_reader.abort();
     }
 }
@@ -236,7 +230,7 @@ impl RedisBus {
             reconnect,
             timeout,
         });
-        let registry = Registry {
+        let registry = Arc::new(SessionRegistry {
             conns: conns.clone(),
             keys: keys.clone(),
             hub: hub.clone(),
@@ -244,9 +238,9 @@ impl RedisBus {
             ttl_secs: options.session_ttl_secs.max(3),
             share_subscribers: options.share_subscribers,
             timeout,
-        };
+        });
         let reader = tokio::spawn(reader.run());
-        let registry = tokio::spawn(registry.run());
+        let registry_writer = tokio::spawn(registry.clone().run());
         let (replays, replay_reader) = replay::Replays::start(conns.clone(), keys.clone(), options);
         // Publishing before this instance listens would lose its own first updates.
         let _ = tokio::time::timeout(timeout, listening.wait_for(Option::is_some)).await;
@@ -261,12 +255,10 @@ impl RedisBus {
             state,
             reader,
             registry,
+            registry_writer,
             replays,
             replay_reader,
-            share_subscribers: options.share_subscribers,
             min_replicas: options.min_replicas,
-            instance: options.instance_id.clone(),
-            session_ttl_secs: options.session_ttl_secs.max(3),
             timeout,
             listen_wait: options.timeouts.replay,
         })
@@ -276,7 +268,7 @@ impl RedisBus {
     /// lost, a stream is turned away at once (to come back) rather than after the replay
     /// reader's long timeout.
     fn ready_for_replay(&self) -> Result<(), BusError> {
-        match self.is_ready() {
+        match self.state() == ConnectionState::Connected {
             true => Ok(()),
             false => Err(unavailable("not connected")),
         }
@@ -309,17 +301,6 @@ impl RedisBus {
             Ok(Err(e)) => Err(unknown(format!("WAIT failed: {e}"))),
             Err(_) => Err(unknown(format!("WAIT had no answer within {limit:?}"))),
         }
-    }
-
-    /// For each instance id, whether its liveness key still exists.
-    async fn alive(&self, instances: &[String]) -> Result<Vec<bool>, BusError> {
-        let keys: Vec<String> = instances
-            .iter()
-            .map(|i| format!("{}{i}", self.keys.instance_prefix))
-            .collect();
-        let mut conn = self.conns.commands();
-        let values: Vec<Option<String>> = timed(self.timeout, conn.mget(&keys)).await?;
-        Ok(values.iter().map(Option::is_some).collect())
     }
 }
 
@@ -411,7 +392,7 @@ impl Bus for RedisBus {
     async fn publish(&self, update: Update) -> Result<Published, BusError> {
         // With the delivery connection down Redis is most likely unreachable: refuse before
         // sending, so that the publisher hears a plain "not taken".
-        if !self.is_ready() {
+        if self.state() != ConnectionState::Connected {
             return Err(unavailable("not connected"));
         }
         let micros = now_micros();
@@ -466,7 +447,7 @@ impl Bus for RedisBus {
                 "the delivery connection is down; this instance cannot listen for new subscribers",
             )
         };
-        if !self.is_ready() {
+        if self.state() != ConnectionState::Connected {
             return Err(not_listening());
         }
         if self.routing == Routing::Broadcast {
@@ -490,106 +471,22 @@ impl Bus for RedisBus {
         }
     }
 
-    async fn replay(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
-        self.ready_for_replay()?;
-        self.replays.replay(from, None).await
-    }
-
-    async fn replay_topics(
+    async fn replay(
         &self,
         from: &ReplayFrom,
-        topics: &[Arc<str>],
+        topics: Option<&[Arc<str>]>,
     ) -> Result<Replay, BusError> {
         self.ready_for_replay()?;
-        self.replays.replay(from, Some(topics.to_vec())).await
+        self.replays.replay(from, topics.map(<[_]>::to_vec)).await
     }
 
     fn state(&self) -> ConnectionState {
         *self.state.borrow()
     }
 
-    async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {
-        if !self.share_subscribers {
-            return Ok(None);
-        }
-        let mut conn = self.conns.commands();
-        let instances: Vec<String> =
-            timed(self.timeout, conn.smembers(&self.keys.instances)).await?;
-        if instances.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let alive = self.alive(&instances).await?;
-        let (live, dead): (Vec<_>, Vec<_>) = instances
-            .into_iter()
-            .zip(alive)
-            .partition(|(_, alive)| *alive);
-        if !dead.is_empty() {
-            let dead: Vec<String> = dead.into_iter().map(|(i, _)| i).collect();
-            let _: Result<(), _> = timed(self.timeout, conn.srem(&self.keys.instances, dead)).await;
-        }
-        if live.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let blobs_keys: Vec<String> = live
-            .iter()
-            .map(|(i, _)| format!("{}{i}", self.keys.subscribers_prefix))
-            .collect();
-        let blobs: Vec<Option<String>> = timed(self.timeout, conn.mget(&blobs_keys)).await?;
-        Ok(Some(
-            blobs
-                .iter()
-                .flatten()
-                .flat_map(|b| parse_records(b))
-                .collect(),
-        ))
+    fn registry(&self) -> Option<Arc<dyn super::Registry>> {
+        Some(self.registry.clone())
     }
-
-    async fn session_online(
-        &self,
-        session: &SessionId,
-        streams: usize,
-    ) -> Result<Option<bool>, BusError> {
-        self.mark_online(session, streams).await.map(Some)
-    }
-
-    async fn session_offline(&self, session: &SessionId) -> Result<Option<bool>, BusError> {
-        self.mark_offline(session).await.map(Some)
-    }
-
-    async fn sweep_sessions(&self) -> Result<Vec<SessionId>, BusError> {
-        self.sweep().await
-    }
-
-    async fn session_presence(
-        &self,
-        session: &SessionId,
-    ) -> Result<Option<Vec<(String, usize)>>, BusError> {
-        let mut conn = self.conns.commands();
-        let key = format!("{}{}", self.keys.session_prefix, session.as_str());
-        let entries: Vec<(String, usize)> = timed(self.timeout, conn.hgetall(&key)).await?;
-        let entries: Vec<(String, usize)> = entries.into_iter().filter(|(_, n)| *n > 0).collect();
-        if entries.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        // Only instances that are still alive count: a dead one's liveness key has expired.
-        let ids: Vec<String> = entries.iter().map(|(i, _)| i.clone()).collect();
-        let alive = self.alive(&ids).await?;
-        let mut present: Vec<(String, usize)> = entries
-            .into_iter()
-            .zip(alive)
-            .filter_map(|(entry, alive)| alive.then_some(entry))
-            .collect();
-        present.sort();
-        Ok(Some(present))
-    }
-}
-
-/// Parses the shared subscriber records of one instance (skipping a malformed blob).
-fn parse_records(blob: &str) -> Vec<SubscriberRecord> {
-    serde_json::from_str(blob).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "redis: skipping a malformed subscriber record");
-        Vec::new()
-    })
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! The cluster-wide session registry and the shared record of subscribers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
 
 use super::{timed, Keys};
-use crate::bus::{BusError, SubscriberRecord};
+use crate::bus::{BusError, Registry, SubscriberRecord};
 use crate::hub::Hub;
 use crate::update::SessionId;
 
@@ -14,7 +17,8 @@ use crate::update::SessionId;
 /// refreshed while the session has streams), and `<prefix>:instance:<id>` says the instance is
 /// alive (refreshed every third of `session-ttl`). An instance that dies stops refreshing
 /// both: readers ignore it at once when its liveness key expires, and its entries expire.
-pub(super) struct Registry {
+#[derive(Debug)]
+pub(super) struct SessionRegistry {
     pub(super) conns: std::sync::Arc<super::Connections>,
     pub(super) keys: Keys,
     pub(super) hub: Hub,
@@ -27,8 +31,10 @@ pub(super) struct Registry {
     pub(super) timeout: Duration,
 }
 
-impl Registry {
-    pub(super) async fn run(self) {
+impl SessionRegistry {
+    /// Writes this instance's part of the registry as its sessions and subscribers change,
+    /// and refreshes it before it expires; runs until aborted.
+    pub(super) async fn run(self: Arc<Self>) {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(self.ttl_secs / 3));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -154,7 +160,7 @@ return redis.call('SREM', KEYS[2], ARGV[2])
 /// Sessions looked at per round trip of a sweep.
 const SWEEP_BATCH: usize = 500;
 
-impl super::RedisBus {
+impl SessionRegistry {
     fn offline_invocation(&self, pipe: &mut redis::Pipeline, session: &str, sweep: bool) {
         pipe.cmd("EVAL")
             .arg(OFFLINE_SCRIPT)
@@ -166,70 +172,6 @@ impl super::RedisBus {
             .arg(session)
             .arg(if sweep { "sweep" } else { "closed" })
             .arg(&self.instance);
-    }
-
-    /// See [`crate::bus::Bus::session_online`].
-    pub(super) async fn mark_online(
-        &self,
-        session: &SessionId,
-        streams: usize,
-    ) -> Result<bool, BusError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(ONLINE_SCRIPT)
-            .arg(2)
-            .arg(format!("{}{}", self.keys.session_prefix, session.as_str()))
-            .arg(&self.keys.online)
-            .arg(&self.instance)
-            .arg(streams)
-            .arg(self.session_ttl_secs)
-            .arg(session.as_str());
-        let mut conn = self.conns.commands();
-        let (added,): (i64,) = timed(self.timeout, pipe.query_async(&mut conn)).await?;
-        Ok(added == 1)
-    }
-
-    /// See [`crate::bus::Bus::session_offline`].
-    pub(super) async fn mark_offline(&self, session: &SessionId) -> Result<bool, BusError> {
-        let mut pipe = redis::pipe();
-        self.offline_invocation(&mut pipe, session.as_str(), false);
-        let mut conn = self.conns.commands();
-        let (removed,): (i64,) = timed(self.timeout, pipe.query_async(&mut conn)).await?;
-        Ok(removed == 1)
-    }
-
-    /// See [`crate::bus::Bus::sweep_sessions`]: the sweeper of a period is whoever takes the
-    /// lock, which expires with the period.
-    pub(super) async fn sweep(&self) -> Result<Vec<SessionId>, BusError> {
-        let mut conn = self.conns.commands();
-        let locked: Option<String> = timed(
-            self.timeout,
-            redis::cmd("SET")
-                .arg(&self.keys.sweeper)
-                .arg(&self.instance)
-                .arg("NX")
-                .arg("EX")
-                .arg(self.session_ttl_secs)
-                .query_async(&mut conn),
-        )
-        .await?;
-        if locked.is_none() {
-            return Ok(Vec::new());
-        }
-        let mut gone = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            match self.sweep_batch(&mut conn, cursor, &mut gone).await {
-                Ok(0) => return Ok(gone),
-                Ok(next) => cursor = next,
-                // What was marked offline already is told, whatever failed after it.
-                Err(e) if !gone.is_empty() => {
-                    tracing::warn!(error = %e, "redis: a session sweep stopped half-way");
-                    return Ok(gone);
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// One batch of a sweep from `cursor`: the sessions it marked offline go to `gone`; the
@@ -266,4 +208,142 @@ impl super::RedisBus {
         }
         Ok(next)
     }
+
+    /// For each instance id, whether its liveness key still exists.
+    async fn alive(&self, instances: &[String]) -> Result<Vec<bool>, BusError> {
+        let keys: Vec<String> = instances
+            .iter()
+            .map(|i| format!("{}{i}", self.keys.instance_prefix))
+            .collect();
+        let mut conn = self.conns.commands();
+        let values: Vec<Option<String>> = timed(self.timeout, conn.mget(&keys)).await?;
+        Ok(values.iter().map(Option::is_some).collect())
+    }
+}
+
+#[async_trait]
+impl Registry for SessionRegistry {
+    async fn subscribers(&self) -> Result<Option<Vec<SubscriberRecord>>, BusError> {
+        if !self.share_subscribers {
+            return Ok(None);
+        }
+        let mut conn = self.conns.commands();
+        let instances: Vec<String> =
+            timed(self.timeout, conn.smembers(&self.keys.instances)).await?;
+        if instances.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let alive = self.alive(&instances).await?;
+        let (live, dead): (Vec<_>, Vec<_>) = instances
+            .into_iter()
+            .zip(alive)
+            .partition(|(_, alive)| *alive);
+        if !dead.is_empty() {
+            let dead: Vec<String> = dead.into_iter().map(|(i, _)| i).collect();
+            let _: Result<(), _> = timed(self.timeout, conn.srem(&self.keys.instances, dead)).await;
+        }
+        if live.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let blobs_keys: Vec<String> = live
+            .iter()
+            .map(|(i, _)| format!("{}{i}", self.keys.subscribers_prefix))
+            .collect();
+        let blobs: Vec<Option<String>> = timed(self.timeout, conn.mget(&blobs_keys)).await?;
+        Ok(Some(
+            blobs
+                .iter()
+                .flatten()
+                .flat_map(|b| parse_records(b))
+                .collect(),
+        ))
+    }
+
+    async fn session_online(&self, session: &SessionId, streams: usize) -> Result<bool, BusError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(ONLINE_SCRIPT)
+            .arg(2)
+            .arg(format!("{}{}", self.keys.session_prefix, session.as_str()))
+            .arg(&self.keys.online)
+            .arg(&self.instance)
+            .arg(streams)
+            .arg(self.ttl_secs)
+            .arg(session.as_str());
+        let mut conn = self.conns.commands();
+        let (added,): (i64,) = timed(self.timeout, pipe.query_async(&mut conn)).await?;
+        Ok(added == 1)
+    }
+
+    async fn session_offline(&self, session: &SessionId) -> Result<bool, BusError> {
+        let mut pipe = redis::pipe();
+        self.offline_invocation(&mut pipe, session.as_str(), false);
+        let mut conn = self.conns.commands();
+        let (removed,): (i64,) = timed(self.timeout, pipe.query_async(&mut conn)).await?;
+        Ok(removed == 1)
+    }
+
+    // The sweeper of a period is whoever takes the lock, which expires with the period.
+    async fn sweep_sessions(&self) -> Result<Vec<SessionId>, BusError> {
+        let mut conn = self.conns.commands();
+        let locked: Option<String> = timed(
+            self.timeout,
+            redis::cmd("SET")
+                .arg(&self.keys.sweeper)
+                .arg(&self.instance)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.ttl_secs)
+                .query_async(&mut conn),
+        )
+        .await?;
+        if locked.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut gone = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            match self.sweep_batch(&mut conn, cursor, &mut gone).await {
+                Ok(0) => return Ok(gone),
+                Ok(next) => cursor = next,
+                // What was marked offline already is told, whatever failed after it.
+                Err(e) if !gone.is_empty() => {
+                    tracing::warn!(error = %e, "redis: a session sweep stopped half-way");
+                    return Ok(gone);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn session_presence(
+        &self,
+        session: &SessionId,
+    ) -> Result<Vec<(String, usize)>, BusError> {
+        let mut conn = self.conns.commands();
+        let key = format!("{}{}", self.keys.session_prefix, session.as_str());
+        let entries: Vec<(String, usize)> = timed(self.timeout, conn.hgetall(&key)).await?;
+        let entries: Vec<(String, usize)> = entries.into_iter().filter(|(_, n)| *n > 0).collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Only instances that are still alive count: a dead one's liveness key has expired.
+        let ids: Vec<String> = entries.iter().map(|(i, _)| i.clone()).collect();
+        let alive = self.alive(&ids).await?;
+        let mut present: Vec<(String, usize)> = entries
+            .into_iter()
+            .zip(alive)
+            .filter_map(|(entry, alive)| alive.then_some(entry))
+            .collect();
+        present.sort();
+        Ok(present)
+    }
+}
+
+/// Parses the shared subscriber records of one instance (skipping a malformed blob).
+fn parse_records(blob: &str) -> Vec<SubscriberRecord> {
+    serde_json::from_str(blob).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "redis: skipping a malformed subscriber record");
+        Vec::new()
+    })
 }

@@ -1,0 +1,130 @@
+//! From a bus URL to a running bus: the one table of schemes ([`Kind`]), [`connect`], and the
+//! URL as logs may show it ([`redact`]).
+
+use std::sync::Arc;
+
+use super::{Bus, BusError, BusOptions};
+use crate::hub::Hub;
+
+/// The bus URL with its credentials masked, for logs (`redis://:secret@host` →
+/// `redis://***@host`).
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The kinds of bus, named by the scheme of a bus URL: the one table of schemes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `memory://`
+    Memory,
+    /// `redis://`, `rediss://`, `redis+sentinel://`, `rediss+sentinel://`, `redis+cluster://`,
+    /// `rediss+cluster://`
+    Redis,
+    /// `nats://`
+    Nats,
+    /// `amqp://`, `amqps://`
+    Amqp,
+    /// `kafka://`, `kafkas://`
+    Kafka,
+}
+
+impl Kind {
+    /// The kind a bus URL names, if any.
+    pub fn of(url: &str) -> Option<Kind> {
+        match url.split_once("://").map_or(url, |(scheme, _)| scheme) {
+            "memory" => Some(Kind::Memory),
+            "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster"
+            | "rediss+cluster" => Some(Kind::Redis),
+            "nats" => Some(Kind::Nats),
+            "amqp" | "amqps" => Some(Kind::Amqp),
+            "kafka" | "kafkas" => Some(Kind::Kafka),
+            _ => None,
+        }
+    }
+
+    /// Its name, as [`Bus::kind`] says it (and its cargo feature's, for a broker bus).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Memory => "memory",
+            Kind::Redis => "redis",
+            Kind::Nats => "nats",
+            Kind::Amqp => "amqp",
+            Kind::Kafka => "kafka",
+        }
+    }
+
+    /// Whether a bus of this kind keeps a cluster registry ([`Bus::registry`]): the start-up
+    /// proxy answers for it before the bus connects, so that what callers keep of it then
+    /// stays true after.
+    pub fn keeps_registry(self) -> bool {
+        matches!(self, Kind::Redis)
+    }
+
+    /// The broker's name in logs and metrics' labels.
+    pub fn broker(self) -> &'static str {
+        match self {
+            Kind::Amqp => "rabbitmq",
+            other => other.name(),
+        }
+    }
+}
+
+/// Connects the bus named by `url` and starts delivering to `hub`.
+///
+/// # Errors
+/// [`BusError::Config`] for an unknown scheme or bad options; [`BusError::Unavailable`] when
+/// the broker cannot be reached.
+pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dyn Bus>, BusError> {
+    let Some(kind) = Kind::of(url) else {
+        return Err(BusError::Config(
+            format!(
+                "unknown bus URL {:?}: expected memory://, redis://, amqp://, nats:// or kafka://",
+                redact(url)
+            )
+            .into(),
+        ));
+    };
+    match kind {
+        Kind::Memory => Ok(Arc::new(super::memory::MemoryBus::with_ttl(
+            options.history_size,
+            options.history_ttl(),
+            hub,
+        ))),
+        #[cfg(feature = "redis")]
+        Kind::Redis => Ok(Arc::new(super::redis::RedisBus::connect(url, options, hub).await?)),
+        #[cfg(feature = "nats")]
+        Kind::Nats => Ok(Arc::new(super::nats::NatsBus::connect(url, options, hub).await?)),
+        #[cfg(feature = "amqp")]
+        Kind::Amqp => Ok(Arc::new(super::amqp::AmqpBus::connect(url, options, hub).await?)),
+        #[cfg(feature = "kafka")]
+        Kind::Kafka => Ok(Arc::new(super::kafka::KafkaBus::connect(url, options, hub).await?)),
+        #[allow(unreachable_patterns)]
+        left_out => Err(BusError::Config(
+            format!(
+                "this build of tidings has no {0} bus: build it with the cargo feature {0:?} (on by default)",
+                left_out.name()
+            )
+            .into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_never_reach_the_logs() {
+        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact("amqp://user:pass@h/%2f"), "amqp://***@h/%2f");
+        assert_eq!(redact("redis://h:6379/0?x=a@b"), "redis://h:6379/0?x=a@b");
+        assert_eq!(redact("memory://"), "memory://");
+    }
+}
