@@ -54,6 +54,9 @@ pub struct Metrics {
     pub bus_reconnects: Counter,
     /// Reconnections after which updates may have been lost (history off, or trimmed).
     pub bus_gaps: Counter,
+    /// Messages read from the broker and skipped: not text, not a wire-format message, or
+    /// refused as an HTTP publish of it would have been.
+    pub bus_skipped: Counter,
     /// Messages the broker sent to instances for this instance's publishes (the broker-side
     /// fan-out; what interest routing keeps low).
     pub bus_broker_messages: Counter,
@@ -101,6 +104,7 @@ impl Metrics {
             rejected_requests: Counter::default(),
             bus_reconnects: Counter::default(),
             bus_gaps: Counter::default(),
+            bus_skipped: Counter::default(),
             bus_broker_messages: Counter::default(),
             bus_broker_bytes: Counter::default(),
             auth_callbacks: Family::default(),
@@ -177,6 +181,11 @@ impl Metrics {
             "bus_gaps",
             "Bus reconnections after which updates may have been lost",
             m.bus_gaps.clone(),
+        );
+        registry.register(
+            "bus_skipped",
+            "Messages read from the broker and skipped as malformed",
+            m.bus_skipped.clone(),
         );
         registry.register(
             "bus_broker_messages",

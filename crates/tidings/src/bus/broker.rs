@@ -59,7 +59,7 @@ pub(super) async fn with_limit<T, E: std::error::Error + Send + Sync + 'static>(
 
 /// Locks `mutex`, also after a panic while it was held: its holders complete each mutation
 /// before anything that could panic runs.
-#[cfg(any(feature = "amqp", feature = "kafka"))]
+#[cfg(any(feature = "nats", feature = "amqp", feature = "kafka"))]
 pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -41,7 +41,7 @@ mod error;
 pub mod history;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-#[cfg(any(feature = "amqp", feature = "kafka"))]
+#[cfg(any(feature = "nats", feature = "amqp", feature = "kafka"))]
 mod log;
 pub mod memory;
 #[cfg(feature = "nats")]

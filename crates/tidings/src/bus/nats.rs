@@ -4,8 +4,10 @@
 //!   prefix), on the subject `<prefix>.u.<digest of the update id>`, and is acknowledged once
 //!   JetStream stored it. The stream sequence is the update's position: one total order.
 //! - **Delivery** (broadcast routing): every instance reads the stream with an ordered
-//!   consumer from where it is, hands each update to its hub in sequence order, and counts a
-//!   gap when the sequence jumps (what it missed was trimmed before it could read it).
+//!   consumer from where it is and hands each update to its hub in sequence order, by the
+//!   rules every bus that reads a log keeps (`bus/log.rs`): a sequence that jumps is a gap
+//!   (trimmed before it could be read), counted; a repeated id is skipped; a stream NATS lost
+//!   is read again from its start at positions past the old ones.
 //! - **Replay** is served from what the instance delivered, kept in its memory (the last
 //!   `history-size` updates, younger than `history-ttl`): every instance reads the whole
 //!   stream, so a resume after a recent id — all of them when an instance dies and its clients
@@ -17,7 +19,6 @@
 //! JetStream on NATS 2.9 filters a consumer by one subject only, so this bus routes by
 //! broadcast whatever `routing` says.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,12 +29,14 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use super::broker::lock;
 use super::history::LocalHistory;
-use super::reconnect::{ConnectionState, Reconnect};
-use super::{wire, Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom};
-use crate::envelope::{now_micros, Envelope, Position};
+use super::log::ReadLog;
+use super::reconnect::{self, ConnectionState, Reconnect, Stop};
+use super::wire::{self, Decoder};
+use super::{Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom};
+use crate::envelope::{now_micros, Envelope};
 use crate::hub::Hub;
-use crate::update::Limits;
 use crate::update::{Update, UpdateId};
 
 pub use tidings_client::nats::{stream_name, subject, TIME_HEADER};
@@ -50,9 +53,8 @@ pub struct NatsBus {
     stream: stream::Stream,
     subject_prefix: String,
     history: bool,
-    limits: Limits,
-    /// See [`position`]; shared with the delivery task.
-    epoch: Arc<AtomicU64>,
+    /// Decodes what history reads from the stream, as the delivery task does.
+    decoder: Decoder,
     /// What this instance delivered, kept to serve resumes (see the module documentation).
     delivered: Arc<Delivered>,
     /// The stream was empty when this instance started: what it delivered is all the stream
@@ -63,21 +65,22 @@ pub struct NatsBus {
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// What the delivery task handed to the hub, shared with the bus's replays.
+/// What the delivery task read and handed to the hub, shared with the bus's replays.
 #[derive(Debug)]
 struct Delivered {
-    /// Recorded and dispatched under this one lock, and replayed under it: a replay is a
-    /// consistent suffix of what was delivered, and every later update is delivered live.
-    history: Mutex<LocalHistory>,
+    /// The stream as read: a message's offset in the log is its sequence - 1 (JetStream
+    /// counts from 1), so its position is `epoch << 64 | sequence`. Recorded and dispatched
+    /// under this one lock, and replayed under it: a replay is a consistent suffix of what
+    /// was delivered, and every later update is delivered live.
+    log: Mutex<ReadLog>,
     /// The sequence of the last message read, for a replay waiting for an id it has not
     /// delivered yet.
     last: tokio::sync::watch::Sender<u64>,
 }
 
 impl Delivered {
-    fn history(&self) -> MutexGuard<'_, LocalHistory> {
-        // Each mutation is completed before anything that could panic runs.
-        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    fn log(&self) -> MutexGuard<'_, ReadLog> {
+        lock(&self.log)
     }
 }
 
@@ -106,42 +109,52 @@ async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     super::broker::with_limit(super::Kind::Nats, limit, f).await
 }
 
-/// The position of the message at `sequence`. `epoch` counts the times NATS lost the stream
-/// and its sequences started over, so that positions keep growing on an instance.
-fn position(epoch: u64, sequence: u64) -> Position {
-    Position(u128::from(epoch) << 64 | u128::from(sequence))
+/// The offset in the log of the message at `sequence` (JetStream counts from 1).
+fn offset(sequence: u64) -> u64 {
+    sequence.saturating_sub(1)
 }
 
-/// Decodes one stored message into an envelope (logging and skipping a malformed one).
-fn envelope(
-    epoch: u64,
-    sequence: u64,
-    headers: Option<&async_nats::HeaderMap>,
-    payload: &[u8],
-    limits: &Limits,
-) -> Option<Arc<Envelope>> {
-    let micros = headers
+/// The sequence to read from after the log's last offset read (from the start when nothing
+/// was).
+fn next_sequence(last: Option<u64>) -> u64 {
+    last.map_or(1, |offset| offset + 2)
+}
+
+/// True when a stream whose last sequence is `head` cannot be the one this instance read up to
+/// `last` (an offset): NATS lost it (restarted without its store) and its sequences started
+/// over.
+fn stream_lost(head: u64, last: Option<u64>) -> bool {
+    last.is_some_and(|offset| head <= offset)
+}
+
+/// The publish time a message carries (its `Tidings-Time` header), 0 when it has none.
+fn published_at(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    headers
         .and_then(|h| h.get(TIME_HEADER))
         .and_then(|v| v.as_str().parse().ok())
-        .filter(|m| *m > 0)
-        .unwrap_or_else(now_micros);
-    let text = match std::str::from_utf8(payload) {
-        Ok(text) => text,
-        Err(_) => {
-            tracing::warn!(sequence, "nats: a message that is not text; skipped");
-            return None;
-        }
-    };
-    match wire::decode(text, || UpdateId::derived(sequence), limits) {
-        Ok(update) => Some(Arc::new(Envelope::new(
-            update,
-            position(epoch, sequence),
-            micros,
-        ))),
-        Err(e) => {
-            tracing::warn!(sequence, error = %e, "nats: a malformed message; skipped");
-            None
-        }
+        .unwrap_or(0)
+}
+
+/// Where a replay is served from (see the module documentation): this instance's memory of
+/// what it delivered, or JetStream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// What this instance delivered.
+    Memory,
+    /// Memory if it holds the resume id; else the id is placed in the stream first.
+    MemoryOrPlace,
+    /// The stream.
+    Stream,
+}
+
+/// Where a replay from `from` starts looking, with `history` kept and the stream read
+/// whole since it was empty (`memory_complete`).
+fn source(from: &ReplayFrom, history: bool, memory_complete: bool) -> Source {
+    match from {
+        ReplayFrom::Now => Source::Memory,
+        ReplayFrom::Earliest if history && memory_complete => Source::Memory,
+        ReplayFrom::After(_) if history => Source::MemoryOrPlace,
+        _ => Source::Stream,
     }
 }
 
@@ -218,26 +231,29 @@ impl NatsBus {
             })?;
         let state = timed(timeout, stream.get_info()).await?.state;
         let (start, memory_complete) = (state.last_sequence, state.messages == 0);
-        let epoch = Arc::new(AtomicU64::new(0));
-        let mut history = LocalHistory::new(options.history_size, options.history_ttl());
-        // The stream's newest update is where fresh streams start, before this instance
-        // delivers anything.
+        let decoder = Decoder::new(
+            super::Kind::Nats,
+            options.limits.clone(),
+            hub.metrics().clone(),
+        );
+        let mut log = ReadLog::new(
+            LocalHistory::new(options.history_size, options.history_ttl()),
+            decoder.clone(),
+        );
+        // This instance delivers what is published from now on; the stream's newest update
+        // is where fresh streams start, before it delivers anything.
         if start > 0 {
+            log.pass(offset(start));
             if let Ok(message) = timed(timeout, stream.get_raw_message(start)).await {
-                let newest = envelope(
-                    0,
-                    start,
-                    Some(&message.headers),
-                    &message.payload,
-                    &options.limits,
-                );
-                if let Some(newest) = newest {
-                    history.record(&newest);
+                let at = log.position_of(offset(start));
+                let micros = published_at(Some(&message.headers));
+                if let Some(newest) = decoder.envelope(&message.payload, start, at, micros) {
+                    log.history.record(&newest);
                 }
             }
         }
         let delivered = Arc::new(Delivered {
-            history: Mutex::new(history),
+            log: Mutex::new(log),
             last: tokio::sync::watch::Sender::new(start),
         });
         let reconnect = Reconnect::new(
@@ -251,23 +267,18 @@ impl NatsBus {
             stream: stream.clone(),
             filter: format!("{subject_prefix}.u.>"),
             hub,
-            limits: options.limits.clone(),
-            last: start,
-            epoch: epoch.clone(),
             delivered: delivered.clone(),
             connections,
-            reconnect,
             timeout,
         };
-        let reader = tokio::spawn(reader.run());
+        let reader = tokio::spawn(reconnect.run(reader, None));
         Ok(NatsBus {
             client,
             js,
             stream,
             subject_prefix,
             history: options.history_size > 0,
-            limits: options.limits.clone(),
-            epoch,
+            decoder,
             delivered,
             memory_complete,
             timeout,
@@ -301,13 +312,8 @@ impl NatsBus {
             };
             let sequence = message.info().map_err(unavailable)?.stream_sequence;
             if sequence >= from {
-                envelopes.extend(envelope(
-                    self.epoch.load(Ordering::Relaxed),
-                    sequence,
-                    message.headers.as_ref(),
-                    &message.payload,
-                    &self.limits,
-                ));
+                let micros = published_at(message.headers.as_ref());
+                envelopes.extend(self.envelope(sequence, &message.payload, micros));
             }
             if sequence >= to {
                 return Ok(envelopes);
@@ -346,14 +352,16 @@ impl NatsBus {
             Ok(message) => message,
             Err(_) => return Ok(None),
         };
-        Ok(envelope(
-            self.epoch.load(Ordering::Relaxed),
-            sequence,
-            Some(&message.headers),
-            &message.payload,
-            &self.limits,
-        )
-        .map(|e| e.update.id.clone()))
+        let micros = published_at(Some(&message.headers));
+        Ok(self
+            .envelope(sequence, &message.payload, micros)
+            .map(|e| e.update.id.clone()))
+    }
+
+    /// The message at `sequence`, read from the stream, as the delivery task would deliver it.
+    fn envelope(&self, sequence: u64, payload: &[u8], micros: u64) -> Option<Arc<Envelope>> {
+        let at = self.delivered.log().position_of(offset(sequence));
+        self.decoder.envelope(payload, sequence, at, micros)
     }
 
     /// Reads history from JetStream (an id older than what this instance delivered, or
@@ -384,7 +392,7 @@ impl NatsBus {
                     Some(sequence) if sequence >= first => {
                         replay.updates = self.range(sequence + 1, head).await?;
                         replay.resumed_at =
-                            Some(position(self.epoch.load(Ordering::Relaxed), sequence));
+                            Some(self.delivered.log().position_of(offset(sequence)));
                     }
                     _ if replay.head_id.as_ref() == Some(id) => {}
                     _ => {
@@ -443,7 +451,7 @@ impl Bus for NatsBus {
         };
         Ok(Published {
             id: update.id,
-            position: Some(position(self.epoch.load(Ordering::Relaxed), ack.sequence)),
+            position: Some(self.delivered.log().position_of(offset(ack.sequence))),
         })
     }
 
@@ -454,16 +462,15 @@ impl Bus for NatsBus {
         from: &ReplayFrom,
         topics: Option<&[Arc<str>]>,
     ) -> Result<Replay, BusError> {
-        let from_memory = || Ok(self.delivered.history().replay(from, topics));
+        let from_memory = || Ok(self.delivered.log().history.replay(from, topics));
         // Checked and read under one lock, so that the id cannot be evicted in between.
         let if_known = |id: &UpdateId| {
-            let mut history = self.delivered.history();
+            let history = &mut self.delivered.log().history;
             history.knows(id).then(|| history.replay(from, topics))
         };
-        match from {
-            ReplayFrom::Now => return from_memory(),
-            ReplayFrom::Earliest if self.history && self.memory_complete => return from_memory(),
-            ReplayFrom::After(id) if self.history => {
+        match (source(from, self.history, self.memory_complete), from) {
+            (Source::Memory, _) => return from_memory(),
+            (Source::MemoryOrPlace, ReplayFrom::After(id)) => {
                 if let Some(replay) = if_known(id) {
                     return Ok(replay);
                 }
@@ -518,41 +525,21 @@ struct Reader {
     stream: stream::Stream,
     filter: String,
     hub: Hub,
-    limits: Limits,
-    /// The last sequence handed to the hub (or the stream's head at start).
-    last: u64,
-    /// See [`position`]; bumped here when NATS lost the stream.
-    epoch: Arc<AtomicU64>,
+    /// Where this instance is in the stream, and what it delivered.
     delivered: Arc<Delivered>,
     /// Changes at each reconnection to NATS.
     connections: watch::Receiver<u64>,
-    /// The delivery's backoff after a failure of its own.
-    reconnect: Reconnect,
     /// How long one operation may take.
     timeout: Duration,
 }
 
-impl Reader {
-    async fn run(mut self) {
-        loop {
-            // The client reconnects by itself (with the same backoff); delivery follows it at
-            // once, and waits only after a failure of its own.
-            match self.follow().await {
-                Ok(()) => {
-                    tracing::info!("nats: reconnected; resuming delivery after the last update");
-                    self.reconnect.connected();
-                    self.hub.metrics().bus_reconnects.inc();
-                }
-                Err(e) => {
-                    self.reconnect.failed(&e);
-                    self.reconnect.wait().await;
-                }
-            }
-        }
-    }
+/// The client reconnects by itself (with the same backoff); delivery follows it at once
+/// ([`Stop::Reconnected`]), and waits only after a failure of its own.
+impl reconnect::Target for Reader {
+    type Connection = pull::Ordered;
 
-    /// Delivers until NATS reconnects (`Ok`: start again from the last update) or fails.
-    async fn follow(&mut self) -> Result<(), BusError> {
+    /// An ordered consumer of the stream from after the last message read.
+    async fn connect(&mut self) -> Result<pull::Ordered, BusError> {
         self.connections.borrow_and_update();
         // A NATS that lost its store (restarted without persistence) lost the stream too:
         // create it again, and start over from its beginning.
@@ -565,35 +552,42 @@ impl Reader {
             .await?
             .state
             .last_sequence;
-        if head < self.last {
-            self.hub.metrics().bus_gaps.inc();
-            tracing::warn!(
-                last = self.last,
-                head,
-                "nats: the stream is newer than what this instance delivered (NATS lost it); updates in between are lost"
-            );
-            self.last = 0;
-            self.epoch.fetch_add(1, Ordering::Relaxed);
-        }
+        let start_sequence = {
+            let mut log = self.delivered.log();
+            if stream_lost(head, log.last()) {
+                self.hub.metrics().bus_gaps.inc();
+                tracing::warn!(
+                    last = next_sequence(log.last()) - 1,
+                    head,
+                    "nats: the stream is newer than what this instance delivered (NATS lost it); updates in between are lost"
+                );
+                log.lost();
+            }
+            next_sequence(log.last())
+        };
         let consumer = timed(
             self.timeout,
             self.stream.create_consumer(pull::OrderedConfig {
                 filter_subject: self.filter.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: self.last + 1,
-                },
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
                 ..Default::default()
             }),
         )
         .await?;
-        let mut messages = timed(self.timeout, consumer.messages()).await?;
+        timed(self.timeout, consumer.messages()).await
+    }
+
+    async fn deliver(&mut self, mut messages: pull::Ordered) -> Stop {
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
-                _ = self.connections.changed() => return Ok(()),
+                _ = self.connections.changed() => {
+                    tracing::info!("nats: reconnected; resuming delivery after the last update");
+                    return Stop::Reconnected;
+                }
             };
             let Some(message) = message else {
-                return Err(unavailable("the delivery consumer ended"));
+                return Stop::Lost(Cause::new("nats: the delivery consumer ended"));
             };
             let message = match message {
                 Ok(message) => message,
@@ -605,32 +599,85 @@ impl Reader {
             };
             let Ok(info) = message.info() else { continue };
             let sequence = info.stream_sequence;
-            // Already delivered (an ordered consumer recreated before its first message may
-            // start over from the stream's beginning).
-            if sequence <= self.last {
-                continue;
-            }
-            if sequence > self.last + 1 {
-                self.hub.metrics().bus_gaps.inc();
-                tracing::warn!(
-                    from = self.last + 1,
-                    to = sequence - 1,
-                    "nats: updates were trimmed from the stream before this instance read them"
-                );
-            }
-            self.last = sequence;
-            if let Some(envelope) = envelope(
-                self.epoch.load(Ordering::Relaxed),
-                sequence,
-                message.headers.as_ref(),
-                &message.payload,
-                &self.limits,
-            ) {
-                let mut history = self.delivered.history();
-                history.record(&envelope);
-                self.hub.dispatch(&envelope);
+            let micros = published_at(message.headers.as_ref());
+            {
+                let mut log = self.delivered.log();
+                // `None`: delivered already (an ordered consumer recreated before its first
+                // message may start over from the stream's beginning). A sequence past the
+                // next is a gap: trimmed before this instance read it.
+                let Some(position) = log.advance(offset(sequence), &self.hub) else {
+                    continue;
+                };
+                log.deliver(&self.hub, position, &message.payload, micros);
             }
             self.delivered.last.send_replace(sequence);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Position;
+
+    #[test]
+    fn sequences_are_offsets_from_one_and_keep_their_positions() {
+        assert_eq!(offset(1), 0);
+        assert_eq!(next_sequence(None), 1, "nothing read: from the start");
+        assert_eq!(next_sequence(Some(offset(7))), 8);
+        let hub = Hub::new(8, Arc::new(crate::metrics::Metrics::new()));
+        let decoder = Decoder::new(
+            super::super::Kind::Nats,
+            crate::update::Limits::default(),
+            hub.metrics().clone(),
+        );
+        let mut log = ReadLog::new(LocalHistory::new(10, None), decoder);
+        // An instance starting on a stream whose head is 5 delivers from 6 on.
+        log.pass(offset(5));
+        assert_eq!(next_sequence(log.last()), 6);
+        assert_eq!(log.advance(offset(5), &hub), None, "read before it started");
+        assert_eq!(log.advance(offset(6), &hub), Some(Position(6)));
+        assert_eq!(log.position_of(offset(9)), Position(9));
+    }
+
+    #[test]
+    fn a_stream_behind_what_was_read_was_lost() {
+        assert!(!stream_lost(0, None), "nothing read: nothing to lose");
+        assert!(!stream_lost(5, Some(offset(5))), "the same head");
+        assert!(!stream_lost(9, Some(offset(5))), "published since");
+        assert!(stream_lost(4, Some(offset(5))), "sequences started over");
+        assert!(stream_lost(0, Some(offset(1))), "an empty new stream");
+    }
+
+    #[test]
+    fn replays_are_served_from_memory_where_it_holds_them() {
+        let after = ReplayFrom::After(UpdateId::new("u", 10).unwrap());
+        for (history, complete) in [(true, true), (true, false), (false, true), (false, false)] {
+            assert_eq!(source(&ReplayFrom::Now, history, complete), Source::Memory);
+        }
+        assert_eq!(source(&ReplayFrom::Earliest, true, true), Source::Memory);
+        assert_eq!(
+            source(&ReplayFrom::Earliest, true, false),
+            Source::Stream,
+            "an instance that started on a non-empty stream did not read it all"
+        );
+        assert_eq!(source(&after, true, false), Source::MemoryOrPlace);
+        assert_eq!(source(&after, true, true), Source::MemoryOrPlace);
+        assert_eq!(
+            source(&after, false, true),
+            Source::Stream,
+            "without history the stream answers the gap"
+        );
+    }
+
+    #[test]
+    fn a_message_without_a_time_header_is_published_now() {
+        let mut headers = async_nats::HeaderMap::new();
+        assert_eq!(published_at(None), 0);
+        assert_eq!(published_at(Some(&headers)), 0);
+        headers.insert(TIME_HEADER, "1700000000000000");
+        assert_eq!(published_at(Some(&headers)), 1_700_000_000_000_000);
+        headers.insert(TIME_HEADER, "soon");
+        assert_eq!(published_at(Some(&headers)), 0);
     }
 }

@@ -2,17 +2,21 @@
 //! attempt (exponential backoff with jitter), what the connection's state is, and what each
 //! loss and attempt leaves in the logs and the metrics.
 //!
-//! Each bus keeps its own loop — what "connected" means differs (a Redis Pub/Sub connection
-//! subscribed to its channels, a JetStream consumer, a RabbitMQ stream consumer) — and calls
-//! [`Reconnect`] at the same points: [`Reconnect::connected`] once delivery is live again,
-//! [`Reconnect::lost`] or [`Reconnect::failed`] when it is not, then [`Reconnect::wait`].
+//! What "connected" means differs by bus (a Redis Pub/Sub connection subscribed to its
+//! channels, a JetStream consumer, a RabbitMQ stream consumer, a Kafka partition reader): each
+//! says it as a [`Target`] — how to open a connection that delivers, and how to deliver on it
+//! until it stops — and the one loop around it, [`Reconnect::run`], waits, connects, says
+//! what happened, and publishes the [`ConnectionState`] (linkerd2-proxy's `reconnect` takes
+//! a target the same way).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::watch;
 
+use super::{BusError, Cause};
 use crate::metrics::Metrics;
 
 /// How long an instance waits for its broker to answer. Every wait for an answer is one of
@@ -108,6 +112,29 @@ impl ConnectionState {
     }
 }
 
+/// A bus's connection as [`Reconnect::run`] drives it.
+pub(crate) trait Target: Send {
+    /// An open connection, ready to deliver.
+    type Connection: Send;
+
+    /// Opens a connection and makes it ready to deliver (subscribed, caught up with what was
+    /// missed): when it returns, the bus is connected.
+    fn connect(&mut self) -> impl Future<Output = Result<Self::Connection, BusError>> + Send;
+
+    /// Delivers on `connection` until it stops, and says why.
+    fn deliver(&mut self, connection: Self::Connection) -> impl Future<Output = Stop> + Send;
+}
+
+/// Why a connection stopped delivering.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// It was lost (or found unusable): connect again, after the backoff.
+    Lost(Cause),
+    /// The broker's client reconnected by itself underneath: connect again at once (counted
+    /// in `tidings_bus_reconnects_total`).
+    Reconnected,
+}
+
 /// One connection's retry state: the attempt that comes next, the published
 /// [`ConnectionState`], and the log lines and metrics of each change.
 #[derive(Debug)]
@@ -174,6 +201,35 @@ impl Reconnect {
         );
     }
 
+    /// Drives `target` for as long as the task runs: delivers on `open` (a connection made at
+    /// start-up) or on a new one, and after each stop connects again, waiting between failed
+    /// attempts.
+    pub(crate) async fn run<T: Target>(mut self, mut target: T, mut open: Option<T::Connection>) {
+        loop {
+            let connection = match open.take() {
+                Some(connection) => connection,
+                None => match target.connect().await {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        self.failed(&e);
+                        self.wait().await;
+                        continue;
+                    }
+                },
+            };
+            self.connected();
+            match target.deliver(connection).await {
+                Stop::Lost(reason) => {
+                    self.lost(&reason);
+                    self.wait().await;
+                }
+                Stop::Reconnected => {
+                    self.metrics.bus_reconnects.inc();
+                }
+            }
+        }
+    }
+
     /// Waits before the next attempt, and counts it in `tidings_bus_reconnects_total`.
     pub(crate) async fn wait(&mut self) {
         let delay = self.backoff.delay(self.attempt);
@@ -225,5 +281,66 @@ mod tests {
         assert_eq!(*state.borrow(), ConnectionState::Reconnecting);
         machine.wait().await;
         assert_eq!(metrics.bus_reconnects.get(), 3);
+    }
+
+    /// A target whose connections fail, deliver and stop as a script says.
+    struct Scripted {
+        connects: std::collections::VecDeque<Result<u32, &'static str>>,
+        stops: std::collections::VecDeque<Stop>,
+        delivered: Arc<std::sync::Mutex<Vec<u32>>>,
+    }
+
+    impl Target for Scripted {
+        type Connection = u32;
+
+        async fn connect(&mut self) -> Result<u32, BusError> {
+            match self.connects.pop_front() {
+                Some(Ok(n)) => Ok(n),
+                Some(Err(why)) => Err(BusError::Unavailable(Cause::new(why))),
+                None => std::future::pending().await,
+            }
+        }
+
+        async fn deliver(&mut self, connection: u32) -> Stop {
+            self.delivered.lock().unwrap().push(connection);
+            match self.stops.pop_front() {
+                Some(stop) => stop,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_connects_again_after_each_stop_and_waits_only_after_a_failure() {
+        let metrics = Arc::new(Metrics::new());
+        let machine = Reconnect::new("test", Backoff::default(), metrics.clone());
+        let state = machine.state();
+        let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let target = Scripted {
+            connects: [Err("refused"), Ok(2), Ok(3), Ok(4)].into(),
+            stops: [
+                Stop::Lost(Cause::new("reset")),
+                Stop::Lost(Cause::new("reset")),
+                Stop::Reconnected,
+            ]
+            .into(),
+            delivered: delivered.clone(),
+        };
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(machine.run(target, Some(1)));
+        while delivered.lock().unwrap().len() < 4 && started.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*delivered.lock().unwrap(), [1, 2, 3, 4]);
+        assert_eq!(*state.borrow(), ConnectionState::Connected);
+        // Waits: after the first loss, after the refused attempt, after the second loss; the
+        // client's own reconnection is followed at once, and counted.
+        assert_eq!(metrics.bus_reconnects.get(), 4);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        task.abort();
     }
 }

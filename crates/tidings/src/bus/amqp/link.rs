@@ -18,9 +18,9 @@ use super::{
     failed, header_int, header_text, lock, timed, unavailable, write_marker, Catching, Shared,
     MARKER_HEADER, TIME_HEADER,
 };
-use crate::bus::reconnect::Reconnect;
+use crate::bus::reconnect::{self, Stop};
 use crate::bus::{BusError, BusOptions, Cause};
-use crate::envelope::{now_micros, Position};
+use crate::envelope::Position;
 
 /// Heartbeat interval asked of RabbitMQ unless the URL sets one, in seconds.
 pub(super) const HEARTBEAT_SECS: u16 = 5;
@@ -399,7 +399,7 @@ impl Shared {
                     tracing::warn!("rabbitmq: a stream delivery without its offset; skipped");
                     return;
                 };
-                match delivered.log.advance(offset, &self.hub, "rabbitmq") {
+                match delivered.log.advance(offset, &self.hub) {
                     Some(position) => position,
                     // Already delivered (a consumer started again at an earlier chunk).
                     None => return,
@@ -420,16 +420,10 @@ impl Shared {
         }
         let micros = header_int(headers, TIME_HEADER)
             .and_then(|m| u64::try_from(m).ok())
-            .filter(|m| *m > 0)
-            .unwrap_or_else(now_micros);
-        delivered.log.deliver(
-            &self.hub,
-            &self.limits,
-            "rabbitmq",
-            position,
-            &delivery.data,
-            micros,
-        );
+            .unwrap_or(0);
+        delivered
+            .log
+            .deliver(&self.hub, position, &delivery.data, micros);
     }
 }
 
@@ -452,49 +446,50 @@ fn refused(e: &lapin::Error) -> bool {
     }
 }
 
-/// The connection task: delivers, and after a failure connects again with backoff.
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    settings: Settings,
-    mut link: Link,
-    mut reconnect: Reconnect,
-) {
-    reconnect.connected();
-    loop {
-        let stopped = link.deliver(&shared).await;
-        shared.publishing.set(None);
-        let start = match stopped {
-            Stopped::Failed(e) => {
-                reconnect.lost(&e);
-                Start::Resume
-            }
-            Stopped::Lost => {
-                shared.hub.metrics().bus_gaps.inc();
-                reconnect.lost(
-                    &"the stream is shorter than what this instance read (RabbitMQ lost it); reading it again from its start",
-                );
-                lock(&shared.delivered).log.lost();
-                Start::Over
-            }
-        };
-        let _ = tokio::time::timeout(
-            shared.timeout,
-            link.connection.close(200, "reconnecting".into()),
-        )
-        .await;
-        link = loop {
-            reconnect.wait().await;
-            match Link::establish(&shared, &settings, start).await {
-                Ok(link) => break link,
-                Err(e) => reconnect.failed(&e),
-            }
-        };
-        reconnect.connected();
-        if shared.stream.is_none() {
-            shared.hub.metrics().bus_gaps.inc();
+/// The connection task's part: what connecting again and delivering mean on RabbitMQ.
+pub(super) struct Target {
+    pub(super) shared: Arc<Shared>,
+    pub(super) settings: Settings,
+    /// Where the next connection starts reading the stream.
+    pub(super) start: Start,
+}
+
+impl reconnect::Target for Target {
+    type Connection = Link;
+
+    async fn connect(&mut self) -> Result<Link, BusError> {
+        let link = Link::establish(&self.shared, &self.settings, self.start).await?;
+        if self.shared.stream.is_none() {
+            self.shared.hub.metrics().bus_gaps.inc();
             tracing::warn!(
                 "rabbitmq: reconnected without history: what was published while disconnected is lost for this instance"
             );
         }
+        Ok(link)
+    }
+
+    async fn deliver(&mut self, mut link: Link) -> Stop {
+        let stopped = link.deliver(&self.shared).await;
+        self.shared.publishing.set(None);
+        let reason = match stopped {
+            Stopped::Failed(e) => {
+                self.start = Start::Resume;
+                e.cause().clone()
+            }
+            Stopped::Lost => {
+                self.shared.hub.metrics().bus_gaps.inc();
+                lock(&self.shared.delivered).log.lost();
+                self.start = Start::Over;
+                Cause::new(
+                    "the stream is shorter than what this instance read (RabbitMQ lost it); reading it again from its start",
+                )
+            }
+        };
+        let _ = tokio::time::timeout(
+            self.shared.timeout,
+            link.connection.close(200, "reconnecting".into()),
+        )
+        .await;
+        Stop::Lost(reason)
     }
 }

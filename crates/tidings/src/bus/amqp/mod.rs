@@ -40,7 +40,6 @@ use super::reconnect::{ConnectionState, Reconnect};
 use super::{wire, Bus, BusError, BusOptions, Published, Replay, ReplayFrom};
 use crate::envelope::now_micros;
 use crate::hub::Hub;
-use crate::update::Limits;
 use crate::update::Update;
 
 /// Longest wait for one RabbitMQ operation before it counts as failed, unless `--bus-timeout`
@@ -93,7 +92,6 @@ impl Drop for AmqpBus {
 #[derive(Debug)]
 struct Shared {
     hub: Hub,
-    limits: Limits,
     names: Names,
     /// The stream's name when instances read history from it; `None`: each reads its own
     /// queue.
@@ -173,20 +171,23 @@ impl AmqpBus {
         let names = Names::new(&options.prefix);
         let history = options.history_size > 0;
         let shared = Arc::new(Shared {
-            hub,
-            limits: options.limits.clone(),
             stream: history.then(|| names.stream.clone()),
             names,
             publishing: Publishing::new(),
             delivered: Mutex::new(Delivered {
-                log: ReadLog::new(LocalHistory::new(
-                    options.history_size,
-                    options.history_ttl(),
-                )),
+                log: ReadLog::new(
+                    LocalHistory::new(options.history_size, options.history_ttl()),
+                    wire::Decoder::new(
+                        super::Kind::Amqp,
+                        options.limits.clone(),
+                        hub.metrics().clone(),
+                    ),
+                ),
                 next_local: 1,
             }),
             markers: Mutex::new(HashMap::new()),
             progress: AtomicU64::new(0),
+            hub,
             timeout: options.timeouts.operation_or(DEFAULT_TIMEOUT),
         });
         let settings = link::Settings::new(uri, options);
@@ -203,7 +204,12 @@ impl AmqpBus {
             options.backoff,
             shared.hub.metrics().clone(),
         );
-        let task = tokio::spawn(link::run(shared.clone(), settings, first, reconnect));
+        let target = link::Target {
+            shared: shared.clone(),
+            settings,
+            start: link::Start::Resume,
+        };
+        let task = tokio::spawn(reconnect.run(target, Some(first)));
         let bus = AmqpBus { shared, task };
         // Serve only once this instance has read what the stream held.
         let limit = bus.shared.timeout.saturating_mul(2);

@@ -23,9 +23,8 @@ use rskafka::BackoffConfig;
 use tidings_client::kafka::Topic;
 
 use super::{failed, lock, timed, unavailable, KafkaUrl, Shared, TIME_HEADER};
-use crate::bus::reconnect::Reconnect;
+use crate::bus::reconnect::{self, Stop};
 use crate::bus::{BusError, BusOptions, Cause};
-use crate::envelope::now_micros;
 
 /// The least a read may fetch, in bytes: more than one update of the largest size.
 const MIN_FETCH_BYTES: usize = 4 << 20;
@@ -114,12 +113,8 @@ fn published_at(record: &RecordAndOffset) -> u64 {
         .get(TIME_HEADER)
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
         .filter(|m| *m > 0)
-        .or_else(|| {
-            u64::try_from(record.record.timestamp.timestamp_micros())
-                .ok()
-                .filter(|m| *m > 0)
-        })
-        .unwrap_or_else(now_micros)
+        .or_else(|| u64::try_from(record.record.timestamp.timestamp_micros()).ok())
+        .unwrap_or(0)
 }
 
 /// True when Kafka refused this instance for a reason retrying cannot cure: its SASL
@@ -387,20 +382,13 @@ impl Link {
                 reading.log.pass(at - 1);
             }
             self.next = at + 1;
-            let Some(position) = reading.log.advance(at, &shared.hub, "kafka") else {
+            let Some(position) = reading.log.advance(at, &shared.hub) else {
                 continue;
             };
             last = Some(record);
             let value = record.record.value.as_deref().unwrap_or_default();
             let micros = published_at(record);
-            reading.log.deliver(
-                &shared.hub,
-                &shared.limits,
-                "kafka",
-                position,
-                value,
-                micros,
-            );
+            reading.log.deliver(&shared.hub, position, value, micros);
         }
         if let Some(record) = last {
             reading.last_print = fingerprint(record);
@@ -517,26 +505,23 @@ fn not_creatable(e: &BusError) -> bool {
     )
 }
 
-/// The connection task: delivers, and after a failure connects again with backoff.
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    settings: Settings,
-    mut link: Link,
-    mut reconnect: Reconnect,
-) {
-    reconnect.connected();
-    loop {
-        let error = link.deliver(&shared, &settings).await;
-        shared.publishing.set(None);
-        reconnect.lost(&error);
-        link = loop {
-            reconnect.wait().await;
-            match Link::establish(&shared, &settings, Start::Resume).await {
-                Ok(link) => break link,
-                Err(e) => reconnect.failed(&e),
-            }
-        };
-        reconnect.connected();
+/// The connection task's part: what connecting again and delivering mean on Kafka.
+pub(super) struct Target {
+    pub(super) shared: Arc<Shared>,
+    pub(super) settings: Settings,
+}
+
+impl reconnect::Target for Target {
+    type Connection = Link;
+
+    async fn connect(&mut self) -> Result<Link, BusError> {
+        Link::establish(&self.shared, &self.settings, Start::Resume).await
+    }
+
+    async fn deliver(&mut self, mut link: Link) -> Stop {
+        let error = link.deliver(&self.shared, &self.settings).await;
+        self.shared.publishing.set(None);
+        Stop::Lost(error.cause().clone())
     }
 }
 

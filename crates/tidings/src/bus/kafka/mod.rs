@@ -33,7 +33,7 @@ use super::reconnect::{ConnectionState, Reconnect};
 use super::{Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom};
 use crate::envelope::now_micros;
 use crate::hub::Hub;
-use crate::update::{Limits, Update};
+use crate::update::Update;
 
 pub use tidings_client::kafka::{topic_name, KafkaUrl, TIME_HEADER};
 
@@ -59,7 +59,6 @@ impl Drop for KafkaBus {
 #[derive(Debug)]
 struct Shared {
     hub: Hub,
-    limits: Limits,
     /// The cluster's topic.
     topic: String,
     /// The partition client publishes go through, while connected and caught up.
@@ -119,18 +118,21 @@ impl KafkaBus {
         })?;
         let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
         let shared = Arc::new(Shared {
-            hub,
-            limits: options.limits.clone(),
             topic: topic_name(&options.prefix),
             publishing: Publishing::new(),
             reading: Mutex::new(Reading {
-                log: ReadLog::new(LocalHistory::new(
-                    options.history_size,
-                    options.history_ttl(),
-                )),
+                log: ReadLog::new(
+                    LocalHistory::new(options.history_size, options.history_ttl()),
+                    super::wire::Decoder::new(
+                        super::Kind::Kafka,
+                        options.limits.clone(),
+                        hub.metrics().clone(),
+                    ),
+                ),
                 last_print: 0,
             }),
             next_offset: watch::Sender::new(0),
+            hub,
             timeout,
         });
         let settings = link::Settings::new(parsed, options, timeout);
@@ -142,7 +144,11 @@ impl KafkaBus {
             options.backoff,
             shared.hub.metrics().clone(),
         );
-        let task = tokio::spawn(link::run(shared.clone(), settings, first, reconnect));
+        let target = link::Target {
+            shared: shared.clone(),
+            settings,
+        };
+        let task = tokio::spawn(reconnect.run(target, Some(first)));
         let bus = KafkaBus { shared, task };
         // Serve only once this instance has read what the partition held.
         match bus

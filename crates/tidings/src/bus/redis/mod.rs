@@ -35,12 +35,12 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::reconnect::{ConnectionState, Reconnect};
-use super::{wire, Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom, Routing};
+use super::wire::{self, Decoder};
+use super::{Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom, Routing};
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::update::Limits;
-use crate::update::{Update, UpdateId};
+use crate::update::Update;
 use reader::Reader;
 use registry::SessionRegistry;
 use target::Connections;
@@ -218,6 +218,11 @@ impl RedisBus {
             hub.metrics().clone(),
         );
         let state = reconnect.state();
+        let decoder = Decoder::new(
+            super::Kind::Redis,
+            options.limits.clone(),
+            hub.metrics().clone(),
+        );
         let reader = Reader::new(reader::Setup {
             conns: conns.clone(),
             keys: keys.clone(),
@@ -225,9 +230,8 @@ impl RedisBus {
             listening: listening_tx,
             routing: options.routing,
             history: options.history_size > 0,
-            limits: options.limits.clone(),
+            decoder: decoder.clone(),
             settings,
-            reconnect,
             timeout,
         });
         let registry = Arc::new(SessionRegistry {
@@ -239,9 +243,10 @@ impl RedisBus {
             share_subscribers: options.share_subscribers,
             timeout,
         });
-        let reader = tokio::spawn(reader.run());
+        let reader = tokio::spawn(reader.run(reconnect));
         let registry_writer = tokio::spawn(registry.clone().run());
-        let (replays, replay_reader) = replay::Replays::start(conns.clone(), keys.clone(), options);
+        let (replays, replay_reader) =
+            replay::Replays::start(conns.clone(), keys.clone(), decoder, options);
         // Publishing before this instance listens would lose its own first updates.
         let _ = tokio::time::timeout(timeout, listening.wait_for(Option::is_some)).await;
         Ok(RedisBus {
@@ -342,14 +347,14 @@ async fn holds(
 const RANGE_PAGE: usize = 1_000;
 
 /// Reads at most `count` stream entries between `start` and `end` (XRANGE syntax) into
-/// envelopes, a page at a time, skipping (and logging) any that does not decode.
+/// envelopes, a page at a time, skipping (as the decoder does) any that does not decode.
 async fn read_range(
     conn: &ConnectionManager,
     keys: &Keys,
     start: &str,
     end: &str,
     count: usize,
-    limits: &Limits,
+    decoder: &Decoder,
     timeout: Duration,
 ) -> Result<Vec<Arc<Envelope>>, BusError> {
     let mut conn = conn.clone();
@@ -364,23 +369,32 @@ async fn read_range(
         start = format!("({}", last.id);
         left -= reply.ids.len();
         let full = reply.ids.len() == page;
-        envelopes.extend(reply.ids.iter().filter_map(|entry| {
-            let position = position(&entry.id)?;
-            let text: String = entry.get("u")?;
-            let micros: u64 = entry.get("t").unwrap_or(0);
-            match wire::decode(&text, || UpdateId::derived(&entry.id), limits) {
-                Ok(update) => Some(Arc::new(Envelope::new(update, position, micros))),
-                Err(e) => {
-                    tracing::warn!(stream_id = %entry.id, error = %e, "skipping a malformed stream entry");
-                    None
-                }
-            }
-        }));
+        envelopes.extend(
+            reply
+                .ids
+                .iter()
+                .filter_map(|entry| entry_envelope(entry, decoder)),
+        );
         if !full {
             break;
         }
     }
     Ok(envelopes)
+}
+
+/// One stream entry (`u`: the wire-format message, `t`: its publish time in microseconds) as
+/// an envelope at the entry's position.
+fn entry_envelope(entry: &redis::streams::StreamId, decoder: &Decoder) -> Option<Arc<Envelope>> {
+    let Some(position) = position(&entry.id) else {
+        decoder.skip(&entry.id, "a stream entry with a bad id");
+        return None;
+    };
+    let Some(text) = entry.get::<Vec<u8>>("u") else {
+        decoder.skip(&entry.id, "a stream entry without a message");
+        return None;
+    };
+    let micros: u64 = entry.get("t").unwrap_or(0);
+    decoder.envelope(&text, &entry.id, position, micros)
 }
 
 #[async_trait]

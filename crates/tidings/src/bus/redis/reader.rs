@@ -21,12 +21,11 @@ use tokio::sync::watch;
 
 use super::routing::{Change, Listening};
 use super::{holds, position, read_range, stream_id, timed, write_settings, Keys};
-use crate::bus::reconnect::Reconnect;
-use crate::bus::BusError;
-use crate::bus::{wire, Routing};
-use crate::envelope::{now_micros, Envelope, Position};
+use crate::bus::reconnect::{self, Reconnect, Stop};
+use crate::bus::wire::Decoder;
+use crate::bus::{BusError, Cause, Routing};
+use crate::envelope::{Envelope, Position};
 use crate::hub::{Hub, InterestChanges};
-use crate::update::{Limits, UpdateId};
 
 /// Most stream entries read when catching up after a reconnect.
 const CATCH_UP_MAX: usize = 1_000_000;
@@ -52,12 +51,11 @@ pub(super) struct Setup {
     pub(super) listening: watch::Sender<Option<u64>>,
     pub(super) routing: Routing,
     pub(super) history: bool,
-    pub(super) limits: Limits,
+    /// Turns messages into updates (skipping and counting malformed ones).
+    pub(super) decoder: Decoder,
     /// The history settings written to `<prefix>:config` (again after each reconnect: a
     /// restarted Redis may have lost them).
     pub(super) settings: [(&'static str, u64); 3],
-    /// The delivery connection's backoff and state.
-    pub(super) reconnect: Reconnect,
     /// How long one command may take.
     pub(super) timeout: Duration,
 }
@@ -75,6 +73,50 @@ pub(super) struct Reader {
 /// Why a delivery connection stopped.
 type Lost = String;
 
+/// The delivery task as the reconnect machine drives it.
+struct Delivery {
+    reader: Reader,
+    /// Changes whenever the hub's interest does.
+    interest: watch::Receiver<u64>,
+    /// After the first connection, each new one catches up with what it missed.
+    connected_before: bool,
+}
+
+impl reconnect::Target for Delivery {
+    type Connection = (PubSubSink, PubSubStream, Listening);
+
+    async fn connect(&mut self) -> Result<Self::Connection, BusError> {
+        let (sink, stream, subscribed, version) = self
+            .reader
+            .connect(&mut self.interest)
+            .await
+            .map_err(|lost| BusError::Unavailable(Cause::new(lost)))?;
+        if self.connected_before {
+            let setup = &self.reader.setup;
+            let conn = setup.conns.commands();
+            let written = write_settings(&conn, &setup.keys, &setup.settings, setup.timeout);
+            if let Err(e) = written.await {
+                tracing::warn!(error = %e, "redis: cannot write the history settings");
+            }
+            self.reader.catch_up().await;
+        }
+        // Only now may new streams open: they must not see what the catch-up delivered,
+        // published before they came.
+        self.reader.setup.listening.send_replace(Some(version));
+        self.connected_before = true;
+        Ok((sink, stream, subscribed))
+    }
+
+    async fn deliver(&mut self, (sink, stream, subscribed): Self::Connection) -> Stop {
+        let lost = self
+            .reader
+            .listen(sink, stream, subscribed, &mut self.interest)
+            .await;
+        self.reader.setup.listening.send_replace(None);
+        Stop::Lost(Cause::new(lost))
+    }
+}
+
 impl Reader {
     pub(super) fn new(setup: Setup) -> Self {
         Reader {
@@ -84,39 +126,15 @@ impl Reader {
         }
     }
 
-    pub(super) async fn run(mut self) {
-        let mut interest = self.setup.hub.interest_changes();
-        let mut connected_before = false;
-        loop {
-            match self.connect(&mut interest).await {
-                Ok((sink, stream, subscribed, version)) => {
-                    if connected_before {
-                        let setup = &self.setup;
-                        if let Err(e) = write_settings(
-                            &setup.conns.commands(),
-                            &setup.keys,
-                            &setup.settings,
-                            setup.timeout,
-                        )
-                        .await
-                        {
-                            tracing::warn!(error = %e, "redis: cannot write the history settings");
-                        }
-                        self.catch_up().await;
-                    }
-                    // Only now may new streams open: they must not see what the catch-up
-                    // delivered, published before they came.
-                    self.setup.listening.send_replace(Some(version));
-                    self.setup.reconnect.connected();
-                    connected_before = true;
-                    let lost = self.listen(sink, stream, subscribed, &mut interest).await;
-                    self.setup.reconnect.lost(&lost);
-                }
-                Err(e) => self.setup.reconnect.failed(&e),
-            }
-            self.setup.listening.send_replace(None);
-            self.setup.reconnect.wait().await;
-        }
+    /// Delivers for as long as the task runs, connecting again with `reconnect`'s backoff.
+    pub(super) async fn run(self, reconnect: Reconnect) {
+        let interest = self.setup.hub.interest_changes();
+        let delivery = Delivery {
+            reader: self,
+            interest,
+            connected_before: false,
+        };
+        reconnect.run(delivery, None).await;
     }
 
     /// Opens a delivery connection and subscribes to what the hub's interest needs now.
@@ -329,7 +347,7 @@ impl Reader {
             &format!("({after}"),
             "+",
             CATCH_UP_MAX,
-            &setup.limits,
+            &setup.decoder,
             setup.timeout,
         )
         .await;
@@ -350,41 +368,33 @@ impl Reader {
         }
     }
 
+    /// A Pub/Sub message of the publish script: `<position> <micros> <wire-format message>`.
     fn deliver_message(&mut self, message: &redis::Msg) {
-        let Ok(payload) = message.get_payload::<String>() else {
-            tracing::warn!("redis: a message that is not text; skipped");
-            return;
-        };
-        let mut parts = payload.splitn(3, ' ');
+        let decoder = &self.setup.decoder;
+        let mut parts = message.get_payload_bytes().splitn(3, |b| *b == b' ');
         let (Some(sid), Some(micros), Some(text)) = (parts.next(), parts.next(), parts.next())
         else {
-            tracing::warn!("redis: a message without position; skipped");
+            decoder.skip(&message.get_channel_name(), "a message without a position");
             return;
         };
-        let Some(position) = position(sid) else {
-            tracing::warn!(
-                position = sid,
-                "redis: a message with a bad position; skipped"
-            );
+        let Some((sid, position)) = std::str::from_utf8(sid)
+            .ok()
+            .and_then(|sid| Some((sid, position(sid)?)))
+        else {
+            decoder.skip(&message.get_channel_name(), "a message with a bad position");
             return;
         };
         if self.delivered(position) {
             // The same update on a second channel (one per topic it has).
             return;
         }
-        match wire::decode(text, || UpdateId::derived(sid), &self.setup.limits) {
-            Ok(update) => {
-                // A direct publisher may not know its clock: 0 means "now".
-                let micros = micros
-                    .parse()
-                    .ok()
-                    .filter(|m| *m > 0)
-                    .unwrap_or_else(now_micros);
-                self.deliver(Arc::new(Envelope::new(update, position, micros)));
-            }
-            Err(e) => {
-                tracing::warn!(position = sid, error = %e, "redis: a malformed message; skipped")
-            }
+        // A direct publisher may not know its clock: 0 means "now".
+        let micros = std::str::from_utf8(micros)
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if let Some(envelope) = decoder.envelope(text, sid, position, micros) {
+            self.deliver(envelope);
         }
     }
 

@@ -28,10 +28,10 @@ use std::time::Duration;
 use redis::streams::StreamRangeReply;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{position, stream_id, Keys};
-use crate::bus::{wire, BusError, BusOptions, Replay, ReplayFrom};
+use super::{entry_envelope, position, stream_id, Keys};
+use crate::bus::wire::Decoder;
+use crate::bus::{BusError, BusOptions, Replay, ReplayFrom};
 use crate::envelope::{Envelope, Position};
-use crate::update::Limits;
 use crate::update::UpdateId;
 
 /// The most requests answered by one batch.
@@ -61,6 +61,7 @@ impl Replays {
     pub(super) fn start(
         conns: std::sync::Arc<super::Connections>,
         keys: Keys,
+        decoder: Decoder,
         options: &BusOptions,
     ) -> (Replays, tokio::task::JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE);
@@ -69,7 +70,7 @@ impl Replays {
             keys,
             history: options.history_size > 0,
             topic_history_complete_ms: topic_history_complete_secs(options) * 1000,
-            limits: options.limits.clone(),
+            decoder,
             timeout: options.timeouts.replay,
         };
         (Replays { requests }, tokio::spawn(reader.run(queue)))
@@ -115,7 +116,7 @@ struct ReplayReader {
     /// history expires (the publish script's `EXPIRE`) while the stream, if nothing was
     /// published since to trim it, still holds its updates.
     topic_history_complete_ms: u64,
-    limits: Limits,
+    decoder: Decoder,
     /// Longest wait for one command of a batch (`--bus-replay-timeout`): a busy Redis makes
     /// resumes wait, within this bound, rather than fail.
     timeout: Duration,
@@ -387,25 +388,15 @@ impl ReplayReader {
                         next.push((i, format!("({}", last.id)));
                     }
                 }
-                results[i].extend(page.ids.iter().filter_map(|entry| self.envelope(entry)));
+                results[i].extend(
+                    page.ids
+                        .iter()
+                        .filter_map(|entry| entry_envelope(entry, &self.decoder)),
+                );
             }
             cursors = next;
         }
         Ok(results)
-    }
-
-    /// One stream entry as an envelope (a malformed one is logged and skipped).
-    fn envelope(&self, entry: &redis::streams::StreamId) -> Option<Arc<Envelope>> {
-        let position = position(&entry.id)?;
-        let text: String = entry.get("u")?;
-        let micros: u64 = entry.get("t").unwrap_or(0);
-        match wire::decode(&text, || UpdateId::derived(&entry.id), &self.limits) {
-            Ok(update) => Some(Arc::new(Envelope::new(update, position, micros))),
-            Err(e) => {
-                tracing::warn!(stream_id = %entry.id, error = %e, "skipping a malformed stream entry");
-                None
-            }
-        }
     }
 }
 
@@ -447,7 +438,7 @@ mod tests {
             instance_id: "i".into(),
             session_ttl_secs: 30,
             share_subscribers: false,
-            limits: Limits::default(),
+            limits: crate::update::Limits::default(),
             routing: crate::bus::Routing::Interest,
             backoff: crate::bus::Backoff::default(),
             timeouts: crate::bus::Timeouts::default(),
