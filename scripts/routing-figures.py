@@ -89,6 +89,9 @@ async def measure(binary, redis_url, routing, n):
     finally:
         for stream, _ in streams:
             stream.close()
+        # Let the loop send the closes: an instance stopped with streams still open drains
+        # them over its drain window.
+        await asyncio.sleep(0.1)
         for instance in instances:
             instance.stop()
         client = redis.Redis.from_url(redis_url)

@@ -1,8 +1,6 @@
 //! What the broker buses share: their failures, named after the broker, and time limits on
 //! the operations they send.
 
-use std::sync::Arc;
-
 use super::{BusError, Cause, Kind};
 
 /// The failure of an operation on a broker, named after it (`redis: …`).
@@ -21,6 +19,7 @@ pub(super) fn client_error(
 
 /// True when `error`, or an error under it, says the broker's TLS certificate is not to be
 /// trusted: retrying cannot cure that, the configuration (or the certificate) must change.
+#[cfg(any(feature = "redis", feature = "amqp"))]
 pub(super) fn is_certificate_error(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
@@ -33,7 +32,7 @@ pub(super) fn is_certificate_error(error: &(dyn std::error::Error + 'static)) ->
             match e.downcast_ref::<std::io::Error>() {
                 Some(io) => io.get_ref().map(|inner| inner as _),
                 None => e
-                    .downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+                    .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
                     .map(|shared| &**shared as _),
             };
         if wrapped.is_some_and(is_certificate_error) {
@@ -97,6 +96,7 @@ impl<T: Clone> Publishing<T> {
     }
 
     /// True while open.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub(super) fn is_open(&self) -> bool {
         *self.open.borrow()
     }
@@ -176,6 +176,7 @@ mod tests {
         assert!(!publishing.is_open() && publishing.get().is_none());
     }
 
+    #[cfg(any(feature = "redis", feature = "amqp"))]
     #[test]
     fn a_certificate_error_is_found_under_io_and_shared_errors() {
         let untrusted = || {
@@ -185,7 +186,8 @@ mod tests {
             )
         };
         assert!(is_certificate_error(&untrusted()));
-        let shared: Arc<dyn std::error::Error + Send + Sync> = Arc::new(untrusted());
+        let shared: std::sync::Arc<dyn std::error::Error + Send + Sync> =
+            std::sync::Arc::new(untrusted());
         assert!(is_certificate_error(&shared));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(!is_certificate_error(&refused));

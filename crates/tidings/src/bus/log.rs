@@ -8,6 +8,8 @@
 //! Written here rather than in each bus because the rules are the product's, not the
 //! broker's: the same offsets must give the same positions and the same skips on every bus
 //! that reads a log.
+//!
+//! The bus around a log read this way, that RabbitMQ and Kafka share, is `log_bus`.
 
 use super::history::LocalHistory;
 use super::wire::Decoder;
@@ -73,6 +75,7 @@ impl ReadLog {
 
     /// Takes `offset` as read, holding no update (a transaction's marker): the next offset
     /// after it is no gap.
+    #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
     pub(super) fn pass(&mut self, offset: u64) {
         if self.last.is_none_or(|last| offset > last) {
             self.last = Some(offset);

@@ -10,8 +10,8 @@
 //! | `memory://`  | [`memory::MemoryBus`]    | in memory |
 //! | `redis://`   | [`redis::RedisBus`]      | a Redis stream |
 //! | `nats://`    | [`nats::NatsBus`]        | a JetStream stream |
-//! | `amqp://`    | [`amqp::AmqpBus`]        | a RabbitMQ stream; what it holds also in each instance's memory |
-//! | `kafka://`   | [`kafka::KafkaBus`]      | a Kafka topic of one partition; what it holds also in each instance's memory |
+//! | `amqp://`    | `amqp::AmqpBus`          | a RabbitMQ stream; what it holds also in each instance's memory |
+//! | `kafka://`   | `kafka::KafkaBus`        | a Kafka topic of one partition; what it holds also in each instance's memory |
 //!
 //! Every history keeps updates for `history-ttl` seconds, and at most `history-size` of them.
 //!
@@ -25,7 +25,8 @@
 //! cluster's [`Registry`] of sessions and subscribers, a power of some buses, reached through
 //! [`Bus::registry`] (`registry`); the start-up proxy (`starting`); the wire format
 //! ([`wire`]); the reconnect machine ([`reconnect`]); what the log-reading buses share
-//! (`log`, `broker`); the in-memory history ([`history`]).
+//! (`log`: the rules of reading a log; `log_bus`: the bus RabbitMQ and Kafka share; `broker`);
+//! the in-memory history ([`history`]).
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -43,6 +44,8 @@ pub mod history;
 pub mod kafka;
 #[cfg(any(feature = "nats", feature = "amqp", feature = "kafka"))]
 mod log;
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+mod log_bus;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;

@@ -277,7 +277,7 @@ impl Link {
     /// Hands every delivery to the hub until the connection fails; opens publishing once
     /// this instance has read everything the stream held when it connected.
     async fn deliver(&mut self, shared: &Shared) -> Stopped {
-        let catch_up = shared.read_up_to_now(&self.publisher);
+        let catch_up = shared.catch_up(&self.publisher);
         tokio::pin!(catch_up);
         let mut caught_up = false;
         let mut unacked = 0u32;

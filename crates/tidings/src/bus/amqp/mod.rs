@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::oneshot;
@@ -36,8 +35,9 @@ use tokio::sync::oneshot;
 use super::broker::{lock, Publishing};
 use super::history::LocalHistory;
 use super::log::ReadLog;
-use super::reconnect::{ConnectionState, Reconnect};
-use super::{wire, Bus, BusError, BusOptions, Published, Replay, ReplayFrom};
+use super::log_bus::{LogBroker, LogBus};
+use super::reconnect::Reconnect;
+use super::{wire, BusError, BusOptions, Kind, Published};
 use crate::envelope::now_micros;
 use crate::hub::Hub;
 use crate::update::Update;
@@ -75,22 +75,13 @@ impl Names {
     }
 }
 
-/// The RabbitMQ bus. Dropping it stops its connection task.
-#[derive(Debug)]
-pub struct AmqpBus {
-    shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for AmqpBus {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// The RabbitMQ bus: a bus that reads a log (the stream), with what RabbitMQ alone does.
+/// Dropping it stops its connection task.
+pub(super) type AmqpBus = LogBus<Shared>;
 
 /// What the bus and its connection task share.
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     hub: Hub,
     names: Names,
     /// The stream's name when instances read history from it; `None`: each reads its own
@@ -155,14 +146,18 @@ fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
     }
 }
 
-impl AmqpBus {
+impl LogBus<Shared> {
     /// Connects to RabbitMQ at `url`, declares the cluster's exchange and queues, and starts
     /// delivering to `hub`.
     ///
     /// # Errors
     /// [`BusError::Config`] for a URL that is not one; [`BusError::Unavailable`] when
     /// RabbitMQ cannot be reached or refuses the declarations at start-up.
-    pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
+    pub(super) async fn connect(
+        url: &str,
+        options: &BusOptions,
+        hub: Hub,
+    ) -> Result<Self, BusError> {
         let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|e| {
             BusError::Config(format!("bad RabbitMQ URL {}: {e}", super::redact(url)).into())
         })?;
@@ -209,34 +204,20 @@ impl AmqpBus {
             settings,
             start: link::Start::Resume,
         };
-        let task = tokio::spawn(reconnect.run(target, Some(first)));
-        let bus = AmqpBus { shared, task };
         // Serve only once this instance has read what the stream held.
-        let limit = bus.shared.timeout.saturating_mul(2);
-        match bus.shared.publishing.opened_within(limit).await {
-            true => Ok(bus),
-            false => Err(BusError::Unavailable(
-                format!(
-                    "RabbitMQ at {} is connected, but reading the stream did not catch up",
-                    super::redact(url)
-                )
-                .into(),
-            )),
-        }
+        let limit = shared.timeout.saturating_mul(2);
+        LogBus::start(shared, reconnect, target, first, limit)
+            .await
+            .map_err(|e| e.context(format_args!("RabbitMQ at {}", super::redact(url))))
     }
 }
 
 impl Shared {
-    /// The channel publishes go through, while it is open and connected.
-    fn publisher(&self) -> Option<Channel> {
-        self.publishing.get().filter(|c| c.status().connected())
-    }
-
     /// Writes a marker into the stream and returns once this instance read it — so it has
     /// read everything the stream held before — or `Err(Lost)` when reading stopped making
     /// progress without reaching it (the stream is shorter than where this instance reads:
     /// RabbitMQ lost it).
-    async fn read_up_to_now(&self, channel: &Channel) -> Result<(), Catching> {
+    async fn catch_up(&self, channel: &Channel) -> Result<(), Catching> {
         let Some(stream) = &self.stream else {
             return Ok(());
         };
@@ -344,26 +325,29 @@ async fn publish_confirmed(
     }
 }
 
-#[async_trait]
-impl Bus for AmqpBus {
-    fn kind(&self) -> &'static str {
-        super::Kind::Amqp.name()
+impl LogBroker for Shared {
+    const KIND: Kind = Kind::Amqp;
+
+    type Publisher = Channel;
+
+    fn publishing(&self) -> &Publishing<Channel> {
+        &self.publishing
     }
 
-    /// The envelope returned has position 0: RabbitMQ's confirmation does not say where the
-    /// update is in the stream (the position is known once it is read).
-    async fn publish(&self, update: Update) -> Result<Published, BusError> {
-        let Some(channel) = self.shared.publisher() else {
-            return Err(unavailable("not connected"));
-        };
-        let micros = now_micros();
+    fn usable(channel: &Channel) -> bool {
+        channel.status().connected()
+    }
+
+    /// The answer has no position: RabbitMQ's confirmation does not say where the update is in
+    /// the stream (the position is known once it is read).
+    async fn publish(&self, channel: Channel, update: Update) -> Result<Published, BusError> {
         publish_confirmed(
             &channel,
-            &self.shared.names.exchange,
+            &self.names.exchange,
             "",
             wire::encode(&update).as_bytes(),
-            tidings_client::amqp::message_properties(micros),
-            self.shared.timeout,
+            tidings_client::amqp::message_properties(now_micros()),
+            self.timeout,
         )
         .await?;
         Ok(Published {
@@ -372,50 +356,23 @@ impl Bus for AmqpBus {
         })
     }
 
-    async fn listening(&self) -> Result<(), BusError> {
-        match self.state() == ConnectionState::Connected {
-            true => Ok(()),
-            false => Err(unavailable("not connected")),
+    /// A stream RabbitMQ lost reads again from its start (the connection task sees to it):
+    /// what this instance read is then all there is.
+    async fn read_up_to_now(&self, channel: Channel) -> Result<(), BusError> {
+        match self.catch_up(&channel).await {
+            Ok(()) | Err(Catching::Lost) => Ok(()),
+            Err(Catching::Failed(e)) => Err(e),
         }
     }
 
-    /// Serves a replay from what this instance read (see [`LocalHistory::replay`]).
-    async fn replay(
-        &self,
-        from: &ReplayFrom,
-        topics: Option<&[Arc<str>]>,
-    ) -> Result<Replay, BusError> {
-        if let ReplayFrom::After(id) = from {
-            let known = lock(&self.shared.delivered).log.history.knows(id);
-            if !known && self.shared.stream.is_some() {
-                // Maybe published and read by another instance, not yet by this one: read up
-                // to now before saying it is not in history.
-                let channel = self
-                    .shared
-                    .publisher()
-                    .ok_or_else(|| unavailable("not connected"))?;
-                match self.shared.read_up_to_now(&channel).await {
-                    Ok(()) | Err(Catching::Lost) => {}
-                    Err(Catching::Failed(e)) => return Err(e),
-                }
-            }
-        }
-        Ok(lock(&self.shared.delivered)
-            .log
-            .history
-            .replay(from, topics))
+    fn history<T>(&self, read: impl FnOnce(&mut LocalHistory) -> T) -> T {
+        read(&mut lock(&self.delivered).log.history)
     }
 
-    fn state(&self) -> ConnectionState {
-        // Built only once connected: without a publishing channel it is reconnecting.
-        match self.shared.publisher() {
-            Some(_) => ConnectionState::Connected,
-            None => ConnectionState::Reconnecting,
-        }
-    }
-
-    fn registry(&self) -> Option<Arc<dyn super::Registry>> {
-        None
+    /// With history, instances read the stream by offset; without, each reads its own queue,
+    /// and what is published while it is disconnected is lost for it.
+    fn resumes(&self) -> bool {
+        self.stream.is_some()
     }
 }
 

@@ -22,15 +22,15 @@ mod link;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient};
 use tokio::sync::watch;
 
 use super::broker::{lock, Publishing};
 use super::history::LocalHistory;
 use super::log::ReadLog;
-use super::reconnect::{ConnectionState, Reconnect};
-use super::{Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom};
+use super::log_bus::{LogBroker, LogBus};
+use super::reconnect::Reconnect;
+use super::{BusError, BusOptions, Cause, Kind, Published};
 use crate::envelope::now_micros;
 use crate::hub::Hub;
 use crate::update::Update;
@@ -42,22 +42,13 @@ pub use tidings_client::kafka::{topic_name, KafkaUrl, TIME_HEADER};
 /// longer than one server's).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The Kafka bus. Dropping it stops its connection task.
-#[derive(Debug)]
-pub struct KafkaBus {
-    shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for KafkaBus {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// The Kafka bus: a bus that reads a log (the partition), with what Kafka alone does.
+/// Dropping it stops its connection task.
+pub(super) type KafkaBus = LogBus<Shared>;
 
 /// What the bus and its connection task share.
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     hub: Hub,
     /// The cluster's topic.
     topic: String,
@@ -104,7 +95,7 @@ async fn timed<T>(
     super::broker::with_limit(super::Kind::Kafka, limit, f).await
 }
 
-impl KafkaBus {
+impl LogBus<Shared> {
     /// Connects to Kafka at `url`, creates the cluster's topic if it is missing, reads what
     /// it holds, and starts delivering to `hub`.
     ///
@@ -112,7 +103,11 @@ impl KafkaBus {
     /// [`BusError::Config`] for a URL that is not one, credentials Kafka refuses, or a
     /// certificate this machine does not trust; [`BusError::Unavailable`] when Kafka cannot
     /// be reached or does not serve the topic.
-    pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
+    pub(super) async fn connect(
+        url: &str,
+        options: &BusOptions,
+        hub: Hub,
+    ) -> Result<Self, BusError> {
         let parsed = KafkaUrl::parse(url).map_err(|e| {
             BusError::Config(format!("bad Kafka URL {}: {e}", super::redact(url)).into())
         })?;
@@ -148,52 +143,16 @@ impl KafkaBus {
             shared: shared.clone(),
             settings,
         };
-        let task = tokio::spawn(reconnect.run(target, Some(first)));
-        let bus = KafkaBus { shared, task };
         // Serve only once this instance has read what the partition held.
-        match bus
-            .shared
-            .publishing
-            .opened_within(timeout.saturating_mul(2))
+        let topic = shared.topic.clone();
+        LogBus::start(shared, reconnect, target, first, timeout.saturating_mul(2))
             .await
-        {
-            true => Ok(bus),
-            false => Err(BusError::Unavailable(
-                format!(
-                    "Kafka at {} is connected, but reading the topic {:?} did not catch up",
-                    super::redact(url),
-                    bus.shared.topic
-                )
-                .into(),
-            )),
-        }
-    }
-}
-
-impl Shared {
-    fn publisher(&self) -> Result<Arc<PartitionClient>, BusError> {
-        self.publishing
-            .get()
-            .ok_or_else(|| unavailable("not connected"))
-    }
-
-    /// Returns once this instance has read everything the partition held when called — so
-    /// that an update published through another instance is known here.
-    async fn read_up_to_now(&self) -> Result<(), BusError> {
-        let partition = self.publisher()?;
-        let head = timed(self.timeout, partition.get_offset(OffsetAt::Latest)).await?;
-        let head = u64::try_from(head).unwrap_or(0);
-        let mut next = self.next_offset.subscribe();
-        let reached = tokio::time::timeout(self.timeout, next.wait_for(|n| *n >= head))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        match reached {
-            true => Ok(()),
-            false => Err(unavailable(format!(
-                "reading the topic did not reach offset {head} within {:?}",
-                self.timeout
-            ))),
-        }
+            .map_err(|e| {
+                e.context(format_args!(
+                    "Kafka at {}, topic {topic:?}",
+                    super::redact(url)
+                ))
+            })
     }
 }
 
@@ -216,24 +175,34 @@ fn not_written(e: &rskafka::client::error::Error) -> bool {
     )
 }
 
-#[async_trait]
-impl Bus for KafkaBus {
-    fn kind(&self) -> &'static str {
-        super::Kind::Kafka.name()
+impl LogBroker for Shared {
+    const KIND: Kind = Kind::Kafka;
+
+    type Publisher = Arc<PartitionClient>;
+
+    fn publishing(&self) -> &Publishing<Arc<PartitionClient>> {
+        &self.publishing
+    }
+
+    fn usable(_: &Arc<PartitionClient>) -> bool {
+        true
     }
 
     /// The envelope returned has no position: a retried publish is written again at a new
     /// offset (and skipped by readers), so the offset Kafka answers is not always the
     /// update's; its position is known once it is read.
-    async fn publish(&self, update: Update) -> Result<Published, BusError> {
-        let partition = self.shared.publisher()?;
+    async fn publish(
+        &self,
+        partition: Arc<PartitionClient>,
+        update: Update,
+    ) -> Result<Published, BusError> {
         let record = tidings_client::kafka::record(
             update.id.as_str(),
             super::wire::encode(&update),
             now_micros(),
         );
         let produced = tokio::time::timeout(
-            self.shared.timeout,
+            self.timeout,
             partition.produce(vec![record], Compression::NoCompression),
         )
         .await;
@@ -248,41 +217,33 @@ impl Bus for KafkaBus {
                 e,
             ))),
             Err(_) => Err(BusError::OutcomeUnknown(
-                format!("kafka: no acknowledgement within {:?}", self.shared.timeout).into(),
+                format!("kafka: no acknowledgement within {:?}", self.timeout).into(),
             )),
         }
     }
 
-    /// Serves a replay from what this instance read (see [`LocalHistory::replay`]).
-    async fn replay(
-        &self,
-        from: &ReplayFrom,
-        topics: Option<&[Arc<str>]>,
-    ) -> Result<Replay, BusError> {
-        if let ReplayFrom::After(id) = from {
-            if !lock(&self.shared.reading).log.history.knows(id) {
-                // Maybe published through another instance, not read here yet: read up to
-                // now before saying it is not in history.
-                self.shared.read_up_to_now().await?;
-            }
-        }
-        Ok(lock(&self.shared.reading).log.history.replay(from, topics))
-    }
-
-    fn state(&self) -> ConnectionState {
-        // Built only once connected: without a publisher it is reconnecting.
-        match self.shared.publishing.is_open() {
-            true => ConnectionState::Connected,
-            false => ConnectionState::Reconnecting,
+    async fn read_up_to_now(&self, partition: Arc<PartitionClient>) -> Result<(), BusError> {
+        let head = timed(self.timeout, partition.get_offset(OffsetAt::Latest)).await?;
+        let head = u64::try_from(head).unwrap_or(0);
+        let mut next = self.next_offset.subscribe();
+        let reached = tokio::time::timeout(self.timeout, next.wait_for(|n| *n >= head))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match reached {
+            true => Ok(()),
+            false => Err(unavailable(format!(
+                "reading the topic did not reach offset {head} within {:?}",
+                self.timeout
+            ))),
         }
     }
 
-    fn registry(&self) -> Option<Arc<dyn super::Registry>> {
-        None
+    fn history<T>(&self, read: impl FnOnce(&mut LocalHistory) -> T) -> T {
+        read(&mut lock(&self.reading).log.history)
     }
 
-    /// Every instance reads the whole partition: it hears everything as soon as it is connected.
-    async fn listening(&self) -> Result<(), BusError> {
-        Ok(())
+    /// Every instance reads the partition by offset.
+    fn resumes(&self) -> bool {
+        true
     }
 }
