@@ -205,6 +205,10 @@ impl UpdateId {
 /// Derived ids (`urn:tidings:<place>`) are shorter in practice.
 pub const GENERATED_ID_LENGTH: usize = "urn:uuid:".len() + 36;
 
+/// Longest session id accepted, in bytes (wherever one comes from: a token's claim, the
+/// application's callback, a query parameter, a publish, the bus's registry).
+pub const MAX_SESSION_ID_LEN: usize = 256;
+
 /// The prefix of the internal topic that carries a session's updates.
 pub const SESSION_TOPIC_PREFIX: &str = "urn:tidings:session:";
 

@@ -27,11 +27,12 @@ use lru::LruCache;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::{AuthConfigError, MAX_SESSION_ID_LEN};
+use super::AuthConfigError;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::outbound;
 use crate::selector::{Selector, SelectorCache};
 use crate::update::SessionId;
+use crate::update::MAX_SESSION_ID_LEN;
 
 /// The client's request headers passed on to the application, as they came (a client's
 /// `X-Forwarded-For` gets the address of the connection appended, as a proxy does).

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use super::request::{self, Publisher, Query};
 use super::{stream, ApiError, AppState};
-use crate::auth::{Api, AuthMode, StreamRequest, MAX_SESSION_ID_LEN};
+use crate::auth::{Api, AuthMode, StreamRequest};
 use crate::selector::Selector;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
-use crate::update::{Author, Draft, EventName, Recipients, SessionId, Topic, UpdateId};
+use crate::update::{
+    Author, Draft, EventName, Recipients, SessionId, Topic, UpdateId, MAX_SESSION_ID_LEN,
+};
 
 /// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of the
 /// names given (`eventName` repeated), or of every name when none is given. Each event keeps

@@ -203,7 +203,7 @@ impl SessionRegistry {
                     .iter()
                     .zip(removed)
                     .filter(|(_, removed)| *removed == 1)
-                    .filter_map(|(s, _)| SessionId::new(s, crate::auth::MAX_SESSION_ID_LEN).ok()),
+                    .filter_map(|(s, _)| SessionId::new(s, crate::update::MAX_SESSION_ID_LEN).ok()),
             );
         }
         Ok(next)

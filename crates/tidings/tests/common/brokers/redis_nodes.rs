@@ -1,11 +1,7 @@
-//! The brokers tests run against: the machine's shared Redis, NATS and RabbitMQ (reached, or
-//! skipped unless `TIDINGS_REQUIRE_BROKERS=1`), clean-up guards for what a test creates on
-//! them, and private brokers a test starts on free ports and stops by PID.
+//! Redis: the machine's shared one (reached, or skipped), a clean-up guard for a test's keys,
+//! and private `redis-server`s — alone, as replicas, as sentinels, as a cluster — stopped by PID.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use super::{free_port, spawn_listening, uuid_like, Hub, WAIT};
+use super::*;
 
 /// The Redis the tests use (`TIDINGS_TEST_REDIS`, default the machine's 127.0.0.1:6379), or
 /// `None` when it is unreachable — in which case the caller skips, unless
@@ -21,100 +17,6 @@ pub fn redis_url() -> Option<String> {
             .map_err(|e| e.to_string())
     })
 }
-
-/// The shared brokers the tests reach, with how to give the tests one.
-#[derive(Debug, Clone, Copy)]
-enum Broker {
-    Redis,
-    Nats,
-    Amqp,
-    Kafka,
-}
-
-impl Broker {
-    fn name(self) -> &'static str {
-        match self {
-            Broker::Redis => "Redis",
-            Broker::Nats => "NATS",
-            Broker::Amqp => "RabbitMQ",
-            Broker::Kafka => "Kafka",
-        }
-    }
-
-    /// The variable that points the tests at another one.
-    fn variable(self) -> &'static str {
-        match self {
-            Broker::Redis => "TIDINGS_TEST_REDIS",
-            Broker::Nats => "TIDINGS_TEST_NATS",
-            Broker::Amqp => "TIDINGS_TEST_AMQP",
-            Broker::Kafka => "TIDINGS_TEST_KAFKA",
-        }
-    }
-
-    /// How to start one on its default port.
-    fn start(self) -> &'static str {
-        match self {
-            Broker::Redis => "`redis-server --port 6379`",
-            Broker::Nats => "`nats-server -js -p 4222`",
-            Broker::Amqp => "`rabbitmq-server -detached`",
-            Broker::Kafka => "Tansu on 9092, as `.ci/services` does",
-        }
-    }
-}
-
-/// `Some(url)` when the broker answers `reach`; otherwise `None` (the test skips, said once per
-/// binary), or a failure under `TIDINGS_REQUIRE_BROKERS=1`. The answer is kept for the binary's
-/// run: tests that skip do not each wait on an unreachable broker.
-fn available(
-    broker: Broker,
-    url: String,
-    reach: impl FnOnce(&str) -> Result<(), String>,
-) -> Option<String> {
-    static REACHED: std::sync::Mutex<Vec<(String, Result<(), String>)>> =
-        std::sync::Mutex::new(Vec::new());
-    let known = REACHED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(u, _)| *u == url)
-        .map(|(_, r)| r.clone());
-    let reached = known.unwrap_or_else(|| {
-        let reached = reach(&url);
-        let mut all = REACHED.lock().unwrap_or_else(|e| e.into_inner());
-        all.push((url.clone(), reached.clone()));
-        reached
-    });
-    match reached {
-        Ok(()) => Some(url),
-        Err(e) => {
-            let what = format!("{} at {}", broker.name(), tidings::bus::redact(&url));
-            super::missing(
-                &what,
-                &format!("it is unreachable ({e})"),
-                &format!(
-                    "start one ({}) or set {} to one",
-                    broker.start(),
-                    broker.variable()
-                ),
-            );
-            None
-        }
-    }
-}
-
-/// Whether something accepts TCP connections at `address` (`host:port`).
-fn accepts(address: &str) -> Result<(), String> {
-    let address: std::net::SocketAddr = address.parse().map_err(|e| format!("{e}"))?;
-    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// A key prefix unique to this test run and name.
-pub fn unique_prefix(name: &str) -> String {
-    format!("tidings-test:{name}:{}", uuid_like())
-}
-
 /// Deletes every key under `prefix` (tests leave the shared Redis as they found it).
 pub fn redis_cleanup(url: &str, prefix: &str) {
     let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
@@ -128,19 +30,16 @@ pub fn redis_cleanup(url: &str, prefix: &str) {
         let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
     }
 }
-
 /// Removes a test's Redis keys when dropped, even when the test fails.
 pub struct RedisKeys {
     pub url: String,
     pub prefix: String,
 }
-
 impl Drop for RedisKeys {
     fn drop(&mut self) {
         redis_cleanup(&self.url, &self.prefix);
     }
 }
-
 /// A fresh key prefix on the test Redis, or `None` (skip) as [`redis_url`] says.
 pub fn redis_keys(name: &str) -> Option<RedisKeys> {
     let url = redis_url()?;
@@ -149,50 +48,10 @@ pub fn redis_keys(name: &str) -> Option<RedisKeys> {
         url,
     })
 }
-
 /// `n` instances (`--auth none`) on the test Redis under `keys`' prefix, plus `extra` flags.
 pub fn redis_cluster(keys: &RedisKeys, n: usize, extra: &[&str]) -> Vec<Hub> {
     cluster_on(&keys.url, &keys.prefix, n, extra)
 }
-
-/// `n` instances on the bus `bus`, named `prefix` there; instance `i` has the id
-/// `<prefix>-<i>`.
-pub fn cluster_on(bus: &str, prefix: &str, n: usize, extra: &[&str]) -> Vec<Hub> {
-    (0..n)
-        .map(|i| instance_on(bus, prefix, &format!("{prefix}-{i}"), extra))
-        .collect()
-}
-
-/// One instance (`--auth none`) with the id `id` on the bus `bus`, named `prefix` there, plus
-/// `extra` flags.
-pub fn instance_on(bus: &str, prefix: &str, id: &str, extra: &[&str]) -> Hub {
-    let mut args = vec![
-        "--auth",
-        "none",
-        "--bus",
-        bus,
-        "--bus-prefix",
-        prefix,
-        "--instance-id",
-        id,
-    ];
-    args.extend_from_slice(extra);
-    Hub::start(&args)
-}
-
-/// A broker of a test's own that a test may stop and start again (the bus contract's restart
-/// case holds every bus to the same promise with one of these).
-pub trait PrivateBroker {
-    /// Its URL, as `--bus` takes it.
-    fn url(&self) -> String;
-    /// Stops it (its clients see their connections close).
-    fn stop(&mut self);
-    /// Starts it again on the same port (and data, where it keeps any).
-    fn start_again(&mut self);
-    /// Whether what it stored outlives a restart.
-    fn keeps_data(&self) -> bool;
-}
-
 impl PrivateBroker for PrivateRedis {
     fn url(&self) -> String {
         PrivateRedis::url(self)
@@ -207,37 +66,6 @@ impl PrivateBroker for PrivateRedis {
         false
     }
 }
-
-impl PrivateBroker for PrivateNats {
-    fn url(&self) -> String {
-        PrivateNats::url(self)
-    }
-    fn stop(&mut self) {
-        PrivateNats::stop(self);
-    }
-    fn start_again(&mut self) {
-        self.spawn().expect("restart nats-server");
-    }
-    fn keeps_data(&self) -> bool {
-        true
-    }
-}
-
-impl PrivateBroker for PrivateRabbit {
-    fn url(&self) -> String {
-        PrivateRabbit::url(self)
-    }
-    fn stop(&mut self) {
-        PrivateRabbit::stop(self);
-    }
-    fn start_again(&mut self) {
-        self.spawn().expect("restart rabbitmq-server");
-    }
-    fn keeps_data(&self) -> bool {
-        true
-    }
-}
-
 /// A `redis-server` of a test's own, on a free port, stopped by PID (never the machine's
 /// shared Redis). Without persistence: a restart loses everything, as a crash would.
 pub struct PrivateRedis {
@@ -252,7 +80,6 @@ pub struct PrivateRedis {
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
-
 impl PrivateRedis {
     /// Starts one, or `None` (skip) when `redis-server` is not installed — a failure under
     /// `TIDINGS_REQUIRE_BROKERS=1`.
@@ -391,405 +218,11 @@ impl PrivateRedis {
         cmd.query(&mut conn)
     }
 }
-
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
     }
 }
-
-/// The NATS server the tests use (`TIDINGS_TEST_NATS`, default the machine's
-/// 127.0.0.1:4222, with JetStream), or `None` (skip) as for [`redis_url`].
-pub fn nats_url() -> Option<String> {
-    let url = std::env::var("TIDINGS_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    available(Broker::Nats, url, |url| {
-        accepts(url.trim_start_matches("nats://"))
-    })
-}
-
-/// Runs a broker clean-up to its end on a runtime of its own, in a thread of its own: a guard
-/// may be dropped outside of a runtime, or inside one that is ending.
-fn clean_up(work: impl std::future::Future<Output = ()> + Send + 'static) {
-    let _ = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(work);
-    })
-    .join();
-}
-
-/// Deletes a test's JetStream stream when dropped, even when the test fails.
-pub struct NatsStream {
-    pub url: String,
-    /// The prefix the buses were given; the stream is named from it.
-    pub prefix: String,
-}
-
-impl Drop for NatsStream {
-    fn drop(&mut self) {
-        let name = tidings::bus::nats::stream_name(&self.prefix);
-        let url = self.url.clone();
-        clean_up(async move {
-            if let Ok(client) = async_nats::connect(url).await {
-                let _ = async_nats::jetstream::new(client).delete_stream(name).await;
-            }
-        });
-    }
-}
-
-/// The RabbitMQ the tests use (`TIDINGS_TEST_AMQP`, default the machine's 127.0.0.1:5672 as
-/// guest), or `None` (skip) as for [`redis_url`].
-pub fn amqp_url() -> Option<String> {
-    let url = std::env::var("TIDINGS_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    available(Broker::Amqp, url, |url| {
-        let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
-        let host_port = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, rest)| rest)
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        accepts(host_port)
-    })
-}
-
-/// Deletes a test's RabbitMQ exchange and stream when dropped, even when the test fails.
-pub struct AmqpObjects {
-    pub url: String,
-    /// The prefix the buses were given; the exchange and the stream are named from it.
-    pub prefix: String,
-}
-
-impl Drop for AmqpObjects {
-    fn drop(&mut self) {
-        let names = tidings::bus::amqp::Names::new(&self.prefix);
-        let url = self.url.clone();
-        clean_up(async move {
-            let properties = lapin::ConnectionProperties::default();
-            let Ok(connection) = lapin::Connection::connect(&url, properties).await else {
-                return;
-            };
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .queue_delete(names.stream.as_str().into(), Default::default())
-                    .await;
-                let _ = channel
-                    .exchange_delete(names.exchange.as_str().into(), Default::default())
-                    .await;
-            }
-            let _ = connection.close(200, "done".into()).await;
-        });
-    }
-}
-
-/// The Kafka the tests use (`TIDINGS_TEST_KAFKA`, default 127.0.0.1:9092, where
-/// `.ci/services` starts Tansu), or `None` (skip) as for [`redis_url`].
-pub fn kafka_url() -> Option<String> {
-    let url =
-        std::env::var("TIDINGS_TEST_KAFKA").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into());
-    available(Broker::Kafka, url, |url| {
-        tidings::bus::kafka::KafkaUrl::parse(url).and_then(|parsed| accepts(&parsed.brokers[0]))
-    })
-}
-
-/// Deletes a test's Kafka topic when dropped, even when the test fails.
-pub struct KafkaTopic {
-    pub url: String,
-    /// The prefix the buses were given; the topic is named from it.
-    pub prefix: String,
-}
-
-impl Drop for KafkaTopic {
-    fn drop(&mut self) {
-        let topic = tidings::bus::kafka::topic_name(&self.prefix);
-        let Ok(url) = tidings::bus::kafka::KafkaUrl::parse(&self.url) else {
-            return;
-        };
-        clean_up(async move {
-            let Ok(builder) = url.client_builder() else {
-                return;
-            };
-            let work = async {
-                let client = builder.build().await.ok()?;
-                client
-                    .controller_client()
-                    .ok()?
-                    .delete_topic(topic, 5_000)
-                    .await
-                    .ok()
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
-        });
-    }
-}
-
-/// A Tansu broker (Kafka's protocol, in Rust) of the test's own, on a free loopback port,
-/// stopped by PID. Its storage is memory: a restart loses every topic, as a Kafka whose log
-/// was lost would.
-pub struct PrivateTansu {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateTansu {
-    /// Starts one, or `None` (skip) when `tansu` is not installed — a failure under
-    /// `TIDINGS_REQUIRE_BROKERS=1`.
-    pub fn start() -> Option<PrivateTansu> {
-        let mut tansu = PrivateTansu {
-            port: free_port(),
-            child: None,
-        };
-        started("tansu", tansu.spawn().map(|()| tansu))
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let mut command = Command::new("tansu");
-        command
-            .arg("broker")
-            .args(["--cluster-id", "tidings-test"])
-            .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "memory://tansu/"]);
-        self.child = Some(spawn_listening(command, self.port, WAIT)?);
-        Ok(())
-    }
-
-    pub fn url(&self) -> String {
-        format!("kafka://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateTansu {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl PrivateBroker for PrivateTansu {
-    fn url(&self) -> String {
-        PrivateTansu::url(self)
-    }
-
-    fn stop(&mut self) {
-        PrivateTansu::stop(self);
-    }
-
-    fn start_again(&mut self) {
-        self.spawn().expect("restart tansu");
-    }
-
-    fn keeps_data(&self) -> bool {
-        false
-    }
-}
-
-/// A RabbitMQ node of the test's own — its own node name, ports and data directory, listening
-/// on loopback only — started as its own process group and stopped by killing that group:
-/// never the machine's shared RabbitMQ. It takes seconds to boot.
-pub struct PrivateRabbit {
-    pub port: u16,
-    dist_port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateRabbit {
-    /// How long a node may take to boot.
-    const BOOT: Duration = Duration::from_secs(90);
-
-    /// Starts one, or `None` (skip) when RabbitMQ is not installed — a failure under
-    /// `TIDINGS_REQUIRE_BROKERS=1`.
-    pub fn start() -> Option<PrivateRabbit> {
-        let mut rabbit = PrivateRabbit {
-            port: free_port(),
-            dist_port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        started("rabbitmq-server", rabbit.spawn().map(|()| rabbit))
-    }
-
-    /// Starts it again (after [`PrivateRabbit::stop`]), on the same ports and data.
-    pub fn spawn(&mut self) -> std::io::Result<()> {
-        use std::os::unix::process::CommandExt;
-        let dir = self.dir.path();
-        std::fs::write(dir.join("enabled_plugins"), "[].")?;
-        let mut command = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
-        command
-            .process_group(0)
-            .env("HOME", dir)
-            .env(
-                "RABBITMQ_NODENAME",
-                format!("tidings-test-{}@localhost", self.port),
-            )
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "-kernel inet_dist_use_interface {127,0,0,1}",
-            )
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
-            .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"));
-        self.child = Some(spawn_listening(command, self.port, Self::BOOT)?);
-        Ok(())
-    }
-
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// Stops the node as a service manager would (SIGTERM to every process of its group:
-    /// RabbitMQ shuts down cleanly), killing it if it takes longer than 30 s.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let group = format!("-{}", child.id());
-            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !std::process::Command::new("kill")
-                .args(["-0", "--", &group])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| !s.success())
-            {
-                if std::time::Instant::now() > deadline {
-                    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-                    break;
-                }
-                let _ = child.try_wait();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRabbit {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Turns a broker that cannot be started into a skip, or a failure under
-/// `TIDINGS_REQUIRE_BROKERS=1`.
-fn started<T>(what: &str, result: std::io::Result<T>) -> Option<T> {
-    match result {
-        Ok(server) => Some(server),
-        Err(e) => {
-            super::missing(
-                &format!("a private {what}"),
-                &format!("it cannot be started ({e})"),
-                &format!("install {what}"),
-            );
-            None
-        }
-    }
-}
-
-/// A `nats-server -js` of a test's own, on a free port, with its store in a temporary
-/// directory, stopped by PID (never the machine's shared one).
-pub struct PrivateNats {
-    pub port: u16,
-    pub store: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateNats {
-    /// Starts one, or `None` (skip) when `nats-server` is not installed — a failure under
-    /// `TIDINGS_REQUIRE_BROKERS=1`.
-    pub fn start() -> Option<PrivateNats> {
-        let mut nats = PrivateNats {
-            port: free_port(),
-            store: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        started("nats-server", nats.spawn().map(|()| nats))
-    }
-
-    /// Starts it again (after [`PrivateNats::stop`]), on the same port and store.
-    pub fn spawn(&mut self) -> std::io::Result<()> {
-        let mut command = Command::new("nats-server");
-        command
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path());
-        self.child = Some(spawn_listening(command, self.port, WAIT)?);
-        Ok(())
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Runs `examples/python/<script>` with `args` and returns what it printed (the id of the
-/// update it published); a test failure, with what it wrote to stderr, when it fails.
-pub fn run_python_example(script: &str, args: &[&str]) -> String {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/python")
-        .join(script);
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python3");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-/// True when `python3` can import `module`; a failure under `TIDINGS_REQUIRE_BROKERS=1`.
-pub fn python_ready(module: &str) -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        super::missing(
-            &format!("the Python package {module}"),
-            "python3 cannot import it",
-            "pip install -r examples/python/requirements.txt",
-        );
-    }
-    ok
-}
-
 /// Three `redis-server --sentinel` of a test's own on free ports, watching the primary
 /// `primary` under the name `master` (quorum 2, a primary down after 1 s), stopped by PID.
 pub struct PrivateSentinels {
@@ -798,7 +231,6 @@ pub struct PrivateSentinels {
     children: Vec<Child>,
     _dir: tempfile::TempDir,
 }
-
 impl PrivateSentinels {
     /// Starts them, or `None` (skip) as for [`PrivateRedis::start`].
     pub fn watch(primary: &PrivateRedis, master: &str) -> Option<PrivateSentinels> {
@@ -878,7 +310,6 @@ impl PrivateSentinels {
         port.parse().ok()
     }
 }
-
 impl Drop for PrivateSentinels {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -887,7 +318,6 @@ impl Drop for PrivateSentinels {
         }
     }
 }
-
 /// A Redis Cluster of a test's own: three masters and three replicas (`redis-server
 /// --cluster-enabled yes`) on free ports, a node failed after 1 s, stopped by PID.
 pub struct PrivateRedisCluster {
@@ -895,7 +325,6 @@ pub struct PrivateRedisCluster {
     children: Vec<Option<Child>>,
     _dir: tempfile::TempDir,
 }
-
 impl PrivateRedisCluster {
     /// Starts the six nodes and makes them one cluster; `None` (skip) as for
     /// [`PrivateRedis::start`].
@@ -1043,7 +472,6 @@ impl PrivateRedisCluster {
         }
     }
 }
-
 impl Drop for PrivateRedisCluster {
     fn drop(&mut self) {
         for child in self.children.iter_mut().flatten() {
@@ -1052,7 +480,6 @@ impl Drop for PrivateRedisCluster {
         }
     }
 }
-
 /// As a broker that restarts under its instances, a Redis Cluster whose master of the slot of
 /// the prefix `tidings` fails over: stopped once its replica holds all it has (so nothing is
 /// lost), SIGKILLed; back once the replica is promoted.

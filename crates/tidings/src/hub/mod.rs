@@ -28,6 +28,11 @@ use crate::selector::Selector;
 use crate::subscriber::SubscriberSpec;
 use crate::update::SessionId;
 
+mod interest;
+
+use interest::InterestLog;
+pub use interest::{Interest, InterestChanges};
+
 /// The hub-wide identifier of one subscriber (unique within the instance's lifetime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriberId(pub u64);
@@ -59,65 +64,6 @@ struct Registry {
     sessions: HashMap<SessionId, usize>,
     /// What changed in the interest since a router last asked; `None` until one asks.
     changes: Option<InterestLog>,
-}
-
-/// Exact topics that gained their first subscriber or lost their last one, recorded for
-/// [`Hub::take_interest_changes`] so that a router's work per change does not grow with the
-/// number of topics.
-#[derive(Debug, Default)]
-struct InterestLog {
-    exact: HashSet<Arc<str>>,
-    /// Read everything: the wide selectors changed, or too many exact topics did.
-    everything: bool,
-}
-
-/// More exact topics changed than this between two looks and the log gives up on them: the
-/// router re-reads the whole interest, and the log's memory stays bounded while nobody looks
-/// (a delivery connection that is down).
-const MAX_LOGGED_TOPICS: usize = 65_536;
-
-impl InterestLog {
-    fn exact(&mut self, topic: &Arc<str>) {
-        if self.everything {
-            return;
-        }
-        if self.exact.len() >= MAX_LOGGED_TOPICS {
-            self.everything();
-        } else {
-            self.exact.insert(topic.clone());
-        }
-    }
-
-    /// Gives up on the details: the router must re-read the whole interest.
-    fn everything(&mut self) {
-        self.everything = true;
-        self.exact = HashSet::new();
-    }
-}
-
-/// How a hub's interest changed since the previous [`Hub::take_interest_changes`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InterestChanges {
-    /// Anything may have changed: read [`Hub::interest`] whole. Returned by the first call,
-    /// after a wide selector came or went, and after very many exact topics changed.
-    Everything,
-    /// Only exact topics changed.
-    Exact {
-        /// Topics that have subscribers now (and may not have had before).
-        wanted: Vec<Arc<str>>,
-        /// Topics that have none now (and may have had before).
-        unwanted: Vec<Arc<str>>,
-    },
-}
-
-/// The topics and selectors this instance's subscribers need, for interest routing.
-#[derive(Debug, Clone, Default)]
-pub struct Interest {
-    /// Exact topics with at least one subscriber.
-    pub exact: Vec<Arc<str>>,
-    /// Non-exact selectors (`*`, templates, URL patterns) with at least one subscriber, each
-    /// once.
-    pub wide: Vec<Selector>,
 }
 
 /// What one dispatch did.
@@ -545,47 +491,6 @@ impl Hub {
         self.read().sessions.get(session).copied().unwrap_or(0)
     }
 
-    /// The exact topics and wide selectors that have subscribers now.
-    pub fn interest(&self) -> Interest {
-        let reg = self.read();
-        Interest {
-            exact: reg.exact.keys().cloned().collect(),
-            wide: reg
-                .wide
-                .values()
-                .map(|(selector, _)| selector.clone())
-                .collect(),
-        }
-    }
-
-    /// How the interest changed since the previous call, for a router that keeps its own
-    /// copy of [`Hub::interest`] up to date at a cost that does not grow with the number of
-    /// topics. The first call returns [`InterestChanges::Everything`] and starts the record.
-    pub fn take_interest_changes(&self) -> InterestChanges {
-        let mut reg = self.write();
-        let Some(log) = reg.changes.replace(InterestLog::default()) else {
-            return InterestChanges::Everything;
-        };
-        if log.everything {
-            return InterestChanges::Everything;
-        }
-        let (wanted, unwanted) = log
-            .exact
-            .into_iter()
-            .partition(|topic| reg.exact.contains_key(topic));
-        InterestChanges::Exact { wanted, unwanted }
-    }
-
-    /// The number of changes [`Hub::interest`] has seen so far (bumped after each change).
-    pub fn interest_version(&self) -> u64 {
-        *self.inner.interest_version.borrow()
-    }
-
-    /// A receiver that changes whenever [`Hub::interest`] does.
-    pub fn interest_changes(&self) -> watch::Receiver<u64> {
-        self.inner.interest_version.subscribe()
-    }
-
     fn read(&self) -> RwLockReadGuard<'_, Registry> {
         // Every mutation of the registry completes before it can panic (map operations only),
         // so a poisoned lock still guards consistent data.
@@ -604,180 +509,4 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envelope::Position;
-    use crate::subscriber::Access;
-    use crate::update::{Topic, Update, UpdateId};
-
-    fn hub(capacity: usize) -> Hub {
-        Hub::new(capacity, Arc::new(Metrics::new()))
-    }
-
-    fn spec(selectors: &[&str]) -> SubscriberSpec {
-        SubscriberSpec {
-            label: crate::subscriber::SubscriberLabel::new(None),
-            selectors: selectors
-                .iter()
-                .map(|s| Selector::compile(s, 1000).unwrap())
-                .collect(),
-            access: Access::public_only(),
-            event_names: Vec::new(),
-            session: None,
-            expires: None,
-        }
-    }
-
-    fn envelope(pos: u128, topics: &[&str]) -> Arc<Envelope> {
-        let update = Update::new(
-            UpdateId::generate(),
-            topics
-                .iter()
-                .map(|t| Topic::new(t, 1000).unwrap())
-                .collect(),
-            None,
-            format!("{pos}"),
-            None,
-            false,
-        )
-        .unwrap();
-        Arc::new(Envelope::new(update, Position(pos), 0))
-    }
-
-    #[tokio::test]
-    async fn exact_wide_and_multi_selector_subscribers_get_one_copy() {
-        let hub = hub(8);
-        let mut exact = hub.subscribe(spec(&["a"]));
-        let mut wide = hub.subscribe(spec(&["*"]));
-        let mut multi = hub.subscribe(spec(&["a", "b", "{x}"]));
-        let mut other = hub.subscribe(spec(&["c"]));
-        let out = hub.dispatch(&envelope(1, &["a", "b"]));
-        assert_eq!(out.queued, 3);
-        for sub in [&mut exact, &mut wide, &mut multi] {
-            assert_eq!(sub.recv().await.unwrap().position, Position(1));
-            assert!(sub.rx.try_recv().is_err(), "exactly one copy");
-        }
-        assert!(other.rx.try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn selectors_spelled_alike_but_of_different_kinds_deliver_once() {
-        let hub = hub(8);
-        // A template and a URL pattern with the same text both match "/a/x"; `*` and a
-        // `match=*` exact selector both match the topic "*".
-        let mut sub = hub.subscribe(SubscriberSpec {
-            selectors: vec![
-                Selector::url_pattern("/a/{x}", 100).unwrap(),
-                Selector::compile("/a/{x}", 100).unwrap(),
-                Selector::exact("*", 100).unwrap(),
-                Selector::Any,
-            ],
-            ..spec(&[])
-        });
-        assert_eq!(hub.dispatch(&envelope(1, &["/a/x"])).queued, 1);
-        assert_eq!(sub.recv().await.unwrap().position, Position(1));
-        assert!(sub.rx.try_recv().is_err());
-        assert_eq!(hub.dispatch(&envelope(2, &["*"])).queued, 1);
-        assert_eq!(sub.recv().await.unwrap().position, Position(2));
-        assert!(sub.rx.try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn selectors_spelled_alike_are_indexed_apart() {
-        let hub = hub(8);
-        let mut sub = hub.subscribe(SubscriberSpec {
-            selectors: vec![
-                Selector::exact("a/{x}", 100).unwrap(),
-                Selector::compile("a/{x}", 100).unwrap(),
-            ],
-            ..spec(&[])
-        });
-        assert_eq!(hub.dispatch(&envelope(1, &["a/{x}"])).queued, 1);
-        assert_eq!(sub.recv().await.unwrap().position, Position(1));
-        assert!(sub.rx.try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn dropping_a_subscription_unregisters_it_and_its_interest() {
-        let hub = hub(8);
-        let a = hub.subscribe(spec(&["t", "u/{x}"]));
-        let b = hub.subscribe(spec(&["t"]));
-        assert_eq!(hub.subscriber_count(), 2);
-        let before = hub.interest_version();
-        assert_eq!(hub.interest().wide[0].source(), "u/{x}");
-        drop(a);
-        assert_eq!(hub.interest().exact, vec![Arc::from("t")]);
-        assert!(hub.interest().wide.is_empty());
-        assert!(hub.interest_version() > before);
-        drop(b);
-        assert_eq!(hub.subscriber_count(), 0);
-        assert!(hub.interest().exact.is_empty() && hub.interest().wide.is_empty());
-        assert_eq!(hub.metrics().subscribers.get(), 0);
-    }
-
-    #[tokio::test]
-    async fn interest_changes_name_the_exact_topics_that_came_and_went() {
-        let hub = hub(8);
-        let sorted = |mut topics: Vec<Arc<str>>| {
-            topics.sort();
-            topics
-        };
-        let exact = |changes: InterestChanges| match changes {
-            InterestChanges::Exact { wanted, unwanted } => (sorted(wanted), sorted(unwanted)),
-            InterestChanges::Everything => panic!("expected exact changes"),
-        };
-        let a = hub.subscribe(spec(&["a"]));
-        // Nothing was recorded before the first look.
-        assert_eq!(hub.take_interest_changes(), InterestChanges::Everything);
-        assert_eq!(exact(hub.take_interest_changes()), (vec![], vec![]));
-
-        let b = hub.subscribe(spec(&["b", "c"]));
-        let second_a = hub.subscribe(spec(&["a"]));
-        drop(a);
-        assert_eq!(
-            exact(hub.take_interest_changes()),
-            (vec![Arc::from("b"), Arc::from("c")], vec![]),
-            "a still has a subscriber, so it did not change"
-        );
-        drop(second_a);
-        let back = hub.subscribe(spec(&["c"]));
-        drop(b);
-        assert_eq!(
-            exact(hub.take_interest_changes()),
-            (vec![], vec![Arc::from("a"), Arc::from("b")]),
-        );
-        drop(back);
-        let c_went = exact(hub.take_interest_changes());
-        assert_eq!(c_went, (vec![], vec![Arc::from("c")]));
-
-        // A wide selector coming or going asks for a full re-read.
-        let wide = hub.subscribe(spec(&["u/{x}"]));
-        assert_eq!(hub.take_interest_changes(), InterestChanges::Everything);
-        drop(wide);
-        assert_eq!(hub.take_interest_changes(), InterestChanges::Everything);
-
-        // So do very many changes at once, without the record growing past its bound.
-        let many: Vec<_> = (0..=MAX_LOGGED_TOPICS)
-            .map(|i| hub.subscribe(spec(&[&format!("t{i}")])))
-            .collect();
-        assert!(hub.read().changes.as_ref().unwrap().exact.len() <= MAX_LOGGED_TOPICS);
-        assert_eq!(hub.take_interest_changes(), InterestChanges::Everything);
-        drop(many);
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_disconnects_only_that_subscriber() {
-        let hub = hub(2);
-        let mut slow = hub.subscribe(spec(&["t"]));
-        let mut fast = hub.subscribe(spec(&["t"]));
-        for i in 1..=3 {
-            hub.dispatch(&envelope(i, &["t"]));
-            assert_eq!(fast.recv().await.unwrap().position, Position(i));
-        }
-        assert_eq!(hub.subscriber_count(), 1);
-        assert_eq!(slow.recv().await.unwrap().position, Position(1));
-        assert_eq!(slow.recv().await.unwrap().position, Position(2));
-        assert!(slow.recv().await.is_none(), "the slow stream ends");
-        assert_eq!(hub.metrics().slow_consumers.get(), 1);
-    }
-}
+mod tests;

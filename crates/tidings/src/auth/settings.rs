@@ -1,0 +1,154 @@
+//! The authorization settings as configuration gives them, and what authorization can fail with.
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Serialize};
+
+use super::CallbackSettings;
+use crate::outbound::OutboundConfigError;
+
+/// How requests are authorized (`auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// JWTs are required (subscribers may be anonymous if `anonymous` is set).
+    #[default]
+    Jwt,
+    /// Development mode: no tokens at all; everyone may publish and see everything.
+    None,
+}
+
+/// The signature algorithm of tokens (`jwt-alg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum JwtAlg {
+    /// HMAC with SHA-256; keys are shared secrets.
+    #[default]
+    #[serde(rename = "HS256", alias = "hs256")]
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256; keys are PEM files.
+    #[serde(rename = "RS256", alias = "rs256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256; keys are PEM files.
+    #[serde(rename = "ES256", alias = "es256")]
+    Es256,
+}
+
+impl AuthMode {
+    /// The names the configuration accepts, as in `tidings.toml`.
+    pub const NAMES: [&'static str; 2] = ["jwt", "none"];
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "jwt" => Ok(AuthMode::Jwt),
+            "none" => Ok(AuthMode::None),
+            _ => Err(format!("unknown authorization mode {name:?}: jwt or none")),
+        }
+    }
+}
+
+impl JwtAlg {
+    /// The names the configuration accepts (in any case), as in `tidings.toml`.
+    pub const NAMES: [&'static str; 3] = ["HS256", "RS256", "ES256"];
+}
+
+impl std::str::FromStr for JwtAlg {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name.to_ascii_uppercase().as_str() {
+            "HS256" => Ok(JwtAlg::Hs256),
+            "RS256" => Ok(JwtAlg::Rs256),
+            "ES256" => Ok(JwtAlg::Es256),
+            _ => Err(format!(
+                "unknown JWT algorithm {name:?}: HS256, RS256 or ES256"
+            )),
+        }
+    }
+}
+
+impl JwtAlg {
+    /// The algorithm as the JWT library names it.
+    pub(super) fn algorithm(self) -> Algorithm {
+        match self {
+            JwtAlg::Hs256 => Algorithm::HS256,
+            JwtAlg::Rs256 => Algorithm::RS256,
+            JwtAlg::Es256 => Algorithm::ES256,
+        }
+    }
+}
+
+/// Why a request was not authorized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token where one is required (401).
+    #[error("{0}")]
+    Missing(&'static str),
+    /// A token that does not verify: bad signature, expired, malformed (401).
+    #[error("{0}")]
+    Invalid(String),
+    /// A valid token that does not grant what was asked, or the application's `403` (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The application's authorization callback answered `401` (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The application could not be asked, or its answer not be used: a passing condition,
+    /// answered with a retry (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Why the authorization settings themselves are unusable (start-up error).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthConfigError(pub(super) String);
+
+impl From<OutboundConfigError> for AuthConfigError {
+    fn from(e: OutboundConfigError) -> Self {
+        AuthConfigError(e.0)
+    }
+}
+
+/// The authorization settings, as configuration gives them.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// `jwt` or `none`.
+    pub mode: AuthMode,
+    /// Key for both roles (a secret for HS256, a PEM file path for RS256/ES256).
+    pub jwt_key: Option<String>,
+    /// Key for publishers only (overrides `jwt_key`).
+    pub publisher_jwt_key: Option<String>,
+    /// Key for subscribers only (overrides `jwt_key`).
+    pub subscriber_jwt_key: Option<String>,
+    /// Signature algorithm.
+    pub alg: JwtAlg,
+    /// Subscribers may connect without a token (public updates only).
+    pub anonymous: bool,
+    /// Seconds of clock skew tolerated on `exp`, `nbf`, `iat`.
+    pub leeway_secs: u64,
+    /// The claim that names a subscriber's session (default `sub`).
+    pub session_claim: String,
+    /// The `iss` every token must carry, when set.
+    pub issuer: Option<String>,
+    /// The audience every token's `aud` must name, when set.
+    pub audience: Option<String>,
+    /// A JWKS endpoint the verification keys come from (instead of the keys above).
+    pub jwks_url: Option<String>,
+    /// How often the key set is fetched again.
+    pub jwks_refresh: Duration,
+    /// The application's authorization callback for streams without a valid token.
+    pub callback: Option<CallbackSettings>,
+}
+
+/// The claim that names a subscriber's session: `session-claim`, `sub` when it is empty.
+pub(super) fn session_claim(settings: &AuthSettings) -> &str {
+    match settings.session_claim.as_str() {
+        "" => "sub",
+        claim => claim,
+    }
+}
