@@ -169,7 +169,7 @@ impl Admission {
     fn lock(&self) -> MutexGuard<'_, Counts> {
         // Every update of the counts completes before it could panic (integer and map
         // operations only), so a poisoned lock still guards consistent counts.
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locks::lock(&self.counts)
     }
 }
 

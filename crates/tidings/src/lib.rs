@@ -15,6 +15,7 @@
 //! | [`sse`] | the SSE encoder (one `data:` line per payload line; nothing can inject a field) |
 //! | [`envelope`] | an update inside an instance: position in the bus order, SSE bytes encoded once |
 //! | [`subscriber`] | a subscriber's selectors, rights ([`subscriber::Access`]) and filters |
+//! | `locks` | taking a lock whose holder panicked (one place says why that is safe) |
 //! | [`admission`] | the caps on open streams (per instance, client address, session) and the client address |
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay), the cluster's [`bus::Registry`] of sessions and subscribers where a bus keeps one, the backends (cargo features), the wire format, the reconnect machine and start-up |
@@ -69,6 +70,7 @@ pub mod config;
 pub mod envelope;
 pub mod http;
 pub mod hub;
+mod locks;
 pub mod metrics;
 pub mod outbound;
 pub mod selector;

@@ -156,7 +156,7 @@ struct Queue {
 
 impl Queue {
     fn push(&self, event: Event) {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events = crate::locks::lock(&self.events);
         if events.len() >= self.capacity {
             drop(events);
             self.dropped(
@@ -172,18 +172,13 @@ impl Queue {
     }
 
     fn take(&self) -> Vec<Event> {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events = crate::locks::lock(&self.events);
         let n = events.len().min(MAX_BATCH);
         events.drain(..n).collect()
     }
 
     fn is_idle(&self) -> bool {
-        !self.sending.load(Ordering::SeqCst)
-            && self
-                .events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
+        !self.sending.load(Ordering::SeqCst) && crate::locks::lock(&self.events).is_empty()
     }
 
     /// Counts `n` dropped events and logs it, at most once a second.
@@ -329,11 +324,7 @@ impl Watcher {
                 false => Event::StreamUnsubscribed(stream),
             });
             if let Some(session) = &event.spec.session {
-                self.changed
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(session.clone());
+                crate::locks::lock(&self.changed.sessions).insert(session.clone());
                 self.changed.ready.notify_one();
             }
         }
@@ -368,7 +359,7 @@ impl Marker {
             tokio::select! {
                 () = changed.ready.notified() => {
                     let sessions = std::mem::take(
-                        &mut *changed.sessions.lock().unwrap_or_else(|e| e.into_inner()),
+                        &mut *crate::locks::lock(&changed.sessions),
                     );
                     for session in sessions {
                         self.look(session, &due).await;

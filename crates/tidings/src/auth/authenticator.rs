@@ -139,12 +139,12 @@ impl Authenticator {
             settings,
             self.key_set.as_ref().map(|(set, _)| set),
         )?);
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        *crate::locks::write(&self.keys) = keys;
         Ok(())
     }
 
     fn keys(&self) -> Arc<Keys> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::locks::read(&self.keys).clone()
     }
 
     /// The authorization mode.

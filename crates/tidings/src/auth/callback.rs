@@ -258,7 +258,7 @@ impl Callback {
     pub(super) async fn decide(&self, ask: Ask) -> Outcome {
         let key = key_of(&ask);
         let flight = {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = crate::locks::lock(&self.cache);
             match cache.get(&key) {
                 Some(Entry::Decided { decision, until }) if *until > Instant::now() => {
                     self.metrics.auth_callback_cache_hits.inc();
@@ -323,7 +323,7 @@ impl Callback {
                 }
                 Arc::from(why)
             });
-            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = crate::locks::lock(&cache);
             if matches!(cache.peek(&key), Some(Entry::Asking { id: current, .. }) if *current == id)
             {
                 match (&outcome, ttl_of(&outcome, ttl)) {

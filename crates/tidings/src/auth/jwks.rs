@@ -108,11 +108,7 @@ impl KeySet {
     }
 
     fn held(&self, kid: &str) -> Option<Arc<Key>> {
-        self.keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(kid)
-            .cloned()
+        crate::locks::read(&self.keys).get(kid).cloned()
     }
 
     /// Fetches the key set and takes it if it holds a usable key; otherwise logs why and keeps
@@ -121,7 +117,7 @@ impl KeySet {
         match self.fetch().await {
             Ok(keys) => {
                 tracing::debug!(url = %self.url, keys = keys.len(), "jwks: keys fetched");
-                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                *crate::locks::write(&self.keys) = Arc::new(keys);
             }
             Err(why) => {
                 tracing::warn!(url = %self.url, error = %why, "jwks: cannot fetch the key set; keeping the keys held");

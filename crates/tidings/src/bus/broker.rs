@@ -2,6 +2,8 @@
 //! the operations they send.
 
 use super::{BusError, Cause, Kind};
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+use crate::locks::lock;
 
 /// The failure of an operation on a broker, named after it (`redis: …`).
 pub(super) fn broker_error(broker: Kind, e: impl std::fmt::Display) -> BusError {
@@ -54,13 +56,6 @@ pub(super) async fn with_limit<T, E: std::error::Error + Send + Sync + 'static>(
         Ok(result) => result.map_err(|e| client_error(broker, e)),
         Err(_) => Err(broker_error(broker, format!("no answer within {limit:?}"))),
     }
-}
-
-/// Locks `mutex`, also after a panic while it was held: its holders complete each mutation
-/// before anything that could panic runs.
-#[cfg(any(feature = "nats", feature = "amqp", feature = "kafka"))]
-pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a broker bus publishes through (a channel, a client) while its connection is up and

@@ -59,7 +59,7 @@ impl MemoryBus {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Each mutation is completed before anything that could panic runs.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locks::lock(&self.state)
     }
 }
 

@@ -49,6 +49,16 @@ mod log_bus;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+// A build without a broker bus uses only the backoff and the start-up's attempts.
+#[cfg_attr(
+    not(any(
+        feature = "redis",
+        feature = "nats",
+        feature = "amqp",
+        feature = "kafka"
+    )),
+    allow(dead_code, unused_imports)
+)]
 pub mod reconnect;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -9,12 +9,6 @@
 //! what happened, and publishes the [`ConnectionState`] (linkerd2-proxy's `reconnect` takes
 //! a target the same way).
 
-#[cfg(any(
-    feature = "redis",
-    feature = "nats",
-    feature = "amqp",
-    feature = "kafka"
-))]
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +16,6 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 
-#[cfg(any(
-    feature = "redis",
-    feature = "nats",
-    feature = "amqp",
-    feature = "kafka"
-))]
 use super::{BusError, Cause};
 use crate::metrics::Metrics;
 
@@ -125,12 +113,6 @@ impl ConnectionState {
 }
 
 /// A bus's connection as [`Reconnect::run`] drives it.
-#[cfg(any(
-    feature = "redis",
-    feature = "nats",
-    feature = "amqp",
-    feature = "kafka"
-))]
 pub(crate) trait Target: Send {
     /// An open connection, ready to deliver.
     type Connection: Send;
@@ -144,12 +126,6 @@ pub(crate) trait Target: Send {
 }
 
 /// Why a connection stopped delivering.
-#[cfg(any(
-    feature = "redis",
-    feature = "nats",
-    feature = "amqp",
-    feature = "kafka"
-))]
 #[derive(Debug)]
 pub(crate) enum Stop {
     /// It was lost (or found unusable): connect again, after the backoff.
@@ -190,12 +166,6 @@ impl Reconnect {
     }
 
     /// Delivery is live (again): the next loss starts the backoff over.
-    #[cfg(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "kafka"
-    ))]
     pub(crate) fn connected(&mut self) {
         let before = self.state.send_replace(ConnectionState::Connected);
         if before == ConnectionState::Reconnecting {
@@ -205,12 +175,6 @@ impl Reconnect {
     }
 
     /// A live connection was lost, for `reason`.
-    #[cfg(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "kafka"
-    ))]
     pub(crate) fn lost(&mut self, reason: &dyn std::fmt::Display) {
         self.state.send_replace(ConnectionState::Reconnecting);
         tracing::warn!(
@@ -242,12 +206,6 @@ impl Reconnect {
     /// Drives `target` for as long as the task runs: delivers on `open` (a connection made at
     /// start-up) or on a new one, and after each stop connects again, waiting between failed
     /// attempts.
-    #[cfg(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "kafka"
-    ))]
     pub(crate) async fn run<T: Target>(mut self, mut target: T, mut open: Option<T::Connection>) {
         loop {
             let connection = match open.take() {
@@ -301,12 +259,6 @@ mod tests {
         assert!(distinct.len() > 100, "jittered, not in lock-step");
     }
 
-    #[cfg(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "kafka"
-    ))]
     #[tokio::test(start_paused = true)]
     async fn a_connection_reports_its_state_and_starts_over_once_connected() {
         let metrics = Arc::new(Metrics::new());
@@ -334,24 +286,12 @@ mod tests {
     }
 
     /// A target whose connections fail, deliver and stop as a script says.
-    #[cfg(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "kafka"
-    ))]
     struct Scripted {
         connects: std::collections::VecDeque<Result<u32, &'static str>>,
         stops: std::collections::VecDeque<Stop>,
         delivered: Arc<std::sync::Mutex<Vec<u32>>>,
     }
 
-    #[cfg(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "kafka"
-    ))]
     impl Target for Scripted {
         type Connection = u32;
 
@@ -372,12 +312,6 @@ mod tests {
         }
     }
 
-    #[cfg(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "kafka"
-    ))]
     #[tokio::test(start_paused = true)]
     async fn the_loop_connects_again_after_each_stop_and_waits_only_after_a_failure() {
         let metrics = Arc::new(Metrics::new());

@@ -212,10 +212,7 @@ impl Hub {
         &self,
     ) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<SubscriberEvent>>> {
         // Each mutation is one push or one retain: a panic cannot leave it half done.
-        self.inner
-            .subscriber_events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::locks::lock(&self.inner.subscriber_events)
     }
 
     fn tell(&self, spec: &Arc<SubscriberSpec>, active: bool) {
@@ -432,11 +429,7 @@ impl Hub {
     }
 
     fn session_changed(&self, session: &SessionId) {
-        self.inner
-            .changed_sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session.clone());
+        crate::locks::lock(&self.inner.changed_sessions).insert(session.clone());
         self.inner.sessions_changed.notify_one();
     }
 
@@ -444,15 +437,10 @@ impl Hub {
     /// current counts on this instance (0: gone). For a cluster-wide session registry.
     pub async fn session_changes(&self) -> Vec<(SessionId, usize)> {
         loop {
-            let changed: Vec<SessionId> = std::mem::take(
-                &mut *self
-                    .inner
-                    .changed_sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            )
-            .into_iter()
-            .collect();
+            let changed: Vec<SessionId> =
+                std::mem::take(&mut *crate::locks::lock(&self.inner.changed_sessions))
+                    .into_iter()
+                    .collect();
             if !changed.is_empty() {
                 let reg = self.read();
                 return changed
@@ -494,17 +482,11 @@ impl Hub {
     fn read(&self) -> RwLockReadGuard<'_, Registry> {
         // Every mutation of the registry completes before it can panic (map operations only),
         // so a poisoned lock still guards consistent data.
-        self.inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::locks::read(&self.inner.registry)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Registry> {
-        self.inner
-            .registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::locks::write(&self.inner.registry)
     }
 }
 

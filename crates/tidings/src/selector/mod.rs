@@ -220,7 +220,7 @@ impl SelectorCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<Box<str>, Selector>> {
         // A panic while holding this lock cannot leave the cache inconsistent (each operation
         // is one call into the LRU), so a poisoned lock is still usable.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locks::lock(&self.entries)
     }
 }
 

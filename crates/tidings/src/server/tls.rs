@@ -54,7 +54,7 @@ impl Certificates {
     /// [`TlsError`] as for [`Certificates::load`]; the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let key = certified_key(&self.cert_path, &self.key_path, &self.provider)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        *crate::locks::write(&self.current) = Arc::new(key);
         Ok(())
     }
 
@@ -76,12 +76,7 @@ impl Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(crate::locks::read(&self.current).clone())
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first.
 const LAYERS: [&[&str]; 7] = [
     &[
+        "locks",
         "metrics",
         "update",
         "selector",
@@ -27,7 +28,15 @@ const LAYERS: [&[&str]; 7] = [
 ];
 
 /// Libraries the core may not name.
-const NOT_IN_THE_CORE: [&str; 6] = ["axum", "hyper", "clap", "redis", "async_nats", "lapin"];
+const NOT_IN_THE_CORE: [&str; 7] = [
+    "axum",
+    "hyper",
+    "clap",
+    "redis",
+    "async_nats",
+    "lapin",
+    "rskafka",
+];
 
 fn layer_of(module: &str) -> usize {
     LAYERS

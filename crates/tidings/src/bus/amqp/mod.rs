@@ -32,7 +32,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::oneshot;
 
-use super::broker::{lock, Publishing};
+use super::broker::Publishing;
 use super::history::LocalHistory;
 use super::log::ReadLog;
 use super::log_bus::{LogBroker, LogBus};
@@ -40,6 +40,7 @@ use super::reconnect::Reconnect;
 use super::{wire, BusError, BusOptions, Kind, Published};
 use crate::envelope::now_micros;
 use crate::hub::Hub;
+use crate::locks::lock;
 use crate::update::Update;
 
 /// Longest wait for one RabbitMQ operation before it counts as failed, unless `--bus-timeout`

@@ -25,7 +25,7 @@ use std::time::Duration;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient};
 use tokio::sync::watch;
 
-use super::broker::{lock, Publishing};
+use super::broker::Publishing;
 use super::history::LocalHistory;
 use super::log::ReadLog;
 use super::log_bus::{LogBroker, LogBus};
@@ -33,6 +33,7 @@ use super::reconnect::Reconnect;
 use super::{BusError, BusOptions, Cause, Kind, Published};
 use crate::envelope::now_micros;
 use crate::hub::Hub;
+use crate::locks::lock;
 use crate::update::Update;
 
 pub use tidings_client::kafka::{topic_name, KafkaUrl, TIME_HEADER};

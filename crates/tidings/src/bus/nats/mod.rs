@@ -29,7 +29,6 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::broker::lock;
 use super::history::LocalHistory;
 use super::log::ReadLog;
 use super::reconnect::{ConnectionState, Reconnect};
@@ -37,6 +36,7 @@ use super::wire::{self, Decoder};
 use super::{Bus, BusError, BusOptions, Cause, Published, Replay, ReplayFrom};
 use crate::envelope::{now_micros, Envelope};
 use crate::hub::Hub;
+use crate::locks::lock;
 use crate::update::{Update, UpdateId};
 
 mod reader;

@@ -224,12 +224,12 @@ impl Cluster {
 
     /// A client for the master that serves the slot now, asking the known nodes in turn.
     async fn master(&self) -> Result<redis::Client, redis::RedisError> {
-        let nodes = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let nodes = crate::locks::lock(&self.known).clone();
         let mut failures = Vec::new();
         for (host, port) in &nodes {
             match tokio::time::timeout(self.timeout, self.ask(host, *port)).await {
                 Ok(Ok((master, named))) => {
-                    let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut known = crate::locks::lock(&self.known);
                     for node in named {
                         if !known.contains(&node) {
                             known.push(node);
@@ -448,19 +448,12 @@ impl Connections {
 
     /// The command connection (a cheap handle).
     pub(super) fn commands(&self) -> ConnectionManager {
-        self.commands
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .conn
-            .clone()
+        crate::locks::read(&self.commands).conn.clone()
     }
 
     /// The replay reader's connection (a cheap handle).
     pub(super) fn replays(&self) -> ConnectionManager {
-        self.replays
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::locks::read(&self.replays).clone()
     }
 
     /// A client for the primary now, for a new delivery connection. Behind sentinels, when
@@ -473,12 +466,7 @@ impl Connections {
             .await
             .map_err(|e| format!("cannot find the primary: {e}"))?;
         let address = address_of(client.get_connection_info());
-        let current = self
-            .commands
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .address
-            .clone();
+        let current = crate::locks::read(&self.commands).address.clone();
         if address != current {
             let connect = |response| {
                 timed(
@@ -491,8 +479,8 @@ impl Connections {
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::warn!(from = %current, to = %address, "redis: a new primary; following it");
-            *self.commands.write().unwrap_or_else(|e| e.into_inner()) = Current { conn, address };
-            *self.replays.write().unwrap_or_else(|e| e.into_inner()) = replays;
+            *crate::locks::write(&self.commands) = Current { conn, address };
+            *crate::locks::write(&self.replays) = replays;
         }
         Ok(client)
     }
@@ -507,11 +495,7 @@ impl Connections {
             .await
             .ok()?
             .ok()?;
-        let current = &self
-            .commands
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .address;
+        let current = &crate::locks::read(&self.commands).address;
         Some(address_of(client.get_connection_info()) != *current)
     }
 }
