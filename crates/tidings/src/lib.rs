@@ -26,7 +26,7 @@
 //! | [`outbound`] | the HTTP requests the hub makes itself (JWKS, authorization callback, webhooks): URLs checked, timeouts, no redirects, bounded answers |
 //! | [`webhook`] | lifecycle webhooks: sessions online/offline (cluster-wide through the bus's registry), streams subscribed/unsubscribed, signed, batched, retried |
 //! | [`config`] | options: defaults → `tidings.toml` → `TIDINGS_*` → flags, mapped onto the core's types |
-//! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown |
+//! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown; the connections, TLS, and HTTP/1.1 streams written by hand (`h1_stream`: a stream's chunks straight from the shared bytes) |
 //! | [`cli`] | the `tidings` command line |
 //!
 //! Layers point one way, each using only those below it: `cli` → [`server`] (sockets, TLS,
@@ -50,8 +50,10 @@
 //!    event-name filter) and `try_send`s the shared `Arc<Envelope>` into its bounded queue. A
 //!    full queue disconnects that subscriber only; it resumes from history.
 //! 4. The subscriber's response body (`http::stream`) wakes, skips anything its replay already
-//!    covered, and hands the shared `Bytes` to hyper, which writes them to the socket. Heartbeat
-//!    comments keep idle streams alive; on shutdown each stream ends with a `retry:` hint.
+//!    covered, and hands the shared `Bytes` on: over HTTP/1.1, plain or TLS, the server
+//!    writes them to the socket itself (`server::h1_stream`, several updates in one write
+//!    when the stream is behind); over HTTP/2, hyper does. Heartbeat comments keep idle
+//!    streams alive; on shutdown each stream ends with a `retry:` hint.
 //!
 //! A fresh stream reads the head of history *before* its subscriber is registered and sends
 //! it as an `id:` line without data: every later update reaches it live (or from history),

@@ -16,7 +16,7 @@
 //! (`--jwks-url`, module `jwks`) by each token's `kid`. With `--jwt-issuer` and
 //! `--jwt-audience`, every token must carry that `iss` and name that audience in `aud`. A
 //! token is verified once, when a request arrives; its selectors are compiled through the
-//! shared [`SelectorCache`].
+//! shared [`SelectorCache`](crate::selector::SelectorCache).
 //!
 //! With `--auth-url` (module `callback`), a new stream that presents no token that verifies is
 //! decided by the application itself, told the client's cookies and headers: for applications

@@ -12,7 +12,7 @@ pub enum BusError {
     Unavailable(Cause),
     /// A publish was sent to the broker but not acknowledged in time: it may or may not have
     /// been stored. Retrying it *with the same id* is safe: the bus stores an id once (see
-    /// [`Bus::publish`]).
+    /// [`Bus::publish`](super::Bus::publish)).
     OutcomeUnknown(Cause),
     /// The bus URL or options are wrong, or the broker refuses this instance for a reason
     /// retrying cannot cure (start-up only).

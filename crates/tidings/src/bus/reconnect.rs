@@ -4,8 +4,8 @@
 //!
 //! What "connected" means differs by bus (a Redis Pub/Sub connection subscribed to its
 //! channels, a JetStream consumer, a RabbitMQ stream consumer, a Kafka partition reader): each
-//! says it as a [`Target`] — how to open a connection that delivers, and how to deliver on it
-//! until it stops — and the one loop around it, [`Reconnect::run`], waits, connects, says
+//! says it as a `Target` — how to open a connection that delivers, and how to deliver on it
+//! until it stops — and the one loop around it, `Reconnect::run`, waits, connects, says
 //! what happened, and publishes the [`ConnectionState`] (linkerd2-proxy's `reconnect` takes
 //! a target the same way).
 

@@ -11,7 +11,7 @@
 //! A retried publish is stored twice by Kafka (the client has no idempotent producer) and
 //! delivered once: every instance reads the same partition and remembers the same ids (the
 //! last `history-size` before each record), so every one skips the same copy (see
-//! [`super::log`]).
+//! `bus/log.rs`).
 //!
 //! The client is rskafka: pure Rust on tokio (no C library to build or link), and made for
 //! exactly this use: partitions read by offset, without consumer groups. See
