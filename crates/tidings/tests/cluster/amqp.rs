@@ -5,7 +5,7 @@
 //! `survives_a_broker_restart`).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::{publish, publish_once_recovered, subscribe_url, AmqpObjects, Hub, Stream};
 
@@ -67,11 +67,12 @@ async fn receive_all(stream: &mut Stream, ids: &[String], hub: &Hub) {
 }
 
 async fn wait_ready(hub: &Hub) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while crate::common::status(hub, "/readyz").await != 200 {
-        assert!(Instant::now() < deadline, "readiness did not come back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::wait_until(
+        "readiness to come back",
+        Duration::from_secs(15),
+        async || crate::common::status(hub, "/readyz").await == 200,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -181,11 +182,10 @@ async fn without_history_each_instance_reads_its_own_queue() {
     // A dropped connection loses what was published meanwhile: counted as a gap.
     close_connection(&format!("{}-0", objects.prefix));
     wait_ready(&hubs[0]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while hubs[0].metric("tidings_bus_gaps_total").await < 1.0 {
-        assert!(Instant::now() < deadline, "the gap was not counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::wait_for("the gap to be counted", async || {
+        hubs[0].metric("tidings_bus_gaps_total").await >= 1.0
+    })
+    .await;
     let next = publish_once_recovered(&hubs[1], &topic, "y").await;
     assert_eq!(
         a.next().await.id,

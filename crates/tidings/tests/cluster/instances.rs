@@ -154,19 +154,12 @@ async fn presence(hub: &Hub, session: &str) -> serde_json::Value {
 }
 
 async fn wait_for_presence(hub: &Hub, session: &str, expected: serde_json::Value) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("the presence of {session} on instances {expected}");
+    crate::common::wait_for(&what, async || {
         let got = presence(hub, session).await;
-        if got["instances"] == expected {
-            assert_eq!(got["scope"], "cluster");
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "presence is {got}, expected instances {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        got["instances"] == expected && got["scope"] == "cluster"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -252,15 +245,10 @@ async fn the_subscriptions_api_answers_for_the_whole_cluster() {
     let _b = Stream::open(&subscribe_url(&hubs[1], &[&on_b], ""), &[]).await;
     let mut both = vec![on_a.clone(), on_b.clone()];
     both.sort();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while listed_topics(&hubs[1]).await != both {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            listed_topics(&hubs[1]).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::common::wait_for("both subscriptions listed", async || {
+        listed_topics(&hubs[1]).await == both
+    })
+    .await;
     assert_eq!(
         listed_topics(&hubs[0]).await,
         both,
@@ -268,13 +256,9 @@ async fn the_subscriptions_api_answers_for_the_whole_cluster() {
     );
     // A dies: its subscriptions drop out within the TTL.
     hubs[0].kill();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while listed_topics(&hubs[1]).await != vec![on_b.clone()] {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            listed_topics(&hubs[1]).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::wait_for(
+        "the dead instance's subscriptions to drop out",
+        async || listed_topics(&hubs[1]).await == vec![on_b.clone()],
+    )
+    .await;
 }

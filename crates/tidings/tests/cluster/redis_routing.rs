@@ -96,14 +96,11 @@ async fn interest_routing_sends_an_update_only_to_instances_that_want_it() {
     by_template.close();
     everything.close();
     let channel = format!("{}:t:{topic}", keys.prefix);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while listeners(&keys.url, &channel) > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "an instance still listens to {channel}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::common::wait_for(
+        "every instance to stop listening to the channel",
+        async || listeners(&keys.url, &channel) == 0,
+    )
+    .await;
     let (_, sent) = publish_counted(&hubs[2], &topic).await;
     assert_eq!(sent, 0.0);
 }

@@ -98,14 +98,10 @@ async fn each_stream_of_a_session_gets_only_its_event_name() {
 
     chat.close();
     news.close();
-    let deadline = std::time::Instant::now() + crate::common::WAIT;
-    while describe(&hub, "alice").await["connected"] != json!(false) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "session still listed after its streams closed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::common::wait_for("the session to go once its streams closed", async || {
+        describe(&hub, "alice").await["connected"] == json!(false)
+    })
+    .await;
     let described = describe(&hub, "alice").await;
     assert_eq!(described["instances"], json!([]));
     assert_eq!(

@@ -185,7 +185,10 @@ async fn a_receiver_that_is_down_fills_the_queue_and_nothing_else() {
     let topic = crate::common::unique_topic("hooks-down");
     let first = Stream::open(&crate::common::subscribe_url(&hub, &[&topic], ""), &[]).await;
     // The first batch is on its way (and failing); eleven more events meet a queue of three.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the first batch's failed attempt", async || {
+        hub.metric("tidings_webhook_failed_attempts_total").await >= 1.0
+    })
+    .await;
     let mut streams = vec![first];
     for _ in 0..5 {
         streams.push(Stream::open(&crate::common::subscribe_url(&hub, &[&topic], ""), &[]).await);

@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::common::{publish, publisher_token, subscribe_url, Hub, Stream, KEY, WAIT};
 use serde_json::Value;
@@ -140,14 +139,10 @@ async fn subscribe_prints_events_and_resumes_after_the_connection_drops() {
         }
     });
     // Wait for the subscriber to be connected.
-    let deadline = std::time::Instant::now() + WAIT;
-    while hub.metric("tidings_subscribers").await < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "subscriber never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::common::wait_for("the subscriber to connect", async || {
+        hub.metric("tidings_subscribers").await >= 1.0
+    })
+    .await;
     let p = publisher_token();
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -172,14 +167,10 @@ async fn subscribe_prints_events_and_resumes_after_the_connection_drops() {
     }
     // Cut the connection, publish while the subscriber is away, and let it come back.
     cut.send_modify(|n| *n += 1);
-    let deadline = std::time::Instant::now() + WAIT;
-    while hub.metric("tidings_subscribers").await > 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cut connection stayed registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::common::wait_for("the cut connection to leave", async || {
+        hub.metric("tidings_subscribers").await == 0.0
+    })
+    .await;
     for i in 0..3 {
         ids.push(
             publish(
