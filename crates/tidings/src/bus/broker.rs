@@ -7,7 +7,7 @@ use crate::locks::lock;
 
 /// The failure of an operation on a broker, named after it (`redis: …`).
 pub(super) fn broker_error(broker: Kind, e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("{}: {e}", broker.broker()).into())
+    BusError::Unavailable(Cause::new(format!("{}: {e}", broker.broker())))
 }
 
 /// The failure of a broker client's operation, named after the broker, with the client's

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Bus, BusError, BusOptions};
+use super::{Bus, BusError, BusOptions, Cause};
 use crate::hub::Hub;
 
 /// The bus URL with its credentials masked, for logs (`redis://:secret@host` →
@@ -83,13 +83,10 @@ impl Kind {
 /// the broker cannot be reached.
 pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dyn Bus>, BusError> {
     let Some(kind) = Kind::of(url) else {
-        return Err(BusError::Config(
-            format!(
-                "unknown bus URL {:?}: expected memory://, redis://, amqp://, nats:// or kafka://",
-                redact(url)
-            )
-            .into(),
-        ));
+        return Err(BusError::Config(Cause::new(format!(
+            "unknown bus URL {:?}: expected memory://, redis://, amqp://, nats:// or kafka://",
+            redact(url)
+        ))));
     };
     match kind {
         Kind::Memory => Ok(Arc::new(super::memory::MemoryBus::with_ttl(
@@ -107,11 +104,11 @@ pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Arc<dy
         Kind::Kafka => Ok(Arc::new(super::kafka::KafkaBus::connect(url, options, hub).await?)),
         #[allow(unreachable_patterns)]
         left_out => Err(BusError::Config(
-            format!(
+            Cause::new(format!(
                 "this build of tidings has no {0} bus: build it with the cargo feature {0:?} (on by default)",
                 left_out.name()
             )
-            .into(),
+            ),
         )),
     }
 }

@@ -116,15 +116,3 @@ impl PartialEq for Cause {
 }
 
 impl Eq for Cause {}
-
-impl From<String> for Cause {
-    fn from(message: String) -> Self {
-        Cause::new(message)
-    }
-}
-
-impl From<&str> for Cause {
-    fn from(message: &str) -> Self {
-        Cause::new(message)
-    }
-}

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use super::reconnect::{ConnectionState, Reconnect};
 use super::{
-    connect, Bus, BusError, BusOptions, Published, Registry, Replay, ReplayFrom, SubscriberRecord,
+    connect, Bus, BusError, BusOptions, Cause, Published, Registry, Replay, ReplayFrom,
+    SubscriberRecord,
 };
 use crate::hub::Hub;
 use crate::update::{SessionId, Update};
@@ -32,7 +33,10 @@ struct Starting {
 /// The connected bus, or why there is none yet.
 fn connected(kind: super::Kind, bus: &OnceLock<Arc<dyn Bus>>) -> Result<&Arc<dyn Bus>, BusError> {
     bus.get().ok_or_else(|| {
-        BusError::Unavailable(format!("{}: not connected yet since start-up", kind.name()).into())
+        BusError::Unavailable(Cause::new(format!(
+            "{}: not connected yet since start-up",
+            kind.name()
+        )))
     })
 }
 
@@ -79,9 +83,10 @@ struct StartingRegistry {
 impl StartingRegistry {
     fn registry(&self) -> Result<Arc<dyn Registry>, BusError> {
         connected(self.kind, &self.bus)?.registry().ok_or_else(|| {
-            BusError::Unavailable(
-                format!("{}: connected without a registry", self.kind.name()).into(),
-            )
+            BusError::Unavailable(Cause::new(format!(
+                "{}: connected without a registry",
+                self.kind.name()
+            )))
         })
     }
 }

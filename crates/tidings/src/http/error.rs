@@ -181,14 +181,15 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::Cause;
 
     #[test]
     fn a_publish_whose_outcome_is_unknown_is_a_504_that_says_to_retry_with_the_same_id() {
-        let e = ApiError::from(BusError::OutcomeUnknown("redis: no answer".into()));
+        let e = ApiError::from(BusError::OutcomeUnknown(Cause::new("redis: no answer")));
         assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(e.error, "publish_outcome_unknown");
         assert!(e.detail.contains("same id"), "{}", e.detail);
-        let e = ApiError::from(BusError::Unavailable("redis: refused".into()));
+        let e = ApiError::from(BusError::Unavailable(Cause::new("redis: refused")));
         assert_eq!(
             (e.status, e.error),
             (StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable")

@@ -402,7 +402,7 @@ impl Stream for EventStream {
 mod tests {
     use super::*;
     use crate::auth::{AuthMode, AuthSettings, Authenticator};
-    use crate::bus::{Bus, BusError, Replay};
+    use crate::bus::{Bus, BusError, Cause, Replay};
     use crate::config::Config;
     use crate::hub::Hub;
     use crate::selector::{Selector, SelectorCache};
@@ -441,7 +441,7 @@ mod tests {
             "racing"
         }
         async fn publish(&self, _: Update) -> Result<crate::bus::Published, BusError> {
-            Err(BusError::Unavailable("not used".into()))
+            Err(BusError::Unavailable(Cause::new("not used")))
         }
         async fn listening(&self) -> Result<(), BusError> {
             self.raced.store(true, std::sync::atomic::Ordering::SeqCst);

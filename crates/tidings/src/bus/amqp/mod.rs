@@ -37,7 +37,7 @@ use super::history::LocalHistory;
 use super::log::ReadLog;
 use super::log_bus::{LogBroker, LogBus};
 use super::reconnect::Reconnect;
-use super::{wire, BusError, BusOptions, Kind, Published};
+use super::{wire, BusError, BusOptions, Cause, Kind, Published};
 use crate::envelope::now_micros;
 use crate::hub::Hub;
 use crate::locks::lock;
@@ -160,7 +160,10 @@ impl LogBus<Shared> {
         hub: Hub,
     ) -> Result<Self, BusError> {
         let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|e| {
-            BusError::Config(format!("bad RabbitMQ URL {}: {e}", super::redact(url)).into())
+            BusError::Config(Cause::new(format!(
+                "bad RabbitMQ URL {}: {e}",
+                super::redact(url)
+            )))
         })?;
         // Find a dead connection within seconds, not the server's default minute.
         uri.query.heartbeat.get_or_insert(link::HEARTBEAT_SECS);

@@ -436,7 +436,7 @@ async fn connect(settings: &Settings, deadline: Option<Duration>) -> Result<Clie
     let builder = settings
         .url
         .client_builder()
-        .map_err(|e| BusError::Config(e.into()))?
+        .map_err(|e| BusError::Config(Cause::new(e)))?
         .client_id(settings.client_id.as_str())
         // Past the deadline, this bus reconnects with its own backoff.
         .backoff_config(BackoffConfig {
@@ -481,7 +481,7 @@ async fn ensure_topic(client: &Client, topic: &str, settings: &Settings) -> Resu
         Ok(Topic::Existed { .. }) => {}
         Err(e) if not_creatable(&e) => {
             let why = format!("cannot create the topic {topic:?}: {}", e.cause());
-            return Err(BusError::Config(why.into()));
+            return Err(BusError::Config(Cause::new(why)));
         }
         Err(e) => return Err(e.context(format_args!("cannot create the topic {topic:?}"))),
     }

@@ -110,7 +110,10 @@ impl LogBus<Shared> {
         hub: Hub,
     ) -> Result<Self, BusError> {
         let parsed = KafkaUrl::parse(url).map_err(|e| {
-            BusError::Config(format!("bad Kafka URL {}: {e}", super::redact(url)).into())
+            BusError::Config(Cause::new(format!(
+                "bad Kafka URL {}: {e}",
+                super::redact(url)
+            )))
         })?;
         let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
         let shared = Arc::new(Shared {
@@ -217,9 +220,10 @@ impl LogBroker for Shared {
                 format!("kafka: {e}"),
                 e,
             ))),
-            Err(_) => Err(BusError::OutcomeUnknown(
-                format!("kafka: no acknowledgement within {:?}", self.timeout).into(),
-            )),
+            Err(_) => Err(BusError::OutcomeUnknown(Cause::new(format!(
+                "kafka: no acknowledgement within {:?}",
+                self.timeout
+            )))),
         }
     }
 

@@ -190,7 +190,10 @@ impl NatsBus {
         let client = tokio::time::timeout(timeout.saturating_mul(2), connect)
             .await
             .map_err(|_| {
-                BusError::Unavailable(format!("cannot reach NATS at {}", super::redact(url)).into())
+                BusError::Unavailable(Cause::new(format!(
+                    "cannot reach NATS at {}",
+                    super::redact(url)
+                )))
             })?
             .map_err(|e| {
                 let what = format!("cannot reach NATS at {}: {e}", super::redact(url));
@@ -446,9 +449,10 @@ impl Bus for NatsBus {
                 )))
             }
             Err(_) => {
-                return Err(BusError::OutcomeUnknown(
-                    format!("nats: no acknowledgement within {:?}", self.timeout).into(),
-                ))
+                return Err(BusError::OutcomeUnknown(Cause::new(format!(
+                    "nats: no acknowledgement within {:?}",
+                    self.timeout
+                ))))
             }
         };
         Ok(Published {

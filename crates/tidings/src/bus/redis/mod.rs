@@ -292,10 +292,9 @@ impl RedisBus {
         // Redis ends the WAIT itself after `millis`; the margin covers the round trip.
         let limit = self.timeout + Duration::from_secs(1);
         let unknown = |why: String| {
-            BusError::OutcomeUnknown(
-                format!("redis: stored on the primary, but {why} (redis-min-replicas {wanted})")
-                    .into(),
-            )
+            BusError::OutcomeUnknown(Cause::new(format!(
+                "redis: stored on the primary, but {why} (redis-min-replicas {wanted})"
+            )))
         };
         match tokio::time::timeout(limit, wait.query_async::<usize>(conn)).await {
             Ok(Ok(acked)) if acked >= wanted => Ok(()),
@@ -433,9 +432,9 @@ impl Bus for RedisBus {
             // checks before it writes): not stored.
             Ok(Err(e)) => return Err(failed(e)),
             Err(_) => {
-                return Err(BusError::OutcomeUnknown(
-                    format!("redis: no answer within {timeout:?}").into(),
-                ))
+                return Err(BusError::OutcomeUnknown(Cause::new(format!(
+                    "redis: no answer within {timeout:?}"
+                ))))
             }
         };
         let position = position(&stream_id)

@@ -20,7 +20,9 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::routing::{Change, Listening};
-use super::{holds, position, read_range, stream_id, timed, write_settings, Keys};
+use super::{
+    failed, holds, position, read_range, stream_id, timed, unavailable, write_settings, Keys,
+};
 use crate::bus::reconnect::{self, Reconnect, Stop};
 use crate::bus::wire::Decoder;
 use crate::bus::{BusError, Cause, Routing};
@@ -86,11 +88,7 @@ impl reconnect::Target for Delivery {
     type Connection = (PubSubSink, PubSubStream, Listening);
 
     async fn connect(&mut self) -> Result<Self::Connection, BusError> {
-        let (sink, stream, subscribed, version) = self
-            .reader
-            .connect(&mut self.interest)
-            .await
-            .map_err(|lost| BusError::Unavailable(Cause::new(lost)))?;
+        let (sink, stream, subscribed, version) = self.reader.connect(&mut self.interest).await?;
         if self.connected_before {
             let setup = &self.reader.setup;
             let conn = setup.conns.commands();
@@ -141,24 +139,20 @@ impl Reader {
     async fn connect(
         &self,
         interest: &mut watch::Receiver<u64>,
-    ) -> Result<(PubSubSink, PubSubStream, Listening, u64), Lost> {
+    ) -> Result<(PubSubSink, PubSubStream, Listening, u64), BusError> {
         let attempt = async {
             let client = self.setup.conns.primary().await?;
-            let (mut sink, stream) = client
-                .get_async_pubsub()
-                .await
-                .map_err(|e| e.to_string())?
-                .split();
+            let (mut sink, stream) = client.get_async_pubsub().await.map_err(failed)?.split();
             let version = *interest.borrow_and_update();
             let subscribed = self.wanted();
             let change = Change::between(&Listening::default(), &subscribed);
-            send(&mut sink, &change).await?;
+            send(&mut sink, &change).await.map_err(unavailable)?;
             Ok((sink, stream, subscribed, version))
         };
         let timeout = self.setup.timeout;
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(unavailable(format!("no answer within {timeout:?}"))),
         }
     }
 

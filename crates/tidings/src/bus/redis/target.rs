@@ -22,6 +22,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{ConnectionAddr, ConnectionInfo};
 
 use super::{timed, BusError};
+use crate::bus::Cause;
 
 /// The parts of a URL that names several nodes: `<scheme>://[[user]:password@]host:port[,host:
 /// port…][/<path>…]`, as Sentinel and Cluster URLs do.
@@ -332,7 +333,7 @@ pub(super) fn key_prefix(url: &str, prefix: &str) -> Result<String, BusError> {
     }
     if prefix.contains(['{', '}']) {
         return Err(BusError::Config(
-            format!("bus-prefix {prefix:?} holds a brace: on a Redis Cluster, the bus wraps it in braces itself (a hash tag), so it must hold none").into(),
+            Cause::new(format!("bus-prefix {prefix:?} holds a brace: on a Redis Cluster, the bus wraps it in braces itself (a hash tag), so it must hold none")),
         ));
     }
     Ok(format!("{{{prefix}}}"))
@@ -400,7 +401,9 @@ impl Connections {
     ) -> Result<Connections, BusError> {
         let shown = super::super::redact(url);
         let bad_url = |why: String| {
-            BusError::Config(format!("{shown:?} is not a usable Redis URL: {why}").into())
+            BusError::Config(Cause::new(format!(
+                "{shown:?} is not a usable Redis URL: {why}"
+            )))
         };
         let target =
             if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
@@ -431,9 +434,9 @@ impl Connections {
                     .unwrap_or_else(|e| super::start_error(url, e)))
             }
             Err(_) => {
-                return Err(BusError::Unavailable(
-                    format!("cannot reach Redis at {shown}: no answer within {timeout:?}").into(),
-                ))
+                return Err(BusError::Unavailable(Cause::new(format!(
+                    "cannot reach Redis at {shown}: no answer within {timeout:?}"
+                ))))
             }
         };
         Ok(Connections {
@@ -461,10 +464,13 @@ impl Connections {
     ///
     /// # Errors
     /// Why the primary cannot be found or reached.
-    pub(super) async fn primary(&self) -> Result<redis::Client, String> {
-        let client = target_client(&self.target)
-            .await
-            .map_err(|e| format!("cannot find the primary: {e}"))?;
+    pub(super) async fn primary(&self) -> Result<redis::Client, BusError> {
+        let client = target_client(&self.target).await.map_err(|e| {
+            BusError::Unavailable(Cause::caused_by(
+                format!("redis: cannot find the primary: {e}"),
+                e,
+            ))
+        })?;
         let address = address_of(client.get_connection_info());
         let current = crate::locks::read(&self.commands).address.clone();
         if address != current {
@@ -474,10 +480,8 @@ impl Connections {
                     client.get_connection_manager_with_config(config(self.timeout, response)),
                 )
             };
-            let conn = connect(self.timeout).await.map_err(|e| e.to_string())?;
-            let replays = connect(self.replay_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            let conn = connect(self.timeout).await?;
+            let replays = connect(self.replay_timeout).await?;
             tracing::warn!(from = %current, to = %address, "redis: a new primary; following it");
             *crate::locks::write(&self.commands) = Current { conn, address };
             *crate::locks::write(&self.replays) = replays;
@@ -514,16 +518,16 @@ fn sentinel_error(
     let what = match e.kind() {
         redis::ErrorKind::MasterNameNotFoundBySentinel => {
             return Ok(BusError::Config(
-                format!(
+                Cause::new(format!(
                     "the sentinels of {shown} know no usable primary by that master name: check the name (or wait for the failover in progress to end)"
                 )
-                .into(),
+                ),
             ))
         }
         _ if e.is_io_error() => format!("none of the sentinels of {shown} answered ({e})"),
         _ => return Err(e),
     };
-    Ok(BusError::Unavailable(what.into()))
+    Ok(BusError::Unavailable(Cause::new(what)))
 }
 
 async fn target_client(target: &Target) -> Result<redis::Client, redis::RedisError> {
