@@ -17,6 +17,7 @@
 //! exactly this use: partitions read by offset, without consumer groups. See
 //! `docs/clustering.md`, "On Kafka", for what it supports and what this bus adds.
 
+mod judge;
 mod link;
 
 use std::sync::{Arc, Mutex};
@@ -69,7 +70,7 @@ pub(super) struct Shared {
 #[derive(Debug)]
 struct Reading {
     log: ReadLog,
-    /// The fingerprint of the last record read ([`link::fingerprint`]), to know it again.
+    /// The fingerprint of the last record read ([`judge::fingerprint`]), to know it again.
     last_print: u64,
 }
 
