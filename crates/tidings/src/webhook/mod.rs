@@ -409,24 +409,35 @@ impl Marker {
         }
     }
 
-    async fn online(&mut self, session: SessionId, streams: usize) {
+    /// Marks `session` online (with this instance's `streams`) or offline in the bus's
+    /// registry: the scope the change is told in (`None`: it already was so), or `None` from
+    /// the outer option when it cannot be marked now — it is then looked at again later.
+    async fn mark(&mut self, session: &SessionId, online: Option<usize>) -> Option<Option<Scope>> {
         if !self.bus.is_ready() {
-            self.unsure.insert(session);
-            return;
+            self.unsure.insert(session.clone());
+            return None;
         }
-        let marked = match self.bus.registry() {
-            Some(registry) => registry.session_online(&session, streams).await.map(Some),
-            None => Ok(None),
+        let Some(registry) = self.bus.registry() else {
+            return Some(Some(Scope::Instance));
         };
-        let scope = match marked {
-            Ok(Some(true)) => Some(Scope::Cluster),
-            Ok(Some(false)) => None,
-            Ok(None) => Some(Scope::Instance),
+        let marked = match online {
+            Some(streams) => registry.session_online(session, streams).await,
+            None => registry.session_offline(session).await,
+        };
+        match marked {
+            Ok(true) => Some(Some(Scope::Cluster)),
+            Ok(false) => Some(None),
             Err(e) => {
-                tracing::debug!(error = %e, "webhook: cannot mark a session online yet");
-                self.unsure.insert(session);
-                return;
+                tracing::debug!(error = %e, "webhook: cannot mark a session yet");
+                self.unsure.insert(session.clone());
+                None
             }
+        }
+    }
+
+    async fn online(&mut self, session: SessionId, streams: usize) {
+        let Some(scope) = self.mark(&session, Some(streams)).await else {
+            return;
         };
         self.marked.insert(session.clone());
         if let Some(scope) = scope {
@@ -439,23 +450,8 @@ impl Marker {
     }
 
     async fn offline(&mut self, session: SessionId) {
-        if !self.bus.is_ready() {
-            self.unsure.insert(session);
+        let Some(scope) = self.mark(&session, None).await else {
             return;
-        }
-        let marked = match self.bus.registry() {
-            Some(registry) => registry.session_offline(&session).await.map(Some),
-            None => Ok(None),
-        };
-        let scope = match marked {
-            Ok(Some(true)) => Some(Scope::Cluster),
-            Ok(Some(false)) => None,
-            Ok(None) => Some(Scope::Instance),
-            Err(e) => {
-                tracing::debug!(error = %e, "webhook: cannot mark a session offline yet");
-                self.unsure.insert(session);
-                return;
-            }
         };
         self.marked.remove(&session);
         if let Some(scope) = scope {
