@@ -74,6 +74,21 @@ async fn instances_follow_the_primary_the_sentinels_promote() {
     let (status, before) = publish(&hubs[1], None, &[("topic", &topic), ("data", "before")]).await;
     assert_eq!(status, 200, "{before}");
     assert_eq!(stream.next().await.id, before);
+    // Replication is asynchronous: the replica must hold what the primary does before it dies
+    // (this test is of following a failover; losing in one is another test's).
+    let offset = |redis: &PrivateRedis| {
+        redis
+            .replication("master_repl_offset")
+            .and_then(|o| o.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let held = offset(&primary);
+    wait_until(
+        "the replica to hold what the primary does",
+        Duration::from_secs(10),
+        async || offset(&replica) >= held,
+    )
+    .await;
 
     // The primary dies; the sentinels promote the replica.
     primary.stop();
