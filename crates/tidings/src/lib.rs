@@ -25,7 +25,7 @@
 //! | [`metrics`] | the instance's Prometheus metrics |
 //! | [`outbound`] | the HTTP requests the hub makes itself (JWKS, authorization callback, webhooks): URLs checked, timeouts, no redirects, bounded answers |
 //! | [`webhook`] | lifecycle webhooks: sessions online/offline (cluster-wide through the bus's registry), streams subscribed/unsubscribed, signed, batched, retried |
-//! | [`config`] | options: defaults → `tidings.toml` → `TIDINGS_*` → flags, mapped onto the core's types |
+//! | [`config`] | options: defaults (each written once) → `tidings.toml` → `TIDINGS_*` → flags, resolved into each part's settings |
 //! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown; the connections, TLS, and HTTP/1.1 streams written by hand (`h1_stream`: a stream's chunks straight from the shared bytes) |
 //! | [`cli`] | the `tidings` command line |
 //!

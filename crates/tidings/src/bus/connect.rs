@@ -2,6 +2,7 @@
 //! URL as logs may show it ([`redact`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Bus, BusError, BusOptions, Cause};
 use crate::hub::Hub;
@@ -65,6 +66,18 @@ impl Kind {
     /// stays true after.
     pub fn keeps_registry(self) -> bool {
         matches!(self, Kind::Redis)
+    }
+
+    /// How long a bus of this kind waits for its broker to answer one operation before it
+    /// counts as failed, unless `bus-timeout` says otherwise. RabbitMQ's publisher confirms
+    /// on a stream wait for its segment to be written, and Kafka's acknowledgement from every
+    /// in-sync replica takes longer than one server's: they get longer. (The memory bus
+    /// waits on no broker.)
+    pub fn default_timeout(self) -> Duration {
+        match self {
+            Kind::Memory | Kind::Redis | Kind::Nats => Duration::from_secs(2),
+            Kind::Amqp | Kind::Kafka => Duration::from_secs(5),
+        }
     }
 
     /// The broker's name in logs and metrics' labels.

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 pub struct Timeouts {
     /// One operation: connecting, a command, a publish's acknowledgement. Past it a read is
     /// unavailable and a publish's outcome unknown. `None`: the bus's own default
-    /// ([`Timeouts::operation_or`]).
+    /// ([`super::Kind::default_timeout`]).
     pub operation: Option<Duration>,
     /// One batch of history reads for resuming clients, which a resume storm makes large;
     /// and, under interest routing, a new subscriber's wait for its topics to be listened to.
@@ -39,9 +39,9 @@ impl Timeouts {
     /// The replay timeout when none is set.
     pub const DEFAULT_REPLAY: Duration = Duration::from_secs(15);
 
-    /// The operation timeout: the one set, or the bus's own `default`.
-    pub fn operation_or(&self, default: Duration) -> Duration {
-        self.operation.unwrap_or(default)
+    /// The operation timeout of a bus of this `kind`: the one set, or the kind's own.
+    pub fn operation(&self, kind: super::Kind) -> Duration {
+        self.operation.unwrap_or(kind.default_timeout())
     }
 }
 

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, LogFormat, Options, DEFAULT_CONFIG_FILE};
+use crate::config::defaults::CONFIG_FILE;
+use crate::config::{Config, LogFormat, Options};
 use crate::server::Instance;
 
 /// Arguments of `tidings serve`.
 #[derive(Debug, clap::Args)]
 pub(super) struct ServeArgs {
-    /// Configuration file [default: ./tidings.toml when it exists].
+    /// Configuration file.
     #[arg(long, env = "TIDINGS_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -39,8 +40,8 @@ impl ServeArgs {
     fn config(&self) -> Result<Config, String> {
         let file = match &self.config {
             Some(path) => Options::from_file(path).map_err(|e| e.to_string())?,
-            None if std::path::Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                Options::from_file(DEFAULT_CONFIG_FILE.as_ref()).map_err(|e| e.to_string())?
+            None if std::path::Path::new(CONFIG_FILE).exists() => {
+                Options::from_file(CONFIG_FILE.as_ref()).map_err(|e| e.to_string())?
             }
             None => Options::default(),
         };

@@ -85,6 +85,17 @@ pub struct QueueLimits {
     pub bytes: usize,
 }
 
+impl Default for QueueLimits {
+    /// 1,024 updates or 4 MiB: a burst a healthy client drains in moments, and a bound on the
+    /// memory one stalled client holds.
+    fn default() -> Self {
+        QueueLimits {
+            updates: 1024,
+            bytes: 4 << 20,
+        }
+    }
+}
+
 /// One instance's hub; cheap to clone (all clones share the registry).
 #[derive(Debug, Clone)]
 pub struct Hub {

@@ -21,10 +21,10 @@ use tokio::sync::watch;
 use self::connection::Timeouts;
 use self::tls::{Certificates, TlsError};
 use crate::auth::Authenticator;
-use crate::bus::{self, Backoff, BusOptions};
+use crate::bus;
 use crate::config::Config;
 use crate::http;
-use crate::hub::{Hub, QueueLimits};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::selector::SelectorCache;
 use crate::state::AppState;
@@ -82,38 +82,15 @@ impl Instance {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::with_queue_limits(
-            QueueLimits {
-                updates: config.subscriber_queue,
-                bytes: config.subscriber_queue_bytes,
-            },
-            metrics.clone(),
-        );
+        let hub = Hub::with_queue_limits(config.subscriber_queue, metrics.clone());
         let selectors = Arc::new(SelectorCache::new(
             config.selector_cache_size,
             config.limits.max_selector_length,
         ));
         let auth = Authenticator::new(&config.auth, selectors.clone(), metrics.clone())?;
         auth.start().await;
-        let options = BusOptions {
-            history_size: config.history_size,
-            history_ttl_secs: config.history_ttl,
-            history_id_ttl_secs: config.history_id_ttl,
-            prefix: config.bus_prefix.clone(),
-            instance_id: config.instance_id.clone(),
-            session_ttl_secs: config.session_ttl,
-            share_subscribers: config.subscriptions,
-            limits: config.limits.clone(),
-            routing: config.routing,
-            backoff: Backoff {
-                max: config.bus_reconnect_max,
-                ..Backoff::default()
-            },
-            timeouts: config.bus_timeouts,
-            min_replicas: config.redis_min_replicas,
-        };
         // Boxed: every bus's connect future is in it, and they are large.
-        let started = Box::pin(bus::start(&config.bus, &options, hub.clone())).await?;
+        let started = Box::pin(bus::start(&config.bus_url, &config.bus, hub.clone())).await?;
         metrics.ready.set(i64::from(started.bus.is_ready()));
         let state = AppState::new(config, hub, started.bus, auth, selectors);
         if state.config().subscriptions {
@@ -191,7 +168,7 @@ impl Instance {
         };
         tracing::info!(
             listen = %addr,
-            bus = %bus::redact(&config.bus),
+            bus = %bus::redact(&config.bus_url),
             instance = %config.instance_id,
             "{status}, listening on {scheme}://{addr}"
         );

@@ -43,10 +43,6 @@ use crate::hub::Hub;
 use crate::locks::lock;
 use crate::update::Update;
 
-/// Longest wait for one RabbitMQ operation before it counts as failed, unless `--bus-timeout`
-/// says otherwise (longer than on the other brokers: publisher confirms on a stream queue
-/// wait for its segment to be written).
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub use tidings_client::amqp::TIME_HEADER;
 /// The header of a marker: a message an instance writes into the stream to know when it has
 /// read everything before it. Instances skip markers.
@@ -187,7 +183,7 @@ impl LogBus<Shared> {
             markers: Mutex::new(HashMap::new()),
             progress: AtomicU64::new(0),
             hub,
-            timeout: options.timeouts.operation_or(DEFAULT_TIMEOUT),
+            timeout: options.timeouts.operation(super::Kind::Amqp),
         });
         let settings = link::Settings::new(uri, options);
         let first = link::Link::establish(&shared, &settings, link::Start::Fresh)

@@ -39,11 +39,6 @@ use crate::update::Update;
 
 pub use tidings_client::kafka::{topic_name, KafkaUrl, TIME_HEADER};
 
-/// Longest wait for one Kafka operation before it counts as failed, unless `--bus-timeout`
-/// says otherwise (as on RabbitMQ: an acknowledgement from every in-sync replica takes
-/// longer than one server's).
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The Kafka bus: a bus that reads a log (the partition), with what Kafka alone does.
 /// Dropping it stops its connection task.
 pub(super) type KafkaBus = LogBus<Shared>;
@@ -116,7 +111,7 @@ impl LogBus<Shared> {
                 super::redact(url)
             )))
         })?;
-        let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
+        let timeout = options.timeouts.operation(super::Kind::Kafka);
         let shared = Arc::new(Shared {
             topic: topic_name(&options.prefix),
             publishing: Publishing::new(),

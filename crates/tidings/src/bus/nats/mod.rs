@@ -43,10 +43,6 @@ mod reader;
 
 pub use tidings_client::nats::{stream_name, subject, TIME_HEADER};
 
-/// Longest wait for one NATS operation before it counts as failed, unless `--bus-timeout`
-/// says otherwise.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// The NATS bus. Dropping it stops its delivery task.
 #[derive(Debug)]
 pub struct NatsBus {
@@ -173,7 +169,7 @@ impl NatsBus {
         let (connections_tx, connections) = watch::channel(0u64);
         let connections_tx = Arc::new(connections_tx);
         let backoff = options.backoff;
-        let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
+        let timeout = options.timeouts.operation(super::Kind::Nats);
         let connect = async_nats::ConnectOptions::new()
             .connection_timeout(timeout)
             .max_reconnects(None)

@@ -45,9 +45,6 @@ use reader::Reader;
 use registry::SessionRegistry;
 use target::Connections;
 
-/// Longest wait for one Redis command before the operation counts as failed, unless
-/// `--bus-timeout` says otherwise.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The publish script, shared with services that publish straight onto Redis (it ships with
 /// the client crate, whose Redis publisher runs it too).
 pub use tidings_client::redis::PUBLISH_SCRIPT;
@@ -200,7 +197,7 @@ impl RedisBus {
     /// [`BusError::Config`] for a malformed URL, refused credentials or an untrusted
     /// certificate; [`BusError::Unavailable`] when Redis cannot be reached at start-up.
     pub async fn connect(url: &str, options: &BusOptions, hub: Hub) -> Result<Self, BusError> {
-        let timeout = options.timeouts.operation_or(DEFAULT_TIMEOUT);
+        let timeout = options.timeouts.operation(super::Kind::Redis);
         let keys = Keys::new(&target::key_prefix(url, &options.prefix)?);
         let conns = Arc::new(
             Connections::connect(url, &keys.stream, timeout, options.timeouts.replay).await?,
