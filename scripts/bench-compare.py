@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Tidings against Nchan on this machine: the same scenarios, the same load generator
-(`tidings bench`), in one run, alternating the two hubs.
+(`tidings-bench`), in one run, alternating the two hubs.
 
-    cargo build --release
+    cargo build --release --workspace
     apt-get install nginx libnginx-mod-nchan      # Debian's packages
     python3 scripts/bench-compare.py --out docs/benchmarks/results.json
 
@@ -39,7 +39,7 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hubs import Instance  # noqa: E402
+from hubs import Instance, bench_beside  # noqa: E402
 
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -142,7 +142,7 @@ class Runner:
         self.runs = []
 
     def bench(self, scenario, hub, repeat, urls, publish_url, pid, extra):
-        command = [*self.bench_launcher, self.args.tidings, "bench", "--quiet", "--json", "-",
+        command = [*self.bench_launcher, self.args.bench, "--quiet", "--json", "-",
                    "--profile", "mercure" if hub == "tidings" else "nchan", "--timeout", "600"]
         for url in urls:
             command += ["--url", url]
@@ -285,6 +285,7 @@ def print_table(summary):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tidings", default="target/release/tidings")
+    parser.add_argument("--bench", help="the tidings-bench binary [default: beside --tidings]")
     parser.add_argument("--streams", type=int, default=10000)
     parser.add_argument("--fanout-rate", type=float, default=5.0,
                         help="updates/s for the latency-at-equal-load fan-out run")
@@ -298,6 +299,7 @@ def main():
     parser.add_argument("--bench-core", default="1", help="empty: do not pin")
     parser.add_argument("--out", help="write every run and the summary as JSON here")
     args = parser.parse_args()
+    args.bench = args.bench or bench_beside(args.tidings)
     if not os.path.exists(NCHAN_MODULE):
         sys.exit(f"{NCHAN_MODULE} is missing: apt-get install nginx libnginx-mod-nchan")
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Cross-instance latency per bus, on this machine's Redis, NATS, RabbitMQ and Kafka: two release
 # instances per bus, subscribers on A, publisher on B (memory: one instance, publisher on A),
-# measured with `tidings bench` (1 stream x 1,000 updates, 100 streams x 200).
+# measured with `tidings-bench` (1 stream x 1,000 updates, 100 streams x 200).
 # Everything on loopback; each bus's keys, stream, exchange or topic are deleted afterwards.
 #
-#   cargo build --release && pip install -r examples/python/requirements.txt  # (for the cleanup)
+#   cargo build --release --workspace && pip install -r examples/python/requirements.txt  # (for the cleanup)
 #   bash scripts/bus-figures.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ run() {
   for i in $(seq 100); do curl -sf 127.0.0.1:3101/readyz >/dev/null && curl -sf ${pub#http://}/readyz >/dev/null && break; sleep 0.1; done
   for shape in "1 1000" "100 200"; do
     set -- $shape
-    out=$($B bench --quiet --json - --url http://127.0.0.1:3101 --publish-url $pub --pid $a -c $1 -n $2)
+    out=$($B-bench --quiet --json - --url http://127.0.0.1:3101 --publish-url $pub --pid $a -c $1 -n $2)
     echo "$name ${1}x$2 $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("p50", d["latency_ms"]["p50"], "p99", d["latency_ms"]["p99"], "lost", d["deliveries"]["lost"], "deliveries/s", round(d["deliveries"]["per_second"]))')"
   done
   kill $a $b 2>/dev/null; wait $a $b 2>/dev/null

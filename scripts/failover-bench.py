@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The failover benchmark: three instances on a broker, one killed under load.
 
-    cargo build --release
+    cargo build --release --workspace
     python3 scripts/failover-bench.py --bus redis://127.0.0.1:6379/0 --streams 15000 --rate 1000
 
 Starts `--instances` `tidings serve` processes (loopback, a fresh `--bus-prefix`) on the bus
-given, then runs `tidings bench` against them: `--streams` streams, one topic each, spread
+given, then runs `tidings-bench` against them: `--streams` streams, one topic each, spread
 round-robin over the instances; `--rate` publishes a second dealt over the topics, through
 every instance but the victim; `--kill-after` seconds into the publishing the victim (the
 second instance) is SIGKILLed. Its streams come back as browsers would — within
@@ -30,12 +30,12 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hubs import Instance  # noqa: E402
+from hubs import Instance, bench_beside  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", default="target/release/tidings", help="the tidings binary")
+    parser.add_argument("--binary", default="target/release/tidings", help="the tidings binary (tidings-bench beside it)")
     parser.add_argument("--bus", default="redis://127.0.0.1:6379/0", help="the bus URL of the instances")
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--streams", type=int, default=15000)
@@ -70,7 +70,7 @@ def main():
         updates = int(args.rate * args.seconds)
         with tempfile.TemporaryDirectory() as scratch:
             figures = os.path.join(scratch, "bench.json")
-            command = [args.binary, "bench", "--quiet",
+            command = [bench_beside(args.binary), "--quiet",
                        *[a for h in instances for a in ("--url", h.base)],
                        *[a for h in survivors for a in ("--publish-url", h.base)],
                        "-c", str(args.streams), "--topics", "each", "-n", str(updates),

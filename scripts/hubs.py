@@ -17,6 +17,15 @@ import urllib.parse
 import urllib.request
 
 
+def bench_beside(binary):
+    """The `tidings-bench` program beside the `tidings` binary, or exit saying how to build it."""
+    bench = os.path.join(os.path.dirname(binary) or ".", "tidings-bench")
+    if not os.path.exists(bench):
+        sys.exit(f"{bench} not found: `cargo build --release --workspace` builds it beside "
+                 f"{binary}")
+    return bench
+
+
 def free_port():
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """How many publishes a second one Redis primary takes through the publish script.
 
-    cargo build --release
+    cargo build --release --workspace
     python3 scripts/redis-publish-ceiling.py --updates 20000
 
 Starts a private `redis-server` primary and a replica of it (loopback, free ports, stopped at
 the end), then, for `--redis-min-replicas` 0 and 1 and for 1, 10 and 100 topics, three
-`tidings serve` on the primary (a fresh `--bus-prefix` each run) and `tidings bench` against
+`tidings serve` on the primary (a fresh `--bus-prefix` each run) and `tidings-bench` against
 them: `--streams-per-topic` streams per topic (3: one on each instance, so that every
 update is delivered three times whatever the number of topics, and the delivery side weighs
 the same in every row), `--updates` updates of
@@ -30,7 +30,7 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hubs import Instance, free_port, start_listening  # noqa: E402
+from hubs import Instance, bench_beside, free_port, start_listening  # noqa: E402
 from redis_nodes import cluster_url, start_cluster  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def main():
                     for i in range(3)]
                 try:
                     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-                        command = [args.binary, "bench", "--quiet", "--json", out.name,
+                        command = [bench_beside(args.binary), "--quiet", "--json", out.name,
                                    "-c", str(args.streams_per_topic * topics), "--topics", str(topics), "-n", str(args.updates),
                                    "-p", str(args.publishers), "--payload-size", str(args.payload_size)]
                         for instance in instances:

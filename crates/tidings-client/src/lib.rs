@@ -15,6 +15,8 @@
 //!   [`nats::NatsPublisher`] onto its NATS JetStream stream; with the `amqp` feature,
 //!   [`amqp::AmqpPublisher`] onto its RabbitMQ exchange; with the `kafka` feature,
 //!   [`kafka::KafkaPublisher`] onto its Kafka topic.
+//! - With the `token` feature, [`token::mint`] signs the tokens a hub accepts, where the key
+//!   is at hand.
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -49,6 +51,8 @@ mod publish;
 pub mod redis;
 pub mod sse;
 mod subscribe;
+#[cfg(feature = "token")]
+pub mod token;
 
 pub use error::Error;
 pub use publish::Publication;

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, Validation};
 
 use super::jwks::KeySet;
 use super::{AuthConfigError, AuthMode, AuthSettings, Claims, JwtAlg};
@@ -162,22 +162,5 @@ pub(super) fn describe(e: &jsonwebtoken::errors::Error) -> String {
 /// # Errors
 /// [`AuthConfigError`] when the key cannot be read or used.
 pub fn mint(alg: JwtAlg, key: &str, claims: &Claims) -> Result<String, AuthConfigError> {
-    let encoding = match alg {
-        JwtAlg::Hs256 => EncodingKey::from_secret(key.as_bytes()),
-        JwtAlg::Rs256 | JwtAlg::Es256 => {
-            let pem = std::fs::read(key).map_err(|e| {
-                AuthConfigError(format!("cannot read the signing key file {key:?}: {e}"))
-            })?;
-            let k = if alg == JwtAlg::Rs256 {
-                EncodingKey::from_rsa_pem(&pem)
-            } else {
-                EncodingKey::from_ec_pem(&pem)
-            };
-            k.map_err(|e| {
-                AuthConfigError(format!("{key:?} is not a PEM private key for {alg:?}: {e}"))
-            })?
-        }
-    };
-    jsonwebtoken::encode(&Header::new(alg.algorithm()), claims, &encoding)
-        .map_err(|e| AuthConfigError(format!("cannot sign the token: {e}")))
+    tidings_client::token::mint(alg, key, claims).map_err(|e| AuthConfigError(e.to_string()))
 }

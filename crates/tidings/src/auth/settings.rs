@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
 
 use super::CallbackSettings;
@@ -19,20 +18,8 @@ pub enum AuthMode {
     None,
 }
 
-/// The signature algorithm of tokens (`jwt-alg`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum JwtAlg {
-    /// HMAC with SHA-256; keys are shared secrets.
-    #[default]
-    #[serde(rename = "HS256", alias = "hs256")]
-    Hs256,
-    /// RSA PKCS#1 v1.5 with SHA-256; keys are PEM files.
-    #[serde(rename = "RS256", alias = "rs256")]
-    Rs256,
-    /// ECDSA P-256 with SHA-256; keys are PEM files.
-    #[serde(rename = "ES256", alias = "es256")]
-    Es256,
-}
+/// The signature algorithm of tokens (`jwt-alg`): the client library's, which mints them.
+pub use tidings_client::token::JwtAlg;
 
 impl AuthMode {
     /// The names the configuration accepts, as in `tidings.toml`.
@@ -47,37 +34,6 @@ impl std::str::FromStr for AuthMode {
             "jwt" => Ok(AuthMode::Jwt),
             "none" => Ok(AuthMode::None),
             _ => Err(format!("unknown authorization mode {name:?}: jwt or none")),
-        }
-    }
-}
-
-impl JwtAlg {
-    /// The names the configuration accepts (in any case), as in `tidings.toml`.
-    pub const NAMES: [&'static str; 3] = ["HS256", "RS256", "ES256"];
-}
-
-impl std::str::FromStr for JwtAlg {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name.to_ascii_uppercase().as_str() {
-            "HS256" => Ok(JwtAlg::Hs256),
-            "RS256" => Ok(JwtAlg::Rs256),
-            "ES256" => Ok(JwtAlg::Es256),
-            _ => Err(format!(
-                "unknown JWT algorithm {name:?}: HS256, RS256 or ES256"
-            )),
-        }
-    }
-}
-
-impl JwtAlg {
-    /// The algorithm as the JWT library names it.
-    pub(super) fn algorithm(self) -> Algorithm {
-        match self {
-            JwtAlg::Hs256 => Algorithm::HS256,
-            JwtAlg::Rs256 => Algorithm::RS256,
-            JwtAlg::Es256 => Algorithm::ES256,
         }
     }
 }

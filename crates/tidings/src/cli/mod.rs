@@ -1,8 +1,8 @@
-//! The `tidings` command line: `serve`, `publish`, `subscribe`, `token`, `bench`.
+//! The `tidings` command line: `serve`, `publish`, `subscribe`, `token`. (The load generator
+//! is a program of its own, `tidings-bench`.)
 //!
 //! The binary's `main` only calls [`main`]; each subcommand lives in its own module.
 
-mod bench;
 mod publish;
 mod serve;
 mod subscribe;
@@ -30,9 +30,13 @@ enum Command {
     Subscribe(subscribe::SubscribeArgs),
     /// Mint a JWT for development.
     Token(token::TokenArgs),
-    /// Load a hub (Tidings or Nchan) with streams and updates; report loss, speed, latency
-    /// and memory.
-    Bench(Box<bench::BenchArgs>),
+    /// Moved: the load generator is the program `tidings-bench`.
+    #[command(hide = true)]
+    Bench {
+        /// Whatever was given, refused with where the bench went.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
 }
 
 /// Where a client command finds the hub and its credentials (shared by `publish` and
@@ -111,7 +115,10 @@ pub fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Subscribe(args) => subscribe::run(args).await,
             Command::Token(args) => token::run(args),
-            Command::Bench(args) => bench::run(*args).await,
+            Command::Bench { .. } => Err("the load generator is a program of its own now: \
+                 tidings-bench, with the same arguments (cargo build --release builds it \
+                 beside tidings, as target/release/tidings-bench)"
+                .into()),
         }
     });
     // Streams may still be open in detached tasks; do not wait for them.

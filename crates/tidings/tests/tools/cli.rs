@@ -268,6 +268,9 @@ fn bad_configuration_is_refused_with_what_to_fix() {
         "mqtt://x",
     ]);
     assert!(!ok && err.contains("mqtt://x"), "{err}");
+    // The load generator left for a program of its own: the old name says where it went.
+    let (ok, _, err) = run(&["bench", "--url", "http://127.0.0.1:3000", "-c", "10"]);
+    assert!(!ok && err.contains("tidings-bench"), "{err}");
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The tools, run as a user would: the `tidings` command line, `tidings bench`, and the `tidings-
+//! The tools, run as a user would: the `tidings` command line, `tidings-bench`, and the `tidings-
 //! client` crate.
 
 #[path = "../common/mod.rs"]

@@ -1,37 +1,5 @@
-//! `tidings bench`: a load generator for SSE hubs — Tidings through its Mercure or session
-//! API, or Nchan — that opens many subscriber streams over one or more instances, publishes
-//! numbered, timestamped updates, and reports what arrived (lost, repeated, out of order),
-//! how fast, with what latency, and what each idle stream cost the server in memory.
-//!
-//! A run has four phases, each bounded: open the streams (at most `--open-concurrency` at a
-//! time, from 127.0.0.x source addresses when one address has too few ports), settle, publish
-//! (`--publishers` keep-alive connections, at `--rate` or flat out), and drain (wait up to
-//! `--drain` for the last deliveries). `--timeout` bounds the whole run; Ctrl-C ends it early
-//! and still reports.
-//!
-//! The failover benchmark is a run with `--reconnect` and `--kill`: streams whose connection
-//! ends come back as a browser's `EventSource` does (after the `retry:` hint, to the next
-//! instance, with their last event id), publishers move to another instance when theirs is
-//! gone (same update id: stored once), and one instance is killed partway through the
-//! publishing. The report then says how many streams moved and came back, how their
-//! reconnections were answered, how long updates published after the kill took to reach the
-//! moved streams and the others, and how publishing fared before and after.
-//!
-//! Over 600 lines for now: the load generator leaves the server crate for its own
-//! (`crates/tidings-bench`, issue 29), where its run, its arguments and its token minting will
-//! be files of their own.
+//! A run: its phases, measured, and its report.
 
-mod body;
-mod memory;
-mod plan;
-mod profile;
-mod publisher;
-mod report;
-mod stream;
-mod tally;
-
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,131 +8,17 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Claims, JwtAlg, MercureClaim};
-use plan::{Plan, Topics};
-use profile::{Profile, Target};
-use publisher::Publishing;
-use report::Summary;
-use stream::{StreamContext, StreamSpec};
-use tally::Tally;
+use crate::args::BenchArgs;
+use crate::plan::Plan;
+use crate::profile::Target;
+use crate::publisher::Publishing;
+use crate::report::Summary;
+use crate::setup::Setup;
+use crate::stream::{StreamContext, StreamSpec};
+use crate::tally::Tally;
+use crate::{memory, publisher, report, stream};
 
-/// The largest payload a run sends.
-const MAX_PAYLOAD: usize = 1024 * 1024;
-/// Source addresses 127.0.0.1 to 127.0.0.254.
-const MAX_SOURCE_ADDRESSES: usize = 254;
-
-/// Arguments of `tidings bench`.
-#[derive(Debug, clap::Args)]
-pub(super) struct BenchArgs {
-    /// The API to drive: `mercure` or `session` (Tidings), `nchan` (/sub/{ch}, /pub/{ch}).
-    #[arg(long, value_enum, default_value = "mercure")]
-    profile: Profile,
-    /// Base URL of an instance the streams connect to (repeatable: streams are spread over
-    /// them round-robin). Only http:// on this machine.
-    #[arg(
-        long = "url",
-        value_name = "URL",
-        default_value = "http://127.0.0.1:3000"
-    )]
-    urls: Vec<String>,
-    /// Base URL the publishers post to (repeatable: publishers are spread over them, and a
-    /// publish an instance cannot take is sent to the next) [default: the first --url].
-    #[arg(long = "publish-url", value_name = "URL")]
-    publish_urls: Vec<String>,
-    /// Subscriber streams to open.
-    #[arg(short = 'c', long, default_value_t = 1000, value_name = "N")]
-    subscribers: u64,
-    /// Topics the streams are spread over: a number, or `each` for one topic per stream.
-    #[arg(long, default_value = "1", value_name = "N|each")]
-    topics: Topics,
-    /// Updates to publish, dealt round-robin over the topics (0: only open the streams).
-    #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
-    updates: u64,
-    /// Updates per second over all publishers (0: as fast as the hub answers).
-    #[arg(long, default_value_t = 0.0, value_name = "PER_SEC")]
-    rate: f64,
-    /// Publishers, each on its own keep-alive connection; topic `t`'s updates all go through
-    /// publisher `t % publishers`, in order.
-    #[arg(short = 'p', long, default_value_t = 1, value_name = "N")]
-    publishers: usize,
-    /// Size of each update's payload, in bytes (at least the ~40 bytes of its stamp).
-    #[arg(long, default_value_t = 100, value_name = "BYTES")]
-    payload_size: usize,
-    /// Topic names are this prefix followed by the topic's number [default: `bench-` and a
-    /// random run id, so that no run sees another's updates or history].
-    #[arg(long, value_name = "PREFIX")]
-    topic_prefix: Option<String>,
-    /// Streams being opened at once.
-    #[arg(long, default_value_t = 500, value_name = "N")]
-    open_concurrency: usize,
-    /// A stream that is not open after this long counts as failed.
-    #[arg(long, default_value = "30", value_name = "SECS", value_parser = seconds)]
-    open_timeout: Duration,
-    /// Streams per loopback source address (127.0.0.1, .2, …); one address has about 28,000
-    /// ports.
-    #[arg(long, default_value_t = 20_000, value_name = "N")]
-    streams_per_address: u64,
-    /// Pause between the last stream opening and the first publish (and the idle memory
-    /// reading), so that every instance knows every subscription.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = seconds)]
-    settle: Duration,
-    /// How long to wait for deliveries after the last publish was answered.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = seconds)]
-    drain: Duration,
-    /// Bound on the whole run.
-    #[arg(long, default_value = "300", value_name = "SECS", value_parser = seconds)]
-    timeout: Duration,
-    /// Streams whose connection ends come back, as a browser's EventSource does: after the
-    /// stream's `retry:` hint (or a random wait up to --reconnect-within), to the next --url,
-    /// with the last event id they saw.
-    #[arg(long)]
-    reconnect: bool,
-    /// With --reconnect: the longest wait before coming back when the stream gave no hint.
-    #[arg(long, default_value = "1", value_name = "SECS", value_parser = seconds)]
-    reconnect_within: Duration,
-    /// Kill (SIGKILL) this process of the hub --kill-after seconds into the publishing: the
-    /// failover benchmark. Needs --reconnect.
-    #[arg(long, value_name = "PID", requires = "reconnect")]
-    kill: Option<u32>,
-    /// When to kill, counted from the first publish.
-    #[arg(long, default_value = "5", value_name = "SECS", value_parser = seconds)]
-    kill_after: Duration,
-    /// A process of the hub under test whose resident memory to read (repeatable: summed).
-    #[arg(long, value_name = "PID")]
-    pid: Vec<u32>,
-    /// Bearer token for the publishers.
-    #[arg(long, env = "TIDINGS_TOKEN", value_name = "JWT")]
-    token: Option<String>,
-    /// Bearer token for the streams.
-    #[arg(long, value_name = "JWT")]
-    subscriber_token: Option<String>,
-    /// Mint the tokens not given with this key (HS256 secret, or a PEM private key path);
-    /// with `--profile session`, each session's stream gets its own token with `sub` set.
-    #[arg(long, env = "TIDINGS_JWT_KEY", value_name = "KEY")]
-    jwt_key: Option<String>,
-    /// Algorithm of the minted tokens.
-    #[arg(long, default_value = "HS256", ignore_case = true)]
-    jwt_alg: JwtAlg,
-    /// Write the figures as JSON to this file (`-`: standard output, instead of the table).
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
-    /// A label recorded in the JSON (what was measured, for plots).
-    #[arg(long)]
-    label: Option<String>,
-    /// No progress bars.
-    #[arg(short, long)]
-    quiet: bool,
-}
-
-/// `--settle 0.5` and the like.
-fn seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .and_then(|x| Duration::try_from_secs_f64(x).ok())
-        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
-}
-
-pub(super) async fn run(args: BenchArgs) -> Result<(), String> {
+pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let setup = Setup::new(&args).await?;
     let interrupted = CancellationToken::new();
     let on_ctrl_c = interrupted.clone();
@@ -182,173 +36,6 @@ pub(super) async fn run(args: BenchArgs) -> Result<(), String> {
     } else {
         Err(failure(&summary))
     }
-}
-
-/// What the arguments resolve to before anything is opened.
-struct Setup {
-    targets: Vec<Arc<Target>>,
-    publish_targets: Vec<Target>,
-    plan: Plan,
-    /// Source addresses to spread the streams over; empty: the kernel's choice.
-    sources: Vec<IpAddr>,
-    publisher_token: Option<String>,
-    /// One token for every stream, or (session profile, minted) one per topic.
-    stream_tokens: Vec<Arc<str>>,
-}
-
-impl Setup {
-    async fn new(args: &BenchArgs) -> Result<Setup, String> {
-        if args.subscribers == 0 {
-            return Err("--subscribers must be at least 1".into());
-        }
-        if args.publishers == 0 {
-            return Err("--publishers must be at least 1".into());
-        }
-        if args.open_concurrency == 0 {
-            return Err("--open-concurrency must be at least 1".into());
-        }
-        if args.streams_per_address == 0 {
-            return Err("--streams-per-address must be at least 1".into());
-        }
-        if !(args.rate >= 0.0 && args.rate.is_finite()) {
-            return Err(format!(
-                "--rate {}: give updates per second, or 0 for flat out",
-                args.rate
-            ));
-        }
-        if args.payload_size > MAX_PAYLOAD {
-            return Err(format!(
-                "--payload-size {} is over the {MAX_PAYLOAD} bytes a run sends",
-                args.payload_size
-            ));
-        }
-        if let Topics::Count(n) = args.topics {
-            if n > args.subscribers {
-                return Err(format!(
-                    "--topics {n} is more than --subscribers {}: some topics would have no stream",
-                    args.subscribers
-                ));
-            }
-        }
-        memory::rss_bytes(&args.pid)?;
-        let mut targets = Vec::with_capacity(args.urls.len());
-        for url in &args.urls {
-            targets.push(Arc::new(
-                Target::resolve(url)
-                    .await
-                    .map_err(|e| format!("--url {e}"))?,
-            ));
-        }
-        let mut publish_targets = Vec::with_capacity(args.publish_urls.len());
-        for url in &args.publish_urls {
-            publish_targets.push(
-                Target::resolve(url)
-                    .await
-                    .map_err(|e| format!("--publish-url {e}"))?,
-            );
-        }
-        if publish_targets.is_empty() {
-            publish_targets.push((*targets[0]).clone());
-        }
-        if let Some(pid) = args.kill {
-            if pid == std::process::id() || pid <= 1 {
-                return Err(format!("--kill {pid}: give the pid of a hub instance"));
-            }
-        }
-        let prefix = match &args.topic_prefix {
-            Some(prefix) => prefix.clone(),
-            None => format!("bench-{:08x}-", rand::random::<u32>()),
-        };
-        let plan = Plan::new(args.subscribers, args.topics, args.updates, &prefix);
-        let sources = source_addresses(args, &targets)?;
-        raise_open_files_limit(args.subscribers + args.publishers as u64 + 64)?;
-        let (publisher_token, stream_tokens) = tokens(args, &plan)?;
-        Ok(Setup {
-            targets,
-            publish_targets,
-            plan,
-            sources,
-            publisher_token,
-            stream_tokens,
-        })
-    }
-}
-
-/// Loopback source addresses enough for the streams, when one is not enough.
-fn source_addresses(args: &BenchArgs, targets: &[Arc<Target>]) -> Result<Vec<IpAddr>, String> {
-    let needed = args.subscribers.div_ceil(args.streams_per_address) as usize;
-    if needed <= 1 {
-        return Ok(Vec::new());
-    }
-    if targets.iter().any(|t| !t.addr.is_ipv4()) {
-        return Err(format!(
-            "{} streams need {needed} source addresses at --streams-per-address {}; that \
-             takes an IPv4 loopback --url (127.0.0.x), not ::1",
-            args.subscribers, args.streams_per_address
-        ));
-    }
-    if needed > MAX_SOURCE_ADDRESSES {
-        return Err(format!(
-            "{} streams at --streams-per-address {} need {needed} source addresses; \
-             127.0.0.1 to 127.0.0.254 are {MAX_SOURCE_ADDRESSES}",
-            args.subscribers, args.streams_per_address
-        ));
-    }
-    Ok((1..=needed as u8)
-        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
-        .collect())
-}
-
-fn raise_open_files_limit(needed: u64) -> Result<(), String> {
-    let limit = rlimit::increase_nofile_limit(u64::MAX)
-        .map_err(|e| format!("cannot raise the open files limit: {e}"))?;
-    if limit < needed {
-        return Err(format!(
-            "the open files limit is {limit} and this run needs {needed}; raise the hard \
-             limit (ulimit -Hn, or LimitNOFILE= for a service) or open fewer streams"
-        ));
-    }
-    Ok(())
-}
-
-/// The publishers' token and the streams' tokens, as given or minted with `--jwt-key`.
-fn tokens(args: &BenchArgs, plan: &Plan) -> Result<(Option<String>, Vec<Arc<str>>), String> {
-    let mint = |mercure: MercureClaim, sub: Option<String>| -> Result<String, String> {
-        let key = args.jwt_key.as_deref().unwrap_or_default();
-        let mut claims = Claims {
-            mercure: Some(mercure),
-            ..Default::default()
-        };
-        if let Some(sub) = sub {
-            claims.other.insert("sub".into(), sub.into());
-        }
-        crate::auth::mint(args.jwt_alg, key, &claims).map_err(|e| format!("--jwt-key: {e}"))
-    };
-    let minting = args.jwt_key.is_some();
-    let publisher = match (&args.token, minting) {
-        (Some(token), _) => Some(token.clone()),
-        (None, true) => Some(mint(
-            MercureClaim {
-                publish: Some(vec!["*".into()]),
-                ..Default::default()
-            },
-            None,
-        )?),
-        (None, false) => None,
-    };
-    let subscribe_all = || MercureClaim {
-        subscribe: Some(vec!["*".into()]),
-        ..Default::default()
-    };
-    let streams = match (&args.subscriber_token, minting) {
-        (Some(token), _) => vec![Arc::from(token.as_str())],
-        (None, true) if args.profile == Profile::Session => (0..plan.topics)
-            .map(|t| mint(subscribe_all(), Some(plan.topic_name(t))).map(Arc::from))
-            .collect::<Result<_, _>>()?,
-        (None, true) => vec![Arc::from(mint(subscribe_all(), None)?.as_str())],
-        (None, false) => Vec::new(),
-    };
-    Ok((publisher, streams))
 }
 
 /// The progress bars (hidden with `--quiet` or when standard error is not a terminal).
@@ -682,7 +369,7 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         && deliveries.out_of_order == 0
         && deliveries.stray == 0;
     Summary {
-        tool: "tidings bench",
+        tool: "tidings-bench",
         version: env!("CARGO_PKG_VERSION"),
         label: args.label.clone(),
         profile: args.profile,

@@ -1,4 +1,4 @@
-//! What `tidings bench` drives: the hub's URLs, and how each kind of hub is subscribed to and
+//! What `tidings-bench` drives: the hub's URLs, and how each kind of hub is subscribed to and
 //! published to.
 
 use std::net::SocketAddr;
@@ -134,7 +134,7 @@ impl Target {
             .ok_or_else(|| format!("{url:?}: {host} has no address"))?;
         if !addr.ip().is_loopback() {
             return Err(format!(
-                "{url:?} resolves to {}: tidings bench only loads hubs on this machine \
+                "{url:?} resolves to {}: tidings-bench only loads hubs on this machine \
                  (127.0.0.0/8 or ::1)",
                 addr.ip()
             ));

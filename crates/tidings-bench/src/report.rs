@@ -141,7 +141,7 @@ impl Summary {
         };
         let _ = writeln!(
             t,
-            "tidings bench · {} · {} stream{} on {topics} · {} update{} of {} B · {} publisher{}{}",
+            "tidings-bench · {} · {} stream{} on {topics} · {} update{} of {} B · {} publisher{}{}",
             self.profile.name(),
             self.subscribers,
             plural(self.subscribers),

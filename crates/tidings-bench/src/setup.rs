@@ -1,0 +1,166 @@
+//! What the arguments resolve to before anything is opened: the targets, the plan, the
+//! source addresses, the tokens.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use crate::args::{BenchArgs, MAX_PAYLOAD, MAX_SOURCE_ADDRESSES};
+use crate::memory;
+use crate::plan::{Plan, Topics};
+use crate::profile::{Profile, Target};
+
+/// What the arguments resolve to before anything is opened.
+pub(crate) struct Setup {
+    pub(crate) targets: Vec<Arc<Target>>,
+    pub(crate) publish_targets: Vec<Target>,
+    pub(crate) plan: Plan,
+    /// Source addresses to spread the streams over; empty: the kernel's choice.
+    pub(crate) sources: Vec<IpAddr>,
+    pub(crate) publisher_token: Option<String>,
+    /// One token for every stream, or (session profile, minted) one per topic.
+    pub(crate) stream_tokens: Vec<Arc<str>>,
+}
+
+impl Setup {
+    pub(crate) async fn new(args: &BenchArgs) -> Result<Setup, String> {
+        if args.subscribers == 0 {
+            return Err("--subscribers must be at least 1".into());
+        }
+        if args.publishers == 0 {
+            return Err("--publishers must be at least 1".into());
+        }
+        if args.open_concurrency == 0 {
+            return Err("--open-concurrency must be at least 1".into());
+        }
+        if args.streams_per_address == 0 {
+            return Err("--streams-per-address must be at least 1".into());
+        }
+        if !(args.rate >= 0.0 && args.rate.is_finite()) {
+            return Err(format!(
+                "--rate {}: give updates per second, or 0 for flat out",
+                args.rate
+            ));
+        }
+        if args.payload_size > MAX_PAYLOAD {
+            return Err(format!(
+                "--payload-size {} is over the {MAX_PAYLOAD} bytes a run sends",
+                args.payload_size
+            ));
+        }
+        if let Topics::Count(n) = args.topics {
+            if n > args.subscribers {
+                return Err(format!(
+                    "--topics {n} is more than --subscribers {}: some topics would have no stream",
+                    args.subscribers
+                ));
+            }
+        }
+        memory::rss_bytes(&args.pid)?;
+        let mut targets = Vec::with_capacity(args.urls.len());
+        for url in &args.urls {
+            targets.push(Arc::new(
+                Target::resolve(url)
+                    .await
+                    .map_err(|e| format!("--url {e}"))?,
+            ));
+        }
+        let mut publish_targets = Vec::with_capacity(args.publish_urls.len());
+        for url in &args.publish_urls {
+            publish_targets.push(
+                Target::resolve(url)
+                    .await
+                    .map_err(|e| format!("--publish-url {e}"))?,
+            );
+        }
+        if publish_targets.is_empty() {
+            publish_targets.push((*targets[0]).clone());
+        }
+        if let Some(pid) = args.kill {
+            if pid == std::process::id() || pid <= 1 {
+                return Err(format!("--kill {pid}: give the pid of a hub instance"));
+            }
+        }
+        let prefix = match &args.topic_prefix {
+            Some(prefix) => prefix.clone(),
+            None => format!("bench-{:08x}-", rand::random::<u32>()),
+        };
+        let plan = Plan::new(args.subscribers, args.topics, args.updates, &prefix);
+        let sources = source_addresses(args, &targets)?;
+        raise_open_files_limit(args.subscribers + args.publishers as u64 + 64)?;
+        let (publisher_token, stream_tokens) = tokens(args, &plan)?;
+        Ok(Setup {
+            targets,
+            publish_targets,
+            plan,
+            sources,
+            publisher_token,
+            stream_tokens,
+        })
+    }
+}
+
+/// Loopback source addresses enough for the streams, when one is not enough.
+fn source_addresses(args: &BenchArgs, targets: &[Arc<Target>]) -> Result<Vec<IpAddr>, String> {
+    let needed = args.subscribers.div_ceil(args.streams_per_address) as usize;
+    if needed <= 1 {
+        return Ok(Vec::new());
+    }
+    if targets.iter().any(|t| !t.addr.is_ipv4()) {
+        return Err(format!(
+            "{} streams need {needed} source addresses at --streams-per-address {}; that \
+             takes an IPv4 loopback --url (127.0.0.x), not ::1",
+            args.subscribers, args.streams_per_address
+        ));
+    }
+    if needed > MAX_SOURCE_ADDRESSES {
+        return Err(format!(
+            "{} streams at --streams-per-address {} need {needed} source addresses; \
+             127.0.0.1 to 127.0.0.254 are {MAX_SOURCE_ADDRESSES}",
+            args.subscribers, args.streams_per_address
+        ));
+    }
+    Ok((1..=needed as u8)
+        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        .collect())
+}
+
+fn raise_open_files_limit(needed: u64) -> Result<(), String> {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|e| format!("cannot raise the open files limit: {e}"))?;
+    if limit < needed {
+        return Err(format!(
+            "the open files limit is {limit} and this run needs {needed}; raise the hard \
+             limit (ulimit -Hn, or LimitNOFILE= for a service) or open fewer streams"
+        ));
+    }
+    Ok(())
+}
+
+/// The publishers' token and the streams' tokens, as given or minted with `--jwt-key`.
+fn tokens(args: &BenchArgs, plan: &Plan) -> Result<(Option<String>, Vec<Arc<str>>), String> {
+    let sign = |mercure: serde_json::Value, sub: Option<String>| -> Result<String, String> {
+        let key = args.jwt_key.as_deref().unwrap_or_default();
+        let mut claims = serde_json::json!({ "mercure": mercure });
+        if let Some(sub) = sub {
+            claims["sub"] = sub.into();
+        }
+        tidings_client::token::mint(args.jwt_alg, key, &claims)
+            .map_err(|e| format!("--jwt-key: {e}"))
+    };
+    let minting = args.jwt_key.is_some();
+    let publisher = match (&args.token, minting) {
+        (Some(token), _) => Some(token.clone()),
+        (None, true) => Some(sign(serde_json::json!({ "publish": ["*"] }), None)?),
+        (None, false) => None,
+    };
+    let subscribe_all = || serde_json::json!({ "subscribe": ["*"] });
+    let streams = match (&args.subscriber_token, minting) {
+        (Some(token), _) => vec![Arc::from(token.as_str())],
+        (None, true) if args.profile == Profile::Session => (0..plan.topics)
+            .map(|t| sign(subscribe_all(), Some(plan.topic_name(t))).map(Arc::from))
+            .collect::<Result<_, _>>()?,
+        (None, true) => vec![Arc::from(sign(subscribe_all(), None)?.as_str())],
+        (None, false) => Vec::new(),
+    };
+    Ok((publisher, streams))
+}
