@@ -73,6 +73,8 @@ pub struct Metrics {
     webhook_dropped: Family<WebhookDropLabels, Counter>,
     /// Webhook requests that failed and were retried (or, the last, gave up).
     pub webhook_failed_attempts: Counter,
+    /// Subscribers' comings and goings a listener fell too far behind to be told, by listener.
+    subscriber_events_dropped: Family<ListenerLabels, Counter>,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
     /// Live tokio tasks, read at each scrape (leak detection).
@@ -112,6 +114,7 @@ impl Metrics {
             webhook_delivered: Counter::default(),
             webhook_dropped: Family::default(),
             webhook_failed_attempts: Counter::default(),
+            subscriber_events_dropped: Family::default(),
             ready: Gauge::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
@@ -223,6 +226,11 @@ impl Metrics {
             m.webhook_failed_attempts.clone(),
         );
         registry.register(
+            "subscriber_events_dropped",
+            "Subscribers' comings and goings a listener (subscriptions, webhooks) fell too far behind to be told",
+            m.subscriber_events_dropped.clone(),
+        );
+        registry.register(
             "ready",
             "1 when the instance accepts traffic",
             m.ready.clone(),
@@ -256,7 +264,19 @@ impl Metrics {
                 .webhook_dropped
                 .get_or_create(&WebhookDropLabels { reason });
         }
+        for listener in [EventListener::Subscriptions, EventListener::Webhooks] {
+            let _ = m
+                .subscriber_events_dropped
+                .get_or_create(&ListenerLabels { listener });
+        }
         Metrics { registry, ..m }
+    }
+
+    /// Counts one subscriber event `listener` was not told (its queue was full).
+    pub fn subscriber_event_dropped(&self, listener: EventListener) {
+        self.subscriber_events_dropped
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
     }
 
     /// Counts `n` webhook events the receiver took.
@@ -366,6 +386,31 @@ impl EncodeLabelValue for WebhookDrop {
             WebhookDrop::Refused => "refused",
         })
     }
+}
+
+/// Who listens to the hub's subscriber events (the `listener` label of
+/// `tidings_subscriber_events_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventListener {
+    /// The subscription events published on the bus (`subscriptions`).
+    Subscriptions,
+    /// The lifecycle webhooks.
+    Webhooks,
+}
+
+impl EncodeLabelValue for EventListener {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            EventListener::Subscriptions => "subscriptions",
+            EventListener::Webhooks => "webhooks",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: EventListener,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -8,9 +8,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why an outbound endpoint's configuration is unusable (start-up error).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct OutboundConfigError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundConfigError {
+    /// The option's value is not an `http://` or `https://` URL with a host.
+    #[error("{option} {url:?} is not an http:// or https:// URL")]
+    NotHttp {
+        /// The option (`auth-url`, `jwks-url`, `webhook-url`).
+        option: String,
+        /// Its value.
+        url: String,
+    },
+    /// The HTTP client cannot be made (its TLS setup).
+    #[error("cannot make an HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// A setting the endpoint needs is missing or unusable; the message names it.
+    #[error("{0}")]
+    Setting(&'static str),
+}
 
 /// `url`, the value of option `option`, when it is an `http://` or `https://` URL with a host.
 ///
@@ -20,10 +34,9 @@ pub fn http_url(option: &str, url: &str) -> Result<reqwest::Url, OutboundConfigE
     reqwest::Url::parse(url)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-        .ok_or_else(|| {
-            OutboundConfigError(format!(
-                "{option} {url:?} is not an http:// or https:// URL"
-            ))
+        .ok_or_else(|| OutboundConfigError::NotHttp {
+            option: option.to_owned(),
+            url: url.to_owned(),
         })
 }
 
@@ -40,7 +53,7 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, OutboundConfigError>
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| OutboundConfigError(format!("cannot make an HTTP client: {e}")))
+        .map_err(OutboundConfigError::Client)
 }
 
 /// The body of `response`, or an error once it is larger than `max` bytes (read chunk by
@@ -121,7 +134,10 @@ mod tests {
             "http://",
         ] {
             let refused = http_url("some-url", bad).unwrap_err();
-            assert!(refused.0.starts_with("some-url "), "{bad}: {refused}");
+            assert!(
+                refused.to_string().starts_with("some-url "),
+                "{bad}: {refused}"
+            );
         }
         assert!(http_url("u", "https://id.example/.well-known/jwks.json").is_ok());
         assert!(http_url("u", "http://127.0.0.1:8080/auth").is_ok());

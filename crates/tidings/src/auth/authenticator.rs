@@ -91,8 +91,8 @@ impl Authenticator {
         };
         let callback = match &settings.callback {
             Some(_) if settings.mode == AuthMode::None => {
-                return Err(AuthConfigError(
-                    "auth-url asks the application about subscribers, but --auth none lets everyone in: use --auth jwt (publishers then need a token)".into(),
+                return Err(AuthConfigError::Setting(
+                    "auth-url asks the application about subscribers, but --auth none lets everyone in: use --auth jwt (publishers then need a token)",
                 ))
             }
             Some(callback) => Some(Callback::new(callback, selectors.clone(), metrics)?),
@@ -131,8 +131,8 @@ impl Authenticator {
             || settings.jwks_url.as_deref() != jwks_url
             || settings.callback.as_ref() != self.callback.as_ref().map(Callback::settings)
         {
-            return Err(AuthConfigError(
-                "auth, anonymous, session-claim, jwks-url and the auth-url settings change only with a restart".into(),
+            return Err(AuthConfigError::Setting(
+                "auth, anonymous, session-claim, jwks-url and the auth-url settings change only with a restart",
             ));
         }
         let keys = Arc::new(Keys::load(

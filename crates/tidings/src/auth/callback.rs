@@ -226,8 +226,8 @@ impl Callback {
     ) -> Result<Self, AuthConfigError> {
         let url = outbound::http_url("auth-url", &settings.url)?;
         if settings.timeout.is_zero() {
-            return Err(AuthConfigError(
-                "auth-timeout is 0; give the application at least one second".into(),
+            return Err(AuthConfigError::Setting(
+                "auth-timeout is 0; give the application at least one second",
             ));
         }
         let client = outbound::client(settings.timeout)?;

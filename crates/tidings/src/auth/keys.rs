@@ -49,11 +49,11 @@ impl Keys {
             &settings.subscriber_jwt_key,
         ];
         if set.is_some() && configured.iter().any(|k| k.is_some()) {
-            return Err(AuthConfigError(
-                "jwks-url and jwt-key (or publisher-jwt-key, subscriber-jwt-key) exclude each other: keys come from one place".into(),
+            return Err(AuthConfigError::Setting(
+                "jwks-url and jwt-key (or publisher-jwt-key, subscriber-jwt-key) exclude each other: keys come from one place",
             ));
         }
-        let verifier = |role: &str,
+        let verifier = |role: &'static str,
                         specific: &Option<String>|
          -> Result<Option<Verifier>, AuthConfigError> {
             if settings.mode == AuthMode::None {
@@ -68,12 +68,10 @@ impl Keys {
                 }));
             }
             let Some(value) = specific.as_ref().or(settings.jwt_key.as_ref()) else {
-                return Err(AuthConfigError(format!(
-                    "no {role} key: set --jwt-key (or --{role}-jwt-key), or run with --auth none for development"
-                )));
+                return Err(AuthConfigError::NoKey { role });
             };
             if value.is_empty() {
-                return Err(AuthConfigError(format!("the {role} key is empty")));
+                return Err(AuthConfigError::EmptyKey { role });
             }
             let validation = validation(settings);
             Ok(Some(Verifier::Key {
@@ -110,24 +108,24 @@ pub(super) fn validation(settings: &AuthSettings) -> Validation {
     validation
 }
 
-fn load_key(alg: JwtAlg, value: &str, role: &str) -> Result<DecodingKey, AuthConfigError> {
+fn load_key(alg: JwtAlg, value: &str, role: &'static str) -> Result<DecodingKey, AuthConfigError> {
     match alg {
         JwtAlg::Hs256 => Ok(DecodingKey::from_secret(value.as_bytes())),
         JwtAlg::Rs256 | JwtAlg::Es256 => {
-            let pem = std::fs::read(value).map_err(|e| {
-                AuthConfigError(format!(
-                    "cannot read the {role} key file {value:?} ({e}); with --jwt-alg RS256 or ES256 the key is the path of a PEM public key"
-                ))
+            let pem = std::fs::read(value).map_err(|source| AuthConfigError::ReadKey {
+                role,
+                path: value.to_owned(),
+                source,
             })?;
             let key = if alg == JwtAlg::Rs256 {
                 DecodingKey::from_rsa_pem(&pem)
             } else {
                 DecodingKey::from_ec_pem(&pem)
             };
-            key.map_err(|e| {
-                AuthConfigError(format!(
-                    "the {role} key file {value:?} is not a valid PEM key: {e}"
-                ))
+            key.map_err(|source| AuthConfigError::BadKey {
+                role,
+                path: value.to_owned(),
+                source,
             })
         }
     }
@@ -162,5 +160,5 @@ pub(super) fn describe(e: &jsonwebtoken::errors::Error) -> String {
 /// # Errors
 /// [`AuthConfigError`] when the key cannot be read or used.
 pub fn mint(alg: JwtAlg, key: &str, claims: &Claims) -> Result<String, AuthConfigError> {
-    tidings_client::token::mint(alg, key, claims).map_err(|e| AuthConfigError(e.to_string()))
+    Ok(tidings_client::token::mint(alg, key, claims)?)
 }

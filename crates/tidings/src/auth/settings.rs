@@ -59,15 +59,53 @@ pub enum AuthError {
     Unavailable(String),
 }
 
-/// Why the authorization settings themselves are unusable (start-up error).
+/// Why the authorization settings themselves are unusable (start-up error, or a reload
+/// refused); each message says what to fix.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AuthConfigError(pub(super) String);
-
-impl From<OutboundConfigError> for AuthConfigError {
-    fn from(e: OutboundConfigError) -> Self {
-        AuthConfigError(e.0)
-    }
+pub enum AuthConfigError {
+    /// A role has no verification key.
+    #[error("no {role} key: set --jwt-key (or --{role}-jwt-key), or run with --auth none for development")]
+    NoKey {
+        /// `publisher` or `subscriber`.
+        role: &'static str,
+    },
+    /// A role's key is empty.
+    #[error("the {role} key is empty")]
+    EmptyKey {
+        /// `publisher` or `subscriber`.
+        role: &'static str,
+    },
+    /// A PEM key file cannot be read.
+    #[error("cannot read the {role} key file {path:?} ({source}); with --jwt-alg RS256 or ES256 the key is the path of a PEM public key")]
+    ReadKey {
+        /// `publisher` or `subscriber`.
+        role: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file is not a PEM key of the algorithm.
+    #[error("the {role} key file {path:?} is not a valid PEM key: {source}")]
+    BadKey {
+        /// `publisher` or `subscriber`.
+        role: &'static str,
+        /// The file.
+        path: String,
+        /// What the JWT library found.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// Settings that exclude each other, or one that cannot be used; the message names them.
+    #[error("{0}")]
+    Setting(&'static str),
+    /// An endpoint (the JWKS URL, the callback) is unusable.
+    #[error(transparent)]
+    Outbound(#[from] OutboundConfigError),
+    /// A token cannot be minted with the key given.
+    #[error(transparent)]
+    Mint(#[from] tidings_client::token::MintError),
 }
 
 /// The authorization settings, as configuration gives them.

@@ -116,8 +116,8 @@ pub fn main() -> ExitCode {
             Command::Subscribe(args) => subscribe::run(args).await,
             Command::Token(args) => token::run(args),
             Command::Bench { .. } => Err("the load generator is a program of its own now: \
-                 tidings-bench, with the same arguments (cargo build --release builds it \
-                 beside tidings, as target/release/tidings-bench)"
+                 tidings-bench, with the same arguments (cargo build --release --workspace \
+                 builds it beside tidings, as target/release/tidings-bench)"
                 .into()),
         }
     });

@@ -60,6 +60,9 @@ pub const MIN_SESSION_TTL_SECS: u64 = 3;
 pub const HEARTBEAT_SECS: u64 = 15;
 /// `webhook-queue`, events.
 pub const WEBHOOK_QUEUE: usize = 10_000;
+/// `webhook-queue-bytes`: 10,000 events of 1.6 KiB on average (a stream's selectors and
+/// payload), a bound on what a receiver that is down costs in memory.
+pub const WEBHOOK_QUEUE_BYTES: usize = 16 << 20;
 /// `webhook-retry-for`, seconds.
 pub const WEBHOOK_RETRY_FOR_SECS: u64 = 60;
 /// `webhook-offline-grace`, seconds.
@@ -114,6 +117,7 @@ pub fn shown(option: &str) -> Option<String> {
         "session-ttl" => SESSION_TTL_SECS.to_string(),
         "heartbeat" => HEARTBEAT_SECS.to_string(),
         "webhook-queue" => WEBHOOK_QUEUE.to_string(),
+        "webhook-queue-bytes" => WEBHOOK_QUEUE_BYTES.to_string(),
         "webhook-retry-for" => WEBHOOK_RETRY_FOR_SECS.to_string(),
         "webhook-offline-grace" => WEBHOOK_OFFLINE_GRACE_SECS.to_string(),
         "drain-secs" => DRAIN_SECS.to_string(),

@@ -4,12 +4,12 @@
 //! Every option is declared once, in [`Options`]: the same struct is parsed by clap (flags and
 //! environment variables, `--history-size` / `TIDINGS_HISTORY_SIZE`) and by serde (the file,
 //! `history-size = 1000`). Unknown keys in the file are errors, so a typo is reported instead of
-//! silently ignored. [`Options::resolve`] applies the defaults and checks values, producing the
-//! [`Config`] the rest of the code uses. The names are a contract (DESIGN §3.5).
+//! silently ignored. The names are a contract (DESIGN §3.5).
 //!
 //! [`Options::resolve`] (in `resolve.rs`) applies the defaults of `defaults.rs` (each written
-//! once, and shown in `--help` from there) and checks values, producing the [`Config`]: each
-//! part's settings as the part takes them ([`BusOptions`], [`AuthSettings`], …).
+//! once, and shown in `--help` from there) and checks values, producing the [`Config`] the rest
+//! of the code uses: each part's settings as the part takes them ([`BusOptions`],
+//! [`AuthSettings`], …).
 
 pub mod defaults;
 mod resolve;
@@ -180,6 +180,10 @@ pub struct Options {
     /// Webhook events held while the receiver is slow or down; more are dropped and counted.
     #[arg(long, env = "TIDINGS_WEBHOOK_QUEUE", value_name = "N")]
     pub webhook_queue: Option<usize>,
+    /// Bytes of webhook events held (as sent) while the receiver is slow or down; more are
+    /// dropped and counted. One event always fits.
+    #[arg(long, env = "TIDINGS_WEBHOOK_QUEUE_BYTES", value_name = "BYTES")]
+    pub webhook_queue_bytes: Option<usize>,
     /// Seconds a webhook batch is retried (with backoff) before it is dropped.
     #[arg(long, env = "TIDINGS_WEBHOOK_RETRY_FOR", value_name = "SECS")]
     pub webhook_retry_for: Option<u64>,
@@ -460,6 +464,7 @@ impl Options {
             webhook_url,
             webhook_secret,
             webhook_queue,
+            webhook_queue_bytes,
             webhook_retry_for,
             webhook_offline_grace,
             drain_secs,

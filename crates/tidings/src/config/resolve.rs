@@ -54,7 +54,7 @@ fn seconds(
     at_least_one(option, value, default).map(Duration::from_secs)
 }
 
-/// The value (or its default), which must be at most `max` seconds (one day).
+/// The value (or its default), in seconds, which must be at most one day.
 fn at_most_a_day(
     option: &'static str,
     value: Option<u64>,
@@ -382,6 +382,11 @@ impl Options {
             url,
             secret,
             queue: at_least_one("webhook-queue", self.webhook_queue, WEBHOOK_QUEUE)?,
+            queue_bytes: at_least_one(
+                "webhook-queue-bytes",
+                self.webhook_queue_bytes,
+                WEBHOOK_QUEUE_BYTES,
+            )?,
             offline_grace,
             retry_for: seconds(
                 "webhook-retry-for",

@@ -19,7 +19,8 @@ use serde::Serialize;
 use super::request;
 use super::{ApiError, AppState};
 use crate::bus::{Bus, ReplayFrom, SubscriberRecord};
-use crate::hub::Hub;
+use crate::hub::{Heard, Hub};
+use crate::metrics::EventListener;
 use crate::subscriber::SubscriberSpec;
 use crate::update::{Topic, Update, UpdateId};
 
@@ -253,10 +254,18 @@ pub(super) async fn one(
 /// Publishes the hub's subscribers coming and going as subscription events, one at a time in
 /// the hub's order, for as long as the hub lives.
 pub(super) fn publish_events(hub: &Hub, bus: Arc<dyn Bus>) -> tokio::task::JoinHandle<()> {
-    let mut events = hub.subscriber_events();
+    let mut events = hub.subscriber_events(EventListener::Subscriptions);
     tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            announce(&bus, &event.spec, event.active).await;
+        while let Some(heard) = events.recv().await {
+            match heard {
+                Heard::Event(event) => announce(&bus, &event.spec, event.active).await,
+                // The subscriptions API still answers from the hub and the registry; only
+                // these events were not published.
+                Heard::Missed(n) => tracing::warn!(
+                    events = n,
+                    "subscription events dropped: the bus took them slower than subscribers came and went"
+                ),
+            }
         }
     })
 }

@@ -176,3 +176,27 @@ async fn a_full_queue_disconnects_only_that_subscriber() {
     assert!(slow.recv().await.is_none(), "the slow stream ends");
     assert_eq!(hub.metrics().slow_consumers.get(), 1);
 }
+
+#[tokio::test]
+async fn a_listener_that_falls_behind_is_told_how_many_events_it_missed() {
+    let hub = hub(8);
+    let mut events = hub.subscriber_events_within(EventListener::Webhooks, 2);
+    let subscriptions: Vec<_> = (0..5).map(|_| hub.subscribe(spec(&["a"]))).collect();
+    for _ in 0..2 {
+        assert!(matches!(
+            events.recv().await,
+            Some(Heard::Event(SubscriberEvent { active: true, .. }))
+        ));
+    }
+    assert!(matches!(events.recv().await, Some(Heard::Missed(3))));
+    assert!(hub
+        .metrics()
+        .render()
+        .contains(r#"tidings_subscriber_events_dropped_total{listener="webhooks"} 3"#));
+    // Caught up: what comes next is heard again, in order.
+    drop(subscriptions);
+    assert!(matches!(
+        events.recv().await,
+        Some(Heard::Event(SubscriberEvent { active: false, .. }))
+    ));
+}

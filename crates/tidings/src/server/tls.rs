@@ -18,8 +18,45 @@ use tokio_rustls::TlsAcceptor;
 
 /// Why a certificate or key could not be loaded; the message names the file and what to fix.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(String);
+pub enum TlsError {
+    /// A file cannot be read.
+    #[error("cannot read the TLS {what} file {}: {source}", path.display())]
+    Read {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate file is not PEM, or holds no certificate.
+    #[error("the TLS certificate file {} {problem}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key file holds no usable private key.
+    #[error("the TLS key file {} holds no usable PEM private key: {source}", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader found.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The key does not fit the certificate, or rustls refuses the configuration.
+    #[error("{what}: {source}")]
+    Rustls {
+        /// Which step.
+        what: String,
+        /// rustls's reason.
+        #[source]
+        source: rustls::Error,
+    },
+}
 
 /// The server's certificate, reloadable from its files.
 #[derive(Debug)]
@@ -66,7 +103,10 @@ impl Certificates {
     pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError(format!("TLS configuration: {e}")))?
+            .map_err(|source| TlsError::Rustls {
+                what: "TLS configuration".into(),
+                source,
+            })?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -80,12 +120,11 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| {
-        TlsError(format!(
-            "cannot read the TLS {what} file {}: {e}",
-            path.display()
-        ))
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
     })
 }
 
@@ -97,29 +136,27 @@ fn certified_key(
     let pem = read(cert_path, "certificate")?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            TlsError(format!(
-                "the TLS certificate file {} is not valid PEM: {e}",
-                cert_path.display()
-            ))
+        .map_err(|e| TlsError::Certificate {
+            path: cert_path.to_owned(),
+            problem: format!("is not valid PEM: {e}"),
         })?;
     if chain.is_empty() {
-        return Err(TlsError(format!(
-            "the TLS certificate file {} holds no CERTIFICATE block",
-            cert_path.display()
-        )));
+        return Err(TlsError::Certificate {
+            path: cert_path.to_owned(),
+            problem: "holds no CERTIFICATE block".into(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_slice(&read(key_path, "key")?).map_err(|e| {
-        TlsError(format!(
-            "the TLS key file {} holds no usable PEM private key: {e}",
-            key_path.display()
-        ))
-    })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        TlsError(format!(
-            "the TLS key in {} does not fit the certificate in {}: {e}",
+    let key =
+        PrivateKeyDer::from_pem_slice(&read(key_path, "key")?).map_err(|source| TlsError::Key {
+            path: key_path.to_owned(),
+            source,
+        })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Rustls {
+        what: format!(
+            "the TLS key in {} does not fit the certificate in {}",
             key_path.display(),
             cert_path.display()
-        ))
+        ),
+        source,
     })
 }

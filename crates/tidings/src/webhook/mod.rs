@@ -14,10 +14,12 @@
 //!   (`"reason": "expired"`). Without a registry, each instance tells its own sessions
 //!   (`"scope": "instance"`).
 //!
-//! Events wait in a bounded queue (`--webhook-queue`); a full queue drops new events, counted
-//! and logged. Batches are sent one at a time, in order, retried with backoff; a batch the
-//! receiver does not take within `--webhook-retry-for` is dropped, counted and logged. Delivery is at
-//! least once: a batch whose answer was lost is sent again with the same `id`.
+//! Events wait in a queue bounded in events and in bytes (`--webhook-queue`,
+//! `--webhook-queue-bytes`), each written as JSON once, when it is queued; a full queue drops
+//! new events, counted and logged. Batches are sent one at a time, in order, retried with
+//! backoff; a batch the receiver does not take within `--webhook-retry-for` is dropped, counted
+//! and logged. Delivery is at least once: a batch whose answer was lost is sent again with the
+//! same `id`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,8 +30,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
 use crate::bus::{Bus, SubscriberRecord};
-use crate::hub::{Hub, SubscriberEvent};
-use crate::metrics::{Metrics, WebhookDrop};
+use crate::hub::{Heard, Hub, SubscriberEvents};
+use crate::metrics::{EventListener, Metrics, WebhookDrop};
 use crate::outbound::{self, OutboundConfigError};
 use crate::update::SessionId;
 
@@ -58,6 +60,8 @@ pub struct WebhookSettings {
     pub secret: String,
     /// Events held while the receiver is slow or down, at most.
     pub queue: usize,
+    /// Bytes of those events (as sent), at most; one event always fits.
+    pub queue_bytes: usize,
     /// How long a session may have no stream before it is told offline.
     pub offline_grace: Duration,
     /// How long a batch is retried before it is dropped.
@@ -127,13 +131,16 @@ struct Stream {
     at: u64,
 }
 
+/// An event as the receiver gets it, written once when it is queued.
+type Written = Box<serde_json::value::RawValue>;
+
 /// A request's body.
 #[derive(Serialize)]
 struct Batch<'a> {
     /// Unique per batch, the same on every attempt: the receiver's key to drop a repeat.
     id: &'a str,
     instance: &'a str,
-    events: &'a [Event],
+    events: &'a [Written],
 }
 
 fn now_millis() -> u64 {
@@ -144,8 +151,9 @@ fn now_millis() -> u64 {
 
 /// The bounded queue between the watcher and the sender.
 struct Queue {
-    events: Mutex<VecDeque<Event>>,
+    events: Mutex<Queued>,
     capacity: usize,
+    capacity_bytes: usize,
     ready: Notify,
     /// A batch is being delivered.
     sending: AtomicBool,
@@ -154,31 +162,54 @@ struct Queue {
     log_gate: outbound::LogOncePerSecond,
 }
 
+/// The events waiting, and their size.
+#[derive(Default)]
+struct Queued {
+    events: VecDeque<Written>,
+    bytes: usize,
+}
+
 impl Queue {
     fn push(&self, event: Event) {
-        let mut events = crate::locks::lock(&self.events);
-        if events.len() >= self.capacity {
-            drop(events);
-            self.dropped(
+        let written = match serde_json::value::to_raw_value(&event) {
+            Ok(written) => written,
+            Err(e) => {
+                // Strings, numbers and a JSON payload: not expected to fail.
+                return self.dropped(
+                    WebhookDrop::QueueFull,
+                    1,
+                    &format!("a webhook event cannot be written as JSON ({e}); dropped"),
+                );
+            }
+        };
+        let size = written.get().len();
+        let mut queued = crate::locks::lock(&self.events);
+        let full = queued.events.len() >= self.capacity
+            || (!queued.events.is_empty() && queued.bytes + size > self.capacity_bytes);
+        if full {
+            drop(queued);
+            return self.dropped(
                 WebhookDrop::QueueFull,
                 1,
                 "the webhook queue is full; event dropped",
             );
-            return;
         }
-        events.push_back(event);
-        drop(events);
+        queued.events.push_back(written);
+        queued.bytes += size;
+        drop(queued);
         self.ready.notify_one();
     }
 
-    fn take(&self) -> Vec<Event> {
-        let mut events = crate::locks::lock(&self.events);
-        let n = events.len().min(MAX_BATCH);
-        events.drain(..n).collect()
+    fn take(&self) -> Vec<Written> {
+        let mut queued = crate::locks::lock(&self.events);
+        let n = queued.events.len().min(MAX_BATCH);
+        let batch: Vec<Written> = queued.events.drain(..n).collect();
+        queued.bytes -= batch.iter().map(|e| e.get().len()).sum::<usize>();
+        batch
     }
 
     fn is_idle(&self) -> bool {
-        !self.sending.load(Ordering::SeqCst) && crate::locks::lock(&self.events).is_empty()
+        !self.sending.load(Ordering::SeqCst) && crate::locks::lock(&self.events).events.is_empty()
     }
 
     /// Counts `n` dropped events and logs it, at most once a second.
@@ -201,6 +232,7 @@ impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
             .field("capacity", &self.capacity)
+            .field("capacity_bytes", &self.capacity_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -227,19 +259,20 @@ impl Webhooks {
     ) -> Result<Webhooks, OutboundConfigError> {
         let url = outbound::http_url("webhook-url", &settings.url)?;
         if settings.secret.is_empty() {
-            return Err(OutboundConfigError(
-                "webhook-url needs webhook-secret: the key the receiver checks each request's signature with".into(),
+            return Err(OutboundConfigError::Setting(
+                "webhook-url needs webhook-secret: the key the receiver checks each request's signature with",
             ));
         }
         if settings.queue == 0 {
-            return Err(OutboundConfigError(
-                "webhook-queue must be at least 1".into(),
+            return Err(OutboundConfigError::Setting(
+                "webhook-queue must be at least 1",
             ));
         }
         let client = outbound::client(TIMEOUT)?;
         let queue = Arc::new(Queue {
-            events: Mutex::new(VecDeque::new()),
+            events: Mutex::new(Queued::default()),
             capacity: settings.queue,
+            capacity_bytes: settings.queue_bytes,
             ready: Notify::new(),
             sending: AtomicBool::new(false),
             metrics: hub.metrics().clone(),
@@ -269,7 +302,7 @@ impl Webhooks {
             retry_for: settings.retry_for,
         };
         let tasks = vec![
-            tokio::spawn(watcher.run(hub.subscriber_events())),
+            tokio::spawn(watcher.run(hub.subscriber_events(EventListener::Webhooks))),
             tokio::spawn(marker.run(changed, settings.sweep_every)),
             tokio::spawn(sender.run()),
         ];
@@ -299,12 +332,29 @@ struct Watcher {
 #[derive(Default)]
 struct Changed {
     sessions: Mutex<HashSet<SessionId>>,
+    /// Events were missed: every session may have changed.
+    everything: AtomicBool,
     ready: Notify,
 }
 
 impl Watcher {
-    async fn run(self, mut events: mpsc::UnboundedReceiver<SubscriberEvent>) {
-        while let Some(event) = events.recv().await {
+    async fn run(self, mut events: SubscriberEvents) {
+        while let Some(heard) = events.recv().await {
+            let event = match heard {
+                Heard::Event(event) => event,
+                Heard::Missed(n) => {
+                    // Those streams' events are lost (and counted by the hub); the sessions'
+                    // marks are not: the marker looks at every session again.
+                    self.queue.dropped(
+                        WebhookDrop::QueueFull,
+                        usize::try_from(n).unwrap_or(usize::MAX),
+                        "stream events dropped: the webhooks fell too far behind the hub",
+                    );
+                    self.changed.everything.store(true, Ordering::SeqCst);
+                    self.changed.ready.notify_one();
+                    continue;
+                }
+            };
             let record = SubscriberRecord::of(&event.spec);
             let stream = Stream {
                 subscriber: record.subscriber,
@@ -358,9 +408,13 @@ impl Marker {
         loop {
             tokio::select! {
                 () = changed.ready.notified() => {
-                    let sessions = std::mem::take(
+                    let mut sessions = std::mem::take(
                         &mut *crate::locks::lock(&changed.sessions),
                     );
+                    if changed.everything.swap(false, Ordering::SeqCst) {
+                        sessions.extend(self.hub.sessions().into_iter().map(|(session, _)| session));
+                        sessions.extend(self.marked.iter().cloned());
+                    }
                     for session in sessions {
                         self.look(session, &due).await;
                     }
@@ -539,5 +593,46 @@ mod tests {
             serde_json::to_value(stream).unwrap(),
             serde_json::json!({"type": "stream.subscribed", "subscriber": "urn:uuid:1", "topics": ["t"], "at": 7})
         );
+    }
+
+    fn queue(capacity: usize, capacity_bytes: usize) -> Queue {
+        Queue {
+            events: Mutex::new(Queued::default()),
+            capacity,
+            capacity_bytes,
+            ready: Notify::new(),
+            sending: AtomicBool::new(false),
+            metrics: Arc::new(Metrics::new()),
+            log_gate: outbound::LogOncePerSecond::default(),
+        }
+    }
+
+    fn online(session: &str) -> Event {
+        Event::SessionOnline {
+            session: session.into(),
+            scope: Scope::Cluster,
+            at: 1,
+        }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_one_event_always_fits() {
+        let size = serde_json::to_vec(&online("a")).unwrap().len();
+        let queue = queue(100, size * 2);
+        for session in ["a", "b", "c"] {
+            queue.push(online(session));
+        }
+        let dropped = r#"tidings_webhook_events_dropped_total{reason="queue_full"} 1"#;
+        assert!(queue.metrics.render().contains(dropped));
+        let taken = queue.take();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(taken[1].get()).unwrap(),
+            serde_json::to_value(online("b")).unwrap()
+        );
+        assert_eq!(crate::locks::lock(&queue.events).bytes, 0);
+        // Larger than the bound, into an empty queue: it goes.
+        queue.push(online(&"x".repeat(size * 4)));
+        assert_eq!(queue.take().len(), 1);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{now_millis, Batch, Event, Queue, ID_HEADER, SIGNATURE_HEADER};
+use super::{now_millis, Batch, Queue, Written, ID_HEADER, SIGNATURE_HEADER};
 use crate::metrics::WebhookDrop;
 use crate::outbound;
 
@@ -44,7 +44,7 @@ impl Sender {
     }
 
     /// Delivers one batch, retrying with backoff; counts what happened to it.
-    async fn deliver(&self, events: &[Event]) {
+    async fn deliver(&self, events: &[Written]) {
         let id = format!("urn:uuid:{}", uuid::Uuid::new_v4());
         let body = serde_json::to_vec(&Batch {
             id: &id,

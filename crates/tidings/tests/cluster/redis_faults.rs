@@ -42,6 +42,11 @@ async fn cut_off_while(a: &Hub, redis: &PrivateRedis, meanwhile: impl AsyncFnOnc
     signal(a, "-CONT");
 }
 
+/// The log filter that makes an instance's Redis reader say each ping it made ([`PINGED`]).
+const PINGS_LOGGED: &str = "info,tidings::bus::redis::reader=debug";
+/// What the Redis reader logs once everything published before a ping was delivered.
+const PINGED: &str = "delivered everything published before the ping";
+
 #[tokio::test]
 async fn a_redis_restart_turns_readiness_off_fails_publishes_fast_and_recovers() {
     let Some(mut redis) = PrivateRedis::start() else {
@@ -72,11 +77,11 @@ async fn a_redis_restart_turns_readiness_off_fails_publishes_fast_and_recovers()
     );
     // The client's stream stays open meanwhile (heartbeats keep flowing).
     let raw_before = stream.raw_text().len();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        stream.raw_text().len() > raw_before,
-        "the stream is still alive"
-    );
+    crate::common::wait_for(
+        "a heartbeat on the stream while Redis is away",
+        async || stream.raw_text().len() > raw_before,
+    )
+    .await;
 
     redis.restart();
     ready_again(&hub).await;
@@ -198,12 +203,12 @@ async fn an_instance_that_never_delivered_anything_still_catches_up() {
         return;
     };
     let url = redis.url();
-    let a = Hub::start(&["--auth", "none", "--bus", &url]);
+    let a = Hub::start(&["--auth", "none", "--bus", &url, "--log", PINGS_LOGGED]);
     let b = Hub::start(&["--auth", "none", "--bus", &url]);
     let topic = crate::common::unique_topic("first");
     let mut stream = Stream::open(&subscribe_url(&a, &[&topic], ""), &[]).await;
     // A pings as soon as it connects and learns the (empty) stream's start.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.wait_for_log(PINGED).await;
     let mut id = String::new();
     cut_off_while(&a, &redis, async || {
         let (code, published) = publish(&b, None, &[("topic", &topic), ("data", "first")]).await;
@@ -226,7 +231,7 @@ async fn an_instance_that_hears_little_counts_no_false_gap_when_history_moves_on
     };
     let url = redis.url();
     let args = ["--auth", "none", "--bus", &url, "--history-size", "10"];
-    let a = Hub::start(&args);
+    let a = Hub::start(&[&args[..], &["--log", PINGS_LOGGED]].concat());
     let b = Hub::start(&args);
     let quiet = crate::common::unique_topic("quiet");
     let busy = crate::common::unique_topic("busy");
@@ -240,8 +245,9 @@ async fn an_instance_that_hears_little_counts_no_false_gap_when_history_moves_on
     let length: i64 =
         redis::from_redis_value(redis.command(&["XLEN", "tidings:stream"]).unwrap()).unwrap();
     assert!(length < 300, "the stream was trimmed ({length} entries)");
-    // A pings every second and learns how far it has heard everything it needs.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A pings every second and learns how far it has heard everything it needs: the second
+    // ping from now began after the last publish.
+    a.wait_for_logs(PINGED, a.log_lines(PINGED) + 2).await;
     let mut missed = Vec::new();
     cut_off_while(&a, &redis, async || {
         for i in 1..=3 {

@@ -93,8 +93,23 @@ impl Hub {
 
     /// Waits until a log line contains `needle`.
     pub async fn wait_for_log(&self, needle: &str) {
-        wait_for(&format!("a log line with {needle:?}"), async || {
-            self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.wait_for_logs(needle, 1).await;
+    }
+
+    /// The log lines so far that hold `needle`.
+    pub fn log_lines(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `n` log lines hold `needle`.
+    pub async fn wait_for_logs(&self, needle: &str, n: usize) {
+        wait_for(&format!("{n} log lines with {needle:?}"), async || {
+            self.log_lines(needle) >= n
         })
         .await
     }

@@ -10,7 +10,8 @@ use crate::common::{missing, Hub, KEY};
 use serde_json::Value;
 
 /// The `tidings-bench` program, built beside `tidings` (`cargo test --workspace` builds it
-/// for its own tests; so does `cargo build`), or `None`, said once, when it is not there.
+/// for its own tests, `cargo build --workspace` too), or `None`, said once, when it is not
+/// there. (`cargo test -p tidings` alone uses whatever `tidings-bench` was built last.)
 fn program() -> Option<PathBuf> {
     let path = std::path::Path::new(env!("CARGO_BIN_EXE_tidings"))
         .with_file_name(format!("tidings-bench{}", std::env::consts::EXE_SUFFIX));

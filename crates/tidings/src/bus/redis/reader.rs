@@ -271,6 +271,9 @@ impl Reader {
         // Everything published before the pong is queued in `stream` by now.
         self.drain(stream);
         self.watermark = self.watermark.max(head);
+        if head.is_some() {
+            tracing::debug!(watermark = ?self.watermark, "redis: delivered everything published before the ping");
+        }
         Ok(())
     }
 
