@@ -5,6 +5,10 @@
 //! (and its stream, with history). Every bus on a broker is also held to what only a broker
 //! brings: a broker of the test's own restarting under its instances, and producers that
 //! publish straight onto it without an instance.
+//!
+//! Over 600 lines on purpose: one suite holds every bus to the same cases, so a new promise is
+//! one more case here and every bus meets it (the backends' set-up is the first part, the cases
+//! the rest).
 
 mod common;
 

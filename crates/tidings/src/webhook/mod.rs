@@ -21,7 +21,7 @@
 //! and logged. Delivery is at least once: a batch whose answer was lost is sent again with the
 //! same `id`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,12 +31,14 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::bus::{Bus, SubscriberRecord};
 use crate::hub::{Heard, Hub, SubscriberEvents};
-use crate::metrics::{EventListener, Metrics, WebhookDrop};
+use crate::metrics::{EventListener, WebhookDrop};
 use crate::outbound::{self, OutboundConfigError};
 use crate::update::SessionId;
 
+mod queue;
 mod sender;
 
+use queue::{Queue, Written};
 pub use sender::sign;
 use sender::Sender;
 
@@ -131,9 +133,6 @@ struct Stream {
     at: u64,
 }
 
-/// An event as the receiver gets it, written once when it is queued.
-type Written = Box<serde_json::value::RawValue>;
-
 /// A request's body.
 #[derive(Serialize)]
 struct Batch<'a> {
@@ -149,92 +148,11 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The bounded queue between the watcher and the sender.
-struct Queue {
-    events: Mutex<Queued>,
-    capacity: usize,
-    capacity_bytes: usize,
-    ready: Notify,
-    /// A batch is being delivered.
-    sending: AtomicBool,
-    metrics: Arc<Metrics>,
-    /// Drops are logged at most once a second.
-    log_gate: outbound::LogOncePerSecond,
-}
-
-/// The events waiting, and their size.
-#[derive(Default)]
-struct Queued {
-    events: VecDeque<Written>,
-    bytes: usize,
-}
-
-impl Queue {
-    fn push(&self, event: Event) {
-        let written = match serde_json::value::to_raw_value(&event) {
-            Ok(written) => written,
-            Err(e) => {
-                // Strings, numbers and a JSON payload: not expected to fail.
-                return self.dropped(
-                    WebhookDrop::QueueFull,
-                    1,
-                    &format!("a webhook event cannot be written as JSON ({e}); dropped"),
-                );
-            }
-        };
-        let size = written.get().len();
-        let mut queued = crate::locks::lock(&self.events);
-        let full = queued.events.len() >= self.capacity
-            || (!queued.events.is_empty() && queued.bytes + size > self.capacity_bytes);
-        if full {
-            drop(queued);
-            return self.dropped(
-                WebhookDrop::QueueFull,
-                1,
-                "the webhook queue is full; event dropped",
-            );
-        }
-        queued.events.push_back(written);
-        queued.bytes += size;
-        drop(queued);
-        self.ready.notify_one();
-    }
-
-    fn take(&self) -> Vec<Written> {
-        let mut queued = crate::locks::lock(&self.events);
-        let n = queued.events.len().min(MAX_BATCH);
-        let batch: Vec<Written> = queued.events.drain(..n).collect();
-        queued.bytes -= batch.iter().map(|e| e.get().len()).sum::<usize>();
-        batch
-    }
-
-    fn is_idle(&self) -> bool {
-        !self.sending.load(Ordering::SeqCst) && crate::locks::lock(&self.events).events.is_empty()
-    }
-
-    /// Counts `n` dropped events and logs it, at most once a second.
-    fn dropped(&self, reason: WebhookDrop, n: usize, what: &str) {
-        self.metrics.webhook_dropped(reason, n as u64);
-        if self.log_gate.allow() {
-            tracing::warn!(events = n, "{what}");
-        }
-    }
-}
-
 /// The running webhooks of an instance. Dropping it stops them.
 #[derive(Debug)]
 pub struct Webhooks {
     queue: Arc<Queue>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for Queue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("capacity", &self.capacity)
-            .field("capacity_bytes", &self.capacity_bytes)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Drop for Webhooks {
@@ -269,15 +187,11 @@ impl Webhooks {
             ));
         }
         let client = outbound::client(TIMEOUT)?;
-        let queue = Arc::new(Queue {
-            events: Mutex::new(Queued::default()),
-            capacity: settings.queue,
-            capacity_bytes: settings.queue_bytes,
-            ready: Notify::new(),
-            sending: AtomicBool::new(false),
-            metrics: hub.metrics().clone(),
-            log_gate: outbound::LogOncePerSecond::default(),
-        });
+        let queue = Arc::new(Queue::new(
+            settings.queue,
+            settings.queue_bytes,
+            hub.metrics().clone(),
+        ));
         let changed = Arc::new(Changed::default());
         let watcher = Watcher {
             queue: queue.clone(),
@@ -593,46 +507,5 @@ mod tests {
             serde_json::to_value(stream).unwrap(),
             serde_json::json!({"type": "stream.subscribed", "subscriber": "urn:uuid:1", "topics": ["t"], "at": 7})
         );
-    }
-
-    fn queue(capacity: usize, capacity_bytes: usize) -> Queue {
-        Queue {
-            events: Mutex::new(Queued::default()),
-            capacity,
-            capacity_bytes,
-            ready: Notify::new(),
-            sending: AtomicBool::new(false),
-            metrics: Arc::new(Metrics::new()),
-            log_gate: outbound::LogOncePerSecond::default(),
-        }
-    }
-
-    fn online(session: &str) -> Event {
-        Event::SessionOnline {
-            session: session.into(),
-            scope: Scope::Cluster,
-            at: 1,
-        }
-    }
-
-    #[test]
-    fn the_queue_is_bounded_in_bytes_and_one_event_always_fits() {
-        let size = serde_json::to_vec(&online("a")).unwrap().len();
-        let queue = queue(100, size * 2);
-        for session in ["a", "b", "c"] {
-            queue.push(online(session));
-        }
-        let dropped = r#"tidings_webhook_events_dropped_total{reason="queue_full"} 1"#;
-        assert!(queue.metrics.render().contains(dropped));
-        let taken = queue.take();
-        assert_eq!(taken.len(), 2);
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(taken[1].get()).unwrap(),
-            serde_json::to_value(online("b")).unwrap()
-        );
-        assert_eq!(crate::locks::lock(&queue.events).bytes, 0);
-        // Larger than the bound, into an empty queue: it goes.
-        queue.push(online(&"x".repeat(size * 4)));
-        assert_eq!(queue.take().len(), 1);
     }
 }
