@@ -37,17 +37,30 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every URL scheme a bus answers to, with its kind (`--help` and the docs list them all:
+    /// a test holds them to this).
+    pub const SCHEMES: [(&'static str, Kind); 12] = [
+        ("memory", Kind::Memory),
+        ("redis", Kind::Redis),
+        ("rediss", Kind::Redis),
+        ("redis+sentinel", Kind::Redis),
+        ("rediss+sentinel", Kind::Redis),
+        ("redis+cluster", Kind::Redis),
+        ("rediss+cluster", Kind::Redis),
+        ("nats", Kind::Nats),
+        ("amqp", Kind::Amqp),
+        ("amqps", Kind::Amqp),
+        ("kafka", Kind::Kafka),
+        ("kafkas", Kind::Kafka),
+    ];
+
     /// The kind a bus URL names, if any.
     pub fn of(url: &str) -> Option<Kind> {
-        match url.split_once("://").map_or(url, |(scheme, _)| scheme) {
-            "memory" => Some(Kind::Memory),
-            "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster"
-            | "rediss+cluster" => Some(Kind::Redis),
-            "nats" => Some(Kind::Nats),
-            "amqp" | "amqps" => Some(Kind::Amqp),
-            "kafka" | "kafkas" => Some(Kind::Kafka),
-            _ => None,
-        }
+        let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+        Self::SCHEMES
+            .iter()
+            .find(|(name, _)| *name == scheme)
+            .map(|&(_, kind)| kind)
     }
 
     /// Its name, as [`Bus::kind`] says it (and its cargo feature's, for a broker bus).

@@ -54,7 +54,10 @@ pub struct Options {
     /// client stopped reading, or vanished).
     #[arg(long, env = "TIDINGS_WRITE_TIMEOUT", value_name = "SECS")]
     pub write_timeout: Option<u64>,
-    /// Bus URL: memory://, redis://…, amqp://…, nats://…, kafka://…
+    /// Bus URL: memory:// (one instance); redis://, rediss://, redis+sentinel://,
+    /// rediss+sentinel://, redis+cluster://, rediss+cluster:// (Redis, alone, behind Sentinel,
+    /// or a Redis Cluster); nats:// (NATS with JetStream); amqp://, amqps:// (RabbitMQ);
+    /// kafka://, kafkas:// (Kafka).
     #[arg(long, env = "TIDINGS_BUS", value_name = "URL")]
     pub bus: Option<String>,
     /// Names the cluster on its broker: the prefix of the Redis bus's keys and channels, the
@@ -68,8 +71,8 @@ pub struct Options {
     )]
     #[serde(alias = "redis-prefix")]
     pub bus_prefix: Option<String>,
-    /// How a broker bus brings updates to instances: interest (only the topics
-    /// this instance's subscribers need) or broadcast (every update to every instance).
+    /// Redis bus: how updates reach instances: interest (only the topics this instance's
+    /// subscribers need) or broadcast (every update to every instance).
     #[arg(long, env = "TIDINGS_ROUTING", value_name = "MODE", value_parser = choice::<Routing>(&Routing::NAMES))]
     pub routing: Option<Routing>,
     /// This instance's id.
@@ -159,7 +162,8 @@ pub struct Options {
     /// and for a new subscriber's topics to be listened to under interest routing.
     #[arg(long, env = "TIDINGS_BUS_REPLAY_TIMEOUT", value_name = "SECS")]
     pub bus_replay_timeout: Option<u64>,
-    /// Redis bus: replicas that must hold a publish before it is answered (WAIT); a publish
+    /// Redis bus (any of its schemes: redis://, rediss://, alone, behind Sentinel or a
+    /// Cluster): replicas that must hold a publish before it is answered (WAIT); a publish
     /// they do not acknowledge within bus-timeout answers that its outcome is unknown.
     #[arg(long, env = "TIDINGS_REDIS_MIN_REPLICAS", value_name = "N")]
     pub redis_min_replicas: Option<usize>,
@@ -263,7 +267,8 @@ pub struct Options {
     /// Log format: pretty or json.
     #[arg(long, env = "TIDINGS_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Log filter, as for RUST_LOG.
+    /// Log filter: a level (info) or comma-separated target=level directives, such as
+    /// warn,tidings=debug (RUST_LOG is not read).
     #[arg(long, env = "TIDINGS_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 }

@@ -267,7 +267,7 @@ impl Options {
         let min_replicas = match self.redis_min_replicas.unwrap_or(REDIS_MIN_REPLICAS) {
             n if n > 0 && Kind::of(url) != Some(Kind::Redis) => {
                 return Err(invalid("redis-min-replicas", format!(
-                    "redis-min-replicas is {n}, but it applies to the Redis bus only (redis://, rediss://)"
+                    "redis-min-replicas is {n}, but it applies to the Redis bus only (redis://, rediss://, redis+sentinel://, redis+cluster://, …)"
                 )))
             }
             n => n,

@@ -228,3 +228,33 @@ fn the_defaults_shown_are_the_defaults_applied() {
         assert_eq!(shown(option), Some(value), "--{option}");
     }
 }
+
+#[test]
+fn every_bus_scheme_is_in_the_help_and_the_documentation() {
+    let command = <Options as clap::Args>::augment_args(clap::Command::new("serve"));
+    let help = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some("bus"))
+        .and_then(|a| a.get_help())
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let docs = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/configuration.md"
+    ));
+    let row = docs
+        .lines()
+        .find(|l| l.starts_with("| `--bus URL`"))
+        .expect("docs/configuration.md has a --bus row");
+    for (scheme, _) in crate::bus::Kind::SCHEMES {
+        let url = format!("{scheme}://");
+        assert!(
+            help.contains(&url),
+            "--bus --help does not name {url}: {help}"
+        );
+        assert!(
+            row.contains(&url),
+            "docs/configuration.md's --bus row does not name {url}"
+        );
+    }
+}
