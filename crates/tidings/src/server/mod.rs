@@ -144,12 +144,13 @@ impl Instance {
 
     /// Serves on `listener` until `shutdown` completes, then drains in two stages:
     ///
-    /// 1. Readiness turns 503 and new streams are refused with 503 (other requests, such as a
-    ///    publish in flight or a load balancer's health check, are still served), while each
+    /// 1. The listener closes (the port is free for an instance restarted in place), readiness
+    ///    turns 503 and new streams are refused with 503 on the connections already open
+    ///    (other requests on them, such as a publish in flight, are still served), while each
     ///    open stream ends with a `retry:` hint at a random moment of the drain window.
-    /// 2. When every stream has ended, or the window is over, the listener closes; every
-    ///    connection is asked to close once its request is answered and gets one more second,
-    ///    then serving stops whatever is left.
+    /// 2. When every stream has ended, or the window is over, every connection is asked to
+    ///    close once its request is answered and gets one more second, then serving stops
+    ///    whatever is left.
     ///
     /// # Errors
     /// [`StartError::Io`] when the listener's address cannot be read.
@@ -178,20 +179,7 @@ impl Instance {
         };
         let router = self.router();
         let graceful = GracefulShutdown::new();
-        let state = self.state.clone();
-        let drained = async move {
-            shutdown.await;
-            tracing::info!(
-                open_streams = state.metrics().connections.get(),
-                "shutdown requested: draining open streams for up to {:?}",
-                config.drain
-            );
-            state.begin_shutdown();
-            // Every open stream ends itself within the window; the tracker says when the
-            // last one has.
-            let _ = tokio::time::timeout(config.drain, state.streams().wait()).await;
-        };
-        tokio::pin!(drained);
+        tokio::pin!(shutdown);
         let mut bus_failed = self.bus_failed.clone();
         loop {
             tokio::select! {
@@ -218,10 +206,24 @@ impl Instance {
                         tokio::time::sleep(ACCEPT_PAUSE).await;
                     }
                 },
-                () = &mut drained => break,
+                () = &mut shutdown => break,
             }
         }
+        // Not ready, and streams told to end, before the port is let go: whoever finds it
+        // closed finds this instance draining on the connections it still has.
+        self.state.begin_shutdown();
+        // The port is free at once: an instance restarted in place binds it while this one
+        // drains, and new connections (a load balancer's retry, a publisher's next request)
+        // reach it, not this one. Connections already open are still served.
         drop(listener);
+        tracing::info!(
+            open_streams = self.state.metrics().connections.get(),
+            "shutdown requested: stopped listening; draining open streams for up to {:?}",
+            config.drain
+        );
+        // Every open stream ends itself within the window; the tracker says when the last
+        // one has.
+        let _ = tokio::time::timeout(config.drain, self.state.streams().wait()).await;
         let open = graceful.count();
         match tokio::time::timeout(GRACE, graceful.shutdown()).await {
             Ok(()) => tracing::info!("drained; bye"),

@@ -109,22 +109,27 @@ async fn sigterm_turns_readiness_off_ends_streams_with_a_retry_hint_and_exits() 
     for _ in 0..4 {
         others.push(Stream::open(&hub.url("/.well-known/mercure?topic=x"), &[]).await);
     }
-    let ready = crate::common::client()
-        .get(hub.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
+    // A client whose connection is open before the shutdown (a load balancer's, a
+    // publisher's kept-alive one).
+    let client = crate::common::client();
+    let ready = client.get(hub.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let started = Instant::now();
     hub.terminate();
-    // While streams drain, the instance still answers: not ready, and no new streams.
-    wait_for("readiness to turn 503", async || {
-        let r = crate::common::client().get(hub.url("/readyz")).send().await;
-        r.is_ok_and(|r| r.status() == 503)
+    // The port is free at once; on the connection already open, the instance still answers:
+    // not ready, and no new streams.
+    wait_for("the instance to stop listening", async || {
+        TcpStream::connect(hub.addr()).await.is_err()
     })
     .await;
-    let refused = Stream::try_open(&hub.url("/.well-known/mercure?topic=x"), &[]).await;
-    assert_eq!(refused.status, 503);
+    let ready = client.get(hub.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let refused = client
+        .get(hub.url("/.well-known/mercure?topic=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
     stream.until_closed().await;
     assert!(
         stream.raw_text().contains("retry: "),
@@ -137,4 +142,45 @@ async fn sigterm_turns_readiness_off_ends_streams_with_a_retry_hint_and_exits() 
         "exits cleanly after the drain"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn an_instance_restarted_in_place_serves_at_once_while_the_old_one_drains() {
+    // systemd's restart, a container restarted with host networking: SIGTERM, and the new
+    // process on the same port right away.
+    let listen = format!("127.0.0.1:{}", crate::common::free_port());
+    let args = ["--auth", "none", "--listen", &listen, "--drain-secs", "3"];
+    let mut old = Hub::start(&args);
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(Stream::open(&old.url("/.well-known/mercure?topic=x"), &[]).await);
+    }
+    old.terminate();
+    let started = Instant::now();
+    let new = Hub::start(&args);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the new instance bound while the old one drains: {:?}",
+        started.elapsed()
+    );
+    let old_alive = std::process::Command::new("kill")
+        .args(["-0", &old.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(old_alive.success(), "the old one still drains");
+    // Publishes reach the new instance, whose streams get them.
+    let mut fresh = Stream::open(&new.url("/.well-known/mercure?topic=x"), &[]).await;
+    let (code, id) = crate::common::publish(&new, None, &[("topic", "x"), ("data", "new")]).await;
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(fresh.next().await.id, id);
+    // The old instance's streams end with their retry hint within its drain, and it exits.
+    for stream in &mut streams {
+        stream.until_closed().await;
+        assert!(
+            stream.raw_text().contains("retry: "),
+            "{:?}",
+            stream.raw_text()
+        );
+    }
+    assert_eq!(old.wait_exit(Duration::from_secs(6)), Some(true));
 }
