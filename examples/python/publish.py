@@ -5,6 +5,9 @@ What a business service written in Python copies: build a wire-format v1 message
 publish script (the same one the hub runs for `POST /.well-known/mercure`). Every instance of
 the cluster then delivers the update, and it is in history for `Last-Event-ID` resumes.
 
+Any instance of the cluster (`tidings serve --bus redis://127.0.0.1:6379/0`) delivers it; none
+need run when it is published: history keeps it for them.
+
     pip install -r examples/python/requirements.txt
     python3 examples/python/publish.py --topic https://example.com/books/1 --data '{"title": "Dune"}'
 
@@ -13,6 +16,7 @@ Prints the update's id. See docs/wire-format.md.
 import argparse
 import json
 import pathlib
+import sys
 import time
 import uuid
 
@@ -78,11 +82,14 @@ def main():
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--retry", type=int)
     args = parser.parse_args()
-    client, prefix = connect(args.redis, args.prefix)
-    update_id, _ = publish(
-        client, prefix, args.topic, args.data,
-        update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,
-    )
+    try:
+        client, prefix = connect(args.redis, args.prefix)
+        update_id, _ = publish(
+            client, prefix, args.topic, args.data,
+            update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,
+        )
+    except redis.exceptions.ConnectionError as e:
+        sys.exit(f"error: cannot reach Redis at {args.redis} ({e}): start it, or name it with --redis")
     print(update_id)
 
 

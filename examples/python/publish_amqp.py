@@ -6,6 +6,9 @@ to the cluster's fanout exchange with publisher confirms. Every instance of the 
 delivers the update and, when the cluster keeps history, it is in the cluster's stream for
 `Last-Event-ID` resumes.
 
+The cluster's instances declare the exchange and the stream: start one first, on the same
+RabbitMQ and prefix (`tidings serve --bus amqp://guest:guest@127.0.0.1:5672/%2f`).
+
     pip install -r examples/python/requirements.txt
     python3 examples/python/publish_amqp.py --topic https://example.com/books/1 --data '{"title": "Dune"}'
 
@@ -13,6 +16,7 @@ Prints the update's id. See docs/wire-format.md.
 """
 import argparse
 import json
+import sys
 import time
 import uuid
 
@@ -57,7 +61,11 @@ def main():
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--retry", type=int)
     args = parser.parse_args()
-    connection = pika.BlockingConnection(pika.URLParameters(args.amqp))
+    start = f"start an instance first: tidings serve --bus {args.amqp} --bus-prefix {args.prefix}"
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(args.amqp))
+    except pika.exceptions.AMQPConnectionError as e:
+        sys.exit(f"error: cannot reach RabbitMQ at {args.amqp} ({e!r}): start it, or name it with --amqp")
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -65,8 +73,17 @@ def main():
             channel, args.prefix, args.topic, args.data,
             update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,
         )
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code == 404:
+            sys.exit(f"error: RabbitMQ has no exchange {args.prefix!r}, which the cluster's instances declare; {start}")
+        sys.exit(f"error: RabbitMQ refused the publish: {e.reply_code} {e.reply_text}")
+    except pika.exceptions.UnroutableError:
+        sys.exit(f"error: nothing is bound to the exchange {args.prefix!r} (no instance, no stream); {start}")
+    except pika.exceptions.NackError:
+        sys.exit("error: RabbitMQ did not take the update (nack): publish it again with the same --id")
     finally:
-        connection.close()
+        if connection.is_open:
+            connection.close()
     print(update_id)
 
 

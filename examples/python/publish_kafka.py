@@ -6,6 +6,9 @@ to partition 0 of the cluster's topic, acknowledged by every in-sync replica (`a
 an idempotent producer. Every instance of the cluster then delivers the update, and it is in
 the cluster's order for `Last-Event-ID` resumes.
 
+It creates the cluster's topic when no instance has yet; the cluster's instances are
+`tidings serve --bus kafka://127.0.0.1:9092`.
+
     pip install -r examples/python/requirements.txt
     python3 examples/python/publish_kafka.py --topic https://example.com/books/1 --data '{"title": "Dune"}'
 
@@ -14,6 +17,7 @@ Prints the update's id. See docs/wire-format.md.
 import argparse
 import json
 import re
+import sys
 import time
 import urllib.parse
 import uuid
@@ -53,7 +57,7 @@ def producer_config(url):
 def ensure_topic(config, topic):
     """Creates the cluster's topic, of one partition, when it does not exist yet, as an
     instance would (so that a service may publish before any instance started)."""
-    admin = AdminClient({k: v for k, v in config.items() if k.startswith(("bootstrap", "security", "sasl"))})
+    admin = AdminClient({k: v for k, v in config.items() if k.startswith(("bootstrap", "security", "sasl", "log_level"))})
     if topic in admin.list_topics(timeout=10).topics:
         return
     try:
@@ -102,12 +106,17 @@ def main():
     parser.add_argument("--retry", type=int)
     args = parser.parse_args()
     config = producer_config(args.kafka)
-    ensure_topic(config, topic_name(args.prefix))
-    producer = Producer(config)
-    update_id = publish(
-        producer, args.prefix, args.topic, args.data,
-        update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,
-    )
+    # Failures end in one line below, not in the client's own log of each broker it could not reach.
+    config["log_level"] = 2
+    try:
+        ensure_topic(config, topic_name(args.prefix))
+        producer = Producer(config)
+        update_id = publish(
+            producer, args.prefix, args.topic, args.data,
+            update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,
+        )
+    except KafkaException as e:
+        sys.exit(f"error: Kafka at {args.kafka} did not take the update ({e}): start it, or name it with --kafka")
     print(update_id)
 
 

@@ -5,6 +5,9 @@ What a business service written in Python copies: build a wire-format v1 message
 in the cluster's JetStream stream, on the subject instances look its id up by. Every instance of
 the cluster then delivers the update, and it is in history for `Last-Event-ID` resumes.
 
+The cluster's instances create the stream: start one first, on the same NATS and prefix
+(`tidings serve --bus nats://127.0.0.1:4222`).
+
     pip install -r examples/python/requirements.txt
     python3 examples/python/publish_nats.py --topic https://example.com/books/1 --data '{"title": "Dune"}'
 
@@ -15,10 +18,12 @@ import asyncio
 import hashlib
 import json
 import re
+import sys
 import time
 import uuid
 
 import nats
+from nats.js.errors import NoStreamResponseError
 
 
 def stream_name(prefix):
@@ -60,12 +65,24 @@ async def main():
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--retry", type=int)
     args = parser.parse_args()
-    nc = await nats.connect(args.nats, connect_timeout=5, max_reconnect_attempts=1)
+    async def quiet(_error):
+        # The client would print each failed attempt with its traceback; the one line below
+        # says what matters.
+        pass
+
+    try:
+        nc = await nats.connect(args.nats, connect_timeout=5, max_reconnect_attempts=1,
+                                allow_reconnect=False, error_cb=quiet)
+    except Exception as e:  # nats-py raises several kinds for "nobody there"
+        sys.exit(f"error: cannot reach NATS at {args.nats} ({e!r}): start it, or name it with --nats")
     try:
         update_id, _ = await publish(
             nc.jetstream(timeout=5), args.prefix, args.topic, args.data,
             update_id=args.update_id, event_type=args.event_type, private=args.private, retry=args.retry,
         )
+    except NoStreamResponseError:
+        sys.exit(f"error: NATS has no stream {stream_name(args.prefix)!r}, which the cluster's instances create "
+                 f"(JetStream must be on); start an instance first: tidings serve --bus {args.nats} --bus-prefix {args.prefix}")
     finally:
         await nc.close()
     print(update_id)

@@ -748,6 +748,21 @@ async fn delivers_what_is_published_straight_onto_the_broker(
         matches!(&unreachable, tidings_client::Error::Broker(m) if m.contains(&format!("cannot reach {name}"))),
         "{unreachable}"
     );
+    // So it is for the Python example, in one line; and where only an instance makes the
+    // stream or exchange, the example says to start one.
+    if let Some(example) = producer.example() {
+        let (url, name) = producer.nowhere();
+        let said = example.refused(url, &producer.prefix);
+        assert!(said.contains(name) && said.contains(url), "{said}");
+        if producer.needs_an_instance() {
+            let never = format!("{}-never-made", producer.prefix);
+            let said = example.refused(&producer.url, &never);
+            assert!(
+                said.contains("start an instance first: tidings serve --bus"),
+                "{said}"
+            );
+        }
+    }
 }
 
 // --- producers ------------------------------------------------------------------------
@@ -919,38 +934,42 @@ impl Producer {
         })
     }
 
-    /// What the publisher says when the broker is not there, and the broker's name.
-    async fn unreachable(&self) -> (tidings_client::Error, &'static str) {
+    /// A URL of the broker where nothing listens, and the broker's name.
+    fn nowhere(&self) -> (&'static str, &'static str) {
         match self.backend {
             Backend::Memory => unreachable!("the memory bus has no broker"),
-            Backend::Redis(_) => (
-                tidings_client::redis::RedisPublisher::connect("redis://127.0.0.1:1/0", "x")
-                    .await
-                    .unwrap_err(),
-                "Redis",
-            ),
-            Backend::Nats => (
-                tidings_client::nats::NatsPublisher::connect("nats://127.0.0.1:1", "x")
-                    .await
-                    .unwrap_err(),
-                "NATS",
-            ),
-            Backend::Amqp => (
-                tidings_client::amqp::AmqpPublisher::connect(
-                    "amqp://guest:guest@127.0.0.1:1/%2f",
-                    "x",
-                )
+            Backend::Redis(_) => ("redis://127.0.0.1:1/0", "Redis"),
+            Backend::Nats => ("nats://127.0.0.1:1", "NATS"),
+            Backend::Amqp => ("amqp://guest:guest@127.0.0.1:1/%2f", "RabbitMQ"),
+            Backend::Kafka => ("kafka://127.0.0.1:1", "Kafka"),
+        }
+    }
+
+    /// What the publisher says when the broker is not there, and the broker's name.
+    async fn unreachable(&self) -> (tidings_client::Error, &'static str) {
+        let (url, name) = self.nowhere();
+        let error = match self.backend {
+            Backend::Memory => unreachable!("the memory bus has no broker"),
+            Backend::Redis(_) => tidings_client::redis::RedisPublisher::connect(url, "x")
                 .await
                 .unwrap_err(),
-                "RabbitMQ",
-            ),
-            Backend::Kafka => (
-                tidings_client::kafka::KafkaPublisher::connect("kafka://127.0.0.1:1", "x")
-                    .await
-                    .unwrap_err(),
-                "Kafka",
-            ),
-        }
+            Backend::Nats => tidings_client::nats::NatsPublisher::connect(url, "x")
+                .await
+                .unwrap_err(),
+            Backend::Amqp => tidings_client::amqp::AmqpPublisher::connect(url, "x")
+                .await
+                .unwrap_err(),
+            Backend::Kafka => tidings_client::kafka::KafkaPublisher::connect(url, "x")
+                .await
+                .unwrap_err(),
+        };
+        (error, name)
+    }
+
+    /// Whether the broker's stream or exchange exists only once an instance made it (the
+    /// Python example then says to start one).
+    fn needs_an_instance(&self) -> bool {
+        matches!(self.backend, Backend::Nats | Backend::Amqp)
     }
 }
 
@@ -961,6 +980,27 @@ struct Example {
 }
 
 impl Example {
+    /// Runs it against `url` and `prefix` instead, where it must fail: its one line of error
+    /// (and no traceback).
+    fn refused(&self, url: &str, prefix: &str) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/python")
+            .join(self.script);
+        let output = std::process::Command::new("python3")
+            .arg(script)
+            .args([&self.args[0], url, "--prefix", prefix, "--topic", "t"])
+            .output()
+            .expect("run python3");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("error: "),
+            "one line of error, not: {stderr}"
+        );
+        lines[0].to_owned()
+    }
+
     /// Runs it with `more` arguments; the id it printed.
     fn run(&self, more: &[&str]) -> String {
         let args: Vec<&str> = self
