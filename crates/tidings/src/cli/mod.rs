@@ -91,6 +91,20 @@ impl HubArgs {
     }
 }
 
+/// What a client command says of `error`: the hub's words, and for a refused or missing token
+/// how the command line sends one (the hub's hint speaks HTTP headers).
+fn explain(error: &tidings_client::Error) -> String {
+    match error {
+        tidings_client::Error::Refused {
+            status: 401 | 403, ..
+        } => format!(
+            "{error}\n  (this command sends the token given with --token or TIDINGS_TOKEN, or \
+             mints one from --jwt-key or TIDINGS_JWT_KEY; with neither it sends none)"
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Installs ring as the process's rustls crypto provider (idempotent).
 pub fn install_crypto_provider() {
     // Fails only when a provider is already installed, which is what we want.

@@ -60,7 +60,10 @@ pub(super) async fn run(args: PublishArgs) -> Result<(), String> {
         publish: Some(vec!["*".into()]),
         ..MercureClaim::default()
     })?;
-    let id = hub.publish(&publication).await.map_err(|e| e.to_string())?;
+    let id = hub
+        .publish(&publication)
+        .await
+        .map_err(|e| super::explain(&e))?;
     println!("{id}");
     Ok(())
 }

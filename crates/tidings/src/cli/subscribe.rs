@@ -58,7 +58,7 @@ async fn follow(args: SubscribeArgs) -> Result<(), String> {
                     return Ok(());
                 }
             }
-            Err(e) if e.is_permanent() => return Err(e.to_string()),
+            Err(e) if e.is_permanent() => return Err(super::explain(&e)),
             Err(e) => log_retry(&e.to_string()),
         }
     }

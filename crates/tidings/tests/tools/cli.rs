@@ -75,7 +75,7 @@ async fn token_mints_what_the_hub_accepts_and_publish_prints_the_id() {
     ]);
     assert!(!ok);
     assert!(
-        err.contains("401") && err.contains("invalid_token"),
+        err.contains("401") && err.contains("invalid_token") && err.contains("--jwt-key"),
         "{err}"
     );
     let (ok, _, err) = run(&["token", "--jwt-key", KEY]);
