@@ -983,14 +983,10 @@ impl Example {
     /// Runs it against `url` and `prefix` instead, where it must fail: its one line of error
     /// (and no traceback).
     fn refused(&self, url: &str, prefix: &str) -> String {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/python")
-            .join(self.script);
-        let output = std::process::Command::new("python3")
-            .arg(script)
-            .args([&self.args[0], url, "--prefix", prefix, "--topic", "t"])
-            .output()
-            .expect("run python3");
+        let output = common::python_example(
+            self.script,
+            &[&self.args[0], url, "--prefix", prefix, "--topic", "t"],
+        );
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -105,14 +105,16 @@ fn unknown_keys_and_bad_values_are_named() {
     assert_eq!(err.option(), Some("jwt-leeway"), "{err}");
 }
 
+/// The configuration's documentation, which the tests below hold to the code.
+const CONFIGURATION_MD: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../docs/configuration.md"
+));
+
 /// The `tidings serve` options table of `docs/configuration.md`: by flag, its environment
 /// variable, file key and default cells.
 fn documented_options() -> Vec<(String, [String; 3])> {
-    let docs = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/configuration.md"
-    ));
-    let section = docs
+    let section = CONFIGURATION_MD
         .split("\n## ")
         .find(|s| s.starts_with("`tidings serve` options"))
         .expect("docs/configuration.md has a `tidings serve` options section");
@@ -238,11 +240,7 @@ fn every_bus_scheme_is_in_the_help_and_the_documentation() {
         .and_then(|a| a.get_help())
         .map(ToString::to_string)
         .unwrap_or_default();
-    let docs = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/configuration.md"
-    ));
-    let row = docs
+    let row = CONFIGURATION_MD
         .lines()
         .find(|l| l.starts_with("| `--bus URL`"))
         .expect("docs/configuration.md has a --bus row");

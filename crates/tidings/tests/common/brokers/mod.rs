@@ -170,14 +170,7 @@ fn started<T>(what: &str, result: std::io::Result<T>) -> Option<T> {
 /// Runs `examples/python/<script>` with `args` and returns what it printed (the id of the
 /// update it published); a test failure, with what it wrote to stderr, when it fails.
 pub fn run_python_example(script: &str, args: &[&str]) -> String {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/python")
-        .join(script);
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python3");
+    let output = python_example(script, args);
     assert!(
         output.status.success(),
         "{}",
@@ -185,6 +178,18 @@ pub fn run_python_example(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
+/// Runs `examples/python/<script>` with `args`; what it did.
+pub fn python_example(script: &str, args: &[&str]) -> std::process::Output {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/python")
+        .join(script);
+    std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python3")
+}
+
 /// True when `python3` can import `module`; a failure under `TIDINGS_REQUIRE_BROKERS=1`.
 pub fn python_ready(module: &str) -> bool {
     let ok = std::process::Command::new("python3")
