@@ -4,7 +4,7 @@
 // stream. A publisher posts to the instances directly, round-robin. Midway the instance
 // holding most of the browser's streams is killed (SIGKILL); the browser reconnects by itself
 // through nginx to the others, resumes with Last-Event-ID, and its record must show every
-// update exactly once, in order. A screenshot of the page receiving live updates goes to docs/.
+// update exactly once, in order. A screenshot of the page receiving live updates goes to docs/page-nginx.png.
 // Then a rolling restart: each instance in turn gets SIGTERM, drains (its streams close at
 // random moments of the drain window, with a retry hint) and is started again on its port;
 // the browser's streams move to the others without losing or repeating an update, and the
@@ -149,7 +149,7 @@ test('through nginx, the browser rides out the death of the instance holding its
   assert.deepEqual(errors, []);
 
   await page.waitForFunction((n) => window.tidingsEvents.length >= n, UPDATES, { timeout: 10000 });
-  await page.screenshot({ path: path.join(root, 'docs', 'page.png'), fullPage: true });
+  await page.screenshot({ path: path.join(root, 'docs', 'page-nginx.png'), fullPage: true });
   await context.close();
   // The killed instance comes back on its port, for the next test.
   hubs[killed] = await startInstance(killed, hubs[killed].base.replace('http://', ''));

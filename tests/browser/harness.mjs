@@ -145,3 +145,27 @@ export async function metric(base, name) {
   if (!line) throw new Error(`${base}/metrics has no ${name}`);
   return Number(line.split(' ')[1]);
 }
+
+/**
+ * The README's shell commands that start with `start` (the first line of a command; a
+ * command goes on while its lines end in `\`), e.g. the curl publish of "Try it with curl".
+ * Throws when the README has none, so a test that runs it notices when the README changes.
+ */
+export function readmeCommand(start) {
+  const readme = readFileSync(path.join(root, 'README.md'), 'utf8');
+  const blocks = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]);
+  for (const block of blocks) {
+    const lines = block.split('\n');
+    const at = lines.findIndex((l) => l.startsWith(start));
+    if (at < 0) continue;
+    let end = at;
+    while (lines[end].endsWith('\\')) end += 1;
+    return lines.slice(at, end + 1).join('\n');
+  }
+  throw new Error(`README.md shows no command starting with ${start}`);
+}
+
+/** Runs a README command against the hub at `base` instead of http://127.0.0.1:3000. */
+export function runReadmeCommand(command, base) {
+  return execFileSync('sh', ['-c', command.replaceAll('http://127.0.0.1:3000', base)], { env: cleanEnv() }).toString();
+}

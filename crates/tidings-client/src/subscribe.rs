@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -17,6 +18,17 @@ pub struct Subscription {
     last_event_id: Option<String>,
     first_retry: Duration,
     max_backoff: Duration,
+    on_open: Option<OnOpen>,
+}
+
+/// What [`Subscription::on_open`] calls.
+#[derive(Clone)]
+struct OnOpen(Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnOpen")
+    }
 }
 
 impl Subscription {
@@ -64,6 +76,7 @@ impl Subscription {
             last_event_id: None,
             first_retry: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
+            on_open: None,
         }
     }
 
@@ -92,6 +105,15 @@ impl Subscription {
     #[must_use]
     pub fn max_backoff(mut self, wait: Duration) -> Self {
         self.max_backoff = wait;
+        self
+    }
+
+    /// Calls `opened` each time the hub accepts a connection of the stream (the first, and
+    /// each reconnection), as a browser's `EventSource` fires `open`: a command line can say
+    /// that it is now waiting for updates, where the events alone would leave it silent.
+    #[must_use]
+    pub fn on_open(mut self, opened: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_open = Some(OnOpen(Arc::new(opened)));
         self
     }
 }
@@ -135,6 +157,7 @@ struct Follower {
     asked_wait: Option<Duration>,
     /// The open connection and its decoder.
     source: Option<(Source, Decoder)>,
+    on_open: Option<OnOpen>,
     /// Events decoded but not yet handed over.
     ready: VecDeque<Event>,
     /// Whether a wait is due before the next attempt (not before the first one).
@@ -163,6 +186,9 @@ impl Follower {
                     Ok(source) => {
                         self.failures = 0;
                         self.source = Some((source, Decoder::new()));
+                        if let Some(OnOpen(opened)) = &self.on_open {
+                            opened();
+                        }
                         continue;
                     }
                     Err(e) => {
@@ -240,6 +266,7 @@ impl Hub {
             failures: 0,
             asked_wait: None,
             source: None,
+            on_open: subscription.on_open,
             ready: VecDeque::new(),
             wait: false,
             done: false,

@@ -10,7 +10,8 @@ mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// A multi-instance Server-Sent Events hub that speaks the Mercure protocol.
 #[derive(Debug, Parser)]
@@ -105,6 +106,52 @@ fn explain(error: &tidings_client::Error) -> String {
     }
 }
 
+/// Parses the command line, or exits with clap's message. A bad value that came from an
+/// environment variable is reported under the flag's name, which the user did not type: the
+/// message then names the variable too.
+fn parse() -> Cli {
+    Cli::try_parse().unwrap_or_else(|mut error| {
+        if let Some(variable) = from_environment(&error) {
+            error.insert(
+                ContextKind::Suggested,
+                ContextValue::StyledStrs(vec![format!(
+                    "the value came from the environment variable {variable}"
+                )
+                .into()]),
+            );
+        }
+        error.exit()
+    })
+}
+
+/// The environment variable the refused value came from: the refused flag's, when it is set
+/// and the flag is not on the command line.
+fn from_environment(error: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let typed = std::env::args_os().any(|a| {
+        a.to_str().is_some_and(|a| {
+            a.strip_prefix("--")
+                .and_then(|a| a.strip_prefix(long))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+        })
+    });
+    if typed {
+        return None;
+    }
+    let command = Cli::command();
+    let variable = command
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    std::env::var_os(&variable).is_some().then_some(variable)
+}
+
 /// Installs ring as the process's rustls crypto provider (idempotent).
 pub fn install_crypto_provider() {
     // Fails only when a provider is already installed, which is what we want.
@@ -113,7 +160,7 @@ pub fn install_crypto_provider() {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     // Before any TLS configuration or HTTP client is built, whatever the command.
     install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

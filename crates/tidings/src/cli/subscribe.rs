@@ -43,7 +43,9 @@ async fn follow(args: SubscribeArgs) -> Result<(), String> {
         subscribe: Some(args.topic.clone()),
         ..MercureClaim::default()
     })?;
-    let mut subscription = Subscription::topics(args.topic.iter().cloned());
+    // The events alone leave the terminal silent until the first update: say it is waiting.
+    let mut subscription =
+        Subscription::topics(args.topic.iter().cloned()).on_open(say_waiting(&args.hub.hub));
     if let Some(id) = &args.last_event_id {
         subscription = subscription.last_event_id(id);
     }
@@ -63,6 +65,23 @@ async fn follow(args: SubscribeArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What to call when a connection opens: a line on standard error, the first time and after
+/// each reconnection.
+#[allow(clippy::print_stderr)]
+fn say_waiting(hub: &str) -> impl Fn() + Send + Sync + 'static {
+    let hub = hub.to_owned();
+    let opened = std::sync::atomic::AtomicBool::new(false);
+    move || {
+        let again = opened.swap(true, std::sync::atomic::Ordering::Relaxed);
+        let what = if again {
+            "connected again"
+        } else {
+            "connected"
+        };
+        eprintln!("{what} to {hub}: waiting for updates (Ctrl-C to stop)");
+    }
 }
 
 #[allow(clippy::print_stderr)]

@@ -7,6 +7,7 @@
 mod error;
 mod mercure;
 mod ops;
+mod page;
 mod request;
 mod session;
 mod stream;
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -61,8 +62,12 @@ pub const STREAM_PATHS: [&str; 2] = [MERCURE_PATH, SESSION_STREAM_PATH];
 /// Builds the router of an instance.
 pub fn router(state: AppState) -> Router {
     let limits = &state.config().limits;
+    let page = page::render(&state);
     let mut router = Router::new()
-        .route("/", get(index))
+        .route(
+            "/",
+            get(move || std::future::ready(page::serve(page.clone()))),
+        )
         .route(MERCURE_PATH, get(mercure::subscribe).post(mercure::publish))
         .route(
             "/.well-known/mercure/subscriptions",
@@ -174,13 +179,6 @@ async fn count_rejections(State(state): State<AppState>, response: Response) -> 
         state.metrics().rejected_requests.inc();
     }
     response
-}
-
-async fn index() -> impl IntoResponse {
-    (
-        [(header::CACHE_CONTROL, "no-cache")],
-        Html(include_str!("index.html")),
-    )
 }
 
 async fn not_found() -> ApiError {

@@ -128,9 +128,14 @@ async fn subscribe_prints_events_and_resumes_after_the_connection_drops() {
         "6",
     ])
     .stdout(Stdio::piped())
-    .stderr(Stdio::null())
+    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).map(|_| text)
+    });
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -208,6 +213,16 @@ async fn subscribe_prints_events_and_resumes_after_the_connection_drops() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "--max-events ends the command");
+    // It said when it was listening, and when it was again after the cut.
+    let said = said.join().unwrap().unwrap();
+    assert!(
+        said.starts_with(&format!(
+            "connected to {proxied}: waiting for updates (Ctrl-C to stop)\n"
+        )) && said.contains(&format!(
+            "connected again to {proxied}: waiting for updates"
+        )),
+        "{said}"
+    );
 }
 
 fn instance_id_of(args: &[&str], env: &[(&str, &str)], toml: Option<&str>) -> String {
@@ -268,6 +283,21 @@ fn bad_configuration_is_refused_with_what_to_fix() {
         "mqtt://x",
     ]);
     assert!(!ok && err.contains("mqtt://x"), "{err}");
+    // A bad value from the environment names the variable, not only the flag it stands for;
+    // the same value typed as the flag is reported as the flag's alone.
+    let out = tidings(&["serve", "--auth", "none"])
+        .env("TIDINGS_MAX_STREAMS", "lots")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("'lots' for '--max-streams")
+            && err.contains("the value came from the environment variable TIDINGS_MAX_STREAMS"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["serve", "--auth", "none", "--max-streams", "lots"]);
+    assert!(!ok && !err.contains("environment"), "{err}");
     // The load generator left for a program of its own: the old name says where it went.
     let (ok, _, err) = run(&["bench", "--url", "http://127.0.0.1:3000", "-c", "10"]);
     assert!(!ok && err.contains("tidings-bench"), "{err}");
