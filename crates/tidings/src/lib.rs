@@ -18,6 +18,7 @@
 //! | `locks` | taking a lock whose holder panicked (one place says why that is safe) |
 //! | [`admission`] | the caps on open streams (per instance, client address, session) and the client address |
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
+//! | [`consume`] | consuming what services already publish (exchanges, channels, topics, outbox tables): patterns, templates and the mapping of a message to an update |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay), the cluster's [`bus::Registry`] of sessions and subscribers where a bus keeps one, the backends (cargo features), the wire format, the reconnect machine and start-up |
 //! | [`auth`] | JWT verification (HS256/RS256/ES256 keys, or a JWKS endpoint), Mercure claims and Mercure 1.0 access tokens, the application's authorization callback, minting dev tokens |
 //! | [`state`] | [`state::AppState`]: one instance's parts (config, hub, bus, authenticator, metrics, admission), shared by every request |
@@ -69,6 +70,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod consume;
 pub mod envelope;
 pub mod http;
 pub mod hub;

@@ -1,0 +1,410 @@
+//! A consumer as configured: its source and its mapping, from one URL (`--consume
+//! 'amqp://…/%2f?exchange=sse-events&preset=spring-sse-starter'`) or from a `[[consume]]`
+//! table of `tidings.toml` (the same keys, with the broker's URL as `url`). Both are read by
+//! one parser, so that a key means the same in both, and an unknown key is an error that
+//! lists the known ones.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::mapping::{Data, Mapping, Target, PRESETS};
+use super::pattern::Pattern;
+use super::template::Template;
+use crate::bus::redact;
+
+/// One consumer: where it reads, and how a message becomes an update.
+#[derive(Debug, Clone)]
+pub struct ConsumeSpec {
+    /// Its name: the `source` label of its metrics, its line in `/readyz`, and part of the
+    /// ids it derives (default: the scheme and what it reads, `amqp:sse-events`).
+    pub name: String,
+    /// Where it reads.
+    pub source: Source,
+    /// How a message becomes an update.
+    pub mapping: Mapping,
+}
+
+/// Where a consumer reads.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A RabbitMQ exchange, through a queue the instances share.
+    Amqp(AmqpSource),
+}
+
+/// A RabbitMQ exchange the application's services publish to.
+#[derive(Debug, Clone)]
+pub struct AmqpSource {
+    /// The broker's URL (`amqp://` or `amqps://`), credentials included.
+    pub url: String,
+    /// The exchange (it must exist: the publishers' exchange is theirs to declare).
+    pub exchange: String,
+    /// The binding keys of the shared queue (fanout exchanges ignore them); default `#`.
+    pub routing_keys: Vec<String>,
+    /// The shared queue's name (default `tidings.<consumer name>`).
+    pub queue: String,
+    /// Where messages that cannot be mapped go, when set (else they are dropped, counted).
+    pub dead_letter_exchange: Option<String>,
+}
+
+/// The keys of the mapping, which every source takes.
+const MAPPING_KEYS: [&str; 9] = [
+    "name", "preset", "topic", "session", "event", "type", "data", "id", "private",
+];
+
+impl Source {
+    /// The keys this kind of source takes, beside the mapping's.
+    fn keys(scheme: &str) -> Option<&'static [&'static str]> {
+        match scheme {
+            "amqp" | "amqps" => Some(&["exchange", "routing-key", "queue", "dead-letter-exchange"]),
+            _ => None,
+        }
+    }
+
+    /// The broker's URL, as logs may show it.
+    pub fn redacted_url(&self) -> String {
+        match self {
+            Source::Amqp(s) => redact(&s.url),
+        }
+    }
+}
+
+/// The keys given, each with its values in order (a key may repeat: `topic`, `routing-key`),
+/// and the consumer's URL as messages show it.
+struct Keys {
+    given: BTreeMap<String, Vec<String>>,
+    shown: String,
+}
+
+impl Keys {
+    /// An error about this consumer.
+    fn error(&self, what: impl std::fmt::Display) -> String {
+        format!("consume {}: {what}", self.shown)
+    }
+
+    /// The value of a key given at most once.
+    fn one(&mut self, key: &str) -> Result<Option<String>, String> {
+        match self.given.remove(key) {
+            None => Ok(None),
+            Some(mut values) if values.len() == 1 => Ok(values.pop()),
+            Some(_) => Err(self.error(format_args!("{key} is given more than once"))),
+        }
+    }
+
+    /// Every value of a repeatable key.
+    fn all(&mut self, key: &str) -> Vec<String> {
+        self.given.remove(key).unwrap_or_default()
+    }
+
+    fn template(&self, key: &str, value: &str) -> Result<Template, String> {
+        Template::parse(value).map_err(|e| self.error(format_args!("{key} {value:?}: {e}")))
+    }
+}
+
+impl ConsumeSpec {
+    /// Reads a consumer from the broker's `url` and the keys given beside it.
+    ///
+    /// # Errors
+    /// A sentence that names the consumer (by its URL, credentials hidden) and what to fix.
+    fn read(url: &str, given: BTreeMap<String, Vec<String>>) -> Result<Self, String> {
+        let mut keys = Keys {
+            given,
+            shown: redact(url),
+        };
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        let source_keys = Source::keys(scheme).ok_or_else(|| {
+            keys.error(format_args!(
+                "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (RabbitMQ)"
+            ))
+        })?;
+        if let Some(unknown) = keys
+            .given
+            .keys()
+            .find(|k| !MAPPING_KEYS.contains(&k.as_str()) && !source_keys.contains(&k.as_str()))
+        {
+            return Err(keys.error(format_args!(
+                "unknown key {unknown:?}; it takes {} and {}",
+                source_keys.join(", "),
+                MAPPING_KEYS.join(", ")
+            )));
+        }
+        // (Each kind of source reads its keys here; RabbitMQ is the first.)
+        let exchange = keys
+            .one("exchange")?
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| {
+                keys.error(
+                    "name the exchange to read (exchange=…): the one the services publish to",
+                )
+            })?;
+        let queue = keys.one("queue")?;
+        let dead_letter_exchange = keys.one("dead-letter-exchange")?;
+        let mut routing_keys = keys.all("routing-key");
+        if routing_keys.is_empty() {
+            routing_keys.push("#".into());
+        }
+        let wildcards = routing_keys
+            .iter()
+            .map(|k| Pattern::amqp(k).wildcards())
+            .max()
+            .unwrap_or(0);
+        let name = keys
+            .one("name")?
+            .unwrap_or_else(|| format!("{}:{exchange}", scheme.trim_end_matches('s')));
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(keys.error(format_args!("name {name:?} must be a word without spaces")));
+        }
+        let source = Source::Amqp(AmqpSource {
+            url: url.to_owned(),
+            queue: queue.unwrap_or_else(|| format!("tidings.{name}")),
+            exchange,
+            routing_keys,
+            dead_letter_exchange,
+        });
+        let mapping = Self::mapping(&mut keys)?;
+        if mapping.max_capture() > wildcards {
+            return Err(keys.error(format_args!(
+                "the mapping reads {{{}}}, but the patterns it reads have {wildcards} wildcard(s)",
+                mapping.max_capture()
+            )));
+        }
+        Ok(ConsumeSpec {
+            name,
+            source,
+            mapping,
+        })
+    }
+
+    fn mapping(keys: &mut Keys) -> Result<Mapping, String> {
+        let topics = keys.all("topic");
+        let session = keys.one("session")?;
+        let event = keys.one("event")?;
+        let preset = keys.one("preset")?;
+        let mut mapping = match (preset, topics.is_empty(), session) {
+            (Some(preset), true, None) => Mapping::preset(&preset).ok_or_else(|| {
+                keys.error(format_args!(
+                    "unknown preset {preset:?}; the presets are {}",
+                    PRESETS.join(", ")
+                ))
+            })?,
+            (Some(_), _, _) => {
+                return Err(keys.error(
+                    "a preset says where updates go: give it without topic or session",
+                ))
+            }
+            (None, false, None) => Mapping {
+                target: Target::Topics(
+                    topics
+                        .iter()
+                        .map(|t| keys.template("topic", t))
+                        .collect::<Result<_, _>>()?,
+                ),
+                data: Data::Body,
+                event_type: None,
+                id: None,
+                private: false,
+            },
+            (None, true, Some(session)) => {
+                let event = event.ok_or_else(|| {
+                    keys.error("a session target needs the event name too (event=…)")
+                })?;
+                Mapping {
+                    target: Target::Session {
+                        session: keys.template("session", &session)?,
+                        event: keys.template("event", &event)?,
+                    },
+                    data: Data::Body,
+                    event_type: None,
+                    id: None,
+                    private: true,
+                }
+            }
+            (None, false, Some(_)) => return Err(keys.error("give topic or session, not both")),
+            (None, true, None) => {
+                return Err(keys.error(format_args!(
+                    "say where updates go: topic=… (repeatable), session=… with event=…, or preset=… ({})",
+                    PRESETS.join(", ")
+                )))
+            }
+        };
+        if let Some(data) = keys.one("data")? {
+            mapping.data = match data.as_str() {
+                "body" => Data::Body,
+                p if p.starts_with('/') => Data::Field(p.to_owned()),
+                other => {
+                    return Err(keys.error(format_args!(
+                        "data {other:?}: body (the whole body) or a JSON pointer such as /payload"
+                    )))
+                }
+            };
+        }
+        let session_target = matches!(mapping.target, Target::Session { .. });
+        if let Some(t) = keys.one("type")? {
+            if session_target {
+                return Err(
+                    keys.error("a session target's type is its event name: give event=…, not type")
+                );
+            }
+            mapping.event_type = Some(keys.template("type", &t)?);
+        }
+        if let Some(id) = keys.one("id")? {
+            mapping.id = Some(keys.template("id", &id)?);
+        }
+        if let Some(private) = keys.one("private")? {
+            mapping.private = match private.as_str() {
+                "true" | "on" | "1" => true,
+                "false" | "off" | "0" if !session_target => false,
+                "false" | "off" | "0" => {
+                    return Err(keys.error("session updates are always private"))
+                }
+                other => return Err(keys.error(format_args!("private {other:?}: true or false"))),
+            };
+        }
+        Ok(mapping)
+    }
+}
+
+impl std::str::FromStr for ConsumeSpec {
+    type Err = String;
+
+    /// The flag's form: the broker's URL with the consumer's keys as its query.
+    fn from_str(given: &str) -> Result<Self, String> {
+        let (url, query) = given.split_once('?').unwrap_or((given, ""));
+        let mut keys = BTreeMap::<String, Vec<String>>::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8()
+                    .map(|s| s.into_owned())
+                    .map_err(|_| {
+                        format!("consume {}: {key:?} is not UTF-8 once decoded", redact(url))
+                    })
+            };
+            keys.entry(decode(key)?).or_default().push(decode(value)?);
+        }
+        Self::read(url, keys)
+    }
+}
+
+/// A `[[consume]]` table: `url` and the same keys as the flag's query (a key that repeats
+/// takes a list: `topic = ["…", "…"]`), or the flag's whole URL as a string.
+impl<'de> Deserialize<'de> for ConsumeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Value {
+            One(String),
+            Many(Vec<String>),
+            Flag(bool),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Url(String),
+            Table(BTreeMap<String, Value>),
+        }
+        let table = match Given::deserialize(deserializer)? {
+            Given::Url(url) => return url.parse().map_err(serde::de::Error::custom),
+            Given::Table(table) => table,
+        };
+        let mut keys = BTreeMap::new();
+        let mut url = None;
+        for (key, value) in table {
+            let values = match value {
+                Value::One(s) => vec![s],
+                Value::Many(list) => list,
+                Value::Flag(b) => vec![b.to_string()],
+            };
+            if key == "url" {
+                url = values.into_iter().next();
+            } else {
+                keys.insert(key, values);
+            }
+        }
+        let url = url.ok_or_else(|| {
+            serde::de::Error::custom(
+                "a [[consume]] table needs the broker's url (url = \"amqp://…\")",
+            )
+        })?;
+        Self::read(&url, keys).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ConsumeSpec, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn a_spring_starter_exchange_is_one_line() {
+        let spec = parse(
+            "amqp://guest:guest@127.0.0.1:5672/%2f?exchange=sse-events&preset=spring-sse-starter",
+        )
+        .unwrap();
+        assert_eq!(spec.name, "amqp:sse-events");
+        let Source::Amqp(amqp) = &spec.source;
+        assert_eq!(amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(
+            (amqp.exchange.as_str(), amqp.queue.as_str()),
+            ("sse-events", "tidings.amqp:sse-events")
+        );
+        assert_eq!(amqp.routing_keys, ["#"]);
+        assert!(matches!(spec.mapping.target, Target::Session { .. }));
+        assert_eq!(spec.source.redacted_url(), "amqp://***@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn the_table_and_the_flag_say_the_same() {
+        let table: ConsumeSpec = toml::from_str::<BTreeMap<String, ConsumeSpec>>(
+            r#"c = { url = "amqp://127.0.0.1/%2f", exchange = "orders", routing-key = ["orders.*.created"], topic = ["https://example.com/orders/{1}"], type = "created", name = "orders" }"#,
+        )
+        .unwrap()
+        .remove("c")
+        .unwrap();
+        let flag = parse("amqp://127.0.0.1/%2f?exchange=orders&routing-key=orders.*.created&topic=https://example.com/orders/%7B1%7D&type=created&name=orders").unwrap();
+        for spec in [table, flag] {
+            let Source::Amqp(amqp) = &spec.source;
+            assert_eq!(
+                (spec.name.as_str(), amqp.queue.as_str()),
+                ("orders", "tidings.orders")
+            );
+            assert_eq!(amqp.routing_keys, ["orders.*.created"]);
+            let Target::Topics(topics) = &spec.mapping.target else {
+                panic!()
+            };
+            assert_eq!(topics[0].as_str(), "https://example.com/orders/{1}");
+            assert_eq!(
+                spec.mapping.event_type.as_ref().unwrap().as_str(),
+                "created"
+            );
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named_with_what_to_write() {
+        let err = |s: &str| parse(s).unwrap_err();
+        assert!(err("mqtt://h?exchange=x&topic=t").contains("cannot consume from \"mqtt\""));
+        assert!(err("amqp://u:secret@h/%2f?topic=t").contains("exchange=…"));
+        assert!(
+            !err("amqp://u:secret@h/%2f?topic=t").contains("secret"),
+            "credentials hidden"
+        );
+        assert!(err("amqp://h?exchange=x&topik=t").contains("unknown key \"topik\""));
+        assert!(err("amqp://h?exchange=x").contains("say where updates go"));
+        assert!(err("amqp://h?exchange=x&preset=spring").contains("unknown preset"));
+        assert!(
+            err("amqp://h?exchange=x&preset=spring-sse-starter&topic=t").contains("without topic")
+        );
+        assert!(err("amqp://h?exchange=x&session=%7B/s%7D").contains("event=…"));
+        assert!(err("amqp://h?exchange=x&topic=t&session=s&event=e").contains("not both"));
+        assert!(err("amqp://h?exchange=x&topic=%7Bnope%7D").contains("{0}"));
+        assert!(err("amqp://h?exchange=x&topic=a&data=payload").contains("JSON pointer"));
+        assert!(err("amqp://h?exchange=x&routing-key=a.*&topic=%7B2%7D").contains("1 wildcard"));
+        assert!(err("amqp://h?exchange=x&name=a%20b&topic=t").contains("without spaces"));
+        assert!(err("amqp://h?exchange=x&exchange=y&topic=t").contains("more than once"));
+    }
+}
