@@ -75,6 +75,10 @@ pub struct Metrics {
     pub webhook_failed_attempts: Counter,
     /// Subscribers' comings and goings a listener fell too far behind to be told, by listener.
     subscriber_events_dropped: Family<ListenerLabels, Counter>,
+    /// Messages consumers read, by consumer and outcome (`published`, or why skipped).
+    consumer_messages: Family<ConsumerLabels, Counter>,
+    /// Waits and reconnections of consumers' connections to their sources, by consumer.
+    consumer_reconnects: Family<SourceLabels, Counter>,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
     /// Live tokio tasks, read at each scrape (leak detection).
@@ -115,6 +119,8 @@ impl Metrics {
             webhook_dropped: Family::default(),
             webhook_failed_attempts: Counter::default(),
             subscriber_events_dropped: Family::default(),
+            consumer_messages: Family::default(),
+            consumer_reconnects: Family::default(),
             ready: Gauge::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
@@ -231,6 +237,16 @@ impl Metrics {
             m.subscriber_events_dropped.clone(),
         );
         registry.register(
+            "consumer_messages",
+            "Messages consumed from the application's own sources, by consumer (source) and outcome: published, or why skipped",
+            m.consumer_messages.clone(),
+        );
+        registry.register(
+            "consumer_reconnects",
+            "Waits and reconnections of consumers' connections to their sources",
+            m.consumer_reconnects.clone(),
+        );
+        registry.register(
             "ready",
             "1 when the instance accepts traffic",
             m.ready.clone(),
@@ -277,6 +293,26 @@ impl Metrics {
         self.subscriber_events_dropped
             .get_or_create(&ListenerLabels { listener })
             .inc();
+    }
+
+    /// Counts one message consumer `source` read, with its `outcome`.
+    pub fn consumer_message(&self, source: &str, outcome: &'static str) {
+        self.consumer_messages
+            .get_or_create(&ConsumerLabels {
+                source: source.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The counter of consumer `source`'s reconnections (its connection's reconnect machine
+    /// holds it).
+    pub fn consumer_reconnects(&self, source: &str) -> Counter {
+        self.consumer_reconnects
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts `n` webhook events the receiver took.
@@ -411,6 +447,17 @@ impl EncodeLabelValue for EventListener {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ListenerLabels {
     listener: EventListener,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConsumerLabels {
+    source: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -1,5 +1,6 @@
 //! The state of one instance, shared by every request: configuration, hub, bus,
-//! authenticator, selector cache, metrics and stream admission, and whether it is draining.
+//! authenticator, selector cache, metrics, consumers and stream admission, and whether it is
+//! draining.
 //!
 //! It sits above the core and the buses and below `http` (which reads it) and `server` (which
 //! assembles it), so that neither of those has to reach into the other.
@@ -13,6 +14,7 @@ use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::consume::Consumers;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::selector::SelectorCache;
@@ -31,6 +33,9 @@ struct StateInner {
     auth: Authenticator,
     selectors: Arc<SelectorCache>,
     metrics: Arc<Metrics>,
+    /// The consumers of the application's own sources (`/readyz` shows them; the drain stops
+    /// them first).
+    consumers: Consumers,
     /// The stream counts and their caps.
     admission: Arc<Admission>,
     /// Cancelled when the instance starts shutting down: every stream ends itself.
@@ -48,6 +53,7 @@ impl AppState {
         bus: Arc<dyn Bus>,
         auth: Authenticator,
         selectors: Arc<SelectorCache>,
+        consumers: Consumers,
     ) -> Self {
         let metrics = hub.metrics().clone();
         AppState {
@@ -59,6 +65,7 @@ impl AppState {
                 auth,
                 selectors,
                 metrics,
+                consumers,
                 shutdown: CancellationToken::new(),
                 streams: TaskTracker::new(),
             }),
@@ -68,6 +75,7 @@ impl AppState {
     /// Starts draining: `/readyz` answers 503, new streams are refused, and every open stream
     /// is told to close (each after a random part of the drain window, with a `retry:` hint).
     pub fn begin_shutdown(&self) {
+        self.inner.consumers.cancel();
         self.inner.streams.close();
         self.inner.metrics.ready.set(0);
         self.inner.shutdown.cancel();
@@ -101,6 +109,11 @@ impl AppState {
     /// The instance's configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The instance's consumers.
+    pub fn consumers(&self) -> &Consumers {
+        &self.inner.consumers
     }
 
     /// The instance's bus.

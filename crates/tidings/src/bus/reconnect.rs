@@ -13,11 +13,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 use tokio::sync::watch;
 
 use super::{BusError, Cause};
-use crate::metrics::Metrics;
 
 /// How long an instance waits for its broker to answer. Every wait for an answer is one of
 /// these two, so that each says which it is, and both can be set (`--bus-timeout`,
@@ -140,22 +140,25 @@ pub(crate) enum Stop {
 /// [`ConnectionState`], and the log lines and metrics of each change.
 #[derive(Debug)]
 pub(crate) struct Reconnect {
-    broker: &'static str,
+    broker: Arc<str>,
     backoff: Backoff,
     attempt: u32,
     state: watch::Sender<ConnectionState>,
-    metrics: Arc<Metrics>,
+    /// Counts each wait and each reconnection underneath (`tidings_bus_reconnects_total` for
+    /// a bus, `tidings_consumer_reconnects_total` for a consumer).
+    reconnects: Counter,
 }
 
 impl Reconnect {
-    /// A machine for a connection to `broker` (its name in logs), not connected yet.
-    pub(crate) fn new(broker: &'static str, backoff: Backoff, metrics: Arc<Metrics>) -> Self {
+    /// A machine for a connection to `broker` (its name in logs), not connected yet, that
+    /// counts its reconnections in `reconnects`.
+    pub(crate) fn new(broker: impl Into<Arc<str>>, backoff: Backoff, reconnects: Counter) -> Self {
         Reconnect {
-            broker,
+            broker: broker.into(),
             backoff,
             attempt: 0,
             state: watch::Sender::new(ConnectionState::Connecting),
-            metrics,
+            reconnects,
         }
     }
 
@@ -169,7 +172,11 @@ impl Reconnect {
     pub(crate) fn connected(&mut self) {
         let before = self.state.send_replace(ConnectionState::Connected);
         if before == ConnectionState::Reconnecting {
-            tracing::info!(broker = self.broker, "{}: connection restored", self.broker);
+            tracing::info!(
+                broker = &*self.broker,
+                "{}: connection restored",
+                self.broker
+            );
         }
         self.attempt = 0;
     }
@@ -178,7 +185,7 @@ impl Reconnect {
     pub(crate) fn lost(&mut self, reason: &dyn std::fmt::Display) {
         self.state.send_replace(ConnectionState::Reconnecting);
         tracing::warn!(
-            broker = self.broker,
+            broker = &*self.broker,
             %reason,
             "{}: connection lost; reconnecting",
             self.broker
@@ -195,7 +202,7 @@ impl Reconnect {
             was == ConnectionState::Connected
         });
         tracing::warn!(
-            broker = self.broker,
+            broker = &*self.broker,
             %error,
             attempt = self.attempt + 1,
             "{}: cannot connect; retrying",
@@ -226,24 +233,25 @@ impl Reconnect {
                     self.wait().await;
                 }
                 Stop::Reconnected => {
-                    self.metrics.bus_reconnects.inc();
+                    self.reconnects.inc();
                 }
             }
         }
     }
 
-    /// Waits before the next attempt, and counts it in `tidings_bus_reconnects_total`.
+    /// Waits before the next attempt, and counts it.
     pub(crate) async fn wait(&mut self) {
         let delay = self.backoff.delay(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         tokio::time::sleep(delay).await;
-        self.metrics.bus_reconnects.inc();
+        self.reconnects.inc();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     #[test]
     fn waits_double_up_to_the_ceiling_and_spread_over_its_upper_half() {
@@ -262,7 +270,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_reports_its_state_and_starts_over_once_connected() {
         let metrics = Arc::new(Metrics::new());
-        let mut machine = Reconnect::new("test", Backoff::default(), metrics.clone());
+        let mut machine =
+            Reconnect::new("test", Backoff::default(), metrics.bus_reconnects.clone());
         let state = machine.state();
         assert_eq!(*state.borrow(), ConnectionState::Connecting);
         machine.failed(&"refused");
@@ -315,7 +324,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_loop_connects_again_after_each_stop_and_waits_only_after_a_failure() {
         let metrics = Arc::new(Metrics::new());
-        let machine = Reconnect::new("test", Backoff::default(), metrics.clone());
+        let machine = Reconnect::new("test", Backoff::default(), metrics.bus_reconnects.clone());
         let state = machine.state();
         let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
         let target = Scripted {

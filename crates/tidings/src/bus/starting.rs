@@ -156,7 +156,11 @@ pub async fn start(url: &str, options: &BusOptions, hub: Hub) -> Result<Started,
         bus,
         registry,
     });
-    let mut reconnect = Reconnect::new(broker, options.backoff, hub.metrics().clone());
+    let mut reconnect = Reconnect::new(
+        broker,
+        options.backoff,
+        hub.metrics().bus_reconnects.clone(),
+    );
     reconnect.failed(&first);
     let (url, options, pending) = (url.to_owned(), options.clone(), starting.clone());
     tokio::spawn(async move {

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::admission::StreamLimits;
 use crate::auth::{AuthMode, AuthSettings, JwtAlg};
 use crate::bus::{BusOptions, Routing};
+use crate::consume::spec::{ConsumeGiven, ConsumeSpec};
 use crate::hub::QueueLimits;
 use crate::update::Limits;
 use crate::webhook::WebhookSettings;
@@ -214,6 +215,19 @@ pub struct Options {
     )]
     #[serde(default)]
     pub publish_origin: Vec<String>,
+    /// Consume what the application's services already publish (repeatable): the source's
+    /// URL with the consumer's keys as its query, such as
+    /// 'amqp://guest:guest@127.0.0.1:5672/%2f?exchange=sse-events&preset=spring-sse-starter'
+    /// (docs/consumers.md); in tidings.toml, [[consume]] tables. In the environment, separated
+    /// by spaces.
+    #[arg(
+        long,
+        env = "TIDINGS_CONSUME",
+        value_name = "URL",
+        value_delimiter = ' '
+    )]
+    #[serde(default)]
+    pub consume: Vec<ConsumeGiven>,
     /// Seconds given to open streams to close on shutdown.
     #[arg(long, env = "TIDINGS_DRAIN_SECS", value_name = "SECS")]
     pub drain_secs: Option<u64>,
@@ -374,6 +388,8 @@ pub struct Config {
     pub webhooks: Option<WebhookSettings>,
     /// Allowed browser origins (empty: no CORS headers).
     pub cors_origins: Vec<String>,
+    /// The consumers of the application's own sources.
+    pub consumers: Vec<ConsumeSpec>,
     /// Origins whose pages may publish with the token cookie.
     pub publish_origins: Vec<String>,
     /// Time given to open streams to close on shutdown.
@@ -427,6 +443,7 @@ impl Options {
                     cors_origin: if self.cors_origin.is_empty() { lower.cors_origin } else { self.cors_origin },
                     publish_origin: if self.publish_origin.is_empty() { lower.publish_origin } else { self.publish_origin },
                     trusted_proxy: if self.trusted_proxy.is_empty() { lower.trusted_proxy } else { self.trusted_proxy },
+                    consume: if self.consume.is_empty() { lower.consume } else { self.consume },
                 }
             };
         }

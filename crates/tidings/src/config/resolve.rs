@@ -10,6 +10,7 @@ use super::{Config, ConfigError, Options, TlsFiles};
 use crate::admission::StreamLimits;
 use crate::auth::{AuthSettings, CallbackSettings};
 use crate::bus::{Backoff, BusOptions, Kind, Timeouts};
+use crate::consume::spec::ConsumeSpec;
 use crate::hub::QueueLimits;
 use crate::update::{Limits, GENERATED_ID_LENGTH};
 use crate::webhook::WebhookSettings;
@@ -184,6 +185,12 @@ impl Options {
             subscriptions,
             heartbeat: seconds("heartbeat", self.heartbeat, HEARTBEAT_SECS)?,
             cors_origins: origins("cors-origin", self.cors_origin, true)?,
+            consumers: self
+                .consume
+                .iter()
+                .map(ConsumeSpec::from_given)
+                .collect::<Result<_, _>>()
+                .map_err(|problem| invalid("consume", problem))?,
             publish_origins: origins("publish-origin", self.publish_origin, false)?,
             drain: Duration::from_secs(self.drain_secs.unwrap_or(DRAIN_SECS)),
             limits,

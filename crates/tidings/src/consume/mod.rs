@@ -8,7 +8,12 @@
 //! the hub's rules, and the bus stores and delivers it. Its id derives from its place in the
 //! source, so that a redelivery is the idempotent retry of the same update.
 
+#[cfg(feature = "amqp")]
+mod amqp;
 pub mod mapping;
 pub mod pattern;
+mod run;
 pub mod spec;
 pub mod template;
+
+pub use run::Consumers;

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::mapping::{Data, Mapping, Target, PRESETS};
-use super::pattern::Pattern;
 use super::template::Template;
 use crate::bus::redact;
 
@@ -29,6 +28,7 @@ pub struct ConsumeSpec {
 #[derive(Debug, Clone)]
 pub enum Source {
     /// A RabbitMQ exchange, through a queue the instances share.
+    #[cfg(feature = "amqp")]
     Amqp(AmqpSource),
 }
 
@@ -53,18 +53,43 @@ const MAPPING_KEYS: [&str; 9] = [
 ];
 
 impl Source {
-    /// The keys this kind of source takes, beside the mapping's.
-    fn keys(scheme: &str) -> Option<&'static [&'static str]> {
-        match scheme {
-            "amqp" | "amqps" => Some(&["exchange", "routing-key", "queue", "dead-letter-exchange"]),
-            _ => None,
+    /// The keys this kind of source takes, beside the mapping's; an error when there is no
+    /// such source, or it is left out of this build.
+    fn keys(scheme: &str) -> Result<&'static [&'static str], String> {
+        let (keys, feature): (&'static [&'static str], _) = match scheme {
+            "amqp" | "amqps" => (
+                &["exchange", "routing-key", "queue", "dead-letter-exchange"],
+                cfg!(feature = "amqp").then_some(()).ok_or("amqp"),
+            ),
+            _ => {
+                return Err(format!(
+                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (RabbitMQ)"
+                ))
+            }
+        };
+        feature.map(|()| keys).map_err(|feature| {
+            format!("this build has no {scheme}:// client: build with --features {feature}")
+        })
+    }
+
+    /// Fills in what defaults to the consumer's `name`.
+    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+    fn named(&mut self, name: &str) {
+        match *self {
+            #[cfg(feature = "amqp")]
+            Source::Amqp(ref mut amqp) => {
+                if amqp.queue.is_empty() {
+                    amqp.queue = format!("tidings.{name}");
+                }
+            }
         }
     }
 
     /// The broker's URL, as logs may show it.
     pub fn redacted_url(&self) -> String {
-        match self {
-            Source::Amqp(s) => redact(&s.url),
+        match *self {
+            #[cfg(feature = "amqp")]
+            Source::Amqp(ref s) => redact(&s.url),
         }
     }
 }
@@ -112,11 +137,7 @@ impl ConsumeSpec {
             shown: redact(url),
         };
         let scheme = url.split_once("://").map_or("", |(s, _)| s);
-        let source_keys = Source::keys(scheme).ok_or_else(|| {
-            keys.error(format_args!(
-                "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (RabbitMQ)"
-            ))
-        })?;
+        let source_keys = Source::keys(scheme).map_err(|e| keys.error(e))?;
         if let Some(unknown) = keys
             .given
             .keys()
@@ -128,39 +149,13 @@ impl ConsumeSpec {
                 MAPPING_KEYS.join(", ")
             )));
         }
-        // (Each kind of source reads its keys here; RabbitMQ is the first.)
-        let exchange = keys
-            .one("exchange")?
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| {
-                keys.error(
-                    "name the exchange to read (exchange=…): the one the services publish to",
-                )
-            })?;
-        let queue = keys.one("queue")?;
-        let dead_letter_exchange = keys.one("dead-letter-exchange")?;
-        let mut routing_keys = keys.all("routing-key");
-        if routing_keys.is_empty() {
-            routing_keys.push("#".into());
-        }
-        let wildcards = routing_keys
-            .iter()
-            .map(|k| Pattern::amqp(k).wildcards())
-            .max()
-            .unwrap_or(0);
-        let name = keys
-            .one("name")?
-            .unwrap_or_else(|| format!("{}:{exchange}", scheme.trim_end_matches('s')));
+        let name = keys.one("name")?;
+        let (mut source, what, wildcards) = Self::source(url, scheme, &mut keys)?;
+        let name = name.unwrap_or_else(|| format!("{}:{what}", scheme.trim_end_matches('s')));
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(keys.error(format_args!("name {name:?} must be a word without spaces")));
         }
-        let source = Source::Amqp(AmqpSource {
-            url: url.to_owned(),
-            queue: queue.unwrap_or_else(|| format!("tidings.{name}")),
-            exchange,
-            routing_keys,
-            dead_letter_exchange,
-        });
+        source.named(&name);
         let mapping = Self::mapping(&mut keys)?;
         if mapping.max_capture() > wildcards {
             return Err(keys.error(format_args!(
@@ -173,6 +168,52 @@ impl ConsumeSpec {
             source,
             mapping,
         })
+    }
+
+    /// The source a URL of `scheme` names, what it reads (for the default name), and the most
+    /// wildcards one of its patterns has.
+    fn source(url: &str, scheme: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
+        match scheme {
+            #[cfg(feature = "amqp")]
+            "amqp" | "amqps" => Self::amqp(url, keys),
+            _ => Err(keys.error(format_args!(
+                "cannot consume from {scheme}:// URLs ({url:?})"
+            ))),
+        }
+    }
+
+    /// A RabbitMQ source.
+    #[cfg(feature = "amqp")]
+    fn amqp(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
+        url.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| keys.error(format_args!("not a RabbitMQ URL: {e}")))?;
+        let exchange = keys
+            .one("exchange")?
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| {
+                keys.error(
+                    "name the exchange to read (exchange=…): the one the services publish to",
+                )
+            })?;
+        let queue = keys.one("queue")?.unwrap_or_default();
+        let dead_letter_exchange = keys.one("dead-letter-exchange")?;
+        let mut routing_keys = keys.all("routing-key");
+        if routing_keys.is_empty() {
+            routing_keys.push("#".into());
+        }
+        let wildcards = routing_keys
+            .iter()
+            .map(|k| super::pattern::Pattern::amqp(k).wildcards())
+            .max()
+            .unwrap_or(0);
+        let source = Source::Amqp(AmqpSource {
+            url: url.to_owned(),
+            queue,
+            exchange: exchange.clone(),
+            routing_keys,
+            dead_letter_exchange,
+        });
+        Ok((source, exchange, wildcards))
     }
 
     fn mapping(keys: &mut Keys) -> Result<Mapping, String> {
@@ -287,47 +328,65 @@ impl std::str::FromStr for ConsumeSpec {
     }
 }
 
-/// A `[[consume]]` table: `url` and the same keys as the flag's query (a key that repeats
-/// takes a list: `topic = ["…", "…"]`), or the flag's whole URL as a string.
-impl<'de> Deserialize<'de> for ConsumeSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Value {
-            One(String),
-            Many(Vec<String>),
-            Flag(bool),
-        }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Given {
-            Url(String),
-            Table(BTreeMap<String, Value>),
-        }
-        let table = match Given::deserialize(deserializer)? {
-            Given::Url(url) => return url.parse().map_err(serde::de::Error::custom),
-            Given::Table(table) => table,
+/// A consumer as the configuration gives it: the flag's URL, or a `[[consume]]` table (`url`
+/// and the same keys as the flag's query; a key that repeats takes a list: `topic = ["…",
+/// "…"]`). Kept as given until [`ConsumeSpec::from_given`] reads it, once the layers are
+/// merged, so that a mistake is reported by the configuration, credentials hidden.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ConsumeGiven {
+    /// `--consume URL`, or a string in the file.
+    Url(String),
+    /// A `[[consume]]` table.
+    Table(BTreeMap<String, GivenValue>),
+}
+
+/// A value of a `[[consume]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum GivenValue {
+    /// One value.
+    One(String),
+    /// A repeated key's values.
+    Many(Vec<String>),
+    /// `private = true`.
+    Flag(bool),
+}
+
+impl std::str::FromStr for ConsumeGiven {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(ConsumeGiven::Url(url.to_owned()))
+    }
+}
+
+impl ConsumeSpec {
+    /// Reads a consumer as the configuration gave it.
+    ///
+    /// # Errors
+    /// A sentence naming the consumer (its URL, credentials hidden) and what to fix.
+    pub fn from_given(given: &ConsumeGiven) -> Result<Self, String> {
+        let table = match given {
+            ConsumeGiven::Url(url) => return url.parse(),
+            ConsumeGiven::Table(table) => table,
         };
         let mut keys = BTreeMap::new();
         let mut url = None;
         for (key, value) in table {
             let values = match value {
-                Value::One(s) => vec![s],
-                Value::Many(list) => list,
-                Value::Flag(b) => vec![b.to_string()],
+                GivenValue::One(s) => vec![s.clone()],
+                GivenValue::Many(list) => list.clone(),
+                GivenValue::Flag(b) => vec![b.to_string()],
             };
             if key == "url" {
                 url = values.into_iter().next();
             } else {
-                keys.insert(key, values);
+                keys.insert(key.clone(), values);
             }
         }
-        let url = url.ok_or_else(|| {
-            serde::de::Error::custom(
-                "a [[consume]] table needs the broker's url (url = \"amqp://…\")",
-            )
-        })?;
-        Self::read(&url, keys).map_err(serde::de::Error::custom)
+        let url = url.ok_or("a [[consume]] table needs the broker's URL: url = \"amqp://…\"")?;
+        Self::read(&url, keys)
     }
 }
 
@@ -359,12 +418,13 @@ mod tests {
 
     #[test]
     fn the_table_and_the_flag_say_the_same() {
-        let table: ConsumeSpec = toml::from_str::<BTreeMap<String, ConsumeSpec>>(
+        let given = toml::from_str::<BTreeMap<String, ConsumeGiven>>(
             r#"c = { url = "amqp://127.0.0.1/%2f", exchange = "orders", routing-key = ["orders.*.created"], topic = ["https://example.com/orders/{1}"], type = "created", name = "orders" }"#,
         )
         .unwrap()
         .remove("c")
         .unwrap();
+        let table = ConsumeSpec::from_given(&given).unwrap();
         let flag = parse("amqp://127.0.0.1/%2f?exchange=orders&routing-key=orders.*.created&topic=https://example.com/orders/%7B1%7D&type=created&name=orders").unwrap();
         for spec in [table, flag] {
             let Source::Amqp(amqp) = &spec.source;
@@ -406,5 +466,6 @@ mod tests {
         assert!(err("amqp://h?exchange=x&routing-key=a.*&topic=%7B2%7D").contains("1 wildcard"));
         assert!(err("amqp://h?exchange=x&name=a%20b&topic=t").contains("without spaces"));
         assert!(err("amqp://h?exchange=x&exchange=y&topic=t").contains("more than once"));
+        assert!(err("amqp://h:port/%2f?exchange=x&topic=t").contains("not a RabbitMQ URL"));
     }
 }

@@ -17,12 +17,21 @@ pub(super) async fn healthz() -> Response {
 /// otherwise, so a load balancer stops sending new clients.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let (status, text) = readiness(&state);
-    let body = json!({
+    let mut body = json!({
         "status": text,
         "bus": state.bus().kind(),
         "busConnection": state.bus().state().name(),
         "instanceId": state.config().instance_id,
     });
+    // A consumer's source being away does not make the instance unready: it still serves
+    // its streams and publishes; the state says what it is waiting for.
+    let consumers = state.consumers().states();
+    if !consumers.is_empty() {
+        body["consumers"] = consumers
+            .into_iter()
+            .map(|(name, connection)| json!({"name": name, "connection": connection.name()}))
+            .collect();
+    }
     (status, Json(body)).into_response()
 }
 

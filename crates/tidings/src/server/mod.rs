@@ -23,6 +23,7 @@ use self::tls::{Certificates, TlsError};
 use crate::auth::Authenticator;
 use crate::bus;
 use crate::config::Config;
+use crate::consume::Consumers;
 use crate::http;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -92,7 +93,15 @@ impl Instance {
         // Boxed: every bus's connect future is in it, and they are large.
         let started = Box::pin(bus::start(&config.bus_url, &config.bus, hub.clone())).await?;
         metrics.ready.set(i64::from(started.bus.is_ready()));
-        let state = AppState::new(config, hub, started.bus, auth, selectors);
+        let consumers = Consumers::start(
+            &config.consumers,
+            &started.bus,
+            &config.limits,
+            config.bus.backoff,
+            config.bus.timeouts,
+            &metrics,
+        );
+        let state = AppState::new(config, hub, started.bus, auth, selectors, consumers);
         if state.config().subscriptions {
             http::publish_subscription_events(&state);
         }
@@ -222,8 +231,12 @@ impl Instance {
             config.drain
         );
         // Every open stream ends itself within the window; the tracker says when the last
-        // one has.
-        let _ = tokio::time::timeout(config.drain, self.state.streams().wait()).await;
+        // one has. The consumers (told to stop with the rest) finish the message each is
+        // handling meanwhile.
+        let drained = async {
+            let _ = tokio::time::timeout(config.drain, self.state.streams().wait()).await;
+        };
+        tokio::join!(drained, self.state.consumers().stopped(config.drain));
         let open = graceful.count();
         match tokio::time::timeout(GRACE, graceful.shutdown()).await {
             Ok(()) => tracing::info!("drained; bye"),

@@ -5,6 +5,7 @@
 mod common;
 
 mod amqp;
+mod consume;
 mod direct_publish;
 mod instances;
 mod kafka;

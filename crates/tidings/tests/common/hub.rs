@@ -163,8 +163,16 @@ impl Hub {
         None
     }
 
-    /// Reads one metric's value from `/metrics`.
+    /// Reads one metric's value from `/metrics` (`name` with its labels, as the text writes
+    /// them, for a metric of a family).
     pub async fn metric(&self, name: &str) -> f64 {
+        self.try_metric(name)
+            .await
+            .unwrap_or_else(|| panic!("metric {name} not found on {}", self.base))
+    }
+
+    /// Reads one metric's value from `/metrics`, or `None` when it is not there (yet).
+    pub async fn try_metric(&self, name: &str) -> Option<f64> {
         let text = self
             .http
             .get(self.url("/metrics"))
@@ -176,10 +184,7 @@ impl Hub {
             .unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
-            .trim()
-            .parse()
-            .unwrap()
+            .map(|v| v.trim().parse().unwrap())
     }
 }
 

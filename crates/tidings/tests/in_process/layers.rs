@@ -19,7 +19,7 @@ const LAYERS: [&[&str]; 7] = [
         "admission",
         "hub",
     ],
-    &["auth", "bus", "outbound", "webhook"],
+    &["auth", "bus", "consume", "outbound", "webhook"],
     &["config"],
     &["state"],
     &["http"],

@@ -298,6 +298,20 @@ fn bad_configuration_is_refused_with_what_to_fix() {
     );
     let (ok, _, err) = run(&["serve", "--auth", "none", "--max-streams", "lots"]);
     assert!(!ok && !err.contains("environment"), "{err}");
+    // A consumer that cannot be used is refused with what to fix, its credentials hidden.
+    let (ok, _, err) = run(&[
+        "serve",
+        "--auth",
+        "none",
+        "--consume",
+        "amqp://me:secret@127.0.0.1:1/%2f?topic=t",
+    ]);
+    assert!(
+        !ok && err.contains("exchange=…")
+            && err.contains("amqp://***@127.0.0.1:1/%2f")
+            && !err.contains("secret"),
+        "{err}"
+    );
     // The load generator left for a program of its own: the old name says where it went.
     let (ok, _, err) = run(&["bench", "--url", "http://127.0.0.1:3000", "-c", "10"]);
     assert!(!ok && err.contains("tidings-bench"), "{err}");

@@ -197,7 +197,7 @@ impl LogBus<Shared> {
         let reconnect = Reconnect::new(
             super::Kind::Amqp.broker(),
             options.backoff,
-            shared.hub.metrics().clone(),
+            shared.hub.metrics().bus_reconnects.clone(),
         );
         let target = link::Target {
             shared: shared.clone(),

@@ -137,7 +137,7 @@ impl LogBus<Shared> {
         let reconnect = Reconnect::new(
             super::Kind::Kafka.broker(),
             options.backoff,
-            shared.hub.metrics().clone(),
+            shared.hub.metrics().bus_reconnects.clone(),
         );
         let target = link::Target {
             shared: shared.clone(),

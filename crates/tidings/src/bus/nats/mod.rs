@@ -260,7 +260,7 @@ impl NatsBus {
         let reconnect = Reconnect::new(
             super::Kind::Nats.broker(),
             options.backoff,
-            hub.metrics().clone(),
+            hub.metrics().bus_reconnects.clone(),
         );
         let reader = reader::Reader {
             js: js.clone(),

@@ -212,7 +212,7 @@ impl RedisBus {
         let reconnect = Reconnect::new(
             super::Kind::Redis.broker(),
             options.backoff,
-            hub.metrics().clone(),
+            hub.metrics().bus_reconnects.clone(),
         );
         let state = reconnect.state();
         let decoder = Decoder::new(

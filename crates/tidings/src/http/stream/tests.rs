@@ -105,7 +105,14 @@ fn state_with(keeps_history: bool, config: Config) -> AppState {
         ..AuthSettings::default()
     };
     let auth = Authenticator::new(&settings, selectors.clone(), hub.metrics().clone()).unwrap();
-    AppState::new(config, hub, bus, auth, selectors)
+    AppState::new(
+        config,
+        hub,
+        bus,
+        auth,
+        selectors,
+        crate::consume::Consumers::default(),
+    )
 }
 
 fn spec() -> SubscriberSpec {

@@ -142,7 +142,7 @@ pub trait PrivateBroker {
 }
 /// Runs a broker clean-up to its end on a runtime of its own, in a thread of its own: a guard
 /// may be dropped outside of a runtime, or inside one that is ending.
-fn clean_up(work: impl std::future::Future<Output = ()> + Send + 'static) {
+pub fn clean_up(work: impl std::future::Future<Output = ()> + Send + 'static) {
     let _ = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,0 +1,238 @@
+//! Consuming a RabbitMQ exchange the services publish to: one durable queue, shared by every
+//! instance and read by one at a time (the others take over when it goes), bound to the
+//! exchange; a message is
+//! acknowledged once the bus stored its update, rejected to the dead-letter exchange (when
+//! one is set) or dropped when it cannot be mapped — never requeued forever.
+//!
+//! Its update's id is `urn:tidings:<consumer>:<message id>` when the publisher set the
+//! message's `message-id` property (Spring AMQP does with `setCreateMessageIds(true)`): a
+//! redelivery after a crash is then stored once. Without one, RabbitMQ can tell a redelivery
+//! (its `redelivered` flag) but not which message it repeats: it gets a fresh id, and is
+//! counted (`outcome="redelivered"`) besides being published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+
+use super::mapping::Message;
+use super::pattern::Pattern;
+use super::run::{Handled, Handler};
+use super::spec::AmqpSource;
+use crate::bus::reconnect::{self, Stop};
+use crate::bus::{BusError, Cause};
+use crate::update::UpdateId;
+
+/// Messages RabbitMQ may send this consumer before it acknowledges them.
+const PREFETCH: u16 = 64;
+/// Heartbeat interval asked of RabbitMQ unless the URL sets one, in seconds.
+const HEARTBEAT_SECS: u16 = 5;
+
+/// The connection a consumer's reconnect machine drives.
+pub(super) struct Target {
+    source: AmqpSource,
+    patterns: Vec<Pattern>,
+    handler: Arc<Handler>,
+    timeout: Duration,
+}
+
+impl Target {
+    pub(super) fn new(source: AmqpSource, handler: Arc<Handler>, timeout: Duration) -> Self {
+        let patterns = source
+            .routing_keys
+            .iter()
+            .map(|k| Pattern::amqp(k))
+            .collect();
+        Target {
+            source,
+            patterns,
+            handler,
+            timeout,
+        }
+    }
+
+    fn failed(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> BusError {
+        BusError::Unavailable(Cause::caused_by(
+            format!("consumer {}: {what}", self.handler.name),
+            e,
+        ))
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, lapin::Error>>,
+    ) -> Result<T, BusError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err(self.failed(what, e)),
+            Err(_) => Err(BusError::Unavailable(Cause::new(format!(
+                "consumer {}: {what}: no answer within {:?}",
+                self.handler.name, self.timeout
+            )))),
+        }
+    }
+}
+
+/// An open connection and the consumer reading the shared queue.
+pub(super) struct Link {
+    _connection: Connection,
+    consumer: lapin::Consumer,
+}
+
+impl reconnect::Target for Target {
+    type Connection = Link;
+
+    async fn connect(&mut self) -> Result<Link, BusError> {
+        let mut uri: lapin::uri::AMQPUri = self.source.url.parse().map_err(|e: String| {
+            BusError::Config(Cause::new(format!("consumer {}: {e}", self.handler.name)))
+        })?;
+        uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("tidings consumer {}", self.handler.name).into());
+        let connection = self
+            .timed("cannot connect", Connection::connect_uri(uri, properties))
+            .await?;
+        let channel = self
+            .timed("cannot open a channel", connection.create_channel())
+            .await?;
+        let exchange = self.source.exchange.as_str();
+        // The exchange is the publishers': it must exist, and is not declared here.
+        self.timed(
+            &format!("the exchange {exchange:?} does not exist (the services' exchange: check exchange=)"),
+            channel.exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        // One instance reads at a time (RabbitMQ's single active consumer), the others stand
+        // by and take over when it goes: the queue's order is the updates' order, which
+        // competing consumers would not keep.
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        if let Some(dlx) = &self.source.dead_letter_exchange {
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(dlx.as_str().into()),
+            );
+        }
+        let queue = self.source.queue.as_str();
+        self.timed(
+            &format!("cannot declare the shared queue {queue:?}"),
+            channel.queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            ),
+        )
+        .await?;
+        for key in &self.source.routing_keys {
+            self.timed(
+                &format!("cannot bind {queue:?} to {exchange:?}"),
+                channel.queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
+        self.timed(
+            "cannot set the prefetch",
+            channel.basic_qos(PREFETCH, BasicQosOptions::default()),
+        )
+        .await?;
+        let consumer = self
+            .timed(
+                &format!("cannot consume {queue:?}"),
+                channel.basic_consume(
+                    queue.into(),
+                    ShortString::from(format!("tidings {}", self.handler.name)),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        tracing::info!(consumer = %self.handler.name, exchange, queue, "consumer: reading");
+        Ok(Link {
+            _connection: connection,
+            consumer,
+        })
+    }
+
+    async fn deliver(&mut self, mut link: Link) -> Stop {
+        loop {
+            let delivery = tokio::select! {
+                () = self.handler.stop.cancelled() => std::future::pending().await,
+                delivery = link.consumer.next() => delivery,
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Stop::Lost(Cause::caused_by("the consumer failed", e)),
+                None => return Stop::Lost(Cause::new("RabbitMQ cancelled the consumer")),
+            };
+            let _busy = self.handler.busy.lock().await;
+            if self.handler.stop.is_cancelled() {
+                // Not acknowledged: RabbitMQ gives it to another instance.
+                continue;
+            }
+            let name = delivery.routing_key.as_str();
+            let captures = self
+                .patterns
+                .iter()
+                .find_map(|p| p.captures(name))
+                .unwrap_or_default();
+            let message = Message {
+                body: &delivery.data,
+                name,
+                captures,
+                key: None,
+            };
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned());
+            if delivery.redelivered && message_id.is_none() {
+                self.handler.count("redelivered");
+            }
+            let place = format!("delivery {} on {name:?}", delivery.delivery_tag);
+            let consumer = self.handler.name.clone();
+            let id = move || match message_id {
+                Some(id) => UpdateId::derived(format!("{consumer}:{id}")),
+                None => UpdateId::generate(),
+            };
+            let settled = match self.handler.handle(&message, &place, id).await {
+                Handled::Published => delivery.acker.ack(BasicAckOptions::default()).await,
+                Handled::Skipped if self.source.dead_letter_exchange.is_some() => {
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await
+                }
+                Handled::Skipped => delivery.acker.ack(BasicAckOptions::default()).await,
+                Handled::Stopped => continue,
+            };
+            if let Err(e) = settled {
+                return Stop::Lost(Cause::caused_by("acknowledging a message failed", e));
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Running consumers: each in a task of its own, around the shared reconnect machine; what
+//! every source does with a message it read ([`Handler::handle`]: map, publish through the bus
+//! until it is stored, count, log); and stopping them all when the instance drains, after the
+//! message each is handling.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Mutex};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::mapping::{Mapping, Message, Skip};
+use super::spec::{ConsumeSpec, Source};
+use crate::bus::reconnect::{Backoff, ConnectionState, Reconnect, Timeouts};
+use crate::bus::{Bus, BusError};
+use crate::metrics::Metrics;
+use crate::update::{Limits, UpdateId};
+
+/// What happened to a message.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+pub(super) enum Handled {
+    /// Its update is stored (or was already: a redelivery of a message with an id).
+    Published,
+    /// It cannot become an update: drop it, or dead-letter it.
+    Skipped,
+    /// The instance is stopping before the bus took it: leave it to the source, which gives
+    /// it to another consumer.
+    Stopped,
+}
+
+/// What a consumer's source needs to hand its messages over.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+pub(super) struct Handler {
+    /// The consumer's name.
+    pub(super) name: String,
+    mapping: Mapping,
+    bus: Arc<dyn Bus>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    backoff: Backoff,
+    /// Cancelled when the instance stops consuming.
+    pub(super) stop: CancellationToken,
+    /// Held while a message is being handled: stopping waits for it.
+    pub(super) busy: Arc<Mutex<()>>,
+    /// When a skipped message was last logged, and how many were not since.
+    quiet: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+/// A skipped message is logged at most this often per consumer (the rest are counted).
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+impl Handler {
+    /// Maps `message` (read at `place`, for the log) and publishes its update until the bus
+    /// stores it; `id` names it when the mapping does not.
+    pub(super) async fn handle(
+        &self,
+        message: &Message<'_>,
+        place: &str,
+        id: impl FnOnce() -> UpdateId,
+    ) -> Handled {
+        let update = match self.mapping.apply(message, &self.limits, id) {
+            Ok(update) => update,
+            Err(skip) => {
+                self.metrics.consumer_message(&self.name, skip.reason);
+                self.log_skip(&skip, place);
+                return Handled::Skipped;
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            // A publish is idempotent by id: after an unknown outcome the same update is
+            // sent again, and stored once.
+            match self.bus.publish(update.clone()).await {
+                Ok(_) => {
+                    self.metrics.consumer_message(&self.name, "published");
+                    return Handled::Published;
+                }
+                Err(e) => {
+                    if attempt == 0 {
+                        tracing::warn!(consumer = %self.name, %place, error = %e, "consumer: the bus did not take the update; retrying");
+                    }
+                    if let BusError::Config(_) = e {
+                        // Retrying will not cure it, but dropping it would lose it: the
+                        // instance is misconfigured, and says so until it is fixed.
+                        tracing::error!(consumer = %self.name, error = %e, "consumer: the bus refuses updates");
+                    }
+                }
+            }
+            let wait = self.backoff.delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                () = self.stop.cancelled() => return Handled::Stopped,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Counts a message with `outcome` (besides what [`Handler::handle`] counts).
+    pub(super) fn count(&self, outcome: &'static str) {
+        self.metrics.consumer_message(&self.name, outcome);
+    }
+
+    fn log_skip(&self, skip: &Skip, place: &str) {
+        let mut quiet = crate::locks::lock(&self.quiet);
+        let now = Instant::now();
+        if quiet
+            .0
+            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
+        {
+            quiet.1 += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut quiet.1);
+        quiet.0 = Some(now);
+        tracing::warn!(
+            consumer = %self.name,
+            %place,
+            reason = skip.reason,
+            unlogged,
+            "consumer: skipped a message: {} (tidings_consumer_messages_total counts them all)",
+            skip.detail
+        );
+    }
+}
+
+/// The consumers of an instance.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    running: Vec<Running>,
+    tasks: TaskTracker,
+}
+
+#[derive(Debug)]
+struct Running {
+    name: String,
+    state: watch::Receiver<ConnectionState>,
+    stop: CancellationToken,
+}
+
+impl Consumers {
+    /// Starts a task for each of `specs`, publishing through `bus`.
+    pub fn start(
+        specs: &[ConsumeSpec],
+        bus: &Arc<dyn Bus>,
+        limits: &Limits,
+        backoff: Backoff,
+        timeouts: Timeouts,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let tasks = TaskTracker::new();
+        let running = specs
+            .iter()
+            .map(|spec| {
+                let handler = Arc::new(Handler {
+                    name: spec.name.clone(),
+                    mapping: spec.mapping.clone(),
+                    bus: bus.clone(),
+                    limits: limits.clone(),
+                    metrics: metrics.clone(),
+                    backoff,
+                    stop: CancellationToken::new(),
+                    busy: Arc::new(Mutex::new(())),
+                    quiet: std::sync::Mutex::new((None, 0)),
+                });
+                let machine = Reconnect::new(
+                    format!("consumer {}", spec.name),
+                    backoff,
+                    metrics.consumer_reconnects(&spec.name),
+                );
+                let running = Running {
+                    name: spec.name.clone(),
+                    state: machine.state(),
+                    stop: handler.stop.clone(),
+                };
+                tracing::info!(consumer = %spec.name, source = %spec.source.redacted_url(), "consumer: starting");
+                spawn(&spec.source, handler, machine, timeouts, &tasks);
+                running
+            })
+            .collect();
+        tasks.close();
+        Consumers { running, tasks }
+    }
+
+    /// Each consumer's name and the state of its connection, for `/readyz`.
+    pub fn states(&self) -> Vec<(&str, ConnectionState)> {
+        self.running
+            .iter()
+            .map(|r| (r.name.as_str(), *r.state.borrow()))
+            .collect()
+    }
+
+    /// Stops reading: each consumer finishes the message it is handling (or, when the bus
+    /// does not take it, leaves it to its source) and ends ([`Consumers::stopped`] waits).
+    pub fn cancel(&self) {
+        for running in &self.running {
+            running.stop.cancel();
+        }
+    }
+
+    /// Waits, at most `grace`, for every consumer to end after [`Consumers::cancel`].
+    pub async fn stopped(&self, grace: Duration) {
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "consumers: still handling a message after {grace:?}; leaving it to the source"
+            );
+        }
+    }
+}
+
+/// Starts the task that reads `source` for `handler`, driven by `machine`.
+#[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+fn spawn(
+    source: &Source,
+    handler: Arc<Handler>,
+    machine: Reconnect,
+    timeouts: Timeouts,
+    tasks: &TaskTracker,
+) {
+    let (stop, busy) = (handler.stop.clone(), handler.busy.clone());
+    match *source {
+        #[cfg(feature = "amqp")]
+        Source::Amqp(ref source) => {
+            let timeout = timeouts.operation(crate::bus::Kind::Amqp);
+            let target = super::amqp::Target::new(source.clone(), handler, timeout);
+            tasks.spawn(run_until_stopped(machine, target, stop, busy));
+        }
+    }
+}
+
+/// Drives `target` until `stop`, then waits for the message being handled (`busy`).
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+async fn run_until_stopped<T: crate::bus::reconnect::Target>(
+    machine: Reconnect,
+    target: T,
+    stop: CancellationToken,
+    busy: Arc<Mutex<()>>,
+) {
+    tokio::select! {
+        () = machine.run(target, None) => {}
+        _guard = async {
+            stop.cancelled().await;
+            busy.lock_owned().await
+        } => {}
+    }
+}
