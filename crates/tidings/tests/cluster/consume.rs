@@ -61,7 +61,8 @@ impl Drop for AppObjects {
     }
 }
 
-async fn published(hubs: &[Hub], consumer: &str, outcome: &str) -> f64 {
+/// What a consumer `consumer` of `hubs` counted with `outcome`, summed.
+async fn counted(hubs: &[Hub], consumer: &str, outcome: &str) -> f64 {
     let name =
         format!("tidings_consumer_messages_total{{source=\"{consumer}\",outcome=\"{outcome}\"}}");
     let mut sum = 0.0;
@@ -73,66 +74,82 @@ async fn published(hubs: &[Hub], consumer: &str, outcome: &str) -> f64 {
     sum
 }
 
-#[tokio::test]
-async fn spring_sse_events_on_a_fanout_exchange_reach_the_session_on_either_instance_once() {
-    let Some(url) = crate::common::amqp_url() else {
-        return;
-    };
-    let prefix = crate::common::unique_prefix("consume-spring");
-    let bus = AmqpObjects {
-        url: url.clone(),
-        prefix: prefix.clone(),
-    };
-    let app = AppObjects {
-        url: url.clone(),
-        exchange: format!("{prefix}.sse-events"),
-        queue: format!("tidings.{prefix}"),
-    };
-    // The application's exchange, as the Spring starter declares it.
-    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .exchange_declare(
-            app.exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let consume = format!(
-        "{url}?exchange={}&preset=spring-sse-starter&name={prefix}",
-        app.exchange
-    );
-    let hubs = crate::common::cluster_on(&bus.url, &bus.prefix, 2, &["--consume", &consume]);
-    for hub in &hubs {
-        wait_for("the consumer to connect", async || {
-            let ready = crate::common::get_json(&hub.url("/readyz")).await;
-            ready["consumers"][0]["connection"] == "connected"
-                && ready["consumers"][0]["name"] == prefix.as_str()
-        })
-        .await;
-    }
-    // alice holds a stream on each instance; bob one on the second.
-    let mut alice: Vec<Stream> = Vec::new();
-    for hub in &hubs {
-        alice.push(Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await);
-    }
-    let mut bob = Stream::open(
-        &hubs[1].url("/sse/event-stream?sessionId=bob&eventName=order-update"),
-        &[],
-    )
-    .await;
+/// A Spring application's fanout exchange on the machine's RabbitMQ, and `n` instances on the
+/// RabbitMQ bus consuming it with the `spring-sse-starter` preset (the consumer named after
+/// the test's prefix), all connected.
+struct SpringApp {
+    prefix: String,
+    hubs: Vec<Hub>,
+    channel: lapin::Channel,
+    connection: lapin::Connection,
+    app: AppObjects,
+    _bus: AmqpObjects,
+}
 
-    let publish = async |body: &[u8], properties: BasicProperties| {
+impl SpringApp {
+    async fn start(name: &str, n: usize) -> Option<SpringApp> {
+        Self::start_with(name, n, "").await
+    }
+
+    /// As [`SpringApp::start`], with `keys` added to the consumer's query (`&key=value…`).
+    async fn start_with(name: &str, n: usize, keys: &str) -> Option<SpringApp> {
+        let url = crate::common::amqp_url()?;
+        let prefix = crate::common::unique_prefix(name);
+        let bus = AmqpObjects {
+            url: url.clone(),
+            prefix: prefix.clone(),
+        };
+        let app = AppObjects {
+            url: url.clone(),
+            exchange: format!("{prefix}.sse-events"),
+            queue: format!("tidings.{prefix}"),
+        };
+        // The application's exchange, as the Spring starter declares it.
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
         channel
-            .basic_publish(
+            .exchange_declare(
                 app.exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consume = format!(
+            "{url}?exchange={}&preset=spring-sse-starter&name={prefix}{keys}",
+            app.exchange
+        );
+        let hubs = crate::common::cluster_on(&bus.url, &bus.prefix, n, &["--consume", &consume]);
+        for hub in &hubs {
+            wait_for("the consumer to connect", async || {
+                let ready = crate::common::get_json(&hub.url("/readyz")).await;
+                ready["consumers"][0]["connection"] == "connected"
+                    && ready["consumers"][0]["name"] == prefix.as_str()
+            })
+            .await;
+        }
+        Some(SpringApp {
+            prefix,
+            hubs,
+            channel,
+            connection,
+            app,
+            _bus: bus,
+        })
+    }
+
+    /// Publishes onto the application's exchange and waits for RabbitMQ's confirmation of
+    /// the routing (no publisher confirms: as Spring's default template).
+    async fn publish(&self, body: &[u8], properties: BasicProperties) {
+        self.channel
+            .basic_publish(
+                self.app.exchange.as_str().into(),
                 "".into(),
                 BasicPublishOptions::default(),
                 body,
@@ -142,38 +159,70 @@ async fn spring_sse_events_on_a_fanout_exchange_reach_the_session_on_either_inst
             .unwrap()
             .await
             .unwrap();
+    }
+
+    /// The id a message with `message_id` gets.
+    fn id(&self, message_id: &str) -> String {
+        format!("urn:tidings:{}:{message_id}", self.prefix)
+    }
+
+    async fn counted(&self, outcome: &str) -> f64 {
+        counted(&self.hubs, &self.prefix, outcome).await
+    }
+}
+
+/// The next event of `stream` that carries data (the opening `id:` line carries none).
+async fn next_update(stream: &mut Stream, within: Duration) -> Option<eventsource_stream::Event> {
+    loop {
+        let event = stream.next_within(within).await?;
+        if !event.data.is_empty() {
+            return Some(event);
+        }
+    }
+}
+
+#[tokio::test]
+async fn spring_sse_events_on_a_fanout_exchange_reach_the_session_on_either_instance_once() {
+    let Some(app) = SpringApp::start("consume-spring", 2).await else {
+        return;
     };
+    // alice holds a stream on each instance; bob one on the second.
+    let mut alice: Vec<Stream> = Vec::new();
+    for hub in &app.hubs {
+        alice.push(Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await);
+    }
+    let mut bob = Stream::open(
+        &app.hubs[1].url("/sse/event-stream?sessionId=bob&eventName=order-update"),
+        &[],
+    )
+    .await;
     let mut ids = Vec::new();
     for n in 0..20 {
         let message_id = uuid::Uuid::new_v4().to_string();
         let (body, properties) = spring_message("alice", n, &message_id);
-        publish(&body, properties.clone()).await;
+        app.publish(&body, properties.clone()).await;
         if n == 5 {
             // A redelivery (the same message id again): stored and delivered once.
-            publish(&body, properties).await;
+            app.publish(&body, properties).await;
             // And messages that cannot be mapped, which stop nothing.
-            publish(b"not json", BasicProperties::default()).await;
-            publish(
+            app.publish(b"not json", BasicProperties::default()).await;
+            app.publish(
                 br#"{"eventName":"order-update","payload":{}}"#,
                 BasicProperties::default(),
             )
             .await;
         }
-        ids.push(format!("urn:tidings:{prefix}:{message_id}"));
+        ids.push(app.id(&message_id));
     }
     let (body, properties) = spring_message("bob", 99, "bob-1");
-    publish(&body, properties).await;
+    app.publish(&body, properties).await;
 
     for stream in &mut alice {
         let mut got = Vec::new();
         while got.len() < ids.len() {
-            let event = stream
-                .next_within(Duration::from_secs(15))
+            let event = next_update(stream, Duration::from_secs(15))
                 .await
                 .unwrap_or_else(|| panic!("got {} of {}", got.len(), ids.len()));
-            if event.data.is_empty() {
-                continue; // the stream's opening id
-            }
             assert_eq!(event.event, "order-update");
             assert_eq!(
                 event.data,
@@ -183,28 +232,148 @@ async fn spring_sse_events_on_a_fanout_exchange_reach_the_session_on_either_inst
         }
         assert_eq!(got, ids, "every message once, in order, on both instances");
     }
-    let event = loop {
-        let event = bob
-            .next_within(Duration::from_secs(15))
-            .await
-            .expect("bob's event");
-        if !event.data.is_empty() {
-            break event;
-        }
-    };
-    assert_eq!(event.id, format!("urn:tidings:{prefix}:bob-1"));
+    let event = next_update(&mut bob, Duration::from_secs(15))
+        .await
+        .expect("bob's event");
+    assert_eq!(event.id, app.id("bob-1"));
     assert!(
-        alice[0]
-            .next_within(Duration::from_millis(300))
+        next_update(&mut alice[0], Duration::from_millis(300))
             .await
             .is_none(),
         "nothing else for alice: no repeat, not bob's"
     );
     wait_for("the counts", async || {
-        published(&hubs, &prefix, "published").await == 22.0
+        app.counted("published").await == 22.0
     })
     .await;
-    assert_eq!(published(&hubs, &prefix, "not_json").await, 1.0);
-    assert_eq!(published(&hubs, &prefix, "missing_field").await, 1.0);
-    let _ = connection.close(200, "done".into()).await;
+    assert_eq!(app.counted("not_json").await, 1.0);
+    assert_eq!(app.counted("missing_field").await, 1.0);
+    let _ = app.connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn the_instance_reading_the_queue_killed_mid_stream_loses_and_repeats_nothing() {
+    let Some(mut app) = SpringApp::start("consume-kill", 2).await else {
+        return;
+    };
+    // alice's stream is on both instances; the one on the survivor is read at the end.
+    let mut streams: Vec<Stream> = Vec::new();
+    for hub in &app.hubs {
+        streams.push(Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await);
+    }
+    const MESSAGES: usize = 1500;
+    let message_ids: Vec<String> = (0..MESSAGES).map(|n| format!("m-{n}")).collect();
+    // About 500 messages a second; the instance reading the queue is killed after 500.
+    let mut killed = None;
+    for (n, message_id) in message_ids.iter().enumerate() {
+        let (body, properties) = spring_message("alice", n, message_id);
+        app.publish(&body, properties).await;
+        if n == 500 {
+            let mut active = None;
+            for (i, hub) in app.hubs.iter().enumerate() {
+                let name = format!(
+                    "tidings_consumer_messages_total{{source=\"{}\",outcome=\"published\"}}",
+                    app.prefix
+                );
+                if hub.try_metric(&name).await.unwrap_or(0.0) > 0.0 {
+                    active = Some(i);
+                }
+            }
+            let active = active.expect("one instance reads the queue");
+            app.hubs[active].kill();
+            killed = Some(active);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let survivor = 1 - killed.unwrap();
+    let stream = &mut streams[survivor];
+    let mut got = Vec::new();
+    while got.len() < MESSAGES {
+        let event = next_update(stream, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("got {} of {MESSAGES}", got.len()));
+        got.push(event.id);
+    }
+    let expected: Vec<String> = message_ids.iter().map(|m| app.id(m)).collect();
+    assert_eq!(
+        got, expected,
+        "every message once, in order, across the takeover"
+    );
+    assert!(
+        next_update(stream, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no repeat"
+    );
+    let _ = app.connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_message_that_cannot_be_mapped_goes_to_the_dead_letter_exchange() {
+    let Some(url) = crate::common::amqp_url() else {
+        return;
+    };
+    let dlx = crate::common::unique_prefix("consume-dlx");
+    let Some(app) =
+        SpringApp::start_with("consume-dl", 1, &format!("&dead-letter-exchange={dlx}")).await
+    else {
+        return;
+    };
+    // Where dead letters go: the application's own exchange and queue.
+    let _dead = AppObjects {
+        url,
+        exchange: dlx.clone(),
+        queue: dlx.clone(),
+    };
+    app.channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    app.channel
+        .queue_declare(
+            dlx.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    app.channel
+        .queue_bind(
+            dlx.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut stream = Stream::open(&app.hubs[0].url("/sse/event-stream?sessionId=alice"), &[]).await;
+    app.publish(
+        br#"{"eventName":"e","sessionId":""}"#,
+        BasicProperties::default(),
+    )
+    .await;
+    let (body, properties) = spring_message("alice", 1, "after");
+    app.publish(&body, properties).await;
+    let event = next_update(&mut stream, Duration::from_secs(15))
+        .await
+        .expect("the good one");
+    assert_eq!(event.id, app.id("after"), "the bad message stopped nothing");
+    let dead = app
+        .channel
+        .basic_get(
+            dlx.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the bad message in the dead-letter queue");
+    assert_eq!(dead.delivery.data, br#"{"eventName":"e","sessionId":""}"#);
+    assert_eq!(app.counted("missing_field").await, 1.0);
+    let _ = app.connection.close(200, "done".into()).await;
 }
