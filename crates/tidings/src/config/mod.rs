@@ -215,8 +215,9 @@ pub struct Options {
     )]
     #[serde(default)]
     pub publish_origin: Vec<String>,
-    /// Consume what the application's services already publish (repeatable): the source's
-    /// URL with the consumer's keys as its query, such as
+    /// Consume what the application's services already publish (repeatable): a RabbitMQ
+    /// exchange (amqp://, amqps://) or a Redis stream (redis://, rediss://), the source's URL
+    /// with the consumer's keys as its query, such as
     /// 'amqp://guest:guest@127.0.0.1:5672/%2f?exchange=sse-events&preset=spring-sse-starter'
     /// (docs/consumers.md); in tidings.toml, [[consume]] tables. In the environment, separated
     /// by spaces.

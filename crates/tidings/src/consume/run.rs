@@ -19,7 +19,7 @@ use crate::update::{Limits, UpdateId};
 
 /// What happened to a message.
 #[derive(Debug)]
-#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
 pub(super) enum Handled {
     /// Its update is stored (or was already: a redelivery of a message with an id).
     Published,
@@ -32,7 +32,7 @@ pub(super) enum Handled {
 
 /// What a consumer's source needs to hand its messages over.
 #[derive(Debug)]
-#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
 pub(super) struct Handler {
     /// The consumer's name.
     pub(super) name: String,
@@ -52,7 +52,7 @@ pub(super) struct Handler {
 /// A skipped message is logged at most this often per consumer (the rest are counted).
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
-#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
 impl Handler {
     /// Maps `message` (read at `place`, for the log) and publishes its update until the bus
     /// stores it; `id` names it when the mapping does not.
@@ -100,6 +100,7 @@ impl Handler {
     }
 
     /// Counts a message with `outcome` (besides what [`Handler::handle`] counts).
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub(super) fn count(&self, outcome: &'static str) {
         self.metrics.consumer_message(&self.name, outcome);
     }
@@ -149,6 +150,7 @@ impl Consumers {
         limits: &Limits,
         backoff: Backoff,
         timeouts: Timeouts,
+        instance_id: &str,
         metrics: &Arc<Metrics>,
     ) -> Self {
         let tasks = TaskTracker::new();
@@ -177,7 +179,7 @@ impl Consumers {
                     stop: handler.stop.clone(),
                 };
                 tracing::info!(consumer = %spec.name, source = %spec.source.redacted_url(), "consumer: starting");
-                spawn(&spec.source, handler, machine, timeouts, &tasks);
+                spawn(&spec.source, handler, machine, timeouts, instance_id, &tasks);
                 running
             })
             .collect();
@@ -215,12 +217,13 @@ impl Consumers {
 }
 
 /// Starts the task that reads `source` for `handler`, driven by `machine`.
-#[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
 fn spawn(
     source: &Source,
     handler: Arc<Handler>,
     machine: Reconnect,
     timeouts: Timeouts,
+    instance_id: &str,
     tasks: &TaskTracker,
 ) {
     let (stop, busy) = (handler.stop.clone(), handler.busy.clone());
@@ -231,11 +234,22 @@ fn spawn(
             let target = super::amqp::Target::new(source.clone(), handler, timeout);
             tasks.spawn(run_until_stopped(machine, target, stop, busy));
         }
+        #[cfg(feature = "redis")]
+        Source::RedisStream(ref source) => {
+            let timeout = timeouts.operation(crate::bus::Kind::Redis);
+            let target = super::redis_stream::Target::new(
+                source.clone(),
+                handler,
+                instance_id.to_owned(),
+                timeout,
+            );
+            tasks.spawn(run_until_stopped(machine, target, stop, busy));
+        }
     }
 }
 
 /// Drives `target` until `stop`, then waits for the message being handled (`busy`).
-#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
 async fn run_until_stopped<T: crate::bus::reconnect::Target>(
     machine: Reconnect,
     target: T,

@@ -30,6 +30,23 @@ pub enum Source {
     /// A RabbitMQ exchange, through a queue the instances share.
     #[cfg(feature = "amqp")]
     Amqp(AmqpSource),
+    /// A Redis stream, through a consumer group of the instances.
+    #[cfg(feature = "redis")]
+    RedisStream(RedisStreamSource),
+}
+
+/// A Redis stream the application's services `XADD` to.
+#[derive(Debug, Clone)]
+pub struct RedisStreamSource {
+    /// The Redis URL (`redis://` or `rediss://`), credentials included.
+    pub url: String,
+    /// The stream's key.
+    pub stream: String,
+    /// The instances' consumer group (default `tidings.<consumer name>`).
+    pub group: String,
+    /// The entry's field that holds the body; without it, the body is the entry's fields as
+    /// one JSON object.
+    pub field: Option<String>,
 }
 
 /// A RabbitMQ exchange the application's services publish to.
@@ -61,9 +78,13 @@ impl Source {
                 &["exchange", "routing-key", "queue", "dead-letter-exchange"],
                 cfg!(feature = "amqp").then_some(()).ok_or("amqp"),
             ),
+            "redis" | "rediss" => (
+                &["stream", "group", "field"],
+                cfg!(feature = "redis").then_some(()).ok_or("redis"),
+            ),
             _ => {
                 return Err(format!(
-                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (RabbitMQ)"
+                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream)"
                 ))
             }
         };
@@ -73,13 +94,19 @@ impl Source {
     }
 
     /// Fills in what defaults to the consumer's `name`.
-    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+    #[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(unused_variables))]
     fn named(&mut self, name: &str) {
         match *self {
             #[cfg(feature = "amqp")]
             Source::Amqp(ref mut amqp) => {
                 if amqp.queue.is_empty() {
                     amqp.queue = format!("tidings.{name}");
+                }
+            }
+            #[cfg(feature = "redis")]
+            Source::RedisStream(ref mut redis) => {
+                if redis.group.is_empty() {
+                    redis.group = format!("tidings.{name}");
                 }
             }
         }
@@ -90,6 +117,8 @@ impl Source {
         match *self {
             #[cfg(feature = "amqp")]
             Source::Amqp(ref s) => redact(&s.url),
+            #[cfg(feature = "redis")]
+            Source::RedisStream(ref s) => redact(&s.url),
         }
     }
 }
@@ -151,7 +180,13 @@ impl ConsumeSpec {
         }
         let name = keys.one("name")?;
         let (mut source, what, wildcards) = Self::source(url, scheme, &mut keys)?;
-        let name = name.unwrap_or_else(|| format!("{}:{what}", scheme.trim_end_matches('s')));
+        // (The TLS scheme names the same kind of source.)
+        let kind = match scheme {
+            "amqps" => "amqp",
+            "rediss" => "redis",
+            other => other,
+        };
+        let name = name.unwrap_or_else(|| format!("{kind}:{what}"));
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(keys.error(format_args!("name {name:?} must be a word without spaces")));
         }
@@ -176,10 +211,31 @@ impl ConsumeSpec {
         match scheme {
             #[cfg(feature = "amqp")]
             "amqp" | "amqps" => Self::amqp(url, keys),
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" => Self::redis_stream(url, keys),
             _ => Err(keys.error(format_args!(
                 "cannot consume from {scheme}:// URLs ({url:?})"
             ))),
         }
+    }
+
+    /// A Redis stream.
+    #[cfg(feature = "redis")]
+    fn redis_stream(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
+        redis::Client::open(url).map_err(|e| keys.error(format_args!("not a Redis URL: {e}")))?;
+        let stream = keys
+            .one("stream")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                keys.error("name the stream to read (stream=…): the key the services XADD to")
+            })?;
+        let source = Source::RedisStream(RedisStreamSource {
+            url: url.to_owned(),
+            stream: stream.clone(),
+            group: keys.one("group")?.unwrap_or_default(),
+            field: keys.one("field")?,
+        });
+        Ok((source, stream, 0))
     }
 
     /// A RabbitMQ source.
@@ -405,7 +461,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.name, "amqp:sse-events");
-        let Source::Amqp(amqp) = &spec.source;
+        let Source::Amqp(amqp) = &spec.source else {
+            panic!("{spec:?}")
+        };
         assert_eq!(amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(
             (amqp.exchange.as_str(), amqp.queue.as_str()),
@@ -427,7 +485,9 @@ mod tests {
         let table = ConsumeSpec::from_given(&given).unwrap();
         let flag = parse("amqp://127.0.0.1/%2f?exchange=orders&routing-key=orders.*.created&topic=https://example.com/orders/%7B1%7D&type=created&name=orders").unwrap();
         for spec in [table, flag] {
-            let Source::Amqp(amqp) = &spec.source;
+            let Source::Amqp(amqp) = &spec.source else {
+                panic!("{spec:?}")
+            };
             assert_eq!(
                 (spec.name.as_str(), amqp.queue.as_str()),
                 ("orders", "tidings.orders")
@@ -442,6 +502,27 @@ mod tests {
                 "created"
             );
         }
+    }
+
+    #[test]
+    fn a_redis_stream_is_read_by_a_group_named_after_the_consumer() {
+        let spec = parse(
+            "redis://127.0.0.1:6379/0?stream=orders&topic=https://example.com/%7B/id%7D&field=body",
+        )
+        .unwrap();
+        assert_eq!(spec.name, "redis:orders");
+        let Source::RedisStream(redis) = &spec.source else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(
+            (redis.stream.as_str(), redis.group.as_str()),
+            ("orders", "tidings.redis:orders")
+        );
+        assert_eq!(redis.field.as_deref(), Some("body"));
+        let err = parse("redis://127.0.0.1:6379/0?topic=t").unwrap_err();
+        assert!(err.contains("stream=…"), "{err}");
+        let err = parse("redis://127.0.0.1:6379/0?stream=s&topic=%7B1%7D").unwrap_err();
+        assert!(err.contains("0 wildcard"), "{err}");
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Instance {
             &config.limits,
             config.bus.backoff,
             config.bus.timeouts,
+            &config.instance_id,
             &metrics,
         );
         let state = AppState::new(config, hub, started.bus, auth, selectors, consumers);

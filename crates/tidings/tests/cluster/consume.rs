@@ -251,42 +251,39 @@ async fn spring_sse_events_on_a_fanout_exchange_reach_the_session_on_either_inst
     let _ = app.connection.close(200, "done".into()).await;
 }
 
-#[tokio::test]
-async fn the_instance_reading_the_queue_killed_mid_stream_loses_and_repeats_nothing() {
-    let Some(mut app) = SpringApp::start("consume-kill", 2).await else {
-        return;
-    };
-    // alice's stream is on both instances; the one on the survivor is read at the end.
+/// Publishes 1,500 messages for alice's session with `publish` (which returns each one's
+/// update id), about 500 a second, and kills the instance of `hubs` that reads the source
+/// (consumer `consumer`) after 500: the other's stream gets every update once, in order.
+async fn survives_the_death_of_its_reader(
+    hubs: &mut [Hub],
+    consumer: &str,
+    mut publish: impl AsyncFnMut(usize) -> String,
+) {
     let mut streams: Vec<Stream> = Vec::new();
-    for hub in &app.hubs {
+    for hub in hubs.iter() {
         streams.push(Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await);
     }
     const MESSAGES: usize = 1500;
-    let message_ids: Vec<String> = (0..MESSAGES).map(|n| format!("m-{n}")).collect();
-    // About 500 messages a second; the instance reading the queue is killed after 500.
+    let published =
+        format!("tidings_consumer_messages_total{{source=\"{consumer}\",outcome=\"published\"}}");
+    let mut expected = Vec::new();
     let mut killed = None;
-    for (n, message_id) in message_ids.iter().enumerate() {
-        let (body, properties) = spring_message("alice", n, message_id);
-        app.publish(&body, properties).await;
+    for n in 0..MESSAGES {
+        expected.push(publish(n).await);
         if n == 500 {
             let mut active = None;
-            for (i, hub) in app.hubs.iter().enumerate() {
-                let name = format!(
-                    "tidings_consumer_messages_total{{source=\"{}\",outcome=\"published\"}}",
-                    app.prefix
-                );
-                if hub.try_metric(&name).await.unwrap_or(0.0) > 0.0 {
+            for (i, hub) in hubs.iter().enumerate() {
+                if hub.try_metric(&published).await.unwrap_or(0.0) > 0.0 {
                     active = Some(i);
                 }
             }
-            let active = active.expect("one instance reads the queue");
-            app.hubs[active].kill();
+            let active = active.expect("one instance reads the source");
+            hubs[active].kill();
             killed = Some(active);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let survivor = 1 - killed.unwrap();
-    let stream = &mut streams[survivor];
+    let stream = &mut streams[1 - killed.unwrap()];
     let mut got = Vec::new();
     while got.len() < MESSAGES {
         let event = next_update(stream, Duration::from_secs(20))
@@ -294,7 +291,6 @@ async fn the_instance_reading_the_queue_killed_mid_stream_loses_and_repeats_noth
             .unwrap_or_else(|| panic!("got {} of {MESSAGES}", got.len()));
         got.push(event.id);
     }
-    let expected: Vec<String> = message_ids.iter().map(|m| app.id(m)).collect();
     assert_eq!(
         got, expected,
         "every message once, in order, across the takeover"
@@ -305,7 +301,62 @@ async fn the_instance_reading_the_queue_killed_mid_stream_loses_and_repeats_noth
             .is_none(),
         "no repeat"
     );
+}
+
+#[tokio::test]
+async fn the_instance_reading_the_queue_killed_mid_stream_loses_and_repeats_nothing() {
+    let Some(mut app) = SpringApp::start("consume-kill", 2).await else {
+        return;
+    };
+    let mut hubs = std::mem::take(&mut app.hubs);
+    survives_the_death_of_its_reader(&mut hubs, &app.prefix.clone(), async |n| {
+        let message_id = format!("m-{n}");
+        let (body, properties) = spring_message("alice", n, &message_id);
+        app.publish(&body, properties).await;
+        app.id(&message_id)
+    })
+    .await;
     let _ = app.connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_redis_stream_is_read_once_in_order_across_the_death_of_its_reader() {
+    let Some(keys) = crate::common::redis_keys("consume-stream") else {
+        return;
+    };
+    let stream_key = format!("{}:orders", keys.prefix);
+    let consume = format!(
+        "{}?stream={stream_key}&session=%7B/sessionId%7D&event=%7B/eventName%7D&data=/payload&name={}",
+        keys.url, keys.prefix
+    );
+    let mut hubs = crate::common::cluster_on(&keys.url, &keys.prefix, 2, &["--consume", &consume]);
+    for hub in &hubs {
+        wait_for("the consumer to connect", async || {
+            let ready = crate::common::get_json(&hub.url("/readyz")).await;
+            ready["consumers"][0]["connection"] == "connected"
+        })
+        .await;
+    }
+    let client = redis::Client::open(keys.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = keys.prefix.clone();
+    survives_the_death_of_its_reader(&mut hubs, &keys.prefix, async |n| {
+        // As a service writes it: XADD with the fields of its event.
+        let entry: String = redis::cmd("XADD")
+            .arg(&stream_key)
+            .arg("*")
+            .arg("sessionId")
+            .arg("alice")
+            .arg("eventName")
+            .arg("order-update")
+            .arg("payload")
+            .arg(format!(r#"{{"order":{n}}}"#))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        format!("urn:tidings:{prefix}:{entry}")
+    })
+    .await;
 }
 
 #[tokio::test]
