@@ -1,0 +1,85 @@
+// Headless Chromium and two instances on Redis that consume a Spring application's RabbitMQ
+// exchange: a SendSseEvent published with pika as Spring AMQP writes it
+// (examples/python/spring_sse_event.py) reaches a browser's EventSource on the session API,
+// on the instance that did not consume it as on the one that did, once.
+//
+// Run by .ci/run after `cargo test` (which builds target/debug/tidings):
+//   cd tests/browser && npm ci && node --test consume.test.mjs
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { startHub, launchBrowser, metric, root } from './harness.mjs';
+
+const REDIS = process.env.TIDINGS_TEST_REDIS || 'redis://127.0.0.1:6379/0';
+const AMQP = process.env.TIDINGS_TEST_AMQP || 'amqp://guest:guest@127.0.0.1:5672/%2f';
+const PREFIX = `tidings-consume-${randomBytes(4).toString('hex')}`;
+const EXCHANGE = `${PREFIX}.sse-events`;
+const PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}",outcome="published"}`;
+
+let hubs = [];
+let browser;
+
+/** Runs the Spring example against the test's exchange; returns what it prints. */
+function spring(...args) {
+  const script = path.join(root, 'examples', 'python', 'spring_sse_event.py');
+  return execFileSync('python3', [script, '--amqp', AMQP, '--exchange', EXCHANGE, ...args]).toString().trim();
+}
+
+async function consumerConnected(base) {
+  for (let i = 0; i < 200; i++) {
+    const ready = await (await fetch(`${base}/readyz`)).json();
+    if (ready.consumers?.[0]?.connection === 'connected') return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the consumer of ${base} did not connect`);
+}
+
+before(async () => {
+  spring('--declare'); // the application's exchange, as the starter declares it
+  const consume = `${AMQP}?exchange=${EXCHANGE}&preset=spring-sse-starter&name=${PREFIX}`;
+  for (let i = 0; i < 2; i++) {
+    hubs.push(await startHub(['--auth', 'none', '--bus', REDIS, '--bus-prefix', PREFIX,
+      '--instance-id', `${PREFIX}-${i}`, '--consume', consume]));
+  }
+  for (const hub of hubs) await consumerConnected(hub.base);
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  for (const hub of hubs) hub.child.kill('SIGKILL');
+  // The application's exchange and the consumers' shared queue go with the test.
+  execFileSync('python3', ['-c',
+    'import pika, sys\n'
+    + 'c = pika.BlockingConnection(pika.URLParameters(sys.argv[1])); ch = c.channel()\n'
+    + 'ch.queue_delete(sys.argv[2]); ch.exchange_delete(sys.argv[3]); c.close()',
+    AMQP, `tidings.${PREFIX}`, EXCHANGE]);
+});
+
+test("a Spring service's SendSseEvent reaches the browser's EventSource on either instance", async () => {
+  const pages = [];
+  for (const hub of hubs) {
+    const page = await browser.newPage();
+    await page.goto(`${hub.base}/healthz`);
+    await page.evaluate(() => new Promise((resolve) => {
+      window.got = [];
+      const source = new EventSource('/sse/event-stream?sessionId=alice');
+      source.addEventListener('order-update', (e) => window.got.push({ id: e.lastEventId, data: e.data }));
+      source.onopen = () => resolve();
+    }));
+    pages.push(page);
+  }
+  const messageId = spring('--session', 'alice', '--event', 'order-update', '--payload', '{"order": 42}');
+  const expected = [{ id: `urn:tidings:${PREFIX}:${messageId}`, data: '{"order":42}' }];
+  for (const page of pages) {
+    await page.waitForFunction(() => window.got.length >= 1, null, { timeout: 10000 });
+  }
+  const consumed = await Promise.all(hubs.map((h) => metric(h.base, PUBLISHED).catch(() => 0)));
+  assert.deepEqual([...consumed].sort(), [0, 1], `one instance consumed it: ${consumed}`);
+  const other = consumed.indexOf(0);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not consume it');
+  assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
+});
