@@ -46,8 +46,9 @@ pub(super) fn is_certificate_error(error: &(dyn std::error::Error + 'static)) ->
 }
 
 /// Runs one operation on a broker with a time limit: its failure, or no answer in time, is
-/// [`BusError::Unavailable`], named after the broker.
-pub(super) async fn with_limit<T, E: std::error::Error + Send + Sync + 'static>(
+/// [`BusError::Unavailable`], named after the broker. (The consumers of the application's own
+/// sources use it too.)
+pub(crate) async fn with_limit<T, E: std::error::Error + Send + Sync + 'static>(
     broker: Kind,
     limit: std::time::Duration,
     f: impl std::future::Future<Output = Result<T, E>>,

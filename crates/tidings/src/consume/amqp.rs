@@ -26,7 +26,7 @@ use super::pattern::Pattern;
 use super::run::{Handled, Handler};
 use super::spec::AmqpSource;
 use crate::bus::reconnect::{self, Stop};
-use crate::bus::{BusError, Cause};
+use crate::bus::{with_limit, BusError, Cause, Kind};
 use crate::update::UpdateId;
 
 /// Messages RabbitMQ may send this consumer before it acknowledges them.
@@ -57,26 +57,16 @@ impl Target {
         }
     }
 
-    fn failed(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> BusError {
-        BusError::Unavailable(Cause::caused_by(
-            format!("consumer {}: {what}", self.handler.name),
-            e,
-        ))
-    }
-
+    /// One operation on RabbitMQ, with the bus's time limit, its failure saying `what` this
+    /// consumer was doing.
     async fn timed<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, lapin::Error>>,
     ) -> Result<T, BusError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(t)) => Ok(t),
-            Ok(Err(e)) => Err(self.failed(what, e)),
-            Err(_) => Err(BusError::Unavailable(Cause::new(format!(
-                "consumer {}: {what}: no answer within {:?}",
-                self.handler.name, self.timeout
-            )))),
-        }
+        with_limit(Kind::Amqp, self.timeout, f)
+            .await
+            .map_err(|e| e.context(format_args!("consumer {}: {what}", self.handler.name)))
     }
 }
 
@@ -90,9 +80,7 @@ impl reconnect::Target for Target {
     type Connection = Link;
 
     async fn connect(&mut self) -> Result<Link, BusError> {
-        let mut uri: lapin::uri::AMQPUri = self.source.url.parse().map_err(|e: String| {
-            BusError::Config(Cause::new(format!("consumer {}: {e}", self.handler.name)))
-        })?;
+        let mut uri = self.source.uri.clone();
         uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("tidings consumer {}", self.handler.name).into());

@@ -22,7 +22,7 @@ use super::mapping::Message;
 use super::run::{Handled, Handler};
 use super::spec::RedisStreamSource;
 use crate::bus::reconnect::{self, Stop};
-use crate::bus::{BusError, Cause};
+use crate::bus::{with_limit, BusError, Cause, Kind};
 use crate::update::UpdateId;
 
 /// Entries read, or claimed, at once.
@@ -167,24 +167,17 @@ impl reconnect::Target for Target {
     type Connection = MultiplexedConnection;
 
     async fn connect(&mut self) -> Result<MultiplexedConnection, BusError> {
-        let unavailable = |what: &str, e: redis::RedisError| {
-            BusError::Unavailable(Cause::caused_by(
-                format!("consumer {}: {what}", self.handler.name),
-                e,
-            ))
+        let failed = |what: &'static str| {
+            let name = self.handler.name.clone();
+            move |e: BusError| e.context(format_args!("consumer {name}: {what}"))
         };
-        let client = redis::Client::open(self.source.url.as_str())
-            .map_err(|e| unavailable("bad Redis URL", e))?;
-        let mut conn =
-            tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection())
-                .await
-                .map_err(|_| {
-                    BusError::Unavailable(Cause::new(format!(
-                        "consumer {}: no answer from Redis within {:?}",
-                        self.handler.name, self.timeout
-                    )))
-                })?
-                .map_err(|e| unavailable("cannot connect", e))?;
+        let mut conn = with_limit(
+            Kind::Redis,
+            self.timeout,
+            self.source.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(failed("cannot connect"))?;
         // The group starts at the stream's end the first time (what is published from now
         // on), and keeps its place from then on.
         let created: redis::RedisResult<()> = conn
@@ -193,7 +186,11 @@ impl reconnect::Target for Target {
         match created {
             Ok(()) => {}
             Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(unavailable("cannot create the consumer group", e)),
+            Err(e) => {
+                return Err(failed("cannot create the consumer group")(
+                    BusError::Unavailable(Cause::caused_by("redis", e)),
+                ))
+            }
         }
         tracing::info!(consumer = %self.handler.name, stream = %self.source.stream, group = %self.source.group, "consumer: connected");
         Ok(conn)

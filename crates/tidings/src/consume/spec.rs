@@ -36,10 +36,13 @@ pub enum Source {
 }
 
 /// A Redis stream the application's services `XADD` to.
+#[cfg(feature = "redis")]
 #[derive(Debug, Clone)]
 pub struct RedisStreamSource {
     /// The Redis URL (`redis://` or `rediss://`), credentials included.
     pub url: String,
+    /// The client for that URL, read once.
+    pub client: redis::Client,
     /// The stream's key.
     pub stream: String,
     /// The instances' consumer group (default `tidings.<consumer name>`).
@@ -50,10 +53,13 @@ pub struct RedisStreamSource {
 }
 
 /// A RabbitMQ exchange the application's services publish to.
+#[cfg(feature = "amqp")]
 #[derive(Debug, Clone)]
 pub struct AmqpSource {
     /// The broker's URL (`amqp://` or `amqps://`), credentials included.
     pub url: String,
+    /// The same, read once by the client library.
+    pub uri: lapin::uri::AMQPUri,
     /// The exchange (it must exist: the publishers' exchange is theirs to declare).
     pub exchange: String,
     /// The binding keys of the shared queue (fanout exchanges ignore them); default `#`.
@@ -222,7 +228,8 @@ impl ConsumeSpec {
     /// A Redis stream.
     #[cfg(feature = "redis")]
     fn redis_stream(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
-        redis::Client::open(url).map_err(|e| keys.error(format_args!("not a Redis URL: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| keys.error(format_args!("not a Redis URL: {e}")))?;
         let stream = keys
             .one("stream")?
             .filter(|s| !s.is_empty())
@@ -231,6 +238,7 @@ impl ConsumeSpec {
             })?;
         let source = Source::RedisStream(RedisStreamSource {
             url: url.to_owned(),
+            client,
             stream: stream.clone(),
             group: keys.one("group")?.unwrap_or_default(),
             field: keys.one("field")?,
@@ -241,7 +249,8 @@ impl ConsumeSpec {
     /// A RabbitMQ source.
     #[cfg(feature = "amqp")]
     fn amqp(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
-        url.parse::<lapin::uri::AMQPUri>()
+        let uri = url
+            .parse::<lapin::uri::AMQPUri>()
             .map_err(|e| keys.error(format_args!("not a RabbitMQ URL: {e}")))?;
         let exchange = keys
             .one("exchange")?
@@ -264,6 +273,7 @@ impl ConsumeSpec {
             .unwrap_or(0);
         let source = Source::Amqp(AmqpSource {
             url: url.to_owned(),
+            uri,
             queue,
             exchange: exchange.clone(),
             routing_keys,
