@@ -1,7 +1,9 @@
 // Headless Chromium and two instances on Redis that consume a Spring application's RabbitMQ
-// exchange: a SendSseEvent published with pika as Spring AMQP writes it
-// (examples/python/spring_sse_event.py) reaches a browser's EventSource on the session API,
-// on the instance that did not consume it as on the one that did, once.
+// exchange and a Redis channel per job: a SendSseEvent published with pika as Spring AMQP
+// writes it (examples/python/spring_sse_event.py) reaches a browser's EventSource on the
+// session API, and a worker's "job done" published with redis-py
+// (examples/python/redis_channels.py) reaches one on the job's Mercure topic — on the instance
+// that did not consume it as on the one that did, once.
 //
 // Run by .ci/run after `cargo test` (which builds target/debug/tidings):
 //   cd tests/browser && npm ci && node --test consume.test.mjs
@@ -17,6 +19,7 @@ const AMQP = process.env.TIDINGS_TEST_AMQP || 'amqp://guest:guest@127.0.0.1:5672
 const PREFIX = `tidings-consume-${randomBytes(4).toString('hex')}`;
 const EXCHANGE = `${PREFIX}.sse-events`;
 const PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}",outcome="published"}`;
+const JOBS_PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}-jobs",outcome="published"}`;
 
 let hubs = [];
 let browser;
@@ -27,10 +30,17 @@ function spring(...args) {
   return execFileSync('python3', [script, '--amqp', AMQP, '--exchange', EXCHANGE, ...args]).toString().trim();
 }
 
+/** Runs the Redis example's worker "job done" on the test's channels; returns what it prints. */
+function jobDone(job) {
+  const script = path.join(root, 'examples', 'python', 'redis_channels.py');
+  return execFileSync('python3', [script, '--redis', REDIS, '--prefix', `${PREFIX}:`, 'job', '--job', String(job)])
+    .toString().trim();
+}
+
 async function consumerConnected(base) {
   for (let i = 0; i < 200; i++) {
     const ready = await (await fetch(`${base}/readyz`)).json();
-    if (ready.consumers?.[0]?.connection === 'connected') return;
+    if (ready.consumers?.length === 2 && ready.consumers.every((c) => c.connection === 'connected')) return;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`the consumer of ${base} did not connect`);
@@ -39,9 +49,11 @@ async function consumerConnected(base) {
 before(async () => {
   spring('--declare'); // the application's exchange, as the starter declares it
   const consume = `${AMQP}?exchange=${EXCHANGE}&preset=spring-sse-starter&name=${PREFIX}`;
+  const jobs = `${REDIS}?pattern=${PREFIX}:subtitles:job:*&topic=https://example.com/jobs/{1}`
+    + `&type=job-done&name=${PREFIX}-jobs&key=${PREFIX}:jobs`;
   for (let i = 0; i < 2; i++) {
     hubs.push(await startHub(['--auth', 'none', '--bus', REDIS, '--bus-prefix', PREFIX,
-      '--instance-id', `${PREFIX}-${i}`, '--consume', consume]));
+      '--instance-id', `${PREFIX}-${i}`, '--consume', consume, '--consume', jobs]));
   }
   for (const hub of hubs) await consumerConnected(hub.base);
   browser = await launchBrowser();
@@ -81,5 +93,31 @@ test("a Spring service's SendSseEvent reaches the browser's EventSource on eithe
   const other = consumed.indexOf(0);
   await new Promise((r) => setTimeout(r, 300));
   assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not consume it');
+  assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
+});
+
+test("a worker's job-done on the job's Redis channel reaches the browser's EventSource on either instance", async () => {
+  const pages = [];
+  for (const hub of hubs) {
+    const page = await browser.newPage();
+    await page.goto(`${hub.base}/healthz`);
+    await page.evaluate(() => new Promise((resolve) => {
+      window.got = [];
+      const source = new EventSource('/.well-known/mercure?topic=' + encodeURIComponent('https://example.com/jobs/42'));
+      source.addEventListener('job-done', (e) => window.got.push(JSON.parse(e.data)));
+      source.onopen = () => resolve();
+    }));
+    pages.push(page);
+  }
+  assert.equal(jobDone(42), '2', 'both instances subscribe to the channel');
+  for (const page of pages) {
+    await page.waitForFunction(() => window.got.length >= 1, null, { timeout: 10000 });
+  }
+  const consumed = await Promise.all(hubs.map((h) => metric(h.base, JOBS_PUBLISHED).catch(() => 0)));
+  assert.deepEqual([...consumed].sort(), [0, 1], `one instance turned it into an update: ${consumed}`);
+  const other = consumed.indexOf(0);
+  await new Promise((r) => setTimeout(r, 300));
+  const expected = [{ job: 42, status: 'done' }];
+  assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not');
   assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
 });

@@ -13,6 +13,8 @@ mod amqp;
 pub mod mapping;
 pub mod pattern;
 #[cfg(feature = "redis")]
+mod redis_pubsub;
+#[cfg(feature = "redis")]
 mod redis_stream;
 mod run;
 pub mod spec;

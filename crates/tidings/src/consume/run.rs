@@ -245,6 +245,17 @@ fn spawn(
             );
             tasks.spawn(run_until_stopped(machine, target, stop, busy));
         }
+        #[cfg(feature = "redis")]
+        Source::RedisPubSub(ref source) => {
+            let timeout = timeouts.operation(crate::bus::Kind::Redis);
+            let target = super::redis_pubsub::Target::new(
+                source.clone(),
+                handler,
+                instance_id.to_owned(),
+                timeout,
+            );
+            tasks.spawn(run_until_stopped(machine, target, stop, busy));
+        }
     }
 }
 

@@ -33,6 +33,26 @@ pub enum Source {
     /// A Redis stream, through a consumer group of the instances.
     #[cfg(feature = "redis")]
     RedisStream(RedisStreamSource),
+    /// Redis Pub/Sub channels and patterns, turned into updates by one instance at a time.
+    #[cfg(feature = "redis")]
+    RedisPubSub(RedisPubSubSource),
+}
+
+/// Redis Pub/Sub channels and patterns the application's services `PUBLISH` to.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone)]
+pub struct RedisPubSubSource {
+    /// The Redis URL (`redis://` or `rediss://`), credentials included.
+    pub url: String,
+    /// The client for that URL, read once.
+    pub client: redis::Client,
+    /// The channels (`SUBSCRIBE`).
+    pub channels: Vec<String>,
+    /// The patterns (`PSUBSCRIBE`).
+    pub patterns: Vec<String>,
+    /// The prefix of the instances' lease and progress keys (default
+    /// `tidings:consume:<consumer name>`).
+    pub key: String,
 }
 
 /// A Redis stream the application's services `XADD` to.
@@ -85,12 +105,12 @@ impl Source {
                 cfg!(feature = "amqp").then_some(()).ok_or("amqp"),
             ),
             "redis" | "rediss" => (
-                &["stream", "group", "field"],
+                &["stream", "group", "field", "channel", "pattern", "key"],
                 cfg!(feature = "redis").then_some(()).ok_or("redis"),
             ),
             _ => {
                 return Err(format!(
-                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream)"
+                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream, or Pub/Sub channels and patterns)"
                 ))
             }
         };
@@ -115,6 +135,12 @@ impl Source {
                     redis.group = format!("tidings.{name}");
                 }
             }
+            #[cfg(feature = "redis")]
+            Source::RedisPubSub(ref mut redis) => {
+                if redis.key.is_empty() {
+                    redis.key = format!("tidings:consume:{name}");
+                }
+            }
         }
     }
 
@@ -125,6 +151,8 @@ impl Source {
             Source::Amqp(ref s) => redact(&s.url),
             #[cfg(feature = "redis")]
             Source::RedisStream(ref s) => redact(&s.url),
+            #[cfg(feature = "redis")]
+            Source::RedisPubSub(ref s) => redact(&s.url),
         }
     }
 }
@@ -218,32 +246,69 @@ impl ConsumeSpec {
             #[cfg(feature = "amqp")]
             "amqp" | "amqps" => Self::amqp(url, keys),
             #[cfg(feature = "redis")]
-            "redis" | "rediss" => Self::redis_stream(url, keys),
+            "redis" | "rediss" => Self::redis(url, keys),
             _ => Err(keys.error(format_args!(
                 "cannot consume from {scheme}:// URLs ({url:?})"
             ))),
         }
     }
 
-    /// A Redis stream.
+    /// A Redis stream, or Pub/Sub channels and patterns.
     #[cfg(feature = "redis")]
-    fn redis_stream(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
+    fn redis(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
         let client = redis::Client::open(url)
             .map_err(|e| keys.error(format_args!("not a Redis URL: {e}")))?;
-        let stream = keys
-            .one("stream")?
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                keys.error("name the stream to read (stream=…): the key the services XADD to")
-            })?;
-        let source = Source::RedisStream(RedisStreamSource {
-            url: url.to_owned(),
-            client,
-            stream: stream.clone(),
-            group: keys.one("group")?.unwrap_or_default(),
-            field: keys.one("field")?,
-        });
-        Ok((source, stream, 0))
+        let stream = keys.one("stream")?;
+        let channels = keys.all("channel");
+        let patterns = keys.all("pattern");
+        let (group, field, key) = (keys.one("group")?, keys.one("field")?, keys.one("key")?);
+        let empty = |list: &[String]| list.iter().any(String::is_empty);
+        if stream.as_deref() == Some("") || empty(&channels) || empty(&patterns) {
+            return Err(keys.error("stream, channel and pattern need a value"));
+        }
+        match stream {
+            Some(stream) => {
+                if !channels.is_empty() || !patterns.is_empty() {
+                    return Err(keys.error(
+                        "read a stream or Pub/Sub channels and patterns, not both (a consumer each)",
+                    ));
+                }
+                if key.is_some() {
+                    return Err(keys.error("key is for Pub/Sub; a stream's group is group=…"));
+                }
+                let source = Source::RedisStream(RedisStreamSource {
+                    url: url.to_owned(),
+                    client,
+                    stream: stream.clone(),
+                    group: group.unwrap_or_default(),
+                    field,
+                });
+                Ok((source, stream, 0))
+            }
+            None if channels.is_empty() && patterns.is_empty() => Err(keys.error(
+                "name what to read: stream=… (a stream the services XADD to), or channel=… and pattern=… (what they PUBLISH to)",
+            )),
+            None => {
+                if group.is_some() || field.is_some() {
+                    return Err(keys.error("group and field are for streams (stream=…)"));
+                }
+                let mut wildcards = 0;
+                for pattern in &patterns {
+                    let compiled = super::pattern::Pattern::redis(pattern)
+                        .map_err(|e| keys.error(e))?;
+                    wildcards = wildcards.max(compiled.wildcards());
+                }
+                let what = channels.first().or(patterns.first()).cloned();
+                let source = Source::RedisPubSub(RedisPubSubSource {
+                    url: url.to_owned(),
+                    client,
+                    channels,
+                    patterns,
+                    key: key.unwrap_or_default(),
+                });
+                Ok((source, what.unwrap_or_default(), wildcards))
+            }
+        }
     }
 
     /// A RabbitMQ source.
@@ -531,8 +596,31 @@ mod tests {
         assert_eq!(redis.field.as_deref(), Some("body"));
         let err = parse("redis://127.0.0.1:6379/0?topic=t").unwrap_err();
         assert!(err.contains("stream=…"), "{err}");
+        let err = parse("redis://127.0.0.1:6379/0?stream=s&channel=c&topic=t").unwrap_err();
+        assert!(err.contains("not both"), "{err}");
         let err = parse("redis://127.0.0.1:6379/0?stream=s&topic=%7B1%7D").unwrap_err();
         assert!(err.contains("0 wildcard"), "{err}");
+    }
+
+    #[test]
+    fn redis_channels_and_patterns_are_one_line_each() {
+        let spec = parse(
+            "redis://127.0.0.1:6379?channel=subtitles:job:42&pattern=sample:*:*&topic=https://example.com/orgs/%7B1%7D/events/%7B2%7D",
+        )
+        .unwrap();
+        assert_eq!(spec.name, "redis:subtitles:job:42");
+        let Source::RedisPubSub(redis) = &spec.source else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(redis.channels, ["subtitles:job:42"]);
+        assert_eq!(redis.patterns, ["sample:*:*"]);
+        assert_eq!(redis.key, "tidings:consume:redis:subtitles:job:42");
+        let err = |s: &str| parse(s).unwrap_err();
+        assert!(err("redis://h?pattern=a:*&topic=%7B2%7D").contains("1 wildcard"));
+        assert!(err("redis://h?pattern=a:[b&topic=t").contains("never closed"));
+        assert!(err("redis://h?channel=c&group=g&topic=t").contains("for streams"));
+        assert!(err("redis://h?stream=s&key=k&topic=t").contains("for Pub/Sub"));
+        assert!(err("redis://h?channel=&topic=t").contains("need a value"));
     }
 
     #[test]

@@ -428,3 +428,153 @@ async fn a_message_that_cannot_be_mapped_goes_to_the_dead_letter_exchange() {
     assert_eq!(app.counted("missing_field").await, 1.0);
     let _ = app.connection.close(200, "done".into()).await;
 }
+
+/// Two instances consuming Redis Pub/Sub under `keys`' prefix with `consumers` (each the
+/// query of a `--consume` on the test Redis), connected.
+async fn pubsub_cluster(keys: &crate::common::RedisKeys, consumers: &[String]) -> Vec<Hub> {
+    let mut extra = Vec::new();
+    for consumer in consumers {
+        extra.push("--consume".to_owned());
+        extra.push(format!("{}?{consumer}", keys.url));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let hubs = crate::common::cluster_on(&keys.url, &keys.prefix, 2, &extra);
+    for hub in &hubs {
+        wait_for("the consumers to subscribe", async || {
+            let ready = crate::common::get_json(&hub.url("/readyz")).await;
+            (0..consumers.len()).all(|i| ready["consumers"][i]["connection"] == "connected")
+        })
+        .await;
+    }
+    hubs
+}
+
+#[tokio::test]
+async fn a_channel_per_job_and_a_pattern_bus_reach_their_topics_once_on_either_instance() {
+    let Some(keys) = crate::common::redis_keys("consume-pubsub") else {
+        return;
+    };
+    let p = &keys.prefix;
+    // A worker publishes "job done" on a channel named for the job; services publish
+    // `sample:{orgId}:{eventId}` JSON onto a pattern bus.
+    let hubs = pubsub_cluster(
+        &keys,
+        &[
+            format!("pattern={p}:subtitles:job:*&topic=https://example.com/jobs/%7B1%7D&type=job-done&name={p}-jobs&key={p}:jobs"),
+            format!("pattern={p}:sample:*:*&topic=https://example.com/orgs/%7B1%7D&id=%7B2%7D&data=/data&name={p}-sample&key={p}:sample"),
+        ],
+    )
+    .await;
+    let mut jobs = Vec::new();
+    let mut orgs = Vec::new();
+    for hub in &hubs {
+        jobs.push(
+            Stream::open(
+                &hub.url("/.well-known/mercure?topic=https://example.com/jobs/42"),
+                &[],
+            )
+            .await,
+        );
+        orgs.push(
+            Stream::open(
+                &hub.url("/.well-known/mercure?topic=https://example.com/orgs/acme"),
+                &[],
+            )
+            .await,
+        );
+    }
+    let client = redis::Client::open(keys.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut publish = async |channel: String, message: String| {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    };
+    for n in 0..10 {
+        publish(
+            format!("{p}:subtitles:job:42"),
+            format!(r#"{{"job":42,"step":{n}}}"#),
+        )
+        .await;
+        publish(
+            format!("{p}:sample:acme:ev-{n}"),
+            format!(r#"{{"data":{{"n":{n}}}}}"#),
+        )
+        .await;
+        if n == 3 {
+            // What cannot be mapped stops nothing: not JSON where a field is read, and an id
+            // the hub refuses (a control character).
+            publish(format!("{p}:sample:acme:ev-x"), "not json".into()).await;
+            publish(format!("{p}:sample:acme:ev\u{7}"), r#"{"data":1}"#.into()).await;
+        }
+    }
+    for stream in &mut jobs {
+        for n in 0..10 {
+            let event = next_update(stream, Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| panic!("job event {n}"));
+            assert_eq!(event.event, "job-done");
+            assert_eq!(event.data, format!(r#"{{"job":42,"step":{n}}}"#));
+        }
+    }
+    for stream in &mut orgs {
+        for n in 0..10 {
+            let event = next_update(stream, Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| panic!("org event {n}"));
+            assert_eq!(event.id, format!("ev-{n}"));
+            assert_eq!(event.data, format!(r#"{{"n":{n}}}"#));
+        }
+    }
+    for stream in jobs.iter_mut().chain(orgs.iter_mut()) {
+        assert!(
+            next_update(stream, Duration::from_millis(300))
+                .await
+                .is_none(),
+            "once: one instance turns a message into an update"
+        );
+    }
+    assert_eq!(
+        counted(&hubs, &format!("{p}-jobs"), "published").await,
+        10.0
+    );
+    assert_eq!(
+        counted(&hubs, &format!("{p}-sample"), "published").await,
+        10.0
+    );
+    assert_eq!(
+        counted(&hubs, &format!("{p}-sample"), "not_json").await,
+        1.0
+    );
+    assert_eq!(counted(&hubs, &format!("{p}-sample"), "invalid").await, 1.0);
+}
+
+#[tokio::test]
+async fn redis_pub_sub_loses_nothing_when_the_instance_turning_messages_into_updates_dies() {
+    let Some(keys) = crate::common::redis_keys("consume-pubsub-kill") else {
+        return;
+    };
+    let p = keys.prefix.clone();
+    let mut hubs = pubsub_cluster(
+        &keys,
+        &[format!(
+            "channel={p}:events&session=alice&event=order-update&id=%7B/id%7D&data=/payload&name={p}&key={p}:consume"
+        )],
+    )
+    .await;
+    let client = redis::Client::open(keys.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    survives_the_death_of_its_reader(&mut hubs, &p, async |n| {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(format!("{p}:events"))
+            .arg(format!(r#"{{"id":"order-{n}","payload":{{"order":{n}}}}}"#))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        format!("order-{n}")
+    })
+    .await;
+}
