@@ -1,9 +1,10 @@
 // Headless Chromium and two instances on Redis that consume a Spring application's RabbitMQ
-// exchange and a Redis channel per job: a SendSseEvent published with pika as Spring AMQP
-// writes it (examples/python/spring_sse_event.py) reaches a browser's EventSource on the
-// session API, and a worker's "job done" published with redis-py
-// (examples/python/redis_channels.py) reaches one on the job's Mercure topic — on the instance
-// that did not consume it as on the one that did, once.
+// exchange, a Redis channel per job and a service's JetStream stream: a SendSseEvent published
+// with pika as Spring AMQP writes it (examples/python/spring_sse_event.py) reaches a browser's
+// EventSource on the session API, a worker's "job done" published with redis-py
+// (examples/python/redis_channels.py) reaches one on the job's Mercure topic, and an order
+// event published with nats-py (examples/python/nats_event.py) one on the customer's session —
+// on the instance that did not consume it as on the one that did, once.
 //
 // Run by .ci/run after `cargo test` (which builds target/debug/tidings):
 //   cd tests/browser && npm ci && node --test consume.test.mjs
@@ -19,6 +20,9 @@ const AMQP = process.env.TIDINGS_TEST_AMQP || 'amqp://guest:guest@127.0.0.1:5672
 const PREFIX = `tidings-consume-${randomBytes(4).toString('hex')}`;
 const EXCHANGE = `${PREFIX}.sse-events`;
 const PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}",outcome="published"}`;
+const NATS = process.env.TIDINGS_TEST_NATS || 'nats://127.0.0.1:4222';
+const ORDERS = `${PREFIX}-orders`;
+const ORDERS_PUBLISHED = `tidings_consumer_messages_total{source="${ORDERS}",outcome="published"}`;
 const JOBS_PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}-jobs",outcome="published"}`;
 
 let hubs = [];
@@ -37,10 +41,17 @@ function jobDone(job) {
     .toString().trim();
 }
 
+/** Runs the NATS example against the test's stream; returns what it prints. */
+function orders(...args) {
+  const script = path.join(root, 'examples', 'python', 'nats_event.py');
+  return execFileSync('python3', [script, '--nats', NATS, '--stream', ORDERS,
+    '--subject-prefix', `${PREFIX}.orders`, ...args]).toString().trim();
+}
+
 async function consumerConnected(base) {
   for (let i = 0; i < 200; i++) {
     const ready = await (await fetch(`${base}/readyz`)).json();
-    if (ready.consumers?.length === 2 && ready.consumers.every((c) => c.connection === 'connected')) return;
+    if (ready.consumers?.length === 3 && ready.consumers.every((c) => c.connection === 'connected')) return;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`the consumer of ${base} did not connect`);
@@ -48,12 +59,15 @@ async function consumerConnected(base) {
 
 before(async () => {
   spring('--declare'); // the application's exchange, as the starter declares it
+  orders('--declare'); // the order service's stream
   const consume = `${AMQP}?exchange=${EXCHANGE}&preset=spring-sse-starter&name=${PREFIX}`;
   const jobs = `${REDIS}?pattern=${PREFIX}:subtitles:job:*&topic=https://example.com/jobs/{1}`
     + `&type=job-done&name=${PREFIX}-jobs&key=${PREFIX}:jobs`;
   for (let i = 0; i < 2; i++) {
     hubs.push(await startHub(['--auth', 'none', '--bus', REDIS, '--bus-prefix', PREFIX,
-      '--instance-id', `${PREFIX}-${i}`, '--consume', consume, '--consume', jobs]));
+      '--instance-id', `${PREFIX}-${i}`, '--consume', consume, '--consume', jobs, '--consume',
+      `${NATS}?stream=${ORDERS}&subject=${PREFIX}.orders.>&session={/customer}&event=order-paid`
+        + `&data=/order&name=${ORDERS}`]));
   }
   for (const hub of hubs) await consumerConnected(hub.base);
   browser = await launchBrowser();
@@ -68,6 +82,7 @@ after(async () => {
     + 'c = pika.BlockingConnection(pika.URLParameters(sys.argv[1])); ch = c.channel()\n'
     + 'ch.queue_delete(sys.argv[2]); ch.exchange_delete(sys.argv[3]); c.close()',
     AMQP, `tidings.${PREFIX}`, EXCHANGE]);
+  orders('--delete');
 });
 
 test("a Spring service's SendSseEvent reaches the browser's EventSource on either instance", async () => {
@@ -118,6 +133,32 @@ test("a worker's job-done on the job's Redis channel reaches the browser's Event
   const other = consumed.indexOf(0);
   await new Promise((r) => setTimeout(r, 300));
   const expected = [{ job: 42, status: 'done' }];
+  assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not');
+  assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
+});
+
+test("an order service's JetStream event reaches the browser's EventSource on either instance", async () => {
+  const pages = [];
+  for (const hub of hubs) {
+    const page = await browser.newPage();
+    await page.goto(`${hub.base}/healthz`);
+    await page.evaluate(() => new Promise((resolve) => {
+      window.got = [];
+      const source = new EventSource('/sse/event-stream?sessionId=carol');
+      source.addEventListener('order-paid', (e) => window.got.push(JSON.parse(e.data)));
+      source.onopen = () => resolve();
+    }));
+    pages.push(page);
+  }
+  orders('--customer', 'carol', '--order', '{"id": 42, "total": 12.5}');
+  for (const page of pages) {
+    await page.waitForFunction(() => window.got.length >= 1, null, { timeout: 10000 });
+  }
+  const consumed = await Promise.all(hubs.map((h) => metric(h.base, ORDERS_PUBLISHED).catch(() => 0)));
+  assert.deepEqual([...consumed].sort(), [0, 1], `one instance consumed it: ${consumed}`);
+  const other = consumed.indexOf(0);
+  await new Promise((r) => setTimeout(r, 300));
+  const expected = [{ id: 42, total: 12.5 }];
   assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not');
   assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
 });

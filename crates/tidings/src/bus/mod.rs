@@ -66,8 +66,9 @@ mod registry;
 mod starting;
 pub mod wire;
 
-// (The consumers of the application's RabbitMQ and Redis sources time their operations alike.)
-#[cfg(any(feature = "amqp", feature = "redis"))]
+// (The consumers of the application's RabbitMQ, Redis and NATS sources time their operations
+// alike.)
+#[cfg(any(feature = "amqp", feature = "redis", feature = "nats"))]
 pub(crate) use broker::with_limit;
 pub use connect::{connect, redact, Kind};
 pub use error::{BusError, Cause};

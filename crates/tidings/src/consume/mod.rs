@@ -11,6 +11,8 @@
 #[cfg(feature = "amqp")]
 mod amqp;
 pub mod mapping;
+#[cfg(feature = "nats")]
+mod nats;
 pub mod pattern;
 #[cfg(feature = "redis")]
 mod redis_pubsub;

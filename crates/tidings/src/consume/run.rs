@@ -19,7 +19,10 @@ use crate::update::{Limits, UpdateId};
 
 /// What happened to a message.
 #[derive(Debug)]
-#[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "redis", feature = "nats")),
+    allow(dead_code)
+)]
 pub(super) enum Handled {
     /// Its update is stored (or was already: a redelivery of a message with an id).
     Published,
@@ -32,7 +35,10 @@ pub(super) enum Handled {
 
 /// What a consumer's source needs to hand its messages over.
 #[derive(Debug)]
-#[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "redis", feature = "nats")),
+    allow(dead_code)
+)]
 pub(super) struct Handler {
     /// The consumer's name.
     pub(super) name: String,
@@ -52,7 +58,10 @@ pub(super) struct Handler {
 /// A skipped message is logged at most this often per consumer (the rest are counted).
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
-#[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "redis", feature = "nats")),
+    allow(dead_code)
+)]
 impl Handler {
     /// Maps `message` (read at `place`, for the log) and publishes its update until the bus
     /// stores it; `id` names it when the mapping does not.
@@ -100,7 +109,7 @@ impl Handler {
     }
 
     /// Counts a message with `outcome` (besides what [`Handler::handle`] counts).
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
     pub(super) fn count(&self, outcome: &'static str) {
         self.metrics.consumer_message(&self.name, outcome);
     }
@@ -245,6 +254,13 @@ fn spawn(
             );
             tasks.spawn(run_until_stopped(machine, target, stop, busy));
         }
+        #[cfg(feature = "nats")]
+        Source::Nats(ref source) => {
+            let timeout = timeouts.operation(crate::bus::Kind::Nats);
+            let backoff = handler.backoff;
+            let target = super::nats::Target::new(source.clone(), handler, timeout, backoff);
+            tasks.spawn(run_until_stopped(machine, target, stop, busy));
+        }
         #[cfg(feature = "redis")]
         Source::RedisPubSub(ref source) => {
             let timeout = timeouts.operation(crate::bus::Kind::Redis);
@@ -260,7 +276,10 @@ fn spawn(
 }
 
 /// Drives `target` until `stop`, then waits for the message being handled (`busy`).
-#[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "amqp", feature = "redis", feature = "nats")),
+    allow(dead_code)
+)]
 async fn run_until_stopped<T: crate::bus::reconnect::Target>(
     machine: Reconnect,
     target: T,

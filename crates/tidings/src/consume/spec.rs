@@ -36,6 +36,27 @@ pub enum Source {
     /// Redis Pub/Sub channels and patterns, turned into updates by one instance at a time.
     #[cfg(feature = "redis")]
     RedisPubSub(RedisPubSubSource),
+    /// A NATS subject (a queue group of the instances) or a JetStream stream (a durable
+    /// consumer they share).
+    #[cfg(feature = "nats")]
+    Nats(NatsSource),
+}
+
+/// A NATS subject, or a JetStream stream, the application's services publish to.
+#[cfg(feature = "nats")]
+#[derive(Debug, Clone)]
+pub struct NatsSource {
+    /// The server's URL (`nats://` or `tls://`), credentials included.
+    pub url: String,
+    /// The subject (core NATS), or the stream's filter (JetStream; all its subjects without).
+    pub subject: Option<String>,
+    /// Core NATS: the instances' queue group (default `tidings.<consumer name>`).
+    pub queue: String,
+    /// JetStream: the stream's name.
+    pub stream: Option<String>,
+    /// JetStream: the durable consumer's name (default `tidings-<consumer name>`, with what
+    /// JetStream refuses in a name replaced by `_`).
+    pub durable: String,
 }
 
 /// Redis Pub/Sub channels and patterns the application's services `PUBLISH` to.
@@ -108,9 +129,13 @@ impl Source {
                 &["stream", "group", "field", "channel", "pattern", "key"],
                 cfg!(feature = "redis").then_some(()).ok_or("redis"),
             ),
+            "nats" | "tls" => (
+                &["subject", "queue", "stream", "durable"],
+                cfg!(feature = "nats").then_some(()).ok_or("nats"),
+            ),
             _ => {
                 return Err(format!(
-                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream, or Pub/Sub channels and patterns)"
+                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream, or Pub/Sub channels and patterns), nats:// and tls:// (a NATS subject or a JetStream stream)"
                 ))
             }
         };
@@ -120,7 +145,10 @@ impl Source {
     }
 
     /// Fills in what defaults to the consumer's `name`.
-    #[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(unused_variables))]
+    #[cfg_attr(
+        not(any(feature = "amqp", feature = "redis", feature = "nats")),
+        allow(unused_variables)
+    )]
     fn named(&mut self, name: &str) {
         match *self {
             #[cfg(feature = "amqp")]
@@ -141,6 +169,19 @@ impl Source {
                     redis.key = format!("tidings:consume:{name}");
                 }
             }
+            #[cfg(feature = "nats")]
+            Source::Nats(ref mut nats) => {
+                if nats.queue.is_empty() {
+                    nats.queue = format!("tidings.{name}");
+                }
+                if nats.durable.is_empty() {
+                    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+                    nats.durable = format!("tidings-{name}")
+                        .chars()
+                        .map(|c| if allowed(c) { c } else { '_' })
+                        .collect();
+                }
+            }
         }
     }
 
@@ -153,6 +194,8 @@ impl Source {
             Source::RedisStream(ref s) => redact(&s.url),
             #[cfg(feature = "redis")]
             Source::RedisPubSub(ref s) => redact(&s.url),
+            #[cfg(feature = "nats")]
+            Source::Nats(ref s) => redact(&s.url),
         }
     }
 }
@@ -218,6 +261,7 @@ impl ConsumeSpec {
         let kind = match scheme {
             "amqps" => "amqp",
             "rediss" => "redis",
+            "tls" => "nats",
             other => other,
         };
         let name = name.unwrap_or_else(|| format!("{kind}:{what}"));
@@ -247,6 +291,8 @@ impl ConsumeSpec {
             "amqp" | "amqps" => Self::amqp(url, keys),
             #[cfg(feature = "redis")]
             "redis" | "rediss" => Self::redis(url, keys),
+            #[cfg(feature = "nats")]
+            "nats" | "tls" => Self::nats(url, keys),
             _ => Err(keys.error(format_args!(
                 "cannot consume from {scheme}:// URLs ({url:?})"
             ))),
@@ -309,6 +355,64 @@ impl ConsumeSpec {
                 Ok((source, what.unwrap_or_default(), wildcards))
             }
         }
+    }
+
+    /// A NATS subject, or a JetStream stream.
+    #[cfg(feature = "nats")]
+    fn nats(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| keys.error(format_args!("not a NATS URL: {e}")))?;
+        let subject = keys.one("subject")?;
+        let stream = keys.one("stream")?;
+        let (queue, durable) = (keys.one("queue")?, keys.one("durable")?);
+        if [&subject, &stream, &queue, &durable]
+            .iter()
+            .any(|v| v.as_deref() == Some(""))
+        {
+            return Err(keys.error("subject, stream, queue and durable need a value"));
+        }
+        if let Some(subject) = &subject {
+            if subject
+                .split('.')
+                .any(|token| token.is_empty() || token.chars().any(|c| c.is_whitespace()))
+            {
+                return Err(keys.error(format_args!(
+                    "subject {subject:?} is not a NATS subject: tokens separated by dots, without spaces"
+                )));
+            }
+        }
+        let what = match (&stream, &subject) {
+            (Some(stream), _) => {
+                if queue.is_some() {
+                    return Err(keys.error(
+                        "queue is for core NATS; a stream's consumer is durable=…",
+                    ));
+                }
+                stream.clone()
+            }
+            (None, Some(subject)) => {
+                if durable.is_some() {
+                    return Err(keys.error("durable is for JetStream streams (stream=…)"));
+                }
+                subject.clone()
+            }
+            (None, None) => {
+                return Err(keys.error(
+                    "name what to read: subject=… (core NATS, a queue group of the instances) or stream=… (a JetStream stream, with subject=… to filter it)",
+                ))
+            }
+        };
+        let wildcards = subject
+            .as_deref()
+            .map_or(0, |s| super::pattern::Pattern::nats(s).wildcards());
+        let source = Source::Nats(NatsSource {
+            url: url.to_owned(),
+            subject,
+            queue: queue.unwrap_or_default(),
+            stream,
+            durable: durable.unwrap_or_default(),
+        });
+        Ok((source, what, wildcards))
     }
 
     /// A RabbitMQ source.
@@ -621,6 +725,34 @@ mod tests {
         assert!(err("redis://h?channel=c&group=g&topic=t").contains("for streams"));
         assert!(err("redis://h?stream=s&key=k&topic=t").contains("for Pub/Sub"));
         assert!(err("redis://h?channel=&topic=t").contains("need a value"));
+    }
+
+    #[test]
+    fn nats_subjects_and_streams() {
+        let spec = parse(
+            "nats://127.0.0.1:4222?subject=jobs.*.done&topic=https://example.com/jobs/%7B1%7D",
+        )
+        .unwrap();
+        assert_eq!(spec.name, "nats:jobs.*.done");
+        let Source::Nats(nats) = &spec.source else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(nats.queue, "tidings.nats:jobs.*.done");
+        assert_eq!(nats.stream, None);
+        let spec =
+            parse("nats://127.0.0.1:4222?stream=ORDERS&subject=orders.>&topic=https://example.com/%7B1%7D")
+                .unwrap();
+        assert_eq!(spec.name, "nats:ORDERS");
+        let Source::Nats(nats) = &spec.source else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(nats.durable, "tidings-nats_ORDERS");
+        let err = |s: &str| parse(s).unwrap_err();
+        assert!(err("nats://h?topic=t").contains("subject=…"));
+        assert!(err("nats://h?subject=a..b&topic=t").contains("not a NATS subject"));
+        assert!(err("nats://h?subject=a.*&topic=%7B2%7D").contains("1 wildcard"));
+        assert!(err("nats://h?stream=S&queue=q&topic=t").contains("durable=…"));
+        assert!(err("nats://h?subject=s&durable=d&topic=t").contains("JetStream"));
     }
 
     #[test]

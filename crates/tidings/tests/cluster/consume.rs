@@ -281,7 +281,11 @@ async fn survives_the_death_of_its_reader(
             hubs[active].kill();
             killed = Some(active);
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // A burst before the kill, so that the reader dies holding messages it has not
+        // acknowledged; a steady pace otherwise.
+        if !(400..500).contains(&n) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
     let stream = &mut streams[1 - killed.unwrap()];
     let mut got = Vec::new();
@@ -291,10 +295,14 @@ async fn survives_the_death_of_its_reader(
             .unwrap_or_else(|| panic!("got {} of {MESSAGES}", got.len()));
         got.push(event.id);
     }
-    assert_eq!(
-        got, expected,
-        "every message once, in order, across the takeover"
-    );
+    if let Some(at) = (0..MESSAGES).find(|&i| got[i] != expected[i]) {
+        let missing = expected.iter().filter(|id| !got.contains(id)).count();
+        panic!(
+            "every message once, in order, across the takeover: from #{at} on, got {:?}… where {:?}… was due ({missing} missing)",
+            &got[at..(at + 3).min(MESSAGES)],
+            &expected[at..(at + 3).min(MESSAGES)]
+        );
+    }
     assert!(
         next_update(stream, Duration::from_millis(500))
             .await
@@ -575,6 +583,161 @@ async fn redis_pub_sub_loses_nothing_when_the_instance_turning_messages_into_upd
             .await
             .unwrap();
         format!("order-{n}")
+    })
+    .await;
+}
+
+/// Deletes an application's JetStream stream when dropped.
+struct AppStream {
+    url: String,
+    name: String,
+}
+
+impl Drop for AppStream {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        crate::common::clean_up(async move {
+            if let Ok(client) = async_nats::connect(url).await {
+                let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+            }
+        });
+    }
+}
+
+/// Two instances on the NATS bus under `prefix`, each with the consumer `consume` (a query
+/// on the test NATS), connected.
+async fn nats_cluster(url: &str, prefix: &str, consume: &str) -> Vec<Hub> {
+    let consume = format!("{url}?{consume}");
+    let hubs = crate::common::cluster_on(url, prefix, 2, &["--consume", &consume]);
+    for hub in &hubs {
+        wait_for("the consumer to connect", async || {
+            let ready = crate::common::get_json(&hub.url("/readyz")).await;
+            ready["consumers"][0]["connection"] == "connected"
+        })
+        .await;
+    }
+    hubs
+}
+
+#[tokio::test]
+async fn a_core_nats_subject_is_handled_once_by_the_queue_group_of_the_instances() {
+    let Some(url) = crate::common::nats_url() else {
+        return;
+    };
+    let p = crate::common::unique_prefix("consume-nats");
+    let _bus = crate::common::NatsStream {
+        url: url.clone(),
+        prefix: p.clone(),
+    };
+    let hubs = nats_cluster(
+        &url,
+        &p,
+        &format!(
+            "subject={p}.jobs.*.done&topic=https://example.com/jobs/%7B1%7D&type=job-done&name={p}"
+        ),
+    )
+    .await;
+    let mut streams = Vec::new();
+    for hub in &hubs {
+        streams.push(
+            Stream::open(
+                &hub.url("/.well-known/mercure?topic=https://example.com/jobs/7"),
+                &[],
+            )
+            .await,
+        );
+    }
+    // As a NATS service publishes: core publish, a JSON body; one with a Nats-Msg-Id header.
+    let client = async_nats::connect(&url).await.unwrap();
+    for n in 0..10 {
+        let body = format!(r#"{{"job":7,"part":{n}}}"#);
+        if n == 9 {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, "job-7-done");
+            client
+                .publish_with_headers(format!("{p}.jobs.7.done"), headers, body.into())
+                .await
+                .unwrap();
+        } else {
+            client
+                .publish(format!("{p}.jobs.7.done"), body.into())
+                .await
+                .unwrap();
+        }
+    }
+    client.flush().await.unwrap();
+    for stream in &mut streams {
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            let event = next_update(stream, Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| panic!("got {} of 10", got.len()));
+            assert_eq!(event.event, "job-done");
+            if event.data.contains(r#""part":9"#) {
+                assert_eq!(event.id, format!("urn:tidings:{p}:job-7-done"));
+            }
+            got.push(event.data);
+        }
+        // Two instances of a queue group may store two messages in either order.
+        got.sort();
+        let mut expected: Vec<String> = (0..10)
+            .map(|n| format!(r#"{{"job":7,"part":{n}}}"#))
+            .collect();
+        expected.sort();
+        assert_eq!(got, expected, "each message once");
+        assert!(next_update(stream, Duration::from_millis(300))
+            .await
+            .is_none());
+    }
+    assert_eq!(counted(&hubs, &p, "published").await, 10.0);
+}
+
+#[tokio::test]
+async fn a_jetstream_stream_is_read_once_in_order_across_the_death_of_its_reader() {
+    let Some(url) = crate::common::nats_url() else {
+        return;
+    };
+    let p = crate::common::unique_prefix("consume-js");
+    let _bus = crate::common::NatsStream {
+        url: url.clone(),
+        prefix: p.clone(),
+    };
+    let app = AppStream {
+        url: url.clone(),
+        name: format!("{p}-orders"),
+    };
+    // The application's stream, as its services set it up.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: app.name.clone(),
+            subjects: vec![format!("{p}.orders.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let created = stream.info().await.unwrap().created.unix_timestamp();
+    let mut hubs = nats_cluster(
+        &url,
+        &p,
+        &format!(
+            "stream={}&subject={p}.orders.>&session=%7B/sessionId%7D&event=order-update&data=/payload&name={p}",
+            app.name
+        ),
+    )
+    .await;
+    survives_the_death_of_its_reader(&mut hubs, &p, async |n| {
+        let ack = js
+            .publish(
+                format!("{p}.orders.eu"),
+                format!(r#"{{"sessionId":"alice","payload":{{"order":{n}}}}}"#).into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        format!("urn:tidings:{p}:{created}.{}", ack.sequence)
     })
     .await;
 }
