@@ -3,8 +3,10 @@
 // with pika as Spring AMQP writes it (examples/python/spring_sse_event.py) reaches a browser's
 // EventSource on the session API, a worker's "job done" published with redis-py
 // (examples/python/redis_channels.py) reaches one on the job's Mercure topic, and an order
-// event published with nats-py (examples/python/nats_event.py) one on the customer's session —
-// on the instance that did not consume it as on the one that did, once.
+// event published with nats-py (examples/python/nats_event.py) one on the customer's session,
+// and an order paid in a PostgreSQL transaction with psycopg (examples/python/outbox_order.py)
+// one too, while a transaction that rolls back sends nothing — on the instance that did not
+// consume it as on the one that did, once.
 //
 // Run by .ci/run after `cargo test` (which builds target/debug/tidings):
 //   cd tests/browser && npm ci && node --test consume.test.mjs
@@ -23,6 +25,9 @@ const PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}",outcome="p
 const NATS = process.env.TIDINGS_TEST_NATS || 'nats://127.0.0.1:4222';
 const ORDERS = `${PREFIX}-orders`;
 const ORDERS_PUBLISHED = `tidings_consumer_messages_total{source="${ORDERS}",outcome="published"}`;
+const POSTGRES = process.env.TIDINGS_TEST_POSTGRES || 'postgresql://postgres@127.0.0.1:5432/postgres';
+const SCHEMA = PREFIX.replaceAll('-', '_');
+const OUTBOX_PUBLISHED = `tidings_consumer_messages_total{source="${SCHEMA}",outcome="published"}`;
 const JOBS_PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}-jobs",outcome="published"}`;
 
 let hubs = [];
@@ -48,10 +53,22 @@ function orders(...args) {
     '--subject-prefix', `${PREFIX}.orders`, ...args]).toString().trim();
 }
 
+/** Runs `psql` on the test's database (`sql` as one command, in the test's schema). */
+function psql(sql, file) {
+  const args = ['-q', '-v', 'ON_ERROR_STOP=1', POSTGRES, ...(file ? ['-f', file] : ['-c', sql])];
+  execFileSync('psql', args, { env: { ...process.env, PGOPTIONS: `-c search_path=${SCHEMA}` } });
+}
+
+/** Runs the outbox example in the test's schema; returns what it prints. */
+function payOrder(...args) {
+  const script = path.join(root, 'examples', 'python', 'outbox_order.py');
+  return execFileSync('python3', [script, '--database', POSTGRES, '--schema', SCHEMA, ...args]).toString().trim();
+}
+
 async function consumerConnected(base) {
   for (let i = 0; i < 200; i++) {
     const ready = await (await fetch(`${base}/readyz`)).json();
-    if (ready.consumers?.length === 3 && ready.consumers.every((c) => c.connection === 'connected')) return;
+    if (ready.consumers?.length === 4 && ready.consumers.every((c) => c.connection === 'connected')) return;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`the consumer of ${base} did not connect`);
@@ -60,6 +77,8 @@ async function consumerConnected(base) {
 before(async () => {
   spring('--declare'); // the application's exchange, as the starter declares it
   orders('--declare'); // the order service's stream
+  psql(`CREATE SCHEMA ${SCHEMA}`); // the application's outbox, as docs/outbox.sql creates it
+  psql(null, path.join(root, 'docs', 'outbox.sql'));
   const consume = `${AMQP}?exchange=${EXCHANGE}&preset=spring-sse-starter&name=${PREFIX}`;
   const jobs = `${REDIS}?pattern=${PREFIX}:subtitles:job:*&topic=https://example.com/jobs/{1}`
     + `&type=job-done&name=${PREFIX}-jobs&key=${PREFIX}:jobs`;
@@ -67,7 +86,9 @@ before(async () => {
     hubs.push(await startHub(['--auth', 'none', '--bus', REDIS, '--bus-prefix', PREFIX,
       '--instance-id', `${PREFIX}-${i}`, '--consume', consume, '--consume', jobs, '--consume',
       `${NATS}?stream=${ORDERS}&subject=${PREFIX}.orders.>&session={/customer}&event=order-paid`
-        + `&data=/order&name=${ORDERS}`]));
+        + `&data=/order&name=${ORDERS}`, '--consume',
+      `${POSTGRES}?table=${SCHEMA}.tidings_outbox&session={/customer}&event=order-paid&data=/order`
+        + `&name=${SCHEMA}`]));
   }
   for (const hub of hubs) await consumerConnected(hub.base);
   browser = await launchBrowser();
@@ -83,6 +104,7 @@ after(async () => {
     + 'ch.queue_delete(sys.argv[2]); ch.exchange_delete(sys.argv[3]); c.close()',
     AMQP, `tidings.${PREFIX}`, EXCHANGE]);
   orders('--delete');
+  psql(`DROP SCHEMA ${SCHEMA} CASCADE`);
 });
 
 test("a Spring service's SendSseEvent reaches the browser's EventSource on either instance", async () => {
@@ -159,6 +181,33 @@ test("an order service's JetStream event reaches the browser's EventSource on ei
   const other = consumed.indexOf(0);
   await new Promise((r) => setTimeout(r, 300));
   const expected = [{ id: 42, total: 12.5 }];
+  assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not');
+  assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
+});
+
+test('an order paid in a PostgreSQL transaction reaches the browser once; one rolled back, never', async () => {
+  const pages = [];
+  for (const hub of hubs) {
+    const page = await browser.newPage();
+    await page.goto(`${hub.base}/healthz`);
+    await page.evaluate(() => new Promise((resolve) => {
+      window.got = [];
+      const source = new EventSource('/sse/event-stream?sessionId=dave');
+      source.addEventListener('order-paid', (e) => window.got.push(JSON.parse(e.data)));
+      source.onopen = () => resolve();
+    }));
+    pages.push(page);
+  }
+  assert.match(payOrder('--customer', 'dave', '--total', '99', '--roll-back'), /rolled back/);
+  const id = Number(payOrder('--customer', 'dave', '--total', '12.5'));
+  for (const page of pages) {
+    await page.waitForFunction(() => window.got.length >= 1, null, { timeout: 10000 });
+  }
+  const consumed = await Promise.all(hubs.map((h) => metric(h.base, OUTBOX_PUBLISHED).catch(() => 0)));
+  assert.deepEqual([...consumed].sort(), [0, 1], `one instance relayed it: ${consumed}`);
+  const other = consumed.indexOf(0);
+  await new Promise((r) => setTimeout(r, 1200)); // a poll: the rolled back order never comes
+  const expected = [{ id, total: 12.5, state: 'paid' }];
   assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not');
   assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
 });

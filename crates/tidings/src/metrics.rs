@@ -79,6 +79,8 @@ pub struct Metrics {
     consumer_messages: Family<ConsumerLabels, Counter>,
     /// Waits and reconnections of consumers' connections to their sources, by consumer.
     consumer_reconnects: Family<SourceLabels, Counter>,
+    /// Messages waiting in a consumer's source, as this instance last saw them.
+    consumer_lag: Family<SourceLabels, Gauge>,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
     /// Live tokio tasks, read at each scrape (leak detection).
@@ -121,6 +123,7 @@ impl Metrics {
             subscriber_events_dropped: Family::default(),
             consumer_messages: Family::default(),
             consumer_reconnects: Family::default(),
+            consumer_lag: Family::default(),
             ready: Gauge::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
@@ -247,6 +250,11 @@ impl Metrics {
             m.consumer_reconnects.clone(),
         );
         registry.register(
+            "consumer_lag",
+            "Messages waiting in a consumer's source (queue depth, stream group lag, pending JetStream messages, outbox rows), as this instance last saw them; 0 on an instance that does not read it",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
             "ready",
             "1 when the instance accepts traffic",
             m.ready.clone(),
@@ -309,6 +317,15 @@ impl Metrics {
     /// holds it).
     pub fn consumer_reconnects(&self, source: &str) -> Counter {
         self.consumer_reconnects
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The gauge of the messages waiting in consumer `source`'s source.
+    pub fn consumer_lag(&self, source: &str) -> Gauge {
+        self.consumer_lag
             .get_or_create(&SourceLabels {
                 source: source.to_owned(),
             })

@@ -31,6 +31,8 @@ use crate::update::UpdateId;
 
 /// Messages RabbitMQ may send this consumer before it acknowledges them.
 const PREFETCH: u16 = 64;
+/// How often the shared queue's depth is read (`tidings_consumer_lag`).
+const DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// Heartbeat interval asked of RabbitMQ unless the URL sets one, in seconds.
 const HEARTBEAT_SECS: u16 = 5;
 
@@ -73,6 +75,8 @@ impl Target {
 /// An open connection and the consumer reading the shared queue.
 pub(super) struct Link {
     _connection: Connection,
+    /// The channel the consumer reads on (and the queue's depth is asked on).
+    channel: lapin::Channel,
     consumer: lapin::Consumer,
 }
 
@@ -161,19 +165,36 @@ impl reconnect::Target for Target {
         tracing::info!(consumer = %self.handler.name, exchange, queue, "consumer: reading");
         Ok(Link {
             _connection: connection,
+            channel,
             consumer,
         })
     }
 
     async fn deliver(&mut self, mut link: Link) -> Stop {
+        let mut depth = tokio::time::interval(DEPTH_EVERY);
+        depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let delivery = tokio::select! {
                 () = self.handler.stop.cancelled() => std::future::pending().await,
                 delivery = link.consumer.next() => delivery,
+                _ = depth.tick() => {
+                    // The messages ready in the shared queue (a passive declare only reads it).
+                    let queue = self.source.queue.as_str();
+                    let declared = link.channel.queue_declare(
+                        queue.into(),
+                        QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                        FieldTable::default(),
+                    );
+                    match self.timed("cannot read the queue's depth", declared).await {
+                        Ok(queue) => self.handler.lag(u64::from(queue.message_count())),
+                        Err(e) => return self.handler.lost("the channel failed", e),
+                    }
+                    continue;
+                }
             };
             let delivery = match delivery {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Stop::Lost(Cause::caused_by("the consumer failed", e)),
+                Some(Err(e)) => return self.handler.lost("reading the queue failed", e),
                 None => return Stop::Lost(Cause::new("RabbitMQ cancelled the consumer")),
             };
             let _busy = self.handler.busy.lock().await;
@@ -219,7 +240,7 @@ impl reconnect::Target for Target {
                 Handled::Stopped => continue,
             };
             if let Err(e) = settled {
-                return Stop::Lost(Cause::caused_by("acknowledging a message failed", e));
+                return self.handler.lost("acknowledging a message failed", e);
             }
         }
     }

@@ -13,6 +13,8 @@ mod amqp;
 pub mod mapping;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "postgres")]
+mod outbox;
 pub mod pattern;
 #[cfg(feature = "redis")]
 mod redis_pubsub;

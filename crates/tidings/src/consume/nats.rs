@@ -143,6 +143,7 @@ impl Target {
             return None;
         };
         let sequence = info.stream_sequence;
+        self.handler.lag(info.pending);
         let place = format!("sequence {sequence} of stream {:?}", info.stream);
         let consumer = self.handler.name.clone();
         let id = move || UpdateId::derived(format!("{consumer}:{created}.{sequence}"));

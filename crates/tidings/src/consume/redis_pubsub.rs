@@ -235,10 +235,7 @@ impl Target {
     }
 
     fn lost(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Stop {
-        Stop::Lost(Cause::caused_by(
-            format!("consumer {}: {what}", self.handler.name),
-            e,
-        ))
+        self.handler.lost(what, e)
     }
 
     fn lease_key(&self) -> String {

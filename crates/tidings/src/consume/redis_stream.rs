@@ -33,6 +33,9 @@ const BLOCK: Duration = Duration::from_millis(1000);
 /// stream unread.
 const LEASE: Duration = Duration::from_secs(5);
 
+/// How often the holder reads the group's lag.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
 /// Renews the lease only for its holder.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -69,10 +72,7 @@ impl Target {
     }
 
     fn lost(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Stop {
-        Stop::Lost(Cause::caused_by(
-            format!("consumer {}: {what}", self.handler.name),
-            e,
-        ))
+        self.handler.lost(what, e)
     }
 
     /// Takes the lease if it is free (or ours), or renews it; whether this instance holds it.
@@ -145,6 +145,30 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Reads how many entries wait for the group (not yet read, and read but not
+    /// acknowledged), for `tidings_consumer_lag`. Redis before 7.0 does not say: 0.
+    async fn report_lag(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.source.stream)
+            .query_async(conn)
+            .await?;
+        let count = |group: &HashMap<String, Value>, field: &str| match group.get(field) {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        let ours = groups.iter().find(|g| {
+            matches!(g.get("name"), Some(Value::BulkString(name)) if *name == self.source.group.as_bytes())
+        });
+        if let Some(group) = ours {
+            self.handler
+                .lag(count(group, "lag") + count(group, "pending"));
+        }
+        Ok(())
+    }
+}
+
 /// The entry's fields as one JSON object of strings (a value that is not UTF-8 is replaced
 /// character by character, and the mapping sees the replacement).
 fn fields_as_json(map: &HashMap<String, Value>) -> Vec<u8> {
@@ -188,7 +212,7 @@ impl reconnect::Target for Target {
             Err(e) if e.code() == Some("BUSYGROUP") => {}
             Err(e) => {
                 return Err(failed("cannot create the consumer group")(
-                    BusError::Unavailable(Cause::caused_by("redis", e)),
+                    BusError::Unavailable(Cause::caused_by(format!("redis: {e}"), e)),
                 ))
             }
         }
@@ -199,6 +223,7 @@ impl reconnect::Target for Target {
     async fn deliver(&mut self, mut conn: MultiplexedConnection) -> Stop {
         let mut held = false;
         let mut renewed;
+        let mut lag_read: Option<Instant> = None;
         loop {
             if self.handler.stop.is_cancelled() {
                 return std::future::pending().await;
@@ -209,6 +234,7 @@ impl reconnect::Target for Target {
             };
             if !now_held {
                 if held {
+                    self.handler.lag(0);
                     tracing::warn!(consumer = %self.handler.name, "consumer: lost the lease; another instance reads the stream");
                 }
                 held = false;
@@ -250,6 +276,12 @@ impl reconnect::Target for Target {
                         break;
                     }
                     start = claimed.next_stream_id;
+                }
+            }
+            if lag_read.is_none_or(|read| read.elapsed() >= LAG_EVERY) {
+                lag_read = Some(Instant::now());
+                if let Err(e) = self.report_lag(&mut conn).await {
+                    return self.lost("XINFO GROUPS failed", e);
                 }
             }
             let options = StreamReadOptions::default()

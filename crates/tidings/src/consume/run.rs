@@ -53,6 +53,8 @@ pub(super) struct Handler {
     pub(super) busy: Arc<Mutex<()>>,
     /// When a skipped message was last logged, and how many were not since.
     quiet: std::sync::Mutex<(Option<Instant>, u64)>,
+    /// Messages waiting in the source, as this instance last saw them.
+    lag: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// A skipped message is logged at most this often per consumer (the rest are counted).
@@ -108,10 +110,36 @@ impl Handler {
         }
     }
 
+    /// Why a consumer's connection ended: `what` it was doing, and the client's error.
+    #[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
+    pub(super) fn lost(
+        &self,
+        what: &str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> crate::bus::reconnect::Stop {
+        crate::bus::reconnect::Stop::Lost(self.cause(what, e))
+    }
+
+    /// The same, as a cause: `consumer <name>: <what>: <error>`.
+    #[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
+    pub(super) fn cause(
+        &self,
+        what: &str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> crate::bus::Cause {
+        crate::bus::Cause::caused_by(format!("consumer {}: {what}: {e}", self.name), e)
+    }
+
     /// Counts a message with `outcome` (besides what [`Handler::handle`] counts).
     #[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
     pub(super) fn count(&self, outcome: &'static str) {
         self.metrics.consumer_message(&self.name, outcome);
+    }
+
+    /// Records how many messages wait in the source (0 when this instance stops reading it).
+    #[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
+    pub(super) fn lag(&self, waiting: u64) {
+        self.lag.set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     fn log_skip(&self, skip: &Skip, place: &str) {
@@ -176,6 +204,7 @@ impl Consumers {
                     stop: CancellationToken::new(),
                     busy: Arc::new(Mutex::new(())),
                     quiet: std::sync::Mutex::new((None, 0)),
+                    lag: metrics.consumer_lag(&spec.name),
                 });
                 let machine = Reconnect::new(
                     format!("consumer {}", spec.name),
@@ -252,6 +281,13 @@ fn spawn(
                 instance_id.to_owned(),
                 timeout,
             );
+            tasks.spawn(run_until_stopped(machine, target, stop, busy));
+        }
+        #[cfg(feature = "postgres")]
+        Source::Outbox(ref source) => {
+            // (PostgreSQL is not a bus: it takes the bus's general operation limit.)
+            let timeout = timeouts.operation(crate::bus::Kind::Redis);
+            let target = super::outbox::Target::new(source.clone(), handler, timeout);
             tasks.spawn(run_until_stopped(machine, target, stop, busy));
         }
         #[cfg(feature = "nats")]

@@ -40,7 +40,47 @@ pub enum Source {
     /// consumer they share).
     #[cfg(feature = "nats")]
     Nats(NatsSource),
+    /// A PostgreSQL outbox table, relayed by the instances.
+    #[cfg(feature = "postgres")]
+    Outbox(OutboxSource),
 }
+
+/// A PostgreSQL table the application inserts its events into, in its own transactions.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone)]
+pub struct OutboxSource {
+    /// The database's URL (`postgres://` or `postgresql://`), credentials and connection
+    /// parameters included.
+    pub url: String,
+    /// The same, read once by the client library.
+    pub config: tokio_postgres::Config,
+    /// The table (`name` or `schema.name`; default `tidings_outbox`).
+    pub table: String,
+    /// The channel its trigger `NOTIFY`s (default `tidings_outbox`).
+    pub channel: String,
+    /// How many partitions the rows fall into by their `partition_key` (default 1: one
+    /// instance relays all, and the table needs no `partition_key` column).
+    pub partitions: u32,
+    /// How often the table is read without a notification.
+    pub poll: std::time::Duration,
+    /// A PEM file of root certificates the server's is verified against (`sslrootcert`),
+    /// besides the system's.
+    pub root_cert: Option<String>,
+}
+
+/// The connection parameters of a PostgreSQL URL that the flag's form takes as keys, and
+/// gives back to the URL.
+#[cfg(feature = "postgres")]
+const POSTGRES_PARAMETERS: [&str; 8] = [
+    "sslmode",
+    "options",
+    "application_name",
+    "connect_timeout",
+    "target_session_attrs",
+    "dbname",
+    "user",
+    "password",
+];
 
 /// A NATS subject, or a JetStream stream, the application's services publish to.
 #[cfg(feature = "nats")]
@@ -133,9 +173,28 @@ impl Source {
                 &["subject", "queue", "stream", "durable"],
                 cfg!(feature = "nats").then_some(()).ok_or("nats"),
             ),
+            "postgres" | "postgresql" => (
+                &[
+                    "table",
+                    "channel",
+                    "partitions",
+                    "poll-ms",
+                    // (The connection's own parameters, given back to its URL.)
+                    "sslmode",
+                    "sslrootcert",
+                    "options",
+                    "application_name",
+                    "connect_timeout",
+                    "target_session_attrs",
+                    "dbname",
+                    "user",
+                    "password",
+                ],
+                cfg!(feature = "postgres").then_some(()).ok_or("postgres"),
+            ),
             _ => {
                 return Err(format!(
-                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream, or Pub/Sub channels and patterns), nats:// and tls:// (a NATS subject or a JetStream stream)"
+                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream, or Pub/Sub channels and patterns), nats:// and tls:// (a NATS subject or a JetStream stream), postgres:// and postgresql:// (an outbox table)"
                 ))
             }
         };
@@ -169,6 +228,8 @@ impl Source {
                     redis.key = format!("tidings:consume:{name}");
                 }
             }
+            #[cfg(feature = "postgres")]
+            Source::Outbox(_) => {}
             #[cfg(feature = "nats")]
             Source::Nats(ref mut nats) => {
                 if nats.queue.is_empty() {
@@ -196,6 +257,8 @@ impl Source {
             Source::RedisPubSub(ref s) => redact(&s.url),
             #[cfg(feature = "nats")]
             Source::Nats(ref s) => redact(&s.url),
+            #[cfg(feature = "postgres")]
+            Source::Outbox(ref s) => redact(&s.url),
         }
     }
 }
@@ -262,6 +325,7 @@ impl ConsumeSpec {
             "amqps" => "amqp",
             "rediss" => "redis",
             "tls" => "nats",
+            "postgresql" => "postgres",
             other => other,
         };
         let name = name.unwrap_or_else(|| format!("{kind}:{what}"));
@@ -293,6 +357,8 @@ impl ConsumeSpec {
             "redis" | "rediss" => Self::redis(url, keys),
             #[cfg(feature = "nats")]
             "nats" | "tls" => Self::nats(url, keys),
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Self::outbox(url, keys),
             _ => Err(keys.error(format_args!(
                 "cannot consume from {scheme}:// URLs ({url:?})"
             ))),
@@ -355,6 +421,105 @@ impl ConsumeSpec {
                 Ok((source, what.unwrap_or_default(), wildcards))
             }
         }
+    }
+
+    /// A PostgreSQL outbox table.
+    #[cfg(feature = "postgres")]
+    fn outbox(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
+        // `sslrootcert` is Tidings' to read (the client library does not know it), in the URL
+        // or as a key; the connection's other parameters given as keys go back to its URL.
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut root_cert = keys.one("sslrootcert")?;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.strip_prefix("sslrootcert=") {
+                Some(path) => {
+                    root_cert = Some(
+                        percent_encoding::percent_decode_str(path)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    );
+                }
+                None => kept.push(pair),
+            }
+        }
+        let mut url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        for parameter in POSTGRES_PARAMETERS {
+            if let Some(value) = keys.one(parameter)? {
+                let value: String = percent_encoding::utf8_percent_encode(
+                    &value,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .collect();
+                let joint = if url.contains('?') { '&' } else { '?' };
+                url = format!("{url}{joint}{parameter}={value}");
+            }
+        }
+        let config = url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| keys.error(format_args!("not a PostgreSQL URL: {e}")))?;
+        let given = (
+            keys.one("table")?,
+            keys.one("channel")?,
+            keys.one("partitions")?,
+            keys.one("poll-ms")?,
+        );
+        let keys = &*keys;
+        let identifier = |what: &str, value: &str, dotted: bool| {
+            let word = |w: &str| {
+                w.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            };
+            let parts: Vec<&str> = value.split('.').collect();
+            if parts.iter().all(|p| word(p)) && (parts.len() == 1 || (dotted && parts.len() == 2)) {
+                Ok(value.to_owned())
+            } else {
+                Err(keys.error(format_args!(
+                    "{what} {value:?}: letters, digits and _{}",
+                    if dotted {
+                        ", as name or schema.name"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+        };
+        let table = match given.0 {
+            Some(table) => identifier("table", &table, true)?,
+            None => "tidings_outbox".to_owned(),
+        };
+        let channel = match given.1 {
+            Some(channel) => identifier("channel", &channel, false)?,
+            None => "tidings_outbox".to_owned(),
+        };
+        let number = |key: &str, value: Option<String>, range: std::ops::RangeInclusive<u32>| {
+            value.map_or(Ok(None), |v| match v.parse::<u32>() {
+                Ok(n) if range.contains(&n) => Ok(Some(n)),
+                _ => Err(keys.error(format_args!(
+                    "{key} {v:?}: a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ))),
+            })
+        };
+        let partitions = number("partitions", given.2, 1..=1024)?.unwrap_or(1);
+        let poll_ms = number("poll-ms", given.3, 10..=60_000)?.unwrap_or(1000);
+        let source = Source::Outbox(OutboxSource {
+            url,
+            config,
+            table: table.clone(),
+            channel,
+            partitions,
+            poll: std::time::Duration::from_millis(u64::from(poll_ms)),
+            root_cert,
+        });
+        Ok((source, table, 0))
     }
 
     /// A NATS subject, or a JetStream stream.
@@ -753,6 +918,38 @@ mod tests {
         assert!(err("nats://h?subject=a.*&topic=%7B2%7D").contains("1 wildcard"));
         assert!(err("nats://h?stream=S&queue=q&topic=t").contains("durable=…"));
         assert!(err("nats://h?subject=s&durable=d&topic=t").contains("JetStream"));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn an_outbox_table_with_the_connections_own_parameters() {
+        let spec = parse(
+            "postgres://app:secret@127.0.0.1:5432/shop?table=app.tidings_outbox&partitions=4&sslmode=disable&session=%7B/customer%7D&event=order-paid",
+        )
+        .unwrap();
+        assert_eq!(spec.name, "postgres:app.tidings_outbox");
+        let Source::Outbox(outbox) = &spec.source else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(
+            outbox.url,
+            "postgres://app:secret@127.0.0.1:5432/shop?sslmode=disable"
+        );
+        assert_eq!(
+            (outbox.partitions, outbox.channel.as_str()),
+            (4, "tidings_outbox")
+        );
+        assert_eq!(outbox.poll, std::time::Duration::from_secs(1));
+        assert_eq!(
+            spec.source.redacted_url(),
+            "postgres://***@127.0.0.1:5432/shop?sslmode=disable"
+        );
+        let err = |s: &str| parse(s).unwrap_err();
+        assert!(err("postgres://h/db?table=a;drop&topic=t").contains("letters, digits"));
+        assert!(err("postgres://h/db?channel=a.b&topic=t").contains("letters, digits"));
+        assert!(err("postgres://h/db?partitions=0&topic=t").contains("from 1 to 1024"));
+        assert!(err("postgres://h/db?poll-ms=fast&topic=t").contains("poll-ms"));
+        assert!(err("postgres://h:port/db?topic=t").contains("not a PostgreSQL URL"));
     }
 
     #[test]

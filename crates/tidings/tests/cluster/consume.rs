@@ -251,26 +251,30 @@ async fn spring_sse_events_on_a_fanout_exchange_reach_the_session_on_either_inst
     let _ = app.connection.close(200, "done".into()).await;
 }
 
-/// Publishes 1,500 messages for alice's session with `publish` (which returns each one's
-/// update id), about 500 a second, and kills the instance of `hubs` that reads the source
-/// (consumer `consumer`) after 500: the other's stream gets every update once, in order.
+/// Publishes `messages` messages for alice's session with `publish` (which returns each one's
+/// update id), under 1,000 a second, and kills the instance of `hubs` that reads the source
+/// (consumer `consumer`) a third of the way, after a burst: the others' streams get every
+/// update once, in order.
 async fn survives_the_death_of_its_reader(
     hubs: &mut [Hub],
     consumer: &str,
+    messages: usize,
     mut publish: impl AsyncFnMut(usize) -> String,
 ) {
     let mut streams: Vec<Stream> = Vec::new();
     for hub in hubs.iter() {
         streams.push(Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await);
     }
-    const MESSAGES: usize = 1500;
     let published =
         format!("tidings_consumer_messages_total{{source=\"{consumer}\",outcome=\"published\"}}");
+    let kill_at = messages / 3;
+    // Under 1,000 a second: 2 ms apart, or 12 s for them all if that is quicker.
+    let pace = Duration::from_millis(2).min(Duration::from_secs(12) / messages as u32);
     let mut expected = Vec::new();
     let mut killed = None;
-    for n in 0..MESSAGES {
+    for n in 0..messages {
         expected.push(publish(n).await);
-        if n == 500 {
+        if n == kill_at {
             let mut active = None;
             for (i, hub) in hubs.iter().enumerate() {
                 if hub.try_metric(&published).await.unwrap_or(0.0) > 0.0 {
@@ -283,32 +287,37 @@ async fn survives_the_death_of_its_reader(
         }
         // A burst before the kill, so that the reader dies holding messages it has not
         // acknowledged; a steady pace otherwise.
-        if !(400..500).contains(&n) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        if !(kill_at.saturating_sub(100)..kill_at).contains(&n) {
+            tokio::time::sleep(pace).await;
         }
     }
-    let stream = &mut streams[1 - killed.unwrap()];
-    let mut got = Vec::new();
-    while got.len() < MESSAGES {
-        let event = next_update(stream, Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|| panic!("got {} of {MESSAGES}", got.len()));
-        got.push(event.id);
-    }
-    if let Some(at) = (0..MESSAGES).find(|&i| got[i] != expected[i]) {
-        let missing = expected.iter().filter(|id| !got.contains(id)).count();
-        panic!(
-            "every message once, in order, across the takeover: from #{at} on, got {:?}… where {:?}… was due ({missing} missing)",
-            &got[at..(at + 3).min(MESSAGES)],
-            &expected[at..(at + 3).min(MESSAGES)]
+    let killed = killed.unwrap();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        if i == killed {
+            continue;
+        }
+        let mut got = Vec::new();
+        while got.len() < messages {
+            let event = next_update(stream, Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("instance {i}: got {} of {messages}", got.len()));
+            got.push(event.id);
+        }
+        if let Some(at) = (0..messages).find(|&i| got[i] != expected[i]) {
+            let missing = expected.iter().filter(|id| !got.contains(id)).count();
+            panic!(
+                "instance {i}: every message once, in order, across the takeover: from #{at} on, got {:?}… where {:?}… was due ({missing} missing)",
+                &got[at..(at + 3).min(messages)],
+                &expected[at..(at + 3).min(messages)]
+            );
+        }
+        assert!(
+            next_update(stream, Duration::from_millis(500))
+                .await
+                .is_none(),
+            "instance {i}: no repeat"
         );
     }
-    assert!(
-        next_update(stream, Duration::from_millis(500))
-            .await
-            .is_none(),
-        "no repeat"
-    );
 }
 
 #[tokio::test]
@@ -317,7 +326,7 @@ async fn the_instance_reading_the_queue_killed_mid_stream_loses_and_repeats_noth
         return;
     };
     let mut hubs = std::mem::take(&mut app.hubs);
-    survives_the_death_of_its_reader(&mut hubs, &app.prefix.clone(), async |n| {
+    survives_the_death_of_its_reader(&mut hubs, &app.prefix.clone(), 1500, async |n| {
         let message_id = format!("m-{n}");
         let (body, properties) = spring_message("alice", n, &message_id);
         app.publish(&body, properties).await;
@@ -348,7 +357,7 @@ async fn a_redis_stream_is_read_once_in_order_across_the_death_of_its_reader() {
     let client = redis::Client::open(keys.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let prefix = keys.prefix.clone();
-    survives_the_death_of_its_reader(&mut hubs, &keys.prefix, async |n| {
+    survives_the_death_of_its_reader(&mut hubs, &keys.prefix, 1500, async |n| {
         // As a service writes it: XADD with the fields of its event.
         let entry: String = redis::cmd("XADD")
             .arg(&stream_key)
@@ -575,7 +584,7 @@ async fn redis_pub_sub_loses_nothing_when_the_instance_turning_messages_into_upd
     .await;
     let client = redis::Client::open(keys.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    survives_the_death_of_its_reader(&mut hubs, &p, async |n| {
+    survives_the_death_of_its_reader(&mut hubs, &p, 1500, async |n| {
         let _: i64 = redis::cmd("PUBLISH")
             .arg(format!("{p}:events"))
             .arg(format!(r#"{{"id":"order-{n}","payload":{{"order":{n}}}}}"#))
@@ -727,7 +736,7 @@ async fn a_jetstream_stream_is_read_once_in_order_across_the_death_of_its_reader
         ),
     )
     .await;
-    survives_the_death_of_its_reader(&mut hubs, &p, async |n| {
+    survives_the_death_of_its_reader(&mut hubs, &p, 1500, async |n| {
         let ack = js
             .publish(
                 format!("{p}.orders.eu"),
@@ -738,6 +747,175 @@ async fn a_jetstream_stream_is_read_once_in_order_across_the_death_of_its_reader
             .await
             .unwrap();
         format!("urn:tidings:{p}:{created}.{}", ack.sequence)
+    })
+    .await;
+}
+
+/// Two instances on Redis relaying the outbox table of `schema` (the mapping of
+/// `examples/python/outbox_order.py`'s events), connected; `extra` more keys.
+async fn outbox_cluster(
+    keys: &crate::common::RedisKeys,
+    url: &str,
+    schema: &str,
+    n: usize,
+    extra: &str,
+) -> Vec<Hub> {
+    let consume = format!(
+        "{url}?table={schema}.tidings_outbox&session=%7B/customer%7D&event=order-paid&data=/order&name={}{extra}",
+        keys.prefix
+    );
+    let hubs = crate::common::cluster_on(&keys.url, &keys.prefix, n, &["--consume", &consume]);
+    for hub in &hubs {
+        wait_for("the consumer to connect", async || {
+            let ready = crate::common::get_json(&hub.url("/readyz")).await;
+            ready["consumers"][0]["connection"] == "connected"
+        })
+        .await;
+    }
+    hubs
+}
+
+/// An order event for `customer`, as the example's transaction writes it.
+fn order_event(customer: &str, n: usize) -> String {
+    format!(r#"{{"customer":"{customer}","order":{{"id":{n},"state":"paid"}}}}"#)
+}
+
+#[tokio::test]
+async fn an_outbox_relays_what_commits_once_and_nothing_of_what_rolls_back() {
+    let (Some(url), Some(keys)) = (
+        crate::common::postgres_url(),
+        crate::common::redis_keys("consume-outbox"),
+    ) else {
+        return;
+    };
+    let schema = format!(
+        "tidings_outbox_{}",
+        crate::common::uuid_like().replace('-', "_")
+    );
+    let db = crate::common::PgSchema::with_outbox(&url, &schema).await;
+    let hubs = outbox_cluster(&keys, &url, &schema, 2, "").await;
+    let mut streams = Vec::new();
+    for hub in &hubs {
+        streams.push(Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await);
+    }
+    let mut a = db.client().await;
+    let mut b = db.client().await;
+    let insert =
+        "INSERT INTO tidings_outbox (payload, partition_key) VALUES ($1::text::jsonb, 'alice')";
+    // Committed: delivered.
+    a.execute(insert, &[&order_event("alice", 1)])
+        .await
+        .unwrap();
+    // Rolled back: nothing.
+    let tx = a.transaction().await.unwrap();
+    tx.execute(insert, &[&order_event("alice", 2)])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    // Committed late: its id is older than one relayed before it commits; it is not skipped.
+    let late = a.transaction().await.unwrap();
+    late.execute(insert, &[&order_event("alice", 3)])
+        .await
+        .unwrap();
+    let early = b.transaction().await.unwrap();
+    early
+        .execute(insert, &[&order_event("alice", 4)])
+        .await
+        .unwrap();
+    early.commit().await.unwrap();
+    // A row that cannot be mapped (no customer) stops nothing.
+    b.execute(
+        "INSERT INTO tidings_outbox (payload) VALUES ('{\"order\":{}}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    for stream in &mut streams {
+        let mut orders = Vec::new();
+        for _ in 0..2 {
+            let event = next_update(stream, Duration::from_secs(15))
+                .await
+                .expect("the committed rows");
+            assert_eq!(event.event, "order-paid");
+            orders.push(event.data);
+        }
+        got.push(orders);
+    }
+    late.commit().await.unwrap();
+    for (stream, orders) in streams.iter_mut().zip(&mut got) {
+        let event = next_update(stream, Duration::from_secs(15))
+            .await
+            .expect("the row committed late");
+        orders.push(event.data);
+        assert!(
+            next_update(stream, Duration::from_millis(500))
+                .await
+                .is_none(),
+            "nothing more: not the rolled back row, no repeat"
+        );
+        assert_eq!(
+            *orders,
+            [
+                r#"{"id":1,"state":"paid"}"#,
+                r#"{"id":4,"state":"paid"}"#,
+                r#"{"id":3,"state":"paid"}"#
+            ],
+            "in the order the rows committed"
+        );
+    }
+    assert_eq!(counted(&hubs, &keys.prefix, "published").await, 3.0);
+    assert_eq!(counted(&hubs, &keys.prefix, "missing_field").await, 1.0);
+    let left: i64 = a
+        .query_one("SELECT count(*) FROM tidings_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "relayed rows are deleted, the bad one too");
+    // What waits is counted at each poll: nothing, now, on every instance.
+    let lag = format!("tidings_consumer_lag{{source=\"{}\"}}", keys.prefix);
+    for hub in &hubs {
+        wait_for("the backlog to read 0", async || {
+            hub.try_metric(&lag).await == Some(0.0)
+        })
+        .await;
+    }
+    // (For the next test's clean-up: the connections go before the schema.)
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn an_outbox_relayed_by_three_instances_loses_and_repeats_nothing_when_its_relay_dies() {
+    let (Some(url), Some(keys)) = (
+        crate::common::postgres_url(),
+        crate::common::redis_keys("consume-outbox-kill"),
+    ) else {
+        return;
+    };
+    let schema = format!(
+        "tidings_outbox_{}",
+        crate::common::uuid_like().replace('-', "_")
+    );
+    let db = crate::common::PgSchema::with_outbox(&url, &schema).await;
+    let mut hubs = outbox_cluster(&keys, &url, &schema, 3, "").await;
+    let client = db.client().await;
+    let oid: u32 = client
+        .query_one("SELECT 'tidings_outbox'::regclass::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let prefix = keys.prefix.clone();
+    survives_the_death_of_its_reader(&mut hubs, &keys.prefix, 10_000, async |n| {
+        // One transaction per event, as the application commits them.
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO tidings_outbox (payload, partition_key) VALUES ($1::text::jsonb, 'alice') RETURNING id",
+                &[&order_event("alice", n)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        format!("urn:tidings:{prefix}:{oid}.{id}")
     })
     .await;
 }

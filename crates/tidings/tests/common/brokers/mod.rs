@@ -11,11 +11,12 @@ use super::{free_port, spawn_listening, uuid_like, Hub, WAIT};
 mod amqp;
 mod kafka;
 mod nats;
+mod postgres;
 mod redis_nodes;
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use self::{amqp::*, kafka::*, nats::*, redis_nodes::*};
+pub use self::{amqp::*, kafka::*, nats::*, postgres::*, redis_nodes::*};
 
 /// The shared brokers the tests reach, with how to give the tests one.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +25,7 @@ enum Broker {
     Nats,
     Amqp,
     Kafka,
+    Postgres,
 }
 impl Broker {
     fn name(self) -> &'static str {
@@ -32,6 +34,7 @@ impl Broker {
             Broker::Nats => "NATS",
             Broker::Amqp => "RabbitMQ",
             Broker::Kafka => "Kafka",
+            Broker::Postgres => "PostgreSQL",
         }
     }
 
@@ -42,6 +45,7 @@ impl Broker {
             Broker::Nats => "TIDINGS_TEST_NATS",
             Broker::Amqp => "TIDINGS_TEST_AMQP",
             Broker::Kafka => "TIDINGS_TEST_KAFKA",
+            Broker::Postgres => "TIDINGS_TEST_POSTGRES",
         }
     }
 
@@ -52,6 +56,7 @@ impl Broker {
             Broker::Nats => "`nats-server -js -p 4222`",
             Broker::Amqp => "`rabbitmq-server -detached`",
             Broker::Kafka => "Tansu on 9092, as `.ci/services` does",
+            Broker::Postgres => "`pg_ctlcluster 15 main start`",
         }
     }
 }
