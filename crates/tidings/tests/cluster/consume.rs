@@ -251,6 +251,15 @@ async fn spring_sse_events_on_a_fanout_exchange_reach_the_session_on_either_inst
     let _ = app.connection.close(200, "done".into()).await;
 }
 
+/// How the reading instance goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Going {
+    /// SIGKILL: mid-message, nothing acknowledged or given back.
+    Killed,
+    /// SIGTERM: it drains — finishes the message it handles and gives the rest back.
+    Drained,
+}
+
 /// Publishes `messages` messages for alice's session with `publish` (which returns each one's
 /// update id), under 1,000 a second, and kills the instance of `hubs` that reads the source
 /// (consumer `consumer`) a third of the way, after a burst: the others' streams get every
@@ -259,6 +268,17 @@ async fn survives_the_death_of_its_reader(
     hubs: &mut [Hub],
     consumer: &str,
     messages: usize,
+    publish: impl AsyncFnMut(usize) -> String,
+) {
+    loses_nothing_when_its_reader_goes(hubs, consumer, messages, Going::Killed, publish).await;
+}
+
+/// As [`survives_the_death_of_its_reader`], the reader going as `going` says.
+async fn loses_nothing_when_its_reader_goes(
+    hubs: &mut [Hub],
+    consumer: &str,
+    messages: usize,
+    going: Going,
     mut publish: impl AsyncFnMut(usize) -> String,
 ) {
     let mut streams: Vec<Stream> = Vec::new();
@@ -282,7 +302,10 @@ async fn survives_the_death_of_its_reader(
                 }
             }
             let active = active.expect("one instance reads the source");
-            hubs[active].kill();
+            match going {
+                Going::Killed => hubs[active].kill(),
+                Going::Drained => hubs[active].terminate(),
+            }
             killed = Some(active);
         }
         // A burst before the kill, so that the reader dies holding messages it has not
@@ -918,4 +941,305 @@ async fn an_outbox_relayed_by_three_instances_loses_and_repeats_nothing_when_its
         format!("urn:tidings:{prefix}:{oid}.{id}")
     })
     .await;
+}
+
+/// The bad messages every source is held to (`data=/payload` from `{sessionId, eventName,
+/// payload}`, with `--max-body-bytes 2048`), each with the outcome it is counted as.
+fn bad_messages() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("not_json", b"not json {".to_vec()),
+        (
+            "missing_field",
+            br#"{"eventName":"e","payload":{}}"#.to_vec(),
+        ),
+        (
+            "invalid",
+            br#"{"sessionId":"a\u0007b","eventName":"e","payload":{}}"#.to_vec(),
+        ),
+        (
+            "too_large",
+            format!(
+                r#"{{"sessionId":"alice","eventName":"e","payload":"{}"}}"#,
+                "x".repeat(3000)
+            )
+            .into_bytes(),
+        ),
+    ]
+}
+
+/// One instance consuming `consume` (a source URL with its keys, named `name`): each bad
+/// message `publish` sends is skipped, counted by its reason and logged with its place (a
+/// line holding `place`), and the good one after them arrives — nothing stopped. `cases`
+/// leaves out what a source cannot carry.
+async fn bad_input_battery(
+    consume: &str,
+    name: &str,
+    place: &str,
+    cases: &[&str],
+    mut publish: impl AsyncFnMut(Vec<u8>),
+) {
+    let consume = format!(
+        "{consume}&session=%7B/sessionId%7D&event=%7B/eventName%7D&data=/payload&name={name}"
+    );
+    let hub = Hub::start(&[
+        "--auth",
+        "none",
+        "--max-body-bytes",
+        "2048",
+        "--consume",
+        &consume,
+    ]);
+    wait_for("the consumer to connect", async || {
+        let ready = crate::common::get_json(&hub.url("/readyz")).await;
+        ready["consumers"][0]["connection"] == "connected"
+    })
+    .await;
+    let mut stream = Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await;
+    let bad: Vec<_> = bad_messages()
+        .into_iter()
+        .filter(|(outcome, _)| cases.contains(outcome))
+        .collect();
+    assert_eq!(bad.len(), cases.len(), "known cases: {cases:?}");
+    for (_, body) in &bad {
+        publish(body.clone()).await;
+    }
+    publish(br#"{"sessionId":"alice","eventName":"e","payload":{"ok":true}}"#.to_vec()).await;
+    let event = next_update(&mut stream, Duration::from_secs(15))
+        .await
+        .expect("the good message, after the bad ones");
+    assert_eq!(event.data, r#"{"ok":true}"#);
+    let hubs = [hub];
+    for (outcome, _) in &bad {
+        assert_eq!(counted(&hubs, name, outcome).await, 1.0, "{outcome}");
+    }
+    assert_eq!(counted(&hubs, name, "published").await, 1.0);
+    let hub = &hubs[0];
+    hub.wait_for_log("consumer: skipped a message").await;
+    assert!(
+        hub.log_lines(place) >= 1,
+        "the skip is logged with its place ({place:?})"
+    );
+    // At most one line a second: the rest are counted, and said to be.
+    assert!(hub.log_lines("consumer: skipped a message") < bad.len() || bad.len() == 1);
+    assert!(next_update(&mut stream, Duration::from_millis(300))
+        .await
+        .is_none());
+}
+
+const EVERY_CASE: [&str; 4] = ["not_json", "missing_field", "invalid", "too_large"];
+
+#[tokio::test]
+async fn bad_messages_on_each_source_are_counted_logged_and_stop_nothing() {
+    // RabbitMQ: a fanout exchange of the application's.
+    if let Some(url) = crate::common::amqp_url() {
+        let p = crate::common::unique_prefix("consume-bad-amqp");
+        let app = AppObjects {
+            url: url.clone(),
+            exchange: format!("{p}.events"),
+            queue: format!("tidings.{p}"),
+        };
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .exchange_declare(
+                app.exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        bad_input_battery(
+            &format!("{url}?exchange={}", app.exchange),
+            &p,
+            "delivery 1 on",
+            &EVERY_CASE,
+            async |body| {
+                channel
+                    .basic_publish(
+                        app.exchange.as_str().into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            },
+        )
+        .await;
+        let _ = connection.close(200, "done".into()).await;
+    }
+    // Redis: a stream (the body in a field), and a channel.
+    if let Some(keys) = crate::common::redis_keys("consume-bad-redis") {
+        let client = redis::Client::open(keys.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let stream = format!("{}:events", keys.prefix);
+        bad_input_battery(
+            &format!("{}?stream={stream}&field=body", keys.url),
+            &format!("{}-stream", keys.prefix),
+            "-0 of \"",
+            &EVERY_CASE,
+            async |body| {
+                let _: String = redis::cmd("XADD")
+                    .arg(&stream)
+                    .arg("*")
+                    .arg("body")
+                    .arg(body)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            },
+        )
+        .await;
+        let channel = format!("{}:channel", keys.prefix);
+        bad_input_battery(
+            &format!("{}?channel={channel}&key={}:consume", keys.url, keys.prefix),
+            &format!("{}-channel", keys.prefix),
+            "message on channel",
+            &EVERY_CASE,
+            async |body| {
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(body)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            },
+        )
+        .await;
+    }
+    // NATS: a core subject, and a JetStream stream.
+    if let Some(url) = crate::common::nats_url() {
+        let p = crate::common::unique_prefix("consume-bad-nats");
+        let client = async_nats::connect(&url).await.unwrap();
+        let subject = format!("{p}.events");
+        bad_input_battery(
+            &format!("{url}?subject={subject}"),
+            &format!("{p}-core"),
+            "message on \"",
+            &EVERY_CASE,
+            async |body| {
+                client.publish(subject.clone(), body.into()).await.unwrap();
+                client.flush().await.unwrap();
+            },
+        )
+        .await;
+        let app = AppStream {
+            url: url.clone(),
+            name: format!("{p}-bad"),
+        };
+        let js = async_nats::jetstream::new(client.clone());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: app.name.clone(),
+            subjects: vec![format!("{p}.js.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        bad_input_battery(
+            &format!("{url}?stream={}", app.name),
+            &format!("{p}-js"),
+            "sequence 1 of stream",
+            &EVERY_CASE,
+            async |body| {
+                js.publish(format!("{p}.js.e"), body.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            },
+        )
+        .await;
+    }
+    // PostgreSQL: an outbox table (its jsonb column refuses what is not JSON at insert).
+    if let Some(url) = crate::common::postgres_url() {
+        let schema = format!(
+            "tidings_bad_{}",
+            crate::common::uuid_like().replace('-', "_")
+        );
+        let db = crate::common::PgSchema::with_outbox(&url, &schema).await;
+        let client = db.client().await;
+        bad_input_battery(
+            &format!("{url}?table={schema}.tidings_outbox"),
+            &schema,
+            "row 1 of",
+            &["missing_field", "invalid", "too_large"],
+            async |body| {
+                client
+                    .execute(
+                        "INSERT INTO tidings_outbox (payload) VALUES ($1::text::jsonb)",
+                        &[&String::from_utf8(body).unwrap()],
+                    )
+                    .await
+                    .unwrap();
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_drains_hands_the_queue_and_the_jetstream_consumer_over_whole() {
+    // RabbitMQ: the drained instance's unacknowledged messages go back to the queue.
+    if let Some(mut app) = SpringApp::start("consume-drain", 2).await {
+        let mut hubs = std::mem::take(&mut app.hubs);
+        let consumer = app.prefix.clone();
+        loses_nothing_when_its_reader_goes(&mut hubs, &consumer, 600, Going::Drained, async |n| {
+            let message_id = format!("m-{n}");
+            let (body, properties) = spring_message("alice", n, &message_id);
+            app.publish(&body, properties).await;
+            app.id(&message_id)
+        })
+        .await;
+        let _ = app.connection.close(200, "done".into()).await;
+    }
+    // JetStream: the drained instance gives its message back (-NAK) at once.
+    if let Some(url) = crate::common::nats_url() {
+        let p = crate::common::unique_prefix("consume-js-drain");
+        let _bus = crate::common::NatsStream {
+            url: url.clone(),
+            prefix: p.clone(),
+        };
+        let app = AppStream {
+            url: url.clone(),
+            name: format!("{p}-orders"),
+        };
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        let mut stream = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: app.name.clone(),
+                subjects: vec![format!("{p}.orders.>")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let created = stream.info().await.unwrap().created.unix_timestamp();
+        let mut hubs = nats_cluster(
+            &url,
+            &p,
+            &format!(
+                "stream={}&session=%7B/sessionId%7D&event=order-update&data=/payload&name={p}",
+                app.name
+            ),
+        )
+        .await;
+        loses_nothing_when_its_reader_goes(&mut hubs, &p, 600, Going::Drained, async |n| {
+            let ack = js
+                .publish(
+                    format!("{p}.orders.eu"),
+                    format!(r#"{{"sessionId":"alice","payload":{{"order":{n}}}}}"#).into(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            format!("urn:tidings:{p}:{created}.{}", ack.sequence)
+        })
+        .await;
+    }
 }
