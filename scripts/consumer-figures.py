@@ -8,11 +8,11 @@
 For each source, one `tidings serve` (the memory bus: what is measured is the consumer, not a
 bus) consumes the messages and delivers each to one session stream, read by this script:
 
-- sources that keep a backlog (a RabbitMQ queue, a Redis stream, a JetStream stream, an
-  outbox table) are filled while the instance is stopped, then read from its start: the
-  consumer's own pace;
-- Redis Pub/Sub and core NATS keep nothing: the messages are published while it runs, as
-  fast as this script's client can (the figure is then the lower of the two paces).
+- where the source can take them all at once (a RabbitMQ transaction, a Redis MULTI, one
+  PostgreSQL transaction), they are, once the consumer is connected, and the clock starts at
+  the commit: the figure is the consumer's own pace;
+- JetStream, Redis Pub/Sub and core NATS: published as fast as this script's client can
+  (the figure is then the lower of the two paces; the client is the faster here).
 
 Then the same number of session updates is published over HTTP (`POST /sse/events`, 16
 keep-alive connections) to an instance without consumers. For each it prints messages/s
@@ -22,6 +22,7 @@ what it creates (queues, keys, streams, schemas) is removed at the end.
 """
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import sys
@@ -79,31 +80,26 @@ async def deliveries(stream, expected, within):
     return got
 
 
-async def run_consumer(binary, consume, messages, fill=None, live=None, prepare=None):
-    """One source: `fill()` before the instance reads (backlog sources), or `live()` while it
-    runs (Pub/Sub). Returns (messages/s, CPU s per 1,000, delivered)."""
-    args = ["--auth", "none", "--consume", consume]
-    if fill:
-        # The first start creates the queue, group or durable consumer; then the backlog.
-        first = Instance(binary, args)
-        await wait_connected(first)
-        first.stop()
-        await asyncio.to_thread(fill)
-    instance = Instance(binary, args)
+async def run_consumer(binary, consume, messages, publish, atomic):
+    """One source: `publish()` sends every message (in a thread) once the consumer is
+    connected. Returns (messages/s, CPU s per message, delivered), from the moment the
+    messages can be read — the commit, when `atomic`; else just before the first is sent —
+    to the last delivery."""
+    instance = Instance(binary, ["--auth", "none", "--consume", consume])
     try:
         stream = await SseStream.open(instance, "/sse/event-stream?sessionId=alice")
-        if live:
-            await wait_connected(instance)
+        await wait_connected(instance)
+        if atomic:
+            await asyncio.to_thread(publish)
         cpu0, t0 = cpu_seconds(instance), time.monotonic()
-        if live:
-            publisher = asyncio.create_task(asyncio.to_thread(live))
+        publisher = None if atomic else asyncio.create_task(asyncio.to_thread(publish))
         got = await deliveries(stream, messages, within=300)
         elapsed = time.monotonic() - t0
         cpu = cpu_seconds(instance) - cpu0
-        if live:
+        if publisher:
             await publisher
         stream.close()
-        return messages / elapsed if got == messages else got / elapsed, cpu / messages * 1000, got
+        return got / elapsed, cpu / messages * 1000, got
     finally:
         instance.stop()
 
@@ -143,7 +139,8 @@ async def http_publish(binary, messages, connections=16):
 
 
 def sources(args, tag):
-    """Each source: (name, consume URL, fill, live, clean-up)."""
+    """Each source: (name, consume URL, what publishes the messages, whether they appear at
+    once, clean-up)."""
     found = []
     if "amqp" in args.sources:
         import pika
@@ -154,10 +151,13 @@ def sources(args, tag):
         conn.close()
 
         def fill():
+            # One transaction: the queue gets them all at once, faster than they are read.
             c = pika.BlockingConnection(params)
             ch = c.channel()
+            ch.tx_select()
             for n in range(args.messages):
                 ch.basic_publish(exchange, "", body(n), pika.BasicProperties(message_id=f"m{n}"))
+            ch.tx_commit()
             c.close()
 
         def clean():
@@ -166,7 +166,7 @@ def sources(args, tag):
             ch.queue_delete(f"tidings.{exchange}")
             ch.exchange_delete(exchange)
             c.close()
-        found.append(("RabbitMQ (a queue)", f"{args.amqp}?exchange={exchange}&name={exchange}&{MAPPING}", fill, None, clean))
+        found.append(("RabbitMQ (a queue)", f"{args.amqp}?exchange={exchange}&name={exchange}&{MAPPING}", fill, True, clean))
     if "redis-stream" in args.sources or "redis-pubsub" in args.sources:
         import redis
         r = redis.Redis.from_url(args.redis)
@@ -174,13 +174,12 @@ def sources(args, tag):
         key = f"figures-{tag}-stream"
 
         def fill():
-            pipe = r.pipeline(transaction=False)
+            # One MULTI: the stream gets them all at once.
+            pipe = r.pipeline(transaction=True)
             for n in range(args.messages):
                 pipe.xadd(key, {"body": body(n)})
-                if n % 1000 == 999:
-                    pipe.execute()
             pipe.execute()
-        found.append(("Redis stream", f"{args.redis}?stream={key}&field=body&{MAPPING}", fill, None,
+        found.append(("Redis stream", f"{args.redis}?stream={key}&field=body&{MAPPING}", fill, True,
                       lambda: r.delete(key)))
     if "redis-pubsub" in args.sources:
         channel = f"figures-{tag}-channel"
@@ -192,20 +191,25 @@ def sources(args, tag):
                 if n % 500 == 499:
                     pipe.execute()
             pipe.execute()
-        found.append(("Redis Pub/Sub", f"{args.redis}?channel={channel}&key=figures-{tag}&{MAPPING}", None, live,
+        found.append(("Redis Pub/Sub", f"{args.redis}?channel={channel}&key=figures-{tag}&{MAPPING}", live, False,
                       lambda: r.delete(f"figures-{tag}:lease", f"figures-{tag}:progress")))
     if "jetstream" in args.sources or "nats" in args.sources:
         import nats as nats_py
 
-        async def with_nats(work):
-            client = await nats_py.connect(args.nats)
-            try:
-                return await work(client)
-            finally:
-                await client.close()
+        def with_nats(work):
+            """Runs `work(client)` on a connection, in a thread of its own (this may be
+            called from the script's event loop)."""
+            async def run():
+                client = await nats_py.connect(args.nats)
+                try:
+                    return await work(client)
+                finally:
+                    await client.close()
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return pool.submit(asyncio.run, run()).result()
     if "jetstream" in args.sources:
         stream = f"figures-{tag}"
-        asyncio.run(with_nats(lambda c: c.jetstream().add_stream(name=stream, subjects=[f"figures.{tag}.>"])))
+        with_nats(lambda c: c.jetstream().add_stream(name=stream, subjects=[f"figures.{tag}.>"]))
 
         def fill():
             async def work(client):
@@ -213,17 +217,17 @@ def sources(args, tag):
                 acks = [js.publish(f"figures.{tag}.e", body(n).encode()) for n in range(args.messages)]
                 for i in range(0, len(acks), 500):
                     await asyncio.gather(*acks[i:i + 500])
-            asyncio.run(with_nats(work))
-        found.append(("JetStream", f"{args.nats}?stream={stream}&subject=figures.{tag}.>&{MAPPING}", fill, None,
-                      lambda: asyncio.run(with_nats(lambda c: c.jetstream().delete_stream(stream)))))
+            with_nats(work)
+        found.append(("JetStream", f"{args.nats}?stream={stream}&subject=figures.{tag}.>&{MAPPING}", fill, False,
+                      lambda: with_nats(lambda c: c.jetstream().delete_stream(stream))))
     if "nats" in args.sources:
         def live():
             async def work(client):
                 for n in range(args.messages):
                     await client.publish(f"figures.{tag}.core", body(n).encode())
                 await client.flush()
-            asyncio.run(with_nats(work))
-        found.append(("core NATS", f"{args.nats}?subject=figures.{tag}.core&{MAPPING}", None, live, lambda: None))
+            with_nats(work)
+        found.append(("core NATS", f"{args.nats}?subject=figures.{tag}.core&{MAPPING}", live, False, lambda: None))
     if "outbox" in args.sources:
         import psycopg
         schema = f"figures_{tag}"
@@ -234,7 +238,8 @@ def sources(args, tag):
             c.execute(sql)
 
         def fill():
-            with psycopg.connect(args.postgres, autocommit=True) as c:
+            # One transaction: the rows appear at once, at its commit.
+            with psycopg.connect(args.postgres) as c:
                 with c.cursor() as cur:
                     cur.executemany(f"INSERT INTO {schema}.tidings_outbox (payload) VALUES (%s)",
                                     [(body(n),) for n in range(args.messages)])
@@ -242,7 +247,7 @@ def sources(args, tag):
         def clean():
             with psycopg.connect(args.postgres, autocommit=True) as c:
                 c.execute(f"DROP SCHEMA {schema} CASCADE")
-        found.append(("PostgreSQL outbox", f"{args.postgres}?table={schema}.tidings_outbox&{MAPPING}", fill, None, clean))
+        found.append(("PostgreSQL outbox", f"{args.postgres}?table={schema}.tidings_outbox&{MAPPING}", fill, True, clean))
     return found
 
 
@@ -264,9 +269,9 @@ async def main():
     rows.append({"source": "HTTP POST /sse/events", "messages_per_s": round(rate), "cpu_ms_per_1000": round(cpu * 1000, 1),
                  "delivered": got})
     tag = uuid.uuid4().hex[:8]
-    for name, consume, fill, live, clean in sources(args, tag):
+    for name, consume, publish, atomic, clean in sources(args, tag):
         try:
-            rate, cpu, got = await run_consumer(args.binary, consume, args.messages, fill=fill, live=live)
+            rate, cpu, got = await run_consumer(args.binary, consume, args.messages, publish, atomic)
             rows.append({"source": name, "messages_per_s": round(rate), "cpu_ms_per_1000": round(cpu * 1000, 1),
                          "delivered": got})
         finally:
