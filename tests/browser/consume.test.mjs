@@ -107,107 +107,70 @@ after(async () => {
   psql(`DROP SCHEMA ${SCHEMA} CASCADE`);
 });
 
-test("a Spring service's SendSseEvent reaches the browser's EventSource on either instance", async () => {
+/**
+ * A page on each instance with an EventSource on `path`, collecting its `event` events:
+ * `{ id, data }` (the data parsed as JSON when `json`).
+ */
+async function openPages(path, event, json = false) {
   const pages = [];
   for (const hub of hubs) {
     const page = await browser.newPage();
     await page.goto(`${hub.base}/healthz`);
-    await page.evaluate(() => new Promise((resolve) => {
+    await page.evaluate(([path, event, json]) => new Promise((resolve) => {
       window.got = [];
-      const source = new EventSource('/sse/event-stream?sessionId=alice');
-      source.addEventListener('order-update', (e) => window.got.push({ id: e.lastEventId, data: e.data }));
+      const source = new EventSource(path);
+      source.addEventListener(event, (e) => window.got.push({ id: e.lastEventId, data: json ? JSON.parse(e.data) : e.data }));
       source.onopen = () => resolve();
-    }));
+    }), [path, event, json]);
     pages.push(page);
   }
-  const messageId = spring('--session', 'alice', '--event', 'order-update', '--payload', '{"order": 42}');
-  const expected = [{ id: `urn:tidings:${PREFIX}:${messageId}`, data: '{"order":42}' }];
+  return pages;
+}
+
+/**
+ * Waits for each page's first event; then checks that one instance consumed it (its
+ * `published` metric), and that both pages got `expected` (their `data`), once — the page on
+ * the instance that did not consume it as the one that did. `settle` ms are left for a
+ * repeat (or what must not come) to show.
+ */
+async function receivedOnceOnEither(pages, published, expected, settle = 300) {
   for (const page of pages) {
     await page.waitForFunction(() => window.got.length >= 1, null, { timeout: 10000 });
   }
-  const consumed = await Promise.all(hubs.map((h) => metric(h.base, PUBLISHED).catch(() => 0)));
+  const consumed = await Promise.all(hubs.map((h) => metric(h.base, published).catch(() => 0)));
   assert.deepEqual([...consumed].sort(), [0, 1], `one instance consumed it: ${consumed}`);
   const other = consumed.indexOf(0);
-  await new Promise((r) => setTimeout(r, 300));
-  assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not consume it');
-  assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
+  await new Promise((r) => setTimeout(r, settle));
+  const data = async (page) => (await page.evaluate(() => window.got)).map((e) => e.data);
+  assert.deepEqual(await data(pages[other]), expected, 'on the instance that did not consume it');
+  assert.deepEqual(await data(pages[1 - other]), expected, 'and on the one that did');
+  return Promise.all(pages.map((page) => page.evaluate(() => window.got)));
+}
+
+test("a Spring service's SendSseEvent reaches the browser's EventSource on either instance", async () => {
+  const pages = await openPages('/sse/event-stream?sessionId=alice', 'order-update');
+  const messageId = spring('--session', 'alice', '--event', 'order-update', '--payload', '{"order": 42}');
+  const got = await receivedOnceOnEither(pages, PUBLISHED, ['{"order":42}']);
+  for (const events of got) assert.equal(events[0].id, `urn:tidings:${PREFIX}:${messageId}`);
 });
 
 test("a worker's job-done on the job's Redis channel reaches the browser's EventSource on either instance", async () => {
-  const pages = [];
-  for (const hub of hubs) {
-    const page = await browser.newPage();
-    await page.goto(`${hub.base}/healthz`);
-    await page.evaluate(() => new Promise((resolve) => {
-      window.got = [];
-      const source = new EventSource('/.well-known/mercure?topic=' + encodeURIComponent('https://example.com/jobs/42'));
-      source.addEventListener('job-done', (e) => window.got.push(JSON.parse(e.data)));
-      source.onopen = () => resolve();
-    }));
-    pages.push(page);
-  }
+  const topic = encodeURIComponent('https://example.com/jobs/42');
+  const pages = await openPages(`/.well-known/mercure?topic=${topic}`, 'job-done', true);
   assert.equal(jobDone(42), '2', 'both instances subscribe to the channel');
-  for (const page of pages) {
-    await page.waitForFunction(() => window.got.length >= 1, null, { timeout: 10000 });
-  }
-  const consumed = await Promise.all(hubs.map((h) => metric(h.base, JOBS_PUBLISHED).catch(() => 0)));
-  assert.deepEqual([...consumed].sort(), [0, 1], `one instance turned it into an update: ${consumed}`);
-  const other = consumed.indexOf(0);
-  await new Promise((r) => setTimeout(r, 300));
-  const expected = [{ job: 42, status: 'done' }];
-  assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not');
-  assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
+  await receivedOnceOnEither(pages, JOBS_PUBLISHED, [{ job: 42, status: 'done' }]);
 });
 
 test("an order service's JetStream event reaches the browser's EventSource on either instance", async () => {
-  const pages = [];
-  for (const hub of hubs) {
-    const page = await browser.newPage();
-    await page.goto(`${hub.base}/healthz`);
-    await page.evaluate(() => new Promise((resolve) => {
-      window.got = [];
-      const source = new EventSource('/sse/event-stream?sessionId=carol');
-      source.addEventListener('order-paid', (e) => window.got.push(JSON.parse(e.data)));
-      source.onopen = () => resolve();
-    }));
-    pages.push(page);
-  }
+  const pages = await openPages('/sse/event-stream?sessionId=carol', 'order-paid', true);
   orders('--customer', 'carol', '--order', '{"id": 42, "total": 12.5}');
-  for (const page of pages) {
-    await page.waitForFunction(() => window.got.length >= 1, null, { timeout: 10000 });
-  }
-  const consumed = await Promise.all(hubs.map((h) => metric(h.base, ORDERS_PUBLISHED).catch(() => 0)));
-  assert.deepEqual([...consumed].sort(), [0, 1], `one instance consumed it: ${consumed}`);
-  const other = consumed.indexOf(0);
-  await new Promise((r) => setTimeout(r, 300));
-  const expected = [{ id: 42, total: 12.5 }];
-  assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not');
-  assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
+  await receivedOnceOnEither(pages, ORDERS_PUBLISHED, [{ id: 42, total: 12.5 }]);
 });
 
 test('an order paid in a PostgreSQL transaction reaches the browser once; one rolled back, never', async () => {
-  const pages = [];
-  for (const hub of hubs) {
-    const page = await browser.newPage();
-    await page.goto(`${hub.base}/healthz`);
-    await page.evaluate(() => new Promise((resolve) => {
-      window.got = [];
-      const source = new EventSource('/sse/event-stream?sessionId=dave');
-      source.addEventListener('order-paid', (e) => window.got.push(JSON.parse(e.data)));
-      source.onopen = () => resolve();
-    }));
-    pages.push(page);
-  }
+  const pages = await openPages('/sse/event-stream?sessionId=dave', 'order-paid', true);
   assert.match(payOrder('--customer', 'dave', '--total', '99', '--roll-back'), /rolled back/);
   const id = Number(payOrder('--customer', 'dave', '--total', '12.5'));
-  for (const page of pages) {
-    await page.waitForFunction(() => window.got.length >= 1, null, { timeout: 10000 });
-  }
-  const consumed = await Promise.all(hubs.map((h) => metric(h.base, OUTBOX_PUBLISHED).catch(() => 0)));
-  assert.deepEqual([...consumed].sort(), [0, 1], `one instance relayed it: ${consumed}`);
-  const other = consumed.indexOf(0);
-  await new Promise((r) => setTimeout(r, 1200)); // a poll: the rolled back order never comes
-  const expected = [{ id, total: 12.5, state: 'paid' }];
-  assert.deepEqual(await pages[other].evaluate(() => window.got), expected, 'on the instance that did not');
-  assert.deepEqual(await pages[1 - other].evaluate(() => window.got), expected, 'and on the one that did');
+  // (A poll's wait: the rolled back order never comes.)
+  await receivedOnceOnEither(pages, OUTBOX_PUBLISHED, [{ id, total: 12.5, state: 'paid' }], 1200);
 });

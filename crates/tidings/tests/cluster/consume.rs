@@ -724,52 +724,86 @@ async fn a_core_nats_subject_is_handled_once_by_the_queue_group_of_the_instances
     assert_eq!(counted(&hubs, &p, "published").await, 10.0);
 }
 
-#[tokio::test]
-async fn a_jetstream_stream_is_read_once_in_order_across_the_death_of_its_reader() {
-    let Some(url) = crate::common::nats_url() else {
-        return;
-    };
-    let p = crate::common::unique_prefix("consume-js");
-    let _bus = crate::common::NatsStream {
-        url: url.clone(),
-        prefix: p.clone(),
-    };
-    let app = AppStream {
-        url: url.clone(),
-        name: format!("{p}-orders"),
-    };
-    // The application's stream, as its services set it up.
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: app.name.clone(),
-            subjects: vec![format!("{p}.orders.>")],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let created = stream.info().await.unwrap().created.unix_timestamp();
-    let mut hubs = nats_cluster(
-        &url,
-        &p,
-        &format!(
-            "stream={}&subject={p}.orders.>&session=%7B/sessionId%7D&event=order-update&data=/payload&name={p}",
-            app.name
-        ),
-    )
-    .await;
-    survives_the_death_of_its_reader(&mut hubs, &p, 1500, async |n| {
-        let ack = js
+/// An order service's JetStream stream (`<prefix>-orders`, subjects `<prefix>.orders.>`),
+/// as its services set it up, and two instances on the NATS bus consuming it (the session
+/// from the message), connected; deleted with the test.
+struct OrdersStream {
+    prefix: String,
+    js: async_nats::jetstream::Context,
+    /// The stream's creation time, in seconds: part of the ids.
+    created: i64,
+    _app: AppStream,
+    _bus: crate::common::NatsStream,
+}
+
+impl OrdersStream {
+    async fn start(url: &str, name: &str) -> (OrdersStream, Vec<Hub>) {
+        let prefix = crate::common::unique_prefix(name);
+        let bus = crate::common::NatsStream {
+            url: url.to_owned(),
+            prefix: prefix.clone(),
+        };
+        let app = AppStream {
+            url: url.to_owned(),
+            name: format!("{prefix}-orders"),
+        };
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let mut stream = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: app.name.clone(),
+                subjects: vec![format!("{prefix}.orders.>")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let created = stream.info().await.unwrap().created.unix_timestamp();
+        let hubs = nats_cluster(
+            url,
+            &prefix,
+            &format!(
+                "stream={}&subject={prefix}.orders.>&session=%7B/sessionId%7D&event=order-update&data=/payload&name={prefix}",
+                app.name
+            ),
+        )
+        .await;
+        let orders = OrdersStream {
+            prefix,
+            js,
+            created,
+            _app: app,
+            _bus: bus,
+        };
+        (orders, hubs)
+    }
+
+    /// Publishes order `n` for alice, as the service does; its update's id.
+    async fn publish(&self, n: usize) -> String {
+        let ack = self
+            .js
             .publish(
-                format!("{p}.orders.eu"),
+                format!("{}.orders.eu", self.prefix),
                 format!(r#"{{"sessionId":"alice","payload":{{"order":{n}}}}}"#).into(),
             )
             .await
             .unwrap()
             .await
             .unwrap();
-        format!("urn:tidings:{p}:{created}.{}", ack.sequence)
+        format!(
+            "urn:tidings:{}:{}.{}",
+            self.prefix, self.created, ack.sequence
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_jetstream_stream_is_read_once_in_order_across_the_death_of_its_reader() {
+    let Some(url) = crate::common::nats_url() else {
+        return;
+    };
+    let (orders, mut hubs) = OrdersStream::start(&url, "consume-js").await;
+    let consumer = orders.prefix.clone();
+    survives_the_death_of_its_reader(&mut hubs, &consumer, 1500, async |n| {
+        orders.publish(n).await
     })
     .await;
 }
@@ -1200,45 +1234,10 @@ async fn a_reader_that_drains_hands_the_queue_and_the_jetstream_consumer_over_wh
     }
     // JetStream: the drained instance gives its message back (-NAK) at once.
     if let Some(url) = crate::common::nats_url() {
-        let p = crate::common::unique_prefix("consume-js-drain");
-        let _bus = crate::common::NatsStream {
-            url: url.clone(),
-            prefix: p.clone(),
-        };
-        let app = AppStream {
-            url: url.clone(),
-            name: format!("{p}-orders"),
-        };
-        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
-        let mut stream = js
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: app.name.clone(),
-                subjects: vec![format!("{p}.orders.>")],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let created = stream.info().await.unwrap().created.unix_timestamp();
-        let mut hubs = nats_cluster(
-            &url,
-            &p,
-            &format!(
-                "stream={}&session=%7B/sessionId%7D&event=order-update&data=/payload&name={p}",
-                app.name
-            ),
-        )
-        .await;
-        loses_nothing_when_its_reader_goes(&mut hubs, &p, 600, Going::Drained, async |n| {
-            let ack = js
-                .publish(
-                    format!("{p}.orders.eu"),
-                    format!(r#"{{"sessionId":"alice","payload":{{"order":{n}}}}}"#).into(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-            format!("urn:tidings:{p}:{created}.{}", ack.sequence)
+        let (orders, mut hubs) = OrdersStream::start(&url, "consume-js-drain").await;
+        let consumer = orders.prefix.clone();
+        loses_nothing_when_its_reader_goes(&mut hubs, &consumer, 600, Going::Drained, async |n| {
+            orders.publish(n).await
         })
         .await;
     }
