@@ -944,6 +944,20 @@ mod tests {
             spec.source.redacted_url(),
             "postgres://***@127.0.0.1:5432/shop?sslmode=disable"
         );
+        // In a table, the URL keeps its own parameters; Tidings reads sslrootcert itself.
+        let given = toml::from_str::<BTreeMap<String, ConsumeGiven>>(
+            r#"c = { url = "postgres://app@db:5432/shop?sslmode=require&sslrootcert=/etc/ca.pem", session = "{/customer}", event = "order-paid" }"#,
+        )
+        .unwrap()
+        .remove("c")
+        .unwrap();
+        let spec = ConsumeSpec::from_given(&given).unwrap();
+        let Source::Outbox(outbox) = &spec.source else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(outbox.url, "postgres://app@db:5432/shop?sslmode=require");
+        assert_eq!(outbox.root_cert.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(outbox.table, "tidings_outbox");
         let err = |s: &str| parse(s).unwrap_err();
         assert!(err("postgres://h/db?table=a;drop&topic=t").contains("letters, digits"));
         assert!(err("postgres://h/db?channel=a.b&topic=t").contains("letters, digits"));

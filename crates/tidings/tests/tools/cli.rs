@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::common::{publish, publisher_token, subscribe_url, Hub, Stream, KEY, WAIT};
+use crate::common::{publish, publisher_token, status, subscribe_url, Hub, Stream, KEY, WAIT};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -312,6 +312,19 @@ fn bad_configuration_is_refused_with_what_to_fix() {
             && !err.contains("secret"),
         "{err}"
     );
+    let (ok, _, err) = run(&[
+        "serve",
+        "--auth",
+        "none",
+        "--consume",
+        "postgres://me:secret@127.0.0.1:1/shop?table=orders;drop&topic=t",
+    ]);
+    assert!(
+        !ok && err.contains("letters, digits")
+            && err.contains("postgres://***@127.0.0.1:1/shop")
+            && !err.contains("secret"),
+        "{err}"
+    );
     // The load generator left for a program of its own: the old name says where it went.
     let (ok, _, err) = run(&["bench", "--url", "http://127.0.0.1:3000", "-c", "10"]);
     assert!(!ok && err.contains("tidings-bench"), "{err}");
@@ -367,4 +380,29 @@ fn json_logs_are_one_object_per_line_with_the_ready_message() {
             .contains("listening on http://127.0.0.1:"),
         "{record}"
     );
+}
+
+#[tokio::test]
+async fn a_source_not_there_keeps_its_consumer_retrying_and_the_instance_serving() {
+    // The application's database or broker may be starting too: the instance serves (its
+    // bus is up), the consumer says it is connecting, and the log says why, credentials hidden.
+    let hub = Hub::start(&[
+        "--auth",
+        "none",
+        "--consume",
+        "postgres://me:hunter2@127.0.0.1:1/shop?session=%7B/customer%7D&event=e",
+        "--consume",
+        "nats://me:hunter2@127.0.0.1:1?subject=orders.%3E&topic=https://example.com/%7B1%7D",
+    ]);
+    hub.wait_for_log("consumer postgres:tidings_outbox: cannot connect")
+        .await;
+    hub.wait_for_log("consumer nats:orders.>: cannot connect")
+        .await;
+    assert_eq!(hub.log_lines("hunter2"), 0, "credentials hidden");
+    let readiness = crate::common::get_json(&format!("{}/readyz", hub.base)).await;
+    assert_eq!(readiness["status"], "ready", "{readiness}");
+    for consumer in readiness["consumers"].as_array().unwrap() {
+        assert_eq!(consumer["connection"], "connecting", "{readiness}");
+    }
+    assert_eq!(status(&hub, "/healthz").await, 200);
 }
