@@ -4,9 +4,10 @@
 // EventSource on the session API, a worker's "job done" published with redis-py
 // (examples/python/redis_channels.py) reaches one on the job's Mercure topic, and an order
 // event published with nats-py (examples/python/nats_event.py) one on the customer's session,
-// and an order paid in a PostgreSQL transaction with psycopg (examples/python/outbox_order.py)
-// one too, while a transaction that rolls back sends nothing — on the instance that did not
-// consume it as on the one that did, once.
+// an order paid in a PostgreSQL transaction with psycopg (examples/python/outbox_order.py)
+// one too, while a transaction that rolls back sends nothing, and a shipping event produced to
+// Kafka with confluent-kafka (examples/python/kafka_event.py), keyed by the session, one more —
+// on the instance that did not consume it as on the one that did, once.
 //
 // Run by .ci/run after `cargo test` (which builds target/debug/tidings):
 //   cd tests/browser && npm ci && node --test consume.test.mjs
@@ -28,6 +29,9 @@ const ORDERS_PUBLISHED = `tidings_consumer_messages_total{source="${ORDERS}",out
 const POSTGRES = process.env.TIDINGS_TEST_POSTGRES || 'postgresql://postgres@127.0.0.1:5432/postgres';
 const SCHEMA = PREFIX.replaceAll('-', '_');
 const OUTBOX_PUBLISHED = `tidings_consumer_messages_total{source="${SCHEMA}",outcome="published"}`;
+const KAFKA = process.env.TIDINGS_TEST_KAFKA_BOOTSTRAP || '127.0.0.1:9092';
+const SHIPPING = `${SCHEMA}.shipping`;
+const SHIPPING_PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}-kafka",outcome="published"}`;
 const JOBS_PUBLISHED = `tidings_consumer_messages_total{source="${PREFIX}-jobs",outcome="published"}`;
 
 let hubs = [];
@@ -65,10 +69,16 @@ function payOrder(...args) {
   return execFileSync('python3', [script, '--database', POSTGRES, '--schema', SCHEMA, ...args]).toString().trim();
 }
 
+/** Runs the Kafka example against the test's topic; returns what it prints. */
+function shipping(...args) {
+  const script = path.join(root, 'examples', 'python', 'kafka_event.py');
+  return execFileSync('python3', [script, '--bootstrap', KAFKA, '--topic', SHIPPING, ...args]).toString().trim();
+}
+
 async function consumerConnected(base) {
   for (let i = 0; i < 200; i++) {
     const ready = await (await fetch(`${base}/readyz`)).json();
-    if (ready.consumers?.length === 4 && ready.consumers.every((c) => c.connection === 'connected')) return;
+    if (ready.consumers?.length === 5 && ready.consumers.every((c) => c.connection === 'connected')) return;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`the consumer of ${base} did not connect`);
@@ -79,6 +89,7 @@ before(async () => {
   orders('--declare'); // the order service's stream
   psql(`CREATE SCHEMA ${SCHEMA}`); // the application's outbox, as docs/outbox.sql creates it
   psql(null, path.join(root, 'docs', 'outbox.sql'));
+  shipping('--create'); // the shipping service's topic
   const consume = `${AMQP}?exchange=${EXCHANGE}&preset=spring-sse-starter&name=${PREFIX}`;
   const jobs = `${REDIS}?pattern=${PREFIX}:subtitles:job:*&topic=https://example.com/jobs/{1}`
     + `&type=job-done&name=${PREFIX}-jobs&key=${PREFIX}:jobs`;
@@ -88,9 +99,16 @@ before(async () => {
       `${NATS}?stream=${ORDERS}&subject=${PREFIX}.orders.>&session={/customer}&event=order-paid`
         + `&data=/order&name=${ORDERS}`, '--consume',
       `${POSTGRES}?table=${SCHEMA}.tidings_outbox&session={/customer}&event=order-paid&data=/order`
-        + `&name=${SCHEMA}`]));
+        + `&name=${SCHEMA}`, '--consume',
+      `kafka://${KAFKA}?kafka-topic=${SHIPPING}&session={key}&event=order-shipped&data=/order`
+        + `&name=${PREFIX}-kafka`]));
   }
   for (const hub of hubs) await consumerConnected(hub.base);
+  // The Kafka consumer starts at the topic's end once an instance reads it: wait for that.
+  for (let i = 0; !hubs.some((h) => h.log().includes('consumer: reading the topic')); i++) {
+    if (i > 200) throw new Error('no instance reads the Kafka topic');
+    await new Promise((r) => setTimeout(r, 50));
+  }
   browser = await launchBrowser();
 });
 
@@ -105,6 +123,7 @@ after(async () => {
     AMQP, `tidings.${PREFIX}`, EXCHANGE]);
   orders('--delete');
   psql(`DROP SCHEMA ${SCHEMA} CASCADE`);
+  shipping('--delete');
 });
 
 /**
@@ -173,4 +192,10 @@ test('an order paid in a PostgreSQL transaction reaches the browser once; one ro
   const id = Number(payOrder('--customer', 'dave', '--total', '12.5'));
   // (A poll's wait: the rolled back order never comes.)
   await receivedOnceOnEither(pages, OUTBOX_PUBLISHED, [{ id, total: 12.5, state: 'paid' }], 1200);
+});
+
+test("a shipping service's Kafka record, keyed by the session, reaches the browser's EventSource on either instance", async () => {
+  const pages = await openPages('/sse/event-stream?sessionId=erin', 'order-shipped', true);
+  shipping('--session', 'erin', '--order', '{"id": 42, "carrier": "DHL"}');
+  await receivedOnceOnEither(pages, SHIPPING_PUBLISHED, [{ id: 42, carrier: 'DHL' }]);
 });

@@ -40,7 +40,8 @@ export function startHub(args) {
       const m = buffered.match(/listening on (http:\/\/[0-9.:]+)/);
       if (m) {
         clearTimeout(timer);
-        resolve({ child, base: m[1] });
+        // (`log()`: what the hub has logged so far.)
+        resolve({ child, base: m[1], log: () => buffered });
       }
     });
     child.on('exit', (code) => reject(new Error(`hub exited early (${code}): ${buffered}`)));

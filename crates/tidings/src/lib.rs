@@ -18,7 +18,7 @@
 //! | `locks` | taking a lock whose holder panicked (one place says why that is safe) |
 //! | [`admission`] | the caps on open streams (per instance, client address, session) and the client address |
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
-//! | [`consume`] | consuming what services already publish (a RabbitMQ exchange, a Redis stream or Pub/Sub channels, a NATS subject or JetStream stream, a PostgreSQL outbox table): the consumer's spec, patterns, templates, the mapping of a message to an update, and the consumers' tasks |
+//! | [`consume`] | consuming what services already publish (a RabbitMQ exchange, a Redis stream or Pub/Sub channels, a NATS subject or JetStream stream, a Kafka topic, a PostgreSQL outbox table): the consumer's spec, patterns, templates, the mapping of a message to an update, and the consumers' tasks |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay), the cluster's [`bus::Registry`] of sessions and subscribers where a bus keeps one, the backends (cargo features), the wire format, the reconnect machine and start-up |
 //! | [`auth`] | JWT verification (HS256/RS256/ES256 keys, or a JWKS endpoint), Mercure claims and Mercure 1.0 access tokens, the application's authorization callback, minting dev tokens |
 //! | [`state`] | [`state::AppState`]: one instance's parts (config, hub, bus, authenticator, metrics, admission), shared by every request |

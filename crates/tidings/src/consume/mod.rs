@@ -10,6 +10,8 @@
 
 #[cfg(feature = "amqp")]
 mod amqp;
+#[cfg(feature = "kafka")]
+mod kafka;
 pub mod mapping;
 #[cfg(feature = "nats")]
 mod nats;

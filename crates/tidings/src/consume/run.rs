@@ -283,6 +283,13 @@ fn spawn(
             );
             tasks.spawn(run_until_stopped(machine, target, stop, busy));
         }
+        #[cfg(feature = "kafka")]
+        Source::Kafka(ref source) => {
+            let timeout = timeouts.operation(crate::bus::Kind::Kafka);
+            let target =
+                super::kafka::Target::new(source.clone(), handler, instance_id.to_owned(), timeout);
+            tasks.spawn(run_until_stopped(machine, target, stop, busy));
+        }
         #[cfg(feature = "postgres")]
         Source::Outbox(ref source) => {
             // (PostgreSQL is not a bus: it takes the bus's general operation limit.)

@@ -43,6 +43,23 @@ pub enum Source {
     /// A PostgreSQL outbox table, relayed by the instances.
     #[cfg(feature = "postgres")]
     Outbox(OutboxSource),
+    /// A Kafka topic, read by one instance at a time.
+    #[cfg(feature = "kafka")]
+    Kafka(KafkaSource),
+}
+
+/// A Kafka topic the application's services produce to.
+#[cfg(feature = "kafka")]
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    /// The brokers' URL (`kafka://` or `kafkas://`), credentials included.
+    pub url_text: String,
+    /// The same, read once.
+    pub url: crate::bus::kafka::KafkaUrl,
+    /// The topic.
+    pub topic: String,
+    /// The instances' coordination log (default `<topic>.tidings-<consumer name>`).
+    pub coordination: String,
 }
 
 /// A PostgreSQL table the application inserts its events into, in its own transactions.
@@ -173,6 +190,10 @@ impl Source {
                 &["subject", "queue", "stream", "durable"],
                 cfg!(feature = "nats").then_some(()).ok_or("nats"),
             ),
+            "kafka" | "kafkas" => (
+                &["kafka-topic", "coordination-topic", "replication", "fetch-wait"],
+                cfg!(feature = "kafka").then_some(()).ok_or("kafka"),
+            ),
             "postgres" | "postgresql" => (
                 &[
                     "table",
@@ -194,7 +215,7 @@ impl Source {
             ),
             _ => {
                 return Err(format!(
-                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream, or Pub/Sub channels and patterns), nats:// and tls:// (a NATS subject or a JetStream stream), postgres:// and postgresql:// (an outbox table)"
+                    "cannot consume from {scheme:?} URLs; the sources are amqp:// and amqps:// (a RabbitMQ exchange), redis:// and rediss:// (a Redis stream, or Pub/Sub channels and patterns), nats:// and tls:// (a NATS subject or a JetStream stream), postgres:// and postgresql:// (an outbox table), kafka:// and kafkas:// (a Kafka topic)"
                 ))
             }
         };
@@ -230,6 +251,18 @@ impl Source {
             }
             #[cfg(feature = "postgres")]
             Source::Outbox(_) => {}
+            #[cfg(feature = "kafka")]
+            Source::Kafka(ref mut kafka) => {
+                if kafka.coordination.is_empty() {
+                    let allowed =
+                        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+                    let name: String = name
+                        .chars()
+                        .map(|c| if allowed(c) { c } else { '_' })
+                        .collect();
+                    kafka.coordination = format!("{}.tidings-{name}", kafka.topic);
+                }
+            }
             #[cfg(feature = "nats")]
             Source::Nats(ref mut nats) => {
                 if nats.queue.is_empty() {
@@ -259,6 +292,8 @@ impl Source {
             Source::Nats(ref s) => redact(&s.url),
             #[cfg(feature = "postgres")]
             Source::Outbox(ref s) => redact(&s.url),
+            #[cfg(feature = "kafka")]
+            Source::Kafka(ref s) => redact(&s.url_text),
         }
     }
 }
@@ -326,6 +361,7 @@ impl ConsumeSpec {
             "rediss" => "redis",
             "tls" => "nats",
             "postgresql" => "postgres",
+            "kafkas" => "kafka",
             other => other,
         };
         let name = name.unwrap_or_else(|| format!("{kind}:{what}"));
@@ -359,6 +395,8 @@ impl ConsumeSpec {
             "nats" | "tls" => Self::nats(url, keys),
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => Self::outbox(url, keys),
+            #[cfg(feature = "kafka")]
+            "kafka" | "kafkas" => Self::kafka(url, keys),
             _ => Err(keys.error(format_args!(
                 "cannot consume from {scheme}:// URLs ({url:?})"
             ))),
@@ -421,6 +459,56 @@ impl ConsumeSpec {
                 Ok((source, what.unwrap_or_default(), wildcards))
             }
         }
+    }
+
+    /// A Kafka topic.
+    #[cfg(feature = "kafka")]
+    fn kafka(url: &str, keys: &mut Keys) -> Result<(Source, String, usize), String> {
+        // The URL's own parameters, given as keys, go back to it.
+        let mut url = url.to_owned();
+        for parameter in ["replication", "fetch-wait"] {
+            if let Some(value) = keys.one(parameter)? {
+                let joint = if url.contains('?') { '&' } else { '?' };
+                url = format!("{url}{joint}{parameter}={value}");
+            }
+        }
+        let parsed = crate::bus::kafka::KafkaUrl::parse(&url)
+            .map_err(|e| keys.error(format_args!("not a Kafka URL: {e}")))?;
+        let (topic, coordination) = (keys.one("kafka-topic")?, keys.one("coordination-topic")?);
+        let keys = &*keys;
+        let topic_name = |what: &str, value: &str| {
+            let fine = !value.is_empty()
+                && value.len() <= 249
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if fine {
+                Ok(value.to_owned())
+            } else {
+                Err(keys.error(format_args!(
+                    "{what} {value:?}: a Kafka topic name (letters, digits, ., _ and -; at most 249)"
+                )))
+            }
+        };
+        let topic = match topic {
+            Some(topic) => topic_name("kafka-topic", &topic)?,
+            None => {
+                return Err(keys.error(
+                    "name the topic to read (kafka-topic=…): the one the services produce to (topic=… is where the updates go)",
+                ))
+            }
+        };
+        let coordination = match coordination {
+            Some(c) => topic_name("coordination-topic", &c)?,
+            None => String::new(),
+        };
+        let source = Source::Kafka(KafkaSource {
+            url_text: url,
+            url: parsed,
+            topic: topic.clone(),
+            coordination,
+        });
+        Ok((source, topic, 0))
     }
 
     /// A PostgreSQL outbox table.

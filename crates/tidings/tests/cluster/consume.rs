@@ -1010,6 +1010,19 @@ async fn bad_input_battery(
     name: &str,
     place: &str,
     cases: &[&str],
+    publish: impl AsyncFnMut(Vec<u8>),
+) {
+    bad_input_battery_once(consume, name, place, cases, "consumer: ", publish).await;
+}
+
+/// As [`bad_input_battery`], sending once the instance has logged `reading` (a source that
+/// starts at its end when it starts to read).
+async fn bad_input_battery_once(
+    consume: &str,
+    name: &str,
+    place: &str,
+    cases: &[&str],
+    reading: &str,
     mut publish: impl AsyncFnMut(Vec<u8>),
 ) {
     let consume = format!(
@@ -1028,6 +1041,7 @@ async fn bad_input_battery(
         ready["consumers"][0]["connection"] == "connected"
     })
     .await;
+    hub.wait_for_log(reading).await;
     let mut stream = Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await;
     let bad: Vec<_> = bad_messages()
         .into_iter()
@@ -1190,6 +1204,27 @@ async fn bad_messages_on_each_source_are_counted_logged_and_stop_nothing() {
         )
         .await;
     }
+    // Kafka: a topic of the application's (the body as the value).
+    if let (Some(url), Some(keys)) = (
+        crate::common::kafka_url(),
+        crate::common::redis_keys("consume-bad-kafka"),
+    ) {
+        let name = format!("{}-kafka", keys.prefix);
+        let topic = keys.prefix.replace(':', "_") + ".bad";
+        let app = AppTopic::create(&url, &topic, &name).await;
+        bad_input_battery_once(
+            &format!("{url}?kafka-topic={topic}"),
+            &name,
+            "offset 0 of",
+            &EVERY_CASE,
+            "consumer: reading the topic",
+            async |body| {
+                app.produce("k", String::from_utf8_lossy(&body).into_owned())
+                    .await;
+            },
+        )
+        .await;
+    }
     // PostgreSQL: an outbox table (its jsonb column refuses what is not JSON at insert).
     if let Some(url) = crate::common::postgres_url() {
         let schema = format!(
@@ -1241,4 +1276,133 @@ async fn a_reader_that_drains_hands_the_queue_and_the_jetstream_consumer_over_wh
         })
         .await;
     }
+}
+
+/// An application's Kafka topic of two partitions, as its services create it, and the
+/// consumers' coordination log beside it; both deleted with the test.
+struct AppTopic {
+    url: String,
+    name: String,
+    coordination: String,
+    /// Partition 0, where the test produces (every record keyed by one session lands on one
+    /// partition, as Kafka's key partitioner does).
+    partition: rskafka::client::partition::PartitionClient,
+}
+
+impl AppTopic {
+    async fn create(url: &str, name: &str, consumer: &str) -> AppTopic {
+        let parsed = tidings::bus::kafka::KafkaUrl::parse(url).unwrap();
+        let client = parsed.client_builder().unwrap().build().await.unwrap();
+        client
+            .controller_client()
+            .unwrap()
+            .create_topic(name, 2, -1, 5_000)
+            .await
+            .unwrap();
+        let partition = client
+            .partition_client(
+                name.to_owned(),
+                0,
+                rskafka::client::partition::UnknownTopicHandling::Retry,
+            )
+            .await
+            .unwrap();
+        AppTopic {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            coordination: format!("{name}.tidings-{consumer}").replace(':', "_"),
+            partition,
+        }
+    }
+
+    /// Produces `value` keyed `key` on partition 0; its offset.
+    async fn produce(&self, key: &str, value: String) -> i64 {
+        let record = rskafka::record::Record {
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value.into_bytes()),
+            headers: Default::default(),
+            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64,
+            )
+            .unwrap(),
+        };
+        self.partition
+            .produce(
+                vec![record],
+                rskafka::client::partition::Compression::NoCompression,
+            )
+            .await
+            .unwrap()[0]
+    }
+}
+
+impl Drop for AppTopic {
+    fn drop(&mut self) {
+        let Ok(url) = tidings::bus::kafka::KafkaUrl::parse(&self.url) else {
+            return;
+        };
+        let topics = [self.name.clone(), self.coordination.clone()];
+        crate::common::clean_up(async move {
+            let work = async {
+                let client = url.client_builder().ok()?.build().await.ok()?;
+                for topic in topics {
+                    let _ = client
+                        .controller_client()
+                        .ok()?
+                        .delete_topic(topic, 5_000)
+                        .await;
+                }
+                Some(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+        });
+    }
+}
+
+/// Two instances on Redis consuming `topic` (the session from the record's key), connected.
+async fn kafka_cluster(url: &str, keys: &crate::common::RedisKeys, topic: &str) -> Vec<Hub> {
+    let consume = format!(
+        "{url}?kafka-topic={topic}&session=%7Bkey%7D&event=order-update&data=/payload&name={}",
+        keys.prefix
+    );
+    let hubs = crate::common::cluster_on(&keys.url, &keys.prefix, 2, &["--consume", &consume]);
+    for hub in &hubs {
+        wait_for("the consumer to connect", async || {
+            let ready = crate::common::get_json(&hub.url("/readyz")).await;
+            ready["consumers"][0]["connection"] == "connected"
+        })
+        .await;
+    }
+    // One of them reads (it claimed the topic, and starts at its end).
+    wait_for("an instance to read the topic", async || {
+        hubs.iter()
+            .any(|h| h.log_lines("consumer: reading the topic") > 0)
+    })
+    .await;
+    hubs
+}
+
+#[tokio::test]
+async fn a_kafka_topic_is_read_once_in_order_across_the_death_of_its_reader() {
+    let (Some(url), Some(keys)) = (
+        crate::common::kafka_url(),
+        crate::common::redis_keys("consume-kafka"),
+    ) else {
+        return;
+    };
+    let topic_name = keys.prefix.replace(':', "_") + ".orders";
+    let app = AppTopic::create(&url, &topic_name, &keys.prefix).await;
+    let mut hubs = kafka_cluster(&url, &keys, &topic_name).await;
+    let prefix = keys.prefix.clone();
+    survives_the_death_of_its_reader(&mut hubs, &keys.prefix, 1500, async |n| {
+        // As a service produces: the session as the key, the event as the value.
+        let offset = app
+            .produce("alice", format!(r#"{{"payload":{{"order":{n}}}}}"#))
+            .await;
+        format!("urn:tidings:{prefix}:0.{offset}")
+    })
+    .await;
 }
