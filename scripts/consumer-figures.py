@@ -11,7 +11,7 @@ bus) consumes the messages and delivers each to one session stream, read by this
 - where the source can take them all at once (a RabbitMQ transaction, a Redis MULTI, one
   PostgreSQL transaction), they are, once the consumer is connected, and the clock starts at
   the commit: the figure is the consumer's own pace;
-- JetStream, Redis Pub/Sub and core NATS: published as fast as this script's client can
+- JetStream, Kafka, Redis Pub/Sub and core NATS: published as fast as this script's client can
   (the figure is then the lower of the two paces; the client is the faster here).
 
 Then the same number of session updates is published over HTTP (`POST /sse/events`, 16
@@ -26,6 +26,7 @@ import concurrent.futures
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 
@@ -80,15 +81,22 @@ async def deliveries(stream, expected, within):
     return got
 
 
-async def run_consumer(binary, consume, messages, publish, atomic):
+async def run_consumer(binary, consume, messages, publish, atomic, reading=None):
     """One source: `publish()` sends every message (in a thread) once the consumer is
     connected. Returns (messages/s, CPU s per message, delivered), from the moment the
     messages can be read — the commit, when `atomic`; else just before the first is sent —
     to the last delivery."""
-    instance = Instance(binary, ["--auth", "none", "--consume", consume])
+    log = tempfile.NamedTemporaryFile(suffix=".log")
+    instance = Instance(binary, ["--auth", "none", "--consume", consume], log_path=log.name)
     try:
         stream = await SseStream.open(instance, "/sse/event-stream?sessionId=alice")
         await wait_connected(instance)
+        # A source read from its end once the instance reads it (Kafka): wait for that.
+        deadline = time.monotonic() + 30
+        while reading and reading not in open(log.name).read():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the instance did not log {reading!r}")
+            await asyncio.sleep(0.05)
         if atomic:
             await asyncio.to_thread(publish)
         cpu0, t0 = cpu_seconds(instance), time.monotonic()
@@ -228,6 +236,31 @@ def sources(args, tag):
                 await client.flush()
             with_nats(work)
         found.append(("core NATS", f"{args.nats}?subject=figures.{tag}.core&{MAPPING}", live, False, lambda: None))
+    if "kafka" in args.sources:
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient, NewTopic
+        topic = f"figures-{tag}"
+        admin = AdminClient({"bootstrap.servers": args.kafka})
+        for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+            future.result()
+
+        def publish():
+            producer = Producer({"bootstrap.servers": args.kafka, "linger.ms": 5})
+            for n in range(args.messages):
+                producer.produce(topic, key="alice", value=body(n))
+                if n % 1000 == 999:
+                    producer.poll(0)
+            producer.flush(60)
+
+        def clean():
+            for t in (topic, f"{topic}.tidings-kafka_{topic}"):
+                for future in admin.delete_topics([t]).values():
+                    try:
+                        future.result()
+                    except Exception:  # noqa: BLE001 (already gone)
+                        pass
+        found.append(("Kafka (one reader)", f"kafka://{args.kafka}?kafka-topic={topic}&{MAPPING}", publish, False, clean,
+                      "consumer: reading the topic"))
     if "outbox" in args.sources:
         import psycopg
         schema = f"figures_{tag}"
@@ -255,11 +288,12 @@ async def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binary", default="target/release/tidings")
     parser.add_argument("--messages", type=int, default=20000)
-    parser.add_argument("--sources", default="amqp,redis-stream,redis-pubsub,jetstream,nats,outbox")
+    parser.add_argument("--sources", default="amqp,redis-stream,redis-pubsub,jetstream,nats,kafka,outbox")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2f")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--kafka", default="127.0.0.1:9092", help="bootstrap host:port")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not os.path.exists(args.binary):
@@ -269,9 +303,10 @@ async def main():
     rows.append({"source": "HTTP POST /sse/events", "messages_per_s": round(rate), "cpu_ms_per_1000": round(cpu * 1000, 1),
                  "delivered": got})
     tag = uuid.uuid4().hex[:8]
-    for name, consume, publish, atomic, clean in sources(args, tag):
+    for name, consume, publish, atomic, clean, *reading in sources(args, tag):
         try:
-            rate, cpu, got = await run_consumer(args.binary, consume, args.messages, publish, atomic)
+            rate, cpu, got = await run_consumer(args.binary, consume, args.messages, publish, atomic,
+                                                reading[0] if reading else None)
             rows.append({"source": name, "messages_per_s": round(rate), "cpu_ms_per_1000": round(cpu * 1000, 1),
                          "delivered": got})
         finally:

@@ -63,7 +63,7 @@ class Instance:
         ready = queue.Queue()
 
         def drain():
-            with open(log_path or os.devnull, "w") as sink:
+            with open(log_path or os.devnull, "w", buffering=1) as sink:  # (line by line: readable as it goes)
                 for line in self.process.stderr:
                     match = re.search(r"listening on http://(\S+)", line)
                     if match:

@@ -150,22 +150,13 @@ impl Target {
         }
     }
 
-    fn failed(&self, what: &str, e: rskafka::client::error::Error) -> BusError {
-        BusError::Unavailable(self.handler.cause(what, e))
-    }
-
+    /// One operation on the source, within the time limit.
     async fn timed<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, rskafka::client::error::Error>>,
     ) -> Result<T, BusError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(result) => result.map_err(|e| self.failed(what, e)),
-            Err(_) => Err(BusError::Unavailable(Cause::new(format!(
-                "consumer {}: {what}: no answer within {:?}",
-                self.handler.name, self.timeout
-            )))),
-        }
+        self.handler.timed(self.timeout, what, f).await
     }
 
     /// Appends `kind` to the coordination log.

@@ -75,27 +75,17 @@ impl Target {
         }
     }
 
-    fn failed(&self, what: &str, e: tokio_postgres::Error) -> BusError {
-        BusError::Unavailable(self.handler.cause(what, e))
-    }
-
     fn lost(&self, what: &str, e: tokio_postgres::Error) -> Stop {
         self.handler.lost(what, e)
     }
 
-    /// Within the operation time limit.
+    /// One operation on the source, within the time limit.
     async fn timed<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, BusError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(result) => result.map_err(|e| self.failed(what, e)),
-            Err(_) => Err(BusError::Unavailable(Cause::new(format!(
-                "consumer {}: {what}: no answer within {:?}",
-                self.handler.name, self.timeout
-            )))),
-        }
+        self.handler.timed(self.timeout, what, f).await
     }
 
     /// Reads a partition's oldest rows (with one partition, the table needs no

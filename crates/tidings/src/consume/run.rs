@@ -130,6 +130,24 @@ impl Handler {
         crate::bus::Cause::caused_by(format!("consumer {}: {what}: {e}", self.name), e)
     }
 
+    /// Runs one operation on the source within `limit`: its failure, or no answer in time,
+    /// is [`BusError::Unavailable`], saying what this consumer was doing.
+    #[cfg_attr(not(any(feature = "kafka", feature = "postgres")), allow(dead_code))]
+    pub(super) async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
+        &self,
+        limit: Duration,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, BusError> {
+        match tokio::time::timeout(limit, f).await {
+            Ok(result) => result.map_err(|e| BusError::Unavailable(self.cause(what, e))),
+            Err(_) => Err(BusError::Unavailable(crate::bus::Cause::new(format!(
+                "consumer {}: {what}: no answer within {limit:?}",
+                self.name
+            )))),
+        }
+    }
+
     /// Counts a message with `outcome` (besides what [`Handler::handle`] counts).
     #[cfg_attr(not(any(feature = "amqp", feature = "redis")), allow(dead_code))]
     pub(super) fn count(&self, outcome: &'static str) {
