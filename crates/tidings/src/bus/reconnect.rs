@@ -125,6 +125,20 @@ pub(crate) trait Target: Send {
     fn deliver(&mut self, connection: Self::Connection) -> impl Future<Output = Stop> + Send;
 }
 
+/// A target lent to [`Reconnect::run`], so that its owner has it back when the run is
+/// dropped (a consumer says its farewell through it: `consume::run`).
+impl<T: Target> Target for &mut T {
+    type Connection = T::Connection;
+
+    fn connect(&mut self) -> impl Future<Output = Result<Self::Connection, BusError>> + Send {
+        (**self).connect()
+    }
+
+    fn deliver(&mut self, connection: Self::Connection) -> impl Future<Output = Stop> + Send {
+        (**self).deliver(connection)
+    }
+}
+
 /// Why a connection stopped delivering.
 #[derive(Debug)]
 pub(crate) enum Stop {

@@ -23,7 +23,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
 use super::mapping::Message;
 use super::pattern::Pattern;
-use super::run::{Handled, Handler};
+use super::run::{Farewell, Handled, Handler};
 use super::spec::AmqpSource;
 use crate::bus::reconnect::{self, Stop};
 use crate::bus::{with_limit, BusError, Cause, Kind};
@@ -79,6 +79,9 @@ pub(super) struct Link {
     channel: lapin::Channel,
     consumer: lapin::Consumer,
 }
+
+/// The broker gives the unacknowledged messages back when the connection closes.
+impl Farewell for Target {}
 
 impl reconnect::Target for Target {
     type Connection = Link;

@@ -14,7 +14,7 @@
 //!   instance reads the same log in the same order, so every instance agrees on who reads;
 //! - the reader reads every partition of the topic from the last committed offsets (the
 //!   topic's end, the first time), and stops as soon as the log names another reader. One
-//!   that drains appends a resignation, and the next takes over at once.
+//!   that drains appends a resignation with its last commits, and the next takes over at once.
 //!
 //! An update's id is `urn:tidings:<consumer>:<partition>.<offset>`: what a reader that died
 //! had stored but not yet committed is stored again by its successor, once. A reader that
@@ -31,7 +31,7 @@ use rskafka::record::{Record, RecordAndOffset};
 use serde::{Deserialize, Serialize};
 
 use super::mapping::Message;
-use super::run::{Handled, Handler};
+use super::run::{Farewell, Handled, Handler};
 use super::spec::KafkaSource;
 use crate::bus::reconnect::{self, Stop};
 use crate::bus::{BusError, Cause};
@@ -127,11 +127,14 @@ pub(super) struct Target {
     handler: Arc<Handler>,
     instance: String,
     timeout: Duration,
+    /// While this instance reads: the coordination log and how far it has stored, for the
+    /// resignation its farewell appends.
+    reading: Option<(Arc<PartitionClient>, BTreeMap<i32, i64>)>,
 }
 
 /// A connection: the client, the coordination log and the topic's partitions.
 pub(super) struct Link {
-    coordination: PartitionClient,
+    coordination: Arc<PartitionClient>,
     partitions: Vec<(i32, PartitionClient)>,
 }
 
@@ -147,6 +150,7 @@ impl Target {
             handler,
             instance,
             timeout,
+            reading: None,
         }
     }
 
@@ -159,10 +163,10 @@ impl Target {
         self.handler.timed(self.timeout, what, f).await
     }
 
-    /// Appends `kind` to the coordination log.
+    /// Appends `kind` to the coordination log `log`.
     async fn append(
         &self,
-        link: &Link,
+        log: &PartitionClient,
         kind: Kind,
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<(), Stop> {
@@ -180,32 +184,42 @@ impl Target {
                 .and_then(rskafka::chrono::DateTime::from_timestamp_micros)
                 .unwrap_or_default(),
         };
-        let produced = link
-            .coordination
-            .produce(vec![record], Compression::NoCompression);
+        let produced = log.produce(vec![record], Compression::NoCompression);
         self.timed("appending to the coordination log failed", produced)
             .await
             .map(|_| ())
             .map_err(lost)
     }
 
-    /// Reads what the coordination log holds from `next` on into `view`; where to read next.
-    async fn follow(&self, link: &Link, view: &mut View, next: i64) -> Result<i64, Stop> {
-        let fetched = link.coordination.fetch_records(
-            next,
+    /// Fetches what `partition` holds from `offset` on (waiting up to the URL's `fetch-wait-ms`
+    /// for it), and its end; `what` names it in errors.
+    async fn fetch(
+        &self,
+        what: &str,
+        partition: &PartitionClient,
+        offset: i64,
+    ) -> Result<(Vec<RecordAndOffset>, i64), Stop> {
+        let fetched = partition.fetch_records(
+            offset,
             1..FETCH_BYTES,
             i32::try_from(self.source.url.fetch_wait_ms).unwrap_or(100),
         );
-        let (records, _) = match tokio::time::timeout(self.timeout * 2, fetched).await {
-            Ok(Ok(read)) => read,
-            Ok(Err(e)) => return Err(self.handler.lost("reading the coordination log failed", e)),
-            Err(_) => {
-                return Err(Stop::Lost(Cause::new(format!(
-                    "consumer {}: reading the coordination log: no answer",
-                    self.handler.name
-                ))))
-            }
-        };
+        // (Twice the operation limit: the fetch may wait for records first.)
+        match tokio::time::timeout(self.timeout * 2, fetched).await {
+            Ok(Ok(read)) => Ok(read),
+            Ok(Err(e)) => Err(self.handler.lost(&format!("reading {what} failed"), e)),
+            Err(_) => Err(Stop::Lost(Cause::new(format!(
+                "consumer {}: reading {what}: no answer",
+                self.handler.name
+            )))),
+        }
+    }
+
+    /// Reads what the coordination log holds from `next` on into `view`; where to read next.
+    async fn follow(&self, link: &Link, view: &mut View, next: i64) -> Result<i64, Stop> {
+        let (records, _) = self
+            .fetch("the coordination log", &link.coordination, next)
+            .await?;
         let mut next = next;
         for RecordAndOffset { record, offset } in records {
             next = next.max(offset + 1);
@@ -220,29 +234,15 @@ impl Target {
         Ok(next)
     }
 
-    /// Reads one batch of `partition` from `position` and publishes it; the new position and
-    /// the partition's end. `Ok(None)`: the instance is stopping.
+    /// Reads one batch of `partition` from `position` and publishes it, until the instance
+    /// stops; the new position (the next offset to publish) and the partition's end.
     async fn read_partition(
         &self,
         partition: i32,
         client: &PartitionClient,
         position: i64,
-    ) -> Result<Option<(i64, i64)>, Stop> {
-        let fetched = client.fetch_records(
-            position,
-            1..FETCH_BYTES,
-            i32::try_from(self.source.url.fetch_wait_ms).unwrap_or(100),
-        );
-        let (records, end) = match tokio::time::timeout(self.timeout * 2, fetched).await {
-            Ok(Ok(read)) => read,
-            Ok(Err(e)) => return Err(self.handler.lost("reading the topic failed", e)),
-            Err(_) => {
-                return Err(Stop::Lost(Cause::new(format!(
-                    "consumer {}: reading the topic: no answer",
-                    self.handler.name
-                ))))
-            }
-        };
+    ) -> Result<(i64, i64), Stop> {
+        let (records, end) = self.fetch("the topic", client, position).await?;
         let mut position = position;
         let _busy = self.handler.busy.lock().await;
         for RecordAndOffset { record, offset } in records.into_iter().take(ROUND) {
@@ -250,7 +250,7 @@ impl Target {
                 continue;
             }
             if self.handler.stop.is_cancelled() {
-                return Ok(None);
+                break;
             }
             let key = record
                 .key
@@ -268,10 +268,10 @@ impl Target {
             let id = || UpdateId::derived(format!("{consumer}:{partition}.{offset}"));
             match self.handler.handle(&message, &place, id).await {
                 Handled::Published | Handled::Skipped => position = offset + 1,
-                Handled::Stopped => return Ok(None),
+                Handled::Stopped => break,
             }
         }
-        Ok(Some((position, end)))
+        Ok((position, end))
     }
 }
 
@@ -320,7 +320,7 @@ impl reconnect::Target for Target {
             .await?;
         tracing::info!(consumer = %self.handler.name, topic = %self.source.topic, partitions = partitions.len(), "consumer: connected");
         Ok(Link {
-            coordination,
+            coordination: Arc::new(coordination),
             partitions,
         })
     }
@@ -363,10 +363,7 @@ impl reconnect::Target for Target {
         loop {
             let me = view.reader.as_deref() == Some(self.instance.as_str());
             if self.handler.stop.is_cancelled() {
-                if me {
-                    // The next reader takes over at once, from here.
-                    let _ = self.append(&link, Kind::Resign, &positions).await;
-                }
+                // (The farewell resigns.)
                 return std::future::pending().await;
             }
             if me && !reading {
@@ -388,9 +385,11 @@ impl reconnect::Target for Target {
                     }
                 }
                 tracing::info!(consumer = %self.handler.name, ?positions, "consumer: reading the topic (the coordination log names this instance)");
+                self.reading = Some((link.coordination.clone(), positions.clone()));
                 beat_at = None;
             } else if !me && reading {
                 reading = false;
+                self.reading = None;
                 self.handler.lag(0);
                 tracing::warn!(consumer = %self.handler.name, reader = ?view.reader, "consumer: another instance reads the topic now");
             }
@@ -403,7 +402,7 @@ impl reconnect::Target for Target {
                 } else {
                     Kind::Heartbeat
                 };
-                if let Err(stop) = self.append(&link, kind, &positions).await {
+                if let Err(stop) = self.append(&link.coordination, kind, &positions).await {
                     return stop;
                 }
             }
@@ -418,15 +417,31 @@ impl reconnect::Target for Target {
             for (partition, client) in &link.partitions {
                 let position = positions.get(partition).copied().unwrap_or(0);
                 match self.read_partition(*partition, client, position).await {
-                    Ok(Some((position, end))) => {
+                    Ok((position, end)) => {
                         positions.insert(*partition, position);
                         lag += (end - position).max(0) as u64;
                     }
-                    Ok(None) => break,
                     Err(stop) => return stop,
+                }
+                // What the farewell's resignation commits. (Set before the next await: once
+                // the instance stops, the run is dropped at the first.)
+                self.reading = Some((link.coordination.clone(), positions.clone()));
+                if self.handler.stop.is_cancelled() {
+                    break;
                 }
             }
             self.handler.lag(lag);
+        }
+    }
+}
+
+/// A reader that drains resigns, committing what it stored: the next takes over at once.
+impl Farewell for Target {
+    async fn farewell(&mut self) {
+        if let Some((log, positions)) = self.reading.take() {
+            if self.append(&log, Kind::Resign, &positions).await.is_ok() {
+                tracing::info!(consumer = %self.handler.name, ?positions, "consumer: resigned (draining); another instance reads on");
+            }
         }
     }
 }

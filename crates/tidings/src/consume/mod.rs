@@ -12,6 +12,8 @@
 mod amqp;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "redis")]
+mod lease;
 pub mod mapping;
 #[cfg(feature = "nats")]
 mod nats;

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use super::mapping::Message;
 use super::pattern::Pattern;
-use super::run::{Handled, Handler};
+use super::run::{Farewell, Handled, Handler};
 use super::spec::NatsSource;
 use crate::bus::reconnect::{self, Stop};
 use crate::bus::{with_limit, BusError, Cause, Kind};
@@ -202,6 +202,9 @@ impl Reading {
         }
     }
 }
+
+/// The message being handled was given back (`-NAK`) as it stopped; core NATS keeps nothing.
+impl Farewell for Target {}
 
 impl reconnect::Target for Target {
     type Connection = Link;

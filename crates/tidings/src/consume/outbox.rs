@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::mapping::Message;
-use super::run::{Handled, Handler};
+use super::run::{Farewell, Handled, Handler};
 use super::spec::OutboxSource;
 use crate::bus::reconnect::{self, Stop};
 use crate::bus::{BusError, Cause};
@@ -244,6 +244,9 @@ where
     });
     Ok((client, driver))
 }
+
+/// The partitions' advisory locks go with the session when its connection closes.
+impl Farewell for Target {}
 
 impl reconnect::Target for Target {
     type Connection = Link;

@@ -34,7 +34,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 
 use super::mapping::Message;
 use super::pattern::Pattern;
-use super::run::{Handled, Handler};
+use super::run::{Farewell, Handled, Handler};
 use super::spec::RedisPubSubSource;
 use crate::bus::reconnect::{self, Stop};
 use crate::bus::{with_limit, BusError, Cause, Kind};
@@ -65,13 +65,6 @@ if ARGV[3] ~= '' then
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])";
-
-/// Gives the lease up, if this instance holds it.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0";
 
 /// A message as received, with the progress digest that names it.
 struct Received {
@@ -201,6 +194,8 @@ pub(super) struct Target {
     buffer: Buffer,
     /// Messages handled since this instance took the lease: the `<n>` of its progress.
     handled: u64,
+    /// The commands connection last made, for the farewell.
+    commands: Option<MultiplexedConnection>,
 }
 
 /// The connections of a consumer: commands, and the subscription.
@@ -231,6 +226,7 @@ impl Target {
             window: Window::default(),
             buffer: Buffer::default(),
             handled: 0,
+            commands: None,
         }
     }
 
@@ -284,13 +280,9 @@ impl Target {
         Ok((taken.is_some(), progress))
     }
 
-    /// Gives the lease up, so that another instance takes over without waiting for it to
-    /// expire (best effort: it expires anyway).
-    async fn release(&self, conn: &mut MultiplexedConnection) {
-        let script = redis::Script::new(RELEASE);
-        let mut release = script.key(self.lease_key());
-        release.arg(&self.instance);
-        let _ = tokio::time::timeout(self.timeout, release.invoke_async::<i64>(conn)).await;
+    /// Gives the lease up, if this instance holds it; whether it did.
+    async fn release(&self, conn: &mut MultiplexedConnection) -> bool {
+        super::lease::release(conn, self.lease_key(), &self.instance, self.timeout).await
     }
 
     /// Turns one message into an update; whether this instance still holds the lease after
@@ -379,12 +371,8 @@ impl Target {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = self.handler.stop.cancelled() => {
-                    if held {
-                        self.release(&mut link.commands).await;
-                    }
-                    return std::future::pending().await;
-                }
+                // (The lease is given up in the farewell.)
+                () = self.handler.stop.cancelled() => return std::future::pending().await,
                 message = link.messages.next() => {
                     let Some(message) = message else {
                         return Stop::Lost(Cause::new(format!(
@@ -496,6 +484,7 @@ impl reconnect::Target for Target {
         // What was buffered before cannot be vouched for: messages were missed meanwhile.
         self.buffer.clear();
         tracing::info!(consumer = %self.handler.name, channels = ?self.source.channels, patterns = ?self.source.patterns, "consumer: subscribed");
+        self.commands = Some(commands.clone());
         Ok(Link {
             commands,
             sink,
@@ -509,6 +498,18 @@ impl reconnect::Target for Target {
         // take over now rather than when the lease expires.
         self.release(&mut link.commands).await;
         stop
+    }
+}
+
+/// A draining instance gives the lease up, so that another takes over at once, publishing
+/// what it buffered after this one's progress.
+impl Farewell for Target {
+    async fn farewell(&mut self) {
+        if let Some(mut commands) = self.commands.take() {
+            if self.release(&mut commands).await {
+                tracing::info!(consumer = %self.handler.name, "consumer: gave the lease up (draining); another instance reads on");
+            }
+        }
     }
 }
 

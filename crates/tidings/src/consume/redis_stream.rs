@@ -2,7 +2,8 @@
 //! one of them at a time — the holder of a lease key, renewed while it reads — so that the
 //! stream's order is the updates' order. An entry is acknowledged (`XACK`) once the bus stored
 //! its update; the instance that takes the lease over first claims what its predecessor left
-//! pending (`XAUTOCLAIM`), so an entry read by an instance that died is not lost; its update
+//! pending (`XAUTOCLAIM`), so an entry read by an instance that died is not lost (one that
+//! drains gives the lease up, and the next takes over at once); its update
 //! id, `urn:tidings:<consumer>:<entry id>`, makes a second store of it the idempotent retry of
 //! the first.
 //!
@@ -19,7 +20,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamRe
 use redis::{AsyncCommands, Value};
 
 use super::mapping::Message;
-use super::run::{Handled, Handler};
+use super::run::{Farewell, Handled, Handler};
 use super::spec::RedisStreamSource;
 use crate::bus::reconnect::{self, Stop};
 use crate::bus::{with_limit, BusError, Cause, Kind};
@@ -50,6 +51,8 @@ pub(super) struct Target {
     /// This instance's name in the group, and the lease's value.
     consumer: String,
     timeout: Duration,
+    /// The connection last made, for the farewell.
+    conn: Option<MultiplexedConnection>,
 }
 
 impl Target {
@@ -64,6 +67,7 @@ impl Target {
             handler,
             consumer,
             timeout,
+            conn: None,
         }
     }
 
@@ -217,6 +221,7 @@ impl reconnect::Target for Target {
             }
         }
         tracing::info!(consumer = %self.handler.name, stream = %self.source.stream, group = %self.source.group, "consumer: connected");
+        self.conn = Some(conn.clone());
         Ok(conn)
     }
 
@@ -311,6 +316,20 @@ impl reconnect::Target for Target {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A draining instance gives the lease up, so that another takes over at once, claiming what
+/// this one read and did not acknowledge.
+impl Farewell for Target {
+    async fn farewell(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if super::lease::release(&mut conn, self.lease_key(), &self.consumer, self.timeout)
+                .await
+            {
+                tracing::info!(consumer = %self.handler.name, "consumer: gave the lease up (draining); another instance reads on");
             }
         }
     }

@@ -336,22 +336,38 @@ fn spawn(
     }
 }
 
-/// Drives `target` until `stop`, then waits for the message being handled (`busy`).
+/// What a consumer does last when its instance drains, once the message it was handling is
+/// settled and nothing reads any more: hand its source over to another instance now (a lease
+/// given up, a resignation appended) rather than when the others find it gone. Sources that
+/// hand over by themselves when the connection closes (a queue's unacknowledged messages, a
+/// session's advisory locks) have nothing to do.
+pub(super) trait Farewell {
+    /// Best effort, within the source's operation limit: what it does not do, the others'
+    /// detection of a dead reader does later.
+    fn farewell(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Drives `target` until `stop`, waits for the message being handled (`busy`), then lets the
+/// target say its [`Farewell`].
 #[cfg_attr(
     not(any(feature = "amqp", feature = "redis", feature = "nats")),
     allow(dead_code)
 )]
-async fn run_until_stopped<T: crate::bus::reconnect::Target>(
+async fn run_until_stopped<T: crate::bus::reconnect::Target + Farewell>(
     machine: Reconnect,
-    target: T,
+    mut target: T,
     stop: CancellationToken,
     busy: Arc<Mutex<()>>,
 ) {
     tokio::select! {
-        () = machine.run(target, None) => {}
+        () = machine.run(&mut target, None) => {}
         _guard = async {
             stop.cancelled().await;
             busy.lock_owned().await
         } => {}
     }
+    // The run is dropped: nothing reads or handles any more.
+    target.farewell().await;
 }

@@ -273,14 +273,15 @@ async fn survives_the_death_of_its_reader(
     loses_nothing_when_its_reader_goes(hubs, consumer, messages, Going::Killed, publish).await;
 }
 
-/// As [`survives_the_death_of_its_reader`], the reader going as `going` says.
+/// As [`survives_the_death_of_its_reader`], the reader going as `going` says; which of
+/// `hubs` it was.
 async fn loses_nothing_when_its_reader_goes(
     hubs: &mut [Hub],
     consumer: &str,
     messages: usize,
     going: Going,
     mut publish: impl AsyncFnMut(usize) -> String,
-) {
+) -> usize {
     let mut streams: Vec<Stream> = Vec::new();
     for hub in hubs.iter() {
         streams.push(Stream::open(&hub.url("/sse/event-stream?sessionId=alice"), &[]).await);
@@ -341,6 +342,7 @@ async fn loses_nothing_when_its_reader_goes(
             "instance {i}: no repeat"
         );
     }
+    killed
 }
 
 #[tokio::test]
@@ -359,17 +361,15 @@ async fn the_instance_reading_the_queue_killed_mid_stream_loses_and_repeats_noth
     let _ = app.connection.close(200, "done".into()).await;
 }
 
-#[tokio::test]
-async fn a_redis_stream_is_read_once_in_order_across_the_death_of_its_reader() {
-    let Some(keys) = crate::common::redis_keys("consume-stream") else {
-        return;
-    };
+/// Two instances on Redis consuming the stream `<prefix>:orders` (consumer `<prefix>`),
+/// connected; the stream's key.
+async fn redis_stream_cluster(keys: &crate::common::RedisKeys) -> (String, Vec<Hub>) {
     let stream_key = format!("{}:orders", keys.prefix);
     let consume = format!(
         "{}?stream={stream_key}&session=%7B/sessionId%7D&event=%7B/eventName%7D&data=/payload&name={}",
         keys.url, keys.prefix
     );
-    let mut hubs = crate::common::cluster_on(&keys.url, &keys.prefix, 2, &["--consume", &consume]);
+    let hubs = crate::common::cluster_on(&keys.url, &keys.prefix, 2, &["--consume", &consume]);
     for hub in &hubs {
         wait_for("the consumer to connect", async || {
             let ready = crate::common::get_json(&hub.url("/readyz")).await;
@@ -377,24 +377,42 @@ async fn a_redis_stream_is_read_once_in_order_across_the_death_of_its_reader() {
         })
         .await;
     }
-    let client = redis::Client::open(keys.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    (stream_key, hubs)
+}
+
+/// Adds order `n` for alice's session to `stream_key` as a service writes it (`XADD` with the
+/// fields of its event); its update's id under consumer `consumer`.
+async fn xadd_order(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream_key: &str,
+    consumer: &str,
+    n: usize,
+) -> String {
+    let entry: String = redis::cmd("XADD")
+        .arg(stream_key)
+        .arg("*")
+        .arg("sessionId")
+        .arg("alice")
+        .arg("eventName")
+        .arg("order-update")
+        .arg("payload")
+        .arg(format!(r#"{{"order":{n}}}"#))
+        .query_async(conn)
+        .await
+        .unwrap();
+    format!("urn:tidings:{consumer}:{entry}")
+}
+
+#[tokio::test]
+async fn a_redis_stream_is_read_once_in_order_across_the_death_of_its_reader() {
+    let Some(keys) = crate::common::redis_keys("consume-stream") else {
+        return;
+    };
+    let (stream_key, mut hubs) = redis_stream_cluster(&keys).await;
+    let mut conn = keys.connection().await;
     let prefix = keys.prefix.clone();
-    survives_the_death_of_its_reader(&mut hubs, &keys.prefix, 1500, async |n| {
-        // As a service writes it: XADD with the fields of its event.
-        let entry: String = redis::cmd("XADD")
-            .arg(&stream_key)
-            .arg("*")
-            .arg("sessionId")
-            .arg("alice")
-            .arg("eventName")
-            .arg("order-update")
-            .arg("payload")
-            .arg(format!(r#"{{"order":{n}}}"#))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        format!("urn:tidings:{prefix}:{entry}")
+    survives_the_death_of_its_reader(&mut hubs, &prefix, 1500, async |n| {
+        xadd_order(&mut conn, &stream_key, &prefix, n).await
     })
     .await;
 }
@@ -523,8 +541,7 @@ async fn a_channel_per_job_and_a_pattern_bus_reach_their_topics_once_on_either_i
             .await,
         );
     }
-    let client = redis::Client::open(keys.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = keys.connection().await;
     let mut publish = async |channel: String, message: String| {
         let _: i64 = redis::cmd("PUBLISH")
             .arg(channel)
@@ -592,29 +609,44 @@ async fn a_channel_per_job_and_a_pattern_bus_reach_their_topics_once_on_either_i
     assert_eq!(counted(&hubs, &format!("{p}-sample"), "invalid").await, 1.0);
 }
 
+/// Two instances turning the orders a service publishes on `<prefix>:events` into updates
+/// for alice's session (consumer `<prefix>`, the update's id the order's).
+async fn pubsub_orders_cluster(keys: &crate::common::RedisKeys) -> Vec<Hub> {
+    let p = &keys.prefix;
+    pubsub_cluster(
+        keys,
+        &[format!(
+            "channel={p}:events&session=alice&event=order-update&id=%7B/id%7D&data=/payload&name={p}&key={p}:consume"
+        )],
+    )
+    .await
+}
+
+/// Publishes order `n` on `<prefix>:events`; its update's id.
+async fn publish_order(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    n: usize,
+) -> String {
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{prefix}:events"))
+        .arg(format!(r#"{{"id":"order-{n}","payload":{{"order":{n}}}}}"#))
+        .query_async(conn)
+        .await
+        .unwrap();
+    format!("order-{n}")
+}
+
 #[tokio::test]
 async fn redis_pub_sub_loses_nothing_when_the_instance_turning_messages_into_updates_dies() {
     let Some(keys) = crate::common::redis_keys("consume-pubsub-kill") else {
         return;
     };
     let p = keys.prefix.clone();
-    let mut hubs = pubsub_cluster(
-        &keys,
-        &[format!(
-            "channel={p}:events&session=alice&event=order-update&id=%7B/id%7D&data=/payload&name={p}&key={p}:consume"
-        )],
-    )
-    .await;
-    let client = redis::Client::open(keys.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut hubs = pubsub_orders_cluster(&keys).await;
+    let mut conn = keys.connection().await;
     survives_the_death_of_its_reader(&mut hubs, &p, 1500, async |n| {
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(format!("{p}:events"))
-            .arg(format!(r#"{{"id":"order-{n}","payload":{{"order":{n}}}}}"#))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        format!("order-{n}")
+        publish_order(&mut conn, &p, n).await
     })
     .await;
 }
@@ -1124,8 +1156,7 @@ async fn bad_messages_on_each_source_are_counted_logged_and_stop_nothing() {
     }
     // Redis: a stream (the body in a field), and a channel.
     if let Some(keys) = crate::common::redis_keys("consume-bad-redis") {
-        let client = redis::Client::open(keys.url.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = keys.connection().await;
         let stream = format!("{}:events", keys.prefix);
         bad_input_battery(
             &format!("{}?stream={stream}&field=body", keys.url),
@@ -1252,8 +1283,12 @@ async fn bad_messages_on_each_source_are_counted_logged_and_stop_nothing() {
     }
 }
 
+/// What an instance that drains logs once it handed its source over (a lease given up, a
+/// resignation appended), rather than leaving the others to find it gone.
+const HANDED_OVER: &str = "another instance reads on";
+
 #[tokio::test]
-async fn a_reader_that_drains_hands_the_queue_and_the_jetstream_consumer_over_whole() {
+async fn a_reader_that_drains_hands_its_source_over_whole() {
     // RabbitMQ: the drained instance's unacknowledged messages go back to the queue.
     if let Some(mut app) = SpringApp::start("consume-drain", 2).await {
         let mut hubs = std::mem::take(&mut app.hubs);
@@ -1275,6 +1310,54 @@ async fn a_reader_that_drains_hands_the_queue_and_the_jetstream_consumer_over_wh
             orders.publish(n).await
         })
         .await;
+    }
+    // A Redis stream: the drained instance gives the lease up; the next claims what it left
+    // pending.
+    if let Some(keys) = crate::common::redis_keys("consume-stream-drain") {
+        let (stream_key, mut hubs) = redis_stream_cluster(&keys).await;
+        let mut conn = keys.connection().await;
+        let prefix = keys.prefix.clone();
+        let drained = loses_nothing_when_its_reader_goes(
+            &mut hubs,
+            &prefix,
+            600,
+            Going::Drained,
+            async |n| xadd_order(&mut conn, &stream_key, &prefix, n).await,
+        )
+        .await;
+        hubs[drained].wait_for_log(HANDED_OVER).await;
+    }
+    // Redis Pub/Sub: the drained instance gives the lease up; the next publishes what it
+    // buffered after the drained one's progress.
+    if let Some(keys) = crate::common::redis_keys("consume-pubsub-drain") {
+        let p = keys.prefix.clone();
+        let mut hubs = pubsub_orders_cluster(&keys).await;
+        let mut conn = keys.connection().await;
+        let drained =
+            loses_nothing_when_its_reader_goes(&mut hubs, &p, 600, Going::Drained, async |n| {
+                publish_order(&mut conn, &p, n).await
+            })
+            .await;
+        hubs[drained].wait_for_log(HANDED_OVER).await;
+    }
+    // Kafka: the drained reader resigns with its commits; the next reads on from them.
+    if let (Some(url), Some(keys)) = (
+        crate::common::kafka_url(),
+        crate::common::redis_keys("consume-kafka-drain"),
+    ) {
+        let topic_name = keys.prefix.replace(':', "_") + ".orders";
+        let app = AppTopic::create(&url, &topic_name, &keys.prefix).await;
+        let mut hubs = kafka_cluster(&url, &keys, &topic_name).await;
+        let prefix = keys.prefix.clone();
+        let drained = loses_nothing_when_its_reader_goes(
+            &mut hubs,
+            &prefix,
+            600,
+            Going::Drained,
+            async |n| app.produce_order(&prefix, n).await,
+        )
+        .await;
+        hubs[drained].wait_for_log(HANDED_OVER).await;
     }
 }
 
@@ -1313,6 +1396,15 @@ impl AppTopic {
             coordination: format!("{name}.tidings-{consumer}").replace(':', "_"),
             partition,
         }
+    }
+
+    /// Produces order `n` for alice's session as a service does (the session as the key, the
+    /// event as the value); its update's id under consumer `consumer`.
+    async fn produce_order(&self, consumer: &str, n: usize) -> String {
+        let offset = self
+            .produce("alice", format!(r#"{{"payload":{{"order":{n}}}}}"#))
+            .await;
+        format!("urn:tidings:{consumer}:0.{offset}")
     }
 
     /// Produces `value` keyed `key` on partition 0; its offset.
@@ -1397,12 +1489,8 @@ async fn a_kafka_topic_is_read_once_in_order_across_the_death_of_its_reader() {
     let app = AppTopic::create(&url, &topic_name, &keys.prefix).await;
     let mut hubs = kafka_cluster(&url, &keys, &topic_name).await;
     let prefix = keys.prefix.clone();
-    survives_the_death_of_its_reader(&mut hubs, &keys.prefix, 1500, async |n| {
-        // As a service produces: the session as the key, the event as the value.
-        let offset = app
-            .produce("alice", format!(r#"{{"payload":{{"order":{n}}}}}"#))
-            .await;
-        format!("urn:tidings:{prefix}:0.{offset}")
+    survives_the_death_of_its_reader(&mut hubs, &prefix, 1500, async |n| {
+        app.produce_order(&prefix, n).await
     })
     .await;
 }

@@ -35,6 +35,16 @@ pub struct RedisKeys {
     pub url: String,
     pub prefix: String,
 }
+impl RedisKeys {
+    /// A connection to the test Redis, as a service's would be.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
 impl Drop for RedisKeys {
     fn drop(&mut self) {
         redis_cleanup(&self.url, &self.prefix);
