@@ -81,13 +81,19 @@ async def deliveries(stream, expected, within):
     return got
 
 
+# A subscriber queue that holds every message: what is measured is the hub's pace, not this
+# script's reader (which is slower than the fastest sources, and would be disconnected as a
+# slow consumer).
+QUEUE = ["--subscriber-queue", "65536", "--subscriber-queue-bytes", str(64 << 20)]
+
+
 async def run_consumer(binary, consume, messages, publish, atomic, reading=None):
     """One source: `publish()` sends every message (in a thread) once the consumer is
     connected. Returns (messages/s, CPU s per message, delivered), from the moment the
     messages can be read — the commit, when `atomic`; else just before the first is sent —
     to the last delivery."""
     log = tempfile.NamedTemporaryFile(suffix=".log")
-    instance = Instance(binary, ["--auth", "none", "--consume", consume], log_path=log.name)
+    instance = Instance(binary, ["--auth", "none", *QUEUE, "--consume", consume], log_path=log.name)
     try:
         stream = await SseStream.open(instance, "/sse/event-stream?sessionId=alice")
         await wait_connected(instance)
@@ -113,7 +119,7 @@ async def run_consumer(binary, consume, messages, publish, atomic, reading=None)
 
 
 async def http_publish(binary, messages, connections=16):
-    instance = Instance(binary, ["--auth", "none"])
+    instance = Instance(binary, ["--auth", "none", *QUEUE])
     try:
         stream = await SseStream.open(instance, "/sse/event-stream?sessionId=alice")
         per = messages // connections

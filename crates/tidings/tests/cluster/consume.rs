@@ -1250,8 +1250,7 @@ async fn bad_messages_on_each_source_are_counted_logged_and_stop_nothing() {
             &EVERY_CASE,
             "consumer: reading the topic",
             async |body| {
-                app.produce("k", String::from_utf8_lossy(&body).into_owned())
-                    .await;
+                app.produce("k", vec![body.to_vec()]).await;
             },
         )
         .await;
@@ -1401,33 +1400,47 @@ impl AppTopic {
     /// Produces order `n` for alice's session as a service does (the session as the key, the
     /// event as the value); its update's id under consumer `consumer`.
     async fn produce_order(&self, consumer: &str, n: usize) -> String {
-        let offset = self
-            .produce("alice", format!(r#"{{"payload":{{"order":{n}}}}}"#))
-            .await;
-        format!("urn:tidings:{consumer}:0.{offset}")
+        self.produce_orders(consumer, n..n + 1).await.remove(0)
     }
 
-    /// Produces `value` keyed `key` on partition 0; its offset.
-    async fn produce(&self, key: &str, value: String) -> i64 {
-        let record = rskafka::record::Record {
-            key: Some(key.as_bytes().to_vec()),
-            value: Some(value.into_bytes()),
-            headers: Default::default(),
-            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis() as i64,
-            )
-            .unwrap(),
-        };
+    /// Produces orders `numbers` in one record batch, as a producer that lingers does; their
+    /// updates' ids.
+    async fn produce_orders(&self, consumer: &str, numbers: std::ops::Range<usize>) -> Vec<String> {
+        let values = numbers
+            .map(|n| format!(r#"{{"payload":{{"order":{n}}}}}"#).into_bytes())
+            .collect();
+        let offsets = self.produce("alice", values).await;
+        offsets
+            .into_iter()
+            .map(|offset| format!("urn:tidings:{consumer}:0.{offset}"))
+            .collect()
+    }
+
+    /// Produces `values` keyed `key` on partition 0, in one record batch; their offsets.
+    async fn produce(&self, key: &str, values: Vec<Vec<u8>>) -> Vec<i64> {
+        let timestamp = rskafka::chrono::DateTime::from_timestamp_millis(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+        )
+        .unwrap();
+        let records = values
+            .into_iter()
+            .map(|value| rskafka::record::Record {
+                key: Some(key.as_bytes().to_vec()),
+                value: Some(value),
+                headers: Default::default(),
+                timestamp,
+            })
+            .collect();
         self.partition
             .produce(
-                vec![record],
+                records,
                 rskafka::client::partition::Compression::NoCompression,
             )
             .await
-            .unwrap()[0]
+            .unwrap()
     }
 }
 
@@ -1493,4 +1506,35 @@ async fn a_kafka_topic_is_read_once_in_order_across_the_death_of_its_reader() {
         app.produce_order(&prefix, n).await
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_kafka_topic_produced_in_large_record_batches_is_read_whole() {
+    let (Some(url), Some(keys)) = (
+        crate::common::kafka_url(),
+        crate::common::redis_keys("consume-kafka-batches"),
+    ) else {
+        return;
+    };
+    let topic_name = keys.prefix.replace(':', "_") + ".orders";
+    let app = AppTopic::create(&url, &topic_name, &keys.prefix).await;
+    let hubs = kafka_cluster(&url, &keys, &topic_name).await;
+    let mut stream = Stream::open(&hubs[0].url("/sse/event-stream?sessionId=alice"), &[]).await;
+    // Batches larger than the reader publishes between two heartbeats, so that a reader
+    // that stopped within one would fetch from the middle of a batch.
+    let mut expected = Vec::new();
+    for batch in 0..3 {
+        expected.extend(
+            app.produce_orders(&keys.prefix, batch * 300..(batch + 1) * 300)
+                .await,
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let event = next_update(&mut stream, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("got {} of {}", got.len(), expected.len()));
+        got.push(event.id);
+    }
+    assert_eq!(got, expected, "every record once, in order");
 }
