@@ -25,10 +25,14 @@ pub struct Metrics {
     registry: Registry,
     /// Open SSE responses (both APIs).
     pub connections: Gauge,
+    /// Streams opened (both APIs, resumptions included): with `connections`, the churn.
+    pub streams_opened: Counter,
     /// Subscribers registered in the hub.
     pub subscribers: Gauge,
     /// Updates accepted from publishers on this instance.
     pub updates_published: Counter,
+    /// Time the bus took to store a publish (what a publisher waits for, beside parsing).
+    pub publish_duration: LatencyHistogram,
     /// Updates written to subscriber streams (one per subscriber per update).
     pub updates_delivered: Counter,
     /// Time from the bus accepting an update to its bytes being handed to a subscriber's
@@ -83,6 +87,8 @@ pub struct Metrics {
     consumer_lag: Family<SourceLabels, Gauge>,
     /// 1 while the bus is connected and the instance is not draining.
     pub ready: Gauge,
+    /// Where the bus's connection stands: 1 for its state, 0 for the others.
+    bus_state: Family<StateLabels, Gauge>,
     /// Live tokio tasks, read at each scrape (leak detection).
     pub tokio_tasks: Gauge,
 }
@@ -99,8 +105,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tidings");
         let m = Metrics {
             connections: Gauge::default(),
+            streams_opened: Counter::default(),
             subscribers: Gauge::default(),
             updates_published: Counter::default(),
+            publish_duration: LatencyHistogram::default(),
             updates_delivered: Counter::default(),
             delivery_latency: LatencyHistogram::default(),
             slow_consumers: Counter::default(),
@@ -125,10 +133,16 @@ impl Metrics {
             consumer_reconnects: Family::default(),
             consumer_lag: Family::default(),
             ready: Gauge::default(),
+            bus_state: Family::default(),
             tokio_tasks: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open SSE streams", m.connections.clone());
+        registry.register(
+            "streams_opened",
+            "SSE streams opened (both APIs, resumptions included)",
+            m.streams_opened.clone(),
+        );
         registry.register(
             "subscribers",
             "Subscribers registered in the hub",
@@ -138,6 +152,11 @@ impl Metrics {
             "updates_published",
             "Updates accepted from publishers on this instance",
             m.updates_published.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Time the bus took to store a publish accepted on this instance",
+            m.publish_duration.clone(),
         );
         registry.register(
             "updates_delivered",
@@ -260,6 +279,11 @@ impl Metrics {
             m.ready.clone(),
         );
         registry.register(
+            "bus_state",
+            "Where the bus's connection to its broker stands: 1 for its state (connecting, connected, reconnecting), 0 for the others",
+            m.bus_state.clone(),
+        );
+        registry.register(
             "tokio_alive_tasks",
             "Live tokio tasks",
             m.tokio_tasks.clone(),
@@ -294,6 +318,15 @@ impl Metrics {
                 .get_or_create(&ListenerLabels { listener });
         }
         Metrics { registry, ..m }
+    }
+
+    /// Records that the bus's connection is in state `current` of `states` (their names).
+    pub fn bus_state(&self, states: &[&'static str], current: &'static str) {
+        for &state in states {
+            self.bus_state
+                .get_or_create(&StateLabels { state })
+                .set(i64::from(state == current));
+        }
     }
 
     /// Counts one subscriber event `listener` was not told (its queue was full).
@@ -470,6 +503,11 @@ struct ListenerLabels {
 struct ConsumerLabels {
     source: String,
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -102,6 +102,13 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
+    /// Every state, for the `tidings_bus_state` gauge.
+    pub const ALL: [ConnectionState; 3] = [
+        ConnectionState::Connecting,
+        ConnectionState::Connected,
+        ConnectionState::Reconnecting,
+    ];
+
     /// The state's name, for logs and `/readyz`.
     pub fn name(self) -> &'static str {
         match self {

@@ -144,8 +144,13 @@ async fn publish(
     update: Update,
 ) -> Result<UpdateId, ApiError> {
     rights.check(&update.topics)?;
+    let started = std::time::Instant::now();
     let published = state.bus().publish(update).await?;
-    state.metrics().updates_published.inc();
+    let metrics = state.metrics();
+    metrics
+        .publish_duration
+        .observe_micros(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    metrics.updates_published.inc();
     Ok(published.id)
 }
 

@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::AppState;
+use crate::bus::ConnectionState;
 
 /// `GET /healthz`: the process is alive and serving HTTP.
 pub(super) async fn healthz() -> Response {
@@ -35,8 +36,13 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Whether the instance takes traffic now, and why not; also refreshes the `ready` gauge.
+/// Whether the instance takes traffic now, and why not; also refreshes the `ready` and
+/// `bus_state` gauges.
 fn readiness(state: &AppState) -> (StatusCode, &'static str) {
+    state.metrics().bus_state(
+        &ConnectionState::ALL.map(ConnectionState::name),
+        state.bus().state().name(),
+    );
     let (status, text) = if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if !state.bus().is_ready() {

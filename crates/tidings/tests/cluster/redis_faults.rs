@@ -67,6 +67,17 @@ async fn a_redis_restart_turns_readiness_off_fails_publishes_fast_and_recovers()
     )
     .await;
     let started = Instant::now();
+    // What a dashboard shows of it.
+    assert_eq!(
+        hub.metric("tidings_bus_state{state=\"reconnecting\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        hub.metric("tidings_bus_state{state=\"connected\"}").await,
+        0.0
+    );
+    assert_eq!(hub.metric("tidings_ready").await, 0.0);
     let (code, body) = publish(&hub, None, &[("topic", &topic), ("data", "lost")]).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("bus_unavailable"), "{body}");

@@ -79,6 +79,47 @@ async fn a_client_that_hangs_up_is_removed_at_once() {
 }
 
 #[tokio::test]
+async fn the_metrics_count_streams_opened_time_publishes_and_say_the_bus_state() {
+    let hub = Hub::start(&["--auth", "none"]);
+    assert_eq!(
+        hub.metric("tidings_bus_state{state=\"connected\"}").await,
+        1.0
+    );
+    for state in ["connecting", "reconnecting"] {
+        let name = format!("tidings_bus_state{{state=\"{state}\"}}");
+        assert_eq!(hub.metric(&name).await, 0.0, "{name}");
+    }
+    assert_eq!(hub.metric("tidings_streams_opened_total").await, 0.0);
+    assert_eq!(
+        hub.metric("tidings_publish_duration_seconds_count").await,
+        0.0
+    );
+    let first = raw_stream(&hub, "x").await;
+    drop(first);
+    let _second = raw_stream(&hub, "x").await;
+    crate::common::publish(&hub, None, &[("topic", "x"), ("data", "1")]).await;
+    assert_eq!(
+        hub.metric("tidings_streams_opened_total").await,
+        2.0,
+        "each stream opened counts, after it closed too"
+    );
+    wait_for("the first stream to be gone", async || {
+        hub.metric("tidings_connections").await == 1.0
+    })
+    .await;
+    assert_eq!(
+        hub.metric("tidings_publish_duration_seconds_count").await,
+        1.0
+    );
+    // The memory bus stores in well under a second.
+    assert_eq!(
+        hub.metric("tidings_publish_duration_seconds_bucket{le=\"1.0\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn idle_streams_get_heartbeat_comments() {
     let hub = Hub::start(&["--auth", "none", "--heartbeat", "1"]);
     let mut socket = raw_stream(&hub, "quiet").await;

@@ -342,6 +342,10 @@ async fn a_broker_not_there_yet_keeps_the_instance_waiting_and_its_credentials_h
         (&readiness["status"], &readiness["busConnection"]),
         (&Value::from("bus_unavailable"), &Value::from("connecting"))
     );
+    assert_eq!(
+        hub.metric("tidings_bus_state{state=\"connecting\"}").await,
+        1.0
+    );
     let log = hub.log.lock().unwrap().join("\n");
     assert!(
         log.contains("waiting for its bus") && !log.contains("hunter2"),

@@ -272,6 +272,7 @@ struct ConnectionGauge {
 impl ConnectionGauge {
     fn open(metrics: Arc<Metrics>, streams: &TaskTracker) -> Self {
         metrics.connections.inc();
+        metrics.streams_opened.inc();
         ConnectionGauge {
             metrics,
             _tracked: streams.token(),
