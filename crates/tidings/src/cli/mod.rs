@@ -1,8 +1,9 @@
-//! The `tidings` command line: `serve`, `publish`, `subscribe`, `token`. (The load generator
+//! The `tidings` command line: `serve`, `publish`, `subscribe`, `token`, `health`. (The load generator
 //! is a program of its own, `tidings-bench`.)
 //!
 //! The binary's `main` only calls [`main`]; each subcommand lives in its own module.
 
+mod health;
 mod publish;
 mod serve;
 mod subscribe;
@@ -31,6 +32,9 @@ enum Command {
     Subscribe(subscribe::SubscribeArgs),
     /// Mint a JWT for development.
     Token(token::TokenArgs),
+    /// Ask an instance whether it is alive (or ready): exit 0 if so, 1 if not (for a
+    /// container's health check, where there is no curl).
+    Health(health::HealthArgs),
     /// Moved: the load generator is the program `tidings-bench`.
     #[command(hide = true)]
     Bench {
@@ -176,6 +180,7 @@ pub fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Subscribe(args) => subscribe::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::Health(args) => health::run(args).await,
             Command::Bench { .. } => Err("the load generator is a program of its own now: \
                  tidings-bench, with the same arguments (cargo build --release --workspace \
                  builds it beside tidings, as target/release/tidings-bench)"

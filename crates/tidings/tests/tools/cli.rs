@@ -346,6 +346,16 @@ async fn a_broker_not_there_yet_keeps_the_instance_waiting_and_its_credentials_h
         hub.metric("tidings_bus_state{state=\"connecting\"}").await,
         1.0
     );
+    // What a container's health check and a readiness probe say of it.
+    let (alive, out, _) = run(&["health", "--url", &hub.base]);
+    assert!(alive && out.contains("200"), "{out}");
+    let (ready, _, err) = run(&["health", "--url", &hub.base, "--ready"]);
+    assert!(
+        !ready && err.contains("503") && err.contains("bus_unavailable"),
+        "{err}"
+    );
+    let (closed, _, err) = run(&["health", "--url", "http://127.0.0.1:1"]);
+    assert!(!closed && err.contains("cannot connect"), "{err}");
     let log = hub.log.lock().unwrap().join("\n");
     assert!(
         log.contains("waiting for its bus") && !log.contains("hunter2"),
