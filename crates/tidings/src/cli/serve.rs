@@ -67,10 +67,12 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(65_535)
 }
 
-/// Every stream holds a socket: raise the soft limit on open files to the hard limit.
+/// Every stream holds a socket: raise the soft limit on open files to the hard limit, and say
+/// what it is (in a container the runtime sets the hard limit, and operators look for it
+/// here: docs/kubernetes.md).
 fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Ok(limit) => tracing::info!(limit, "open files limit (each stream holds one)"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }

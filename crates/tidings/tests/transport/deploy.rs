@@ -270,3 +270,36 @@ async fn the_sample_configuration_starts_an_instance_of_a_cluster() {
         .unwrap();
     assert_eq!(refused.status(), 401);
 }
+
+/// The directives of the `location / { … }` block of an nginx configuration, comments and
+/// blank lines left out, each as written.
+fn location_directives(config: &str) -> Vec<String> {
+    let block = config
+        .split_once("location / {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(block, _)| block)
+        .expect("a `location / { … }` block");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn compose_s_nginx_passes_streams_as_the_kit_s_nginx_does() {
+    // compose.yaml's nginx differs from the kit's in its instances' addresses and its
+    // listeners only: what it does with a request is the kit's, setting for setting.
+    let kit = location_directives(&deploy_file("nginx/tidings.conf"));
+    let compose = location_directives(&deploy_file("compose/nginx.conf"));
+    assert!(kit.len() > 10, "the kit's location block: {kit:?}");
+    assert_eq!(compose, kit);
+    for instance in ["tidings-1:3000", "tidings-2:3000", "tidings-3:3000"] {
+        let server = format!("server {instance} max_fails=0;");
+        assert!(
+            deploy_file("compose/nginx.conf").contains(&server),
+            "{server}"
+        );
+    }
+}
