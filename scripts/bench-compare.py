@@ -19,6 +19,13 @@ run `--repeat` times with a fresh server per hub and repeat (medians are reporte
 - scale: as many idle streams on one instance as `--scale-streams` (capped by the hard
   open-files limit), then one update to all of them.
 
+With `--baseline PATH` (another Tidings build, e.g. the one before a change) it runs as a third
+hub in the same run, alternating with the others, and the summary adds each measure's ratio of
+Tidings to it: what a change costs, measured side by side on a noisy machine. `--tidings-args`
+passes options to the Tidings under test only; `--otlp-sink` starts an OTLP/HTTP endpoint that
+takes every batch (answering 200) and points that Tidings at it (`--otlp-endpoint`): the cost
+of tracing on.
+
 Writes every run's JSON and a summary of ratios to `--out` and prints the summary as a
 Markdown table. Loopback only; every run is bounded by the bench's own `--timeout`; servers
 are stopped and their Redis keys deleted at the end.
@@ -114,9 +121,9 @@ http {{
 
 
 class Tidings:
-    def __init__(self, binary, launcher, bus_prefix=None):
+    def __init__(self, binary, launcher, bus_prefix=None, extra=()):
         args = ["--auth", "none", "--max-streams", "1000000",
-                "--max-streams-per-address", "1000000"]
+                "--max-streams-per-address", "1000000", *extra]
         if bus_prefix:
             args += ["--bus", REDIS, "--bus-prefix", bus_prefix]
         self.instance = Instance(binary, args, launcher=launcher)
@@ -125,6 +132,13 @@ class Tidings:
 
     def stop(self):
         self.instance.stop()
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of process `pid` so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def delete_redis_keys(pattern):
@@ -147,14 +161,16 @@ class Runner:
         for url in urls:
             command += ["--url", url]
         command += ["--publish-url", publish_url, "--pid", str(pid), *extra]
+        cpu_before = cpu_seconds(pid)
         done = subprocess.run(command, capture_output=True, text=True, timeout=700)
+        cpu = cpu_seconds(pid) - cpu_before
         try:
             result = json.loads(done.stdout)
         except json.JSONDecodeError:
             raise RuntimeError(f"{scenario}/{hub}: no JSON from {' '.join(command)}: {done.stderr}")
         self.runs.append({"scenario": scenario, "hub": hub, "repeat": repeat,
                           "command": " ".join(command), "exit_status": done.returncode,
-                          "result": result})
+                          "hub_cpu_seconds": cpu, "result": result})
         d = result["deliveries"]
         print(f"  {scenario:<22} {hub:<8} #{repeat}: {d['per_second']:>10.0f} deliveries/s, "
               f"p99 {result['latency_ms']['p99']:8.2f} ms, lost {d['lost']}, "
@@ -204,8 +220,35 @@ class Runner:
 
     def start(self, hub, redis_name=None):
         if hub == "tidings":
-            return Tidings(self.args.tidings, self.server_launcher, redis_name)
+            return Tidings(self.args.tidings, self.server_launcher, redis_name,
+                           self.args.tidings_args.split())
+        if hub == "baseline":
+            return Tidings(self.args.baseline, self.server_launcher, redis_name)
         return Nginx(self.server_launcher, redis_name)
+
+
+class OtlpSink:
+    """An OTLP/HTTP endpoint on loopback that takes every batch and answers 200 (an empty
+    protobuf answer): where the traced Tidings sends its spans."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (the standard library's name)
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def median(runs, scenario, hub, pick):
@@ -250,6 +293,37 @@ def summarize(runs, scale_streams):
         "lost": r["result"]["deliveries"]["lost"], "ok": r["result"]["ok"]} for r in scale]}
 
 
+def against_baseline(runs):
+    """Each measure's median for Tidings and for the baseline build, and their ratio."""
+    rows = []
+    picks = {"memory": ("RSS per idle stream (bytes)", lambda r: r["memory"]["per_idle_stream_bytes"]),
+             "fanout": ("fan-out deliveries/s", lambda r: r["deliveries"]["per_second"]),
+             "fanout-at-rate": ("fan-out p99 latency at a rate (ms)", lambda r: r["latency_ms"]["p99"]),
+             "targeted": ("targeted updates/s", lambda r: r["deliveries"]["per_second"])}
+    def cpu_per_1000(run):
+        return 1000 * run["hub_cpu_seconds"] / max(run["result"]["deliveries"]["received"], 1)
+
+    def runs_median(scenario, hub, pick):
+        values = [pick(r) for r in runs if r["scenario"] == scenario and r["hub"] == hub]
+        return statistics.median(values) if values else None
+
+    for prefix, where in (("", "one instance"), ("cross-", "across instances")):
+        for measure in ("fanout", "targeted"):
+            t = runs_median(prefix + measure, "tidings", cpu_per_1000)
+            b = runs_median(prefix + measure, "baseline", cpu_per_1000)
+            if t is not None and b is not None:
+                rows.append({"measure": f"hub CPU per 1,000 deliveries, {measure}, {where} (s)",
+                             "tidings": t, "baseline": b, "ratio": t / b if b else float("inf")})
+        for measure, (name, pick) in picks.items():
+            t = median(runs, prefix + measure, "tidings", pick)
+            b = median(runs, prefix + measure, "baseline", pick)
+            if t is None or b is None:
+                continue
+            rows.append({"measure": f"{name}, {where}", "tidings": t, "baseline": b,
+                         "ratio": t / b if b else float("inf")})
+    return rows
+
+
 def versions(binary):
     def out(*cmd):
         try:
@@ -276,6 +350,11 @@ def print_table(summary):
     for r in summary["ratios"]:
         print(f"| {r['measure']} | {r['tidings']:,.2f} | {r['nchan']:,.2f} | {r['ratio']:.2f}× | "
               f"{r['target']} | {'yes' if r['met'] else 'no'} |")
+    if "against_baseline" in summary:
+        print("\n| Measure | Tidings | Baseline | Ratio |")
+        print("|---|---|---|---|")
+        for r in summary["against_baseline"]:
+            print(f"| {r['measure']} | {r['tidings']:,.2f} | {r['baseline']:,.2f} | {r['ratio']:.3f}× |")
     for s in summary["scale"]:
         print(f"\nscale, {s['hub']}: {s['streams']:,} streams (asked {s['asked']:,}), "
               f"RSS {s['rss_idle_mib']:.1f} MiB idle ({s['per_idle_stream_bytes']:.0f} B per stream), "
@@ -298,7 +377,14 @@ def main():
     parser.add_argument("--server-core", default="0", help="empty: do not pin")
     parser.add_argument("--bench-core", default="1", help="empty: do not pin")
     parser.add_argument("--out", help="write every run and the summary as JSON here")
+    parser.add_argument("--baseline", help="another Tidings binary, run beside the first")
+    parser.add_argument("--tidings-args", default="", help="options for the Tidings under test")
+    parser.add_argument("--otlp-sink", action="store_true",
+                        help="trace the Tidings under test, to an endpoint of this script's own")
     args = parser.parse_args()
+    if args.otlp_sink:
+        sink = OtlpSink()
+        args.tidings_args += f" --otlp-endpoint {sink.url}"
     args.bench = args.bench or bench_beside(args.tidings)
     if not os.path.exists(NCHAN_MODULE):
         sys.exit(f"{NCHAN_MODULE} is missing: apt-get install nginx libnginx-mod-nchan")
@@ -310,16 +396,19 @@ def main():
               f"streams, not {args.scale_streams}", flush=True)
     runner = Runner(args)
     scenarios = args.scenarios.split(",")
+    hubs = ("tidings", "baseline", "nchan") if args.baseline else ("tidings", "nchan")
     for repeat in range(1, args.repeat + 1):
-        for hub in ("tidings", "nchan"):
+        for hub in hubs:
             if "single" in scenarios:
                 runner.single(hub, repeat)
             if "cross" in scenarios:
                 runner.cross(hub, repeat)
     if "scale" in scenarios:
-        for hub in ("tidings", "nchan"):
+        for hub in hubs:
             runner.scale(hub, 1, scale_streams)
     summary = summarize(runner.runs, args.scale_streams)
+    if args.baseline:
+        summary["against_baseline"] = against_baseline(runner.runs)
     print_table(summary)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -328,7 +417,7 @@ def main():
                        "open_files_hard_limit": hard, "summary": summary, "runs": runner.runs},
                       f, indent=1)
             f.write("\n")
-    failed = [r for r in runner.runs if r["hub"] == "tidings" and not r["result"]["ok"]]
+    failed = [r for r in runner.runs if r["hub"] != "nchan" and not r["result"]["ok"]]
     if failed:
         sys.exit(f"{len(failed)} Tidings runs did not complete cleanly")
 

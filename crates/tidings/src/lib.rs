@@ -24,6 +24,7 @@
 //! | [`state`] | [`state::AppState`]: one instance's parts (config, hub, bus, authenticator, metrics, admission), shared by every request |
 //! | [`http`] | the axum router: Mercure subscribe/publish and subscriptions API, session API, `/healthz`, `/readyz`, `/metrics`, the page at `/` |
 //! | [`metrics`] | the instance's Prometheus metrics |
+//! | [`telemetry`] | distributed tracing (OpenTelemetry over OTLP, off by default): spans for a publish, its store and its delivery on every instance, the W3C trace context an update carries through the bus |
 //! | [`outbound`] | the HTTP requests the hub makes itself (JWKS, authorization callback, webhooks): URLs checked, timeouts, no redirects, bounded answers |
 //! | [`webhook`] | lifecycle webhooks: sessions online/offline (cluster-wide through the bus's registry), streams subscribed/unsubscribed, signed, batched, retried |
 //! | [`config`] | options: defaults (each written once) → `tidings.toml` → `TIDINGS_*` → flags, resolved into each part's settings |
@@ -34,7 +35,7 @@
 //! shutdown) → [`http`] (the protocols) → [`state`] → [`config`] → [`auth`], [`bus`] (the
 //! buses behind one trait), [`consume`] (which publishes through the bus), [`webhook`] and
 //! [`outbound`] → the core ([`hub`], [`subscriber`],
-//! [`admission`], [`envelope`], [`sse`], [`selector`], [`update`], [`metrics`]). The core knows
+//! [`admission`], [`envelope`], [`sse`], [`selector`], [`update`], [`metrics`], [`telemetry`]). The core knows
 //! nothing of HTTP, the command line or any broker client.
 //!
 //! ## One update, from publish to socket
@@ -83,5 +84,6 @@ pub mod server;
 pub mod sse;
 pub mod state;
 pub mod subscriber;
+pub mod telemetry;
 pub mod update;
 pub mod webhook;

@@ -437,14 +437,21 @@ pub enum CallbackOutcome {
     Failed,
 }
 
-impl EncodeLabelValue for CallbackOutcome {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        use std::fmt::Write;
-        encoder.write_str(match self {
+impl CallbackOutcome {
+    /// The label's value (also a span attribute's).
+    pub fn as_str(self) -> &'static str {
+        match self {
             CallbackOutcome::Granted => "granted",
             CallbackOutcome::Refused => "refused",
             CallbackOutcome::Failed => "failed",
-        })
+        }
+    }
+}
+
+impl EncodeLabelValue for CallbackOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
     }
 }
 

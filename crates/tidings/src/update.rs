@@ -8,6 +8,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::telemetry::TraceParent;
+
 /// Limits on what a caller may send. Every one has a config name and a default.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -239,6 +241,9 @@ pub struct Update {
     pub retry: Option<u64>,
     /// A private update reaches only subscribers authorized for one of its topics.
     pub private: bool,
+    /// The trace its publish belongs to, carried to every instance so that its deliveries
+    /// join it ([`crate::telemetry`]); `None` when tracing is off or the trace not sampled.
+    pub trace: Option<TraceParent>,
 }
 
 impl Update {
@@ -272,6 +277,7 @@ impl Update {
             data,
             retry,
             private,
+            trace: None,
         })
     }
 }

@@ -22,6 +22,7 @@ use tidings::hub::{Hub, Subscription};
 use tidings::metrics::Metrics;
 use tidings::selector::Selector;
 use tidings::subscriber::{Access, SubscriberLabel, SubscriberSpec};
+use tidings::telemetry::TraceParent;
 use tidings::update::Limits;
 use tidings::update::{Topic, Update, UpdateId};
 use tidings_client::Publication;
@@ -271,6 +272,27 @@ async fn fans_out_to_every_instance(instances: Vec<Instance>) {
     // A bus that learns the position only when it reads the update does not answer one.
     if let Some(position) = published.position {
         assert_eq!(positions[0], position);
+    }
+}
+
+/// The trace context an update carries (tracing on at the publishing instance) reaches every
+/// instance with it, so that each delivery joins the publish's trace; an update without one
+/// arrives without one.
+async fn carries_the_trace_context_to_every_instance(instances: Vec<Instance>) {
+    let mut subs = Vec::new();
+    for instance in &instances {
+        subs.push(subscribe(instance, "t", Access::public_only()).await);
+    }
+    let context = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = update("t", "traced", false);
+    traced.trace = TraceParent::parse(context);
+    publish(&instances[0], traced).await;
+    publish(&instances[0], update("t", "untraced", false)).await;
+    for sub in &mut subs {
+        let got = next(sub).await;
+        let carried = got.update.trace.as_ref().map(ToString::to_string);
+        assert_eq!(carried.as_deref(), Some(context));
+        assert_eq!(next(sub).await.update.trace, None);
     }
 }
 
@@ -1017,6 +1039,7 @@ macro_rules! each_case {
     ($then:ident!($($args:tt)*)) => {
         $then! { $($args)*;
             fans_out_to_every_instance, 100;
+            carries_the_trace_context_to_every_instance, 100;
             keeps_publish_order_per_topic, 1000;
             filters_private_updates, 100;
             wide_selectors_hear_every_topic_they_match, 100;

@@ -31,6 +31,7 @@ use super::AuthConfigError;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::outbound;
 use crate::selector::{Selector, SelectorCache};
+use crate::telemetry::{self, Kind, Parent};
 use crate::update::SessionId;
 use crate::update::MAX_SESSION_ID_LEN;
 
@@ -302,7 +303,12 @@ impl Callback {
         key: [u8; 32],
         id: u64,
     ) -> impl std::future::Future<Output = Outcome> + Send + 'static {
-        let request = self.client.post(self.url.clone()).headers(ask.headers);
+        // Under the stream's opening, and passed on to the application: its own spans join.
+        let span = telemetry::span("tidings.auth.callback", Kind::Client, Parent::Current);
+        let mut request = self.client.post(self.url.clone()).headers(ask.headers);
+        if let Some(trace) = span.traceparent() {
+            request = request.header("traceparent", trace.to_string());
+        }
         let body = ask.body;
         let metrics = self.metrics.clone();
         let selectors = self.selectors.clone();
@@ -312,11 +318,17 @@ impl Callback {
         let ttl = self.settings.cache_ttl;
         async move {
             let outcome = ask_application(request, body, &selectors).await;
-            metrics.auth_callback(match &outcome {
+            let counted = match &outcome {
                 Ok(Decision::Granted(_)) => CallbackOutcome::Granted,
                 Ok(Decision::Refused { .. }) => CallbackOutcome::Refused,
                 Err(_) => CallbackOutcome::Failed,
-            });
+            };
+            metrics.auth_callback(counted);
+            span.set("tidings.auth.outcome", counted.as_str());
+            if let Err(why) = &outcome {
+                span.fail(why.clone());
+            }
+            drop(span);
             let outcome: Outcome = outcome.map(Arc::new).map_err(|why| {
                 if gate.allow() {
                     tracing::warn!(url = %url, error = %why, "auth callback failed; stream requests are told to retry");

@@ -3,7 +3,8 @@
 //!
 //! ```json
 //! {"v": 1, "id": "urn:uuid:…", "topics": ["https://example.com/books/1"],
-//!  "data": "…", "type": "book", "private": false, "retry": 3000}
+//!  "data": "…", "type": "book", "private": false, "retry": 3000,
+//!  "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 //! ```
 //!
 //! Only `v` and `topics` are required. Without `id`, the id is derived from the update's place
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{now_micros, Envelope, Position};
 use crate::metrics::Metrics;
+use crate::telemetry::TraceParent;
 use crate::update::{Author, Draft, InvalidInput, Limits, Recipients, Update, UpdateId};
 
 /// The only version this build reads and writes.
@@ -44,6 +46,10 @@ struct Message<'a> {
     private: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry: Option<u64>,
+    /// The W3C trace context of the publish (only while tracing is on: see the docs on
+    /// rolling upgrades). A malformed one is ignored, as the W3C format says.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    traceparent: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Encodes an update as a version 1 message.
@@ -56,6 +62,7 @@ pub fn encode(update: &Update) -> String {
         event_type: update.event_type.as_ref().map(|e| e.as_str().into()),
         private: update.private,
         retry: update.retry,
+        traceparent: update.trace.as_ref().map(|t| t.to_string().into()),
     };
     // A struct of strings, numbers and booleans always serializes.
     serde_json::to_string(&message).unwrap_or_default()
@@ -80,6 +87,7 @@ pub fn decode(
         event_type,
         private,
         retry,
+        traceparent,
     } = serde_json::from_str(text)
         .map_err(|e| InvalidInput::new("message", format!("not a wire-format message: {e}")))?;
     if v != VERSION {
@@ -88,7 +96,7 @@ pub fn decode(
             format!("version {v} is not supported (this build reads version {VERSION})"),
         ));
     }
-    Draft {
+    let mut update = Draft {
         id: id.as_deref(),
         to: Recipients::Topics(topics.iter().map(|t| t.as_ref()).collect()),
         event_type: event_type.as_deref(),
@@ -96,7 +104,9 @@ pub fn decode(
         retry,
         private,
     }
-    .validate(limits, Author::Bus, fallback_id)
+    .validate(limits, Author::Bus, fallback_id)?;
+    update.trace = traceparent.as_deref().and_then(TraceParent::parse);
+    Ok(update)
 }
 
 /// Turns what a broker holds into an envelope, the one way every bus does it. A message that
@@ -184,6 +194,33 @@ mod tests {
             decode(&text, || unreachable!(), &Limits::default()).unwrap(),
             update()
         );
+    }
+
+    #[test]
+    fn the_trace_context_travels_and_a_malformed_one_is_dropped() {
+        let context = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut traced = update();
+        traced.trace = TraceParent::parse(context);
+        let text = encode(&traced);
+        assert!(
+            text.contains(&format!(r#""traceparent":"{context}""#)),
+            "{text}"
+        );
+        assert_eq!(
+            decode(&text, || unreachable!(), &Limits::default()).unwrap(),
+            traced
+        );
+        assert!(
+            !encode(&update()).contains("traceparent"),
+            "none without tracing"
+        );
+        let malformed = decode(
+            r#"{"v":1,"topics":["t"],"traceparent":"00-not-a-context"}"#,
+            || UpdateId::derived(1),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(malformed.trace, None, "the update is delivered, untraced");
     }
 
     #[test]

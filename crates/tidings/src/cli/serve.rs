@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use crate::bus::redact;
 use crate::config::defaults::CONFIG_FILE;
 use crate::config::{Config, LogFormat, Options};
 use crate::server::Instance;
+use crate::telemetry;
 
 /// Arguments of `tidings serve`.
 #[derive(Debug, clap::Args)]
@@ -26,12 +28,38 @@ pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
     raise_open_files_limit();
     let listener =
         listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let traces = start_traces(&config).await?;
     let instance = Instance::new(config).await.map_err(|e| e.to_string())?;
     reload_on_sighup(instance.clone(), args);
-    instance
+    let served = instance
         .serve(listener, shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    if let Some(exporter) = traces {
+        // Sends the spans of the drain too (blocking: off the runtime's workers).
+        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
+    }
+    served
+}
+
+/// Starts exporting traces when `otlp-endpoint` is set (off the runtime's workers: the
+/// exporter's HTTP client is a blocking one, driven from the SDK's own thread).
+async fn start_traces(config: &Config) -> Result<Option<telemetry::Exporter>, String> {
+    let Some(settings) = config.tracing.clone() else {
+        return Ok(None);
+    };
+    let instance = config.instance_id.clone();
+    let endpoint = redact(&settings.endpoint);
+    let ratio = settings.sample_ratio;
+    let exporter = tokio::task::spawn_blocking(move || telemetry::start(&settings, &instance))
+        .await
+        .map_err(|e| format!("traces: {e}"))??;
+    tracing::info!(
+        endpoint,
+        sample_ratio = ratio,
+        "traces: sent over OTLP/HTTP"
+    );
+    Ok(Some(exporter))
 }
 
 impl ServeArgs {
@@ -67,12 +95,11 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(65_535)
 }
 
-/// Every stream holds a socket: raise the soft limit on open files to the hard limit, and say
-/// what it is (in a container the runtime sets the hard limit, and operators look for it
-/// here: docs/kubernetes.md).
+/// Every stream holds a socket: raise the soft limit on open files to the hard limit (the
+/// ready line says what it is).
 fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(limit, "open files limit (each stream holds one)"),
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }

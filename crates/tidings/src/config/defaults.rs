@@ -69,6 +69,9 @@ pub const WEBHOOK_RETRY_FOR_SECS: u64 = 60;
 pub const WEBHOOK_OFFLINE_GRACE_SECS: u64 = 5;
 /// `drain-secs`.
 pub const DRAIN_SECS: u64 = 10;
+/// Every trace recorded: a hub's traces are few (one per publish) next to the deliveries they
+/// explain.
+pub const TRACE_SAMPLE_RATIO: f64 = 1.0;
 /// `selector-cache-size`.
 pub const SELECTOR_CACHE_SIZE: usize = 10_000;
 /// `log`.
@@ -121,6 +124,7 @@ pub fn shown(option: &str) -> Option<String> {
         "webhook-retry-for" => WEBHOOK_RETRY_FOR_SECS.to_string(),
         "webhook-offline-grace" => WEBHOOK_OFFLINE_GRACE_SECS.to_string(),
         "drain-secs" => DRAIN_SECS.to_string(),
+        "trace-sample-ratio" => TRACE_SAMPLE_RATIO.to_string(),
         "max-body-bytes" => limits.max_body_bytes.to_string(),
         "max-selectors" => limits.max_selectors.to_string(),
         "max-selector-length" => limits.max_selector_length.to_string(),

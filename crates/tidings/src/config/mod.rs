@@ -229,6 +229,14 @@ pub struct Options {
     )]
     #[serde(default)]
     pub consume: Vec<ConsumeGiven>,
+    /// OpenTelemetry: the collector's OTLP/HTTP base URL (http:// or https://, e.g.
+    /// http://collector:4318) to send traces to; tracing is off without it.
+    #[arg(long, env = "TIDINGS_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0 to 1 (a publisher's own traceparent decides for
+    /// the traces it starts).
+    #[arg(long, env = "TIDINGS_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// Seconds given to open streams to close on shutdown.
     #[arg(long, env = "TIDINGS_DRAIN_SECS", value_name = "SECS")]
     pub drain_secs: Option<u64>,
@@ -387,6 +395,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Lifecycle webhooks, when a receiver is configured.
     pub webhooks: Option<WebhookSettings>,
+    /// Where traces go, when tracing is on (`otlp-endpoint`).
+    pub tracing: Option<crate::telemetry::Settings>,
     /// Allowed browser origins (empty: no CORS headers).
     pub cors_origins: Vec<String>,
     /// The consumers of the application's own sources.
@@ -490,6 +500,8 @@ impl Options {
             webhook_queue_bytes,
             webhook_retry_for,
             webhook_offline_grace,
+            otlp_endpoint,
+            trace_sample_ratio,
             drain_secs,
             max_body_bytes,
             max_selectors,

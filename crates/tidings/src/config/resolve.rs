@@ -177,6 +177,7 @@ impl Options {
             )?,
             write_timeout: seconds("write-timeout", self.write_timeout, WRITE_TIMEOUT_SECS)?,
             webhooks: self.webhooks(bus.session_ttl_secs)?,
+            tracing: self.tracing()?,
             bus_url,
             bus,
             instance_id,
@@ -360,6 +361,28 @@ impl Options {
                 None => None,
             },
         })
+    }
+
+    /// Where traces go, when an OTLP endpoint is given.
+    fn tracing(&self) -> Result<Option<crate::telemetry::Settings>, ConfigError> {
+        let Some(endpoint) = not_empty("otlp-endpoint", self.otlp_endpoint.clone())? else {
+            return Ok(None);
+        };
+        crate::outbound::http_url("otlp-endpoint", &endpoint)
+            .map_err(|e| invalid("otlp-endpoint", e.to_string()))?;
+        let sample_ratio = match self.trace_sample_ratio.unwrap_or(TRACE_SAMPLE_RATIO) {
+            ratio if (0.0..=1.0).contains(&ratio) => ratio,
+            ratio => {
+                return Err(invalid(
+                    "trace-sample-ratio",
+                    format!("trace-sample-ratio must be between 0 and 1 (the share of traces recorded), not {ratio}"),
+                ))
+            }
+        };
+        Ok(Some(crate::telemetry::Settings {
+            endpoint,
+            sample_ratio,
+        }))
     }
 
     /// The lifecycle webhooks' settings, when a receiver is configured; `session_ttl` is the

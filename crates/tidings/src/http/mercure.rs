@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use super::request::{self, Form, Pairs, Publisher, Query};
+use super::request::{self, CallerTrace, Form, Pairs, Publisher, Query};
 use super::{stream, ApiError, AppState};
 use crate::auth::{Api, StreamRequest};
 use crate::selector::Selector;
@@ -82,10 +82,11 @@ pub(super) async fn subscribe(
 pub(super) async fn publish(
     State(state): State<AppState>,
     Publisher(rights): Publisher,
+    CallerTrace(trace): CallerTrace,
     Form(form): Form,
 ) -> Result<Response, ApiError> {
     let update = update_from_form(&form, &state.config().limits)?;
-    let id = super::publish(&state, &rights, update).await?;
+    let id = super::publish(&state, &rights, update, trace).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         id.to_string(),

@@ -27,7 +27,9 @@ pub use error::ApiError;
 
 use crate::auth::PublisherRights;
 use crate::state::AppState;
+use crate::telemetry::{self, Kind, Parent, TraceParent};
 use crate::update::{Update, UpdateId};
+use request::CallerTrace;
 
 /// What the server knows about the connection a request came on, attached to every request
 /// as an extension.
@@ -91,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(refuse_bodies_on_get))
+        .layer(axum::middleware::from_fn(trace_stream_opens))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             stream::defer_passing_refusals,
@@ -137,21 +140,50 @@ pub fn publish_subscription_events(state: &AppState) -> tokio::task::JoinHandle<
 }
 
 /// Publishes `update` for a caller holding `rights`: every topic must be covered; the bus
-/// stores and delivers it, and it is counted. Answers its id.
+/// stores and delivers it, and it is counted. Answers its id. Traced (`tidings.publish`, under
+/// the caller's `trace`, and `tidings.bus.store`, whose context the update carries to every
+/// instance).
 async fn publish(
     state: &AppState,
     rights: &PublisherRights,
-    update: Update,
+    mut update: Update,
+    trace: Option<TraceParent>,
 ) -> Result<UpdateId, ApiError> {
-    rights.check(&update.topics)?;
-    let started = std::time::Instant::now();
-    let published = state.bus().publish(update).await?;
-    let metrics = state.metrics();
-    metrics
-        .publish_duration
-        .observe_micros(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-    metrics.updates_published.inc();
-    Ok(published.id)
+    let parent = trace.as_ref().map_or(Parent::Root, Parent::Remote);
+    let span = telemetry::span("tidings.publish", Kind::Server, parent);
+    if telemetry::on() {
+        span.set("tidings.update.id", update.id.as_str().to_owned());
+        span.set("tidings.update.topics", update.topics.len() as i64);
+    }
+    let published = async {
+        rights.check(&update.topics)?;
+        let started = std::time::Instant::now();
+        let store = telemetry::span("tidings.bus.store", Kind::Producer, Parent::Of(&span));
+        store.set("messaging.system", state.bus().kind());
+        update.trace = store.traceparent();
+        let published = state
+            .bus()
+            .publish(update)
+            .await
+            .inspect_err(|e| store.fail(e.to_string()))?;
+        let metrics = state.metrics();
+        metrics
+            .publish_duration
+            .observe_micros(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        metrics.updates_published.inc();
+        Ok::<_, ApiError>(published.id)
+    }
+    .await;
+    record_refusal(&span, &published);
+    published
+}
+
+/// Marks `span` failed with the status and code of a refusal.
+fn record_refusal<T>(span: &telemetry::Span, result: &Result<T, ApiError>) {
+    if let Err(e) = result {
+        span.set("http.response.status_code", i64::from(e.status.as_u16()));
+        span.fail(e.error);
+    }
 }
 
 /// Refuses a GET or HEAD request that carries a body: it has no meaning here, and a stream
@@ -176,6 +208,32 @@ async fn refuse_bodies_on_get(
         .into_response();
     }
     next.run(request).await
+}
+
+/// Traces the opening of a stream (`tidings.stream.open`, under the caller's `traceparent` if
+/// it sent one), up to its response's head: the authorization callback's span hangs under it,
+/// and the stream notes whether it resumed and what it replayed. Nothing when tracing is off.
+async fn trace_stream_opens(
+    CallerTrace(trace): CallerTrace,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !telemetry::on()
+        || request.method() != Method::GET
+        || !STREAM_PATHS.contains(&request.uri().path())
+    {
+        return next.run(request).await;
+    }
+    let parent = trace.as_ref().map_or(Parent::Root, Parent::Remote);
+    let span = telemetry::span("tidings.stream.open", Kind::Server, parent);
+    span.set("url.path", request.uri().path().to_owned());
+    let response = span.within(next.run(request)).await;
+    let status = response.status();
+    span.set("http.response.status_code", i64::from(status.as_u16()));
+    if !status.is_success() {
+        span.fail(status.to_string());
+    }
+    response
 }
 
 /// Counts every 4xx answer in `tidings_rejected_requests_total`.

@@ -16,6 +16,7 @@ use super::ConnectionInfo;
 use super::{ApiError, AppState};
 use crate::auth::{Ask, AuthMode, PublisherRights, StreamRequest, SubscriberIdentity};
 use crate::bus::ReplayFrom;
+use crate::telemetry::{self, TraceParent};
 use crate::update::UpdateId;
 
 /// Decoded `name=value` pairs of a query string or a form body, in order.
@@ -99,6 +100,22 @@ impl FromRequestParts<AppState> for Publisher {
         publisher(state, &parts.headers, &query)
             .await
             .map(Publisher)
+    }
+}
+
+/// The W3C `traceparent` the caller sent: a publish joins the caller's trace. Read only while
+/// tracing is on; a malformed one is ignored (a new trace begins, as the W3C format says).
+pub(super) struct CallerTrace(pub(super) Option<TraceParent>);
+
+impl<S: Send + Sync> FromRequestParts<S> for CallerTrace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let trace = telemetry::on()
+            .then(|| parts.headers.get("traceparent")?.to_str().ok())
+            .flatten()
+            .and_then(TraceParent::parse);
+        Ok(CallerTrace(trace))
     }
 }
 

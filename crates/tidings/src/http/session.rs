@@ -9,7 +9,7 @@ use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::request::{self, Publisher, Query};
+use super::request::{self, CallerTrace, Publisher, Query};
 use super::{stream, ApiError, AppState};
 use crate::auth::{Api, AuthMode, StreamRequest};
 use crate::selector::Selector;
@@ -122,6 +122,7 @@ struct Published {
 pub(super) async fn publish(
     State(state): State<AppState>,
     Publisher(rights): Publisher,
+    CallerTrace(trace): CallerTrace,
     event: SessionEvent,
 ) -> Result<Response, ApiError> {
     let session = SessionId::new(&event.session_id, MAX_SESSION_ID_LEN)?;
@@ -142,7 +143,7 @@ pub(super) async fn publish(
         Author::Publisher,
         UpdateId::generate,
     )?;
-    let id = super::publish(&state, &rights, update).await?;
+    let id = super::publish(&state, &rights, update, trace).await?;
     Ok(Json(Published { id: id.to_string() }).into_response())
 }
 

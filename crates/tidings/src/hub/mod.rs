@@ -26,6 +26,7 @@ use crate::envelope::Envelope;
 use crate::metrics::{EventListener, Metrics};
 use crate::selector::Selector;
 use crate::subscriber::SubscriberSpec;
+use crate::telemetry::{self, Kind, Parent};
 use crate::update::SessionId;
 
 mod interest;
@@ -442,6 +443,11 @@ impl Hub {
     /// called. A bus calls this from one task at a time, in its delivery order.
     pub fn dispatch(&self, envelope: &Arc<Envelope>) -> Dispatched {
         let update = &envelope.update;
+        // This instance's part of the publish's trace, when the update carries one.
+        let span = update
+            .trace
+            .as_ref()
+            .map(|trace| telemetry::span("tidings.deliver", Kind::Consumer, Parent::Remote(trace)));
         let mut outcome = Dispatched::default();
         let mut slow: Vec<SubscriberId> = Vec::new();
         // Subscribers with several selectors may be reached more than once; remember those.
@@ -496,6 +502,11 @@ impl Hub {
             if let Some(close) = self.remove(id).and_then(|entry| entry.close.clone()) {
                 close.cancel();
             }
+        }
+        if let Some(span) = span {
+            span.set("tidings.update.id", update.id.as_str().to_owned());
+            span.set("tidings.subscribers.queued", outcome.queued as i64);
+            span.set("tidings.subscribers.slow", outcome.dropped_slow as i64);
         }
         outcome
     }

@@ -177,10 +177,14 @@ impl Instance {
             true => "tidings ready",
             false => "tidings waiting for its bus (not ready yet)",
         };
+        // (Each stream holds a file: in a container the runtime sets the limit, and operators
+        // look for it here. The command line raised the soft limit to the hard one already.)
+        let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
         tracing::info!(
             listen = %addr,
             bus = %bus::redact(&config.bus_url),
             instance = %config.instance_id,
+            open_files,
             "{status}, listening on {scheme}://{addr}"
         );
         let timeouts = Timeouts {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{now_millis, Batch, Queue, Written, ID_HEADER, SIGNATURE_HEADER};
 use crate::metrics::WebhookDrop;
 use crate::outbound;
+use crate::telemetry::{self, Kind, Parent};
 
 /// How long events gather before a batch is sent (a burst goes out as one request).
 const LINGER: Duration = Duration::from_millis(100);
@@ -54,13 +55,21 @@ impl Sender {
         .unwrap_or_default();
         let started = tokio::time::Instant::now();
         let mut backoff = FIRST_BACKOFF;
+        // One span per batch, its attempts included; the receiver gets its context.
+        let span = telemetry::span("tidings.webhook", Kind::Client, Parent::Root);
+        span.set("tidings.webhook.events", events.len() as i64);
+        let trace = span.traceparent().map(|t| t.to_string());
+        let mut attempts = 0_i64;
         loop {
-            let why = match self.send(&id, &body).await {
+            attempts += 1;
+            span.set("tidings.webhook.attempts", attempts);
+            let why = match self.send(&id, &body, trace.as_deref()).await {
                 Ok(()) => {
                     self.queue.metrics.webhook_delivered(events.len() as u64);
                     return;
                 }
                 Err(Failure::Refused(why)) => {
+                    span.fail(why.clone());
                     self.queue.dropped(
                         WebhookDrop::Refused,
                         events.len(),
@@ -74,6 +83,7 @@ impl Sender {
             // Half to all of the backoff, so that instances do not retry in lock-step.
             let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
             if started.elapsed() + wait > self.retry_for {
+                span.fail(why.clone());
                 self.queue.dropped(
                     WebhookDrop::Undelivered,
                     events.len(),
@@ -90,10 +100,12 @@ impl Sender {
         }
     }
 
-    async fn send(&self, id: &str, body: &[u8]) -> Result<(), Failure> {
-        let response = self
-            .client
-            .post(self.url.clone())
+    async fn send(&self, id: &str, body: &[u8], trace: Option<&str>) -> Result<(), Failure> {
+        let mut request = self.client.post(self.url.clone());
+        if let Some(trace) = trace {
+            request = request.header("traceparent", trace);
+        }
+        let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(ID_HEADER, id)
             .header(SIGNATURE_HEADER, sign(&self.key, now_millis() / 1000, body))

@@ -16,4 +16,5 @@ mod redis_replicas;
 mod redis_routing;
 mod redis_security;
 mod redis_sentinel;
+mod traces;
 mod webhooks;

@@ -11,6 +11,7 @@ const LAYERS: [&[&str]; 7] = [
     &[
         "locks",
         "metrics",
+        "telemetry",
         "update",
         "selector",
         "sse",

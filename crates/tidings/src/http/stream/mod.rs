@@ -35,6 +35,7 @@ use crate::hub::Subscription;
 use crate::metrics::Metrics;
 use crate::sse;
 use crate::subscriber::SubscriberSpec;
+use crate::telemetry;
 
 /// The SSE event sent first when a resume id was not in history (it has no `id`, so it does
 /// not move the client's `Last-Event-ID`; `onmessage` handlers do not see named events).
@@ -167,6 +168,12 @@ pub(super) async fn open(
     }
     initial.extend(wanted.iter().map(|e| e.sse()));
     metrics.replayed.inc_by(wanted.len() as u64);
+    telemetry::note("tidings.stream.resumed", !matches!(from, ReplayFrom::Now));
+    telemetry::note("tidings.stream.replayed", wanted.len() as i64);
+    telemetry::note(
+        "tidings.stream.gap",
+        replay.missing && matches!(from, ReplayFrom::After(_)),
+    );
     let last_event_id = replay
         .head_id
         .as_ref()
