@@ -3,7 +3,8 @@
 // `/` through the file's nginx — the README's curl publish shown, publishes spread over the
 // three instances arriving in order, the session panel answering for the cluster — and
 // `podman-compose down` leaving no container, network or volume behind. Then the NATS variant
-// (one more -f): up, a publish through nginx reaches a stream, down.
+// (one more -f): up, a publish through nginx reaches a stream, down. The RabbitMQ and Kafka
+// variants, whose brokers' images cannot be made here, are read as compose reads them.
 //
 // Run by .ci/run after `cargo test` and .ci/container (podman and the base images: .ci/images).
 // Root only, as podman runs here; podman-compose is installed with pip when missing.
@@ -85,6 +86,23 @@ async function up(files) {
   };
 }
 
+/**
+ * Brings `files` up, runs `check(cluster)` against it, brings it down (the services' logs
+ * printed when the check failed), and checks that down left nothing behind.
+ */
+async function withCluster(files, check) {
+  const cluster = await up(files);
+  try {
+    await check(cluster);
+  } catch (e) {
+    console.error(cluster.logs());
+    throw e;
+  } finally {
+    cluster.down();
+  }
+  assert.deepEqual(leftovers(cluster.project), [], 'podman-compose down leaves nothing behind');
+}
+
 before(async () => {
   try {
     run('podman-compose', ['--version'], { stdio: 'ignore' });
@@ -105,8 +123,7 @@ after(async () => {
 });
 
 test('compose.yaml: three instances on Redis behind nginx serve the page at / as the README shows it, and down leaves nothing', async () => {
-  const cluster = await up(['compose.yaml']);
-  try {
+  await withCluster(['compose.yaml'], async (cluster) => {
     assert.deepEqual(await readyInstances(cluster.base, 3), ['tidings-1', 'tidings-2', 'tidings-3'],
       'nginx reaches the three instances, round-robin');
     const page = await browser.newPage();
@@ -141,18 +158,11 @@ test('compose.yaml: three instances on Redis behind nginx serve the page at / as
     assert.deepEqual(errors, []);
     await page.close();
     await session.close();
-  } catch (e) {
-    console.error(cluster.logs());
-    throw e;
-  } finally {
-    cluster.down();
-  }
-  assert.deepEqual(leftovers(cluster.project), [], 'podman-compose down leaves nothing behind');
+  });
 });
 
 test('compose.yaml with deploy/compose/nats.yaml: the same cluster on NATS JetStream, Redis off', async () => {
-  const cluster = await up(['compose.yaml', 'deploy/compose/nats.yaml']);
-  try {
+  await withCluster(['compose.yaml', 'deploy/compose/nats.yaml'], async (cluster) => {
     await readyInstances(cluster.base, 3);
     const ready = await (await fetch(`${cluster.base}/readyz`)).json();
     assert.equal(ready.bus, 'nats', JSON.stringify(ready));
@@ -171,11 +181,17 @@ test('compose.yaml with deploy/compose/nats.yaml: the same cluster on NATS JetSt
     assert.match(received, /data: through NATS/);
     clearTimeout(timer);
     controller.abort();
-  } catch (e) {
-    console.error(cluster.logs());
-    throw e;
-  } finally {
-    cluster.down();
+  });
+});
+
+test('deploy/compose/rabbitmq.yaml and kafka.yaml: each brings its broker, points the three instances at it, and leaves Redis off', () => {
+  // (Their brokers' images cannot be made here: the files are checked as compose reads them.)
+  for (const [file, broker, bus] of [['rabbitmq.yaml', 'rabbitmq', 'amqp://tidings:tidings@rabbitmq:5672/%2f'],
+    ['kafka.yaml', 'kafka', 'kafka://kafka:9092']]) {
+    const config = run('podman-compose', ['-f', 'compose.yaml', '-f', `deploy/compose/${file}`, 'config']);
+    const services = config.split('\nservices:\n')[1].split(/\n(?=\S)/)[0];
+    const names = [...services.matchAll(/^ {2}(\S+):$/gm)].map((m) => m[1]).sort();
+    assert.deepEqual(names, [broker, 'nginx', 'tidings-1', 'tidings-2', 'tidings-3'].sort(), file);
+    assert.equal(services.split(`TIDINGS_BUS: ${bus}`).length - 1, 3, `${file}: every instance on ${bus}`);
   }
-  assert.deepEqual(leftovers(cluster.project), [], 'podman-compose down leaves nothing behind');
 });
