@@ -157,7 +157,7 @@ class Runner:
 
     def bench(self, scenario, hub, repeat, urls, publish_url, pid, extra):
         command = [*self.bench_launcher, self.args.bench, "--quiet", "--json", "-",
-                   "--profile", "mercure" if hub == "tidings" else "nchan", "--timeout", "600"]
+                   "--profile", "nchan" if hub == "nchan" else "mercure", "--timeout", "600"]
         for url in urls:
             command += ["--url", url]
         command += ["--publish-url", publish_url, "--pid", str(pid), *extra]

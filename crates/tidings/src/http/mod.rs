@@ -93,7 +93,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(refuse_bodies_on_get))
-        .layer(axum::middleware::from_fn(trace_stream_opens))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             stream::defer_passing_refusals,
@@ -102,6 +101,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_rejections,
         ));
+    // Only while tracing is on: off, a request does not even pass the layer.
+    if telemetry::on() {
+        router = router.layer(axum::middleware::from_fn(trace_stream_opens));
+    }
     if let Some(cors) = cors_layer(&state.config().cors_origins) {
         router = router.layer(cors);
     }
@@ -212,16 +215,14 @@ async fn refuse_bodies_on_get(
 
 /// Traces the opening of a stream (`tidings.stream.open`, under the caller's `traceparent` if
 /// it sent one), up to its response's head: the authorization callback's span hangs under it,
-/// and the stream notes whether it resumed and what it replayed. Nothing when tracing is off.
+/// and the stream notes whether it resumed and what it replayed. In the router only while
+/// tracing is on.
 async fn trace_stream_opens(
     CallerTrace(trace): CallerTrace,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if !telemetry::on()
-        || request.method() != Method::GET
-        || !STREAM_PATHS.contains(&request.uri().path())
-    {
+    if request.method() != Method::GET || !STREAM_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let parent = trace.as_ref().map_or(Parent::Root, Parent::Remote);
