@@ -251,8 +251,10 @@ class OtlpSink:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def median(runs, scenario, hub, pick):
-    values = [pick(r["result"]) for r in runs if r["scenario"] == scenario and r["hub"] == hub]
+def median(runs, scenario, hub, pick, of=lambda run: run["result"]):
+    """The median of `pick` over the runs of `scenario` on `hub` (`pick` is given what `of`
+    takes from each run: its bench result, or the run itself)."""
+    values = [pick(of(r)) for r in runs if r["scenario"] == scenario and r["hub"] == hub]
     return statistics.median(values) if values else None
 
 
@@ -303,14 +305,10 @@ def against_baseline(runs):
     def cpu_per_1000(run):
         return 1000 * run["hub_cpu_seconds"] / max(run["result"]["deliveries"]["received"], 1)
 
-    def runs_median(scenario, hub, pick):
-        values = [pick(r) for r in runs if r["scenario"] == scenario and r["hub"] == hub]
-        return statistics.median(values) if values else None
-
     for prefix, where in (("", "one instance"), ("cross-", "across instances")):
         for measure in ("fanout", "targeted"):
-            t = runs_median(prefix + measure, "tidings", cpu_per_1000)
-            b = runs_median(prefix + measure, "baseline", cpu_per_1000)
+            t = median(runs, prefix + measure, "tidings", cpu_per_1000, of=lambda run: run)
+            b = median(runs, prefix + measure, "baseline", cpu_per_1000, of=lambda run: run)
             if t is not None and b is not None:
                 rows.append({"measure": f"hub CPU per 1,000 deliveries, {measure}, {where} (s)",
                              "tidings": t, "baseline": b, "ratio": t / b if b else float("inf")})

@@ -101,12 +101,13 @@ def check_numbers(binary, docs):
         drain, source = int(hub_default(binary, "--drain-secs")), "the hub's default"
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    # The hub's drain: `drain` seconds for streams, then one more for requests in flight.
-    needed = pre_stop + drain + 1
+    # The hub's drain: `drain` seconds for streams, then one more for requests in flight, and
+    # half a second for the last spans when tracing is on (telemetry::FLUSH_AT_EXIT).
+    needed = pre_stop + drain + 1 + 0.5
     if grace > needed:
-        ok(f"grace {grace} s > preStop {pre_stop} s + drain {drain} s ({source}) + 1 s")
+        ok(f"grace {grace} s > preStop {pre_stop} s + drain {drain} s ({source}) + 1 s + 0.5 s")
     else:
-        fail(f"terminationGracePeriodSeconds {grace} does not exceed preStop {pre_stop} + drain {drain} ({source}) + 1")
+        fail(f"terminationGracePeriodSeconds {grace} does not exceed preStop {pre_stop} + drain {drain} ({source}) + 1 + 0.5")
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     listen = config.get("TIDINGS_LISTEN", image.get("TIDINGS_LISTEN", ""))

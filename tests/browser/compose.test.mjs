@@ -177,7 +177,11 @@ test('compose.yaml with deploy/compose/nats.yaml: the same cluster on NATS JetSt
     const published = await fetch(`${cluster.base}/.well-known/mercure`, { method: 'POST', body: new URLSearchParams({ topic: 'compose', data: 'through NATS' }) });
     const id = (await published.text()).trim();
     let received = '';
-    while (!received.includes(`id: ${id}`)) received += new TextDecoder().decode((await reader.read()).value);
+    while (!received.includes(`id: ${id}`)) {
+      const { done, value } = await reader.read();
+      if (done) throw new Error(`the stream ended before the update: ${received}`);
+      received += new TextDecoder().decode(value);
+    }
     assert.match(received, /data: through NATS/);
     clearTimeout(timer);
     controller.abort();

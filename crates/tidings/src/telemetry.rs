@@ -108,6 +108,15 @@ pub fn note(key: &'static str, value: impl Into<opentelemetry::Value>) {
 
 /// Starts a span named `name`, of `kind`, under `parent`.
 pub fn span(name: &'static str, kind: SpanKind, parent: Parent<'_>) -> Span {
+    start_span(name, kind, parent, None)
+}
+
+fn start_span(
+    name: &'static str,
+    kind: SpanKind,
+    parent: Parent<'_>,
+    start: Option<std::time::SystemTime>,
+) -> Span {
     let Some(tracer) = TRACER.get().filter(|_| ON.load(Ordering::Relaxed)) else {
         return Span(None);
     };
@@ -124,15 +133,27 @@ pub fn span(name: &'static str, kind: SpanKind, parent: Parent<'_>) -> Span {
         Parent::Of(Span(None)) => return Span(None),
         Parent::Of(Span(Some(context))) => context.clone(),
     };
-    let span = tracer
-        .span_builder(name)
-        .with_kind(kind)
-        .start_with_context(tracer, &parent);
+    let mut builder = tracer.span_builder(name).with_kind(kind);
+    if let Some(start) = start {
+        builder = builder.with_start_time(start);
+    }
+    let span = builder.start_with_context(tracer, &parent);
     let context = parent.with_span(span);
     if !context.span().is_recording() {
         return Span(None);
     }
     Span(Some(context))
+}
+
+/// A span named `name`, of `kind`, under `parent`, that began at `start`: for work whose span
+/// is worth keeping only once it is done (a delivery that reached no subscriber is not).
+pub fn span_since(
+    name: &'static str,
+    kind: SpanKind,
+    parent: Parent<'_>,
+    start: std::time::SystemTime,
+) -> Span {
+    start_span(name, kind, parent, Some(start))
 }
 
 impl Span {
@@ -206,7 +227,6 @@ pub fn start(settings: &Settings, instance_id: &str) -> Result<Exporter, String>
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(endpoint)
-        .with_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| format!("otlp-endpoint: {e}"))?;
     let resource = opentelemetry_sdk::Resource::builder_empty()
@@ -230,12 +250,17 @@ pub fn start(settings: &Settings, instance_id: &str) -> Result<Exporter, String>
     Ok(Exporter { provider })
 }
 
+/// How long the last spans may take to go at shutdown, after the drain: within the stop
+/// grace the image and the manifests give (docs/kubernetes.md counts it).
+pub const FLUSH_AT_EXIT: Duration = Duration::from_millis(500);
+
 impl Exporter {
-    /// Stops recording and sends the spans not sent yet (blocking: call it off the runtime's
-    /// worker threads, as the server does after its drain).
+    /// Stops recording and sends the spans not sent yet, for at most [`FLUSH_AT_EXIT`]
+    /// (blocking: call it off the runtime's worker threads, as the server does after its
+    /// drain).
     pub fn shutdown(self) {
         ON.store(false, Ordering::Relaxed);
-        if let Err(e) = self.provider.shutdown() {
+        if let Err(e) = self.provider.shutdown_with_timeout(FLUSH_AT_EXIT) {
             tracing::warn!(error = %e, "traces: the last spans could not be sent");
         }
     }

@@ -29,7 +29,6 @@ use crate::auth::PublisherRights;
 use crate::state::AppState;
 use crate::telemetry::{self, Kind, Parent, TraceParent};
 use crate::update::{Update, UpdateId};
-use request::CallerTrace;
 
 /// What the server knows about the connection a request came on, attached to every request
 /// as an extension.
@@ -213,20 +212,20 @@ async fn refuse_bodies_on_get(
     next.run(request).await
 }
 
-/// Traces the opening of a stream (`tidings.stream.open`, under the caller's `traceparent` if
-/// it sent one), up to its response's head: the authorization callback's span hangs under it,
-/// and the stream notes whether it resumed and what it replayed. In the router only while
-/// tracing is on.
+/// Traces the opening of a stream (`tidings.stream.open`), up to its response's head: the
+/// authorization callback's span hangs under it, and the stream notes whether it resumed and
+/// what it replayed. Always a trace of its own, sampled by `trace-sample-ratio`: a stream
+/// request is not authenticated yet here, and a `traceparent` it sent could have every one
+/// recorded (and would reach the authorization callback). In the router only while tracing is
+/// on.
 async fn trace_stream_opens(
-    CallerTrace(trace): CallerTrace,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     if request.method() != Method::GET || !STREAM_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    let parent = trace.as_ref().map_or(Parent::Root, Parent::Remote);
-    let span = telemetry::span("tidings.stream.open", Kind::Server, parent);
+    let span = telemetry::span("tidings.stream.open", Kind::Server, Parent::Root);
     span.set("url.path", request.uri().path().to_owned());
     let response = span.within(next.run(request)).await;
     let status = response.status();

@@ -443,11 +443,9 @@ impl Hub {
     /// called. A bus calls this from one task at a time, in its delivery order.
     pub fn dispatch(&self, envelope: &Arc<Envelope>) -> Dispatched {
         let update = &envelope.update;
-        // This instance's part of the publish's trace, when the update carries one.
-        let span = update
-            .trace
-            .as_ref()
-            .map(|trace| telemetry::span("tidings.deliver", Kind::Consumer, Parent::Remote(trace)));
+        // This instance's part of the publish's trace, when the update carries one and a
+        // subscriber here wanted it (every instance of a broadcasting bus reads every update).
+        let started = update.trace.as_ref().map(|_| std::time::SystemTime::now());
         let mut outcome = Dispatched::default();
         let mut slow: Vec<SubscriberId> = Vec::new();
         // Subscribers with several selectors may be reached more than once; remember those.
@@ -503,7 +501,13 @@ impl Hub {
                 close.cancel();
             }
         }
-        if let Some(span) = span {
+        if let (Some(trace), Some(started), true) = (
+            &update.trace,
+            started,
+            outcome.queued + outcome.dropped_slow > 0,
+        ) {
+            let parent = Parent::Remote(trace);
+            let span = telemetry::span_since("tidings.deliver", Kind::Consumer, parent, started);
             span.set("tidings.update.id", update.id.as_str().to_owned());
             span.set("tidings.subscribers.queued", outcome.queued as i64);
             span.set("tidings.subscribers.slow", outcome.dropped_slow as i64);

@@ -118,8 +118,9 @@ fn received(request: ExportTraceServiceRequest) -> Vec<Received> {
 }
 
 /// An instance on the test Redis under `prefix`, exporting to `collector` when given (batches
-/// sent every 100 ms rather than 5 s).
-fn instance(url: &str, prefix: &str, id: &str, collector: Option<&str>) -> Hub {
+/// sent every 100 ms rather than 5 s). Without it the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// still names `endpoint`: only `--otlp-endpoint` turns tracing on.
+fn instance(url: &str, prefix: &str, id: &str, collector: Option<&str>, endpoint: &str) -> Hub {
     let mut args = vec![
         "--auth",
         "none",
@@ -133,7 +134,11 @@ fn instance(url: &str, prefix: &str, id: &str, collector: Option<&str>) -> Hub {
     if let Some(endpoint) = collector {
         args.extend(["--otlp-endpoint", endpoint]);
     }
-    Hub::start_with(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "100")], None)
+    let env = [
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+    ];
+    Hub::start_with(&args, &env, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,15 +151,11 @@ async fn a_publish_and_its_deliveries_on_other_instances_are_one_trace() {
     let ids = ["trace-a", "trace-b", "trace-c"].map(|i| format!("{}-{i}", keys.prefix));
     let hubs: Vec<Hub> = ids
         .iter()
-        .map(|id| instance(&keys.url, &keys.prefix, id, Some(&endpoint)))
+        .map(|id| instance(&keys.url, &keys.prefix, id, Some(&endpoint), &endpoint))
         .collect();
     // An instance without --otlp-endpoint, delivering the same update: it exports nothing.
-    let untraced = instance(
-        &keys.url,
-        &keys.prefix,
-        &format!("{}-off", keys.prefix),
-        None,
-    );
+    let off_id = format!("{}-off", keys.prefix);
+    let untraced = instance(&keys.url, &keys.prefix, &off_id, None, &endpoint);
     let topic = format!("https://example.com/{}/traced", keys.prefix);
     let path = format!("/.well-known/mercure?topic={}", urlencode(&topic));
     let mut on_b = Stream::open(&hubs[1].url(&path), &[]).await;
