@@ -15,7 +15,7 @@ pub enum OutboundConfigError {
     NotHttp {
         /// The option (`auth-url`, `jwks-url`, `webhook-url`).
         option: String,
-        /// Its value.
+        /// Its value, credentials masked.
         url: String,
     },
     /// The HTTP client cannot be made (its TLS setup).
@@ -36,8 +36,20 @@ pub fn http_url(option: &str, url: &str) -> Result<reqwest::Url, OutboundConfigE
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
         .ok_or_else(|| OutboundConfigError::NotHttp {
             option: option.to_owned(),
-            url: url.to_owned(),
+            url: crate::bus::redact(url),
         })
+}
+
+/// `url` as logs may show it: its credentials (which reqwest sends as Basic auth) masked.
+pub fn redacted(url: &reqwest::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // (Both succeed on a URL with a host, which every outbound URL has: see `http_url`.)
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("***");
+    shown.to_string()
 }
 
 /// A client whose requests end after `timeout` (connecting included) and that follows no

@@ -331,7 +331,7 @@ impl Callback {
             drop(span);
             let outcome: Outcome = outcome.map(Arc::new).map_err(|why| {
                 if gate.allow() {
-                    tracing::warn!(url = %url, error = %why, "auth callback failed; stream requests are told to retry");
+                    tracing::warn!(url = %outbound::redacted(&url), error = %why, "auth callback failed; stream requests are told to retry");
                 }
                 Arc::from(why)
             });

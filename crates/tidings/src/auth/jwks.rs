@@ -47,7 +47,7 @@ pub(super) struct KeySet {
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeySet")
-            .field("url", &self.url.as_str())
+            .field("url", &outbound::redacted(&self.url))
             .finish_non_exhaustive()
     }
 }
@@ -116,11 +116,11 @@ impl KeySet {
     async fn refresh(&self) {
         match self.fetch().await {
             Ok(keys) => {
-                tracing::debug!(url = %self.url, keys = keys.len(), "jwks: keys fetched");
+                tracing::debug!(url = %outbound::redacted(&self.url), keys = keys.len(), "jwks: keys fetched");
                 *crate::locks::write(&self.keys) = Arc::new(keys);
             }
             Err(why) => {
-                tracing::warn!(url = %self.url, error = %why, "jwks: cannot fetch the key set; keeping the keys held");
+                tracing::warn!(url = %outbound::redacted(&self.url), error = %why, "jwks: cannot fetch the key set; keeping the keys held");
             }
         }
     }

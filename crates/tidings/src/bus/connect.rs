@@ -7,14 +7,16 @@ use std::time::Duration;
 use super::{Bus, BusError, BusOptions, Cause};
 use crate::hub::Hub;
 
-/// The bus URL with its credentials masked, for logs (`redis://:secret@host` →
-/// `redis://***@host`).
+/// The bus URL with its credentials masked, for logs and messages (`redis://:secret@host` →
+/// `redis://***@host`). Everything up to the last `@` is masked: the Kafka parser takes the
+/// credentials up to the last `@` (a password may hold `/`, `?` or `#` there), and a URL
+/// another parser refuses is shown in its error whole — so no `@` is trusted to belong to a
+/// path or a query (one that does costs that part of the URL its display, never a password).
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}://***{}", &rest[at..]),
         None => url.to_owned(),
     }
@@ -147,7 +149,21 @@ mod tests {
     fn credentials_never_reach_the_logs() {
         assert_eq!(redact("redis://:secret@h:6379/0"), "redis://***@h:6379/0");
         assert_eq!(redact("amqp://user:pass@h/%2f"), "amqp://***@h/%2f");
-        assert_eq!(redact("redis://h:6379/0?x=a@b"), "redis://h:6379/0?x=a@b");
+        // The parsers' ways of reading credentials: none of them shows.
+        for url in [
+            "kafka://me:pa/ss?x@h:1",
+            "kafka://me:pa#ss@h:1,g:2",
+            "redis://:pa/ss@h:6379/0",
+            "amqp://u:pa?ss@h/%2f",
+            "kafkas://me:pa@ss@h:9093?sasl=scram-sha-256",
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains("pa"), "{url} → {shown}");
+            assert!(shown.ends_with(url.rsplit_once('@').unwrap().1), "{shown}");
+        }
+        // An `@` in a query is taken for the end of credentials too: safe, if less telling.
+        assert_eq!(redact("redis://h:6379/0?x=a@b"), "redis://***@b");
+        assert_eq!(redact("nats://h:4222"), "nats://h:4222");
         assert_eq!(redact("memory://"), "memory://");
     }
 }

@@ -363,6 +363,37 @@ async fn a_broker_not_there_yet_keeps_the_instance_waiting_and_its_credentials_h
     );
 }
 
+#[tokio::test]
+async fn passwords_in_urls_stay_out_of_logs_and_messages_however_they_are_written() {
+    // A Kafka password may hold `/`, `?` or `#` (its parser reads credentials up to the last
+    // `@`), and reqwest sends a JWKS URL's credentials as Basic auth: neither is ever shown.
+    let hub = Hub::start(&[
+        "--auth",
+        "jwt",
+        "--bus",
+        "kafka://me:pa/ss?x#y@127.0.0.1:1",
+        "--jwks-url",
+        "http://keys:jw-secret@127.0.0.1:1/keys",
+    ]);
+    hub.wait_for_log("waiting for its bus").await;
+    hub.wait_for_log("jwks: cannot fetch the key set").await;
+    let log = hub.log.lock().unwrap().join("\n");
+    assert!(log.contains("kafka://***@127.0.0.1:1"), "{log}");
+    assert!(log.contains("http://***@127.0.0.1:1/keys"), "{log}");
+    for secret in ["pa/ss", "jw-secret", "keys:"] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
+    // A URL refused at start-up (here, a raw `/` in the password) is shown without its
+    // credentials too.
+    let (ok, _, err) = run(&[
+        "serve",
+        "--jwks-url",
+        "http://keys:jw/secret@127.0.0.1:1/keys",
+    ]);
+    assert!(!ok && err.contains("http://***@127.0.0.1:1/keys"), "{err}");
+    assert!(!err.contains("jw/secret"), "{err}");
+}
+
 #[test]
 fn json_logs_are_one_object_per_line_with_the_ready_message() {
     let mut child = tidings(&[
