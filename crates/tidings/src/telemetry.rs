@@ -157,6 +157,12 @@ pub fn span_since(
 }
 
 impl Span {
+    /// Whether this span is recorded: attributes that cost something to make are made only
+    /// then.
+    pub fn recording(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Sets an attribute.
     pub fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
         if let Some(context) = &self.0 {

@@ -153,7 +153,7 @@ async fn publish(
 ) -> Result<UpdateId, ApiError> {
     let parent = trace.as_ref().map_or(Parent::Root, Parent::Remote);
     let span = telemetry::span("tidings.publish", Kind::Server, parent);
-    if telemetry::on() {
+    if span.recording() {
         span.set("tidings.update.id", update.id.as_str().to_owned());
         span.set("tidings.update.topics", update.topics.len() as i64);
     }
@@ -176,16 +176,11 @@ async fn publish(
         Ok::<_, ApiError>(published.id)
     }
     .await;
-    record_refusal(&span, &published);
-    published
-}
-
-/// Marks `span` failed with the status and code of a refusal.
-fn record_refusal<T>(span: &telemetry::Span, result: &Result<T, ApiError>) {
-    if let Err(e) = result {
+    if let Err(e) = &published {
         span.set("http.response.status_code", i64::from(e.status.as_u16()));
         span.fail(e.error);
     }
+    published
 }
 
 /// Refuses a GET or HEAD request that carries a body: it has no meaning here, and a stream
