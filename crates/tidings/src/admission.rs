@@ -1,11 +1,19 @@
 //! Admission of new streams: the caps on open streams per instance, per client address and per
-//! session, and the client address itself.
+//! session, on the distinct wide selectors they hold, and the client address itself.
 //!
-//! Every stream takes a [`Permit`] before its subscriber is registered and gives it back when
-//! it ends (the permit lives inside the response body, so a client that goes away, a slow
-//! consumer and a stream closed at shutdown all return it). The counts sit under one std
-//! mutex, held only for a map update: a check and the increment it guards cannot race, and
-//! nothing awaits while it is held.
+//! Every stream takes a [`Permit`] first — before its caller is authenticated and before its
+//! selectors are compiled, so that a client at its cap costs neither a token check, a call to
+//! the application nor a compilation — and gives it back when it ends (the permit lives inside
+//! the response body, so a client that goes away, a slow consumer and a stream closed at
+//! shutdown all return it). The session and the wide selectors join the permit once they are
+//! known. The counts sit under one std mutex, held only for a map update: a check and the
+//! increment it guards cannot race, and nothing awaits while it is held.
+//!
+//! Wide selectors (`*`, URI templates, URL patterns) are counted apart because each distinct
+//! one is matched against every update the instance dispatches (exact topics are looked up in
+//! a map, whatever their number): one client holding 100,000 distinct templates made every
+//! delivery of its instance wait ~7.5 ms (review H1). The caps bound that work per address and
+//! per instance; a selector already held by the instance's streams costs nothing more.
 //!
 //! The client address is the TCP peer, or — when the peer is one of the configured trusted
 //! proxies — the nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
@@ -38,6 +46,11 @@ pub struct StreamLimits {
     pub per_address: usize,
     /// `max-streams-per-session`: open session-API streams of one session on this instance.
     pub per_session: usize,
+    /// `max-wide-selectors-per-address`: distinct wide selectors held by the streams of one
+    /// client address.
+    pub wide_per_address: usize,
+    /// `max-wide-selectors`: distinct wide selectors held by this instance's streams.
+    pub wide_per_instance: usize,
 }
 
 impl Default for StreamLimits {
@@ -46,6 +59,8 @@ impl Default for StreamLimits {
             per_instance: 100_000,
             per_address: 1_000,
             per_session: 32,
+            wide_per_address: 1_000,
+            wide_per_instance: 10_000,
         }
     }
 }
@@ -62,6 +77,14 @@ pub enum Refusal {
     /// The session holds `max-streams-per-session` streams on this instance already (429).
     #[error("this session holds its maximum of {0} open streams on this instance (max-streams-per-session); close one first")]
     Session(usize),
+    /// The client address's streams hold `max-wide-selectors-per-address` distinct wide
+    /// selectors already, and this stream asks for more (429).
+    #[error("the streams of this client address hold their maximum of {0} distinct wildcard selectors (*, URI templates, URL patterns: max-wide-selectors-per-address); reuse those, subscribe to exact topics, or close a stream first")]
+    WideAddress(usize),
+    /// The instance's streams hold `max-wide-selectors` distinct wide selectors already, and
+    /// this stream asks for more (503).
+    #[error("this instance holds its maximum of {0} distinct wildcard selectors (*, URI templates, URL patterns: max-wide-selectors); retry later or connect to another instance")]
+    WideInstance(usize),
 }
 
 impl Refusal {
@@ -71,6 +94,8 @@ impl Refusal {
             Refusal::Instance(_) => StreamLimit::Instance,
             Refusal::Address(_) => StreamLimit::Address,
             Refusal::Session(_) => StreamLimit::Session,
+            Refusal::WideAddress(_) => StreamLimit::WideAddress,
+            Refusal::WideInstance(_) => StreamLimit::WideInstance,
         }
     }
 }
@@ -80,6 +105,12 @@ struct Counts {
     total: usize,
     by_address: HashMap<IpAddr, usize>,
     by_session: HashMap<SessionId, usize>,
+    /// Streams holding each distinct wide selector (by [`Selector::key`]), on the instance
+    /// and per address.
+    ///
+    /// [`Selector::key`]: crate::selector::Selector::key
+    wide: HashMap<Arc<str>, usize>,
+    wide_by_address: HashMap<IpAddr, HashMap<Arc<str>, usize>>,
 }
 
 /// The stream counts of one instance, and the caps they are checked against.
@@ -96,6 +127,8 @@ pub struct Permit {
     admission: Arc<Admission>,
     address: Option<IpAddr>,
     session: Option<SessionId>,
+    /// The distinct wide selectors this stream holds (see [`Permit::hold_wide`]).
+    wide: Vec<Arc<str>>,
 }
 
 impl Admission {
@@ -108,16 +141,11 @@ impl Admission {
         })
     }
 
-    /// Admits one more stream from `address` (unknown in tests without sockets) for `session`
-    /// (session-API streams only).
+    /// Admits one more stream from `address` (unknown in tests without sockets).
     ///
     /// # Errors
-    /// [`Refusal`] naming the first cap that is reached: instance, then address, then session.
-    pub fn admit(
-        self: &Arc<Self>,
-        address: Option<IpAddr>,
-        session: Option<&SessionId>,
-    ) -> Result<Permit, Refusal> {
+    /// [`Refusal`] naming the first cap that is reached: instance, then address.
+    pub fn admit(self: &Arc<Self>, address: Option<IpAddr>) -> Result<Permit, Refusal> {
         let address = address.map(address_key);
         let refusal = {
             let mut counts = self.lock();
@@ -128,31 +156,33 @@ impl Admission {
                 counts.by_address.get(&a).copied().unwrap_or(0) >= limits.per_address
             }) {
                 Some(Refusal::Address(limits.per_address))
-            } else if session.is_some_and(|s| {
-                counts.by_session.get(s).copied().unwrap_or(0) >= limits.per_session
-            }) {
-                Some(Refusal::Session(limits.per_session))
             } else {
                 counts.total += 1;
                 if let Some(a) = address {
                     *counts.by_address.entry(a).or_default() += 1;
                 }
-                if let Some(s) = session {
-                    *counts.by_session.entry(s.clone()).or_default() += 1;
-                }
                 None
             }
         };
-        if let Some(refusal) = refusal {
-            self.metrics.refused_stream(refusal.limit());
-            tracing::debug!(%refusal, "stream refused");
-            return Err(refusal);
-        }
+        self.refused(refusal)?;
         Ok(Permit {
             admission: self.clone(),
             address,
-            session: session.cloned(),
+            session: None,
+            wide: Vec::new(),
         })
+    }
+
+    /// Counts and logs a refusal, if there is one.
+    fn refused(&self, refusal: Option<Refusal>) -> Result<(), Refusal> {
+        match refusal {
+            Some(refusal) => {
+                self.metrics.refused_stream(refusal.limit());
+                tracing::debug!(%refusal, "stream refused");
+                Err(refusal)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Streams admitted and not yet ended.
@@ -173,23 +203,119 @@ impl Admission {
     }
 }
 
+impl Permit {
+    /// The address the stream is counted under (IPv6: its /64), when it is known.
+    pub fn address(&self) -> Option<IpAddr> {
+        self.address
+    }
+
+    /// Counts the stream as one of `session`'s (session-API streams, once their session is
+    /// known).
+    ///
+    /// # Errors
+    /// [`Refusal::Session`] when the session holds `max-streams-per-session` streams already.
+    pub fn join_session(&mut self, session: &SessionId) -> Result<(), Refusal> {
+        let admission = self.admission.clone();
+        let refusal = {
+            let mut counts = admission.lock();
+            let per_session = admission.limits.per_session;
+            match counts.by_session.get(session).copied().unwrap_or(0) >= per_session {
+                true => Some(Refusal::Session(per_session)),
+                false => {
+                    *counts.by_session.entry(session.clone()).or_default() += 1;
+                    self.session = Some(session.clone());
+                    None
+                }
+            }
+        };
+        admission.refused(refusal)
+    }
+
+    /// Counts the distinct wide selectors `keys` (by [`Selector::key`]) as held by this
+    /// stream. Only those its address's streams, or the instance's, do not hold yet count
+    /// against the caps.
+    ///
+    /// # Errors
+    /// [`Refusal::WideAddress`] or [`Refusal::WideInstance`] when the new ones would take the
+    /// address or the instance past its cap.
+    ///
+    /// [`Selector::key`]: crate::selector::Selector::key
+    pub fn hold_wide(&mut self, keys: impl IntoIterator<Item = Arc<str>>) -> Result<(), Refusal> {
+        let mut keys: Vec<Arc<str>> = keys.into_iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let admission = self.admission.clone();
+        let limits = &admission.limits;
+        let refusal = {
+            let mut counts = admission.lock();
+            let counts = &mut *counts;
+            let held = self.address.and_then(|a| counts.wide_by_address.get(&a));
+            let new_here = keys
+                .iter()
+                .filter(|k| !held.is_some_and(|h| h.contains_key(*k)))
+                .count();
+            let new_on_instance = keys
+                .iter()
+                .filter(|k| !counts.wide.contains_key(*k))
+                .count();
+            if self.address.is_some()
+                && held.map_or(0, HashMap::len) + new_here > limits.wide_per_address
+            {
+                Some(Refusal::WideAddress(limits.wide_per_address))
+            } else if counts.wide.len() + new_on_instance > limits.wide_per_instance {
+                Some(Refusal::WideInstance(limits.wide_per_instance))
+            } else {
+                for key in &keys {
+                    *counts.wide.entry(key.clone()).or_default() += 1;
+                }
+                if let Some(a) = self.address {
+                    let here = counts.wide_by_address.entry(a).or_default();
+                    for key in &keys {
+                        *here.entry(key.clone()).or_default() += 1;
+                    }
+                }
+                self.wide = keys;
+                None
+            }
+        };
+        admission.refused(refusal)
+    }
+}
+
+/// One stream fewer holding `key` in `map`; the key goes when none does.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut counts = self.admission.lock();
+        let counts = &mut *counts;
         counts.total = counts.total.saturating_sub(1);
-        fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
-            if let Some(n) = map.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(key);
+        if let Some(a) = &self.address {
+            release(&mut counts.by_address, a);
+            if let Some(here) = counts.wide_by_address.get_mut(a) {
+                for key in &self.wide {
+                    release(here, key);
+                }
+                if here.is_empty() {
+                    counts.wide_by_address.remove(a);
                 }
             }
         }
-        if let Some(a) = &self.address {
-            release(&mut counts.by_address, a);
-        }
         if let Some(s) = &self.session {
             release(&mut counts.by_session, s);
+        }
+        for key in &self.wide {
+            release(&mut counts.wide, key);
         }
     }
 }
@@ -233,13 +359,29 @@ pub fn client_address<'a>(
     // is left of it cannot be trusted), leaving the last proxy seen as the client.
     let mut client = peer;
     for entry in entries.into_iter().rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if trusted(&ip) => client = ip,
-            Ok(ip) => return Some(ip),
-            Err(_) => break,
+        match forwarded_address(entry) {
+            Some(ip) if trusted(&ip) => client = ip,
+            Some(ip) => return Some(ip),
+            None => break,
         }
     }
     Some(client)
+}
+
+/// An `X-Forwarded-For` entry's address, as proxies write it: `192.0.2.1`, `2001:db8::1`,
+/// with a port (`192.0.2.1:4711`, `[2001:db8::1]:4711`) or in brackets (`[2001:db8::1]`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(with_port) = entry.parse::<SocketAddr>() {
+        return Some(with_port.ip());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .and_then(|e| e.parse::<std::net::Ipv6Addr>().ok())
+        .map(IpAddr::V6)
 }
 
 #[cfg(test)]
@@ -252,9 +394,62 @@ mod tests {
                 per_instance,
                 per_address,
                 per_session,
+                ..StreamLimits::default()
             },
             Arc::new(Metrics::new()),
         )
+    }
+
+    fn session(a: &Arc<Admission>, address: &str, session: &SessionId) -> Result<Permit, Refusal> {
+        let mut permit = a.admit(ip(address))?;
+        permit.join_session(session)?;
+        Ok(permit)
+    }
+
+    fn keys(keys: &[&str]) -> Vec<Arc<str>> {
+        keys.iter().map(|k| Arc::from(*k)).collect()
+    }
+
+    #[test]
+    fn distinct_wide_selectors_are_capped_per_address_and_per_instance() {
+        let a = Admission::new(
+            StreamLimits {
+                wide_per_address: 3,
+                wide_per_instance: 5,
+                ..StreamLimits::default()
+            },
+            Arc::new(Metrics::new()),
+        );
+        let mut p1 = a.admit(ip("10.0.0.1")).unwrap();
+        p1.hold_wide(keys(&["a/{x}", "b/{x}", "a/{x}"])).unwrap();
+        // The same selectors again cost the address nothing more; one new one fits.
+        let mut p2 = a.admit(ip("10.0.0.1")).unwrap();
+        p2.hold_wide(keys(&["a/{x}", "b/{x}", "c/{x}"])).unwrap();
+        let mut p3 = a.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(
+            p3.hold_wide(keys(&["a/{x}", "d/{x}"])).unwrap_err(),
+            Refusal::WideAddress(3)
+        );
+        // Another address may hold what this one does, and two more of its own: then the
+        // instance is full.
+        let mut q = a.admit(ip("10.0.0.2")).unwrap();
+        q.hold_wide(keys(&["a/{x}", "d/{x}", "e/{x}"])).unwrap();
+        let mut r = a.admit(ip("10.0.0.3")).unwrap();
+        assert_eq!(
+            r.hold_wide(keys(&["f/{x}"])).unwrap_err(),
+            Refusal::WideInstance(5)
+        );
+        r.hold_wide(keys(&["e/{x}"])).unwrap();
+        // What the streams held goes with them.
+        drop((p1, p2, p3, q, r));
+        let counts = a.lock();
+        assert!(counts.wide.is_empty() && counts.wide_by_address.is_empty());
+        drop(counts);
+        let text = a.metrics.render();
+        for limit in ["wide-selectors-per-address", "wide-selectors"] {
+            let line = format!("tidings_streams_refused_total{{limit=\"{limit}\"}} 1");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 
     fn ip(s: &str) -> Option<IpAddr> {
@@ -265,23 +460,17 @@ mod tests {
     fn each_cap_refuses_and_a_dropped_permit_frees_its_place() {
         let a = admission(3, 2, 1);
         let alice = SessionId::new("alice", 10).unwrap();
-        let p1 = a.admit(ip("10.0.0.1"), Some(&alice)).unwrap();
+        let p1 = session(&a, "10.0.0.1", &alice).unwrap();
         assert_eq!(
-            a.admit(ip("10.0.0.2"), Some(&alice)).unwrap_err(),
+            session(&a, "10.0.0.2", &alice).unwrap_err(),
             Refusal::Session(1)
         );
-        let p2 = a.admit(ip("10.0.0.1"), None).unwrap();
-        assert_eq!(
-            a.admit(ip("10.0.0.1"), None).unwrap_err(),
-            Refusal::Address(2)
-        );
-        let p3 = a.admit(ip("10.0.0.2"), None).unwrap();
-        assert_eq!(
-            a.admit(ip("10.0.0.3"), None).unwrap_err(),
-            Refusal::Instance(3)
-        );
+        let p2 = a.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.1")).unwrap_err(), Refusal::Address(2));
+        let p3 = a.admit(ip("10.0.0.2")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Instance(3));
         drop(p1);
-        let again = a.admit(ip("10.0.0.1"), Some(&alice)).unwrap();
+        let again = session(&a, "10.0.0.1", &alice).unwrap();
         assert_eq!(a.open_streams(), 3);
         drop((again, p2, p3));
         assert_eq!(a.open_streams(), 0);
@@ -296,11 +485,11 @@ mod tests {
     #[test]
     fn ipv6_hosts_count_by_their_64_prefix_and_mapped_ipv4_as_ipv4() {
         let a = admission(10, 1, 1);
-        let _p = a.admit(ip("2001:db8:1:2::1"), None).unwrap();
-        assert!(a.admit(ip("2001:db8:1:2:ffff::9"), None).is_err());
-        assert!(a.admit(ip("2001:db8:1:3::1"), None).is_ok());
-        let _q = a.admit(ip("192.0.2.7"), None).unwrap();
-        assert!(a.admit(ip("::ffff:192.0.2.7"), None).is_err());
+        let _p = a.admit(ip("2001:db8:1:2::1")).unwrap();
+        assert!(a.admit(ip("2001:db8:1:2:ffff::9")).is_err());
+        assert!(a.admit(ip("2001:db8:1:3::1")).is_ok());
+        let _q = a.admit(ip("192.0.2.7")).unwrap();
+        assert!(a.admit(ip("::ffff:192.0.2.7")).is_err());
     }
 
     #[test]
@@ -333,5 +522,31 @@ mod tests {
             "nothing left of a malformed entry is believed"
         );
         assert_eq!(client_address(None, headers, &trusted), None);
+    }
+
+    #[test]
+    fn forwarded_entries_with_ports_or_brackets_name_their_address() {
+        // Some proxies (Azure's, IIS's ARR) write ports; before, such an entry ended the walk
+        // and everyone behind the proxy shared its address's stream cap (review L9).
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        for (entry, client) in [
+            ("203.0.113.5:4711", "203.0.113.5"),
+            ("[2001:db8::1]:4711", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            let headers = [entry, "10.0.0.3:80"];
+            assert_eq!(
+                client_address(Some(proxy), headers, &trusted),
+                ip(client),
+                "{entry}"
+            );
+        }
+        assert_eq!(
+            client_address(Some(proxy), ["[2001:db8::1]:x"], &trusted),
+            Some(proxy.ip()),
+            "a malformed entry still ends the walk"
+        );
     }
 }

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub delivery_latency: LatencyHistogram,
     /// Subscribers disconnected because their queue was full.
     pub slow_consumers: Counter,
+    /// 1 while the Redis bus listens to every update because its subscribers' templates
+    /// would need more patterns than `redis-max-patterns`.
+    pub routing_capped: Gauge,
     /// Streams closed because the subscriber's token expired.
     pub streams_expired: Counter,
     /// Stream requests turned away for a passing reason (draining, instance full, bus
@@ -49,6 +52,9 @@ pub struct Metrics {
     pub replayed: Counter,
     /// Resumptions whose `Last-Event-ID` was not in history (unknown or evicted).
     pub replay_gaps: Counter,
+    /// Replays cut at the stream's byte budget (`subscriber-queue-bytes`): the stream ended
+    /// after the first page, and the client resumes for the next.
+    pub replays_paged: Counter,
     /// Requests refused because of bad input, a missing right or a limit (4xx).
     pub rejected_requests: Counter,
     /// Reconnections of the bus's delivery connection.
@@ -109,11 +115,13 @@ impl Metrics {
             updates_delivered: Counter::default(),
             delivery_latency: LatencyHistogram::default(),
             slow_consumers: Counter::default(),
+            routing_capped: Gauge::default(),
             streams_expired: Counter::default(),
             streams_deferred: Counter::default(),
             streams_refused: Family::default(),
             replayed: Counter::default(),
             replay_gaps: Counter::default(),
+            replays_paged: Counter::default(),
             rejected_requests: Counter::default(),
             bus_reconnects: Counter::default(),
             bus_gaps: Counter::default(),
@@ -171,6 +179,11 @@ impl Metrics {
             m.slow_consumers.clone(),
         );
         registry.register(
+            "redis_patterns_capped",
+            "1 while the Redis bus listens to every update: its subscribers' templates would need more patterns than redis-max-patterns",
+            m.routing_capped.clone(),
+        );
+        registry.register(
             "streams_expired",
             "Streams closed because the subscriber's token expired",
             m.streams_expired.clone(),
@@ -189,6 +202,11 @@ impl Metrics {
             "replayed_updates",
             "Updates replayed from history",
             m.replayed.clone(),
+        );
+        registry.register(
+            "replays_paged",
+            "Replays cut at subscriber-queue-bytes: the stream ended after one page and the client resumes for the next",
+            m.replays_paged.clone(),
         );
         registry.register(
             "replay_gaps",
@@ -290,6 +308,8 @@ impl Metrics {
             StreamLimit::Instance,
             StreamLimit::Address,
             StreamLimit::Session,
+            StreamLimit::WideAddress,
+            StreamLimit::WideInstance,
         ] {
             let _ = m.streams_refused.get_or_create(&LimitLabels { limit });
         }
@@ -297,6 +317,7 @@ impl Metrics {
             CallbackOutcome::Granted,
             CallbackOutcome::Refused,
             CallbackOutcome::Failed,
+            CallbackOutcome::Busy,
         ] {
             let _ = m.auth_callbacks.get_or_create(&CallbackLabels { outcome });
         }
@@ -412,6 +433,10 @@ pub enum StreamLimit {
     Address,
     /// `max-streams-per-session`.
     Session,
+    /// `max-wide-selectors-per-address`.
+    WideAddress,
+    /// `max-wide-selectors`.
+    WideInstance,
 }
 
 impl EncodeLabelValue for StreamLimit {
@@ -421,6 +446,8 @@ impl EncodeLabelValue for StreamLimit {
             StreamLimit::Instance => "instance",
             StreamLimit::Address => "address",
             StreamLimit::Session => "session",
+            StreamLimit::WideAddress => "wide-selectors-per-address",
+            StreamLimit::WideInstance => "wide-selectors",
         })
     }
 }
@@ -435,6 +462,9 @@ pub enum CallbackOutcome {
     Refused,
     /// No usable answer: the stream was told to retry.
     Failed,
+    /// Not called: too many calls in flight (`auth-concurrency`,
+    /// `auth-concurrency-per-address`); the stream was told to retry.
+    Busy,
 }
 
 impl CallbackOutcome {
@@ -444,6 +474,7 @@ impl CallbackOutcome {
             CallbackOutcome::Granted => "granted",
             CallbackOutcome::Refused => "refused",
             CallbackOutcome::Failed => "failed",
+            CallbackOutcome::Busy => "busy",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! decision "may this subscriber see this update?", which the hub takes for live updates and
 //! the stream takes for replayed ones.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -69,6 +70,9 @@ pub struct SubscriberLabel {
     pub iri: Arc<str>,
     /// The `mercure.payload` claim of the subscriber's token, if any.
     pub payload: Option<Arc<serde_json::Value>>,
+    /// The client address its stream was admitted under (for the per-address bound on
+    /// subscription events); never shown.
+    pub address: Option<IpAddr>,
 }
 
 impl SubscriberLabel {
@@ -77,7 +81,14 @@ impl SubscriberLabel {
         SubscriberLabel {
             iri: Arc::from(format!("urn:uuid:{}", uuid::Uuid::new_v4())),
             payload: payload.map(Arc::new),
+            address: None,
         }
+    }
+
+    /// The label of a stream admitted from `address`.
+    pub fn from_address(mut self, address: Option<IpAddr>) -> Self {
+        self.address = address;
+        self
     }
 }
 

@@ -46,6 +46,7 @@ fn options(history_size: usize, prefix: &str, routing: Routing) -> BusOptions {
         backoff: Backoff::default(),
         timeouts: Timeouts::default(),
         min_replicas: 0,
+        max_patterns: 100,
     }
 }
 

@@ -178,7 +178,7 @@ impl Authenticator {
                         "the token was refused: it names no key (kid), and the keys come from a key set".into(),
                     )
                 })?;
-                let key = keys.key(&kid).await.ok_or_else(|| {
+                let key = keys.key(&kid, header.alg).await.ok_or_else(|| {
                     let kid: String = kid.chars().take(64).collect();
                     AuthError::Invalid(format!(
                         "the token was refused: the key set has no key {kid:?}"
@@ -340,14 +340,16 @@ impl Authenticator {
         leeway_secs: u64,
     ) -> Result<SubscriberIdentity, AuthError> {
         let (claims, access_token) = self.verify(verifier, token, leeway_secs).await?;
-        // `exp` was checked by the verification, so it is a whole number of seconds here when
-        // present. The token verifies while the current second is at most `exp` plus the
-        // leeway: it stops verifying one second after that. An `exp` too far away for the
-        // clock (tokens that "never expire" use u64::MAX) never expires.
+        // `exp` was checked by the verification, so it is a number of seconds here when
+        // present — a whole one, or a float as PyJWT's `time.time() + 60` writes it, which the
+        // verification rounds to the nearest second: so is it here, or such a token would
+        // never close its stream. The token verifies while the current second is at most
+        // `exp` plus the leeway: it stops verifying one second after that. An `exp` too far
+        // away for the clock (tokens that "never expire" use u64::MAX) never expires.
         let expires = claims
             .other
             .get("exp")
-            .and_then(serde_json::Value::as_u64)
+            .and_then(expiry_second)
             .and_then(|exp| exp.checked_add(leeway_secs.saturating_add(1)))
             .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
         // A session claim that cannot name a session (not a string, empty, too long) leaves
@@ -372,5 +374,15 @@ impl Authenticator {
             payload,
             expires,
         })
+    }
+}
+
+/// The second an `exp` claim names, as the verification reads it: a whole number, or a float
+/// rounded to the nearest second (jsonwebtoken's `numeric_type`).
+fn expiry_second(exp: &serde_json::Value) -> Option<u64> {
+    match exp.as_u64() {
+        Some(secs) => Some(secs),
+        // Verified: finite, not negative, below u64::MAX; `as` saturates anyway.
+        None => exp.as_f64().map(|secs| secs.round() as u64),
     }
 }

@@ -15,13 +15,26 @@
 //! answer's own `expiresIn`, per SHA-256 of everything the application was told (the forwarded
 //! headers and the body), in a bounded LRU of [`CACHE_ENTRIES`]; concurrent streams with the
 //! same key wait for one call. Failures are never cached.
+//!
+//! Calls are bounded (review M5): at most `auth-concurrency` in flight on the instance and
+//! `auth-concurrency-per-address` for one client address — past either a stream is told to
+//! retry at once, without a call — and a call is driven by the stream requests waiting for
+//! it: when the last of them goes (the client hung up), the call is dropped, its connection
+//! to the application with it. (Stream requests are admitted before they are authorized, so
+//! a client at its stream cap makes no call at all.)
+//!
+//! The forwarding headers (`Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Proto` and the
+//! client's own `X-Forwarded-For` entries) are passed on only from a `trusted-proxy`: a client
+//! talking to the hub directly could write anything in them (review L3). The hub always
+//! appends the address of the connection to `X-Forwarded-For`, as a proxy does.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::{BoxFuture, WeakShared};
 use futures_util::FutureExt;
 use lru::LruCache;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -35,13 +48,11 @@ use crate::telemetry::{self, Kind, Parent};
 use crate::update::SessionId;
 use crate::update::MAX_SESSION_ID_LEN;
 
-/// The client's request headers passed on to the application, as they came (a client's
-/// `X-Forwarded-For` gets the address of the connection appended, as a proxy does).
-pub const FORWARDED: [&str; 8] = [
-    "cookie",
-    "authorization",
-    "origin",
-    "user-agent",
+/// The client's request headers passed on to the application, as they came.
+pub const FORWARDED: [&str; 4] = ["cookie", "authorization", "origin", "user-agent"];
+/// The forwarding headers, passed on as they came only from a trusted proxy; `X-Forwarded-For`
+/// always ends with the address of the connection, as a proxy writes it.
+pub const FORWARDED_BY_PROXY: [&str; 4] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
@@ -63,6 +74,10 @@ pub struct CallbackSettings {
     pub timeout: Duration,
     /// How long a decision is reused; zero asks for every stream.
     pub cache_ttl: Duration,
+    /// Calls in flight at most (`auth-concurrency`).
+    pub concurrency: usize,
+    /// Calls in flight for one client address at most (`auth-concurrency-per-address`).
+    pub concurrency_per_address: usize,
 }
 
 /// Which API the stream is opened with.
@@ -95,25 +110,40 @@ pub struct StreamRequest {
     pub event_names: Option<Vec<String>>,
 }
 
+/// Who sent a stream request: the connection's peer, whether it is a trusted proxy, and the
+/// client address admission counted the stream under.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    /// The address of the connection (`None` without one: tests of the router).
+    pub peer: Option<IpAddr>,
+    /// The peer is a `trusted-proxy`: its forwarding headers are believed.
+    pub peer_trusted: bool,
+    /// The client's address as admission counts it (calls per address are bounded by it).
+    pub address: Option<IpAddr>,
+}
+
 /// What the application is told about one stream request.
 #[derive(Debug, Clone)]
 pub struct Ask {
     headers: HeaderMap,
     /// The JSON body, written once: it is hashed for the cache key and sent.
     body: Vec<u8>,
+    /// Whose calls in flight it counts among.
+    address: Option<IpAddr>,
 }
 
 impl Ask {
-    /// The question for a stream request with `headers`, on a connection from `peer`.
-    pub fn new(request: StreamRequest, headers: &HeaderMap, peer: Option<IpAddr>) -> Ask {
+    /// The question for a stream request with `headers` from `caller`.
+    pub fn new(request: StreamRequest, headers: &HeaderMap, caller: Caller) -> Ask {
         let mut forwarded = HeaderMap::new();
-        for name in FORWARDED {
+        let proxied = FORWARDED_BY_PROXY.iter().filter(|_| caller.peer_trusted);
+        for &name in FORWARDED.iter().chain(proxied) {
             for value in headers.get_all(name) {
                 forwarded.append(HeaderName::from_static(name), value.clone());
             }
         }
-        if let Some(peer) = peer {
-            let chain = headers
+        if let Some(peer) = caller.peer {
+            let chain = forwarded
                 .get_all("x-forwarded-for")
                 .iter()
                 .filter_map(|v| v.to_str().ok())
@@ -127,6 +157,7 @@ impl Ask {
         Ask {
             headers: forwarded,
             body: serde_json::to_vec(&request).unwrap_or_default(),
+            address: caller.address,
         }
     }
 }
@@ -179,16 +210,18 @@ pub(super) struct Grant {
 /// What a question comes to: a decision, or why there is none.
 type Outcome = Result<Arc<Decision>, Arc<str>>;
 
-/// One call in flight, awaited by every stream request with the same key.
-type Flight = Shared<BoxFuture<'static, Outcome>>;
+/// One call in flight, awaited by every stream request with the same key (and driven by
+/// them: dropped with the last).
+type Call = BoxFuture<'static, Outcome>;
 
 enum Entry {
     Decided {
         decision: Arc<Decision>,
         until: Instant,
     },
-    /// `id` tells this call from a later one for the same key.
-    Asking { id: u64, flight: Flight },
+    /// `id` tells this call from a later one for the same key; the cache holds it weakly, so
+    /// that a call nobody waits for any more ends.
+    Asking { id: u64, flight: WeakShared<Call> },
 }
 
 type Cache = Arc<Mutex<LruCache<[u8; 32], Entry>>>;
@@ -205,6 +238,60 @@ pub(super) struct Callback {
     metrics: Arc<Metrics>,
     /// Failures are logged at most once a second.
     log_gate: Arc<outbound::LogOncePerSecond>,
+    /// The calls in flight, on the instance and per address.
+    slots: Arc<Slots>,
+}
+
+/// The calls in flight, counted against `auth-concurrency` and
+/// `auth-concurrency-per-address`.
+#[derive(Debug)]
+struct Slots {
+    limit: usize,
+    per_address: usize,
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One call's place among those in flight; dropping it (the call ended, or was dropped)
+/// gives it back.
+struct Slot {
+    slots: Arc<Slots>,
+    address: Option<IpAddr>,
+}
+
+impl Slots {
+    /// A place for one more call from `address`, if the instance and the address have one.
+    fn take(self: &Arc<Self>, address: Option<IpAddr>) -> Option<Slot> {
+        let mut counts = crate::locks::lock(&self.counts);
+        let (total, by_address) = &mut *counts;
+        let here = address.map_or(0, |a| by_address.get(&a).copied().unwrap_or(0));
+        if *total >= self.limit || here >= self.per_address {
+            return None;
+        }
+        *total += 1;
+        if let Some(a) = address {
+            *by_address.entry(a).or_default() += 1;
+        }
+        Some(Slot {
+            slots: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = crate::locks::lock(&self.slots.counts);
+        let (total, by_address) = &mut *counts;
+        *total -= 1;
+        if let Some(a) = self.address {
+            if let Some(n) = by_address.get_mut(&a) {
+                *n -= 1;
+                if *n == 0 {
+                    by_address.remove(&a);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Callback {
@@ -231,6 +318,11 @@ impl Callback {
                 "auth-timeout is 0; give the application at least one second",
             ));
         }
+        if settings.concurrency == 0 || settings.concurrency_per_address == 0 {
+            return Err(AuthConfigError::Setting(
+                "auth-concurrency and auth-concurrency-per-address must be at least 1",
+            ));
+        }
         let client = outbound::client(settings.timeout)?;
         Ok(Callback {
             settings: settings.clone(),
@@ -243,6 +335,11 @@ impl Callback {
             selectors,
             metrics,
             log_gate: Arc::default(),
+            slots: Arc::new(Slots {
+                limit: settings.concurrency,
+                per_address: settings.concurrency_per_address,
+                counts: Mutex::default(),
+            }),
         })
     }
 
@@ -260,34 +357,44 @@ impl Callback {
         let key = key_of(&ask);
         let flight = {
             let mut cache = crate::locks::lock(&self.cache);
-            match cache.get(&key) {
+            let waiting = match cache.get(&key) {
                 Some(Entry::Decided { decision, until }) if *until > Instant::now() => {
                     self.metrics.auth_callback_cache_hits.inc();
                     return Ok(decision.clone());
                 }
-                Some(Entry::Asking { flight, .. }) => {
+                // A call nobody waited for any more was dropped: ask again.
+                Some(Entry::Asking { flight, .. }) => flight.upgrade(),
+                _ => None,
+            };
+            match waiting {
+                Some(flight) => {
                     self.metrics.auth_callback_cache_hits.inc();
-                    flight.clone()
+                    flight
                 }
-                _ => {
+                None => {
+                    let Some(slot) = self.slots.take(ask.address) else {
+                        self.metrics.auth_callback(CallbackOutcome::Busy);
+                        if self.log_gate.allow() {
+                            tracing::warn!(
+                                "auth callback: too many calls in flight (auth-concurrency, auth-concurrency-per-address); stream requests are told to retry"
+                            );
+                        }
+                        return Err(Arc::from("too many calls to the application in flight"));
+                    };
                     let id = self.calls.fetch_add(1, Ordering::Relaxed);
-                    // A task of its own: the call ends, and settles its entry, even when every
-                    // stream request waiting for it has gone (it cannot do so before the entry
-                    // is put: that needs the lock held here).
-                    let call = tokio::spawn(self.call(ask, key, id));
+                    // Driven by the stream requests that wait for it (settling its entry when it
+                    // ends, which it cannot do before the entry is put: that needs the lock
+                    // held here); dropped, with its request, when the last of them goes.
+                    let call = self.call(ask, key, id);
                     let flight = async move {
-                        call.await
-                            .unwrap_or_else(|_| Err(Arc::from("the call to the application ended")))
+                        let outcome = call.await;
+                        drop(slot);
+                        outcome
                     }
                     .boxed()
                     .shared();
-                    cache.put(
-                        key,
-                        Entry::Asking {
-                            id,
-                            flight: flight.clone(),
-                        },
-                    );
+                    let weak = flight.downgrade().expect("not polled yet");
+                    cache.put(key, Entry::Asking { id, flight: weak });
                     flight
                 }
             }
@@ -482,11 +589,19 @@ mod tests {
         }
     }
 
+    fn from(peer: &str, peer_trusted: bool) -> Caller {
+        Caller {
+            peer: Some(peer.parse().unwrap()),
+            peer_trusted,
+            address: None,
+        }
+    }
+
     fn ask(cookie: &str, topics: &[&str]) -> Ask {
         let mut headers = HeaderMap::new();
         headers.insert("cookie", HeaderValue::from_str(cookie).unwrap());
         headers.insert("x-custom", HeaderValue::from_static("not passed on"));
-        Ask::new(request(topics), &headers, Some("10.0.0.7".parse().unwrap()))
+        Ask::new(request(topics), &headers, from("10.0.0.7", false))
     }
 
     #[test]
@@ -497,11 +612,23 @@ mod tests {
         assert_eq!(a.headers.get("x-forwarded-for").unwrap(), "10.0.0.7");
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        let a = Ask::new(request(&["t"]), &headers, Some("10.0.0.7".parse().unwrap()));
+        headers.insert("x-forwarded-host", HeaderValue::from_static("app.example"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert("forwarded", HeaderValue::from_static("for=203.0.113.9"));
+        let a = Ask::new(request(&["t"]), &headers, from("10.0.0.7", true));
         assert_eq!(
             a.headers.get("x-forwarded-for").unwrap(),
             "203.0.113.9, 10.0.0.7"
         );
+        assert_eq!(a.headers.get("x-forwarded-host").unwrap(), "app.example");
+        assert_eq!(a.headers.get("forwarded").unwrap(), "for=203.0.113.9");
+        // Written by a client talking to the hub directly, they prove nothing: dropped, and
+        // X-Forwarded-For is the connection's address alone (review L3).
+        let a = Ask::new(request(&["t"]), &headers, from("198.51.100.4", false));
+        assert_eq!(a.headers.get("x-forwarded-for").unwrap(), "198.51.100.4");
+        for forged in ["x-forwarded-host", "x-forwarded-proto", "forwarded"] {
+            assert!(a.headers.get(forged).is_none(), "{forged}");
+        }
     }
 
     #[test]
@@ -533,6 +660,8 @@ mod tests {
             url: url.into(),
             timeout: Duration::from_secs(secs),
             cache_ttl: Duration::from_secs(30),
+            concurrency: 10,
+            concurrency_per_address: 2,
         };
         let metrics = Arc::new(Metrics::new());
         let new = |s: &CallbackSettings, m: &Arc<Metrics>| {

@@ -5,14 +5,20 @@
 //! names a key id not held — at most once per [`MIN_REFETCH`], so that tokens with made-up key
 //! ids cannot turn the hub into a load on the provider. An answer that cannot be used (the
 //! endpoint unreachable, not a key set, no usable key) keeps the keys already held. Only
-//! public keys are taken: RSA (RS256), EC P-256 (ES256) and Ed25519 (EdDSA); a key of another
-//! kind, a symmetric key or one without `kid` is skipped.
+//! public keys for signatures are taken: RSA (RS256), EC P-256 (ES256) and Ed25519 (EdDSA); a
+//! key of another kind, a symmetric key, one without `kid` and one whose `use` or `key_ops`
+//! says it is not for verifying signatures (an encryption key) is skipped. Keys may share a
+//! `kid` when their algorithms differ (RFC 7517 §4.5 allows such alternatives): the token's
+//! `alg` chooses. Two keys with the same `kid` and algorithm are ambiguous: neither is taken,
+//! and the fetch says so.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::AuthConfigError;
@@ -32,13 +38,16 @@ pub(super) struct Key {
     pub(super) alg: Algorithm,
 }
 
+/// The keys held, by key id; a `kid` may name keys of different algorithms.
+type Keys = HashMap<String, Vec<Arc<Key>>>;
+
 /// The keys of one JWKS endpoint, by key id.
 pub(super) struct KeySet {
     /// The URL as configured (a reload compares it).
     configured: String,
     url: reqwest::Url,
     client: reqwest::Client,
-    keys: RwLock<Arc<HashMap<String, Arc<Key>>>>,
+    keys: RwLock<Arc<Keys>>,
     /// When a fetch for an unknown key id last started; held across that fetch, so that
     /// concurrent tokens with the same new key id wait for one fetch.
     refetched: tokio::sync::Mutex<Option<Instant>>,
@@ -88,15 +97,17 @@ impl KeySet {
         });
     }
 
-    /// The key named `kid`; one not held is fetched for, unless a fetch for an unknown key
-    /// id happened less than [`MIN_REFETCH`] ago.
-    pub(super) async fn key(&self, kid: &str) -> Option<Arc<Key>> {
-        if let Some(key) = self.held(kid) {
+    /// The key named `kid` for a token signed with `alg` (of the keys named `kid`, the one of
+    /// that algorithm, or another, which then refuses the token for its algorithm); one not
+    /// held is fetched for, unless a fetch for an unknown key id happened less than
+    /// [`MIN_REFETCH`] ago.
+    pub(super) async fn key(&self, kid: &str, alg: Algorithm) -> Option<Arc<Key>> {
+        if let Some(key) = self.held(kid, alg) {
             return Some(key);
         }
         let mut refetched = self.refetched.lock().await;
         // Another token may have fetched it while this one waited.
-        if let Some(key) = self.held(kid) {
+        if let Some(key) = self.held(kid, alg) {
             return Some(key);
         }
         if refetched.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
@@ -104,11 +115,17 @@ impl KeySet {
         }
         *refetched = Some(Instant::now());
         self.refresh().await;
-        self.held(kid)
+        self.held(kid, alg)
     }
 
-    fn held(&self, kid: &str) -> Option<Arc<Key>> {
-        crate::locks::read(&self.keys).get(kid).cloned()
+    fn held(&self, kid: &str, alg: Algorithm) -> Option<Arc<Key>> {
+        let keys = crate::locks::read(&self.keys);
+        let named = keys.get(kid)?;
+        named
+            .iter()
+            .find(|k| k.alg == alg)
+            .or(named.first())
+            .cloned()
     }
 
     /// Fetches the key set and takes it if it holds a usable key; otherwise logs why and keeps
@@ -125,7 +142,7 @@ impl KeySet {
         }
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, Arc<Key>>, String> {
+    async fn fetch(&self) -> Result<Keys, String> {
         let response = self
             .client
             .get(self.url.clone())
@@ -138,12 +155,7 @@ impl KeySet {
         let body = outbound::read_limited(response, MAX_BYTES).await?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
-        let keys: HashMap<String, Arc<Key>> = set
-            .keys
-            .iter()
-            .filter_map(usable)
-            .map(|(kid, key)| (kid, Arc::new(key)))
-            .collect();
+        let keys = by_kid(set.keys.iter().filter_map(usable));
         match keys.is_empty() {
             true => Err("no usable key (RSA, EC P-256 or Ed25519, with a kid)".into()),
             false => Ok(keys),
@@ -151,9 +163,43 @@ impl KeySet {
     }
 }
 
-/// A JWK as a verification key, when it is a public key of a supported kind with a `kid`.
+/// The keys by key id; two of the same `kid` and algorithm are left out (which of them the
+/// provider meant cannot be told), with a warning.
+fn by_kid(keys: impl Iterator<Item = (String, Key)>) -> Keys {
+    let mut by_kid = Keys::new();
+    for (kid, key) in keys {
+        by_kid.entry(kid).or_default().push(Arc::new(key));
+    }
+    by_kid.retain(|kid, named| {
+        let twice = |alg: Algorithm| named.iter().filter(|k| k.alg == alg).count() > 1;
+        let kept: Vec<Arc<Key>> = named.iter().filter(|k| !twice(k.alg)).cloned().collect();
+        if kept.len() < named.len() {
+            let kid: String = kid.chars().take(64).collect();
+            tracing::warn!(kid, "jwks: the key set holds several keys with this kid and algorithm; none of them is used");
+        }
+        *named = kept;
+        !named.is_empty()
+    });
+    by_kid
+}
+
+/// A JWK as a verification key, when it is a public key of a supported kind with a `kid`,
+/// meant for signatures (its `use`, if any, is `sig`; its `key_ops`, if any, hold `verify`).
 fn usable(jwk: &Jwk) -> Option<(String, Key)> {
     let kid = jwk.common.key_id.clone()?;
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+        || jwk
+            .common
+            .key_operations
+            .as_ref()
+            .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+    {
+        return None;
+    }
     let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
         (AlgorithmParameters::OctetKey(_), _) => return None,
         (_, Some(named)) => Algorithm::try_from(named).ok()?,
@@ -192,22 +238,35 @@ mod tests {
             {"kty": "RSA", "kid": "rsa", "alg": "RS256",
              "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
              "e": "AQAB"},
+            // For encryption, not signatures (review L10).
+            {"kty": "EC", "crv": "P-256", "kid": "enc", "use": "enc",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "wraps", "key_ops": ["wrapKey"],
+             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            // The same kid for an EdDSA key beside the ES256 one: the token's alg chooses.
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ec", "use": "sig", "key_ops": ["verify"],
+             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            // Twice the same kid and algorithm: neither can be trusted to be the one meant.
+            {"kty": "OKP", "crv": "Ed25519", "kid": "twice",
+             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "twice",
+             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
             {"kty": "EC", "crv": "P-384", "kid": "p384",
              "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
              "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
         ]}))
         .unwrap();
-        let mut taken: Vec<(String, Algorithm)> = set
-            .keys
-            .iter()
-            .filter_map(usable)
-            .map(|(kid, key)| (kid, key.alg))
+        let mut taken: Vec<(String, Algorithm)> = by_kid(set.keys.iter().filter_map(usable))
+            .into_iter()
+            .flat_map(|(kid, keys)| keys.into_iter().map(move |k| (kid.clone(), k.alg)))
             .collect();
-        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        taken.sort_by_key(|(kid, alg)| (kid.clone(), format!("{alg:?}")));
         assert_eq!(
             taken,
             [
                 ("ec".to_owned(), Algorithm::ES256),
+                ("ec".to_owned(), Algorithm::EdDSA),
                 ("ed".to_owned(), Algorithm::EdDSA),
                 ("rsa".to_owned(), Algorithm::RS256),
             ]

@@ -53,6 +53,13 @@ impl Keys {
                 "jwks-url and jwt-key (or publisher-jwt-key, subscriber-jwt-key) exclude each other: keys come from one place",
             ));
         }
+        if set.is_some()
+            && settings.issuer.is_none()
+            && settings.audience.is_none()
+            && !settings.jwks_any_audience
+        {
+            return Err(AuthConfigError::AnyToken);
+        }
         let verifier = |role: &'static str,
                         specific: &Option<String>|
          -> Result<Option<Verifier>, AuthConfigError> {

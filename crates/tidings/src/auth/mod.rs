@@ -43,7 +43,8 @@ mod tests;
 
 pub use authenticator::{Authenticator, PublisherRights, SubscriberIdentity};
 pub use callback::{
-    Api, Ask, CallbackSettings, StreamRequest, CACHE_ENTRIES, FORWARDED, MAX_ANSWER_BYTES,
+    Api, Ask, CallbackSettings, Caller, StreamRequest, CACHE_ENTRIES, FORWARDED,
+    FORWARDED_BY_PROXY, MAX_ANSWER_BYTES,
 };
 pub use claims::{Claims, MercureClaim, AUTHORIZATION_DETAIL_TYPE};
 pub use keys::mint;

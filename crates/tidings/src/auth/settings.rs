@@ -97,6 +97,9 @@ pub enum AuthConfigError {
         #[source]
         source: jsonwebtoken::errors::Error,
     },
+    /// A key set with nothing to tell this hub's tokens from the provider's others.
+    #[error("jwks-url without jwt-audience or jwt-issuer accepts every token the identity provider signs — ID tokens and tokens meant for other services too — and a token's sub opens that user's session stream: set jwt-audience (the audience the provider writes into tokens meant for this hub), or jwt-issuer, or jwks-any-audience = true if every token of that provider may be used here")]
+    AnyToken,
     /// Settings that exclude each other, or one that cannot be used; the message names them.
     #[error("{0}")]
     Setting(&'static str),
@@ -108,8 +111,9 @@ pub enum AuthConfigError {
     Mint(#[from] tidings_client::token::MintError),
 }
 
-/// The authorization settings, as configuration gives them.
-#[derive(Debug, Clone, Default)]
+/// The authorization settings, as configuration gives them. (`Debug` shows no key, and the
+/// URLs with their credentials masked.)
+#[derive(Clone, Default)]
 pub struct AuthSettings {
     /// `jwt` or `none`.
     pub mode: AuthMode,
@@ -135,8 +139,30 @@ pub struct AuthSettings {
     pub jwks_url: Option<String>,
     /// How often the key set is fetched again.
     pub jwks_refresh: Duration,
+    /// With `jwks_url` and neither `issuer` nor `audience`: every token the provider signs is
+    /// accepted (refused at start-up otherwise: see [`AuthConfigError::AnyToken`]).
+    pub jwks_any_audience: bool,
     /// The application's authorization callback for streams without a valid token.
     pub callback: Option<CallbackSettings>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |key: &Option<String>| key.as_ref().map(|_| "***");
+        let url = |url: Option<&String>| url.map(|u| crate::bus::redact(u));
+        f.debug_struct("AuthSettings")
+            .field("mode", &self.mode)
+            .field("jwt_key", &hidden(&self.jwt_key))
+            .field("publisher_jwt_key", &hidden(&self.publisher_jwt_key))
+            .field("subscriber_jwt_key", &hidden(&self.subscriber_jwt_key))
+            .field("alg", &self.alg)
+            .field("anonymous", &self.anonymous)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("jwks_url", &url(self.jwks_url.as_ref()))
+            .field("auth_url", &url(self.callback.as_ref().map(|c| &c.url)))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The claim that names a subscriber's session: `session-claim`, `sub` when it is empty.

@@ -348,3 +348,45 @@ async fn a_missing_key_is_a_clear_startup_error() {
     )
     .is_ok());
 }
+
+#[tokio::test]
+async fn a_float_exp_closes_the_stream_when_the_token_stops_verifying() {
+    // PyJWT's `exp = time.time() + 60` is a float: it verifies (rounded to the nearest
+    // second), so its stream must close too (review M2).
+    let a = auth(&settings());
+    let t = token(
+        "secret",
+        json!({"exp": 4_102_444_800.4f64, "mercure": {"subscribe": ["*"]}}),
+    );
+    let id = a.subscriber(Some(&t), None).await.unwrap();
+    let closes = id.expires.expect("a float exp expires");
+    assert_eq!(
+        closes,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(4_102_444_801)
+    );
+    let up = token(
+        "secret",
+        json!({"exp": 4_102_444_800.5f64, "mercure": {"subscribe": ["*"]}}),
+    );
+    let closes = a.subscriber(Some(&up), None).await.unwrap().expires;
+    assert_eq!(
+        closes,
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(4_102_444_802))
+    );
+    // A float nbf in the future refuses the token, as a whole one does.
+    let early = token(
+        "secret",
+        json!({"nbf": 4_102_444_800.5f64, "mercure": {"subscribe": ["*"]}}),
+    );
+    assert!(
+        matches!(a.subscriber(Some(&early), None).await, Err(AuthError::Invalid(m)) if m.contains("nbf"))
+    );
+    let expired = token(
+        "secret",
+        json!({"exp": 1000.5f64, "mercure": {"subscribe": ["*"]}}),
+    );
+    assert!(matches!(
+        a.subscriber(Some(&expired), None).await,
+        Err(AuthError::Invalid(m)) if m.contains("expired")
+    ));
+}

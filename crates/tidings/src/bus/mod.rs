@@ -189,6 +189,11 @@ pub struct BusOptions {
     /// Redis: replicas that must hold a publish before it is answered (`redis-min-replicas`;
     /// 0: the primary's word is enough).
     pub min_replicas: usize,
+    /// Redis under interest routing: the most glob patterns (one per distinct literal prefix
+    /// of the templates subscribed to) an instance `PSUBSCRIBE`s; past it, it listens to every
+    /// update instead (`redis-max-patterns`). Redis matches every pattern of every connection
+    /// against each channel of each publish in the cluster.
+    pub max_patterns: usize,
 }
 
 impl BusOptions {

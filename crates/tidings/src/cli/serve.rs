@@ -25,6 +25,9 @@ pub(super) struct ServeArgs {
 pub(super) async fn run(args: ServeArgs) -> Result<(), String> {
     let config = args.config()?;
     init_logging(&config)?;
+    for weak in config.weak_points() {
+        tracing::warn!("{weak}");
+    }
     raise_open_files_limit();
     let listener =
         listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

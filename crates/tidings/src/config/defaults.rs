@@ -29,10 +29,17 @@ pub const JWT_LEEWAY_SECS: u64 = 5;
 pub const MAX_LEEWAY_SECS: u64 = 86_400;
 /// `jwks-refresh`, seconds.
 pub const JWKS_REFRESH_SECS: u64 = 300;
+/// `jwks-any-audience`: a key set's tokens must name this hub (its audience or issuer).
+pub const JWKS_ANY_AUDIENCE: bool = false;
 /// `auth-timeout`, seconds.
 pub const AUTH_TIMEOUT_SECS: u64 = 5;
 /// `auth-cache-ttl`, seconds.
 pub const AUTH_CACHE_TTL_SECS: u64 = 30;
+/// `auth-concurrency`: a hundred calls of 50 ms each is 2,000 new streams a second, more than
+/// one instance opens; an application that slows down is not piled onto.
+pub const AUTH_CONCURRENCY: usize = 100;
+/// `auth-concurrency-per-address`: a page opening several streams at once, not more.
+pub const AUTH_CONCURRENCY_PER_ADDRESS: usize = 8;
 /// `close-expired-streams`.
 pub const CLOSE_EXPIRED_STREAMS: bool = true;
 /// `session-claim`.
@@ -41,6 +48,9 @@ pub const SESSION_CLAIM: &str = "sub";
 pub const ANONYMOUS: bool = false;
 /// `subscriptions`.
 pub const SUBSCRIPTIONS: bool = false;
+/// `subscription-events-per-address`: a page of 100 selectors opened and closed twice fits the
+/// burst; a client churning streams adds at most 6,000 events to five minutes of history.
+pub const SUBSCRIPTION_EVENTS_PER_ADDRESS: u32 = 20;
 /// `history-size`: a client away for 30 s while 1,000 updates a second are published still
 /// resumes without a gap (with room to spare).
 pub const HISTORY_SIZE: usize = 100_000;
@@ -52,6 +62,9 @@ pub const HISTORY_TTL_SECS: u64 = 300;
 pub const HISTORY_ID_TTL_WITHOUT_AGE_SECS: u64 = 86_400;
 /// `redis-min-replicas`: the primary's word is enough.
 pub const REDIS_MIN_REPLICAS: usize = 0;
+/// `redis-max-patterns`: a cluster of ten instances then costs Redis at most 1,000 pattern
+/// matches per channel published to.
+pub const REDIS_MAX_PATTERNS: usize = 100;
 /// `session-ttl`, seconds.
 pub const SESSION_TTL_SECS: u64 = 30;
 /// The shortest `session-ttl`: entries are refreshed every third of it.
@@ -98,12 +111,16 @@ pub fn shown(option: &str) -> Option<String> {
         "jwt-alg" => name_of(JwtAlg::default()),
         "jwt-leeway" => JWT_LEEWAY_SECS.to_string(),
         "jwks-refresh" => JWKS_REFRESH_SECS.to_string(),
+        "jwks-any-audience" => JWKS_ANY_AUDIENCE.to_string(),
         "auth-timeout" => AUTH_TIMEOUT_SECS.to_string(),
         "auth-cache-ttl" => AUTH_CACHE_TTL_SECS.to_string(),
+        "auth-concurrency" => AUTH_CONCURRENCY.to_string(),
+        "auth-concurrency-per-address" => AUTH_CONCURRENCY_PER_ADDRESS.to_string(),
         "close-expired-streams" => CLOSE_EXPIRED_STREAMS.to_string(),
         "session-claim" => SESSION_CLAIM.to_owned(),
         "anonymous" => ANONYMOUS.to_string(),
         "subscriptions" => SUBSCRIPTIONS.to_string(),
+        "subscription-events-per-address" => SUBSCRIPTION_EVENTS_PER_ADDRESS.to_string(),
         "history-size" => HISTORY_SIZE.to_string(),
         "history-ttl" => HISTORY_TTL_SECS.to_string(),
         "history-id-ttl" => {
@@ -117,6 +134,7 @@ pub fn shown(option: &str) -> Option<String> {
         ),
         "bus-replay-timeout" => Timeouts::DEFAULT_REPLAY.as_secs().to_string(),
         "redis-min-replicas" => REDIS_MIN_REPLICAS.to_string(),
+        "redis-max-patterns" => REDIS_MAX_PATTERNS.to_string(),
         "session-ttl" => SESSION_TTL_SECS.to_string(),
         "heartbeat" => HEARTBEAT_SECS.to_string(),
         "webhook-queue" => WEBHOOK_QUEUE.to_string(),
@@ -134,6 +152,8 @@ pub fn shown(option: &str) -> Option<String> {
         "max-streams" => streams.per_instance.to_string(),
         "max-streams-per-address" => streams.per_address.to_string(),
         "max-streams-per-session" => streams.per_session.to_string(),
+        "max-wide-selectors-per-address" => streams.wide_per_address.to_string(),
+        "max-wide-selectors" => streams.wide_per_instance.to_string(),
         "subscriber-queue" => queue.updates.to_string(),
         "subscriber-queue-bytes" => queue.bytes.to_string(),
         "selector-cache-size" => SELECTOR_CACHE_SIZE.to_string(),

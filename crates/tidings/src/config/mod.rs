@@ -15,6 +15,7 @@ pub mod defaults;
 mod resolve;
 #[cfg(test)]
 mod tests;
+mod weak;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,10 @@ use crate::update::Limits;
 use crate::webhook::WebhookSettings;
 
 /// Every option of `tidings serve`, each optional so that layers can be merged.
-#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+///
+/// Options that can hold a secret (keys, URLs with credentials) hide their environment
+/// variable's value from `--help`, and `Debug` shows none of the values (review L6).
+#[derive(Clone, Default, Deserialize, clap::Args)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[command(mut_args = defaults::in_help)]
 pub struct Options {
@@ -59,7 +63,7 @@ pub struct Options {
     /// rediss+sentinel://, redis+cluster://, rediss+cluster:// (Redis, alone, behind Sentinel,
     /// or a Redis Cluster); nats:// (NATS with JetStream); amqp://, amqps:// (RabbitMQ);
     /// kafka://, kafkas:// (Kafka).
-    #[arg(long, env = "TIDINGS_BUS", value_name = "URL")]
+    #[arg(long, env = "TIDINGS_BUS", hide_env_values = true, value_name = "URL")]
     pub bus: Option<String>,
     /// Names the cluster on its broker: the prefix of the Redis bus's keys and channels, the
     /// NATS bus's stream, the RabbitMQ bus's exchange and stream, the Kafka bus's topic.
@@ -83,13 +87,28 @@ pub struct Options {
     #[arg(long, env = "TIDINGS_AUTH", value_name = "MODE", value_parser = choice::<AuthMode>(&AuthMode::NAMES))]
     pub auth: Option<AuthMode>,
     /// JWT key for publishers and subscribers (HS256 secret, or PEM public key path).
-    #[arg(long, env = "TIDINGS_JWT_KEY", value_name = "KEY")]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub jwt_key: Option<String>,
     /// JWT key for publishers only.
-    #[arg(long, env = "TIDINGS_PUBLISHER_JWT_KEY", value_name = "KEY")]
+    #[arg(
+        long,
+        env = "TIDINGS_PUBLISHER_JWT_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub publisher_jwt_key: Option<String>,
     /// JWT key for subscribers only.
-    #[arg(long, env = "TIDINGS_SUBSCRIBER_JWT_KEY", value_name = "KEY")]
+    #[arg(
+        long,
+        env = "TIDINGS_SUBSCRIBER_JWT_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub subscriber_jwt_key: Option<String>,
     /// JWT signature algorithm: HS256, RS256 or ES256.
     #[arg(
@@ -105,14 +124,28 @@ pub struct Options {
     pub jwt_leeway: Option<u64>,
     /// A JWKS endpoint (http:// or https://) the token verification keys come from, chosen by
     /// each token's `kid`, instead of jwt-key.
-    #[arg(long, env = "TIDINGS_JWKS_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TIDINGS_JWKS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub jwks_url: Option<String>,
     /// Seconds between two fetches of the key set of jwks-url.
     #[arg(long, env = "TIDINGS_JWKS_REFRESH", value_name = "SECS")]
     pub jwks_refresh: Option<u64>,
+    /// With jwks-url and neither jwt-audience nor jwt-issuer: accept every token the identity
+    /// provider signs (start-up refuses that setup otherwise).
+    #[arg(long, env = "TIDINGS_JWKS_ANY_AUDIENCE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub jwks_any_audience: Option<bool>,
     /// The application's authorization callback (http:// or https://): asked about every new
     /// stream that presents no valid token, with the client's cookies and headers.
-    #[arg(long, env = "TIDINGS_AUTH_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TIDINGS_AUTH_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub auth_url: Option<String>,
     /// Seconds the authorization callback has to answer before the stream is told to retry.
     #[arg(long, env = "TIDINGS_AUTH_TIMEOUT", value_name = "SECS")]
@@ -121,6 +154,13 @@ pub struct Options {
     /// selectors (never past its expiresIn); 0 asks for every stream.
     #[arg(long, env = "TIDINGS_AUTH_CACHE_TTL", value_name = "SECS")]
     pub auth_cache_ttl: Option<u64>,
+    /// Calls to the authorization callback in flight at most; past it a stream is told to
+    /// retry without a call.
+    #[arg(long, env = "TIDINGS_AUTH_CONCURRENCY", value_name = "N")]
+    pub auth_concurrency: Option<usize>,
+    /// Calls to the authorization callback in flight for one client address at most.
+    #[arg(long, env = "TIDINGS_AUTH_CONCURRENCY_PER_ADDRESS", value_name = "N")]
+    pub auth_concurrency_per_address: Option<usize>,
     /// The issuer every token must name in its `iss` claim (unchecked when unset).
     #[arg(long, env = "TIDINGS_JWT_ISSUER", value_name = "ISS")]
     pub jwt_issuer: Option<String>,
@@ -141,6 +181,15 @@ pub struct Options {
     /// Enable the subscriptions API and subscription events (Mercure's `subscriptions`).
     #[arg(long, env = "TIDINGS_SUBSCRIPTIONS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub subscriptions: Option<bool>,
+    /// Subscription events published per second for the streams of one client address, on
+    /// average (a burst of ten seconds' worth at once); past it they are dropped and counted.
+    /// 0: no bound.
+    #[arg(
+        long,
+        env = "TIDINGS_SUBSCRIPTION_EVENTS_PER_ADDRESS",
+        value_name = "PER_SEC"
+    )]
+    pub subscription_events_per_address: Option<u32>,
     /// Updates kept for replay by Last-Event-ID, at most; 0 disables history.
     #[arg(long, env = "TIDINGS_HISTORY_SIZE", value_name = "N")]
     pub history_size: Option<usize>,
@@ -168,6 +217,11 @@ pub struct Options {
     /// they do not acknowledge within bus-timeout answers that its outcome is unknown.
     #[arg(long, env = "TIDINGS_REDIS_MIN_REPLICAS", value_name = "N")]
     pub redis_min_replicas: Option<usize>,
+    /// Redis bus under interest routing: the most glob patterns (one per distinct literal
+    /// prefix of the URI templates subscribed to) an instance PSUBSCRIBEs; past it, it listens
+    /// to every update instead. Redis matches every pattern against every publish.
+    #[arg(long, env = "TIDINGS_REDIS_MAX_PATTERNS", value_name = "N")]
+    pub redis_max_patterns: Option<usize>,
     /// Seconds a cluster-wide session registry entry lives unrefreshed (an instance that dies
     /// drops out after this long).
     #[arg(long, env = "TIDINGS_SESSION_TTL", value_name = "SECS")]
@@ -177,10 +231,20 @@ pub struct Options {
     pub heartbeat: Option<u64>,
     /// Where lifecycle webhooks are sent (http:// or https://): sessions online and offline,
     /// streams subscribed and unsubscribed, in signed JSON batches.
-    #[arg(long, env = "TIDINGS_WEBHOOK_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TIDINGS_WEBHOOK_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub webhook_url: Option<String>,
     /// The key of the webhooks' HMAC-SHA256 signature (required with webhook-url).
-    #[arg(long, env = "TIDINGS_WEBHOOK_SECRET", value_name = "SECRET")]
+    #[arg(
+        long,
+        env = "TIDINGS_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
     pub webhook_secret: Option<String>,
     /// Webhook events held while the receiver is slow or down; more are dropped and counted.
     #[arg(long, env = "TIDINGS_WEBHOOK_QUEUE", value_name = "N")]
@@ -224,6 +288,7 @@ pub struct Options {
     #[arg(
         long,
         env = "TIDINGS_CONSUME",
+        hide_env_values = true,
         value_name = "URL",
         value_delimiter = ' '
     )]
@@ -231,7 +296,12 @@ pub struct Options {
     pub consume: Vec<ConsumeGiven>,
     /// OpenTelemetry: the collector's OTLP/HTTP base URL (http:// or https://, e.g.
     /// http://collector:4318) to send traces to; tracing is off without it.
-    #[arg(long, env = "TIDINGS_OTLP_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TIDINGS_OTLP_ENDPOINT",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub otlp_endpoint: Option<String>,
     /// The share of new traces recorded, 0 to 1 (a publisher's own traceparent decides for
     /// the traces it starts).
@@ -267,6 +337,15 @@ pub struct Options {
     /// Most open session-API streams of one session on this instance; past it 429.
     #[arg(long, env = "TIDINGS_MAX_STREAMS_PER_SESSION", value_name = "N")]
     pub max_streams_per_session: Option<usize>,
+    /// Most distinct wildcard selectors (*, URI templates, URL patterns) the streams of one
+    /// client address hold; a stream that needs more gets 429. Each is matched against every
+    /// update.
+    #[arg(long, env = "TIDINGS_MAX_WIDE_SELECTORS_PER_ADDRESS", value_name = "N")]
+    pub max_wide_selectors_per_address: Option<usize>,
+    /// Most distinct wildcard selectors this instance's streams hold; a stream that needs more
+    /// gets 503.
+    #[arg(long, env = "TIDINGS_MAX_WIDE_SELECTORS", value_name = "N")]
+    pub max_wide_selectors: Option<usize>,
     /// Proxies (addresses or CIDR networks, repeatable) whose X-Forwarded-For names the
     /// client address.
     #[arg(
@@ -369,7 +448,8 @@ pub struct TlsFiles {
 }
 
 /// The resolved configuration of one instance: each part's settings, as the part takes them.
-#[derive(Debug, Clone)]
+/// (`Debug` shows what holds no secret, URLs with their credentials masked.)
+#[derive(Clone)]
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
@@ -391,6 +471,8 @@ pub struct Config {
     pub close_expired_streams: bool,
     /// The subscriptions API and subscription events are on.
     pub subscriptions: bool,
+    /// Subscription events per second per client address, on average (0: unbounded).
+    pub subscription_events_per_address: u32,
     /// Interval of heartbeat comments on idle streams.
     pub heartbeat: Duration,
     /// Lifecycle webhooks, when a receiver is configured.
@@ -419,6 +501,24 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log: String,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("bus_url", &crate::bus::redact(&self.bus_url))
+            .field("instance_id", &self.instance_id)
+            .field("auth", &self.auth)
+            .field("webhooks", &self.webhooks)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -480,11 +580,15 @@ impl Options {
             jwt_audience,
             jwks_url,
             jwks_refresh,
+            jwks_any_audience,
             auth_url,
             auth_timeout,
             auth_cache_ttl,
+            auth_concurrency,
+            auth_concurrency_per_address,
             anonymous,
             subscriptions,
+            subscription_events_per_address,
             history_size,
             history_ttl,
             history_id_ttl,
@@ -493,6 +597,7 @@ impl Options {
             bus_replay_timeout,
             session_ttl,
             redis_min_replicas,
+            redis_max_patterns,
             heartbeat,
             webhook_url,
             webhook_secret,
@@ -512,6 +617,8 @@ impl Options {
             max_streams,
             max_streams_per_address,
             max_streams_per_session,
+            max_wide_selectors_per_address,
+            max_wide_selectors,
             subscriber_queue,
             subscriber_queue_bytes,
             selector_cache_size,

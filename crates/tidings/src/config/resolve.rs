@@ -184,6 +184,9 @@ impl Options {
             auth: self.auth()?,
             close_expired_streams: self.close_expired_streams.unwrap_or(CLOSE_EXPIRED_STREAMS),
             subscriptions,
+            subscription_events_per_address: self
+                .subscription_events_per_address
+                .unwrap_or(SUBSCRIPTION_EVENTS_PER_ADDRESS),
             heartbeat: seconds("heartbeat", self.heartbeat, HEARTBEAT_SECS)?,
             cors_origins: origins("cors-origin", self.cors_origin, true)?,
             consumers: self
@@ -206,6 +209,16 @@ impl Options {
                     "max-streams-per-session",
                     self.max_streams_per_session,
                     defaults.per_session,
+                )?,
+                wide_per_address: at_least_one(
+                    "max-wide-selectors-per-address",
+                    self.max_wide_selectors_per_address,
+                    defaults.wide_per_address,
+                )?,
+                wide_per_instance: at_least_one(
+                    "max-wide-selectors",
+                    self.max_wide_selectors,
+                    defaults.wide_per_instance,
                 )?,
             },
             trusted_proxies: self
@@ -327,6 +340,7 @@ impl Options {
                 )?,
             },
             min_replicas,
+            max_patterns: self.redis_max_patterns.unwrap_or(REDIS_MAX_PATTERNS),
         })
     }
 
@@ -348,6 +362,7 @@ impl Options {
             audience: not_empty("jwt-audience", self.jwt_audience.clone())?,
             jwks_url: not_empty("jwks-url", self.jwks_url.clone())?,
             jwks_refresh: seconds("jwks-refresh", self.jwks_refresh, JWKS_REFRESH_SECS)?,
+            jwks_any_audience: self.jwks_any_audience.unwrap_or(JWKS_ANY_AUDIENCE),
             callback: match not_empty("auth-url", self.auth_url.clone())? {
                 Some(url) => Some(CallbackSettings {
                     url,
@@ -357,6 +372,16 @@ impl Options {
                         self.auth_cache_ttl,
                         AUTH_CACHE_TTL_SECS,
                     )?),
+                    concurrency: at_least_one(
+                        "auth-concurrency",
+                        self.auth_concurrency,
+                        AUTH_CONCURRENCY,
+                    )?,
+                    concurrency_per_address: at_least_one(
+                        "auth-concurrency-per-address",
+                        self.auth_concurrency_per_address,
+                        AUTH_CONCURRENCY_PER_ADDRESS,
+                    )?,
                 }),
                 None => None,
             },

@@ -256,3 +256,39 @@ fn every_bus_scheme_is_in_the_help_and_the_documentation() {
         );
     }
 }
+
+#[test]
+fn debug_shows_no_secret() {
+    // A `{:?}` of the settings in a log line must not print a key or a password (review L6).
+    let toml = r#"
+        bus = "redis://:bus-secret@127.0.0.1:6379"
+        jwt-key = "jwt-secret-0123456789abcdef0123456789"
+        subscriber-jwt-key = "sub-secret-0123456789abcdef012345678"
+        jwks-url = "https://u:jwks-secret@idp.example/keys"
+        jwt-audience = "hub"
+        auth-url = "https://u:cb-secret@app.example/auth"
+        webhook-url = "https://u:hook-pass@app.example/hooks"
+        webhook-secret = "hook-secret"
+    "#;
+    let options: Options = toml::from_str(toml).unwrap();
+    let config = options.clone().resolve().unwrap();
+    let shown = format!(
+        "{options:?} {config:?} {:?} {:?}",
+        config.auth, config.webhooks
+    );
+    for secret in [
+        "bus-secret",
+        "jwt-secret",
+        "sub-secret",
+        "jwks-secret",
+        "cb-secret",
+        "hook-pass",
+        "hook-secret",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(
+        shown.contains("idp.example") && shown.contains("\"hub\""),
+        "{shown}"
+    );
+}

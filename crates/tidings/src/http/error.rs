@@ -87,13 +87,17 @@ impl From<InvalidInput> for ApiError {
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         let detail = refusal.to_string();
+        let error = match refusal {
+            Refusal::WideAddress(_) | Refusal::WideInstance(_) => "too_many_wide_selectors",
+            _ => "too_many_streams",
+        };
         match refusal {
-            Refusal::Instance(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", detail)
+            Refusal::Instance(_) | Refusal::WideInstance(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error, detail)
                     .retry_after(INSTANCE_FULL_RETRY_AFTER_SECS)
             }
-            Refusal::Address(_) | Refusal::Session(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", detail)
+            Refusal::Address(_) | Refusal::Session(_) | Refusal::WideAddress(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, error, detail)
                     .retry_after(CLIENT_LIMIT_RETRY_AFTER_SECS)
             }
         }

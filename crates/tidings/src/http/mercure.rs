@@ -48,8 +48,16 @@ pub(super) async fn subscribe(
             ),
         ));
     }
+    let mut permit = stream::admit(&state, connection, &headers)?;
     // Authenticated before anything the caller sent is compiled.
     let identity = request::stream_subscriber(&state, connection, &headers, &query, asked).await?;
+    // Its wide selectors counted before they are compiled (exact ones cost no matching).
+    permit.hold_wide(
+        query
+            .all("topic")
+            .filter_map(Selector::wide_key)
+            .chain(query.all("match_urlpattern").map(Selector::url_pattern_key)),
+    )?;
     let cache = state.selectors();
     let selectors = query
         .all("topic")
@@ -67,7 +75,7 @@ pub(super) async fn subscribe(
         .collect::<Result<Vec<Selector>, _>>()?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let spec = SubscriberSpec {
-        label: SubscriberLabel::new(identity.payload),
+        label: SubscriberLabel::new(identity.payload).from_address(permit.address()),
         selectors,
         access: identity.access,
         event_names: Vec::new(),
@@ -75,7 +83,7 @@ pub(super) async fn subscribe(
         session: None,
         expires: identity.expires,
     };
-    stream::open(&state, connection, &headers, spec, from).await
+    stream::open(&state, connection, permit, spec, from).await
 }
 
 /// `POST /.well-known/mercure`: publishes a form-encoded update; answers its id.

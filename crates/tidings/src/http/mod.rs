@@ -138,7 +138,11 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 /// Publishes the subscription events of the instance's subscribers as they come and go (the
 /// subscriptions API is on), until the instance ends.
 pub fn publish_subscription_events(state: &AppState) -> tokio::task::JoinHandle<()> {
-    subscriptions::publish_events(state.hub(), state.bus().clone())
+    subscriptions::publish_events(
+        state.hub(),
+        state.bus().clone(),
+        state.config().subscription_events_per_address,
+    )
 }
 
 /// Publishes `update` for a caller holding `rights`: every topic must be covered; the bus

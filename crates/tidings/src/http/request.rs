@@ -14,7 +14,7 @@ use axum::Extension;
 
 use super::ConnectionInfo;
 use super::{ApiError, AppState};
-use crate::auth::{Ask, AuthMode, PublisherRights, StreamRequest, SubscriberIdentity};
+use crate::auth::{Ask, AuthMode, Caller, PublisherRights, StreamRequest, SubscriberIdentity};
 use crate::bus::ReplayFrom;
 use crate::telemetry::{self, TraceParent};
 use crate::update::UpdateId;
@@ -200,9 +200,16 @@ pub(super) async fn stream_subscriber(
         Err(_) if auth.asks_application() => None,
         Err(e) => return Err(e),
     };
-    let ask = auth
-        .asks_application()
-        .then(|| Ask::new(request, headers, connection.map(|c| c.peer.ip())));
+    let ask = auth.asks_application().then(|| {
+        let peer = connection.map(|c| c.peer.ip());
+        let trusted = &state.config().trusted_proxies;
+        let caller = Caller {
+            peer,
+            peer_trusted: peer.is_some_and(|p| trusted.iter().any(|net| net.contains(&p))),
+            address: client_address(state, connection, headers),
+        };
+        Ask::new(request, headers, caller)
+    });
     Ok(auth.subscriber(token, ask).await?)
 }
 

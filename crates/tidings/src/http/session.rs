@@ -53,6 +53,7 @@ pub(super) async fn event_stream(
         match_urlpattern: Vec::new(),
         event_names: Some(names.iter().map(|n| (*n).to_owned()).collect()),
     };
+    let mut permit = stream::admit(&state, connection, &headers)?;
     let identity = request::stream_subscriber(&state, connection, &headers, &query, asked).await?;
     let session = if state.authenticator().mode() == AuthMode::None {
         let raw = query
@@ -87,17 +88,18 @@ pub(super) async fn event_stream(
             }
         }
     };
+    permit.join_session(&session)?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let topic = Topic::for_session(&session);
     let spec = SubscriberSpec {
-        label: SubscriberLabel::new(identity.payload),
+        label: SubscriberLabel::new(identity.payload).from_address(permit.address()),
         selectors: vec![Selector::Exact(topic.as_str().into())],
         access: identity.access.with_session(&session),
         event_names,
         session: Some(session),
         expires: identity.expires,
     };
-    stream::open(&state, connection, &headers, spec, from).await
+    stream::open(&state, connection, permit, spec, from).await
 }
 
 /// The body of `POST /sse/events`.

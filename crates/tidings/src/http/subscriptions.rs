@@ -8,7 +8,10 @@
 //! whole cluster. Reading the API needs a token whose `mercure.subscribe` claim matches
 //! the path asked for, as the Mercure protocol says.
 
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -21,7 +24,7 @@ use super::{ApiError, AppState};
 use crate::bus::{Bus, ReplayFrom, SubscriberRecord};
 use crate::hub::{Heard, Hub};
 use crate::metrics::EventListener;
-use crate::subscriber::SubscriberSpec;
+use crate::subscriber::{SubscriberLabel, SubscriberSpec};
 use crate::update::{Topic, Update, UpdateId};
 
 /// The path of the API, and the prefix of the topics of subscription events.
@@ -252,13 +255,29 @@ pub(super) async fn one(
 }
 
 /// Publishes the hub's subscribers coming and going as subscription events, one at a time in
-/// the hub's order, for as long as the hub lives.
-pub(super) fn publish_events(hub: &Hub, bus: Arc<dyn Bus>) -> tokio::task::JoinHandle<()> {
+/// the hub's order, for as long as the hub lives; at most `per_address` a second (on average)
+/// for the streams of one client address.
+pub(super) fn publish_events(
+    hub: &Hub,
+    bus: Arc<dyn Bus>,
+    per_address: u32,
+) -> tokio::task::JoinHandle<()> {
     let mut events = hub.subscriber_events(EventListener::Subscriptions);
+    let metrics = hub.metrics().clone();
+    let mut budget = EventBudget::new(per_address);
     tokio::spawn(async move {
         while let Some(heard) = events.recv().await {
             match heard {
-                Heard::Event(event) => announce(&bus, &event.spec, event.active).await,
+                Heard::Event(event) => {
+                    let label = &event.spec.label;
+                    let count = event.spec.selectors.len();
+                    if budget.allows(label, count, event.active, Instant::now()) {
+                        announce(&bus, &event.spec, event.active).await;
+                    } else {
+                        metrics.subscriber_event_dropped(EventListener::Subscriptions);
+                        budget.complain();
+                    }
+                }
                 // The subscriptions API still answers from the hub and the registry; only
                 // these events were not published.
                 Heard::Missed(n) => tracing::warn!(
@@ -268,4 +287,123 @@ pub(super) fn publish_events(hub: &Hub, bus: Arc<dyn Bus>) -> tokio::task::JoinH
             }
         }
     })
+}
+
+/// The per-address bound on subscription events: a token bucket per client address, filled
+/// at `per_sec` up to ten seconds' worth. Subscription events are published on the bus and
+/// kept in the shared history like any update, so a client churning streams of many selectors
+/// pushed real updates out of history — resumes then got `tidings-gap` (review M6).
+/// A subscriber whose arrival was told is always told leaving (watchers must not believe it
+/// is still there; this costs no more than twice the arrivals); one whose arrival was not
+/// told is not told leaving either.
+#[derive(Debug)]
+struct EventBudget {
+    per_sec: f64,
+    burst: f64,
+    /// Tokens left and when they were counted, per address.
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+    /// Subscribers whose arrival was dropped.
+    untold: HashSet<Arc<str>>,
+    /// When a drop was last logged.
+    complained: Option<Instant>,
+}
+
+/// Buckets kept before the full ones are forgotten.
+const MAX_BUCKETS: usize = 10_000;
+/// Subscribers whose arrival went untold remembered at most (past it, a departure may be told
+/// without its arrival: harmless).
+const MAX_UNTOLD: usize = 100_000;
+
+impl EventBudget {
+    fn new(per_sec: u32) -> Self {
+        EventBudget {
+            per_sec: f64::from(per_sec),
+            burst: f64::from(per_sec) * 10.0,
+            buckets: HashMap::new(),
+            untold: HashSet::new(),
+            complained: None,
+        }
+    }
+
+    /// Whether the `count` events of `label`'s subscriber arriving (`active`) or leaving may
+    /// be published now; takes them from its address's bucket.
+    fn allows(
+        &mut self,
+        label: &SubscriberLabel,
+        count: usize,
+        active: bool,
+        now: Instant,
+    ) -> bool {
+        if !active {
+            return !self.untold.remove(&label.iri);
+        }
+        let Some(address) = label.address.filter(|_| self.per_sec > 0.0) else {
+            return true;
+        };
+        if self.buckets.len() >= MAX_BUCKETS {
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + per_sec * now.duration_since(*at).as_secs_f64() < burst
+            });
+        }
+        let (tokens, at) = self.buckets.entry(address).or_insert((self.burst, now));
+        *tokens = (*tokens + self.per_sec * now.duration_since(*at).as_secs_f64()).min(self.burst);
+        *at = now;
+        let wanted = count as f64;
+        if *tokens >= wanted {
+            *tokens -= wanted;
+            return true;
+        }
+        if self.untold.len() < MAX_UNTOLD {
+            self.untold.insert(label.iri.clone());
+        }
+        false
+    }
+
+    /// Logs that events were dropped, at most once a minute.
+    fn complain(&mut self) {
+        if self
+            .complained
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            self.complained = Some(Instant::now());
+            tracing::warn!(
+                "subscription events dropped: a client address went past subscription-events-per-address (tidings_subscriber_events_dropped_total{{listener=\"subscriptions\"}})"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(address: &str) -> SubscriberLabel {
+        SubscriberLabel::new(None).from_address(Some(address.parse().unwrap()))
+    }
+
+    #[test]
+    fn each_address_has_a_burst_and_a_rate_of_subscription_events() {
+        let mut budget = EventBudget::new(2);
+        let start = Instant::now();
+        let (alice, bob) = (from("192.0.2.1"), from("192.0.2.2"));
+        assert!(budget.allows(&alice, 15, true, start));
+        let second = from("192.0.2.1");
+        assert!(!budget.allows(&second, 10, true, start), "5 left of 20");
+        assert!(
+            budget.allows(&bob, 20, true, start),
+            "another address has its own"
+        );
+        // A subscriber whose arrival was not told is not told leaving, and costs nothing.
+        assert!(!budget.allows(&second, 10, false, start));
+        // Leaving is told for a subscriber whose arrival was, whatever the bucket holds.
+        assert!(budget.allows(&alice, 15, false, start));
+        // Two tokens a second come back.
+        let later = start + Duration::from_secs(3);
+        assert!(budget.allows(&alice, 11, true, later));
+        assert!(!budget.allows(&alice, 1, true, later));
+        // Without an address (or a bound), nothing is counted.
+        assert!(budget.allows(&SubscriberLabel::new(None), 1000, true, later));
+        assert!(EventBudget::new(0).allows(&alice, 1000, true, later));
+    }
 }

@@ -97,7 +97,7 @@ impl Selector {
             )
         })?;
         Ok(Selector::UrlPattern {
-            key: Arc::from(format!("{URL_PATTERN_KEY}{source}")),
+            key: Selector::url_pattern_key(source),
             pattern: Arc::new(pattern),
         })
     }
@@ -153,6 +153,18 @@ impl Selector {
             Selector::UrlPattern { key, .. } => key,
             _ => self.source(),
         }
+    }
+
+    /// The [`key`](Selector::key) of the `topic=` selector `source` when it is wide (`*` or a
+    /// URI template), known before it is compiled: admission counts a stream's wide selectors
+    /// before paying for their compilation.
+    pub fn wide_key(source: &str) -> Option<Arc<str>> {
+        (source == "*" || source.contains(['{', '}'])).then(|| Arc::from(source))
+    }
+
+    /// The [`key`](Selector::key) of the `match_urlpattern=` selector `source`.
+    pub fn url_pattern_key(source: &str) -> Arc<str> {
+        Arc::from(format!("{URL_PATTERN_KEY}{source}"))
     }
 }
 

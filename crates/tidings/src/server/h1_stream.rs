@@ -141,8 +141,14 @@ pub(super) async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
     router: Router,
 ) -> io::Result<()> {
     // Boxed, as is everything else that lives only until the stream opens, so that the
-    // connection's task keeps no room for it while the stream is open.
-    let Ok(response) = Box::pin(router.oneshot(request)).await;
+    // connection's task keeps no room for it while the stream is open. A client that hangs
+    // up before the answer drops it: whatever it was waiting for (the application's
+    // authorization callback) is not waited for on its behalf.
+    let answered = Box::pin(router.oneshot(request));
+    let response = tokio::select! {
+        Ok(response) = answered => response,
+        () = hung_up(io) => return Ok(()),
+    };
     let streaming = response.status() == hyper::StatusCode::OK
         && response
             .headers()
@@ -152,7 +158,12 @@ pub(super) async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
         return Box::pin(answer(io, response)).await;
     }
     let (parts, body) = response.into_parts();
-    let head = head(&parts, "transfer-encoding: chunked\r\n");
+    // The hub closes the connection after the stream (see `Stream`): a proxy told so does
+    // not pool it for the next request, which would meet a closed socket (a 502).
+    let head = head(
+        &parts,
+        "transfer-encoding: chunked\r\nconnection: close\r\n",
+    );
     // The response's headers are not kept while the stream is open.
     drop(parts);
     Box::pin(io.write_all(&head)).await?;
@@ -167,6 +178,19 @@ pub(super) async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
     poll_fn(|cx| stream.poll(io, cx)).await?;
     io.write_all(b"0\r\n\r\n").await?;
     io.shutdown().await
+}
+
+/// Completes when the client closes its side of the connection (or sends more than
+/// [`MAX_DISCARDED`] bytes, which no stream request does); what it sends is dropped.
+async fn hung_up<IO: AsyncRead + Unpin>(io: &mut IO) {
+    let mut scratch = [0u8; 64];
+    let mut discarded = 0;
+    while discarded <= MAX_DISCARDED {
+        match io.read(&mut scratch).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
+        }
+    }
 }
 
 /// Writes a whole (error) answer with `connection: close`.

@@ -53,8 +53,8 @@ pub const ID_HEADER: &str = "tidings-webhook-id";
 /// How often session checks that met an unavailable registry are tried again.
 const RECHECK: Duration = Duration::from_secs(2);
 
-/// The webhook settings, as configuration gives them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The webhook settings, as configuration gives them. (`Debug` shows no secret.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     /// Where to send (`http://` or `https://`).
     pub url: String,
@@ -70,6 +70,20 @@ pub struct WebhookSettings {
     pub retry_for: Duration,
     /// How often one instance sweeps for sessions whose instance died (`session-ttl`).
     pub sweep_every: Duration,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &crate::bus::redact(&self.url))
+            .field("secret", &"***")
+            .field("queue", &self.queue)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("offline_grace", &self.offline_grace)
+            .field("retry_for", &self.retry_for)
+            .field("sweep_every", &self.sweep_every)
+            .finish()
+    }
 }
 
 /// Whose view a session event is.

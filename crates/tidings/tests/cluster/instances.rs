@@ -262,3 +262,52 @@ async fn the_subscriptions_api_answers_for_the_whole_cluster() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_instance_whose_subscriber_records_cannot_be_written_stays_alive() {
+    // The records' write failing (here: the set of instances made a string, so SADD fails)
+    // skipped the liveness refresh: after session-ttl a healthy instance was declared dead
+    // and its sessions offline (review M3).
+    let Some(keys) = crate::common::redis_keys("liveness") else {
+        return;
+    };
+    let hub = crate::common::instance_on(
+        &keys.url,
+        &keys.prefix,
+        "alive-1",
+        &["--session-ttl", "3", "--subscriptions"],
+    );
+    let session = format!("s-{}", std::process::id());
+    let _stream = Stream::open(
+        &hub.url(&format!(
+            "/sse/event-stream?eventName=e&sessionId={session}"
+        )),
+        &[],
+    )
+    .await;
+    let mut redis = redis::Client::open(keys.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let instances = format!("{}:instances", keys.prefix);
+    let _: () = redis::cmd("DEL").arg(&instances).query(&mut redis).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&instances)
+        .arg("not a set")
+        .query(&mut redis)
+        .unwrap();
+    hub.wait_for_log("cannot update the session registry").await;
+    // Two lifetimes of the liveness key later, the instance is still alive.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let alive: bool = redis::cmd("EXISTS")
+        .arg(format!("{}:instance:alive-1", keys.prefix))
+        .query(&mut redis)
+        .unwrap();
+    assert!(alive, "the liveness key expired");
+    wait_for_presence(
+        &hub,
+        &session,
+        serde_json::json!([{"instanceId": "alive-1", "streams": 1}]),
+    )
+    .await;
+}

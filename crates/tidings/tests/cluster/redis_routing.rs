@@ -154,3 +154,50 @@ async fn a_session_event_goes_only_to_the_instances_holding_the_session() {
     let _second = Stream::open(&url(&hubs[2]), &[]).await;
     assert_eq!(send().await, 2.0);
 }
+
+#[tokio::test]
+async fn templates_past_the_pattern_cap_listen_to_everything_instead() {
+    // Each distinct template prefix would be a pattern Redis matches on every publish of the
+    // cluster (review H1); past redis-max-patterns the instance listens to every update.
+    let Some(keys) = crate::common::redis_keys("patterns") else {
+        return;
+    };
+    let hubs = crate::common::redis_cluster(&keys, 2, &["--redis-max-patterns", "3"]);
+    let base = crate::common::unique_topic("patterns");
+    let templates: Vec<String> = (0..4).map(|i| format!("{base}/p{i}/{{id}}")).collect();
+    let unrelated = format!("{base}-unrelated");
+    let three: Vec<&str> = templates[..3].iter().map(String::as_str).collect();
+    let mut within = Stream::open(&subscribe_url(&hubs[1], &three, ""), &[]).await;
+    let (_, sent) = publish_counted(&hubs[0], &unrelated).await;
+    assert_eq!(sent, 0.0, "three patterns: nobody hears an unrelated topic");
+    assert_eq!(hubs[1].metric("tidings_redis_patterns_capped").await, 0.0);
+    let (id, sent) = publish_counted(&hubs[0], &format!("{base}/p2/x")).await;
+    assert_eq!((sent, within.next().await.id), (1.0, id));
+
+    let fourth = [templates[3].as_str()];
+    let mut past = Stream::open(&subscribe_url(&hubs[1], &fourth, ""), &[]).await;
+    crate::common::wait_for("the instance to listen to everything", async || {
+        hubs[1].metric("tidings_redis_patterns_capped").await == 1.0
+    })
+    .await;
+    let (_, sent) = publish_counted(&hubs[0], &unrelated).await;
+    assert_eq!(sent, 1.0, "past the cap, one channel hears every update");
+    let (id, _) = publish_counted(&hubs[0], &format!("{base}/p3/x")).await;
+    assert_eq!(
+        past.next().await.id,
+        id,
+        "and the hub still filters for its streams"
+    );
+    let (id, _) = publish_counted(&hubs[0], &format!("{base}/p0/x")).await;
+    assert_eq!(within.next().await.id, id);
+
+    past.close();
+    crate::common::wait_for("the patterns to come back", async || {
+        hubs[1].metric("tidings_redis_patterns_capped").await == 0.0
+    })
+    .await;
+    crate::common::wait_for("nobody to hear an unrelated topic again", async || {
+        publish_counted(&hubs[0], &unrelated).await.1 == 0.0
+    })
+    .await;
+}

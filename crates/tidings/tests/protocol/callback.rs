@@ -42,6 +42,9 @@ struct App {
     /// Every question: the headers and the body.
     asked: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
     calls: Arc<AtomicUsize>,
+    /// Questions being answered now, and the most at once.
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
     port: u16,
     server: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -54,6 +57,8 @@ impl App {
             expires_in: Arc::default(),
             asked: Arc::default(),
             calls: Arc::default(),
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
             port: listener.local_addr().unwrap().port(),
             server: Arc::default(),
         };
@@ -109,6 +114,9 @@ impl App {
 
     async fn answer(&self, headers: HeaderMap, body: String) -> Response {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let _answered = Answered(self.in_flight.clone());
         let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         self.asked.lock().unwrap().push((headers.clone(), body));
         let behaviour = *self.behaviour.lock().unwrap();
@@ -150,6 +158,15 @@ impl App {
                 }
             }
         }
+    }
+}
+
+/// Counts a question as answered when dropped (also when the hub hung up first).
+struct Answered(Arc<AtomicUsize>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -425,7 +442,9 @@ async fn a_slow_failing_or_absent_application_is_a_retry_never_a_hang() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_outlives_the_stream_requests_that_gave_up_on_it() {
+async fn a_call_nobody_waits_for_any_more_is_dropped() {
+    // A call ran to its end after every client waiting for it had gone: abandoned requests
+    // were work for the application all the same (review M5).
     let app = App::start().await;
     app.set(Behaviour::Slow);
     let hub = Hub::start(&["--jwt-key", KEY, "--auth-url", &app.url()]);
@@ -441,17 +460,16 @@ async fn a_call_outlives_the_stream_requests_that_gave_up_on_it() {
         .send()
         .await;
     assert!(gave_up.is_err());
-    // The call goes on, and its decision is kept: the next request needs no call.
-    wait_for("the decision", async || {
+    // Past the moment the application answered: the hub dropped the call, and read nothing.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
         hub.metric("tidings_auth_callbacks_total{outcome=\"granted\"}")
-            .await
-            == 1.0
-    })
-    .await;
-    let started = std::time::Instant::now();
+            .await,
+        0.0
+    );
+    // The next request asks again.
     assert_eq!(mercure(&hub, "x", &[(name, &value)]).await.status, 200);
-    assert!(started.elapsed() < Duration::from_secs(1));
-    assert_eq!(app.calls(), 1);
+    assert_eq!(app.calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,4 +558,75 @@ fn what_cannot_be_configured_stops_start_up() {
     ] {
         crate::common::refuses_to_start(args, says);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_stream_cap_costs_the_application_nothing() {
+    // Admission comes first: a client that holds its streams already is refused before the
+    // application is asked (and before a selector is compiled) — review H1 and M5.
+    let app = App::start().await;
+    let hub = Hub::start(&[
+        "--jwt-key",
+        KEY,
+        "--auth-url",
+        &app.url(),
+        "--auth-cache-ttl",
+        "0",
+        "--max-streams-per-address",
+        "1",
+    ]);
+    let (name, value) = cookie("alice");
+    let first = mercure(&hub, &unique_topic("cap"), &[(name, &value)]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(app.calls(), 1);
+    for i in 0..5 {
+        let topic = format!("https://example.com/{i}/{{id}}");
+        let refused = mercure(&hub, &topic, &[(name, &value)]).await;
+        assert_eq!(refused.status, 429);
+    }
+    assert_eq!(app.calls(), 1, "refused streams were not asked about");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_are_capped_and_dropped_when_nobody_waits() {
+    // Each request with a new question made one call, unbounded, which ran to its end after
+    // the client had gone (review M5).
+    let app = App::start().await;
+    app.set(Behaviour::Slow);
+    let hub = Hub::start(&[
+        "--jwt-key",
+        KEY,
+        "--auth-url",
+        &app.url(),
+        "--auth-cache-ttl",
+        "0",
+        "--auth-concurrency",
+        "2",
+    ]);
+    let abandoned = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let (name, value) = cookie("alice");
+    let requests = (0..10).map(|i| {
+        let url = hub.url(&format!("/.well-known/mercure?topic=abandoned-{i}"));
+        abandoned.get(url).header(name, &value).send()
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let busy = answers
+        .iter()
+        .filter(|a| a.as_ref().is_ok_and(|r| r.status() == 503))
+        .count();
+    assert!(busy >= 8, "{busy} told to retry at once");
+    assert_eq!(app.most_in_flight.load(Ordering::SeqCst), 2);
+    assert!(
+        hub.metric("tidings_auth_callbacks_total{outcome=\"busy\"}")
+            .await
+            >= 8.0
+    );
+    // The two calls whose clients hung up were dropped: their places are free at once,
+    // although the application is still busy with them.
+    app.set(Behaviour::Decide);
+    let alice = mercure(&hub, &unique_topic("after"), &[(name, &value)]).await;
+    assert_eq!(alice.status, 200);
 }

@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 
 use crate::common::{publish, Hub};
 
+/// The audience the provider writes into tokens meant for the hub.
+const AUDIENCE: &str = "https://hub.test/.well-known/mercure";
+
 /// A signing key, and its public half as a JWK named `kid`.
 struct SigningKey {
     kid: &'static str,
@@ -67,11 +70,16 @@ impl SigningKey {
         serde_json::to_value(jwk).unwrap()
     }
 
-    /// A publisher token naming this key (or, with `kid: None`, no key).
+    /// A publisher token for this hub naming this key (or, with `kid: None`, no key).
     fn publisher(&self, kid: Option<&str>) -> String {
+        self.sign(kid, json!({"aud": AUDIENCE, "mercure": {"publish": ["*"]}}))
+    }
+
+    /// A token with these claims naming this key (or, with `kid: None`, no key).
+    fn sign(&self, kid: Option<&str>, claims: Value) -> String {
         let mut header = Header::new(self.alg);
         header.kid = kid.map(str::to_owned);
-        jsonwebtoken::encode(&header, &json!({"mercure": {"publish": ["*"]}}), &self.key).unwrap()
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
     }
 }
 
@@ -133,7 +141,7 @@ async fn keys_come_from_the_endpoint_by_kid_and_a_new_kid_is_fetched_for_once() 
     let endpoint = Endpoint::default();
     endpoint.keys.lock().unwrap().extend([ec.jwk(), rsa.jwk()]);
     let url = endpoint.serve().await;
-    let hub = Hub::start(&["--jwks-url", &url]);
+    let hub = Hub::start(&["--jwks-url", &url, "--jwt-audience", AUDIENCE]);
     assert_eq!(endpoint.hits(), 1, "fetched at start-up");
     for key in [&ec, &rsa] {
         let (status, body) = publishes(&hub, &key.publisher(Some(key.kid))).await;
@@ -175,7 +183,14 @@ async fn the_keys_held_are_kept_while_the_endpoint_is_down() {
     let endpoint = Endpoint::default();
     endpoint.keys.lock().unwrap().push(key.jwk());
     let url = endpoint.serve().await;
-    let hub = Hub::start(&["--jwks-url", &url, "--jwks-refresh", "1"]);
+    let hub = Hub::start(&[
+        "--jwks-url",
+        &url,
+        "--jwt-audience",
+        AUDIENCE,
+        "--jwks-refresh",
+        "1",
+    ]);
     assert_eq!(publishes(&hub, &key.publisher(Some(key.kid))).await.0, 200);
     *endpoint.down.lock().unwrap() = true;
     let before = endpoint.hits();
@@ -207,7 +222,53 @@ fn what_cannot_be_configured_stops_start_up() {
             &["--jwks-url", "http://127.0.0.1:1/k", "--jwks-refresh", "0"][..],
             "jwks-refresh must be at least 1",
         ),
+        // Nothing tells this hub's tokens from the others the provider signs (review M7).
+        (
+            &["--jwks-url", "http://127.0.0.1:1/k"][..],
+            "set jwt-audience",
+        ),
     ] {
         crate::common::refuses_to_start(args, says);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_provider_signed_for_another_audience_opens_nothing() {
+    // An ID token, or an access token for another service of the same provider: same keys,
+    // its sub a user's session (review M7).
+    let key = SigningKey::es256("idp");
+    let endpoint = Endpoint::default();
+    endpoint.keys.lock().unwrap().push(key.jwk());
+    let url = endpoint.serve().await;
+    let hub = Hub::start(&["--jwks-url", &url, "--jwt-audience", AUDIENCE]);
+    let alice_for = |aud: &str| {
+        key.sign(
+            Some(key.kid),
+            json!({"aud": aud, "sub": "alice", "exp": 4_102_444_800u64}),
+        )
+    };
+    let elsewhere = alice_for("account-console");
+    let (status, body) = session_stream(&hub, &elsewhere).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("aud"), "{body}");
+    // The hub's own audience opens alice's stream.
+    assert_eq!(session_stream(&hub, &alice_for(AUDIENCE)).await.0, 200);
+    // Whoever means every token of the provider says so.
+    let any = Hub::start(&["--jwks-url", &url, "--jwks-any-audience"]);
+    assert_eq!(session_stream(&any, &elsewhere).await.0, 200);
+}
+
+/// Opens the session stream of `token`'s subject: the status, and the body of a refusal.
+async fn session_stream(hub: &Hub, token: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(hub.url("/sse/event-stream"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    match status {
+        200 => (status, String::new()),
+        _ => (status, response.text().await.unwrap()),
     }
 }

@@ -116,3 +116,48 @@ async fn anonymous_subscribers_see_no_subscription_event() {
         .await
         .is_none());
 }
+
+#[tokio::test]
+async fn a_client_churning_streams_cannot_push_real_updates_out_of_history() {
+    // Subscription events are kept in history like any update: a client opening and closing
+    // streams of many selectors pushed real updates out, and a legitimate resume got
+    // tidings-gap (review M6). Its address's events are bounded now.
+    let hub = Hub::start(&[
+        "--auth",
+        "none",
+        "--subscriptions",
+        "--history-size",
+        "300",
+        "--subscription-events-per-address",
+        "2",
+    ]);
+    let topic = unique_topic("kept");
+    let (status, kept) =
+        crate::common::publish(&hub, None, &[("topic", &topic), ("data", "kept")]).await;
+    assert_eq!(status, 200);
+    let (status, after) =
+        crate::common::publish(&hub, None, &[("topic", &topic), ("data", "after")]).await;
+    assert_eq!(status, 200);
+    // 20 streams of 20 selectors, opened and closed: 800 events without the bound.
+    let selectors: Vec<String> = (0..20).map(|i| format!("{topic}/churn/{i}")).collect();
+    let selectors: Vec<&str> = selectors.iter().map(String::as_str).collect();
+    for _ in 0..20 {
+        Stream::open(&crate::common::subscribe_url(&hub, &selectors, ""), &[])
+            .await
+            .close();
+    }
+    crate::common::wait_for("the churn's events to be dropped", async || {
+        hub.metric("tidings_subscriber_events_dropped_total{listener=\"subscriptions\"}")
+            .await
+            > 0.0
+    })
+    .await;
+    let resume = crate::common::subscribe_url(&hub, &[&topic], &format!("&lastEventID={kept}"));
+    let mut stream = Stream::open(&resume, &[]).await;
+    let first = stream.next().await;
+    assert_eq!(
+        (first.event.as_str(), first.id.as_str()),
+        ("message", after.as_str()),
+        "resumed without a gap"
+    );
+}

@@ -374,6 +374,8 @@ async fn passwords_in_urls_stay_out_of_logs_and_messages_however_they_are_writte
         "kafka://me:pa/ss?x#y@127.0.0.1:1",
         "--jwks-url",
         "http://keys:jw-secret@127.0.0.1:1/keys",
+        "--jwt-audience",
+        "hub",
     ]);
     hub.wait_for_log("waiting for its bus").await;
     hub.wait_for_log("jwks: cannot fetch the key set").await;
@@ -392,6 +394,39 @@ async fn passwords_in_urls_stay_out_of_logs_and_messages_however_they_are_writte
     ]);
     assert!(!ok && err.contains("http://***@127.0.0.1:1/keys"), "{err}");
     assert!(!err.contains("jw/secret"), "{err}");
+}
+
+#[test]
+fn help_shows_no_secret_from_the_environment() {
+    // clap shows an option's environment value in --help unless told not to (review L6).
+    let secrets = [
+        ("TIDINGS_JWT_KEY", "S3CR3T-jwt"),
+        ("TIDINGS_PUBLISHER_JWT_KEY", "S3CR3T-pub"),
+        ("TIDINGS_SUBSCRIBER_JWT_KEY", "S3CR3T-sub"),
+        ("TIDINGS_WEBHOOK_SECRET", "S3CR3T-hook"),
+        ("TIDINGS_BUS", "redis://:S3CR3T-bus@127.0.0.1"),
+        ("TIDINGS_JWKS_URL", "https://u:S3CR3T-jwks@idp.example/k"),
+        ("TIDINGS_AUTH_URL", "https://u:S3CR3T-cb@app.example/a"),
+        ("TIDINGS_WEBHOOK_URL", "https://u:S3CR3T-url@app.example/h"),
+        (
+            "TIDINGS_OTLP_ENDPOINT",
+            "https://u:S3CR3T-otlp@otel.example",
+        ),
+        (
+            "TIDINGS_CONSUME",
+            "amqp://u:S3CR3T-amqp@127.0.0.1/%2f?exchange=x",
+        ),
+    ];
+    let out = tidings(&["serve", "--help"])
+        .envs(secrets)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && help.contains("TIDINGS_JWT_KEY"),
+        "{help}"
+    );
+    assert!(!help.contains("S3CR3T"), "a secret in --help: {help}");
 }
 
 #[test]

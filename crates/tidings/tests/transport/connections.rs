@@ -432,3 +432,29 @@ async fn a_client_that_keeps_sending_on_its_open_stream_is_disconnected() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stream_says_that_its_connection_closes_with_it() {
+    // The hub closes the connection when it ends a stream (drain, an expired token): a proxy
+    // that pooled it (nginx's keepalive) would send the next request into a closed socket and
+    // answer 502 (review L5). The head says so.
+    let hub = Hub::start(&["--auth", "none"]);
+    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
+    socket
+        .write_all(b"GET /.well-known/mercure?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+            .await
+            .expect("the head")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+}

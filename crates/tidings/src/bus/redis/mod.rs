@@ -89,7 +89,10 @@ impl Keys {
             instance_prefix: format!("{prefix}:instance:"),
             session_prefix: format!("{prefix}:session:"),
             instances: format!("{prefix}:instances"),
-            subscribers_prefix: format!("{prefix}:subscribers:"),
+            // A hash per instance (one field per subscriber); `subscribers:` held one JSON
+            // array, which earlier versions still write: a new name keeps either kind from
+            // tripping on the other's type during a rolling upgrade.
+            subscribers_prefix: format!("{prefix}:subscriber-records:"),
             online: format!("{prefix}:online"),
             sweeper: format!("{prefix}:sweeper"),
             offline_candidates: format!("{prefix}:offline-candidates"),
@@ -226,6 +229,7 @@ impl RedisBus {
             hub: hub.clone(),
             listening: listening_tx,
             routing: options.routing,
+            max_patterns: options.max_patterns,
             history: options.history_size > 0,
             decoder: decoder.clone(),
             settings,
@@ -239,6 +243,7 @@ impl RedisBus {
             ttl_secs: options.session_ttl_secs.max(3),
             share_subscribers: options.share_subscribers,
             timeout,
+            written: std::sync::Mutex::default(),
         });
         let reader = tokio::spawn(reader.run(reconnect));
         let registry_writer = tokio::spawn(registry.clone().run());

@@ -52,6 +52,8 @@ pub(super) struct Setup {
     /// (once any catch-up is done); `None` while the connection is down.
     pub(super) listening: watch::Sender<Option<u64>>,
     pub(super) routing: Routing,
+    /// `redis-max-patterns`.
+    pub(super) max_patterns: usize,
     pub(super) history: bool,
     /// Turns messages into updates (skipping and counting malformed ones).
     pub(super) decoder: Decoder,
@@ -164,7 +166,10 @@ impl Reader {
             Routing::Broadcast => Listening::everything(&setup.keys),
             Routing::Interest => {
                 setup.hub.take_interest_changes();
-                Listening::of(&setup.hub.interest(), &setup.keys)
+                let (wanted, capped) =
+                    Listening::planned(&setup.hub.interest(), &setup.keys, setup.max_patterns);
+                setup.hub.metrics().routing_capped.set(i64::from(capped));
+                wanted
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The cluster-wide session registry and the shared record of subscribers.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,11 +25,17 @@ pub(super) struct SessionRegistry {
     pub(super) hub: Hub,
     pub(super) instance: String,
     pub(super) ttl_secs: u64,
-    /// Also keeps `<prefix>:subscribers:<instance>` (a JSON array of this instance's
-    /// subscribers, refreshed like the rest) and the set `<prefix>:instances`.
+    /// Also keeps `<prefix>:subscriber-records:<instance>` (a hash of this instance's
+    /// subscribers, from each one's IRI to its JSON record, refreshed like the rest) and the
+    /// set `<prefix>:instances`.
     pub(super) share_subscribers: bool,
     /// How long one command may take.
     pub(super) timeout: Duration,
+    /// The subscribers (by IRI) whose records the hash holds, as far as this instance wrote
+    /// it: a change writes only the records that came and deletes those that went (one blob
+    /// of every subscriber, rewritten at each change, grew with the instance and could take
+    /// longer than the timeout — review M3).
+    pub(super) written: Mutex<HashSet<String>>,
 }
 
 impl SessionRegistry {
@@ -75,33 +82,81 @@ impl SessionRegistry {
         timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Writes this instance's subscribers where every instance can read them.
-    async fn write_subscribers(&self) -> Result<(), BusError> {
-        let records: Vec<SubscriberRecord> = self
-            .hub
-            .subscribers()
-            .iter()
-            .map(|spec| SubscriberRecord::of(spec))
-            .collect();
-        let blob = serde_json::to_string(&records).unwrap_or_else(|_| "[]".to_owned());
-        let mut pipe = redis::pipe();
-        pipe.set_ex(
-            format!("{}{}", self.keys.subscribers_prefix, self.instance),
-            blob,
-            self.ttl_secs,
-        )
-        .ignore()
-        .sadd(&self.keys.instances, &self.instance)
-        .ignore();
-        let mut conn = self.conns.commands();
-        timed(self.timeout, pipe.query_async::<()>(&mut conn)).await
+    fn subscribers_key(&self) -> String {
+        format!("{}{}", self.keys.subscribers_prefix, self.instance)
     }
 
-    /// Says this instance is alive and refreshes the entries of every session it holds.
-    async fn refresh(&self) -> Result<(), BusError> {
-        if self.share_subscribers {
-            self.write_subscribers().await?;
+    /// Brings this instance's subscriber records up to date where every instance can read
+    /// them: the records of subscribers that came since the last write, the deletion of those
+    /// that went, and the hash's lifetime.
+    async fn write_subscribers(&self) -> Result<(), BusError> {
+        let subscribers = self.hub.subscribers();
+        let (came, went) = {
+            let written = crate::locks::lock(&self.written);
+            let now: HashSet<&str> = subscribers.iter().map(|s| s.label.iri.as_ref()).collect();
+            let came: Vec<SubscriberRecord> = subscribers
+                .iter()
+                .filter(|s| !written.contains(s.label.iri.as_ref()))
+                .map(|s| SubscriberRecord::of(s))
+                .collect();
+            let went: Vec<String> = written
+                .iter()
+                .filter(|iri| !now.contains(iri.as_str()))
+                .cloned()
+                .collect();
+            (came, went)
+        };
+        let key = self.subscribers_key();
+        let mut pipe = redis::pipe();
+        for record in &came {
+            let json = serde_json::to_string(record).unwrap_or_default();
+            pipe.hset(&key, &record.subscriber, json).ignore();
         }
+        for gone in went.chunks(1000) {
+            pipe.hdel(&key, gone).ignore();
+        }
+        pipe.expire(&key, self.ttl_secs as i64)
+            .ignore()
+            .sadd(&self.keys.instances, &self.instance)
+            .ignore();
+        let mut conn = self.conns.commands();
+        timed(self.timeout, pipe.query_async::<()>(&mut conn)).await?;
+        let mut written = crate::locks::lock(&self.written);
+        for gone in &went {
+            written.remove(gone);
+        }
+        written.extend(came.into_iter().map(|r| r.subscriber));
+        Ok(())
+    }
+
+    /// Keeps this instance's subscriber records alive; writes them all again when the hash
+    /// is gone (a Redis that restarted empty, a failover to a replica without it).
+    async fn refresh_subscribers(&self) -> Result<(), BusError> {
+        let mut conn = self.conns.commands();
+        let kept: bool = timed(
+            self.timeout,
+            conn.expire(self.subscribers_key(), self.ttl_secs as i64),
+        )
+        .await?;
+        if !kept {
+            crate::locks::lock(&self.written).clear();
+        }
+        self.write_subscribers().await
+    }
+
+    /// Says this instance is alive and refreshes the entries of every session it holds, then
+    /// its subscriber records: whatever becomes of those, liveness is written first (a failed
+    /// write of the records skipped it, and a healthy instance was declared dead, its users
+    /// told offline — review M3).
+    async fn refresh(&self) -> Result<(), BusError> {
+        let alive = self.refresh_liveness().await;
+        if self.share_subscribers {
+            self.refresh_subscribers().await?;
+        }
+        alive
+    }
+
+    async fn refresh_liveness(&self) -> Result<(), BusError> {
         let mut pipe = redis::pipe();
         pipe.set_ex(
             format!("{}{}", self.keys.instance_prefix, self.instance),
@@ -245,16 +300,16 @@ impl Registry for SessionRegistry {
         if live.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        let blobs_keys: Vec<String> = live
-            .iter()
-            .map(|(i, _)| format!("{}{i}", self.keys.subscribers_prefix))
-            .collect();
-        let blobs: Vec<Option<String>> = timed(self.timeout, conn.mget(&blobs_keys)).await?;
+        let mut pipe = redis::pipe();
+        for (instance, _) in &live {
+            pipe.hvals(format!("{}{instance}", self.keys.subscribers_prefix));
+        }
+        let records: Vec<Vec<String>> = timed(self.timeout, pipe.query_async(&mut conn)).await?;
         Ok(Some(
-            blobs
+            records
                 .iter()
                 .flatten()
-                .flat_map(|b| parse_records(b))
+                .filter_map(|r| parse_record(r))
                 .collect(),
         ))
     }
@@ -340,10 +395,11 @@ impl Registry for SessionRegistry {
     }
 }
 
-/// Parses the shared subscriber records of one instance (skipping a malformed blob).
-fn parse_records(blob: &str) -> Vec<SubscriberRecord> {
-    serde_json::from_str(blob).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "redis: skipping a malformed subscriber record");
-        Vec::new()
-    })
+/// Parses one shared subscriber record (skipping a malformed one).
+fn parse_record(record: &str) -> Option<SubscriberRecord> {
+    serde_json::from_str(record)
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "redis: skipping a malformed subscriber record"),
+        )
+        .ok()
 }

@@ -443,6 +443,7 @@ mod tests {
             backoff: crate::bus::Backoff::default(),
             timeouts: crate::bus::Timeouts::default(),
             min_replicas: 0,
+            max_patterns: 100,
         };
         assert_eq!(topic_history_complete_secs(&options(300, 300)), 300);
         assert_eq!(topic_history_complete_secs(&options(0, 86_400)), 172_860);

@@ -6,9 +6,12 @@
 //! subscribes to the channel of each exact topic its subscribers want, `PSUBSCRIBE`s
 //! `<prefix>:t:<literal prefix>*` for each URI template that starts with literal text, and
 //! falls back to `<prefix>:all` alone while it holds a selector that no channel maps to (`*`,
-//! a URL pattern, a template that starts with an expression). Listening to more than needed is
-//! harmless: the hub filters, and the reader drops the second copy of an update that arrives
-//! on two channels.
+//! a URL pattern, a template that starts with an expression) — or more distinct template
+//! prefixes than `redis-max-patterns`: Redis matches every pattern of every connection against
+//! each channel of every publish in the cluster, so one client subscribing to thousands of
+//! distinct templates would tax every publish of every instance (review H1). Listening to more
+//! than needed is harmless: the hub filters, and the reader drops the second copy of an update
+//! that arrives on two channels.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,21 +37,33 @@ impl Listening {
         }
     }
 
-    /// What an instance with `interest` listens to under interest routing.
-    pub(super) fn of(interest: &Interest, keys: &Keys) -> Self {
+    /// What an instance with `interest` listens to under interest routing, with at most
+    /// `max_patterns` patterns.
+    #[cfg(test)]
+    pub(super) fn of(interest: &Interest, keys: &Keys, max_patterns: usize) -> Self {
+        Self::planned(interest, keys, max_patterns).0
+    }
+
+    /// [`Listening::of`], and whether it is everything because the patterns would have been
+    /// more than `max_patterns` (the cap bit).
+    pub(super) fn planned(interest: &Interest, keys: &Keys, max_patterns: usize) -> (Self, bool) {
         let mut patterns = BTreeSet::new();
         for selector in &interest.wide {
             match selector.topic_prefix() {
                 Some(prefix) => {
                     patterns.insert(format!("{}*", glob_escape(&keys.topic(prefix))));
+                    if patterns.len() > max_patterns {
+                        return (Listening::everything(keys), true);
+                    }
                 }
-                None => return Listening::everything(keys),
+                None => return (Listening::everything(keys), false),
             }
         }
-        Listening {
+        let listening = Listening {
             channels: interest.exact.iter().map(|t| keys.topic(t)).collect(),
             patterns,
-        }
+        };
+        (listening, false)
     }
 }
 
@@ -150,6 +165,7 @@ mod tests {
         let listening = Listening::of(
             &interest(&["a", "b c"], &["https://x/books/{id}", "q?[*]{x}"]),
             &keys,
+            100,
         );
         assert_eq!(listening.channels, set(&["p:t:a", "p:t:b c"]));
         assert_eq!(
@@ -157,7 +173,7 @@ mod tests {
             set(&["p:t:https://x/books/*", r"p:t:q\?\[\*\]*"])
         );
         assert_eq!(
-            Listening::of(&interest(&[], &[]), &keys),
+            Listening::of(&interest(&[], &[]), &keys, 100),
             Listening::default()
         );
     }
@@ -165,8 +181,8 @@ mod tests {
     #[test]
     fn changes_move_a_connection_and_exact_ones_touch_only_their_channels() {
         let keys = Keys::new("p");
-        let from = Listening::of(&interest(&["a", "b"], &["u/{x}"]), &keys);
-        let to = Listening::of(&interest(&["b", "c"], &["v/{x}"]), &keys);
+        let from = Listening::of(&interest(&["a", "b"], &["u/{x}"]), &keys, 100);
+        let to = Listening::of(&interest(&["b", "c"], &["v/{x}"]), &keys, 100);
         let change = Change::between(&from, &to);
         assert_eq!(change.subscribe, vec!["p:t:c".to_owned()]);
         assert_eq!(change.unsubscribe, vec!["p:t:a".to_owned()]);
@@ -186,11 +202,11 @@ mod tests {
         change.apply(&mut moved);
         assert_eq!(
             moved,
-            Listening::of(&interest(&["b", "d"], &["v/{x}"]), &keys)
+            Listening::of(&interest(&["b", "d"], &["v/{x}"]), &keys, 100)
         );
 
         // Listening to everything, exact topics change nothing.
-        let everything = Listening::of(&interest(&["a"], &["*"]), &keys);
+        let everything = Listening::of(&interest(&["a"], &["*"]), &keys, 100);
         assert_eq!(
             Change::exact(&everything, &topics(&["b"]), &topics(&["a"]), &keys),
             Change::default()
@@ -201,7 +217,7 @@ mod tests {
     fn selectors_without_a_literal_prefix_listen_to_everything() {
         let keys = Keys::new("p");
         for wide in ["*", "{+anything}", "https://x/{id}"] {
-            let listening = Listening::of(&interest(&["a"], &["b/{x}", wide]), &keys);
+            let listening = Listening::of(&interest(&["a"], &["b/{x}", wide]), &keys, 100);
             let expected_all = wide != "https://x/{id}";
             assert_eq!(listening.channels.contains("p:all"), expected_all, "{wide}");
         }
@@ -209,7 +225,34 @@ mod tests {
             exact: Vec::new(),
             wide: vec![Selector::url_pattern("https://x/:id", 1024).unwrap()],
         };
-        assert_eq!(Listening::of(&url_pattern, &keys).channels, set(&["p:all"]));
+        assert_eq!(
+            Listening::of(&url_pattern, &keys, 100).channels,
+            set(&["p:all"])
+        );
         assert_eq!(Listening::everything(&keys).channels, set(&["p:all"]));
+    }
+
+    #[test]
+    fn more_template_prefixes_than_the_cap_listen_to_everything() {
+        // Each distinct prefix would be a pattern Redis matches on every publish of the
+        // cluster (review H1): past the cap, one channel instead.
+        let keys = Keys::new("p");
+        let templates: Vec<String> = (0..4).map(|i| format!("https://x/p{i}/{{id}}")).collect();
+        let wide: Vec<&str> = templates.iter().map(String::as_str).collect();
+        let three = Listening::of(&interest(&["a"], &wide[..3]), &keys, 3);
+        assert_eq!(three.patterns.len(), 3);
+        assert!(!three.channels.contains("p:all"));
+        // Two templates of one prefix are one pattern.
+        let shared = interest(
+            &["a"],
+            &[wide[0], wide[1], wide[2], "https://x/p0/{id}/{x}"],
+        );
+        assert_eq!(Listening::of(&shared, &keys, 3).patterns.len(), 3);
+        let four = Listening::of(&interest(&["a"], &wide), &keys, 3);
+        assert_eq!(four, Listening::everything(&keys));
+        assert_eq!(
+            Listening::of(&interest(&[], &wide[..1]), &keys, 0),
+            Listening::everything(&keys)
+        );
     }
 }

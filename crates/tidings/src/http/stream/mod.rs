@@ -112,20 +112,30 @@ fn come_back_later(refusal: &ApiError) -> Response {
     response
 }
 
-/// Admits a stream on `connection`, registers its subscriber, reads history from `from`, and
-/// answers with the stream.
-pub(super) async fn open(
+/// Admits a new stream from the client of `connection` (its address: the peer, or what a
+/// trusted proxy says), first of all — before its caller is authenticated and its selectors
+/// compiled: a client at its cap, or an instance draining, costs neither.
+pub(super) fn admit(
     state: &AppState,
     connection: Option<&ConnectionInfo>,
     headers: &HeaderMap,
-    spec: SubscriberSpec,
-    from: ReplayFrom,
-) -> Result<Response, ApiError> {
+) -> Result<Permit, ApiError> {
     if state.is_draining() {
         return Err(ApiError::draining());
     }
     let client = request::client_address(state, connection, headers);
-    let permit = state.admission().admit(client, spec.session.as_ref())?;
+    Ok(state.admission().admit(client)?)
+}
+
+/// Registers an admitted stream's subscriber on `connection`, reads history from `from`, and
+/// answers with the stream.
+pub(super) async fn open(
+    state: &AppState,
+    connection: Option<&ConnectionInfo>,
+    permit: Permit,
+    spec: SubscriberSpec,
+    from: ReplayFrom,
+) -> Result<Response, ApiError> {
     // A fresh stream starts at the newest update published *before* its subscriber is
     // registered: every later one reaches it live, or from history when it resumes. (Read
     // after registration, the head could name an update still on its way to this instance,
@@ -153,23 +163,31 @@ pub(super) async fn open(
         }
     };
     let metrics = state.metrics().clone();
-    let mut initial = VecDeque::with_capacity(replay.updates.len() + 2);
-    // A first comment makes every proxy and client see the stream open at once.
-    initial.push_back(Bytes::from_static(b":\n\n"));
     let wanted: Vec<&Arc<Envelope>> = replay
         .updates
         .iter()
         .filter(|e| subscription.spec.wants(&e.update))
         .collect();
+    // What a stream holds is bounded by `subscriber-queue-bytes`, its replay too (review M4:
+    // slow readers of `lastEventID=earliest` each held a copy of history): a longer replay is
+    // cut after what fits (one update at least), the stream ends after it with a `retry:`
+    // hint, and the client resumes from the last id it got for the next page.
+    let (page, paged) = first_page(&wanted, state.config().subscriber_queue.bytes);
+    let mut initial = VecDeque::with_capacity(page.len() + 2);
+    // A first comment makes every proxy and client see the stream open at once.
+    initial.push_back(Bytes::from_static(b":\n\n"));
     if let (true, ReplayFrom::After(id)) = (replay.missing, &from) {
         metrics.replay_gaps.inc();
         let first = wanted.first().map(|e| e.update.id.as_str());
         initial.push_back(gap_event(id.as_str(), first, replay.resumed_at.is_some()));
     }
-    initial.extend(wanted.iter().map(|e| e.sse()));
-    metrics.replayed.inc_by(wanted.len() as u64);
+    initial.extend(page.iter().map(|e| e.sse()));
+    metrics.replayed.inc_by(page.len() as u64);
+    if paged {
+        metrics.replays_paged.inc();
+    }
     telemetry::note("tidings.stream.resumed", !matches!(from, ReplayFrom::Now));
-    telemetry::note("tidings.stream.replayed", wanted.len() as i64);
+    telemetry::note("tidings.stream.replayed", page.len() as i64);
     telemetry::note(
         "tidings.stream.gap",
         replay.missing && matches!(from, ReplayFrom::After(_)),
@@ -184,6 +202,8 @@ pub(super) async fn open(
     // before its first event still resumes from here, not from nothing.
     let starts_at = match (&from, replay.updates.last()) {
         (ReplayFrom::Now, _) => Some(last_event_id.as_str()),
+        // The next page starts after the last update of this one, whose id the client has.
+        _ if paged => None,
         // Replayed updates it may not see still moved it on.
         (_, Some(last)) if wanted.last().map(|e| e.position) != Some(last.position) => {
             Some(last.update.id.as_str())
@@ -220,6 +240,7 @@ pub(super) async fn open(
         closing: None,
         closing_since: None,
         expiry,
+        paged,
         done: false,
         connection: ConnectionGauge::open(metrics, state.streams()),
         _permit: permit,
@@ -239,6 +260,25 @@ pub(super) async fn open(
         headers.insert("last-event-id", value);
     }
     Ok(response)
+}
+
+/// How soon a client comes back for the next page of a replay cut at its byte budget.
+const NEXT_PAGE_RETRY_MS: u64 = 250;
+
+/// The first updates of `wanted` whose events fit in `budget` bytes (one at least, however
+/// large), and whether some were left for a later page.
+fn first_page<'a>(
+    wanted: &'a [&'a Arc<Envelope>],
+    budget: usize,
+) -> (&'a [&'a Arc<Envelope>], bool) {
+    let mut bytes = 0usize;
+    for (i, e) in wanted.iter().enumerate() {
+        bytes = bytes.saturating_add(e.sse_len());
+        if i > 0 && bytes > budget {
+            return (&wanted[..i], true);
+        }
+    }
+    (wanted, false)
 }
 
 /// The topics of a subscriber whose selectors are all exact topics (`None` when one is wide):
@@ -314,6 +354,9 @@ struct EventStream {
     /// When the moment to close came (microseconds since the epoch): updates published after
     /// it are left to the client's resumption, so a busy topic cannot hold the stream open.
     closing_since: Option<u64>,
+    /// The replay was cut at the byte budget: the stream ends once `initial` is sent, and the
+    /// client resumes for the rest.
+    paged: bool,
     done: bool,
     connection: ConnectionGauge,
     /// This stream's place in the stream limits, given back when it ends.
@@ -341,6 +384,10 @@ impl Stream for EventStream {
         }
         if let Some(bytes) = this.initial.pop_front() {
             return Poll::Ready(Some(Ok(bytes)));
+        }
+        if this.paged {
+            this.done = true;
+            return Poll::Ready(Some(Ok(sse::encode_retry(NEXT_PAGE_RETRY_MS))));
         }
         if this.closing.is_none() && this.shutdown.as_mut().poll(cx).is_ready() {
             // Spread the closes over most of the drain window so clients do not all

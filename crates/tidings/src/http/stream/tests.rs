@@ -11,6 +11,11 @@ use crate::subscriber::Access;
 use crate::update::{Topic, Update, UpdateId};
 use futures_util::StreamExt;
 
+/// A stream's admission, as the endpoints take it first.
+fn permit(state: &AppState) -> Permit {
+    admit(state, None, &HeaderMap::new()).expect("admitted")
+}
+
 /// A bus on which an update (u3) is published exactly between the subscriber's
 /// registration and the read of history — the race `open` must survive. u1 and u2 were
 /// published before.
@@ -158,7 +163,7 @@ async fn ids(response: Response, n: usize) -> (Vec<String>, bool) {
 async fn a_fresh_subscriber_starts_at_the_head_before_it_and_gets_an_update_published_while_it_was_being_set_up(
 ) {
     let state = state(true);
-    let response = open(&state, None, &HeaderMap::new(), spec(), ReplayFrom::Now)
+    let response = open(&state, None, permit(&state), spec(), ReplayFrom::Now)
         .await
         .unwrap();
     let mut body = response.into_body().into_data_stream();
@@ -179,7 +184,7 @@ async fn a_fresh_subscriber_starts_at_the_head_before_it_and_gets_an_update_publ
 async fn a_resume_through_updates_it_may_not_see_moves_its_last_id_past_them() {
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, &HeaderMap::new(), spec_for("x"), from)
+    let response = open(&state, None, permit(&state), spec_for("x"), from)
         .await
         .unwrap();
     assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
@@ -189,7 +194,7 @@ async fn a_resume_through_updates_it_may_not_see_moves_its_last_id_past_them() {
 async fn a_resuming_subscriber_gets_the_racing_update_once() {
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, &HeaderMap::new(), spec(), from)
+    let response = open(&state, None, permit(&state), spec(), from)
         .await
         .unwrap();
     // The live copy of u3 is skipped: nothing follows the replay.
@@ -205,7 +210,7 @@ async fn resuming_from_an_update_the_instance_delivers_late_does_not_repeat_it()
     // the client resumes from u3 itself.
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u3", 100).unwrap());
-    let response = open(&state, None, &HeaderMap::new(), spec(), from)
+    let response = open(&state, None, permit(&state), spec(), from)
         .await
         .unwrap();
     let mut body = response.into_body().into_data_stream();
@@ -222,7 +227,7 @@ async fn resuming_from_an_update_the_instance_delivers_late_does_not_repeat_it()
 async fn without_history_a_resuming_subscriber_still_gets_the_racing_update() {
     let state = state(false);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, &HeaderMap::new(), spec(), from)
+    let response = open(&state, None, permit(&state), spec(), from)
         .await
         .unwrap();
     assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
@@ -280,7 +285,7 @@ async fn on_shutdown_queued_updates_are_sent_before_the_retry_hint_and_the_end()
         ..Config::default()
     };
     let state = state_with(true, config);
-    let response = open(&state, None, &HeaderMap::new(), spec(), ReplayFrom::Now)
+    let response = open(&state, None, permit(&state), spec(), ReplayFrom::Now)
         .await
         .unwrap();
     state.hub().dispatch(&envelope(4));
