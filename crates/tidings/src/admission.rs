@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -65,6 +66,31 @@ impl Default for StreamLimits {
     }
 }
 
+/// The caps on connections, and how long an HTTP/2 connection may stay without a request
+/// (`max-connections`, `max-connections-per-address`, `h2-idle-timeout`). Over HTTP/1.1 each
+/// stream is a connection, so the per-address cap is above `max-streams-per-address`; a
+/// trusted proxy's connections count in the instance's total only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `max-connections`.
+    pub per_instance: usize,
+    /// `max-connections-per-address`.
+    pub per_address: usize,
+    /// `h2-idle-timeout`: an HTTP/2 connection with no request open for this long is closed
+    /// (gracefully: `GOAWAY`).
+    pub h2_idle: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            per_instance: 110_000,
+            per_address: 2_000,
+            h2_idle: Duration::from_secs(180),
+        }
+    }
+}
+
 /// Why a stream was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -100,10 +126,81 @@ impl Refusal {
     }
 }
 
+/// How many places each key holds, and how many are held in all: the count behind a cap on
+/// a resource per instance and per client (streams here; calls to the authorization callback,
+/// connections). Keys that hold nothing are forgotten.
+#[derive(Debug)]
+pub struct Tally<K> {
+    total: usize,
+    by_key: HashMap<K, usize>,
+}
+
+/// Which cap a [`Tally::take`] met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capped {
+    /// The total.
+    Total,
+    /// The key's own.
+    Key,
+}
+
+impl<K> Default for Tally<K> {
+    fn default() -> Self {
+        Tally {
+            total: 0,
+            by_key: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Tally<K> {
+    /// Takes one place for `key` (none: counted in the total only) unless the total holds
+    /// `total_cap` already, or the key `key_cap`.
+    ///
+    /// # Errors
+    /// [`Capped`] naming the cap met (the total first).
+    pub fn take(
+        &mut self,
+        key: Option<&K>,
+        total_cap: usize,
+        key_cap: usize,
+    ) -> Result<(), Capped> {
+        if self.total >= total_cap {
+            return Err(Capped::Total);
+        }
+        if key.is_some_and(|k| self.by_key.get(k).copied().unwrap_or(0) >= key_cap) {
+            return Err(Capped::Key);
+        }
+        self.total += 1;
+        if let Some(k) = key {
+            *self.by_key.entry(k.clone()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives back a place [`Tally::take`] took for `key`.
+    pub fn give_back(&mut self, key: Option<&K>) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(k) = key {
+            release(&mut self.by_key, k);
+        }
+    }
+
+    /// Places held in all.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Keys holding places.
+    pub fn keys(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counts {
-    total: usize,
-    by_address: HashMap<IpAddr, usize>,
+    /// Open streams, in all and per address.
+    streams: Tally<IpAddr>,
     by_session: HashMap<SessionId, usize>,
     /// Streams holding each distinct wide selector (by [`Selector::key`]), on the instance
     /// and per address.
@@ -147,22 +244,15 @@ impl Admission {
     /// [`Refusal`] naming the first cap that is reached: instance, then address.
     pub fn admit(self: &Arc<Self>, address: Option<IpAddr>) -> Result<Permit, Refusal> {
         let address = address.map(address_key);
-        let refusal = {
-            let mut counts = self.lock();
-            let limits = &self.limits;
-            if counts.total >= limits.per_instance {
-                Some(Refusal::Instance(limits.per_instance))
-            } else if address.is_some_and(|a| {
-                counts.by_address.get(&a).copied().unwrap_or(0) >= limits.per_address
-            }) {
-                Some(Refusal::Address(limits.per_address))
-            } else {
-                counts.total += 1;
-                if let Some(a) = address {
-                    *counts.by_address.entry(a).or_default() += 1;
-                }
-                None
-            }
+        let limits = &self.limits;
+        let taken =
+            self.lock()
+                .streams
+                .take(address.as_ref(), limits.per_instance, limits.per_address);
+        let refusal = match taken {
+            Ok(()) => None,
+            Err(Capped::Total) => Some(Refusal::Instance(limits.per_instance)),
+            Err(Capped::Key) => Some(Refusal::Address(limits.per_address)),
         };
         self.refused(refusal)?;
         Ok(Permit {
@@ -187,13 +277,13 @@ impl Admission {
 
     /// Streams admitted and not yet ended.
     pub fn open_streams(&self) -> usize {
-        self.lock().total
+        self.lock().streams.total()
     }
 
     /// Distinct client addresses and sessions with open streams (both 0 once everyone left).
     pub fn tracked_clients(&self) -> (usize, usize) {
         let counts = self.lock();
-        (counts.by_address.len(), counts.by_session.len())
+        (counts.streams.keys(), counts.by_session.len())
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
@@ -299,9 +389,8 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let mut counts = self.admission.lock();
         let counts = &mut *counts;
-        counts.total = counts.total.saturating_sub(1);
+        counts.streams.give_back(self.address.as_ref());
         if let Some(a) = &self.address {
-            release(&mut counts.by_address, a);
             if let Some(here) = counts.wide_by_address.get_mut(a) {
                 for key in &self.wide {
                     release(here, key);
@@ -322,7 +411,7 @@ impl Drop for Permit {
 
 /// The address a client is counted under: IPv4 as it is (also when written as an IPv4-mapped
 /// IPv6 address), IPv6 by its /64 prefix.
-fn address_key(address: IpAddr) -> IpAddr {
+pub fn address_key(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -16,7 +16,8 @@
 //! | [`envelope`] | an update inside an instance: position in the bus order, SSE bytes encoded once |
 //! | [`subscriber`] | a subscriber's selectors, rights ([`subscriber::Access`]) and filters |
 //! | `locks` | taking a lock whose holder panicked (one place says why that is safe) |
-//! | [`admission`] | the caps on open streams (per instance, client address, session) and the client address |
+//! | `throttle` | logging what repeats with every request or message at most once a second |
+//! | [`admission`] | the caps on open streams (per instance, client address, session) and on the distinct wildcard selectors they hold, and the client address |
 //! | [`hub`] | the local registry of subscribers, indexed by selector, and dispatch |
 //! | [`consume`] | consuming what services already publish (a RabbitMQ exchange, a Redis stream or Pub/Sub channels, a NATS subject or JetStream stream, a Kafka topic, a PostgreSQL outbox table): the consumer's spec, patterns, templates, the mapping of a message to an update, and the consumers' tasks |
 //! | [`bus`] | the [`bus::Bus`] trait (publish, deliver to every instance, replay), the cluster's [`bus::Registry`] of sessions and subscribers where a bus keeps one, the backends (cargo features), the wire format, the reconnect machine and start-up |
@@ -85,5 +86,6 @@ pub mod sse;
 pub mod state;
 pub mod subscriber;
 pub mod telemetry;
+mod throttle;
 pub mod update;
 pub mod webhook;

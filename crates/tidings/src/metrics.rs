@@ -22,6 +22,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open SSE responses (both APIs).
     pub connections: Gauge,
+    /// Client connections open (streams or not).
+    pub open_connections: Gauge,
     /// Streams opened (both APIs, resumptions included): with `connections`, the churn.
     pub streams_opened: Counter,
     /// Subscribers registered in the hub.
@@ -48,6 +50,9 @@ pub struct Metrics {
     pub streams_deferred: Counter,
     /// New streams refused because a stream limit was reached, by limit.
     streams_refused: Family<LimitLabels, Counter>,
+    /// Connections closed at once, unread, by `max-connections` or
+    /// `max-connections-per-address` (label `instance` or `address`).
+    connections_refused: Family<LimitLabels, Counter>,
     /// Updates sent from history to reconnecting clients.
     pub replayed: Counter,
     /// Resumptions whose `Last-Event-ID` was not in history (unknown or evicted).
@@ -108,6 +113,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tidings");
         let m = Metrics {
             connections: Gauge::default(),
+            open_connections: Gauge::default(),
             streams_opened: Counter::default(),
             subscribers: Gauge::default(),
             updates_published: Counter::default(),
@@ -119,6 +125,7 @@ impl Metrics {
             streams_expired: Counter::default(),
             streams_deferred: Counter::default(),
             streams_refused: Family::default(),
+            connections_refused: Family::default(),
             replayed: Counter::default(),
             replay_gaps: Counter::default(),
             replays_paged: Counter::default(),
@@ -143,6 +150,11 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("connections", "Open SSE streams", m.connections.clone());
+        registry.register(
+            "open_connections",
+            "Client connections open (with a stream or not)",
+            m.open_connections.clone(),
+        );
         registry.register(
             "streams_opened",
             "SSE streams opened (both APIs, resumptions included)",
@@ -197,6 +209,11 @@ impl Metrics {
             "streams_refused",
             "New streams refused because a stream limit was reached",
             m.streams_refused.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because a connection limit was reached (max-connections, max-connections-per-address)",
+            m.connections_refused.clone(),
         );
         registry.register(
             "replayed_updates",
@@ -313,6 +330,9 @@ impl Metrics {
         ] {
             let _ = m.streams_refused.get_or_create(&LimitLabels { limit });
         }
+        for limit in [StreamLimit::Instance, StreamLimit::Address] {
+            let _ = m.connections_refused.get_or_create(&LimitLabels { limit });
+        }
         for outcome in [
             CallbackOutcome::Granted,
             CallbackOutcome::Refused,
@@ -399,6 +419,13 @@ impl Metrics {
     pub fn auth_callback(&self, outcome: CallbackOutcome) {
         self.auth_callbacks
             .get_or_create(&CallbackLabels { outcome })
+            .inc();
+    }
+
+    /// Counts one connection refused by `limit` (`Instance` or `Address`).
+    pub fn refused_connection(&self, limit: StreamLimit) {
+        self.connections_refused
+            .get_or_create(&LimitLabels { limit })
             .inc();
     }
 

@@ -4,8 +4,7 @@
 //! followed (a moved endpoint is a configuration to fix, and following one would carry the
 //! client's cookies elsewhere); answers read up to a bound.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Why an outbound endpoint's configuration is unusable (start-up error).
 #[derive(Debug, thiserror::Error)]
@@ -87,25 +86,6 @@ pub async fn read_limited(mut response: reqwest::Response, max: usize) -> Result
     Ok(body)
 }
 
-/// Lets a failure that repeats with every request be logged at most once a second (the
-/// failures are counted in metrics either way).
-#[derive(Debug, Default)]
-pub struct LogOncePerSecond {
-    /// The second (since the epoch) of the last line let through.
-    last: AtomicU64,
-}
-
-impl LogOncePerSecond {
-    /// True for the first call in each second.
-    pub fn allow(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        self.last.swap(now, Ordering::Relaxed) != now
-    }
-}
-
 /// A short description of a failed request: timed out, refused, or what reqwest says.
 pub fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
@@ -129,13 +109,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_failure_is_let_through_once_a_second() {
-        let gate = LogOncePerSecond::default();
-        assert!(gate.allow());
-        assert!(!gate.allow());
-    }
 
     #[test]
     fn only_http_urls_with_a_host_are_taken() {

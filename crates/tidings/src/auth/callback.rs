@@ -28,7 +28,6 @@
 //! talking to the hub directly could write anything in them (review L3). The hub always
 //! appends the address of the connection to `X-Forwarded-For`, as a proxy does.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +40,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::AuthConfigError;
+use crate::admission::Tally;
 use crate::metrics::{CallbackOutcome, Metrics};
 use crate::outbound;
 use crate::selector::{Selector, SelectorCache};
@@ -237,7 +237,7 @@ pub(super) struct Callback {
     selectors: Arc<SelectorCache>,
     metrics: Arc<Metrics>,
     /// Failures are logged at most once a second.
-    log_gate: Arc<outbound::LogOncePerSecond>,
+    log_gate: Arc<crate::throttle::LogOncePerSecond>,
     /// The calls in flight, on the instance and per address.
     slots: Arc<Slots>,
 }
@@ -248,7 +248,7 @@ pub(super) struct Callback {
 struct Slots {
     limit: usize,
     per_address: usize,
-    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    counts: Mutex<Tally<IpAddr>>,
 }
 
 /// One call's place among those in flight; dropping it (the call ended, or was dropped)
@@ -261,16 +261,9 @@ struct Slot {
 impl Slots {
     /// A place for one more call from `address`, if the instance and the address have one.
     fn take(self: &Arc<Self>, address: Option<IpAddr>) -> Option<Slot> {
-        let mut counts = crate::locks::lock(&self.counts);
-        let (total, by_address) = &mut *counts;
-        let here = address.map_or(0, |a| by_address.get(&a).copied().unwrap_or(0));
-        if *total >= self.limit || here >= self.per_address {
-            return None;
-        }
-        *total += 1;
-        if let Some(a) = address {
-            *by_address.entry(a).or_default() += 1;
-        }
+        crate::locks::lock(&self.counts)
+            .take(address.as_ref(), self.limit, self.per_address)
+            .ok()?;
         Some(Slot {
             slots: self.clone(),
             address,
@@ -280,17 +273,7 @@ impl Slots {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = crate::locks::lock(&self.slots.counts);
-        let (total, by_address) = &mut *counts;
-        *total -= 1;
-        if let Some(a) = self.address {
-            if let Some(n) = by_address.get_mut(&a) {
-                *n -= 1;
-                if *n == 0 {
-                    by_address.remove(&a);
-                }
-            }
-        }
+        crate::locks::lock(&self.slots.counts).give_back(self.address.as_ref());
     }
 }
 

@@ -111,13 +111,15 @@ pub fn decode(
 
 /// Turns what a broker holds into an envelope, the one way every bus does it. A message that
 /// is not text, not a wire-format message, or one an HTTP publish of would be refused is
-/// skipped — logged with its place and why, and counted in `tidings_bus_skipped_total` — never
+/// skipped — counted in `tidings_bus_skipped_total` and logged with its place and why, at most
+/// once a second (a publisher writing garbage in a loop must not flood the log) — never
 /// delivered half-checked, and never stops the reader.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     broker: &'static str,
     limits: Limits,
     metrics: Arc<Metrics>,
+    log_gate: Arc<crate::throttle::LogOncePerSecond>,
 }
 
 impl Decoder {
@@ -127,6 +129,7 @@ impl Decoder {
             broker: kind.broker(),
             limits,
             metrics,
+            log_gate: Arc::default(),
         }
     }
 
@@ -166,7 +169,9 @@ impl Decoder {
     /// wire format, that this decoder never sees).
     pub fn skip(&self, place: &dyn std::fmt::Display, why: &str) {
         self.metrics.bus_skipped.inc();
-        tracing::warn!(place = %place, "{}: {why}; skipped", self.broker);
+        if self.log_gate.allow() {
+            tracing::warn!(place = %place, "{}: {why}; skipped (each counted in tidings_bus_skipped_total; this is said at most once a second)", self.broker);
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::LogFormat;
-use crate::admission::StreamLimits;
+use crate::admission::{ConnectionLimits, StreamLimits};
 use crate::auth::{AuthMode, JwtAlg};
 use crate::bus::{Backoff, Kind, Routing, Timeouts};
 use crate::hub::QueueLimits;
@@ -97,6 +97,7 @@ pub const CONFIG_FILE: &str = "tidings.toml";
 pub fn shown(option: &str) -> Option<String> {
     let limits = Limits::default();
     let streams = StreamLimits::default();
+    let connections = ConnectionLimits::default();
     let queue = QueueLimits::default();
     Some(match option {
         "config" => format!("./{CONFIG_FILE} if it exists"),
@@ -154,6 +155,9 @@ pub fn shown(option: &str) -> Option<String> {
         "max-streams-per-session" => streams.per_session.to_string(),
         "max-wide-selectors-per-address" => streams.wide_per_address.to_string(),
         "max-wide-selectors" => streams.wide_per_instance.to_string(),
+        "max-connections" => connections.per_instance.to_string(),
+        "max-connections-per-address" => connections.per_address.to_string(),
+        "h2-idle-timeout" => connections.h2_idle.as_secs().to_string(),
         "subscriber-queue" => queue.updates.to_string(),
         "subscriber-queue-bytes" => queue.bytes.to_string(),
         "selector-cache-size" => SELECTOR_CACHE_SIZE.to_string(),

@@ -24,7 +24,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::admission::StreamLimits;
+use crate::admission::{ConnectionLimits, StreamLimits};
 use crate::auth::{AuthMode, AuthSettings, JwtAlg};
 use crate::bus::{BusOptions, Routing};
 use crate::consume::spec::{ConsumeGiven, ConsumeSpec};
@@ -337,6 +337,17 @@ pub struct Options {
     /// Most open session-API streams of one session on this instance; past it 429.
     #[arg(long, env = "TIDINGS_MAX_STREAMS_PER_SESSION", value_name = "N")]
     pub max_streams_per_session: Option<usize>,
+    /// Most connections open on this instance; past it a new one is closed at once.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most connections open from one client address (IPv6: per /64; a trusted proxy's are
+    /// not counted per address); past it a new one is closed at once.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
+    /// Seconds an HTTP/2 connection may stay without a request open before it is closed
+    /// (GOAWAY).
+    #[arg(long, env = "TIDINGS_H2_IDLE_TIMEOUT", value_name = "SECS")]
+    pub h2_idle_timeout: Option<u64>,
     /// Most distinct wildcard selectors (*, URI templates, URL patterns) the streams of one
     /// client address hold; a stream that needs more gets 429. Each is matched against every
     /// update.
@@ -491,6 +502,8 @@ pub struct Config {
     pub limits: Limits,
     /// Caps on open streams.
     pub streams: StreamLimits,
+    /// Caps on connections, and the HTTP/2 idle limit.
+    pub connections: ConnectionLimits,
     /// Proxies whose `X-Forwarded-For` names the client address.
     pub trusted_proxies: Vec<IpNet>,
     /// The bounds of each subscriber's queue.
@@ -619,6 +632,9 @@ impl Options {
             max_streams_per_session,
             max_wide_selectors_per_address,
             max_wide_selectors,
+            max_connections,
+            max_connections_per_address,
+            h2_idle_timeout,
             subscriber_queue,
             subscriber_queue_bytes,
             selector_cache_size,

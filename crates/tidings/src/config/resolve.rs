@@ -7,7 +7,7 @@ use ipnet::IpNet;
 
 use super::defaults::*;
 use super::{Config, ConfigError, Options, TlsFiles};
-use crate::admission::StreamLimits;
+use crate::admission::{ConnectionLimits, StreamLimits};
 use crate::auth::{AuthSettings, CallbackSettings};
 use crate::bus::{Backoff, BusOptions, Kind, Timeouts};
 use crate::consume::spec::ConsumeSpec;
@@ -220,6 +220,26 @@ impl Options {
                     self.max_wide_selectors,
                     defaults.wide_per_instance,
                 )?,
+            },
+            connections: {
+                let defaults = ConnectionLimits::default();
+                ConnectionLimits {
+                    per_instance: at_least_one(
+                        "max-connections",
+                        self.max_connections,
+                        defaults.per_instance,
+                    )?,
+                    per_address: at_least_one(
+                        "max-connections-per-address",
+                        self.max_connections_per_address,
+                        defaults.per_address,
+                    )?,
+                    h2_idle: seconds(
+                        "h2-idle-timeout",
+                        self.h2_idle_timeout,
+                        defaults.h2_idle.as_secs(),
+                    )?,
+                }
             },
             trusted_proxies: self
                 .trusted_proxy

@@ -131,17 +131,27 @@ impl FromRequest<AppState> for Form {
     }
 }
 
-/// The body of `request`, of media type `expected`, within `max-body-bytes`.
+/// The body of `request`, of media type `expected`, within `max-body-bytes`, arrived within
+/// `header-read-timeout` (a client that announces a body and sends it a byte a minute would
+/// hold its connection and this request for ever).
 pub(super) async fn body_of(
     request: Request,
     state: &AppState,
     expected: &str,
 ) -> Result<Bytes, ApiError> {
     require_content_type(request.headers(), expected)?;
-    body(
-        Bytes::from_request(request, state).await,
-        state.config().limits.max_body_bytes,
-    )
+    let within = state.config().header_read_timeout;
+    match tokio::time::timeout(within, Bytes::from_request(request, state)).await {
+        Ok(read) => body(read, state.config().limits.max_body_bytes),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within header-read-timeout ({} s)",
+                within.as_secs()
+            ),
+        )),
+    }
 }
 
 /// The connection the request came on, as the server records it (absent when the router is

@@ -13,6 +13,11 @@
 //!   hyper is blocked writing to a socket nobody reads (a slow consumer): hyper never polls the
 //!   response body then, so ending the body would not be enough.
 //!
+//! Connections are capped (`max-connections`, and `max-connections-per-address` for peers that
+//! are not trusted proxies: [`Places`]): past a cap a connection is closed at once, unread. An
+//! HTTP/2 connection without a request open for `h2-idle-timeout` is closed with `GOAWAY`
+//! (hyper's pings alone would keep it forever).
+//!
 //! Both ways of giving up on a client that does not read (the close switch and the write
 //! timeout) end the connection with a reset (`SO_LINGER` 0) rather than a FIN: what is still
 //! queued for the client in the kernel is of no use to it (it resumes from history), and a
@@ -21,10 +26,10 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,9 +47,14 @@ use tokio_util::either::Either;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::ServiceExt;
 
+use ipnet::IpNet;
+
 use super::h1_stream;
 use super::rewind::Rewind;
+use crate::admission::{address_key, Capped, ConnectionLimits, Tally};
 use crate::http::ConnectionInfo;
+use crate::metrics::{Metrics, StreamLimit};
+use crate::throttle::LogOncePerSecond;
 
 /// The time limits of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +64,75 @@ pub(crate) struct Timeouts {
     pub(crate) header_read: Duration,
     /// `write-timeout`: how long a write may make no progress.
     pub(crate) write: Duration,
+    /// `h2-idle-timeout`: how long an HTTP/2 connection may have no request open.
+    pub(crate) h2_idle: Duration,
+}
+
+/// The connections open, counted against the caps.
+#[derive(Debug)]
+pub(crate) struct Places {
+    limits: ConnectionLimits,
+    trusted_proxies: Vec<IpNet>,
+    open: Mutex<Tally<IpAddr>>,
+    metrics: Arc<Metrics>,
+    /// Refusals are logged at most once a second.
+    log_gate: LogOncePerSecond,
+}
+
+/// One connection's place; dropping it (the connection ended) gives it back.
+pub(crate) struct Place {
+    places: Arc<Places>,
+    address: Option<IpAddr>,
+}
+
+impl Places {
+    pub(crate) fn new(
+        limits: ConnectionLimits,
+        trusted_proxies: Vec<IpNet>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Places {
+            limits,
+            trusted_proxies,
+            open: Mutex::default(),
+            metrics,
+            log_gate: LogOncePerSecond::default(),
+        })
+    }
+
+    /// A place for a connection from `peer`, unless a cap is reached (counted and logged).
+    pub(crate) fn take(self: &Arc<Self>, peer: IpAddr) -> Option<Place> {
+        let trusted = self.trusted_proxies.iter().any(|net| net.contains(&peer));
+        let address = (!trusted).then(|| address_key(peer));
+        let taken = crate::locks::lock(&self.open).take(
+            address.as_ref(),
+            self.limits.per_instance,
+            self.limits.per_address,
+        );
+        let limit = match taken {
+            Ok(()) => {
+                self.metrics.open_connections.inc();
+                return Some(Place {
+                    places: self.clone(),
+                    address,
+                });
+            }
+            Err(Capped::Total) => StreamLimit::Instance,
+            Err(Capped::Key) => StreamLimit::Address,
+        };
+        self.metrics.refused_connection(limit);
+        if self.log_gate.allow() {
+            tracing::warn!(%peer, "connection refused: max-connections or max-connections-per-address reached (tidings_connections_refused_total)");
+        }
+        None
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        crate::locks::lock(&self.places.open).give_back(self.address.as_ref());
+        self.places.metrics.open_connections.dec();
+    }
 }
 
 /// How often an HTTP/2 connection is pinged; unanswered for as long again, it is closed.
@@ -85,14 +164,20 @@ fn configure(tcp: &TcpStream, timeouts: Timeouts) {
 
 /// Serves HTTP on one accepted connection until it ends: TLS first when `tls` is set
 /// (HTTP/2 when the client chose it by ALPN, else HTTP/1.1), plain HTTP/1.1 otherwise.
+///
+/// `shutdown` holds hyper's watcher of the instance's graceful shutdown, and the token
+/// cancelled when it begins (HTTP/2 connections, served without the watcher, close on it);
+/// `_place` is the connection's place under the caps, held until it ends.
 pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     router: Router,
     timeouts: Timeouts,
-    watcher: Watcher,
+    shutdown: (Watcher, CancellationToken),
+    _place: Place,
 ) {
+    let (watcher, closing) = shutdown;
     configure(&tcp, timeouts);
     let (io, h2) = match tls {
         None => (Either::Left(tcp), false),
@@ -153,7 +238,7 @@ pub(crate) async fn serve(
         router,
         h2,
         timeouts,
-        watcher,
+        (watcher, closing),
     ))
     .await;
 }
@@ -166,16 +251,28 @@ async fn serve_with_hyper(
     router: Router,
     h2: bool,
     timeouts: Timeouts,
-    watcher: Watcher,
+    shutdown: (Watcher, CancellationToken),
 ) {
+    let (watcher, closing) = shutdown;
     let peer = info.peer;
     let io = TokioIo::new(io);
+    // Requests on the connection (open ones, their responses' bodies included), for the idle
+    // limit.
+    let activity = Arc::new(Activity::default());
+    let counted = activity.clone();
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         served.store(true, Ordering::Relaxed);
         request
             .extensions_mut()
             .insert(ConnectionInfo::clone(&info));
-        router.clone().oneshot(request)
+        let open = OpenRequest::new(&counted);
+        let answered = router.clone().oneshot(request);
+        async move {
+            let Ok(response) = answered.await;
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| axum::body::Body::new(Counted { body, _open: open })),
+            )
+        }
     });
     let result = if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -185,7 +282,11 @@ async fn serve_with_hyper(
             .keep_alive_timeout(H2_KEEP_ALIVE)
             .max_header_list_size(MAX_HEAD_BYTES as u32)
             .max_concurrent_streams(H2_MAX_STREAMS);
-        watcher.watch(builder.serve_connection(io, service)).await
+        // Counted by the graceful shutdown while it runs; closed on `closing` instead of
+        // through the watcher, so that it can be closed when idle too.
+        let _watching = watcher;
+        let connection = builder.serve_connection(io, service);
+        serve_h2(connection, &activity, timeouts.h2_idle, closing).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -197,6 +298,111 @@ async fn serve_with_hyper(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Drives an HTTP/2 connection to its end, closing it gracefully (`GOAWAY`, the requests open
+/// finish) when the instance shuts down, or when a whole `idle` period went by without a
+/// request, and none is open (so between `idle` and twice that after the last one).
+async fn serve_h2<C, E>(
+    connection: C,
+    activity: &Activity,
+    idle: Duration,
+    closing: CancellationToken,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>> + GracefulH2,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut idle_check = tokio::time::interval(idle);
+    idle_check.reset();
+    let mut requests_seen = 0;
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = closing.cancelled(), if !closed => {
+                closed = true;
+                connection.as_mut().close_gracefully();
+            }
+            _ = idle_check.tick(), if !closed => {
+                let requests = activity.requests.load(Ordering::Relaxed);
+                if requests == requests_seen && activity.open.load(Ordering::Relaxed) == 0 {
+                    closed = true;
+                    connection.as_mut().close_gracefully();
+                }
+                requests_seen = requests;
+            }
+        }
+    }
+}
+
+/// The requests of one connection: how many came, and how many are open.
+#[derive(Debug, Default)]
+struct Activity {
+    requests: AtomicU64,
+    open: AtomicUsize,
+}
+
+/// An HTTP/2 connection hyper can close gracefully.
+trait GracefulH2 {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, B, E> GracefulH2 for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// One request open on a connection; counted until its response's body ends (or is dropped).
+struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        OpenRequest(activity.clone())
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as open.
+struct Counted {
+    body: axum::body::Body,
+    _open: OpenRequest,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

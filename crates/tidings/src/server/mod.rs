@@ -17,6 +17,7 @@ use axum::Router;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use self::connection::Timeouts;
 use self::tls::{Certificates, TlsError};
@@ -190,9 +191,18 @@ impl Instance {
         let timeouts = Timeouts {
             header_read: config.header_read_timeout,
             write: config.write_timeout,
+            h2_idle: config.connections.h2_idle,
         };
         let router = self.router();
         let graceful = GracefulShutdown::new();
+        // Told when the drain's second stage begins (HTTP/2 connections close then, as hyper's
+        // graceful shutdown closes the others).
+        let closing = CancellationToken::new();
+        let places = connection::Places::new(
+            config.connections,
+            config.trusted_proxies.clone(),
+            self.state.metrics().clone(),
+        );
         tokio::pin!(shutdown);
         let mut bus_failed = self.bus_failed.clone();
         loop {
@@ -204,13 +214,19 @@ impl Instance {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        // Past a cap the connection is closed at once, unread.
+                        let Some(place) = places.take(peer.ip()) else {
+                            drop(tcp);
+                            continue;
+                        };
                         tokio::spawn(connection::serve(
                             tcp,
                             peer,
                             acceptor.clone(),
                             router.clone(),
                             timeouts,
-                            graceful.watcher(),
+                            (graceful.watcher(), closing.clone()),
+                            place,
                         ));
                     }
                     // Out of file descriptors, or a connection reset before it was accepted:
@@ -243,6 +259,7 @@ impl Instance {
         };
         tokio::join!(drained, self.state.consumers().stopped(config.drain));
         let open = graceful.count();
+        closing.cancel();
         match tokio::time::timeout(GRACE, graceful.shutdown()).await {
             Ok(()) => tracing::info!("drained; bye"),
             Err(_) => tracing::warn!(

@@ -9,7 +9,6 @@ use tokio::sync::Notify;
 
 use super::{Event, MAX_BATCH};
 use crate::metrics::{Metrics, WebhookDrop};
-use crate::outbound;
 
 /// An event as the receiver gets it, written once when it is queued.
 pub(super) type Written = Box<serde_json::value::RawValue>;
@@ -24,7 +23,7 @@ pub(super) struct Queue {
     pub(super) sending: AtomicBool,
     pub(super) metrics: Arc<Metrics>,
     /// Drops are logged at most once a second.
-    log_gate: outbound::LogOncePerSecond,
+    log_gate: crate::throttle::LogOncePerSecond,
 }
 
 /// The events waiting, and their size.
@@ -45,7 +44,7 @@ impl Queue {
             ready: Notify::new(),
             sending: AtomicBool::new(false),
             metrics,
-            log_gate: outbound::LogOncePerSecond::default(),
+            log_gate: crate::throttle::LogOncePerSecond::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Reaching a Redis that protects itself: over TLS (`rediss://`), against a private TLS-only
 //! `redis-server` whose certificate is signed by a CA generated in the test — trusted through
 //! `SSL_CERT_FILE`, the cluster works; without that trust, the instance refuses to start and
-//! says why — and with a password, where a wrong one is refused without being printed.
+//! says why — and with a password, where a wrong one is refused without being printed; and a
+//! message written on a channel by hand with a position far ahead, which is skipped.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -92,4 +93,32 @@ async fn a_password_protected_redis_takes_the_password_from_the_url_and_never_pr
         "{stderr}"
     );
     assert!(!stderr.contains("wrong-pass"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_message_with_a_forged_position_does_not_silence_later_updates() {
+    // Positions come from the publish script; one written by hand far ahead made the instance
+    // take every later update for a repeat until it reconnected (review L11).
+    let Some(keys) = crate::common::redis_keys("forged") else {
+        return;
+    };
+    let hubs = crate::common::redis_cluster(&keys, 1, &[]);
+    let topic = crate::common::unique_topic("forged");
+    let mut stream = Stream::open(&subscribe_url(&hubs[0], &[&topic], ""), &[]).await;
+    let mut redis = redis::Client::open(keys.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let forged = format!(
+        "18446744073709551615-0 0 {{\"v\": 1, \"topics\": [\"{topic}\"], \"data\": \"forged\"}}"
+    );
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{}:t:{topic}", keys.prefix))
+        .arg(forged)
+        .query(&mut redis)
+        .unwrap();
+    let (status, _) = publish(&hubs[0], None, &[("topic", &topic), ("data", "real")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(stream.next().await.data, "real");
+    assert_eq!(hubs[0].metric("tidings_bus_skipped_total").await, 1.0);
 }

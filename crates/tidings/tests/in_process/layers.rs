@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&[&str]; 7] = [
     &[
         "locks",
+        "throttle",
         "metrics",
         "telemetry",
         "update",

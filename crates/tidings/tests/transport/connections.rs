@@ -458,3 +458,68 @@ async fn a_stream_says_that_its_connection_closes_with_it() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
 }
+
+#[tokio::test]
+async fn connections_past_the_per_address_cap_are_closed_at_once() {
+    // One host could hold every file descriptor of the instance with idle connections
+    // (review L4): past max-connections-per-address a new one is closed, unread.
+    let hub = Hub::start(&[
+        "--auth",
+        "none",
+        "--max-connections-per-address",
+        "3",
+        "--header-read-timeout",
+        "30",
+    ]);
+    // From an address of their own: the test's scrapes of /metrics come from 127.0.0.1.
+    let from = |_| async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(addr(&hub)).await.unwrap()
+    };
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(from(i).await);
+    }
+    wait_for("the three connections to be counted", async || {
+        hub.metric("tidings_open_connections").await >= 3.0
+    })
+    .await;
+    let mut refused = from(3).await;
+    let (answer, took) = read_until_closed(&mut refused).await;
+    assert_eq!(answer, "", "closed without a word");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    assert_eq!(
+        hub.metric("tidings_connections_refused_total{limit=\"address\"}")
+            .await,
+        1.0
+    );
+    // One gone, one place free.
+    drop(held.pop());
+    wait_for("a place to free up", async || {
+        hub.metric("tidings_open_connections").await < 4.0
+    })
+    .await;
+    let mut again = from(4).await;
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut again).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_publish_whose_body_never_arrives_is_answered_408() {
+    // An announced body sent a byte now and then held the request for ever (review L4).
+    let hub = Hub::start(&["--auth", "none", "--header-read-timeout", "1"]);
+    let mut socket = TcpStream::connect(addr(&hub)).await.unwrap();
+    socket
+        .write_all(b"POST /.well-known/mercure HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntopic=a")
+        .await
+        .unwrap();
+    let (answer, took) = read_until_closed(&mut socket).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}

@@ -207,3 +207,25 @@ fn unusable_tls_files_stop_start_up_with_a_clear_error() {
     let err = failed_start(&["--tls-cert", cert, "--tls-key", cert]);
     assert!(err.contains("no usable PEM private key"), "{err}");
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    // Answering the hub's pings kept an HTTP/2 connection without a request open for ever
+    // (review L4).
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = test_certificates(dir.path(), "h2-idle");
+    let hub = tls_hub(&cert, &key, &ca, &["--h2-idle-timeout", "1"]);
+    // One request on a connection of its own; the hub's client keeps asking on another.
+    let idle = trusting(&ca, false);
+    let response = idle.get(hub.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(hub.metric("tidings_open_connections").await, 2.0);
+    let started = std::time::Instant::now();
+    wait_for("the idle connection to be closed", async || {
+        hub.metric("tidings_open_connections").await == 1.0
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The connection that keeps asking was never idle long enough.
+    assert_eq!(hub.metric("tidings_open_connections").await, 1.0);
+}

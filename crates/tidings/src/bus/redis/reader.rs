@@ -386,6 +386,13 @@ impl Reader {
             decoder.skip(&message.get_channel_name(), "a message with a bad position");
             return;
         };
+        if !plausible(position, self.last) {
+            // Positions come from the publish script (the stream entry's id: Redis's time;
+            // without history, a counter). A message written by hand far ahead would make
+            // this instance take every later update for a repeat until it reconnects.
+            decoder.skip(&message.get_channel_name(), "a message with a position far ahead of the cluster's (not from the publish script)");
+            return;
+        }
         if self.delivered(position) {
             // The same update on a second channel (one per topic it has).
             return;
@@ -411,6 +418,25 @@ impl Reader {
         }
         self.last = Some(envelope.position);
         self.setup.hub.dispatch(&envelope);
+    }
+}
+
+/// How far ahead of this instance's clock a stream entry's time may be (clocks drift; Redis's
+/// own is the one that counts).
+const MAX_AHEAD_MS: u64 = 3_600_000;
+/// How far past the last delivered position a position without history (`0-<n>`, a counter)
+/// may jump.
+const MAX_COUNTER_JUMP: u64 = 1 << 32;
+
+/// Whether `position` can have come from the publish script: a stream entry's time at most an
+/// hour ahead of this instance's clock, or (without history) a counter not billions past the
+/// last one delivered.
+fn plausible(position: Position, last: Option<Position>) -> bool {
+    let ms = (position.0 >> 64) as u64;
+    let seq = position.0 as u64;
+    match ms {
+        0 => last.is_none_or(|last| seq.saturating_sub(last.0 as u64) <= MAX_COUNTER_JUMP),
+        ms => ms <= crate::envelope::now_micros() / 1000 + MAX_AHEAD_MS,
     }
 }
 
