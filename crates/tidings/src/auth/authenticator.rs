@@ -237,7 +237,7 @@ impl Authenticator {
             return Ok(PublisherRights { selectors: None });
         };
         let token = token.ok_or(AuthError::Missing(
-            "publishing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
+            "publishing needs a JWT: send it as 'Authorization: Bearer <token>', a token cookie (cookie-name, __Secure-mercure_access_token by default, or mercureAuthorization) or the authorization query parameter",
         ))?;
         let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs).await?;
         let publish = Grants::of(claims, access_token)?.publish.ok_or_else(|| {
@@ -296,7 +296,7 @@ impl Authenticator {
                 expires: None,
             }),
             (None, None) => Err(AuthError::Missing(
-                "subscribing needs a JWT: send it as 'Authorization: Bearer <token>', the mercureAuthorization cookie or the authorization query parameter",
+                "subscribing needs a JWT: send it as 'Authorization: Bearer <token>', a token cookie (cookie-name, __Secure-mercure_access_token by default, or mercureAuthorization) or the authorization query parameter",
             )),
         }
     }

@@ -46,6 +46,8 @@ pub const CLOSE_EXPIRED_STREAMS: bool = true;
 pub const SESSION_CLAIM: &str = "sub";
 /// `anonymous`.
 pub const ANONYMOUS: bool = false;
+/// `cookie-name`: Mercure 1.0's recommended name (the reference hub's and Symfony's default).
+pub const COOKIE_NAME: &str = "__Secure-mercure_access_token";
 /// `subscriptions`.
 pub const SUBSCRIPTIONS: bool = false;
 /// `subscription-events-per-address`: a page of 100 selectors opened and closed twice fits the
@@ -121,6 +123,7 @@ pub fn shown(option: &str) -> Option<String> {
         "session-claim" => SESSION_CLAIM.to_owned(),
         "anonymous" => ANONYMOUS.to_string(),
         "subscriptions" => SUBSCRIPTIONS.to_string(),
+        "cookie-name" => COOKIE_NAME.to_owned(),
         "subscription-events-per-address" => SUBSCRIPTION_EVENTS_PER_ADDRESS.to_string(),
         "history-size" => HISTORY_SIZE.to_string(),
         "history-ttl" => HISTORY_TTL_SECS.to_string(),

@@ -269,7 +269,11 @@ pub struct Options {
     )]
     #[serde(default)]
     pub cors_origin: Vec<String>,
-    /// Origins whose pages may publish with the mercureAuthorization cookie (repeatable).
+    /// The name of the Mercure 1.0 token cookie (read before the classic mercureAuthorization;
+    /// Symfony's debug mode writes mercure_access_token).
+    #[arg(long, env = "TIDINGS_COOKIE_NAME", value_name = "NAME")]
+    pub cookie_name: Option<String>,
+    /// Origins whose pages may publish with a token cookie (repeatable).
     /// Without it, the cookie is accepted for subscribing only.
     #[arg(
         long,
@@ -494,6 +498,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// The consumers of the application's own sources.
     pub consumers: Vec<ConsumeSpec>,
+    /// The Mercure 1.0 token cookie's name (`cookie-name`).
+    pub cookie_name: String,
     /// Origins whose pages may publish with the token cookie.
     pub publish_origins: Vec<String>,
     /// Time given to open streams to close on shutdown.
@@ -594,6 +600,7 @@ impl Options {
             jwks_url,
             jwks_refresh,
             jwks_any_audience,
+            cookie_name,
             auth_url,
             auth_timeout,
             auth_cache_ttl,

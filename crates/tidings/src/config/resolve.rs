@@ -195,6 +195,16 @@ impl Options {
                 .map(ConsumeSpec::from_given)
                 .collect::<Result<_, _>>()
                 .map_err(|problem| invalid("consume", problem))?,
+            cookie_name: match self.cookie_name.as_deref() {
+                None => COOKIE_NAME.to_owned(),
+                Some(name) if is_cookie_name(name) => name.to_owned(),
+                Some(name) => {
+                    return Err(invalid(
+                        "cookie-name",
+                        format!("{name:?} is not a cookie name: give visible ASCII letters, digits and -_.!#$%&'*+^`|~ only"),
+                    ))
+                }
+            },
             publish_origins: origins("publish-origin", self.publish_origin, false)?,
             drain: Duration::from_secs(self.drain_secs.unwrap_or(DRAIN_SECS)),
             limits,
@@ -471,4 +481,13 @@ impl Options {
             sweep_every: Duration::from_secs(session_ttl),
         }))
     }
+}
+
+/// A cookie name as RFC 6265 allows it (an HTTP token): not empty, visible ASCII without
+/// separators.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

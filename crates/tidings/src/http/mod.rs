@@ -122,7 +122,10 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             header::CACHE_CONTROL,
             header::HeaderName::from_static("last-event-id"),
         ])
-        .expose_headers([header::HeaderName::from_static("last-event-id")]);
+        .expose_headers([
+            header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("mercure-last-event-id"),
+        ]);
     if origins.iter().any(|o| o == "*") {
         // Credentials cannot be combined with a wildcard origin.
         return Some(layer.allow_origin(AllowOrigin::any()));

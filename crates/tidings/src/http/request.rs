@@ -240,7 +240,7 @@ pub(super) async fn publisher(
         let allowed = &state.config().publish_origins;
         if !origin.is_some_and(|o| allowed.iter().any(|a| a == o)) {
             return Err(ApiError::forbidden(
-                "publishing with the mercureAuthorization cookie needs the page's origin in --publish-origin; \
+                "publishing with a token cookie needs the page's origin in --publish-origin; \
                  or send the token as 'Authorization: Bearer <token>'",
             ));
         }
@@ -273,14 +273,17 @@ fn presented_token<'a>(
     if state.authenticator().mode() == AuthMode::None {
         return Ok(None);
     }
-    token(headers, query)
+    token(headers, query, &state.config().cookie_name)
 }
 
-/// Finds the JWT: the `Authorization: Bearer` header first, then the `mercureAuthorization`
-/// cookie, then the `authorization` query parameter (as the Mercure protocol orders them).
+/// Finds the JWT: the `Authorization: Bearer` header first, then a cookie — Mercure 1.0's
+/// (`cookie-name`, `__Secure-mercure_access_token` by default), then the classic
+/// `mercureAuthorization` — then the classic `authorization` query parameter, as both
+/// revisions of the Mercure protocol order them. Only the first found is used.
 fn token<'a>(
     headers: &'a HeaderMap,
     query: &'a Pairs,
+    cookie_name: &str,
 ) -> Result<Option<(&'a str, Source)>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().unwrap_or("");
@@ -298,7 +301,9 @@ fn token<'a>(
             })?;
         return Ok(Some((token, Source::Header)));
     }
-    if let Some(token) = cookie(headers, "mercureAuthorization") {
+    if let Some(token) =
+        cookie(headers, cookie_name).or_else(|| cookie(headers, "mercureAuthorization"))
+    {
         return Ok(Some((token, Source::Cookie)));
     }
     Ok(query
@@ -336,9 +341,17 @@ pub(super) fn resume_point(
         })?),
         None => None,
     };
+    // The query parameter: Mercure 1.0's `last_event_id`, the classic draft's `lastEventID`
+    // (which Symfony's Twig helper still writes), the header's name (older hubs).
     let raw = match from_header {
         Some(v) => Some(v),
-        None => query.single("lastEventID")?,
+        None => match query.single("last_event_id")? {
+            Some(v) => Some(v),
+            None => match query.single("lastEventID")? {
+                Some(v) => Some(v),
+                None => query.single("Last-Event-ID")?,
+            },
+        },
     };
     match raw {
         None | Some("") => Ok(ReplayFrom::Now),
@@ -403,16 +416,28 @@ mod tests {
     fn the_header_token_wins_and_must_be_bearer() {
         let q = Pairs::parse(b"authorization=q", "q").unwrap();
         let mut h = HeaderMap::new();
-        assert_eq!(token(&h, &q).unwrap(), Some(("q", Source::Query)));
+        const V1: &str = "__Secure-mercure_access_token";
+        assert_eq!(token(&h, &q, V1).unwrap(), Some(("q", Source::Query)));
         h.insert(
             header::COOKIE,
             "a=1; mercureAuthorization=c".parse().unwrap(),
         );
-        assert_eq!(token(&h, &q).unwrap(), Some(("c", Source::Cookie)));
+        assert_eq!(token(&h, &q, V1).unwrap(), Some(("c", Source::Cookie)));
+        // Mercure 1.0's cookie comes before the classic one.
+        h.insert(
+            header::COOKIE,
+            "mercureAuthorization=c; __Secure-mercure_access_token=v1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(token(&h, &q, V1).unwrap(), Some(("v1", Source::Cookie)));
         h.insert(header::AUTHORIZATION, "Bearer h".parse().unwrap());
-        assert_eq!(token(&h, &q).unwrap(), Some(("h", Source::Header)));
+        assert_eq!(token(&h, &q, V1).unwrap(), Some(("h", Source::Header)));
         h.insert(header::AUTHORIZATION, "Basic x".parse().unwrap());
-        assert_eq!(token(&h, &q).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            token(&h, &q, V1).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]

@@ -361,3 +361,46 @@ async fn the_private_field_makes_an_update_private_whatever_its_value() {
         "every private=… update was withheld"
     );
 }
+
+#[tokio::test]
+async fn a_mercure_1_0_apps_cookie_and_resume_parameter_are_read() {
+    // A Mercure 1.0 app (Symfony with protocol_version 1.0) puts its token in
+    // __Secure-mercure_access_token, and resumes with last_event_id.
+    let hub = jwt_hub(&[]);
+    let topic = unique_topic("v1-cookie");
+    let subscriber = token(json!({"mercure": {"subscribe": [topic]}}));
+    let cookie = format!("theme=dark; __Secure-mercure_access_token={subscriber}");
+    let mut stream =
+        Stream::open(&subscribe_url(&hub, &[&topic], ""), &[("cookie", &cookie)]).await;
+    let private = [
+        ("topic", topic.as_str()),
+        ("data", "secret"),
+        ("private", "on"),
+    ];
+    let (status, first) = publish(&hub, Some(&publisher_token()), &private).await;
+    assert_eq!(status, 200);
+    assert_eq!(stream.next().await.id, first);
+    let (_, second) = publish(&hub, Some(&publisher_token()), &private).await;
+    // last_event_id resumes after the id it names, and the answer says where it resumed.
+    let resume = subscribe_url(&hub, &[&topic], &format!("&last_event_id={first}"));
+    let mut resumed = Stream::open(&resume, &[("cookie", &cookie)]).await;
+    assert_eq!(resumed.headers["mercure-last-event-id"], first.as_str());
+    assert_eq!(resumed.next().await.id, second);
+    let unknown = subscribe_url(&hub, &[&topic], "&last_event_id=urn:nowhere");
+    let gap = Stream::open(&unknown, &[("cookie", &cookie)]).await;
+    assert_eq!(gap.headers["mercure-last-event-id"], "earliest");
+    // Another name, as Symfony's debug mode writes it.
+    let debug = jwt_hub(&["--cookie-name", "mercure_access_token"]);
+    let cookie = format!("mercure_access_token={subscriber}");
+    let mut stream = Stream::open(
+        &subscribe_url(&debug, &[&topic], ""),
+        &[("cookie", &cookie)],
+    )
+    .await;
+    let (_, id) = publish(&debug, Some(&publisher_token()), &private).await;
+    assert_eq!(stream.next().await.id, id);
+    crate::common::refuses_to_start(
+        &["--jwt-key", KEY, "--cookie-name", "a b"],
+        "is not a cookie name",
+    );
+}

@@ -259,6 +259,16 @@ pub(super) async fn open(
     if let Ok(value) = HeaderValue::from_bytes(last_event_id.as_bytes()) {
         headers.insert("last-event-id", value);
     }
+    // Mercure 1.0: to a resume, the id of the event before the first one sent (the one
+    // resumed from, when history held it), or `earliest`.
+    let before_first = match (&from, replay.resumed_at) {
+        (ReplayFrom::After(id), Some(_)) => Some(id.as_str()),
+        (ReplayFrom::After(_) | ReplayFrom::Earliest, _) => Some("earliest"),
+        (ReplayFrom::Now, _) => None,
+    };
+    if let Some(value) = before_first.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+        headers.insert("mercure-last-event-id", value);
+    }
     Ok(response)
 }
 
