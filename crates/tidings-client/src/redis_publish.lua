@@ -11,7 +11,10 @@
 -- without history) and how many messages Redis sent to instances for it.
 -- Idempotent by id: when ARGV[4] names an update published within `history-id-ttl` seconds,
 -- nothing is stored or sent again and the first one's position is returned with 0 receivers
--- (so a publisher may retry a publish whose answer it did not get, with the same id).
+-- (so a publisher may retry a publish whose answer it did not get, with the same id) — unless
+-- the stream still holds that update and its content differs (topics, data, type, private,
+-- retry): then the error 'ERR tidings: id conflict' (an id taken by another update is not
+-- silently dropped).
 local p = ARGV[1]
 local ok, message = pcall(cjson.decode, ARGV[2])
 if not ok or type(message) ~= 'table' or type(message.topics) ~= 'table' or #message.topics == 0 then
@@ -26,9 +29,42 @@ local config = redis.call('HMGET', p .. ':config', 'history-size', 'history-id-t
 local size = tonumber(config[1]) or 1000
 local ttl = tonumber(config[2]) or 86400
 local age = tonumber(config[3]) or 0
+-- The same update but for its id and trace: what a retry repeats.
+local function same(a, b)
+  if #a.topics ~= #b.topics then
+    return false
+  end
+  for i, topic in ipairs(a.topics) do
+    if b.topics[i] ~= topic then
+      return false
+    end
+  end
+  local function value(v, default)
+    if v == nil or v == cjson.null then
+      return default
+    end
+    return v
+  end
+  return value(a.data, '') == value(b.data, '') and value(a.type, '') == value(b.type, '')
+    and value(a.private, false) == value(b.private, false) and value(a.retry, -1) == value(b.retry, -1)
+end
 if ARGV[4] ~= '' then
   local first = redis.call('GET', p .. ':id:' .. ARGV[4])
   if first then
+    if size > 0 then
+      local entry = redis.call('XRANGE', p .. ':stream', first, first)[1]
+      if entry then
+        local fields = entry[2]
+        for i = 1, #fields, 2 do
+          if fields[i] == 'u' then
+            local read, stored = pcall(cjson.decode, fields[i + 1])
+            if read and type(stored) == 'table' and type(stored.topics) == 'table' and not same(stored, message) then
+              return redis.error_reply('ERR tidings: id conflict: the id names an update with other content')
+            end
+          end
+        end
+      end
+    end
     return {first, 0}
   end
 end

@@ -81,13 +81,23 @@ pub struct ConnectionLimits {
     pub h2_idle: Duration,
 }
 
-impl Default for ConnectionLimits {
-    fn default() -> Self {
+impl ConnectionLimits {
+    /// The caps that go with `streams`: a tenth more connections than streams on the instance
+    /// (a thousand at least: requests besides streams), twice as many as streams per address
+    /// and a hundred (HTTP/1.1 holds a connection per stream, and publishes come on others).
+    pub fn for_streams(streams: &StreamLimits) -> Self {
+        let spare = (streams.per_instance / 10).max(1_000);
         ConnectionLimits {
-            per_instance: 110_000,
-            per_address: 2_000,
+            per_instance: streams.per_instance.saturating_add(spare),
+            per_address: streams.per_address.saturating_mul(2).saturating_add(100),
             h2_idle: Duration::from_secs(180),
         }
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits::for_streams(&StreamLimits::default())
     }
 }
 

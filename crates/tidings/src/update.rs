@@ -247,6 +247,17 @@ pub struct Update {
 }
 
 impl Update {
+    /// True when `other` is the same update, but for its id and trace: the same topics (in
+    /// order), data, type, privacy and retry — a retry of a publish, not another update under
+    /// the same id.
+    pub fn same_content(&self, other: &Update) -> bool {
+        self.topics == other.topics
+            && self.data == other.data
+            && self.event_type == other.event_type
+            && self.private == other.private
+            && self.retry == other.retry
+    }
+
     /// Builds an update from parts already validated, after checking the rules that span
     /// fields: at least one topic, and no topic twice (duplicates are dropped, keeping the
     /// first). What a caller sent goes through [`Draft::validate`] instead, which ends here.

@@ -17,13 +17,40 @@ pub enum BusError {
     /// The bus URL or options are wrong, or the broker refuses this instance for a reason
     /// retrying cannot cure (start-up only).
     Config(Cause),
+    /// The id of the publish names an update the bus holds with other content (other topics,
+    /// data, type, privacy or retry): a retry must repeat the update, and an id taken by
+    /// another update is not silently dropped (review L2).
+    Conflict(Cause),
+}
+
+impl BusError {
+    /// The refusal of `update`, whose id names `stored`, unless both hold the same content
+    /// (then it is a retry).
+    ///
+    /// # Errors
+    /// [`BusError::Conflict`] when their content differs.
+    pub fn unless_retry(
+        stored: &crate::update::Update,
+        update: &crate::update::Update,
+    ) -> Result<(), BusError> {
+        match stored.same_content(update) {
+            true => Ok(()),
+            false => Err(BusError::Conflict(Cause::new(format!(
+                "the id {} names an update with other content",
+                update.id
+            )))),
+        }
+    }
 }
 
 impl BusError {
     /// What happened, whatever the kind.
     pub fn cause(&self) -> &Cause {
         match self {
-            BusError::Unavailable(c) | BusError::OutcomeUnknown(c) | BusError::Config(c) => c,
+            BusError::Unavailable(c)
+            | BusError::OutcomeUnknown(c)
+            | BusError::Config(c)
+            | BusError::Conflict(c) => c,
         }
     }
 
@@ -38,6 +65,7 @@ impl BusError {
             BusError::Unavailable(c) => BusError::Unavailable(add(c)),
             BusError::OutcomeUnknown(c) => BusError::OutcomeUnknown(add(c)),
             BusError::Config(c) => BusError::Config(add(c)),
+            BusError::Conflict(c) => BusError::Conflict(add(c)),
         }
     }
 }
@@ -48,6 +76,7 @@ impl std::fmt::Display for BusError {
             BusError::Unavailable(_) => "bus unavailable",
             BusError::OutcomeUnknown(_) => "publish outcome unknown",
             BusError::Config(_) => "bus configuration",
+            BusError::Conflict(_) => "id conflict",
         };
         write!(f, "{kind}: {}", self.cause())
     }

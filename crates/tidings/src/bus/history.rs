@@ -91,6 +91,16 @@ impl LocalHistory {
         }
     }
 
+    /// The update `id` names, when history holds it.
+    pub fn update_of(&self, id: &UpdateId) -> Option<&crate::update::Update> {
+        let position = self.index.get(id)?;
+        let at = self
+            .updates
+            .binary_search_by_key(position, |e| e.position)
+            .ok()?;
+        Some(&self.updates[at].update)
+    }
+
     /// What a subscriber resuming `from` gets (see [`Replay`]); with `topics`, only the updates
     /// on one of them (see [`Bus::replay`](super::Bus::replay)): a storm of resumes then copies
     /// what each one needs, not all of history each.

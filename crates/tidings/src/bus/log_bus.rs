@@ -111,7 +111,22 @@ impl<B: LogBroker> Bus for LogBus<B> {
     }
 
     async fn publish(&self, update: Update) -> Result<Published, BusError> {
-        self.broker.publish(self.publisher()?, update).await
+        let publisher = self.publisher()?;
+        // A retry of an update this instance read already is answered without a second copy,
+        // and an id it holds with other content refused. (One it has not read yet is appended
+        // and skipped by every reader: the log keeps the first.)
+        let held = self.broker.history(|history| {
+            let stored = history.update_of(&update.id)?;
+            Some(BusError::unless_retry(stored, &update).map(|()| history.position_of(&update.id)))
+        });
+        match held {
+            Some(Ok(position)) => Ok(Published {
+                id: update.id,
+                position,
+            }),
+            Some(Err(conflict)) => Err(conflict),
+            None => self.broker.publish(publisher, update).await,
+        }
     }
 
     async fn listening(&self) -> Result<(), BusError> {

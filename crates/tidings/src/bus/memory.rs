@@ -74,6 +74,9 @@ impl Bus for MemoryBus {
         // A retry of a publish history still holds: stored and delivered once.
         state.history.expire();
         if let Some(first) = state.history.position_of(&update.id) {
+            if let Some(stored) = state.history.update_of(&update.id) {
+                BusError::unless_retry(stored, &update)?;
+            }
             return Ok(Published {
                 id: update.id,
                 position: Some(first),

@@ -158,8 +158,14 @@ pub fn shown(option: &str) -> Option<String> {
         "max-streams-per-session" => streams.per_session.to_string(),
         "max-wide-selectors-per-address" => streams.wide_per_address.to_string(),
         "max-wide-selectors" => streams.wide_per_instance.to_string(),
-        "max-connections" => connections.per_instance.to_string(),
-        "max-connections-per-address" => connections.per_address.to_string(),
+        "max-connections" => format!(
+            "max-streams + a tenth, 1000 at least ({})",
+            connections.per_instance
+        ),
+        "max-connections-per-address" => format!(
+            "twice max-streams-per-address + 100 ({})",
+            connections.per_address
+        ),
         "h2-idle-timeout" => connections.h2_idle.as_secs().to_string(),
         "subscriber-queue" => queue.updates.to_string(),
         "subscriber-queue-bytes" => queue.bytes.to_string(),

@@ -167,6 +167,29 @@ impl Options {
         let bus = self.bus_options(&bus_url, &instance_id, subscriptions, &limits)?;
         let defaults = StreamLimits::default();
         let queue = QueueLimits::default();
+        let streams = StreamLimits {
+            per_instance: at_least_one("max-streams", self.max_streams, defaults.per_instance)?,
+            per_address: at_least_one(
+                "max-streams-per-address",
+                self.max_streams_per_address,
+                defaults.per_address,
+            )?,
+            per_session: at_least_one(
+                "max-streams-per-session",
+                self.max_streams_per_session,
+                defaults.per_session,
+            )?,
+            wide_per_address: at_least_one(
+                "max-wide-selectors-per-address",
+                self.max_wide_selectors_per_address,
+                defaults.wide_per_address,
+            )?,
+            wide_per_instance: at_least_one(
+                "max-wide-selectors",
+                self.max_wide_selectors,
+                defaults.wide_per_instance,
+            )?,
+        };
         Ok(Config {
             listen,
             tls,
@@ -208,31 +231,9 @@ impl Options {
             publish_origins: origins("publish-origin", self.publish_origin, false)?,
             drain: Duration::from_secs(self.drain_secs.unwrap_or(DRAIN_SECS)),
             limits,
-            streams: StreamLimits {
-                per_instance: at_least_one("max-streams", self.max_streams, defaults.per_instance)?,
-                per_address: at_least_one(
-                    "max-streams-per-address",
-                    self.max_streams_per_address,
-                    defaults.per_address,
-                )?,
-                per_session: at_least_one(
-                    "max-streams-per-session",
-                    self.max_streams_per_session,
-                    defaults.per_session,
-                )?,
-                wide_per_address: at_least_one(
-                    "max-wide-selectors-per-address",
-                    self.max_wide_selectors_per_address,
-                    defaults.wide_per_address,
-                )?,
-                wide_per_instance: at_least_one(
-                    "max-wide-selectors",
-                    self.max_wide_selectors,
-                    defaults.wide_per_instance,
-                )?,
-            },
+            streams: streams.clone(),
             connections: {
-                let defaults = ConnectionLimits::default();
+                let defaults = ConnectionLimits::for_streams(&streams);
                 ConnectionLimits {
                     per_instance: at_least_one(
                         "max-connections",

@@ -140,6 +140,11 @@ impl From<BusError> for ApiError {
                     "the update was sent to the broker but its acknowledgement did not come in time: it may have been stored; retry with the same id (a publish is stored once per id)",
                 )
             }
+            BusError::Conflict(cause) => ApiError::new(
+                StatusCode::CONFLICT,
+                "id_conflict",
+                format!("{}: a retry must repeat the same update (topics, data, type, private, retry); give another update another id", cause.message()),
+            ),
             BusError::Config(cause) => {
                 tracing::error!(%cause, "bus configuration error");
                 ApiError::new(

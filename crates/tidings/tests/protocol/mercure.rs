@@ -404,3 +404,35 @@ async fn a_mercure_1_0_apps_cookie_and_resume_parameter_are_read() {
         "is not a cookie name",
     );
 }
+
+#[tokio::test]
+async fn an_id_reused_with_other_content_is_refused_409() {
+    // A publisher limited to topic a could publish id X first; a later publish of X on topic
+    // b by another publisher got 200 and was never stored or delivered (review L2).
+    let hub = jwt_hub(&["--anonymous"]);
+    let (a, b) = (unique_topic("owner-a"), unique_topic("owner-b"));
+    let id = format!("urn:uuid:{}", crate::common::uuid_like());
+    let only = |topic: &str| token(json!({"mercure": {"publish": [topic]}}));
+    let first = [
+        ("topic", a.as_str()),
+        ("id", id.as_str()),
+        ("data", "first"),
+    ];
+    assert_eq!(publish(&hub, Some(&only(&a)), &first).await.0, 200);
+    let mut watcher = Stream::open(&subscribe_url(&hub, &[&b], ""), &[]).await;
+    let taken = [("topic", b.as_str()), ("id", id.as_str()), ("data", "hi")];
+    let (status, body) = publish(&hub, Some(&only(&b)), &taken).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("id_conflict"), "{body}");
+    // The same update again is the retry it always was.
+    let (status, answer) = publish(&hub, Some(&only(&a)), &first).await;
+    assert_eq!((status, answer.as_str()), (200, id.as_str()));
+    // What b's subscriber gets next is b's next update, not a silence.
+    let (_, next) = publish(
+        &hub,
+        Some(&only(&b)),
+        &[("topic", b.as_str()), ("data", "next")],
+    )
+    .await;
+    assert_eq!(watcher.next().await.id, next);
+}

@@ -365,6 +365,20 @@ impl NatsBus {
         self.decoder.envelope(payload, sequence, at, micros)
     }
 
+    /// For a publish JetStream took for a duplicate of the message at `sequence`: refuses it
+    /// when that message is another update (other content under the same id). It is compared
+    /// once this instance delivered it (within [`CATCH_UP_WAIT`]); one not delivered by then
+    /// is taken for the retry it most likely is.
+    async fn unless_retry(&self, update: &Update, sequence: u64) -> Result<(), BusError> {
+        let mut last = self.delivered.last.subscribe();
+        let _ = tokio::time::timeout(CATCH_UP_WAIT, last.wait_for(|last| *last >= sequence)).await;
+        let log = self.delivered.log();
+        match log.history.update_of(&update.id) {
+            Some(stored) => BusError::unless_retry(stored, update),
+            None => Ok(()),
+        }
+    }
+
     /// Reads history from JetStream (an id older than what this instance delivered, or
     /// unknown; `earliest`).
     async fn replay_from_stream(&self, from: &ReplayFrom) -> Result<Replay, BusError> {
@@ -451,6 +465,9 @@ impl Bus for NatsBus {
                 ))))
             }
         };
+        if ack.duplicate {
+            self.unless_retry(&update, ack.sequence).await?;
+        }
         Ok(Published {
             id: update.id,
             position: Some(self.delivered.log().position_of(offset(ack.sequence))),

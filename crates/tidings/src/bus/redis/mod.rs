@@ -430,6 +430,13 @@ impl Bus for RedisBus {
                     e,
                 )))
             }
+            // The id names an update with other content (the script's check).
+            Ok(Err(e)) if e.to_string().contains("tidings: id conflict") => {
+                return Err(BusError::Conflict(Cause::new(format!(
+                    "redis: the id {} names an update with other content",
+                    update.id
+                ))))
+            }
             // Refused before anything was sent, or an error reply (the script is atomic and
             // checks before it writes): not stored.
             Ok(Err(e)) => return Err(failed(e)),
