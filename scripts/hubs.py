@@ -26,6 +26,14 @@ def bench_beside(binary):
     return bench
 
 
+def delete_redis_keys(redis_url, prefix):
+    """Deletes every key under `prefix:` on the Redis at `redis_url` (a run's own keys)."""
+    keys = subprocess.run(["redis-cli", "-u", redis_url, "--scan", "--pattern", f"{prefix}:*"],
+                          capture_output=True, text=True, timeout=60).stdout.split()
+    for i in range(0, len(keys), 500):
+        subprocess.run(["redis-cli", "-u", redis_url, "DEL", *keys[i:i + 500]], capture_output=True)
+
+
 def free_port():
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:

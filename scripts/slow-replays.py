@@ -19,14 +19,13 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 import urllib.parse
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hubs import Instance  # noqa: E402
+from hubs import Instance, delete_redis_keys  # noqa: E402
 
 QUEUE_BYTES = 4 << 20
 LIFTED = 1 << 30
@@ -103,10 +102,7 @@ async def run(args, bus, lifted):
     finally:
         instance.stop()
         if bus == "redis":
-            keys = subprocess.run(["redis-cli", "-u", args.redis, "--scan", "--pattern", f"{prefix}:*"],
-                                  capture_output=True, text=True, timeout=60).stdout.split()
-            for i in range(0, len(keys), 500):
-                subprocess.run(["redis-cli", "-u", args.redis, "DEL", *keys[i:i + 500]], capture_output=True)
+            delete_redis_keys(args.redis, prefix)
 
 
 async def main():

@@ -30,7 +30,7 @@ import urllib.parse
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hubs import Instance, bench_beside  # noqa: E402
+from hubs import Instance, bench_beside, delete_redis_keys  # noqa: E402
 
 ATTACKER = "127.0.0.9"
 LIFTED = ["--max-wide-selectors-per-address", "1000000", "--max-wide-selectors", "1000000",
@@ -93,13 +93,6 @@ def numpat(redis_url):
     return int(done.stdout.strip() or 0)
 
 
-def delete_keys(redis_url, prefix):
-    keys = subprocess.run(["redis-cli", "-u", redis_url, "--scan", "--pattern", f"{prefix}:*"],
-                          capture_output=True, text=True, timeout=60).stdout.split()
-    for i in range(0, len(keys), 500):
-        subprocess.run(["redis-cli", "-u", redis_url, "DEL", *keys[i:i + 500]], capture_output=True)
-
-
 async def run(args, bench, setup, caps):
     """One set-up (`memory` or `redis`), caps on or lifted: the victim without, then with the
     attacker."""
@@ -132,7 +125,7 @@ async def run(args, bench, setup, caps):
         for instance in instances:
             instance.stop()
         if setup == "redis":
-            delete_keys(args.redis, prefix)
+            delete_redis_keys(args.redis, prefix)
 
 
 async def main():

@@ -5,8 +5,13 @@ use serde::{Deserialize, Serialize};
 
 use super::AuthError;
 
-/// The `type` of a Mercure authorization detail in an access token (Mercure 1.0).
+/// The `type` of a Mercure authorization detail in an access token (Mercure 1.0), as the
+/// reference hub, its conformance suite and Symfony write it.
 pub const AUTHORIZATION_DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
+
+/// The same type as the newest text of the specification writes it (`mercure`): a detail of
+/// either type is read alike.
+pub(super) const AUTHORIZATION_DETAIL_TYPE_SHORT: &str = "mercure";
 
 /// The claims Tidings reads from a token.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -110,9 +115,12 @@ impl Grants {
         }
         let mut grants = Grants::default();
         let details = claims.authorization_details.unwrap_or_default();
-        let ours = details
-            .into_iter()
-            .filter(|d| d.get("type").and_then(|t| t.as_str()) == Some(AUTHORIZATION_DETAIL_TYPE));
+        let ours = details.into_iter().filter(|d| {
+            matches!(
+                d.get("type").and_then(|t| t.as_str()),
+                Some(AUTHORIZATION_DETAIL_TYPE | AUTHORIZATION_DETAIL_TYPE_SHORT)
+            )
+        });
         for (n, detail) in ours.enumerate() {
             let bad = |why: String| {
                 AuthError::Invalid(format!(

@@ -390,3 +390,20 @@ async fn a_float_exp_closes_the_stream_when_the_token_stops_verifying() {
         Err(AuthError::Invalid(m)) if m.contains("expired")
     ));
 }
+
+#[tokio::test]
+async fn the_specifications_short_detail_type_is_read_alike() {
+    // The reference hub and Symfony write the URI; the newest text of the specification
+    // writes `mercure`.
+    let a = auth(&settings());
+    let t = access_token(
+        "at+jwt",
+        "secret",
+        json!({"exp": FAR, "authorization_details": [
+            {"type": "mercure", "actions": ["publish"], "topics": [{"match": "https://example.com/a"}]}
+        ]}),
+    );
+    let rights = a.publisher(Some(&t)).await.unwrap();
+    assert!(rights.check(&[topic("https://example.com/a")]).is_ok());
+    assert!(rights.check(&[topic("https://example.com/b")]).is_err());
+}

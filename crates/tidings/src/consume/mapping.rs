@@ -198,7 +198,8 @@ pub struct Message<'a> {
 /// `tidings_consumer_messages_total`, `detail` what the log says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skip {
-    /// `not_json`, `not_utf8`, `missing_field`, `missing_part`, `invalid`, `too_large`.
+    /// `not_json`, `not_utf8`, `missing_field`, `missing_part`, `invalid`, `too_large`, or
+    /// (from the bus) `id_conflict`.
     pub reason: &'static str,
     /// A sentence for the log.
     pub detail: String,

@@ -90,6 +90,17 @@ impl Handler {
                     self.metrics.consumer_message(&self.name, "published");
                     return Handled::Published;
                 }
+                // The message's id names another update: retrying cannot cure it, and the
+                // update it names stays as it is.
+                Err(BusError::Conflict(cause)) => {
+                    let skip = Skip {
+                        reason: "id_conflict",
+                        detail: cause.message().to_owned(),
+                    };
+                    self.metrics.consumer_message(&self.name, skip.reason);
+                    self.log_skip(&skip, place);
+                    return Handled::Skipped;
+                }
                 Err(e) => {
                     if attempt == 0 {
                         tracing::warn!(consumer = %self.name, %place, error = %e, "consumer: the bus did not take the update; retrying");

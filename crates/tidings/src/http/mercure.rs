@@ -20,15 +20,43 @@ pub(super) async fn subscribe(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let connection = connection.map(|Extension(c)| c);
-    let connection = connection.as_ref();
+    subscribe_with(state, query, connection.as_ref(), headers).await
+}
+
+/// `QUERY /.well-known/mercure` (the method of RFC 10008, as the reference hub takes it): a
+/// subscription whose parameters come in an `application/x-www-form-urlencoded` body, added
+/// to the URL's. Any other method the route does not know is `405`.
+pub(super) async fn query_or_refuse(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    if request.method().as_str() != "QUERY" {
+        return Err(super::method_not_allowed().await);
+    }
+    let connection = request.extensions().get::<super::ConnectionInfo>().cloned();
+    let headers = request.headers().clone();
+    let mut pairs = request::query(request.uri().query())?;
+    let body = request::body_of(request, &state, "application/x-www-form-urlencoded").await?;
+    pairs.extend(Pairs::parse(&body, "body")?);
+    subscribe_with(state, pairs, connection.as_ref(), headers).await
+}
+
+/// Opens a stream for the subscription parameters `query`.
+async fn subscribe_with(
+    state: AppState,
+    query: Pairs,
+    connection: Option<&super::ConnectionInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let limits = &state.config().limits;
-    // `topic=` (exact, `*` or URI template), and the 1.0 draft's `match=` (always exact) and
-    // `match_urlpattern=` (URL Pattern).
+    // `topic=` (exact, `*` or URI template), and Mercure 1.0's `match=` and `match_exact=`
+    // (exact) and `match_urlpattern=` (URL Pattern).
     let values = |name| query.all(name).map(str::to_owned).collect::<Vec<_>>();
+    let exact = || query.all("match").chain(query.all("match_exact"));
     let asked = StreamRequest {
         api: Api::Mercure,
         topics: values("topic"),
-        exact: values("match"),
+        exact: exact().map(str::to_owned).collect(),
         match_urlpattern: values("match_urlpattern"),
         event_names: None,
     };
@@ -62,11 +90,7 @@ pub(super) async fn subscribe(
     let selectors = query
         .all("topic")
         .map(|s| cache.get(s))
-        .chain(
-            query
-                .all("match")
-                .map(|s| Selector::exact(s, limits.max_selector_length)),
-        )
+        .chain(exact().map(|s| Selector::exact(s, limits.max_selector_length)))
         .chain(
             query
                 .all("match_urlpattern")

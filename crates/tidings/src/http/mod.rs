@@ -69,7 +69,12 @@ pub fn router(state: AppState) -> Router {
             "/",
             get(move || std::future::ready(page::serve(page.clone()))),
         )
-        .route(MERCURE_PATH, get(mercure::subscribe).post(mercure::publish))
+        .route(
+            MERCURE_PATH,
+            get(mercure::subscribe)
+                .post(mercure::publish)
+                .fallback(mercure::query_or_refuse),
+        )
         .route(
             "/.well-known/mercure/subscriptions",
             get(subscriptions::all),

@@ -38,6 +38,11 @@ impl Pairs {
         Ok(Pairs(pairs))
     }
 
+    /// Adds `more`'s pairs after these.
+    pub(super) fn extend(&mut self, more: Pairs) {
+        self.0.extend(more.0);
+    }
+
     /// Every value of `name`.
     pub(super) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0

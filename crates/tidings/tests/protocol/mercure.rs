@@ -436,3 +436,53 @@ async fn an_id_reused_with_other_content_is_refused_409() {
     .await;
     assert_eq!(watcher.next().await.id, next);
 }
+
+#[tokio::test]
+async fn query_subscribes_with_its_selectors_in_the_body() {
+    // Mercure 1.0's reference hub takes QUERY (RFC 10008): the parameters in a form body.
+    let hub = jwt_hub(&["--anonymous"]);
+    let topic = unique_topic("query");
+    let query = reqwest::Method::from_bytes(b"QUERY").unwrap();
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("match", &topic)
+        .finish();
+    let mut response = crate::common::client()
+        .request(query.clone(), hub.url("/.well-known/mercure"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, id) = publish(
+        &hub,
+        Some(&publisher_token()),
+        &[("topic", &topic), ("data", "via query")],
+    )
+    .await;
+    let mut seen = String::new();
+    while !seen.contains("data: via query") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("the update")
+            .unwrap()
+            .expect("the stream is open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(&format!("id: {id}")), "{seen}");
+    // The body must be a form; other methods are refused.
+    let refused = crate::common::client()
+        .request(query, hub.url("/.well-known/mercure"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 415);
+    let put = crate::common::client()
+        .put(hub.url("/.well-known/mercure"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 405);
+}
