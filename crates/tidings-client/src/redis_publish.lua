@@ -12,9 +12,9 @@
 -- Idempotent by id: when ARGV[4] names an update published within `history-id-ttl` seconds,
 -- nothing is stored or sent again and the first one's position is returned with 0 receivers
 -- (so a publisher may retry a publish whose answer it did not get, with the same id) — unless
--- the stream still holds that update and its content differs (topics, data, type, private,
--- retry): then the error 'ERR tidings: id conflict' (an id taken by another update is not
--- silently dropped).
+-- the stream still holds that update and its topics differ: then the error
+-- 'ERR tidings: id conflict' (an id taken on other topics is not silently dropped: a
+-- publisher of one topic could otherwise suppress another's updates by taking their ids).
 local p = ARGV[1]
 local ok, message = pcall(cjson.decode, ARGV[2])
 if not ok or type(message) ~= 'table' or type(message.topics) ~= 'table' or #message.topics == 0 then
@@ -29,24 +29,29 @@ local config = redis.call('HMGET', p .. ':config', 'history-size', 'history-id-t
 local size = tonumber(config[1]) or 1000
 local ttl = tonumber(config[2]) or 86400
 local age = tonumber(config[3]) or 0
--- The same update but for its id and trace: what a retry repeats.
+-- The same topics, in any order (repeats do not count): a retry's.
 local function same(a, b)
-  if #a.topics ~= #b.topics then
+  local function set(topics)
+    local s, n = {}, 0
+    for _, topic in ipairs(topics) do
+      if not s[topic] then
+        s[topic] = true
+        n = n + 1
+      end
+    end
+    return s, n
+  end
+  local sa, na = set(a.topics)
+  local sb, nb = set(b.topics)
+  if na ~= nb then
     return false
   end
-  for i, topic in ipairs(a.topics) do
-    if b.topics[i] ~= topic then
+  for topic in pairs(sa) do
+    if not sb[topic] then
       return false
     end
   end
-  local function value(v, default)
-    if v == nil or v == cjson.null then
-      return default
-    end
-    return v
-  end
-  return value(a.data, '') == value(b.data, '') and value(a.type, '') == value(b.type, '')
-    and value(a.private, false) == value(b.private, false) and value(a.retry, -1) == value(b.retry, -1)
+  return true
 end
 if ARGV[4] ~= '' then
   local first = redis.call('GET', p .. ':id:' .. ARGV[4])
@@ -59,7 +64,7 @@ if ARGV[4] ~= '' then
           if fields[i] == 'u' then
             local read, stored = pcall(cjson.decode, fields[i + 1])
             if read and type(stored) == 'table' and type(stored.topics) == 'table' and not same(stored, message) then
-              return redis.error_reply('ERR tidings: id conflict: the id names an update with other content')
+              return redis.error_reply('ERR tidings: id conflict: the id names an update on other topics')
             end
           end
         end

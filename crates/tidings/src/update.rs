@@ -247,15 +247,12 @@ pub struct Update {
 }
 
 impl Update {
-    /// True when `other` is the same update, but for its id and trace: the same topics (in
-    /// order), data, type, privacy and retry — a retry of a publish, not another update under
-    /// the same id.
-    pub fn same_content(&self, other: &Update) -> bool {
-        self.topics == other.topics
-            && self.data == other.data
-            && self.event_type == other.event_type
-            && self.private == other.private
-            && self.retry == other.retry
+    /// True when `other` is on the same topics (in any order): a publish of an id already
+    /// taken on the same topics is a retry (a publisher allowed those topics may publish there
+    /// anyway); on other topics it would take the id from whoever published there.
+    pub fn same_topics(&self, other: &Update) -> bool {
+        self.topics.len() == other.topics.len()
+            && self.topics.iter().all(|t| other.topics.contains(t))
     }
 
     /// Builds an update from parts already validated, after checking the rules that span

@@ -280,7 +280,8 @@ impl Drop for Slot {
 impl std::fmt::Debug for Callback {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Callback")
-            .field("settings", &self.settings)
+            .field("url", &outbound::redacted(&self.url))
+            .field("timeout", &self.settings.timeout)
             .finish_non_exhaustive()
     }
 }

@@ -17,26 +17,26 @@ pub enum BusError {
     /// The bus URL or options are wrong, or the broker refuses this instance for a reason
     /// retrying cannot cure (start-up only).
     Config(Cause),
-    /// The id of the publish names an update the bus holds with other content (other topics,
-    /// data, type, privacy or retry): a retry must repeat the update, and an id taken by
-    /// another update is not silently dropped (review L2).
+    /// The id of the publish names an update the bus holds on other topics: an id taken by
+    /// an update elsewhere is refused rather than silently dropped, so that a publisher of
+    /// one topic cannot suppress another's updates by taking their ids first (review L2).
     Conflict(Cause),
 }
 
 impl BusError {
-    /// The refusal of `update`, whose id names `stored`, unless both hold the same content
+    /// The refusal of `update`, whose id names `stored`, unless both are on the same topics
     /// (then it is a retry).
     ///
     /// # Errors
-    /// [`BusError::Conflict`] when their content differs.
+    /// [`BusError::Conflict`] when their topics differ.
     pub fn unless_retry(
         stored: &crate::update::Update,
         update: &crate::update::Update,
     ) -> Result<(), BusError> {
-        match stored.same_content(update) {
+        match stored.same_topics(update) {
             true => Ok(()),
             false => Err(BusError::Conflict(Cause::new(format!(
-                "the id {} names an update with other content",
+                "the id {} names an update on other topics",
                 update.id
             )))),
         }

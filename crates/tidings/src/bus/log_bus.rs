@@ -113,7 +113,7 @@ impl<B: LogBroker> Bus for LogBus<B> {
     async fn publish(&self, update: Update) -> Result<Published, BusError> {
         let publisher = self.publisher()?;
         // A retry of an update this instance read already is answered without a second copy,
-        // and an id it holds with other content refused. (One it has not read yet is appended
+        // and an id it holds on other topics refused. (One it has not read yet is appended
         // and skipped by every reader: the log keeps the first.)
         let held = self.broker.history(|history| {
             let stored = history.update_of(&update.id)?;

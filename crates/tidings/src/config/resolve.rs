@@ -247,7 +247,11 @@ impl Options {
                     )?,
                     h2_idle: seconds(
                         "h2-idle-timeout",
-                        self.h2_idle_timeout,
+                        Some(at_most_a_day(
+                            "h2-idle-timeout",
+                            self.h2_idle_timeout,
+                            defaults.h2_idle.as_secs(),
+                        )?),
                         defaults.h2_idle.as_secs(),
                     )?,
                 }

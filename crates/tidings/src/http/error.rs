@@ -143,7 +143,10 @@ impl From<BusError> for ApiError {
             BusError::Conflict(cause) => ApiError::new(
                 StatusCode::CONFLICT,
                 "id_conflict",
-                format!("{}: a retry must repeat the same update (topics, data, type, private, retry); give another update another id", cause.message()),
+                format!(
+                    "{}: an id is one update; give this one an id of its own",
+                    cause.message()
+                ),
             ),
             BusError::Config(cause) => {
                 tracing::error!(%cause, "bus configuration error");

@@ -7,6 +7,7 @@ use axum::Extension;
 
 use super::request::{self, CallerTrace, Form, Pairs, Publisher, Query};
 use super::{stream, ApiError, AppState};
+use crate::admission::Permit;
 use crate::auth::{Api, StreamRequest};
 use crate::selector::Selector;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
@@ -20,7 +21,7 @@ pub(super) async fn subscribe(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let connection = connection.map(|Extension(c)| c);
-    subscribe_with(state, query, connection.as_ref(), headers).await
+    subscribe_with(state, query, connection.as_ref(), headers, None).await
 }
 
 /// `QUERY /.well-known/mercure` (the method of RFC 10008, as the reference hub takes it): a
@@ -35,18 +36,22 @@ pub(super) async fn query_or_refuse(
     }
     let connection = request.extensions().get::<super::ConnectionInfo>().cloned();
     let headers = request.headers().clone();
+    // Admitted before its body is read, as a GET before its selectors are compiled.
+    let permit = stream::admit(&state, connection.as_ref(), &headers)?;
     let mut pairs = request::query(request.uri().query())?;
     let body = request::body_of(request, &state, "application/x-www-form-urlencoded").await?;
     pairs.extend(Pairs::parse(&body, "body")?);
-    subscribe_with(state, pairs, connection.as_ref(), headers).await
+    subscribe_with(state, pairs, connection.as_ref(), headers, Some(permit)).await
 }
 
-/// Opens a stream for the subscription parameters `query`.
+/// Opens a stream for the subscription parameters `query` (admitted already when `admitted`
+/// is given).
 async fn subscribe_with(
     state: AppState,
     query: Pairs,
     connection: Option<&super::ConnectionInfo>,
     headers: HeaderMap,
+    admitted: Option<Permit>,
 ) -> Result<Response, ApiError> {
     let limits = &state.config().limits;
     // `topic=` (exact, `*` or URI template), and Mercure 1.0's `match=` and `match_exact=`
@@ -76,7 +81,10 @@ async fn subscribe_with(
             ),
         ));
     }
-    let mut permit = stream::admit(&state, connection, &headers)?;
+    let mut permit = match admitted {
+        Some(permit) => permit,
+        None => stream::admit(&state, connection, &headers)?,
+    };
     // Authenticated before anything the caller sent is compiled.
     let identity = request::stream_subscriber(&state, connection, &headers, &query, asked).await?;
     // Its wide selectors counted before they are compiled (exact ones cost no matching).

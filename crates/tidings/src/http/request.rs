@@ -221,7 +221,7 @@ pub(super) async fn stream_subscriber(
         let caller = Caller {
             peer,
             peer_trusted: peer.is_some_and(|p| trusted.iter().any(|net| net.contains(&p))),
-            address: client_address(state, connection, headers),
+            address: client_address(state, connection, headers).map(crate::admission::address_key),
         };
         Ask::new(request, headers, caller)
     });

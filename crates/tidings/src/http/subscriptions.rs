@@ -345,11 +345,18 @@ impl EventBudget {
             self.buckets.retain(|_, (tokens, at)| {
                 *tokens + per_sec * now.duration_since(*at).as_secs_f64() < burst
             });
+            // Still full: that many addresses are busy at once; starting them all afresh
+            // keeps the map bounded (and lets one burst each through).
+            if self.buckets.len() >= MAX_BUCKETS {
+                self.buckets.clear();
+            }
         }
         let (tokens, at) = self.buckets.entry(address).or_insert((self.burst, now));
         *tokens = (*tokens + self.per_sec * now.duration_since(*at).as_secs_f64()).min(self.burst);
         *at = now;
-        let wanted = count as f64;
+        // A stream of more selectors than a burst is one burst's worth, or it would never be
+        // told.
+        let wanted = (count as f64).min(self.burst);
         if *tokens >= wanted {
             *tokens -= wanted;
             return true;

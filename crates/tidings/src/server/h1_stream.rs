@@ -146,6 +146,8 @@ pub(super) async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
     // authorization callback) is not waited for on its behalf.
     let answered = Box::pin(router.oneshot(request));
     let response = tokio::select! {
+        // The answer first: a client that half-closed after its request still gets it.
+        biased;
         Ok(response) = answered => response,
         () = hung_up(io) => return Ok(()),
     };

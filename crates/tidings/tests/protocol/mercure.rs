@@ -406,7 +406,7 @@ async fn a_mercure_1_0_apps_cookie_and_resume_parameter_are_read() {
 }
 
 #[tokio::test]
-async fn an_id_reused_with_other_content_is_refused_409() {
+async fn an_id_reused_on_other_topics_is_refused_409() {
     // A publisher limited to topic a could publish id X first; a later publish of X on topic
     // b by another publisher got 200 and was never stored or delivered (review L2).
     let hub = jwt_hub(&["--anonymous"]);

@@ -244,6 +244,7 @@ impl RedisBus {
             share_subscribers: options.share_subscribers,
             timeout,
             written: std::sync::Mutex::default(),
+            rewrite: std::sync::atomic::AtomicBool::new(true),
         });
         let reader = tokio::spawn(reader.run(reconnect));
         let registry_writer = tokio::spawn(registry.clone().run());
@@ -430,10 +431,10 @@ impl Bus for RedisBus {
                     e,
                 )))
             }
-            // The id names an update with other content (the script's check).
+            // The id names an update on other topics (the script's check).
             Ok(Err(e)) if e.to_string().contains("tidings: id conflict") => {
                 return Err(BusError::Conflict(Cause::new(format!(
-                    "redis: the id {} names an update with other content",
+                    "redis: the id {} names an update on other topics",
                     update.id
                 ))))
             }

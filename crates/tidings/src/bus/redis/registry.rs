@@ -36,6 +36,10 @@ pub(super) struct SessionRegistry {
     /// of every subscriber, rewritten at each change, grew with the instance and could take
     /// longer than the timeout — review M3).
     pub(super) written: Mutex<HashSet<String>>,
+    /// The hash must be written whole (deleted first): at the first write — a process
+    /// restarted with the same instance id finds its predecessor's records there — and after
+    /// a write that failed (Redis may have run part of it).
+    pub(super) rewrite: std::sync::atomic::AtomicBool,
 }
 
 impl SessionRegistry {
@@ -91,6 +95,10 @@ impl SessionRegistry {
     /// that went, and the hash's lifetime.
     async fn write_subscribers(&self) -> Result<(), BusError> {
         let subscribers = self.hub.subscribers();
+        let whole = self.rewrite.load(std::sync::atomic::Ordering::Relaxed);
+        if whole {
+            crate::locks::lock(&self.written).clear();
+        }
         let (came, went) = {
             let written = crate::locks::lock(&self.written);
             let now: HashSet<&str> = subscribers.iter().map(|s| s.label.iri.as_ref()).collect();
@@ -108,6 +116,9 @@ impl SessionRegistry {
         };
         let key = self.subscribers_key();
         let mut pipe = redis::pipe();
+        if whole {
+            pipe.del(&key).ignore();
+        }
         for record in &came {
             let json = serde_json::to_string(record).unwrap_or_default();
             pipe.hset(&key, &record.subscriber, json).ignore();
@@ -120,7 +131,10 @@ impl SessionRegistry {
             .sadd(&self.keys.instances, &self.instance)
             .ignore();
         let mut conn = self.conns.commands();
-        timed(self.timeout, pipe.query_async::<()>(&mut conn)).await?;
+        let wrote = timed(self.timeout, pipe.query_async::<()>(&mut conn)).await;
+        self.rewrite
+            .store(wrote.is_err(), std::sync::atomic::Ordering::Relaxed);
+        wrote?;
         let mut written = crate::locks::lock(&self.written);
         for gone in &went {
             written.remove(gone);
@@ -139,7 +153,8 @@ impl SessionRegistry {
         )
         .await?;
         if !kept {
-            crate::locks::lock(&self.written).clear();
+            self.rewrite
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.write_subscribers().await
     }
