@@ -112,21 +112,15 @@ impl<B: LogBroker> Bus for LogBus<B> {
 
     async fn publish(&self, update: Update) -> Result<Published, BusError> {
         let publisher = self.publisher()?;
-        // A retry of an update this instance read already is answered without a second copy,
-        // and an id it holds on other topics refused. (One it has not read yet is appended
-        // and skipped by every reader: the log keeps the first.)
-        let held = self.broker.history(|history| {
+        // An id this instance read on other topics is refused; anything else is appended as
+        // before (a retry is skipped by every reader: the log keeps the first).
+        if let Some(Err(conflict)) = self.broker.history(|history| {
             let stored = history.update_of(&update.id)?;
-            Some(BusError::unless_retry(stored, &update).map(|()| history.position_of(&update.id)))
-        });
-        match held {
-            Some(Ok(position)) => Ok(Published {
-                id: update.id,
-                position,
-            }),
-            Some(Err(conflict)) => Err(conflict),
-            None => self.broker.publish(publisher, update).await,
+            Some(BusError::unless_retry(stored, &update))
+        }) {
+            return Err(conflict);
         }
+        self.broker.publish(publisher, update).await
     }
 
     async fn listening(&self) -> Result<(), BusError> {

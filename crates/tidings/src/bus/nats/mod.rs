@@ -365,13 +365,10 @@ impl NatsBus {
         self.decoder.envelope(payload, sequence, at, micros)
     }
 
-    /// For a publish JetStream took for a duplicate of the message at `sequence`: refuses it
-    /// when that message is another update (other content under the same id). It is compared
-    /// once this instance delivered it (within [`CATCH_UP_WAIT`]); one not delivered by then
-    /// is taken for the retry it most likely is.
-    async fn unless_retry(&self, update: &Update, sequence: u64) -> Result<(), BusError> {
-        let mut last = self.delivered.last.subscribe();
-        let _ = tokio::time::timeout(CATCH_UP_WAIT, last.wait_for(|last| *last >= sequence)).await;
+    /// For a publish JetStream took for a duplicate: refuses it when the update this instance
+    /// delivered under that id is on other topics. One it has not delivered yet is taken for
+    /// the retry it most likely is (a publish does not wait for the reader).
+    fn unless_retry(&self, update: &Update) -> Result<(), BusError> {
         let log = self.delivered.log();
         match log.history.update_of(&update.id) {
             Some(stored) => BusError::unless_retry(stored, update),
@@ -466,7 +463,7 @@ impl Bus for NatsBus {
             }
         };
         if ack.duplicate {
-            self.unless_retry(&update, ack.sequence).await?;
+            self.unless_retry(&update)?;
         }
         Ok(Published {
             id: update.id,
