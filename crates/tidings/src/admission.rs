@@ -1,6 +1,9 @@
 //! Admission of new streams: the caps on open streams per instance, per client address and per
 //! session, on the distinct wide selectors they hold, and the client address itself.
 //!
+//! (Over 600 lines with its unit tests: streams, wide selectors and the client address are
+//! counted under one lock; the tests are the next seam to cut.)
+//!
 //! Every stream takes a [`Permit`] first — before its caller is authenticated and before its
 //! selectors are compiled, so that a client at its cap costs neither a token check, a call to
 //! the application nor a compilation — and gives it back when it ends (the permit lives inside

@@ -1,5 +1,8 @@
 //! Prometheus metrics of one instance.
 //!
+//! (Over 600 lines: every metric is declared, registered and documented in one place, so that
+//! none is exported unregistered; the histogram is `metrics/latency.rs` already.)
+//!
 //! `prometheus-client` rather than the `metrics` facade: its registry is a value, not a global,
 //! so several hubs in one process (tests, the multi-instance simulation) each keep their own
 //! numbers. Every metric is updated with relaxed atomics; nothing here takes a lock on the

@@ -1,6 +1,9 @@
 //! Configuration of `tidings serve`: defaults → `tidings.toml` → `TIDINGS_*` environment →
 //! command-line flags, each layer overriding the one before.
 //!
+//! (Over 600 lines because every option of `tidings serve` is declared here once, with its
+//! help; resolving is `resolve.rs`, defaults `defaults.rs`, weak points `weak.rs`.)
+//!
 //! Every option is declared once, in [`Options`]: the same struct is parsed by clap (flags and
 //! environment variables, `--history-size` / `TIDINGS_HISTORY_SIZE`) and by serde (the file,
 //! `history-size = 1000`). Unknown keys in the file are errors, so a typo is reported instead of

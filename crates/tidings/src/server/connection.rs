@@ -1,6 +1,10 @@
 //! One accepted connection: its socket options, the guard around its I/O, and serving HTTP on
 //! it.
 //!
+//! (Over 600 lines: one connection's life — its caps, its guarded I/O, HTTP/1.1 or HTTP/2 with
+//! the idle close — read top to bottom; the stream writer is `h1_stream.rs` already. The caps'
+//! `Places` would be the next seam to cut.)
+//!
 //! A hub on the open internet holds connections from clients it does not trust, so each one is
 //! bounded in time wherever a client could otherwise hold it for free:
 //! - the request head must arrive within `header-read-timeout` (hyper's own timer for HTTP/1.1;

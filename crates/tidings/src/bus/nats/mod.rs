@@ -1,5 +1,8 @@
 //! The NATS bus (`nats://host:4222`): many instances on one NATS server with JetStream.
 //!
+//! (Just over 600 lines: the publish, replay and connection of one bus, which share the
+//! delivered log; the reader is `reader.rs` already.)
+//!
 //! - **Publish** stores the wire-format message in one JetStream stream (named from the
 //!   prefix), on the subject `<prefix>.u.<digest of the update id>`, and is acknowledged once
 //!   JetStream stored it. The stream sequence is the update's position: one total order.
