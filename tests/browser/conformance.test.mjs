@@ -10,11 +10,12 @@
 // the page POSTs an update with a custom id and a multi-line payload (as `fetch` sends a
 // URLSearchParams body); the update must (or must not) arrive within 2 s as a `message` event
 // with that id and payload; a received update's publish answer is `200 text/plain` carrying
-// the id.
+// the id. Then a Symfony-style 1.0 app's cookie and token, in Chromium.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, createHmac } from 'node:crypto';
-import { startHub, token, launchBrowser } from './harness.mjs';
+import http from 'node:http';
+import { startHub, token, launchBrowser, freePort } from './harness.mjs';
 
 const MERCURE_DEV_KEY = '!ChangeThisMercureHubJWTSecretKey!';
 const rnd = () => randomBytes(20).toString('hex');
@@ -125,6 +126,81 @@ suite('1.0', {
   hubArgs: ['--jwt-issuer', 'https://localhost', '--jwt-audience', 'https://localhost/.well-known/mercure'],
   publisher: () => v1Publisher,
   selectorParam: (selector) => (selector.includes('/:') ? 'match_urlpattern' : 'match'),
+});
+
+// A Symfony app with `protocol_version: 1.0` (MercureBundle): its controller mints an access
+// token as symfony/mercure's factory does (typ at+jwt; iss, sub, client_id, aud the hub's
+// public URL, iat, jti, exp; an authorization detail per grant) and sets it in the
+// `__Secure-mercure_access_token` cookie (Secure, HttpOnly, SameSite=Strict, Path the hub's
+// path); its page opens an EventSource with credentials to the hub on another port of the
+// same host, and must receive the private updates its grant allows, and no other.
+describe('a Symfony-style Mercure 1.0 app', () => {
+  test('its cookie and access token receive the private updates the grant allows', async () => {
+    const APP_SECRET = 'a-symfony-app-secret-of-32-bytes!';
+    const [hubPort, appPort] = [await freePort(), await freePort()];
+    const hubUrl = `http://127.0.0.1:${hubPort}/.well-known/mercure`;
+    const appOrigin = `http://127.0.0.1:${appPort}`;
+    const issuer = 'https://shop.example';
+    const { child: hub } = await startHub([
+      '--listen', `127.0.0.1:${hubPort}`, '--jwt-key', APP_SECRET,
+      '--jwt-issuer', issuer, '--jwt-audience', hubUrl, '--cors-origin', appOrigin,
+    ]);
+    const now = Math.floor(Date.now() / 1000);
+    const minted = (details) => jwt({ alg: 'HS256', typ: 'at+jwt' }, {
+      iss: issuer, sub: 'alice', client_id: 'shop', aud: hubUrl,
+      iat: now, jti: randomBytes(16).toString('hex'), exp: now + 3600,
+      authorization_details: details,
+    }, APP_SECRET);
+    const subscriberToken = minted([{
+      type: MERCURE_DETAIL, actions: ['subscribe'],
+      topics: [{ match: 'https://shop.example/orders/:id', match_type: 'urlpattern' }],
+      payload: { user: 'alice' },
+    }]);
+    const publisherToken = minted([{ type: MERCURE_DETAIL, actions: ['publish'], topics: [{ match: '*' }] }]);
+    const app = http.createServer((req, res) => {
+      res.setHeader('Set-Cookie', `__Secure-mercure_access_token=${subscriberToken}; Path=/.well-known/mercure; Secure; HttpOnly; SameSite=Strict`);
+      res.setHeader('Content-Type', 'text/html');
+      res.end('<!doctype html><title>shop</title><p>orders</p>');
+    });
+    await new Promise((resolve) => app.listen(appPort, '127.0.0.1', resolve));
+    try {
+      const context = await browser.newContext();
+      const shop = await context.newPage();
+      await shop.goto(`${appOrigin}/`);
+      assert.deepEqual((await context.cookies(hubUrl)).map((c) => [c.name, c.secure, c.httpOnly]),
+        [['__Secure-mercure_access_token', true, true]], 'the browser holds the cookie for the hub');
+      const publish = async (topic, data) => {
+        const response = await fetch(hubUrl, {
+          method: 'POST',
+          headers: { Authorization: `Bearer ${publisherToken}` },
+          body: new URLSearchParams({ topic, data, private: 'on' }),
+        });
+        assert.equal(response.status, 200, await response.text());
+      };
+      await shop.evaluate((hubUrl) => {
+        const url = new URL(hubUrl);
+        url.searchParams.append('match_urlpattern', 'https://shop.example/orders/:id');
+        url.searchParams.append('match', 'https://shop.example/invoices/1');
+        window.received = [];
+        const source = new EventSource(url, { withCredentials: true });
+        source.onmessage = (e) => window.received.push(e.data);
+        return new Promise((resolve, reject) => {
+          source.onopen = resolve;
+          source.onerror = () => reject(new Error('the stream was refused'));
+        });
+      }, hubUrl);
+      // The grant covers orders, not invoices: the invoice is selected but private.
+      await publish('https://shop.example/invoices/1', 'invoice 1');
+      await publish('https://shop.example/orders/42', 'order 42 paid');
+      await shop.waitForFunction(() => window.received.length > 0, null, { timeout: 5000 });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.deepEqual(await shop.evaluate(() => window.received), ['order 42 paid']);
+      await context.close();
+    } finally {
+      app.close();
+      hub.kill('SIGKILL');
+    }
+  });
 });
 
 /** Runs one scenario in the page: subscribe, publish, wait up to 2 s. */

@@ -73,6 +73,21 @@ pub struct SubscriberLabel {
     /// The client address its stream was admitted under (for the per-address bound on
     /// subscription events); never shown.
     pub address: Option<IpAddr>,
+    /// How its selectors were written, which is how they are named back.
+    pub syntax: SelectorSyntax,
+}
+
+/// How a Mercure subscriber wrote its selectors: the subscriptions API and subscription
+/// events name its subscriptions the same way, so that a client of either revision of the
+/// protocol reads what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelectorSyntax {
+    /// `topic=` (the classic protocol): a subscription is a topic selector.
+    #[default]
+    Topic,
+    /// `match=`, `match_exact=`, `match_urlpattern=` (Mercure 1.0): a subscription is a
+    /// match and its type.
+    Match,
 }
 
 impl SubscriberLabel {
@@ -82,7 +97,14 @@ impl SubscriberLabel {
             iri: Arc::from(format!("urn:uuid:{}", uuid::Uuid::new_v4())),
             payload: payload.map(Arc::new),
             address: None,
+            syntax: SelectorSyntax::Topic,
         }
+    }
+
+    /// The label of a subscriber whose selectors are written as `syntax` says.
+    pub fn written_as(mut self, syntax: SelectorSyntax) -> Self {
+        self.syntax = syntax;
+        self
     }
 
     /// The label of a stream admitted from `address`.

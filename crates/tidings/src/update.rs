@@ -303,10 +303,16 @@ pub fn is_reserved(topic: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Who wrote an update, which decides whether it may use the hub's reserved topics.
+/// The SSE event type of the hub's own events (Mercure 1.0 subscription events), refused to
+/// publishers as the reference hub does: a client listening for it must be able to trust it.
+pub const RESERVED_EVENT_TYPE: &str = "mercure";
+
+/// Who wrote an update, which decides whether it may use the hub's reserved topics and event
+/// type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Author {
-    /// A publisher over HTTP: topics under [`RESERVED_PATH`] are the hub's own.
+    /// A publisher over HTTP: topics under [`RESERVED_PATH`] and the event type
+    /// [`RESERVED_EVENT_TYPE`] are the hub's own.
     Publisher,
     /// A message read from the bus: written by an instance (its subscription events live
     /// under the reserved path) or by a service holding the broker's credentials, which the
@@ -389,6 +395,12 @@ impl Draft<'_> {
             Some(id) => UpdateId::new(id, limits.max_id_length)?,
             None => fallback_id(),
         };
+        if author == Author::Publisher && self.event_type == Some(RESERVED_EVENT_TYPE) {
+            return Err(InvalidInput::new(
+                "type",
+                "mercure is the event type of the hub's own events (Mercure 1.0 subscription events): choose another",
+            ));
+        }
         let event_type = self
             .event_type
             .map(|e| EventName::new(e, limits.max_event_name_length))

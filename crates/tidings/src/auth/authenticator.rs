@@ -1,13 +1,14 @@
 //! The [`Authenticator`]: verifies a request's token for its role — or asks the application —
 //! and compiles what it grants into rights.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::callback::{Ask, Callback, Decision};
 use super::claims::{is_access_token, Grants, Matcher, AUTHORIZATION_DETAIL_TYPE};
 use super::jwks::KeySet;
-use super::keys::{describe, Keys, Verifier};
+use super::keys::{describe, Keys, Role, Verifier};
 use super::settings::session_claim;
 use super::{AuthConfigError, AuthError, AuthMode, AuthSettings, Claims};
 use crate::metrics::Metrics;
@@ -24,8 +25,8 @@ pub struct Authenticator {
     anonymous: bool,
     session_claim: String,
     selectors: Arc<SelectorCache>,
-    /// The JWKS endpoint's keys (`jwks-url`), kept across reloads, with their refresh period.
-    key_set: Option<(Arc<KeySet>, Duration)>,
+    /// The JWKS endpoints' keys, kept across reloads.
+    key_sets: KeySets,
     /// The application's authorization callback (`auth-url`).
     callback: Option<Callback>,
 }
@@ -74,6 +75,48 @@ impl PublisherRights {
     }
 }
 
+/// The JWKS endpoints' keys: `jwks-url`'s and the issuers', with their refresh period.
+#[derive(Debug, Default)]
+struct KeySets {
+    hub: Option<Arc<KeySet>>,
+    /// By `iss`.
+    issuers: HashMap<String, Arc<KeySet>>,
+    refresh: Duration,
+}
+
+impl KeySets {
+    fn new(settings: &AuthSettings) -> Result<Self, AuthConfigError> {
+        if settings.mode == AuthMode::None {
+            return Ok(KeySets::default());
+        }
+        let hub = settings.jwks_url.as_deref().map(KeySet::new).transpose()?;
+        let mut issuers = HashMap::new();
+        for issuer in &settings.issuers {
+            if let Some(url) = &issuer.jwks_url {
+                issuers.insert(issuer.iss.clone(), KeySet::new(url)?);
+            }
+        }
+        Ok(KeySets {
+            hub,
+            issuers,
+            refresh: settings.jwks_refresh,
+        })
+    }
+
+    /// True when `settings` names the same endpoints.
+    fn same_urls(&self, settings: &AuthSettings) -> bool {
+        let urls = settings
+            .issuers
+            .iter()
+            .filter_map(|i| Some((i.iss.as_str(), i.jwks_url.as_deref()?)));
+        settings.jwks_url.as_deref() == self.hub.as_ref().map(|set| set.url())
+            && urls.clone().count() == self.issuers.len()
+            && urls
+                .into_iter()
+                .all(|(iss, url)| self.issuers.get(iss).is_some_and(|set| set.url() == url))
+    }
+}
+
 impl Authenticator {
     /// Builds the authenticator, reading PEM key files if the algorithm needs them.
     ///
@@ -85,10 +128,7 @@ impl Authenticator {
         selectors: Arc<SelectorCache>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, AuthConfigError> {
-        let key_set = match &settings.jwks_url {
-            Some(url) if settings.mode == AuthMode::Jwt => Some(KeySet::new(url)?),
-            _ => None,
-        };
+        let key_sets = KeySets::new(settings)?;
         let callback = match &settings.callback {
             Some(_) if settings.mode == AuthMode::None => {
                 return Err(AuthConfigError::Setting(
@@ -101,19 +141,25 @@ impl Authenticator {
         Ok(Authenticator {
             callback,
             mode: settings.mode,
-            keys: RwLock::new(Arc::new(Keys::load(settings, key_set.as_ref())?)),
+            keys: RwLock::new(Arc::new(Keys::load(
+                settings,
+                key_sets.hub.as_ref(),
+                &key_sets.issuers,
+            )?)),
             anonymous: settings.anonymous,
             session_claim: session_claim(settings).to_owned(),
             selectors,
-            key_set: key_set.map(|set| (set, settings.jwks_refresh)),
+            key_sets,
         })
     }
 
-    /// With `jwks-url`: fetches the key set (a failure is logged; tokens are refused until a
-    /// later fetch succeeds) and keeps it fresh from then on.
+    /// With `jwks-url` (or issuers with theirs): fetches the key sets (a failure is logged;
+    /// their tokens are refused until a later fetch succeeds) and keeps them fresh from then
+    /// on.
     pub async fn start(&self) {
-        if let Some((set, every)) = &self.key_set {
-            set.start(*every).await;
+        let sets = &self.key_sets;
+        for set in sets.hub.iter().chain(sets.issuers.values()) {
+            set.start(sets.refresh).await;
         }
     }
 
@@ -124,21 +170,18 @@ impl Authenticator {
     /// [`AuthConfigError`] when a key cannot be loaded, or `settings` changes what only a
     /// restart can (`auth`, `anonymous`, `session-claim`); the keys in use stay.
     pub fn reload(&self, settings: &AuthSettings) -> Result<(), AuthConfigError> {
-        let jwks_url = self.key_set.as_ref().map(|(set, _)| set.url());
         if settings.mode != self.mode
             || settings.anonymous != self.anonymous
             || session_claim(settings) != self.session_claim
-            || settings.jwks_url.as_deref() != jwks_url
+            || !self.key_sets.same_urls(settings)
             || settings.callback.as_ref() != self.callback.as_ref().map(Callback::settings)
         {
             return Err(AuthConfigError::Setting(
-                "auth, anonymous, session-claim, jwks-url and the auth-url settings change only with a restart",
+                "auth, anonymous, session-claim, jwks-url (the hub's and the issuers') and the auth-url settings change only with a restart",
             ));
         }
-        let keys = Arc::new(Keys::load(
-            settings,
-            self.key_set.as_ref().map(|(set, _)| set),
-        )?);
+        let sets = &self.key_sets;
+        let keys = Arc::new(Keys::load(settings, sets.hub.as_ref(), &sets.issuers)?);
         *crate::locks::write(&self.keys) = keys;
         Ok(())
     }
@@ -232,13 +275,14 @@ impl Authenticator {
     /// [`AuthError::Missing`] without a token, [`AuthError::Invalid`] for a token that does not
     /// verify, [`AuthError::Forbidden`] for a token without a `mercure.publish` claim.
     pub async fn publisher(&self, token: Option<&str>) -> Result<PublisherRights, AuthError> {
-        let keys = self.keys();
-        let Some(verifier) = &keys.publisher else {
+        if self.mode == AuthMode::None {
             return Ok(PublisherRights { selectors: None });
-        };
+        }
+        let keys = self.keys();
         let token = token.ok_or(AuthError::Missing(
             "publishing needs a JWT: send it as 'Authorization: Bearer <token>', a token cookie (cookie-name, __Secure-mercure_access_token by default, or mercureAuthorization) or the authorization query parameter",
         ))?;
+        let verifier = keys.verifier(Role::Publisher, token)?;
         let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs).await?;
         let publish = Grants::of(claims, access_token)?.publish.ok_or_else(|| {
             AuthError::Forbidden(match access_token {
@@ -267,8 +311,7 @@ impl Authenticator {
         token: Option<&str>,
         ask: Option<Ask>,
     ) -> Result<SubscriberIdentity, AuthError> {
-        let keys = self.keys();
-        let Some(verifier) = &keys.subscriber else {
+        if self.mode == AuthMode::None {
             return Ok(SubscriberIdentity {
                 access: Access::everything(),
                 session: None,
@@ -277,11 +320,15 @@ impl Authenticator {
                 expires: None,
             });
         };
+        let keys = self.keys();
         let verified = match token {
-            Some(token) => Some(
-                self.token_subscriber(verifier, token, keys.leeway_secs)
-                    .await,
-            ),
+            Some(token) => Some(match keys.verifier(Role::Subscriber, token) {
+                Ok(verifier) => {
+                    self.token_subscriber(verifier, token, keys.leeway_secs)
+                        .await
+                }
+                Err(refused) => Err(refused),
+            }),
             None => None,
         };
         match (verified, self.callback.as_ref().zip(ask)) {

@@ -1,13 +1,14 @@
-//! Keys: the verifiers of both roles (configured keys or a JWKS endpoint's), what every token
-//! must satisfy besides its signature, and minting tokens for development.
+//! Keys: the verifiers of both roles (configured keys or a JWKS endpoint's), hub-wide and per
+//! trusted issuer, what every token must satisfy besides its signature, and minting tokens for
+//! development.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use jsonwebtoken::{DecodingKey, Validation};
 
 use super::jwks::KeySet;
-use super::{AuthConfigError, AuthMode, AuthSettings, Claims, JwtAlg};
+use super::{AuthConfigError, AuthError, AuthMode, AuthSettings, Claims, JwtAlg};
 
 /// One role's verifier: where its keys come from, and what else a token must satisfy.
 pub(super) enum Verifier {
@@ -29,89 +30,270 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// The verifiers of both roles (absent with `--auth none`), replaced as a whole on reload.
+/// A token's role: which of an issuer's keys verifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Publisher,
+    Subscriber,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Publisher => "publisher",
+            Role::Subscriber => "subscriber",
+        }
+    }
+}
+
+/// The verifiers of both roles of one issuer (or of the hub-wide keys); a role without one
+/// refuses its tokens.
+#[derive(Debug, Default)]
+pub(super) struct Roles {
+    publisher: Option<Verifier>,
+    subscriber: Option<Verifier>,
+}
+
+impl Roles {
+    fn of(&self, role: Role) -> Option<&Verifier> {
+        match role {
+            Role::Publisher => self.publisher.as_ref(),
+            Role::Subscriber => self.subscriber.as_ref(),
+        }
+    }
+}
+
+/// Every verifier (none with `--auth none`), replaced as a whole on reload: the hub-wide keys,
+/// and each `[[issuer]]`'s.
 #[derive(Debug)]
 pub(super) struct Keys {
-    pub(super) publisher: Option<Verifier>,
-    pub(super) subscriber: Option<Verifier>,
+    /// For tokens whose `iss` is none of `issuers`.
+    hub: Roles,
+    /// By `iss`.
+    issuers: HashMap<String, Roles>,
     pub(super) leeway_secs: u64,
 }
 
 impl Keys {
-    /// Builds both roles' verifiers, reading PEM key files if the algorithm needs them.
+    /// Builds every verifier, reading PEM key files if the algorithm needs them; `hub_set` is
+    /// the JWKS endpoint of `jwks-url`, `issuer_sets` those of the issuers, by `iss`.
     pub(super) fn load(
         settings: &AuthSettings,
-        set: Option<&Arc<KeySet>>,
+        hub_set: Option<&Arc<KeySet>>,
+        issuer_sets: &HashMap<String, Arc<KeySet>>,
     ) -> Result<Keys, AuthConfigError> {
+        let mut keys = Keys {
+            hub: Roles::default(),
+            issuers: HashMap::new(),
+            leeway_secs: settings.leeway_secs,
+        };
+        if settings.mode == AuthMode::None {
+            return Ok(keys);
+        }
         let configured = [
             &settings.jwt_key,
             &settings.publisher_jwt_key,
             &settings.subscriber_jwt_key,
         ];
-        if set.is_some() && configured.iter().any(|k| k.is_some()) {
+        if hub_set.is_some() && configured.iter().any(|k| k.is_some()) {
             return Err(AuthConfigError::Setting(
                 "jwks-url and jwt-key (or publisher-jwt-key, subscriber-jwt-key) exclude each other: keys come from one place",
             ));
         }
-        if set.is_some()
+        if hub_set.is_some()
             && settings.issuer.is_none()
             && settings.audience.is_none()
             && !settings.jwks_any_audience
         {
             return Err(AuthConfigError::AnyToken);
         }
-        let verifier = |role: &'static str,
-                        specific: &Option<String>|
-         -> Result<Option<Verifier>, AuthConfigError> {
-            if settings.mode == AuthMode::None {
-                return Ok(None);
-            }
-            if let Some(set) = set {
-                let mut validation = validation(settings);
-                validation.algorithms.clear();
-                return Ok(Some(Verifier::Set {
-                    keys: set.clone(),
-                    validation,
-                }));
-            }
-            let Some(value) = specific.as_ref().or(settings.jwt_key.as_ref()) else {
-                return Err(AuthConfigError::NoKey { role });
-            };
-            if value.is_empty() {
-                return Err(AuthConfigError::EmptyKey { role });
-            }
-            let validation = validation(settings);
-            Ok(Some(Verifier::Key {
-                key: load_key(settings.alg, value, role)?,
-                validation,
-            }))
+        // With issuers of their own, the hub-wide keys are optional: without them, a token
+        // must come from one of those issuers.
+        let optional = !settings.issuers.is_empty();
+        let hub_validation = validation(
+            settings.alg,
+            settings.issuer.as_deref(),
+            settings.audience.as_deref(),
+            settings.leeway_secs,
+        );
+        let hub_key = KeySource {
+            alg: settings.alg,
+            shared: settings.jwt_key.as_ref(),
+            set: hub_set,
+            validation: &hub_validation,
         };
-        Ok(Keys {
-            publisher: verifier("publisher", &settings.publisher_jwt_key)?,
-            subscriber: verifier("subscriber", &settings.subscriber_jwt_key)?,
-            leeway_secs: settings.leeway_secs,
+        keys.hub = Roles {
+            publisher: hub_key.verifier(
+                Role::Publisher,
+                settings.publisher_jwt_key.as_ref(),
+                optional,
+            )?,
+            subscriber: hub_key.verifier(
+                Role::Subscriber,
+                settings.subscriber_jwt_key.as_ref(),
+                optional,
+            )?,
+        };
+        for issuer in &settings.issuers {
+            let problem = |problem| AuthConfigError::Issuer {
+                iss: issuer.iss.clone(),
+                problem,
+            };
+            if issuer.iss.is_empty() {
+                return Err(problem(
+                    "iss is empty: it is the iss claim of the issuer's tokens",
+                ));
+            }
+            if keys.issuers.contains_key(&issuer.iss) {
+                return Err(problem("given twice: one table per issuer"));
+            }
+            if settings.issuer.as_deref() == Some(issuer.iss.as_str()) {
+                return Err(problem("it is also jwt-issuer: give its keys in one place (the [[issuer]] table, without jwt-issuer)"));
+            }
+            let keyed = [
+                &issuer.jwt_key,
+                &issuer.publisher_jwt_key,
+                &issuer.subscriber_jwt_key,
+            ];
+            let set = issuer_sets.get(&issuer.iss);
+            match (set.is_some(), keyed.iter().any(|k| k.is_some())) {
+                (true, true) => return Err(problem("jwks-url and jwt-key (or publisher-jwt-key, subscriber-jwt-key) exclude each other")),
+                (false, false) => return Err(problem("no key: set jwks-url, jwt-key, publisher-jwt-key or subscriber-jwt-key")),
+                _ => {}
+            }
+            let issuer_validation = validation(
+                issuer.alg,
+                Some(&issuer.iss),
+                issuer.audience.as_deref().or(settings.audience.as_deref()),
+                settings.leeway_secs,
+            );
+            let source = KeySource {
+                alg: issuer.alg,
+                shared: issuer.jwt_key.as_ref(),
+                set,
+                validation: &issuer_validation,
+            };
+            let roles = Roles {
+                publisher: source.verifier(
+                    Role::Publisher,
+                    issuer.publisher_jwt_key.as_ref(),
+                    true,
+                )?,
+                subscriber: source.verifier(
+                    Role::Subscriber,
+                    issuer.subscriber_jwt_key.as_ref(),
+                    true,
+                )?,
+            };
+            keys.issuers.insert(issuer.iss.clone(), roles);
+        }
+        Ok(keys)
+    }
+
+    /// The verifier of `token` in `role`: its issuer's when its `iss` (read before any
+    /// check, only to choose) names one of the issuers, else the hub-wide one.
+    ///
+    /// # Errors
+    /// [`AuthError::Invalid`] when that issuer (or the hub) has no key for the role.
+    pub(super) fn verifier(&self, role: Role, token: &str) -> Result<&Verifier, AuthError> {
+        let iss = match self.issuers.is_empty() {
+            true => None,
+            false => unverified_issuer(token),
+        };
+        if let Some((iss, roles)) = iss.and_then(|iss| self.issuers.get_key_value(&iss)) {
+            return roles.of(role).ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "the token was refused: its issuer {iss:?} is not trusted for {}s",
+                    role.name()
+                ))
+            });
+        }
+        self.hub.of(role).ok_or_else(|| {
+            AuthError::Invalid(match self.issuers.is_empty() {
+                true => format!("the token was refused: this hub has no {} key", role.name()),
+                false => "the token was refused: its iss is none of the trusted issuers".into(),
+            })
         })
     }
 }
 
+/// The `iss` claim of a token, read without verifying it: only to choose the keys that will.
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Issuer {
+        iss: Option<String>,
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
+        .ok()?
+        .iss
+}
+
+/// Where one issuer's (or the hub's) keys come from.
+struct KeySource<'a> {
+    alg: JwtAlg,
+    /// The key of both roles.
+    shared: Option<&'a String>,
+    set: Option<&'a Arc<KeySet>>,
+    validation: &'a Validation,
+}
+
+impl KeySource<'_> {
+    /// The verifier of `role`, whose own key is `specific`; `None` for a role without a key
+    /// when `optional`, else [`AuthConfigError::NoKey`].
+    fn verifier(
+        &self,
+        role: Role,
+        specific: Option<&String>,
+        optional: bool,
+    ) -> Result<Option<Verifier>, AuthConfigError> {
+        if let Some(set) = self.set {
+            let mut validation = self.validation.clone();
+            validation.algorithms.clear();
+            return Ok(Some(Verifier::Set {
+                keys: set.clone(),
+                validation,
+            }));
+        }
+        let role = role.name();
+        let Some(value) = specific.or(self.shared) else {
+            return match optional {
+                true => Ok(None),
+                false => Err(AuthConfigError::NoKey { role }),
+            };
+        };
+        if value.is_empty() {
+            return Err(AuthConfigError::EmptyKey { role });
+        }
+        Ok(Some(Verifier::Key {
+            key: load_key(self.alg, value, role)?,
+            validation: self.validation.clone(),
+        }))
+    }
+}
+
 /// What every token must satisfy besides its signature: `exp` and `nbf` when present, with the
-/// leeway; `iss` and `aud` when configured.
-pub(super) fn validation(settings: &AuthSettings) -> Validation {
-    let mut validation = Validation::new(settings.alg.algorithm());
+/// leeway; `iss` and `aud` when given.
+pub(super) fn validation(
+    alg: JwtAlg,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+    leeway_secs: u64,
+) -> Validation {
+    let mut validation = Validation::new(alg.algorithm());
     validation.required_spec_claims = HashSet::new();
     validation.validate_exp = true;
     validation.validate_nbf = true;
     validation.validate_aud = false;
-    if let Some(issuer) = &settings.issuer {
+    if let Some(issuer) = issuer {
         validation.set_issuer(&[issuer]);
         validation.required_spec_claims.insert("iss".to_owned());
     }
-    if let Some(audience) = &settings.audience {
+    if let Some(audience) = audience {
         validation.set_audience(&[audience]);
         validation.validate_aud = true;
         validation.required_spec_claims.insert("aud".to_owned());
     }
-    validation.leeway = settings.leeway_secs;
+    validation.leeway = leeway_secs;
     validation
 }
 

@@ -48,4 +48,4 @@ pub use callback::{
 };
 pub use claims::{Claims, MercureClaim, AUTHORIZATION_DETAIL_TYPE};
 pub use keys::mint;
-pub use settings::{AuthConfigError, AuthError, AuthMode, AuthSettings, JwtAlg};
+pub use settings::{AuthConfigError, AuthError, AuthMode, AuthSettings, IssuerSettings, JwtAlg};

@@ -103,6 +103,14 @@ pub enum AuthConfigError {
     /// Settings that exclude each other, or one that cannot be used; the message names them.
     #[error("{0}")]
     Setting(&'static str),
+    /// An `[[issuer]]` table that cannot be used; the message names it and says why.
+    #[error("[[issuer]] {iss:?}: {problem}")]
+    Issuer {
+        /// Its `iss`.
+        iss: String,
+        /// What to fix.
+        problem: &'static str,
+    },
     /// An endpoint (the JWKS URL, the callback) is unusable.
     #[error(transparent)]
     Outbound(#[from] OutboundConfigError),
@@ -144,6 +152,64 @@ pub struct AuthSettings {
     pub jwks_any_audience: bool,
     /// The application's authorization callback for streams without a valid token.
     pub callback: Option<CallbackSettings>,
+    /// Issuers trusted with keys of their own (`[[issuer]]`): a token whose `iss` names one is
+    /// verified with its keys only; other tokens with the keys above.
+    pub issuers: Vec<IssuerSettings>,
+}
+
+impl AuthSettings {
+    /// The issuers the protected resource metadata names as authorization servers.
+    pub fn authorization_servers(&self) -> impl Iterator<Item = &str> {
+        self.issuers
+            .iter()
+            .filter(|i| i.authorization_server)
+            .map(|i| i.iss.as_str())
+    }
+}
+
+/// An issuer trusted with keys of its own — Mercure 1.0's `issuer` blocks: an identity
+/// provider and the application may both mint tokens, each verified only with its own keys
+/// (a key of one must never verify a token claiming to come from the other). A token whose
+/// `iss` is this issuer's is verified with these keys, and must name `audience` (the hub's
+/// `jwt-audience` when this one sets none). (`Debug` shows no key.)
+#[derive(Clone, Default, PartialEq)]
+pub struct IssuerSettings {
+    /// The `iss` its tokens carry.
+    pub iss: String,
+    /// The algorithm of its configured keys.
+    pub alg: JwtAlg,
+    /// Its key for both roles.
+    pub jwt_key: Option<String>,
+    /// Its key for publishers only; without one (and without `jwt_key`), its tokens do not
+    /// publish.
+    pub publisher_jwt_key: Option<String>,
+    /// Its key for subscribers only; without one (and without `jwt_key`), its tokens do not
+    /// subscribe.
+    pub subscriber_jwt_key: Option<String>,
+    /// Its JWKS endpoint (instead of keys), for both roles.
+    pub jwks_url: Option<String>,
+    /// The audience its tokens must name, when it is not the hub's.
+    pub audience: Option<String>,
+    /// Listed as an authorization server in the protected resource metadata.
+    pub authorization_server: bool,
+}
+
+impl std::fmt::Debug for IssuerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |key: &Option<String>| key.as_ref().map(|_| "***");
+        f.debug_struct("IssuerSettings")
+            .field("iss", &self.iss)
+            .field("alg", &self.alg)
+            .field("jwt_key", &hidden(&self.jwt_key))
+            .field("publisher_jwt_key", &hidden(&self.publisher_jwt_key))
+            .field("subscriber_jwt_key", &hidden(&self.subscriber_jwt_key))
+            .field(
+                "jwks_url",
+                &self.jwks_url.as_deref().map(crate::bus::redact),
+            )
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -161,6 +227,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("audience", &self.audience)
             .field("jwks_url", &url(self.jwks_url.as_ref()))
             .field("auth_url", &url(self.callback.as_ref().map(|c| &c.url)))
+            .field("issuers", &self.issuers)
             .finish_non_exhaustive()
     }
 }

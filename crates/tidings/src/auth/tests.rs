@@ -407,3 +407,94 @@ async fn the_specifications_short_detail_type_is_read_alike() {
     assert!(rights.check(&[topic("https://example.com/a")]).is_ok());
     assert!(rights.check(&[topic("https://example.com/b")]).is_err());
 }
+
+#[tokio::test]
+async fn each_issuers_tokens_verify_with_its_own_keys_only() {
+    // Mercure 1.0's several issuers: an identity provider and the application each mint
+    // tokens; a key of one must never verify a token claiming to come from the other.
+    let aud = "https://hub.example/.well-known/mercure";
+    let (idp, app) = ("https://idp.example", "https://app.example");
+    let s = AuthSettings {
+        jwt_key: None,
+        session_claim: "sub".into(),
+        audience: Some(aud.into()),
+        issuers: vec![
+            IssuerSettings {
+                iss: idp.into(),
+                subscriber_jwt_key: Some("idp-key".into()),
+                ..IssuerSettings::default()
+            },
+            IssuerSettings {
+                iss: app.into(),
+                jwt_key: Some("app-key".into()),
+                audience: Some("tidings".into()),
+                authorization_server: true,
+                ..IssuerSettings::default()
+            },
+        ],
+        ..AuthSettings::default()
+    };
+    let a = auth(&s);
+    assert_eq!(s.authorization_servers().collect::<Vec<_>>(), [app]);
+    let claims = |iss: &str, aud: &str| {
+        json!({"iss": iss, "aud": aud, "sub": "alice",
+               "mercure": {"publish": ["*"], "subscribe": ["*"]}})
+    };
+    let from_idp = token("idp-key", claims(idp, aud));
+    assert!(a.subscriber(Some(&from_idp), None).await.is_ok());
+    // The provider has no publisher key here: its tokens do not publish.
+    assert!(matches!(
+        a.publisher(Some(&from_idp)).await,
+        Err(AuthError::Invalid(m)) if m.contains("not trusted for publishers")
+    ));
+    // The application's key does not verify a token claiming the provider as its issuer.
+    let forged = token("app-key", claims(idp, aud));
+    assert!(matches!(
+        a.subscriber(Some(&forged), None).await,
+        Err(AuthError::Invalid(m)) if m.contains("signature")
+    ));
+    // The application's tokens name its own audience.
+    let from_app = token("app-key", claims(app, "tidings"));
+    assert!(a.publisher(Some(&from_app)).await.is_ok());
+    let elsewhere = token("app-key", claims(app, aud));
+    assert!(a.publisher(Some(&elsewhere)).await.is_err());
+    // Without hub-wide keys, a token of another issuer, or of none, is refused.
+    for claims in [claims("https://other.example", aud), json!({"aud": aud})] {
+        let stranger = token("app-key", claims);
+        assert!(matches!(
+            a.subscriber(Some(&stranger), None).await,
+            Err(AuthError::Invalid(m)) if m.contains("none of the trusted issuers")
+        ));
+    }
+
+    // Tables that cannot be used are refused at start-up, naming the issuer.
+    let refused = |issuers: Vec<IssuerSettings>| {
+        let s = AuthSettings {
+            issuers,
+            ..settings()
+        };
+        Authenticator::new(
+            &s,
+            Arc::new(SelectorCache::new(100, 1000)),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let keyless = IssuerSettings {
+        iss: idp.into(),
+        ..IssuerSettings::default()
+    };
+    assert!(refused(vec![keyless]).contains("no key"));
+    let keyed = IssuerSettings {
+        iss: idp.into(),
+        jwt_key: Some("k".into()),
+        ..IssuerSettings::default()
+    };
+    assert!(refused(vec![keyed.clone(), keyed.clone()]).contains("given twice"));
+    let both = IssuerSettings {
+        jwks_url: Some("https://idp.example/jwks".into()),
+        ..keyed
+    };
+    assert!(refused(vec![both]).contains("exclude each other"));
+}

@@ -56,25 +56,92 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
 pub struct SubscriberRecord {
     /// Its `urn:uuid:…`.
     pub subscriber: String,
-    /// Its selectors as written, without repeats.
+    /// Its `topic=` selectors as written, without repeats (a classic subscriber).
     pub topics: Vec<String>,
+    /// Its `match…=` selectors, without repeats (a Mercure 1.0 subscriber). Absent from the
+    /// records of earlier versions, which knew only `topics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<Match>,
     /// The `mercure.payload` claim of its token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<serde_json::Value>,
 }
 
+/// A Mercure 1.0 selector: what it matches, and how.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Match {
+    /// How `matcher` is compared with topics.
+    pub match_type: MatchType,
+    /// The selector as written.
+    #[serde(rename = "match")]
+    pub matcher: String,
+}
+
+/// How a Mercure 1.0 selector is compared with topics (its `match_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchType {
+    /// Byte for byte (`match=`, `match_exact=`).
+    Exact,
+    /// A WHATWG URL Pattern (`match_urlpattern=`).
+    Urlpattern,
+}
+
+impl MatchType {
+    /// Its name in paths and documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchType::Exact => "exact",
+            MatchType::Urlpattern => "urlpattern",
+        }
+    }
+
+    /// The type a path segment names, if it names one.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "exact" => Some(MatchType::Exact),
+            "urlpattern" => Some(MatchType::Urlpattern),
+            _ => None,
+        }
+    }
+}
+
 impl SubscriberRecord {
     /// The record of a local subscriber.
     pub fn of(spec: &crate::subscriber::SubscriberSpec) -> Self {
-        let mut topics: Vec<String> = Vec::with_capacity(spec.selectors.len());
+        use crate::selector::Selector;
+        use crate::subscriber::SelectorSyntax;
+        let mut topics: Vec<String> = Vec::new();
+        let mut matches: Vec<Match> = Vec::new();
         for selector in &spec.selectors {
-            if !topics.iter().any(|t| t == selector.source()) {
-                topics.push(selector.source().to_owned());
+            let source = selector.source();
+            match spec.label.syntax {
+                SelectorSyntax::Topic => {
+                    if !topics.iter().any(|t| t == source) {
+                        topics.push(source.to_owned());
+                    }
+                }
+                SelectorSyntax::Match => {
+                    let match_type = match selector {
+                        Selector::UrlPattern { .. } => MatchType::Urlpattern,
+                        _ => MatchType::Exact,
+                    };
+                    if !matches
+                        .iter()
+                        .any(|m| m.match_type == match_type && m.matcher == source)
+                    {
+                        matches.push(Match {
+                            match_type,
+                            matcher: source.to_owned(),
+                        });
+                    }
+                }
             }
         }
         SubscriberRecord {
             subscriber: spec.label.iri.to_string(),
             topics,
+            matches,
             payload: spec.label.payload.as_deref().cloned(),
         }
     }

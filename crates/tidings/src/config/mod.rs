@@ -141,6 +141,12 @@ pub struct Options {
     /// provider signs (start-up refuses that setup otherwise).
     #[arg(long, env = "TIDINGS_JWKS_ANY_AUDIENCE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub jwks_any_audience: Option<bool>,
+    /// Issuers trusted with keys of their own (Mercure 1.0's several issuers), in tidings.toml
+    /// only, as [[issuer]] tables: a token whose iss names one is verified with its keys only
+    /// (docs/configuration.md#several-issuers).
+    #[arg(skip)]
+    #[serde(default)]
+    pub issuer: Vec<IssuerTable>,
     /// The application's authorization callback (http:// or https://): asked about every new
     /// stream that presents no valid token, with the client's cookies and headers.
     #[arg(
@@ -456,6 +462,28 @@ impl ConfigError {
     }
 }
 
+/// An `[[issuer]]` table of `tidings.toml`: an issuer trusted with keys of its own.
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IssuerTable {
+    /// The `iss` its tokens carry.
+    pub iss: String,
+    /// The algorithm of its keys (`jwt-alg`'s names; HS256 by default).
+    pub jwt_alg: Option<JwtAlg>,
+    /// Its key for both roles.
+    pub jwt_key: Option<String>,
+    /// Its key for publishers.
+    pub publisher_jwt_key: Option<String>,
+    /// Its key for subscribers.
+    pub subscriber_jwt_key: Option<String>,
+    /// Its JWKS endpoint, instead of keys.
+    pub jwks_url: Option<String>,
+    /// The audience its tokens must name (the hub's jwt-audience by default).
+    pub jwt_audience: Option<String>,
+    /// Named as an authorization server in the protected resource metadata.
+    pub authorization_server: Option<bool>,
+}
+
 /// The PEM files of a TLS certificate chain and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -577,6 +605,7 @@ impl Options {
                     publish_origin: if self.publish_origin.is_empty() { lower.publish_origin } else { self.publish_origin },
                     trusted_proxy: if self.trusted_proxy.is_empty() { lower.trusted_proxy } else { self.trusted_proxy },
                     consume: if self.consume.is_empty() { lower.consume } else { self.consume },
+                    issuer: if self.issuer.is_empty() { lower.issuer } else { self.issuer },
                 }
             };
         }

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use super::defaults::*;
 use super::{Config, ConfigError, Options, TlsFiles};
 use crate::admission::{ConnectionLimits, StreamLimits};
-use crate::auth::{AuthSettings, CallbackSettings};
+use crate::auth::{AuthSettings, CallbackSettings, IssuerSettings};
 use crate::bus::{Backoff, BusOptions, Kind, Timeouts};
 use crate::consume::spec::ConsumeSpec;
 use crate::hub::QueueLimits;
@@ -398,6 +398,28 @@ impl Options {
             jwks_url: not_empty("jwks-url", self.jwks_url.clone())?,
             jwks_refresh: seconds("jwks-refresh", self.jwks_refresh, JWKS_REFRESH_SECS)?,
             jwks_any_audience: self.jwks_any_audience.unwrap_or(JWKS_ANY_AUDIENCE),
+            issuers: self
+                .issuer
+                .iter()
+                .map(|table| {
+                    Ok(IssuerSettings {
+                        iss: table.iss.clone(),
+                        alg: table.jwt_alg.unwrap_or_default(),
+                        jwt_key: not_empty("issuer.jwt-key", table.jwt_key.clone())?,
+                        publisher_jwt_key: not_empty(
+                            "issuer.publisher-jwt-key",
+                            table.publisher_jwt_key.clone(),
+                        )?,
+                        subscriber_jwt_key: not_empty(
+                            "issuer.subscriber-jwt-key",
+                            table.subscriber_jwt_key.clone(),
+                        )?,
+                        jwks_url: not_empty("issuer.jwks-url", table.jwks_url.clone())?,
+                        audience: not_empty("issuer.jwt-audience", table.jwt_audience.clone())?,
+                        authorization_server: table.authorization_server.unwrap_or(false),
+                    })
+                })
+                .collect::<Result<_, ConfigError>>()?,
             callback: match not_empty("auth-url", self.auth_url.clone())? {
                 Some(url) => Some(CallbackSettings {
                     url,

@@ -23,18 +23,30 @@ impl Config {
         }
         if auth.mode == AuthMode::Jwt && auth.alg == JwtAlg::Hs256 && auth.jwks_url.is_none() {
             let keys = [
-                ("jwt-key", &auth.jwt_key),
-                ("publisher-jwt-key", &auth.publisher_jwt_key),
-                ("subscriber-jwt-key", &auth.subscriber_jwt_key),
+                &auth.jwt_key,
+                &auth.publisher_jwt_key,
+                &auth.subscriber_jwt_key,
             ];
-            for (option, key) in keys {
-                if let Some(key) = key.as_ref().filter(|k| k.len() < MIN_HS256_KEY_BYTES) {
-                    weak.push(format!(
-                        "{option} is {} bytes: an HS256 key shorter than {MIN_HS256_KEY_BYTES} bytes can be guessed offline from any token signed with it; use a random one (openssl rand -base64 32)",
-                        key.len()
-                    ));
-                }
+            short_keys("", keys, &mut weak);
+        }
+        for issuer in auth.issuers.iter().filter(|i| i.alg == JwtAlg::Hs256) {
+            let keys = [
+                &issuer.jwt_key,
+                &issuer.publisher_jwt_key,
+                &issuer.subscriber_jwt_key,
+            ];
+            short_keys(&format!("[[issuer]] {:?}: ", issuer.iss), keys, &mut weak);
+        }
+        for issuer in &auth.issuers {
+            if issuer.jwks_url.is_some() && issuer.audience.is_none() && auth.audience.is_none() {
+                weak.push(format!("[[issuer]] {:?} with jwks-url but no jwt-audience (its own or the hub's): tokens the provider issued to its other clients verify too; set jwt-audience", issuer.iss));
             }
+            plain(
+                "an [[issuer]]'s jwks-url",
+                issuer.jwks_url.as_deref(),
+                "anyone on the way can swap the keys and forge tokens",
+                &mut weak,
+            );
         }
         if auth.jwks_url.is_some() && auth.audience.is_none() && auth.issuer.is_some() {
             weak.push("jwks-url with jwt-issuer but no jwt-audience: tokens the provider issued to its other clients verify too; set jwt-audience".into());
@@ -63,6 +75,20 @@ impl Config {
             &mut weak,
         );
         weak
+    }
+}
+
+/// A warning for each HS256 key too short: `keys` are `jwt-key`, `publisher-jwt-key` and
+/// `subscriber-jwt-key`, of the hub or (`whose`) of an issuer.
+fn short_keys(whose: &str, keys: [&Option<String>; 3], weak: &mut Vec<String>) {
+    let options = ["jwt-key", "publisher-jwt-key", "subscriber-jwt-key"];
+    for (option, key) in options.into_iter().zip(keys) {
+        if let Some(key) = key.as_ref().filter(|k| k.len() < MIN_HS256_KEY_BYTES) {
+            weak.push(format!(
+                "{whose}{option} is {} bytes: an HS256 key shorter than {MIN_HS256_KEY_BYTES} bytes can be guessed offline from any token signed with it; use a random one (openssl rand -base64 32)",
+                key.len()
+            ));
+        }
     }
 }
 

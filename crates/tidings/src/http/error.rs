@@ -25,6 +25,34 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds for the `Retry-After` header, when waiting may cure the refusal.
     pub retry_after_secs: Option<u64>,
+    /// The bearer-token challenge of a refusal about a token (RFC 6750 §3), when it is one.
+    pub challenge: Option<Challenge>,
+}
+
+/// What a `WWW-Authenticate: Bearer` challenge says (RFC 6750 §3.1, as Mercure 1.0 asks):
+/// no error code when no token was sent, `invalid_token` for one that does not verify,
+/// `insufficient_scope` for one that does not grant what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No credentials were presented (or the application's callback answered `401`).
+    Bare,
+    /// The token does not verify (401).
+    InvalidToken,
+    /// The token does not grant the request (403).
+    InsufficientScope,
+}
+
+impl Challenge {
+    /// The header's value, without the `resource_metadata` parameter the router may add.
+    pub fn header(self) -> &'static str {
+        match self {
+            Challenge::Bare => "Bearer realm=\"tidings\"",
+            Challenge::InvalidToken => "Bearer realm=\"tidings\", error=\"invalid_token\"",
+            Challenge::InsufficientScope => {
+                "Bearer realm=\"tidings\", error=\"insufficient_scope\""
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -41,6 +69,15 @@ impl ApiError {
             error,
             detail: detail.into(),
             retry_after_secs: None,
+            challenge: (status == StatusCode::UNAUTHORIZED).then_some(Challenge::Bare),
+        }
+    }
+
+    /// The same error, challenging the caller's token as `challenge` says.
+    pub fn challenging(self, challenge: Challenge) -> Self {
+        ApiError {
+            challenge: Some(challenge),
+            ..self
         }
     }
 
@@ -108,8 +145,11 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Missing(d) => ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", d),
-            AuthError::Invalid(d) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", d),
-            AuthError::Forbidden(d) => ApiError::forbidden(d),
+            AuthError::Invalid(d) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", d)
+                .challenging(Challenge::InvalidToken),
+            AuthError::Forbidden(d) => {
+                ApiError::forbidden(d).challenging(Challenge::InsufficientScope)
+            }
             AuthError::Unauthenticated(d) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", d)
             }
@@ -177,10 +217,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if let Some(challenge) = self.challenge {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"tidings\""),
+                HeaderValue::from_static(challenge.header()),
             );
         }
         // Kept for the middleware that answers a browser's refused stream differently

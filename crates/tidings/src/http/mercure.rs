@@ -10,7 +10,7 @@ use super::{stream, ApiError, AppState};
 use crate::admission::Permit;
 use crate::auth::{Api, StreamRequest};
 use crate::selector::Selector;
-use crate::subscriber::{SubscriberLabel, SubscriberSpec};
+use crate::subscriber::{SelectorSyntax, SubscriberLabel, SubscriberSpec};
 use crate::update::{Author, Draft, InvalidInput, Limits, Recipients, Update, UpdateId};
 
 /// `GET /.well-known/mercure?topic=…`: opens a stream of the updates matching the selectors.
@@ -56,6 +56,7 @@ async fn subscribe_with(
     let limits = &state.config().limits;
     // `topic=` (exact, `*` or URI template), and Mercure 1.0's `match=` and `match_exact=`
     // (exact) and `match_urlpattern=` (URL Pattern).
+    let syntax = selector_syntax(&query)?;
     let values = |name| query.all(name).map(str::to_owned).collect::<Vec<_>>();
     let exact = || query.all("match").chain(query.all("match_exact"));
     let asked = StreamRequest {
@@ -107,7 +108,9 @@ async fn subscribe_with(
         .collect::<Result<Vec<Selector>, _>>()?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
     let spec = SubscriberSpec {
-        label: SubscriberLabel::new(identity.payload).from_address(permit.address()),
+        label: SubscriberLabel::new(identity.payload)
+            .from_address(permit.address())
+            .written_as(syntax),
         selectors,
         access: identity.access,
         event_names: Vec::new(),
@@ -116,6 +119,43 @@ async fn subscribe_with(
         expires: identity.expires,
     };
     stream::open(&state, connection, permit, spec, from).await
+}
+
+/// The subscription parameters of Mercure 1.0 (`match` is an exact selector too).
+const MATCHERS: [&str; 3] = ["match", "match_exact", "match_urlpattern"];
+
+/// How the request writes its selectors: classic `topic=`, or Mercure 1.0's `match…=` — the
+/// subscriptions API and subscription events then name them the same way. Another parameter
+/// named `match…` is refused (Mercure 1.0: a matcher type the hub does not know must not be
+/// ignored, or the client would get other updates than it asked for), and so is a request
+/// mixing both (its subscriptions could be named neither way).
+fn selector_syntax(query: &Pairs) -> Result<SelectorSyntax, ApiError> {
+    let mut matchers = false;
+    for name in query.names() {
+        let match_like = name
+            .get(..5)
+            .is_some_and(|start| start.eq_ignore_ascii_case("match"));
+        if match_like && !MATCHERS.contains(&name) {
+            let name: String = name.chars().take(64).collect();
+            return Err(ApiError::bad_request(
+                "unknown_parameter",
+                format!(
+                    "{name:?} is not a selector parameter: use match (or match_exact) for an exact topic, match_urlpattern for a URL pattern, or topic for the classic protocol's selectors"
+                ),
+            ));
+        }
+        matchers |= match_like;
+    }
+    if !matchers {
+        return Ok(SelectorSyntax::Topic);
+    }
+    if query.all("topic").next().is_some() {
+        return Err(ApiError::bad_request(
+            "mixed_selectors",
+            "a subscription writes its selectors with topic= (the classic protocol) or with match=, match_exact= and match_urlpattern= (Mercure 1.0), not both",
+        ));
+    }
+    Ok(SelectorSyntax::Match)
 }
 
 /// `POST /.well-known/mercure`: publishes a form-encoded update; answers its id.

@@ -4,6 +4,7 @@
 //! Handlers validate everything they are sent, once, into the library's types; refusals are
 //! [`ApiError`]s. Streams are opened by [`stream::open`], shared by both APIs.
 
+mod discovery;
 mod error;
 mod mercure;
 mod ops;
@@ -84,12 +85,17 @@ pub fn router(state: AppState) -> Router {
             get(subscriptions::of_topic),
         )
         .route(
-            "/.well-known/mercure/subscriptions/{topic}/{subscriber}",
-            get(subscriptions::one),
+            "/.well-known/mercure/subscriptions/{first}/{second}",
+            get(subscriptions::pair),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}",
+            get(subscriptions::of_match),
         )
         .route(SESSION_STREAM_PATH, get(session::event_stream))
         .route("/sse/events", axum::routing::post(session::publish))
         .route("/sse/sessions/{session_id}", get(session::describe))
+        .route(discovery::METADATA_PATH, get(discovery::metadata))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -104,6 +110,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             count_rejections,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            discovery::point_challenges_to_metadata,
         ));
     // Only while tracing is on: off, a request does not even pass the layer.
     if telemetry::on() {
@@ -130,6 +140,8 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         .expose_headers([
             header::HeaderName::from_static("last-event-id"),
             header::HeaderName::from_static("mercure-last-event-id"),
+            header::WWW_AUTHENTICATE,
+            header::LINK,
         ]);
     if origins.iter().any(|o| o == "*") {
         // Credentials cannot be combined with a wildcard origin.

@@ -51,6 +51,11 @@ impl Pairs {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every name, in order (repeated as given).
+    pub(super) fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+
     /// The value of `name`, which may be given at most once.
     pub(super) fn single<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, ApiError> {
         let mut values = self.all(name);
@@ -303,6 +308,7 @@ fn token<'a>(
                     "invalid_token",
                     "the Authorization header must be 'Bearer <token>'",
                 )
+                .challenging(super::error::Challenge::InvalidToken)
             })?;
         return Ok(Some((token, Source::Header)));
     }

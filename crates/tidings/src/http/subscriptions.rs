@@ -1,12 +1,23 @@
-//! The Mercure subscriptions API (`--subscriptions`): who is subscribed to what, as JSON-LD,
-//! and subscription events — a private update on
-//! `/.well-known/mercure/subscriptions/{topic}/{subscriber}` whenever a subscriber comes or
-//! goes (as the hub tells it), published through the bus like any other update.
+//! The Mercure subscriptions API (`--subscriptions`): who is subscribed to what, and
+//! subscription events — a private update whenever a subscriber comes or goes (as the hub
+//! tells it), published through the bus like any other update.
 //!
-//! One subscription is one selector of one subscriber (a connection with three `topic`
-//! selectors has three). With a bus that shares subscribers (Redis), the API answers for the
-//! whole cluster. Reading the API needs a token whose `mercure.subscribe` claim matches
-//! the path asked for, as the Mercure protocol says.
+//! Both revisions of the protocol are spoken, each subscriber named as it wrote its selectors
+//! ([`SelectorSyntax`]):
+//! - classic (`topic=`): events on `/.well-known/mercure/subscriptions/{topic}/{subscriber}`,
+//!   JSON-LD `Subscription` documents with `topic`; the API's routes `/subscriptions`,
+//!   `/subscriptions/{topic}`, `/subscriptions/{topic}/{subscriber}`, `lastEventID`;
+//! - Mercure 1.0 (`match…=`): events on
+//!   `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}` with the SSE type
+//!   `mercure`, plain JSON `subscription` documents with `match` and `match_type` (as the
+//!   reference hub writes them); the routes `/subscriptions/{match_type}/{match}[/{subscriber}]`
+//!   (a first segment `exact` or `urlpattern` names a match type), `last_event_id` in the
+//!   body (the specification) and in a `Link` header (the reference hub).
+//!
+//! One subscription is one selector of one subscriber (a connection with three selectors has
+//! three). With a bus that shares subscribers (Redis), the API answers for the whole cluster.
+//! Reading the API needs a token whose subscribe rights match the path asked for, as the
+//! Mercure protocol says.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -15,20 +26,24 @@ use std::time::{Duration, Instant};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::error::Challenge;
 use super::request;
-use super::{ApiError, AppState};
-use crate::bus::{Bus, ReplayFrom, SubscriberRecord};
+use super::{ApiError, AppState, MERCURE_PATH};
+use crate::bus::{Bus, MatchType, ReplayFrom, SubscriberRecord};
 use crate::hub::{Heard, Hub};
 use crate::metrics::EventListener;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
-use crate::update::{Topic, Update, UpdateId};
+use crate::update::{EventName, Topic, Update, UpdateId, RESERVED_EVENT_TYPE};
 
 /// The path of the API, and the prefix of the topics of subscription events.
 const PREFIX: &str = "/.well-known/mercure/subscriptions";
+
+/// The JSON-LD context of the classic documents.
+const CONTEXT: &str = "https://mercure.rocks/";
 
 /// Longest subscription IRI: two escaped selectors' worth, generously.
 const MAX_IRI_LEN: usize = 16 * 1024;
@@ -44,7 +59,8 @@ fn escape(segment: &str) -> percent_encoding::PercentEncode<'_> {
     percent_encoding::utf8_percent_encode(segment, SEGMENT)
 }
 
-/// One subscription, as the API and the events show it.
+/// One subscription, as the API and the events show it: a classic one (`topic`) or a
+/// Mercure 1.0 one (`match`, `match_type`).
 #[derive(Debug, Serialize)]
 struct Subscription<'a> {
     #[serde(rename = "@context", skip_serializing_if = "Option::is_none")]
@@ -53,30 +69,82 @@ struct Subscription<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     subscriber: &'a str,
-    topic: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    matcher: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    match_type: Option<MatchType>,
     active: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<&'a serde_json::Value>,
+    /// The classic document's cursor.
     #[serde(rename = "lastEventID", skip_serializing_if = "Option::is_none")]
+    classic_last_event_id: Option<String>,
+    /// Mercure 1.0's.
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_event_id: Option<String>,
+}
+
+impl Subscription<'_> {
+    fn is_classic(&self) -> bool {
+        self.topic.is_some()
+    }
+
+    /// The document of this subscription alone, with the cursor `last_event_id`.
+    fn alone(self, last_event_id: String) -> Self {
+        if self.is_classic() {
+            Subscription {
+                context: Some(CONTEXT),
+                classic_last_event_id: Some(last_event_id),
+                ..self
+            }
+        } else {
+            Subscription {
+                last_event_id: Some(last_event_id),
+                ..self
+            }
+        }
+    }
 }
 
 /// The subscriptions of one subscriber, one per distinct selector.
 fn subscriptions_of(record: &SubscriberRecord, active: bool) -> Vec<Subscription<'_>> {
-    record
-        .topics
-        .iter()
-        .map(|topic| Subscription {
-            context: None,
-            id: format!("{PREFIX}/{}/{}", escape(topic), escape(&record.subscriber)),
-            kind: "Subscription",
-            subscriber: &record.subscriber,
-            topic,
-            active,
-            payload: record.payload.as_ref(),
-            last_event_id: None,
-        })
-        .collect()
+    let subscriber = record.subscriber.as_str();
+    let blank = |id: String, kind| Subscription {
+        context: None,
+        id,
+        kind,
+        subscriber,
+        topic: None,
+        matcher: None,
+        match_type: None,
+        active,
+        payload: record.payload.as_ref(),
+        classic_last_event_id: None,
+        last_event_id: None,
+    };
+    let classic = record.topics.iter().map(|topic| Subscription {
+        topic: Some(topic),
+        ..blank(
+            format!("{PREFIX}/{}/{}", escape(topic), escape(subscriber)),
+            "Subscription",
+        )
+    });
+    let matches = record.matches.iter().map(|m| Subscription {
+        matcher: Some(&m.matcher),
+        match_type: Some(m.match_type),
+        ..blank(
+            format!(
+                "{PREFIX}/{}/{}/{}",
+                m.match_type.as_str(),
+                escape(&m.matcher),
+                escape(subscriber)
+            ),
+            "subscription",
+        )
+    });
+    classic.chain(matches).collect()
 }
 
 /// Every subscriber: the cluster's when the bus shares them, else this instance's.
@@ -99,13 +167,29 @@ async fn all_subscribers(state: &AppState) -> Result<Vec<SubscriberRecord>, ApiE
 async fn announce(bus: &Arc<dyn Bus>, spec: &SubscriberSpec, active: bool) {
     let record = SubscriberRecord::of(spec);
     for subscription in subscriptions_of(&record, active) {
+        let classic = subscription.is_classic();
         let update = Topic::new(&subscription.id, MAX_IRI_LEN).and_then(|topic| {
             let data = serde_json::to_string(&Subscription {
-                context: Some("https://mercure.rocks/"),
+                context: classic.then_some(CONTEXT),
                 ..subscription
             })
             .unwrap_or_default();
-            Update::new(UpdateId::generate(), vec![topic], None, data, None, true)
+            // Mercure 1.0's events have a type of their own, which publishers cannot use.
+            let event_type = match classic {
+                true => None,
+                false => Some(EventName::new(
+                    RESERVED_EVENT_TYPE,
+                    RESERVED_EVENT_TYPE.len(),
+                )?),
+            };
+            Update::new(
+                UpdateId::generate(),
+                vec![topic],
+                event_type,
+                data,
+                None,
+                true,
+            )
         });
         match update {
             Ok(update) => {
@@ -118,20 +202,23 @@ async fn announce(bus: &Arc<dyn Bus>, spec: &SubscriberSpec, active: bool) {
     }
 }
 
+/// A collection of subscriptions: the classic JSON-LD `Subscriptions` (which also carries
+/// Mercure 1.0's `last_event_id`), or Mercure 1.0's `subscriptions`.
 #[derive(Debug, Serialize)]
 struct Collection<'a> {
-    #[serde(rename = "@context")]
-    context: &'static str,
+    #[serde(rename = "@context", skip_serializing_if = "Option::is_none")]
+    context: Option<&'static str>,
     id: &'a str,
     #[serde(rename = "type")]
     kind: &'static str,
-    #[serde(rename = "lastEventID")]
-    last_event_id: String,
+    #[serde(rename = "lastEventID", skip_serializing_if = "Option::is_none")]
+    classic_last_event_id: Option<&'a str>,
+    last_event_id: &'a str,
     subscriptions: Vec<Subscription<'a>>,
 }
 
 /// Checks that the API is on and that the caller may read `path`; returns the id of the
-/// newest update (the documents' `lastEventID`).
+/// newest update (the documents' cursor).
 async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
@@ -153,66 +240,117 @@ async fn authorize(
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing_token",
-                "the subscriptions API needs a JWT whose mercure.subscribe claim matches this path",
+                "the subscriptions API needs a JWT whose subscribe rights match this path",
             )
         } else {
             ApiError::forbidden(format!(
-                "the token's mercure.subscribe claim does not match {path:?}"
+                "the token's subscribe rights do not match {path:?}"
             ))
+            .challenging(Challenge::InsufficientScope)
         });
     }
     let newest = state.bus().replay(&ReplayFrom::Now, None).await?.head_id;
     Ok(newest.map_or_else(|| "earliest".to_owned(), |id| id.to_string()))
 }
 
-fn json_ld(body: &impl Serialize) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/ld+json")],
+/// A document of the API: JSON-LD for the classic protocol, JSON for Mercure 1.0; the cursor
+/// also in a `Link` header, as the reference hub sends it.
+fn document(body: &impl Serialize, classic: bool, last_event_id: &str) -> Response {
+    let quoted = last_event_id.replace('\\', "\\\\").replace('"', "\\\"");
+    let link = format!("<{MERCURE_PATH}>; rel=\"mercure\"; last-event-id=\"{quoted}\"");
+    let content_type = match classic {
+        true => "application/ld+json",
+        false => "application/json",
+    };
+    let mut response = (
+        [(header::CONTENT_TYPE, content_type)],
         serde_json::to_vec(body).unwrap_or_default(),
     )
-        .into_response()
+        .into_response();
+    // Ids are free of control characters, so the header is valid; skipped if not.
+    if let Ok(link) = HeaderValue::from_str(&link) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    response
 }
 
-/// `GET /.well-known/mercure/subscriptions[/{topic}]`: the active subscriptions, all or of one
-/// selector.
+/// The active subscriptions `keep` chooses, as a collection: classic (every subscription,
+/// each in its own form) or Mercure 1.0's.
 async fn collection(
     state: AppState,
     headers: HeaderMap,
     uri: Uri,
     raw: Option<String>,
-    topic: Option<String>,
+    classic: bool,
+    keep: impl Fn(&Subscription<'_>) -> bool,
 ) -> Result<Response, ApiError> {
     let last_event_id = authorize(&state, &headers, raw.as_deref(), uri.path()).await?;
     let records = all_subscribers(&state).await?;
     let subscriptions = records
         .iter()
         .flat_map(|record| subscriptions_of(record, true))
-        .filter(|s| topic.as_deref().is_none_or(|t| s.topic == t))
+        .filter(|s| keep(s))
         .collect();
-    Ok(json_ld(&Collection {
-        context: "https://mercure.rocks/",
+    let body = Collection {
+        context: classic.then_some(CONTEXT),
         id: uri.path(),
-        kind: "Subscriptions",
-        last_event_id,
+        kind: if classic {
+            "Subscriptions"
+        } else {
+            "subscriptions"
+        },
+        classic_last_event_id: classic.then_some(last_event_id.as_str()),
+        last_event_id: &last_event_id,
         subscriptions,
-    }))
+    };
+    Ok(document(&body, classic, &last_event_id))
+}
+
+/// One active subscription, the first `wanted` chooses; 404 when there is none.
+async fn one(
+    state: AppState,
+    headers: HeaderMap,
+    uri: Uri,
+    raw: Option<String>,
+    wanted: impl Fn(&Subscription<'_>) -> bool,
+) -> Result<Response, ApiError> {
+    let last_event_id = authorize(&state, &headers, raw.as_deref(), uri.path()).await?;
+    let records = all_subscribers(&state).await?;
+    let found = records
+        .iter()
+        .flat_map(|record| subscriptions_of(record, true))
+        .find(|s| wanted(s));
+    match found {
+        Some(subscription) => {
+            let classic = subscription.is_classic();
+            let body = subscription.alone(last_event_id.clone());
+            Ok(document(&body, classic, &last_event_id))
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no active subscription of that subscriber to that selector",
+        )),
+    }
 }
 
 fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_input", e.body_text())
 }
 
-/// `GET /.well-known/mercure/subscriptions`.
+/// `GET /.well-known/mercure/subscriptions`: every active subscription, each in the form of
+/// the protocol its subscriber spoke.
 pub(super) async fn all(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    collection(state, headers, uri, raw, None).await
+    collection(state, headers, uri, raw, true, |_| true).await
 }
 
-/// `GET /.well-known/mercure/subscriptions/{topic}`.
+/// `GET /.well-known/mercure/subscriptions/{topic}`: the classic subscriptions to one
+/// selector.
 pub(super) async fn of_topic(
     State(state): State<AppState>,
     topic: Result<Path<String>, PathRejection>,
@@ -221,37 +359,61 @@ pub(super) async fn of_topic(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path(topic) = topic.map_err(path_error)?;
-    collection(state, headers, uri, raw, Some(topic)).await
+    collection(state, headers, uri, raw, true, |s| {
+        s.topic == Some(topic.as_str())
+    })
+    .await
 }
 
-/// `GET /.well-known/mercure/subscriptions/{topic}/{subscriber}`: one subscription.
-pub(super) async fn one(
+/// `GET /.well-known/mercure/subscriptions/{a}/{b}`: Mercure 1.0's subscriptions to one match
+/// when `a` is a match type (`exact`, `urlpattern`), else the classic subscription of
+/// subscriber `b` to topic `a`.
+pub(super) async fn pair(
     State(state): State<AppState>,
     parts: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let Path((topic, subscriber)) = parts.map_err(path_error)?;
-    let last_event_id = authorize(&state, &headers, raw.as_deref(), uri.path()).await?;
-    let records = all_subscribers(&state).await?;
-    let found = records
-        .iter()
-        .filter(|record| record.subscriber == subscriber)
-        .flat_map(|record| subscriptions_of(record, true))
-        .find(|s| s.topic == topic);
-    match found {
-        Some(subscription) => Ok(json_ld(&Subscription {
-            context: Some("https://mercure.rocks/"),
-            last_event_id: Some(last_event_id),
-            ..subscription
-        })),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no active subscription of that subscriber to that topic",
-        )),
+    let Path((first, second)) = parts.map_err(path_error)?;
+    match MatchType::parse(&first) {
+        Some(match_type) => {
+            collection(state, headers, uri, raw, false, |s| {
+                s.match_type == Some(match_type) && s.matcher == Some(second.as_str())
+            })
+            .await
+        }
+        None => {
+            one(state, headers, uri, raw, |s| {
+                s.topic == Some(first.as_str()) && s.subscriber == second
+            })
+            .await
+        }
     }
+}
+
+/// `GET /.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}`: one Mercure 1.0
+/// subscription.
+pub(super) async fn of_match(
+    State(state): State<AppState>,
+    parts: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path((match_type, matcher, subscriber)) = parts.map_err(path_error)?;
+    let match_type = MatchType::parse(&match_type).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_input",
+            "the first segment after /subscriptions/ is a match type: exact or urlpattern",
+        )
+    })?;
+    one(state, headers, uri, raw, |s| {
+        s.match_type == Some(match_type)
+            && s.matcher == Some(matcher.as_str())
+            && s.subscriber == subscriber
+    })
+    .await
 }
 
 /// Publishes the hub's subscribers coming and going as subscription events, one at a time in

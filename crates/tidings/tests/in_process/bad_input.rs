@@ -114,6 +114,22 @@ async fn bad_subscriptions_are_400s() {
             "invalid_input",
             "two last ids",
         ),
+        // Mercure 1.0: a matcher type the hub does not know is refused, not ignored.
+        (
+            "/.well-known/mercure?match=a&matchURLPattern=b",
+            "unknown_parameter",
+            "an earlier draft's spelling",
+        ),
+        (
+            "/.well-known/mercure?MATCH_regexp=a",
+            "unknown_parameter",
+            "an unknown matcher type, any case",
+        ),
+        (
+            "/.well-known/mercure?topic=a&match=b",
+            "mixed_selectors",
+            "both revisions' selectors",
+        ),
     ];
     for (uri, code, case) in cases {
         expect(call(&app, get(uri)).await, 400, code, case);
@@ -132,7 +148,8 @@ async fn credentials_problems_are_401_with_a_challenge() {
     let app = app(Options::default()).await;
     let (s, body, headers) = call(&app, get("/.well-known/mercure?topic=a")).await;
     assert_eq!(s, 401, "{body}");
-    assert!(headers.contains_key("www-authenticate"));
+    // RFC 6750: no error code when no token was sent.
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"tidings\"");
     let basic = Request::get("/.well-known/mercure?topic=a")
         .header("authorization", "Basic eDp5")
         .body(Body::empty())
@@ -174,12 +191,18 @@ async fn bad_publishes_get_specific_errors() {
         ..Options::default()
     })
     .await;
-    let cases: [(&str, u16, &str, &str); 11] = [
+    let cases: [(&str, u16, &str, &str); 12] = [
         ("data=x", 400, "missing_topic", "no topic"),
         ("topic=a&id=x%0Ay", 400, "invalid_input", "LF in id"),
         ("topic=a&id=x%0Dy", 400, "invalid_input", "CR in id"),
         ("topic=a&type=x%00y", 400, "invalid_input", "NUL in type"),
         ("topic=a&type=x%0Ay", 400, "invalid_input", "LF in type"),
+        (
+            "topic=a&type=mercure",
+            400,
+            "invalid_input",
+            "the hub's own type",
+        ),
         (
             "topic=a&retry=soon",
             400,

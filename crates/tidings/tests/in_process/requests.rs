@@ -227,3 +227,100 @@ async fn mercure_1_0_access_tokens_publish_with_issuer_and_audience_checked() {
         assert!(body["detail"].as_str().unwrap().contains(says), "{body}");
     }
 }
+
+#[tokio::test]
+async fn refusals_challenge_the_token_and_point_to_the_resource_metadata() {
+    // Mercure 1.0 asks for RFC 6750 challenges with RFC 9728's resource_metadata.
+    let app = App::start(&["--jwt-key", KEY, "--subscriptions"]).await;
+    let host = [("host", "hub.example:8080")];
+    let metadata =
+        "http://hub.example:8080/.well-known/oauth-protected-resource/.well-known/mercure";
+    let challenge = |answer: &crate::app::Answer| {
+        answer.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let missing = app.get(&subscribe_uri(&["x"]), &host).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        challenge(&missing),
+        format!("Bearer realm=\"tidings\", resource_metadata=\"{metadata}\"")
+    );
+    let forged = tidings::auth::mint(
+        tidings::auth::JwtAlg::Hs256,
+        "another-key",
+        &serde_json::from_value(json!({"mercure": {"subscribe": ["*"]}})).unwrap(),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {forged}");
+    let invalid = app
+        .get(
+            &subscribe_uri(&["x"]),
+            &[host[0], ("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(invalid.status, 401);
+    assert!(challenge(&invalid).contains("error=\"invalid_token\", resource_metadata="));
+    // A token that verifies but does not grant: 403 insufficient_scope.
+    let narrow = token(json!({"mercure": {"publish": ["https://example.com/a"]}}));
+    let outside = app
+        .publish_as(Some(&narrow), &["https://example.com/b"])
+        .await;
+    assert_eq!(outside.status, 403);
+    assert_eq!(outside.json().await["error"], "forbidden", "the code stays");
+    let reader = token(json!({"mercure": {"subscribe": ["https://example.com/{x}"]}}));
+    let api = app
+        .get(
+            "/.well-known/mercure/subscriptions",
+            &[host[0], ("authorization", &format!("Bearer {reader}"))],
+        )
+        .await;
+    assert_eq!(api.status, 403);
+    assert!(challenge(&api).starts_with("Bearer realm=\"tidings\", error=\"insufficient_scope\""));
+
+    // The metadata: the resource is the hub's URL as the request reached it.
+    let document = app
+        .get(
+            "/.well-known/oauth-protected-resource/.well-known/mercure",
+            &host,
+        )
+        .await;
+    assert_eq!(document.status, 200);
+    assert_eq!(document.headers["content-type"], "application/json");
+    assert_eq!(
+        document.json().await,
+        json!({
+            "resource": "http://hub.example:8080/.well-known/mercure",
+            "bearer_methods_supported": ["header"],
+            "authorization_details_types_supported": [tidings::auth::AUTHORIZATION_DETAIL_TYPE],
+            "mercure_cookie": "__Secure-mercure_access_token",
+            "mercure_subscriptions": true,
+            "mercure_events_query": true,
+            "mercure_matcher_types_supported": ["exact", "urlpattern"],
+        })
+    );
+    // jwt-audience, when it is the hub's URL, is the resource (the audience tokens name).
+    let audience = "https://hub.example/.well-known/mercure";
+    let named = App::start(&["--jwt-key", KEY, "--jwt-audience", audience]).await;
+    let document = named
+        .get(
+            "/.well-known/oauth-protected-resource/.well-known/mercure",
+            &host,
+        )
+        .await;
+    assert_eq!(document.json().await["resource"], audience);
+    let refused = named.get(&subscribe_uri(&["x"]), &host).await;
+    assert!(challenge(&refused).ends_with(
+        "resource_metadata=\"https://hub.example/.well-known/oauth-protected-resource/.well-known/mercure\""
+    ));
+    // Without tokens there is nothing to describe.
+    let open = App::start(&["--auth", "none"]).await;
+    let none = open
+        .get(
+            "/.well-known/oauth-protected-resource/.well-known/mercure",
+            &host,
+        )
+        .await;
+    assert_eq!(none.status, 404);
+}

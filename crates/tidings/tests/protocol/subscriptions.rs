@@ -105,6 +105,103 @@ async fn subscribers_coming_and_going_are_listed_and_announced() {
 }
 
 #[tokio::test]
+async fn mercure_1_0_subscribers_are_named_by_their_matches() {
+    // A subscriber that writes match…= selectors is announced and listed as Mercure 1.0
+    // names it: by match type and match, with the SSE type mercure, as plain JSON.
+    let hub = Hub::start(&["--jwt-key", KEY, "--anonymous", "--subscriptions"]);
+    let admin = token(json!({"mercure": {"subscribe": ["*"]}}));
+    let bearer = format!("Bearer {admin}");
+    let watch = hub.url(
+        "/.well-known/mercure?match_urlpattern=/.well-known/mercure/subscriptions/:match_type/:match/:subscriber",
+    );
+    let mut watcher = Stream::open(&watch, &[("authorization", &bearer)]).await;
+    let own = watcher.next().await;
+    assert_eq!(own.event, "mercure");
+    let own: Value = serde_json::from_str(&own.data).unwrap();
+    assert_eq!(own["match_type"], "urlpattern");
+
+    let topic = unique_topic("matched");
+    let pattern = format!("{topic}/:part");
+    let url = hub.url(&format!(
+        "/.well-known/mercure?match={}&match_urlpattern={}",
+        enc(&topic),
+        enc(&pattern)
+    ));
+    let client_stream = Stream::open(&url, &[]).await;
+    let mut told = Vec::new();
+    for _ in 0..2 {
+        let event = watcher.next().await;
+        assert_eq!(event.event, "mercure");
+        told.push(serde_json::from_str::<Value>(&event.data).unwrap());
+    }
+    let subscriber = told[0]["subscriber"].as_str().unwrap().to_owned();
+    let exact_id = format!(
+        "/.well-known/mercure/subscriptions/exact/{}/{}",
+        enc(&topic),
+        enc(&subscriber)
+    );
+    assert_eq!(
+        told[0],
+        json!({"id": exact_id, "type": "subscription", "subscriber": subscriber,
+               "match": topic, "match_type": "exact", "active": true})
+    );
+    assert_eq!(
+        (told[1]["match_type"].as_str(), told[1]["match"].as_str()),
+        (Some("urlpattern"), Some(pattern.as_str()))
+    );
+
+    // The routes of Mercure 1.0: one match's subscriptions, and one subscription.
+    let response = client()
+        .get(hub.url(&format!(
+            "/.well-known/mercure/subscriptions/exact/{}",
+            enc(&topic)
+        )))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let link = response.headers()["link"].to_str().unwrap().to_owned();
+    let collection: Value = response.json().await.unwrap();
+    assert_eq!(collection["type"], "subscriptions");
+    let cursor = collection["last_event_id"].as_str().unwrap();
+    assert_eq!(
+        link,
+        format!("</.well-known/mercure>; rel=\"mercure\"; last-event-id=\"{cursor}\"")
+    );
+    let list = collection["subscriptions"].as_array().unwrap();
+    assert_eq!((list.len(), &list[0]["id"]), (1, &json!(exact_id)));
+    let (status, one) = get(&hub, &exact_id, Some(&admin)).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        (one["match"].as_str(), one["last_event_id"].is_string()),
+        (Some(topic.as_str()), true)
+    );
+    let (status, _) = get(
+        &hub,
+        &format!(
+            "/.well-known/mercure/subscriptions/regexp/x/{}",
+            enc(&subscriber)
+        ),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(status, 400, "an unknown match type");
+    // The whole list shows each subscriber in its own form.
+    let (_, all) = get(&hub, "/.well-known/mercure/subscriptions", Some(&admin)).await;
+    assert_eq!(all["subscriptions"].as_array().unwrap().len(), 3);
+
+    client_stream.close();
+    for _ in 0..2 {
+        let left: Value = serde_json::from_str(&watcher.next().await.data).unwrap();
+        assert_eq!(left["active"], false);
+    }
+    let (status, _) = get(&hub, &exact_id, Some(&admin)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
 async fn anonymous_subscribers_see_no_subscription_event() {
     // Subscription events are private updates. (The API's refusals are router tests:
     // `in_process/requests.rs`.)
