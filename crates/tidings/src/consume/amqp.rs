@@ -80,8 +80,23 @@ pub(super) struct Link {
     consumer: lapin::Consumer,
 }
 
-/// The broker gives the unacknowledged messages back when the connection closes.
+/// The broker gives the unacknowledged messages back when the connection closes: when the
+/// process exits (see [`keep_until_exit`]).
 impl Farewell for Target {}
+
+/// The links of consumers that stopped (the instance drains), held until the process exits.
+static DRAINED: std::sync::Mutex<Vec<Link>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets a drained consumer's link aside, open, until the process exits: the socket then
+/// closes under it as a killed reader's does, and RabbitMQ gives its unacknowledged messages
+/// back and hands the queue to the next instance. Closing it gracefully instead (dropping it
+/// cancels the consumer first, and a channel's close cancels its consumers too) crashes a
+/// classic queue with a single active consumer when messages are in flight (RabbitMQ 3.10 and
+/// 3.11, rabbitmq-server#5460): the queue restarts having lost what it held, and the next
+/// instance reads nothing more. The handover thus waits for the end of the drain.
+fn keep_until_exit(link: Link) {
+    crate::locks::lock(&DRAINED).push(link);
+}
 
 impl reconnect::Target for Target {
     type Connection = Link;
@@ -176,10 +191,14 @@ impl reconnect::Target for Target {
     async fn deliver(&mut self, mut link: Link) -> Stop {
         let mut depth = tokio::time::interval(DEPTH_EVERY);
         depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Held for as long as the link is read, not only while a message is handled: on a
+        // drain, the link must be set aside (below) before the run is dropped, and the drain
+        // waits for this lock.
+        let busy = self.handler.busy.clone().lock_owned().await;
         loop {
             let delivery = tokio::select! {
-                () = self.handler.stop.cancelled() => std::future::pending().await,
-                delivery = link.consumer.next() => delivery,
+                () = self.handler.stop.cancelled() => None,
+                delivery = link.consumer.next() => Some(delivery),
                 _ = depth.tick() => {
                     // The messages ready in the shared queue (a passive declare only reads it).
                     let queue = self.source.queue.as_str();
@@ -195,12 +214,16 @@ impl reconnect::Target for Target {
                     continue;
                 }
             };
+            let Some(delivery) = delivery else {
+                keep_until_exit(link);
+                drop(busy);
+                return std::future::pending().await;
+            };
             let delivery = match delivery {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return self.handler.lost("reading the queue failed", e),
                 None => return Stop::Lost(Cause::new("RabbitMQ cancelled the consumer")),
             };
-            let _busy = self.handler.busy.lock().await;
             if self.handler.stop.is_cancelled() {
                 // Not acknowledged: RabbitMQ gives it to another instance.
                 continue;
