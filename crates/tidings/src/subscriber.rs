@@ -77,6 +77,45 @@ pub struct SubscriberLabel {
     pub syntax: SelectorSyntax,
 }
 
+/// A Mercure 1.0 selector: what it matches, and how.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Match {
+    /// How `matcher` is compared with topics.
+    pub match_type: MatchType,
+    /// The selector as written.
+    #[serde(rename = "match")]
+    pub matcher: String,
+}
+
+/// How a Mercure 1.0 selector is compared with topics (its `match_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchType {
+    /// Byte for byte (`match=`, `match_exact=`).
+    Exact,
+    /// A WHATWG URL Pattern (`match_urlpattern=`).
+    Urlpattern,
+}
+
+impl MatchType {
+    /// Its name in paths and documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchType::Exact => "exact",
+            MatchType::Urlpattern => "urlpattern",
+        }
+    }
+
+    /// The type a path segment names, if it names one.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "exact" => Some(MatchType::Exact),
+            "urlpattern" => Some(MatchType::Urlpattern),
+            _ => None,
+        }
+    }
+}
+
 /// How a Mercure subscriber wrote its selectors: the subscriptions API and subscription
 /// events name its subscriptions the same way, so that a client of either revision of the
 /// protocol reads what it wrote.

@@ -195,6 +195,16 @@ impl Authenticator {
         self.mode
     }
 
+    /// The audience tokens must name (`jwt-audience`), as last loaded.
+    pub fn audience(&self) -> Option<String> {
+        self.keys().audience.clone()
+    }
+
+    /// The issuers marked authorization servers, as last loaded.
+    pub fn authorization_servers(&self) -> Vec<String> {
+        self.keys().authorization_servers.clone()
+    }
+
     /// True when streams without a valid token are decided by the application (`auth-url`).
     pub fn asks_application(&self) -> bool {
         self.callback.is_some()
@@ -304,7 +314,7 @@ impl Authenticator {
     /// # Errors
     /// [`AuthError::Missing`] without a token when anonymous subscribers are not allowed,
     /// [`AuthError::Invalid`] for a token that does not verify; with `auth-url`, the
-    /// application's refusal ([`AuthError::Unauthenticated`], [`AuthError::Forbidden`]) or
+    /// application's refusal ([`AuthError::Unauthenticated`], [`AuthError::Denied`]) or
     /// [`AuthError::Unavailable`] when it could not decide.
     pub async fn subscriber(
         &self,
@@ -362,7 +372,7 @@ impl Authenticator {
                 status: 401,
                 detail,
             } => Err(AuthError::Unauthenticated(detail.clone())),
-            Decision::Refused { detail, .. } => Err(AuthError::Forbidden(detail.clone())),
+            Decision::Refused { detail, .. } => Err(AuthError::Denied(detail.clone())),
             Decision::Granted(grant) => {
                 let access = Access::from_claim(grant.subscribe.clone());
                 Ok(SubscriberIdentity {

@@ -72,6 +72,10 @@ pub(super) struct Keys {
     /// By `iss`.
     issuers: HashMap<String, Roles>,
     pub(super) leeway_secs: u64,
+    /// What the protected resource metadata says, reloaded with the keys: the hub's audience
+    /// (`jwt-audience`) and the issuers marked authorization servers.
+    pub(super) audience: Option<String>,
+    pub(super) authorization_servers: Vec<String>,
 }
 
 impl Keys {
@@ -86,6 +90,11 @@ impl Keys {
             hub: Roles::default(),
             issuers: HashMap::new(),
             leeway_secs: settings.leeway_secs,
+            audience: settings.audience.clone(),
+            authorization_servers: settings
+                .authorization_servers()
+                .map(str::to_owned)
+                .collect(),
         };
         if settings.mode == AuthMode::None {
             return Ok(keys);

@@ -53,6 +53,10 @@ pub enum AuthError {
     /// The application's authorization callback answered `401` (401).
     #[error("{0}")]
     Unauthenticated(String),
+    /// The application's authorization callback answered `403` (403): its decision about the
+    /// caller, not a token's scope (so no bearer challenge).
+    #[error("{0}")]
+    Denied(String),
     /// The application could not be asked, or its answer not be used: a passing condition,
     /// answered with a retry (503).
     #[error("{0}")]

@@ -73,7 +73,7 @@ pub(crate) use broker::with_limit;
 pub use connect::{connect, redact, Kind};
 pub use error::{BusError, Cause};
 pub use reconnect::{Backoff, ConnectionState, Timeouts};
-pub use registry::{Match, MatchType, Registry, SubscriberRecord};
+pub use registry::{Registry, SubscriberRecord};
 pub use starting::{start, Started};
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 
 use super::BusError;
+use crate::subscriber::{Match, MatchType, SelectorSyntax};
 use crate::update::SessionId;
 
 /// The cluster-wide record of sessions and subscribers. Redis keeps one today
@@ -67,50 +68,16 @@ pub struct SubscriberRecord {
     pub payload: Option<serde_json::Value>,
 }
 
-/// A Mercure 1.0 selector: what it matches, and how.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Match {
-    /// How `matcher` is compared with topics.
-    pub match_type: MatchType,
-    /// The selector as written.
-    #[serde(rename = "match")]
-    pub matcher: String,
-}
-
-/// How a Mercure 1.0 selector is compared with topics (its `match_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MatchType {
-    /// Byte for byte (`match=`, `match_exact=`).
-    Exact,
-    /// A WHATWG URL Pattern (`match_urlpattern=`).
-    Urlpattern,
-}
-
-impl MatchType {
-    /// Its name in paths and documents.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MatchType::Exact => "exact",
-            MatchType::Urlpattern => "urlpattern",
-        }
-    }
-
-    /// The type a path segment names, if it names one.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "exact" => Some(MatchType::Exact),
-            "urlpattern" => Some(MatchType::Urlpattern),
-            _ => None,
-        }
-    }
-}
-
 impl SubscriberRecord {
+    /// Its selectors as written, whichever way (`topic=` or `match…=`).
+    pub fn selectors(&self) -> impl Iterator<Item = &str> {
+        let matches = self.matches.iter().map(|m| m.matcher.as_str());
+        self.topics.iter().map(String::as_str).chain(matches)
+    }
+
     /// The record of a local subscriber.
     pub fn of(spec: &crate::subscriber::SubscriberSpec) -> Self {
         use crate::selector::Selector;
-        use crate::subscriber::SelectorSyntax;
         let mut topics: Vec<String> = Vec::new();
         let mut matches: Vec<Match> = Vec::new();
         for selector in &spec.selectors {
@@ -144,5 +111,30 @@ impl SubscriberRecord {
             matches,
             payload: spec.label.payload.as_deref().cloned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_an_earlier_version_reads_as_a_classic_subscriber() {
+        // Instances of a rolling upgrade read each other's records.
+        let old: SubscriberRecord =
+            serde_json::from_str(r#"{"subscriber":"urn:uuid:1","topics":["a/{x}"]}"#).unwrap();
+        assert!(old.matches.is_empty());
+        assert_eq!(old.selectors().collect::<Vec<_>>(), ["a/{x}"]);
+        let new = SubscriberRecord {
+            matches: vec![Match {
+                match_type: MatchType::Urlpattern,
+                matcher: "/b/:y".into(),
+            }],
+            ..old
+        };
+        let written = serde_json::to_string(&new).unwrap();
+        assert!(written.contains(r#""matches":[{"match_type":"urlpattern","match":"/b/:y"}]"#));
+        let read: SubscriberRecord = serde_json::from_str(&written).unwrap();
+        assert_eq!(read.selectors().collect::<Vec<_>>(), ["a/{x}", "/b/:y"]);
     }
 }

@@ -269,6 +269,16 @@ fn debug_shows_no_secret() {
         auth-url = "https://u:cb-secret@app.example/auth"
         webhook-url = "https://u:hook-pass@app.example/hooks"
         webhook-secret = "hook-secret"
+
+        [[issuer]]
+        iss = "https://app.example"
+        jwt-key = "issuer-secret-0123456789abcdef012345"
+        jwt-audience = "app-hub"
+        authorization-server = true
+
+        [[issuer]]
+        iss = "https://login.example"
+        jwks-url = "https://u:issuer-jwks-secret@login.example/keys"
     "#;
     let options: Options = toml::from_str(toml).unwrap();
     let config = options.clone().resolve().unwrap();
@@ -284,6 +294,8 @@ fn debug_shows_no_secret() {
         "cb-secret",
         "hook-pass",
         "hook-secret",
+        "issuer-secret",
+        "issuer-jwks-secret",
     ] {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
@@ -291,4 +303,23 @@ fn debug_shows_no_secret() {
         shown.contains("idp.example") && shown.contains("\"hub\""),
         "{shown}"
     );
+    // The [[issuer]] tables, as the file gave them.
+    let issuers = &config.auth.issuers;
+    assert_eq!(issuers.len(), 2);
+    assert_eq!(
+        (
+            issuers[0].audience.as_deref(),
+            issuers[0].authorization_server
+        ),
+        (Some("app-hub"), true)
+    );
+    assert_eq!(
+        config.auth.authorization_servers().collect::<Vec<_>>(),
+        ["https://app.example"]
+    );
+    let typo = toml::from_str::<Options>("[[issuer]]\niss = \"x\"\njwt-keys = \"k\"")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(typo.contains("jwt-keys"), "{typo}");
 }

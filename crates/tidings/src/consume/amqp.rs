@@ -193,8 +193,13 @@ impl reconnect::Target for Target {
         depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Held for as long as the link is read, not only while a message is handled: on a
         // drain, the link must be set aside (below) before the run is dropped, and the drain
-        // waits for this lock.
-        let busy = self.handler.busy.clone().lock_owned().await;
+        // waits for this lock. Nothing else holds it while a link is read, unless the drain
+        // came as this one was opened: then it is set aside at once. (A drain that comes while
+        // the consumer is being registered still drops it: a window of one round trip.)
+        let Ok(busy) = self.handler.busy.clone().try_lock_owned() else {
+            keep_until_exit(link);
+            return std::future::pending().await;
+        };
         loop {
             let delivery = tokio::select! {
                 () = self.handler.stop.cancelled() => None,

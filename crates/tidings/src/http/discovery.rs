@@ -21,7 +21,7 @@ struct Metadata<'a> {
     resource: String,
     /// The issuers marked `authorization-server` (their metadata tells how to get a token).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    authorization_servers: Vec<&'a str>,
+    authorization_servers: Vec<String>,
     /// Only the header: a token in a URL ends in logs (RFC 9700); the cookie has its member.
     bearer_methods_supported: [&'static str; 1],
     authorization_details_types_supported: [&'static str; 1],
@@ -55,7 +55,7 @@ pub(super) async fn metadata(
     })?;
     let body = Metadata {
         resource,
-        authorization_servers: config.auth.authorization_servers().collect(),
+        authorization_servers: state.authenticator().authorization_servers(),
         bearer_methods_supported: ["header"],
         authorization_details_types_supported: [AUTHORIZATION_DETAIL_TYPE],
         mercure_cookie: &config.cookie_name,
@@ -64,7 +64,11 @@ pub(super) async fn metadata(
         mercure_matcher_types_supported: ["exact", "urlpattern"],
     };
     Ok((
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            // The resource is built from these when jwt-audience does not name it.
+            (header::VARY, "Host, X-Forwarded-Host, X-Forwarded-Proto"),
+        ],
         serde_json::to_vec(&body).unwrap_or_default(),
     )
         .into_response())
@@ -75,7 +79,8 @@ pub(super) async fn metadata(
 struct Reached {
     host: Option<HeaderValue>,
     authority: Option<axum::http::uri::Authority>,
-    /// A trusted proxy's `X-Forwarded-Host` and `X-Forwarded-Proto`.
+    /// A trusted proxy's `X-Forwarded-Host` and `X-Forwarded-Proto` (their last lines: a
+    /// proxy that appends to what the client sent writes after it).
     forwarded: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
     tls: bool,
 }
@@ -92,10 +97,8 @@ impl Reached {
         };
         let behind_proxy =
             || peer().is_some_and(|p| config.trusted_proxies.iter().any(|net| net.contains(&p)));
-        let forwarded = (
-            headers.get("x-forwarded-host"),
-            headers.get("x-forwarded-proto"),
-        );
+        let last = |name| headers.get_all(name).iter().next_back();
+        let forwarded = (last("x-forwarded-host"), last("x-forwarded-proto"));
         Reached {
             host: headers.get(header::HOST).cloned(),
             authority: request.uri().authority().cloned(),
@@ -111,17 +114,19 @@ impl Reached {
     /// trusted proxy, its `X-Forwarded-Host` and `X-Forwarded-Proto`. `None` when no usable
     /// host is named.
     fn resource(&self, state: &AppState) -> Option<String> {
-        if let Some(audience) = state.config().auth.audience.as_deref() {
+        if let Some(audience) = state.authenticator().audience() {
             if audience.starts_with("https://") || audience.starts_with("http://") {
-                return Some(audience.to_owned());
+                return Some(audience);
             }
         }
-        let first = |value: &Option<HeaderValue>| {
+        // A forwarded header's entries are in the order the proxies wrote them: the last is
+        // the trusted proxy's own.
+        let last = |value: &Option<HeaderValue>| {
             let value = value.as_ref()?.to_str().ok()?;
-            Some(value.split(',').next()?.trim().to_owned())
+            Some(value.rsplit(',').next()?.trim().to_owned())
         };
         let (forwarded_host, forwarded_proto) = match &self.forwarded {
-            Some((host, proto)) => (first(host), first(proto)),
+            Some((host, proto)) => (last(host), last(proto)),
             None => (None, None),
         };
         let scheme = match forwarded_proto.as_deref() {
@@ -130,7 +135,7 @@ impl Reached {
             _ => "http",
         };
         let host = forwarded_host
-            .or_else(|| first(&self.host))
+            .or_else(|| self.host.as_ref()?.to_str().ok().map(str::to_owned))
             .or_else(|| self.authority.as_ref().map(|a| a.as_str().to_owned()))?;
         // A host is letters, digits, dots, dashes, colons and brackets; anything else (a quote
         // would break the challenge's quoted string) is not used.

@@ -150,6 +150,7 @@ impl From<AuthError> for ApiError {
             AuthError::Forbidden(d) => {
                 ApiError::forbidden(d).challenging(Challenge::InsufficientScope)
             }
+            AuthError::Denied(d) => ApiError::forbidden(d),
             AuthError::Unauthenticated(d) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", d)
             }

@@ -33,10 +33,10 @@ use serde::Serialize;
 use super::error::Challenge;
 use super::request;
 use super::{ApiError, AppState, MERCURE_PATH};
-use crate::bus::{Bus, MatchType, ReplayFrom, SubscriberRecord};
+use crate::bus::{Bus, ReplayFrom, SubscriberRecord};
 use crate::hub::{Heard, Hub};
 use crate::metrics::EventListener;
-use crate::subscriber::{SubscriberLabel, SubscriberSpec};
+use crate::subscriber::{MatchType, SubscriberLabel, SubscriberSpec};
 use crate::update::{EventName, Topic, Update, UpdateId, RESERVED_EVENT_TYPE};
 
 /// The path of the API, and the prefix of the topics of subscription events.
@@ -274,6 +274,17 @@ fn document(body: &impl Serialize, classic: bool, last_event_id: &str) -> Respon
     response
 }
 
+/// Every subscriber's record, once the caller is authorized to read `uri`; and the cursor.
+async fn authorized_records(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    raw: Option<String>,
+) -> Result<(String, Vec<SubscriberRecord>), ApiError> {
+    let last_event_id = authorize(state, headers, raw.as_deref(), uri.path()).await?;
+    Ok((last_event_id, all_subscribers(state).await?))
+}
+
 /// The active subscriptions `keep` chooses, as a collection: classic (every subscription,
 /// each in its own form) or Mercure 1.0's.
 async fn collection(
@@ -284,8 +295,7 @@ async fn collection(
     classic: bool,
     keep: impl Fn(&Subscription<'_>) -> bool,
 ) -> Result<Response, ApiError> {
-    let last_event_id = authorize(&state, &headers, raw.as_deref(), uri.path()).await?;
-    let records = all_subscribers(&state).await?;
+    let (last_event_id, records) = authorized_records(&state, &headers, &uri, raw).await?;
     let subscriptions = records
         .iter()
         .flat_map(|record| subscriptions_of(record, true))
@@ -314,8 +324,7 @@ async fn one(
     raw: Option<String>,
     wanted: impl Fn(&Subscription<'_>) -> bool,
 ) -> Result<Response, ApiError> {
-    let last_event_id = authorize(&state, &headers, raw.as_deref(), uri.path()).await?;
-    let records = all_subscribers(&state).await?;
+    let (last_event_id, records) = authorized_records(&state, &headers, &uri, raw).await?;
     let found = records
         .iter()
         .flat_map(|record| subscriptions_of(record, true))
@@ -549,6 +558,16 @@ mod tests {
 
     fn from(address: &str) -> SubscriberLabel {
         SubscriberLabel::new(None).from_address(Some(address.parse().unwrap()))
+    }
+
+    #[test]
+    fn the_link_header_quotes_the_cursor() {
+        let response = document(&serde_json::json!({}), false, "a\"b\\c");
+        assert_eq!(
+            response.headers()[header::LINK],
+            r#"</.well-known/mercure>; rel="mercure"; last-event-id="a\"b\\c""#
+        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
     }
 
     #[test]

@@ -284,10 +284,11 @@ impl Watcher {
                 }
             };
             let record = SubscriberRecord::of(&event.spec);
+            let topics = record.selectors().map(str::to_owned).collect();
             let stream = Stream {
                 subscriber: record.subscriber,
                 session: event.spec.session.as_ref().map(|s| s.as_str().to_owned()),
-                topics: record.topics,
+                topics,
                 event_names: event
                     .spec
                     .event_names

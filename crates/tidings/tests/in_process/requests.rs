@@ -288,6 +288,10 @@ async fn refusals_challenge_the_token_and_point_to_the_resource_metadata() {
         .await;
     assert_eq!(document.status, 200);
     assert_eq!(document.headers["content-type"], "application/json");
+    assert!(document.headers["vary"]
+        .to_str()
+        .unwrap()
+        .contains("X-Forwarded-Host"));
     assert_eq!(
         document.json().await,
         json!({
@@ -299,6 +303,17 @@ async fn refusals_challenge_the_token_and_point_to_the_resource_metadata() {
             "mercure_events_query": true,
             "mercure_matcher_types_supported": ["exact", "urlpattern"],
         })
+    );
+    // A forwarded host counts only from a trusted proxy.
+    let forged = app
+        .get(
+            "/.well-known/oauth-protected-resource/.well-known/mercure",
+            &[host[0], ("x-forwarded-host", "evil.example")],
+        )
+        .await;
+    assert_eq!(
+        forged.json().await["resource"],
+        "http://hub.example:8080/.well-known/mercure"
     );
     // jwt-audience, when it is the hub's URL, is the resource (the audience tokens name).
     let audience = "https://hub.example/.well-known/mercure";

@@ -240,6 +240,8 @@ async fn the_application_lets_in_refuses_and_is_told_what_the_stream_asks() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 403);
+    // The application's decision about the caller, not a token's scope: no bearer challenge.
+    assert!(!answer.headers().contains_key("www-authenticate"));
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body["error"], "forbidden", "{body}");
     let answer = client()
