@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::selector::Selector;
-use crate::update::{EventName, SessionId, Topic, Update};
+use crate::update::{EventName, SessionId, Topic, Update, EVERY_SESSION_TOPIC};
 
 /// Which private updates a subscriber may see. Compiled once, when the subscriber connects,
 /// from its verified token; per update only the compiled matchers run.
@@ -17,7 +17,8 @@ pub struct Access {
     all_private: bool,
     /// The selectors of the token's `mercure.subscribe` claim.
     private_selectors: Vec<Selector>,
-    /// The topic of the subscriber's own session: its updates are private to it.
+    /// The topic of the subscriber's own session: its updates are private to it (and the
+    /// broadcasts to every session, [`crate::update::EVERY_SESSION_TOPIC`], are its too).
     session_topic: Option<Topic>,
 }
 
@@ -46,7 +47,8 @@ impl Access {
         }
     }
 
-    /// Adds the private updates of `session` (the session API's own channel).
+    /// Adds the private updates of `session` (the session API's own channel) and the
+    /// broadcasts to every session.
     pub fn with_session(mut self, session: &SessionId) -> Self {
         self.session_topic = Some(Topic::for_session(session));
         self
@@ -55,10 +57,11 @@ impl Access {
     /// True when a private update published to `topics` may be shown.
     pub fn may_see_private(&self, topics: &[Topic]) -> bool {
         self.all_private
-            || self
-                .session_topic
-                .as_ref()
-                .is_some_and(|own| topics.contains(own))
+            || self.session_topic.as_ref().is_some_and(|own| {
+                topics
+                    .iter()
+                    .any(|t| t == own || t.as_str() == EVERY_SESSION_TOPIC)
+            })
             || self.private_selectors.iter().any(|s| s.matches_any(topics))
     }
 }

@@ -214,7 +214,15 @@ pub const MAX_SESSION_ID_LEN: usize = 256;
 /// The prefix of the internal topic that carries a session's updates.
 pub const SESSION_TOPIC_PREFIX: &str = "urn:tidings:session:";
 
+/// The topic every session stream holds besides its session's: the session API's broadcasts.
+pub const EVERY_SESSION_TOPIC: &str = "urn:tidings:sessions";
+
 impl Topic {
+    /// The topic of broadcasts to every session stream ([`EVERY_SESSION_TOPIC`]).
+    pub fn every_session() -> Topic {
+        Topic(Arc::from(EVERY_SESSION_TOPIC))
+    }
+
     /// The topic that carries the updates addressed to one session (the session API is a view
     /// of topics: `urn:tidings:session:<percent-encoded session id>`).
     pub fn for_session(session: &SessionId) -> Topic {
@@ -327,6 +335,11 @@ pub enum Recipients<'a> {
     Topics(Vec<&'a str>),
     /// One session's topic (the session API): derived from an id already validated.
     Session(&'a SessionId),
+    /// Several sessions' topics (one update: delivered once to each of their streams, stored
+    /// once, retried as one).
+    Sessions(&'a [SessionId]),
+    /// Every session stream ([`EVERY_SESSION_TOPIC`]).
+    EverySession,
 }
 
 /// An update as its publisher wrote it, not checked yet: the one way in for an update,
@@ -390,6 +403,27 @@ impl Draft<'_> {
                 topics
             }
             Recipients::Session(session) => vec![Topic::for_session(session)],
+            Recipients::Sessions(sessions) => {
+                if sessions.len() > limits.max_topics_per_update {
+                    return Err(InvalidInput::breaking(
+                        Rule::TooManyTopics,
+                        "sessionIds",
+                        format!(
+                            "{} sessions, the limit is max-topics-per-update = {}",
+                            sessions.len(),
+                            limits.max_topics_per_update
+                        ),
+                    ));
+                }
+                let mut topics: Vec<Topic> = Vec::with_capacity(sessions.len());
+                for topic in sessions.iter().map(Topic::for_session) {
+                    if !topics.contains(&topic) {
+                        topics.push(topic);
+                    }
+                }
+                topics
+            }
+            Recipients::EverySession => vec![Topic::every_session()],
         };
         let id = match self.id {
             Some(id) => UpdateId::new(id, limits.max_id_length)?,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::BusError;
 use crate::subscriber::{Match, MatchType, SelectorSyntax};
-use crate::update::SessionId;
+use crate::update::{SessionId, EVERY_SESSION_TOPIC};
 
 /// The cluster-wide record of sessions and subscribers. Redis keeps one today
 /// (`bus::redis::registry`).
@@ -82,6 +82,10 @@ impl SubscriberRecord {
         let mut matches: Vec<Match> = Vec::new();
         for selector in &spec.selectors {
             let source = selector.source();
+            // A session stream's broadcast topic is the hub's doing, not a selector it wrote.
+            if spec.session.is_some() && source == EVERY_SESSION_TOPIC {
+                continue;
+            }
             match spec.label.syntax {
                 SelectorSyntax::Topic => {
                     if !topics.iter().any(|t| t == source) {

@@ -15,7 +15,8 @@ use crate::auth::{Api, AuthMode, StreamRequest};
 use crate::selector::Selector;
 use crate::subscriber::{SubscriberLabel, SubscriberSpec};
 use crate::update::{
-    Author, Draft, EventName, Recipients, SessionId, Topic, UpdateId, MAX_SESSION_ID_LEN,
+    Author, Draft, EventName, Recipients, SessionId, Topic, UpdateId, EVERY_SESSION_TOPIC,
+    MAX_SESSION_ID_LEN,
 };
 
 /// `GET /sse/event-stream?eventName=…`: a stream of the caller's session's events of the
@@ -93,7 +94,11 @@ pub(super) async fn event_stream(
     let topic = Topic::for_session(&session);
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload).from_address(permit.address()),
-        selectors: vec![Selector::Exact(topic.as_str().into())],
+        // Its session's topic, and the broadcasts to every session.
+        selectors: vec![
+            Selector::Exact(topic.as_str().into()),
+            Selector::Exact(EVERY_SESSION_TOPIC.into()),
+        ],
         access: identity.access.with_session(&session),
         event_names,
         session: Some(session),
@@ -102,11 +107,17 @@ pub(super) async fn event_stream(
     stream::open(&state, connection, permit, spec, from).await
 }
 
-/// The body of `POST /sse/events`.
+/// The body of `POST /sse/events`: to one session (`sessionId`), several (`sessionIds`) or
+/// every session stream (`broadcast: true`) — exactly one of the three.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct SessionEvent {
-    session_id: String,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    session_ids: Option<Vec<String>>,
+    #[serde(default)]
+    broadcast: bool,
     event_name: String,
     payload: serde_json::Value,
     #[serde(default)]
@@ -120,17 +131,55 @@ struct Published {
     id: String,
 }
 
-/// `POST /sse/events`: delivers a payload to every stream of a session with that event name.
+/// Whom a session event is for.
+enum Addressed {
+    One(SessionId),
+    Several(Vec<SessionId>),
+    Everyone,
+}
+
+impl SessionEvent {
+    /// Its recipients: exactly one of `sessionId`, `sessionIds` (not empty) and `broadcast`.
+    fn addressed(&self) -> Result<Addressed, ApiError> {
+        let session = |id: &String| SessionId::new(id, MAX_SESSION_ID_LEN);
+        match (&self.session_id, &self.session_ids, self.broadcast) {
+            (Some(id), None, false) => Ok(Addressed::One(session(id)?)),
+            (None, Some(ids), false) if !ids.is_empty() => Ok(Addressed::Several(
+                ids.iter().map(session).collect::<Result<_, _>>()?,
+            )),
+            (None, Some(_), false) => Err(ApiError::bad_request(
+                "missing_session",
+                "sessionIds is empty: name at least one session",
+            )),
+            (None, None, true) => Ok(Addressed::Everyone),
+            (None, None, false) => Err(ApiError::bad_request(
+                "missing_session",
+                "name the recipients: sessionId (one session), sessionIds (several) or broadcast: true (every session stream)",
+            )),
+            _ => Err(ApiError::bad_request(
+                "invalid_input",
+                "give one of sessionId, sessionIds and broadcast: true, not several",
+            )),
+        }
+    }
+}
+
+/// `POST /sse/events`: delivers a payload to every stream of a session (of several sessions,
+/// of every session) with that event name.
 pub(super) async fn publish(
     State(state): State<AppState>,
     Publisher(rights): Publisher,
     CallerTrace(trace): CallerTrace,
     event: SessionEvent,
 ) -> Result<Response, ApiError> {
-    let session = SessionId::new(&event.session_id, MAX_SESSION_ID_LEN)?;
+    let addressed = event.addressed()?;
     let draft = Draft {
         id: event.id.as_deref(),
-        to: Recipients::Session(&session),
+        to: match &addressed {
+            Addressed::One(session) => Recipients::Session(session),
+            Addressed::Several(sessions) => Recipients::Sessions(sessions),
+            Addressed::Everyone => Recipients::EverySession,
+        },
         event_type: Some(&event.event_name),
         // Strings are sent as they are; any other JSON value as its JSON text.
         data: match event.payload {

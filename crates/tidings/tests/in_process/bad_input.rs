@@ -260,7 +260,11 @@ async fn bad_publishes_get_specific_errors() {
 
 #[tokio::test]
 async fn bad_session_events_get_specific_errors() {
-    let app = app(Options::default()).await;
+    let app = app(Options {
+        max_topics_per_update: Some(2),
+        ..Options::default()
+    })
+    .await;
     let post = |content_type: &str, body: String| {
         Request::post("/sse/events")
             .header("content-type", content_type)
@@ -293,6 +297,44 @@ async fn bad_session_events_get_specific_errors() {
         "invalid_input",
         "empty session",
     );
+    // Exactly one of sessionId, sessionIds and broadcast names the recipients.
+    let recipients = [
+        (r#""eventName":"e""#, "missing_session", "no recipient"),
+        (
+            r#""sessionIds":[],"eventName":"e""#,
+            "missing_session",
+            "no session in the list",
+        ),
+        (
+            r#""sessionId":"a","sessionIds":["b"],"eventName":"e""#,
+            "invalid_input",
+            "one session and a list",
+        ),
+        (
+            r#""sessionId":"a","broadcast":true,"eventName":"e""#,
+            "invalid_input",
+            "one session and everyone",
+        ),
+        (
+            r#""sessionIds":["a","b\u0001"],"eventName":"e""#,
+            "invalid_input",
+            "a bad session in the list",
+        ),
+        (
+            r#""sessionIds":["a","b","c"],"eventName":"e""#,
+            "too_many_topics",
+            "more sessions than max-topics-per-update",
+        ),
+    ];
+    for (fields, code, case) in recipients {
+        let body = format!(r#"{{{fields},"payload":1}}"#);
+        expect(
+            call(&app, post("application/json", body)).await,
+            400,
+            code,
+            case,
+        );
+    }
     expect(
         call(&app, post("text/plain", "{}".into())).await,
         415,

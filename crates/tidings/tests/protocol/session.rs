@@ -203,3 +203,80 @@ async fn auth_none_takes_the_session_from_the_query_or_a_cookie() {
     let missing = Stream::try_open(&hub.url("/sse/event-stream?eventName=e"), &[]).await;
     assert_eq!(missing.status, 400);
 }
+
+#[tokio::test]
+async fn one_publish_reaches_several_sessions_or_every_session_stream() {
+    let hub = Hub::start(&["--jwt-key", KEY, "--anonymous"]);
+    let stream = async |session: &str, name: &str| {
+        let bearer = format!("Bearer {}", token(json!({"sub": session})));
+        Stream::open(
+            &hub.url(&format!("/sse/event-stream?eventName={name}")),
+            &[("authorization", &bearer)],
+        )
+        .await
+    };
+    let (mut alice, mut bob, mut carol) = (
+        stream("alice", "chat").await,
+        stream("bob", "chat").await,
+        stream("carol", "news").await,
+    );
+    let mut anonymous = Stream::open(&hub.url("/.well-known/mercure?topic=*"), &[]).await;
+    let p = publisher_token();
+    let quiet = Duration::from_millis(200);
+
+    // Several sessions: one update, once to each of their streams; a retry is the same one.
+    let body = json!({"sessionIds": ["alice", "bob", "alice"], "eventName": "chat",
+                      "payload": "lunch?", "id": "fan-out-1"});
+    for _ in 0..2 {
+        let (status, answer) = send(&hub, Some(&p), body.clone()).await;
+        assert_eq!((status, &answer["id"]), (200, &json!("fan-out-1")));
+    }
+    for s in [&mut alice, &mut bob] {
+        let event = s.next().await;
+        assert_eq!(
+            (event.id.as_str(), event.data.as_str()),
+            ("fan-out-1", "lunch?")
+        );
+        assert!(s.next_within(quiet).await.is_none(), "once");
+    }
+    assert!(carol.next_within(quiet).await.is_none());
+
+    // Every session stream listening for the name, in order with each session's own events;
+    // never an anonymous Mercure subscriber.
+    let direct = |n: u32| json!({"sessionId": "alice", "eventName": "chat", "payload": n});
+    send(&hub, Some(&p), direct(1)).await;
+    let everyone = json!({"broadcast": true, "eventName": "chat", "payload": "all"});
+    assert_eq!(send(&hub, Some(&p), everyone).await.0, 200);
+    send(&hub, Some(&p), direct(2)).await;
+    let got: Vec<String> = [alice.next().await, alice.next().await, alice.next().await]
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(got, ["1", "all", "2"]);
+    assert_eq!(bob.next().await.data, "all");
+    let news = json!({"broadcast": true, "eventName": "news", "payload": "extra"});
+    assert_eq!(send(&hub, Some(&p), news).await.0, 200);
+    assert_eq!(carol.next().await.data, "extra");
+    assert!(
+        bob.next_within(quiet).await.is_none(),
+        "bob listens for chat"
+    );
+    assert!(anonymous.next_within(quiet).await.is_none(), "private");
+
+    // A publisher allowed the sessions' topics only cannot broadcast.
+    let sessions_only = token(json!({"mercure": {"publish": ["urn:tidings:session:{id}"]}}));
+    let (status, _) = send(
+        &hub,
+        Some(&sessions_only),
+        json!({"broadcast": true, "eventName": "chat", "payload": 0}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = send(
+        &hub,
+        Some(&sessions_only),
+        json!({"sessionIds": ["alice", "bob"], "eventName": "chat", "payload": 0}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
