@@ -107,6 +107,7 @@ async fn subscribe_with(
         )
         .collect::<Result<Vec<Selector>, _>>()?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
+    let rewind = request::rewind(&query)?;
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload)
             .from_address(permit.address())
@@ -118,7 +119,7 @@ async fn subscribe_with(
         session: None,
         expires: identity.expires,
     };
-    stream::open(&state, connection, permit, spec, from).await
+    stream::open(&state, connection, permit, spec, from, rewind).await
 }
 
 /// The subscription parameters of Mercure 1.0 (`match` is an exact selector too).

@@ -373,6 +373,26 @@ pub(super) fn resume_point(
     }
 }
 
+/// The most updates per topic a fresh stream may ask to rewind (`rewind=N`).
+pub(super) const MAX_REWIND: usize = 100;
+
+/// `rewind=N`: a fresh stream first gets the last `N` updates of each of its exact topics.
+pub(super) fn rewind(query: &Pairs) -> Result<Option<usize>, ApiError> {
+    let Some(raw) = query.single("rewind")? else {
+        return Ok(None);
+    };
+    match raw.parse::<usize>() {
+        Ok(n @ 1..=MAX_REWIND) => Ok(Some(n)),
+        _ => Err(ApiError::bad_request(
+            "invalid_rewind",
+            format!(
+                "rewind is the number of updates of each exact topic to start with: a whole number from 1 to {MAX_REWIND}, not {:?}",
+                raw.chars().take(32).collect::<String>()
+            ),
+        )),
+    }
+}
+
 /// Checks the request's media type (parameters such as `charset` are ignored).
 fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let actual = headers

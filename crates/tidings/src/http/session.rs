@@ -91,6 +91,7 @@ pub(super) async fn event_stream(
     };
     permit.join_session(&session)?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
+    let rewind = request::rewind(&query)?;
     let topic = Topic::for_session(&session);
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload).from_address(permit.address()),
@@ -104,7 +105,7 @@ pub(super) async fn event_stream(
         session: Some(session),
         expires: identity.expires,
     };
-    stream::open(&state, connection, permit, spec, from).await
+    stream::open(&state, connection, permit, spec, from, rewind).await
 }
 
 /// The body of `POST /sse/events`: to one session (`sessionId`), several (`sessionIds`) or

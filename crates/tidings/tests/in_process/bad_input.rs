@@ -130,6 +130,21 @@ async fn bad_subscriptions_are_400s() {
             "mixed_selectors",
             "both revisions' selectors",
         ),
+        (
+            "/.well-known/mercure?topic=a&rewind=0",
+            "invalid_rewind",
+            "rewind 0",
+        ),
+        (
+            "/.well-known/mercure?topic=a&rewind=101",
+            "invalid_rewind",
+            "rewind over the cap",
+        ),
+        (
+            "/.well-known/mercure?topic=a&rewind=all",
+            "invalid_rewind",
+            "rewind not a number",
+        ),
     ];
     for (uri, code, case) in cases {
         expect(call(&app, get(uri)).await, 400, code, case);

@@ -486,3 +486,65 @@ async fn query_subscribes_with_its_selectors_in_the_body() {
         .unwrap();
     assert_eq!(put.status(), 405);
 }
+
+#[tokio::test]
+async fn a_fresh_stream_that_rewinds_opens_with_the_last_updates_of_each_exact_topic() {
+    // A page opens with the current state: the last N updates of each of its exact topics it
+    // may see, in publish order, then the live ones.
+    let hub = jwt_hub(&["--anonymous"]);
+    let (a, b, quiet) = (
+        unique_topic("rewind-a"),
+        unique_topic("rewind-b"),
+        unique_topic("rewind-quiet"),
+    );
+    let p = publisher_token();
+    for (topic, data, private) in [
+        (&a, "a1", false),
+        (&b, "b1", false),
+        (&a, "a2", false),
+        (&a, "secret", true),
+        (&a, "a3", false),
+        (&b, "b2", false),
+    ] {
+        let mut form = vec![("topic", topic.as_str()), ("data", data)];
+        if private {
+            form.push(("private", "on"));
+        }
+        assert_eq!(publish(&hub, Some(&p), &form).await.0, 200);
+    }
+    let url = subscribe_url(
+        &hub,
+        &[&a, &b, &quiet, "https://example.com/{x}"],
+        "&rewind=2",
+    );
+    let mut stream = Stream::open(&url, &[]).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(stream.next().await.data);
+    }
+    // Two of a it may see (the private one is not its), b's two, in publish order; the
+    // template is not rewound.
+    assert_eq!(got, ["b1", "a2", "a3", "b2"].map(String::from).to_vec());
+    let (_, live) = publish(&hub, Some(&p), &[("topic", &a), ("data", "a4")]).await;
+    assert_eq!(stream.next().await.id, live);
+    // Its reconnection resumes (the URL still says rewind): what it missed, once.
+    let (_, missed) = publish(&hub, Some(&p), &[("topic", &b), ("data", "b3")]).await;
+    let mut resumed = Stream::open(&url, &[("last-event-id", &live)]).await;
+    assert_eq!(resumed.next().await.id, missed);
+    assert!(resumed
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_none());
+    // A subscriber allowed the private update gets it among the last two of a.
+    let reader = token(json!({"mercure": {"subscribe": [a.as_str()]}}));
+    let mut allowed = Stream::open(
+        &subscribe_url(&hub, &[&a], "&rewind=3"),
+        &[("authorization", &format!("Bearer {reader}"))],
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(allowed.next().await.data);
+    }
+    assert_eq!(got, ["secret", "a3", "a4"].map(String::from).to_vec());
+}

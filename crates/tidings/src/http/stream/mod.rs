@@ -128,20 +128,26 @@ pub(super) fn admit(
 }
 
 /// Registers an admitted stream's subscriber on `connection`, reads history from `from`, and
-/// answers with the stream.
+/// answers with the stream. A fresh stream (`from` now) with `rewind` first gets the last
+/// `rewind` updates of each of its exact topics.
 pub(super) async fn open(
     state: &AppState,
     connection: Option<&ConnectionInfo>,
     permit: Permit,
     spec: SubscriberSpec,
     from: ReplayFrom,
+    rewind: Option<usize>,
 ) -> Result<Response, ApiError> {
+    // A resume is a resume: a reconnecting `EventSource` sends `Last-Event-ID` to the same URL.
+    let rewind = rewind.filter(|_| matches!(from, ReplayFrom::Now));
     // A fresh stream starts at the newest update published *before* its subscriber is
     // registered: every later one reaches it live, or from history when it resumes. (Read
     // after registration, the head could name an update still on its way to this instance,
-    // and a client that resumed from it would miss that update.)
-    let fresh_head = match from {
-        ReplayFrom::Now => Some(state.bus().replay(&ReplayFrom::Now, None).await?.head_id),
+    // and a client that resumed from it would miss that update.) One that rewinds starts where
+    // its read of history ends, after registration: what it is sent of that history is the
+    // past, and every later update reaches it live.
+    let fresh_head = match (&from, rewind) {
+        (ReplayFrom::Now, None) => Some(state.bus().replay(&ReplayFrom::Now, None).await?.head_id),
         _ => None,
     };
     // Registered before history is read and before the response headers go out: an update
@@ -159,7 +165,11 @@ pub(super) async fn open(
         },
         None => {
             let topics = exact_topics(&subscription.spec);
-            state.bus().replay(&from, topics.as_deref()).await?
+            let from = match rewind {
+                Some(_) => &ReplayFrom::Earliest,
+                None => &from,
+            };
+            state.bus().replay(from, topics.as_deref()).await?
         }
     };
     let metrics = state.metrics().clone();
@@ -168,6 +178,10 @@ pub(super) async fn open(
         .iter()
         .filter(|e| subscription.spec.wants(&e.update))
         .collect();
+    let wanted = match rewind {
+        Some(n) => last_of_each_topic(wanted, &subscription.spec, n),
+        None => wanted,
+    };
     // What a stream holds is bounded by `subscriber-queue-bytes`, its replay too (review M4:
     // slow readers of `lastEventID=earliest` each held a copy of history): a longer replay is
     // cut after what fits (one update at least), the stream ends after it with a `retry:`
@@ -210,7 +224,9 @@ pub(super) async fn open(
         }
         _ => None,
     };
-    if let Some(id) = starts_at {
+    // (Not again when the last event sent carries it: a rewind that ends at the head.)
+    let sent_last = page.last().map(|e| e.update.id.as_str());
+    if let Some(id) = starts_at.filter(|id| Some(*id) != sent_last) {
         initial.push_back(sse::encode_id(id));
     }
     let config = state.config();
@@ -293,6 +309,38 @@ fn first_page<'a>(
 
 /// The topics of a subscriber whose selectors are all exact topics (`None` when one is wide):
 /// its resume needs to read only those.
+/// The last `n` of `wanted` (oldest first) on each exact topic of `spec`, in their order: an
+/// update on two of them counts for both; one that only a wide selector matches is left out.
+fn last_of_each_topic<'a>(
+    wanted: Vec<&'a Arc<Envelope>>,
+    spec: &SubscriberSpec,
+    n: usize,
+) -> Vec<&'a Arc<Envelope>> {
+    let mut counts: std::collections::HashMap<&str, usize> = spec
+        .selectors
+        .iter()
+        .filter_map(|s| match s {
+            crate::selector::Selector::Exact(topic) => Some((&**topic, 0)),
+            _ => None,
+        })
+        .collect();
+    let mut kept: Vec<&Arc<Envelope>> = Vec::new();
+    for envelope in wanted.into_iter().rev() {
+        let mut keep = false;
+        for topic in &envelope.update.topics {
+            if let Some(count) = counts.get_mut(topic.as_str()) {
+                keep |= *count < n;
+                *count += 1;
+            }
+        }
+        if keep {
+            kept.push(envelope);
+        }
+    }
+    kept.reverse();
+    kept
+}
+
 fn exact_topics(spec: &SubscriberSpec) -> Option<Vec<Arc<str>>> {
     spec.selectors
         .iter()

@@ -68,7 +68,8 @@ impl Bus for RacingBus {
                 .skip(1)
                 .cloned()
                 .collect(),
-            _ => Vec::new(),
+            ReplayFrom::Earliest => history.clone(),
+            ReplayFrom::Now => Vec::new(),
         };
         let resumed_at = match from {
             ReplayFrom::After(id) => history
@@ -163,7 +164,7 @@ async fn ids(response: Response, n: usize) -> (Vec<String>, bool) {
 async fn a_fresh_subscriber_starts_at_the_head_before_it_and_gets_an_update_published_while_it_was_being_set_up(
 ) {
     let state = state(true);
-    let response = open(&state, None, permit(&state), spec(), ReplayFrom::Now)
+    let response = open(&state, None, permit(&state), spec(), ReplayFrom::Now, None)
         .await
         .unwrap();
     let mut body = response.into_body().into_data_stream();
@@ -184,7 +185,7 @@ async fn a_fresh_subscriber_starts_at_the_head_before_it_and_gets_an_update_publ
 async fn a_resume_through_updates_it_may_not_see_moves_its_last_id_past_them() {
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec_for("x"), from)
+    let response = open(&state, None, permit(&state), spec_for("x"), from, None)
         .await
         .unwrap();
     assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
@@ -194,7 +195,7 @@ async fn a_resume_through_updates_it_may_not_see_moves_its_last_id_past_them() {
 async fn a_resuming_subscriber_gets_the_racing_update_once() {
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec(), from)
+    let response = open(&state, None, permit(&state), spec(), from, None)
         .await
         .unwrap();
     // The live copy of u3 is skipped: nothing follows the replay.
@@ -210,7 +211,7 @@ async fn resuming_from_an_update_the_instance_delivers_late_does_not_repeat_it()
     // the client resumes from u3 itself.
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u3", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec(), from)
+    let response = open(&state, None, permit(&state), spec(), from, None)
         .await
         .unwrap();
     let mut body = response.into_body().into_data_stream();
@@ -227,7 +228,7 @@ async fn resuming_from_an_update_the_instance_delivers_late_does_not_repeat_it()
 async fn without_history_a_resuming_subscriber_still_gets_the_racing_update() {
     let state = state(false);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec(), from)
+    let response = open(&state, None, permit(&state), spec(), from, None)
         .await
         .unwrap();
     assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
@@ -285,7 +286,7 @@ async fn on_shutdown_queued_updates_are_sent_before_the_retry_hint_and_the_end()
         ..Config::default()
     };
     let state = state_with(true, config);
-    let response = open(&state, None, permit(&state), spec(), ReplayFrom::Now)
+    let response = open(&state, None, permit(&state), spec(), ReplayFrom::Now, None)
         .await
         .unwrap();
     state.hub().dispatch(&envelope(4));
@@ -310,4 +311,32 @@ async fn on_shutdown_queued_updates_are_sent_before_the_retry_hint_and_the_end()
         text.rfind("retry: ") > text.rfind("id: u5"),
         "the hint comes last"
     );
+}
+
+#[tokio::test]
+async fn a_rewinding_subscriber_gets_the_last_of_its_topic_then_the_racing_update_once() {
+    // History holds u1 u2 when it registers; u3 races the read of history: the rewind of 2 is
+    // u2 u3 (as history was read), and u3's live copy is skipped.
+    let state = state(true);
+    let response = open(
+        &state,
+        None,
+        permit(&state),
+        spec(),
+        ReplayFrom::Now,
+        Some(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(response, 2).await,
+        (vec!["u2".to_owned(), "u3".to_owned()], false),
+        "u2 and u3, whose id is the starting point: not sent again"
+    );
+    // A resume is a resume, whatever the URL says.
+    let from = ReplayFrom::After(UpdateId::new("u2", 100).unwrap());
+    let response = open(&state, None, permit(&state), spec(), from, Some(2))
+        .await
+        .unwrap();
+    assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
 }
