@@ -17,9 +17,10 @@ pub struct Access {
     all_private: bool,
     /// The selectors of the token's `mercure.subscribe` claim.
     private_selectors: Vec<Selector>,
-    /// The topic of the subscriber's own session: its updates are private to it (and the
-    /// broadcasts to every session, [`crate::update::EVERY_SESSION_TOPIC`], are its too).
+    /// The topic of the subscriber's own session: its updates are private to it.
     session_topic: Option<Topic>,
+    /// A session stream: the broadcasts to every session ([`EVERY_SESSION_TOPIC`]) are its too.
+    broadcasts: bool,
 }
 
 impl Access {
@@ -43,25 +44,31 @@ impl Access {
         Access {
             all_private,
             private_selectors: if all_private { Vec::new() } else { selectors },
-            session_topic: None,
+            ..Access::default()
         }
     }
 
-    /// Adds the private updates of `session` (the session API's own channel) and the
-    /// broadcasts to every session.
+    /// Adds the private updates of `session` (the session API's own channel).
     pub fn with_session(mut self, session: &SessionId) -> Self {
         self.session_topic = Some(Topic::for_session(session));
+        self
+    }
+
+    /// Adds the broadcasts to every session (a session stream's, not a Mercure stream's whose
+    /// token merely names a session).
+    pub fn with_broadcasts(mut self) -> Self {
+        self.broadcasts = true;
         self
     }
 
     /// True when a private update published to `topics` may be shown.
     pub fn may_see_private(&self, topics: &[Topic]) -> bool {
         self.all_private
-            || self.session_topic.as_ref().is_some_and(|own| {
-                topics
-                    .iter()
-                    .any(|t| t == own || t.as_str() == EVERY_SESSION_TOPIC)
-            })
+            || self
+                .session_topic
+                .as_ref()
+                .is_some_and(|own| topics.contains(own))
+            || (self.broadcasts && topics.iter().any(|t| t.as_str() == EVERY_SESSION_TOPIC))
             || self.private_selectors.iter().any(|s| s.matches_any(topics))
     }
 }

@@ -415,13 +415,8 @@ impl Draft<'_> {
                         ),
                     ));
                 }
-                let mut topics: Vec<Topic> = Vec::with_capacity(sessions.len());
-                for topic in sessions.iter().map(Topic::for_session) {
-                    if !topics.contains(&topic) {
-                        topics.push(topic);
-                    }
-                }
-                topics
+                // (A session named twice is one topic: the update drops repeats.)
+                sessions.iter().map(Topic::for_session).collect()
             }
             Recipients::EverySession => vec![Topic::every_session()],
         };

@@ -100,7 +100,7 @@ pub(super) async fn event_stream(
             Selector::Exact(topic.as_str().into()),
             Selector::Exact(EVERY_SESSION_TOPIC.into()),
         ],
-        access: identity.access.with_session(&session),
+        access: identity.access.with_session(&session).with_broadcasts(),
         event_names,
         session: Some(session),
         expires: identity.expires,

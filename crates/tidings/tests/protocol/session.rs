@@ -221,6 +221,13 @@ async fn one_publish_reaches_several_sessions_or_every_session_stream() {
         stream("carol", "news").await,
     );
     let mut anonymous = Stream::open(&hub.url("/.well-known/mercure?topic=*"), &[]).await;
+    // A Mercure stream whose token names a session is not a session stream.
+    let dave = format!("Bearer {}", token(json!({"sub": "dave"})));
+    let mut mercure_dave = Stream::open(
+        &hub.url("/.well-known/mercure?topic=urn:tidings:sessions"),
+        &[("authorization", &dave)],
+    )
+    .await;
     let p = publisher_token();
     let quiet = Duration::from_millis(200);
 
@@ -262,6 +269,10 @@ async fn one_publish_reaches_several_sessions_or_every_session_stream() {
         "bob listens for chat"
     );
     assert!(anonymous.next_within(quiet).await.is_none(), "private");
+    assert!(
+        mercure_dave.next_within(quiet).await.is_none(),
+        "to session streams"
+    );
 
     // A publisher allowed the sessions' topics only cannot broadcast.
     let sessions_only = token(json!({"mercure": {"publish": ["urn:tidings:session:{id}"]}}));

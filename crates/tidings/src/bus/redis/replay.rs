@@ -288,12 +288,15 @@ impl ReplayReader {
         // of the requests that need it.
         let mut from_topic: BTreeMap<&str, Start> = BTreeMap::new();
         let mut from_stream: Option<Start> = None;
-        // A position's first half is its Redis time in milliseconds.
+        // A position's first half is its Redis time in milliseconds. A topic's own history
+        // expires when the topic is quiet for a while, the stream does not: reading from the
+        // beginning (a rewind, a resume from an unknown id) takes the stream.
         let stale = |start: &Start| match start {
             Start::After(p) => {
                 now_ms.saturating_sub((p.0 >> 64) as u64) >= self.topic_history_complete_ms
             }
-            _ => false,
+            Start::Beginning => true,
+            Start::Nothing => false,
         };
         let by_topic: Vec<Option<&Vec<Arc<str>>>> = requests
             .iter()

@@ -140,14 +140,24 @@ pub(super) async fn open(
 ) -> Result<Response, ApiError> {
     // A resume is a resume: a reconnecting `EventSource` sends `Last-Event-ID` to the same URL.
     let rewind = rewind.filter(|_| matches!(from, ReplayFrom::Now));
+    // A rewind reads what the stream could get live, its exact topics: one with a template,
+    // a URL pattern or `*` would need the whole history read, and the updates of its wide
+    // selectors published while it opens told apart from the past (not done: refused).
+    if rewind.is_some() && exact_topics(&spec).is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_rewind",
+            "rewind takes the last updates of exact topics: it needs every selector of the stream to be an exact topic (no template, URL pattern or *)",
+        ));
+    }
     // A fresh stream starts at the newest update published *before* its subscriber is
     // registered: every later one reaches it live, or from history when it resumes. (Read
     // after registration, the head could name an update still on its way to this instance,
     // and a client that resumed from it would miss that update.) One that rewinds starts where
-    // its read of history ends, after registration: what it is sent of that history is the
-    // past, and every later update reaches it live.
-    let fresh_head = match (&from, rewind) {
-        (ReplayFrom::Now, None) => Some(state.bus().replay(&ReplayFrom::Now, None).await?.head_id),
+    // its read of history ends, after registration (that read covers every update it could
+    // get live: its exact topics): what it is sent of that history is the past, and every
+    // later update reaches it live. With nothing to rewind, it starts as any fresh stream.
+    let fresh_head = match from {
+        ReplayFrom::Now => Some(state.bus().replay(&ReplayFrom::Now, None).await?.head_id),
         _ => None,
     };
     // Registered before history is read and before the response headers go out: an update
@@ -158,28 +168,36 @@ pub(super) async fn open(
         None => state.hub().subscribe(spec),
     };
     state.bus().listening().await?;
-    let replay = match fresh_head {
-        Some(head_id) => Replay {
+    let topics = exact_topics(&subscription.spec);
+    let spec = &subscription.spec;
+    let rewound = match rewind {
+        Some(n) => {
+            let replay = state
+                .bus()
+                .replay(&ReplayFrom::Earliest, topics.as_deref())
+                .await?;
+            let wanted = replay.updates.iter().filter(|e| spec.wants(&e.update));
+            let any = !last_of_each_topic(wanted.collect(), spec, n).is_empty();
+            any.then_some(replay)
+        }
+        None => None,
+    };
+    let replay = match (rewound, fresh_head) {
+        (Some(replay), _) => replay,
+        (None, Some(head_id)) => Replay {
             head_id,
             ..Replay::default()
         },
-        None => {
-            let topics = exact_topics(&subscription.spec);
-            let from = match rewind {
-                Some(_) => &ReplayFrom::Earliest,
-                None => &from,
-            };
-            state.bus().replay(from, topics.as_deref()).await?
-        }
+        (None, None) => state.bus().replay(&from, topics.as_deref()).await?,
     };
     let metrics = state.metrics().clone();
     let wanted: Vec<&Arc<Envelope>> = replay
         .updates
         .iter()
-        .filter(|e| subscription.spec.wants(&e.update))
+        .filter(|e| spec.wants(&e.update))
         .collect();
     let wanted = match rewind {
-        Some(n) => last_of_each_topic(wanted, &subscription.spec, n),
+        Some(n) => last_of_each_topic(wanted, spec, n),
         None => wanted,
     };
     // What a stream holds is bounded by `subscriber-queue-bytes`, its replay too (review M4:
@@ -215,9 +233,10 @@ pub(super) async fn open(
     // data (an `EventSource` stores it without firing an event): a client whose instance dies
     // before its first event still resumes from here, not from nothing.
     let starts_at = match (&from, replay.updates.last()) {
-        (ReplayFrom::Now, _) => Some(last_event_id.as_str()),
-        // The next page starts after the last update of this one, whose id the client has.
+        // The next page starts after the last update of this one, whose id the client has
+        // (a rewind's too: its rest comes as a resume, everything after that update).
         _ if paged => None,
+        (ReplayFrom::Now, _) => Some(last_event_id.as_str()),
         // Replayed updates it may not see still moved it on.
         (_, Some(last)) if wanted.last().map(|e| e.position) != Some(last.position) => {
             Some(last.update.id.as_str())
@@ -307,10 +326,8 @@ fn first_page<'a>(
     (wanted, false)
 }
 
-/// The topics of a subscriber whose selectors are all exact topics (`None` when one is wide):
-/// its resume needs to read only those.
 /// The last `n` of `wanted` (oldest first) on each exact topic of `spec`, in their order: an
-/// update on two of them counts for both; one that only a wide selector matches is left out.
+/// update on two of them counts for both.
 fn last_of_each_topic<'a>(
     wanted: Vec<&'a Arc<Envelope>>,
     spec: &SubscriberSpec,
@@ -341,6 +358,8 @@ fn last_of_each_topic<'a>(
     kept
 }
 
+/// The topics of a subscriber whose selectors are all exact topics (`None` when one is wide):
+/// its resume needs to read only those.
 fn exact_topics(spec: &SubscriberSpec) -> Option<Vec<Arc<str>>> {
     spec.selectors
         .iter()

@@ -333,6 +333,16 @@ async fn a_rewinding_subscriber_gets_the_last_of_its_topic_then_the_racing_updat
         (vec!["u2".to_owned(), "u3".to_owned()], false),
         "u2 and u3, whose id is the starting point: not sent again"
     );
+    // Without history there is nothing to rewind: it starts as any fresh stream, at the head
+    // read before it registered (u2), and gets u3 live.
+    let bare = self::state(false);
+    let response = open(&bare, None, permit(&bare), spec(), ReplayFrom::Now, Some(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(response, 2).await,
+        (vec!["u2".to_owned(), "u3".to_owned()], false)
+    );
     // A resume is a resume, whatever the URL says.
     let from = ReplayFrom::After(UpdateId::new("u2", 100).unwrap());
     let response = open(&state, None, permit(&state), spec(), from, Some(2))
