@@ -311,6 +311,26 @@ pub fn is_reserved(topic: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Refuses more than `max-topics-per-update` recipients (`count` of `what`, in `field`).
+fn at_most_max_topics(
+    count: usize,
+    field: &'static str,
+    what: &str,
+    limits: &Limits,
+) -> Result<(), InvalidInput> {
+    if count <= limits.max_topics_per_update {
+        return Ok(());
+    }
+    Err(InvalidInput::breaking(
+        Rule::TooManyTopics,
+        field,
+        format!(
+            "{count} {what}, the limit is max-topics-per-update = {}",
+            limits.max_topics_per_update
+        ),
+    ))
+}
+
 /// The SSE event type of the hub's own events (Mercure 1.0 subscription events), refused to
 /// publishers as the reference hub does: a client listening for it must be able to trust it.
 pub const RESERVED_EVENT_TYPE: &str = "mercure";
@@ -376,17 +396,7 @@ impl Draft<'_> {
         let topics = match self.to {
             Recipients::Topics(topics) => {
                 // Counted before anything is checked: 10,000 topics cost one comparison.
-                if topics.len() > limits.max_topics_per_update {
-                    return Err(InvalidInput::breaking(
-                        Rule::TooManyTopics,
-                        "topic",
-                        format!(
-                            "{} topics, the limit is max-topics-per-update = {}",
-                            topics.len(),
-                            limits.max_topics_per_update
-                        ),
-                    ));
-                }
+                at_most_max_topics(topics.len(), "topic", "topics", limits)?;
                 let topics = topics
                     .into_iter()
                     .map(|t| Topic::new(t, limits.max_selector_length))
@@ -404,17 +414,7 @@ impl Draft<'_> {
             }
             Recipients::Session(session) => vec![Topic::for_session(session)],
             Recipients::Sessions(sessions) => {
-                if sessions.len() > limits.max_topics_per_update {
-                    return Err(InvalidInput::breaking(
-                        Rule::TooManyTopics,
-                        "sessionIds",
-                        format!(
-                            "{} sessions, the limit is max-topics-per-update = {}",
-                            sessions.len(),
-                            limits.max_topics_per_update
-                        ),
-                    ));
-                }
+                at_most_max_topics(sessions.len(), "sessionIds", "sessions", limits)?;
                 // (A session named twice is one topic: the update drops repeats.)
                 sessions.iter().map(Topic::for_session).collect()
             }

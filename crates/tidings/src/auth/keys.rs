@@ -131,18 +131,11 @@ impl Keys {
             set: hub_set,
             validation: &hub_validation,
         };
-        keys.hub = Roles {
-            publisher: hub_key.verifier(
-                Role::Publisher,
-                settings.publisher_jwt_key.as_ref(),
-                optional,
-            )?,
-            subscriber: hub_key.verifier(
-                Role::Subscriber,
-                settings.subscriber_jwt_key.as_ref(),
-                optional,
-            )?,
-        };
+        keys.hub = hub_key.roles(
+            settings.publisher_jwt_key.as_ref(),
+            settings.subscriber_jwt_key.as_ref(),
+            optional,
+        )?;
         for issuer in &settings.issuers {
             let problem = |problem| AuthConfigError::Issuer {
                 iss: issuer.iss.clone(),
@@ -182,18 +175,11 @@ impl Keys {
                 set,
                 validation: &issuer_validation,
             };
-            let roles = Roles {
-                publisher: source.verifier(
-                    Role::Publisher,
-                    issuer.publisher_jwt_key.as_ref(),
-                    true,
-                )?,
-                subscriber: source.verifier(
-                    Role::Subscriber,
-                    issuer.subscriber_jwt_key.as_ref(),
-                    true,
-                )?,
-            };
+            let roles = source.roles(
+                issuer.publisher_jwt_key.as_ref(),
+                issuer.subscriber_jwt_key.as_ref(),
+                true,
+            )?;
             keys.issuers.insert(issuer.iss.clone(), roles);
         }
         Ok(keys)
@@ -247,6 +233,19 @@ struct KeySource<'a> {
 }
 
 impl KeySource<'_> {
+    /// Both roles' verifiers, each role's own key given (see [`KeySource::verifier`]).
+    fn roles(
+        &self,
+        publisher: Option<&String>,
+        subscriber: Option<&String>,
+        optional: bool,
+    ) -> Result<Roles, AuthConfigError> {
+        Ok(Roles {
+            publisher: self.verifier(Role::Publisher, publisher, optional)?,
+            subscriber: self.verifier(Role::Subscriber, subscriber, optional)?,
+        })
+    }
+
     /// The verifier of `role`, whose own key is `specific`; `None` for a role without a key
     /// when `optional`, else [`AuthConfigError::NoKey`].
     fn verifier(

@@ -143,7 +143,8 @@ pub(super) async fn open(
     // A rewind reads what the stream could get live, its exact topics: one with a template,
     // a URL pattern or `*` would need the whole history read, and the updates of its wide
     // selectors published while it opens told apart from the past (not done: refused).
-    if rewind.is_some() && exact_topics(&spec).is_none() {
+    let topics = exact_topics(&spec);
+    if rewind.is_some() && topics.is_none() {
         return Err(ApiError::bad_request(
             "invalid_rewind",
             "rewind takes the last updates of exact topics: it needs every selector of the stream to be an exact topic (no template, URL pattern or *)",
@@ -168,16 +169,15 @@ pub(super) async fn open(
         None => state.hub().subscribe(spec),
     };
     state.bus().listening().await?;
-    let topics = exact_topics(&subscription.spec);
     let spec = &subscription.spec;
+    // (Every selector exact: an update it may see is on one of its topics, and rewound.)
     let rewound = match rewind {
-        Some(n) => {
+        Some(_) => {
             let replay = state
                 .bus()
                 .replay(&ReplayFrom::Earliest, topics.as_deref())
                 .await?;
-            let wanted = replay.updates.iter().filter(|e| spec.wants(&e.update));
-            let any = !last_of_each_topic(wanted.collect(), spec, n).is_empty();
+            let any = replay.updates.iter().any(|e| spec.wants(&e.update));
             any.then_some(replay)
         }
         None => None,
@@ -196,9 +196,9 @@ pub(super) async fn open(
         .iter()
         .filter(|e| spec.wants(&e.update))
         .collect();
-    let wanted = match rewind {
-        Some(n) => last_of_each_topic(wanted, spec, n),
-        None => wanted,
+    let wanted = match (rewind, &topics) {
+        (Some(n), Some(topics)) => last_of_each_topic(wanted, topics, n),
+        _ => wanted,
     };
     // What a stream holds is bounded by `subscriber-queue-bytes`, its replay too (review M4:
     // slow readers of `lastEventID=earliest` each held a copy of history): a longer replay is
@@ -326,21 +326,15 @@ fn first_page<'a>(
     (wanted, false)
 }
 
-/// The last `n` of `wanted` (oldest first) on each exact topic of `spec`, in their order: an
-/// update on two of them counts for both.
+/// The last `n` of `wanted` (oldest first) on each of `topics`, in their order: an update on
+/// two of them counts for both.
 fn last_of_each_topic<'a>(
     wanted: Vec<&'a Arc<Envelope>>,
-    spec: &SubscriberSpec,
+    topics: &[Arc<str>],
     n: usize,
 ) -> Vec<&'a Arc<Envelope>> {
-    let mut counts: std::collections::HashMap<&str, usize> = spec
-        .selectors
-        .iter()
-        .filter_map(|s| match s {
-            crate::selector::Selector::Exact(topic) => Some((&**topic, 0)),
-            _ => None,
-        })
-        .collect();
+    let mut counts: std::collections::HashMap<&str, usize> =
+        topics.iter().map(|t| (&**t, 0)).collect();
     let mut kept: Vec<&Arc<Envelope>> = Vec::new();
     for envelope in wanted.into_iter().rev() {
         let mut keep = false;
