@@ -27,6 +27,7 @@
 //! | [`metrics`] | the instance's Prometheus metrics |
 //! | [`telemetry`] | distributed tracing (OpenTelemetry over OTLP, off by default): spans for a publish, its store and its delivery on every instance, the W3C trace context an update carries through the bus |
 //! | [`outbound`] | the HTTP requests the hub makes itself (JWKS, authorization callback, webhooks): URLs checked, timeouts, no redirects, bounded answers |
+//! | [`cluster`] | the control plane over the bus's signals, the same on every bus: membership (heartbeats with each instance's figures), questions asked of every instance with a deadline (presence, a subject's streams, selectors, disconnects) |
 //! | [`webhook`] | lifecycle webhooks: sessions online/offline (cluster-wide through the bus's registry), streams subscribed/unsubscribed, signed, batched, retried |
 //! | [`config`] | options: defaults (each written once) → `tidings.toml` → `TIDINGS_*` → flags, resolved into each part's settings |
 //! | [`server`] | assembling an [`server::Instance`] and serving it with a bounded graceful shutdown; the connections, TLS, and HTTP/1.1 streams written by hand (`h1_stream`: a stream's chunks straight from the shared bytes) |
@@ -34,7 +35,7 @@
 //!
 //! Layers point one way, each using only those below it: `cli` → [`server`] (sockets, TLS,
 //! shutdown) → [`http`] (the protocols) → [`state`] → [`config`] → [`auth`], [`bus`] (the
-//! buses behind one trait), [`consume`] (which publishes through the bus), [`webhook`] and
+//! buses behind one trait), [`consume`] (which publishes through the bus), [`cluster`], [`webhook`] and
 //! [`outbound`] → the core ([`hub`], [`subscriber`],
 //! [`admission`], [`envelope`], [`sse`], [`selector`], [`update`], [`metrics`], [`telemetry`]). The core knows
 //! nothing of HTTP, the command line or any broker client.
@@ -72,6 +73,7 @@ pub mod admission;
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod consume;
 pub mod envelope;

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::Config;
 use crate::consume::Consumers;
 use crate::hub::Hub;
@@ -30,6 +31,8 @@ struct StateInner {
     config: Config,
     hub: Hub,
     bus: Arc<dyn Bus>,
+    /// This instance's part in its cluster (membership, questions over the bus's signals).
+    cluster: Cluster,
     auth: Authenticator,
     selectors: Arc<SelectorCache>,
     metrics: Arc<Metrics>,
@@ -56,8 +59,19 @@ impl AppState {
         consumers: Consumers,
     ) -> Self {
         let metrics = hub.metrics().clone();
+        let cluster = Cluster::start(
+            hub.clone(),
+            bus.clone(),
+            ClusterSettings {
+                instance_id: config.instance_id.clone(),
+                address: config.listen.to_string(),
+                heartbeat: config.cluster_heartbeat,
+                deadline: config.cluster_deadline,
+            },
+        );
         AppState {
             inner: Arc::new(StateInner {
+                cluster,
                 admission: Admission::new(config.streams.clone(), metrics.clone()),
                 config,
                 hub,
@@ -75,6 +89,7 @@ impl AppState {
     /// Starts draining: `/readyz` answers 503, new streams are refused, and every open stream
     /// is told to close (each after a random part of the drain window, with a `retry:` hint).
     pub fn begin_shutdown(&self) {
+        self.inner.cluster.draining();
         self.inner.consumers.cancel();
         self.inner.streams.close();
         self.inner.metrics.ready.set(0);
@@ -114,6 +129,11 @@ impl AppState {
     /// The instance's consumers.
     pub fn consumers(&self) -> &Consumers {
         &self.inner.consumers
+    }
+
+    /// This instance's part in its cluster.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
     }
 
     /// The instance's bus.

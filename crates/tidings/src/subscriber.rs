@@ -85,6 +85,9 @@ pub struct SubscriberLabel {
     pub address: Option<IpAddr>,
     /// How its selectors were written, which is how they are named back.
     pub syntax: SelectorSyntax,
+    /// Who it is: its token's `sub`, or the `subject` the authorization callback answered. An
+    /// operator disconnects every stream of a subject at once (a logout, a ban).
+    pub subject: Option<Arc<str>>,
 }
 
 /// A Mercure 1.0 selector: what it matches, and how.
@@ -147,7 +150,14 @@ impl SubscriberLabel {
             payload: payload.map(Arc::new),
             address: None,
             syntax: SelectorSyntax::Topic,
+            subject: None,
         }
+    }
+
+    /// The label of a subscriber whose credentials name `subject`.
+    pub fn of_subject(mut self, subject: Option<Arc<str>>) -> Self {
+        self.subject = subject;
+        self
     }
 
     /// The label of a subscriber whose selectors are written as `syntax` says.

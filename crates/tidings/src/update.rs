@@ -188,6 +188,21 @@ text_newtype!(
     SessionId, field = "sessionId", forbidden = is_control, what = "control characters"
 );
 
+/// As a string (the control plane's signals name sessions).
+impl serde::Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// Validated as any session id read from outside ([`MAX_SESSION_ID_LEN`]).
+impl<'de> serde::Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        SessionId::new(&text, MAX_SESSION_ID_LEN).map_err(serde::de::Error::custom)
+    }
+}
+
 impl UpdateId {
     /// A fresh, random id in the form Mercure hubs use: `urn:uuid:<uuid v4>`.
     pub fn generate() -> Self {

@@ -17,17 +17,20 @@ use std::time::Duration;
 
 use tidings::bus::memory::MemoryBus;
 use tidings::bus::{Backoff, Bus, BusError, BusOptions, Published, ReplayFrom, Routing, Timeouts};
+use tidings::cluster::{Answer, Cluster, ClusterSettings};
 use tidings::envelope::Envelope;
-use tidings::hub::{Hub, Subscription};
+use tidings::hub::{Farewell, Hub, Streams, Subscription};
 use tidings::metrics::Metrics;
 use tidings::selector::Selector;
 use tidings::subscriber::{Access, SubscriberLabel, SubscriberSpec};
 use tidings::telemetry::TraceParent;
 use tidings::update::Limits;
-use tidings::update::{Topic, Update, UpdateId};
+use tidings::update::{SessionId, Topic, Update, UpdateId};
 use tidings_client::Publication;
 
 struct Instance {
+    /// Its `instance-id`, as its bus knows it.
+    id: String,
     hub: Hub,
     bus: Arc<dyn Bus>,
 }
@@ -153,7 +156,11 @@ impl Backend {
             let bus = tidings::bus::connect(url, &options, hub.clone())
                 .await
                 .unwrap();
-            instances.push(Instance { hub, bus });
+            instances.push(Instance {
+                id: options.instance_id,
+                hub,
+                bus,
+            });
         }
         instances
     }
@@ -174,12 +181,14 @@ fn memory(n: usize, history_size: usize) -> Vec<Instance> {
     let first = new_hub();
     let bus = MemoryBus::new(history_size, first.clone());
     let mut instances = vec![Instance {
+        id: format!("memory-{}", uuid_suffix()),
         hub: first,
         bus: Arc::new(bus.clone()),
     }];
     for _ in 1..n {
         let hub = new_hub();
         instances.push(Instance {
+            id: format!("memory-{}", uuid_suffix()),
             bus: Arc::new(bus.attach(hub.clone())),
             hub,
         });
@@ -868,6 +877,175 @@ async fn delivers_what_is_published_straight_onto_the_broker(
     }
 }
 
+// --- the cluster over the bus's signals ---------------------------------------------------
+
+/// Heartbeats in the cluster cases: a member is gone 600 ms after its last one.
+const BEAT: Duration = Duration::from_millis(200);
+
+/// Every instance in its cluster, each knowing the others once this returns.
+async fn clusters(instances: &[Instance]) -> Vec<Cluster> {
+    let clusters: Vec<Cluster> = instances
+        .iter()
+        .enumerate()
+        .map(|(n, instance)| {
+            let settings = ClusterSettings {
+                instance_id: instance.id.clone(),
+                address: format!("127.0.0.1:{}", 3000 + n),
+                heartbeat: BEAT,
+                deadline: Duration::from_secs(3),
+            };
+            Cluster::start(instance.hub.clone(), instance.bus.clone(), settings)
+        })
+        .collect();
+    common::wait_for("every instance to know the others", async || {
+        clusters
+            .iter()
+            .all(|c| c.members().len() == instances.len())
+    })
+    .await;
+    clusters
+}
+
+/// A session stream of `subject` on an instance.
+async fn session_stream(instance: &Instance, session: &str, subject: &str) -> Subscription {
+    let session = SessionId::new(session, 256).unwrap();
+    let subscription = instance.hub.subscribe(SubscriberSpec {
+        label: SubscriberLabel::new(None).of_subject(Some(subject.into())),
+        selectors: vec![Selector::compile(&format!("urn:s:{session}"), 1000).unwrap()],
+        access: Access::public_only(),
+        event_names: Vec::new(),
+        session: Some(session),
+        expires: None,
+    });
+    instance.bus.listening().await.unwrap();
+    subscription
+}
+
+/// Every instance knows every other, with its figures; one that stops says so and is gone at
+/// once; one that stops beating without a word (killed) is gone three heartbeats later.
+async fn knows_its_members_and_drops_the_dead(instances: Vec<Instance>) {
+    let clusters = clusters(&instances).await;
+    let _stream = session_stream(&instances[1], "s", "alice").await;
+    common::wait_for("instance 1's stream in its heartbeat", async || {
+        let members = clusters[0].members();
+        members
+            .iter()
+            .any(|(m, _)| m.id == clusters[1].id() && m.streams == 1 && m.sessions == 1)
+    })
+    .await;
+    let (me, _) = &clusters[0].members()[0];
+    assert_eq!(me.id, clusters[0].id());
+    assert_eq!(me.bus, "connected");
+    assert!(!me.version.is_empty() && me.started_at > 0);
+    // Stopping: gone from the others at once (well before three heartbeats).
+    clusters[2].stop().await;
+    tokio::time::timeout(Duration::from_millis(400), async {
+        while clusters[0].members().len() != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a stopping instance leaves at once");
+    // Killed: heard once, then never again.
+    let ghost = serde_json::json!({"signal": "beat", "member": {
+        "id": "ghost", "address": "127.0.0.9:1", "version": "0", "startedAt": 1, "streams": 0,
+        "sessions": 0, "bus": "connected", "deliveryLagMs": null, "draining": false,
+        "heartbeatMs": BEAT.as_millis() as u64}});
+    instances[1]
+        .bus
+        .signal(ghost.to_string().into())
+        .await
+        .unwrap();
+    common::wait_for("the ghost to be heard", async || {
+        clusters[0].members().iter().any(|(m, _)| m.id == "ghost")
+    })
+    .await;
+    let heard = std::time::Instant::now();
+    common::wait_for("the ghost to be gone", async || {
+        !clusters[0].members().iter().any(|(m, _)| m.id == "ghost")
+    })
+    .await;
+    let gone = heard.elapsed();
+    assert!(
+        gone >= BEAT * 2 && gone <= BEAT * 3 + Duration::from_millis(400),
+        "gone three heartbeats after its last: {gone:?}"
+    );
+}
+
+/// Where sessions are online, asked of any instance, answers for the whole cluster, and for
+/// many sessions at once.
+async fn answers_presence_for_the_cluster(instances: Vec<Instance>) {
+    let clusters = clusters(&instances).await;
+    let _a = session_stream(&instances[1], "a", "alice").await;
+    let _b = session_stream(&instances[1], "a", "alice").await;
+    let _c = session_stream(&instances[2], "a", "alice").await;
+    let _d = session_stream(&instances[2], "d", "dan").await;
+    let sessions: Vec<SessionId> = ["a", "nobody", "d"]
+        .iter()
+        .map(|s| SessionId::new(s, 256).unwrap())
+        .collect();
+    let (one, two) = (clusters[1].id().to_owned(), clusters[2].id().to_owned());
+    // (Each session's instances sorted by id.)
+    let mut both = vec![(one.clone(), 2), (two.clone(), 1)];
+    both.sort();
+    let expected = vec![both, vec![], vec![(two.clone(), 1)]];
+    common::wait_for("presence to answer for every instance", async || {
+        let (presence, missing) = clusters[0].presence(&sessions).await.unwrap();
+        assert!(missing.is_empty(), "every instance answers: {missing:?}");
+        presence == expected
+    })
+    .await;
+}
+
+/// A disconnect asked of any instance ends the streams it names on every instance, each with
+/// its farewell, and no other.
+async fn disconnects_across_the_cluster(instances: Vec<Instance>) {
+    let clusters = clusters(&instances).await;
+    let mut alice = vec![
+        session_stream(&instances[1], "a1", "alice").await,
+        session_stream(&instances[2], "a2", "alice").await,
+    ];
+    let mut bob = session_stream(&instances[2], "b", "bob").await;
+    let farewell = Farewell {
+        reconnect: false,
+        reason: Some("logged out".into()),
+    };
+    let gathered = clusters[0]
+        .disconnect(Streams::Subject("alice".into()), farewell.clone())
+        .await
+        .unwrap();
+    assert!(gathered.missing.is_empty());
+    let ended: usize = gathered
+        .answers
+        .iter()
+        .map(|(_, a)| match a {
+            Answer::Disconnected { streams } => *streams,
+            other => panic!("not a disconnect's answer: {other:?}"),
+        })
+        .sum();
+    assert_eq!(ended, 2);
+    for stream in &mut alice {
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.recv()).await;
+        assert!(end.expect("the stream ends").is_none());
+        assert_eq!(stream.farewell(), Some(&farewell));
+    }
+    // Bob's stream is untouched; then ended by its id, and asked to come back.
+    publish(&instances[0], update("urn:s:b", "still here", false)).await;
+    assert_eq!(next(&mut bob).await.update.data, "still here");
+    let id: Arc<str> = bob.spec.label.iri.clone();
+    let again = Farewell {
+        reconnect: true,
+        reason: None,
+    };
+    clusters[1]
+        .disconnect(Streams::Stream(id), again.clone())
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), bob.recv()).await;
+    assert!(end.expect("the stream ends").is_none());
+    assert_eq!(bob.farewell(), Some(&again));
+}
+
 // --- producers ------------------------------------------------------------------------
 
 /// Publishes straight onto a cluster's broker (its URL and prefix), without an instance.
@@ -1132,6 +1310,9 @@ macro_rules! each_case {
             replays_the_topics_of_a_subscriber_after_an_id, 100;
             replays_whole_topics_for_a_rewind, 100;
             without_history_reports_every_resume_as_a_gap, 0;
+            knows_its_members_and_drops_the_dead, 10;
+            answers_presence_for_the_cluster, 10;
+            disconnects_across_the_cluster, 10;
         }
     };
 }

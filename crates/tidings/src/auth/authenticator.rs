@@ -44,6 +44,9 @@ pub struct SubscriberIdentity {
     pub payload: Option<serde_json::Value>,
     /// When the token stops verifying (one second past `exp` plus the leeway), if it expires.
     pub expires: Option<SystemTime>,
+    /// Who it is: the token's `sub`, or the callback's `subject` (an operator disconnects a
+    /// subject's streams).
+    pub subject: Option<Arc<str>>,
 }
 
 /// What a publisher's credentials grant.
@@ -51,6 +54,9 @@ pub struct SubscriberIdentity {
 pub struct PublisherRights {
     /// `None` means everything (`--auth none`).
     selectors: Option<Vec<Selector>>,
+    /// The token's claims say `"tidings": {"admin": true}` (or `--auth none`): the admin API
+    /// is open to it.
+    pub admin: bool,
 }
 
 impl PublisherRights {
@@ -286,7 +292,10 @@ impl Authenticator {
     /// verify, [`AuthError::Forbidden`] for a token without a `mercure.publish` claim.
     pub async fn publisher(&self, token: Option<&str>) -> Result<PublisherRights, AuthError> {
         if self.mode == AuthMode::None {
-            return Ok(PublisherRights { selectors: None });
+            return Ok(PublisherRights {
+                selectors: None,
+                admin: true,
+            });
         }
         let keys = self.keys();
         let token = token.ok_or(AuthError::Missing(
@@ -294,7 +303,10 @@ impl Authenticator {
         ))?;
         let verifier = keys.verifier(Role::Publisher, token)?;
         let (claims, access_token) = self.verify(verifier, token, keys.leeway_secs).await?;
-        let publish = Grants::of(claims, access_token)?.publish.ok_or_else(|| {
+        let admin = is_admin(&claims);
+        let publish = Grants::of(claims, access_token)?.publish;
+        // An admin token need not publish.
+        let publish = publish.or_else(|| admin.then(Vec::new)).ok_or_else(|| {
             AuthError::Forbidden(match access_token {
                 true => format!(
                     "the token has no authorization detail of type {AUTHORIZATION_DETAIL_TYPE} with the publish action"
@@ -304,6 +316,7 @@ impl Authenticator {
         })?;
         Ok(PublisherRights {
             selectors: Some(self.compile(&publish)?),
+            admin,
         })
     }
 
@@ -328,6 +341,7 @@ impl Authenticator {
                 anonymous: token.is_none(),
                 payload: None,
                 expires: None,
+                subject: None,
             });
         };
         let keys = self.keys();
@@ -351,6 +365,7 @@ impl Authenticator {
                 anonymous: true,
                 payload: None,
                 expires: None,
+                subject: None,
             }),
             (None, None) => Err(AuthError::Missing(
                 "subscribing needs a JWT: send it as 'Authorization: Bearer <token>', a token cookie (cookie-name, __Secure-mercure_access_token by default, or mercureAuthorization) or the authorization query parameter",
@@ -384,6 +399,7 @@ impl Authenticator {
                     anonymous: false,
                     payload: grant.payload.clone(),
                     expires: grant.expires,
+                    subject: grant.subject.clone(),
                 })
             }
         }
@@ -416,6 +432,13 @@ impl Authenticator {
             Some(serde_json::Value::String(s)) => SessionId::new(s, MAX_SESSION_ID_LEN).ok(),
             _ => None,
         };
+        // (As a session: a `sub` that cannot name a subject leaves the stream without one.)
+        let subject = match claims.other.get("sub") {
+            Some(serde_json::Value::String(s)) => SessionId::new(s, MAX_SESSION_ID_LEN)
+                .ok()
+                .map(|s| Arc::from(s.as_str())),
+            _ => None,
+        };
         let Grants {
             subscribe, payload, ..
         } = Grants::of(claims, access_token)?;
@@ -430,8 +453,19 @@ impl Authenticator {
             anonymous: false,
             payload,
             expires,
+            subject,
         })
     }
+}
+
+/// True when the claims say `"tidings": {"admin": true}`.
+fn is_admin(claims: &super::claims::Claims) -> bool {
+    claims
+        .other
+        .get("tidings")
+        .and_then(|t| t.get("admin"))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
 }
 
 /// The second an `exp` claim names, as the verification reads it: a whole number, or a float

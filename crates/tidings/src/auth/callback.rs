@@ -181,6 +181,9 @@ struct Answer {
     /// Seconds the grant holds: the stream is closed (with a retry hint) after them.
     #[serde(default)]
     expires_in: Option<u64>,
+    /// Who the subscriber is (a user id): an operator disconnects a subject's streams.
+    #[serde(default)]
+    subject: Option<String>,
 }
 
 /// The application's decision about one stream request.
@@ -208,6 +211,8 @@ pub(super) struct Grant {
     pub(super) payload: Option<serde_json::Value>,
     /// When the grant ends (the answer's `expiresIn` after it came).
     pub(super) expires: Option<SystemTime>,
+    /// Who the subscriber is.
+    pub(super) subject: Option<Arc<str>>,
 }
 
 /// What a question comes to: a decision, or why there is none.
@@ -521,13 +526,19 @@ async fn ask_application(
         });
     }
     let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
-        format!("the application's 200 answer is not an authorization ({{\"session\", \"subscribe\", \"payload\", \"expiresIn\"}}): {e}")
+        format!("the application's 200 answer is not an authorization ({{\"session\", \"subscribe\", \"payload\", \"expiresIn\", \"subject\"}}): {e}")
     })?;
     let session = answer
         .session
         .map(|s| SessionId::new(&s, MAX_SESSION_ID_LEN))
         .transpose()
         .map_err(|e| format!("the application's answer names an unusable session: {e}"))?;
+    let subject = answer
+        .subject
+        .map(|s| SessionId::new(&s, MAX_SESSION_ID_LEN))
+        .transpose()
+        .map_err(|e| format!("the application's answer names an unusable subject: {e}"))?
+        .map(|s| Arc::from(s.as_str()));
     let expires = match answer.expires_in {
         None => None,
         Some(secs @ 1..=MAX_EXPIRES_IN) => Some(SystemTime::now() + Duration::from_secs(secs)),
@@ -548,6 +559,7 @@ async fn ask_application(
         subscribe,
         payload: answer.payload,
         expires,
+        subject,
     }))
 }
 

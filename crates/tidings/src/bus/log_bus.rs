@@ -55,6 +55,13 @@ pub(super) trait LogBroker: Send + Sync + std::fmt::Debug + 'static {
     /// offset): a subscriber may then start while the connection is down, since nothing
     /// published meanwhile will be missed.
     fn resumes(&self) -> bool;
+
+    /// Sends a signal of the control plane through `publisher` (see [`Bus::signal`]).
+    fn signal(
+        &self,
+        publisher: Self::Publisher,
+        signal: bytes::Bytes,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
 }
 
 /// A bus that reads a log, with its connection task. Dropping it stops the task.
@@ -157,5 +164,9 @@ impl<B: LogBroker> Bus for LogBus<B> {
 
     fn registry(&self) -> Option<Arc<dyn Registry>> {
         None
+    }
+
+    async fn signal(&self, signal: bytes::Bytes) -> Result<(), BusError> {
+        self.broker.signal(self.publisher()?, signal).await
     }
 }

@@ -114,6 +114,13 @@ impl Bus for MemoryBus {
     fn registry(&self) -> Option<Arc<dyn crate::bus::Registry>> {
         None
     }
+
+    async fn signal(&self, signal: bytes::Bytes) -> Result<(), BusError> {
+        for hub in &self.lock().hubs {
+            hub.receive_signal(signal.clone());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

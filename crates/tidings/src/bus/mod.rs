@@ -79,6 +79,7 @@ pub use starting::{start, Started};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::envelope::{Envelope, Position};
 use crate::update::{Update, UpdateId};
@@ -258,6 +259,16 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// The cluster's registry of sessions and subscribers, when this bus keeps one; `None`
     /// when each instance knows only its own hub.
     fn registry(&self) -> Option<Arc<dyn Registry>>;
+
+    /// Sends `signal` to every instance of the cluster, this one included, whose hub hands it
+    /// on ([`Hub::signals`](crate::hub::Hub::signals)): the control plane (membership,
+    /// presence, disconnects: the `cluster` module). A signal is not an update: never stored or
+    /// replayed, in no order with updates, and an instance that is not connected when it is
+    /// sent never hears it.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the bus cannot send now.
+    async fn signal(&self, signal: Bytes) -> Result<(), BusError>;
 }
 
 impl dyn Bus {

@@ -14,13 +14,15 @@ use crate::update::{SessionId, EVERY_SESSION_TOPIC};
 /// (`bus::redis::registry`).
 #[async_trait]
 pub trait Registry: Send + Sync + std::fmt::Debug {
-    /// Where a session's streams are, cluster-wide: each live instance holding some, with how
-    /// many, sorted by instance id.
+    /// Where each of `sessions`' streams are, cluster-wide, in order: each live instance
+    /// holding some, with how many, sorted by instance id (empty: offline).
     ///
     /// # Errors
     /// [`BusError::Unavailable`] when the registry cannot be read now.
-    async fn session_presence(&self, session: &SessionId)
-        -> Result<Vec<(String, usize)>, BusError>;
+    async fn sessions_presence(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<Vec<(String, usize)>>, BusError>;
 
     /// Marks `session` online, recording this instance's `streams` of it first: `true` when it
     /// was not online (this instance tells it), `false` when it already was.

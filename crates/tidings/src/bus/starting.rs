@@ -71,6 +71,10 @@ impl Bus for Starting {
     fn registry(&self) -> Option<Arc<dyn Registry>> {
         self.registry.clone()
     }
+
+    async fn signal(&self, signal: bytes::Bytes) -> Result<(), BusError> {
+        connected(self.kind, &self.bus)?.signal(signal).await
+    }
 }
 
 /// The registry of a bus that is being connected (see [`Starting::registry`]).
@@ -93,11 +97,11 @@ impl StartingRegistry {
 
 #[async_trait]
 impl Registry for StartingRegistry {
-    async fn session_presence(
+    async fn sessions_presence(
         &self,
-        session: &SessionId,
-    ) -> Result<Vec<(String, usize)>, BusError> {
-        self.registry()?.session_presence(session).await
+        sessions: &[SessionId],
+    ) -> Result<Vec<Vec<(String, usize)>>, BusError> {
+        self.registry()?.sessions_presence(sessions).await
     }
 
     async fn session_online(&self, session: &SessionId, streams: usize) -> Result<bool, BusError> {

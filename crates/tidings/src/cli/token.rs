@@ -25,6 +25,9 @@ pub(super) struct TokenArgs {
     /// The `sub` claim (the session of a session-API subscriber).
     #[arg(long, value_name = "SESSION")]
     sub: Option<String>,
+    /// The token opens the admin API (the claim `"tidings": {"admin": true}`).
+    #[arg(long)]
+    admin: bool,
     /// Lifetime in seconds (sets `exp`); without it the token does not expire.
     #[arg(long, value_name = "SECS")]
     ttl: Option<u64>,
@@ -32,8 +35,8 @@ pub(super) struct TokenArgs {
 
 #[allow(clippy::print_stdout)]
 pub(super) fn run(args: TokenArgs) -> Result<(), String> {
-    if args.publish.is_empty() && args.subscribe.is_empty() && args.sub.is_none() {
-        return Err("say what the token grants: --publish SELECTOR, --subscribe SELECTOR and/or --sub SESSION".into());
+    if args.publish.is_empty() && args.subscribe.is_empty() && args.sub.is_none() && !args.admin {
+        return Err("say what the token grants: --publish SELECTOR, --subscribe SELECTOR, --sub SESSION and/or --admin".into());
     }
     let mut claims = Claims {
         mercure: Some(MercureClaim {
@@ -45,6 +48,11 @@ pub(super) fn run(args: TokenArgs) -> Result<(), String> {
     };
     if let Some(sub) = args.sub {
         claims.other.insert("sub".into(), sub.into());
+    }
+    if args.admin {
+        claims
+            .other
+            .insert("tidings".into(), serde_json::json!({"admin": true}));
     }
     if let Some(ttl) = args.ttl {
         let exp = jsonwebtoken::get_current_timestamp().saturating_add(ttl);

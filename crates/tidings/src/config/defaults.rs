@@ -67,6 +67,14 @@ pub const REDIS_MIN_REPLICAS: usize = 0;
 /// `redis-max-patterns`: a cluster of ten instances then costs Redis at most 1,000 pattern
 /// matches per channel published to.
 pub const REDIS_MAX_PATTERNS: usize = 100;
+/// `cluster-heartbeat`, seconds: an instance killed drops out of the others' view within three
+/// of them (6 s).
+pub const CLUSTER_HEARTBEAT_SECS: u64 = 2;
+/// `cluster-deadline-ms`: a live instance answers within milliseconds; one that was killed is
+/// waited for this long until it drops out.
+pub const CLUSTER_DEADLINE_MS: u64 = 1000;
+/// The shortest `admin-key`.
+pub const MIN_ADMIN_KEY_CHARS: usize = 32;
 /// `session-ttl`, seconds.
 pub const SESSION_TTL_SECS: u64 = 30;
 /// The shortest `session-ttl`: entries are refreshed every third of it.
@@ -141,6 +149,8 @@ pub fn shown(option: &str) -> Option<String> {
         "redis-max-patterns" => REDIS_MAX_PATTERNS.to_string(),
         "session-ttl" => SESSION_TTL_SECS.to_string(),
         "heartbeat" => HEARTBEAT_SECS.to_string(),
+        "cluster-heartbeat" => CLUSTER_HEARTBEAT_SECS.to_string(),
+        "cluster-deadline-ms" => CLUSTER_DEADLINE_MS.to_string(),
         "webhook-queue" => WEBHOOK_QUEUE.to_string(),
         "webhook-queue-bytes" => WEBHOOK_QUEUE_BYTES.to_string(),
         "webhook-retry-for" => WEBHOOK_RETRY_FOR_SECS.to_string(),

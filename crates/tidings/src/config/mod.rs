@@ -238,6 +238,23 @@ pub struct Options {
     /// Seconds between heartbeat comments on idle streams.
     #[arg(long, env = "TIDINGS_HEARTBEAT", value_name = "SECS")]
     pub heartbeat: Option<u64>,
+    /// Seconds between the heartbeats by which the instances of a cluster know each other; an
+    /// instance that misses three is counted gone.
+    #[arg(long, env = "TIDINGS_CLUSTER_HEARTBEAT", value_name = "SECS")]
+    pub cluster_heartbeat: Option<u64>,
+    /// Milliseconds a cluster-wide question (presence, a disconnect, a subject's streams)
+    /// waits for every instance's answer.
+    #[arg(long, env = "TIDINGS_CLUSTER_DEADLINE_MS", value_name = "MS")]
+    pub cluster_deadline_ms: Option<u64>,
+    /// A key that authorizes the admin API (`Authorization: Bearer <key>`), beside publisher
+    /// tokens with the admin claim; at least 32 characters.
+    #[arg(
+        long,
+        env = "TIDINGS_ADMIN_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub admin_key: Option<String>,
     /// Where lifecycle webhooks are sent (http:// or https://): sessions online and offline,
     /// streams subscribed and unsubscribed, in signed JSON batches.
     #[arg(
@@ -521,6 +538,12 @@ pub struct Config {
     pub subscription_events_per_address: u32,
     /// Interval of heartbeat comments on idle streams.
     pub heartbeat: Duration,
+    /// How the instance takes part in its cluster: heartbeats and the questions' deadline.
+    pub cluster_heartbeat: Duration,
+    /// How long a cluster-wide question waits for the instances' answers.
+    pub cluster_deadline: Duration,
+    /// The admin API's key (`admin-key`), if set; never shown.
+    pub admin_key: Option<String>,
     /// Lifecycle webhooks, when a receiver is configured.
     pub webhooks: Option<WebhookSettings>,
     /// Where traces go, when tracing is on (`otlp-endpoint`).
@@ -651,6 +674,9 @@ impl Options {
             redis_min_replicas,
             redis_max_patterns,
             heartbeat,
+            cluster_heartbeat,
+            cluster_deadline_ms,
+            admin_key,
             webhook_url,
             webhook_secret,
             webhook_queue,

@@ -211,6 +211,29 @@ impl Options {
                 .subscription_events_per_address
                 .unwrap_or(SUBSCRIPTION_EVENTS_PER_ADDRESS),
             heartbeat: seconds("heartbeat", self.heartbeat, HEARTBEAT_SECS)?,
+            cluster_heartbeat: seconds(
+                "cluster-heartbeat",
+                self.cluster_heartbeat,
+                CLUSTER_HEARTBEAT_SECS,
+            )?,
+            cluster_deadline: match self.cluster_deadline_ms.unwrap_or(CLUSTER_DEADLINE_MS) {
+                ms @ 10..=60_000 => Duration::from_millis(ms),
+                _ => {
+                    return Err(invalid(
+                        "cluster-deadline-ms",
+                        "cluster-deadline-ms must be between 10 and 60000",
+                    ))
+                }
+            },
+            admin_key: match not_empty("admin-key", self.admin_key.clone())? {
+                Some(key) if key.chars().count() < MIN_ADMIN_KEY_CHARS => {
+                    return Err(invalid(
+                        "admin-key",
+                        format!("admin-key must be at least {MIN_ADMIN_KEY_CHARS} characters: it opens the admin API (make one with: openssl rand -hex 32)"),
+                    ))
+                }
+                key => key,
+            },
             cors_origins: origins("cors-origin", self.cors_origin, true)?,
             consumers: self
                 .consume

@@ -203,6 +203,14 @@ fn the_defaults_shown_are_the_defaults_applied() {
         ("bus", config.bus_url.clone()),
         ("bus-prefix", config.bus.prefix.clone()),
         ("heartbeat", config.heartbeat.as_secs().to_string()),
+        (
+            "cluster-heartbeat",
+            config.cluster_heartbeat.as_secs().to_string(),
+        ),
+        (
+            "cluster-deadline-ms",
+            config.cluster_deadline.as_millis().to_string(),
+        ),
         ("history-size", config.bus.history_size.to_string()),
         ("session-ttl", config.bus.session_ttl_secs.to_string()),
         (
@@ -269,6 +277,7 @@ fn debug_shows_no_secret() {
         auth-url = "https://u:cb-secret@app.example/auth"
         webhook-url = "https://u:hook-pass@app.example/hooks"
         webhook-secret = "hook-secret"
+        admin-key = "admin-secret-0123456789abcdef0123456789"
 
         [[issuer]]
         iss = "https://app.example"
@@ -296,6 +305,7 @@ fn debug_shows_no_secret() {
         "hook-secret",
         "issuer-secret",
         "issuer-jwks-secret",
+        "admin-secret",
     ] {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }

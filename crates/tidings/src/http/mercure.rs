@@ -111,7 +111,8 @@ async fn subscribe_with(
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload)
             .from_address(permit.address())
-            .written_as(syntax),
+            .written_as(syntax)
+            .of_subject(identity.subject),
         selectors,
         access: identity.access,
         event_names: Vec::new(),

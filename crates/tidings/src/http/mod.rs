@@ -4,6 +4,7 @@
 //! Handlers validate everything they are sent, once, into the library's types; refusals are
 //! [`ApiError`]s. Streams are opened by [`stream::open`], shared by both APIs.
 
+mod admin;
 mod discovery;
 mod error;
 mod mercure;
@@ -95,6 +96,12 @@ pub fn router(state: AppState) -> Router {
         .route(SESSION_STREAM_PATH, get(session::event_stream))
         .route("/sse/events", axum::routing::post(session::publish))
         .route("/sse/sessions/{session_id}", get(session::describe))
+        .route("/admin/cluster", get(admin::cluster))
+        .route("/admin/presence", axum::routing::post(admin::presence))
+        .route("/admin/streams", get(admin::streams))
+        .route("/admin/selectors", get(admin::selectors))
+        .route("/admin/disconnect", axum::routing::post(admin::disconnect))
+        .route("/admin/{*rest}", axum::routing::any(admin::unknown))
         .route(discovery::METADATA_PATH, get(discovery::metadata))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -94,7 +94,9 @@ pub(super) async fn event_stream(
     let rewind = request::rewind(&query)?;
     let topic = Topic::for_session(&session);
     let spec = SubscriberSpec {
-        label: SubscriberLabel::new(identity.payload).from_address(permit.address()),
+        label: SubscriberLabel::new(identity.payload)
+            .from_address(permit.address())
+            .of_subject(identity.subject),
         // Its session's topic, and the broadcasts to every session.
         selectors: vec![
             Selector::Exact(topic.as_str().into()),
@@ -219,7 +221,7 @@ struct SessionInfo {
     session_id: String,
     connected: bool,
     streams: usize,
-    /// `cluster` when the bus's registry answered, `instance` when this instance did.
+    /// Always `cluster` (earlier versions answered `instance` on buses without a registry).
     scope: &'static str,
     instances: Vec<InstanceStreams>,
 }
@@ -243,31 +245,20 @@ pub(super) async fn describe(
     let session = SessionId::new(&session_id, MAX_SESSION_ID_LEN)?;
     // Only a publisher that may write to the session may learn whether it is online.
     rights.check(&[Topic::for_session(&session)])?;
-    // The bus's registry answers cluster-wide; without one, this instance's hub is the registry.
-    let (scope, instances): (_, Vec<InstanceStreams>) = match state.bus().registry() {
-        Some(registry) => (
-            "cluster",
-            registry
-                .session_presence(&session)
-                .await?
-                .into_iter()
-                .map(|(instance_id, streams)| InstanceStreams {
-                    instance_id,
-                    streams,
-                })
-                .collect(),
-        ),
-        None => (
-            "instance",
-            match state.hub().session_streams(&session) {
-                0 => Vec::new(),
-                streams => vec![InstanceStreams {
-                    instance_id: state.config().instance_id.clone(),
-                    streams,
-                }],
-            },
-        ),
-    };
+    // The bus's registry answers where it keeps one; every instance does otherwise.
+    let (presence, _) = state
+        .cluster()
+        .presence(std::slice::from_ref(&session))
+        .await?;
+    let instances: Vec<InstanceStreams> = presence
+        .into_iter()
+        .flatten()
+        .map(|(instance_id, streams)| InstanceStreams {
+            instance_id,
+            streams,
+        })
+        .collect();
+    let scope = "cluster";
     let streams = instances.iter().map(|i| i.streams).sum();
     Ok(Json(SessionInfo {
         session_id,

@@ -12,14 +12,17 @@
 //! reading is blocked in a write and would never notice its stream ending.
 //!
 //! The hub also keeps the instance's record of live interests (which exact topics and which
-//! wide selectors have subscribers), which a bus that routes by interest watches.
+//! wide selectors have subscribers), which a bus that routes by interest watches; it ends the
+//! streams an operator disconnects ([`Hub::disconnect`]), each with its [`Farewell`]; and it
+//! hands on the signals of the cluster's control plane the bus hears ([`Hub::signals`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use bytes::Bytes;
 use indexmap::IndexMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Envelope;
@@ -52,6 +55,44 @@ struct Entry {
     queued_bytes: Arc<AtomicUsize>,
     /// Cancelled when the hub drops the subscriber as slow: closes its connection.
     close: Option<CancellationToken>,
+    /// Set when an operator disconnects it: how its stream ends (shared with the
+    /// [`Subscription`]).
+    farewell: Arc<OnceLock<Farewell>>,
+}
+
+/// How a stream an operator disconnects ends, after what it was already sent: told why, then
+/// asked to come back (a `retry:` hint: it reconnects, resumes, and is authorized again) or to
+/// stay away (a final event; the authorization then decides whether it may return).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Farewell {
+    /// Come back (true) or stay away (false).
+    pub reconnect: bool,
+    /// Why, in the operator's words, shown to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Which streams an operation concerns: those of a session (session API streams), those whose
+/// credentials name a subject (any stream), or one stream by its id (its subscriber's IRI).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Streams {
+    /// The streams of a session.
+    Session(SessionId),
+    /// The streams whose token `sub` (or callback `subject`) is this.
+    Subject(Arc<str>),
+    /// One stream, by its subscriber's `urn:uuid:…`.
+    Stream(Arc<str>),
+}
+
+impl Streams {
+    fn holds(&self, spec: &SubscriberSpec) -> bool {
+        match self {
+            Streams::Session(session) => spec.session.as_ref() == Some(session),
+            Streams::Subject(subject) => spec.label.subject.as_ref() == Some(subject),
+            Streams::Stream(iri) => spec.label.iri == *iri,
+        }
+    }
 }
 
 type Members = IndexMap<SubscriberId, Arc<Entry>>;
@@ -123,7 +164,13 @@ struct Inner {
     /// Told each subscriber that comes or goes, once someone asked (subscription events,
     /// lifecycle webhooks): one bounded queue per listener.
     subscriber_events: std::sync::Mutex<Vec<Listener>>,
+    /// The control plane's signals the bus heard, for whoever listens ([`Hub::signals`]).
+    signals: broadcast::Sender<Bytes>,
 }
+
+/// Signals a listener of [`Hub::signals`] may fall behind by before it misses some (they are
+/// small and handled at once; a listener that misses one is told so).
+pub const SIGNALS_QUEUE: usize = 4096;
 
 /// The most subscriber events a listener may fall behind by; past it the next ones are
 /// dropped, counted (`tidings_subscriber_events_dropped_total`) and the listener told how
@@ -189,6 +236,7 @@ pub struct Subscription {
     pub spec: Arc<SubscriberSpec>,
     rx: mpsc::Receiver<Arc<Envelope>>,
     queued_bytes: Arc<AtomicUsize>,
+    farewell: Arc<OnceLock<Farewell>>,
     hub: Hub,
 }
 
@@ -210,6 +258,12 @@ impl Subscription {
                 .fetch_sub(envelope.sse_len(), Ordering::Relaxed);
         }
         polled
+    }
+
+    /// How the stream ends, when an operator disconnected it ([`Hub::disconnect`]): once
+    /// [`Subscription::recv`] gave what was queued and then `None`.
+    pub fn farewell(&self) -> Option<&Farewell> {
+        self.farewell.get()
     }
 }
 
@@ -247,6 +301,7 @@ impl Hub {
                 sessions_changed: tokio::sync::Notify::new(),
                 subscribers_changed: tokio::sync::Notify::new(),
                 subscriber_events: std::sync::Mutex::new(Vec::new()),
+                signals: broadcast::Sender::new(SIGNALS_QUEUE),
             }),
         }
     }
@@ -331,12 +386,14 @@ impl Hub {
             .len()
             > 1;
         let spec = Arc::new(spec);
+        let farewell = Arc::new(OnceLock::new());
         let entry = Arc::new(Entry {
             spec: spec.clone(),
             tx,
             multi,
             queued_bytes: queued_bytes.clone(),
             close,
+            farewell: farewell.clone(),
         });
         let mut interest_changed = false;
         {
@@ -380,6 +437,7 @@ impl Hub {
             spec,
             rx,
             queued_bytes,
+            farewell,
             hub: self.clone(),
         }
     }
@@ -569,6 +627,75 @@ impl Hub {
     /// Number of streams `session` holds on this instance.
     pub fn session_streams(&self, session: &SessionId) -> usize {
         self.read().sessions.get(session).copied().unwrap_or(0)
+    }
+
+    /// Number of sessions with streams on this instance.
+    pub fn session_count(&self) -> usize {
+        self.read().sessions.len()
+    }
+
+    /// The subscribers of `which` streams registered now.
+    pub fn streams(&self, which: &Streams) -> Vec<Arc<SubscriberSpec>> {
+        let reg = self.read();
+        match which {
+            Streams::Session(session) if !reg.sessions.contains_key(session) => Vec::new(),
+            _ => reg
+                .all
+                .values()
+                .filter(|e| which.holds(&e.spec))
+                .map(|e| e.spec.clone())
+                .collect(),
+        }
+    }
+
+    /// Ends `which` streams: each is sent what was queued for it, then its `farewell`, and
+    /// ends; its subscriber leaves at once. Returns how many there were.
+    pub fn disconnect(&self, which: &Streams, farewell: &Farewell) -> usize {
+        let ended: Vec<(SubscriberId, Arc<Entry>)> = {
+            let reg = self.read();
+            if matches!(which, Streams::Session(s) if !reg.sessions.contains_key(s)) {
+                return 0;
+            }
+            reg.all
+                .iter()
+                .filter(|(_, e)| which.holds(&e.spec))
+                .map(|(id, e)| (*id, e.clone()))
+                .collect()
+        };
+        // Told before the queue closes: a stream that finds its queue closed reads it then.
+        for (id, entry) in &ended {
+            let _ = entry.farewell.set(farewell.clone());
+            self.remove(*id);
+        }
+        ended.len()
+    }
+
+    /// Every `(selector, subscribers)` registered now whose selector starts with `prefix`:
+    /// exact topics and wide selectors as written, sorted by selector.
+    pub fn selector_counts(&self, prefix: &str) -> Vec<(Arc<str>, usize)> {
+        let reg = self.read();
+        let exact = reg.exact.iter().map(|(t, m)| (t.clone(), m.len()));
+        let wide = reg
+            .wide
+            .values()
+            .map(|(s, m)| (Arc::from(s.source()), m.len()));
+        let mut counts: Vec<(Arc<str>, usize)> = exact
+            .chain(wide)
+            .filter(|(s, _)| s.starts_with(prefix))
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    /// Hands on a signal of the control plane the bus heard (dropped when nobody listens).
+    pub fn receive_signal(&self, signal: Bytes) {
+        let _ = self.inner.signals.send(signal);
+    }
+
+    /// From now on, every signal of the control plane the bus hears — this instance's own
+    /// too — through a queue of [`SIGNALS_QUEUE`].
+    pub fn signals(&self) -> broadcast::Receiver<Bytes> {
+        self.inner.signals.subscribe()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Registry> {

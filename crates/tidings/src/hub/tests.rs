@@ -200,3 +200,52 @@ async fn a_listener_that_falls_behind_is_told_how_many_events_it_missed() {
         Some(Heard::Event(SubscriberEvent { active: false, .. }))
     ));
 }
+
+#[tokio::test]
+async fn a_disconnected_stream_gets_what_was_queued_then_its_farewell_and_leaves() {
+    let hub = hub(8);
+    let session = SessionId::new("s", 100).unwrap();
+    let mut mine = spec(&["a"]);
+    mine.session = Some(session.clone());
+    mine.label = mine.label.of_subject(Some("alice".into()));
+    let mut sub = hub.subscribe(mine);
+    let mut other = hub.subscribe(spec(&["a"]));
+    hub.dispatch(&envelope(1, &["a"]));
+    let farewell = Farewell {
+        reconnect: true,
+        reason: Some("role changed".into()),
+    };
+    assert_eq!(
+        hub.disconnect(&Streams::Subject("bob".into()), &farewell),
+        0
+    );
+    assert_eq!(
+        hub.disconnect(&Streams::Session(session.clone()), &farewell),
+        1
+    );
+    assert_eq!(hub.session_streams(&session), 0);
+    assert_eq!(hub.subscriber_count(), 1);
+    assert_eq!(sub.recv().await.unwrap().position, Position(1));
+    assert!(sub.recv().await.is_none());
+    assert_eq!(sub.farewell(), Some(&farewell));
+    // The other stream is untouched, and ended by its id.
+    assert_eq!(other.recv().await.unwrap().position, Position(1));
+    assert!(other.farewell().is_none());
+    let id = Streams::Stream(other.spec.label.iri.clone());
+    assert_eq!(hub.streams(&id).len(), 1);
+    assert_eq!(hub.disconnect(&id, &farewell), 1);
+    assert!(other.recv().await.is_none());
+    assert_eq!(hub.disconnect(&id, &farewell), 0, "gone already");
+}
+
+#[tokio::test]
+async fn selector_counts_name_each_selector_once_with_its_subscribers() {
+    let hub = hub(8);
+    let _a = hub.subscribe(spec(&["books/1", "books/{id}"]));
+    let _b = hub.subscribe(spec(&["books/1"]));
+    let _c = hub.subscribe(spec(&["music/1"]));
+    let counts = hub.selector_counts("books/");
+    let counts: Vec<(&str, usize)> = counts.iter().map(|(s, n)| (&**s, *n)).collect();
+    assert_eq!(counts, [("books/1", 2), ("books/{id}", 1)]);
+    assert_eq!(hub.selector_counts("").len(), 3);
+}

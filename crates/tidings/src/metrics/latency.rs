@@ -43,6 +43,16 @@ impl LatencyHistogram {
     pub fn count(&self) -> u64 {
         self.inner.count.load(Ordering::Relaxed)
     }
+
+    /// How many latencies were recorded, and their sum in microseconds (read apart: one may
+    /// be an observation ahead of the other).
+    pub fn totals(&self) -> (u64, u64) {
+        let counts = &self.inner;
+        (
+            counts.count.load(Ordering::Relaxed),
+            counts.sum_us.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl TypedMetric for LatencyHistogram {

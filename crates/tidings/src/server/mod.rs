@@ -258,6 +258,9 @@ impl Instance {
             let _ = tokio::time::timeout(config.drain, self.state.streams().wait()).await;
         };
         tokio::join!(drained, self.state.consumers().stopped(config.drain));
+        // No stream left here: the others count this instance out now, not three heartbeats
+        // from now.
+        let _ = tokio::time::timeout(GRACE, self.state.cluster().stop()).await;
         let open = graceful.count();
         closing.cancel();
         match tokio::time::timeout(GRACE, graceful.shutdown()).await {

@@ -32,12 +32,20 @@ async fn ready_again(hub: &Hub) {
 }
 
 /// Freezes A, cuts every Pub/Sub connection of Redis, runs `meanwhile` while A cannot hear,
-/// then lets A go on: it finds its connection gone and must reconnect and catch up.
-async fn cut_off_while(a: &Hub, redis: &PrivateRedis, meanwhile: impl AsyncFnOnce()) {
+/// then lets A go on: it finds its connection gone and must reconnect and catch up. B's
+/// connection is cut too (every instance listens to the control plane's channel): `meanwhile`
+/// runs once B has reconnected.
+async fn cut_off_while(a: &Hub, b: &Hub, redis: &PrivateRedis, meanwhile: impl AsyncFnOnce()) {
+    let reconnects = b.metric("tidings_bus_reconnects_total").await;
     signal(a, "-STOP");
     redis
         .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .unwrap();
+    wait_until("B to reconnect", Duration::from_secs(15), async || {
+        b.metric("tidings_bus_reconnects_total").await > reconnects
+            && status(b, "/readyz").await == 200
+    })
+    .await;
     meanwhile().await;
     signal(a, "-CONT");
 }
@@ -169,7 +177,7 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
     // it finds its connection gone, reconnects, and must read the missed updates from the
     // stream.
     let mut ids = vec![first];
-    cut_off_while(&a, &redis, async || {
+    cut_off_while(&a, &b, &redis, async || {
         for i in 1..=20 {
             let data = i.to_string();
             let (code, id) = publish(&b, None, &[("topic", &topic), ("data", &data)]).await;
@@ -221,7 +229,7 @@ async fn an_instance_that_never_delivered_anything_still_catches_up() {
     // A pings as soon as it connects and learns the (empty) stream's start.
     a.wait_for_log(PINGED).await;
     let mut id = String::new();
-    cut_off_while(&a, &redis, async || {
+    cut_off_while(&a, &b, &redis, async || {
         let (code, published) = publish(&b, None, &[("topic", &topic), ("data", "first")]).await;
         assert_eq!(code, 200, "{published}");
         id = published;
@@ -260,7 +268,7 @@ async fn an_instance_that_hears_little_counts_no_false_gap_when_history_moves_on
     // ping from now began after the last publish.
     a.wait_for_logs(PINGED, a.log_lines(PINGED) + 2).await;
     let mut missed = Vec::new();
-    cut_off_while(&a, &redis, async || {
+    cut_off_while(&a, &b, &redis, async || {
         for i in 1..=3 {
             let data = i.to_string();
             let (code, id) = publish(&b, None, &[("topic", &quiet), ("data", &data)]).await;

@@ -21,7 +21,7 @@ const LAYERS: [&[&str]; 7] = [
         "admission",
         "hub",
     ],
-    &["auth", "bus", "consume", "outbound", "webhook"],
+    &["auth", "bus", "cluster", "consume", "outbound", "webhook"],
     &["config"],
     &["state"],
     &["http"],

@@ -2,6 +2,7 @@
 //! protocols' single requests, the layers of the source, and property tests of the HTTP
 //! boundary, the SSE encoding and URI templates, and the merge rule of sharded history.
 
+mod admin;
 mod app;
 mod bad_input;
 mod boundary_props;

@@ -53,7 +53,7 @@ async fn each_stream_of_a_session_gets_only_its_event_name() {
     let info = describe(&hub, "alice").await;
     assert_eq!(
         info,
-        json!({"sessionId": "alice", "connected": true, "streams": 2, "scope": "instance", "instances": [{"instanceId": "node-a", "streams": 2}]})
+        json!({"sessionId": "alice", "connected": true, "streams": 2, "scope": "cluster", "instances": [{"instanceId": "node-a", "streams": 2}]})
     );
 
     let p = publisher_token();
@@ -105,8 +105,8 @@ async fn each_stream_of_a_session_gets_only_its_event_name() {
     let described = describe(&hub, "alice").await;
     assert_eq!(described["instances"], json!([]));
     assert_eq!(
-        described["scope"], "instance",
-        "the memory bus answers for itself"
+        described["scope"], "cluster",
+        "every bus answers for its cluster"
     );
 }
 

@@ -116,6 +116,8 @@ pub(super) struct Link {
     connection: Connection,
     publisher: Channel,
     consumer: Consumer,
+    /// Reads the control plane's signals.
+    control: Consumer,
     start: Start,
 }
 
@@ -225,6 +227,7 @@ impl Link {
                 queue
             }
         };
+        let control = listen_for_signals(&connection, shared).await?;
         let publisher = timed(shared.timeout, connection.create_channel()).await?;
         timed(
             shared.timeout,
@@ -270,6 +273,7 @@ impl Link {
             connection,
             publisher,
             consumer,
+            control,
             start,
         })
     }
@@ -300,6 +304,11 @@ impl Link {
                     Some(Err(e)) => return Stopped::Failed(failed(e)),
                     None => return Stopped::Failed(unavailable("the consumer was cancelled")),
                 },
+                signal = self.control.next() => match signal {
+                    Some(Ok(delivery)) => shared.hub.receive_signal(delivery.data.into()),
+                    Some(Err(e)) => return Stopped::Failed(failed(e)),
+                    None => return Stopped::Failed(unavailable("the signals' consumer was cancelled")),
+                },
                 result = &mut catch_up, if !caught_up => match result {
                     Ok(()) => {
                         caught_up = true;
@@ -316,6 +325,57 @@ impl Link {
             }
         }
     }
+}
+
+/// Declares the control plane's exchange, and a queue of this connection's own bound to it
+/// (named by RabbitMQ, deleted with the connection: signals are for who listens now), and
+/// consumes it.
+async fn listen_for_signals(
+    connection: &Connection,
+    shared: &Shared,
+) -> Result<Consumer, BusError> {
+    let channel = timed(shared.timeout, connection.create_channel()).await?;
+    let exchange = shared.names.control.as_str();
+    timed(
+        shared.timeout,
+        channel.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .map_err(|e| declaring("the signals' exchange", exchange, e))?;
+    let queue = timed(
+        shared.timeout,
+        channel.queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .map_err(|e| declaring("the signals' queue", "", e))?;
+    let queue = queue.name().as_str().to_owned();
+    bind(&channel, &queue, exchange, shared.timeout).await?;
+    timed(
+        shared.timeout,
+        channel.basic_consume(
+            queue.as_str().into(),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
 }
 
 fn offset_arg(offset: u64) -> i64 {

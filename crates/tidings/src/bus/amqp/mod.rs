@@ -55,6 +55,10 @@ pub struct Names {
     pub exchange: String,
     /// The stream queue that holds history: `<prefix>.history`.
     pub stream: String,
+    /// The fanout exchange of the control plane's signals: `<prefix>.control` (each instance
+    /// reads it through a queue of its own that RabbitMQ names and deletes with the
+    /// connection).
+    pub control: String,
 }
 
 impl Names {
@@ -63,6 +67,7 @@ impl Names {
         Names {
             exchange: prefix.to_owned(),
             stream: format!("{prefix}.history"),
+            control: format!("{prefix}.control"),
         }
     }
 
@@ -373,6 +378,12 @@ impl LogBroker for Shared {
     /// and what is published while it is disconnected is lost for it.
     fn resumes(&self) -> bool {
         self.stream.is_some()
+    }
+
+    async fn signal(&self, channel: Channel, signal: bytes::Bytes) -> Result<(), BusError> {
+        let properties = BasicProperties::default();
+        let control = &self.names.control;
+        publish_confirmed(&channel, control, "", &signal, properties, self.timeout).await
     }
 }
 

@@ -71,6 +71,11 @@ pub(super) enum Start {
 pub(super) struct Link {
     partition: Arc<PartitionClient>,
     publisher: Arc<PartitionClient>,
+    /// The control topic's partition: signals are published through the first, read (on a
+    /// connection of its own, for the same reason) through the second from `control_next`.
+    control: Arc<PartitionClient>,
+    control_reader: Arc<PartitionClient>,
+    control_next: u64,
     /// The offset to read next.
     next: u64,
     /// True until the first read checked that the partition is still the one read.
@@ -111,7 +116,13 @@ impl Link {
     ) -> Result<Link, BusError> {
         let client = connect(settings, Some(settings.timeout)).await?;
         ensure_topic(&client, &shared.topic, settings).await?;
+        ensure_topic(&client, &shared.control_topic, settings).await?;
         let publisher = partition_of(&client, &shared.topic, settings).await?;
+        let control = partition_of(&client, &shared.control_topic, settings).await?;
+        let signals = connect(settings, Some(settings.timeout)).await?;
+        let control_reader = partition_of(&signals, &shared.control_topic, settings).await?;
+        let control_next =
+            offset(timed(settings.timeout, control.get_offset(OffsetAt::Latest)).await?);
         // The reader's client does not retry: a failed read ends the link, and the next one
         // checks the partition is still the one read (see the module documentation).
         let reader = connect(settings, Some(Duration::ZERO)).await?;
@@ -137,6 +148,9 @@ impl Link {
         Ok(Link {
             partition: Arc::new(partition),
             publisher: Arc::new(publisher),
+            control: Arc::new(control),
+            control_reader: Arc::new(control_reader),
+            control_next,
             next,
             unchecked: true,
             caught_up_at: end,
@@ -146,8 +160,15 @@ impl Link {
     /// Hands every record to the hub until the connection fails; opens publishing once this
     /// instance has read everything the partition held when the link was made, and checked it
     /// is still the partition it read.
-    async fn deliver(&mut self, shared: &Shared, settings: &Settings) -> BusError {
+    async fn deliver(&mut self, shared: &Arc<Shared>, settings: &Settings) -> BusError {
         shared.next_offset.send_replace(self.next);
+        let signals = tokio::spawn(read_signals(
+            self.control_reader.clone(),
+            self.control_next,
+            shared.clone(),
+            settings.clone(),
+        ));
+        let _signals = AbortOnDrop(signals);
         let fetch_wait = Duration::from_millis(u64::from(settings.url.fetch_wait_ms));
         // Since when reads have suggested the partition is not the one read, and the offset
         // that has answered no record though later ones did (with since when).
@@ -155,6 +176,7 @@ impl Link {
         let mut hole: Option<(u64, Instant)> = None;
         loop {
             if !self.unchecked && self.next >= self.caught_up_at && !shared.publishing.is_open() {
+                shared.signals.set(Some(self.control.clone()));
                 shared.publishing.set(Some(self.publisher.clone()));
                 tracing::info!(
                     topic = shared.topic,
@@ -341,6 +363,61 @@ impl Link {
     }
 }
 
+/// Hands the hub every signal published to the control topic from `next` on, until aborted
+/// (with its link); a failed read is tried again a second later, from the same offset.
+async fn read_signals(
+    partition: Arc<PartitionClient>,
+    mut next: u64,
+    shared: Arc<Shared>,
+    settings: Settings,
+) {
+    let fetch_wait = settings.url.fetch_wait_ms;
+    loop {
+        let fetch = partition.fetch_records(
+            offset_arg(next),
+            1..settings.fetch_bytes,
+            i32::try_from(fetch_wait).unwrap_or(i32::MAX),
+        );
+        let wait = settings.timeout + Duration::from_millis(u64::from(fetch_wait));
+        match tokio::time::timeout(wait, fetch).await {
+            Ok(Ok((records, _))) => {
+                for record in records {
+                    next = next.max(offset(record.offset) + 1);
+                    if let Some(value) = record.record.value {
+                        shared.hub.receive_signal(value.into());
+                    }
+                }
+            }
+            // Trimmed past where it read: on from the partition's end.
+            Ok(Err(KafkaError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            })) => {
+                if let Ok(Ok(end)) =
+                    tokio::time::timeout(settings.timeout, partition.get_offset(OffsetAt::Latest))
+                        .await
+                {
+                    next = offset(end);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "kafka: cannot read signals; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A client of the cluster, its bootstrap brokers answering, that retries a failed operation
 /// until `deadline` (`None`: for ever).
 async fn connect(settings: &Settings, deadline: Option<Duration>) -> Result<Client, BusError> {
@@ -432,6 +509,7 @@ impl reconnect::Target for Target {
     async fn deliver(&mut self, mut link: Link) -> Stop {
         let error = link.deliver(&self.shared, &self.settings).await;
         self.shared.publishing.set(None);
+        self.shared.signals.set(None);
         Stop::Lost(error.cause().clone())
     }
 }

@@ -13,6 +13,10 @@
 //! last `history-size` before each record), so every one skips the same copy (see
 //! `bus/log.rs`).
 //!
+//! Signals of the control plane go through a second topic, `<topic>.control`, of one partition,
+//! created beside the first: each link reads it from its end (signals are for who listens now)
+//! and publishes to it; what it keeps is the broker's retention's business.
+//!
 //! The client is rskafka: pure Rust on tokio (no C library to build or link), and made for
 //! exactly this use: partitions read by offset, without consumer groups. See
 //! `docs/clustering.md`, "On Kafka", for what it supports and what this bus adds.
@@ -51,6 +55,10 @@ pub(super) struct Shared {
     topic: String,
     /// The partition client publishes go through, while connected and caught up.
     publishing: Publishing<Arc<PartitionClient>>,
+    /// The control plane's topic, and the partition client signals go through (open with
+    /// `publishing`).
+    control_topic: String,
+    signals: Publishing<Arc<PartitionClient>>,
     /// The partition as this instance read it, and what it delivered, under one lock with
     /// the dispatch.
     reading: Mutex<Reading>,
@@ -115,6 +123,8 @@ impl LogBus<Shared> {
         let shared = Arc::new(Shared {
             topic: topic_name(&options.prefix),
             publishing: Publishing::new(),
+            control_topic: format!("{}.control", topic_name(&options.prefix)),
+            signals: Publishing::new(),
             reading: Mutex::new(Reading {
                 log: ReadLog::new(
                     LocalHistory::new(options.history_size, options.history_ttl()),
@@ -246,5 +256,23 @@ impl LogBroker for Shared {
     /// Every instance reads the partition by offset.
     fn resumes(&self) -> bool {
         true
+    }
+
+    async fn signal(&self, _: Arc<PartitionClient>, signal: bytes::Bytes) -> Result<(), BusError> {
+        let control = self
+            .signals
+            .get()
+            .ok_or_else(|| unavailable("not connected"))?;
+        let record = rskafka::record::Record {
+            key: None,
+            value: Some(signal.to_vec()),
+            headers: Default::default(),
+            timestamp: i64::try_from(now_micros())
+                .ok()
+                .and_then(rskafka::chrono::DateTime::from_timestamp_micros)
+                .unwrap_or_default(),
+        };
+        let produce = control.produce(vec![record], Compression::NoCompression);
+        timed(self.timeout, produce).await.map(|_| ())
     }
 }

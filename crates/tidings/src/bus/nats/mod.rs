@@ -19,6 +19,9 @@
 //!   message on its subject, and waited for. Only an id older than the instance's memory (it
 //!   started since), `earliest`, or an unknown id read the stream from JetStream.
 //!
+//! - **Signals** (the control plane) are core NATS messages on `<stream>.control`, outside the
+//!   stream: never stored.
+//!
 //! JetStream on NATS 2.9 filters a consumer by one subject only, so this bus routes by
 //! broadcast whatever `routing` says.
 
@@ -64,6 +67,9 @@ pub struct NatsBus {
     /// How long one operation may take.
     timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
+    /// The control plane's subject, and the task handing what it hears to the hub.
+    control: String,
+    signals: tokio::task::JoinHandle<()>,
 }
 
 /// What the delivery task read and handed to the hub, shared with the bus's replays.
@@ -91,6 +97,7 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 impl Drop for NatsBus {
     fn drop(&mut self) {
         self.reader.abort();
+        self.signals.abort();
     }
 }
 
@@ -265,6 +272,15 @@ impl NatsBus {
             options.backoff,
             hub.metrics().bus_reconnects.clone(),
         );
+        // The client subscribes again by itself after a reconnect.
+        let control = format!("{subject_prefix}.control");
+        let mut heard = timed(timeout, client.subscribe(control.clone())).await?;
+        let to = hub.clone();
+        let signals = tokio::spawn(async move {
+            while let Some(message) = heard.next().await {
+                to.receive_signal(message.payload);
+            }
+        });
         let reader = reader::Reader {
             js: js.clone(),
             config,
@@ -287,6 +303,8 @@ impl NatsBus {
             memory_complete,
             timeout,
             reader,
+            control,
+            signals,
         })
     }
 
@@ -528,6 +546,15 @@ impl Bus for NatsBus {
 
     fn registry(&self) -> Option<Arc<dyn super::Registry>> {
         None
+    }
+
+    async fn signal(&self, signal: bytes::Bytes) -> Result<(), BusError> {
+        // The client would queue it while disconnected: it would come late, or never.
+        if self.state() != ConnectionState::Connected {
+            return Err(unavailable("not connected"));
+        }
+        let control = self.control.clone();
+        timed(self.timeout, self.client.publish(control, signal)).await
     }
 
     /// Every instance consumes the whole stream: it hears everything as soon as it is connected.

@@ -18,6 +18,8 @@
 //! - **Replay** reads the stream: resuming works on any instance, whichever one the client was
 //!   on before.
 //! - **Registry** (module `registry`): sessions and subscribers, cluster-wide.
+//! - **Signals** (the control plane) go through the Pub/Sub channel `<prefix>:control`, which
+//!   every delivery connection subscribes to beside what its routing asks for.
 
 mod reader;
 mod registry;
@@ -70,6 +72,8 @@ struct Keys {
     sweeper: String,
     /// Sessions online that the last sweep found no live instance holding.
     offline_candidates: String,
+    /// The control plane's Pub/Sub channel.
+    control: String,
     /// Stretches of the stream known lost (a failover to a replica that lacked them): a hash
     /// from the last lost position to the position before the loss.
     lost: String,
@@ -97,6 +101,7 @@ impl Keys {
             sweeper: format!("{prefix}:sweeper"),
             offline_candidates: format!("{prefix}:offline-candidates"),
             lost: format!("{prefix}:lost"),
+            control: format!("{prefix}:control"),
         }
     }
 
@@ -509,6 +514,12 @@ impl Bus for RedisBus {
 
     fn registry(&self) -> Option<Arc<dyn super::Registry>> {
         Some(self.registry.clone())
+    }
+
+    async fn signal(&self, signal: bytes::Bytes) -> Result<(), BusError> {
+        let mut conn = self.conns.commands();
+        let publish = conn.publish::<_, _, ()>(&self.keys.control, signal.as_ref());
+        timed(self.timeout, publish).await
     }
 }
 

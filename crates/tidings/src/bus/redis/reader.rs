@@ -149,6 +149,10 @@ impl Reader {
             let subscribed = self.wanted();
             let change = Change::between(&Listening::default(), &subscribed);
             send(&mut sink, &change).await.map_err(unavailable)?;
+            // The control plane's signals, whatever the routing (never unsubscribed).
+            sink.subscribe(&self.setup.keys.control)
+                .await
+                .map_err(failed)?;
             Ok((sink, stream, subscribed, version))
         };
         let timeout = self.setup.timeout;
@@ -370,8 +374,14 @@ impl Reader {
         }
     }
 
-    /// A Pub/Sub message of the publish script: `<position> <micros> <wire-format message>`.
+    /// A Pub/Sub message of the publish script: `<position> <micros> <wire-format message>`;
+    /// or a signal of the control plane, handed to the hub.
     fn deliver_message(&mut self, message: &redis::Msg) {
+        if message.get_channel_name() == self.setup.keys.control {
+            let signal = bytes::Bytes::copy_from_slice(message.get_payload_bytes());
+            self.setup.hub.receive_signal(signal);
+            return;
+        }
         let decoder = &self.setup.decoder;
         let mut parts = message.get_payload_bytes().splitn(3, |b| *b == b' ');
         let (Some(sid), Some(micros), Some(text)) = (parts.next(), parts.next(), parts.next())

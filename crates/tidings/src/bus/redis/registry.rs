@@ -386,27 +386,51 @@ impl Registry for SessionRegistry {
         }
     }
 
-    async fn session_presence(
+    // Two round trips whatever the number of sessions: their hashes, then whether the
+    // instances named are alive.
+    async fn sessions_presence(
         &self,
-        session: &SessionId,
-    ) -> Result<Vec<(String, usize)>, BusError> {
-        let mut conn = self.conns.commands();
-        let key = format!("{}{}", self.keys.session_prefix, session.as_str());
-        let entries: Vec<(String, usize)> = timed(self.timeout, conn.hgetall(&key)).await?;
-        let entries: Vec<(String, usize)> = entries.into_iter().filter(|(_, n)| *n > 0).collect();
-        if entries.is_empty() {
+        sessions: &[SessionId],
+    ) -> Result<Vec<Vec<(String, usize)>>, BusError> {
+        if sessions.is_empty() {
             return Ok(Vec::new());
         }
-        // Only instances that are still alive count: a dead one's liveness key has expired.
-        let ids: Vec<String> = entries.iter().map(|(i, _)| i.clone()).collect();
-        let alive = self.alive(&ids).await?;
-        let mut present: Vec<(String, usize)> = entries
-            .into_iter()
-            .zip(alive)
-            .filter_map(|(entry, alive)| alive.then_some(entry))
+        let mut pipe = redis::pipe();
+        for session in sessions {
+            pipe.hgetall(self.session_key(session));
+        }
+        let mut conn = self.conns.commands();
+        let entries: Vec<Vec<(String, usize)>> =
+            timed(self.timeout, pipe.query_async(&mut conn)).await?;
+        let mut named: Vec<String> = entries
+            .iter()
+            .flatten()
+            .filter(|(_, n)| *n > 0)
+            .map(|(i, _)| i.clone())
             .collect();
-        present.sort();
-        Ok(present)
+        named.sort();
+        named.dedup();
+        if named.is_empty() {
+            return Ok(vec![Vec::new(); sessions.len()]);
+        }
+        // Only instances that are still alive count: a dead one's liveness key has expired.
+        let alive: HashSet<String> = named
+            .iter()
+            .zip(self.alive(&named).await?)
+            .filter(|(_, alive)| *alive)
+            .map(|(i, _)| i.clone())
+            .collect();
+        Ok(entries
+            .into_iter()
+            .map(|entries| {
+                let mut present: Vec<(String, usize)> = entries
+                    .into_iter()
+                    .filter(|(i, n)| *n > 0 && alive.contains(i))
+                    .collect();
+                present.sort();
+                present
+            })
+            .collect())
     }
 }
 

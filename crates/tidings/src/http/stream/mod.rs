@@ -31,7 +31,7 @@ use super::{request, ApiError, AppState};
 use crate::admission::Permit;
 use crate::bus::{Replay, ReplayFrom};
 use crate::envelope::{now_micros, Envelope, Position};
-use crate::hub::Subscription;
+use crate::hub::{Farewell, Subscription};
 use crate::metrics::Metrics;
 use crate::sse;
 use crate::subscriber::SubscriberSpec;
@@ -40,6 +40,8 @@ use crate::telemetry;
 /// The SSE event sent first when a resume id was not in history (it has no `id`, so it does
 /// not move the client's `Last-Event-ID`; `onmessage` handlers do not see named events).
 pub(super) const GAP_EVENT: &str = "tidings-gap";
+/// The event that ends a stream an operator disconnected: why, and whether to come back.
+pub(super) const DISCONNECT_EVENT: &str = "tidings-disconnect";
 
 /// Middleware of the stream endpoints: a browser's `EventSource` gives up for good on any
 /// answer but `200`, so a stream request refused for a passing reason (`503`: the instance
@@ -380,6 +382,32 @@ fn gap_event(requested: &str, first: Option<&str>, found: bool) -> Bytes {
     sse::encode_event(None, Some(GAP_EVENT), None, &data.to_string())
 }
 
+/// The end of a stream an operator disconnected: a [`DISCONNECT_EVENT`] saying why and
+/// whether to come back, then — to come back — a `retry:` hint (jittered, as at shutdown), so
+/// that the client reconnects, resumes and is authorized again. To stay away there is no hint:
+/// a client that reconnects anyway is authorized again, and the application decides.
+fn farewell_events(farewell: &Farewell) -> Bytes {
+    let data = serde_json::json!({
+        "reconnect": farewell.reconnect,
+        "reason": farewell.reason,
+    });
+    let event = sse::encode_event(None, Some(DISCONNECT_EVENT), None, &data.to_string());
+    if !farewell.reconnect {
+        return event;
+    }
+    let retry = sse::encode_retry(retry_hint_ms());
+    let mut both = bytes::BytesMut::with_capacity(event.len() + retry.len());
+    both.extend_from_slice(&event);
+    both.extend_from_slice(&retry);
+    both.freeze()
+}
+
+/// A `retry:` hint between 0.5 and 3 s, so that clients sent away together do not all come
+/// back at the same moment.
+fn retry_hint_ms() -> u64 {
+    500 + rand::rng().random_range(0..2500)
+}
+
 /// Counts an open stream, for exactly as long as it lives, in the `connections` gauge and in
 /// the instance's stream tracker (which the drain waits on).
 struct ConnectionGauge {
@@ -499,6 +527,12 @@ impl Stream for EventStream {
                     this.reset_heartbeat();
                     return Poll::Ready(Some(Ok(envelope.sse())));
                 }
+                // An operator disconnected it: what was queued is sent, then its farewell.
+                Poll::Ready(None) if this.subscription.farewell().is_some() => {
+                    this.done = true;
+                    let farewell = this.subscription.farewell().map(farewell_events);
+                    return Poll::Ready(farewell.map(Ok));
+                }
                 // The hub dropped this subscriber (its queue was full): end the stream so the
                 // client reconnects and resumes from history.
                 Poll::Ready(None) if !closing_now => {
@@ -513,8 +547,7 @@ impl Stream for EventStream {
             if expired {
                 this.metrics().streams_expired.inc();
             }
-            let retry_ms = 500 + rand::rng().random_range(0..2500);
-            return Poll::Ready(Some(Ok(sse::encode_retry(retry_ms))));
+            return Poll::Ready(Some(Ok(sse::encode_retry(retry_hint_ms()))));
         }
         if this.heartbeat.as_mut().poll(cx).is_ready() {
             this.reset_heartbeat();

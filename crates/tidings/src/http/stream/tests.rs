@@ -92,6 +92,10 @@ impl Bus for RacingBus {
     fn registry(&self) -> Option<Arc<dyn crate::bus::Registry>> {
         None
     }
+
+    async fn signal(&self, _: Bytes) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 fn state(keeps_history: bool) -> AppState {

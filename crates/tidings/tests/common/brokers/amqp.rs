@@ -52,9 +52,11 @@ impl Drop for AmqpObjects {
                 let _ = channel
                     .queue_delete(names.stream.as_str().into(), Default::default())
                     .await;
-                let _ = channel
-                    .exchange_delete(names.exchange.as_str().into(), Default::default())
-                    .await;
+                for exchange in [&names.exchange, &names.control] {
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), Default::default())
+                        .await;
+                }
             }
             let _ = connection.close(200, "done".into()).await;
         });

@@ -30,12 +30,10 @@ impl Drop for KafkaTopic {
             };
             let work = async {
                 let client = builder.build().await.ok()?;
-                client
-                    .controller_client()
-                    .ok()?
-                    .delete_topic(topic, 5_000)
-                    .await
-                    .ok()
+                let controller = client.controller_client().ok()?;
+                let control = format!("{topic}.control");
+                let _ = controller.delete_topic(control, 5_000).await;
+                controller.delete_topic(topic, 5_000).await.ok()
             };
             let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
         });
