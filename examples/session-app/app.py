@@ -15,6 +15,8 @@ Environment:
     TIDINGS_URL              where the application publishes (an instance, or the proxy)
     TIDINGS_PUBLISHER_TOKEN  a token with the right to publish to the sessions' topics, e.g.
                              tidings token --publish 'urn:tidings:session:{id}'
+    TIDINGS_ADMIN_KEY        the hubs' --admin-key: a logout then ends the user's streams on
+                             every instance at once (without it they end when the grant does)
     WEBHOOK_SECRET           the hubs' --webhook-secret (webhooks are refused without it)
     APP_SECRET               signs the session cookie (random when unset: logins end with
                              the process)
@@ -49,20 +51,22 @@ webhook_log = []
 lock = threading.Lock()
 
 
-def publish(user, event_name, payload):
-    """Sends an event to every stream of `user`'s session, through the session API."""
-    body = json.dumps({"sessionId": user, "eventName": event_name, "payload": payload}).encode()
+def call_tidings(path, body, credential):
+    """POSTs JSON to Tidings; its JSON answer."""
     req = urllib.request.Request(
-        os.environ["TIDINGS_URL"].rstrip("/") + "/sse/events",
-        data=body,
+        os.environ["TIDINGS_URL"].rstrip("/") + path,
+        data=json.dumps(body).encode(),
         method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": "Bearer " + os.environ["TIDINGS_PUBLISHER_TOKEN"],
-        },
+        headers={"Content-Type": "application/json", "Authorization": "Bearer " + credential},
     )
     with urllib.request.urlopen(req, timeout=5) as answer:
-        return json.load(answer)["id"]
+        return json.load(answer)
+
+
+def publish(user, event_name, payload):
+    """Sends an event to every stream of `user`'s session, through the session API."""
+    body = {"sessionId": user, "eventName": event_name, "payload": payload}
+    return call_tidings("/sse/events", body, os.environ["TIDINGS_PUBLISHER_TOKEN"])["id"]
 
 
 @app.get("/")
@@ -84,7 +88,18 @@ def login():
 
 @app.post("/logout")
 def logout():
+    """Ends the login, and with it every stream of the user on every instance: each gets a
+    final `tidings-disconnect` event; if it comes back, the callback below turns it away."""
+    user = session.pop("user", None)
     session.clear()
+    admin_key = os.environ.get("TIDINGS_ADMIN_KEY")
+    if user and admin_key:
+        try:
+            call_tidings("/admin/disconnect", {"subject": user, "reason": "logged out"}, admin_key)
+        except (urllib.error.URLError, OSError) as e:
+            app.logger.warning("could not end %s's streams: %s", user, e)
+    if request.headers.get("Accept", "").startswith("application/json"):
+        return jsonify(loggedOut=True)
     return redirect("/")
 
 
@@ -109,7 +124,8 @@ def tidings_auth():
     if asked.get("api") != "session":
         # This application's pages only use the session API.
         return jsonify(detail="only session streams here"), 403
-    return jsonify(session=user, expiresIn=GRANT_SECONDS)
+    # The subject names the user: a logout ends every stream of theirs, on every device.
+    return jsonify(session=user, subject=user, expiresIn=GRANT_SECONDS)
 
 
 @app.post("/tidings/events")
@@ -165,7 +181,7 @@ LIVE_PAGE = """<!doctype html>
 <p>Stream: <b id=status>connecting</b></p>
 <form id=say><input id=text placeholder="A message to all your tabs"><button>Send</button></form>
 <ul id=log></ul>
-<form method=post action=/logout><button>Log out</button></form>
+<form id=logout method=post action=/logout><button>Log out</button></form>
 <script>
   // One connection for every event of the session: each keeps its name.
   const events = new EventSource('/sse/event-stream');
@@ -179,7 +195,24 @@ LIVE_PAGE = """<!doctype html>
   events.addEventListener('chat', (e) => show('chat', e));
   events.addEventListener('notice', (e) => show('notice', e));
   events.onopen = () => { document.getElementById('status').textContent = 'open'; };
-  events.onerror = () => { document.getElementById('status').textContent = 'reconnecting'; };
+  events.onerror = () => {
+    document.getElementById('status').textContent = events.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting';
+  };
+  // Tidings ended the stream (a logout, an operator): stay away unless asked to come back.
+  events.addEventListener('tidings-disconnect', (e) => {
+    window.disconnected = JSON.parse(e.data);
+    if (!window.disconnected.reconnect) {
+      events.close();
+      document.getElementById('status').textContent = 'disconnected: ' + (window.disconnected.reason || '');
+    }
+  });
+  // Logging out keeps the page, to show the stream ending; the server ends it.
+  document.getElementById('logout').onsubmit = async (e) => {
+    e.preventDefault();
+    await fetch('/logout', { method: 'POST', headers: { accept: 'application/json' } });
+    document.getElementById('say').remove();
+    e.target.outerHTML = '<p>Logged out. <a href="/">Log in again</a></p>';
+  };
   document.getElementById('say').onsubmit = async (e) => {
     e.preventDefault();
     const text = document.getElementById('text');

@@ -49,6 +49,20 @@ pub struct SubscriberIdentity {
     pub subject: Option<Arc<str>>,
 }
 
+impl SubscriberIdentity {
+    /// The admin key's: every private update, no session, no subject.
+    pub fn admin_key() -> Self {
+        SubscriberIdentity {
+            access: Access::everything(),
+            session: None,
+            anonymous: false,
+            payload: None,
+            expires: None,
+            subject: None,
+        }
+    }
+}
+
 /// What a publisher's credentials grant.
 #[derive(Debug, Clone)]
 pub struct PublisherRights {
@@ -60,6 +74,14 @@ pub struct PublisherRights {
 }
 
 impl PublisherRights {
+    /// Every right: the admin key's.
+    pub fn admin_key() -> Self {
+        PublisherRights {
+            selectors: None,
+            admin: true,
+        }
+    }
+
     /// Checks that every topic may be published to.
     ///
     /// # Errors

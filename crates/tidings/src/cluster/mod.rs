@@ -41,7 +41,8 @@ pub const MISSED_BEATS: u32 = 3;
 pub struct ClusterSettings {
     /// This instance's id (`instance-id`).
     pub instance_id: String,
-    /// Where it listens, as others should be told.
+    /// Where it listens, as others should be told (until the server says where it listens:
+    /// [`Cluster::listening_on`]).
     pub address: String,
     /// Between two heartbeats (`cluster-heartbeat`).
     pub heartbeat: Duration,
@@ -69,6 +70,8 @@ struct Inner {
     hub: Hub,
     bus: Arc<dyn Bus>,
     settings: ClusterSettings,
+    /// Where this instance listens, as its heartbeat says.
+    address: Mutex<String>,
     version: &'static str,
     started_at: u64,
     /// The other instances, by id, with when their last heartbeat came.
@@ -98,6 +101,7 @@ impl Cluster {
             inner: Arc::new(Inner {
                 hub,
                 bus,
+                address: Mutex::new(settings.address.clone()),
                 settings,
                 version: env!("CARGO_PKG_VERSION"),
                 started_at: now_millis(),
@@ -118,6 +122,11 @@ impl Cluster {
     /// This instance's id.
     pub fn id(&self) -> &str {
         &self.inner.settings.instance_id
+    }
+
+    /// Says where this instance listens (its URL), from now on.
+    pub fn listening_on(&self, address: String) {
+        *crate::locks::lock(&self.inner.address) = address;
     }
 
     /// Marks this instance draining (its next heartbeat says so).
@@ -141,7 +150,7 @@ impl Cluster {
         let inner = &self.inner;
         Member {
             id: inner.settings.instance_id.clone(),
-            address: inner.settings.address.clone(),
+            address: crate::locks::lock(&inner.address).clone(),
             version: inner.version.to_owned(),
             started_at: inner.started_at,
             streams: inner.hub.subscriber_count(),

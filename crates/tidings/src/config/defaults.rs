@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::LogFormat;
+use super::{AdminPage, LogFormat};
 use crate::admission::{ConnectionLimits, StreamLimits};
 use crate::auth::{AuthMode, JwtAlg};
 use crate::bus::{Backoff, Kind, Routing, Timeouts};
@@ -181,6 +181,7 @@ pub fn shown(option: &str) -> Option<String> {
         "subscriber-queue-bytes" => queue.bytes.to_string(),
         "selector-cache-size" => SELECTOR_CACHE_SIZE.to_string(),
         "log-format" => name_of(LogFormat::default()),
+        "admin-page" => name_of(AdminPage::default()),
         "log" => LOG.to_owned(),
         _ => return None,
     })

@@ -255,6 +255,10 @@ pub struct Options {
         value_name = "KEY"
     )]
     pub admin_key: Option<String>,
+    /// Serve the operator page at /admin/: off, loopback (to clients on this machine, not
+    /// through a proxy), or on (to anyone: it still needs the admin credential to do anything).
+    #[arg(long, env = "TIDINGS_ADMIN_PAGE", value_name = "WHO")]
+    pub admin_page: Option<AdminPage>,
     /// Where lifecycle webhooks are sent (http:// or https://): sessions online and offline,
     /// streams subscribed and unsubscribed, in signed JSON batches.
     #[arg(
@@ -426,6 +430,22 @@ where
     clap::builder::PossibleValuesParser::new(names).try_map(|name| name.parse::<T>())
 }
 
+/// Who the operator page (`/admin/`) is served to. Whatever this says, the page does nothing
+/// without the admin credential; off unless asked for, and never served past loopback unless
+/// `on` says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminPage {
+    /// Not served.
+    #[default]
+    Off,
+    /// Served to clients connected from a loopback address, and not through a proxy (a request
+    /// with forwarding headers is refused).
+    Loopback,
+    /// Served to any client.
+    On,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -544,6 +564,8 @@ pub struct Config {
     pub cluster_deadline: Duration,
     /// The admin API's key (`admin-key`), if set; never shown.
     pub admin_key: Option<String>,
+    /// Who the operator page is served to.
+    pub admin_page: AdminPage,
     /// Lifecycle webhooks, when a receiver is configured.
     pub webhooks: Option<WebhookSettings>,
     /// Where traces go, when tracing is on (`otlp-endpoint`).
@@ -677,6 +699,7 @@ impl Options {
             cluster_heartbeat,
             cluster_deadline_ms,
             admin_key,
+            admin_page,
             webhook_url,
             webhook_secret,
             webhook_queue,

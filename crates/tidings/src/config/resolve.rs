@@ -234,6 +234,7 @@ impl Options {
                 }
                 key => key,
             },
+            admin_page: self.admin_page.unwrap_or_default(),
             cors_origins: origins("cors-origin", self.cors_origin, true)?,
             consumers: self
                 .consume

@@ -204,6 +204,14 @@ fn the_defaults_shown_are_the_defaults_applied() {
         ("bus-prefix", config.bus.prefix.clone()),
         ("heartbeat", config.heartbeat.as_secs().to_string()),
         (
+            "admin-page",
+            serde_json::to_value(config.admin_page)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        (
             "cluster-heartbeat",
             config.cluster_heartbeat.as_secs().to_string(),
         ),

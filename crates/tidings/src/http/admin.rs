@@ -6,15 +6,18 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Html;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::request::{self, Query};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ConnectionInfo};
 use crate::cluster::{Answer, Gathered, Question, StreamRecord, MAX_LISTED};
+use crate::config::AdminPage;
 use crate::hub::{Farewell, Streams};
 use crate::update::{SessionId, MAX_SESSION_ID_LEN};
 
@@ -30,21 +33,7 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(key) = &state.config().admin_key {
-            let bearer = parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            // Compared in constant time: the key is a password.
-            #[allow(deprecated)]
-            let matches = bearer.is_some_and(|b| {
-                ring::constant_time::verify_slices_are_equal(b.as_bytes(), key.as_bytes()).is_ok()
-            });
-            if matches {
-                return Ok(Admin);
-            }
-        }
+        // (The admin key is checked there first.)
         let query = request::query(parts.uri.query())?;
         let rights = request::publisher(state, &parts.headers, &query).await?;
         match rights.admin {
@@ -335,6 +324,46 @@ pub(super) async fn selectors(
         "missing": gathered.missing,
     }))
     .into_response())
+}
+
+/// The operator page: one HTML file with its script inline (no build step, nothing fetched
+/// from elsewhere), which calls this API with the credential typed into it.
+const PAGE: &str = include_str!("admin.html");
+
+/// `GET /admin/`: the operator page, to the clients `admin-page` serves it to; a `404` to
+/// the others, as if there were none.
+pub(super) async fn page(
+    State(state): State<AppState>,
+    connection: Option<Extension<ConnectionInfo>>,
+    headers: HeaderMap,
+) -> Response {
+    let proxied =
+        headers.contains_key(header::FORWARDED) || headers.contains_key("x-forwarded-for");
+    let served = match state.config().admin_page {
+        AdminPage::Off => false,
+        AdminPage::Loopback => {
+            !proxied && connection.is_some_and(|Extension(c)| c.peer.ip().is_loopback())
+        }
+        AdminPage::On => true,
+    };
+    if !served {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no operator page here (admin-page: off by default; loopback serves it to this machine only)",
+        )
+        .into_response();
+    }
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            // An admin page is not to be framed (clickjacking) nor to leak its URL.
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(PAGE),
+    )
+        .into_response()
 }
 
 /// Any other path under `/admin/`.

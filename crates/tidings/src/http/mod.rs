@@ -96,6 +96,8 @@ pub fn router(state: AppState) -> Router {
         .route(SESSION_STREAM_PATH, get(session::event_stream))
         .route("/sse/events", axum::routing::post(session::publish))
         .route("/sse/sessions/{session_id}", get(session::describe))
+        .route("/admin", get(admin::page))
+        .route("/admin/", get(admin::page))
         .route("/admin/cluster", get(admin::cluster))
         .route("/admin/presence", axum::routing::post(admin::presence))
         .route("/admin/streams", get(admin::streams))

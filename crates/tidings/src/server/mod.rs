@@ -174,6 +174,10 @@ impl Instance {
         let config = self.state.config().clone();
         let acceptor = self.tls.as_ref().map(|c| c.acceptor()).transpose()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
+        // The others are told where this instance listens (a port 0 is known only now).
+        self.state
+            .cluster()
+            .listening_on(format!("{scheme}://{addr}"));
         let status = match self.state.bus().is_ready() {
             true => "tidings ready",
             false => "tidings waiting for its bus (not ready yet)",

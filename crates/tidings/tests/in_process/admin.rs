@@ -201,3 +201,77 @@ async fn it_finds_a_session_stream_and_ends_it_with_its_farewell() {
         .await;
     assert_eq!(again["streams"], 0, "{again}");
 }
+
+#[tokio::test]
+async fn the_operator_page_is_served_only_where_asked() {
+    let off = app().await;
+    assert_eq!(off.get("/admin/", &[]).await.status, 404);
+    let on = App::start(&[
+        "--jwt-key",
+        KEY,
+        "--admin-key",
+        ADMIN_KEY,
+        "--admin-page",
+        "on",
+    ])
+    .await;
+    let page = on.get("/admin/", &[]).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    assert!(page
+        .text()
+        .await
+        .contains("<title>Tidings — operator</title>"));
+    // Loopback: not to a request that came through a proxy, nor to one from no known peer.
+    let loopback = App::start(&[
+        "--jwt-key",
+        KEY,
+        "--admin-key",
+        ADMIN_KEY,
+        "--admin-page",
+        "loopback",
+    ])
+    .await;
+    assert_eq!(loopback.get("/admin/", &[]).await.status, 404);
+    let proxied = [("x-forwarded-for", "203.0.113.9")];
+    assert_eq!(loopback.get("/admin/", &proxied).await.status, 404);
+}
+
+#[tokio::test]
+async fn the_admin_key_publishes_and_sees_private_updates() {
+    let app = app().await;
+    let published = app
+        .post_form(
+            "/.well-known/mercure",
+            &[
+                ("topic", "/orders/1"),
+                ("data", "secret"),
+                ("private", "on"),
+            ],
+            &[("authorization", &format!("Bearer {ADMIN_KEY}"))],
+        )
+        .await;
+    assert_eq!(published.status, 200);
+    let id = published.text().await;
+    let stream = app
+        .get_as(
+            "/.well-known/mercure?topic=/orders/1&lastEventID=earliest",
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(stream.status, 200);
+    let mut body = stream.into_body().into_data_stream();
+    let mut seen = String::new();
+    while !seen.contains("data: secret") {
+        let chunk = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut body),
+        )
+        .await
+        .expect("the private update")
+        .unwrap()
+        .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(&format!("id: {id}")), "{seen}");
+}

@@ -149,6 +149,11 @@ impl Answer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The body, to read as it comes (a stream's).
+    pub(crate) fn into_body(self) -> Body {
+        self.body
+    }
+
     /// The body as JSON (`null` when it is not).
     pub(crate) async fn json(self) -> Value {
         serde_json::from_str(&self.text().await).unwrap_or(Value::Null)
