@@ -136,6 +136,23 @@ export async function startNginxWith(dir, site, port, extra = {}) {
   };
 }
 
+/**
+ * nginx with the example application's nginx.conf (examples/session-app), its two instances
+ * and the app replaced by `hubBases[0..2]` and `appUrl`; resolves as startNginxWith.
+ */
+export async function startAppNginx(hubBases, appUrl) {
+  let site = readFileSync(path.join(root, 'examples', 'session-app', 'nginx.conf'), 'utf8');
+  const port = await freePort();
+  for (const [shipped, actual] of [['127.0.0.1:3001', hubBases[0]], ['127.0.0.1:3002', hubBases[1]],
+    ['127.0.0.1:8000', appUrl], ['listen 8080;', `listen 127.0.0.1:${port};`]]) {
+    if (!site.includes(shipped)) throw new Error(`the example's nginx.conf does not say ${shipped}`);
+    site = site.replace(shipped, actual.replace('http://', ''));
+  }
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-app-nginx-'));
+  writeFileSync(path.join(dir, 'site.conf'), site);
+  return startNginxWith(dir, 'site.conf', port);
+}
+
 /** A free TCP port on 127.0.0.1 (exported for tests that run servers of their own). */
 export { freePort };
 

@@ -113,7 +113,7 @@ test('the session panel subscribes, publishes, asks who is connected, and shows 
   assert.deepEqual({ type: events[1].type, data: events[1].data }, { type: 'chat', data: '{"text":"hi"}' });
   await page.click('#presence');
   await page.waitForFunction(() => document.querySelector('#pub-result').textContent.includes('connected'), null, { timeout: 10000 });
-  assert.equal(await text(page, '#pub-result'), 'alice is connected: 1 stream(s) (instance)');
+  assert.equal(await text(page, '#pub-result'), 'alice is connected: 1 stream(s) (cluster)');
   // A session event published without a session ID is refused, and the page says why.
   await page.fill('#pub-session', '');
   await page.click('#publish');

@@ -14,10 +14,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { startHub, token as mint, launchBrowser, startNginxWith, freePort, metric, root } from './harness.mjs';
+import { startHub, token as mint, launchBrowser, startAppNginx, freePort, metric, root } from './harness.mjs';
 
 const KEY = 'session-app-test-key-of-some-length';
 const REDIS = process.env.TIDINGS_TEST_REDIS || 'redis://127.0.0.1:6379/0';
@@ -64,17 +62,7 @@ before(async () => {
   appPort = await freePort();
   for (let i = 0; i < 2; i++) hubs.push(await startInstance(i));
   app = await startApp();
-  // The example's nginx.conf, its addresses replaced by the test's.
-  let site = readFileSync(path.join(root, 'examples', 'session-app', 'nginx.conf'), 'utf8');
-  const port = await freePort();
-  for (const [shipped, actual] of [['127.0.0.1:3001', hubs[0].base], ['127.0.0.1:3002', hubs[1].base],
-    ['127.0.0.1:8000', `127.0.0.1:${appPort}`], ['listen 8080;', `listen 127.0.0.1:${port};`]]) {
-    assert.ok(site.includes(shipped), `the example's nginx.conf says ${shipped}`);
-    site = site.replace(shipped, actual.replace('http://', ''));
-  }
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-app-nginx-'));
-  writeFileSync(path.join(dir, 'site.conf'), site);
-  nginx = await startNginxWith(dir, 'site.conf', port);
+  nginx = await startAppNginx([hubs[0].base, hubs[1].base], `http://127.0.0.1:${appPort}`);
   browser = await launchBrowser();
 });
 

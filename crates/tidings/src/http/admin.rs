@@ -328,7 +328,8 @@ pub(super) async fn selectors(
 
 /// The operator page: one HTML file with its script inline (no build step, nothing fetched
 /// from elsewhere), which calls this API with the credential typed into it.
-const PAGE: &str = include_str!("admin.html");
+static PAGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| super::page::themed(include_str!("admin.html")));
 
 /// `GET /admin/`: the operator page, to the clients `admin-page` serves it to; a `404` to
 /// the others, as if there were none.
@@ -361,7 +362,7 @@ pub(super) async fn page(
             (header::X_FRAME_OPTIONS, "DENY"),
             (header::REFERRER_POLICY, "no-referrer"),
         ],
-        Html(PAGE),
+        Html(PAGE.as_str()),
     )
         .into_response()
 }

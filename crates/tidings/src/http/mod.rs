@@ -7,6 +7,7 @@
 mod admin;
 mod discovery;
 mod error;
+mod history;
 mod mercure;
 mod ops;
 mod page;
@@ -96,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route(SESSION_STREAM_PATH, get(session::event_stream))
         .route("/sse/events", axum::routing::post(session::publish))
         .route("/sse/sessions/{session_id}", get(session::describe))
+        .route("/history", get(history::history))
         .route("/admin", get(admin::page))
         .route("/admin/", get(admin::page))
         .route("/admin/cluster", get(admin::cluster))

@@ -13,6 +13,14 @@ use crate::auth::AuthMode;
 use crate::state::AppState;
 
 const TEMPLATE: &str = include_str!("page.html");
+/// The pages' palette, and where a page's template wants it.
+const THEME: &str = include_str!("theme.css");
+const THEME_AT: &str = "/* THEME */";
+
+/// A page's template with the pages' palette in its place.
+pub(super) fn themed(template: &str) -> String {
+    template.replacen(THEME_AT, THEME, 1)
+}
 /// Where the hub's facts go in the template: the text of a `<script type="application/json">`.
 const FACTS: &str = "{/* hub facts */}";
 
@@ -32,7 +40,7 @@ pub(super) fn render(state: &AppState) -> Bytes {
     // `<` only occurs inside JSON strings, where `\u003c` means the same to JSON.parse and
     // cannot close the script element (an instance id is the operator's free text).
     let facts = facts.to_string().replace('<', "\\u003c");
-    Bytes::from(TEMPLATE.replacen(FACTS, &facts, 1))
+    Bytes::from(themed(TEMPLATE).replacen(FACTS, &facts, 1))
 }
 
 /// `GET /`.
@@ -47,5 +55,13 @@ mod tests {
     #[test]
     fn the_template_has_one_place_for_the_facts() {
         assert_eq!(TEMPLATE.matches(FACTS).count(), 1);
+    }
+
+    #[test]
+    fn each_page_has_one_place_for_the_palette() {
+        for page in [TEMPLATE, include_str!("admin.html")] {
+            assert_eq!(page.matches(THEME_AT).count(), 1);
+            assert!(themed(page).contains("--accent:"));
+        }
     }
 }

@@ -8,6 +8,7 @@ mod bad_input;
 mod boundary_props;
 mod cors;
 mod fuzz_corpus;
+mod history;
 mod layers;
 mod properties;
 mod requests;
