@@ -2,8 +2,9 @@
 //! the bus's signals (the control plane, [`Bus::signal`]) — on every bus alike.
 //!
 //! - **Membership**: every instance says it is alive every `cluster-heartbeat`, with its
-//!   figures ([`Member`]); one that misses three of its heartbeats is gone from the others'
-//!   view, and one that stops cleanly says so at once.
+//!   figures ([`Member`]), and at once to an instance it hears for the first time (so that a
+//!   newcomer knows everyone within a round trip); one that misses three of its heartbeats is
+//!   gone from the others' view, and one that stops cleanly says so at once.
 //! - **Questions** ([`Question`]): an operation that concerns the whole cluster — where
 //!   sessions are online, a subject's streams, the selectors subscribed to, a disconnect — is
 //!   asked of every instance at once (this one answers for itself), and the answers are
@@ -392,11 +393,18 @@ impl Cluster {
         let me = self.id();
         match signal {
             Signal::Beat { member } if member.id != me => {
-                let mut members = crate::locks::lock(&self.inner.members);
-                if !members.contains_key(&member.id) {
-                    tracing::info!(instance = %member.id, address = %member.address, "cluster: an instance joined");
+                let (id, address) = (member.id.clone(), member.address.clone());
+                let joined = crate::locks::lock(&self.inner.members)
+                    .insert(id.clone(), (member, Instant::now()))
+                    .is_none();
+                // A newcomer hears from everyone at once, not a heartbeat later.
+                if joined {
+                    tracing::info!(instance = %id, %address, "cluster: an instance joined");
+                    let member = self.me();
+                    if let Err(e) = self.send(&Signal::Beat { member }).await {
+                        tracing::debug!(error = %e, "cluster: cannot greet an instance");
+                    }
                 }
-                members.insert(member.id.clone(), (member, Instant::now()));
             }
             Signal::Leave { id } if id != me && self.forget(&id) => {
                 tracing::info!(instance = %id, "cluster: an instance left");

@@ -50,14 +50,19 @@ struct Entry {
     /// Has more than one distinct selector, so one update may reach it through several
     /// index entries: dispatch then deduplicates it.
     multi: bool,
-    /// Bytes of encoded events in the queue now (shared with the [`Subscription`], which
-    /// subtracts what it takes out).
-    queued_bytes: Arc<AtomicUsize>,
+    /// Bytes queued, and the farewell (shared with the [`Subscription`]).
+    shared: Arc<Shared>,
     /// Cancelled when the hub drops the subscriber as slow: closes its connection.
     close: Option<CancellationToken>,
-    /// Set when an operator disconnects it: how its stream ends (shared with the
-    /// [`Subscription`]).
-    farewell: Arc<OnceLock<Farewell>>,
+}
+
+/// What a subscriber's entry and its [`Subscription`] share, in one allocation per stream.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Bytes of encoded events in the queue now (the subscription subtracts what it takes out).
+    queued_bytes: AtomicUsize,
+    /// Set when an operator disconnects it: how its stream ends.
+    farewell: OnceLock<Farewell>,
 }
 
 /// How a stream an operator disconnects ends, after what it was already sent: told why, then
@@ -235,8 +240,7 @@ pub struct Subscription {
     /// What it asked for (the stream uses it to filter replayed history).
     pub spec: Arc<SubscriberSpec>,
     rx: mpsc::Receiver<Arc<Envelope>>,
-    queued_bytes: Arc<AtomicUsize>,
-    farewell: Arc<OnceLock<Farewell>>,
+    shared: Arc<Shared>,
     hub: Hub,
 }
 
@@ -254,7 +258,8 @@ impl Subscription {
     ) -> std::task::Poll<Option<Arc<Envelope>>> {
         let polled = self.rx.poll_recv(cx);
         if let std::task::Poll::Ready(Some(envelope)) = &polled {
-            self.queued_bytes
+            self.shared
+                .queued_bytes
                 .fetch_sub(envelope.sse_len(), Ordering::Relaxed);
         }
         polled
@@ -263,7 +268,7 @@ impl Subscription {
     /// How the stream ends, when an operator disconnected it ([`Hub::disconnect`]): once
     /// [`Subscription::recv`] gave what was queued and then `None`.
     pub fn farewell(&self) -> Option<&Farewell> {
-        self.farewell.get()
+        self.shared.farewell.get()
     }
 }
 
@@ -377,7 +382,7 @@ impl Hub {
     fn register(&self, spec: SubscriberSpec, close: Option<CancellationToken>) -> Subscription {
         let id = SubscriberId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(self.inner.queue.updates);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared::default());
         let multi = spec
             .selectors
             .iter()
@@ -386,14 +391,12 @@ impl Hub {
             .len()
             > 1;
         let spec = Arc::new(spec);
-        let farewell = Arc::new(OnceLock::new());
         let entry = Arc::new(Entry {
             spec: spec.clone(),
             tx,
             multi,
-            queued_bytes: queued_bytes.clone(),
+            shared: shared.clone(),
             close,
-            farewell: farewell.clone(),
         });
         let mut interest_changed = false;
         {
@@ -436,8 +439,7 @@ impl Hub {
             id,
             spec,
             rx,
-            queued_bytes,
-            farewell,
+            shared,
             hub: self.clone(),
         }
     }
@@ -519,16 +521,16 @@ impl Hub {
                 if !entry.spec.may_receive(update) {
                     return;
                 }
-                let queued = entry.queued_bytes.fetch_add(size, Ordering::Relaxed);
+                let queued = entry.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
                 if queued > 0 && queued.saturating_add(size) > queue_bytes {
-                    entry.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                    entry.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                     slow.push(*id);
                     return;
                 }
                 match entry.tx.try_send(envelope.clone()) {
                     Ok(()) => outcome.queued += 1,
                     Err(e) => {
-                        entry.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                        entry.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                         match e {
                             mpsc::error::TrySendError::Full(_) => slow.push(*id),
                             // The stream is going away; its guard removes it.
@@ -664,7 +666,7 @@ impl Hub {
         };
         // Told before the queue closes: a stream that finds its queue closed reads it then.
         for (id, entry) in &ended {
-            let _ = entry.farewell.set(farewell.clone());
+            let _ = entry.shared.farewell.set(farewell.clone());
             self.remove(*id);
         }
         ended.len()
