@@ -15,6 +15,10 @@
 //! wide selectors have subscribers), which a bus that routes by interest watches; it ends the
 //! streams an operator disconnects ([`Hub::disconnect`]), each with its [`Farewell`]; and it
 //! hands on the signals of the cluster's control plane the bus hears ([`Hub::signals`]).
+//!
+//! Here: registration and dispatch; `events`: the subscriber events told to listeners;
+//! `operate`: what an operator does to the streams, and the signals; `interest`: the record of
+//! interests.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,16 +30,21 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Envelope;
-use crate::metrics::{EventListener, Metrics};
+use crate::metrics::Metrics;
 use crate::selector::Selector;
 use crate::subscriber::SubscriberSpec;
 use crate::telemetry::{self, Kind, Parent};
 use crate::update::SessionId;
 
+mod events;
 mod interest;
+mod operate;
 
+use events::Listener;
+pub use events::{Heard, SubscriberEvent, SubscriberEvents, SUBSCRIBER_EVENTS_QUEUE};
 use interest::InterestLog;
 pub use interest::{Interest, InterestChanges};
+pub use operate::{Farewell, Streams};
 
 /// The hub-wide identifier of one subscriber (unique within the instance's lifetime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,41 +72,6 @@ struct Shared {
     queued_bytes: AtomicUsize,
     /// Set when an operator disconnects it: how its stream ends.
     farewell: OnceLock<Farewell>,
-}
-
-/// How a stream an operator disconnects ends, after what it was already sent: told why, then
-/// asked to come back (a `retry:` hint: it reconnects, resumes, and is authorized again) or to
-/// stay away (a final event; the authorization then decides whether it may return).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Farewell {
-    /// Come back (true) or stay away (false).
-    pub reconnect: bool,
-    /// Why, in the operator's words, shown to the client.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// Which streams an operation concerns: those of a session (session API streams), those whose
-/// credentials name a subject (any stream), or one stream by its id (its subscriber's IRI).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Streams {
-    /// The streams of a session.
-    Session(SessionId),
-    /// The streams whose token `sub` (or callback `subject`) is this.
-    Subject(Arc<str>),
-    /// One stream, by its subscriber's `urn:uuid:…`.
-    Stream(Arc<str>),
-}
-
-impl Streams {
-    fn holds(&self, spec: &SubscriberSpec) -> bool {
-        match self {
-            Streams::Session(session) => spec.session.as_ref() == Some(session),
-            Streams::Subject(subject) => spec.label.subject.as_ref() == Some(subject),
-            Streams::Stream(iri) => spec.label.iri == *iri,
-        }
-    }
 }
 
 type Members = IndexMap<SubscriberId, Arc<Entry>>;
@@ -176,60 +150,6 @@ struct Inner {
 /// Signals a listener of [`Hub::signals`] may fall behind by before it misses some (they are
 /// small and handled at once; a listener that misses one is told so).
 pub const SIGNALS_QUEUE: usize = 4096;
-
-/// The most subscriber events a listener may fall behind by; past it the next ones are
-/// dropped, counted (`tidings_subscriber_events_dropped_total`) and the listener told how
-/// many it missed. A reconnect storm of 15,000 streams is 30,000 events: they fit.
-pub const SUBSCRIBER_EVENTS_QUEUE: usize = 65_536;
-
-/// One listener's end of the subscriber events, as the hub holds it.
-#[derive(Debug)]
-struct Listener {
-    who: EventListener,
-    events: mpsc::Sender<SubscriberEvent>,
-    missed: Arc<AtomicU64>,
-}
-
-/// What a listener hears from [`SubscriberEvents::recv`].
-#[derive(Debug, Clone)]
-pub enum Heard {
-    /// A subscriber came or went.
-    Event(SubscriberEvent),
-    /// This many were dropped while the listener was behind: what it keeps of the hub's
-    /// subscribers must be looked up again.
-    Missed(u64),
-}
-
-/// A listener's end of the hub's subscriber events ([`Hub::subscriber_events`]). Dropping it
-/// ends the listener.
-#[derive(Debug)]
-pub struct SubscriberEvents {
-    events: mpsc::Receiver<SubscriberEvent>,
-    missed: Arc<AtomicU64>,
-}
-
-impl SubscriberEvents {
-    /// The next event, or how many were missed once the queue ran dry after a drop; `None`
-    /// when the hub is gone.
-    pub async fn recv(&mut self) -> Option<Heard> {
-        if let Ok(event) = self.events.try_recv() {
-            return Some(Heard::Event(event));
-        }
-        match self.missed.swap(0, Ordering::Relaxed) {
-            0 => self.events.recv().await.map(Heard::Event),
-            n => Some(Heard::Missed(n)),
-        }
-    }
-}
-
-/// A subscriber that came or went (see [`Hub::subscriber_events`]).
-#[derive(Debug, Clone)]
-pub struct SubscriberEvent {
-    /// What the subscriber asked for.
-    pub spec: Arc<SubscriberSpec>,
-    /// True when it came, false when it went.
-    pub active: bool,
-}
 
 /// A live subscription: the receiving half of the subscriber's queue. Dropping it removes the
 /// subscriber from the hub at once.
@@ -314,53 +234,6 @@ impl Hub {
     /// The metrics this hub reports to.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
-    }
-
-    /// From now on, tells `who` every subscriber that comes or goes, in the order the hub
-    /// registers and removes them, through a queue of [`SUBSCRIBER_EVENTS_QUEUE`] (a listener
-    /// that falls further behind misses events, and is told so). Each call makes one more
-    /// listener.
-    pub fn subscriber_events(&self, who: EventListener) -> SubscriberEvents {
-        self.subscriber_events_within(who, SUBSCRIBER_EVENTS_QUEUE)
-    }
-
-    /// [`Hub::subscriber_events`] with a queue of `capacity`.
-    pub(crate) fn subscriber_events_within(
-        &self,
-        who: EventListener,
-        capacity: usize,
-    ) -> SubscriberEvents {
-        let (events, rx) = mpsc::channel(capacity.max(1));
-        let missed = Arc::new(AtomicU64::new(0));
-        self.listeners().push(Listener {
-            who,
-            events,
-            missed: missed.clone(),
-        });
-        SubscriberEvents { events: rx, missed }
-    }
-
-    fn listeners(&self) -> std::sync::MutexGuard<'_, Vec<Listener>> {
-        // Each mutation is one push or one retain: a panic cannot leave it half done.
-        crate::locks::lock(&self.inner.subscriber_events)
-    }
-
-    fn tell(&self, spec: &Arc<SubscriberSpec>, active: bool) {
-        let mut listeners = self.listeners();
-        if !listeners.is_empty() {
-            listeners.retain(|listener| {
-                let spec = spec.clone();
-                match listener.events.try_send(SubscriberEvent { spec, active }) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        listener.missed.fetch_add(1, Ordering::Relaxed);
-                        self.inner.metrics.subscriber_event_dropped(listener.who);
-                        true
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
-            });
-        }
     }
 
     /// Registers a subscriber. From the moment this returns, every update dispatched that the
@@ -634,70 +507,6 @@ impl Hub {
     /// Number of sessions with streams on this instance.
     pub fn session_count(&self) -> usize {
         self.read().sessions.len()
-    }
-
-    /// The subscribers of `which` streams registered now.
-    pub fn streams(&self, which: &Streams) -> Vec<Arc<SubscriberSpec>> {
-        let reg = self.read();
-        match which {
-            Streams::Session(session) if !reg.sessions.contains_key(session) => Vec::new(),
-            _ => reg
-                .all
-                .values()
-                .filter(|e| which.holds(&e.spec))
-                .map(|e| e.spec.clone())
-                .collect(),
-        }
-    }
-
-    /// Ends `which` streams: each is sent what was queued for it, then its `farewell`, and
-    /// ends; its subscriber leaves at once. Returns how many there were.
-    pub fn disconnect(&self, which: &Streams, farewell: &Farewell) -> usize {
-        let ended: Vec<(SubscriberId, Arc<Entry>)> = {
-            let reg = self.read();
-            if matches!(which, Streams::Session(s) if !reg.sessions.contains_key(s)) {
-                return 0;
-            }
-            reg.all
-                .iter()
-                .filter(|(_, e)| which.holds(&e.spec))
-                .map(|(id, e)| (*id, e.clone()))
-                .collect()
-        };
-        // Told before the queue closes: a stream that finds its queue closed reads it then.
-        for (id, entry) in &ended {
-            let _ = entry.shared.farewell.set(farewell.clone());
-            self.remove(*id);
-        }
-        ended.len()
-    }
-
-    /// Every `(selector, subscribers)` registered now whose selector starts with `prefix`:
-    /// exact topics and wide selectors as written, sorted by selector.
-    pub fn selector_counts(&self, prefix: &str) -> Vec<(Arc<str>, usize)> {
-        let reg = self.read();
-        let exact = reg.exact.iter().map(|(t, m)| (t.clone(), m.len()));
-        let wide = reg
-            .wide
-            .values()
-            .map(|(s, m)| (Arc::from(s.source()), m.len()));
-        let mut counts: Vec<(Arc<str>, usize)> = exact
-            .chain(wide)
-            .filter(|(s, _)| s.starts_with(prefix))
-            .collect();
-        counts.sort();
-        counts
-    }
-
-    /// Hands on a signal of the control plane the bus heard (dropped when nobody listens).
-    pub fn receive_signal(&self, signal: Bytes) {
-        let _ = self.inner.signals.send(signal);
-    }
-
-    /// From now on, every signal of the control plane the bus hears — this instance's own
-    /// too — through a queue of [`SIGNALS_QUEUE`].
-    pub fn signals(&self) -> broadcast::Receiver<Bytes> {
-        self.inner.signals.subscribe()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Registry> {

@@ -3,6 +3,7 @@
 use super::interest::MAX_LOGGED_TOPICS;
 use super::*;
 use crate::envelope::Position;
+use crate::metrics::EventListener;
 use crate::subscriber::Access;
 use crate::update::{Topic, Update, UpdateId};
 
