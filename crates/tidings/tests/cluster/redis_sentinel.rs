@@ -196,21 +196,38 @@ async fn read_until_all(stream: &mut Stream, wanted: &[String]) -> Vec<String> {
     ids
 }
 
-/// Whether `ids` holds every id of each publisher's `acked`, in that publisher's order, and no
-/// id twice; panics saying what is wrong otherwise.
-fn every_acknowledged_once_in_order(what: &str, ids: &[String], acked: &[Vec<String>]) {
+/// Whether `ids`, read from a stream of `hub`, holds every id of each publisher's `acked`, in
+/// that publisher's order, and no id twice; panics saying what is wrong otherwise, with what
+/// the instance logged of its bus (a failover's story is in it).
+fn every_acknowledged_once_in_order(
+    what: &str,
+    hub: &crate::common::Hub,
+    ids: &[String],
+    acked: &[Vec<String>],
+) {
+    let fail = |why: String| -> ! {
+        let log = hub.log.lock().unwrap();
+        let told: Vec<&String> = log.iter().filter(|l| l.contains("redis")).collect();
+        panic!("{what}: {why}\nthe instance's log of its bus: {told:#?}")
+    };
     let mut seen = std::collections::HashMap::new();
     for (i, id) in ids.iter().enumerate() {
-        assert!(seen.insert(id, i).is_none(), "{what}: {id} delivered twice");
+        if let Some(first) = seen.insert(id, i) {
+            fail(format!(
+                "{id} delivered twice (events {first} and {i} of {})",
+                ids.len()
+            ));
+        }
     }
     for publisher in acked {
         let places: Vec<Option<&usize>> = publisher.iter().map(|id| seen.get(id)).collect();
         let lost = places.iter().filter(|p| p.is_none()).count();
-        assert_eq!(lost, 0, "{what}: {lost} acknowledged update(s) missing");
-        assert!(
-            places.windows(2).all(|w| w[0] < w[1]),
-            "{what}: one publisher's updates out of order"
-        );
+        if lost > 0 {
+            fail(format!("{lost} acknowledged update(s) missing"));
+        }
+        if !places.windows(2).all(|w| w[0] < w[1]) {
+            fail("one publisher's updates out of order".to_owned());
+        }
     }
 }
 
@@ -283,14 +300,19 @@ async fn with_min_replicas_every_acknowledged_update_survives_a_failover_under_l
     let all: Vec<String> = acked.iter().flatten().cloned().collect();
     for (i, stream) in streams.iter_mut().enumerate() {
         let ids = read_until_all(stream, &all).await;
-        every_acknowledged_once_in_order(&format!("stream on instance {i}"), &ids, &acked);
+        every_acknowledged_once_in_order(
+            &format!("stream on instance {i}"),
+            &hubs[i],
+            &ids,
+            &acked,
+        );
     }
     // Replayable on every instance after the failover, from before it.
     for (i, hub) in hubs.iter().enumerate() {
         let resume = format!("&lastEventID={kept}");
         let mut resumed = Stream::open(&subscribe_url(hub, &[&topic], &resume), &[]).await;
         let ids = read_until_all(&mut resumed, &all).await;
-        every_acknowledged_once_in_order(&format!("replay on instance {i}"), &ids, &acked);
+        every_acknowledged_once_in_order(&format!("replay on instance {i}"), hub, &ids, &acked);
     }
 }
 
@@ -373,7 +395,12 @@ async fn without_min_replicas_what_a_failover_loses_is_reported_never_skipped() 
     // Open streams got everything once, in order: the doomed updates live, before they died.
     for (i, stream) in streams.iter_mut().enumerate() {
         let ids = read_until_all(stream, &all).await;
-        every_acknowledged_once_in_order(&format!("stream on instance {i}"), &ids, &acked);
+        every_acknowledged_once_in_order(
+            &format!("stream on instance {i}"),
+            &hubs[i],
+            &ids,
+            &acked,
+        );
     }
     for hub in &hubs {
         hub.wait_for_log("the stream no longer holds where delivery stopped")

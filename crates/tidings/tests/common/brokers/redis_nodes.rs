@@ -166,6 +166,11 @@ impl PrivateRedis {
             ]),
         }
         args.extend(["--save", "", "--appendonly", "no"].map(String::from));
+        // A replica re-pointed by the sentinels after a failover syncs at once, not after
+        // Redis's default 5 s wait for more replicas to share a diskless transfer (under a
+        // loaded CI, that wait made the new primary's first publishes miss their replica
+        // for longer than a test waits).
+        args.extend(["--repl-diskless-sync-delay", "0"].map(String::from));
         args.extend(["--dir".into(), self.dir.path().display().to_string()]);
         if let Some(password) = &self.password {
             args.extend(["--requirepass".into(), password.clone()]);
