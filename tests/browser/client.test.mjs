@@ -1,0 +1,222 @@
+// The browser client (clients/js) in headless Chromium, through the nginx kit in front of
+// three instances on Redis, over HTTP/1.1 and HTTP/2: a page that reloads while updates are
+// published has each once, in order; an expired token is renewed and the stream resumes, a
+// refused renewal ends it with an error the page sees; a resume from an id history lacks is a
+// `gap` event; an instance SIGKILLed under the page: it resumes on another, nothing lost. The
+// Node publisher of the same package publishes, and retries a 504 with one id.
+//
+// Run by .ci/run after `cargo test` and the client's build (`npm run build` in clients/js).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { startHub, token as mint, launchBrowser, startNginx, metric, root } from './harness.mjs';
+import { Publisher, TidingsError } from '../../clients/js/dist/publisher.js';
+
+const KEY = 'client-browser-test-key-of-some-length';
+const REDIS = process.env.TIDINGS_TEST_REDIS || 'redis://127.0.0.1:6379/0';
+const PREFIX = `tidings-client-${randomBytes(4).toString('hex')}`;
+const DIST = path.join(root, 'clients', 'js', 'dist');
+
+let hubs = [];
+let nginx;
+let browser;
+const token = (...args) => mint(KEY, ...args);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function startInstance(i) {
+  return startHub(['--jwt-key', KEY, '--bus', REDIS, '--bus-prefix', PREFIX, '--instance-id', `${PREFIX}-${i}`,
+    '--max-streams-per-address', '1000', '--anonymous', '--jwt-leeway', '0']);
+}
+
+before(async () => {
+  for (let i = 0; i < 3; i++) hubs.push(await startInstance(i));
+  nginx = await startNginx(hubs.map((h) => h.base.replace('http://', '')));
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  nginx?.stop();
+  for (const hub of hubs) hub.child.kill('SIGKILL');
+});
+
+// The page the tests open: one subscription to `topic`, whose updates it keeps in
+// sessionStorage as they arrive (so that what it received survives its reloads); a token from
+// the test (`window.mintToken`) when `token` is asked for.
+const PAGE = `<!doctype html><meta charset=utf-8><title>client</title><script type=module>
+import { Tidings } from '/tidings-client/index.js';
+const params = new URLSearchParams(location.search);
+const kept = (name) => JSON.parse(sessionStorage.getItem(name) || '[]');
+const keep = (name, value) => { const list = kept(name); list.push(value); sessionStorage.setItem(name, JSON.stringify(list)); };
+const getToken = params.has('token') ? (context) => window.mintToken(context.renew) : undefined;
+const tidings = new Tidings({ getToken, reconnectMs: 200 });
+if (params.has('resumeFrom')) sessionStorage.setItem('resume', params.get('resumeFrom'));
+const sub = tidings.subscribe(params.get('topic'), { key: 'resume' });
+sub.on('update', (u) => keep('got', u.id));
+sub.on('gap', (g) => keep('gaps', g));
+sub.on('state', (s) => keep('states', s));
+sub.on('error', (e) => keep('errors', { status: e.status, code: e.code, message: e.message }));
+window.subscription = sub;
+</script>`;
+
+/** A page of `context` with the client served at /tidings-client/ of `origin`. */
+async function clientPage(context, origin) {
+  const page = await context.newPage();
+  await page.route(`${origin}/tidings-client/**`, (route) => {
+    const name = new URL(route.request().url()).pathname.replace('/tidings-client/', '');
+    if (name === 'page.html') return route.fulfill({ contentType: 'text/html', body: PAGE });
+    if (!/^[a-z]+\.js$/.test(name)) return route.fulfill({ status: 404, body: '' });
+    return route.fulfill({ contentType: 'text/javascript', body: readFileSync(path.join(DIST, name)) });
+  });
+  return page;
+}
+
+/** What the page kept under `name` (its received ids: `got`). */
+const kept = (page, name) => page.evaluate((n) => JSON.parse(sessionStorage.getItem(n) || '[]'), name);
+
+/** Waits (up to `ms`) until `check()` is true. */
+async function until(what, check, ms = 20000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await sleep(100);
+  }
+}
+
+const publisher = (i = 0) => new Publisher({ hub: hubs[i].base, token: token('--publish', '*') });
+
+for (const [protocol, originOf] of [['HTTP/1.1', () => nginx.base], ['HTTP/2', () => nginx.tlsBase]]) {
+  test(`${protocol}: a page reloaded three times while 150 updates are published has each once, in order`, async () => {
+    const origin = originOf();
+    const context = await browser.newContext({ ignoreHTTPSErrors: true });
+    const page = await clientPage(context, origin);
+    const topic = `https://example.com/reload/${PREFIX}/${protocol}`;
+    await page.goto(`${origin}/tidings-client/page.html?topic=${encodeURIComponent(topic)}`);
+    await until('the stream open', async () => (await kept(page, 'states')).includes('open'));
+    const sent = [];
+    const publishing = (async () => {
+      for (let n = 0; n < 150; n++) {
+        const { id } = await publisher(n % 3).publish({ topics: [topic], data: `${n}` });
+        sent.push(id);
+        await sleep(15);
+      }
+    })();
+    for (const wait of [400, 500, 600]) {
+      await sleep(wait);
+      await page.reload();
+    }
+    await publishing;
+    await until('every update received', async () => (await kept(page, 'got')).length >= sent.length);
+    await sleep(300);
+    assert.deepEqual(await kept(page, 'got'), sent);
+    assert.deepEqual(await kept(page, 'gaps'), []);
+    await context.close();
+  });
+}
+
+test('an expired token is renewed and the stream resumes; a refused renewal ends it with an error', async () => {
+  const origin = nginx.base;
+  const context = await browser.newContext();
+  const page = await clientPage(context, origin);
+  const topic = `https://example.com/private/${PREFIX}`;
+  let asked = { fresh: 0, renew: 0 };
+  let refuse = false;
+  // A token that lives 2 s; the page caches it as an app would, and is asked to renew.
+  let cached = null;
+  await page.exposeFunction('mintToken', (renew) => {
+    asked[renew ? 'renew' : 'fresh'] += 1;
+    if (renew && refuse) return null;
+    if (renew || !cached) cached = token('--subscribe', topic, '--ttl', '2');
+    return cached;
+  });
+  await page.goto(`${origin}/tidings-client/page.html?token&topic=${encodeURIComponent(topic)}`);
+  await until('the stream open', async () => (await kept(page, 'states')).includes('open'));
+  const sent = [];
+  for (let n = 0; n < 40; n++) {
+    sent.push((await publisher(n % 3).publish({ topics: [topic], data: `${n}`, private: true })).id);
+    await sleep(100);
+  }
+  await until('every private update received', async () => (await kept(page, 'got')).length >= sent.length);
+  assert.deepEqual(await kept(page, 'got'), sent, 'across the renewals, each once, in order');
+  assert.ok(asked.renew >= 1, `asked to renew: ${JSON.stringify(asked)}`);
+  assert.deepEqual(await kept(page, 'errors'), []);
+  refuse = true;
+  await until('a refused renewal reported', async () => (await kept(page, 'errors')).length === 1, 10000);
+  const [error] = await kept(page, 'errors');
+  assert.equal(error.code, 'token_refused');
+  assert.equal((await kept(page, 'states')).at(-1), 'closed');
+  await context.close();
+});
+
+test('a resume from an id history lacks reaches the page as a gap event, then what history holds', async () => {
+  const context = await browser.newContext();
+  const page = await clientPage(context, nginx.base);
+  const topic = `https://example.com/gap/${PREFIX}`;
+  const { id } = await publisher().publish({ topics: [topic], data: 'kept' });
+  const unknown = 'urn:uuid:00000000-0000-4000-8000-000000000000';
+  await page.goto(`${nginx.base}/tidings-client/page.html?topic=${encodeURIComponent(topic)}&resumeFrom=${unknown}`);
+  await until('the gap told', async () => (await kept(page, 'gaps')).length === 1);
+  const [gap] = await kept(page, 'gaps');
+  assert.equal(gap.lastEventId, unknown);
+  await until('history replayed', async () => (await kept(page, 'got')).includes(id));
+  await context.close();
+});
+
+test('an instance SIGKILLed under the page: it resumes on another, nothing lost or repeated', async () => {
+  const context = await browser.newContext();
+  const page = await clientPage(context, nginx.base);
+  const topic = `https://example.com/kill/${PREFIX}`;
+  await page.goto(`${nginx.base}/tidings-client/page.html?topic=${encodeURIComponent(topic)}`);
+  await until('the stream open', async () => (await kept(page, 'states')).includes('open'));
+  const counts = await Promise.all(hubs.map((h) => metric(h.base, 'tidings_subscribers')));
+  const holder = counts.findIndex((c) => c > 0);
+  assert.ok(holder >= 0, `an instance holds the stream: ${counts}`);
+  const other = (holder + 1) % 3;
+  const sent = [];
+  for (let n = 0; n < 60; n++) {
+    if (n === 20) hubs[holder].child.kill('SIGKILL');
+    sent.push((await publisher(other).publish({ topics: [topic], data: `${n}` })).id);
+    await sleep(30);
+  }
+  await until('every update received', async () => (await kept(page, 'got')).length >= sent.length);
+  await sleep(300);
+  assert.deepEqual(await kept(page, 'got'), sent);
+  hubs[holder] = await startInstance(holder);
+  await context.close();
+});
+
+test('the Node publisher: Mercure and session events, typed errors, a 504 retried with one id', async () => {
+  const hub = hubs.find((h) => h.child.exitCode === null);
+  // A hub behind a proxy that loses the first answer: the publish is stored, answered 504, retried.
+  let calls = 0;
+  const flaky = async (url, init) => {
+    calls += 1;
+    const answer = await fetch(url, init);
+    if (calls === 1) return new Response(JSON.stringify({ error: 'publish_outcome_unknown', detail: 'lost' }), { status: 504 });
+    return answer;
+  };
+  const topic = `https://example.com/node/${PREFIX}`;
+  const stream = await fetch(`${hub.base}/.well-known/mercure?topic=${encodeURIComponent(topic)}`,
+    { headers: { accept: 'text/event-stream' } });
+  const published = await new Publisher({ hub: hub.base, token: token('--publish', '*'), fetch: flaky, retryDelayMs: 10 })
+    .publish({ topics: [topic], data: 'once' });
+  assert.equal(published.attempts, 2);
+  const second = await publisher().publish({ topics: [topic], data: 'after' });
+  // The stream holds the retried update once, then the next.
+  const reader = stream.body.getReader();
+  let text = '';
+  while (!text.includes(second.id)) text += new TextDecoder().decode((await reader.read()).value);
+  await reader.cancel();
+  assert.equal(text.split(`id: ${published.id}`).length - 1, 1, text);
+  // Session events; and what the hub refuses arrives as a TidingsError with its code.
+  const sent = await publisher().toSessions({ sessionIds: ['alice', 'bob'], eventName: 'chat', payload: { text: 'hi' } });
+  assert.match(sent.id, /^urn:uuid:/);
+  await assert.rejects(
+    new Publisher({ hub: hub.base, token: token('--publish', 'https://example.com/other') }).publish({ topics: [topic] }),
+    (e) => e instanceof TidingsError && e.status === 403 && e.code === 'forbidden',
+  );
+  await assert.rejects(publisher().toSessions({ eventName: 'chat', payload: 1 }),
+    (e) => e instanceof TidingsError && e.status === 400 && e.code === 'missing_session');
+});
