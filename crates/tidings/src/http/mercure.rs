@@ -107,7 +107,10 @@ async fn subscribe_with(
         )
         .collect::<Result<Vec<Selector>, _>>()?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
-    let rewind = request::rewind(&query)?;
+    let asked = stream::Asked {
+        rewind: request::rewind(&query)?,
+        with_selectors: request::with_selectors(&query)?,
+    };
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload)
             .from_address(permit.address())
@@ -120,7 +123,7 @@ async fn subscribe_with(
         session: None,
         expires: identity.expires,
     };
-    stream::open(&state, connection, permit, spec, from, rewind).await
+    stream::open(&state, connection, permit, spec, from, asked).await
 }
 
 /// The subscription parameters of Mercure 1.0 (`match` is an exact selector too).

@@ -420,6 +420,23 @@ pub(super) fn rewind(query: &Pairs) -> Result<Option<usize>, ApiError> {
     }
 }
 
+/// `withSelectors=1`: each event of a Mercure stream names the stream's selectors it matched
+/// (`selector:` fields), so that one stream can serve several consumers — the browser client's
+/// leader tab hands each tab the events of its own selectors. `0`, `false`, or absent: not.
+pub(super) fn with_selectors(query: &Pairs) -> Result<bool, ApiError> {
+    match query.single("withSelectors")? {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_input",
+            format!(
+                "withSelectors is 1 or true (each event names the selectors it matched), 0 or false, not {:?}",
+                other.chars().take(32).collect::<String>()
+            ),
+        )),
+    }
+}
+
 /// Checks the request's media type (parameters such as `charset` are ignored).
 fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let actual = headers

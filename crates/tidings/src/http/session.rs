@@ -91,7 +91,11 @@ pub(super) async fn event_stream(
     };
     permit.join_session(&session)?;
     let from = request::resume_point(&headers, &query, limits.max_id_length)?;
-    let rewind = request::rewind(&query)?;
+    // (Session events carry their name: a consumer tells them apart without selectors.)
+    let asked = stream::Asked {
+        rewind: request::rewind(&query)?,
+        with_selectors: false,
+    };
     let topic = Topic::for_session(&session);
     let spec = SubscriberSpec {
         label: SubscriberLabel::new(identity.payload)
@@ -107,7 +111,7 @@ pub(super) async fn event_stream(
         session: Some(session),
         expires: identity.expires,
     };
-    stream::open(&state, connection, permit, spec, from, rewind).await
+    stream::open(&state, connection, permit, spec, from, asked).await
 }
 
 /// The body of `POST /sse/events`: to one session (`sessionId`), several (`sessionIds`) or

@@ -145,6 +145,16 @@ async fn bad_subscriptions_are_400s() {
             "invalid_rewind",
             "rewind not a number",
         ),
+        (
+            "/.well-known/mercure?topic=a&withSelectors=yes",
+            "invalid_input",
+            "withSelectors neither 1/true nor 0/false",
+        ),
+        (
+            "/.well-known/mercure?topic=a&withSelectors=1&withSelectors=0",
+            "invalid_input",
+            "two withSelectors",
+        ),
     ];
     for (uri, code, case) in cases {
         expect(call(&app, get(uri)).await, 400, code, case);

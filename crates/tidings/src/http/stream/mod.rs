@@ -129,17 +129,29 @@ pub(super) fn admit(
     Ok(state.admission().admit(client)?)
 }
 
+/// What a stream request asked for besides its selectors and resume point.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Asked {
+    /// `rewind=N`: a fresh stream first gets the last `N` updates of each of its exact topics.
+    pub(super) rewind: Option<usize>,
+    /// `withSelectors=1`: each update's event names the stream's selectors it matched.
+    pub(super) with_selectors: bool,
+}
+
 /// Registers an admitted stream's subscriber on `connection`, reads history from `from`, and
-/// answers with the stream. A fresh stream (`from` now) with `rewind` first gets the last
-/// `rewind` updates of each of its exact topics.
+/// answers with the stream, as `asked`.
 pub(super) async fn open(
     state: &AppState,
     connection: Option<&ConnectionInfo>,
     permit: Permit,
     spec: SubscriberSpec,
     from: ReplayFrom,
-    rewind: Option<usize>,
+    asked: Asked,
 ) -> Result<Response, ApiError> {
+    let Asked {
+        rewind,
+        with_selectors,
+    } = asked;
     // A resume is a resume: a reconnecting `EventSource` sends `Last-Event-ID` to the same URL.
     let rewind = rewind.filter(|_| matches!(from, ReplayFrom::Now));
     // A rewind reads what the stream could get live, its exact topics: one with a template,
@@ -215,7 +227,7 @@ pub(super) async fn open(
         let first = wanted.first().map(|e| e.update.id.as_str());
         initial.push_back(gap_event(id.as_str(), first, replay.resumed_at.is_some()));
     }
-    initial.extend(page.iter().map(|e| e.sse()));
+    initial.extend(page.iter().map(|e| encode(e, spec, with_selectors)));
     metrics.replayed.inc_by(page.len() as u64);
     if paged {
         metrics.replays_paged.inc();
@@ -278,6 +290,7 @@ pub(super) async fn open(
         closing_since: None,
         expiry,
         paged,
+        with_selectors,
         done: false,
         connection: ConnectionGauge::open(metrics, state.streams()),
         _permit: permit,
@@ -456,10 +469,35 @@ struct EventStream {
     /// The replay was cut at the byte budget: the stream ends once `initial` is sent, and the
     /// client resumes for the rest.
     paged: bool,
+    /// Each event names the selectors it matched (`withSelectors`).
+    with_selectors: bool,
     done: bool,
     connection: ConnectionGauge,
     /// This stream's place in the stream limits, given back when it ends.
     _permit: Permit,
+}
+
+/// An update's event as this stream sends it: the bytes every subscriber shares, or — with
+/// `withSelectors` — a copy led by a `selector:` field for each of the stream's selectors that
+/// matched one of its topics (an unknown field to an `EventSource`, which ignores it).
+fn encode(envelope: &Envelope, spec: &SubscriberSpec, with_selectors: bool) -> Bytes {
+    let shared = envelope.sse();
+    if !with_selectors {
+        return shared;
+    }
+    let topics = &envelope.update.topics;
+    let mut event = Vec::with_capacity(shared.len() + 64);
+    for selector in spec.selectors.iter().filter(|s| s.matches_any(topics)) {
+        // (A selector is one line by construction; never let one end a field early.)
+        let source = selector.source();
+        if !source.contains(['\r', '\n']) {
+            event.extend_from_slice(b"selector: ");
+            event.extend_from_slice(source.as_bytes());
+            event.push(b'\n');
+        }
+    }
+    event.extend_from_slice(&shared);
+    Bytes::from(event)
 }
 
 impl EventStream {
@@ -525,7 +563,8 @@ impl Stream for EventStream {
                     let latency_us = now_micros().saturating_sub(envelope.published_at_micros);
                     metrics.delivery_latency.observe_micros(latency_us);
                     this.reset_heartbeat();
-                    return Poll::Ready(Some(Ok(envelope.sse())));
+                    let event = encode(&envelope, &this.subscription.spec, this.with_selectors);
+                    return Poll::Ready(Some(Ok(event)));
                 }
                 // An operator disconnected it: what was queued is sent, then its farewell.
                 Poll::Ready(None) if this.subscription.farewell().is_some() => {

@@ -168,9 +168,16 @@ async fn ids(response: Response, n: usize) -> (Vec<String>, bool) {
 async fn a_fresh_subscriber_starts_at_the_head_before_it_and_gets_an_update_published_while_it_was_being_set_up(
 ) {
     let state = state(true);
-    let response = open(&state, None, permit(&state), spec(), ReplayFrom::Now, None)
-        .await
-        .unwrap();
+    let response = open(
+        &state,
+        None,
+        permit(&state),
+        spec(),
+        ReplayFrom::Now,
+        Asked::default(),
+    )
+    .await
+    .unwrap();
     let mut body = response.into_body().into_data_stream();
     let mut text = String::new();
     while !text.ends_with("data: \n\n") {
@@ -189,9 +196,16 @@ async fn a_fresh_subscriber_starts_at_the_head_before_it_and_gets_an_update_publ
 async fn a_resume_through_updates_it_may_not_see_moves_its_last_id_past_them() {
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec_for("x"), from, None)
-        .await
-        .unwrap();
+    let response = open(
+        &state,
+        None,
+        permit(&state),
+        spec_for("x"),
+        from,
+        Asked::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
 }
 
@@ -199,7 +213,7 @@ async fn a_resume_through_updates_it_may_not_see_moves_its_last_id_past_them() {
 async fn a_resuming_subscriber_gets_the_racing_update_once() {
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec(), from, None)
+    let response = open(&state, None, permit(&state), spec(), from, Asked::default())
         .await
         .unwrap();
     // The live copy of u3 is skipped: nothing follows the replay.
@@ -215,7 +229,7 @@ async fn resuming_from_an_update_the_instance_delivers_late_does_not_repeat_it()
     // the client resumes from u3 itself.
     let state = state(true);
     let from = ReplayFrom::After(UpdateId::new("u3", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec(), from, None)
+    let response = open(&state, None, permit(&state), spec(), from, Asked::default())
         .await
         .unwrap();
     let mut body = response.into_body().into_data_stream();
@@ -232,7 +246,7 @@ async fn resuming_from_an_update_the_instance_delivers_late_does_not_repeat_it()
 async fn without_history_a_resuming_subscriber_still_gets_the_racing_update() {
     let state = state(false);
     let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec(), from, None)
+    let response = open(&state, None, permit(&state), spec(), from, Asked::default())
         .await
         .unwrap();
     assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
@@ -290,9 +304,16 @@ async fn on_shutdown_queued_updates_are_sent_before_the_retry_hint_and_the_end()
         ..Config::default()
     };
     let state = state_with(true, config);
-    let response = open(&state, None, permit(&state), spec(), ReplayFrom::Now, None)
-        .await
-        .unwrap();
+    let response = open(
+        &state,
+        None,
+        permit(&state),
+        spec(),
+        ReplayFrom::Now,
+        Asked::default(),
+    )
+    .await
+    .unwrap();
     state.hub().dispatch(&envelope(4));
     state.hub().dispatch(&envelope(5));
     state.begin_shutdown();
@@ -328,7 +349,7 @@ async fn a_rewinding_subscriber_gets_the_last_of_its_topic_then_the_racing_updat
         permit(&state),
         spec(),
         ReplayFrom::Now,
-        Some(2),
+        rewind(2),
     )
     .await
     .unwrap();
@@ -340,17 +361,65 @@ async fn a_rewinding_subscriber_gets_the_last_of_its_topic_then_the_racing_updat
     // Without history there is nothing to rewind: it starts as any fresh stream, at the head
     // read before it registered (u2), and gets u3 live.
     let bare = self::state(false);
-    let response = open(&bare, None, permit(&bare), spec(), ReplayFrom::Now, Some(2))
-        .await
-        .unwrap();
+    let response = open(
+        &bare,
+        None,
+        permit(&bare),
+        spec(),
+        ReplayFrom::Now,
+        rewind(2),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         ids(response, 2).await,
         (vec!["u2".to_owned(), "u3".to_owned()], false)
     );
     // A resume is a resume, whatever the URL says.
     let from = ReplayFrom::After(UpdateId::new("u2", 100).unwrap());
-    let response = open(&state, None, permit(&state), spec(), from, Some(2))
+    let response = open(&state, None, permit(&state), spec(), from, rewind(2))
         .await
         .unwrap();
     assert_eq!(ids(response, 1).await, (vec!["u3".to_owned()], false));
+}
+
+fn rewind(n: usize) -> Asked {
+    Asked {
+        rewind: Some(n),
+        ..Asked::default()
+    }
+}
+
+#[tokio::test]
+async fn with_selectors_each_event_names_the_selectors_it_matched_replayed_and_live() {
+    let state = state(true);
+    let mut spec = spec_for("t");
+    for selector in ["x", "{a}", "*"] {
+        spec.selectors
+            .push(Selector::compile(selector, 100).unwrap());
+    }
+    let from = ReplayFrom::After(UpdateId::new("u1", 100).unwrap());
+    let asked = Asked {
+        with_selectors: true,
+        ..Asked::default()
+    };
+    let response = open(&state, None, permit(&state), spec, from, asked)
+        .await
+        .unwrap();
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    while text.matches("id: ").count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("an event")
+            .expect("open stream")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    // u2 replayed, u3 live: each led by the selectors that match its topic `t`, as written.
+    let led = "selector: t\nselector: {a}\nselector: *\n";
+    assert_eq!(
+        text,
+        format!(":\n\n{led}id: u2\ndata: \n\n{led}id: u3\ndata: \n\n")
+    );
 }
