@@ -5,11 +5,14 @@
 // `gap` event; an instance SIGKILLed under the page: it resumes on another, nothing lost. The
 // Node publisher of the same package publishes, and retries a 504 with one id.
 //
+// The React hooks mount, receive and unmount without leaving a stream open at the hub.
+//
 // Run by .ci/run after `cargo test` and the client's build (`npm run build` in clients/js).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { startHub, token as mint, launchBrowser, startNginx, metric, root } from './harness.mjs';
 import { Publisher, TidingsError } from '../../clients/js/dist/publisher.js';
@@ -219,4 +222,63 @@ test('the Node publisher: Mercure and session events, typed errors, a 504 retrie
   );
   await assert.rejects(publisher().toSessions({ eventName: 'chat', payload: 1 }),
     (e) => e instanceof TidingsError && e.status === 400 && e.code === 'missing_session');
+});
+
+// A React page built here with the package's own esbuild, React and react-dom (its dev
+// dependencies) from dist/: a component with useTopic, mounted and unmounted by the test.
+const REACT_APP = `
+import { createElement as h, useState } from 'react';
+import { createRoot } from 'react-dom/client';
+import { Tidings } from './dist/index.js';
+import { TidingsProvider, useTopic } from './dist/react.js';
+const topic = new URLSearchParams(location.search).get('topic');
+const tidings = new Tidings({ storage: null });
+window.got = [];
+function Stock() {
+  const { last, state } = useTopic(topic, { onUpdate: (u) => window.got.push(u.id) });
+  return h('p', { id: 'stock', 'data-state': state }, last ? last.data : '-');
+}
+function App() {
+  const [shown, setShown] = useState(true);
+  window.toggle = () => setShown((s) => !s);
+  return h(TidingsProvider, { client: tidings }, shown ? h(Stock) : h('p', { id: 'none' }, 'unmounted'));
+}
+createRoot(document.getElementById('root')).render(h(App));
+`;
+
+test('the React hook: mounted it receives, unmounted its stream is gone at the hub', async () => {
+  const clientDir = path.join(root, 'clients', 'js');
+  const { build } = createRequire(path.join(clientDir, 'package.json'))('esbuild');
+  const bundled = await build({
+    stdin: { contents: REACT_APP, resolveDir: clientDir, loader: 'js' },
+    bundle: true, write: false, format: 'esm', define: { 'process.env.NODE_ENV': '"production"' },
+  });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.route(`${nginx.base}/react-app/**`, (route) => {
+    if (route.request().url().includes('app.js')) {
+      return route.fulfill({ contentType: 'text/javascript', body: bundled.outputFiles[0].text });
+    }
+    return route.fulfill({ contentType: 'text/html', body: '<!doctype html><div id=root></div><script type=module src=/react-app/app.js></script>' });
+  });
+  const live = hubs.filter((h) => h.child.exitCode === null && h.child.signalCode === null);
+  const held = async () => (await Promise.all(live.map((h) => metric(h.base, 'tidings_subscribers')))).reduce((a, b) => a + b, 0);
+  const before = await held();
+  const topic = `https://example.com/react/${PREFIX}`;
+  await page.goto(`${nginx.base}/react-app/page.html?topic=${encodeURIComponent(topic)}`);
+  await page.waitForSelector('#stock[data-state=open]');
+  await until('the hook\'s stream held', async () => (await held()) === before + 1);
+  const sent = [];
+  for (const data of ['3', '2', '1']) sent.push((await publisher().publish({ topics: [topic], data })).id);
+  await page.waitForFunction(() => document.getElementById('stock')?.textContent === '1');
+  assert.deepEqual(await page.evaluate(() => window.got), sent);
+  await page.evaluate(() => window.toggle());
+  await page.waitForSelector('#none');
+  await until('the stream closed at the hub on unmount', async () => (await held()) === before);
+  // Mounted again: a new stream; the page closed: none.
+  await page.evaluate(() => window.toggle());
+  await page.waitForSelector('#stock[data-state=open]');
+  await until('a stream again', async () => (await held()) === before + 1);
+  await context.close();
+  await until('none once the page is gone', async () => (await held()) === before);
 });

@@ -2,7 +2,11 @@
 import { build } from 'esbuild';
 import { gzipSync } from 'node:zlib';
 
-const entries = { '@tidings/client': 'src/index.ts', '@tidings/client/publisher': 'src/publisher.ts' };
+const entries = {
+  '@tidings/client': 'src/index.ts',
+  '@tidings/client/react (the hooks alone: React and the client apart)': 'src/react.ts',
+  '@tidings/client/publisher': 'src/publisher.ts',
+};
 for (const [name, entry] of Object.entries(entries)) {
   const out = await build({ entryPoints: [entry], bundle: true, minify: true, format: 'esm', write: false, external: ['react'] });
   const code = out.outputFiles[0].contents;
