@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { startHub, token as mint, launchBrowser, startNginx, metric, root } from './harness.mjs';
+import { startHub, token as mint, behindNginx, metric, root } from './harness.mjs';
 import { Publisher, TidingsError } from '../../clients/js/dist/publisher.js';
 
 const KEY = 'client-browser-test-key-of-some-length';
@@ -33,17 +33,13 @@ function startInstance(i) {
     '--max-streams-per-address', '1000', '--anonymous', '--jwt-leeway', '0']);
 }
 
+let cluster;
 before(async () => {
-  for (let i = 0; i < 3; i++) hubs.push(await startInstance(i));
-  nginx = await startNginx(hubs.map((h) => h.base.replace('http://', '')));
-  browser = await launchBrowser();
+  cluster = await behindNginx(startInstance);
+  ({ hubs, nginx, browser } = cluster);
 });
 
-after(async () => {
-  await browser?.close();
-  nginx?.stop();
-  for (const hub of hubs) hub.child.kill('SIGKILL');
-});
+after(() => cluster?.stop());
 
 // The page the tests open: one subscription to `topic`, whose updates it keeps in
 // sessionStorage as they arrive (so that what it received survives its reloads); a token from

@@ -21,7 +21,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { startHub, token as mint, launchBrowser, startNginx, metric, root } from './harness.mjs';
+import { startHub, token as mint, behindNginx, metric, root } from './harness.mjs';
 
 const KEY = 'cluster-browser-test-key-of-some-length';
 const REDIS = process.env.TIDINGS_TEST_REDIS || 'redis://127.0.0.1:6379/0';
@@ -45,17 +45,13 @@ function startInstance(i, listen) {
     '--drain-secs', `${DRAIN_SECS}`, ...(listen ? ['--listen', listen] : [])]);
 }
 
+let cluster;
 before(async () => {
-  for (let i = 0; i < 3; i++) hubs.push(await startInstance(i));
-  nginx = await startNginx(hubs.map((h) => h.base.replace('http://', '')));
-  browser = await launchBrowser();
+  cluster = await behindNginx(startInstance);
+  ({ hubs, nginx, browser } = cluster);
 });
 
-after(async () => {
-  await browser?.close();
-  nginx?.stop();
-  for (const hub of hubs) hub.child.kill('SIGKILL');
-});
+after(() => cluster?.stop());
 
 /** Streams each instance holds now (0 for one that is down). */
 function held() {

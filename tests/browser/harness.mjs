@@ -111,6 +111,29 @@ export async function startNginx(addrs) {
 }
 
 /**
+ * Three instances made by `startInstance(i)`, the nginx kit in front of them and Chromium:
+ * resolves to { hubs, nginx, browser, stop } (`hubs` may be changed in place: `stop` ends the
+ * instances it holds then). What started before a failure is stopped.
+ */
+export async function behindNginx(startInstance) {
+  const started = { hubs: [], nginx: null, browser: null };
+  started.stop = async () => {
+    await started.browser?.close();
+    started.nginx?.stop();
+    for (const hub of started.hubs) hub.child.kill('SIGKILL');
+  };
+  try {
+    for (let i = 0; i < 3; i++) started.hubs.push(await startInstance(i));
+    started.nginx = await startNginx(started.hubs.map((h) => h.base.replace('http://', '')));
+    started.browser = await launchBrowser();
+  } catch (e) {
+    await started.stop();
+    throw e;
+  }
+  return started;
+}
+
+/**
  * nginx in the foreground with `dir`/`site` included in its http block; resolves once it
  * accepts connections on `port` (and `extra.tlsPort`, if given) to { base, ...extra, stop }.
  */

@@ -140,9 +140,22 @@ fn spec_for(selector: &str) -> SubscriberSpec {
     }
 }
 
-/// The ids of the first `n` events of a response body, and whether more bytes followed
-/// within 300 ms.
-async fn ids(response: Response, n: usize) -> (Vec<String>, bool) {
+/// A fresh stream of `spec()` on `state`, as asked by default.
+async fn fresh(state: &AppState) -> Response {
+    open(
+        state,
+        None,
+        permit(state),
+        spec(),
+        ReplayFrom::Now,
+        Asked::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A response body's text up to its `n`th `id:` line, and the rest of the body.
+async fn text_through_ids(response: Response, n: usize) -> (String, axum::body::BodyDataStream) {
     let mut body = response.into_body().into_data_stream();
     let mut text = String::new();
     while text.matches("id: ").count() < n {
@@ -153,6 +166,13 @@ async fn ids(response: Response, n: usize) -> (Vec<String>, bool) {
             .unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+    (text, body)
+}
+
+/// The ids of the first `n` events of a response body, and whether more bytes followed
+/// within 300 ms.
+async fn ids(response: Response, n: usize) -> (Vec<String>, bool) {
+    let (text, mut body) = text_through_ids(response, n).await;
     let ids = text
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
@@ -168,16 +188,7 @@ async fn ids(response: Response, n: usize) -> (Vec<String>, bool) {
 async fn a_fresh_subscriber_starts_at_the_head_before_it_and_gets_an_update_published_while_it_was_being_set_up(
 ) {
     let state = state(true);
-    let response = open(
-        &state,
-        None,
-        permit(&state),
-        spec(),
-        ReplayFrom::Now,
-        Asked::default(),
-    )
-    .await
-    .unwrap();
+    let response = fresh(&state).await;
     let mut body = response.into_body().into_data_stream();
     let mut text = String::new();
     while !text.ends_with("data: \n\n") {
@@ -304,16 +315,7 @@ async fn on_shutdown_queued_updates_are_sent_before_the_retry_hint_and_the_end()
         ..Config::default()
     };
     let state = state_with(true, config);
-    let response = open(
-        &state,
-        None,
-        permit(&state),
-        spec(),
-        ReplayFrom::Now,
-        Asked::default(),
-    )
-    .await
-    .unwrap();
+    let response = fresh(&state).await;
     state.hub().dispatch(&envelope(4));
     state.hub().dispatch(&envelope(5));
     state.begin_shutdown();
@@ -406,16 +408,7 @@ async fn with_selectors_each_event_names_the_selectors_it_matched_replayed_and_l
     let response = open(&state, None, permit(&state), spec, from, asked)
         .await
         .unwrap();
-    let mut body = response.into_body().into_data_stream();
-    let mut text = String::new();
-    while text.matches("id: ").count() < 2 {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
-            .await
-            .expect("an event")
-            .expect("open stream")
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let (text, _) = text_through_ids(response, 2).await;
     // u2 replayed, u3 live: each led by the selectors that match its topic `t`, as written.
     let led = "selector: t\nselector: {a}\nselector: *\n";
     assert_eq!(
