@@ -49,13 +49,22 @@ async fn watched_with(
     Some((primary, replicas, sentinels))
 }
 
-/// How far `redis`'s replication stream has come (a replica holds what its primary does once
-/// its offset reaches the primary's).
-fn replicated_offset(redis: &PrivateRedis) -> u64 {
-    redis
-        .replication("master_repl_offset")
-        .and_then(|o| o.parse::<u64>().ok())
-        .unwrap_or(0)
+/// Waits until `replica` holds everything `primary` held when called: its replication offset
+/// reaches the primary's.
+async fn replica_holds_what_the_primary_does(primary: &PrivateRedis, replica: &PrivateRedis) {
+    let offset = |redis: &PrivateRedis| {
+        redis
+            .replication("master_repl_offset")
+            .and_then(|o| o.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let held = offset(primary);
+    wait_until(
+        "the replica to hold what the primary does",
+        Duration::from_secs(10),
+        async || offset(replica) >= held,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,13 +94,7 @@ async fn instances_follow_the_primary_the_sentinels_promote() {
     assert_eq!(stream.next().await.id, before);
     // Replication is asynchronous: the replica must hold what the primary does before it dies
     // (this test is of following a failover; losing in one is another test's).
-    let held = replicated_offset(&primary);
-    wait_until(
-        "the replica to hold what the primary does",
-        Duration::from_secs(10),
-        async || replicated_offset(&replica) >= held,
-    )
-    .await;
+    replica_holds_what_the_primary_does(&primary, &replica).await;
 
     // The primary dies; the sentinels promote the replica.
     primary.stop();
@@ -353,13 +356,7 @@ async fn without_min_replicas_what_a_failover_loses_is_reported_never_skipped() 
         // (Not `WAIT` on a connection of its own: it waits for that connection's writes,
         // none — the replica then lacked `kept` now and then, and the resume from it was told
         // "unknown" instead of "lost in a failover".)
-        let held = replicated_offset(&primary);
-        wait_until(
-            "the replica to hold what the primary does",
-            Duration::from_secs(10),
-            async || replicated_offset(&replica) >= held,
-        )
-        .await;
+        replica_holds_what_the_primary_does(&primary, &replica).await;
         replica.freeze(true);
         primary
             .command(&["CLIENT", "KILL", "TYPE", "replica"])
