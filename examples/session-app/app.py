@@ -1,8 +1,9 @@
 """A web application with a login of its own whose pages receive live events from Tidings,
 without a JWT in the browser.
 
-The browser holds the application's session cookie and nothing else. Its page opens one
-EventSource on /sse/event-stream (every event of the user's session, on one connection). The
+The browser holds the application's session cookie and nothing else. Its page subscribes with
+the browser client (clients/js, served here at /client/) to /sse/event-stream: every event of
+the user's session, on one connection for all the user's tabs, resumed across reloads. The
 proxy in front (nginx.conf here) sends that request to the Tidings instances, which ask this
 application who the caller is (POST /tidings/auth, the authorization callback, with the
 browser's cookies) and let the stream in for the session this application names. The
@@ -20,6 +21,8 @@ Environment:
     WEBHOOK_SECRET           the hubs' --webhook-secret (webhooks are refused without it)
     APP_SECRET               signs the session cookie (random when unset: logins end with
                              the process)
+    TIDINGS_CLIENT_DIST      the browser client's build (clients/js/dist of this repository
+                             by default: `npm ci && npm run build` in clients/js)
 """
 
 import argparse
@@ -32,8 +35,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
-from flask import Flask, jsonify, redirect, request, session
+from flask import Flask, Response, jsonify, redirect, request, send_from_directory, session
 
 # Demo accounts. A real application has its own users.
 USERS = {"alice": "wonderland", "bob": "builder"}
@@ -44,6 +48,11 @@ GRANT_SECONDS = 300
 app = Flask(__name__)
 app.secret_key = os.environ.get("APP_SECRET") or secrets.token_hex(32)
 app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+
+# The browser client's modules, as `npm run build` in clients/js leaves them.
+CLIENT_DIST = Path(
+    os.environ.get("TIDINGS_CLIENT_DIST") or Path(__file__).resolve().parents[2] / "clients" / "js" / "dist"
+)
 
 # Who is online, as the webhooks tell it (session -> scope), and the last events received.
 online = {}
@@ -157,6 +166,18 @@ def verify(secret, header, body):
         return False
 
 
+@app.get("/client/<name>.js")
+def client_module(name):
+    """The browser client's ES modules (the page imports /client/index.js)."""
+    if not (CLIENT_DIST / "index.js").is_file():
+        return Response(
+            f"the browser client is not built in {CLIENT_DIST}: run `npm ci && npm run build` in clients/js\n",
+            status=404,
+            mimetype="text/plain",
+        )
+    return send_from_directory(CLIENT_DIST, f"{name}.js", mimetype="text/javascript")
+
+
 @app.get("/online")
 def who_is_online():
     with lock:
@@ -182,30 +203,29 @@ LIVE_PAGE = """<!doctype html>
 <form id=say><input id=text placeholder="A message to all your tabs"><button>Send</button></form>
 <ul id=log></ul>
 <form id=logout method=post action=/logout><button>Log out</button></form>
-<script>
-  // One connection for every event of the session: each keeps its name.
-  const events = new EventSource('/sse/event-stream');
+<script type=module>
+  // Every event of the session, on one connection for all of this user's tabs (the browser
+  // client elects one tab to hold it), resumed after a reload from the last event seen.
+  import { Tidings } from '/client/index.js';
+  const events = new Tidings().session(['chat', 'notice']);
+  const status = document.getElementById('status');
   window.received = [];
-  const show = (name, e) => {
-    window.received.push({ name, id: e.lastEventId, data: JSON.parse(e.data) });
+  events.on('update', (update) => {
+    window.received.push({ name: update.type, id: update.id, data: update.json() });
     const item = document.createElement('li');
-    item.textContent = name + ': ' + e.data;
+    item.textContent = update.type + ': ' + update.data;
     document.getElementById('log').append(item);
-  };
-  events.addEventListener('chat', (e) => show('chat', e));
-  events.addEventListener('notice', (e) => show('notice', e));
-  events.onopen = () => { document.getElementById('status').textContent = 'open'; };
-  events.onerror = () => {
-    document.getElementById('status').textContent = events.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting';
-  };
-  // Tidings ended the stream (a logout, an operator): stay away unless asked to come back.
-  events.addEventListener('tidings-disconnect', (e) => {
-    window.disconnected = JSON.parse(e.data);
-    if (!window.disconnected.reconnect) {
-      events.close();
-      document.getElementById('status').textContent = 'disconnected: ' + (window.disconnected.reason || '');
-    }
   });
+  // Tidings ended the stream (a logout, an operator): the client stays away unless told to
+  // come back.
+  events.on('disconnect', (detail) => {
+    window.disconnected = detail;
+    if (!detail.reconnect) status.textContent = 'disconnected: ' + detail.reason;
+  });
+  events.on('state', (state) => {
+    if (!window.disconnected || window.disconnected.reconnect) status.textContent = state;
+  });
+  events.on('error', (error) => { status.textContent = 'closed: ' + error.message; });
   // Logging out keeps the page, to show the stream ending; the server ends it.
   document.getElementById('logout').onsubmit = async (e) => {
     e.preventDefault();

@@ -2,8 +2,10 @@
 // three instances on Redis, over HTTP/1.1 and HTTP/2: a page that reloads while updates are
 // published has each once, in order; an expired token is renewed and the stream resumes, a
 // refused renewal ends it with an error the page sees; a resume from an id history lacks is a
-// `gap` event; an instance SIGKILLed under the page: it resumes on another, nothing lost. The
-// Node publisher of the same package publishes, and retries a 504 with one id.
+// `gap` event; an instance SIGKILLed under the page: it resumes on another, nothing lost. Five
+// tabs share one stream at the hub through a reload, the leader tab's close and an instance's
+// SIGKILL, each with its own updates once. The Node publisher of the same package publishes,
+// and retries a 504 with one id.
 //
 // The React hooks mount, receive and unmount without leaving a stream open at the hub.
 //
@@ -28,9 +30,11 @@ let browser;
 const token = (...args) => mint(KEY, ...args);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function startInstance(i) {
+/** Instance `i`; `at` (a killed one's base URL): again on its address, where nginx sends. */
+function startInstance(i, at) {
+  const listen = at ? ['--listen', at.replace('http://', '')] : [];
   return startHub(['--jwt-key', KEY, '--bus', REDIS, '--bus-prefix', PREFIX, '--instance-id', `${PREFIX}-${i}`,
-    '--max-streams-per-address', '1000', '--anonymous', '--jwt-leeway', '0']);
+    '--max-streams-per-address', '1000', '--anonymous', '--jwt-leeway', '0', ...listen]);
 }
 
 let cluster;
@@ -115,6 +119,73 @@ for (const [protocol, originOf] of [['HTTP/1.1', () => nginx.base], ['HTTP/2', (
   });
 }
 
+// Five tabs of one browser, each subscribed to a topic of its own, opened one after another
+// while updates to all five are published: they hold one stream at the hub (the first tab
+// leads), a follower reloads (the leader reopens from its older position, the others skip what
+// they had), the leader tab is closed (another takes over and resumes), the instance holding
+// the stream is SIGKILLed. Each tab has every update of its topic from its start on, once, in
+// order.
+for (const [protocol, originOf] of [['HTTP/1.1', () => nginx.base], ['HTTP/2', () => nginx.tlsBase]]) {
+  test(`${protocol}: five tabs hold one stream; a reload, the leader closed and an instance killed lose and repeat nothing`, async () => {
+    const origin = originOf();
+    const context = await browser.newContext({ ignoreHTTPSErrors: true });
+    const live = () => hubs.filter((h) => h.child.exitCode === null && h.child.signalCode === null);
+    const streams = async () => Promise.all(hubs.map((h) => (live().includes(h) ? metric(h.base, 'tidings_subscribers') : 0)));
+    const held = async () => (await streams()).reduce((a, b) => a + b, 0);
+    const before = await held();
+    const topics = [0, 1, 2, 3, 4].map((k) => `https://example.com/tabs/${PREFIX}/${protocol}/${k}`);
+    const tabs = [];
+    const open = async (k) => {
+      const page = await clientPage(context, origin);
+      await page.goto(`${origin}/tidings-client/page.html?topic=${encodeURIComponent(topics[k])}`);
+      await until(`tab ${k} open`, async () => (await kept(page, 'states')).includes('open'));
+      tabs[k] = page;
+    };
+    await open(0);
+    const sent = topics.map(() => []);
+    let publishing = true;
+    let killed = null;
+    const published = (async () => {
+      for (let n = 0; publishing; n++) {
+        const k = n % 5;
+        const by = live()[n % live().length];
+        sent[k].push((await new Publisher({ hub: by.base, token: token('--publish', '*') })
+          .publish({ topics: [topics[k]], data: `${n}` })).id);
+        await sleep(10);
+      }
+    })();
+    for (const k of [1, 2, 3, 4]) await open(k);
+    await until('one stream for five tabs', async () => (await held()) === before + 1);
+    await sleep(300);
+    await tabs[2].reload();
+    await sleep(500);
+    await tabs[0].close();
+    await until('another tab leads, one stream', async () => (await held()) === before + 1);
+    await sleep(500);
+    const counts = await streams();
+    killed = counts.findIndex((c, i) => c > 0 && live().includes(hubs[i]));
+    hubs[killed].child.kill('SIGKILL');
+    await sleep(1500);
+    publishing = false;
+    await published;
+    for (const k of [1, 2, 3, 4]) {
+      await until(`tab ${k} has its last update`, async () => (await kept(tabs[k], 'got')).at(-1) === sent[k].at(-1));
+    }
+    await sleep(300);
+    for (const k of [1, 2, 3, 4]) {
+      const got = await kept(tabs[k], 'got');
+      const from = sent[k].indexOf(got[0]);
+      assert.ok(from >= 0, `tab ${k}: its first update is one sent to its topic`);
+      assert.deepEqual(got, sent[k].slice(from), `tab ${k}: every update of its topic from its start, once, in order`);
+      assert.ok(got.length > 20, `tab ${k}: ${got.length} updates`);
+      assert.deepEqual(await kept(tabs[k], 'gaps'), [], `tab ${k}: no gap`);
+    }
+    assert.equal(await held(), before + 1, 'still one stream');
+    await context.close();
+    hubs[killed] = await startInstance(killed, hubs[killed].base);
+  });
+}
+
 test('an expired token is renewed and the stream resumes; a refused renewal ends it with an error', async () => {
   const origin = nginx.base;
   const context = await browser.newContext();
@@ -182,7 +253,7 @@ test('an instance SIGKILLed under the page: it resumes on another, nothing lost 
   await until('every update received', async () => (await kept(page, 'got')).length >= sent.length);
   await sleep(300);
   assert.deepEqual(await kept(page, 'got'), sent);
-  hubs[holder] = await startInstance(holder);
+  hubs[holder] = await startInstance(holder, hubs[holder].base);
   await context.close();
 });
 

@@ -2,7 +2,7 @@
 // the operator page on loopback, and the example application (examples/session-app) behind
 // nginx on two of them, told the admin key.
 // - Alice logs out in the application: the application asks Tidings to end her streams, her
-//   page's EventSource gets the final `tidings-disconnect` event and stops, and a new one
+//   page (the browser client) gets the final `tidings-disconnect` event and stays away, and a new EventSource
 //   cannot get back in (the application's callback no longer knows her).
 // - The operator page shows the three instances, finds Bob's session, disconnects it (his page
 //   stops), and publishes to a topic that another page — the hub's own page at / — receives.

@@ -2,11 +2,12 @@
 // (the example's nginx.conf) with two `tidings serve` on Redis that ask the app about each
 // stream (--auth-url) and tell it who is online (--webhook-url). Headless Chromium logs in with
 // a form and holds the app's session cookie only — no JWT anywhere in the browser — and its
-// page's one EventSource gets the session's events of two names. Then the app goes down and
-// the instance holding the stream is killed: the browser's EventSource reconnects through nginx
-// to the other instance, which cannot ask the app and tells it to retry (200 with a retry
-// hint, not an error it would give up on); once the app is back, the EventSource is let in
-// by itself and gets, once and in order, what was sent to the session meanwhile.
+// page's one stream (the browser client, clients/js, which the app serves) gets the session's
+// events of two names. Then the app goes down and the instance holding the stream is killed:
+// the client reconnects through nginx to the other instance, which cannot ask the app and
+// tells it to retry (200 with a retry hint, not an error it would give up on); once the app is
+// back, the client is let in by itself and gets, once and in order, what was sent to the
+// session meanwhile.
 //
 // Run by .ci/run after `cargo test`, with nginx, Redis and the example's requirements
 // installed.
@@ -135,13 +136,24 @@ test('a logged-in page gets its session events without a JWT, and rides out the 
   }
   assert.equal(await page.evaluate(() => window.received.length), 2, 'nothing while the app is down');
 
-  // The app is back: the EventSource gets in by itself and resumes where it was.
+  // The app is back: the client gets in by itself and resumes where it was.
   app = await startApp();
   await page.waitForFunction((n) => window.received.length >= n, 2 + missed.length, { timeout: 20000 });
   await page.waitForFunction(() => document.getElementById('status').textContent === 'open', null, { timeout: 10000 });
   received = await page.evaluate(() => window.received);
   assert.deepEqual(received.slice(2).map((e) => [e.name, e.data.n]), missed.map((n) => ['notice', n]),
     'what was sent while it was away, once, in order');
+
+  // A second tab of the app: it joins the first tab's stream (the client shares one per
+  // browser) and both get the next notice.
+  const second = await context.newPage();
+  await second.goto(`${nginx.base}/`);
+  await second.waitForFunction(() => document.getElementById('status').textContent === 'open', null, { timeout: 10000 });
+  await notice(survivor, 'alice', 4);
+  for (const tab of [page, second]) {
+    await tab.waitForFunction(() => window.received.some((e) => e.data.n === 4), null, { timeout: 10000 });
+  }
+  assert.equal(await metric(survivor.base, 'tidings_subscribers'), 1, 'two tabs, one stream');
   assert.deepEqual(errors, []);
   assert.deepEqual(authorized, [], 'no request of the page carried an Authorization header');
   await context.close();

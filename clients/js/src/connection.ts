@@ -64,7 +64,7 @@ export interface ConnectionOptions {
   idleTimeoutMs: number;
 }
 
-/** A wait that `stop` cuts short. */
+/** A wait that `signal` cuts short. */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();
@@ -90,6 +90,8 @@ export class Connection {
   lastId: string | null;
   private readonly stopped = new AbortController();
   private current: AbortController | null = null;
+  /** Cuts the wait before the next attempt short (stop, restart). */
+  private waiting: AbortController | null = null;
   private hint: number | null = null;
   private failures = 0;
 
@@ -106,12 +108,18 @@ export class Connection {
   stop(): void {
     this.stopped.abort();
     this.current?.abort();
+    this.waiting?.abort();
   }
 
-  /** Ends the current connection and opens another at once, from the last id. */
+  /**
+   * Ends the current connection (or the wait for the next) and opens another at once, from
+   * {@link Connection.lastId} and with what `url` says now.
+   */
   restart(): void {
     this.hint = 0;
+    this.failures = 0;
     this.current?.abort(new Error('restart'));
+    this.waiting?.abort();
   }
 
   private async run(): Promise<void> {
@@ -240,7 +248,10 @@ export class Connection {
     this.hint = null;
     this.failures += 1;
     this.listener.state('reconnecting');
-    await sleep(planned, this.stopped.signal);
+    if (this.stopped.signal.aborted) return false;
+    this.waiting = new AbortController();
+    await sleep(planned, this.waiting.signal);
+    this.waiting = null;
     return !this.stopped.signal.aborted;
   }
 

@@ -10,7 +10,15 @@
  * books.on('update', (update) => console.log(update.id, update.json()));
  * ```
  */
-import { Connection, type ConnectionState, type GetToken, TidingsError } from './connection.js';
+import {
+  Connection,
+  type ConnectionOptions,
+  type ConnectionState,
+  type GetToken,
+  type Listener,
+  TidingsError,
+} from './connection.js';
+import { canShare, MERCURE, TabGroup } from './shared.js';
 import type { SseEvent } from './sse.js';
 
 export { TidingsError } from './connection.js';
@@ -77,11 +85,22 @@ export interface TidingsOptions {
   idleTimeoutMs?: number;
   /** The `fetch` to use (tests, or a runtime without a global one). */
   fetch?: typeof fetch;
+  /**
+   * One stream per browser (default `true` where Web Locks and `BroadcastChannel` exist): the
+   * tabs of this origin elect a leader that holds one stream for all their subscriptions to
+   * this hub and hands each tab its events; when it closes, another tab takes over and resumes.
+   * The leader's `getToken` and cookies authorize that stream: set `false` where tabs of one
+   * origin act for different users.
+   */
+  shared?: boolean;
 }
 
 /** What a subscription may ask besides its selectors or event names. */
 export interface SubscribeOptions {
-  /** On a fresh start (no stored id), the last N updates of each exact topic first (1–100). */
+  /**
+   * On a fresh start (no stored id), the last N updates of each exact topic first (1–100).
+   * Such a subscription holds a stream of its own (a shared one would rewind for every tab).
+   */
   rewind?: number;
   /** The storage key of its last event id, when two subscriptions of a page share selectors. */
   key?: string;
@@ -98,13 +117,16 @@ export class Subscription {
     state: new Set(),
     error: new Set(),
   };
-  private readonly connection: Connection;
+  /** Its stream: a connection of its own, or its part in the tabs' shared one. */
+  private readonly source: { stop(): void };
+  private last: string | null;
   /** Where the connection stands. */
   state: ConnectionState = 'connecting';
 
   /** @internal Made by {@link Tidings.subscribe} and {@link Tidings.session}. */
   constructor(
     client: ResolvedOptions,
+    group: TabGroup | null,
     path: string,
     params: [string, string][],
     options: SubscribeOptions,
@@ -113,14 +135,34 @@ export class Subscription {
     const key =
       options.key ?? `tidings:${client.hub}${path}?${params.map(([k, v]) => `${k}=${v}`).sort().join('&')}`;
     const stored = storage?.getItem(key) ?? null;
+    this.last = stored;
     const keep = (id: string) => {
+      this.last = id;
       try {
         storage?.setItem(key, id);
       } catch {
         // A full or refused storage: the subscription goes on, a reload starts afresh.
       }
     };
-    this.connection = new Connection(
+    const listener: Listener = {
+      event: (event) => {
+        this.dispatch(event);
+        // Kept once the app has seen it: a reload resumes after it, never before.
+        if (event.id) keep(event.id);
+      },
+      id: keep,
+      state: (state) => {
+        if (state === this.state) return;
+        this.state = state;
+        this.emit('state', state);
+      },
+      error: (error) => this.emit('error', error),
+    };
+    if (group && !options.rewind) {
+      this.source = group.join(path, params, stored, listener);
+      return;
+    }
+    this.source = new Connection(
       {
         url: (lastId) => {
           const url = new URL(path, client.hub);
@@ -129,34 +171,16 @@ export class Subscription {
           else if (options.rewind) url.searchParams.set('rewind', String(options.rewind));
           return url.toString();
         },
-        getToken: client.getToken,
-        credentials: client.credentials,
-        fetch: client.fetch,
-        initialDelayMs: client.reconnectMs,
-        maxDelayMs: client.maxReconnectMs,
-        idleTimeoutMs: client.idleTimeoutMs,
+        ...connecting(client),
       },
-      {
-        event: (event) => {
-          this.dispatch(event);
-          // Kept once the app has seen it: a reload resumes after it, never before.
-          if (event.id) keep(event.id);
-        },
-        id: keep,
-        state: (state) => {
-          if (state === this.state) return;
-          this.state = state;
-          this.emit('state', state);
-        },
-        error: (error) => this.emit('error', error),
-      },
+      listener,
       stored,
     );
   }
 
-  /** The id a reconnection resumes from. */
+  /** The id a reconnection (or a reload) resumes from. */
   get lastEventId(): string | null {
-    return this.connection.lastId;
+    return this.last;
   }
 
   /** Calls `handler` on each `type` event; returns what removes it. */
@@ -168,7 +192,11 @@ export class Subscription {
 
   /** Ends the subscription: its stream closes, its handlers hear nothing more. */
   close(): void {
-    this.connection.stop();
+    this.source.stop();
+    if (this.state !== 'closed') {
+      this.state = 'closed';
+      this.emit('state', 'closed');
+    }
   }
 
   private emit<K extends keyof SubscriptionEvents>(type: K, value: SubscriptionEvents[K]): void {
@@ -214,8 +242,20 @@ export class Subscription {
   }
 }
 
-type ResolvedOptions = Required<Omit<TidingsOptions, 'getToken' | 'storage'>> &
+type ResolvedOptions = Required<Omit<TidingsOptions, 'getToken' | 'storage' | 'shared'>> &
   Pick<TidingsOptions, 'getToken'> & { storage: TidingsOptions['storage'] };
+
+/** How this client's connections are made, whatever their URL. */
+function connecting(client: ResolvedOptions): Omit<ConnectionOptions, 'url'> {
+  return {
+    getToken: client.getToken,
+    credentials: client.credentials,
+    fetch: client.fetch,
+    initialDelayMs: client.reconnectMs,
+    maxDelayMs: client.maxReconnectMs,
+    idleTimeoutMs: client.idleTimeoutMs,
+  };
+}
 
 /** The page's `sessionStorage`, or nothing where there is none (a worker, Node). */
 function defaultStorage(): TidingsOptions['storage'] {
@@ -230,6 +270,8 @@ function defaultStorage(): TidingsOptions['storage'] {
 export class Tidings {
   private readonly options: ResolvedOptions;
   private readonly subscriptions = new Set<Subscription>();
+  private readonly shared: boolean;
+  private group: TabGroup | null = null;
 
   constructor(options: TidingsOptions = {}) {
     const page = globalThis.location?.href;
@@ -248,6 +290,7 @@ export class Tidings {
       idleTimeoutMs: options.idleTimeoutMs ?? 45_000,
       fetch: options.fetch ?? globalThis.fetch.bind(globalThis),
     };
+    this.shared = (options.shared ?? true) && canShare();
   }
 
   /**
@@ -258,7 +301,7 @@ export class Tidings {
     const list = typeof selectors === 'string' ? [selectors] : selectors;
     if (list.length === 0) throw new TypeError('Tidings.subscribe: at least one selector');
     const params = list.map((s): [string, string] => ['topic', s]);
-    return this.track(new Subscription(this.options, '.well-known/mercure', params, options));
+    return this.track(MERCURE, params, options);
   }
 
   /**
@@ -268,16 +311,20 @@ export class Tidings {
   session(eventNames: string | string[] = [], options: SubscribeOptions = {}): Subscription {
     const list = typeof eventNames === 'string' ? [eventNames] : eventNames;
     const params = list.map((n): [string, string] => ['eventName', n]);
-    return this.track(new Subscription(this.options, 'sse/event-stream', params, options));
+    return this.track('sse/event-stream', params, options);
   }
 
   /** Closes every subscription of this client. */
   close(): void {
     for (const subscription of this.subscriptions) subscription.close();
     this.subscriptions.clear();
+    this.group?.close();
+    this.group = null;
   }
 
-  private track(subscription: Subscription): Subscription {
+  private track(path: string, params: [string, string][], options: SubscribeOptions): Subscription {
+    if (this.shared && !this.group) this.group = new TabGroup({ hub: this.options.hub, ...connecting(this.options) });
+    const subscription = new Subscription(this.options, this.group, path, params, options);
     this.subscriptions.add(subscription);
     subscription.on('state', (state) => {
       if (state === 'closed') this.subscriptions.delete(subscription);

@@ -14,6 +14,11 @@ export interface SseEvent {
   data: string;
   /** The last event id after this event (the stream's, carried over from earlier events). */
   id: string;
+  /**
+   * The `selector:` lines: which of the stream's selectors the update matched (Tidings, on a
+   * stream opened with `withSelectors=1`); absent otherwise.
+   */
+  selectors?: string[];
 }
 
 /** What the decoder tells of each block it completes. */
@@ -34,6 +39,7 @@ export class SseDecoder {
   lastId: string;
   private data: string[] = [];
   private type = '';
+  private selectors: string[] = [];
   private idSet = false;
   /** A CR ended the previous chunk: an LF opening the next one belongs to it. */
   private crAtEnd = false;
@@ -75,6 +81,9 @@ export class SseDecoder {
       case 'event':
         this.type = value;
         break;
+      case 'selector':
+        this.selectors.push(value);
+        break;
       case 'id':
         if (!value.includes('\0')) {
           this.lastId = value;
@@ -90,14 +99,17 @@ export class SseDecoder {
   }
 
   private dispatch(): void {
-    const { data, type, idSet } = this;
+    const { data, type, idSet, selectors } = this;
     this.data = [];
     this.type = '';
+    this.selectors = [];
     this.idSet = false;
     if (data.length === 0) {
       if (idSet) this.sink.id?.(this.lastId);
       return;
     }
-    this.sink.event({ type: type || 'message', data: data.join('\n'), id: this.lastId });
+    const event: SseEvent = { type: type || 'message', data: data.join('\n'), id: this.lastId };
+    if (selectors.length > 0) event.selectors = selectors;
+    this.sink.event(event);
   }
 }

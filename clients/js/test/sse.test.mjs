@@ -53,3 +53,13 @@ test('an id without data moves the last id; a retry must be digits; unknown fiel
 test('an id with NUL is ignored; an incomplete event is not dispatched', () => {
   assert.deepEqual(decode(['id: a\0b\ndata: 1\n\ndata: 2\n'], 'before'), [['event', 'message', '1', 'before']]);
 });
+
+test("selector lines are gathered on the event they lead, and reset after it", () => {
+  const seen = [];
+  const decoder = new SseDecoder({ event: (e) => seen.push(e) });
+  decoder.push(
+    new TextEncoder().encode('selector: /a/{id}\nselector: *\nid: 1\ndata: x\n\nid: 2\ndata: y\n\n'),
+  );
+  assert.deepEqual(seen[0].selectors, ['/a/{id}', '*']);
+  assert.equal(seen[1].selectors, undefined);
+});
