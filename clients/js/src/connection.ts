@@ -40,6 +40,14 @@ export async function errorOf(response: Response): Promise<TidingsError> {
   return new TidingsError(response.status, code, detail);
 }
 
+/** The URL of the stream at `path` of `hub` with `params`, resuming after `lastId` if given. */
+export function streamUrl(hub: string, path: string, params: [string, string][], lastId: string | null): URL {
+  const url = new URL(path, hub);
+  for (const [k, v] of params) url.searchParams.append(k, v);
+  if (lastId) url.searchParams.set('lastEventID', lastId);
+  return url;
+}
+
 /** What a connection tells its owner. */
 export interface Listener {
   event(event: SseEvent): void;

@@ -16,6 +16,7 @@ import {
   type ConnectionState,
   type GetToken,
   type Listener,
+  streamUrl,
   TidingsError,
 } from './connection.js';
 import { canShare, MERCURE, TabGroup } from './shared.js';
@@ -165,10 +166,8 @@ export class Subscription {
     this.source = new Connection(
       {
         url: (lastId) => {
-          const url = new URL(path, client.hub);
-          for (const [k, v] of params) url.searchParams.append(k, v);
-          if (lastId) url.searchParams.set('lastEventID', lastId);
-          else if (options.rewind) url.searchParams.set('rewind', String(options.rewind));
+          const url = streamUrl(client.hub, path, params, lastId);
+          if (!lastId && options.rewind) url.searchParams.set('rewind', String(options.rewind));
           return url.toString();
         },
         ...connecting(client),

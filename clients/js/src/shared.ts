@@ -15,7 +15,14 @@
  * Written here, not taken from a package: the election and the hand-over are a few messages,
  * and the resume rules are Tidings' own.
  */
-import { Connection, type ConnectionOptions, type ConnectionState, type Listener, TidingsError } from './connection.js';
+import {
+  Connection,
+  type ConnectionOptions,
+  type ConnectionState,
+  type Listener,
+  streamUrl,
+  TidingsError,
+} from './connection.js';
 import type { SseEvent } from './sse.js';
 
 /** The Mercure endpoint, relative to the hub. */
@@ -475,12 +482,7 @@ export class TabGroup {
     held.connection = new Connection(
       {
         ...this.options,
-        url: (lastId) => {
-          const url = new URL(path, this.options.hub);
-          for (const [k, v] of held.params) url.searchParams.append(k, v);
-          if (lastId) url.searchParams.set('lastEventID', lastId);
-          return url.toString();
-        },
+        url: (lastId) => streamUrl(this.options.hub, path, held.params, lastId).toString(),
       },
       {
         event: (e) => current() && this.post({ t: 'ev', path, e }),
