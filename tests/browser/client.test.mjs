@@ -228,53 +228,56 @@ test('a tab whose selector the hub refuses gets the error; the tab it shares the
   await context.close();
 });
 
-test('an expired token is renewed and the stream resumes; a refused renewal ends it with an error', async () => {
-  const origin = nginx.base;
-  const context = await browser.newContext();
-  const page = await clientPage(context, origin);
-  const topic = `https://example.com/private/${PREFIX}`;
-  let asked = { fresh: 0, renew: 0 };
-  let refuse = false;
-  // A token that lives 2 s; the page caches it as an app would, and is asked to renew.
-  let cached = null;
-  await page.exposeFunction('mintToken', (renew) => {
-    asked[renew ? 'renew' : 'fresh'] += 1;
-    if (renew && refuse) return null;
-    if (renew || !cached) cached = token('--subscribe', topic, '--ttl', '2');
-    return cached;
+for (const [protocol, originOf] of [['HTTP/1.1', () => nginx.base], ['HTTP/2', () => nginx.tlsBase]]) {
+  test(`${protocol}: an expired token is renewed and the stream resumes; a refused renewal ends it with an error`, async () => {
+    const origin = originOf();
+    const context = await browser.newContext({ ignoreHTTPSErrors: true });
+    const page = await clientPage(context, origin);
+    const topic = `https://example.com/private/${PREFIX}/${protocol}`;
+    let asked = { fresh: 0, renew: 0 };
+    let refuse = false;
+    // A token that lives 2 s; the page caches it as an app would, and is asked to renew.
+    let cached = null;
+    await page.exposeFunction('mintToken', (renew) => {
+      asked[renew ? 'renew' : 'fresh'] += 1;
+      if (renew && refuse) return null;
+      if (renew || !cached) cached = token('--subscribe', topic, '--ttl', '2');
+      return cached;
+    });
+    await page.goto(`${origin}/tidings-client/page.html?token&topic=${encodeURIComponent(topic)}`);
+    await until('the stream open', async () => (await kept(page, 'states')).includes('open'));
+    const sent = [];
+    for (let n = 0; n < 40; n++) {
+      sent.push((await publisher(n % 3).publish({ topics: [topic], data: `${n}`, private: true })).id);
+      await sleep(100);
+    }
+    await until('every private update received', async () => (await kept(page, 'got')).length >= sent.length);
+    assert.deepEqual(await kept(page, 'got'), sent, 'across the renewals, each once, in order');
+    assert.ok(asked.renew >= 1, `asked to renew: ${JSON.stringify(asked)}`);
+    assert.deepEqual(await kept(page, 'errors'), []);
+    refuse = true;
+    await until('a refused renewal reported', async () => (await kept(page, 'errors')).length === 1, 10000);
+    const [error] = await kept(page, 'errors');
+    assert.equal(error.code, 'token_refused');
+    assert.equal((await kept(page, 'states')).at(-1), 'closed');
+    await context.close();
   });
-  await page.goto(`${origin}/tidings-client/page.html?token&topic=${encodeURIComponent(topic)}`);
-  await until('the stream open', async () => (await kept(page, 'states')).includes('open'));
-  const sent = [];
-  for (let n = 0; n < 40; n++) {
-    sent.push((await publisher(n % 3).publish({ topics: [topic], data: `${n}`, private: true })).id);
-    await sleep(100);
-  }
-  await until('every private update received', async () => (await kept(page, 'got')).length >= sent.length);
-  assert.deepEqual(await kept(page, 'got'), sent, 'across the renewals, each once, in order');
-  assert.ok(asked.renew >= 1, `asked to renew: ${JSON.stringify(asked)}`);
-  assert.deepEqual(await kept(page, 'errors'), []);
-  refuse = true;
-  await until('a refused renewal reported', async () => (await kept(page, 'errors')).length === 1, 10000);
-  const [error] = await kept(page, 'errors');
-  assert.equal(error.code, 'token_refused');
-  assert.equal((await kept(page, 'states')).at(-1), 'closed');
-  await context.close();
-});
 
-test('a resume from an id history lacks reaches the page as a gap event, then what history holds', async () => {
-  const context = await browser.newContext();
-  const page = await clientPage(context, nginx.base);
-  const topic = `https://example.com/gap/${PREFIX}`;
-  const { id } = await publisher().publish({ topics: [topic], data: 'kept' });
-  const unknown = 'urn:uuid:00000000-0000-4000-8000-000000000000';
-  await page.goto(`${nginx.base}/tidings-client/page.html?topic=${encodeURIComponent(topic)}&resumeFrom=${unknown}`);
-  await until('the gap told', async () => (await kept(page, 'gaps')).length === 1);
-  const [gap] = await kept(page, 'gaps');
-  assert.equal(gap.lastEventId, unknown);
-  await until('history replayed', async () => (await kept(page, 'got')).includes(id));
-  await context.close();
-});
+  test(`${protocol}: a resume from an id history lacks reaches the page as a gap event, then what history holds`, async () => {
+    const origin = originOf();
+    const context = await browser.newContext({ ignoreHTTPSErrors: true });
+    const page = await clientPage(context, origin);
+    const topic = `https://example.com/gap/${PREFIX}/${protocol}`;
+    const { id } = await publisher().publish({ topics: [topic], data: 'kept' });
+    const unknown = 'urn:uuid:00000000-0000-4000-8000-000000000000';
+    await page.goto(`${origin}/tidings-client/page.html?topic=${encodeURIComponent(topic)}&resumeFrom=${unknown}`);
+    await until('the gap told', async () => (await kept(page, 'gaps')).length === 1);
+    const [gap] = await kept(page, 'gaps');
+    assert.equal(gap.lastEventId, unknown);
+    await until('history replayed', async () => (await kept(page, 'got')).includes(id));
+    await context.close();
+  });
+}
 
 test('an instance SIGKILLed under the page: it resumes on another, nothing lost or repeated', async () => {
   const context = await browser.newContext();
