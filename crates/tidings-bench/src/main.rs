@@ -32,6 +32,7 @@ mod run;
 mod setup;
 mod stream;
 mod tally;
+mod workers;
 
 use std::process::ExitCode;
 

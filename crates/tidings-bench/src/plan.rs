@@ -79,6 +79,11 @@ impl Plan {
             .sum()
     }
 
+    /// What every topic's name starts with.
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The topic's name on the hub.
     pub(super) fn topic_name(&self, topic: u64) -> String {
         format!("{}{topic}", self.prefix)

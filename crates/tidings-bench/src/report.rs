@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::memory::Kernel;
 use super::profile::Profile;
 use super::tally::Percentiles;
 
@@ -26,6 +27,8 @@ pub(super) struct Summary {
     pub(super) payload_bytes: usize,
     pub(super) streams: Streams,
     pub(super) memory: Option<Memory>,
+    /// What the rest of the machine spent on the streams: the load generator, the kernel.
+    pub(super) machine: Option<Machine>,
     pub(super) publish: Publish,
     pub(super) deliveries: Deliveries,
     pub(super) latency_ms: Percentiles,
@@ -64,6 +67,46 @@ pub(super) struct Memory {
     pub(super) rss_after_bytes: u64,
     /// `(idle - before) / streams opened`.
     pub(super) per_idle_stream_bytes: f64,
+}
+
+/// The memory the streams cost outside the hub, with every stream open and idle: the load
+/// generator's processes (this one, or its `--workers`) and the kernel, machine-wide (both ends
+/// of each loopback connection are sockets of this machine).
+#[derive(Debug, Serialize)]
+pub(super) struct Machine {
+    pub(super) workers: usize,
+    pub(super) client_rss_idle_bytes: u64,
+    pub(super) client_per_stream_bytes: f64,
+    pub(super) kernel_before: Kernel,
+    pub(super) kernel_idle: Kernel,
+    /// The kernel's growth (slab and TCP buffers) over the growth in TCP sockets.
+    pub(super) kernel_per_socket_bytes: f64,
+}
+
+impl Machine {
+    pub(super) fn new(
+        workers: usize,
+        client_rss_idle: u64,
+        before: Kernel,
+        idle: Kernel,
+    ) -> Machine {
+        let sockets = idle.tcp_sockets.saturating_sub(before.tcp_sockets);
+        Machine {
+            workers,
+            client_rss_idle_bytes: client_rss_idle,
+            client_per_stream_bytes: 0.0,
+            kernel_before: before,
+            kernel_idle: idle,
+            kernel_per_socket_bytes: idle.bytes().saturating_sub(before.bytes()) as f64
+                / sockets.max(1) as f64,
+        }
+    }
+
+    /// With the count of streams open, for the per-stream figure.
+    pub(super) fn per_stream(mut self, streams: u64) -> Machine {
+        self.client_per_stream_bytes = self.client_rss_idle_bytes as f64 / streams.max(1) as f64;
+        self
+    }
 }
 
 /// The publishers' side.
@@ -171,6 +214,25 @@ impl Summary {
                 bytes(m.rss_idle_bytes as f64),
                 bytes(m.rss_after_bytes as f64),
                 bytes(m.per_idle_stream_bytes)
+            );
+        }
+        if let Some(m) = &self.machine {
+            let sockets = m
+                .kernel_idle
+                .tcp_sockets
+                .saturating_sub(m.kernel_before.tcp_sockets);
+            let _ = writeln!(
+                t,
+                "  machine     load generator {} ({} per stream{}); kernel +{} for {} sockets: {} per socket",
+                bytes(m.client_rss_idle_bytes as f64),
+                bytes(m.client_per_stream_bytes),
+                match m.workers {
+                    1 => String::new(),
+                    n => format!(", {n} workers"),
+                },
+                bytes(m.kernel_idle.bytes().saturating_sub(m.kernel_before.bytes()) as f64),
+                sockets,
+                bytes(m.kernel_per_socket_bytes),
             );
         }
         let p = &self.publish;

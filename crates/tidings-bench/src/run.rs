@@ -16,10 +16,14 @@ use crate::report::Summary;
 use crate::setup::Setup;
 use crate::stream::{StreamContext, StreamSpec};
 use crate::tally::Tally;
+use crate::workers::{self, Counts, Workers};
 use crate::{memory, publisher, report, stream};
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let setup = Setup::new(&args).await?;
+    if let Some(index) = args.worker {
+        return work(&args, setup, index).await;
+    }
     let interrupted = CancellationToken::new();
     let on_ctrl_c = interrupted.clone();
     let ctrl_c = tokio::spawn(async move {
@@ -70,57 +74,44 @@ impl Progress {
         }
     }
 
-    fn show(&self, tally: &Tally) {
-        self.streams
-            .set_position(tally.opened.load(Relaxed) + tally.open_failed.load(Relaxed));
+    fn show(&self, tally: &Tally, workers: Option<&Counts>) {
+        let streams = stream_counts(tally, workers);
+        self.streams.set_position(streams.opened + streams.failed);
         self.updates
             .set_position(tally.published.load(Relaxed) + tally.publish_failed.load(Relaxed));
-        self.deliveries.set_position(tally.unique.load(Relaxed));
+        self.deliveries.set_position(streams.unique);
     }
 
     fn finish(&self, tally: &Tally) {
-        self.show(tally);
+        self.show(tally, None);
         for bar in [&self.streams, &self.updates, &self.deliveries] {
             bar.abandon();
         }
     }
 }
 
-/// Runs the phases and measures them.
-async fn execute(
-    args: &BenchArgs,
-    setup: Setup,
-    interrupted: &CancellationToken,
-) -> Result<Summary, String> {
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    let tally = Arc::new(Tally::new());
-    let plan = setup.plan.clone();
-    let expected = plan.expected();
-    let progress = Arc::new(Progress::new(args.quiet, &plan));
-    let stop = CancellationToken::new();
-    let ticker = tokio::spawn({
-        let (progress, tally, stop) = (progress.clone(), tally.clone(), stop.clone());
-        async move {
-            let mut every = tokio::time::interval(Duration::from_millis(100));
-            while stop.run_until_cancelled(every.tick()).await.is_some() {
-                progress.show(&tally);
-            }
-        }
-    });
-    let rss_before = memory::rss_bytes(&args.pid)?;
+/// The streams' counts: this process's, or its workers'.
+fn stream_counts(tally: &Tally, workers: Option<&Counts>) -> workers::Progress {
+    match workers {
+        Some(counts) => counts.sum(),
+        None => workers::Progress {
+            opened: tally.opened.load(Relaxed),
+            failed: tally.open_failed.load(Relaxed),
+            unique: tally.unique.load(Relaxed),
+        },
+    }
+}
 
-    // Open the streams.
-    let context = Arc::new(StreamContext {
-        tally: tally.clone(),
-        opening: Arc::new(Semaphore::new(args.open_concurrency)),
-        open_timeout: args.open_timeout,
-        reconnect_within: args.reconnect.then_some(args.reconnect_within),
-        stop: stop.clone(),
-    });
+/// Opens streams `range` of the run (each a task of its own).
+fn open_streams(
+    args: &BenchArgs,
+    setup: &Setup,
+    context: &Arc<StreamContext>,
+    range: std::ops::Range<u64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let plan = &setup.plan;
     let targets: Arc<[Arc<Target>]> = setup.targets.clone().into();
-    let opening = Instant::now();
-    let streams: Vec<_> = (0..plan.streams)
+    range
         .map(|i| {
             let topic = plan.topic_of_stream(i);
             let spec = StreamSpec {
@@ -140,15 +131,95 @@ async fn execute(
             };
             tokio::spawn(stream::run(spec, context.clone()))
         })
-        .collect();
+        .collect()
+}
+
+fn stream_context(
+    args: &BenchArgs,
+    tally: &Arc<Tally>,
+    stop: &CancellationToken,
+) -> Arc<StreamContext> {
+    Arc::new(StreamContext {
+        tally: tally.clone(),
+        opening: Arc::new(Semaphore::new(args.open_concurrency)),
+        open_timeout: args.open_timeout,
+        reconnect_within: args.reconnect.then_some(args.reconnect_within),
+        stop: stop.clone(),
+    })
+}
+
+/// A worker of `--workers`: opens its slice of the streams and reads them until its
+/// coordinator says the run is over (see `workers`).
+async fn work(args: &BenchArgs, setup: Setup, index: usize) -> Result<(), String> {
+    let epoch_us = args
+        .epoch_us
+        .ok_or("--worker is started by a coordinator (--workers), which gives --epoch-us")?;
+    let tally = Arc::new(Tally::at_epoch(epoch_us));
+    let stop = CancellationToken::new();
+    let context = stream_context(args, &tally, &stop);
+    let range = workers::slice(setup.plan.streams, args.workers, index);
+    let expected = range
+        .clone()
+        .map(|i| setup.plan.updates_on(setup.plan.topic_of_stream(i)))
+        .sum();
+    let streams = open_streams(args, &setup, &context, range);
+    let served = workers::serve(tally.clone(), expected).await;
+    stop.cancel();
+    context.opening.close();
+    for stream in streams {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream).await;
+    }
+    served
+}
+
+/// Runs the phases and measures them.
+async fn execute(
+    args: &BenchArgs,
+    setup: Setup,
+    interrupted: &CancellationToken,
+) -> Result<Summary, String> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let tally = Arc::new(Tally::new());
+    let plan = setup.plan.clone();
+    let expected = plan.expected();
+    let progress = Arc::new(Progress::new(args.quiet, &plan));
+    let stop = CancellationToken::new();
+    let rss_before = memory::rss_bytes(&args.pid)?;
+    let kernel_before = memory::kernel();
+
+    // Open the streams: here, or in the workers.
+    let context = stream_context(args, &tally, &stop);
+    let opening = Instant::now();
+    let (streams, workers) = match args.workers {
+        1 => (open_streams(args, &setup, &context, 0..plan.streams), None),
+        _ => (
+            Vec::new(),
+            Some(Workers::start(args, &plan, tally.epoch_us())?),
+        ),
+    };
+    let counts = workers.as_ref().map(Workers::counts);
+    let ticker = tokio::spawn({
+        let (progress, tally, stop) = (progress.clone(), tally.clone(), stop.clone());
+        let counts = counts.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            while stop.run_until_cancelled(every.tick()).await.is_some() {
+                progress.show(&tally, counts.as_ref());
+            }
+        }
+    });
     let all_open = wait_for(
-        || tally.opened.load(Relaxed) + tally.open_failed.load(Relaxed) >= plan.streams,
+        || {
+            let c = stream_counts(&tally, counts.as_ref());
+            c.opened + c.failed >= plan.streams || workers.as_ref().is_some_and(Workers::any_ended)
+        },
         deadline,
         interrupted,
     )
     .await;
     let open_seconds = opening.elapsed().as_secs_f64();
-    let go_on = all_open && tally.open_failed.load(Relaxed) == 0;
+    let go_on = all_open && stream_counts(&tally, counts.as_ref()).failed == 0;
     if go_on {
         tokio::select! {
             () = tokio::time::sleep(args.settle) => {}
@@ -156,6 +227,11 @@ async fn execute(
         }
     }
     let rss_idle = memory::rss_bytes(&args.pid)?;
+    let kernel_idle = memory::kernel();
+    let client_pids = workers
+        .as_ref()
+        .map_or_else(|| vec![std::process::id()], Workers::pids);
+    let client_rss_idle = memory::rss_bytes(&client_pids).unwrap_or(0);
 
     // Publish, then wait for the last deliveries.
     let publishing = Instant::now();
@@ -221,12 +297,20 @@ async fn execute(
             }
         }
         let drain_deadline = deadline.min(tokio::time::Instant::now() + args.drain);
-        wait_for(
-            || tally.unique.load(Relaxed) + tally.forfeited.load(Relaxed) >= expected,
-            drain_deadline,
-            interrupted,
-        )
-        .await;
+        if workers.is_none() {
+            wait_for(
+                || tally.unique.load(Relaxed) + tally.forfeited.load(Relaxed) >= expected,
+                drain_deadline,
+                interrupted,
+            )
+            .await;
+        }
+    }
+    // The workers wait for their deliveries (up to the drain), then report.
+    if let Some(workers) = workers {
+        let drain =
+            (go_on && plan.updates > 0 && !interrupted.is_cancelled()).then_some(args.drain);
+        workers.finish(drain, &tally).await;
     }
     let rss_after = memory::rss_bytes(&args.pid)?;
     stop.cancel();
@@ -250,6 +334,13 @@ async fn execute(
             publish_seconds,
             elapsed_seconds: started.elapsed().as_secs_f64(),
             rss: [rss_before, rss_idle, rss_after],
+            // (No figure where /proc has no socket statistics; the run goes on.)
+            machine: kernel_before
+                .and_then(|before| Ok((before, kernel_idle?)))
+                .ok()
+                .map(|(before, idle)| {
+                    report::Machine::new(args.workers, client_rss_idle, before, idle)
+                }),
         },
     ))
 }
@@ -290,6 +381,8 @@ struct Timings {
     elapsed_seconds: f64,
     /// Before opening, idle, after delivering.
     rss: [u64; 3],
+    /// The load generator's and the kernel's memory.
+    machine: Option<report::Machine>,
 }
 
 fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -> Summary {
@@ -355,6 +448,7 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
             ack_after_kill_ms: ack_after_ms,
         }
     });
+    let machine = timings.machine.map(|m| m.per_stream(opened));
     let errors = tally.errors();
     let ok = errors.is_empty()
         && failover
@@ -387,6 +481,7 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         payload_bytes: args.payload_size,
         streams,
         memory,
+        machine,
         publish,
         deliveries,
         latency_ms: tally.latency_ms(),

@@ -8,6 +8,7 @@ use crate::args::{BenchArgs, MAX_PAYLOAD, MAX_SOURCE_ADDRESSES};
 use crate::memory;
 use crate::plan::{Plan, Topics};
 use crate::profile::{Profile, Target};
+use crate::workers;
 
 /// What the arguments resolve to before anything is opened.
 pub(crate) struct Setup {
@@ -35,6 +36,7 @@ impl Setup {
         if args.streams_per_address == 0 {
             return Err("--streams-per-address must be at least 1".into());
         }
+        let held = held_here(args)?;
         if !(args.rate >= 0.0 && args.rate.is_finite()) {
             return Err(format!(
                 "--rate {}: give updates per second, or 0 for flat out",
@@ -86,7 +88,7 @@ impl Setup {
         };
         let plan = Plan::new(args.subscribers, args.topics, args.updates, &prefix);
         let sources = source_addresses(args, &targets)?;
-        raise_open_files_limit(args.subscribers + args.publishers as u64 + 64)?;
+        raise_open_files_limit(held + args.publishers as u64 + 64)?;
         let (publisher_token, stream_tokens) = tokens(args, &plan)?;
         Ok(Setup {
             targets,
@@ -97,6 +99,47 @@ impl Setup {
             stream_tokens,
         })
     }
+}
+
+/// How many streams this process holds: all of them, or a worker's slice, or none (the
+/// coordinator of `--workers`); checks what `--workers` asks.
+fn held_here(args: &BenchArgs) -> Result<u64, String> {
+    let workers = args.workers;
+    if workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    if workers as u64 > args.subscribers {
+        return Err(format!(
+            "--workers {workers} is more than --subscribers {}: some workers would hold no stream",
+            args.subscribers
+        ));
+    }
+    if let Some(index) = args.worker {
+        if index >= workers {
+            return Err(format!("--worker {index} of --workers {workers}"));
+        }
+        let slice = workers::slice(args.subscribers, workers, index);
+        return Ok(slice.end - slice.start);
+    }
+    if workers == 1 {
+        return Ok(args.subscribers);
+    }
+    if args.kill.is_some() {
+        return Err(
+            "--kill is not supported with --workers: run the failover benchmark in one process"
+                .into(),
+        );
+    }
+    let most = args.subscribers.div_ceil(workers as u64);
+    if most > workers::MAX_STREAMS_PER_WORKER {
+        return Err(format!(
+            "--workers {workers}: {most} streams per worker is over the {} one process holds \
+             (the open-files limit): give --workers {} or more",
+            workers::MAX_STREAMS_PER_WORKER,
+            args.subscribers.div_ceil(workers::MAX_STREAMS_PER_WORKER)
+        ));
+    }
+    Ok(0)
 }
 
 /// Loopback source addresses enough for the streams, when one is not enough.

@@ -164,6 +164,12 @@ async fn open(spec: &StreamSpec, at: usize, last_event_id: &str) -> Result<Open,
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(|e| NotOpen::unreachable(format!("cannot create a socket: {e}")))?;
+    // Closed with a reset, not a FIN: the bench closes first, and each close would otherwise
+    // hold its source port in TIME_WAIT for a minute — 20,000 streams per source address
+    // would leave the next run (or a churn's reconnections) without ports.
+    socket
+        .set_zero_linger()
+        .map_err(|e| NotOpen::unreachable(format!("cannot set SO_LINGER: {e}")))?;
     if let Some(source) = spec.source {
         socket
             .bind(SocketAddr::new(source, 0))

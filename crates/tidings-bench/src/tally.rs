@@ -96,8 +96,29 @@ fn record(histogram: &Mutex<Histogram<u64>>, micros: u64) {
 
 impl Tally {
     pub(super) fn new() -> Tally {
+        Tally::since(Instant::now())
+    }
+
+    /// A tally on the clock of a run that started `epoch_us` microseconds after the Unix
+    /// epoch: a worker's (`--workers`), so that the send times its coordinator's publishers
+    /// stamp read the same on both sides (one machine, one wall clock).
+    pub(super) fn at_epoch(epoch_us: u64) -> Tally {
+        let since = Duration::from_micros(unix_us().saturating_sub(epoch_us));
+        Tally::since(
+            Instant::now()
+                .checked_sub(since)
+                .unwrap_or_else(Instant::now),
+        )
+    }
+
+    /// When this run's clock started, in microseconds after the Unix epoch.
+    pub(super) fn epoch_us(&self) -> u64 {
+        unix_us().saturating_sub(self.now_us())
+    }
+
+    fn since(start: Instant) -> Tally {
         Tally {
-            start: Instant::now(),
+            start,
             opened: AtomicU64::new(0),
             open_failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -281,17 +302,139 @@ impl Tally {
     }
 }
 
+/// What a worker's streams counted (`--workers`): sent to its coordinator at the end of the
+/// run, and added to the coordinator's tally. Histograms travel as (value, count) pairs.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Part {
+    opened: u64,
+    open_failed: u64,
+    dropped: u64,
+    received: u64,
+    unique: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    stray: u64,
+    forfeited: u64,
+    last_delivery_us: u64,
+    connect_us: Vec<(u64, u64)>,
+    latency_us: Vec<(u64, u64)>,
+    errors: BTreeMap<String, u64>,
+    moved: u64,
+    resumed: u64,
+    attempts: u64,
+    refused: u64,
+    unreachable: u64,
+    deferred: u64,
+    reconnect_errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    /// What this tally's streams counted, to be added to another's ([`Tally::absorb`]).
+    pub(super) fn part(&self) -> Part {
+        let r = &self.reconnection;
+        Part {
+            opened: self.opened.load(Relaxed),
+            open_failed: self.open_failed.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            received: self.received.load(Relaxed),
+            unique: self.unique.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            out_of_order: self.out_of_order.load(Relaxed),
+            stray: self.stray.load(Relaxed),
+            forfeited: self.forfeited.load(Relaxed),
+            last_delivery_us: self.last_delivery_us.load(Relaxed),
+            connect_us: pairs(&self.connect_us),
+            latency_us: pairs(&self.latency_us),
+            errors: self.errors(),
+            moved: r.moved.load(Relaxed),
+            resumed: r.resumed.load(Relaxed),
+            attempts: r.attempts.load(Relaxed),
+            refused: r.refused.load(Relaxed),
+            unreachable: r.unreachable.load(Relaxed),
+            deferred: r.deferred.load(Relaxed),
+            reconnect_errors: self.reconnect_errors(),
+        }
+    }
+
+    /// Adds what another tally's streams counted (a worker's) to this one.
+    pub(super) fn absorb(&self, part: &Part) {
+        let r = &self.reconnection;
+        for (counter, n) in [
+            (&self.opened, part.opened),
+            (&self.open_failed, part.open_failed),
+            (&self.dropped, part.dropped),
+            (&self.received, part.received),
+            (&self.unique, part.unique),
+            (&self.duplicates, part.duplicates),
+            (&self.out_of_order, part.out_of_order),
+            (&self.stray, part.stray),
+            (&self.forfeited, part.forfeited),
+            (&r.moved, part.moved),
+            (&r.resumed, part.resumed),
+            (&r.attempts, part.attempts),
+            (&r.refused, part.refused),
+            (&r.unreachable, part.unreachable),
+            (&r.deferred, part.deferred),
+        ] {
+            counter.fetch_add(n, Relaxed);
+        }
+        self.last_delivery_us
+            .fetch_max(part.last_delivery_us, Relaxed);
+        add_pairs(&self.connect_us, &part.connect_us);
+        add_pairs(&self.latency_us, &part.latency_us);
+        for (errors, from) in [
+            (&self.errors, &part.errors),
+            (&r.errors, &part.reconnect_errors),
+        ] {
+            for (message, n) in from {
+                count_n(errors, message.clone(), *n);
+            }
+        }
+    }
+}
+
+fn pairs(histogram: &Mutex<Histogram<u64>>) -> Vec<(u64, u64)> {
+    histogram.lock().map_or_else(
+        |_| Vec::new(),
+        |h| {
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect()
+        },
+    )
+}
+
+fn add_pairs(histogram: &Mutex<Histogram<u64>>, pairs: &[(u64, u64)]) {
+    if let Ok(mut h) = histogram.lock() {
+        for (value, n) in pairs {
+            let _ = h.record_n(*value, *n);
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, by the wall clock.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, duration_us)
+}
+
 /// Counts one occurrence of `message` in `errors` (past [`MAX_ERROR_KINDS`] distinct ones,
 /// as "other errors").
 fn count(errors: &Mutex<BTreeMap<String, u64>>, message: String) {
+    count_n(errors, message, 1);
+}
+
+/// Counts `n` occurrences of `message` in `errors`.
+fn count_n(errors: &Mutex<BTreeMap<String, u64>>, message: String, n: u64) {
     if let Ok(mut errors) = errors.lock() {
         let len = errors.len();
         match errors.get_mut(&message) {
-            Some(count) => *count += 1,
+            Some(count) => *count += n,
             None if len < MAX_ERROR_KINDS => {
-                errors.insert(message, 1);
+                errors.insert(message, n);
             }
-            None => *errors.entry("(other errors)".into()).or_default() += 1,
+            None => *errors.entry("(other errors)".into()).or_default() += n,
         }
     }
 }

@@ -35,6 +35,20 @@ fn bad_arguments_get_a_message_that_says_what_to_fix() {
             vec!["-c", "300000", "--streams-per-address", "1000"],
             "need 300 source addresses",
         ),
+        (vec!["--workers", "0"], "--workers must be at least 1"),
+        (
+            vec!["-c", "2", "--workers", "3"],
+            "--workers 3 is more than --subscribers 2",
+        ),
+        (
+            vec!["-c", "100000", "--workers", "4"],
+            "25000 streams per worker is over the 19500 one process holds (the open-files limit): give --workers 6 or more",
+        ),
+        (
+            vec!["-c", "10", "--workers", "2", "--reconnect", "--kill", "12345"],
+            "--kill is not supported with --workers",
+        ),
+        (vec!["--worker", "0"], "--epoch-us"),
     ] {
         let out = bench(&args);
         assert!(!out.status.success(), "{args:?}");

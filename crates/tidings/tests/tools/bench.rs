@@ -96,6 +96,49 @@ fn a_mercure_run_counts_every_delivery_once_and_reads_the_hubs_memory() {
 }
 
 #[test]
+fn a_run_over_three_worker_processes_counts_as_one_and_reports_their_memory_apart() {
+    let hub = Hub::start(&["--auth", "none", "--max-streams-per-address", "10000"]);
+    let pid = hub.pid().to_string();
+    // 300 streams over 6 topics (50 each) held by 3 workers from 8 source addresses (40
+    // streams each), 60 updates (10 per topic) published by the coordinator: 3,000 deliveries.
+    let Some((ok, json)) = bench_json(&[
+        "--url",
+        &hub.base,
+        "-c",
+        "300",
+        "--topics",
+        "6",
+        "-n",
+        "60",
+        "-p",
+        "2",
+        "--pid",
+        &pid,
+        "--workers",
+        "3",
+        "--streams-per-address",
+        "40",
+    ]) else {
+        return;
+    };
+    assert!(ok, "{json:#}");
+    assert_clean(&json, 3000);
+    assert_eq!(json["streams"]["opened"], 300);
+    assert_eq!(json["streams"]["connect_ms"]["samples"], 300, "{json:#}");
+    let machine = &json["machine"];
+    assert_eq!(machine["workers"], 3);
+    assert!(
+        machine["client_rss_idle_bytes"].as_u64().unwrap() > 3 * 1024 * 1024,
+        "three processes' memory: {json:#}"
+    );
+    assert!(
+        machine["kernel_idle"]["tcp_sockets"].as_u64().unwrap()
+            >= machine["kernel_before"]["tcp_sockets"].as_u64().unwrap() + 300,
+        "both ends of 300 streams: {json:#}"
+    );
+}
+
+#[test]
 fn a_session_run_with_minted_tokens_reaches_each_session_at_its_rate() {
     let hub = Hub::start(&["--jwt-key", KEY, "--max-streams-per-address", "10000"]);
     let Some((ok, json)) = bench_json(&[
