@@ -75,7 +75,10 @@ pub(super) struct Memory {
 #[derive(Debug, Serialize)]
 pub(super) struct Machine {
     pub(super) workers: usize,
+    /// Before its streams were opened, and with them open and idle.
+    pub(super) client_rss_before_bytes: u64,
     pub(super) client_rss_idle_bytes: u64,
+    /// `(idle - before) / streams opened`.
     pub(super) client_per_stream_bytes: f64,
     pub(super) kernel_before: Kernel,
     pub(super) kernel_idle: Kernel,
@@ -86,14 +89,15 @@ pub(super) struct Machine {
 impl Machine {
     pub(super) fn new(
         workers: usize,
-        client_rss_idle: u64,
+        client_rss: [u64; 2],
         before: Kernel,
         idle: Kernel,
     ) -> Machine {
         let sockets = idle.tcp_sockets.saturating_sub(before.tcp_sockets);
         Machine {
             workers,
-            client_rss_idle_bytes: client_rss_idle,
+            client_rss_before_bytes: client_rss[0],
+            client_rss_idle_bytes: client_rss[1],
             client_per_stream_bytes: 0.0,
             kernel_before: before,
             kernel_idle: idle,
@@ -104,7 +108,10 @@ impl Machine {
 
     /// With the count of streams open, for the per-stream figure.
     pub(super) fn per_stream(mut self, streams: u64) -> Machine {
-        self.client_per_stream_bytes = self.client_rss_idle_bytes as f64 / streams.max(1) as f64;
+        self.client_per_stream_bytes =
+            self.client_rss_idle_bytes
+                .saturating_sub(self.client_rss_before_bytes) as f64
+                / streams.max(1) as f64;
         self
     }
 }

@@ -98,6 +98,7 @@ fn stream_counts(tally: &Tally, workers: Option<&Counts>) -> workers::Progress {
             opened: tally.opened.load(Relaxed),
             failed: tally.open_failed.load(Relaxed),
             unique: tally.unique.load(Relaxed),
+            rss_before: 0,
         },
     }
 }
@@ -162,8 +163,9 @@ async fn work(args: &BenchArgs, setup: Setup, index: usize) -> Result<(), String
         .clone()
         .map(|i| setup.plan.updates_on(setup.plan.topic_of_stream(i)))
         .sum();
+    let rss_before = memory::rss_bytes(&[std::process::id()]).unwrap_or(0);
     let streams = open_streams(args, &setup, &context, range);
-    let served = workers::serve(tally.clone(), expected).await;
+    let served = workers::serve(tally.clone(), expected, rss_before).await;
     stop.cancel();
     context.opening.close();
     for stream in streams {
@@ -187,6 +189,7 @@ async fn execute(
     let stop = CancellationToken::new();
     let rss_before = memory::rss_bytes(&args.pid)?;
     let kernel_before = memory::kernel();
+    let own_rss_before = memory::rss_bytes(&[std::process::id()]).unwrap_or(0);
 
     // Open the streams: here, or in the workers.
     let context = stream_context(args, &tally, &stop);
@@ -231,7 +234,12 @@ async fn execute(
     let client_pids = workers
         .as_ref()
         .map_or_else(|| vec![std::process::id()], Workers::pids);
-    let client_rss_idle = memory::rss_bytes(&client_pids).unwrap_or(0);
+    let client_rss = [
+        counts
+            .as_ref()
+            .map_or(own_rss_before, |c| c.sum().rss_before),
+        memory::rss_bytes(&client_pids).unwrap_or(0),
+    ];
 
     // Publish, then wait for the last deliveries.
     let publishing = Instant::now();
@@ -338,9 +346,7 @@ async fn execute(
             machine: kernel_before
                 .and_then(|before| Ok((before, kernel_idle?)))
                 .ok()
-                .map(|(before, idle)| {
-                    report::Machine::new(args.workers, client_rss_idle, before, idle)
-                }),
+                .map(|(before, idle)| report::Machine::new(args.workers, client_rss, before, idle)),
         },
     ))
 }

@@ -204,16 +204,14 @@ async fn open(spec: &StreamSpec, at: usize, last_event_id: &str) -> Result<Open,
                 target.url
             )));
         }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
         let answered = |message: String| NotOpen {
             message,
             answered: true,
         };
-        let head = match response.parse(&input) {
-            Ok(httparse::Status::Complete(head)) => head,
-            Ok(httparse::Status::Partial) if input.len() < MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) => {
+        let head = match Head::parse(&input) {
+            Ok(Some(head)) => head,
+            Ok(None) if input.len() < MAX_HEAD => continue,
+            Ok(None) => {
                 return Err(answered(format!(
                     "{} sent a response head over {MAX_HEAD} bytes",
                     target.url
@@ -226,25 +224,56 @@ async fn open(spec: &StreamSpec, at: usize, last_event_id: &str) -> Result<Open,
                 )))
             }
         };
-        let status = response.code.unwrap_or(0);
+        let status = head.status;
+        input.advance(head.len);
         if (200..300).contains(&status) {
-            let body = Body::of(response.headers)
+            let body = head
+                .body
                 .map_err(|e| answered(format!("{} answered {status}: {e}", target.url)))?;
-            input.advance(head);
             return Ok(Open { tcp, input, body });
         }
+        let body = head.body.unwrap_or(Body::UntilClose);
+        let limit = head.length.unwrap_or(EXCERPT).min(EXCERPT);
+        let excerpt = refusal(tcp, input, body, limit).await;
+        return Err(answered(format!(
+            "{} answered {status}: {excerpt}",
+            target.url
+        )));
+    }
+}
+
+/// A response head, parsed.
+struct Head {
+    status: u16,
+    /// Its length in bytes.
+    len: usize,
+    /// How its body is framed (or why that cannot be read).
+    body: Result<Body, String>,
+    /// Its `content-length`, if it has one.
+    length: Option<usize>,
+}
+
+impl Head {
+    /// The head at the start of `input`; `None` while it is incomplete. (A function of its
+    /// own, not inline in `open`: its header array would otherwise be part of every stream's
+    /// task for as long as the stream lives.)
+    fn parse(input: &[u8]) -> Result<Option<Head>, httparse::Error> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(len) = response.parse(input)? else {
+            return Ok(None);
+        };
         let length = response
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
             .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
-        let body = Body::of(response.headers).unwrap_or(Body::UntilClose);
-        input.advance(head);
-        let excerpt = refusal(tcp, input, body, length.unwrap_or(EXCERPT).min(EXCERPT)).await;
-        return Err(answered(format!(
-            "{} answered {status}: {excerpt}",
-            target.url
-        )));
+        Ok(Some(Head {
+            status: response.code.unwrap_or(0),
+            len,
+            body: Body::of(response.headers),
+            length,
+        }))
     }
 }
 
@@ -289,7 +318,7 @@ async fn follow(
     stop: &CancellationToken,
 ) -> Ended {
     let Open {
-        mut tcp,
+        tcp,
         mut input,
         mut body,
     } = open;
@@ -315,19 +344,40 @@ async fn follow(
             }
             Err(e) => return dropped(&format!("stream broke: {e}")),
         }
-        if input.capacity() - input.len() < READ_BUFFER / 2 {
-            input.reserve(READ_BUFFER);
+        // An idle stream holds no buffer: what it reads goes through its thread's.
+        if input.is_empty() {
+            input = BytesMut::new();
         }
         tokio::select! {
             biased;
             () = stop.cancelled() => return Ended::Stopped,
-            read = tcp.read_buf(&mut input) => match read {
-                Ok(0) => return dropped("the server closed the connection"),
-                Ok(_) => {}
-                Err(e) => return dropped(&format!("connection failed: {e}")),
+            ready = tcp.readable() => if let Err(e) = ready {
+                return dropped(&format!("connection failed: {e}"));
             },
         }
+        match read_into(&tcp, &mut input) {
+            Ok(0) => return dropped("the server closed the connection"),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return dropped(&format!("connection failed: {e}")),
+        }
     }
+}
+
+/// Reads what `tcp` has (without waiting) onto the end of `input`, through a buffer its
+/// thread's streams share: with a buffer of its own, each of a million idle streams would
+/// hold 8 KiB for nothing.
+fn read_into(tcp: &TcpStream, input: &mut BytesMut) -> std::io::Result<usize> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+            std::cell::RefCell::new(vec![0; READ_BUFFER].into_boxed_slice());
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let n = tcp.try_read(&mut scratch)?;
+        input.extend_from_slice(&scratch[..n]);
+        Ok(n)
+    })
 }
 
 /// Which of its topic's updates a stream has received.

@@ -44,6 +44,8 @@ pub(crate) struct Progress {
     pub(crate) opened: u64,
     pub(crate) failed: u64,
     pub(crate) unique: u64,
+    /// The worker's resident memory before it opened its streams.
+    pub(crate) rss_before: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,16 +57,17 @@ enum Said {
 
 /// The workers' counters as they last said them.
 #[derive(Clone)]
-pub(crate) struct Counts(Vec<[Arc<AtomicU64>; 3]>);
+pub(crate) struct Counts(Vec<[Arc<AtomicU64>; 4]>);
 
 impl Counts {
     /// Added up over the workers.
     pub(crate) fn sum(&self) -> Progress {
         let mut sum = Progress::default();
-        for [opened, failed, unique] in &self.0 {
+        for [opened, failed, unique, rss_before] in &self.0 {
             sum.opened += opened.load(Relaxed);
             sum.failed += failed.load(Relaxed);
             sum.unique += unique.load(Relaxed);
+            sum.rss_before += rss_before.load(Relaxed);
         }
         sum
     }
@@ -74,9 +77,8 @@ impl Counts {
 struct Worker {
     child: Child,
     stdin: Option<ChildStdin>,
-    opened: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    unique: Arc<AtomicU64>,
+    /// What it last said: opened, failed, unique, its memory before opening.
+    said: [Arc<AtomicU64>; 4],
     /// Reads its output; ends with its part (or why there is none).
     reader: JoinHandle<Result<Part, String>>,
 }
@@ -111,22 +113,12 @@ impl Workers {
                 .spawn()
                 .map_err(|e| format!("--workers: cannot start worker {index}: {e}"))?;
             let stdout = child.stdout.take().ok_or("a worker without its output")?;
-            let (opened, failed, unique) = Default::default();
-            let reader = tokio::spawn(read(
-                index,
-                stdout,
-                [
-                    Arc::clone(&opened),
-                    Arc::clone(&failed),
-                    Arc::clone(&unique),
-                ],
-            ));
+            let said: [Arc<AtomicU64>; 4] = Default::default();
+            let reader = tokio::spawn(read(index, stdout, said.clone()));
             workers.push(Worker {
                 stdin: child.stdin.take(),
                 child,
-                opened,
-                failed,
-                unique,
+                said,
                 reader,
             });
         }
@@ -140,12 +132,7 @@ impl Workers {
 
     /// Their counters, for the progress bars.
     pub(crate) fn counts(&self) -> Counts {
-        Counts(
-            self.workers
-                .iter()
-                .map(|w| [w.opened.clone(), w.failed.clone(), w.unique.clone()])
-                .collect(),
-        )
+        Counts(self.workers.iter().map(|w| w.said.clone()).collect())
     }
 
     /// The workers' processes, whose memory is the load generator's own.
@@ -182,7 +169,7 @@ impl Workers {
 async fn read(
     index: usize,
     stdout: tokio::process::ChildStdout,
-    counters: [Arc<AtomicU64>; 3],
+    counters: [Arc<AtomicU64>; 4],
 ) -> Result<Part, String> {
     let mut lines = BufReader::new(stdout).lines();
     while let Some(line) = lines
@@ -192,7 +179,11 @@ async fn read(
     {
         match serde_json::from_str::<Said>(&line) {
             Ok(Said::Progress(p)) => {
-                for (counter, n) in counters.iter().zip([p.opened, p.failed, p.unique]) {
+                for (counter, n) in
+                    counters
+                        .iter()
+                        .zip([p.opened, p.failed, p.unique, p.rss_before])
+                {
                     counter.store(n, Relaxed);
                 }
             }
@@ -207,7 +198,7 @@ async fn read(
 
 /// The worker's side: says its progress until told to drain (or its input closes), then waits
 /// for what `expected` says is still due, up to the drain, and says its part.
-pub(crate) async fn serve(tally: Arc<Tally>, expected: u64) -> Result<(), String> {
+pub(crate) async fn serve(tally: Arc<Tally>, expected: u64, rss_before: u64) -> Result<(), String> {
     let said = |what: &Said| -> Result<(), String> {
         let line = serde_json::to_string(what).map_err(|e| format!("cannot encode: {e}"))?;
         say(&line)
@@ -217,6 +208,7 @@ pub(crate) async fn serve(tally: Arc<Tally>, expected: u64) -> Result<(), String
             opened: tally.opened.load(Relaxed),
             failed: tally.open_failed.load(Relaxed),
             unique: tally.unique.load(Relaxed),
+            rss_before,
         })
     };
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
