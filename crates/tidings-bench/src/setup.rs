@@ -89,6 +89,10 @@ impl Setup {
         let plan = Plan::new(args.subscribers, args.topics, args.updates, &prefix);
         let sources = source_addresses(args, &targets)?;
         raise_open_files_limit(held + args.publishers as u64 + 64)?;
+        if args.worker.is_none() {
+            // (The coordinator checks for every stream its workers will open.)
+            conntrack_room(args.subscribers + args.publishers as u64)?;
+        }
         let (publisher_token, stream_tokens) = tokens(args, &plan)?;
         Ok(Setup {
             targets,
@@ -174,6 +178,33 @@ fn raise_open_files_limit(needed: u64) -> Result<(), String> {
         return Err(format!(
             "the open files limit is {limit} and this run needs {needed}; raise the hard \
              limit (ulimit -Hn, or LimitNOFILE= for a service) or open fewer streams"
+        ));
+    }
+    Ok(())
+}
+
+/// Where the kernel tracks connections (netfilter's conntrack, on when a firewall or NAT
+/// rule is loaded), each connection takes an entry, loopback ones included; once the table
+/// is full the kernel drops new connections' packets, and streams time out by the thousand
+/// with nothing in any log but the kernel's ("nf_conntrack: table full"). Found at 267,000
+/// streams here (262,144 entries): refused up front instead, saying what to raise.
+fn conntrack_room(needed: u64) -> Result<(), String> {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let (Some(max), Some(count)) = (read("nf_conntrack_max"), read("nf_conntrack_count")) else {
+        return Ok(()); // No connection tracking: no table to fill.
+    };
+    let room = max.saturating_sub(count);
+    if needed > room {
+        return Err(format!(
+            "the kernel's connection tracking has room for {room} more connections \
+             (net.netfilter.nf_conntrack_max {max}, {count} in use: entries of closed \
+             connections linger a while) and this run opens {needed}: raise it \
+             (sysctl -w net.netfilter.nf_conntrack_max={}) or open fewer streams",
+            (count + needed) * 5 / 4
         ));
     }
     Ok(())
