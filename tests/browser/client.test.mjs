@@ -134,7 +134,9 @@ for (const [protocol, originOf] of [['HTTP/1.1', () => nginx.base], ['HTTP/2', (
     const live = () => hubs.filter((h, i) => i !== killed && h.child.exitCode === null && h.child.signalCode === null);
     const streams = async () => Promise.all(hubs.map((h) => (live().includes(h) ? metric(h.base, 'tidings_subscribers') : 0)));
     const held = async () => (await streams()).reduce((a, b) => a + b, 0);
-    const before = await held();
+    // The streams of the tests before end at the hub a moment after their pages closed: count
+    // from none (a count taken while one was still ending made this test wait for 2 forever).
+    await until('the streams of earlier tests ended', async () => (await held()) === 0);
     const topics = [0, 1, 2, 3, 4].map((k) => `https://example.com/tabs/${PREFIX}/${protocol}/${k}`);
     const tabs = [];
     const open = async (k) => {
@@ -166,14 +168,14 @@ for (const [protocol, originOf] of [['HTTP/1.1', () => nginx.base], ['HTTP/2', (
       }
     })();
     for (const k of [1, 2, 3, 4]) await open(k);
-    await until('one stream for five tabs', async () => (await held()) === before + 1);
+    await until('one stream for five tabs', async () => (await held()) === 1);
     await sleep(300);
     await tabs[2].reload();
     await sleep(500);
     // How many each topic had when the leader closed, and when the instance was killed.
     const atClose = sent.map((list) => list.length);
     await tabs[0].close();
-    await until('another tab leads, one stream', async () => (await held()) === before + 1);
+    await until('another tab leads, one stream', async () => (await held()) === 1);
     await sleep(500);
     const counts = await streams();
     const holder = counts.findIndex((c) => c > 0);
@@ -197,7 +199,7 @@ for (const [protocol, originOf] of [['HTTP/1.1', () => nginx.base], ['HTTP/2', (
           `tab ${k}: updates from before the leader closed to after the kill (${from}, ${atClose[k]}, ${atKill[k]}, ${sent[k].length})`);
         assert.deepEqual(await kept(tabs[k], 'gaps'), [], `tab ${k}: no gap`);
       }
-      assert.equal(await held(), before + 1, 'still one stream');
+      assert.equal(await held(), 1, 'still one stream');
     } finally {
       await context.close();
       // Back on its address, where nginx sends, for the tests that follow.
@@ -375,22 +377,23 @@ test('the React hook: mounted it receives, unmounted its stream is gone at the h
   });
   const live = hubs.filter((h) => h.child.exitCode === null && h.child.signalCode === null);
   const held = async () => (await Promise.all(live.map((h) => metric(h.base, 'tidings_subscribers')))).reduce((a, b) => a + b, 0);
-  const before = await held();
+  // (Counted from none: see the five tabs.)
+  await until('the streams of earlier tests ended', async () => (await held()) === 0);
   const topic = `https://example.com/react/${PREFIX}`;
   await page.goto(`${nginx.base}/react-app/page.html?topic=${encodeURIComponent(topic)}`);
   await page.waitForSelector('#stock[data-state=open]');
-  await until('the hook\'s stream held', async () => (await held()) === before + 1);
+  await until('the hook\'s stream held', async () => (await held()) === 1);
   const sent = [];
   for (const data of ['3', '2', '1']) sent.push((await publisher().publish({ topics: [topic], data })).id);
   await page.waitForFunction(() => document.getElementById('stock')?.textContent === '1');
   assert.deepEqual(await page.evaluate(() => window.got), sent);
   await page.evaluate(() => window.toggle());
   await page.waitForSelector('#none');
-  await until('the stream closed at the hub on unmount', async () => (await held()) === before);
+  await until('the stream closed at the hub on unmount', async () => (await held()) === 0);
   // Mounted again: a new stream; the page closed: none.
   await page.evaluate(() => window.toggle());
   await page.waitForSelector('#stock[data-state=open]');
-  await until('a stream again', async () => (await held()) === before + 1);
+  await until('a stream again', async () => (await held()) === 1);
   await context.close();
-  await until('none once the page is gone', async () => (await held()) === before);
+  await until('none once the page is gone', async () => (await held()) === 0);
 });

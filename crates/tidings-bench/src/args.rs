@@ -85,6 +85,29 @@ pub(crate) struct BenchArgs {
     /// With --reconnect: the longest wait before coming back when the stream gave no hint.
     #[arg(long, default_value = "1", value_name = "SECS", value_parser = seconds)]
     pub(crate) reconnect_within: Duration,
+    /// Updates to a topic every stream holds besides its own (Mercure: a second `topic=` on
+    /// every stream; session: a broadcast to every session), spaced evenly over --hold. The
+    /// report gives, for each, when the last stream had it.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) broadcasts: u64,
+    /// Keep publishing (and the streams open) at least this long from the first publish; the
+    /// broadcasts are spread over it, the first at its start.
+    #[arg(long, default_value = "0", value_name = "SECS", value_parser = seconds)]
+    pub(crate) hold: Duration,
+    /// Streams closed and reopened per minute, over all streams, from --churn-after to the
+    /// end of --hold: each stream closes its connection at random times (on average every
+    /// streams / rate minutes) and comes straight back, on the next --url, with the last event
+    /// id it saw — a page reloaded. Needs --reconnect (which says how to retry a refusal).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "PER_MIN",
+        requires = "reconnect"
+    )]
+    pub(crate) churn: f64,
+    /// When the churn starts, counted from the first publish.
+    #[arg(long, default_value = "0", value_name = "SECS", value_parser = seconds)]
+    pub(crate) churn_after: Duration,
     /// Kill (SIGKILL) this process of the hub --kill-after seconds into the publishing: the
     /// failover benchmark. Needs --reconnect.
     #[arg(long, value_name = "PID", requires = "reconnect")]

@@ -29,17 +29,26 @@ impl std::str::FromStr for Topics {
 }
 
 /// Stream `i` is on topic `i % topics`; update `j` goes to topic `j % topics` as that
-/// topic's update number `j / topics`.
+/// topic's update number `j / topics`. With broadcasts, every stream also holds the broadcast
+/// topic, whose updates carry the topic number `topics` (one past the last).
 #[derive(Debug, Clone)]
 pub(super) struct Plan {
     pub(super) streams: u64,
     pub(super) topics: u64,
     pub(super) updates: u64,
+    /// Updates to the broadcast topic.
+    pub(super) broadcasts: u64,
     prefix: String,
 }
 
 impl Plan {
-    pub(super) fn new(streams: u64, topics: Topics, updates: u64, prefix: &str) -> Plan {
+    pub(super) fn new(
+        streams: u64,
+        topics: Topics,
+        updates: u64,
+        broadcasts: u64,
+        prefix: &str,
+    ) -> Plan {
         let topics = match topics {
             Topics::Count(n) => n,
             Topics::Each => streams,
@@ -48,6 +57,7 @@ impl Plan {
             streams,
             topics,
             updates,
+            broadcasts,
             prefix: prefix.to_owned(),
         }
     }
@@ -72,11 +82,23 @@ impl Plan {
         (j % self.topics, j / self.topics)
     }
 
-    /// Deliveries the run expects: each update once to each stream on its topic.
+    /// Deliveries the run expects: each update once to each stream on its topic, each
+    /// broadcast once to every stream.
     pub(super) fn expected(&self) -> u64 {
         (0..self.topics.min(self.updates))
             .map(|t| self.streams_on(t) * self.updates_on(t))
-            .sum()
+            .sum::<u64>()
+            + self.broadcasts * self.streams
+    }
+
+    /// Deliveries stream `i` expects.
+    pub(super) fn expected_on_stream(&self, i: u64) -> u64 {
+        self.updates_on(self.topic_of_stream(i)) + self.broadcasts
+    }
+
+    /// The number broadcast updates carry as their topic.
+    pub(super) fn broadcast_topic(&self) -> u64 {
+        self.topics
     }
 
     /// What every topic's name starts with.
@@ -87,6 +109,11 @@ impl Plan {
     /// The topic's name on the hub.
     pub(super) fn topic_name(&self, topic: u64) -> String {
         format!("{}{topic}", self.prefix)
+    }
+
+    /// The broadcast topic's name on the hub.
+    pub(super) fn broadcast_name(&self) -> String {
+        format!("{}all", self.prefix)
     }
 }
 
@@ -127,7 +154,7 @@ mod tests {
     #[test]
     fn every_update_and_stream_is_counted_once() {
         for (streams, topics, updates) in [(10, 3, 7), (5, 5, 5), (4, 1, 100), (3, 3, 1)] {
-            let plan = Plan::new(streams, Topics::Count(topics), updates, "t-");
+            let plan = Plan::new(streams, Topics::Count(topics), updates, 0, "t-");
             let by_topic: u64 = (0..topics).map(|t| plan.streams_on(t)).sum();
             assert_eq!(by_topic, streams);
             let mut expected = 0;
@@ -139,7 +166,12 @@ mod tests {
             }
             assert_eq!(plan.expected(), expected, "{streams} {topics} {updates}");
         }
-        assert_eq!(Plan::new(7, Topics::Each, 7, "").expected(), 7);
+        assert_eq!(Plan::new(7, Topics::Each, 7, 0, "").expected(), 7);
+        let plan = Plan::new(10, Topics::Count(3), 7, 2, "");
+        // Topics 0, 1, 2 have 4, 3, 3 streams and 3, 2, 2 updates; 2 broadcasts to 10.
+        assert_eq!(plan.expected(), 4 * 3 + 3 * 2 + 3 * 2 + 2 * 10);
+        let each: u64 = (0..10).map(|i| plan.expected_on_stream(i)).sum();
+        assert_eq!(each, plan.expected());
     }
 
     #[test]

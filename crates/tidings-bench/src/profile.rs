@@ -38,12 +38,25 @@ impl Profile {
         }
     }
 
-    /// The path and query a stream on `topic` requests, under the target's base path.
-    pub(super) fn stream_path(self, target: &Target, topic: &str) -> String {
+    /// The path and query a stream on `topic` requests, under the target's base path; with
+    /// `broadcast`, a Mercure stream holds that topic too (a session stream always holds the
+    /// sessions' broadcasts).
+    pub(super) fn stream_path(
+        self,
+        target: &Target,
+        topic: &str,
+        broadcast: Option<&str>,
+    ) -> String {
         let topic = utf8_percent_encode(topic, NON_ALPHANUMERIC);
         let base = &target.base_path;
         match self {
-            Profile::Mercure => format!("{base}/.well-known/mercure?topic={topic}"),
+            Profile::Mercure => match broadcast {
+                Some(all) => format!(
+                    "{base}/.well-known/mercure?topic={topic}&topic={}",
+                    utf8_percent_encode(all, NON_ALPHANUMERIC)
+                ),
+                None => format!("{base}/.well-known/mercure?topic={topic}"),
+            },
             Profile::Session => {
                 format!("{base}/sse/event-stream?eventName={EVENT_NAME}&sessionId={topic}")
             }
@@ -53,11 +66,13 @@ impl Profile {
 
     /// The request that publishes `payload` (a JSON object) to `topic`, as the update `id`
     /// (Tidings stores an id once, so the same request may be sent again; Nchan takes no id).
+    /// A `broadcast` goes to every stream: for the session API, to every session.
     pub(super) fn publish(
         self,
         client: &reqwest::Client,
         target: &Target,
         topic: &str,
+        broadcast: bool,
         id: &str,
         payload: String,
     ) -> reqwest::RequestBuilder {
@@ -78,12 +93,15 @@ impl Profile {
                     .body(form)
             }
             Profile::Session => {
-                let session = serde_json::Value::from(topic);
+                let to = match broadcast {
+                    true => r#""broadcast":true"#.to_owned(),
+                    false => format!(r#""sessionId":{}"#, serde_json::Value::from(topic)),
+                };
                 client
                     .post(format!("{base}/sse/events"))
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(format!(
-                        r#"{{"sessionId":{session},"eventName":"{EVENT_NAME}","id":{},"payload":{payload}}}"#,
+                        r#"{{{to},"eventName":"{EVENT_NAME}","id":{},"payload":{payload}}}"#,
                         serde_json::Value::from(id)
                     ))
             }
@@ -165,8 +183,12 @@ mod tests {
         assert_eq!(t.addr, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(t.base_path, "/hub");
         assert_eq!(
-            Profile::Mercure.stream_path(&t, "a/b"),
+            Profile::Mercure.stream_path(&t, "a/b", None),
             "/hub/.well-known/mercure?topic=a%2Fb"
+        );
+        assert_eq!(
+            Profile::Mercure.stream_path(&t, "a", Some("b/all")),
+            "/hub/.well-known/mercure?topic=a&topic=b%2Fall"
         );
         for (url, says) in [
             ("https://127.0.0.1:3000", "only http://"),

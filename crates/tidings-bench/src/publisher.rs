@@ -29,8 +29,10 @@ pub(super) struct Publishing {
     pub(super) rate: Option<f64>,
     pub(super) payload_size: usize,
     pub(super) publishers: u64,
-    /// When update 0 is due.
+    /// When update 0 (and broadcast 0) is due.
     pub(super) start: Instant,
+    /// What the broadcasts are spread over (`--hold`).
+    pub(super) hold: Duration,
 }
 
 /// How long a publish is tried on the next publish URL after a failure that another instance
@@ -48,29 +50,62 @@ pub(super) async fn run(publishing: Arc<Publishing>, index: u64) {
                 .await;
         }
         let (topic, seq) = p.plan.update(j);
-        let sent = p.tally.now_us();
-        p.tally.publishing(sent);
-        let body = payload(topic, seq, sent, p.payload_size);
         let name = p.plan.topic_name(topic);
-        let id = format!("{name}-{seq}");
-        let began = Instant::now();
-        let retrying = p.targets.len() > 1 && p.profile.idempotent();
-        let outcome = loop {
-            let request =
-                p.profile
-                    .publish(&p.client, &p.targets[target], &name, &id, body.clone());
-            match send(request).await {
-                Err(e) if e.passing && retrying && began.elapsed() < RETRY_FOR => {
-                    p.tally.publish_retried(e.message);
-                    target = (target + 1) % p.targets.len();
-                }
-                outcome => break outcome,
+        publish(p, &mut target, topic, seq, &name, false).await;
+    }
+}
+
+/// The broadcasts: `--broadcasts` updates to the topic every stream holds, spread evenly over
+/// `--hold` from the start of the publishing (sent as publisher 0's next target).
+pub(super) async fn broadcast(publishing: Arc<Publishing>) {
+    let p = &*publishing;
+    let count = p.plan.broadcasts;
+    let name = p.plan.broadcast_name();
+    let mut target = 0;
+    for b in 0..count {
+        let due = p.start + p.hold.mul_f64(b as f64 / count as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let topic = p.plan.broadcast_topic();
+        publish(p, &mut target, topic, b, &name, true).await;
+    }
+}
+
+/// Publishes update `seq` of `topic` (named `name` on the hub), counted in the tally; a
+/// failure another instance may not have is sent there again (see the module documentation).
+async fn publish(
+    p: &Publishing,
+    target: &mut usize,
+    topic: u64,
+    seq: u64,
+    name: &str,
+    broadcast: bool,
+) {
+    let sent = p.tally.now_us();
+    p.tally.publishing(sent);
+    let body = payload(topic, seq, sent, p.payload_size);
+    let id = format!("{name}-{seq}");
+    let began = Instant::now();
+    let retrying = p.targets.len() > 1 && p.profile.idempotent();
+    let outcome = loop {
+        let to = &p.targets[*target];
+        let request = p
+            .profile
+            .publish(&p.client, to, name, broadcast, &id, body.clone());
+        match send(request).await {
+            Err(e) if e.passing && retrying && began.elapsed() < RETRY_FOR => {
+                p.tally.publish_retried(e.message);
+                *target = (*target + 1) % p.targets.len();
             }
-        };
-        match outcome {
-            Ok(()) => p.tally.published(began.elapsed(), sent),
-            Err(e) => p.tally.publish_failed(e.message, p.plan.streams_on(topic)),
+            outcome => break outcome,
         }
+    };
+    let streams = match broadcast {
+        true => p.plan.streams,
+        false => p.plan.streams_on(topic),
+    };
+    match outcome {
+        Ok(()) => p.tally.published(began.elapsed(), sent),
+        Err(e) => p.tally.publish_failed(e.message, streams),
     }
 }
 

@@ -31,7 +31,12 @@ pub(super) struct Summary {
     pub(super) machine: Option<Machine>,
     pub(super) publish: Publish,
     pub(super) deliveries: Deliveries,
+    /// Publish to first arrival, broadcasts left out.
     pub(super) latency_ms: Percentiles,
+    /// With `--broadcasts`: when they reached the streams.
+    pub(super) broadcasts: Option<Broadcasts>,
+    /// With `--churn`: the streams closed and reopened.
+    pub(super) churn: Option<Churn>,
     /// With `--reconnect`: streams coming back, and the figures around the kill.
     pub(super) failover: Option<Failover>,
     /// Each distinct error message, with how often it occurred.
@@ -155,6 +160,55 @@ pub(super) struct Failover {
     pub(super) ack_after_kill_ms: Percentiles,
 }
 
+/// The broadcasts (`--broadcasts`): updates every stream holds.
+#[derive(Debug, Serialize)]
+pub(super) struct Broadcasts {
+    pub(super) count: u64,
+    /// Publish to arrival, over every stream's every broadcast.
+    pub(super) latency_ms: Percentiles,
+    /// Per broadcast: publish to the arrival at the last stream that had it.
+    pub(super) last_arrival_ms: Vec<f64>,
+    /// The median and the largest of `last_arrival_ms`.
+    pub(super) last_arrival_p50_ms: f64,
+    pub(super) last_arrival_max_ms: f64,
+    /// Per broadcast: how many streams had it.
+    pub(super) reached: Vec<u64>,
+    /// How many broadcasts every stream had.
+    pub(super) reached_every_stream: u64,
+}
+
+impl Broadcasts {
+    pub(super) fn new(
+        streams: u64,
+        latency_ms: Percentiles,
+        last_arrival_ms: Vec<f64>,
+        reached: Vec<u64>,
+    ) -> Broadcasts {
+        let mut sorted = last_arrival_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        Broadcasts {
+            count: reached.len() as u64,
+            latency_ms,
+            last_arrival_p50_ms: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+            last_arrival_max_ms: sorted.last().copied().unwrap_or(0.0),
+            last_arrival_ms,
+            reached_every_stream: reached.iter().filter(|n| **n >= streams).count() as u64,
+            reached,
+        }
+    }
+}
+
+/// The churn (`--churn`): streams closed at random and reopened with their last event id.
+#[derive(Debug, Serialize)]
+pub(super) struct Churn {
+    pub(super) asked_per_minute: f64,
+    /// Streams closed by the churn (each reopened: its attempts count under `failover`).
+    pub(super) churned: u64,
+    /// From its start to the end of the hold.
+    pub(super) seconds: f64,
+    pub(super) per_minute: f64,
+}
+
 /// A figure on the streams that moved, and on the others.
 #[derive(Debug, Serialize)]
 pub(super) struct Split {
@@ -245,8 +299,12 @@ impl Summary {
         let p = &self.publish;
         let _ = writeln!(
             t,
-            "  publish     {} in {:.3} s ({} updates/s){}   ack {}",
+            "  publish     {}{} in {:.3} s ({} updates/s){}   ack {}",
             p.published,
+            match &self.broadcasts {
+                Some(b) => format!(" ({} of them broadcasts)", b.count),
+                None => String::new(),
+            },
             p.seconds,
             si(p.updates_per_second),
             counted(p.failed, "failed"),
@@ -271,6 +329,28 @@ impl Summary {
             "  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
+        if let Some(b) = &self.broadcasts {
+            let _ = writeln!(
+                t,
+                "  broadcasts  {} to {} streams, {} reached every one; last stream had each after p50 {:.2} ms, max {:.2} ms",
+                b.count,
+                self.subscribers,
+                b.reached_every_stream,
+                b.last_arrival_p50_ms,
+                b.last_arrival_max_ms,
+            );
+            let _ = writeln!(t, "              every arrival   {}", ms(&b.latency_ms));
+        }
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                t,
+                "  churn       {} streams closed and reopened in {:.1} s ({}/min, {}/min asked)",
+                c.churned,
+                c.seconds,
+                si(c.per_minute),
+                si(c.asked_per_minute),
+            );
+        }
         if let Some(f) = &self.failover {
             let killed = match (f.killed_pid, f.kill_after_seconds) {
                 (Some(pid), Some(after)) => {

@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::BenchArgs;
 use crate::plan::Plan;
-use crate::profile::Target;
+use crate::profile::{Profile, Target};
 use crate::publisher::Publishing;
 use crate::report::Summary;
 use crate::setup::Setup;
-use crate::stream::{StreamContext, StreamSpec};
+use crate::stream::{Broadcasts, Churn, StreamContext, StreamSpec};
 use crate::tally::Tally;
 use crate::workers::{self, Counts, Workers};
 use crate::{memory, publisher, report, stream};
@@ -69,7 +69,7 @@ impl Progress {
         };
         Progress {
             streams: bar("streams", plan.streams),
-            updates: bar("updates", plan.updates),
+            updates: bar("updates", plan.updates + plan.broadcasts),
             deliveries: bar("deliveries", plan.expected()),
         }
     }
@@ -128,7 +128,7 @@ fn open_streams(
                 source: (!setup.sources.is_empty())
                     .then(|| setup.sources[(i / args.streams_per_address) as usize]),
                 topic,
-                expected: plan.updates_on(topic),
+                expected: plan.expected_on_stream(i),
             };
             tokio::spawn(stream::run(spec, context.clone()))
         })
@@ -137,6 +137,7 @@ fn open_streams(
 
 fn stream_context(
     args: &BenchArgs,
+    plan: &Plan,
     tally: &Arc<Tally>,
     stop: &CancellationToken,
 ) -> Arc<StreamContext> {
@@ -145,6 +146,18 @@ fn stream_context(
         opening: Arc::new(Semaphore::new(args.open_concurrency)),
         open_timeout: args.open_timeout,
         reconnect_within: args.reconnect.then_some(args.reconnect_within),
+        broadcasts: Broadcasts {
+            topic: plan.broadcast_topic(),
+            count: plan.broadcasts,
+            name: (plan.broadcasts > 0 && args.profile == Profile::Mercure)
+                .then(|| plan.broadcast_name()),
+        },
+        churn: (args.churn > 0.0).then(|| Churn {
+            // Each stream closes at 1/mean per second: streams/mean over all of them.
+            mean: Duration::from_secs_f64(plan.streams as f64 * 60.0 / args.churn),
+            began: CancellationToken::new(),
+            ended: CancellationToken::new(),
+        }),
         stop: stop.clone(),
     })
 }
@@ -155,17 +168,18 @@ async fn work(args: &BenchArgs, setup: Setup, index: usize) -> Result<(), String
     let epoch_us = args
         .epoch_us
         .ok_or("--worker is started by a coordinator (--workers), which gives --epoch-us")?;
-    let tally = Arc::new(Tally::at_epoch(epoch_us));
+    let tally = Arc::new(Tally::at_epoch(epoch_us, setup.plan.broadcasts));
     let stop = CancellationToken::new();
-    let context = stream_context(args, &tally, &stop);
+    let context = stream_context(args, &setup.plan, &tally, &stop);
     let range = workers::slice(setup.plan.streams, args.workers, index);
     let expected = range
         .clone()
-        .map(|i| setup.plan.updates_on(setup.plan.topic_of_stream(i)))
+        .map(|i| setup.plan.expected_on_stream(i))
         .sum();
     let rss_before = memory::rss_bytes(&[std::process::id()]).unwrap_or(0);
     let streams = open_streams(args, &setup, &context, range);
-    let served = workers::serve(tally.clone(), expected, rss_before).await;
+    let churn = context.churn.as_ref();
+    let served = workers::serve(tally.clone(), expected, rss_before, churn).await;
     stop.cancel();
     context.opening.close();
     for stream in streams {
@@ -182,8 +196,8 @@ async fn execute(
 ) -> Result<Summary, String> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let tally = Arc::new(Tally::new());
     let plan = setup.plan.clone();
+    let tally = Arc::new(Tally::new(plan.broadcasts));
     let expected = plan.expected();
     let progress = Arc::new(Progress::new(args.quiet, &plan));
     let stop = CancellationToken::new();
@@ -192,9 +206,9 @@ async fn execute(
     let own_rss_before = memory::rss_bytes(&[std::process::id()]).unwrap_or(0);
 
     // Open the streams: here, or in the workers.
-    let context = stream_context(args, &tally, &stop);
+    let context = stream_context(args, &plan, &tally, &stop);
     let opening = Instant::now();
-    let (streams, workers) = match args.workers {
+    let (streams, mut workers) = match args.workers {
         1 => (open_streams(args, &setup, &context, 0..plan.streams), None),
         _ => (
             Vec::new(),
@@ -241,10 +255,13 @@ async fn execute(
         memory::rss_bytes(&client_pids).unwrap_or(0),
     ];
 
-    // Publish, then wait for the last deliveries.
+    // Publish (and hold, broadcast, churn), then wait for the last deliveries.
     let publishing = Instant::now();
     let mut publish_seconds = 0.0;
-    if go_on && plan.updates > 0 && !interrupted.is_cancelled() {
+    let mut churn_seconds = 0.0;
+    let publishes = plan.updates + plan.broadcasts;
+    let publish = publishes > 0 || !args.hold.is_zero();
+    if go_on && publish && !interrupted.is_cancelled() {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &setup.publisher_token {
             let value = format!("Bearer {token}")
@@ -270,10 +287,14 @@ async fn execute(
             payload_size: args.payload_size,
             publishers: args.publishers as u64,
             start: Instant::now(),
+            hold: args.hold,
         });
-        let publishers: Vec<_> = (0..args.publishers)
+        let mut publishers: Vec<_> = (0..args.publishers)
             .map(|i| tokio::spawn(publisher::run(shared.clone(), i as u64)))
             .collect();
+        if plan.broadcasts > 0 {
+            publishers.push(tokio::spawn(publisher::broadcast(shared.clone())));
+        }
         let killer = args.kill.map(|pid| {
             let (tally, after) = (tally.clone(), args.kill_after);
             tokio::spawn(async move {
@@ -282,13 +303,37 @@ async fn execute(
                 kill(pid).map_err(|e| tally.error(e))
             })
         });
-        let all_sent = wait_for(
-            || tally.published.load(Relaxed) + tally.publish_failed.load(Relaxed) >= plan.updates,
-            deadline,
-            interrupted,
-        )
-        .await;
-        publish_seconds = publishing.elapsed().as_secs_f64();
+        // Until every update is sent and the hold is over; the churn from --churn-after.
+        let hold_until = tokio::time::Instant::now() + args.hold;
+        let churn_at = (args.churn > 0.0).then(|| publishing + args.churn_after);
+        let mut churning: Option<Instant> = None;
+        let mut all_sent = false;
+        loop {
+            if !all_sent
+                && tally.published.load(Relaxed) + tally.publish_failed.load(Relaxed) >= publishes
+            {
+                all_sent = true;
+                publish_seconds = publishing.elapsed().as_secs_f64();
+            }
+            let now = tokio::time::Instant::now();
+            if (all_sent && now >= hold_until) || now >= deadline || interrupted.is_cancelled() {
+                break;
+            }
+            if churn_at.is_some_and(|at| churning.is_none() && Instant::now() >= at) {
+                churning = Some(Instant::now());
+                match (&mut workers, &context.churn) {
+                    (Some(workers), _) => workers.churn().await,
+                    (None, Some(churn)) => churn.began.cancel(),
+                    (None, None) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // (The workers' churn ends when they are told to drain.)
+        if let Some(churn) = &context.churn {
+            churn.ended.cancel();
+        }
+        churn_seconds = churning.map_or(0.0, |at| at.elapsed().as_secs_f64());
         if let Some(killer) = killer {
             if !killer.is_finished() {
                 killer.abort();
@@ -316,8 +361,7 @@ async fn execute(
     }
     // The workers wait for their deliveries (up to the drain), then report.
     if let Some(workers) = workers {
-        let drain =
-            (go_on && plan.updates > 0 && !interrupted.is_cancelled()).then_some(args.drain);
+        let drain = (go_on && publish && !interrupted.is_cancelled()).then_some(args.drain);
         workers.finish(drain, &tally).await;
     }
     let rss_after = memory::rss_bytes(&args.pid)?;
@@ -340,6 +384,7 @@ async fn execute(
         Timings {
             open_seconds,
             publish_seconds,
+            churn_seconds,
             elapsed_seconds: started.elapsed().as_secs_f64(),
             rss: [rss_before, rss_idle, rss_after],
             // (No figure where /proc has no socket statistics; the run goes on.)
@@ -384,6 +429,8 @@ async fn wait_for(
 struct Timings {
     open_seconds: f64,
     publish_seconds: f64,
+    /// From the churn's start to the end of the hold.
+    churn_seconds: f64,
     elapsed_seconds: f64,
     /// Before opening, idle, after delivering.
     rss: [u64; 3],
@@ -455,6 +502,23 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         }
     });
     let machine = timings.machine.map(|m| m.per_stream(opened));
+    let broadcasts = (setup.plan.broadcasts > 0).then(|| {
+        report::Broadcasts::new(
+            setup.plan.streams,
+            tally.broadcast_latency_ms(),
+            tally.broadcast_last_ms(),
+            tally.broadcast_reached(),
+        )
+    });
+    let churn = (args.churn > 0.0).then(|| {
+        let churned = tally.reconnection.churned.load(Relaxed);
+        report::Churn {
+            asked_per_minute: args.churn,
+            churned,
+            seconds: timings.churn_seconds,
+            per_minute: per_second(churned, timings.churn_seconds) * 60.0,
+        }
+    });
     let errors = tally.errors();
     let ok = errors.is_empty()
         && failover
@@ -463,7 +527,7 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         && streams.failed == 0
         && streams.dropped == 0
         && publish.failed == 0
-        && published == setup.plan.updates
+        && published == setup.plan.updates + setup.plan.broadcasts
         && deliveries.lost == 0
         && deliveries.duplicated == 0
         && deliveries.out_of_order == 0
@@ -491,6 +555,8 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         publish,
         deliveries,
         latency_ms: tally.latency_ms(),
+        broadcasts,
+        churn,
         failover,
         errors,
         elapsed_seconds: timings.elapsed_seconds,

@@ -57,6 +57,7 @@ impl Setup {
                 ));
             }
         }
+        phases(args)?;
         memory::rss_bytes(&args.pid)?;
         let mut targets = Vec::with_capacity(args.urls.len());
         for url in &args.urls {
@@ -86,7 +87,13 @@ impl Setup {
             Some(prefix) => prefix.clone(),
             None => format!("bench-{:08x}-", rand::random::<u32>()),
         };
-        let plan = Plan::new(args.subscribers, args.topics, args.updates, &prefix);
+        let plan = Plan::new(
+            args.subscribers,
+            args.topics,
+            args.updates,
+            args.broadcasts,
+            &prefix,
+        );
         let sources = source_addresses(args, &targets)?;
         raise_open_files_limit(held + args.publishers as u64 + 64)?;
         if args.worker.is_none() {
@@ -103,6 +110,43 @@ impl Setup {
             stream_tokens,
         })
     }
+}
+
+/// The most broadcasts a run sends (every stream keeps a bit for each).
+const MAX_BROADCASTS: u64 = 100_000;
+
+/// Checks what the hold, the broadcasts and the churn ask.
+fn phases(args: &BenchArgs) -> Result<(), String> {
+    if args.broadcasts > 0 && args.profile == Profile::Nchan {
+        return Err(
+            "--broadcasts needs streams that hold two topics: --profile mercure or session".into(),
+        );
+    }
+    if args.broadcasts > MAX_BROADCASTS {
+        return Err(format!(
+            "--broadcasts {} is over the {MAX_BROADCASTS} a run sends",
+            args.broadcasts
+        ));
+    }
+    if args.hold >= args.timeout {
+        return Err(format!(
+            "--hold {:?} does not fit in --timeout {:?} (the bound on the whole run): raise --timeout",
+            args.hold, args.timeout
+        ));
+    }
+    if !(args.churn >= 0.0 && args.churn.is_finite()) {
+        return Err(format!(
+            "--churn {}: give reconnections per minute, or 0 for none",
+            args.churn
+        ));
+    }
+    if args.churn > 0.0 && args.churn_after >= args.hold {
+        return Err(format!(
+            "--churn runs from --churn-after ({:?}) to the end of --hold ({:?}): give a longer --hold",
+            args.churn_after, args.hold
+        ));
+    }
+    Ok(())
 }
 
 /// How many streams this process holds: all of them, or a worker's slice, or none (the

@@ -1,7 +1,9 @@
 //! One subscriber stream of a run: opened over its own TCP connection from a chosen loopback
 //! source address, then read until the run stops it, checking every update it receives.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +37,39 @@ pub(super) struct StreamSpec {
     pub(super) expected: u64,
 }
 
+/// The topic every stream holds besides its own (`--broadcasts`).
+pub(super) struct Broadcasts {
+    /// The number its updates carry as their topic.
+    pub(super) topic: u64,
+    /// How many it gets.
+    pub(super) count: u64,
+    /// Its name, for a stream that names it (Mercure's second `topic=`).
+    pub(super) name: Option<String>,
+}
+
+/// Streams closing and coming back at random (`--churn`).
+pub(super) struct Churn {
+    /// How long a stream stays between two closes, on average.
+    pub(super) mean: Duration,
+    /// Cancelled when the churn starts, and when it ends.
+    pub(super) began: CancellationToken,
+    pub(super) ended: CancellationToken,
+}
+
+impl Churn {
+    /// Resolves when this stream is to close next: a random time (exponentially distributed,
+    /// so that the closes over all streams come at the asked rate) after the churn began and
+    /// before it ends.
+    async fn next(&self) {
+        self.began.cancelled().await;
+        let wait = self.mean.mul_f64(-(1.0 - rand::random::<f64>()).ln());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.ended.cancelled() => std::future::pending().await,
+        }
+    }
+}
+
 /// What a stream shares with the rest of the run.
 pub(super) struct StreamContext {
     pub(super) tally: Arc<Tally>,
@@ -44,6 +79,8 @@ pub(super) struct StreamContext {
     /// With `--reconnect`: a stream whose connection ends comes back, after its `retry:` hint
     /// or a random wait up to this long.
     pub(super) reconnect_within: Option<Duration>,
+    pub(super) broadcasts: Broadcasts,
+    pub(super) churn: Option<Churn>,
     /// Cancelled when the run ends.
     pub(super) stop: CancellationToken,
 }
@@ -71,7 +108,7 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
     let began = Instant::now();
     let mut at = spec.first;
     let opened = tokio::select! {
-        opened = tokio::time::timeout(context.open_timeout, open(&spec, at, "")) => opened,
+        opened = tokio::time::timeout(context.open_timeout, open(&spec, &context, at, "")) => opened,
         () = context.stop.cancelled() => return tally.stream_failed("the run ended before the stream opened".into(), spec.expected),
     };
     drop(permit);
@@ -89,41 +126,63 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
         }
     };
     tally.stream_opened(began.elapsed());
-    let mut seen = Seen::new(spec.topic, spec.expected);
+    let mut seen = Seen::new(spec.topic, spec.expected, &context.broadcasts);
     // Kept across connections: the last event id and the retry hint, as in a browser.
     let mut decoder = Decoder::new();
     let reconnection = &tally.reconnection;
+    // (Boxed: a stream of a run without churn carries no timer in its state.)
+    let next_churn = || context.churn.as_ref().map(|churn| Box::pin(churn.next()));
+    let mut churn = next_churn();
     loop {
-        let (reason, deferred) =
-            match follow(connection, &mut seen, &mut decoder, tally, &context.stop).await {
-                Ended::Stopped => {
-                    if seen.moved {
-                        reconnection.resumed.fetch_add(1, Relaxed);
-                    }
-                    return;
-                }
-                Ended::Dropped { reason, deferred } => (reason, deferred),
-            };
+        let ended = follow(
+            connection,
+            &mut seen,
+            &mut decoder,
+            tally,
+            &context.stop,
+            &mut churn,
+        )
+        .await;
         let Some(within) = context.reconnect_within else {
-            return tally.stream_dropped(reason, spec.expected - seen.unique);
+            match ended {
+                Ended::Dropped { reason, .. } => {
+                    tally.stream_dropped(reason, spec.expected - seen.unique())
+                }
+                Ended::Stopped | Ended::Churned => {}
+            }
+            return;
         };
-        if deferred {
-            reconnection.deferred.fetch_add(1, Relaxed);
-        } else if !seen.moved {
-            seen.moved = true;
-            reconnection.moved.fetch_add(1, Relaxed);
+        // A page reloaded comes straight back; a stream dropped, after a wait.
+        let mut wait = Duration::ZERO;
+        match ended {
+            Ended::Stopped => {
+                if seen.moved {
+                    reconnection.resumed.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+            Ended::Churned => {
+                reconnection.churned.fetch_add(1, Relaxed);
+                churn = next_churn();
+            }
+            Ended::Dropped { deferred, .. } => {
+                if deferred {
+                    reconnection.deferred.fetch_add(1, Relaxed);
+                } else if !seen.moved {
+                    seen.moved = true;
+                    reconnection.moved.fetch_add(1, Relaxed);
+                }
+                wait = retry_wait(&decoder, within);
+            }
         }
         connection = loop {
-            let wait = decoder
-                .retry()
-                .unwrap_or_else(|| within.mul_f64(rand::random::<f64>()));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = context.stop.cancelled() => return,
             }
             at = (at + 1) % spec.targets.len();
             reconnection.attempts.fetch_add(1, Relaxed);
-            let attempt = open(&spec, at, decoder.last_event_id());
+            let attempt = open(&spec, &context, at, decoder.last_event_id());
             match tokio::time::timeout(context.open_timeout, attempt).await {
                 Ok(Ok(open)) => break open,
                 Ok(Err(e)) => tally.reconnect_failed(e.message, e.answered),
@@ -135,8 +194,25 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
                     false,
                 ),
             }
+            wait = retry_wait(&decoder, within);
         };
     }
+}
+
+/// When the churn closes this stream next (never without `--churn`).
+async fn churned<F: Future<Output = ()>>(churn: &mut Option<Pin<Box<F>>>) {
+    match churn {
+        Some(next) => next.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a stream waits before coming back: the `retry:` hint, as a browser's
+/// `EventSource` does, or a random wait up to `within`.
+fn retry_wait(decoder: &Decoder, within: Duration) -> Duration {
+    decoder
+        .retry()
+        .unwrap_or_else(|| within.mul_f64(rand::random::<f64>()))
 }
 
 /// Why a stream could not be opened.
@@ -157,7 +233,12 @@ impl NotOpen {
 
 /// Connects to instance `at`, sends the request (resuming after `last_event_id` when it is
 /// not empty) and reads the response head; returns the open stream of a 2xx response.
-async fn open(spec: &StreamSpec, at: usize, last_event_id: &str) -> Result<Open, NotOpen> {
+async fn open(
+    spec: &StreamSpec,
+    context: &StreamContext,
+    at: usize,
+    last_event_id: &str,
+) -> Result<Open, NotOpen> {
     let target = &spec.targets[at];
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -181,7 +262,10 @@ async fn open(spec: &StreamSpec, at: usize, last_event_id: &str) -> Result<Open,
         .map_err(|e| NotOpen::unreachable(format!("cannot connect to {}: {e}", target.addr)))?;
     tcp.set_nodelay(true)
         .map_err(|e| NotOpen::unreachable(format!("cannot set TCP_NODELAY: {e}")))?;
-    let path = spec.profile.stream_path(target, &spec.topic_name);
+    let broadcast = context.broadcasts.name.as_deref();
+    let path = spec
+        .profile
+        .stream_path(target, &spec.topic_name, broadcast);
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n",
         target.authority
@@ -307,15 +391,18 @@ enum Ended {
     /// It ended before the run did; `deferred` when the server ended it cleanly before any
     /// event (an instance turning the client away with a `retry:` hint).
     Dropped { reason: String, deferred: bool },
+    /// The churn closed it (`--churn`).
+    Churned,
 }
 
-/// Reads the stream until `stop` or its end.
+/// Reads the stream until `stop`, its end, or `churn` closes it.
 async fn follow(
     open: Open,
     seen: &mut Seen,
     decoder: &mut Decoder,
     tally: &Tally,
     stop: &CancellationToken,
+    churn: &mut Option<Pin<Box<impl Future<Output = ()>>>>,
 ) -> Ended {
     let Open {
         tcp,
@@ -351,6 +438,7 @@ async fn follow(
         tokio::select! {
             biased;
             () = stop.cancelled() => return Ended::Stopped,
+            () = churned(churn) => return Ended::Churned,
             ready = tcp.readable() => if let Err(e) = ready {
                 return dropped(&format!("connection failed: {e}"));
             },
@@ -380,11 +468,18 @@ fn read_into(tcp: &TcpStream, input: &mut BytesMut) -> std::io::Result<usize> {
     })
 }
 
-/// Which of its topic's updates a stream has received.
+/// Which updates a stream has received: of its topic, and of the broadcasts.
 struct Seen {
     topic: u64,
     /// Its connection ended before and it came back (`--reconnect`).
     moved: bool,
+    own: Received,
+    broadcast_topic: u64,
+    broadcasts: Received,
+}
+
+/// Which of one topic's updates have arrived.
+struct Received {
     bits: Vec<u64>,
     expected: u64,
     unique: u64,
@@ -404,36 +499,59 @@ enum Arrival {
 }
 
 impl Seen {
-    fn new(topic: u64, expected: u64) -> Seen {
+    /// A stream on `topic` that expects `expected` deliveries, the broadcasts included.
+    fn new(topic: u64, expected: u64, broadcasts: &Broadcasts) -> Seen {
         Seen {
             topic,
             moved: false,
-            bits: vec![0; expected.div_ceil(64) as usize],
-            expected,
-            unique: 0,
-            highest: None,
+            own: Received::new(expected - broadcasts.count),
+            broadcast_topic: broadcasts.topic,
+            broadcasts: Received::new(broadcasts.count),
         }
+    }
+
+    /// Deliveries received at least once.
+    fn unique(&self) -> u64 {
+        self.own.unique + self.broadcasts.unique
     }
 
     /// Checks one event's data and counts it.
     fn event(&mut self, data: &str, tally: &Tally) {
-        match Stamp::parse(data) {
-            Some(stamp) if stamp.k == self.topic => match self.record(stamp.s) {
-                Arrival::First { in_order } => {
-                    tally.delivered(stamp.t, true, self.moved);
-                    if !in_order {
-                        tally.out_of_order.fetch_add(1, Relaxed);
-                    }
-                }
-                Arrival::Repeat => tally.delivered(stamp.t, false, self.moved),
-                Arrival::Unknown => tally.error(format!(
-                    "update {} on topic {} is past the topic's last",
-                    stamp.s, stamp.k
-                )),
-            },
+        let stamp = Stamp::parse(data);
+        let (received, broadcast) = match &stamp {
+            Some(stamp) if stamp.k == self.topic => (&mut self.own, None),
+            Some(stamp) if stamp.k == self.broadcast_topic && self.broadcasts.expected > 0 => {
+                (&mut self.broadcasts, Some(stamp.s))
+            }
             _ => {
                 tally.stray.fetch_add(1, Relaxed);
+                return;
             }
+        };
+        let Some(stamp) = stamp else { return };
+        match received.record(stamp.s) {
+            Arrival::First { in_order } => {
+                tally.delivered(stamp.t, true, self.moved, broadcast);
+                if !in_order {
+                    tally.out_of_order.fetch_add(1, Relaxed);
+                }
+            }
+            Arrival::Repeat => tally.delivered(stamp.t, false, self.moved, broadcast),
+            Arrival::Unknown => tally.error(format!(
+                "update {} on topic {} is past the topic's last",
+                stamp.s, stamp.k
+            )),
+        }
+    }
+}
+
+impl Received {
+    fn new(expected: u64) -> Received {
+        Received {
+            bits: vec![0; expected.div_ceil(64) as usize],
+            expected,
+            unique: 0,
+            highest: None,
         }
     }
 
@@ -455,16 +573,50 @@ impl Seen {
 
 #[cfg(test)]
 mod tests {
-    use super::{Arrival, Seen};
+    use super::{Arrival, Broadcasts, Received, Seen};
+    use crate::plan::payload;
+    use crate::tally::Tally;
+    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn a_stream_tells_first_deliveries_from_repeats_late_ones_and_strays() {
-        let mut seen = Seen::new(0, 130);
+        let mut seen = Received::new(130);
         assert_eq!(seen.record(0), Arrival::First { in_order: true });
         assert_eq!(seen.record(129), Arrival::First { in_order: true });
         assert_eq!(seen.record(5), Arrival::First { in_order: false });
         assert_eq!(seen.record(0), Arrival::Repeat);
         assert_eq!(seen.record(130), Arrival::Unknown);
         assert_eq!(seen.unique, 3);
+    }
+
+    #[test]
+    fn broadcasts_are_counted_apart_from_the_stream_s_topic() {
+        let broadcasts = Broadcasts {
+            topic: 10,
+            count: 2,
+            name: None,
+        };
+        let tally = Tally::new(2);
+        let mut seen = Seen::new(3, 5 + 2, &broadcasts);
+        for (topic, seq) in [(3, 0), (10, 0), (10, 1), (10, 0), (3, 1), (4, 0)] {
+            seen.event(&payload(topic, seq, 0, 50), &tally);
+        }
+        seen.event("not a bench update", &tally);
+        assert_eq!((seen.own.unique, seen.broadcasts.unique), (2, 2));
+        assert_eq!(seen.unique(), 4);
+        assert_eq!(tally.duplicates.load(Relaxed), 1);
+        assert_eq!(tally.stray.load(Relaxed), 2);
+        assert_eq!(tally.broadcast_reached(), vec![1, 1]);
+        let mut without = Seen::new(
+            3,
+            5,
+            &Broadcasts {
+                topic: 10,
+                count: 0,
+                name: None,
+            },
+        );
+        without.event(&payload(10, 0, 0, 50), &tally);
+        assert_eq!(tally.stray.load(Relaxed), 3);
     }
 }

@@ -39,6 +39,12 @@ pub(super) struct Tally {
     connect_us: Mutex<Histogram<u64>>,
     latency_us: Mutex<Histogram<u64>>,
     ack_us: Mutex<Histogram<u64>>,
+    /// Publish to arrival of the broadcasts (`--broadcasts`), apart from the rest.
+    broadcast_latency_us: Mutex<Histogram<u64>>,
+    /// Per broadcast: the latest arrival (publish to the last stream that had it), and how
+    /// many streams had it.
+    broadcast_last_us: Vec<AtomicU64>,
+    broadcast_reached: Vec<AtomicU64>,
     errors: Mutex<BTreeMap<String, u64>>,
     /// When the instance was killed (`--kill`), on the run's clock; `u64::MAX` before.
     kill_us: AtomicU64,
@@ -54,6 +60,8 @@ pub(super) struct Reconnection {
     pub(super) resumed: AtomicU64,
     /// Attempts to open a stream again.
     pub(super) attempts: AtomicU64,
+    /// Streams the churn closed (each came back: an attempt).
+    pub(super) churned: AtomicU64,
     /// Attempts answered with something other than a stream (a `4xx`/`5xx`).
     pub(super) refused: AtomicU64,
     /// Attempts that found no instance to connect to (or no answer).
@@ -95,19 +103,21 @@ fn record(histogram: &Mutex<Histogram<u64>>, micros: u64) {
 }
 
 impl Tally {
-    pub(super) fn new() -> Tally {
-        Tally::since(Instant::now())
+    /// The tally of a run that sends `broadcasts`.
+    pub(super) fn new(broadcasts: u64) -> Tally {
+        Tally::since(Instant::now(), broadcasts)
     }
 
     /// A tally on the clock of a run that started `epoch_us` microseconds after the Unix
     /// epoch: a worker's (`--workers`), so that the send times its coordinator's publishers
     /// stamp read the same on both sides (one machine, one wall clock).
-    pub(super) fn at_epoch(epoch_us: u64) -> Tally {
+    pub(super) fn at_epoch(epoch_us: u64, broadcasts: u64) -> Tally {
         let since = Duration::from_micros(unix_us().saturating_sub(epoch_us));
         Tally::since(
             Instant::now()
                 .checked_sub(since)
                 .unwrap_or_else(Instant::now),
+            broadcasts,
         )
     }
 
@@ -116,7 +126,8 @@ impl Tally {
         unix_us().saturating_sub(self.now_us())
     }
 
-    fn since(start: Instant) -> Tally {
+    fn since(start: Instant, broadcasts: u64) -> Tally {
+        let each = || (0..broadcasts).map(|_| AtomicU64::new(0)).collect();
         Tally {
             start,
             opened: AtomicU64::new(0),
@@ -135,6 +146,9 @@ impl Tally {
             connect_us: histogram(),
             latency_us: histogram(),
             ack_us: histogram(),
+            broadcast_latency_us: histogram(),
+            broadcast_last_us: each(),
+            broadcast_reached: each(),
             errors: Mutex::new(BTreeMap::new()),
             publish_retries: AtomicU64::new(0),
             kill_us: AtomicU64::new(u64::MAX),
@@ -142,6 +156,7 @@ impl Tally {
                 moved: AtomicU64::new(0),
                 resumed: AtomicU64::new(0),
                 attempts: AtomicU64::new(0),
+                churned: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 unreachable: AtomicU64::new(0),
                 deferred: AtomicU64::new(0),
@@ -204,14 +219,26 @@ impl Tally {
     }
 
     /// A delivery sent at `sent_us` arrived now; `first` is false for a duplicate; `moved`
-    /// when its stream's connection ended before and it came back.
-    pub(super) fn delivered(&self, sent_us: u64, first: bool, moved: bool) {
+    /// when its stream's connection ended before and it came back; `broadcast` is the number
+    /// of a broadcast.
+    pub(super) fn delivered(&self, sent_us: u64, first: bool, moved: bool, broadcast: Option<u64>) {
         let now = self.now_us();
         self.received.fetch_add(1, Relaxed);
         if first {
             self.unique.fetch_add(1, Relaxed);
             let latency = now.saturating_sub(sent_us);
-            record(&self.latency_us, latency);
+            if let Some(b) = broadcast {
+                record(&self.broadcast_latency_us, latency);
+                if let (Some(last), Some(reached)) = (
+                    self.broadcast_last_us.get(b as usize),
+                    self.broadcast_reached.get(b as usize),
+                ) {
+                    last.fetch_max(latency, Relaxed);
+                    reached.fetch_add(1, Relaxed);
+                }
+            } else {
+                record(&self.latency_us, latency);
+            }
             if self.after_kill(sent_us) {
                 let r = &self.reconnection;
                 let by = if moved {
@@ -286,6 +313,22 @@ impl Tally {
         percentiles(&self.ack_us)
     }
 
+    /// Publish to arrival, over every stream's every broadcast.
+    pub(super) fn broadcast_latency_ms(&self) -> Percentiles {
+        percentiles(&self.broadcast_latency_us)
+    }
+
+    /// Per broadcast: publish to its arrival at the last stream that had it, in milliseconds.
+    pub(super) fn broadcast_last_ms(&self) -> Vec<f64> {
+        let ms = |last: &AtomicU64| last.load(Relaxed) as f64 / 1000.0;
+        self.broadcast_last_us.iter().map(ms).collect()
+    }
+
+    /// Per broadcast: how many streams had it.
+    pub(super) fn broadcast_reached(&self) -> Vec<u64> {
+        load(&self.broadcast_reached)
+    }
+
     /// Publish to arrival after the kill: on the streams that moved, and on the others.
     pub(super) fn after_kill_latency_ms(&self) -> (Percentiles, Percentiles) {
         let r = &self.reconnection;
@@ -318,10 +361,14 @@ pub(super) struct Part {
     last_delivery_us: u64,
     connect_us: Vec<(u64, u64)>,
     latency_us: Vec<(u64, u64)>,
+    broadcast_latency_us: Vec<(u64, u64)>,
+    broadcast_last_us: Vec<u64>,
+    broadcast_reached: Vec<u64>,
     errors: BTreeMap<String, u64>,
     moved: u64,
     resumed: u64,
     attempts: u64,
+    churned: u64,
     refused: u64,
     unreachable: u64,
     deferred: u64,
@@ -345,10 +392,14 @@ impl Tally {
             last_delivery_us: self.last_delivery_us.load(Relaxed),
             connect_us: pairs(&self.connect_us),
             latency_us: pairs(&self.latency_us),
+            broadcast_latency_us: pairs(&self.broadcast_latency_us),
+            broadcast_last_us: load(&self.broadcast_last_us),
+            broadcast_reached: self.broadcast_reached(),
             errors: self.errors(),
             moved: r.moved.load(Relaxed),
             resumed: r.resumed.load(Relaxed),
             attempts: r.attempts.load(Relaxed),
+            churned: r.churned.load(Relaxed),
             refused: r.refused.load(Relaxed),
             unreachable: r.unreachable.load(Relaxed),
             deferred: r.deferred.load(Relaxed),
@@ -372,6 +423,7 @@ impl Tally {
             (&r.moved, part.moved),
             (&r.resumed, part.resumed),
             (&r.attempts, part.attempts),
+            (&r.churned, part.churned),
             (&r.refused, part.refused),
             (&r.unreachable, part.unreachable),
             (&r.deferred, part.deferred),
@@ -382,6 +434,13 @@ impl Tally {
             .fetch_max(part.last_delivery_us, Relaxed);
         add_pairs(&self.connect_us, &part.connect_us);
         add_pairs(&self.latency_us, &part.latency_us);
+        add_pairs(&self.broadcast_latency_us, &part.broadcast_latency_us);
+        for (mine, theirs) in self.broadcast_last_us.iter().zip(&part.broadcast_last_us) {
+            mine.fetch_max(*theirs, Relaxed);
+        }
+        for (mine, theirs) in self.broadcast_reached.iter().zip(&part.broadcast_reached) {
+            mine.fetch_add(*theirs, Relaxed);
+        }
         for (errors, from) in [
             (&self.errors, &part.errors),
             (&r.errors, &part.reconnect_errors),
@@ -391,6 +450,10 @@ impl Tally {
             }
         }
     }
+}
+
+fn load(counters: &[AtomicU64]) -> Vec<u64> {
+    counters.iter().map(|n| n.load(Relaxed)).collect()
 }
 
 fn pairs(histogram: &Mutex<Histogram<u64>>) -> Vec<(u64, u64)> {
@@ -467,9 +530,9 @@ mod tests {
 
     #[test]
     fn duplicates_do_not_count_as_deliveries_and_errors_are_grouped() {
-        let tally = Tally::new();
-        tally.delivered(0, true, false);
-        tally.delivered(0, false, false);
+        let tally = Tally::new(0);
+        tally.delivered(0, true, false, None);
+        tally.delivered(0, false, false, None);
         assert_eq!(tally.received.load(Relaxed), 2);
         assert_eq!(tally.unique.load(Relaxed), 1);
         assert_eq!(tally.duplicates.load(Relaxed), 1);

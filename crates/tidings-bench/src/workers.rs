@@ -6,8 +6,9 @@
 //!
 //! The coordinator and a worker speak in lines. The worker writes JSON to its standard output:
 //! `{"progress":{…}}` every 200 ms, then `{"part":{…}}` (its [`Part`]) at the end. The
-//! coordinator writes to the worker's standard input: `drain SECS` once the publishing is over
-//! (wait up to SECS for the deliveries still due, then report), or closes it (report now).
+//! coordinator writes to the worker's standard input: `churn` when the churn starts
+//! (`--churn`), `drain SECS` once the publishing is over (the churn ends; wait up to SECS for
+//! the deliveries still due, then report), or closes it (report now).
 //! A worker whose coordinator is gone (its input closed) reports and ends by itself.
 //!
 //! Send times travel in the payloads on the coordinator's clock: a worker's tally starts at
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::args::BenchArgs;
 use crate::plan::Plan;
+use crate::stream::Churn;
 use crate::tally::{Part, Tally};
 
 /// The most streams one worker holds: the open-files limit (20,000) less room for the
@@ -140,6 +142,17 @@ impl Workers {
         self.workers.iter().filter_map(|w| w.child.id()).collect()
     }
 
+    /// Starts the churn in every worker.
+    pub(crate) async fn churn(&mut self) {
+        for w in &mut self.workers {
+            if let Some(stdin) = w.stdin.as_mut() {
+                if stdin.write_all(b"churn\n").await.is_ok() {
+                    let _ = stdin.flush().await;
+                }
+            }
+        }
+    }
+
     /// Ends the run: each worker waits up to `drain` for the deliveries still due (none when
     /// `drain` is `None`), then reports; adds every report to `tally`.
     pub(crate) async fn finish(mut self, drain: Option<Duration>, tally: &Tally) {
@@ -196,9 +209,15 @@ async fn read(
     ))
 }
 
-/// The worker's side: says its progress until told to drain (or its input closes), then waits
-/// for what `expected` says is still due, up to the drain, and says its part.
-pub(crate) async fn serve(tally: Arc<Tally>, expected: u64, rss_before: u64) -> Result<(), String> {
+/// The worker's side: says its progress until told to drain (or its input closes), starting
+/// the `churn` when told, then waits for what `expected` says is still due, up to the drain,
+/// and says its part.
+pub(crate) async fn serve(
+    tally: Arc<Tally>,
+    expected: u64,
+    rss_before: u64,
+    churn: Option<&Churn>,
+) -> Result<(), String> {
     let said = |what: &Said| -> Result<(), String> {
         let line = serde_json::to_string(what).map_err(|e| format!("cannot encode: {e}"))?;
         say(&line)
@@ -217,6 +236,9 @@ pub(crate) async fn serve(tally: Arc<Tally>, expected: u64, rss_before: u64) -> 
         tokio::select! {
             _ = every.tick() => said(&progress())?,
             line = commands.next_line() => match line {
+                Ok(Some(line)) if line == "churn" => if let Some(churn) = churn {
+                    churn.began.cancel();
+                },
                 Ok(Some(line)) => match line.strip_prefix("drain ").map(str::parse::<f64>) {
                     Some(Ok(secs)) if secs >= 0.0 && secs.is_finite() => break Duration::from_secs_f64(secs),
                     _ => return Err(format!("the coordinator said {line:?}")),
@@ -226,6 +248,9 @@ pub(crate) async fn serve(tally: Arc<Tally>, expected: u64, rss_before: u64) -> 
             },
         }
     };
+    if let Some(churn) = churn {
+        churn.ended.cancel();
+    }
     let until = tokio::time::Instant::now() + drain;
     while tally.unique.load(Relaxed) + tally.forfeited.load(Relaxed) < expected
         && tokio::time::Instant::now() < until
@@ -269,19 +294,22 @@ mod tests {
 
     #[test]
     fn a_worker_s_part_survives_the_line() {
-        let tally = Tally::new();
+        let tally = Tally::new(2);
         tally.stream_opened(Duration::from_millis(3));
-        tally.delivered(0, true, false);
+        tally.delivered(0, true, false, None);
+        tally.delivered(10, true, false, Some(1));
         tally.error("boom".into());
         let line = serde_json::to_string(&Said::Part(Box::new(tally.part()))).unwrap();
         let Said::Part(part) = serde_json::from_str(&line).unwrap() else {
             panic!("{line}")
         };
-        let total = Tally::new();
+        let total = Tally::new(2);
         total.absorb(&part);
         total.absorb(&part);
         assert_eq!(total.opened.load(Relaxed), 2);
-        assert_eq!(total.unique.load(Relaxed), 2);
+        assert_eq!(total.unique.load(Relaxed), 4);
+        assert_eq!(total.broadcast_reached(), vec![0, 2]);
+        assert_eq!(total.broadcast_latency_ms().samples, 2);
         assert_eq!(total.connect_ms().samples, 2);
         assert_eq!(total.errors()["boom"], 2);
     }

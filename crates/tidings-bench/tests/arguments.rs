@@ -49,6 +49,21 @@ fn bad_arguments_get_a_message_that_says_what_to_fix() {
             "--kill is not supported with --workers",
         ),
         (vec!["--worker", "0"], "--epoch-us"),
+        (
+            vec!["--profile", "nchan", "--broadcasts", "2"],
+            "--broadcasts needs streams that hold two topics",
+        ),
+        (vec!["--broadcasts", "100001"], "over the 100000 a run sends"),
+        (
+            vec!["--hold", "300"],
+            "--hold 300s does not fit in --timeout 300s",
+        ),
+        (vec!["--churn", "60"], "--reconnect"),
+        (
+            vec!["--reconnect", "--churn", "60", "--hold", "5", "--churn-after", "5"],
+            "--churn runs from --churn-after (5s) to the end of --hold (5s): give a longer --hold",
+        ),
+        (vec!["--reconnect", "--churn=-1", "--hold", "5"], "--churn -1"),
     ] {
         let out = bench(&args);
         assert!(!out.status.success(), "{args:?}");
