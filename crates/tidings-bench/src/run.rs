@@ -42,11 +42,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     }
 }
 
-/// The progress bars (hidden with `--quiet` or when standard error is not a terminal).
+/// The progress bars (hidden with `--quiet`); where standard error is not a terminal (a log
+/// file, a script's pipe), a line every 10 s instead, so that a long run shows where it is.
 struct Progress {
     streams: ProgressBar,
     updates: ProgressBar,
     deliveries: ProgressBar,
+    lines: bool,
 }
 
 impl Progress {
@@ -71,6 +73,23 @@ impl Progress {
             streams: bar("streams", plan.streams),
             updates: bar("updates", plan.updates + plan.broadcasts),
             deliveries: bar("deliveries", plan.expected()),
+            lines: !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    /// The progress as one line (see `lines`).
+    #[allow(clippy::print_stderr)]
+    fn line(&self, elapsed: Duration) {
+        if self.lines {
+            let of =
+                |bar: &ProgressBar| format!("{}/{}", bar.position(), bar.length().unwrap_or(0));
+            eprintln!(
+                "[{:>5.0} s] streams {}  updates {}  deliveries {}",
+                elapsed.as_secs_f64(),
+                of(&self.streams),
+                of(&self.updates),
+                of(&self.deliveries)
+            );
         }
     }
 
@@ -221,8 +240,13 @@ async fn execute(
         let counts = counts.clone();
         async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
+            let mut ticks = 0u64;
             while stop.run_until_cancelled(every.tick()).await.is_some() {
                 progress.show(&tally, counts.as_ref());
+                ticks += 1;
+                if ticks % 100 == 0 {
+                    progress.line(Duration::from_millis(ticks * 100));
+                }
             }
         }
     });
