@@ -244,7 +244,7 @@ async fn execute(
             while stop.run_until_cancelled(every.tick()).await.is_some() {
                 progress.show(&tally, counts.as_ref());
                 ticks += 1;
-                if ticks % 100 == 0 {
+                if ticks.is_multiple_of(100) {
                     progress.line(Duration::from_millis(ticks * 100));
                 }
             }
