@@ -13,14 +13,15 @@ bench spreads its streams over 127.0.0.x, 10,000 per address by default), and lo
 <--logs>/instance-N.log. The bench's exit status is this script's.
 
 On a box where dozens of instances and the bench's workers share a few cores (the million
-streams of docs/scaling.md, "One big box"), every process runs one runtime thread (--threads,
-TOKIO_WORKER_THREADS), a broker operation may take 10 s (--bus-timeout: a starved instance
+streams of docs/scaling.md, "One big box"), give every process one runtime thread (--threads 1,
+TOKIO_WORKER_THREADS); a broker operation may take 10 s (--bus-timeout: a starved instance
 waited over 2 s for Redis's pong and dropped its connection, and the cluster with it), and
 --own-redis starts a private redis-server with a higher CPU priority (root: `nice -n -10`),
 as Redis would have a core of its own beside such a node.
 """
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -41,9 +42,12 @@ def main():
     parser.add_argument("--streams-per-instance", type=int, default=19_000)
     parser.add_argument("--heartbeat", type=int, default=15, help="seconds between heartbeats")
     parser.add_argument("--logs", default=None, help="a directory for the instances' logs")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="runtime threads per process, instances and bench (TOKIO_WORKER_THREADS)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="runtime threads per process, instances and bench (TOKIO_WORKER_THREADS; "
+                             "0: one per core)")
     parser.add_argument("--bus-timeout", type=int, default=10, help="the instances' --bus-timeout")
+    parser.add_argument("--serve-args", default="",
+                        help="more arguments for every instance's `tidings serve`, as one string")
     parser.add_argument("--own-redis", action="store_true",
                         help="start a private redis-server (free port, higher CPU priority) instead of --bus")
     argv = sys.argv[1:]
@@ -61,9 +65,10 @@ def main():
         sys.exit(f"{args.binary} not found: `cargo build --release --workspace` builds it")
     if args.logs:
         os.makedirs(args.logs, exist_ok=True)
-    if args.threads < 1:
-        sys.exit("--threads must be at least 1")
-    os.environ["TOKIO_WORKER_THREADS"] = str(args.threads)
+    if args.threads < 0:
+        sys.exit("--threads: a number of threads, or 0 for one per core")
+    if args.threads:
+        os.environ["TOKIO_WORKER_THREADS"] = str(args.threads)
     redis = None
     if args.own_redis:
         if not shutil.which("redis-server"):
@@ -80,6 +85,7 @@ def main():
         "--max-streams", str(n), "--max-connections", str(n + 400),
         "--max-streams-per-address", str(n), "--max-connections-per-address", str(n + 400),
         "--heartbeat", str(args.heartbeat), "--bus-timeout", str(args.bus_timeout),
+        *shlex.split(args.serve_args),
     ]
     instances = []
     started = time.monotonic()

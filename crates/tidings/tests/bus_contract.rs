@@ -50,6 +50,7 @@ fn options(history_size: usize, prefix: &str, routing: Routing) -> BusOptions {
         timeouts: Timeouts::default(),
         min_replicas: 0,
         max_patterns: 100,
+        unsubscribe_after: Duration::from_secs(30),
     }
 }
 

@@ -195,6 +195,9 @@ pub struct BusOptions {
     /// update instead (`redis-max-patterns`). Redis matches every pattern of every connection
     /// against each channel of each publish in the cluster.
     pub max_patterns: usize,
+    /// Redis under interest routing: how long an instance stays subscribed to a topic's
+    /// channel after its last stream left (`redis-unsubscribe-after`).
+    pub unsubscribe_after: std::time::Duration,
 }
 
 impl BusOptions {

@@ -67,6 +67,9 @@ pub const REDIS_MIN_REPLICAS: usize = 0;
 /// `redis-max-patterns`: a cluster of ten instances then costs Redis at most 1,000 pattern
 /// matches per channel published to.
 pub const REDIS_MAX_PATTERNS: usize = 100;
+/// `redis-unsubscribe-after`, seconds: longer than a page takes to reload or a stream to come
+/// back from another instance.
+pub const REDIS_UNSUBSCRIBE_AFTER_SECS: u64 = 30;
 /// `cluster-heartbeat`, seconds: an instance killed drops out of the others' view within three
 /// of them (6 s).
 pub const CLUSTER_HEARTBEAT_SECS: u64 = 2;
@@ -147,6 +150,7 @@ pub fn shown(option: &str) -> Option<String> {
         "bus-replay-timeout" => Timeouts::DEFAULT_REPLAY.as_secs().to_string(),
         "redis-min-replicas" => REDIS_MIN_REPLICAS.to_string(),
         "redis-max-patterns" => REDIS_MAX_PATTERNS.to_string(),
+        "redis-unsubscribe-after" => REDIS_UNSUBSCRIBE_AFTER_SECS.to_string(),
         "session-ttl" => SESSION_TTL_SECS.to_string(),
         "heartbeat" => HEARTBEAT_SECS.to_string(),
         "cluster-heartbeat" => CLUSTER_HEARTBEAT_SECS.to_string(),

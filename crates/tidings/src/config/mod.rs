@@ -231,6 +231,11 @@ pub struct Options {
     /// to every update instead. Redis matches every pattern against every publish.
     #[arg(long, env = "TIDINGS_REDIS_MAX_PATTERNS", value_name = "N")]
     pub redis_max_patterns: Option<usize>,
+    /// Redis bus under interest routing: seconds an instance stays subscribed to a topic's
+    /// channel after the topic's last stream on it left (0: at once); a topic wanted again
+    /// meanwhile (a page reloaded, a stream back) costs Redis nothing.
+    #[arg(long, env = "TIDINGS_REDIS_UNSUBSCRIBE_AFTER", value_name = "SECS")]
+    pub redis_unsubscribe_after: Option<u64>,
     /// Seconds a cluster-wide session registry entry lives unrefreshed (an instance that dies
     /// drops out after this long).
     #[arg(long, env = "TIDINGS_SESSION_TTL", value_name = "SECS")]
@@ -695,6 +700,7 @@ impl Options {
             session_ttl,
             redis_min_replicas,
             redis_max_patterns,
+            redis_unsubscribe_after,
             heartbeat,
             cluster_heartbeat,
             cluster_deadline_ms,

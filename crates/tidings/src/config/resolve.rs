@@ -400,6 +400,11 @@ impl Options {
             },
             min_replicas,
             max_patterns: self.redis_max_patterns.unwrap_or(REDIS_MAX_PATTERNS),
+            unsubscribe_after: Duration::from_secs(at_most_a_day(
+                "redis-unsubscribe-after",
+                self.redis_unsubscribe_after,
+                REDIS_UNSUBSCRIBE_AFTER_SECS,
+            )?),
         })
     }
 

@@ -52,7 +52,7 @@ async fn interest_routing_sends_an_update_only_to_instances_that_want_it() {
     let Some(keys) = crate::common::redis_keys("interest") else {
         return;
     };
-    let hubs = crate::common::redis_cluster(&keys, 3, &[]);
+    let hubs = crate::common::redis_cluster(&keys, 3, &["--redis-unsubscribe-after", "2"]);
     let base = crate::common::unique_topic("interest");
     let topic = format!("{base}/1");
     let other = format!("{base}-other");
@@ -91,11 +91,14 @@ async fn interest_routing_sends_an_update_only_to_instances_that_want_it() {
             .is_none());
     }
 
-    // When the subscribers leave, their instances stop listening.
+    // When the subscribers leave, their instances stop listening — after
+    // redis-unsubscribe-after (2 s here), in case the topic is wanted again.
     exact.close();
     by_template.close();
     everything.close();
     let channel = format!("{}:t:{topic}", keys.prefix);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(listeners(&keys.url, &channel), 1, "the channel lingers");
     crate::common::wait_for(
         "every instance to stop listening to the channel",
         async || listeners(&keys.url, &channel) == 0,

@@ -235,6 +235,7 @@ impl RedisBus {
             listening: listening_tx,
             routing: options.routing,
             max_patterns: options.max_patterns,
+            unsubscribe_after: options.unsubscribe_after,
             history: options.history_size > 0,
             decoder: decoder.clone(),
             settings,

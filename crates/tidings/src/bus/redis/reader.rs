@@ -19,7 +19,7 @@ use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
-use super::routing::{Change, Listening};
+use super::routing::{Change, Lingering, Listening};
 use super::{
     failed, holds, position, read_range, stream_id, timed, unavailable, write_settings, Keys,
 };
@@ -54,6 +54,8 @@ pub(super) struct Setup {
     pub(super) routing: Routing,
     /// `redis-max-patterns`.
     pub(super) max_patterns: usize,
+    /// How long the channel of a topic no longer wanted stays subscribed (see [`Lingering`]).
+    pub(super) unsubscribe_after: Duration,
     pub(super) history: bool,
     /// Turns messages into updates (skipping and counting malformed ones).
     pub(super) decoder: Decoder,
@@ -179,18 +181,28 @@ impl Reader {
     }
 
     /// The commands that bring `subscribed` up to date after the hub's interest changed: only
-    /// the channels of the exact topics that came or went, unless the change needs a full
-    /// recomputation (a wide selector, or very many topics).
-    fn changes(&self, subscribed: &Listening) -> Change {
+    /// the channels of the exact topics that came (those that went linger), unless the change
+    /// needs a full recomputation (a wide selector, or very many topics).
+    fn changes(&self, subscribed: &Listening, lingering: &mut Lingering) -> Change {
         let setup = &self.setup;
         if setup.routing == Routing::Broadcast {
             return Change::default();
         }
         match setup.hub.take_interest_changes() {
             InterestChanges::Exact { wanted, unwanted } => {
-                Change::exact(subscribed, &wanted, &unwanted, &setup.keys)
+                let mut change = Change::exact(subscribed, &wanted, &unwanted, &setup.keys);
+                let channels = wanted.iter().map(|t| setup.keys.topic(t));
+                lingering.hold(
+                    &mut change,
+                    channels,
+                    tokio::time::Instant::now().into_std(),
+                );
+                change
             }
-            InterestChanges::Everything => Change::between(subscribed, &self.wanted()),
+            InterestChanges::Everything => {
+                lingering.clear();
+                Change::between(subscribed, &self.wanted())
+            }
         }
     }
 
@@ -220,6 +232,7 @@ impl Reader {
         let mut moved = tokio::time::interval(MOVED_EVERY);
         moved.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         moved.reset();
+        let mut lingering = Lingering::default();
         loop {
             tokio::select! {
                 message = stream.next() => match message {
@@ -231,17 +244,19 @@ impl Reader {
                         return "the hub is gone".to_owned();
                     }
                     let version = *interest.borrow_and_update();
-                    let change = self.changes(&subscribed);
-                    let sent = tokio::time::timeout(self.setup.timeout, send(&mut sink, &change)).await;
-                    match sent {
-                        Ok(Ok(())) => change.apply(&mut subscribed),
-                        Ok(Err(e)) => return e,
-                        Err(_) => return "a subscription change was not confirmed".to_owned(),
+                    let change = self.changes(&subscribed, &mut lingering);
+                    if let Err(e) = self.change(&mut sink, change, &mut subscribed).await {
+                        return e;
                     }
                     self.setup.listening.send_replace(Some(version));
                 }
                 _ = ping.tick() => {
                     if let Err(e) = self.ping(&mut sink, stream).await {
+                        return e;
+                    }
+                    let now = tokio::time::Instant::now().into_std();
+                    let due = lingering.due(now, self.setup.unsubscribe_after);
+                    if let Err(e) = self.change(&mut sink, due, &mut subscribed).await {
                         return e;
                     }
                 }
@@ -251,6 +266,26 @@ impl Reader {
                     }
                 }
             }
+        }
+    }
+
+    /// Sends `change` (nothing when it is empty) and records it in `subscribed` once confirmed.
+    async fn change(
+        &self,
+        sink: &mut PubSubSink,
+        change: Change,
+        subscribed: &mut Listening,
+    ) -> Result<(), Lost> {
+        if change.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.setup.timeout, send(sink, &change)).await {
+            Ok(Ok(())) => {
+                change.apply(subscribed);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("a subscription change was not confirmed".to_owned()),
         }
     }
 

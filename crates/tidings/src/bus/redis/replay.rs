@@ -447,6 +447,7 @@ mod tests {
             timeouts: crate::bus::Timeouts::default(),
             min_replicas: 0,
             max_patterns: 100,
+            unsubscribe_after: std::time::Duration::from_secs(30),
         };
         assert_eq!(topic_history_complete_secs(&options(300, 300)), 300);
         assert_eq!(topic_history_complete_secs(&options(0, 86_400)), 172_860);
