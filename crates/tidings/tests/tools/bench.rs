@@ -131,9 +131,10 @@ fn a_run_over_three_worker_processes_counts_as_one_and_reports_their_memory_apar
         machine["client_rss_idle_bytes"].as_u64().unwrap() > 3 * 1024 * 1024,
         "three processes' memory: {json:#}"
     );
+    // (The machine's count, not its growth: tests running beside this one open and close
+    // sockets of their own between the two readings.)
     assert!(
-        machine["kernel_idle"]["tcp_sockets"].as_u64().unwrap()
-            >= machine["kernel_before"]["tcp_sockets"].as_u64().unwrap() + 300,
+        machine["kernel_idle"]["tcp_sockets"].as_u64().unwrap() >= 600,
         "both ends of 300 streams: {json:#}"
     );
 }
