@@ -23,7 +23,6 @@
 
 mod args;
 mod body;
-mod memory;
 mod plan;
 mod profile;
 mod publisher;
@@ -32,6 +31,7 @@ mod run;
 mod setup;
 mod stream;
 mod tally;
+mod usage;
 mod workers;
 
 use std::process::ExitCode;

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::memory::Kernel;
 use super::profile::Profile;
 use super::tally::Percentiles;
+use super::usage::Kernel;
 
 /// Everything a run measured.
 #[derive(Debug, Serialize)]
@@ -27,6 +27,7 @@ pub(super) struct Summary {
     pub(super) payload_bytes: usize,
     pub(super) streams: Streams,
     pub(super) memory: Option<Memory>,
+    pub(super) server_cpu: Option<ServerCpu>,
     /// What the rest of the machine spent on the streams: the load generator, the kernel.
     pub(super) machine: Option<Machine>,
     pub(super) publish: Publish,
@@ -72,6 +73,15 @@ pub(super) struct Memory {
     pub(super) rss_after_bytes: u64,
     /// `(idle - before) / streams opened`.
     pub(super) per_idle_stream_bytes: f64,
+}
+
+/// The server's CPU time (`--pid`, user and system) from the first publish to the last
+/// delivery: what publishing and delivering cost it, the opening of the streams left out.
+#[derive(Debug, Serialize)]
+pub(super) struct ServerCpu {
+    pub(super) publishing_seconds: f64,
+    /// `publishing_seconds` over the deliveries (each counted once), in microseconds.
+    pub(super) per_delivery_us: f64,
 }
 
 /// The memory the streams cost outside the hub, with every stream open and idle: the load
@@ -275,6 +285,13 @@ impl Summary {
                 bytes(m.rss_idle_bytes as f64),
                 bytes(m.rss_after_bytes as f64),
                 bytes(m.per_idle_stream_bytes)
+            );
+        }
+        if let Some(c) = &self.server_cpu {
+            let _ = writeln!(
+                t,
+                "  server cpu  {:.2} s from the first publish to the last delivery: {:.1} µs per delivery",
+                c.publishing_seconds, c.per_delivery_us
             );
         }
         if let Some(m) = &self.machine {

@@ -20,7 +20,7 @@ use crate::setup::Setup;
 use crate::stream::{Broadcasts, Churn, StreamContext, StreamSpec};
 use crate::tally::Tally;
 use crate::workers::{self, Counts, Workers};
-use crate::{memory, publisher, report, stream};
+use crate::{publisher, report, stream, usage};
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let setup = Setup::new(&args).await?;
@@ -198,7 +198,7 @@ async fn work(args: &BenchArgs, setup: Setup, index: usize) -> Result<(), String
         .clone()
         .map(|i| setup.plan.expected_on_stream(i))
         .sum();
-    let rss_before = memory::rss_bytes(&[std::process::id()]).unwrap_or(0);
+    let rss_before = usage::rss_bytes(&[std::process::id()]).unwrap_or(0);
     let streams = open_streams(args, &setup, &context, range);
     let churn = context.churn.as_ref();
     let served = workers::serve(tally.clone(), expected, rss_before, churn).await;
@@ -223,9 +223,9 @@ async fn execute(
     let expected = plan.expected();
     let progress = Arc::new(Progress::new(args.quiet, &plan));
     let stop = CancellationToken::new();
-    let rss_before = memory::rss_bytes(&args.pid)?;
-    let kernel_before = memory::kernel();
-    let own_rss_before = memory::rss_bytes(&[std::process::id()]).unwrap_or(0);
+    let rss_before = usage::rss_bytes(&args.pid)?;
+    let kernel_before = usage::kernel();
+    let own_rss_before = usage::rss_bytes(&[std::process::id()]).unwrap_or(0);
 
     // Open the streams: here, or in the workers.
     let context = stream_context(args, &plan, &tally, &stop);
@@ -270,8 +270,9 @@ async fn execute(
             () = interrupted.cancelled() => {}
         }
     }
-    let rss_idle = memory::rss_bytes(&args.pid)?;
-    let kernel_idle = memory::kernel();
+    let rss_idle = usage::rss_bytes(&args.pid)?;
+    let cpu_idle = usage::cpu_seconds(&args.pid)?;
+    let kernel_idle = usage::kernel();
     let client_pids = workers
         .as_ref()
         .map_or_else(|| vec![std::process::id()], Workers::pids);
@@ -279,7 +280,7 @@ async fn execute(
         counts
             .as_ref()
             .map_or(own_rss_before, |c| c.sum().rss_before),
-        memory::rss_bytes(&client_pids).unwrap_or(0),
+        usage::rss_bytes(&client_pids).unwrap_or(0),
     ];
 
     // Publish (and hold, broadcast, churn), then wait for the last deliveries.
@@ -391,7 +392,8 @@ async fn execute(
         let drain = (go_on && publish && !interrupted.is_cancelled()).then_some(args.drain);
         workers.finish(drain, &tally).await;
     }
-    let rss_after = memory::rss_bytes(&args.pid)?;
+    let rss_after = usage::rss_bytes(&args.pid)?;
+    let cpu_after = usage::cpu_seconds(&args.pid)?;
     stop.cancel();
     context.opening.close();
     for stream in streams {
@@ -414,6 +416,7 @@ async fn execute(
             churn_seconds,
             elapsed_seconds: started.elapsed().as_secs_f64(),
             rss: [rss_before, rss_idle, rss_after],
+            cpu_publishing: cpu_after - cpu_idle,
             // (No figure where /proc has no socket statistics; the run goes on.)
             machine: kernel_before
                 .and_then(|before| Ok((before, kernel_idle?)))
@@ -461,6 +464,8 @@ struct Timings {
     elapsed_seconds: f64,
     /// Before opening, idle, after delivering.
     rss: [u64; 3],
+    /// The hubs' CPU seconds from the first publish to the last delivery.
+    cpu_publishing: f64,
     /// The load generator's and the kernel's memory.
     machine: Option<report::Machine>,
 }
@@ -487,6 +492,10 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         rss_idle_bytes: idle,
         rss_after_bytes: after,
         per_idle_stream_bytes: idle.saturating_sub(before) as f64 / opened.max(1) as f64,
+    });
+    let server_cpu = (!args.pid.is_empty()).then(|| report::ServerCpu {
+        publishing_seconds: timings.cpu_publishing,
+        per_delivery_us: timings.cpu_publishing * 1e6 / unique.max(1) as f64,
     });
     let deliveries = report::Deliveries {
         expected,
@@ -578,6 +587,7 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
         payload_bytes: args.payload_size,
         streams,
         memory,
+        server_cpu,
         machine,
         publish,
         deliveries,

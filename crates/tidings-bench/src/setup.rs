@@ -5,9 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use crate::args::{BenchArgs, MAX_PAYLOAD, MAX_SOURCE_ADDRESSES};
-use crate::memory;
 use crate::plan::{Plan, Topics};
 use crate::profile::{Profile, Target};
+use crate::usage;
 use crate::workers;
 
 /// What the arguments resolve to before anything is opened.
@@ -58,7 +58,7 @@ impl Setup {
             }
         }
         phases(args)?;
-        memory::rss_bytes(&args.pid)?;
+        usage::rss_bytes(&args.pid)?;
         let mut targets = Vec::with_capacity(args.urls.len());
         for url in &args.urls {
             targets.push(Arc::new(
