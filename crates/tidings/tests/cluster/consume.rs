@@ -299,13 +299,26 @@ async fn loses_nothing_when_its_reader_goes(
     for n in 0..messages {
         expected.push(publish(n).await);
         if n == kill_at {
-            let mut active = None;
-            for (i, hub) in hubs.iter().enumerate() {
-                if hub.try_metric(&published).await.unwrap_or(0.0) > 0.0 {
-                    active = Some(i);
+            // The instance reading the source: the one that has published (waited for, on a
+            // loaded machine the reader may not have taken its first message yet).
+            let deadline = std::time::Instant::now() + crate::common::WAIT;
+            let active = loop {
+                let mut active = None;
+                for (i, hub) in hubs.iter().enumerate() {
+                    if hub.try_metric(&published).await.unwrap_or(0.0) > 0.0 {
+                        active = Some(i);
+                    }
                 }
-            }
-            let active = active.expect("one instance reads the source");
+                if let Some(active) = active {
+                    break active;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "one instance reads the source: none published {kill_at} messages in"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            };
+            due = tokio::time::Instant::now();
             match going {
                 Going::Killed => hubs[active].kill(),
                 Going::Drained => hubs[active].terminate(),
