@@ -1116,6 +1116,11 @@ async fn bad_input_battery_once(
     for (outcome, _) in &bad {
         assert_eq!(counted(&hubs, name, outcome).await, 1.0, "{outcome}");
     }
+    // (Counted once the publish returned, which may be after the stream had the update.)
+    wait_for("the good message counted as published", async || {
+        counted(&hubs, name, "published").await >= 1.0
+    })
+    .await;
     assert_eq!(counted(&hubs, name, "published").await, 1.0);
     let hub = &hubs[0];
     hub.wait_for_log("consumer: skipped a message").await;
