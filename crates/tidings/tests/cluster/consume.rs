@@ -301,23 +301,17 @@ async fn loses_nothing_when_its_reader_goes(
         if n == kill_at {
             // The instance reading the source: the one that has published (waited for, on a
             // loaded machine the reader may not have taken its first message yet).
-            let deadline = std::time::Instant::now() + crate::common::WAIT;
-            let active = loop {
-                let mut active = None;
+            let mut active = None;
+            wait_for("an instance to publish from the source", async || {
                 for (i, hub) in hubs.iter().enumerate() {
                     if hub.try_metric(&published).await.unwrap_or(0.0) > 0.0 {
                         active = Some(i);
                     }
                 }
-                if let Some(active) = active {
-                    break active;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "one instance reads the source: none published {kill_at} messages in"
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            };
+                active.is_some()
+            })
+            .await;
+            let active = active.unwrap();
             due = tokio::time::Instant::now();
             match going {
                 Going::Killed => hubs[active].kill(),
