@@ -145,8 +145,9 @@ pub trait PrivateBroker {
     /// Whether what it stored outlives a restart.
     fn keeps_data(&self) -> bool;
 }
-/// Runs a broker clean-up to its end on a runtime of its own, in a thread of its own: a guard
-/// may be dropped outside of a runtime, or inside one that is ending.
+/// Runs a broker clean-up (or set-up) to its end on a runtime of its own, in a thread of its
+/// own: a guard may be dropped outside of a runtime, or inside one that is ending, and a
+/// broker's first check runs inside a test's runtime, where it cannot block on another.
 pub fn clean_up(work: impl std::future::Future<Output = ()> + Send + 'static) {
     let _ = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()

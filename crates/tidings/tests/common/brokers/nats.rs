@@ -22,8 +22,33 @@ impl PrivateBroker for PrivateNats {
 pub fn nats_url() -> Option<String> {
     let url = std::env::var("TIDINGS_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     available(Broker::Nats, url, |url| {
-        accepts(url.trim_start_matches("nats://"))
+        accepts(url.trim_start_matches("nats://"))?;
+        keep_account_store(url);
+        Ok(())
     })
+}
+/// Keeps a stream of the tests' in the shared server's account for good: nats-server removes
+/// an account's store directory when its last stream is deleted, and a stream created at
+/// that moment fails ("could not create storage directory", JetStream error 10049). Tests
+/// running side by side each delete theirs at their end, and on a server that held no other
+/// stream one test failed so. With this stream the directory is never empty. (A single
+/// message of no size: it stores nothing.)
+fn keep_account_store(url: &str) {
+    let url = url.to_owned();
+    clean_up(async move {
+        let Ok(client) = async_nats::connect(url).await else {
+            return;
+        };
+        let config = async_nats::jetstream::stream::Config {
+            name: "tidings-tests-keep".into(),
+            subjects: vec!["tidings-tests-keep".into()],
+            max_messages: 1,
+            ..Default::default()
+        };
+        let _ = async_nats::jetstream::new(client)
+            .get_or_create_stream(config)
+            .await;
+    });
 }
 /// Deletes a test's JetStream stream when dropped, even when the test fails.
 pub struct NatsStream {
