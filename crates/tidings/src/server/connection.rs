@@ -70,6 +70,9 @@ pub(crate) struct Timeouts {
     pub(crate) write: Duration,
     /// `h2-idle-timeout`: how long an HTTP/2 connection may have no request open.
     pub(crate) h2_idle: Duration,
+    /// `heartbeat`: the longest a stream is silent; TCP keepalive starts after it
+    /// ([`keepalive_idle`]).
+    pub(crate) heartbeat: Duration,
 }
 
 /// The connections open, counted against the caps.
@@ -149,12 +152,26 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Requests (streams) one HTTP/2 connection may have open at once.
 const H2_MAX_STREAMS: u32 = 200;
 
+/// How long a connection may be silent before TCP keepalive probes it: 60 s, or twice the
+/// heartbeat when that is longer. Past the user timeout (`write-timeout`, 30 s by default) the
+/// kernel aborts a connection at its first keepalive probe left unanswered (Linux:
+/// `TCP_USER_TIMEOUT` decides keepalive failures, from the last thing the peer sent), so a
+/// probe must never be what a healthy stream relies on: the heartbeat's acknowledgement comes
+/// first and keepalive stays quiet. With `--heartbeat 60` and keepalive after 60 s, both came
+/// together on every stream; on a box holding 1,000,000 loopback streams the kernel dropped
+/// some probes' answers in bursts (its backlog full), and 18,000 healthy streams were reset,
+/// most without their client knowing (the reset was dropped too).
+fn keepalive_idle(heartbeat: Duration) -> Duration {
+    Duration::from_secs(60).max(heartbeat * 2)
+}
+
 /// Sets the socket options every connection gets: no Nagle delay (events are small and
-/// latency matters), TCP keepalive, and a user timeout as long as the write timeout.
+/// latency matters), TCP keepalive after [`keepalive_idle`], and a user timeout as long as the
+/// write timeout.
 fn configure(tcp: &TcpStream, timeouts: Timeouts) {
     let socket = socket2::SockRef::from(tcp);
     let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
+        .with_time(keepalive_idle(timeouts.heartbeat))
         .with_interval(Duration::from_secs(10));
     let result = tcp
         .set_nodelay(true)
@@ -612,5 +629,38 @@ impl<IO: AsyncWrite + TcpSocket + Unpin> AsyncWrite for Guarded<IO> {
         // is reset when it is dropped. TLS sends close_notify first, which a client that does
         // not read holds up: it gets the same write timeout.
         self.get_mut().write_with(cx, |io, cx| io.poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream's socket is probed by keepalive only after a silence longer than its
+    /// heartbeat: with keepalive no later than the heartbeat, the kernel reset healthy streams
+    /// whose one probe went unanswered (see `keepalive_idle`). Read back from a real socket.
+    #[tokio::test]
+    async fn keepalive_waits_longer_than_the_heartbeat() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        for heartbeat in [1, 15, 30, 60, 300] {
+            let timeouts = Timeouts {
+                header_read: Duration::from_secs(10),
+                write: Duration::from_secs(30),
+                h2_idle: Duration::from_secs(180),
+                heartbeat: Duration::from_secs(heartbeat),
+            };
+            configure(&accepted, timeouts);
+            let socket = socket2::SockRef::from(&accepted);
+            let idle = socket.tcp_keepalive_time().unwrap();
+            assert!(
+                idle > Duration::from_secs(heartbeat) && idle >= Duration::from_secs(60),
+                "heartbeat {heartbeat} s: keepalive after {idle:?}"
+            );
+            assert_eq!(socket.tcp_user_timeout().unwrap(), Some(timeouts.write));
+        }
     }
 }

@@ -196,6 +196,7 @@ impl Instance {
             header_read: config.header_read_timeout,
             write: config.write_timeout,
             h2_idle: config.connections.h2_idle,
+            heartbeat: config.heartbeat,
         };
         let router = self.router();
         let graceful = GracefulShutdown::new();
