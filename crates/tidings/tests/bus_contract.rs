@@ -211,7 +211,18 @@ async fn subscribe_to(instance: &Instance, selectors: &[&str], access: Access) -
         session: None,
         expires: None,
     });
-    instance.bus.listening().await.unwrap();
+    // A bus refuses new subscribers while its delivery connection is down or slow to confirm
+    // their interest (a stream is told to come back: `503`); as a client would, the case comes
+    // back, for 10 s at most. (A Redis Cluster just formed on a loaded machine refused the
+    // first subscriber of a case once.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(e) = instance.bus.listening().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bus did not listen for 10 s: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     subscription
 }
 
@@ -918,7 +929,18 @@ async fn session_stream(instance: &Instance, session: &str, subject: &str) -> Su
         session: Some(session),
         expires: None,
     });
-    instance.bus.listening().await.unwrap();
+    // A bus refuses new subscribers while its delivery connection is down or slow to confirm
+    // their interest (a stream is told to come back: `503`); as a client would, the case comes
+    // back, for 10 s at most. (A Redis Cluster just formed on a loaded machine refused the
+    // first subscriber of a case once.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(e) = instance.bus.listening().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bus did not listen for 10 s: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     subscription
 }
 
