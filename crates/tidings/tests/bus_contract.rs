@@ -197,6 +197,22 @@ fn memory(n: usize, history_size: usize) -> Vec<Instance> {
     instances
 }
 
+/// Waits until the instance's bus listens for the subscribers registered so far. A bus refuses
+/// new subscribers while its delivery connection is down or slow to confirm their interest (a
+/// stream is told to come back: `503`); as a client would, a case comes back, for 10 s at most.
+/// (A Redis Cluster just formed on a loaded machine refused the first subscriber of a case
+/// once.)
+async fn listening(instance: &Instance) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(e) = instance.bus.listening().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bus did not listen for 10 s: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Registers a subscriber on an instance, as a stream does: once this returns, every update
 /// published that the subscriber may see reaches it.
 async fn subscribe_to(instance: &Instance, selectors: &[&str], access: Access) -> Subscription {
@@ -211,18 +227,7 @@ async fn subscribe_to(instance: &Instance, selectors: &[&str], access: Access) -
         session: None,
         expires: None,
     });
-    // A bus refuses new subscribers while its delivery connection is down or slow to confirm
-    // their interest (a stream is told to come back: `503`); as a client would, the case comes
-    // back, for 10 s at most. (A Redis Cluster just formed on a loaded machine refused the
-    // first subscriber of a case once.)
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while let Err(e) = instance.bus.listening().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bus did not listen for 10 s: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    listening(instance).await;
     subscription
 }
 
@@ -929,18 +934,7 @@ async fn session_stream(instance: &Instance, session: &str, subject: &str) -> Su
         session: Some(session),
         expires: None,
     });
-    // A bus refuses new subscribers while its delivery connection is down or slow to confirm
-    // their interest (a stream is told to come back: `503`); as a client would, the case comes
-    // back, for 10 s at most. (A Redis Cluster just formed on a loaded machine refused the
-    // first subscriber of a case once.)
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while let Err(e) = instance.bus.listening().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bus did not listen for 10 s: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    listening(instance).await;
     subscription
 }
 
