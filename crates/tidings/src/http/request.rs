@@ -71,15 +71,10 @@ impl Pairs {
 }
 
 fn decode(raw: &[u8], what: &str) -> Result<String, ApiError> {
-    // (A `+` is a space; a plus sent as `%2B` stays a plus: replaced before the escapes are
-    // decoded, and copied only when there is one — every publish decodes its fields here.)
-    let plus_as_space: std::borrow::Cow<'_, [u8]> = if raw.contains(&b'+') {
-        raw.iter()
-            .map(|b| if *b == b'+' { b' ' } else { *b })
-            .collect()
-    } else {
-        raw.into()
-    };
+    let plus_as_space: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
     percent_encoding::percent_decode(&plus_as_space)
         .decode_utf8()
         .map(|s| s.into_owned())
