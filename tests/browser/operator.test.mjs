@@ -95,6 +95,10 @@ test('a logout ends the user\'s stream for good, through the application', async
   await page.waitForFunction(() => window.disconnected !== undefined, null, { timeout: 5000 });
   assert.deepEqual(await page.evaluate(() => window.disconnected), { reason: 'logged out', reconnect: false });
   assert.equal(await page.textContent('#status'), 'disconnected: logged out');
+  // The stream may end before the logout's answer (which clears the session cookie) reaches
+  // the page: the application asks Tidings to end it first. Its cookie is signed, not looked
+  // up, so until that answer arrives the page would still be logged in.
+  await page.waitForFunction(() => document.body.textContent.includes('Logged out.'), null, { timeout: 5000 });
   for (let i = 0; (await presence('alice')).connected; i++) {
     assert.ok(i < 50, 'alice is offline on every instance');
     await new Promise((r) => setTimeout(r, 100));
