@@ -35,11 +35,28 @@ struct Instance {
     bus: Arc<dyn Bus>,
 }
 
-fn options(history_size: usize, prefix: &str, routing: Routing) -> BusOptions {
+/// The history a case's instances keep: the last `size` updates, younger than `ttl_secs`
+/// (0: no age limit).
+#[derive(Clone, Copy)]
+struct History {
+    size: usize,
+    ttl_secs: u64,
+}
+
+/// The last `size` updates, whatever their age.
+const fn kept(size: usize) -> History {
+    History { size, ttl_secs: 0 }
+}
+
+fn options(history: History, prefix: &str, routing: Routing) -> BusOptions {
     BusOptions {
-        history_size,
-        history_ttl_secs: 0,
-        history_id_ttl_secs: 600,
+        history_size: history.size,
+        history_ttl_secs: history.ttl_secs,
+        // As the configuration has it: with an age limit, ids live as long as history.
+        history_id_ttl_secs: match history.ttl_secs {
+            0 => 600,
+            ttl => ttl,
+        },
         prefix: prefix.to_owned(),
         instance_id: format!("contract-{}", uuid_suffix()),
         session_ttl_secs: 30,
@@ -90,7 +107,7 @@ impl Backend {
         self,
         name: &str,
         n: usize,
-        history: usize,
+        history: History,
     ) -> Option<(Namespace, Vec<Instance>)> {
         let prefix = common::unique_prefix(name);
         let (url, guard): (String, Box<dyn std::any::Any>) = match self {
@@ -143,7 +160,7 @@ impl Backend {
     }
 
     /// `n` instances connected to the broker at `url`, under `prefix`.
-    async fn on(self, url: &str, prefix: &str, n: usize, history: usize) -> Vec<Instance> {
+    async fn on(self, url: &str, prefix: &str, n: usize, history: History) -> Vec<Instance> {
         let mut instances = Vec::new();
         for _ in 0..n {
             let hub = new_hub();
@@ -178,9 +195,10 @@ impl Backend {
     }
 }
 
-fn memory(n: usize, history_size: usize) -> Vec<Instance> {
+fn memory(n: usize, history: History) -> Vec<Instance> {
     let first = new_hub();
-    let bus = MemoryBus::new(history_size, first.clone());
+    let ttl = (history.ttl_secs > 0).then(|| Duration::from_secs(history.ttl_secs));
+    let bus = MemoryBus::with_ttl(history.size, ttl, first.clone());
     let mut instances = vec![Instance {
         id: format!("memory-{}", uuid_suffix()),
         hub: first,
@@ -451,6 +469,43 @@ async fn replays_after_an_id_on_any_instance(instances: Vec<Instance>) {
         .await
         .unwrap();
     assert!(!newest.missing && newest.updates.is_empty());
+}
+
+/// A resume from an id older than history's age limit is told of the gap and gets what
+/// history holds: the updates younger than the limit, never one published before its id (the
+/// subscriber had those). Redis trims its stream a node at a time, so the stream may still
+/// hold older updates; with ids living as long as history, the id itself is forgotten.
+async fn resumes_past_history_s_age_with_nothing_from_before_its_id(instances: Vec<Instance>) {
+    let mut watcher = subscribe(&instances[1], "t", Access::public_only()).await;
+    let mut before = Vec::new();
+    for data in ["a", "b"] {
+        before.push(publish(&instances[0], update("t", data, false)).await.id);
+    }
+    for id in &before {
+        assert_eq!(&next(&mut watcher).await.update.id, id);
+    }
+    // Past the age limit of 1 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let after = publish(&instances[0], update("t", "c", false)).await.id;
+    assert_eq!(next(&mut watcher).await.update.id, after);
+    let exact: [Arc<str>; 1] = [Arc::from("t")];
+    for topics in [None, Some(&exact[..])] {
+        let replay = instances[1]
+            .bus
+            .replay(&ReplayFrom::After(before[1].clone()), topics)
+            .await
+            .unwrap();
+        let got: Vec<_> = replay.updates.iter().map(|e| e.update.id.clone()).collect();
+        assert!(
+            replay.missing,
+            "a resume past history is told so ({topics:?})"
+        );
+        assert_eq!(
+            got,
+            vec![after.clone()],
+            "only what history holds ({topics:?})"
+        );
+    }
 }
 
 async fn replays_the_topics_of_a_subscriber_after_an_id(instances: Vec<Instance>) {
@@ -1314,22 +1369,23 @@ impl Example {
 macro_rules! each_case {
     ($then:ident!($($args:tt)*)) => {
         $then! { $($args)*;
-            fans_out_to_every_instance, 100;
-            carries_the_trace_context_to_every_instance, 100;
-            keeps_publish_order_per_topic, 1000;
-            filters_private_updates, 100;
-            wide_selectors_hear_every_topic_they_match, 100;
-            delivers_an_update_with_several_topics_once, 100;
-            follows_subscribers_coming_and_going, 100;
-            replays_after_an_id_on_any_instance, 100;
-            stores_a_retried_publish_once, 100;
-            refuses_an_id_taken_on_other_topics, 100;
-            replays_the_topics_of_a_subscriber_after_an_id, 100;
-            replays_whole_topics_for_a_rewind, 100;
-            without_history_reports_every_resume_as_a_gap, 0;
-            knows_its_members_and_drops_the_dead, 10;
-            answers_presence_for_the_cluster, 10;
-            disconnects_across_the_cluster, 10;
+            fans_out_to_every_instance, kept(100);
+            carries_the_trace_context_to_every_instance, kept(100);
+            keeps_publish_order_per_topic, kept(1000);
+            filters_private_updates, kept(100);
+            wide_selectors_hear_every_topic_they_match, kept(100);
+            delivers_an_update_with_several_topics_once, kept(100);
+            follows_subscribers_coming_and_going, kept(100);
+            replays_after_an_id_on_any_instance, kept(100);
+            stores_a_retried_publish_once, kept(100);
+            refuses_an_id_taken_on_other_topics, kept(100);
+            replays_the_topics_of_a_subscriber_after_an_id, kept(100);
+            replays_whole_topics_for_a_rewind, kept(100);
+            without_history_reports_every_resume_as_a_gap, kept(0);
+            knows_its_members_and_drops_the_dead, kept(10);
+            answers_presence_for_the_cluster, kept(10);
+            disconnects_across_the_cluster, kept(10);
+            resumes_past_history_s_age_with_nothing_from_before_its_id, History { size: 100, ttl_secs: 1 };
         }
     };
 }
@@ -1353,13 +1409,14 @@ macro_rules! broker_contract {
             let Some(mut broker) = $backend.private() else {
                 return;
             };
-            let instances = $backend.on(&broker.url(), "tidings", 3, 100).await;
+            let instances = $backend.on(&broker.url(), "tidings", 3, kept(100)).await;
             super::survives_a_broker_restart(&mut *broker, instances).await;
         }
 
         #[tokio::test]
         async fn delivers_what_is_published_straight_onto_the_broker() {
-            let Some((namespace, instances)) = $backend.instances("straight", 3, 100).await else {
+            let Some((namespace, instances)) = $backend.instances("straight", 3, kept(100)).await
+            else {
                 return;
             };
             let producer = Producer {
@@ -1436,7 +1493,7 @@ mod redis_cluster {
         let url = cluster.url();
         each_case!(in_turn!(url));
         let instances = Backend::Redis(Routing::Interest)
-            .on(&url, "tidings", 3, 100)
+            .on(&url, "tidings", 3, kept(100))
             .await;
         super::survives_a_broker_restart(&mut cluster, instances).await;
     }

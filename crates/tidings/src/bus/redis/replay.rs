@@ -69,6 +69,7 @@ impl Replays {
             conns,
             keys,
             history: options.history_size > 0,
+            history_ttl_ms: options.history_ttl().map(|ttl| ttl.as_millis() as u64),
             topic_history_complete_ms: topic_history_complete_secs(options) * 1000,
             decoder,
             timeout: options.timeouts.replay,
@@ -110,6 +111,10 @@ struct ReplayReader {
     conns: std::sync::Arc<super::Connections>,
     keys: Keys,
     history: bool,
+    /// `history-ttl` in milliseconds, when history has an age limit: the publish script trims
+    /// whole nodes of 100 entries (`MINID ~`), so the stream may still hold updates older
+    /// than that — history is what is younger.
+    history_ttl_ms: Option<u64>,
     /// How far back topic histories are complete: a resume from a position older than this
     /// reads the stream instead. Past `history-ttl` a topic's history may have been trimmed
     /// at another node boundary than the stream (both trim whole nodes), and an idle topic's
@@ -238,6 +243,17 @@ impl ReplayReader {
             .zip(places.iter().map(|p| p.as_deref().and_then(position)))
             .collect();
 
+        // Where all of history starts: with an age limit, not where trimming happened to stop.
+        // A resume whose id expired with its update (ids live as long as history by default)
+        // must not get what trimming left of the updates before it — updates it had.
+        let beginning = match self.history_ttl_ms {
+            Some(ttl) => {
+                let since = u128::from(now_ms.saturating_sub(ttl)) << 64;
+                Start::After(Position(since.saturating_sub(1)))
+            }
+            None => Start::Beginning,
+        };
+
         // Where each request starts, and what it is told.
         let mut replays = Vec::with_capacity(requests.len());
         let mut starts = Vec::with_capacity(requests.len());
@@ -248,7 +264,7 @@ impl ReplayReader {
             };
             let start = match &request.from {
                 ReplayFrom::Now => Start::Nothing,
-                ReplayFrom::Earliest if self.history => Start::Beginning,
+                ReplayFrom::Earliest if self.history => beginning,
                 ReplayFrom::Earliest => Start::Nothing,
                 ReplayFrom::After(id) => {
                     // Held when the stream still reaches back to it: trimming removes the
@@ -273,7 +289,7 @@ impl ReplayReader {
                         None => {
                             replay.missing = true;
                             match self.history {
-                                true => Start::Beginning,
+                                true => beginning,
                                 false => Start::Nothing,
                             }
                         }
