@@ -28,6 +28,7 @@ mod profile;
 mod publisher;
 mod report;
 mod run;
+mod seen;
 mod setup;
 mod stream;
 mod tally;

@@ -1,9 +1,6 @@
 //! One subscriber stream of a run: opened over its own TCP connection from a chosen loopback
 //! source address, then read until the run stops it, checking every update it receives.
 //!
-//! (Over 600 lines with its tests: the bookkeeping of what arrived (`Seen`, `Received`) is the
-//! seam to cut into a module of its own next.)
-
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -19,8 +16,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::body::Body;
-use super::plan::Stamp;
 use super::profile::{Profile, Target};
+use super::seen::Seen;
 use super::tally::Tally;
 
 /// One stream's assignment.
@@ -178,6 +175,8 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
                 wait = retry_wait(&decoder, within);
             }
         }
+        decoder.reconnected();
+        seen.reconnected();
         connection = loop {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
@@ -421,7 +420,7 @@ async fn follow(
         let decoded = body.decode(&mut input, |data| {
             for event in decoder.feed(data) {
                 events += 1;
-                seen.event(&event.data, tally);
+                seen.event(&event.event_type, &event.data, tally);
             }
         });
         match decoded {
@@ -469,157 +468,4 @@ fn read_into(tcp: &TcpStream, input: &mut BytesMut) -> std::io::Result<usize> {
         input.extend_from_slice(&scratch[..n]);
         Ok(n)
     })
-}
-
-/// Which updates a stream has received: of its topic, and of the broadcasts.
-struct Seen {
-    topic: u64,
-    /// Its connection ended before and it came back (`--reconnect`).
-    moved: bool,
-    own: Received,
-    broadcast_topic: u64,
-    broadcasts: Received,
-}
-
-/// Which of one topic's updates have arrived.
-struct Received {
-    bits: Vec<u64>,
-    expected: u64,
-    unique: u64,
-    /// The highest sequence number received so far.
-    highest: Option<u64>,
-}
-
-/// What one received update was to its stream.
-#[derive(Debug, PartialEq, Eq)]
-enum Arrival {
-    /// Received for the first time; `in_order` unless a later one came first.
-    First { in_order: bool },
-    /// Received before.
-    Repeat,
-    /// A number the topic never gets.
-    Unknown,
-}
-
-impl Seen {
-    /// A stream on `topic` that expects `expected` deliveries, the broadcasts included.
-    fn new(topic: u64, expected: u64, broadcasts: &Broadcasts) -> Seen {
-        Seen {
-            topic,
-            moved: false,
-            own: Received::new(expected - broadcasts.count),
-            broadcast_topic: broadcasts.topic,
-            broadcasts: Received::new(broadcasts.count),
-        }
-    }
-
-    /// Deliveries received at least once.
-    fn unique(&self) -> u64 {
-        self.own.unique + self.broadcasts.unique
-    }
-
-    /// Checks one event's data and counts it.
-    fn event(&mut self, data: &str, tally: &Tally) {
-        let stamp = Stamp::parse(data);
-        let (received, broadcast) = match &stamp {
-            Some(stamp) if stamp.k == self.topic => (&mut self.own, None),
-            Some(stamp) if stamp.k == self.broadcast_topic && self.broadcasts.expected > 0 => {
-                (&mut self.broadcasts, Some(stamp.s))
-            }
-            _ => {
-                tally.stray.fetch_add(1, Relaxed);
-                return;
-            }
-        };
-        let Some(stamp) = stamp else { return };
-        match received.record(stamp.s) {
-            Arrival::First { in_order } => {
-                tally.delivered(stamp.t, true, self.moved, broadcast);
-                if !in_order {
-                    tally.out_of_order.fetch_add(1, Relaxed);
-                }
-            }
-            Arrival::Repeat => tally.delivered(stamp.t, false, self.moved, broadcast),
-            Arrival::Unknown => tally.error(format!(
-                "update {} on topic {} is past the topic's last",
-                stamp.s, stamp.k
-            )),
-        }
-    }
-}
-
-impl Received {
-    fn new(expected: u64) -> Received {
-        Received {
-            bits: vec![0; expected.div_ceil(64) as usize],
-            expected,
-            unique: 0,
-            highest: None,
-        }
-    }
-
-    fn record(&mut self, seq: u64) -> Arrival {
-        if seq >= self.expected {
-            return Arrival::Unknown;
-        }
-        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
-        if self.bits[word] & bit != 0 {
-            return Arrival::Repeat;
-        }
-        self.bits[word] |= bit;
-        self.unique += 1;
-        let in_order = self.highest.is_none_or(|h| seq > h);
-        self.highest = self.highest.max(Some(seq));
-        Arrival::First { in_order }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Arrival, Broadcasts, Received, Seen};
-    use crate::plan::payload;
-    use crate::tally::Tally;
-    use std::sync::atomic::Ordering::Relaxed;
-
-    #[test]
-    fn a_stream_tells_first_deliveries_from_repeats_late_ones_and_strays() {
-        let mut seen = Received::new(130);
-        assert_eq!(seen.record(0), Arrival::First { in_order: true });
-        assert_eq!(seen.record(129), Arrival::First { in_order: true });
-        assert_eq!(seen.record(5), Arrival::First { in_order: false });
-        assert_eq!(seen.record(0), Arrival::Repeat);
-        assert_eq!(seen.record(130), Arrival::Unknown);
-        assert_eq!(seen.unique, 3);
-    }
-
-    #[test]
-    fn broadcasts_are_counted_apart_from_the_stream_s_topic() {
-        let broadcasts = Broadcasts {
-            topic: 10,
-            count: 2,
-            name: None,
-        };
-        let tally = Tally::new(2);
-        let mut seen = Seen::new(3, 5 + 2, &broadcasts);
-        for (topic, seq) in [(3, 0), (10, 0), (10, 1), (10, 0), (3, 1), (4, 0)] {
-            seen.event(&payload(topic, seq, 0, 50), &tally);
-        }
-        seen.event("not a bench update", &tally);
-        assert_eq!((seen.own.unique, seen.broadcasts.unique), (2, 2));
-        assert_eq!(seen.unique(), 4);
-        assert_eq!(tally.duplicates.load(Relaxed), 1);
-        assert_eq!(tally.stray.load(Relaxed), 2);
-        assert_eq!(tally.broadcast_reached(), vec![1, 1]);
-        let mut without = Seen::new(
-            3,
-            5,
-            &Broadcasts {
-                topic: 10,
-                count: 0,
-                name: None,
-            },
-        );
-        without.event(&payload(10, 0, 0, 50), &tally);
-        assert_eq!(tally.stray.load(Relaxed), 3);
-    }
 }

@@ -20,6 +20,12 @@ pub struct Decoder {
     after_cr: bool,
     event_type: String,
     data: String,
+    /// The `id:` field read last: it becomes the stream's last event id only when its event
+    /// is complete (the standard's "last event ID buffer").
+    id_buffer: String,
+    /// The id of the last complete event (or id-only block): what a reconnection resumes
+    /// after. An `id:` line of an event the connection cut is not here — that event never
+    /// arrived, and resuming after it would lose it.
     last_id: String,
     retry: Option<Duration>,
 }
@@ -74,12 +80,25 @@ impl Decoder {
         events
     }
 
+    /// Readies the decoder for the next connection of the same source, as `EventSource`
+    /// does: what the last connection left unfinished (a line, an event's fields) is dropped
+    /// — that event never arrived, and its rest must not join the next connection's first
+    /// event — while the last event id and the `retry:` hint are kept.
+    pub fn reconnected(&mut self) {
+        *self = Decoder {
+            id_buffer: self.last_id.clone(),
+            last_id: std::mem::take(&mut self.last_id),
+            retry: self.retry,
+            ..Decoder::default()
+        };
+    }
+
     /// The reconnection time the stream asked for last (`retry:`), if it did.
     pub fn retry(&self) -> Option<Duration> {
         self.retry
     }
 
-    /// The last event id the stream set (`id:`), empty when none.
+    /// The last event id the stream set (`id:`) in a complete block, empty when none.
     pub fn last_event_id(&self) -> &str {
         &self.last_id
     }
@@ -101,7 +120,7 @@ impl Decoder {
                 self.data.push_str(value);
                 self.data.push('\n');
             }
-            "id" if !value.contains('\0') => value.clone_into(&mut self.last_id),
+            "id" if !value.contains('\0') => value.clone_into(&mut self.id_buffer),
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 if let Ok(millis) = value.parse() {
                     self.retry = Some(Duration::from_millis(millis));
@@ -113,6 +132,7 @@ impl Decoder {
     }
 
     fn dispatch(&mut self) -> Option<Event> {
+        self.last_id.clone_from(&self.id_buffer);
         let event_type = std::mem::take(&mut self.event_type);
         let mut data = std::mem::take(&mut self.data);
         if data.is_empty() {
@@ -169,6 +189,37 @@ mod tests {
         assert!(events.is_empty());
         assert_eq!(decoder.retry(), Some(Duration::from_millis(2500)));
         assert_eq!(decoder.last_event_id(), "7");
+    }
+
+    #[test]
+    fn the_id_of_an_event_cut_short_is_not_the_last_event_id() {
+        // A connection that ends after "id: 2" never delivered event 2: a reconnection must
+        // resume after 1, or 2 is lost.
+        let (events, decoder) = all(&[b"id: 1\ndata: a\n\nid: 2\ndata: b"]);
+        assert_eq!(events, vec![event("1", "message", "a")]);
+        assert_eq!(decoder.last_event_id(), "1");
+        let (_, decoder) = all(&[b"id: 1\ndata: a\n\nid: 2\n"]);
+        assert_eq!(decoder.last_event_id(), "1");
+    }
+
+    #[test]
+    fn a_new_connection_drops_what_the_last_one_left_unfinished() {
+        let (_, mut decoder) =
+            all(&[b"retry: 900\n\nid: 1\ndata: a\n\nid: 2\nevent: x\ndata: b\ndata: {\"par"]);
+        decoder.reconnected();
+        let events = decoder.feed(b": hello\n\nid: 3\ndata: c\n\ndata: d\n\n");
+        assert_eq!(
+            events,
+            vec![event("3", "message", "c"), event("3", "message", "d")]
+        );
+        assert_eq!(decoder.retry(), Some(Duration::from_millis(900)));
+        let (_, mut decoder) = all(&[b"id: 1\ndata: a\n\nid: 2\n"]);
+        decoder.reconnected();
+        assert_eq!(decoder.last_event_id(), "1");
+        assert_eq!(
+            decoder.feed(b"data: e\n\n"),
+            vec![event("1", "message", "e")]
+        );
     }
 
     #[test]
