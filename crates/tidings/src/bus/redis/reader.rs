@@ -41,6 +41,13 @@ const HEAD_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most channels or patterns named in one `SUBSCRIBE`-like command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 
+/// A catch-up read that failed, as the reconnect machine logs it.
+fn cannot_catch_up(e: BusError) -> BusError {
+    unavailable(format!(
+        "cannot read what was missed while disconnected (trying again): {e}"
+    ))
+}
+
 /// What the delivery task is given.
 pub(super) struct Setup {
     /// Where the connections go; the delivery connection asks it for the primary each time
@@ -100,7 +107,11 @@ impl reconnect::Target for Delivery {
             if let Err(e) = written.await {
                 tracing::warn!(error = %e, "redis: cannot write the history settings");
             }
-            self.reader.catch_up().await;
+            // Not caught up, the connection is not used: delivering live over a stretch
+            // that never reached this instance's streams would lose it without a word. The
+            // machine connects again after its backoff, and the catch-up starts over from
+            // the same place (nothing past it was delivered).
+            self.reader.catch_up().await?;
         }
         // Only now may new streams open: they must not see what the catch-up delivered,
         // published before they came.
@@ -331,7 +342,12 @@ impl Reader {
     }
 
     /// After a reconnect: delivers from the stream what was published while disconnected.
-    async fn catch_up(&mut self) {
+    ///
+    /// # Errors
+    /// The reads failed (a timeout on a starved machine, a refused command): nothing was
+    /// delivered, and the caller tries again rather than go on without it. What the stream no
+    /// longer holds is a gap instead — counted, recorded, and delivered from past it.
+    async fn catch_up(&mut self) -> Result<(), BusError> {
         let setup = &self.setup;
         let metrics = setup.hub.metrics().clone();
         if !setup.history {
@@ -340,12 +356,12 @@ impl Reader {
             // A restarted Redis counts positions from 1 again: forget the old ones, or every
             // new update would look like one already delivered.
             self.last = None;
-            return;
+            return Ok(());
         }
         let Some(from) = self.last.max(self.watermark) else {
             metrics.bus_gaps.inc();
             tracing::warn!("redis: the connection dropped before delivery had a known position; updates published meanwhile may be lost");
-            return;
+            return Ok(());
         };
         let from_start = from == Position(0);
         let from = stream_id(from);
@@ -354,33 +370,26 @@ impl Reader {
             true => Ok(true),
             false => holds(&conn, &setup.keys, &from, setup.timeout).await,
         };
-        let after = match still_held {
-            Ok(true) => from,
+        let (after, lost) = match still_held {
+            Ok(true) => (from, false),
             Ok(false) => {
                 metrics.bus_gaps.inc();
                 tracing::warn!(from = %from, "redis: the stream no longer holds where delivery stopped; updates in between are lost");
-                // The stream may have been lost with a Redis restart: its new positions are
-                // not comparable with the old ones.
-                self.last = None;
-                self.watermark = None;
                 // Behind a failover to a replica that lacked them, the updates up to here are
                 // gone while what came before them is still held: a client resuming from
                 // before must hear that it missed some. And what the new primary stored since
                 // may sit at positions before `from` (its clock may be behind the old one's):
                 // deliver from the newest entry before the loss on.
-                match record_loss(setup, &from).await {
+                let since = match record_loss(setup, &from).await {
                     Ok(since) => since,
                     Err(e) => {
                         tracing::warn!(error = %e, "redis: cannot record the lost stretch of the stream");
                         from
                     }
-                }
+                };
+                (since, true)
             }
-            Err(e) => {
-                metrics.bus_gaps.inc();
-                tracing::warn!(error = %e, "redis: cannot read what was missed while disconnected");
-                return;
-            }
+            Err(e) => return Err(cannot_catch_up(e)),
         };
         let missed = read_range(
             &conn,
@@ -392,21 +401,21 @@ impl Reader {
             setup.timeout,
         )
         .await;
-        match missed {
-            Ok(missed) => {
-                tracing::info!(
-                    count = missed.len(),
-                    "redis: delivering updates missed while disconnected"
-                );
-                for envelope in missed {
-                    self.deliver(envelope);
-                }
-            }
-            Err(e) => {
-                metrics.bus_gaps.inc();
-                tracing::warn!(error = %e, "redis: cannot read what was missed while disconnected");
-            }
+        let missed = missed.map_err(cannot_catch_up)?;
+        if lost {
+            // The stream may have been lost with a Redis restart: its new positions are not
+            // comparable with the old ones.
+            self.last = None;
+            self.watermark = None;
         }
+        tracing::info!(
+            count = missed.len(),
+            "redis: delivering updates missed while disconnected"
+        );
+        for envelope in missed {
+            self.deliver(envelope);
+        }
+        Ok(())
     }
 
     /// A Pub/Sub message of the publish script: `<position> <micros> <wire-format message>`;
