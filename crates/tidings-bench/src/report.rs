@@ -232,7 +232,12 @@ pub(super) struct Deliveries {
     pub(super) expected: u64,
     /// Update events received, repeats included.
     pub(super) received: u64,
+    /// Due (their update was published, their stream open) and not received.
     pub(super) lost: u64,
+    /// Of updates the run never sent (it was cut short): not lost, not received.
+    pub(super) never_sent: u64,
+    /// Of failed publishes, and of streams that failed or dropped.
+    pub(super) forfeited: u64,
     pub(super) duplicated: u64,
     /// Received after a later update of the same topic.
     pub(super) out_of_order: u64,
@@ -330,12 +335,14 @@ impl Summary {
         let d = &self.deliveries;
         let _ = writeln!(
             t,
-            "  deliveries  {}/{} in {:.3} s ({}/s): {} lost, {} duplicated, {} out of order{}",
+            "  deliveries  {}/{} in {:.3} s ({}/s): {} lost{}{}, {} duplicated, {} out of order{}",
             d.received - d.duplicated,
             d.expected,
             d.seconds,
             si(d.per_second),
             d.lost,
+            counted(d.never_sent, "of updates never sent"),
+            counted(d.forfeited, "of failed publishes or streams"),
             d.duplicated,
             d.out_of_order,
             counted(d.stray, "stray"),

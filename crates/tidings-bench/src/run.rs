@@ -372,6 +372,8 @@ async fn execute(
             }
         }
         if !all_sent {
+            // Cut short (the timeout, Ctrl-C): the rate is of what was sent meanwhile.
+            publish_seconds = publishing.elapsed().as_secs_f64();
             // Those never sent are lost.
             for p in &publishers {
                 p.abort();
@@ -475,6 +477,10 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
     let opened = tally.opened.load(Relaxed);
     let expected = setup.plan.expected();
     let unique = tally.unique.load(Relaxed);
+    // Deliveries that could not arrive, apart from those lost: of updates never sent, and
+    // of failed publishes and streams.
+    let never_sent = expected.saturating_sub(tally.sent_for.load(Relaxed));
+    let forfeited = tally.forfeited.load(Relaxed);
     let published = tally.published.load(Relaxed);
     let delivery_seconds = tally.delivery_window().map_or(0.0, |d| d.as_secs_f64());
     let streams = report::Streams {
@@ -500,7 +506,12 @@ fn summarize(args: &BenchArgs, setup: &Setup, tally: &Tally, timings: Timings) -
     let deliveries = report::Deliveries {
         expected,
         received: tally.received.load(Relaxed),
-        lost: expected - unique,
+        lost: expected
+            .saturating_sub(unique)
+            .saturating_sub(never_sent)
+            .saturating_sub(forfeited),
+        never_sent,
+        forfeited,
         duplicated: tally.duplicates.load(Relaxed),
         out_of_order: tally.out_of_order.load(Relaxed),
         stray: tally.stray.load(Relaxed),

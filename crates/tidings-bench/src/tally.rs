@@ -30,6 +30,9 @@ pub(super) struct Tally {
     /// Deliveries that can no longer arrive: of streams that failed or dropped, and of
     /// publishes that failed. The drain stops waiting once `unique + forfeited` is expected.
     pub(super) forfeited: AtomicU64,
+    /// Deliveries due from the updates whose publish was answered (taken or failed): what
+    /// the plan expects past this was never sent (a run cut short).
+    pub(super) sent_for: AtomicU64,
     pub(super) published: AtomicU64,
     pub(super) publish_failed: AtomicU64,
     /// Publishes sent again to another instance (with the same id) after a failure.
@@ -139,6 +142,7 @@ impl Tally {
             out_of_order: AtomicU64::new(0),
             stray: AtomicU64::new(0),
             forfeited: AtomicU64::new(0),
+            sent_for: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
             first_publish_us: AtomicU64::new(u64::MAX),
