@@ -50,6 +50,22 @@ async fn cut_off_while(a: &Hub, b: &Hub, redis: &PrivateRedis, meanwhile: impl A
     signal(a, "-CONT");
 }
 
+/// Publishes updates numbered `numbers` to `topic` through `hub`; their ids, in order.
+async fn publish_numbered(
+    hub: &Hub,
+    topic: &str,
+    numbers: std::ops::RangeInclusive<u32>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in numbers {
+        let data = i.to_string();
+        let (code, id) = publish(hub, None, &[("topic", topic), ("data", &data)]).await;
+        assert_eq!(code, 200, "{id}");
+        ids.push(id);
+    }
+    ids
+}
+
 /// The log filter that makes an instance's Redis reader say each ping it made ([`PINGED`]).
 const PINGS_LOGGED: &str = "info,tidings::bus::redis::reader=debug";
 /// What the Redis reader logs once everything published before a ping was delivered.
@@ -178,12 +194,7 @@ async fn after_its_delivery_connection_drops_an_instance_catches_up_from_the_str
     // stream.
     let mut ids = vec![first];
     cut_off_while(&a, &b, &redis, async || {
-        for i in 1..=20 {
-            let data = i.to_string();
-            let (code, id) = publish(&b, None, &[("topic", &topic), ("data", &data)]).await;
-            assert_eq!(code, 200, "{id}");
-            ids.push(id);
-        }
+        ids.extend(publish_numbered(&b, &topic, 1..=20).await);
     })
     .await;
     let mut got = vec![ids[0].clone()];
@@ -249,21 +260,14 @@ async fn a_catch_up_that_fails_is_tried_again_never_skipped() {
     assert_eq!(stream.next().await.id, first);
     let mut ids = vec![first];
     cut_off_while(&a, &b, &redis, async || {
-        for i in 1..=5 {
-            let data = i.to_string();
-            let (code, id) = publish(&b, None, &[("topic", &topic), ("data", &data)]).await;
-            assert_eq!(code, 200, "{id}");
-            ids.push(id);
-        }
+        ids.extend(publish_numbered(&b, &topic, 1..=5).await);
         grant("-xrange");
     })
     .await;
     a.wait_for_log("cannot read what was missed while disconnected")
         .await;
     // A is not live meanwhile: an update published now must not overtake the missed ones.
-    let (code, id) = publish(&b, None, &[("topic", &topic), ("data", "6")]).await;
-    assert_eq!(code, 200, "{id}");
-    ids.push(id);
+    ids.extend(publish_numbered(&b, &topic, 6..=6).await);
     grant("+xrange");
     let mut got = vec![ids[0].clone()];
     while got.len() < ids.len() {
@@ -335,12 +339,7 @@ async fn an_instance_that_hears_little_counts_no_false_gap_when_history_moves_on
     a.wait_for_logs(PINGED, a.log_lines(PINGED) + 2).await;
     let mut missed = Vec::new();
     cut_off_while(&a, &b, &redis, async || {
-        for i in 1..=3 {
-            let data = i.to_string();
-            let (code, id) = publish(&b, None, &[("topic", &quiet), ("data", &data)]).await;
-            assert_eq!(code, 200, "{id}");
-            missed.push(id);
-        }
+        missed = publish_numbered(&b, &quiet, 1..=3).await;
     })
     .await;
     for id in &missed {
