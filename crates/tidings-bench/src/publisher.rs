@@ -103,11 +103,8 @@ async fn publish(
         true => p.plan.streams,
         false => p.plan.streams_on(topic),
     };
-    p.tally
-        .sent_for
-        .fetch_add(streams, std::sync::atomic::Ordering::Relaxed);
     match outcome {
-        Ok(()) => p.tally.published(began.elapsed(), sent),
+        Ok(()) => p.tally.published(began.elapsed(), sent, streams),
         Err(e) => p.tally.publish_failed(e.message, streams),
     }
 }

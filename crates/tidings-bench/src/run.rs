@@ -374,7 +374,7 @@ async fn execute(
         if !all_sent {
             // Cut short (the timeout, Ctrl-C): the rate is of what was sent meanwhile.
             publish_seconds = publishing.elapsed().as_secs_f64();
-            // Those never sent are lost.
+            // Those never sent are counted apart (`never_sent`).
             for p in &publishers {
                 p.abort();
             }

@@ -148,6 +148,15 @@ mod tests {
     use crate::tally::Tally;
     use std::sync::atomic::Ordering::Relaxed;
 
+    /// `count` broadcasts, numbered as topic 10.
+    fn on_topic_10(count: u64) -> Broadcasts {
+        Broadcasts {
+            topic: 10,
+            count,
+            name: None,
+        }
+    }
+
     #[test]
     fn a_stream_tells_first_deliveries_from_repeats_late_ones_and_strays() {
         let mut seen = Received::new(130);
@@ -166,11 +175,7 @@ mod tests {
 
     #[test]
     fn broadcasts_are_counted_apart_from_the_stream_s_topic() {
-        let broadcasts = Broadcasts {
-            topic: 10,
-            count: 2,
-            name: None,
-        };
+        let broadcasts = on_topic_10(2);
         let tally = Tally::new(2);
         let mut seen = Seen::new(3, 5 + 2, &broadcasts);
         for (topic, seq) in [(3, 0), (10, 0), (10, 1), (10, 0), (3, 1), (4, 0)] {
@@ -182,26 +187,14 @@ mod tests {
         assert_eq!(tally.duplicates.load(Relaxed), 1);
         assert_eq!(tally.stray.load(Relaxed), 2);
         assert_eq!(tally.broadcast_reached(), vec![1, 1]);
-        let mut without = Seen::new(
-            3,
-            5,
-            &Broadcasts {
-                topic: 10,
-                count: 0,
-                name: None,
-            },
-        );
+        let mut without = Seen::new(3, 5, &on_topic_10(0));
         without.event("message", &payload(10, 0, 0, 50), &tally);
         assert_eq!(tally.stray.load(Relaxed), 3);
     }
 
     #[test]
     fn repeats_say_whether_a_resume_replayed_them_and_gap_notices_are_errors() {
-        let broadcasts = Broadcasts {
-            topic: 10,
-            count: 1,
-            name: None,
-        };
+        let broadcasts = on_topic_10(1);
         let tally = Tally::new(1);
         let mut seen = Seen::new(3, 3 + 1, &broadcasts);
         seen.event("message", &payload(3, 0, 0, 50), &tally);

@@ -263,8 +263,9 @@ impl Tally {
         self.first_publish_us.fetch_min(now_us, Relaxed);
     }
 
-    /// A publish sent at `sent_us` was accepted after `took`.
-    pub(super) fn published(&self, took: Duration, sent_us: u64) {
+    /// A publish sent at `sent_us`, due to `streams`, was accepted after `took`.
+    pub(super) fn published(&self, took: Duration, sent_us: u64, streams: u64) {
+        self.sent_for.fetch_add(streams, Relaxed);
         record(&self.ack_us, duration_us(took));
         let r = &self.reconnection;
         let by = if self.after_kill(sent_us) {
@@ -283,6 +284,7 @@ impl Tally {
     }
 
     pub(super) fn publish_failed(&self, error: String, forfeited: u64) {
+        self.sent_for.fetch_add(forfeited, Relaxed);
         self.error(error);
         self.publish_failed.fetch_add(1, Relaxed);
         self.forfeited.fetch_add(forfeited, Relaxed);
