@@ -104,7 +104,7 @@ async fn publish(
         false => p.plan.streams_on(topic),
     };
     match outcome {
-        Ok(()) => p.tally.published(began.elapsed(), sent, streams),
+        Ok(()) => p.tally.published(began.elapsed(), sent, topic, streams),
         Err(e) => p.tally.publish_failed(e.message, streams),
     }
 }

@@ -319,13 +319,17 @@ impl Summary {
             );
         }
         let p = &self.publish;
+        let planned = self.updates + self.broadcasts.as_ref().map_or(0, |b| b.count);
         let _ = writeln!(
             t,
             "  publish     {}{} in {:.3} s ({} updates/s){}   ack {}",
             p.published,
-            match &self.broadcasts {
-                Some(b) => format!(" ({} of them broadcasts)", b.count),
-                None => String::new(),
+            // (The broadcasts are the plan's: a run cut short says how much of it was sent.)
+            match (&self.broadcasts, p.published == planned) {
+                (Some(b), true) => format!(" ({} of them broadcasts)", b.count),
+                (Some(b), false) => format!(" of {planned} planned ({} broadcasts)", b.count),
+                (None, true) => String::new(),
+                (None, false) => format!(" of {planned} planned"),
             },
             p.seconds,
             si(p.updates_per_second),

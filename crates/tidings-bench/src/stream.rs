@@ -109,18 +109,19 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
     let mut at = spec.first;
     let opened = tokio::select! {
         opened = tokio::time::timeout(context.open_timeout, open(&spec, &context, at, "")) => opened,
-        () = context.stop.cancelled() => return tally.stream_failed("the run ended before the stream opened".into(), spec.expected),
+        () = context.stop.cancelled() => return tally.stream_failed("the run ended before the stream opened".into(), spec.topic, spec.expected),
     };
     drop(permit);
     let mut connection = match opened {
         Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => return tally.stream_failed(e.message, spec.expected),
+        Ok(Err(e)) => return tally.stream_failed(e.message, spec.topic, spec.expected),
         Err(_) => {
             return tally.stream_failed(
                 format!(
                     "no response within {:?} (--open-timeout)",
                     context.open_timeout
                 ),
+                spec.topic,
                 spec.expected,
             )
         }
@@ -146,7 +147,7 @@ pub(super) async fn run(spec: StreamSpec, context: Arc<StreamContext>) {
         let Some(within) = context.reconnect_within else {
             match ended {
                 Ended::Dropped { reason, .. } => {
-                    tally.stream_dropped(reason, spec.expected - seen.unique())
+                    tally.stream_dropped(reason, spec.topic, spec.expected, seen.unique())
                 }
                 Ended::Stopped | Ended::Churned => {}
             }

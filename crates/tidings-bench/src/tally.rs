@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::plan::Plan;
+
 /// Distinct error messages kept for the report; later ones are only counted.
 const MAX_ERROR_KINDS: usize = 10;
 
@@ -27,9 +29,19 @@ pub(super) struct Tally {
     pub(super) out_of_order: AtomicU64,
     /// Events that are not the bench's (unparsable, or for another topic).
     pub(super) stray: AtomicU64,
-    /// Deliveries that can no longer arrive: of streams that failed or dropped, and of
-    /// publishes that failed. The drain stops waiting once `unique + forfeited` is expected.
-    pub(super) forfeited: AtomicU64,
+    /// Deliveries no longer waited for: every one a stream that failed or dropped was still
+    /// due by the plan, and those of publishes that failed. The drain stops waiting once
+    /// `unique + given_up` is expected. (The two may overlap — a failed stream's share of a
+    /// failed publish — so the report counts from `failed_for` and `gone_on` instead.)
+    pub(super) given_up: AtomicU64,
+    /// Deliveries due from publishes that failed.
+    failed_for: AtomicU64,
+    /// Per topic, the streams on it that failed to open or dropped for good; and what those
+    /// streams had received before.
+    gone_on: Mutex<BTreeMap<u64, u64>>,
+    gone_received: AtomicU64,
+    /// Per topic (the broadcast topic included), the publishes that were taken.
+    landed_on: Mutex<BTreeMap<u64, u64>>,
     /// Deliveries due from the updates whose publish was answered (taken or failed): what
     /// the plan expects past this was never sent (a run cut short).
     pub(super) sent_for: AtomicU64,
@@ -141,7 +153,11 @@ impl Tally {
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
             stray: AtomicU64::new(0),
-            forfeited: AtomicU64::new(0),
+            given_up: AtomicU64::new(0),
+            failed_for: AtomicU64::new(0),
+            gone_on: Mutex::new(BTreeMap::new()),
+            gone_received: AtomicU64::new(0),
+            landed_on: Mutex::new(BTreeMap::new()),
             sent_for: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
@@ -210,16 +226,25 @@ impl Tally {
         self.opened.fetch_add(1, Relaxed);
     }
 
-    pub(super) fn stream_failed(&self, error: String, forfeited: u64) {
+    /// A stream on `topic`, due `expected` deliveries, failed to open.
+    pub(super) fn stream_failed(&self, error: String, topic: u64, expected: u64) {
         self.error(error);
         self.open_failed.fetch_add(1, Relaxed);
-        self.forfeited.fetch_add(forfeited, Relaxed);
+        self.gone(topic, expected, 0);
     }
 
-    pub(super) fn stream_dropped(&self, error: String, forfeited: u64) {
+    /// A stream on `topic`, due `expected` deliveries, ended for good after `received`.
+    pub(super) fn stream_dropped(&self, error: String, topic: u64, expected: u64, received: u64) {
         self.error(error);
         self.dropped.fetch_add(1, Relaxed);
-        self.forfeited.fetch_add(forfeited, Relaxed);
+        self.gone(topic, expected, received);
+    }
+
+    fn gone(&self, topic: u64, expected: u64, received: u64) {
+        self.given_up
+            .fetch_add(expected.saturating_sub(received), Relaxed);
+        self.gone_received.fetch_add(received, Relaxed);
+        add(&self.gone_on, topic, 1);
     }
 
     /// A delivery sent at `sent_us` arrived now; `first` is false for a duplicate; `moved`
@@ -263,9 +288,10 @@ impl Tally {
         self.first_publish_us.fetch_min(now_us, Relaxed);
     }
 
-    /// A publish sent at `sent_us`, due to `streams`, was accepted after `took`.
-    pub(super) fn published(&self, took: Duration, sent_us: u64, streams: u64) {
+    /// A publish to `topic` sent at `sent_us`, due to `streams`, was accepted after `took`.
+    pub(super) fn published(&self, took: Duration, sent_us: u64, topic: u64, streams: u64) {
         self.sent_for.fetch_add(streams, Relaxed);
+        add(&self.landed_on, topic, 1);
         record(&self.ack_us, duration_us(took));
         let r = &self.reconnection;
         let by = if self.after_kill(sent_us) {
@@ -283,11 +309,33 @@ impl Tally {
         count(&self.reconnection.errors, error);
     }
 
-    pub(super) fn publish_failed(&self, error: String, forfeited: u64) {
-        self.sent_for.fetch_add(forfeited, Relaxed);
+    /// A publish due to `streams` failed.
+    pub(super) fn publish_failed(&self, error: String, streams: u64) {
+        self.sent_for.fetch_add(streams, Relaxed);
         self.error(error);
         self.publish_failed.fetch_add(1, Relaxed);
-        self.forfeited.fetch_add(forfeited, Relaxed);
+        self.given_up.fetch_add(streams, Relaxed);
+        self.failed_for.fetch_add(streams, Relaxed);
+    }
+
+    /// Deliveries that could not arrive, each counted once: those of failed publishes (to
+    /// every stream), and those of taken publishes to the streams that failed or dropped
+    /// (less what they had received). A failed stream's share of an update never sent or of
+    /// a failed publish is counted there, not here.
+    pub(super) fn forfeited(&self, plan: &Plan) -> u64 {
+        let landed = self.landed_on.lock().map(|m| m.clone()).unwrap_or_default();
+        let landed_on = |topic: u64| landed.get(&topic).copied().unwrap_or(0);
+        let broadcasts = landed_on(plan.broadcast_topic());
+        let due_to_gone: u64 = self
+            .gone_on
+            .lock()
+            .map(|gone| {
+                gone.iter()
+                    .map(|(topic, streams)| streams * (landed_on(*topic) + broadcasts))
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.failed_for.load(Relaxed) + due_to_gone.saturating_sub(self.gone_received.load(Relaxed))
     }
 
     /// Counts one occurrence of an error message.
@@ -363,7 +411,9 @@ pub(super) struct Part {
     duplicates: u64,
     out_of_order: u64,
     stray: u64,
-    forfeited: u64,
+    given_up: u64,
+    gone_on: BTreeMap<u64, u64>,
+    gone_received: u64,
     last_delivery_us: u64,
     connect_us: Vec<(u64, u64)>,
     latency_us: Vec<(u64, u64)>,
@@ -394,7 +444,9 @@ impl Tally {
             duplicates: self.duplicates.load(Relaxed),
             out_of_order: self.out_of_order.load(Relaxed),
             stray: self.stray.load(Relaxed),
-            forfeited: self.forfeited.load(Relaxed),
+            given_up: self.given_up.load(Relaxed),
+            gone_on: self.gone_on.lock().map(|m| m.clone()).unwrap_or_default(),
+            gone_received: self.gone_received.load(Relaxed),
             last_delivery_us: self.last_delivery_us.load(Relaxed),
             connect_us: pairs(&self.connect_us),
             latency_us: pairs(&self.latency_us),
@@ -425,7 +477,8 @@ impl Tally {
             (&self.duplicates, part.duplicates),
             (&self.out_of_order, part.out_of_order),
             (&self.stray, part.stray),
-            (&self.forfeited, part.forfeited),
+            (&self.given_up, part.given_up),
+            (&self.gone_received, part.gone_received),
             (&r.moved, part.moved),
             (&r.resumed, part.resumed),
             (&r.attempts, part.attempts),
@@ -455,6 +508,16 @@ impl Tally {
                 count_n(errors, message.clone(), *n);
             }
         }
+        for (topic, n) in &part.gone_on {
+            add(&self.gone_on, *topic, *n);
+        }
+    }
+}
+
+/// Adds `n` to `key`'s count.
+fn add(counts: &Mutex<BTreeMap<u64, u64>>, key: u64, n: u64) {
+    if let Ok(mut counts) = counts.lock() {
+        *counts.entry(key).or_default() += n;
     }
 }
 
@@ -550,5 +613,27 @@ mod tests {
         let errors = tally.errors();
         assert_eq!(errors["e0"], 2);
         assert_eq!(errors["(other errors)"], 3);
+    }
+
+    #[test]
+    fn what_could_not_arrive_is_counted_once_when_streams_and_publishes_both_failed() {
+        // 4 streams on 2 topics (streams 0 and 2 on topic 0), 2 updates each, 1 broadcast.
+        let plan = Plan::new(4, super::super::plan::Topics::Count(2), 4, 1, "t");
+        let worker = Tally::new(1);
+        worker.stream_failed("refused".into(), 0, 3);
+        worker.stream_dropped("reset".into(), 1, 3, 1);
+        // Another process's tally: the publishes, one of topic 0's failed.
+        let tally = Tally::new(1);
+        tally.absorb(&worker.part());
+        let took = Duration::ZERO;
+        tally.published(took, 0, 0, 2);
+        tally.publish_failed("answered 503".into(), 2);
+        tally.published(took, 0, 1, 2);
+        tally.published(took, 0, 1, 2);
+        tally.published(took, 0, plan.broadcast_topic(), 4);
+        // The failed publish: 2 (both streams of topic 0, the failed one among them). The
+        // failed stream: the taken update of its topic and the broadcast, 2. The dropped
+        // stream: its 3 less the 1 it had, 2.
+        assert_eq!(tally.forfeited(&plan), 6);
     }
 }

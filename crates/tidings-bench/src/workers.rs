@@ -30,6 +30,11 @@ use crate::plan::Plan;
 use crate::stream::Churn;
 use crate::tally::{Part, Tally};
 
+/// How long past the drain a worker may take to report: it finishes reading what is queued
+/// for its streams first, and at a million streams on two cores (load average over 100) one
+/// took longer than 30 s.
+const REPORT_GRACE: Duration = Duration::from_secs(60);
+
 /// The most streams one worker holds: the open-files limit (20,000) less room for the
 /// process's own files.
 pub(crate) const MAX_STREAMS_PER_WORKER: u64 = 19_500;
@@ -166,9 +171,12 @@ impl Workers {
             }
             w.stdin = None; // closed: report now
         }
-        let bound = drain.unwrap_or_default() + Duration::from_secs(30);
+        // One deadline for all: each worker drains at once, so a later one in the list gets
+        // no more time than the first.
+        let bound = drain.unwrap_or_default() + REPORT_GRACE;
+        let until = tokio::time::Instant::now() + bound;
         for (index, w) in self.workers.into_iter().enumerate() {
-            match tokio::time::timeout(bound, w.reader).await {
+            match tokio::time::timeout_at(until, w.reader).await {
                 Ok(Ok(Ok(part))) => tally.absorb(&part),
                 Ok(Ok(Err(e))) => tally.error(e),
                 Ok(Err(e)) => tally.error(format!("worker {index}: {e}")),
@@ -252,7 +260,7 @@ pub(crate) async fn serve(
         churn.ended.cancel();
     }
     let until = tokio::time::Instant::now() + drain;
-    while tally.unique.load(Relaxed) + tally.forfeited.load(Relaxed) < expected
+    while tally.unique.load(Relaxed) + tally.given_up.load(Relaxed) < expected
         && tokio::time::Instant::now() < until
     {
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -210,6 +210,29 @@ fn a_run_whose_publishes_fail_fails_and_says_why() {
 }
 
 #[test]
+fn a_run_whose_some_streams_are_refused_still_measures_the_rest_and_fails() {
+    // The hub takes 3 streams from an address; the bench opens 5 from one.
+    let hub = Hub::start(&["--auth", "none", "--max-streams-per-address", "3"]);
+    let Some(out) = bench(&[
+        "--url", &hub.base, "-c", "5", "-n", "4", "--json", "-", "--drain", "5",
+    ]) else {
+        return;
+    };
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 streams failed to open"), "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["streams"]["opened"], 3);
+    // The updates were still published, and the three streams had every one.
+    assert_eq!(json["publish"]["published"], 4);
+    let d = &json["deliveries"];
+    assert_eq!(d["received"], 12, "{json:#}");
+    assert_eq!(d["forfeited"], 8, "{json:#}");
+    assert_eq!(d["lost"], 0, "{json:#}");
+}
+
+#[test]
 fn streams_spread_over_two_instances_get_what_a_third_url_publishes_via_redis() {
     let Some(keys) = crate::common::redis_keys("bench") else {
         return;
