@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::plan::{payload, Plan};
 use super::profile::{Profile, Target};
-use super::tally::Tally;
+use super::tally::{Tally, Update};
 
 /// What every publisher task shares.
 pub(super) struct Publishing {
@@ -51,7 +51,7 @@ pub(super) async fn run(publishing: Arc<Publishing>, index: u64) {
         }
         let (topic, seq) = p.plan.update(j);
         let name = p.plan.topic_name(topic);
-        publish(p, &mut target, topic, seq, &name, false).await;
+        publish(p, &mut target, topic, seq, &name, Update::Topic(j)).await;
     }
 }
 
@@ -66,7 +66,7 @@ pub(super) async fn broadcast(publishing: Arc<Publishing>) {
         let due = p.start + p.hold.mul_f64(b as f64 / count as f64);
         tokio::time::sleep_until(due.into()).await;
         let topic = p.plan.broadcast_topic();
-        publish(p, &mut target, topic, b, &name, true).await;
+        publish(p, &mut target, topic, b, &name, Update::Broadcast(b)).await;
     }
 }
 
@@ -78,13 +78,14 @@ async fn publish(
     topic: u64,
     seq: u64,
     name: &str,
-    broadcast: bool,
+    update: Update,
 ) {
     let sent = p.tally.now_us();
     p.tally.publishing(sent);
     let body = payload(topic, seq, sent, p.payload_size);
     let id = format!("{name}-{seq}");
     let began = Instant::now();
+    let broadcast = matches!(update, Update::Broadcast(_));
     let retrying = p.targets.len() > 1 && p.profile.idempotent();
     let outcome = loop {
         let to = &p.targets[*target];
@@ -105,7 +106,7 @@ async fn publish(
     };
     match outcome {
         Ok(()) => p.tally.published(began.elapsed(), sent, topic, streams),
-        Err(e) => p.tally.publish_failed(e.message, streams),
+        Err(e) => p.tally.publish_failed(e.message, update, streams),
     }
 }
 

@@ -190,7 +190,11 @@ async fn work(args: &BenchArgs, setup: Setup, index: usize) -> Result<(), String
     let epoch_us = args
         .epoch_us
         .ok_or("--worker is started by a coordinator (--workers), which gives --epoch-us")?;
-    let tally = Arc::new(Tally::at_epoch(epoch_us, setup.plan.broadcasts));
+    let tally = Arc::new(Tally::at_epoch(
+        epoch_us,
+        setup.plan.updates,
+        setup.plan.broadcasts,
+    ));
     let stop = CancellationToken::new();
     let context = stream_context(args, &setup.plan, &tally, &stop);
     let range = workers::slice(setup.plan.streams, args.workers, index);
@@ -219,7 +223,7 @@ async fn execute(
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + args.timeout;
     let plan = setup.plan.clone();
-    let tally = Arc::new(Tally::new(plan.broadcasts));
+    let tally = Arc::new(Tally::new(plan.updates, plan.broadcasts));
     let expected = plan.expected();
     let progress = Arc::new(Progress::new(args.quiet, &plan));
     let stop = CancellationToken::new();

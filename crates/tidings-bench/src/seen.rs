@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::plan::Stamp;
 use super::stream::Broadcasts;
-use super::tally::Tally;
+use super::tally::{Tally, Update};
 
 /// The event a hub sends before replaying all it holds, when it cannot resume exactly
 /// (`docs/clustering.md`, "Resume"): what follows repeats what the stream had.
@@ -18,6 +18,7 @@ pub(super) struct Seen {
     /// Its connection ended before and it came back (`--reconnect`).
     pub(super) moved: bool,
     own: Received,
+    /// The broadcast topic's number: one past the last topic, so also how many there are.
     broadcast_topic: u64,
     broadcasts: Received,
 }
@@ -79,10 +80,14 @@ impl Seen {
             return tally.error(format!("a resume got a gap notice: {reason}"));
         }
         let stamp = Stamp::parse(data);
-        let (received, broadcast) = match &stamp {
-            Some(stamp) if stamp.k == self.topic => (&mut self.own, None),
+        let (received, update) = match &stamp {
+            // (Update `j` of the plan is number `j / topics` of topic `j % topics`.)
+            Some(stamp) if stamp.k == self.topic => (
+                &mut self.own,
+                Update::Topic(stamp.s * self.broadcast_topic + stamp.k),
+            ),
             Some(stamp) if stamp.k == self.broadcast_topic && self.broadcasts.expected > 0 => {
-                (&mut self.broadcasts, Some(stamp.s))
+                (&mut self.broadcasts, Update::Broadcast(stamp.s))
             }
             _ => {
                 tally.stray.fetch_add(1, Relaxed);
@@ -92,13 +97,13 @@ impl Seen {
         let Some(stamp) = stamp else { return };
         match received.record(stamp.s) {
             Arrival::First { in_order } => {
-                tally.delivered(stamp.t, true, self.moved, broadcast);
+                tally.delivered(stamp.t, true, self.moved, update);
                 if !in_order {
                     tally.out_of_order.fetch_add(1, Relaxed);
                 }
             }
             Arrival::Repeat { same_connection } => {
-                tally.delivered(stamp.t, false, self.moved, broadcast);
+                tally.delivered(stamp.t, false, self.moved, update);
                 tally.error(match same_connection {
                     true => "an update arrived twice on one connection".into(),
                     false => "an update arrived again after a resume (the replay overlapped what had arrived)".into(),
@@ -176,7 +181,7 @@ mod tests {
     #[test]
     fn broadcasts_are_counted_apart_from_the_stream_s_topic() {
         let broadcasts = on_topic_10(2);
-        let tally = Tally::new(2);
+        let tally = Tally::new(50, 2);
         let mut seen = Seen::new(3, 5 + 2, &broadcasts);
         for (topic, seq) in [(3, 0), (10, 0), (10, 1), (10, 0), (3, 1), (4, 0)] {
             seen.event("message", &payload(topic, seq, 0, 50), &tally);
@@ -195,7 +200,7 @@ mod tests {
     #[test]
     fn repeats_say_whether_a_resume_replayed_them_and_gap_notices_are_errors() {
         let broadcasts = on_topic_10(1);
-        let tally = Tally::new(1);
+        let tally = Tally::new(30, 1);
         let mut seen = Seen::new(3, 3 + 1, &broadcasts);
         seen.event("message", &payload(3, 0, 0, 50), &tally);
         seen.event("message", &payload(3, 0, 0, 50), &tally);

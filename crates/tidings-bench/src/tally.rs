@@ -2,13 +2,22 @@
 //! progress bars and the final report.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use super::plan::Plan;
+
+/// Which update a delivery or a publish was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Update {
+    /// A topic's update: its number in the plan (`j` of [`Plan::update`]).
+    Topic(u64),
+    /// A broadcast: its number.
+    Broadcast(u64),
+}
 
 /// Distinct error messages kept for the report; later ones are only counted.
 const MAX_ERROR_KINDS: usize = 10;
@@ -42,6 +51,12 @@ pub(super) struct Tally {
     gone_received: AtomicU64,
     /// Per topic (the broadcast topic included), the publishes that were taken.
     landed_on: Mutex<BTreeMap<u64, u64>>,
+    /// The publishes that failed: an answer that was not a success may still have come after
+    /// the update was stored (a timeout, `504 publish_outcome_unknown`), and what arrived of
+    /// them is not forfeited.
+    failed_updates: Mutex<Vec<Update>>,
+    /// Per topic update (by its number in the plan), the streams that had it.
+    arrivals: Vec<AtomicU32>,
     /// Deliveries due from the updates whose publish was answered (taken or failed): what
     /// the plan expects past this was never sent (a run cut short).
     pub(super) sent_for: AtomicU64,
@@ -118,20 +133,21 @@ fn record(histogram: &Mutex<Histogram<u64>>, micros: u64) {
 }
 
 impl Tally {
-    /// The tally of a run that sends `broadcasts`.
-    pub(super) fn new(broadcasts: u64) -> Tally {
-        Tally::since(Instant::now(), broadcasts)
+    /// The tally of a run that sends `updates` to topics and `broadcasts`.
+    pub(super) fn new(updates: u64, broadcasts: u64) -> Tally {
+        Tally::since(Instant::now(), updates, broadcasts)
     }
 
     /// A tally on the clock of a run that started `epoch_us` microseconds after the Unix
     /// epoch: a worker's (`--workers`), so that the send times its coordinator's publishers
     /// stamp read the same on both sides (one machine, one wall clock).
-    pub(super) fn at_epoch(epoch_us: u64, broadcasts: u64) -> Tally {
+    pub(super) fn at_epoch(epoch_us: u64, updates: u64, broadcasts: u64) -> Tally {
         let since = Duration::from_micros(unix_us().saturating_sub(epoch_us));
         Tally::since(
             Instant::now()
                 .checked_sub(since)
                 .unwrap_or_else(Instant::now),
+            updates,
             broadcasts,
         )
     }
@@ -141,7 +157,7 @@ impl Tally {
         unix_us().saturating_sub(self.now_us())
     }
 
-    fn since(start: Instant, broadcasts: u64) -> Tally {
+    fn since(start: Instant, updates: u64, broadcasts: u64) -> Tally {
         let each = || (0..broadcasts).map(|_| AtomicU64::new(0)).collect();
         Tally {
             start,
@@ -158,6 +174,8 @@ impl Tally {
             gone_on: Mutex::new(BTreeMap::new()),
             gone_received: AtomicU64::new(0),
             landed_on: Mutex::new(BTreeMap::new()),
+            failed_updates: Mutex::new(Vec::new()),
+            arrivals: (0..updates).map(|_| AtomicU32::new(0)).collect(),
             sent_for: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
@@ -247,16 +265,15 @@ impl Tally {
         add(&self.gone_on, topic, 1);
     }
 
-    /// A delivery sent at `sent_us` arrived now; `first` is false for a duplicate; `moved`
-    /// when its stream's connection ended before and it came back; `broadcast` is the number
-    /// of a broadcast.
-    pub(super) fn delivered(&self, sent_us: u64, first: bool, moved: bool, broadcast: Option<u64>) {
+    /// A delivery of `update` sent at `sent_us` arrived now; `first` is false for a
+    /// duplicate; `moved` when its stream's connection ended before and it came back.
+    pub(super) fn delivered(&self, sent_us: u64, first: bool, moved: bool, update: Update) {
         let now = self.now_us();
         self.received.fetch_add(1, Relaxed);
         if first {
             self.unique.fetch_add(1, Relaxed);
             let latency = now.saturating_sub(sent_us);
-            if let Some(b) = broadcast {
+            if let Update::Broadcast(b) = update {
                 record(&self.broadcast_latency_us, latency);
                 if let (Some(last), Some(reached)) = (
                     self.broadcast_last_us.get(b as usize),
@@ -265,8 +282,11 @@ impl Tally {
                     last.fetch_max(latency, Relaxed);
                     reached.fetch_add(1, Relaxed);
                 }
-            } else {
+            } else if let Update::Topic(j) = update {
                 record(&self.latency_us, latency);
+                if let Some(arrivals) = self.arrivals.get(j as usize) {
+                    arrivals.fetch_add(1, Relaxed);
+                }
             }
             if self.after_kill(sent_us) {
                 let r = &self.reconnection;
@@ -309,9 +329,12 @@ impl Tally {
         count(&self.reconnection.errors, error);
     }
 
-    /// A publish due to `streams` failed.
-    pub(super) fn publish_failed(&self, error: String, streams: u64) {
+    /// The publish of `update`, due to `streams`, failed.
+    pub(super) fn publish_failed(&self, error: String, update: Update, streams: u64) {
         self.sent_for.fetch_add(streams, Relaxed);
+        if let Ok(mut failed) = self.failed_updates.lock() {
+            failed.push(update);
+        }
         self.error(error);
         self.publish_failed.fetch_add(1, Relaxed);
         self.given_up.fetch_add(streams, Relaxed);
@@ -319,9 +342,9 @@ impl Tally {
     }
 
     /// Deliveries that could not arrive, each counted once: those of failed publishes (to
-    /// every stream), and those of taken publishes to the streams that failed or dropped
-    /// (less what they had received). A failed stream's share of an update never sent or of
-    /// a failed publish is counted there, not here.
+    /// every stream, less what arrived of them all the same), and those of taken publishes to
+    /// the streams that failed or dropped (less what they had received). A failed stream's
+    /// share of an update never sent or of a failed publish is counted there, not here.
     pub(super) fn forfeited(&self, plan: &Plan) -> u64 {
         let landed = self.landed_on.lock().map(|m| m.clone()).unwrap_or_default();
         let landed_on = |topic: u64| landed.get(&topic).copied().unwrap_or(0);
@@ -335,7 +358,25 @@ impl Tally {
                     .sum()
             })
             .unwrap_or(0);
-        self.failed_for.load(Relaxed) + due_to_gone.saturating_sub(self.gone_received.load(Relaxed))
+        let reached = self.broadcast_reached();
+        let arrived_anyway: u64 = self
+            .failed_updates
+            .lock()
+            .map(|failed| {
+                failed
+                    .iter()
+                    .map(|update| match *update {
+                        Update::Topic(j) => self
+                            .arrivals
+                            .get(j as usize)
+                            .map_or(0, |a| u64::from(a.load(Relaxed))),
+                        Update::Broadcast(b) => reached.get(b as usize).copied().unwrap_or(0),
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.failed_for.load(Relaxed).saturating_sub(arrived_anyway)
+            + due_to_gone.saturating_sub(self.gone_received.load(Relaxed))
     }
 
     /// Counts one occurrence of an error message.
@@ -414,6 +455,7 @@ pub(super) struct Part {
     given_up: u64,
     gone_on: BTreeMap<u64, u64>,
     gone_received: u64,
+    arrivals: Vec<u32>,
     last_delivery_us: u64,
     connect_us: Vec<(u64, u64)>,
     latency_us: Vec<(u64, u64)>,
@@ -447,6 +489,7 @@ impl Tally {
             given_up: self.given_up.load(Relaxed),
             gone_on: self.gone_on.lock().map(|m| m.clone()).unwrap_or_default(),
             gone_received: self.gone_received.load(Relaxed),
+            arrivals: self.arrivals.iter().map(|a| a.load(Relaxed)).collect(),
             last_delivery_us: self.last_delivery_us.load(Relaxed),
             connect_us: pairs(&self.connect_us),
             latency_us: pairs(&self.latency_us),
@@ -510,6 +553,9 @@ impl Tally {
         }
         for (topic, n) in &part.gone_on {
             add(&self.gone_on, *topic, *n);
+        }
+        for (mine, theirs) in self.arrivals.iter().zip(&part.arrivals) {
+            mine.fetch_add(*theirs, Relaxed);
         }
     }
 }
@@ -599,9 +645,9 @@ mod tests {
 
     #[test]
     fn duplicates_do_not_count_as_deliveries_and_errors_are_grouped() {
-        let tally = Tally::new(0);
-        tally.delivered(0, true, false, None);
-        tally.delivered(0, false, false, None);
+        let tally = Tally::new(1, 0);
+        tally.delivered(0, true, false, Update::Topic(0));
+        tally.delivered(0, false, false, Update::Topic(0));
         assert_eq!(tally.received.load(Relaxed), 2);
         assert_eq!(tally.unique.load(Relaxed), 1);
         assert_eq!(tally.duplicates.load(Relaxed), 1);
@@ -619,15 +665,15 @@ mod tests {
     fn what_could_not_arrive_is_counted_once_when_streams_and_publishes_both_failed() {
         // 4 streams on 2 topics (streams 0 and 2 on topic 0), 2 updates each, 1 broadcast.
         let plan = Plan::new(4, super::super::plan::Topics::Count(2), 4, 1, "t");
-        let worker = Tally::new(1);
+        let worker = Tally::new(4, 1);
         worker.stream_failed("refused".into(), 0, 3);
         worker.stream_dropped("reset".into(), 1, 3, 1);
-        // Another process's tally: the publishes, one of topic 0's failed.
-        let tally = Tally::new(1);
+        // Another process's tally: the publishes; topic 0's second (update 2) failed.
+        let tally = Tally::new(4, 1);
         tally.absorb(&worker.part());
         let took = Duration::ZERO;
         tally.published(took, 0, 0, 2);
-        tally.publish_failed("answered 503".into(), 2);
+        tally.publish_failed("answered 503".into(), Update::Topic(2), 2);
         tally.published(took, 0, 1, 2);
         tally.published(took, 0, 1, 2);
         tally.published(took, 0, plan.broadcast_topic(), 4);
@@ -635,5 +681,11 @@ mod tests {
         // failed stream: the taken update of its topic and the broadcast, 2. The dropped
         // stream: its 3 less the 1 it had, 2.
         assert_eq!(tally.forfeited(&plan), 6);
+        // A publish that failed by its answer (a timeout) may have been stored all the same:
+        // what arrived of it was not forfeited.
+        let late = Tally::new(4, 1);
+        late.delivered(0, true, false, Update::Topic(2));
+        tally.absorb(&late.part());
+        assert_eq!(tally.forfeited(&plan), 5);
     }
 }

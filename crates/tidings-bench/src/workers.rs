@@ -282,6 +282,7 @@ fn say(line: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tally::Update;
 
     #[test]
     fn slices_cover_every_stream_once() {
@@ -302,16 +303,16 @@ mod tests {
 
     #[test]
     fn a_worker_s_part_survives_the_line() {
-        let tally = Tally::new(2);
+        let tally = Tally::new(4, 2);
         tally.stream_opened(Duration::from_millis(3));
-        tally.delivered(0, true, false, None);
-        tally.delivered(10, true, false, Some(1));
+        tally.delivered(0, true, false, Update::Topic(3));
+        tally.delivered(10, true, false, Update::Broadcast(1));
         tally.error("boom".into());
         let line = serde_json::to_string(&Said::Part(Box::new(tally.part()))).unwrap();
         let Said::Part(part) = serde_json::from_str(&line).unwrap() else {
             panic!("{line}")
         };
-        let total = Tally::new(2);
+        let total = Tally::new(4, 2);
         total.absorb(&part);
         total.absorb(&part);
         assert_eq!(total.opened.load(Relaxed), 2);
