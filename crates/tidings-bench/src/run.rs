@@ -268,7 +268,7 @@ async fn execute(
     .await;
     let open_seconds = opening.elapsed().as_secs_f64();
     // A few streams that failed to open (a starved box at a million) fail the run, but do not
-    // end it: what they were due is counted as forfeited, and the rest is still measured.
+    // end it: their share of what is published is counted as forfeited, the rest measured.
     // Only a run in which nothing opened stops here.
     let go_on = all_open && stream_counts(&tally, counts.as_ref()).opened > 0;
     if go_on {

@@ -273,19 +273,22 @@ impl Tally {
         if first {
             self.unique.fetch_add(1, Relaxed);
             let latency = now.saturating_sub(sent_us);
-            if let Update::Broadcast(b) = update {
-                record(&self.broadcast_latency_us, latency);
-                if let (Some(last), Some(reached)) = (
-                    self.broadcast_last_us.get(b as usize),
-                    self.broadcast_reached.get(b as usize),
-                ) {
-                    last.fetch_max(latency, Relaxed);
-                    reached.fetch_add(1, Relaxed);
+            match update {
+                Update::Broadcast(b) => {
+                    record(&self.broadcast_latency_us, latency);
+                    if let (Some(last), Some(reached)) = (
+                        self.broadcast_last_us.get(b as usize),
+                        self.broadcast_reached.get(b as usize),
+                    ) {
+                        last.fetch_max(latency, Relaxed);
+                        reached.fetch_add(1, Relaxed);
+                    }
                 }
-            } else if let Update::Topic(j) = update {
-                record(&self.latency_us, latency);
-                if let Some(arrivals) = self.arrivals.get(j as usize) {
-                    arrivals.fetch_add(1, Relaxed);
+                Update::Topic(j) => {
+                    record(&self.latency_us, latency);
+                    if let Some(arrivals) = self.arrivals.get(j as usize) {
+                        arrivals.fetch_add(1, Relaxed);
+                    }
                 }
             }
             if self.after_kill(sent_us) {
