@@ -400,8 +400,8 @@ impl Reader {
             &setup.decoder,
             setup.timeout,
         )
-        .await;
-        let missed = missed.map_err(cannot_catch_up)?;
+        .await
+        .map_err(cannot_catch_up)?;
         if lost {
             // The stream may have been lost with a Redis restart: its new positions are not
             // comparable with the old ones.
